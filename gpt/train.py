@@ -1,0 +1,447 @@
+"""Training: `TrainConfig`, the one-call training step (`Trainer.step`), the loop, checkpoints.
+
+`Trainer.step` is the unit everything else reuses: the loop below, the sweep worker (synthetic tokens) and the
+dry-run estimator (fake tensors) all call exactly this step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+import tomllib
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import torch
+
+from gpt.data import Corpus
+from gpt.model import ATTN_KERNELS, GPT, ConfigError, GPTConfig, attention_kernel, clean_state_dict
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+OPTIMIZERS = ("auto", "fused", "foreach", "loop")
+# dense bf16/fp16 tensor-core peaks (FLOP/s) for MFU; matched against the CUDA device name
+PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10": 125e12,
+    "RTX 4090": 165e12,
+    "RTX 3090": 71e12,
+    "RTX 3070": 40e12,
+}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs, flat like nanoGPT's config (model shape included)."""
+
+    # model shape (vocab comes from the corpus unless set)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 128
+    vocab_size: int | None = None
+    dropout: float = 0.0
+    bias: bool = True
+    # data and I/O
+    data_dir: str = "data/shakespeare_char"
+    out_dir: str = "out"
+    init_from: str = "scratch"  # scratch | resume
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 10
+    always_save_checkpoint: bool = False
+    # optimisation
+    batch_size: int = 12
+    gradient_accumulation_steps: int = 1
+    max_iters: int = 2000
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    decay_lr: bool = True
+    warmup_iters: int = 100
+    lr_decay_iters: int | None = None  # default: max_iters
+    min_lr: float | None = None  # default: learning_rate / 10
+    seed: int = 1337
+    # recipe: what changes memory besides the shape
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    compile: bool | None = None  # None: on for CUDA
+    optimizer: str = "auto"  # auto | fused | foreach | loop
+    attn_kernel: str = "default"  # default | flash | efficient | math
+    peak_tflops: float | None = None  # for MFU; default: known GPU peaks
+    extra: dict = field(default_factory=dict, repr=False)  # unknown TOML tables kept for provenance
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.init_from in ("scratch", "resume"), f"init_from must be scratch or resume, got {self.init_from!r}"),
+            (self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
+            (self.attn_kernel in ATTN_KERNELS, f"attn_kernel must be one of {', '.join(ATTN_KERNELS)}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
+            (self.max_iters >= 0, f"max_iters must be >= 0, got {self.max_iters}"),
+            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (self.eval_iters >= 1, f"eval_iters must be >= 1, got {self.eval_iters}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+
+    def model_config(self, vocab_size: int | None = None) -> GPTConfig:
+        """The GPTConfig of this run (`vocab_size` from the corpus when the config leaves it unset)."""
+        vocab = self.vocab_size or vocab_size or 50304
+        return GPTConfig(self.n_layer, self.n_head, self.n_embd, self.block_size, vocab, self.dropout, self.bias)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("extra")
+        return d
+
+
+def _coerce(name: str, value: object, hint: object) -> object:
+    """Convert a TOML or command-line value to a TrainConfig field's type."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+    base = args[0] if args else hint
+    if optional and (value is None or (isinstance(value, str) and value.lower() in ("none", "null", ""))):
+        return None
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            s = str(value).lower()
+            if s in ("1", "true", "yes", "on"):
+                return True
+            if s in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if base is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(str(value).replace("_", "")) if isinstance(value, str) else int(value)
+        if base is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: cannot read {value!r} as {getattr(base, '__name__', base)}") from None
+
+
+def make_config(values: dict, base: TrainConfig | None = None) -> TrainConfig:
+    """A TrainConfig from a flat mapping of field -> value (dashes allowed), typed and validated."""
+    hints = typing.get_type_hints(TrainConfig)
+    known = {f.name for f in fields(TrainConfig)} - {"extra"}
+    out = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"unknown config key {key!r}")
+        out[name] = _coerce(name, value, hints[name])
+    return replace(base or TrainConfig(), **out)
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
+    """Read a TOML config (flat keys, or [model]/[train]/[recipe] tables) and apply overrides. Never exec'd."""
+    values: dict = {}
+    extra: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"no such config file: {p}")
+        try:
+            doc = tomllib.loads(p.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{p} is not valid TOML: {exc}") from None
+        for key, value in doc.items():
+            if isinstance(value, dict) and key in ("model", "train", "recipe", "data"):
+                values.update(value)
+            elif isinstance(value, dict):
+                extra[key] = value
+            else:
+                values[key] = value
+    values.update(overrides or {})
+    cfg = make_config(values)
+    cfg.extra = extra
+    return cfg
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device cuda requested but no CUDA device is available")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ConfigError(f"unknown device {name!r} (auto, cpu, cuda, cuda:N)")
+    return name
+
+
+def resolve_dtype(name: str, device_type: str) -> str:
+    if name != "auto":
+        return name
+    if device_type == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
+def peak_flops(device: str, cfg: TrainConfig) -> float | None:
+    """Peak FLOP/s for MFU: the configured value, else a known GPU's dense tensor-core peak."""
+    if cfg.peak_tflops:
+        return cfg.peak_tflops * 1e12
+    if device.startswith("cuda"):
+        name = torch.cuda.get_device_name(torch.device(device))
+        for key, value in PEAK_FLOPS.items():
+            if key in name:
+                return value
+    return None
+
+
+def configure_optimizer(model: GPT, cfg: TrainConfig, device_type: str) -> torch.optim.AdamW:
+    """AdamW with weight decay on 2-D tensors only; the implementation is set explicitly."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    impl = cfg.optimizer
+    if impl == "auto":
+        impl = "fused" if device_type in ("cuda", "cpu") else "foreach"
+    flags = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[impl]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **flags)
+
+
+class Trainer:
+    """A GPT, its optimizer and the mixed-precision machinery; `step` trains on one batch."""
+
+    def __init__(self, cfg: TrainConfig, model_config: GPTConfig, device: str | None = None) -> None:
+        self.cfg = cfg
+        self.device = device or resolve_device(cfg.device)
+        self.device_type = "cuda" if self.device.startswith("cuda") else "cpu"
+        self.dtype = resolve_dtype(cfg.dtype, self.device_type)
+        if self.dtype == "float16" and self.device_type == "cpu":
+            raise ConfigError("float16 training is CUDA-only here; use bfloat16 or float32 on the CPU")
+        self.model_config = model_config
+        torch.manual_seed(cfg.seed)
+        self.model = GPT(model_config).to(self.device)
+        self.optimizer = configure_optimizer(self.model, cfg, self.device_type)
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == "float16")
+        if self.dtype == "float32":
+            self.autocast = contextlib.nullcontext
+        else:
+            ptdtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
+            self.autocast = lambda: torch.autocast(device_type=self.device_type, dtype=ptdtype)
+        use_compile = cfg.compile if cfg.compile is not None else self.device_type == "cuda"
+        self.forward = torch.compile(self.model) if use_compile else self.model
+        self.iter_num = 0
+        self.best_val_loss = math.inf
+
+    @property
+    def tokens_per_iter(self) -> int:
+        return self.cfg.batch_size * self.cfg.block_size * self.cfg.gradient_accumulation_steps
+
+    def lr_at(self, it: int) -> float:
+        """Linear warmup, then cosine decay to min_lr (nanoGPT's schedule)."""
+        cfg = self.cfg
+        lr, min_lr = cfg.learning_rate, cfg.min_lr if cfg.min_lr is not None else cfg.learning_rate / 10
+        decay_iters = cfg.lr_decay_iters or cfg.max_iters
+        if not cfg.decay_lr:
+            return lr
+        if it < cfg.warmup_iters:
+            return lr * (it + 1) / (cfg.warmup_iters + 1)
+        if it >= decay_iters:
+            return min_lr
+        ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+        return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+    def step(self, get_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """One optimizer step: `gradient_accumulation_steps` micro-batches of forward and backward,
+        gradient clipping, AdamW. Returns the (detached, unsynchronised) loss of the last micro-batch."""
+        lr = self.lr_at(self.iter_num)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        accum = self.cfg.gradient_accumulation_steps
+        self.model.train()
+        for _ in range(accum):
+            x, y = get_batch()
+            with self.autocast(), attention_kernel(self.cfg.attn_kernel):
+                _, loss = self.forward(x, y)
+                loss = loss / accum
+            self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.iter_num += 1
+        return loss.detach() * accum
+
+    @torch.no_grad()
+    def evaluate(self, corpus: Corpus) -> dict[str, float]:
+        """Mean loss over `eval_iters` batches per split; fixed eval batches, training RNG untouched."""
+        self.model.eval()
+        out = {}
+        for split in ("train", "val"):
+            gen = torch.Generator().manual_seed(self.cfg.seed + 1)
+            losses = torch.zeros(self.cfg.eval_iters)
+            for k in range(self.cfg.eval_iters):
+                x, y = corpus.get_batch(split, self.cfg.batch_size, self.cfg.block_size, gen, self.device)
+                with self.autocast(), attention_kernel(self.cfg.attn_kernel):
+                    _, loss = self.forward(x, y)
+                losses[k] = loss.item()
+            out[split] = float(losses.mean())
+        self.model.train()
+        return out
+
+    def state(self, batch_rng: torch.Generator, meta: dict | None) -> dict:
+        """Checkpoint contents: plain tensors and primitives only (loadable with weights_only=True)."""
+        rng = {"torch": torch.get_rng_state(), "batch": batch_rng.get_state()}
+        if self.device_type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(torch.device(self.device))
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "model_args": self.model_config.to_dict(),
+            "iter_num": self.iter_num,
+            "best_val_loss": self.best_val_loss,
+            "config": self.cfg.to_dict(),
+            "meta": meta,
+            "rng": rng,
+        }
+
+    def load_state(self, ckpt: dict, batch_rng: torch.Generator | None = None) -> None:
+        self.model.load_state_dict(clean_state_dict(ckpt["model"]))
+        if "optimizer" in ckpt:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        if ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.iter_num = int(ckpt.get("iter_num", 0))
+        self.best_val_loss = float(ckpt.get("best_val_loss", math.inf))
+        rng = ckpt.get("rng") or {}
+        if "torch" in rng:
+            torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and self.device_type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"], torch.device(self.device))
+        if batch_rng is not None and "batch" in rng:
+            batch_rng.set_state(rng["batch"])
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing or cannot be read."""
+
+
+def save_checkpoint(state: dict, path: str | Path) -> Path:
+    """Write atomically: a temp file in the same folder, then rename over the target."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
+    """Load with `weights_only=True`; one clear error for a missing or unreadable file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "ckpt.pt"
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # pickle, zip and unpickler-policy errors vary by torch version
+        raise CheckpointError(f"cannot read checkpoint {path}: {str(exc).splitlines()[0][:200]}") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
+        raise CheckpointError(f"{path} is not a GPT checkpoint (needs 'model' and 'model_args')")
+    return ckpt
+
+
+@dataclass
+class TrainResult:
+    iter_num: int
+    losses: list[tuple[int, float]]  # (iteration, training loss) at each log line
+    evals: list[tuple[int, float, float]]  # (iteration, train loss, val loss)
+    ms_per_iter: float
+    tokens_per_s: float
+    mfu: float | None
+    best_val_loss: float
+    ckpt_path: str | None
+
+
+def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
+    """The training loop: logs, evaluates, checkpoints; resumes from `out_dir/ckpt.pt`."""
+    corpus = Corpus.open(cfg.data_dir)
+    ckpt_path = Path(cfg.out_dir) / "ckpt.pt"
+    ckpt = None
+    if cfg.init_from == "resume":
+        ckpt = load_checkpoint(ckpt_path)
+        model_config = GPTConfig.from_dict(ckpt["model_args"])
+        shape = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias")
+        cfg = replace(cfg, **{k: getattr(model_config, k) for k in shape})  # the checkpoint's shape wins
+    else:
+        model_config = cfg.model_config(corpus.vocab_size)
+    if model_config.vocab_size < corpus.vocab_size:
+        raise ConfigError(f"vocab_size {model_config.vocab_size} is smaller than the corpus's {corpus.vocab_size}")
+    corpus.check_block_size(cfg.block_size)
+    trainer = Trainer(cfg, model_config)
+    batch_rng = torch.Generator().manual_seed(cfg.seed)
+    if ckpt is not None:
+        trainer.load_state(ckpt, batch_rng)
+        log(f"resumed from {ckpt_path} at iteration {trainer.iter_num}")
+        del ckpt
+    n = model_config.n_params(non_embedding=True)
+    log(f"model: {n / 1e6:.2f}M parameters (non-embedding), {trainer.device}, {trainer.dtype}, "
+        f"tokens/iter {trainer.tokens_per_iter:,}")
+    peak = peak_flops(trainer.device, cfg)
+
+    def get_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        return corpus.get_batch("train", cfg.batch_size, cfg.block_size, batch_rng, trainer.device)
+
+    losses: list[tuple[int, float]] = []
+    evals: list[tuple[int, float, float]] = []
+    timed_iters, timed_s = 0, 0.0
+    saved = None
+    t_log, it_log = time.perf_counter(), trainer.iter_num
+    first_interval = True
+    while trainer.iter_num < cfg.max_iters:
+        loss = trainer.step(get_batch)
+        it = trainer.iter_num
+        last = it == cfg.max_iters
+        if it % cfg.log_interval == 0 or last:
+            lossf = loss.item()  # synchronises
+            now = time.perf_counter()
+            dt = (now - t_log) / max(1, it - it_log)
+            if not first_interval or it - it_log > 2:
+                timed_iters, timed_s = timed_iters + (it - it_log), timed_s + (now - t_log)
+            first_interval = False
+            losses.append((it, lossf))
+            mfu = trainer.model.estimate_mfu(trainer.tokens_per_iter, dt, peak) if peak else None
+            mfu_s = f", mfu {mfu * 100:.1f}%" if mfu is not None else ""
+            log(f"iter {it}: loss {lossf:.4f}, {dt * 1000:.1f} ms/iter, "
+                f"{trainer.tokens_per_iter / dt:,.0f} tok/s{mfu_s}")
+            t_log, it_log = time.perf_counter(), it
+        if (cfg.eval_interval and it % cfg.eval_interval == 0) or last:
+            t0 = time.perf_counter()
+            result = trainer.evaluate(corpus)
+            evals.append((it, result["train"], result["val"]))
+            log(f"eval {it}: train loss {result['train']:.4f}, val loss {result['val']:.4f}")
+            improved = result["val"] < trainer.best_val_loss
+            trainer.best_val_loss = min(trainer.best_val_loss, result["val"])
+            if improved or cfg.always_save_checkpoint or last:
+                saved = save_checkpoint(trainer.state(batch_rng, corpus.meta), ckpt_path)
+                log(f"saved checkpoint to {saved}")
+            t_log += time.perf_counter() - t0  # eval time is not training time
+    ms = timed_s / timed_iters * 1000 if timed_iters else float("nan")
+    tps = trainer.tokens_per_iter / (ms / 1000) if timed_iters else float("nan")
+    mfu = trainer.model.estimate_mfu(trainer.tokens_per_iter, ms / 1000, peak) if peak and timed_iters else None
+    return TrainResult(trainer.iter_num, losses, evals, ms, tps, mfu, trainer.best_val_loss,
+                       str(saved) if saved else None)
