@@ -1,0 +1,68 @@
+"""A recipe: everything besides the model shape and batch that changes training memory.
+
+Shared by sweep, worker, train, estimate and suggest. A point is (GPTConfig, batch_size, recipe, device).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields, replace
+
+from gpt.model import ATTN_KERNELS
+from gpt.train import DTYPES, OPTIMIZERS, TrainConfig, resolve_dtype
+from vramfit.errors import VramfitError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """dtype, compile, optimizer implementation, attention kernel and allocator settings."""
+
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    compile: bool | None = None  # None: on for CUDA, off for CPU
+    optimizer: str = "auto"  # auto | fused | foreach | loop
+    attn_kernel: str = "default"  # default | flash | efficient | math
+    alloc_conf: str = ""  # PYTORCH_CUDA_ALLOC_CONF for the worker process
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise VramfitError(f"recipe dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise VramfitError(f"recipe optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.attn_kernel not in ATTN_KERNELS:
+            raise VramfitError(f"recipe attn_kernel must be one of {', '.join(ATTN_KERNELS)}, got {self.attn_kernel!r}")
+        if self.compile is not None and not isinstance(self.compile, bool):
+            raise VramfitError(f"recipe compile must be true or false, got {self.compile!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Recipe:
+        names = {f.name for f in fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise VramfitError(f"unknown recipe key(s): {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def resolved(self, device_type: str) -> Recipe:
+        """'auto' settings made concrete for a device type ('cuda' or 'cpu'), as the trainer resolves them."""
+        return replace(
+            self,
+            dtype=resolve_dtype(self.dtype, device_type),
+            compile=self.compile if self.compile is not None else device_type == "cuda",
+            optimizer="fused" if self.optimizer == "auto" else self.optimizer,
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def key(self) -> str:
+        """Short stable id of the (resolved) recipe, for file names and store lookups."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return f"{self.dtype}-{'c' if self.compile else 'e'}-{self.attn_kernel}-{hashlib.sha1(blob).hexdigest()[:8]}"
+
+    def train_overrides(self) -> dict:
+        """The TrainConfig fields this recipe sets."""
+        return {"dtype": self.dtype, "compile": self.compile, "optimizer": self.optimizer,
+                "attn_kernel": self.attn_kernel}
+
+    def apply(self, cfg: TrainConfig) -> TrainConfig:
+        return replace(cfg, **self.train_overrides())
