@@ -96,6 +96,7 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(msg)
+        self.model_config()  # validates the shape early, before any data is read
 
     def model_config(self, vocab_size: int | None = None) -> GPTConfig:
         """The GPTConfig of this run (`vocab_size` from the corpus when the config leaves it unset)."""

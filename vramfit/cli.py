@@ -126,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     Typer (standalone) already turns usage errors into exit code 2 via SystemExit."""
     try:
         app(args=argv, prog_name="vramfit")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except USER_ERRORS as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2

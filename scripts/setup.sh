@@ -1,0 +1,9 @@
+# Sourced by the other scripts: a virtual environment in .venv with vramfit and its dev tools.
+# torch is pinned through constraints.txt (the package itself accepts a range, so GPU users keep their CUDA build).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]' 2>&1 \
+  | grep -v -e '^WARNING: Location' -e '^$' || true
+export PATH="$PWD/.venv/bin:$PATH"

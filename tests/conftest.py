@@ -1,0 +1,62 @@
+"""Shared fixtures: the tiny-shakespeare corpus (or a generated stand-in) and small tokenizers."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+def _generated_corpus(n_chars: int = 300_000) -> str:
+    """A stand-in with learnable structure: words drawn from a small Zipf-ish vocabulary."""
+    rng = random.Random(0)
+    words = ["the", "king", "queen", "lord", "and", "of", "to", "my", "thou", "art", "good", "night", "sweet"]
+    lines = []
+    size = 0
+    while size < n_chars:
+        line = " ".join(rng.choice(words) for _ in range(rng.randint(3, 9))).capitalize() + ".\n"
+        lines.append(line)
+        size += len(line)
+    return "".join(lines)
+
+
+@pytest.fixture(scope="session")
+def corpus_text() -> str:
+    if SHAKESPEARE.is_file():
+        return SHAKESPEARE.read_text(encoding="utf-8")
+    return _generated_corpus()
+
+
+@pytest.fixture(scope="session")
+def char_corpus(tmp_path_factory, corpus_text) -> Path:
+    from gpt.data import prepare_text
+
+    out = tmp_path_factory.mktemp("corpus") / "char"
+    prepare_text(corpus_text, out, tokenizer="char")
+    return out
+
+
+@pytest.fixture(scope="session")
+def byte_encoding():
+    """A real tiktoken Encoding built locally (byte-level, no merges): no network needed."""
+    import tiktoken
+
+    return tiktoken.Encoding(
+        name="bytes_test",
+        pat_str=r"""'s|'t|'re|'ve|'m|'ll|'d| ?\w+| ?\d+| ?[^\s\w]+|\s+(?!\S)|\s+""",
+        mergeable_ranks={bytes([i]): i for i in range(256)},
+        special_tokens={"<|endoftext|>": 256},
+    )

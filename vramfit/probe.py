@@ -1,0 +1,215 @@
+"""Memory probes: live tensor-storage tracker (CPU allocator analogue), process RSS, NVML, torch CUDA counters.
+
+Everything here is safe to import without CUDA or NVML; each probe says when it cannot read.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import weakref
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+__all__ = [
+    "StorageTracker",
+    "rss_bytes",
+    "peak_rss_bytes",
+    "reset_peak_rss",
+    "NvmlProbe",
+    "cuda_counters",
+]
+
+
+class StorageTracker(TorchDispatchMode):
+    """Tracks the bytes of live tensor storages created while active; the CPU analogue of the CUDA allocator.
+
+    Usage::
+
+        with StorageTracker(cap_bytes=None, round_to=1) as tr:
+            ...                       # any torch code: forward, backward, optimizer step
+        tr.peak, tr.current           # bytes: high-water mark and what is still alive
+
+    - Every tensor an op returns is followed to its untyped storage; a storage is counted once (views share
+      it) and uncounted by a weakref finalizer when it dies. Works with real tensors and with FakeTensorMode
+      (enter the fake mode first, then the tracker).
+    - `round_to`: round each storage up to a multiple (512 mimics the CUDA caching allocator's granularity).
+    - `cap_bytes`: when the live bytes exceed it after an op, raise `torch.OutOfMemoryError` (an emulated card).
+    - `add(*tensors)` counts tensors that existed before the tracker was entered (e.g. a model's parameters).
+    - `reset_peak()` sets the peak to the current live bytes.
+    Storages created outside the dispatcher (torch.from_numpy, torch.compile's generated wrappers) are not seen.
+    """
+
+    def __init__(self, cap_bytes: int | None = None, round_to: int = 1) -> None:
+        super().__init__()
+        if round_to < 1:
+            raise ValueError(f"round_to must be >= 1, got {round_to}")
+        self.cap_bytes = cap_bytes
+        self.round_to = round_to
+        self.current = 0
+        self.peak = 0
+        self.n_ooms = 0
+        self._live: dict[int, tuple[weakref.ref, int]] = {}
+
+    def _size(self, nbytes: int) -> int:
+        r = self.round_to
+        return -(-nbytes // r) * r if r > 1 else nbytes
+
+    def _forget(self, key: int, _ref: weakref.ref) -> None:
+        entry = self._live.pop(key, None)
+        if entry is not None:
+            self.current -= entry[1]
+
+    def _track(self, t: torch.Tensor) -> None:
+        try:
+            st = t.untyped_storage()
+        except (NotImplementedError, RuntimeError):  # sparse / exotic layouts have no plain storage
+            return
+        key = id(st)
+        size = self._size(st.nbytes())
+        entry = self._live.get(key)
+        if entry is not None and entry[0]() is st:
+            if entry[1] != size:  # resized in place
+                self.current += size - entry[1]
+                self._live[key] = (entry[0], size)
+            return
+        self._live[key] = (weakref.ref(st, lambda ref, k=key: self._forget(k, ref)), size)
+        self.current += size
+
+    def add(self, *tensors: torch.Tensor) -> None:
+        """Count already existing tensors (each storage once) and update the peak."""
+        for t in tensors:
+            self._track(t)
+        self.peak = max(self.peak, self.current)
+
+    def reset_peak(self) -> None:
+        self.peak = self.current
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        out = func(*args, **(kwargs or {}))
+        for leaf in tree_leaves(out):
+            if isinstance(leaf, torch.Tensor):
+                self._track(leaf)
+        if self.current > self.peak:
+            self.peak = self.current
+        if self.cap_bytes is not None and self.current > self.cap_bytes:
+            self.n_ooms += 1
+            need = self.current
+            del out
+            raise torch.OutOfMemoryError(
+                f"StorageTracker: {need} bytes live exceed the emulated capacity of {self.cap_bytes} bytes"
+            )
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- CPU: RSS
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (bytes)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size (VmHWM) of this process in bytes; getrusage where /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0); False where that is not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------- CUDA: NVML
+
+
+class NvmlProbe:
+    """NVML readings for one GPU (by UUID): this process's used memory, else device used minus a baseline.
+
+    `ok` is False when NVML is missing or fails; every method then returns None instead of raising.
+    """
+
+    def __init__(self, uuid: str | None = None, index: int = 0) -> None:
+        self.ok = False
+        self.handle = None
+        self.error = ""
+        try:
+            import pynvml
+
+            self._nv = pynvml
+            pynvml.nvmlInit()
+            if uuid:
+                self.handle = pynvml.nvmlDeviceGetHandleByUUID(uuid.encode() if isinstance(uuid, str) else uuid)
+            else:
+                self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            self.ok = True
+        except Exception as exc:  # ImportError, NVMLError_* (library not found, no driver, ...)
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def device_used(self) -> int | None:
+        """Device-wide used bytes (v2 memory info, which excludes reserved memory, where available)."""
+        if not self.ok:
+            return None
+        nv = self._nv
+        try:
+            try:
+                return int(nv.nvmlDeviceGetMemoryInfo(self.handle, version=nv.nvmlMemory_v2).used)
+            except Exception:
+                return int(nv.nvmlDeviceGetMemoryInfo(self.handle).used)
+        except Exception:
+            return None
+
+    def process_used(self, pid: int | None = None) -> int | None:
+        """Used bytes of process `pid` (default: this one) from the compute-process list; None if not listed
+        (containers report host PIDs) or unavailable."""
+        if not self.ok:
+            return None
+        pid = os.getpid() if pid is None else pid
+        try:
+            procs = self._nv.nvmlDeviceGetComputeRunningProcesses(self.handle)
+        except Exception:
+            return None
+        for p in procs:
+            if p.pid == pid and p.usedGpuMemory is not None:
+                return int(p.usedGpuMemory)
+        return None
+
+    def reading(self, baseline: int | None) -> tuple[int | None, str]:
+        """(bytes, source): per-process by PID, else device used minus `baseline`, else (None, 'none')."""
+        used = self.process_used()
+        if used is not None:
+            return used, "pid"
+        dev = self.device_used()
+        if dev is not None and baseline is not None:
+            return max(0, dev - baseline), "device-baseline"
+        return None, "none"
+
+
+def cuda_counters(device: torch.device | str) -> dict[str, int]:
+    """torch caching-allocator counters: max allocated / reserved, alloc retries, OOMs."""
+    stats = torch.cuda.memory_stats(device)
+    return {
+        "allocated_bytes": int(torch.cuda.max_memory_allocated(device)),
+        "reserved_bytes": int(torch.cuda.max_memory_reserved(device)),
+        "alloc_retries": int(stats.get("num_alloc_retries", 0)),
+        "num_ooms": int(stats.get("num_ooms", 0)),
+    }
