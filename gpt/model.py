@@ -54,19 +54,24 @@ class GPTConfig:
 
     def n_params(self, non_embedding: bool = False) -> int:
         """Exact parameter count (lm_head is tied to wte); `non_embedding` drops position embeddings."""
-        L, C, V, T = self.n_layer, self.n_embd, self.vocab_size, self.block_size
-        b = 1 if self.bias else 0
-        ln = C + b * C
-        attn = C * 3 * C + b * 3 * C + C * C + b * C
-        mlp = C * 4 * C + b * 4 * C + 4 * C * C + b * C
-        total = V * C + T * C + L * (2 * ln + attn + mlp) + ln
-        return total - T * C if non_embedding else total
+        return count_params(self.n_layer, self.n_embd, self.block_size, self.vocab_size, self.bias, non_embedding)
 
     def flops_per_token(self) -> int:
         """Training FLOPs per token (forward + backward), PaLM appendix B accounting as in nanoGPT."""
         N = self.n_params(non_embedding=True)
         L, H, Q, T = self.n_layer, self.n_head, self.n_embd // self.n_head, self.block_size
         return 6 * N + 12 * L * H * Q * T
+
+
+def count_params(n_layer, n_embd, block_size, vocab_size, bias=True, non_embedding: bool = False):
+    """GPT-2 parameter count; plain arithmetic, so it works elementwise on numpy arrays too."""
+    L, C, T, V = n_layer, n_embd, block_size, vocab_size
+    b = 1 if bias else 0
+    ln = C + b * C
+    attn = 3 * C * C + b * 3 * C + C * C + b * C
+    mlp = 4 * C * C + b * 4 * C + 4 * C * C + b * C
+    total = V * C + T * C + L * (2 * ln + attn + mlp) + ln
+    return total - T * C if non_embedding else total
 
 
 @contextlib.contextmanager

@@ -1,0 +1,275 @@
+"""MemoryModel: a non-negative linear memory model, with an optional optimizer-step regime, CV and JSON I/O.
+
+The peak of a training step is in backward for most shapes (weights, Adam state, activations, logits), but moves
+to the optimizer step when parameters dominate (all gradients plus Adam temporaries, activations already freed).
+`regimes=2` fits y = max(c0 + w.x, c1 + a*P): the first piece on every feature, the second on parameters alone,
+by alternating assignment (each point belongs to the piece that predicts more), each piece non-negative least
+squares. `regimes=1` is the plain linear model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LinearRegression
+from sklearn.model_selection import LeaveOneGroupOut, LeaveOneOut
+
+from vramfit.errors import VramfitError
+from vramfit.features import BREAKDOWN, NAIVE, PHYSICS, UNITS, frame_features, shape_key
+
+MIN_MARGIN = 0.01  # never promise tighter than 1 %
+TARGETS = {"nvml": "nvml_bytes", "allocated": "allocated_bytes", "reserved": "reserved_bytes",
+           "rss": "rss_bytes", "tracked": "tracked_bytes"}
+
+
+def _nnls(X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Non-negative least squares with a non-negative intercept, on column-scaled X (well conditioned)."""
+    scale = np.where(X.max(axis=0) > 0, X.max(axis=0), 1.0)
+    reg = LinearRegression(positive=True).fit(X / scale, y)
+    coef = reg.coef_ / scale
+    intercept = float(reg.intercept_)
+    if intercept < 0:  # refit through the origin with the constant as a column: keeps it >= 0
+        Xc = np.column_stack([np.ones(len(X)), X / scale])
+        reg = LinearRegression(positive=True, fit_intercept=False).fit(Xc, y)
+        intercept, coef = float(reg.coef_[0]), reg.coef_[1:] / scale
+    return intercept, coef
+
+
+class MemoryModel:
+    """Predict peak training memory (bytes) from feature columns. scikit-learn style: fit(X, y) -> self."""
+
+    def __init__(self, features: tuple[str, ...] = PHYSICS, regimes: int = 2, max_iter: int = 30) -> None:
+        self.features = tuple(features)
+        self.regimes = regimes
+        self.max_iter = max_iter
+
+    def _X(self, X: pd.DataFrame | dict) -> np.ndarray:
+        return np.column_stack([np.asarray(X[f], dtype=np.float64) for f in self.features])
+
+    def _P(self, X: pd.DataFrame | dict) -> np.ndarray:
+        return np.asarray(X["params"], dtype=np.float64)
+
+    def fit(self, X: pd.DataFrame, y) -> MemoryModel:
+        A, y = self._X(X), np.asarray(y, dtype=np.float64)
+        if len(y) < 2:
+            raise VramfitError(f"need at least 2 measured points to fit, have {len(y)}")
+        self.intercept_, self.coef_ = _nnls(A, y)
+        self.step_intercept_, self.step_coef_ = 0.0, 0.0
+        self.n_step_points_ = 0
+        if self.regimes == 2 and "params" in self.features and len(y) >= 4:
+            self._fit_two_regimes(A, self._P(X), y)
+        self.n_points_ = len(y)
+        return self
+
+    def _fit_two_regimes(self, A: np.ndarray, P: np.ndarray, y: np.ndarray) -> None:
+        # start: the step regime explains the points the linear fit under-predicts most relative to P
+        resid = y - (self.intercept_ + A @ self.coef_)
+        step = resid > np.quantile(resid, 0.75)
+        best = (np.sum(resid**2), self.intercept_, self.coef_, 0.0, 0.0, 0)
+        for _ in range(self.max_iter):
+            if step.sum() < 2 or (~step).sum() < 2:
+                break
+            c0, w = _nnls(A[~step], y[~step])
+            c1, a = _nnls(P[step, None], y[step])
+            pred_b, pred_s = c0 + A @ w, c1 + a[0] * P
+            sse = float(np.sum((np.maximum(pred_b, pred_s) - y) ** 2))
+            if sse < best[0] - 1e-9 * best[0]:
+                best = (sse, c0, w, c1, float(a[0]), int(step.sum()))
+            new = pred_s > pred_b
+            if np.array_equal(new, step):
+                break
+            step = new
+        _, self.intercept_, self.coef_, self.step_intercept_, self.step_coef_, self.n_step_points_ = best
+
+    def parts(self, X: pd.DataFrame | dict) -> tuple[np.ndarray, np.ndarray]:
+        """(backward-regime prediction, optimizer-step-regime prediction); the model is their max."""
+        lin = self.intercept_ + self._X(X) @ self.coef_
+        if self.step_coef_ > 0:
+            return lin, self.step_intercept_ + self.step_coef_ * self._P(X)
+        return lin, np.full_like(lin, -np.inf)
+
+    def predict(self, X: pd.DataFrame | dict) -> np.ndarray:
+        lin, step = self.parts(X)
+        return np.maximum(lin, step)
+
+    def breakdown(self, X: pd.DataFrame | dict) -> list[dict]:
+        """Per point: bytes by part (constant, params+optimizer, logits, activations, attention) and regime."""
+        lin, step = self.parts(X)
+        out = []
+        for i in range(len(lin)):
+            if step[i] > lin[i]:
+                out.append({"regime": "optimizer step", "constant": self.step_intercept_,
+                            "params+optimizer": self.step_coef_ * float(self._P(X)[i]),
+                            "logits": 0.0, "activations": 0.0, "attention": 0.0})
+                continue
+            row = {"regime": "backward", "constant": self.intercept_}
+            for part, terms in BREAKDOWN.items():
+                row[part] = sum(float(self.coef_[self.features.index(t)]) * float(np.asarray(X[t])[i])
+                                for t in terms if t in self.features)
+            out.append(row)
+        return out
+
+    def coefficients(self) -> list[dict]:
+        """Readable coefficients: name, value and unit."""
+        rows = [{"term": "constant", "value": self.intercept_, "unit": "B"}]
+        rows += [{"term": f, "value": float(c), "unit": UNITS.get(f, "B")} for f, c in zip(self.features,
+                                                                                             self.coef_, strict=True)]
+        if self.step_coef_ > 0:
+            rows += [{"term": "step: constant", "value": self.step_intercept_, "unit": "B"},
+                     {"term": "step: params", "value": self.step_coef_, "unit": "B/param"}]
+        return rows
+
+    def to_dict(self) -> dict:
+        return {"features": list(self.features), "regimes": self.regimes, "intercept": self.intercept_,
+                "coef": [float(c) for c in self.coef_], "step_intercept": self.step_intercept_,
+                "step_coef": self.step_coef_}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MemoryModel:
+        m = cls(tuple(d["features"]), int(d.get("regimes", 1)))
+        m.intercept_, m.coef_ = float(d["intercept"]), np.asarray(d["coef"], dtype=np.float64)
+        m.step_intercept_, m.step_coef_ = float(d.get("step_intercept", 0.0)), float(d.get("step_coef", 0.0))
+        return m
+
+
+def cv_predictions(make, X: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    """Out-of-fold predictions: leave-one-group-out when `groups` is given, else leave-one-out."""
+    splitter = LeaveOneGroupOut() if groups is not None else LeaveOneOut()
+    pred = np.full(len(y), np.nan)
+    for train, test in splitter.split(X, y, groups):
+        if len(train) < 2:
+            continue
+        pred[test] = make().fit(X.iloc[train], y[train]).predict(X.iloc[test])
+    return pred
+
+
+def error_metrics(y: np.ndarray, pred: np.ndarray) -> dict:
+    """MAPE, max relative error, and the worst under-prediction (bytes and relative to the prediction)."""
+    ok = np.isfinite(pred)
+    if not ok.any():
+        return {"mape": math.nan, "max_rel": math.nan, "worst_under_bytes": math.nan, "worst_under_rel": math.nan,
+                "n": 0}
+    y, pred = y[ok], pred[ok]
+    rel = (pred - y) / y
+    under = y - pred
+    return {"mape": float(np.mean(np.abs(rel))), "max_rel": float(np.max(np.abs(rel))),
+            "worst_under_bytes": float(max(0.0, under.max())),
+            "worst_under_rel": float(max(0.0, np.max(under / np.maximum(pred, 1.0)))), "n": int(ok.sum())}
+
+
+@dataclass
+class FitReport:
+    """A fitted model for one device+recipe+target, its CV metrics beside the naive baseline's."""
+
+    model: MemoryModel
+    baseline: MemoryModel
+    target: str
+    device: str
+    recipe_key: str
+    recipe: dict
+    metrics: dict  # {"ours": {"loo": {...}, "grouped": {...}}, "naive": {...}}
+    margin_rel: float
+    data_hash: str
+    n_points: int
+    oom_violations: list[dict] = field(default_factory=list)
+    cv: pd.DataFrame | None = None  # per point: measured, CV predictions
+
+    def margin_bytes(self, pred):
+        return np.asarray(pred) * self.margin_rel
+
+    def to_json(self) -> dict:
+        return {
+            "schema": 1, "device": self.device, "recipe_key": self.recipe_key, "recipe": self.recipe,
+            "target": self.target, "model": self.model.to_dict(), "baseline": self.baseline.to_dict(),
+            "coefficients": self.model.coefficients(), "metrics": self.metrics, "margin_rel": self.margin_rel,
+            "data_hash": self.data_hash, "n_points": self.n_points, "oom_violations": self.oom_violations,
+        }
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_json(), indent=1))
+        tmp.replace(path)
+        return path
+
+
+def load_model(path: str | Path) -> dict:
+    """A saved model JSON, with `model` and `baseline` rebuilt as MemoryModel objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise VramfitError(f"no model file at {path} (run `vramfit fit` first)")
+    try:
+        d = json.loads(path.read_text())
+        d["model"] = MemoryModel.from_dict(d["model"])
+        d["baseline"] = MemoryModel.from_dict(d["baseline"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise VramfitError(f"{path} is not a vramfit model file") from None
+    return d
+
+
+def data_hash(df: pd.DataFrame, target_col: str) -> str:
+    cols = ["n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size", target_col]
+    blob = df[cols].sort_values(cols).to_csv(index=False).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def fit_points(points: pd.DataFrame, target: str = "auto", regimes: int = 2) -> FitReport:
+    """Fit ours and the naive baseline on the ok points of ONE device+recipe; CV both; check OOM rows."""
+    if points.empty:
+        raise VramfitError("no measured points to fit (run `vramfit sweep` first)")
+    if target == "auto":
+        target = "nvml" if points["device_type"].iloc[0] == "cuda" else "tracked"
+    if target not in TARGETS:
+        raise VramfitError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    col = TARGETS[target]
+    ok = points[(points["status"] == "ok") & points[col].notna()].reset_index(drop=True)
+    if len(ok) < 3:
+        raise VramfitError(f"need at least 3 ok points with a {target} reading to fit, have {len(ok)}")
+    X, y = frame_features(ok), ok[col].to_numpy(dtype=np.float64)
+    groups = shape_key(ok).to_numpy()
+    ours = lambda: MemoryModel(PHYSICS, regimes=regimes)  # noqa: E731
+    naive = lambda: MemoryModel(NAIVE, regimes=1)  # noqa: E731
+    metrics, cv = {}, pd.DataFrame({"measured": y, "shape": groups})
+    for name, make in (("ours", ours), ("naive", naive)):
+        metrics[name] = {}
+        for how, g in (("loo", None), ("grouped", groups if len(set(groups)) > 1 else None)):
+            pred = cv_predictions(make, X, y, g)
+            metrics[name][how] = error_metrics(y, pred)
+            cv[f"{name}_{how}"] = pred
+        model = make().fit(X, y)
+        metrics[name]["train"] = error_metrics(y, model.predict(X))
+        cv[f"{name}_fit"] = model.predict(X)
+        if name == "ours":
+            fitted = model
+        else:
+            base = model
+    worst = max(metrics["ours"]["grouped"]["worst_under_rel"], metrics["ours"]["loo"]["worst_under_rel"])
+    margin = max(MIN_MARGIN, worst if math.isfinite(worst) else MIN_MARGIN)
+    report = FitReport(fitted, base, target, str(ok["device_name"].iloc[0]), str(ok["recipe_key"].iloc[0]),
+                       json.loads(ok["recipe"].iloc[0]) if isinstance(ok["recipe"].iloc[0], str) else {},
+                       metrics, margin, data_hash(ok, col), len(ok), cv=cv)
+    report.oom_violations = oom_violations(report, points)
+    return report
+
+
+def oom_violations(report: FitReport, points: pd.DataFrame) -> list[dict]:
+    """OOM rows the model says would fit (prediction <= the capacity they ran under): the model is wrong there."""
+    oom = points[points["status"] == "oom"]
+    cap_col = "capacity_bytes" if "capacity_bytes" in points.columns else "total_memory_bytes"
+    if oom.empty or cap_col not in oom.columns:
+        return []
+    pred = report.model.predict(frame_features(oom))
+    out = []
+    for (_, row), p in zip(oom.iterrows(), pred, strict=True):
+        cap = row[cap_col]
+        if pd.notna(cap) and p <= cap:
+            out.append({k: int(row[k]) for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
+                                                 "vocab_size")} | {"predicted": float(p), "capacity": float(cap)})
+    return out
