@@ -36,8 +36,8 @@ BREAKDOWN = {"params+optimizer": ("params",), "logits": ("logits",), "activation
 
 def features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size, bias: bool = True) -> dict:
     """All feature columns (physics and naive) for one point or for arrays of points, as float64."""
-    L, H, C, T, B, V = (np.asarray(v, dtype=np.float64) for v in
-                        (n_layer, n_head, n_embd, block_size, batch_size, vocab_size))
+    L, H, C, T, B, V = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in
+                                             (n_layer, n_head, n_embd, block_size, batch_size, vocab_size)))
     N = B * T
     return {
         "params": np.asarray(count_params(L, C, T, V, bias), dtype=np.float64),

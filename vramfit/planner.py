@@ -1,0 +1,102 @@
+"""Glue between the store, fitted model files and suggestions: what `fit`, `predict`, `suggest`, `plot` and
+`train --suggestion` share (which model file, which points, the train command of a suggestion)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pandas as pd
+
+from vramfit.errors import VramfitError
+from vramfit.memmodel import FitReport, fit_points, load_model
+from vramfit.suggest import Suggestion
+
+MODELS_DIR = Path("results") / "models"
+SUGGESTIONS_FILE = Path("results") / "suggestions.json"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "device"
+
+
+def model_filename(device: str, recipe_key: str) -> str:
+    return f"{slug(device)}-{recipe_key}.json"
+
+
+def fit_store(points: pd.DataFrame, target: str = "auto", regimes: int = 2) -> list[tuple[FitReport, pd.DataFrame]]:
+    """One fit per (device, recipe) found in `points`; groups with too few ok points are skipped."""
+    if points.empty:
+        raise VramfitError("the database has no points (run `vramfit sweep` first)")
+    out, errors = [], []
+    for (_device, _rkey), group in points.groupby(["device_name", "recipe_key"], sort=True):
+        try:
+            out.append((fit_points(group, target=target, regimes=regimes), group))
+        except VramfitError as exc:
+            errors.append(f"{_device} / {_rkey}: {exc}")
+    if not out:
+        raise VramfitError("nothing to fit: " + "; ".join(errors))
+    return out
+
+
+def resolve_model_file(model: str | Path | None, models_dir: str | Path = MODELS_DIR) -> Path:
+    """The model file to use: the given path, or the only (or newest) JSON in `models_dir`."""
+    if model:
+        path = Path(model)
+        if not path.is_file():
+            raise VramfitError(f"no model file at {path} (run `vramfit fit` first)")
+        return path
+    files = sorted(Path(models_dir).glob("*.json"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        raise VramfitError(f"no fitted model in {models_dir} (run `vramfit sweep` then `vramfit fit`, "
+                           "or pass --model FILE)")
+    return files[-1]
+
+
+def open_model(model: str | Path | None, models_dir: str | Path = MODELS_DIR) -> tuple[Path, dict]:
+    path = resolve_model_file(model, models_dir)
+    return path, load_model(path)
+
+
+def train_command(s: Suggestion, recipe: dict, data_dir: str = "data/shakespeare_char",
+                  out_dir: str | None = None) -> str:
+    """The exact `vramfit train` command for a suggestion under the model's recipe."""
+    args = ["vramfit", "train"]
+    for key in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size"):
+        args += [f"--{key.replace('_', '-')}", str(getattr(s, key))]
+    for key in ("dtype", "compile", "optimizer", "attn_kernel"):
+        if recipe.get(key) is not None:
+            value = recipe[key]
+            args += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
+    args += ["--data-dir", data_dir, "--out-dir", out_dir or f"out/suggest-{s.rank}"]
+    cmd = shlex.join(args)
+    if recipe.get("alloc_conf"):
+        cmd = f"PYTORCH_CUDA_ALLOC_CONF={shlex.quote(recipe['alloc_conf'])} {cmd}"
+    return cmd
+
+
+def save_suggestions(doc: dict, path: str | Path = SUGGESTIONS_FILE) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(path)
+    return path
+
+
+def load_suggestion(rank: int, path: str | Path = SUGGESTIONS_FILE) -> tuple[dict, dict]:
+    """(the suggest document, suggestion number `rank`) from a `suggest --json` file or the last suggest run."""
+    path = Path(path)
+    if not path.is_file():
+        raise VramfitError(f"no suggestions at {path} (run `vramfit suggest` first)")
+    try:
+        doc = json.loads(path.read_text())
+        items = doc["suggestions"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise VramfitError(f"{path} is not a vramfit suggest output") from None
+    for item in items:
+        if item.get("rank") == rank:
+            return doc, item
+    raise VramfitError(f"no suggestion #{rank} in {path} (it has {len(items)})")

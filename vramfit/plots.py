@@ -1,0 +1,157 @@
+"""Matplotlib figures of a fitted memory model: accuracy, memory vs tokens, feasibility, breakdown, residuals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from vramfit.features import features, frame_features, shape_key  # noqa: E402
+from vramfit.memmodel import TARGETS, FitReport  # noqa: E402
+
+GIB = 2**30
+
+
+def _unit(values) -> tuple[float, str]:
+    peak = float(np.nanmax(np.asarray(values, dtype=np.float64))) if len(values) else 0.0
+    return (GIB, "GiB") if peak >= GIB else (2**20, "MiB")
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def pred_vs_measured(report: FitReport, path: Path) -> Path:
+    """Grouped-CV predictions (shapes held out) of ours and the naive baseline against measurements."""
+    cv = report.cv
+    scale, unit = _unit(cv["measured"])
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    lo, hi = 0.0, float(np.nanmax(cv[["measured", "ours_grouped", "naive_grouped"]].to_numpy())) / scale * 1.05
+    xs = np.linspace(lo, hi, 50)
+    ax.fill_between(xs, xs * 0.95, xs * 1.05, color="0.85", label="±5 %")
+    ax.plot(xs, xs, color="0.4", lw=1)
+    m = report.metrics
+    ax.scatter(cv["measured"] / scale, cv["naive_grouped"] / scale, marker="x", color="tab:red",
+               label=f"naive params+tokens (max err {m['naive']['grouped']['max_rel']:.1%})")
+    ax.scatter(cv["measured"] / scale, cv["ours_grouped"] / scale, color="tab:blue", s=22,
+               label=f"vramfit physics model (max err {m['ours']['grouped']['max_rel']:.1%})")
+    ax.set_xlabel(f"measured peak ({report.target}, {unit})")
+    ax.set_ylabel(f"predicted, shape held out ({unit})")
+    ax.set_title(f"Predicted vs measured memory\n{report.device} · {report.recipe_key}")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
+
+
+def memory_vs_tokens(report: FitReport, points: pd.DataFrame, path: Path, budget: float | None = None) -> Path:
+    """Measured memory against tokens per batch for each model shape and block, with the fitted lines."""
+    col = TARGETS[report.target]
+    ok = points[(points["status"] == "ok") & points[col].notna()].copy()
+    ok["shape"] = shape_key(ok)
+    scale, unit = _unit(ok[col])
+    fig, ax = plt.subplots(figsize=(7.2, 5.2))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, ((shape, T), g) in enumerate(sorted(ok.groupby(["shape", "block_size"]), key=lambda kv: kv[0])):
+        c = colors[i % len(colors)]
+        tokens = g["batch_size"] * g["block_size"]
+        ax.scatter(tokens, g[col] / scale, color=c, s=18, label=f"{shape} T={T}")
+        r = g.iloc[0]
+        batches = np.linspace(1, max(g["batch_size"].max() * 1.3, 2), 40)
+        f = features(r["n_layer"], r["n_head"], r["n_embd"], T, batches, r["vocab_size"])
+        ax.plot(batches * T, report.model.predict(f) / scale, color=c, lw=1)
+    if budget and budget <= 2 * ok[col].max():  # otherwise the line would flatten the data
+        ax.axhline(budget / scale, color="k", ls="--", lw=1, label=f"budget {budget / scale:.2f} {unit}")
+    ax.set_xlabel("tokens per batch (batch × block)")
+    ax.set_ylabel(f"peak memory ({report.target}, {unit})")
+    ax.set_title("Memory vs tokens per batch, by model shape (lines: fitted model)")
+    ax.legend(fontsize=6, ncol=2, loc="upper left")
+    return _save(fig, path)
+
+
+def feasibility(report: FitReport, shape: dict, budget: float, path: Path,
+                blocks=(64, 128, 256, 512, 1024, 2048), batches=tuple(range(1, 65))) -> Path:
+    """Predicted memory + margin over block_size × batch_size for one model shape; contour at the budget."""
+    T, B = np.meshgrid(np.asarray(blocks), np.asarray(batches), indexing="ij")
+    f = features(shape["n_layer"], shape["n_head"], shape["n_embd"], T.ravel(), B.ravel(), shape["vocab_size"])
+    need = (report.model.predict(f) * (1 + report.margin_rel)).reshape(T.shape)
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    im = ax.pcolormesh(np.arange(len(batches) + 1), np.arange(len(blocks) + 1), need / GIB, cmap="viridis",
+                       shading="flat", vmax=min(need.max(), 2 * budget) / GIB)  # past 2x budget: all "no"
+    fig.colorbar(im, ax=ax, label="predicted + margin (GiB)")
+    if need.min() < budget < need.max():
+        ax.contour(np.arange(len(batches)) + 0.5, np.arange(len(blocks)) + 0.5, need, levels=[budget],
+                   colors="w", linewidths=2)
+    ax.set_yticks(np.arange(len(blocks)) + 0.5, [str(b) for b in blocks])
+    step = max(1, len(batches) // 16)
+    ax.set_xticks(np.arange(0, len(batches), step) + 0.5, [str(b) for b in batches[::step]])
+    ax.set_xlabel("batch_size")
+    ax.set_ylabel("block_size")
+    ax.set_title(f"Feasibility for {shape['n_layer']}L {shape['n_head']}H {shape['n_embd']}C "
+                 f"V={shape['vocab_size']} (white: {budget / GIB:.2f} GiB budget)")
+    return _save(fig, path)
+
+
+def breakdown_bars(suggestions: list, budget: float, path: Path) -> Path:
+    """Stacked bars of the predicted memory of each suggestion, by part, with margin and budget."""
+    parts = ["constant", "params+optimizer", "logits", "activations", "attention"]
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    labels = [f"#{s.rank} {s.n_layer}L{s.n_embd}C\nT{s.block_size}×B{s.batch_size}" for s in suggestions]
+    bottom = np.zeros(len(suggestions))
+    scale, unit = _unit([budget])
+    for part in parts + ["margin"]:
+        vals = np.array([(s.margin_bytes if part == "margin" else s.breakdown.get(part, 0)) for s in suggestions],
+                        dtype=np.float64) / scale
+        ax.bar(labels, vals, bottom=bottom, label=part, hatch="//" if part == "margin" else None)
+        bottom += vals
+    ax.axhline(budget / scale, color="k", ls="--", lw=1, label="budget")
+    ax.set_ylabel(unit)
+    ax.set_title("Where the memory goes: top suggestions")
+    ax.tick_params(axis="x", labelsize=7)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def residuals(report: FitReport, path: Path) -> Path:
+    """Cross-validated relative errors (shape held out) per point, ours vs naive."""
+    cv = report.cv
+    scale, unit = _unit(cv["measured"])
+    fig, ax = plt.subplots(figsize=(7.2, 4.2))
+    for name, style in (("naive", dict(marker="x", color="tab:red")), ("ours", dict(marker="o", color="tab:blue"))):
+        rel = (cv[f"{name}_grouped"] - cv["measured"]) / cv["measured"] * 100
+        ax.scatter(cv["measured"] / scale, rel, label=name, s=18, **style)
+    ax.axhline(0, color="0.4", lw=1)
+    ax.axhspan(-5, 5, color="0.9")
+    ax.set_xlabel(f"measured ({unit})")
+    ax.set_ylabel("CV error (%)  (+ over-predicts)")
+    ax.set_title("Cross-validated residuals (grouped by model shape)")
+    ax.legend()
+    return _save(fig, path)
+
+
+def all_plots(report: FitReport, points: pd.DataFrame, out_dir: str | Path, budget: float,
+              suggestions: list | None = None) -> list[Path]:
+    """Every figure for one fitted model into `out_dir`; returns the PNG paths."""
+    out = Path(out_dir)
+    paths = [pred_vs_measured(report, out / "pred_vs_measured.png"),
+             memory_vs_tokens(report, points, out / "memory_vs_tokens.png", budget),
+             residuals(report, out / "cv_residuals.png")]
+    ok = points[points["status"] == "ok"]
+    if suggestions:
+        top = suggestions[0]
+        shape = {k: getattr(top, k) for k in ("n_layer", "n_head", "n_embd", "vocab_size")}
+        paths.append(breakdown_bars(suggestions, budget, out / "breakdown.png"))
+    else:
+        big = ok.assign(P=frame_features(ok)["params"]).sort_values("P").iloc[-1]
+        shape = {k: int(big[k]) for k in ("n_layer", "n_head", "n_embd", "vocab_size")}
+    paths.append(feasibility(report, shape, budget, out / "feasibility.png"))
+    return paths
