@@ -5,12 +5,13 @@ Every error a user can cause ends as one line on stderr and exit code 2 (see `ma
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
 import typer
 
-from vramfit.errors import USER_ERRORS
+from vramfit.errors import USER_ERRORS, VramfitError
 
 app = typer.Typer(
     add_completion=False,
@@ -118,6 +119,334 @@ def sample(
         if i:
             typer.echo("---------------")
         typer.echo(text)
+
+
+@app.command()
+def info(as_json: bool = typer.Option(False, "--json", help="machine-readable facts")) -> None:
+    """What is here: each GPU (NVML) or the CPU, with driver, CUDA and torch versions."""
+    from vramfit import devices
+
+    if as_json:
+        import json
+
+        gpus, note = devices.cuda_devices()
+        facts = [g.to_dict() for g in gpus] or [devices.cpu_facts().to_dict()]
+        typer.echo(json.dumps({"devices": facts, "note": note}, indent=1))
+        return
+    for line in devices.info_lines():
+        typer.echo(line)
+
+
+@app.command()
+def sweep(
+    grid: Path = typer.Option(None, "--grid", "-g", help="grid spec TOML (e.g. experiments/grids/quick.toml)"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
+    devices: str = typer.Option(None, "--devices", help="GPU indices to use in parallel, e.g. 0,1"),
+    db: Path = typer.Option(Path("results/vramfit.sqlite"), "--db", help="SQLite database"),
+    emulate_vram: str = typer.Option(None, "--emulate-vram", help="behave like a card this big, e.g. 8G"),
+    redo: bool = typer.Option(False, "--redo", help="measure again points already in the database"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
+    n_layer: str = typer.Option(None, "--n-layer", help="axis override, e.g. 4,8"),
+    n_head: str = typer.Option(None, "--n-head"),
+    n_embd: str = typer.Option(None, "--n-embd"),
+    block_size: str = typer.Option(None, "--block-size"),
+    batch_size: str = typer.Option(None, "--batch-size"),
+    vocab_size: str = typer.Option(None, "--vocab-size"),
+    dtype: str = typer.Option(None, help="recipe override: auto | float32 | bfloat16 | float16"),
+    max_iters: int = typer.Option(None, "--max-iters", help="measurement override"),
+    timeout: float = typer.Option(None, "--timeout", help="seconds per point (measurement override)"),
+) -> None:
+    """Profile training memory over a grid, one fresh process per point, into SQLite (resumable)."""
+    from vramfit.grid import load_grid, parse_int_list
+    from vramfit.sweep import run_sweep
+    from vramfit.units import parse_size
+
+    axes = {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "block_size": block_size,
+            "batch_size": batch_size, "vocab_size": vocab_size}
+    overrides = {k: v for k, v in axes.items() if v is not None}
+    if grid is None and len(overrides) < len(axes):
+        fail("give --grid FILE.toml, or all six axes as flags")
+    measure = {k: v for k, v in (("max_iters", max_iters), ("timeout_s", timeout)) if v is not None}
+    spec = load_grid(grid, overrides, {"dtype": dtype} if dtype else None, measure)
+    emulate = parse_size(emulate_vram) if emulate_vram else None
+    if emulate is not None and emulate <= 0:
+        fail("--emulate-vram must be > 0")
+    indices = parse_int_list(devices, "--devices") if devices else None
+    if indices is not None and any(i < 0 for i in indices):
+        fail("--devices takes GPU indices >= 0")
+    res = run_sweep(spec, db, device=device, gpu_indices=indices, emulate_bytes=emulate, redo=redo, quiet=quiet,
+                    argv=sys.argv[1:])
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(res.counts.items())) or "nothing to do"
+    typer.echo(f"sweep {res.sweep_id} done: {counts}; {res.resumed} already measured, "
+               f"{res.invalid} invalid combinations skipped; db {res.db}")
+
+
+@app.command()
+def runs(db: Path = typer.Option(Path("results/vramfit.sqlite"), "--db", help="SQLite database")) -> None:
+    """List the sweeps in a database with their point counts."""
+    from vramfit.store import Store
+
+    if not db.exists():
+        fail(f"no database at {db} (run `vramfit sweep` first)")
+    with Store(db) as store:
+        df = store.sweeps_frame()
+    if df.empty:
+        typer.echo(f"no sweeps in {db}")
+        return
+    cols = ["sweep_id", "name", "status", "devices", "started_at", "n_planned", "n_resumed", "n_invalid", "n_ok",
+            "n_oom", "n_error", "n_timeout"]
+    typer.echo(df[cols].to_string(index=False))
+
+
+@app.command()
+def export(
+    db: Path = typer.Option(Path("results/vramfit.sqlite"), "--db", help="SQLite database"),
+    csv: Path = typer.Option(None, "--csv", help="write the points to this CSV file"),
+    parquet: Path = typer.Option(None, "--parquet", help="write the points to this Parquet file"),
+    device: str = typer.Option(None, help="only this device (name substring, cpu/cuda, or GPU UUID)"),
+    status: str = typer.Option(None, help="only this status (ok, oom, timeout, error)"),
+) -> None:
+    """Export all measured points (joined with their environment) to CSV and/or Parquet."""
+    from vramfit.store import Store
+
+    if csv is None and parquet is None:
+        fail("give --csv FILE and/or --parquet FILE")
+    if not db.exists():
+        fail(f"no database at {db}")
+    with Store(db) as store:
+        for path, fmt in ((csv, "csv"), (parquet, "parquet")):
+            if path is not None:
+                n = store.export(path, fmt, device=device, status=status)
+                typer.echo(f"wrote {n} points to {path}")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(width=max(120, shutil.get_terminal_size().columns))
+
+
+def _fmt(n: float) -> str:
+    from vramfit.units import format_size
+
+    return format_size(n)
+
+
+def _open_store(db: Path):
+    from vramfit.store import Store
+
+    if not db.exists():
+        fail(f"no database at {db} (run `vramfit sweep` first)")
+    return Store(db)
+
+
+@app.command()
+def fit(
+    db: Path = typer.Option(Path("results/vramfit.sqlite"), help="the measurement database"),
+    target: str = typer.Option("auto", help="auto (nvml on CUDA, tracked on CPU) | nvml | allocated | reserved "
+                                            "| rss | tracked"),
+    device: str = typer.Option(None, help="only this device (name substring, 'cpu'/'cuda' or GPU UUID)"),
+    recipe: str = typer.Option(None, help="only this recipe key"),
+    regimes: int = typer.Option(2, min=1, max=2, help="2: peak in backward or in the optimizer step; 1: linear"),
+    out: Path = typer.Option(Path("results/models"), help="where model JSON files go"),
+) -> None:
+    """Fit the memory model per device and recipe; print coefficients and CV error beside the naive baseline."""
+    from rich.table import Table
+
+    from vramfit.planner import fit_store, model_filename
+
+    with _open_store(db) as store:
+        points = store.points_frame(device=device, recipe_key=recipe)
+    console = _console()
+    for report, _ in fit_store(points, target=target, regimes=regimes):
+        path = report.save(out / model_filename(report.device, report.recipe_key))
+        console.print(f"[bold]{report.device}[/] · recipe {report.recipe_key} · target {report.target} · "
+                      f"{report.n_points} points -> {path}")
+        coef = Table("term", "coefficient", "unit", title="memory model")
+        for row in report.model.coefficients():
+            value = _fmt(row["value"]) if row["unit"] == "B" else f"{row['value']:.4g}"
+            coef.add_row(row["term"], value, "" if row["unit"] == "B" else row["unit"])
+        console.print(coef)
+        m = report.metrics
+        cv = Table("model", "CV", "MAPE", "max error", "worst under-prediction", title="cross-validated error")
+        for name, label in (("ours", "vramfit (physics)"), ("naive", "naive params+tokens")):
+            for how, how_label in (("loo", "leave-one-out"), ("grouped", "shape held out")):
+                r = m[name][how]
+                cv.add_row(label, how_label, f"{r['mape']:.2%}", f"{r['max_rel']:.2%}",
+                           _fmt(r["worst_under_bytes"]))
+        console.print(cv)
+        console.print(f"safety margin: {report.margin_rel:.2%} of the prediction (worst CV under-prediction)")
+        for v in report.oom_violations:
+            console.print(f"[yellow]warning:[/] OOM point {v} is predicted to fit ({_fmt(v['predicted'])} <= "
+                          f"{_fmt(v['capacity'])})")
+
+
+def _shape_options(n_layer, n_head, n_embd, block_size, batch_size, vocab) -> dict:
+    def ints(value: str | None, name: str):
+        if value is None:
+            return None
+        try:
+            out = [int(v) for v in str(value).split(",") if v.strip()]
+        except ValueError:
+            fail(f"--{name.replace('_', '-')}: expected integers like 4 or 4,8, got {value!r}")
+        if not out or min(out) < 1:
+            fail(f"--{name.replace('_', '-')}: sizes must be >= 1, got {value!r}")
+        return out
+
+    return {k: ints(v, k) for k, v in dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                                            batch_size=batch_size, vocab_size=vocab).items()}
+
+
+@app.command()
+def predict(
+    n_layer: int = typer.Option(..., min=1),
+    n_head: int = typer.Option(..., min=1),
+    n_embd: int = typer.Option(..., min=1),
+    block_size: int = typer.Option(..., min=1),
+    batch_size: int = typer.Option(..., min=1),
+    vocab: int = typer.Option(50304, "--vocab", "--vocab-size", min=1),
+    model: Path = typer.Option(None, help="model JSON (default: the newest in results/models)"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Predicted training memory of one config, with a breakdown and the safety margin."""
+    import json
+
+    from gpt.model import GPTConfig
+    from vramfit.features import features
+    from vramfit.planner import open_model
+
+    GPTConfig(n_layer, n_head, n_embd, block_size, vocab)  # shape errors as one line
+    path, doc = open_model(model)
+    f = features(n_layer, n_head, n_embd, block_size, batch_size, vocab)
+    pred = float(doc["model"].predict(f)[0])
+    base = float(doc["baseline"].predict(f)[0])
+    part = doc["model"].breakdown(f)[0]
+    margin = pred * doc["margin_rel"]
+    if json_out:
+        typer.echo(json.dumps({"predicted_bytes": int(pred), "margin_bytes": int(margin),
+                               "naive_bytes": int(base), "regime": part.pop("regime"),
+                               "breakdown": {k: int(v) for k, v in part.items()}, "model_file": str(path)}))
+        return
+    typer.echo(f"model {path} ({doc['device']}, {doc['recipe_key']}, target {doc['target']})")
+    typer.echo(f"predicted peak: {_fmt(pred)}  (+ margin {_fmt(margin)} = {_fmt(pred + margin)}; "
+               f"peak in the {part.pop('regime')})")
+    for k, v in part.items():
+        typer.echo(f"  {k:<18} {_fmt(v):>12}")
+    typer.echo(f"naive params+tokens line: {_fmt(base)}")
+
+
+@app.command()
+def suggest(
+    vram: str = typer.Option(..., help="the card's memory: 8G, 7.5GiB, 8000M, 24GB (binary units: 8G = 8 GiB)"),
+    reserve: str = typer.Option("0", help="memory kept free for the display and other processes, e.g. 500M"),
+    objective: str = typer.Option("params", help="params (largest model) | tokens (most tokens per step) | "
+                                                 "balanced (params x tokens)"),
+    n_layer: str = typer.Option(None, help="fix or restrict: 12 or 6,12"),
+    n_head: str = typer.Option(None),
+    n_embd: str = typer.Option(None),
+    block_size: str = typer.Option(None),
+    batch_size: str = typer.Option(None),
+    vocab: str = typer.Option(None, "--vocab", "--vocab-size", help="default 50304 (GPT-2 BPE, padded)"),
+    min_batch: int = typer.Option(1, min=1),
+    top: int = typer.Option(10, min=1),
+    model: Path = typer.Option(None, help="model JSON (default: the newest in results/models)"),
+    data_dir: str = typer.Option("data/shakespeare_char", help="corpus for the printed train commands"),
+    json_out: bool = typer.Option(False, "--json", help="machine-readable output (schema: vramfit/schemas/)"),
+    save: Path = typer.Option(Path("results/suggestions.json"), help="where `train --suggestion N` finds them"),
+) -> None:
+    """Configs that fit a card with the safety margin, ranked, each with its train command."""
+    import json
+
+    from rich.table import Table
+
+    from vramfit.planner import open_model, save_suggestions, train_command
+    from vramfit.suggest import smallest_need
+    from vramfit.suggest import suggest as run_suggest
+    from vramfit.units import parse_size
+
+    vram_b, reserve_b = parse_size(vram), parse_size(reserve)
+    budget = vram_b - reserve_b
+    space = _shape_options(n_layer, n_head, n_embd, block_size, batch_size, vocab)
+    path, doc = open_model(model)
+    mm, margin, recipe = doc["model"], doc["margin_rel"], doc.get("recipe") or {}
+    items = run_suggest(mm, margin, budget, objective=objective, top=top, min_batch=min_batch,
+                        command=lambda s: train_command(s, recipe, data_dir), **space)
+    result = {"vram_bytes": vram_b, "reserve_bytes": reserve_b, "budget_bytes": budget, "objective": objective,
+              "model_file": str(path), "device": doc["device"], "recipe_key": doc["recipe_key"], "recipe": recipe,
+              "target": doc["target"], "margin_rel": margin, "suggestions": [s.to_dict() for s in items]}
+    if items:
+        save_suggestions(result, save)
+    if json_out:
+        typer.echo(json.dumps(result, indent=1))
+        if not items:
+            raise typer.Exit(1)
+        return
+    console = _console()
+    console.print(f"budget: {_fmt(budget)} ({vram} - reserve {_fmt(reserve_b)}) · model {path.name} "
+                  f"({doc['device']}, margin {margin:.1%})")
+    if not items:
+        need, cfg = smallest_need(mm, margin, **space)
+        console.print(f"nothing fits in {_fmt(budget)}. The smallest config in this space needs {_fmt(need)}: "
+                      + " ".join(f"{k}={v}" for k, v in cfg.items())
+                      + ". Raise --vram, lower --reserve, or relax the fixed sizes.")
+        raise typer.Exit(1)
+    table = Table("#", "layers", "heads", "width", "block", "batch", "vocab", "params", "tokens/step",
+                  "predicted", "headroom", title=f"top {len(items)} by {objective}")
+    for s in items:
+        table.add_row(str(s.rank), str(s.n_layer), str(s.n_head), str(s.n_embd), str(s.block_size),
+                      str(s.batch_size), str(s.vocab_size), f"{s.params / 1e6:.1f}M", f"{s.tokens_per_step:,}",
+                      _fmt(s.predicted_bytes), _fmt(s.headroom_bytes))
+    console.print(table)
+    for s in items:
+        console.print(f"#{s.rank}: {s.command}", soft_wrap=True)
+    console.print(f"saved to {save}: train one with `vramfit train --suggestion N`")
+
+
+@app.command()
+def plot(
+    db: Path = typer.Option(Path("results/vramfit.sqlite")),
+    out: Path = typer.Option(Path("results/plots"), help="folder for the PNG files"),
+    vram: str = typer.Option("8G", help="budget line and feasibility contour"),
+    target: str = typer.Option("auto"),
+    device: str = typer.Option(None),
+    recipe: str = typer.Option(None),
+) -> None:
+    """PNG plots per device and recipe: predicted vs measured, memory vs tokens, feasibility, breakdown, residuals."""
+    from vramfit.planner import fit_store, slug, train_command
+    from vramfit.plots import all_plots
+    from vramfit.suggest import suggest as run_suggest
+    from vramfit.units import parse_size
+
+    budget = parse_size(vram)
+    with _open_store(db) as store:
+        points = store.points_frame(device=device, recipe_key=recipe)
+    for report, group in fit_store(points, target=target):
+        try:
+            items = run_suggest(report.model, report.margin_rel, budget, "balanced", top=5,
+                                command=lambda s, r=report: train_command(s, r.recipe))
+        except VramfitError:
+            items = []
+        folder = out / f"{slug(report.device)}-{report.recipe_key}"
+        for p in all_plots(report, group, folder, budget, items):
+            typer.echo(f"wrote {p}")
+
+
+@app.command()
+def report(
+    db: Path = typer.Option(Path("results/vramfit.sqlite")),
+    out: Path = typer.Option(Path("results/report.html")),
+    vram: str = typer.Option("8G"),
+    target: str = typer.Option("auto"),
+) -> None:
+    """One self-contained HTML page: data summary, coefficients, CV tables and every plot."""
+    from vramfit.report import write_report
+    from vramfit.units import parse_size
+
+    budget = parse_size(vram)
+    with _open_store(db) as store:
+        points = store.points_frame()
+    path = write_report(points, out, budget, target=target)
+    typer.echo(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> int:

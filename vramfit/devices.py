@@ -1,0 +1,189 @@
+"""What hardware is here: GPUs via NVML (by UUID), else torch; the CPU otherwise. Never raises for a missing GPU.
+
+The sweep's parent process reads facts through NVML only, so it never creates a CUDA context of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+from dataclasses import asdict, dataclass, field
+
+from vramfit.errors import VramfitError
+
+
+@dataclass
+class DeviceFacts:
+    """One device as the store's `environments` table records it."""
+
+    device_type: str  # 'cuda' | 'cpu'
+    device_name: str
+    total_memory_bytes: int | None
+    index: int | None = None  # NVML index (CUDA) or None
+    gpu_uuid: str | None = None
+    compute_capability: str | None = None  # "9.0"
+    used_memory_bytes: int | None = None
+    driver_version: str | None = None
+    cuda_version: str | None = None  # the CUDA runtime torch was built with
+    torch_version: str | None = None
+    hostname: str = field(default_factory=socket.gethostname)
+    source: str = "nvml"  # nvml | torch | proc
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def torch_device(self) -> str:
+        return "cpu" if self.device_type == "cpu" else "cuda"
+
+
+def _torch_versions() -> tuple[str | None, str | None]:
+    try:
+        import torch
+
+        return torch.__version__, torch.version.cuda
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return None, None
+
+
+def _decode(v: object) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def nvml_devices() -> tuple[list[DeviceFacts], str]:
+    """GPUs seen by NVML and a note ('' when NVML worked)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception as exc:  # ImportError or NVMLError (no library, no driver)
+        return [], f"NVML unavailable ({type(exc).__name__})"
+    tv, cuda = _torch_versions()
+    out = []
+    try:
+        driver = _decode(pynvml.nvmlSystemGetDriverVersion())
+        for i in range(pynvml.nvmlDeviceGetCount()):
+            h = pynvml.nvmlDeviceGetHandleByIndex(i)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
+            try:
+                cc = ".".join(str(x) for x in pynvml.nvmlDeviceGetCudaComputeCapability(h))
+            except Exception:
+                cc = None
+            out.append(DeviceFacts(
+                device_type="cuda", device_name=_decode(pynvml.nvmlDeviceGetName(h)), index=i,
+                total_memory_bytes=int(mem.total), used_memory_bytes=int(mem.used),
+                gpu_uuid=_decode(pynvml.nvmlDeviceGetUUID(h)), compute_capability=cc, driver_version=driver,
+                cuda_version=cuda, torch_version=tv, source="nvml",
+            ))
+    except Exception as exc:
+        return out, f"NVML error ({type(exc).__name__}: {exc})"
+    return out, ""
+
+
+def torch_cuda_devices() -> list[DeviceFacts]:
+    """GPUs seen by torch (used when NVML is missing; this initialises CUDA in the calling process)."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return []
+        out = []
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            uuid = str(getattr(p, "uuid", "")) or None
+            out.append(DeviceFacts(
+                device_type="cuda", device_name=p.name, index=i, total_memory_bytes=int(p.total_memory),
+                gpu_uuid=f"GPU-{uuid}" if uuid and not uuid.startswith("GPU-") else uuid,
+                compute_capability=f"{p.major}.{p.minor}", torch_version=torch.__version__,
+                cuda_version=torch.version.cuda, source="torch",
+            ))
+        return out
+    except Exception:
+        return []
+
+
+def cuda_devices() -> tuple[list[DeviceFacts], str]:
+    """GPUs here: NVML first, torch as the fallback; plus a note on what was not available."""
+    devs, note = nvml_devices()
+    if devs:
+        return devs, note
+    tdevs = torch_cuda_devices()
+    if tdevs and note:
+        note += "; falling back to torch counters"
+    return tdevs, note
+
+
+def cpu_facts() -> DeviceFacts:
+    """The CPU and its RAM (from /proc where available)."""
+    name = platform.processor() or platform.machine() or "cpu"
+    total = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        pass
+    tv, _ = _torch_versions()
+    return DeviceFacts(device_type="cpu", device_name=f"cpu: {name}", total_memory_bytes=total, torch_version=tv,
+                       source="proc")
+
+
+def resolve(device: str = "auto", indices: list[int] | None = None) -> list[DeviceFacts]:
+    """The devices a sweep runs on: `device` is auto | cpu | cuda | cuda:N; `indices` picks several GPUs."""
+    if device == "cpu":
+        if indices:
+            raise VramfitError("--devices selects GPUs; it cannot be combined with --device cpu")
+        return [cpu_facts()]
+    if device not in ("auto", "cuda") and not device.startswith("cuda:"):
+        raise VramfitError(f"unknown device {device!r} (auto, cpu, cuda, cuda:N)")
+    gpus, note = cuda_devices()
+    if not gpus:
+        if device == "auto" and not indices:
+            return [cpu_facts()]
+        raise VramfitError(f"no CUDA device here{f' ({note})' if note else ''}; use --device cpu")
+    if device.startswith("cuda:"):
+        try:
+            wanted = [int(device.split(":", 1)[1])]
+        except ValueError:
+            raise VramfitError(f"bad device {device!r} (cuda:N)") from None
+        if indices and indices != wanted:
+            raise VramfitError("give either --device cuda:N or --devices, not both")
+        indices = wanted
+    if not indices:
+        return [gpus[0]]
+    by_index = {g.index: g for g in gpus}
+    missing = [i for i in indices if i not in by_index]
+    if missing:
+        raise VramfitError(f"no GPU with index {missing[0]} (have {', '.join(str(i) for i in by_index)})")
+    return [by_index[i] for i in dict.fromkeys(indices)]
+
+
+def info_lines() -> list[str]:
+    """The `vramfit info` report, one line per fact group."""
+    from vramfit.units import format_size
+
+    tv, cuda = _torch_versions()
+    gpus, note = cuda_devices()
+    lines = [f"torch {tv}, CUDA runtime {cuda or 'none'}, host {socket.gethostname()}"]
+    if note:
+        lines.append(note)
+    if not gpus:
+        cpu = cpu_facts()
+        mem = format_size(cpu.total_memory_bytes) if cpu.total_memory_bytes else "?"
+        lines.append("no CUDA device: CPU mode")
+        lines.append(f"{cpu.device_name}, {os.cpu_count()} cores, {mem} RAM")
+        return lines
+    for g in gpus:
+        used = f", {format_size(g.used_memory_bytes)} used" if g.used_memory_bytes is not None else ""
+        lines.append(
+            f"GPU {g.index}: {g.device_name} {g.gpu_uuid or ''} compute {g.compute_capability or '?'}, "
+            f"{format_size(g.total_memory_bytes or 0)} total{used}, driver {g.driver_version or '?'} ({g.source})"
+        )
+    return lines

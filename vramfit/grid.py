@@ -1,0 +1,191 @@
+"""Grid specs (TOML): axes to sweep, the recipe, measurement settings.
+
+```toml
+name = "quick"
+[[axes]]                       # or a single [axes] table; several [[axes]] blocks are a union of products
+n_layer = [1, 2]               # each of the six axes: an int or a list of ints
+n_head = [2]
+n_embd = [64, 128]
+block_size = [64]
+batch_size = [4, 8]
+vocab_size = [1024]
+[[axes]]                       # later blocks inherit the axes they omit from the first block
+block_size = [128]
+[recipe]                       # vramfit.recipe.Recipe fields
+dtype = "auto"
+[measure]                      # Measure fields
+max_iters = 20
+```
+"""
+
+from __future__ import annotations
+
+import itertools
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from gpt.model import ConfigError, GPTConfig
+from vramfit.errors import VramfitError
+from vramfit.recipe import Recipe
+
+AXES = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size")
+
+
+@dataclass(frozen=True)
+class Measure:
+    """How one point is measured: iterations, stability rule, timeout, CPU threads."""
+
+    min_iters: int = 4  # never fewer optimizer steps (and always >= 3)
+    max_iters: int = 30  # give up waiting for stability here (recorded with stable = false)
+    window: int = 3  # the reading must stay within `tolerance` over this many consecutive iterations
+    tolerance: float = 0.01  # relative
+    timeout_s: float = 300.0  # per point, process start included
+    threads: int = 1  # CPU worker intra-op threads (0: torch's default)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.min_iters >= 1, "measure.min_iters must be >= 1"),
+            (self.max_iters >= max(3, self.min_iters), "measure.max_iters must be >= max(3, min_iters)"),
+            (self.window >= 1, "measure.window must be >= 1"),
+            (0 <= self.tolerance < 1, "measure.tolerance must be in [0, 1)"),
+            (self.timeout_s > 0, "measure.timeout_s must be > 0"),
+            (self.threads >= 0, "measure.threads must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise VramfitError(msg)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Measure:
+        hints = {f.name: f.type for f in fields(cls)}
+        unknown = set(d) - set(hints)
+        if unknown:
+            raise VramfitError(f"unknown measure key(s): {', '.join(sorted(unknown))} (known: {', '.join(hints)})")
+        out = {}
+        for k, v in d.items():
+            want = float if hints[k] in ("float", float) else int
+            if isinstance(v, bool) or not isinstance(v, int | float) or (want is int and not float(v).is_integer()):
+                raise VramfitError(f"measure.{k} must be a number, got {v!r}")
+            out[k] = want(v)
+        return cls(**out)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Grid:
+    """A parsed grid spec: axis blocks (union of Cartesian products), recipe, measurement settings."""
+
+    name: str
+    blocks: list[dict[str, list[int]]]
+    recipe: Recipe = field(default_factory=Recipe)
+    measure: Measure = field(default_factory=Measure)
+    path: str | None = None
+
+    def points(self) -> tuple[list[dict[str, int]], int]:
+        """(valid points in order without duplicates, number of invalid combinations skipped)."""
+        seen: dict[tuple[int, ...], None] = {}
+        invalid: set[tuple[int, ...]] = set()
+        for block in self.blocks:
+            for combo in itertools.product(*(block[a] for a in AXES)):
+                if combo in seen or combo in invalid:
+                    continue
+                p = dict(zip(AXES, combo, strict=True))
+                try:
+                    GPTConfig(p["n_layer"], p["n_head"], p["n_embd"], p["block_size"], p["vocab_size"])
+                except ConfigError:
+                    invalid.add(combo)
+                    continue
+                seen[combo] = None
+        return [dict(zip(AXES, c, strict=True)) for c in seen], len(invalid)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "path": self.path, "axes": self.blocks, "recipe": self.recipe.to_dict(),
+                "measure": self.measure.to_dict()}
+
+
+def parse_int_list(text: str | int | list, what: str = "value") -> list[int]:
+    """'4,8,16' (or an int, or a list) -> [4, 8, 16]; positive integers only."""
+    items = text if isinstance(text, list) else [text] if isinstance(text, int) else str(text).split(",")
+    out = []
+    for item in items:
+        try:
+            if isinstance(item, bool) or isinstance(item, float):
+                raise ValueError
+            v = int(str(item).strip().replace("_", "")) if isinstance(item, str) else int(item)
+        except (TypeError, ValueError):
+            raise VramfitError(f"{what}: {item!r} is not an integer") from None
+        if v < 1:
+            raise VramfitError(f"{what}: values must be positive, got {v}")
+        out.append(v)
+    if not out:
+        raise VramfitError(f"{what}: empty list")
+    return out
+
+
+def _read_toml(path: Path) -> dict:
+    if not path.is_file():
+        raise VramfitError(f"no such grid file: {path}")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise VramfitError(f"{path} is not valid TOML: {str(exc).splitlines()[0]}") from None
+
+
+def _block(raw: object, where: str) -> dict[str, list[int]]:
+    if not isinstance(raw, dict):
+        raise VramfitError(f"{where}: axes must be a table of axis = [values]")
+    unknown = set(raw) - set(AXES)
+    if unknown:
+        raise VramfitError(f"{where}: unknown axis {sorted(unknown)[0]!r} (axes: {', '.join(AXES)})")
+    return {k: parse_int_list(v, f"{where} {k}") for k, v in raw.items()}
+
+
+def load_grid(path: str | Path | None, axis_overrides: dict[str, list[int]] | None = None,
+              recipe_overrides: dict | None = None, measure_overrides: dict | None = None) -> Grid:
+    """Read a grid spec; axis overrides (e.g. from `--n-layer 4,8`) replace that axis in every block.
+
+    Without a file, the overrides must name all six axes."""
+    doc: dict = {}
+    if path is not None:
+        path = Path(path)
+        doc = _read_toml(path)
+    where = str(path) if path is not None else "grid"
+    unknown = set(doc) - {"name", "description", "axes", "recipe", "measure"}
+    if unknown:
+        raise VramfitError(f"{where}: unknown key {sorted(unknown)[0]!r} (name, description, axes, recipe, measure)")
+    raw_axes = doc.get("axes", [])
+    raw_blocks = raw_axes if isinstance(raw_axes, list) else [raw_axes]
+    blocks = [_block(b, f"{where} axes") for b in raw_blocks]
+    for name, values in (axis_overrides or {}).items():
+        if name not in AXES:
+            raise VramfitError(f"unknown axis {name!r} (axes: {', '.join(AXES)})")
+        values = parse_int_list(values, name)
+        blocks = [{**b, name: values} for b in blocks] if blocks else [{name: values}]
+    if not blocks:
+        raise VramfitError(f"{where}: empty grid (no axes)")
+    first = blocks[0]
+    missing = [a for a in AXES if a not in first]
+    if missing:
+        raise VramfitError(f"{where}: the first axes block lacks {', '.join(missing)}")
+    blocks = [{**first, **b} for b in blocks]
+    recipe_d = dict(doc.get("recipe", {}))
+    recipe_d.update(recipe_overrides or {})
+    measure_d = dict(doc.get("measure", {}))
+    measure_d.update(measure_overrides or {})
+    if not isinstance(doc.get("recipe", {}), dict) or not isinstance(doc.get("measure", {}), dict):
+        raise VramfitError(f"{where}: [recipe] and [measure] must be tables")
+    name = str(doc.get("name") or (path.stem if path is not None else "adhoc"))
+    grid = Grid(name=name, blocks=blocks, recipe=Recipe.from_dict(recipe_d), measure=Measure.from_dict(measure_d),
+                path=str(path) if path is not None else None)
+    pts, n_invalid = grid.points()
+    if not pts:
+        raise VramfitError(f"{where}: empty grid ({n_invalid} combinations, none valid: n_embd % n_head != 0?)")
+    return grid
+
+
+def with_measure(grid: Grid, **changes: object) -> Grid:
+    """A copy of `grid` with some measurement settings changed."""
+    return replace(grid, measure=replace(grid.measure, **changes))

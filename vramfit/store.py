@@ -1,0 +1,407 @@
+"""SQLite store of measurements: sweeps, environments (device + software + recipe) and points.
+
+WAL mode, `PRAGMA user_version` schema version, parameterised SQL only, one short transaction per write so that
+several processes can share a file and every point is on disk the moment it is inserted. A file that is not a
+vramfit database is refused with one line and never written to.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pandas as pd
+
+from vramfit.errors import VramfitError
+
+SCHEMA_VERSION = 1
+DEFAULT_DB = Path("results") / "vramfit.sqlite"
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size")
+STATUSES = ("ok", "oom", "timeout", "error")
+DONE_STATUSES = ("ok", "oom")  # resume skips these; error/timeout points are tried again
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+_SCHEMA = """
+CREATE TABLE sweeps (
+    sweep_id      INTEGER PRIMARY KEY,
+    name          TEXT,
+    grid_path     TEXT,
+    grid_json     TEXT,
+    devices       TEXT,
+    emulate_bytes INTEGER,
+    status        TEXT NOT NULL DEFAULT 'running',
+    n_planned     INTEGER,
+    n_invalid     INTEGER,
+    n_resumed     INTEGER,
+    argv          TEXT,
+    hostname      TEXT,
+    pid           INTEGER,
+    started_at    TEXT NOT NULL,
+    finished_at   TEXT
+);
+CREATE TABLE environments (
+    env_id                INTEGER PRIMARY KEY,
+    fingerprint           TEXT NOT NULL UNIQUE,
+    device_key            TEXT NOT NULL,
+    device_type           TEXT NOT NULL,
+    device_name           TEXT NOT NULL,
+    gpu_uuid              TEXT,
+    compute_capability    TEXT,
+    total_memory_bytes    INTEGER,
+    physical_memory_bytes INTEGER,
+    emulate_bytes         INTEGER,
+    driver_version        TEXT,
+    cuda_version          TEXT,
+    torch_version         TEXT,
+    hostname              TEXT,
+    recipe_json           TEXT NOT NULL,
+    recipe_key            TEXT NOT NULL,
+    created_at            TEXT NOT NULL
+);
+CREATE TABLE points (
+    point_id        INTEGER PRIMARY KEY,
+    sweep_id        INTEGER REFERENCES sweeps(sweep_id),
+    env_id          INTEGER NOT NULL REFERENCES environments(env_id),
+    source          TEXT NOT NULL DEFAULT 'sweep',
+    n_layer         INTEGER NOT NULL,
+    n_head          INTEGER NOT NULL,
+    n_embd          INTEGER NOT NULL,
+    block_size      INTEGER NOT NULL,
+    batch_size      INTEGER NOT NULL,
+    vocab_size      INTEGER NOT NULL,
+    status          TEXT NOT NULL CHECK (status IN ('ok', 'oom', 'timeout', 'error')),
+    nvml_bytes      INTEGER,
+    nvml_source     TEXT,
+    allocated_bytes INTEGER,
+    reserved_bytes  INTEGER,
+    tracked_bytes   INTEGER,
+    rss_bytes       INTEGER,
+    context_bytes   INTEGER,
+    alloc_retries   INTEGER,
+    num_ooms        INTEGER,
+    ms_per_iter     REAL,
+    tokens_per_s    REAL,
+    iters           INTEGER,
+    stable          INTEGER,
+    error           TEXT,
+    timings         TEXT,
+    extra           TEXT,
+    created_at      TEXT NOT NULL
+);
+CREATE INDEX points_by_env_shape ON points (env_id, n_layer, n_head, n_embd, block_size, batch_size, vocab_size);
+CREATE INDEX environments_by_identity ON environments (device_key, recipe_key, torch_version);
+"""
+
+_POINT_COLUMNS = (
+    "status", "nvml_bytes", "nvml_source", "allocated_bytes", "reserved_bytes", "tracked_bytes", "rss_bytes",
+    "context_bytes", "alloc_retries", "num_ooms", "ms_per_iter", "tokens_per_s", "iters", "stable", "error",
+)
+_ENV_FACTS = (
+    "device_type", "device_name", "gpu_uuid", "compute_capability", "driver_version", "cuda_version",
+    "torch_version", "hostname",
+)
+
+_NUMERIC_COLUMNS = (
+    "total_memory_bytes", "physical_memory_bytes", "emulate_bytes", "nvml_bytes", "allocated_bytes", "reserved_bytes",
+    "tracked_bytes", "rss_bytes", "context_bytes", "alloc_retries", "num_ooms", "ms_per_iter", "tokens_per_s",
+)
+FRAME_COLUMNS = [
+    "point_id", "sweep_id", "env_id", "source", "device_key", "device_name", "device_type", "gpu_uuid",
+    "compute_capability", "total_memory_bytes", "physical_memory_bytes", "emulate_bytes", "torch_version",
+    "cuda_version", "driver_version", "hostname", "recipe_key", "recipe", *SHAPE_KEYS, "status", "nvml_bytes",
+    "nvml_source", "allocated_bytes", "reserved_bytes", "tracked_bytes", "rss_bytes", "context_bytes",
+    "alloc_retries", "num_ooms", "ms_per_iter", "tokens_per_s", "iters", "stable", "error", "timings", "created_at",
+]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
+
+
+def device_key(facts: dict) -> str:
+    """What makes two devices interchangeable for memory: type, model name and capacity (not the UUID)."""
+    return f"{facts.get('device_type')}|{facts.get('device_name')}|{facts.get('total_memory_bytes')}"
+
+
+class Store:
+    """A vramfit SQLite database; `Store(path)` creates the file and schema when missing."""
+
+    def __init__(self, path: str | Path = DEFAULT_DB) -> None:
+        self.path = Path(path)
+        self._check_existing()
+        self._prepare_parent()
+        try:
+            self.conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            self.conn.row_factory = sqlite3.Row
+            self.conn.execute("PRAGMA busy_timeout = 60000")
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = FULL")
+            self.conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise VramfitError(f"cannot open database {self.path}: {exc}") from None
+
+    # ------------------------------------------------------------------------------------------ opening
+
+    def _check_existing(self) -> None:
+        p = self.path
+        if p.is_dir():
+            raise VramfitError(f"database path {p} is a directory")
+        if not p.exists() or p.stat().st_size == 0:
+            return
+        try:
+            with open(p, "rb") as f:
+                head = f.read(len(_SQLITE_MAGIC))
+        except OSError as exc:
+            raise VramfitError(f"cannot read database {p}: {exc.strerror}") from None
+        if head != _SQLITE_MAGIC:
+            raise VramfitError(f"{p} is not an SQLite database (left untouched)")
+        try:  # validate read-only before anything can write to it
+            ro = sqlite3.connect(f"file:{quote(str(p.resolve()))}?mode=ro", uri=True, timeout=60.0)
+            try:
+                check = ro.execute("PRAGMA quick_check").fetchone()[0]
+                version = ro.execute("PRAGMA user_version").fetchone()[0]
+                tables = {r[0] for r in ro.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            finally:
+                ro.close()
+        except sqlite3.Error as exc:
+            raise VramfitError(f"{p} is not a readable SQLite database ({exc}; left untouched)") from None
+        if check != "ok":
+            raise VramfitError(f"{p} is corrupt ({check}; left untouched)")
+        if version > SCHEMA_VERSION:
+            raise VramfitError(f"{p} has schema version {version}, newer than this vramfit ({SCHEMA_VERSION})")
+        if version == 0 and tables:
+            raise VramfitError(f"{p} is an SQLite database but not a vramfit one (left untouched)")
+
+    def _prepare_parent(self) -> None:
+        parent = self.path.parent
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise VramfitError(f"cannot create the database folder {parent}: {exc.strerror or exc}") from None
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise VramfitError(f"cannot write to the database folder {parent}")
+        if self.path.exists() and not os.access(self.path, os.W_OK):
+            raise VramfitError(f"database {self.path} is not writable")
+
+    def _migrate(self) -> None:
+        with self._tx() as c:
+            version = c.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                self._create(c)
+                c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @staticmethod
+    def _create(c: sqlite3.Connection) -> None:
+        for stmt in _SCHEMA.split(";"):
+            if stmt.strip():
+                c.execute(stmt)
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction (BEGIN IMMEDIATE: waits for other writers, never deadlocks)."""
+        c = self.conn
+        try:
+            c.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise VramfitError(f"cannot write to database {self.path}: {exc}") from None
+        try:
+            yield c
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        else:
+            try:
+                c.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise VramfitError(f"cannot write to database {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # ------------------------------------------------------------------------------------------ writing
+
+    def environment(self, facts: dict, recipe: Any, emulate_bytes: int | None = None) -> int:
+        """env_id for device `facts` (see `vramfit.devices.DeviceFacts.to_dict`) and a resolved recipe
+        (a `Recipe` or its dict); created when new. An emulated card's capacity is `emulate_bytes`."""
+        recipe_d = recipe.to_dict() if hasattr(recipe, "to_dict") else dict(recipe)
+        rkey = recipe.key() if hasattr(recipe, "key") else _recipe_key(recipe_d)
+        physical = facts.get("total_memory_bytes")
+        row = {k: (str(facts[k]) if facts.get(k) is not None else None) for k in _ENV_FACTS}
+        row.update(
+            device_key=device_key(facts),
+            total_memory_bytes=emulate_bytes if emulate_bytes else physical,
+            physical_memory_bytes=physical,
+            emulate_bytes=emulate_bytes or None,
+            recipe_json=json.dumps(recipe_d, sort_keys=True),
+            recipe_key=rkey,
+        )
+        row["fingerprint"] = hashlib.sha1(json.dumps(row, sort_keys=True).encode()).hexdigest()
+        row["created_at"] = _now()
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        with self._tx() as c:
+            c.execute(f"INSERT OR IGNORE INTO environments ({cols}) VALUES ({marks})", tuple(row.values()))
+            env_id = c.execute("SELECT env_id FROM environments WHERE fingerprint = ?", (row["fingerprint"],))
+            return int(env_id.fetchone()[0])
+
+    def insert_point(self, record: dict, env_id: int, sweep_id: int | None, source: str = "sweep") -> int:
+        """Insert one measurement (a worker record: shape keys, status, readings; other keys go to `extra`)
+        and commit it at once; returns point_id."""
+        missing = [k for k in (*SHAPE_KEYS, "status") if record.get(k) is None]
+        if missing:
+            raise VramfitError(f"point record lacks {', '.join(missing)}")
+        if record["status"] not in STATUSES:
+            raise VramfitError(f"point status must be one of {', '.join(STATUSES)}, got {record['status']!r}")
+        row: dict[str, Any] = {"sweep_id": sweep_id, "env_id": env_id, "source": source}
+        row.update({k: int(record[k]) for k in SHAPE_KEYS})
+        for k in _POINT_COLUMNS:
+            v = record.get(k)
+            row[k] = int(bool(v)) if k == "stable" and v is not None else v
+        for k in ("ms_per_iter", "tokens_per_s"):  # NaN/inf are not SQL values
+            if isinstance(row[k], float) and not (row[k] == row[k] and abs(row[k]) != float("inf")):
+                row[k] = None
+        row["timings"] = json.dumps(record["timings"]) if record.get("timings") else None
+        known = {*SHAPE_KEYS, *_POINT_COLUMNS, "timings"}
+        extra = {k: v for k, v in record.items() if k not in known}
+        row["extra"] = json.dumps(extra, default=str) if extra else None
+        row["created_at"] = _now()
+        cols = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        with self._tx() as c:
+            cur = c.execute(f"INSERT INTO points ({cols}) VALUES ({marks})", tuple(row.values()))
+            return int(cur.lastrowid)
+
+    def start_sweep(self, name: str, grid_path: str | None, grid: dict, devices: list[str],
+                    emulate_bytes: int | None, n_planned: int, n_invalid: int, n_resumed: int,
+                    argv: list[str] | None = None) -> int:
+        """Record a new sweep (status 'running'); returns sweep_id."""
+        import socket
+
+        with self._tx() as c:
+            cur = c.execute(
+                "INSERT INTO sweeps (name, grid_path, grid_json, devices, emulate_bytes, n_planned, n_invalid, "
+                "n_resumed, argv, hostname, pid, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (name, grid_path, json.dumps(grid, default=str), ",".join(devices), emulate_bytes, n_planned,
+                 n_invalid, n_resumed, json.dumps(argv or []), socket.gethostname(), os.getpid(), _now()),
+            )
+            return int(cur.lastrowid)
+
+    def finish_sweep(self, sweep_id: int, status: str = "done") -> None:
+        with self._tx() as c:
+            c.execute("UPDATE sweeps SET status = ?, finished_at = ? WHERE sweep_id = ?", (status, _now(), sweep_id))
+
+    # ------------------------------------------------------------------------------------------ reading
+
+    def identity(self, env_id: int) -> tuple:
+        """(device_key, recipe_key, torch_version, emulate_bytes): what resume matches on."""
+        row = self.conn.execute(
+            "SELECT device_key, recipe_key, torch_version, emulate_bytes FROM environments WHERE env_id = ?",
+            (env_id,),
+        ).fetchone()
+        if row is None:
+            raise VramfitError(f"no environment {env_id} in {self.path}")
+        return tuple(row)
+
+    def measured_keys(self, env_id: int, statuses: tuple[str, ...] = DONE_STATUSES) -> set[tuple[int, ...]]:
+        """Shapes (n_layer, n_head, n_embd, block_size, batch_size, vocab_size) already measured with one of
+        `statuses` on any environment with the same identity as `env_id` (same device model, recipe, torch)."""
+        dkey, rkey, tv, emu = self.identity(env_id)
+        marks = ", ".join("?" for _ in statuses)
+        rows = self.conn.execute(
+            f"SELECT {', '.join('p.' + k for k in SHAPE_KEYS)} FROM points p JOIN environments e USING (env_id) "
+            f"WHERE e.device_key = ? AND e.recipe_key = ? AND e.torch_version IS ? AND e.emulate_bytes IS ? "
+            f"AND p.status IN ({marks})",
+            (dkey, rkey, tv, emu, *statuses),
+        )
+        return {tuple(r) for r in rows}
+
+    def is_measured(self, env_id: int, point: dict, statuses: tuple[str, ...] = DONE_STATUSES) -> bool:
+        """Whether `point` (the six shape keys) is already measured for env_id's device + recipe."""
+        return tuple(int(point[k]) for k in SHAPE_KEYS) in self.measured_keys(env_id, statuses)
+
+    def points_frame(self, device: str | None = None, recipe_key: str | None = None,
+                     status: str | None = None) -> pd.DataFrame:
+        """All points joined with their environment, one row each (columns: `FRAME_COLUMNS`).
+
+        `device` matches the device name (substring, case-insensitive), the device type or the GPU UUID."""
+        where, args = [], []
+        if device:
+            where.append("(lower(e.device_name) LIKE ? OR e.device_type = ? OR e.gpu_uuid = ?)")
+            args += [f"%{device.lower()}%", device, device]
+        if recipe_key:
+            where.append("e.recipe_key = ?")
+            args.append(recipe_key)
+        if status:
+            where.append("p.status = ?")
+            args.append(status)
+        sql = (
+            "SELECT p.point_id, p.sweep_id, p.env_id, p.source, e.device_key, e.device_name, e.device_type, "
+            "e.gpu_uuid, e.compute_capability, e.total_memory_bytes, e.physical_memory_bytes, e.emulate_bytes, "
+            "e.torch_version, e.cuda_version, e.driver_version, e.hostname, e.recipe_key, e.recipe_json AS recipe, "
+            + ", ".join(f"p.{c}" for c in FRAME_COLUMNS[FRAME_COLUMNS.index("n_layer"):])
+            + " FROM points p JOIN environments e USING (env_id)"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY p.point_id"
+        )
+        df = pd.read_sql_query(sql, self.conn, params=args)
+        for col in _NUMERIC_COLUMNS:  # NULL -> NaN, so readings are float64 whether or not any is missing
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
+        df["stable"] = df["stable"].map(lambda v: None if v is None or pd.isna(v) else bool(v)).astype("object")
+        return df[FRAME_COLUMNS]
+
+    def sweeps_frame(self) -> pd.DataFrame:
+        """One row per sweep with its point counts by status."""
+        sql = (
+            "SELECT s.sweep_id, s.name, s.status, s.devices, s.emulate_bytes, s.started_at, s.finished_at, "
+            "s.n_planned, s.n_resumed, s.n_invalid, "
+            + ", ".join(f"SUM(p.status = '{st}') AS n_{st}" for st in STATUSES)
+            + " FROM sweeps s LEFT JOIN points p USING (sweep_id) GROUP BY s.sweep_id ORDER BY s.sweep_id"
+        )
+        df = pd.read_sql_query(sql, self.conn)
+        for st in STATUSES:
+            df[f"n_{st}"] = df[f"n_{st}"].fillna(0).astype(int)
+        return df
+
+    def export(self, path: str | Path, fmt: str | None = None, **filters: Any) -> int:
+        """Write `points_frame(**filters)` to CSV or Parquet (by `fmt` or the suffix); returns the row count."""
+        path = Path(path)
+        fmt = fmt or ("parquet" if path.suffix == ".parquet" else "csv")
+        df = self.points_frame(**filters)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if fmt == "parquet":
+                try:
+                    df.to_parquet(path, index=False)
+                except ImportError:
+                    raise VramfitError("Parquet export needs pyarrow (pip install 'vramfit[parquet]')") from None
+            elif fmt == "csv":
+                df.to_csv(path, index=False)
+            else:
+                raise VramfitError(f"unknown export format {fmt!r} (csv or parquet)")
+        except OSError as exc:
+            raise VramfitError(f"cannot write {path}: {exc.strerror or exc}") from None
+        return len(df)
+
+
+def _recipe_key(d: dict) -> str:
+    blob = json.dumps(d, sort_keys=True).encode()
+    return hashlib.sha1(blob).hexdigest()[:8]
