@@ -23,9 +23,13 @@ def _unit(values) -> tuple[float, str]:
 
 
 def _save(fig, path: Path) -> Path:
+    """Write a PNG whose metadata carries the title and axis labels (so tests and tools can read them)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    ax = fig.axes[0]
+    meta = {"Title": ax.get_title(), "Description": f"x: {ax.get_xlabel()}; y: {ax.get_ylabel()}",
+            "Software": "vramfit"}
+    fig.savefig(path, dpi=110, metadata=meta)
     plt.close(fig)
     return path
 

@@ -1,0 +1,123 @@
+"""fit / predict / suggest / plot / report from the command line, on a database of synthetic points."""
+
+import json
+
+import matplotlib.image as mpimg
+import pytest
+from PIL import Image
+from planner_data import synthetic_points
+
+from vramfit.cli import main
+from vramfit.recipe import Recipe
+from vramfit.store import Store
+
+FACTS = {"device_type": "cuda", "device_name": "Synthetic GPU", "total_memory_bytes": 8 * 2**30,
+         "gpu_uuid": "GPU-synthetic", "torch_version": "test"}
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    path = tmp_path_factory.mktemp("db") / "v.sqlite"
+    with Store(path) as store:
+        env = store.environment(FACTS, Recipe(dtype="bfloat16", compile=True, optimizer="fused"))
+        for rec in synthetic_points().to_dict("records"):
+            store.insert_point(rec, env, None)
+    return path
+
+
+def run(capsys, *args):
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture(scope="module")
+def model_file(db, tmp_path_factory):
+    out = tmp_path_factory.mktemp("models")
+    assert main(["fit", "--db", str(db), "--out", str(out)]) == 0
+    (path,) = out.glob("*.json")
+    return path
+
+
+def test_fit_prints_coefficients_and_both_models(capsys, db, tmp_path):
+    rc, out, _ = run(capsys, "fit", "--db", db, "--out", tmp_path)
+    assert rc == 0
+    assert "B/param" in out and "naive params+tokens" in out and "shape held out" in out
+    doc = json.loads(next(tmp_path.glob("synthetic-gpu-*.json")).read_text())
+    assert doc["target"] == "nvml" and doc["n_points"] == 108
+
+
+def test_predict_breakdown(capsys, model_file):
+    rc, out, _ = run(capsys, "predict", "--n-layer", 12, "--n-head", 12, "--n-embd", 768, "--block-size", 1024,
+                     "--batch-size", 12, "--model", model_file, "--json")
+    assert rc == 0
+    doc = json.loads(out)
+    assert doc["regime"] == "backward"
+    assert sum(doc["breakdown"].values()) == pytest.approx(doc["predicted_bytes"], rel=1e-6)
+
+
+def test_suggest_table_and_train_commands(capsys, model_file, tmp_path):
+    rc, out, _ = run(capsys, "suggest", "--vram", "8G", "--reserve", "500M", "--model", model_file, "--top", 3,
+                     "--save", tmp_path / "s.json")
+    assert rc == 0
+    assert "budget: 7.51 GiB" in out and out.count("vramfit train --n-layer") == 3
+    assert "--dtype bfloat16 --compile true --optimizer fused" in out
+
+
+def test_plots_are_real_pngs(capsys, db, tmp_path):
+    rc, out, _ = run(capsys, "plot", "--db", db, "--out", tmp_path, "--vram", "1G")
+    assert rc == 0
+    pngs = {p.name: p for p in tmp_path.rglob("*.png")}
+    expected = {"pred_vs_measured.png": ("Predicted vs measured", "measured peak"),
+                "memory_vs_tokens.png": ("Memory vs tokens", "tokens per batch"),
+                "feasibility.png": ("Feasibility", "batch_size"),
+                "breakdown.png": ("Where the memory goes", ""),
+                "cv_residuals.png": ("Cross-validated residuals", "measured")}
+    assert set(pngs) == set(expected)
+    for name, (title, xlabel) in expected.items():
+        img = mpimg.imread(pngs[name])
+        assert img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 500
+        assert img[..., :3].std() > 0.05  # not a blank canvas
+        info = Image.open(pngs[name]).info
+        assert title in info["Title"] and xlabel in info["Description"]
+
+
+def test_report_is_one_html_with_inline_plots(capsys, db, tmp_path):
+    rc, _, _ = run(capsys, "report", "--db", db, "--out", tmp_path / "r.html", "--vram", "1G")
+    assert rc == 0
+    html = (tmp_path / "r.html").read_text()
+    assert html.count("data:image/png;base64,") == 5 and "Cross-validated error" in html
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["suggest", "--vram", "8G", "--objective", "fast"], "unknown objective"),
+        (["suggest", "--vram", "8Q"], "cannot parse size '8Q'"),
+        (["suggest", "--vram", "100M"], "below this device's constant"),
+        (["suggest", "--vram", "8G", "--reserve", "9G"], "budget must be positive"),
+        (["suggest", "--vram", "8G", "--n-layer", "4,x"], "expected integers"),
+        (["predict", "--n-layer", "2", "--n-head", "3", "--n-embd", "64", "--block-size", "8", "--batch-size", "1"],
+         "divisible"),
+    ],
+)
+def test_planner_bad_input(capsys, model_file, args, message):
+    rc, _, err = run(capsys, *args, "--model", model_file)
+    assert rc == 2 and message in err and err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_missing_model_and_empty_database(capsys, tmp_path):
+    rc, _, err = run(capsys, "suggest", "--vram", "8G", "--model", tmp_path / "none.json")
+    assert rc == 2 and "no model file" in err
+    with Store(tmp_path / "empty.sqlite"):
+        pass
+    rc, _, err = run(capsys, "fit", "--db", tmp_path / "empty.sqlite")
+    assert rc == 2 and "no points" in err
+    rc, _, err = run(capsys, "fit", "--db", tmp_path / "missing.sqlite")
+    assert rc == 2 and "no database" in err
+
+
+def test_nothing_fits_says_what_would(capsys, model_file):
+    rc, out, _ = run(capsys, "suggest", "--vram", "500M", "--n-layer", "48", "--n-embd", "4096", "--model",
+                     model_file, "--save", "/dev/null")
+    assert rc == 1 and "nothing fits" in out and "needs" in out
