@@ -378,8 +378,11 @@ class TrainResult:
     ckpt_path: str | None
 
 
-def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
-    """The training loop: logs, evaluates, checkpoints; resumes from `out_dir/ckpt.pt`."""
+def train(cfg: TrainConfig, log: Callable[[str], None] = print,
+          on_step: Callable[[Trainer], None] | None = None) -> TrainResult:
+    """The training loop: logs, evaluates, checkpoints; resumes from `out_dir/ckpt.pt`.
+
+    `on_step(trainer)` runs after every optimizer step (e.g. a memory probe)."""
     corpus = Corpus.open(cfg.data_dir)
     ckpt_path = Path(cfg.out_dir) / "ckpt.pt"
     ckpt = None
@@ -415,6 +418,8 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print) -> TrainResult:
     first_interval = True
     while trainer.iter_num < cfg.max_iters:
         loss = trainer.step(get_batch)
+        if on_step is not None:
+            on_step(trainer)
         it = trainer.iter_num
         last = it == cfg.max_iters
         if it % cfg.log_interval == 0 or last:

@@ -100,3 +100,53 @@ def load_suggestion(rank: int, path: str | Path = SUGGESTIONS_FILE) -> tuple[dic
         if item.get("rank") == rank:
             return doc, item
     raise VramfitError(f"no suggestion #{rank} in {path} (it has {len(items)})")
+
+
+def suggestion_overrides(doc: dict, item: dict) -> dict:
+    """TrainConfig overrides that reproduce a suggestion under its model's recipe."""
+    out = {k: item[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size")}
+    recipe = doc.get("recipe") or {}
+    out.update({k: recipe[k] for k in ("dtype", "compile", "optimizer", "attn_kernel") if recipe.get(k) is not None})
+    out["out_dir"] = f"out/suggest-{item['rank']}"
+    return out
+
+
+def compare_and_store(cfg, record: dict, doc: dict | None, db: str | Path) -> list[str]:
+    """Lines comparing the measured stable memory with the model's prediction; the run stored as a point."""
+    from vramfit import devices
+    from vramfit.features import features
+    from vramfit.memmodel import TARGETS
+    from vramfit.recipe import Recipe
+    from vramfit.store import Store
+    from vramfit.units import format_size
+
+    facts = devices.resolve(cfg.device)[0]
+    recipe = Recipe(dtype=cfg.dtype, compile=cfg.compile, optimizer=cfg.optimizer,
+                    attn_kernel=cfg.attn_kernel).resolved(facts.torch_device)
+    lines = []
+    measured_keys = [k for k in ("nvml_bytes", "reserved_bytes", "allocated_bytes", "tracked_bytes", "rss_bytes")
+                     if record.get(k) is not None]
+    lines.append(f"measured (stable: {record.get('stable')} after {record.get('iters', 0)} steps): "
+                 + ", ".join(f"{k.removesuffix('_bytes')} {format_size(record[k])}" for k in measured_keys))
+    model_doc = None
+    if doc and doc.get("model_file") and Path(doc["model_file"]).is_file():
+        model_doc = load_model(doc["model_file"])
+    if model_doc is not None:
+        col = TARGETS[model_doc["target"]]
+        f = features(*(record[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
+                                            "vocab_size")))
+        pred = float(model_doc["model"].predict(f)[0])
+        margin = pred * model_doc["margin_rel"]
+        if record.get(col) is not None:
+            err = (pred - record[col]) / record[col]
+            lines.append(f"predicted {format_size(pred)} (+ margin {format_size(margin)}) vs measured "
+                         f"{format_size(record[col])} ({model_doc['target']}): error {err:+.2%}"
+                         + ("" if pred + margin >= record[col] else "  [measured exceeds prediction + margin]"))
+            record["predicted_bytes"] = int(pred)
+        else:
+            lines.append(f"no {model_doc['target']} reading on this device to compare with the prediction")
+    with Store(db) as store:
+        env = store.environment(facts.to_dict(), recipe)
+        point_id = store.insert_point(record, env, None, source="train")
+    lines.append(f"stored as point {point_id} (source train) in {db}")
+    return lines
