@@ -78,18 +78,42 @@ def prepare(
 def train(
     ctx: typer.Context,
     config: Path = typer.Option(None, "--config", "-c", help="a TOML config (flat keys or [model]/[train] tables)"),
+    suggestion: int = typer.Option(None, "--suggestion", "-s", min=1,
+                                   help="train suggestion N of the last `vramfit suggest` (or of --suggestions)"),
+    suggestions: Path = typer.Option(Path("results/suggestions.json"), help="a `suggest --json` output"),
+    measure: bool = typer.Option(False, "--measure", help="probe memory and store it (on with --suggestion)"),
+    db: Path = typer.Option(Path("results/vramfit.sqlite"), "--db", help="where a measured run is stored"),
 ) -> None:
-    """Train a GPT: `vramfit train [--config FILE.toml] [--key value ...]` (any TrainConfig field)."""
+    """Train a GPT: `vramfit train [--config FILE.toml] [--suggestion N] [--key value ...]` (any TrainConfig
+    field). With --suggestion it prints predicted vs measured memory and stores the run as a new point."""
     from gpt.train import load_config
     from gpt.train import train as run_training
 
-    cfg = load_config(config, parse_overrides(ctx.args))
-    result = run_training(cfg)
+    overrides = parse_overrides(ctx.args)
+    doc = item = None
+    if suggestion is not None:
+        from vramfit.planner import load_suggestion, suggestion_overrides
+
+        doc, item = load_suggestion(suggestion, suggestions)
+        overrides = {**suggestion_overrides(doc, item), **overrides}
+        measure = True
+    cfg = load_config(config, overrides)
+    if measure:
+        from vramfit.train_measure import train_and_measure
+
+        result, record = train_and_measure(cfg)
+    else:
+        result = run_training(cfg)
     typer.echo(
         f"done: {result.iter_num} iterations, best val loss {result.best_val_loss:.4f}, "
         f"{result.ms_per_iter:.1f} ms/iter, {result.tokens_per_s:,.0f} tokens/s"
         + (f", checkpoint {result.ckpt_path}" if result.ckpt_path else "")
     )
+    if measure:
+        from vramfit.planner import compare_and_store
+
+        for line in compare_and_store(cfg, record, doc, db):
+            typer.echo(line)
 
 
 @app.command()
@@ -171,9 +195,7 @@ def sweep(
     emulate = parse_size(emulate_vram) if emulate_vram else None
     if emulate is not None and emulate <= 0:
         fail("--emulate-vram must be > 0")
-    indices = parse_int_list(devices, "--devices") if devices else None
-    if indices is not None and any(i < 0 for i in indices):
-        fail("--devices takes GPU indices >= 0")
+    indices = parse_int_list(devices, "--devices", minimum=0) if devices else None
     res = run_sweep(spec, db, device=device, gpu_indices=indices, emulate_bytes=emulate, redo=redo, quiet=quiet,
                     argv=sys.argv[1:])
     counts = ", ".join(f"{n} {s}" for s, n in sorted(res.counts.items())) or "nothing to do"
