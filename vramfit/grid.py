@@ -106,8 +106,8 @@ class Grid:
                 "measure": self.measure.to_dict()}
 
 
-def parse_int_list(text: str | int | list, what: str = "value") -> list[int]:
-    """'4,8,16' (or an int, or a list) -> [4, 8, 16]; positive integers only."""
+def parse_int_list(text: str | int | list, what: str = "value", minimum: int = 1) -> list[int]:
+    """'4,8,16' (or an int, or a list) -> [4, 8, 16]; integers >= `minimum` only."""
     items = text if isinstance(text, list) else [text] if isinstance(text, int) else str(text).split(",")
     out = []
     for item in items:
@@ -117,8 +117,8 @@ def parse_int_list(text: str | int | list, what: str = "value") -> list[int]:
             v = int(str(item).strip().replace("_", "")) if isinstance(item, str) else int(item)
         except (TypeError, ValueError):
             raise VramfitError(f"{what}: {item!r} is not an integer") from None
-        if v < 1:
-            raise VramfitError(f"{what}: values must be positive, got {v}")
+        if v < minimum:
+            raise VramfitError(f"{what}: values must be >= {minimum}, got {v}")
         out.append(v)
     if not out:
         raise VramfitError(f"{what}: empty list")

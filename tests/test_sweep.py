@@ -1,0 +1,170 @@
+"""`vramfit sweep` end to end on the CPU: the quick grid, physics, resume, fault injection, OOM, concurrency."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from vramfit.cli import main
+from vramfit.grid import load_grid
+from vramfit.store import SHAPE_KEYS, Store
+from vramfit.sweep import run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ROOT / "experiments" / "grids" / "quick.toml"
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--vocab-size", "256"]
+
+
+def vramfit(*args: str, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vramfit", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, **kw)
+
+
+def n_points(db: Path) -> int:
+    if not db.exists():
+        return 0
+    try:
+        c = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return c.execute("SELECT count(*) FROM points").fetchone()[0]
+        finally:
+            c.close()
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.fixture(scope="module")
+def quick_db(tmp_path_factory) -> Path:
+    db = tmp_path_factory.mktemp("quick") / "vramfit.sqlite"
+    r = vramfit("sweep", "--grid", str(QUICK), "--device", "cpu", "--db", str(db))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "done: 11 ok" in r.stdout
+    return db
+
+
+def test_quick_grid_measures_every_point(quick_db):
+    df = Store(quick_db).points_frame()
+    assert len(df) >= 8 and (df.status == "ok").all() and df.stable.all()
+    assert (df.device_type == "cpu").all() and (df.source == "sweep").all()
+    assert df.nvml_bytes.isna().all() and df.allocated_bytes.isna().all() and df.reserved_bytes.isna().all()
+    assert (df.tracked_bytes > 0).all() and (df.rss_bytes > 0).all()
+    assert (df.ms_per_iter > 0).all() and (df.tokens_per_s > 0).all() and (df.iters >= 3).all()
+
+
+def test_tracked_peak_grows_along_every_axis(quick_db):
+    df = Store(quick_db).points_frame()
+    rows = {tuple(int(r[k]) for k in SHAPE_KEYS): r.tracked_bytes for _, r in df.iterrows()}
+    for i, axis in enumerate(SHAPE_KEYS):
+        pairs = [(a, b) for a in rows for b in rows
+                 if a[i] < b[i] and all(a[j] == b[j] for j in range(len(SHAPE_KEYS)) if j != i)]
+        assert pairs, f"quick grid varies {axis} alone nowhere"
+        for a, b in pairs:
+            assert rows[b] > rows[a], (axis, a, b)
+
+
+def test_rss_and_tracked_peaks_agree(quick_db):
+    df = Store(quick_db).points_frame()
+    ratio = df.rss_bytes / df.tracked_bytes
+    assert ratio.between(0.98, 1.05).all(), ratio.tolist()
+
+
+def test_rerun_resumes_and_runs_export(quick_db, tmp_path, capsys):
+    r = vramfit("sweep", "--grid", str(QUICK), "--device", "cpu", "--db", str(quick_db), "--quiet")
+    assert r.returncode == 0 and "11 already measured" in r.stdout and "nothing to do" in r.stdout
+    assert main(["runs", "--db", str(quick_db)]) == 0
+    out = capsys.readouterr().out
+    assert "quick" in out and "done" in out
+    csv = tmp_path / "p.csv"
+    assert main(["export", "--db", str(quick_db), "--csv", str(csv), "--parquet", str(tmp_path / "p.parquet")]) == 0
+    assert "wrote 11 points" in capsys.readouterr().out and csv.stat().st_size > 0
+
+
+def test_sigkill_mid_point_then_resume(tmp_path):
+    db = tmp_path / "db.sqlite"
+    args = ["sweep", "--device", "cpu", "--db", str(db), *TINY, "--batch-size", "1,2,3,4,5"]
+    proc = subprocess.Popen([sys.executable, "-m", "vramfit", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while n_points(db) < 1 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        time.sleep(0.3)  # the next worker is starting
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    done = n_points(db)
+    assert 1 <= done < 5
+    with Store(db) as s:  # opens cleanly; what was committed is all there
+        df = s.points_frame()
+        assert len(df) == done and (df.status == "ok").all()
+        assert s.sweeps_frame().status.tolist() == ["running"]
+    r = vramfit(*args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"{5 - done} points to measure, {done} already measured" in r.stdout
+    df = Store(db).points_frame()
+    assert len(df) == 5 and sorted(df.batch_size) == [1, 2, 3, 4, 5]
+
+
+FAKE_WORKER = textwrap.dedent("""
+    import json, os, signal, sys, time
+    spec = json.loads(sys.stdin.read())
+    p = spec["point"]
+    if p["batch_size"] == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    if p["batch_size"] == 3:
+        time.sleep(60)
+    if p["batch_size"] == 4:
+        sys.stderr.write("Traceback: something broke\\n")
+        sys.exit(3)
+    print("noise on stdout")
+    print(json.dumps({**p, "status": "ok", "tracked_bytes": 100 * p["batch_size"], "rss_bytes": 1, "iters": 3,
+                      "stable": True}))
+""")
+
+
+def test_killed_hung_and_crashing_workers_are_recorded_and_the_sweep_goes_on(tmp_path):
+    grid = load_grid(None, {"n_layer": [1], "n_head": [1], "n_embd": [8], "block_size": [8], "vocab_size": [8],
+                            "batch_size": [1, 2, 3, 4, 5]}, measure_overrides={"timeout_s": 3})
+    db = tmp_path / "db.sqlite"
+    res = run_sweep(grid, db, device="cpu", quiet=True, worker_cmd=[sys.executable, "-c", FAKE_WORKER])
+    assert dict(res.counts) == {"ok": 2, "error": 2, "timeout": 1}
+    df = Store(db).points_frame().set_index("batch_size")
+    assert df.loc[1, "status"] == "ok" and df.loc[5, "tracked_bytes"] == 500
+    assert df.loc[2, "status"] == "error" and "SIGKILL" in df.loc[2, "error"]
+    assert df.loc[3, "status"] == "timeout" and "timed out after 3 s" in df.loc[3, "error"]
+    assert df.loc[4, "status"] == "error" and "exit code 3" in df.loc[4, "error"]
+    assert "something broke" in df.loc[4, "error"]
+    # errors and timeouts are tried again on the next run, ok points are not
+    res = run_sweep(grid, db, device="cpu", quiet=True, worker_cmd=[sys.executable, "-c", "import sys; sys.exit(1)"])
+    assert res.resumed == 2 and res.planned == 3 and dict(res.counts) == {"error": 3}
+
+
+def test_emulated_small_memory_records_oom(tmp_path):
+    db = tmp_path / "db.sqlite"
+    r = vramfit("sweep", "--device", "cpu", "--db", str(db), *TINY, "--batch-size", "1,64", "--emulate-vram", "3M")
+    assert r.returncode == 0, r.stderr[-2000:]
+    df = Store(db).points_frame().set_index("batch_size")
+    assert df.loc[1, "status"] == "ok" and df.loc[1, "tracked_bytes"] < 3 * 2**20
+    assert df.loc[64, "status"] == "oom" and "OutOfMemoryError" in df.loc[64, "error"]
+    assert (df.total_memory_bytes == 3 * 2**20).all() and (df.emulate_bytes == 3 * 2**20).all()
+
+
+def test_two_sweeps_on_one_database_at_once(tmp_path):
+    db = tmp_path / "db.sqlite"
+    cmds = [[sys.executable, "-m", "vramfit", "sweep", "--device", "cpu", "--db", str(db), "--quiet", *TINY,
+             "--batch-size", bs] for bs in ("1,2", "3,4")]
+    procs = [subprocess.Popen(c, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-1000:] for o in outs]
+    with Store(db) as s:
+        df = s.points_frame()
+        assert sorted(df.batch_size) == [1, 2, 3, 4] and (df.status == "ok").all()
+        assert df.env_id.nunique() == 1
+        sw = s.sweeps_frame()
+        assert sw.n_ok.tolist() == [2, 2] and sw.status.tolist() == ["done", "done"]
