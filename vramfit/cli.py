@@ -471,6 +471,33 @@ def report(
     typer.echo(f"wrote {path}")
 
 
+@app.command()
+def estimate(
+    n_layer: int = typer.Option(..., help="transformer blocks"),
+    n_head: int = typer.Option(..., help="attention heads"),
+    n_embd: int = typer.Option(..., help="embedding width"),
+    block_size: int = typer.Option(..., help="context length"),
+    batch_size: int = typer.Option(..., help="micro-batch size"),
+    vocab: int = typer.Option(50304, "--vocab", "--vocab-size", help="vocabulary size"),
+    recipe: str = typer.Option(None, help="recipe TOML/JSON file, or inline: dtype=bfloat16,optimizer=fused,..."),
+    target: str = typer.Option("cuda", help="cuda (emulated, no GPU needed) | cpu"),
+    capability: str = typer.Option("8.0", "--capability", help="CUDA compute capability of the target (8.0, 8.6, 9.0)"),
+    json_out: bool = typer.Option(False, "--json", help="machine-readable output"),
+) -> None:
+    """Dry run: peak memory of two real training steps under fake tensors, no GPU needed."""
+    import json
+
+    from gpt.model import GPTConfig
+    from vramfit.estimate import estimate_step, estimate_step_isolated, format_estimate, parse_capability, parse_recipe
+
+    if batch_size < 1:
+        raise VramfitError(f"batch_size must be >= 1, got {batch_size}")
+    mc = GPTConfig(n_layer, n_head, n_embd, block_size, vocab)
+    run = estimate_step_isolated if target == "cuda" else estimate_step  # CUDA code paths may abort: child process
+    est = run(mc, batch_size, parse_recipe(recipe), target, parse_capability(capability))
+    typer.echo(json.dumps(est.to_dict()) if json_out else format_estimate(est))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line and exit code 2, never a traceback.
 

@@ -1,0 +1,244 @@
+"""Dry-run estimator: a training step's peak memory with no GPU (`vramfit estimate`).
+
+The real `Trainer.step` runs twice (so AdamW state exists) under `FakeTensorMode` on fake CPU tensors with a
+live-storage tracker; for a CUDA target the GPU's attention kernel, autocast policy, optimizer implementation and
+512-byte allocator rounding are emulated (see `vramfit.fake_step`). The result is what
+`torch.cuda.max_memory_allocated()` would report after two steps, eager mode; add `CUDA_CONTEXT_BYTES` and
+allocator slack for what `nvidia-smi` shows.
+
+API for the rest of vramfit:
+- `estimate_step(model_config, batch_size, recipe, target, compute_capability) -> Estimate` (in this process);
+- `estimate_step_isolated(...)`, the same in a child process: a crash there becomes a clean `VramfitError`;
+- `device_bytes(estimate)`: estimate plus context and slack, for `suggest --no-profile`.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from gpt.model import GPTConfig
+from vramfit.errors import VramfitError
+from vramfit.recipe import Recipe
+from vramfit.units import format_size
+
+TARGETS = ("cuda", "cpu")
+
+CUDA_CONTEXT_BYTES = 512 * 2**20
+"""Device memory outside `max_memory_allocated`, as one constant: the CUDA context with lazy module loading
+(CUDA 12: ~300-450 MiB on Ampere/Hopper, the DESIGN's 0.3-0.6 GB), cuBLAS/cuBLASLt workspaces (tens of MiB) and
+the NCCL-free PyTorch runtime. Not measured on this project's GPUs yet; replace with the fitted intercept once
+`results/gpu/` holds profiles. `suggest --no-profile` uses it with `ALLOCATOR_SLACK`."""
+
+ALLOCATOR_SLACK = 0.05
+"""Reserved-over-allocated fraction of the caching allocator at the peak (block splitting, 2 MiB/20 MiB segment
+rounding); a typical few-percent figure for a steady training loop, also to be replaced by measurements."""
+
+
+@dataclass
+class Estimate:
+    """A dry-run estimate of one training point's peak memory (bytes)."""
+
+    peak_bytes: int
+    peak_phase: str  # data | forward | backward | optimizer
+    peak_op: str  # aten op, and the module (forward) or autograd node (backward) that ran it
+    peak_step: int  # 1 or 2: the first step allocates AdamW state, the second starts with it
+    breakdown: dict[str, int]  # bytes live at the peak per category; sums to peak_bytes
+    step_peaks: list[int]
+    steady_bytes: int  # live after the steps: parameters + optimizer state
+    target: str
+    compute_capability: tuple[int, int] | None
+    dtype: str
+    optimizer: str
+    attention: str  # the SDPA kernel emulated (cuda) or requested (cpu)
+    rounding: int
+    model_config: dict
+    batch_size: int
+    recipe: dict
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["compute_capability"] = list(self.compute_capability) if self.compute_capability else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Estimate:
+        names = {f.name for f in fields(cls)}
+        out = {k: v for k, v in d.items() if k in names}
+        if out.get("compute_capability") is not None:
+            out["compute_capability"] = tuple(out["compute_capability"])
+        return cls(**out)
+
+
+def parse_capability(text: str | tuple[int, int]) -> tuple[int, int]:
+    """'8.0', '8,6', 'sm90', '90' or (8, 0) -> (major, minor)."""
+    if isinstance(text, tuple):
+        major, minor = text
+    else:
+        s = str(text).strip().lower().removeprefix("sm").removeprefix("_")
+        try:
+            if "." in s or "," in s:
+                major, minor = (int(p) for p in s.replace(",", ".").split("."))
+            elif s.isdigit() and len(s) >= 2:
+                major, minor = int(s[:-1]), int(s[-1])
+            else:
+                raise ValueError
+        except ValueError:
+            raise VramfitError(f"cannot read compute capability {text!r} (examples: 8.0, 8.6, sm90)") from None
+    if not (3 <= major <= 20 and 0 <= minor <= 9):
+        raise VramfitError(f"compute capability {major}.{minor} is out of range")
+    return major, minor
+
+
+def parse_recipe(text: str | None) -> Recipe:
+    """A recipe from a TOML/JSON file (top-level keys or a [recipe] table) or inline 'key=value,key=value'."""
+    if not text:
+        return Recipe()
+    path = Path(text)
+    if path.is_file():
+        try:
+            raw = path.read_text(encoding="utf-8")
+            doc = json.loads(raw) if path.suffix == ".json" else tomllib.loads(raw)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise VramfitError(f"cannot read recipe {path}: {str(exc).splitlines()[0]}") from None
+        d = doc.get("recipe", doc) if isinstance(doc, dict) else None
+        if not isinstance(d, dict):
+            raise VramfitError(f"{path}: a recipe is a table of dtype, compile, optimizer, attn_kernel, alloc_conf")
+        return Recipe.from_dict(d)
+    if "=" not in text:
+        raise VramfitError(f"no recipe file {text!r} (or give inline settings like dtype=bfloat16,optimizer=fused)")
+    d: dict = {}
+    for part in text.split(","):
+        key, sep, value = part.partition("=")
+        key, value = key.strip().replace("-", "_"), value.strip()
+        if not sep or not key:
+            raise VramfitError(f"bad recipe setting {part!r} (expected key=value)")
+        if key == "compile":
+            low = value.lower()
+            if low not in ("true", "false", "none", "auto", "1", "0"):
+                raise VramfitError(f"recipe compile must be true, false or auto, got {value!r}")
+            d[key] = None if low in ("none", "auto") else low in ("true", "1")
+        else:
+            d[key] = value
+    return Recipe.from_dict(d)
+
+
+def _request(model_config: GPTConfig, batch_size: int, recipe: Recipe, target: str,
+             compute_capability: tuple[int, int], **kwargs: object) -> dict:
+    if target not in TARGETS:
+        raise VramfitError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise VramfitError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return dict(dtype=recipe.dtype, optimizer=recipe.optimizer, attn_kernel=recipe.attn_kernel,
+                compile=recipe.compile, target=target, capability=tuple(parse_capability(compute_capability)),
+                batch_size=batch_size, **kwargs)
+
+
+def _to_estimate(result: dict, model_config: GPTConfig, batch_size: int, recipe: Recipe, target: str,
+                 capability: tuple[int, int]) -> Estimate:
+    keep = {f.name for f in fields(Estimate)}
+    d = {k: v for k, v in result.items() if k in keep}
+    return Estimate(**d, compute_capability=capability if target == "cuda" else None,
+                    model_config=model_config.to_dict(), batch_size=batch_size, recipe=recipe.to_dict())
+
+
+def estimate_step(
+    model_config: GPTConfig,
+    batch_size: int,
+    recipe: Recipe | None = None,
+    target: str = "cuda",
+    compute_capability: tuple[int, int] = (8, 0),
+    *,
+    grad_clip: float = 1.0,
+    gradient_accumulation_steps: int = 1,
+) -> Estimate:
+    """Peak memory of two real `Trainer.step` calls under fake tensors, in this process.
+
+    Any shape works (fake tensors hold no data). Raises `ConfigError`/`VramfitError` for invalid inputs."""
+    from vramfit.fake_step import run_step
+
+    recipe = recipe or Recipe()
+    req = _request(model_config, batch_size, recipe, target, compute_capability, grad_clip=grad_clip,
+                   gradient_accumulation_steps=gradient_accumulation_steps)
+    batch = req.pop("batch_size")
+    result = run_step(model_config, batch, fake=True, **req)
+    return _to_estimate(result.to_dict(), model_config, batch_size, recipe, target, req["capability"])
+
+
+def _run_child(cmd: list[str], payload: str, timeout: float) -> str:
+    """Run `cmd` with `payload` on stdin; its stdout, or one-line `VramfitError` if it fails, dies or hangs."""
+    try:
+        proc = subprocess.run(cmd, input=payload, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise VramfitError(f"the estimator process took more than {timeout:.0f} s") from None
+    if proc.returncode < 0:
+        try:
+            name = signal.Signals(-proc.returncode).name
+        except ValueError:
+            name = f"signal {-proc.returncode}"
+        raise VramfitError(f"the estimator process died ({name}); this torch build cannot trace the step")
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        last = lines[-1] if lines else f"exit code {proc.returncode}"
+        raise VramfitError(last.removeprefix("error: "))
+    return proc.stdout
+
+
+def estimate_step_isolated(
+    model_config: GPTConfig,
+    batch_size: int,
+    recipe: Recipe | None = None,
+    target: str = "cuda",
+    compute_capability: tuple[int, int] = (8, 0),
+    *,
+    grad_clip: float = 1.0,
+    gradient_accumulation_steps: int = 1,
+    timeout: float = 600.0,
+) -> Estimate:
+    """`estimate_step` in a fresh `python -m vramfit.fake_step` process: an abort there (e.g. a torch build that
+    dies on a CUDA code path) is reported as a one-line `VramfitError` instead of killing the caller."""
+    recipe = recipe or Recipe()
+    req = _request(model_config, batch_size, recipe, target, compute_capability, grad_clip=grad_clip,
+                   gradient_accumulation_steps=gradient_accumulation_steps)
+    req["model_config"] = model_config.to_dict()
+    out = _run_child([sys.executable, "-m", "vramfit.fake_step"], json.dumps(req), timeout)
+    try:
+        result = json.loads(out.strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError):
+        raise VramfitError("the estimator process printed no result") from None
+    return _to_estimate(result, model_config, batch_size, recipe, target, req["capability"])
+
+
+def device_bytes(estimate: Estimate) -> int:
+    """What the device would show for this point: peak allocated, allocator slack, and (CUDA) the context."""
+    extra = CUDA_CONTEXT_BYTES if estimate.target == "cuda" else 0
+    return int(estimate.peak_bytes * (1 + ALLOCATOR_SLACK)) + extra
+
+
+def format_estimate(est: Estimate) -> str:
+    """A short human-readable report."""
+    mc = est.model_config
+    where = (f"cuda sm{est.compute_capability[0]}{est.compute_capability[1]}" if est.compute_capability
+             else est.target)
+    lines = [
+        f"GPT {mc['n_layer']}L {mc['n_head']}H {mc['n_embd']}C, block {mc['block_size']}, vocab {mc['vocab_size']}, "
+        f"batch {est.batch_size} on {where}: {est.dtype}, {est.optimizer} AdamW, {est.attention} attention",
+        f"peak {format_size(est.peak_bytes)} in {est.peak_phase} (step {est.peak_step}) at {est.peak_op}",
+    ]
+    for name, n in est.breakdown.items():
+        if n:
+            share = n / est.peak_bytes if est.peak_bytes else 0.0
+            lines.append(f"  {name:<16} {format_size(n):>11}  {share:6.1%}")
+    if est.target == "cuda":
+        lines.append(f"device total ~{format_size(device_bytes(est))} (+{ALLOCATOR_SLACK:.0%} allocator slack, "
+                     f"+{format_size(CUDA_CONTEXT_BYTES)} CUDA context and workspaces)")
+    lines.extend(f"note: {n}" for n in est.notes)
+    lines.append(f"({est.seconds:.2f} s)")
+    return "\n".join(lines)

@@ -1,0 +1,513 @@
+"""Run the real `gpt.train.Trainer.step` under a live-storage tracker, on fake or real CPU tensors.
+
+This is the engine behind `vramfit.estimate`. The trainer and its step are the real ones; what this module adds:
+
+- `StorageTracker`: a TorchDispatchMode that counts the bytes of live tensor storages (rounded the way the target
+  allocator rounds), keeps the peak, the phase (data, forward, backward, optimizer) and the op at the peak, and
+  enough of a log to break the peak down into parameters, gradients, optimizer state, activations, logits/loss and
+  temporaries afterwards.
+- CUDA emulation on fake *CPU* tensors (fake 'cuda' tensors abort CPU-only torch builds in autograd): SDPA is routed
+  to the kernel the target GPU would run (flash / memory-efficient / math, with their backward workspaces), autocast
+  uses the CPU autocast keys (same policy as CUDA's for every op this GPT uses: matmuls low precision, layer norm
+  and log-softmax in fp32), fp16 gets a real GradScaler, and the optimizer implementation is set explicitly.
+
+`python -m vramfit.fake_step` reads a JSON request on stdin and prints one JSON estimate: the isolated form used by
+`vramfit.estimate.estimate_step_isolated`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from gpt.data import synthetic_batch
+from gpt.model import ConfigError, GPTConfig
+from gpt.train import OPTIMIZERS, TrainConfig, Trainer
+
+TARGETS = ("cuda", "cpu")
+ROUNDING = {"cuda": 512, "cpu": 64}
+"""Allocation granularity: the CUDA caching allocator rounds every block up to 512 B (kMinBlockSize); the CPU
+allocator aligns to 64 B. Zero-byte storages cost nothing on either."""
+CATEGORIES = ("parameters", "gradients", "optimizer_state", "activations", "weight_copies", "logits_loss",
+              "inputs", "temporaries", "workspace")
+PHASES = ("data", "forward", "backward", "optimizer")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_NO_NODE_SEQ = 2**63  # AccumulateGrad and other graph roots carry UINT64_MAX as their sequence number
+
+aten = torch.ops.aten
+
+
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+@dataclass
+class StepResult:
+    """What one tracked run of two trainer steps found; `estimate.Estimate` is built from it."""
+
+    peak_bytes: int
+    peak_phase: str
+    peak_op: str
+    peak_step: int
+    breakdown: dict[str, int]
+    step_peaks: list[int]
+    steady_bytes: int  # live bytes after the last step: parameters + optimizer state (+ anything kept)
+    target: str
+    dtype: str
+    optimizer: str
+    attention: str
+    rounding: int
+    fake: bool
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> StepResult:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class StorageTracker(TorchDispatchMode):
+    """Live tensor storages seen by ops (views share one storage), rounded to `rounding` bytes, with the peak.
+
+    Enter it before the tensors you want counted are created (it only sees op outputs). `workspace(func, args)`
+    may return bytes a kernel allocates and frees inside the op (they count towards the peak only).
+    """
+
+    def __init__(self, rounding: int = 512, workspace: Callable[[object, tuple], int] | None = None) -> None:
+        super().__init__()
+        self.rounding = rounding
+        self.workspace = workspace
+        self.current = 0
+        self.peak = 0
+        self.live: dict[int, int] = {}  # storage key (StorageImpl address) -> sid
+        self.size: dict[int, int] = {}  # sid -> rounded bytes (live storages only)
+        self.refs: dict[int, weakref.ref] = {}
+        self.origin: dict[int, tuple[str, str, int]] = {}  # sid -> (phase, zone, step)
+        self.tags: dict[int, str] = {}  # sid -> category known after the fact (parameters, gradients, ...)
+        self.events: list[tuple[int, int]] = []  # (sid, +bytes | -bytes)
+        self.peak_info: dict = {}
+        self.step_peaks: dict[int, int] = {}
+        self.phase = "init"
+        self.zone = ""  # "logits" between the final layer norm and the loss, forward and backward
+        self.step_no = 0
+        self.where = ""  # module path in forward, a label in the optimizer phase
+        self.logits_seq = _NO_NODE_SEQ  # autograd sequence number of the final layer norm's output
+        self.on_backward_end: Callable[[], None] | None = None  # called once when the backward pass ends
+        self.param_sids: set[int | None] = set()  # for telling autocast weight copies from activations
+        self._next_sid = 0
+
+    # --- bookkeeping -------------------------------------------------------------------------------------------
+    def _bytes(self, storage: torch.UntypedStorage) -> int:
+        n = storage.nbytes()
+        return round_up(n, self.rounding) if n else 0
+
+    def sid_of(self, t: torch.Tensor) -> int | None:
+        return self.live.get(t.untyped_storage()._cdata)
+
+    def _track(self, t: torch.Tensor, zone: str) -> int | None:
+        if t.device.type == "meta":  # e.g. the seed/offset placeholders of fused attention kernels
+            return None
+        st = t.untyped_storage()
+        key = st._cdata
+        sid = self.live.get(key)
+        if sid is not None:
+            n = self._bytes(st)
+            if n != self.size[sid]:  # resized in place
+                self.events.append((sid, n - self.size[sid]))
+                self.current += n - self.size[sid]
+                self.size[sid] = n
+            return sid
+        sid = self._next_sid
+        self._next_sid += 1
+        n = self._bytes(st)
+        self.live[key] = sid
+        self.size[sid] = n
+        self.origin[sid] = (self.phase, zone, self.step_no)
+        self.refs[sid] = weakref.ref(st, lambda _, key=key, sid=sid: self._free(key, sid))
+        self.events.append((sid, n))
+        self.current += n
+        return sid
+
+    def _free(self, key: int, sid: int) -> None:
+        if self.live.get(key) == sid:
+            del self.live[key]
+        n = self.size.pop(sid, 0)
+        self.refs.pop(sid, None)
+        self.events.append((sid, -n))
+        self.current -= n
+
+    def tag(self, tensors: Iterator[torch.Tensor] | list[torch.Tensor], category: str) -> None:
+        """Label the storages of `tensors` (parameters, gradients, optimizer state) for the breakdown."""
+        for t in tensors:
+            if isinstance(t, torch.Tensor):
+                sid = self.sid_of(t)
+                if sid is not None:
+                    self.tags.setdefault(sid, category)
+
+    def reset_peak(self) -> None:
+        self.peak = self.current
+        self.peak_info = {"event": len(self.events), "phase": self.phase, "op": "(start)", "step": self.step_no,
+                          "workspace": 0}
+
+    def _update_phase(self) -> None:
+        if torch._C._current_graph_task_id() != -1:
+            self.phase = "backward"
+            node = torch._C._current_autograd_node()
+            if node is None:
+                self.where, self.zone = "", ""
+            else:
+                self.where = node.name()
+                seq = node._sequence_nr()
+                self.zone = "logits" if self.logits_seq < seq < _NO_NODE_SEQ else ""
+        elif self.phase == "backward":
+            self.phase, self.zone, self.where = "optimizer", "", "grad unscale/clip"
+            if self.on_backward_end is not None:
+                self.on_backward_end()
+
+    # --- the dispatch hook -------------------------------------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        out = func(*args, **(kwargs or {}))
+        self._update_phase()
+        zone = self.zone
+        if self.phase == "forward" and func is aten._to_copy.default and self.sid_of(args[0]) in self.param_sids:
+            zone = "weight_copy"
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._track(t, zone)
+        ws = self.workspace(func, args) if self.workspace is not None else 0
+        if self.current + ws > self.peak:
+            self.peak = self.current + ws
+            where = f" in {self.where}" if self.where else ""
+            self.peak_info = {"event": len(self.events), "phase": self.phase, "op": f"{func}{where}",
+                              "step": self.step_no, "workspace": ws}
+        if self.current + ws > self.step_peaks.get(self.step_no, 0):
+            self.step_peaks[self.step_no] = self.current + ws
+        return out
+
+    # --- the breakdown -----------------------------------------------------------------------------------------
+    def breakdown(self) -> dict[str, int]:
+        """Bytes per category of the storages live at the peak (they sum to the peak)."""
+        live: dict[int, int] = {}
+        for sid, delta in self.events[: self.peak_info.get("event", 0)]:
+            live[sid] = live.get(sid, 0) + delta
+        out = dict.fromkeys(CATEGORIES, 0)
+        for sid, n in live.items():
+            if n <= 0:
+                continue
+            out[self._category(sid)] += n
+        out["workspace"] += self.peak_info.get("workspace", 0)
+        return out
+
+    def _category(self, sid: int) -> str:
+        if sid in self.tags:
+            return self.tags[sid]
+        phase, zone, _ = self.origin[sid]
+        if zone == "weight_copy":
+            return "weight_copies"
+        if zone == "logits":
+            return "logits_loss"
+        if phase == "forward":
+            return "activations"
+        if phase == "data":
+            return "inputs"
+        return "temporaries"
+
+
+# --- CUDA emulation ------------------------------------------------------------------------------------------------
+def cuda_attention_kernel(requested: str, dtype: str, head_dim: int, capability: tuple[int, int]) -> str:
+    """The SDPA kernel a CUDA GPU of `capability` runs for this GPT (PyTorch's priority: flash, efficient, math).
+
+    Flash needs fp16/bf16, sm80+, head_dim <= 256 and a multiple of 8; memory-efficient needs sm50+ (bf16: sm80+)
+    and head_dim a multiple of 8 (fp32: 4). A kernel that is forced but cannot run is an error, as in PyTorch."""
+    low = dtype in ("bfloat16", "float16")
+    flash_ok = low and capability >= (8, 0) and head_dim <= 256 and head_dim % 8 == 0
+    eff_ok = capability >= (5, 0) and head_dim % (8 if low else 4) == 0 and (dtype != "bfloat16" or
+                                                                            capability >= (8, 0))
+    cc = f"{capability[0]}.{capability[1]}"
+    if requested == "math":
+        return "math"
+    if requested == "flash":
+        if not flash_ok:
+            raise ConfigError(f"flash attention cannot run {dtype} with head_dim {head_dim} on compute capability {cc}"
+                              " (needs fp16/bf16, sm80+, head_dim <= 256 and a multiple of 8)")
+        return "flash"
+    if requested == "efficient":
+        if not eff_ok:
+            raise ConfigError(f"memory-efficient attention cannot run {dtype} with head_dim {head_dim} on compute "
+                              f"capability {cc}")
+        return "efficient"
+    return "flash" if flash_ok else "efficient" if eff_ok else "math"
+
+
+class _CudaAttention(TorchFunctionMode):
+    """Send `F.scaled_dot_product_attention` to the CUDA kernel's own aten op (autograd and meta kernels included)."""
+
+    def __init__(self, kernel: str) -> None:
+        super().__init__()
+        self.kernel = kernel
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        kwargs = kwargs or {}
+        if func is not F.scaled_dot_product_attention:
+            return func(*args, **kwargs)
+        q, k, v = args[:3]
+        attn_mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
+        dropout_p = kwargs.get("dropout_p", args[4] if len(args) > 4 else 0.0)
+        is_causal = kwargs.get("is_causal", args[5] if len(args) > 5 else False)
+        scale = kwargs.get("scale")
+        if attn_mask is not None:
+            raise ConfigError("the CUDA attention emulation supports is_causal only, not attn_mask")
+        if self.kernel == "flash":
+            return aten._scaled_dot_product_flash_attention(q, k, v, dropout_p, is_causal, scale=scale)[0]
+        if self.kernel == "efficient":
+            need_lse = q.requires_grad or k.requires_grad or v.requires_grad
+            return aten._scaled_dot_product_efficient_attention(q, k, v, None, need_lse, dropout_p, is_causal,
+                                                                scale=scale)[0]
+        return aten._scaled_dot_product_attention_math(q, k, v, None, dropout_p, is_causal, scale=scale)[0]
+
+
+def cuda_kernel_workspace(func, args: tuple) -> int:  # noqa: ANN001
+    """Bytes the CUDA attention backward kernels allocate and free inside the op (from PyTorch's flash_api.cpp and
+    mem-efficient attention backward): flash keeps softmax_d (B, H, T128) and dq_accum (B, T128, H, D32) in fp32;
+    memory-efficient keeps delta (B, H, T32) in fp32. Rounded to 512 B each."""
+    if func is aten._scaled_dot_product_flash_attention_backward.default:
+        b, h, t, d = args[1].shape
+        t128 = round_up(t, 128)
+        d_r = round_up(d, 32) if d <= 192 else 256
+        return round_up(b * h * t128 * 4, 512) + round_up(b * t128 * h * d_r * 4, 512)
+    if func is aten._scaled_dot_product_efficient_attention_backward.default:
+        b, h, t, _ = args[1].shape
+        return round_up(b * h * round_up(t, 32) * 4, 512)
+    return 0
+
+
+# --- the run ------------------------------------------------------------------------------------------------------
+def resolve_target_dtype(dtype: str, target: str, capability: tuple[int, int]) -> str:
+    """'auto' as the trainer resolves it on that target: bf16 on sm80+, else fp16; fp32 on the CPU."""
+    if dtype != "auto":
+        return dtype
+    if target == "cpu":
+        return "float32"
+    return "bfloat16" if capability >= (8, 0) else "float16"
+
+
+def _train_config(model_config: GPTConfig, batch_size: int, dtype: str, optimizer: str, attn_kernel: str,
+                  grad_clip: float, accum: int) -> TrainConfig:
+    mc = model_config
+    return TrainConfig(n_layer=mc.n_layer, n_head=mc.n_head, n_embd=mc.n_embd, block_size=mc.block_size,
+                       vocab_size=mc.vocab_size, dropout=mc.dropout, bias=mc.bias, batch_size=batch_size,
+                       gradient_accumulation_steps=accum, grad_clip=grad_clip, device="cpu", dtype=dtype,
+                       compile=False, optimizer=optimizer, attn_kernel=attn_kernel, max_iters=2, warmup_iters=1)
+
+
+@contextlib.contextmanager
+def _cpu_to_is_identity() -> Iterator[None]:
+    """Make `module.to('cpu')` return the module unchanged while the trainer is built under FakeTensorMode.
+
+    Fake parameters carry weak references, and `Module._apply` must swap fake parameters, which refuses tensors
+    with weak references; for a module already on the CPU the move is a no-op anyway."""
+    original = torch.nn.Module.to
+
+    def to(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        if not kwargs and len(args) == 1 and isinstance(args[0], str | torch.device) and \
+                torch.device(args[0]).type == "cpu":
+            return self
+        return original(self, *args, **kwargs)
+
+    torch.nn.Module.to = to  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.nn.Module.to = original  # type: ignore[method-assign]
+
+
+def _fake_mode() -> contextlib.AbstractContextManager:
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    return FakeTensorMode(allow_non_fake_inputs=False)
+
+
+def run_step(
+    model_config: GPTConfig,
+    batch_size: int,
+    *,
+    dtype: str = "auto",
+    optimizer: str = "auto",
+    attn_kernel: str = "default",
+    compile: bool | None = None,
+    target: str = "cuda",
+    capability: tuple[int, int] = (8, 0),
+    fake: bool = True,
+    steps: int = 2,
+    grad_clip: float = 1.0,
+    gradient_accumulation_steps: int = 1,
+    rounding: int | None = None,
+) -> StepResult:
+    """Build the real Trainer and run `steps` real `Trainer.step` calls under a `StorageTracker`.
+
+    `fake=True` uses FakeTensorMode (no memory, no data: any shape runs); `fake=False` trains for real on the CPU
+    (used to check the fake run). `target='cuda'` emulates that GPU on CPU tensors (see the module docstring)."""
+    if target not in TARGETS:
+        raise ConfigError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if target == "cuda" and not fake:
+        raise ConfigError("a real (non-fake) tracked run is CPU-only; use target 'cpu'")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    if steps < 1:
+        raise ConfigError(f"steps must be >= 1, got {steps}")
+    t0 = time.perf_counter()
+    notes: list[str] = []
+    dtype = resolve_target_dtype(dtype, target, capability)
+    if dtype not in _DTYPES:
+        raise ConfigError(f"dtype must be one of auto, {', '.join(_DTYPES)}, got {dtype!r}")
+    if dtype == "float16" and target == "cpu":
+        raise ConfigError("float16 training is CUDA-only here; use bfloat16 or float32 on the CPU")
+    impl = "fused" if optimizer == "auto" else optimizer
+    use_compile = compile if compile is not None else target == "cuda"
+    if use_compile:
+        notes.append("torch.compile is not emulated: this is the eager step's memory (compiled steps usually "
+                     "need less activation memory)")
+    head_dim = model_config.n_embd // model_config.n_head
+    attention = (cuda_attention_kernel(attn_kernel, dtype, head_dim, capability) if target == "cuda"
+                 else attn_kernel)
+    rounding = rounding or ROUNDING[target]
+    # fp16 exists only on the emulated GPU: build the trainer as fp32 and switch autocast and scaler below
+    cfg = _train_config(model_config, batch_size, "float32" if dtype == "float16" else dtype, impl,
+                        "default" if target == "cuda" else attn_kernel, grad_clip, gradient_accumulation_steps)
+    tracker = StorageTracker(rounding, cuda_kernel_workspace if target == "cuda" else None)
+    B, T, V = batch_size, model_config.block_size, model_config.vocab_size
+    gen = torch.Generator().manual_seed(1337)
+
+    def get_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        tracker.phase, tracker.zone, tracker.where = "data", "", ""
+        if target == "cuda":  # on the GPU only the device copies of x and y exist
+            return torch.zeros(B, T, dtype=torch.long), torch.zeros(B, T, dtype=torch.long)
+        return synthetic_batch(B, T, V, gen, "cpu")
+
+    with contextlib.ExitStack() as stack:
+        if fake:
+            stack.enter_context(_fake_mode())
+        stack.enter_context(tracker)
+        with _cpu_to_is_identity() if fake else contextlib.nullcontext():
+            trainer = Trainer(cfg, model_config, device="cpu")
+        if dtype == "float16":
+            trainer.dtype = dtype
+            trainer.autocast = lambda: torch.autocast(device_type="cpu", dtype=torch.float16)
+            trainer.scaler = torch.amp.GradScaler("cpu", enabled=True)
+            if fake and not getattr(trainer.optimizer, "_step_supports_amp_scaling", False):
+                # the unfused path asks found_inf.item(), which has no value under fake tensors: assume finite
+                sc = trainer.scaler
+                sc._maybe_opt_step = lambda opt, state, *a, **k: opt.step(*a, **k)  # type: ignore[method-assign]
+        if target == "cuda":
+            stack.enter_context(_CudaAttention(attention))
+        hooks = _install_hooks(trainer, tracker)
+        try:
+            tracker.reset_peak()
+            for i in range(steps):
+                tracker.step_no = i + 1
+                trainer.step(get_batch)
+            tracker.phase, tracker.where = "done", ""
+        finally:
+            for h in hooks:
+                h.remove()
+        steady = tracker.current
+        del trainer
+    info = tracker.peak_info
+    step_peaks = [tracker.step_peaks.get(i + 1, 0) for i in range(steps)]
+    return StepResult(
+        peak_bytes=tracker.peak, peak_phase=info["phase"], peak_op=info["op"], peak_step=info["step"],
+        breakdown=tracker.breakdown(), step_peaks=step_peaks, steady_bytes=steady, target=target, dtype=dtype,
+        optimizer=impl, attention=attention, rounding=rounding, fake=fake, notes=notes,
+        seconds=time.perf_counter() - t0,
+    )
+
+
+def _install_hooks(trainer: Trainer, tracker: StorageTracker) -> list:
+    """Module hooks for phase, zone and module path; optimizer hooks for the tags. All removed after the run."""
+    model, opt = trainer.model, trainer.optimizer
+    params = list(model.parameters())
+    tracker.tag(params, "parameters")
+    tracker.param_sids = {tracker.sid_of(p) for p in params} - {None}
+    stack: list[str] = []
+    handles = []
+
+    def pre(name: str):
+        def hook(module, args):  # noqa: ANN001
+            if module is model:
+                tracker.phase, tracker.zone = "forward", ""
+            stack.append(name)
+            tracker.where = name or "GPT"
+        return hook
+
+    def post(name: str):
+        def hook(module, args, output):  # noqa: ANN001
+            if stack:
+                stack.pop()
+            tracker.where = stack[-1] if stack else ""
+            if name == "transformer.ln_f":
+                tracker.zone = "logits"
+                if isinstance(output, torch.Tensor) and output.grad_fn is not None:
+                    tracker.logits_seq = output.grad_fn._sequence_nr()
+            elif module is model:
+                tracker.zone = ""
+        return hook
+
+    for name, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(pre(name)))
+        handles.append(module.register_forward_hook(post(name)))
+
+    def backward_end() -> None:
+        tracker.tag((p.grad for p in params if p.grad is not None), "gradients")
+
+    def step_pre(optimizer, args, kwargs):  # noqa: ANN001
+        if tracker.phase == "backward":  # grad_clip=0 and no scaler: first op after backward is the step
+            tracker.phase = "optimizer"
+            backward_end()
+        tracker.tag((p.grad for p in params if p.grad is not None), "gradients")
+        tracker.where = "optimizer.step"
+
+    def step_post(optimizer, args, kwargs):  # noqa: ANN001
+        tracker.tag((v for state in optimizer.state.values() for v in state.values()), "optimizer_state")
+        tracker.where = "optimizer.zero_grad"
+
+    tracker.on_backward_end = backward_end
+    handles.append(opt.register_step_pre_hook(step_pre))
+    handles.append(opt.register_step_post_hook(step_post))
+    return handles
+
+
+def _main() -> int:
+    """`python -m vramfit.fake_step`: JSON request on stdin -> one JSON StepResult on stdout."""
+    try:
+        req = json.loads(sys.stdin.read())
+        mc = GPTConfig.from_dict(req.pop("model_config"))
+        if "capability" in req:
+            req["capability"] = tuple(req["capability"])
+        result = run_step(mc, **req)
+    except (ConfigError, ValueError, TypeError, KeyError) as exc:
+        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.to_dict()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
+
