@@ -306,7 +306,7 @@ def resolve_target_dtype(dtype: str, target: str, capability: tuple[int, int]) -
     return "bfloat16" if capability >= (8, 0) else "float16"
 
 
-def _train_config(model_config: GPTConfig, batch_size: int, dtype: str, optimizer: str, attn_kernel: str,
+def train_config(model_config: GPTConfig, batch_size: int, dtype: str, optimizer: str, attn_kernel: str,
                   grad_clip: float, accum: int) -> TrainConfig:
     mc = model_config
     return TrainConfig(n_layer=mc.n_layer, n_head=mc.n_head, n_embd=mc.n_embd, block_size=mc.block_size,
@@ -389,7 +389,7 @@ def run_step(
                  else attn_kernel)
     rounding = rounding or ROUNDING[target]
     # fp16 exists only on the emulated GPU: build the trainer as fp32 and switch autocast and scaler below
-    cfg = _train_config(model_config, batch_size, "float32" if dtype == "float16" else dtype, impl,
+    cfg = train_config(model_config, batch_size, "float32" if dtype == "float16" else dtype, impl,
                         "default" if target == "cuda" else attn_kernel, grad_clip, gradient_accumulation_steps)
     tracker = StorageTracker(rounding, cuda_kernel_workspace if target == "cuda" else None)
     B, T, V = batch_size, model_config.block_size, model_config.vocab_size

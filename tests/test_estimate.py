@@ -1,0 +1,276 @@
+"""Dry-run estimator: the fake-tensor estimate against real tracked CPU steps, CUDA emulation, API, CLI."""
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+from gpt.data import synthetic_batch
+from gpt.model import ConfigError, GPTConfig
+from gpt.train import Trainer
+from vramfit.cli import main
+from vramfit.errors import VramfitError
+from vramfit.estimate import (
+    CUDA_CONTEXT_BYTES,
+    Estimate,
+    _run_child,
+    device_bytes,
+    estimate_step,
+    estimate_step_isolated,
+    parse_capability,
+    parse_recipe,
+)
+from vramfit.fake_step import CATEGORIES, cuda_attention_kernel, cuda_kernel_workspace, run_step, train_config
+from vramfit.probe import StorageTracker
+from vramfit.recipe import Recipe
+
+# (shape, batch, recipe, expected phase of the peak): forward peaks need the math attention path with long
+# context and a tiny model; optimizer peaks need parameters to dominate and an optimizer with temporaries.
+CASES = [
+    (dict(n_layer=1, n_head=1, n_embd=32, block_size=256, vocab_size=64), 1,
+     dict(dtype="bfloat16", optimizer="fused", attn_kernel="math"), "forward"),
+    (dict(n_layer=4, n_head=1, n_embd=32, block_size=256, vocab_size=64), 1,
+     dict(dtype="bfloat16", optimizer="loop", attn_kernel="math"), "forward"),
+    (dict(n_layer=2, n_head=2, n_embd=64, block_size=32, vocab_size=100), 4,
+     dict(dtype="float32", optimizer="fused"), "backward"),
+    (dict(n_layer=2, n_head=2, n_embd=64, block_size=32, vocab_size=100), 4,
+     dict(dtype="bfloat16", optimizer="fused"), "backward"),
+    (dict(n_layer=2, n_head=4, n_embd=64, block_size=64, vocab_size=8192), 4,
+     dict(dtype="float32", optimizer="foreach"), "backward"),
+    (dict(n_layer=2, n_head=2, n_embd=64, block_size=128, vocab_size=256, dropout=0.1, bias=False), 2,
+     dict(dtype="bfloat16", optimizer="fused", attn_kernel="math"), "backward"),
+    (dict(n_layer=3, n_head=3, n_embd=96, block_size=64, vocab_size=512), 2,
+     dict(dtype="float32", optimizer="loop"), "backward"),
+    (dict(n_layer=4, n_head=4, n_embd=256, block_size=16, vocab_size=64), 1,
+     dict(dtype="float32", optimizer="foreach"), "optimizer"),
+    (dict(n_layer=4, n_head=4, n_embd=256, block_size=16, vocab_size=64), 8,
+     dict(dtype="bfloat16", optimizer="loop"), "optimizer"),
+    (dict(n_layer=4, n_head=1, n_embd=256, block_size=16, vocab_size=8192), 1,
+     dict(dtype="bfloat16", optimizer="foreach"), "optimizer"),
+    (dict(n_layer=4, n_head=4, n_embd=256, block_size=16, vocab_size=64), 1,
+     dict(dtype="float32", optimizer="loop"), "optimizer"),
+]
+
+
+def real_tracked_peak(mc: GPTConfig, batch: int, recipe: Recipe) -> int:
+    """Two real `Trainer.step` calls on the CPU under the sweep's own storage tracker (64 B CPU rounding)."""
+    r = recipe.resolved("cpu")
+    cfg = train_config(mc, batch, r.dtype, r.optimizer, r.attn_kernel, grad_clip=1.0, accum=1)
+    gen = torch.Generator().manual_seed(0)
+    with StorageTracker(round_to=64) as tracker:
+        trainer = Trainer(cfg, mc, device="cpu")
+        tracker.reset_peak()
+        for _ in range(2):
+            trainer.step(lambda: synthetic_batch(batch, mc.block_size, mc.vocab_size, gen, "cpu"))
+    return tracker.peak
+
+
+@pytest.mark.parametrize("shape,batch,recipe_d,phase", CASES, ids=[f"{c[3]}-{i}" for i, c in enumerate(CASES)])
+def test_estimate_equals_real_tracked_cpu_peak(shape, batch, recipe_d, phase):
+    mc, recipe = GPTConfig(**shape), Recipe(**recipe_d)
+    est = estimate_step(mc, batch, recipe, target="cpu")
+    real = real_tracked_peak(mc, batch, recipe)
+    assert abs(est.peak_bytes - real) <= 0.005 * real, (est.peak_bytes, real)
+    assert est.peak_phase == phase, est.peak_op
+    # the same run for real under the estimator's own tracker: same peak, same phase and op
+    same = run_step(mc, batch, dtype=recipe.dtype, optimizer=recipe.optimizer, attn_kernel=recipe.attn_kernel,
+                    target="cpu", fake=False)
+    assert (same.peak_bytes, same.peak_phase, same.peak_op) == (est.peak_bytes, est.peak_phase, est.peak_op)
+    assert sum(est.breakdown.values()) == est.peak_bytes
+    assert est.breakdown["parameters"] >= mc.n_params() * 4
+    assert set(est.breakdown) == set(CATEGORIES)
+
+
+def test_cases_cover_every_phase_and_both_dtypes():
+    assert {c[3] for c in CASES} == {"forward", "backward", "optimizer"}
+    assert {c[2]["dtype"] for c in CASES} == {"float32", "bfloat16"}
+    assert len(CASES) >= 10
+
+
+def test_breakdown_and_steady_state():
+    mc = GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=1000)
+    est = estimate_step(mc, 4, Recipe(dtype="float32", optimizer="fused"), target="cpu")
+    b = est.breakdown
+    p = mc.n_params() * 4
+    assert p <= b["parameters"] < p * 1.01
+    assert b["optimizer_state"] >= 2 * p  # Adam m and v exist in the second step
+    assert b["logits_loss"] > 0 and b["activations"] > 0
+    assert est.peak_step == 2 and est.step_peaks[1] == est.peak_bytes >= est.step_peaks[0]
+    assert 3 * p <= est.steady_bytes < 3.05 * p  # parameters + m + v (+ step counters) after zero_grad
+    d = est.to_dict()
+    assert Estimate.from_dict(json.loads(json.dumps(d))) == est
+
+
+def test_attention_kernel_choice_follows_the_gpu():
+    assert cuda_attention_kernel("default", "bfloat16", 64, (8, 0)) == "flash"
+    assert cuda_attention_kernel("default", "float16", 64, (9, 0)) == "flash"
+    assert cuda_attention_kernel("default", "float16", 64, (7, 5)) == "efficient"
+    assert cuda_attention_kernel("default", "float32", 64, (8, 0)) == "efficient"
+    assert cuda_attention_kernel("default", "bfloat16", 320, (8, 0)) == "efficient"
+    assert cuda_attention_kernel("default", "float16", 36, (8, 6)) == "math"
+    assert cuda_attention_kernel("math", "bfloat16", 64, (9, 0)) == "math"
+    with pytest.raises(ConfigError, match="flash attention cannot run"):
+        cuda_attention_kernel("flash", "float32", 64, (8, 0))
+    with pytest.raises(ConfigError, match="flash attention cannot run"):
+        cuda_attention_kernel("flash", "float16", 64, (7, 5))
+
+
+def test_cuda_emulation_kernels_dtypes_and_rounding():
+    mc = GPTConfig(n_layer=2, n_head=4, n_embd=128, block_size=512, vocab_size=512)
+    peaks = {}
+    for kernel in ("flash", "efficient", "math"):
+        est = estimate_step(mc, 2, Recipe(dtype="bfloat16", attn_kernel=kernel), target="cuda")
+        assert est.attention == kernel and est.rounding == 512 and est.compute_capability == (8, 0)
+        peaks[kernel] = est.peak_bytes
+    # math keeps B*H*T*T scores; flash and efficient are linear in T
+    assert peaks["math"] > 1.3 * peaks["efficient"] and peaks["math"] > 1.3 * peaks["flash"]
+    auto = estimate_step(mc, 2, Recipe(), target="cuda")
+    assert (auto.dtype, auto.attention, auto.optimizer) == ("bfloat16", "flash", "fused")
+    assert any("compile" in n for n in auto.notes)  # compile defaults on for CUDA and is not emulated
+    turing = estimate_step(mc, 2, Recipe(optimizer="foreach"), target="cuda", compute_capability=(7, 5))
+    assert (turing.dtype, turing.attention) == ("float16", "efficient")  # fp16 + GradScaler path
+    fp32 = estimate_step(mc, 2, Recipe(dtype="float32"), target="cuda")
+    assert fp32.attention == "efficient" and fp32.peak_bytes > auto.peak_bytes
+    assert all(v % 512 == 0 for v in fp32.breakdown.values())
+
+
+def test_flash_backward_workspace_formula():
+    q = torch.empty(2, 4, 200, 64, device="meta")
+    ws = cuda_kernel_workspace(torch.ops.aten._scaled_dot_product_flash_attention_backward.default, (q, q))
+    assert ws == 2 * 4 * 256 * 4 + 2 * 256 * 4 * 64 * 4  # softmax_d + dq_accum, fp32, T rounded to 128
+    assert cuda_kernel_workspace(torch.ops.aten.mm.default, (q, q)) == 0
+
+
+def test_shape_larger_than_this_machines_ram_is_estimated():
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    mc = GPTConfig(n_layer=2, n_head=64, n_embd=8192, block_size=2048, vocab_size=50304)
+    est = estimate_step(mc, 16, Recipe(dtype="bfloat16"), target="cuda")
+    assert est.peak_bytes > ram
+    assert est.breakdown["parameters"] >= mc.n_params() * 4
+
+
+def test_gpt2_small_estimate_is_fast_and_plausible():
+    mc = GPTConfig()  # GPT-2 124M, block 1024
+    est = estimate_step(mc, 12, Recipe(dtype="bfloat16"), target="cuda")
+    assert 10 * 2**30 < est.peak_bytes < 20 * 2**30
+    assert est.peak_phase == "backward"
+    assert est.seconds < 10  # ~1 s on a 2-core CPU; generous for loaded CI machines
+
+
+def test_isolated_estimate_matches_in_process():
+    mc = GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=256)
+    recipe = Recipe(dtype="bfloat16", optimizer="foreach")
+    a = estimate_step(mc, 2, recipe, target="cuda", compute_capability=(9, 0))
+    b = estimate_step_isolated(mc, 2, recipe, target="cuda", compute_capability=(9, 0))
+    assert (a.peak_bytes, a.peak_phase, a.peak_op, a.breakdown) == (b.peak_bytes, b.peak_phase, b.peak_op,
+                                                                     b.breakdown)
+    with pytest.raises(VramfitError, match="flash attention cannot run"):
+        estimate_step_isolated(mc, 2, Recipe(dtype="float32", attn_kernel="flash"), target="cuda")
+
+
+def test_a_dying_estimator_process_is_one_clean_error():
+    with pytest.raises(VramfitError, match=r"died \(SIGABRT\)"):
+        _run_child([sys.executable, "-c", "import os; os.abort()"], "", timeout=60)
+    with pytest.raises(VramfitError, match="boom"):
+        _run_child([sys.executable, "-c", "import sys; sys.exit('error: boom')"], "", timeout=60)
+
+
+def test_device_bytes_adds_context_and_slack():
+    mc = GPTConfig(n_layer=1, n_head=1, n_embd=32, block_size=16, vocab_size=64)
+    est = estimate_step(mc, 1, Recipe(dtype="bfloat16"), target="cuda")
+    assert device_bytes(est) > est.peak_bytes + CUDA_CONTEXT_BYTES - 1
+
+
+def test_parsers():
+    assert parse_capability("8.6") == (8, 6) and parse_capability("sm90") == (9, 0) and parse_capability("75") == (7, 5)
+    with pytest.raises(VramfitError):
+        parse_capability("eight")
+    assert parse_recipe(None) == Recipe()
+    assert parse_recipe("dtype=bfloat16, optimizer=foreach,compile=false") == Recipe(
+        dtype="bfloat16", optimizer="foreach", compile=False)
+    with pytest.raises(VramfitError):
+        parse_recipe("dtype=float8")
+    with pytest.raises(VramfitError):
+        parse_recipe("nosuchfile.toml")
+
+
+def test_recipe_file(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text('[recipe]\ndtype = "float32"\nattn_kernel = "math"\n')
+    assert parse_recipe(str(path)) == Recipe(dtype="float32", attn_kernel="math")
+
+
+def run(capsys, *args):
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+SMALL = ["--n-layer", 2, "--n-head", 2, "--n-embd", 64, "--block-size", 32, "--batch-size", 2, "--vocab", 128]
+
+
+def test_cli_estimate_json_and_text(capsys):
+    rc, out, err = run(capsys, "estimate", *SMALL, "--target", "cpu", "--json", "--recipe", "dtype=bfloat16")
+    assert rc == 0, err
+    d = json.loads(out)
+    assert d["peak_phase"] in ("forward", "backward", "optimizer") and d["peak_bytes"] > 0
+    assert d["dtype"] == "bfloat16" and d["target"] == "cpu"
+    rc, out, err = run(capsys, "estimate", *SMALL, "--capability", "8.6")
+    assert rc == 0, err
+    assert "peak" in out and "flash attention" in out and "CUDA context" in out
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--n-layer", 2, "--n-head", 3, "--n-embd", 64, "--block-size", 32, "--batch-size", 2], "divisible"),
+    (["--n-layer", 2, "--n-head", 2, "--n-embd", 64, "--block-size", 32, "--batch-size", 0], "batch_size"),
+    (["--n-layer", 0, "--n-head", 2, "--n-embd", 64, "--block-size", 32, "--batch-size", 1], "n_layer"),
+    ([*SMALL, "--target", "tpu"], "unknown target"),
+    ([*SMALL, "--recipe", "dtype=float8"], "dtype"),
+    ([*SMALL, "--recipe", "colour=red"], "unknown recipe key"),
+    ([*SMALL, "--capability", "x"], "compute capability"),
+    ([*SMALL, "--target", "cpu", "--recipe", "dtype=float16"], "float16"),
+    ([*SMALL, "--recipe", "dtype=float32,attn_kernel=flash"], "flash attention"),
+])
+def test_cli_estimate_bad_inputs_are_one_line(capsys, args, msg):
+    rc, out, err = run(capsys, "estimate", *args)
+    assert rc == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and msg in err, err
+
+
+GPU_CASES = [
+    (GPTConfig(n_layer=4, n_head=4, n_embd=256, block_size=256, vocab_size=8192), 8, Recipe(dtype="bfloat16")),
+    (GPTConfig(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65), 64, Recipe(dtype="bfloat16")),
+    (GPTConfig(n_layer=4, n_head=4, n_embd=256, block_size=512, vocab_size=8192), 4, Recipe(dtype="float32")),
+    (GPTConfig(n_layer=4, n_head=4, n_embd=256, block_size=512, vocab_size=8192), 4,
+     Recipe(dtype="bfloat16", attn_kernel="math")),
+    (GPTConfig(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50304), 4,
+     Recipe(dtype="bfloat16", optimizer="foreach")),
+    (GPTConfig(n_layer=8, n_head=8, n_embd=1024, block_size=128, vocab_size=50304), 1,
+     Recipe(dtype="float16", optimizer="foreach")),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mc,batch,recipe", GPU_CASES)
+def test_estimate_matches_cuda_max_memory_allocated(mc, batch, recipe):
+    """On a GPU: eager steps, peak allocated after two steps vs the emulated estimate (within 3%)."""
+    major, minor = torch.cuda.get_device_capability()
+    recipe = Recipe(dtype=recipe.dtype, compile=False, optimizer=recipe.optimizer, attn_kernel=recipe.attn_kernel)
+    est = estimate_step(mc, batch, recipe, target="cuda", compute_capability=(major, minor))
+    r = recipe.resolved("cuda")
+    cfg = train_config(mc, batch, r.dtype, r.optimizer, r.attn_kernel, grad_clip=1.0, accum=1)
+    cfg.device, cfg.compile = "cuda", False
+    torch.cuda.empty_cache()
+    trainer = Trainer(cfg, mc, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        trainer.step(lambda: synthetic_batch(batch, mc.block_size, mc.vocab_size, gen, "cuda"))
+    torch.cuda.synchronize()
+    real = torch.cuda.max_memory_allocated()
+    del trainer
+    torch.cuda.empty_cache()
+    assert abs(est.peak_bytes - real) <= 0.03 * real, (est.peak_bytes, real, est.peak_op)
