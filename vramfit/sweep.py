@@ -144,6 +144,8 @@ class WorkerPool:
             why = _describe_exit(proc.returncode) if proc.returncode != 0 else "no JSON record on stdout"
             return {**point, "status": "error", "error": f"worker {why}; stderr: {_tail(err)}"}
         rec.update(point)  # the record is about the point we asked for
+        if isinstance(rec.get("timings"), dict):
+            rec["timings"]["wall"] = time.time() - spec["spawn_time"]  # as the parent saw it, exit included
         return rec
 
     def kill_all(self) -> None:
