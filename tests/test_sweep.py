@@ -168,3 +168,40 @@ def test_two_sweeps_on_one_database_at_once(tmp_path):
         assert df.env_id.nunique() == 1
         sw = s.sweeps_frame()
         assert sw.n_ok.tolist() == [2, 2] and sw.status.tolist() == ["done", "done"]
+
+
+def _worker_children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = (d / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"vramfit.worker" in cmd:
+            out.append(int(d.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_a_real_worker_killed_from_outside_is_an_error_row(tmp_path):
+    db = tmp_path / "db.sqlite"
+    proc = subprocess.Popen([sys.executable, "-m", "vramfit", "sweep", "--device", "cpu", "--db", str(db), *TINY,
+                             "--batch-size", "1,2,3"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 60
+    victims: list[int] = []
+    while not victims and time.time() < deadline:
+        victims = _worker_children(proc.pid)
+        time.sleep(0.05)
+    assert victims, "no worker process appeared"
+    time.sleep(0.5)
+    os.kill(victims[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    df = Store(db).points_frame().set_index("batch_size")
+    assert df.loc[1, "status"] == "error" and "killed by SIGKILL" in df.loc[1, "error"]
+    assert (df.loc[[2, 3], "status"] == "ok").all()
+    assert "1 error, 2 ok" in out
