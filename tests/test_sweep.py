@@ -205,3 +205,40 @@ def test_a_real_worker_killed_from_outside_is_an_error_row(tmp_path):
     assert df.loc[1, "status"] == "error" and "killed by SIGKILL" in df.loc[1, "error"]
     assert (df.loc[[2, 3], "status"] == "ok").all()
     assert "1 error, 2 ok" in out
+
+
+ECHO_WORKER = textwrap.dedent("""
+    import json, os, sys, time
+    spec = json.loads(sys.stdin.read())
+    time.sleep(0.3)
+    print(json.dumps({**spec["point"], "status": "ok", "nvml_bytes": 3, "reserved_bytes": 2, "allocated_bytes": 1,
+                      "cvd": os.environ.get("CUDA_VISIBLE_DEVICES"), "uuid": spec["gpu_uuid"],
+                      "device": spec["device"], "dtype": spec["recipe"]["dtype"]}))
+""")
+
+
+@pytest.mark.parametrize("names, rows", [(("Card A", "Card A"), 4), (("Card A", "Card B"), 8)])
+def test_several_gpus_share_or_split_the_grid(tmp_path, monkeypatch, names, rows):
+    import json
+
+    import vramfit.sweep as sweep_mod
+    from vramfit.devices import DeviceFacts
+
+    fake = [DeviceFacts("cuda", name, 8 * 2**30, index=i, gpu_uuid=f"GPU-{i}", compute_capability="8.0",
+                        torch_version="x") for i, name in enumerate(names)]
+    monkeypatch.setattr(sweep_mod, "resolve", lambda device, indices: fake)
+    grid = load_grid(None, {"n_layer": [1], "n_head": [1], "n_embd": [8], "block_size": [8], "vocab_size": [8],
+                            "batch_size": [1, 2, 3, 4]})
+    db = tmp_path / "db.sqlite"
+    res = run_sweep(grid, db, device="cuda", gpu_indices=[0, 1], quiet=True,
+                    worker_cmd=[sys.executable, "-c", ECHO_WORKER])
+    assert dict(res.counts) == {"ok": rows}
+    df = Store(db).points_frame()
+    extra = [json.loads(e) for e in Store(db).conn.execute("SELECT extra FROM points ORDER BY point_id")
+             .fetchone()]
+    assert extra[0]["device"] == "cuda" and extra[0]["dtype"] == "bfloat16"  # auto dtype resolved from sm 8.0
+    assert len(df) == rows and set(df.gpu_uuid) == {"GPU-0", "GPU-1"}
+    assert (df.groupby("device_name").batch_size.apply(sorted).map(tuple) == (1, 2, 3, 4)).all()
+    cvd = [json.loads(r[0])["cvd"] == json.loads(r[0])["uuid"] for r in Store(db).conn.execute(
+        "SELECT extra FROM points")]
+    assert all(cvd)  # each worker sees only its GPU, by UUID
