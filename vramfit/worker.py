@@ -47,7 +47,9 @@ def _first_line(exc: BaseException) -> str:
 def _is_oom(exc: BaseException) -> bool:
     import torch
 
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return (isinstance(exc, torch.OutOfMemoryError | MemoryError) or "out of memory" in text
+            or "not enough memory" in text)
 
 
 def run_point(spec: dict) -> dict:
@@ -154,8 +156,10 @@ def run_point(spec: dict) -> dict:
             for it in range(1, max_iters + 1):
                 s = time.perf_counter()
                 trainer.step(batch)
-                reading = read()
+                if cuda:
+                    torch.cuda.synchronize()
                 step_times.append(time.perf_counter() - s)
+                reading = read()
                 if it == 1:
                     t_first = time.time()
                 rec["iters"] = it
