@@ -56,13 +56,11 @@ class StepProbe:
             torch.cuda.synchronize()
             c = probe.cuda_counters(torch.cuda.current_device())
             self.record.update(c)
-            values = [c["reserved_bytes"]]
             used, source = self.nvml.reading(self.baseline) if self.nvml.ok else (None, "none")
             if used is not None:
                 self.record["nvml_bytes"] = max(self.record.get("nvml_bytes") or 0, used)
                 self.record["nvml_source"] = source
-                values.append(self.record["nvml_bytes"])
-            return values
+            return [c["reserved_bytes"], self.record.get("nvml_bytes") or 0]  # fixed length for is_stable
         self.record["tracked_bytes"] = self.tracker.peak
         self.record["rss_bytes"] = max(0, probe.peak_rss_bytes() - self.rss0)
         return [self.record["tracked_bytes"]]
