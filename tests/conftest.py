@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+ROOT = Path(__file__).resolve().parents[1]
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+QUICK_GRID = ROOT / "experiments" / "grids" / "quick.toml"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -60,3 +64,14 @@ def byte_encoding():
         mergeable_ranks={bytes([i]): i for i in range(256)},
         special_tokens={"<|endoftext|>": 256},
     )
+
+
+@pytest.fixture(scope="session")
+def quick_db(tmp_path_factory) -> Path:
+    """The quick grid measured once on the CPU (11 points, ~40 s), shared by the sweep and planner tests."""
+    db = tmp_path_factory.mktemp("quick") / "vramfit.sqlite"
+    r = subprocess.run([sys.executable, "-m", "vramfit", "sweep", "--grid", str(QUICK_GRID), "--device", "cpu",
+                        "--db", str(db)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "done: 11 ok" in r.stdout
+    return db

@@ -39,14 +39,6 @@ def n_points(db: Path) -> int:
         return 0
 
 
-@pytest.fixture(scope="module")
-def quick_db(tmp_path_factory) -> Path:
-    db = tmp_path_factory.mktemp("quick") / "vramfit.sqlite"
-    r = vramfit("sweep", "--grid", str(QUICK), "--device", "cpu", "--db", str(db))
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "done: 11 ok" in r.stdout
-    return db
-
 
 def test_quick_grid_measures_every_point(quick_db):
     df = Store(quick_db).points_frame()

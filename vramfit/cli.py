@@ -395,7 +395,8 @@ def suggest(
                         command=lambda s: train_command(s, recipe, data_dir), **space)
     result = {"vram_bytes": vram_b, "reserve_bytes": reserve_b, "budget_bytes": budget, "objective": objective,
               "model_file": str(path), "device": doc["device"], "recipe_key": doc["recipe_key"], "recipe": recipe,
-              "target": doc["target"], "margin_rel": margin, "suggestions": [s.to_dict() for s in items]}
+              "target": doc["target"], "margin_rel": margin, "data_dir": data_dir,
+              "suggestions": [s.to_dict() for s in items]}
     if items:
         save_suggestions(result, save)
     if json_out:

@@ -108,6 +108,8 @@ def suggestion_overrides(doc: dict, item: dict) -> dict:
     recipe = doc.get("recipe") or {}
     out.update({k: recipe[k] for k in ("dtype", "compile", "optimizer", "attn_kernel") if recipe.get(k) is not None})
     out["out_dir"] = f"out/suggest-{item['rank']}"
+    if doc.get("data_dir"):
+        out["data_dir"] = doc["data_dir"]
     return out
 
 
