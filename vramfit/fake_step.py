@@ -88,10 +88,13 @@ class StorageTracker(TorchDispatchMode):
     may return bytes a kernel allocates and frees inside the op (they count towards the peak only).
     """
 
-    def __init__(self, rounding: int = 512, workspace: Callable[[object, tuple], int] | None = None) -> None:
+    def __init__(self, rounding: int = 512, workspace: Callable[[object, tuple], int] | None = None,
+                 matmul_workspace: int = 0) -> None:
         super().__init__()
         self.rounding = rounding
         self.workspace = workspace
+        self.matmul_workspace = matmul_workspace  # per thread, allocated at its first matmul, never freed
+        self._matmul_threads: set[str] = set()
         self.current = 0
         self.peak = 0
         self.live: dict[int, int] = {}  # storage key (StorageImpl address) -> sid
@@ -143,6 +146,16 @@ class StorageTracker(TorchDispatchMode):
         self.current += n
         return sid
 
+    def _add_persistent(self, nbytes: int, category: str) -> None:
+        """Bytes that no tensor owns (e.g. cuBLAS workspaces from the caching allocator), alive to the end."""
+        sid = self._next_sid
+        self._next_sid += 1
+        self.size[sid] = nbytes
+        self.origin[sid] = (self.phase, "", self.step_no)
+        self.tags[sid] = category
+        self.events.append((sid, nbytes))
+        self.current += nbytes
+
     def _free(self, key: int, sid: int) -> None:
         if self.live.get(key) == sid:
             del self.live[key]
@@ -189,6 +202,11 @@ class StorageTracker(TorchDispatchMode):
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 self._track(t, zone)
+        if self.matmul_workspace and func in _MATMULS:
+            thread = "backward" if self.phase == "backward" else "main"
+            if thread not in self._matmul_threads:
+                self._matmul_threads.add(thread)
+                self._add_persistent(self.matmul_workspace, "workspace")
         ws = self.workspace(func, args) if self.workspace is not None else 0
         if self.current + ws > self.peak:
             self.peak = self.current + ws
@@ -279,6 +297,16 @@ class _CudaAttention(TorchFunctionMode):
             return aten._scaled_dot_product_efficient_attention(q, k, v, None, need_lse, dropout_p, is_causal,
                                                                 scale=scale)[0]
         return aten._scaled_dot_product_attention_math(q, k, v, None, dropout_p, is_causal, scale=scale)[0]
+
+
+_MATMULS = frozenset({aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default})
+
+
+def cublas_workspace_bytes(capability: tuple[int, int]) -> int:
+    """cuBLAS workspace PyTorch allocates from the caching allocator for each (handle, stream), i.e. once for the
+    forward thread and once for the autograd device thread: 32 MiB on sm90, else 8 MiB + 128 KiB (the defaults of
+    `CUBLAS_WORKSPACE_CONFIG`, aten/src/ATen/cuda/CublasHandlePool.cpp)."""
+    return 4096 * 8 * 1024 if capability[0] == 9 else 4096 * 1024 * 2 + 16 * 1024 * 8
 
 
 def cuda_kernel_workspace(func, args: tuple) -> int:  # noqa: ANN001
@@ -391,7 +419,8 @@ def run_step(
     # fp16 exists only on the emulated GPU: build the trainer as fp32 and switch autocast and scaler below
     cfg = train_config(model_config, batch_size, "float32" if dtype == "float16" else dtype, impl,
                         "default" if target == "cuda" else attn_kernel, grad_clip, gradient_accumulation_steps)
-    tracker = StorageTracker(rounding, cuda_kernel_workspace if target == "cuda" else None)
+    tracker = StorageTracker(rounding, cuda_kernel_workspace if target == "cuda" else None,
+                             cublas_workspace_bytes(capability) if target == "cuda" else 0)
     B, T, V = batch_size, model_config.block_size, model_config.vocab_size
     gen = torch.Generator().manual_seed(1337)
 
@@ -402,6 +431,7 @@ def run_step(
         return synthetic_batch(B, T, V, gen, "cpu")
 
     with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.random.fork_rng(devices=[]))  # Trainer seeds the global RNG: leave ours alone
         if fake:
             stack.enter_context(_fake_mode())
         stack.enter_context(tracker)
