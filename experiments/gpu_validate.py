@@ -1,0 +1,275 @@
+"""Helpers for experiments/gpu_validate.sh (each subcommand is idempotent; the shell script runs the stages).
+
+    python experiments/gpu_validate.py provenance OUT                 # provenance.json (device, driver, torch, ...)
+    python experiments/gpu_validate.py corpus PATH                    # a generated text corpus (no network)
+    python experiments/gpu_validate.py capped-train VRAM -- ARGS...   # `vramfit ARGS` with the allocator capped
+    python experiments/gpu_validate.py budget OUT VRAM DATA_DIR       # suggest, train #1 under VRAM, next batch
+    python experiments/gpu_validate.py heldout OUT                    # model vs held-out points -> heldout.csv
+    python experiments/gpu_validate.py summary OUT                    # summary.md with every table
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PY = sys.executable
+RECIPE_GRID = ROOT / "experiments" / "grids" / "gpu_adaptive.toml"
+
+
+def vramfit(*args: str, timeout: float | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, "-m", "vramfit", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def model_file(out: Path) -> Path:
+    files = sorted((out / "models").glob("*.json"))
+    if not files:
+        sys.exit(f"no model in {out / 'models'}: run the fit stage first")
+    return files[0]
+
+
+def provenance(out: Path) -> None:
+    import torch
+
+    from vramfit import devices
+    from vramfit.grid import load_grid
+
+    gpus, note = devices.cuda_devices()
+    doc = {
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "devices": [g.to_dict() for g in gpus], "nvml_note": note,
+        "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+        "python": platform.python_version(), "host": platform.node(),
+        "recipe": load_grid(RECIPE_GRID).recipe.to_dict(),
+        "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
+        "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
+    }
+    path = out / "provenance.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    doc["first_run"] = old.get("first_run", doc["date"])
+    path.write_text(json.dumps(doc, indent=1))
+    print(f"wrote {path}")
+
+
+def corpus(path: Path, n_chars: int = 2_000_000) -> None:
+    if path.is_file():
+        return
+    rng = random.Random(0)
+    words = ["the", "king", "queen", "lord", "and", "of", "to", "my", "thou", "art", "good", "night", "sweet", "hath"]
+    lines, size = [], 0
+    while size < n_chars:
+        line = " ".join(rng.choice(words) for _ in range(rng.randint(3, 9))).capitalize() + ".\n"
+        lines.append(line)
+        size += len(line)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(lines))
+    print(f"wrote {path} ({size:,} characters, generated)")
+
+
+def capped_train(vram: str, args: list[str]) -> int:
+    """Run `vramfit ARGS` in this process with the CUDA allocator capped so that context + allocator fit `vram`
+    (the sweep worker's emulation: set_per_process_memory_fraction of (vram - context) / total)."""
+    import torch
+
+    from vramfit.cli import main
+    from vramfit.probe import NvmlProbe
+    from vramfit.units import parse_size
+
+    cap = parse_size(vram)
+    nv = NvmlProbe(index=0)
+    baseline = nv.device_used()
+    torch.empty(1, device="cuda")
+    torch.cuda.synchronize()
+    ctx, _ = nv.reading(baseline)
+    ctx = ctx if ctx is not None else 512 * 2**20
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, (cap - ctx) / total), 0)
+    print(f"capped: {vram} = context {ctx / 2**20:.0f} MiB + allocator {(cap - ctx) / 2**30:.2f} GiB", flush=True)
+    return main(args)
+
+
+def next_batch(b: int) -> int:
+    from vramfit.suggest import DEFAULT_SPACE
+
+    larger = [x for x in DEFAULT_SPACE["batch_size"] if x > b]
+    return larger[0] if larger else b + 1
+
+
+def budget(out: Path, vram: str, data_dir: str) -> None:
+    """Suggest for `vram`, train suggestion #1 for 20 iterations under that cap, then try the next larger batch of
+    the same shape under the cap (a sweep point). Writes budget-<vram>.json; skipped when it exists."""
+    done = out / f"budget-{vram}.json"
+    if done.is_file():
+        print(f"{done} exists: skipped")
+        return
+    model = model_file(out)
+    sugg = out / f"suggest-{vram}.json"
+    r = vramfit("suggest", "--vram", vram, "--model", str(model), "--objective", "params", "--top", "5",
+                "--data-dir", data_dir, "--save", str(sugg), "--json")
+    (out / f"suggest-{vram}.txt").write_text(r.stdout + r.stderr)
+    if r.returncode != 0:
+        doc = {"vram": vram, "error": (r.stderr or r.stdout).strip()[-500:]}
+        done.write_text(json.dumps(doc, indent=1))
+        print(f"{vram}: suggest failed: {doc['error']}")
+        return
+    top = json.loads(r.stdout)["suggestions"][0]
+    run_dir = out / f"train-{vram}"
+    cmd = [PY, str(Path(__file__).resolve()), "capped-train", vram, "--", "train", "--suggestion", "1",
+           "--suggestions", str(sugg), "--db", str(out / "budgets.sqlite"), "--max-iters", "20",
+           "--eval-interval", "1000", "--eval-iters", "2", "--log-interval", "5", "--warmup-iters", "5",
+           "--data-dir", data_dir, "--out-dir", str(ROOT / "out" / f"gpu-validate-{vram}")]
+    t = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    (run_dir.parent / f"train-{vram}.log").write_text(t.stdout + "\n--- stderr ---\n" + t.stderr[-20000:])
+    train_oom = t.returncode != 0 and ("out of memory" in t.stderr.lower() or "OutOfMemoryError" in t.stderr)
+    nb = next_batch(top["batch_size"])
+    shape = {k: top[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")}
+    s = vramfit("sweep", "--device", "cuda", "--db", str(out / "budgets.sqlite"), "--emulate-vram", vram,
+                "--grid", str(RECIPE_GRID), *sum(([f"--{k.replace('_', '-')}", str(v)] for k, v in shape.items()),
+                                                  []), "--batch-size", str(nb), "--max-iters", "10")
+    (out / f"nextbatch-{vram}.log").write_text(s.stdout + s.stderr)
+    from vramfit.store import Store
+
+    with Store(out / "budgets.sqlite") as st:
+        df = st.points_frame()
+    row = df[(df.source == "sweep") & (df.batch_size == nb)]
+    for k, v in shape.items():
+        row = row[row[k] == v]
+    trained = df[(df.source == "train")]
+    for k, v in {**shape, "batch_size": top["batch_size"]}.items():
+        trained = trained[trained[k] == v]
+    doc = {
+        "vram": vram, "suggestion": {k: top[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
+                                                           "vocab_size", "params", "predicted_bytes",
+                                                           "margin_bytes", "headroom_bytes")},
+        "train_rc": t.returncode, "train_oom": train_oom,
+        "train_nvml_bytes": float(trained.nvml_bytes.iloc[-1]) if len(trained) else None,
+        "train_reserved_bytes": float(trained.reserved_bytes.iloc[-1]) if len(trained) else None,
+        "next_batch": nb, "next_status": str(row.status.iloc[-1]) if len(row) else "missing",
+        "next_nvml_bytes": float(row.nvml_bytes.iloc[-1]) if len(row) and row.nvml_bytes.notna().any() else None,
+    }
+    done.write_text(json.dumps(doc, indent=1))
+    print(f"{vram}: #1 {shape} batch {top['batch_size']}: train rc {t.returncode}"
+          f"{' (OOM!)' if train_oom else ''}; next batch {nb}: {doc['next_status']}")
+
+
+def heldout(out: Path) -> None:
+    import numpy as np
+
+    from vramfit.features import frame_features
+    from vramfit.memmodel import TARGETS, load_model
+    from vramfit.store import Store
+
+    doc = load_model(model_file(out))
+    col = TARGETS[doc["target"]]
+    with Store(out / "heldout.sqlite") as s:
+        held = s.points_frame()
+    held = held[(held.status == "ok") & held[col].notna()].reset_index(drop=True)
+    if held.empty:
+        sys.exit("no ok held-out points")
+    X = frame_features(held)
+    y = held[col].to_numpy(dtype=float)
+    ours, naive = doc["model"].predict(X), doc["baseline"].predict(X)
+    df = held[["n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size"]].copy()
+    df["measured"] = y
+    df["ours"], df["naive"] = ours, naive
+    df["ours_rel"], df["naive_rel"] = (ours - y) / y, (naive - y) / y
+    df["within_margin"] = ours * (1 + doc["margin_rel"]) >= y
+    df.to_csv(out / "heldout.csv", index=False)
+    print(f"held-out ({len(df)}): ours max {np.abs(df.ours_rel).max():.2%} mean {np.abs(df.ours_rel).mean():.2%}; "
+          f"naive max {np.abs(df.naive_rel).max():.2%}; prediction + margin covers {df.within_margin.sum()}/{len(df)}")
+
+
+def summary(out: Path) -> None:
+    import pandas as pd
+
+    from vramfit.store import Store
+
+    gib = 2**30
+    lines = [f"# GPU validation: {out.name}", ""]
+    prov = json.loads((out / "provenance.json").read_text()) if (out / "provenance.json").is_file() else {}
+    dev = (prov.get("devices") or [{}])[0]
+    lines += [f"- device: {dev.get('device_name')} ({(dev.get('total_memory_bytes') or 0) / gib:.1f} GiB, "
+              f"sm {dev.get('compute_capability')}), driver {dev.get('driver_version')}",
+              f"- torch {prov.get('torch')}, CUDA {prov.get('cuda')}; recipe {prov.get('recipe')}",
+              f"- date {prov.get('date')} (first run {prov.get('first_run')}), commit {prov.get('commit')}", ""]
+    with Store(out / "vramfit.sqlite") as s:
+        pts = s.points_frame()
+        sweeps = s.sweeps_frame()
+    walls = [json.loads(t).get("wall", 0.0) for t in pts.timings if isinstance(t, str)]
+    lines += ["## Adaptive sweep", "", f"{len(pts)} points ({(pts.status == 'ok').sum()} ok, "
+              f"{(pts.status == 'oom').sum()} oom), worker wall time {sum(walls) / 60:.1f} min in "
+              f"{len(sweeps)} sweep run(s).", ""]
+    cols = ["n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size", "status", "nvml_bytes",
+            "reserved_bytes", "ms_per_iter"]
+    lines += ["```", pts[cols].to_string(index=False), "```", ""]
+    model = sorted((out / "models").glob("*.json"))
+    if model:
+        m = json.loads(model[0].read_text())
+        lines += ["## Model", "", f"`{model[0].name}`: target {m['target']}, margin {m['margin_rel']:.2%}", ""]
+        lines += ["| term | value | unit |", "|---|---:|---|"]
+        lines += [f"| {c['term']} | {c['value']:.4g} | {c['unit']} |" for c in m["coefficients"]]
+        lines += ["", "| model | CV | MAPE | max error |", "|---|---|---:|---:|"]
+        for name in ("ours", "naive"):
+            for how in ("loo", "grouped"):
+                r = m["metrics"][name][how]
+                lines.append(f"| {name} | {how} | {r['mape']:.2%} | {r['max_rel']:.2%} |")
+        lines.append("")
+    if (out / "heldout.csv").is_file():
+        h = pd.read_csv(out / "heldout.csv")
+        lines += ["## Held-out points", "", "```", h.to_string(index=False), "```", "",
+                  f"ours: max |error| {h.ours_rel.abs().max():.2%}, mean {h.ours_rel.abs().mean():.2%}; naive: max "
+                  f"{h.naive_rel.abs().max():.2%}, mean {h.naive_rel.abs().mean():.2%}", ""]
+    rows = []
+    for f in sorted(out.glob("budget-*.json"), key=lambda p: float(p.stem.split("-")[1].rstrip("G"))):
+        b = json.loads(f.read_text())
+        if "error" in b:
+            rows.append(f"| {b['vram']} | - | - | - | suggest failed: {b['error'][:60]} | | |")
+            continue
+        s = b["suggestion"]
+        rows.append(f"| {b['vram']} | L{s['n_layer']} H{s['n_head']} C{s['n_embd']} T{s['block_size']} "
+                    f"V{s['vocab_size']} | {s['batch_size']} | {(s['predicted_bytes'] + s['margin_bytes']) / gib:.2f} "
+                    f"| {'OOM' if b['train_oom'] else ('ok' if b['train_rc'] == 0 else 'rc ' + str(b['train_rc']))}"
+                    f" ({(b['train_nvml_bytes'] or 0) / gib:.2f} GiB) | {b['next_batch']} | {b['next_status']} |")
+    if rows:
+        lines += ["## Budgets (--emulate-vram)", "",
+                  "| budget | suggestion #1 | batch | predicted + margin (GiB) | 20 iters under the cap (nvml) "
+                  "| next batch | next batch under the cap |", "|---|---|---:|---:|---|---:|---|", *rows, ""]
+    path = out / "summary.md"
+    path.write_text("\n".join(lines))
+    print(f"wrote {path}")
+
+
+def cli(argv: list[str]) -> int:
+    if not argv:
+        print(__doc__)
+        return 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "provenance":
+        provenance(Path(rest[0]))
+    elif cmd == "corpus":
+        corpus(Path(rest[0]))
+    elif cmd == "capped-train":
+        vram, args = rest[0], rest[2:] if len(rest) > 1 and rest[1] == "--" else rest[1:]
+        return capped_train(vram, args)
+    elif cmd == "budget":
+        budget(Path(rest[0]), rest[1], rest[2])
+    elif cmd == "heldout":
+        heldout(Path(rest[0]))
+    elif cmd == "summary":
+        summary(Path(rest[0]))
+    else:
+        print(f"unknown subcommand {cmd!r}\n{__doc__}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli(sys.argv[1:]))

@@ -1,0 +1,421 @@
+"""Adaptive sweep planning: which grid points to measure, when to stop, and where the batch edge is.
+
+`vramfit sweep --plan adaptive` measures a few points of a grid, one at a time, chosen by `AdaptivePlanner`:
+
+1. coverage: until every axis' smallest and largest value has been measured, the next point is the one covering
+   the most uncovered extremes (ties: the D-optimal one below);
+2. D-optimal: then the point that most increases log det(X'X) of the memory model's design matrix
+   (constant + the physics features, columns scaled to [0, 1]), i.e. the largest leverage x'(X'X)^-1 x, taken
+   from the near-best (within `cost_slack`) at the lowest predicted cost (tokens x params, a FLOP proxy);
+3. feasibility: with a capacity (an emulated card or a GPU), points predicted to need more than
+   capacity x (1 + band) are skipped and at most `boundary` points within +-band of it are measured, so that OOM
+   rows show the model where the edge is. Predictions come from dry-run estimates (`vramfit.estimate`, fake
+   tensors) of a few design points, extended to all candidates by fitting the memory model to them and scaled by
+   the measured/estimated ratio once real points exist;
+4. stop rule (`should_stop`): stop when the leave-one-out max relative error of the fitted model is at most
+   `target_error` AND the last `confirm` ok points were predicted within `target_error` by the model fitted
+   *before* they were measured; or at `points` measured points; or when no candidate is left.
+
+`bisect_batch` finds the largest batch that fits for one model shape from a starting guess (the model's
+prediction) by galloping then bisecting over real runs; `vramfit sweep --boundary` drives it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from vramfit.errors import VramfitError
+from vramfit.features import PHYSICS, SHAPE, features, frame_features
+from vramfit.memmodel import TARGETS, MemoryModel, cv_predictions, error_metrics
+
+PLANS = ("grid", "adaptive")
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """Knobs of the adaptive plan (the CLI sets `points`, `target_error`, `boundary`)."""
+
+    points: int = 12  # at most this many measured points (resumed ones count)
+    target_error: float = 0.03  # stop when CV max |rel error| and the last predictions are within this
+    confirm: int = 3  # ... for this many consecutive ok points, predicted before they were measured
+    min_points: int = 6  # never stop before this many ok points (the model has 6 coefficients)
+    boundary: int = 2  # points near the capacity edge to measure on purpose (OOM rows teach the edge)
+    band: float = 0.15  # "near the edge": predicted within +-band x capacity
+    n_estimates: int = 8  # dry-run estimates behind the feasibility filter (0: no estimates)
+    cost_slack: float = 0.9  # take the cheapest candidate whose D-gain is >= this x the best gain
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.points >= 1, "--points must be >= 1"),
+            (0 < self.target_error < 1, "--target-error must be in (0, 1), e.g. 0.03"),
+            (self.confirm >= 1, "confirm must be >= 1"),
+            (self.boundary >= 0, "--boundary-points must be >= 0"),
+            (0 <= self.band < 1, "band must be in [0, 1)"),
+            (self.n_estimates >= 0, "n_estimates must be >= 0"),
+            (0 < self.cost_slack <= 1, "cost_slack must be in (0, 1]"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise VramfitError(msg)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def point_key(p: dict) -> tuple[int, ...]:
+    return tuple(int(p[k]) for k in SHAPE)
+
+
+def feature_dict(points: list[dict]) -> dict[str, np.ndarray]:
+    return features(*(np.array([p[k] for p in points], dtype=np.float64) for k in SHAPE))
+
+
+def design_matrix(points: list[dict], scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(constant + physics features scaled by `scale` (default: the column maxima), the scale)."""
+    f = feature_dict(points)
+    X = np.column_stack([f[c] for c in PHYSICS])
+    if scale is None:
+        scale = np.where(X.max(axis=0) > 0, X.max(axis=0), 1.0)
+    return np.column_stack([np.ones(len(X)), X / scale]), scale
+
+
+def cost_proxy(points: list[dict]) -> np.ndarray:
+    """Relative cost of measuring a point: a fixed process cost plus tokens x params (FLOPs)."""
+    f = feature_dict(points)
+    flops = f["tokens"] * f["params"]
+    return 1.0 + flops / max(float(flops.max()), 1.0)
+
+
+def d_optimal_order(X: np.ndarray, chosen: list[int], n: int, allowed: np.ndarray | None = None,
+                    cost: np.ndarray | None = None, cost_slack: float = 1.0, ridge: float = 1e-6) -> list[int]:
+    """Greedy sequential D-optimal selection: `n` more row indices of X, each maximising log(1 + x'M^-1 x)
+    with M = X_S'X_S + ridge I over the rows S chosen so far; among rows within `cost_slack` of the best gain,
+    the cheapest by `cost`."""
+    allowed = np.ones(len(X), dtype=bool) if allowed is None else allowed.copy()
+    allowed[chosen] = False
+    S = list(chosen)
+    out: list[int] = []
+    for _ in range(n):
+        idx = np.nonzero(allowed)[0]
+        if not len(idx):
+            break
+        M = X[S].T @ X[S] + ridge * np.eye(X.shape[1]) if S else ridge * np.eye(X.shape[1])
+        Minv = np.linalg.pinv(M)
+        gain = np.log1p(np.einsum("ij,jk,ik->i", X[idx], Minv, X[idx]))
+        best = gain.max()
+        near = idx[gain >= cost_slack * best] if cost is not None else idx[gain == best]
+        pick = int(near[np.argmin(cost[near])]) if cost is not None else int(near[0])
+        out.append(pick)
+        S.append(pick)
+        allowed[pick] = False
+    return out
+
+
+def extremes(points: list[dict]) -> set[tuple[str, int]]:
+    """(axis, value) pairs for each axis' smallest and largest value among `points`."""
+    out = set()
+    for k in SHAPE:
+        vals = [int(p[k]) for p in points]
+        out |= {(k, min(vals)), (k, max(vals))}
+    return out
+
+
+def covered(p: dict, wanted: set[tuple[str, int]]) -> int:
+    return sum((k, int(p[k])) in wanted for k in SHAPE)
+
+
+@dataclass
+class Choice:
+    """The next point to measure and why."""
+
+    point: dict
+    reason: str  # coverage | d-optimal | boundary
+    predicted_bytes: float | None = None  # by the model fitted on the points measured so far (stop rule)
+    feasibility_bytes: float | None = None  # what the feasibility filter expected on the device
+
+    def extra(self) -> dict:
+        return {"plan": "adaptive", "plan_reason": self.reason, "plan_predicted_bytes": self.predicted_bytes,
+                "plan_feasibility_bytes": self.feasibility_bytes}
+
+
+@dataclass
+class StopCheck:
+    stop: bool
+    why: str
+    cv_max_rel: float = math.nan
+    recent_rel: list[float] = field(default_factory=list)
+
+
+class AdaptivePlanner:
+    """Chooses grid points one at a time from what has been measured (see the module docstring).
+
+    `candidates`: the grid's points; `target_col`: the reading the model fits (tracked_bytes on CPU, nvml_bytes on
+    CUDA); `capacity`: bytes the device offers (None: no feasibility filter); `estimates`: dry-run bytes for some
+    candidates (key -> bytes), the feasibility filter's evidence."""
+
+    def __init__(self, candidates: list[dict], target_col: str, settings: PlanSettings,
+                 capacity: int | None = None, estimates: dict[tuple, float] | None = None) -> None:
+        if not candidates:
+            raise VramfitError("the grid has no valid points to plan from")
+        self.cands = [dict(p) for p in candidates]
+        self.keys = [point_key(p) for p in self.cands]
+        self.index = {k: i for i, k in enumerate(self.keys)}
+        self.col = target_col
+        self.s = settings
+        self.capacity = capacity
+        self.X, _ = design_matrix(self.cands)
+        self.cost = cost_proxy(self.cands)
+        self.wanted = extremes(self.cands)
+        self.surrogate: MemoryModel | None = None
+        if estimates:
+            self.set_estimates(estimates)
+
+    # ------------------------------------------------------------------------------------------ feasibility
+    def set_estimates(self, estimates: dict[tuple, float]) -> None:
+        """Fit the memory model to dry-run estimates: the feasibility filter's prediction for every candidate."""
+        pts = [dict(zip(SHAPE, k, strict=True)) for k in estimates]
+        if len(pts) < 2:
+            return
+        X = pd.DataFrame(feature_dict(pts))
+        self.surrogate = MemoryModel(PHYSICS, regimes=2).fit(X, np.array(list(estimates.values()), dtype=float))
+
+    def feasibility(self, measured: pd.DataFrame) -> np.ndarray | None:
+        """Expected device bytes per candidate (None without a capacity or estimates): the estimate-fitted model,
+        times the median measured/estimated ratio of the ok points so far."""
+        if self.capacity is None or self.surrogate is None:
+            return None
+        pred = self.surrogate.predict(pd.DataFrame(feature_dict(self.cands)))
+        ok = self._ok(measured)
+        if len(ok):
+            est = self.surrogate.predict(frame_features(ok))
+            ratio = float(np.median(ok[self.col].to_numpy(dtype=float) / np.maximum(est, 1.0)))
+            pred = pred * ratio
+        return pred
+
+    # ------------------------------------------------------------------------------------------ choosing
+    def _ok(self, measured: pd.DataFrame) -> pd.DataFrame:
+        if measured.empty:
+            return measured
+        m = measured[(measured["status"] == "ok") & measured[self.col].notna()]
+        return m[[point_key(r) in self.index for _, r in m[list(SHAPE)].iterrows()]]
+
+    def _measured_idx(self, measured: pd.DataFrame) -> list[int]:
+        if measured.empty:
+            return []
+        out = []
+        for _, r in measured[list(SHAPE)].iterrows():
+            i = self.index.get(point_key(r))
+            if i is not None and i not in out:
+                out.append(i)
+        return out
+
+    def fit(self, measured: pd.DataFrame) -> MemoryModel | None:
+        """The memory model on the ok candidate points measured so far (None with fewer than 3)."""
+        ok = self._ok(measured)
+        if len(ok) < 3:
+            return None
+        return MemoryModel(PHYSICS, regimes=2).fit(frame_features(ok), ok[self.col].to_numpy(dtype=float))
+
+    def next(self, measured: pd.DataFrame) -> Choice | None:
+        """The next point to measure given the rows measured so far (status ok/oom), or None when done."""
+        done = self._measured_idx(measured)
+        if len(done) >= self.s.points:
+            return None
+        allowed = np.ones(len(self.cands), dtype=bool)
+        allowed[done] = False
+        feas = self.feasibility(measured)
+        near = np.zeros(len(self.cands), dtype=bool)
+        if feas is not None:
+            cap = float(self.capacity)
+            near = np.abs(feas - cap) <= self.s.band * cap
+            too_big = feas > cap * (1 + self.s.band)
+            status = {point_key(r): r["status"] for _, r in measured.iterrows()} if len(measured) else {}
+            n_edge = sum(bool(near[i]) or status.get(self.keys[i]) == "oom" for i in done)
+            allowed &= ~too_big
+            if n_edge >= self.s.boundary:
+                allowed &= ~near
+        if not allowed.any():
+            return None
+        measured_pts = [self.cands[i] for i in done]
+        todo = self.wanted - (extremes(measured_pts) & self.wanted if measured_pts else set())
+        todo = {(k, v) for k, v in todo if any(int(self.cands[i][k]) == v for i in np.nonzero(allowed)[0])}
+        if todo:
+            counts = np.array([covered(p, todo) if allowed[i] else -1 for i, p in enumerate(self.cands)])
+            pool = allowed & (counts == counts.max())
+            pick = d_optimal_order(self.X, done, 1, pool, self.cost, self.s.cost_slack)[0]
+            reason = "coverage"
+        else:
+            pick = d_optimal_order(self.X, done, 1, allowed, self.cost, self.s.cost_slack)[0]
+            reason = "boundary" if near[pick] else "d-optimal"
+        model = self.fit(measured)
+        pred = float(model.predict(pd.DataFrame(feature_dict([self.cands[pick]])))[0]) if model else None
+        return Choice(dict(self.cands[pick]), reason, pred, float(feas[pick]) if feas is not None else None)
+
+    def estimate_targets(self, n: int) -> list[dict]:
+        """The candidates to dry-run first: coverage points, then D-optimal ones (the same rule as measuring)."""
+        chosen: list[int] = []
+        todo = set(self.wanted)
+        while todo and len(chosen) < n:
+            counts = np.array([covered(p, todo) if i not in chosen else -1 for i, p in enumerate(self.cands)])
+            pick = d_optimal_order(self.X, chosen, 1, counts == counts.max())[0]
+            chosen.append(pick)
+            todo -= {(k, int(self.cands[pick][k])) for k in SHAPE}
+        chosen += d_optimal_order(self.X, chosen, max(0, n - len(chosen)))
+        return [self.cands[i] for i in chosen]
+
+    # ------------------------------------------------------------------------------------------ stopping
+    def should_stop(self, measured: pd.DataFrame, prior: dict[tuple, float]) -> StopCheck:
+        """The stop rule. `prior`: point key -> the prediction made for it before it was measured."""
+        ok = self._ok(measured)
+        s = self.s
+        if len(self._measured_idx(measured)) >= s.points:
+            return StopCheck(True, f"measured {s.points} points (--points)")
+        if len(ok) < max(s.min_points, s.confirm + 3):
+            return StopCheck(False, f"{len(ok)} ok points, need {max(s.min_points, s.confirm + 3)} before stopping")
+        X, y = frame_features(ok.reset_index(drop=True)), ok[self.col].to_numpy(dtype=float)
+        cv = error_metrics(y, cv_predictions(lambda: MemoryModel(PHYSICS, regimes=2), X, y, None))["max_rel"]
+        recent = []
+        for _, r in ok.tail(s.confirm).iterrows():
+            p = prior.get(point_key(r))
+            recent.append(abs(p - r[self.col]) / r[self.col] if p is not None else math.inf)
+        good = cv <= s.target_error and all(e <= s.target_error for e in recent)
+        why = (f"CV max error {cv:.2%}, last {s.confirm} predicted within "
+               + ", ".join(f"{e:.2%}" for e in recent) + f" (target {s.target_error:.2%})")
+        return StopCheck(good, why, cv, recent)
+
+
+def target_column(device_type: str) -> str:
+    """The reading the adaptive plan models: what `vramfit fit` uses by default on that device type."""
+    return TARGETS["nvml" if device_type == "cuda" else "tracked"]
+
+
+# ---------------------------------------------------------------------------------------------- dry-run estimates
+
+def estimate_points(points: list[dict], recipe: dict, target: str, capability: str | None,
+                    timeout: float = 600.0) -> tuple[dict[tuple, float], str]:
+    """Dry-run estimates (device bytes: `vramfit.estimate.device_bytes`) for `points`, all in ONE child process
+    (a crash there cannot take the sweep down). Returns (key -> bytes, note); a failure gives ({}, why)."""
+    req = {"points": points, "recipe": recipe, "target": target, "capability": capability}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "vramfit.plan"], input=json.dumps(req), capture_output=True,
+                              text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {}, f"dry-run estimates took more than {timeout:.0f} s"
+    out: dict[tuple, float] = {}
+    for line in proc.stdout.splitlines():
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(d, dict) and "bytes" in d:
+            out[point_key(d["point"])] = float(d["bytes"])
+    note = "" if proc.returncode == 0 else f"estimator exit {proc.returncode}: {proc.stderr.strip()[-200:]}"
+    return out, note
+
+
+def _estimate_main() -> int:
+    """Child process: read {points, recipe, target, capability}, print one JSON line per estimated point."""
+    from gpt.model import GPTConfig
+    from vramfit.estimate import device_bytes, estimate_step, parse_capability
+    from vramfit.recipe import Recipe
+
+    req = json.loads(sys.stdin.read())
+    recipe = Recipe.from_dict(req["recipe"])
+    cap = parse_capability(req["capability"]) if req.get("capability") else (8, 0)
+    for p in req["points"]:
+        try:
+            mc = GPTConfig(p["n_layer"], p["n_head"], p["n_embd"], p["block_size"], p["vocab_size"])
+            est = estimate_step(mc, int(p["batch_size"]), recipe, req["target"], cap)
+        except Exception as exc:  # noqa: BLE001 - one bad point does not stop the others
+            print(json.dumps({"point": p, "error": str(exc)[:200]}), flush=True)
+            continue
+        print(json.dumps({"point": p, "bytes": device_bytes(est), "peak_bytes": est.peak_bytes}), flush=True)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- boundary search
+
+@dataclass
+class Probe:
+    batch_size: int
+    fits: bool
+    status: str
+
+
+def predicted_max_batch(model: MemoryModel, shape: dict, capacity: float, lo: int, hi: int) -> int:
+    """The largest batch in [lo, hi] whose prediction is within `capacity` (lo when none is)."""
+    batches = np.arange(lo, hi + 1)
+    f = features(shape["n_layer"], shape["n_head"], shape["n_embd"], shape["block_size"], batches,
+                 shape["vocab_size"])
+    fits = model.predict(f) <= capacity
+    return int(batches[fits].max()) if fits.any() else lo
+
+
+def bisect_batch(probe: Callable[[int], bool | None], start: int, lo: int = 1, hi: int = 4096) -> tuple[int, list]:
+    """Largest batch b in [lo, hi] with probe(b) True, assuming fitting is monotone in b, from a guess `start`:
+    gallop from `start` (steps 1, 2, 4, ...) until the outcome flips, then bisect. `probe` returns True (fits),
+    False (OOM) or None (neither: the search stops). Returns (best batch, 0 if none fits; probes as Probe)."""
+    if lo < 1 or hi < lo:
+        raise VramfitError(f"batch range must be 1 <= lo <= hi, got {lo}..{hi}")
+    probes: list[Probe] = []
+    seen: dict[int, bool] = {}
+
+    def ask(b: int) -> bool | None:
+        if b not in seen:
+            r = probe(b)
+            probes.append(Probe(b, bool(r), {True: "ok", False: "oom", None: "error"}[r]))
+            if r is None:
+                return None
+            seen[b] = r
+        return seen[b]
+
+    start = min(max(start, lo), hi)
+    good, bad = lo - 1, hi + 1  # invariant: good fits (or is lo-1), bad does not (or is hi+1)
+    r = ask(start)
+    if r is None:
+        return 0, probes
+    step = 1
+    if r:
+        good = start
+        while good < hi:
+            b = min(hi, good + step)
+            r = ask(b)
+            if r is None:
+                return max(good, 0) if good >= lo else 0, probes
+            if not r:
+                bad = b
+                break
+            good, step = b, step * 2
+    else:
+        bad = start
+        while bad > lo:
+            b = max(lo, bad - step)
+            r = ask(b)
+            if r is None:
+                return 0, probes
+            if r:
+                good = b
+                break
+            bad, step = b, step * 2
+    while bad - good > 1 and good >= lo:
+        mid = (good + bad) // 2
+        r = ask(mid)
+        if r is None:
+            break
+        if r:
+            good = mid
+        else:
+            bad = mid
+    return (good if good >= lo else 0), probes
+
+
+if __name__ == "__main__":
+    sys.exit(_estimate_main())
