@@ -179,8 +179,20 @@ def sweep(
     dtype: str = typer.Option(None, help="recipe override: auto | float32 | bfloat16 | float16"),
     max_iters: int = typer.Option(None, "--max-iters", help="measurement override"),
     timeout: float = typer.Option(None, "--timeout", help="seconds per point (measurement override)"),
+    plan: str = typer.Option("grid", "--plan", help="grid (every point) | adaptive (a few, chosen; see --points)"),
+    points: int = typer.Option(12, "--points", help="adaptive: at most this many points"),
+    target_error: float = typer.Option(0.03, "--target-error",
+                                       help="adaptive: stop once the CV max error and the last 3 predictions "
+                                            "are within this (0.03 = 3%)"),
+    boundary_points: int = typer.Option(2, "--boundary-points",
+                                        help="adaptive: points near the capacity edge to measure on purpose"),
+    boundary: bool = typer.Option(False, "--boundary",
+                                  help="find each shape's largest fitting batch by bisection on real runs"),
+    model: Path = typer.Option(None, "--model", help="--boundary: start from this model JSON's prediction"),
 ) -> None:
-    """Profile training memory over a grid, one fresh process per point, into SQLite (resumable)."""
+    """Profile training memory over a grid, one fresh process per point, into SQLite (resumable).
+    `--plan adaptive` measures a few informative points and stops when the model is accurate enough;
+    `--boundary` finds the largest batch that fits each shape of the grid."""
     from vramfit.grid import load_grid, parse_int_list
     from vramfit.sweep import run_sweep
     from vramfit.units import parse_size
@@ -196,8 +208,29 @@ def sweep(
     if emulate is not None and emulate <= 0:
         fail("--emulate-vram must be > 0")
     indices = parse_int_list(devices, "--devices", minimum=0) if devices else None
-    res = run_sweep(spec, db, device=device, gpu_indices=indices, emulate_bytes=emulate, redo=redo, quiet=quiet,
-                    argv=sys.argv[1:])
+    if plan not in ("grid", "adaptive"):
+        fail(f"unknown --plan {plan!r}; choose grid or adaptive")
+    if boundary:
+        from vramfit.planner import open_model
+        from vramfit.sweep import run_boundary
+
+        mm = open_model(model)[1]["model"] if model else None
+        for r in run_boundary(spec, db, device=device, gpu_indices=indices, emulate_bytes=emulate, model=mm,
+                              quiet=quiet, argv=sys.argv[1:]):
+            shape = " ".join(f"{k}={v}" for k, v in r.shape.items())
+            typer.echo(f"{shape}: largest batch {r.best} in {_fmt(r.capacity)} (start {r.start} from "
+                       f"{r.start_source}; probes " + ", ".join(f"{p.batch_size} {p.status}" for p in r.probes) + ")")
+        return
+    if plan == "adaptive":
+        from vramfit.plan import PlanSettings
+        from vramfit.sweep import run_adaptive
+
+        settings = PlanSettings(points=points, target_error=target_error, boundary=boundary_points)
+        res = run_adaptive(spec, db, settings, device=device, gpu_indices=indices, emulate_bytes=emulate,
+                           quiet=quiet, argv=sys.argv[1:], log=typer.echo)
+    else:
+        res = run_sweep(spec, db, device=device, gpu_indices=indices, emulate_bytes=emulate, redo=redo,
+                        quiet=quiet, argv=sys.argv[1:])
     counts = ", ".join(f"{n} {s}" for s, n in sorted(res.counts.items())) or "nothing to do"
     typer.echo(f"sweep {res.sweep_id} done: {counts}; {res.resumed} already measured, "
                f"{res.invalid} invalid combinations skipped; db {res.db}")

@@ -9,6 +9,7 @@ measure the whole grid.
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import signal
@@ -21,10 +22,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import pandas as pd
+
 from vramfit.devices import DeviceFacts, resolve
+from vramfit.errors import VramfitError
+from vramfit.features import PHYSICS
 from vramfit.grid import AXES, Grid, Measure
+from vramfit.memmodel import MemoryModel
+from vramfit.plan import (
+    AdaptivePlanner,
+    PlanSettings,
+    bisect_batch,
+    estimate_points,
+    point_key,
+    predicted_max_batch,
+    target_column,
+)
 from vramfit.recipe import Recipe
-from vramfit.store import Store, device_key
+from vramfit.store import DONE_STATUSES, Store, device_key
 from vramfit.units import format_size
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +56,7 @@ class SweepResult:
     resumed: int
     counts: Counter = field(default_factory=Counter)
     interrupted: bool = False
+    note: str = ""  # adaptive plan: why it stopped
 
 
 def resolve_recipe(recipe: Recipe, facts: DeviceFacts) -> Recipe:
@@ -314,3 +330,210 @@ def _idle_baseline(d: DeviceFacts) -> int | None:
     from vramfit.probe import NvmlProbe
 
     return NvmlProbe(d.gpu_uuid, d.index or 0).device_used()
+
+
+# ---------------------------------------------------------------------------------------------- adaptive plan
+
+def identity_points(store: Store, env_id: int) -> pd.DataFrame:
+    """Every point measured on an environment with env_id's identity (device model, recipe, torch, emulation)."""
+    dkey, rkey, tv, emu = store.identity(env_id)
+    df = store.points_frame(recipe_key=rkey)
+    same = (df["device_key"] == dkey) & (df["torch_version"].fillna("") == (tv or ""))
+    same &= df["emulate_bytes"].isna() if emu is None else (df["emulate_bytes"] == emu)
+    return df[same].reset_index(drop=True)
+
+
+def _single_device(device: str, gpu_indices: list[int] | None, what: str) -> DeviceFacts:
+    devs = resolve(device, gpu_indices)
+    if len(devs) > 1:
+        raise VramfitError(f"{what} runs on one device; give --device cuda:N instead of --devices")
+    return devs[0]
+
+
+def _capacity(d: DeviceFacts, emulate_bytes: int | None) -> int | None:
+    """Bytes the plan must fit in: the emulated card, else a GPU's memory; None on a CPU without emulation."""
+    if emulate_bytes:
+        return int(emulate_bytes)
+    return int(d.total_memory_bytes) if d.device_type == "cuda" and d.total_memory_bytes else None
+
+
+def run_adaptive(grid: Grid, db: str | Path, settings: PlanSettings, device: str = "auto",
+                 gpu_indices: list[int] | None = None, emulate_bytes: int | None = None, quiet: bool = False,
+                 argv: list[str] | None = None, worker_cmd: list[str] | None = None,
+                 log: Callable[[str], None] = print) -> SweepResult:
+    """Measure the grid points `AdaptivePlanner` picks, one at a time, until its stop rule holds.
+
+    Resumable: points of this grid already in the store (same device model, recipe, torch, emulation) count as
+    measured, and the predictions stored with them feed the stop rule."""
+    d = _single_device(device, gpu_indices, "an adaptive plan")
+    store = Store(db)
+    recipe = resolve_recipe(grid.recipe, d)
+    env_id = store.environment(d.to_dict(), recipe, emulate_bytes)
+    candidates, n_invalid = grid.points()
+    capacity = _capacity(d, emulate_bytes)
+    col = target_column(d.device_type)
+    planner = AdaptivePlanner(candidates, col, settings, capacity)
+    say = (lambda msg: None) if quiet else log
+    if capacity is not None and settings.n_estimates > 0:
+        t0 = time.time()
+        todo = planner.estimate_targets(min(settings.n_estimates, len(candidates)))
+        est, why = estimate_points(todo, recipe.to_dict(), d.device_type, d.compute_capability)
+        planner.set_estimates(est)
+        say(f"dry-run estimates: {len(est)}/{len(todo)} points in {time.time() - t0:.0f} s"
+            + (f" ({why})" if why else "") + f"; capacity {format_size(capacity)}")
+    allp = identity_points(store, env_id)
+    keys = {point_key(p) for p in candidates}
+    in_grid = allp[[point_key(r) in keys for _, r in allp[list(AXES)].iterrows()]] if len(allp) else allp
+    measured = in_grid[in_grid["status"].isin(DONE_STATUSES)].drop_duplicates(list(AXES), keep="last")
+    prior: dict[tuple, float] = {}
+    for _, r in measured.iterrows():
+        row = store.conn.execute("SELECT extra FROM points WHERE point_id = ?", (int(r["point_id"]),)).fetchone()
+        extra = json.loads(row[0]) if row and row[0] else {}
+        if extra.get("plan_predicted_bytes") is not None:
+            prior[point_key(r)] = float(extra["plan_predicted_bytes"])
+    resumed = len(measured)
+    sweep_id = store.start_sweep(grid.name, grid.path, {**grid.to_dict(), "plan": settings.to_dict()},
+                                 [d.device_type if d.index is None else f"{d.device_type}:{d.index}"],
+                                 emulate_bytes, settings.points, n_invalid, resumed, argv)
+    result = SweepResult(sweep_id, str(db), settings.points, n_invalid, resumed)
+    say(f"sweep {sweep_id} '{grid.name}' (adaptive, at most {settings.points} of {len(candidates)} points, "
+        f"target error {settings.target_error:.1%}) on {d.device_name}"
+        + (f", emulating {format_size(emulate_bytes)}" if emulate_bytes else "")
+        + f": {resumed} already measured; recipe {recipe.key()}; db {db}")
+    pool = WorkerPool(worker_cmd)
+    env = worker_env(d, recipe, grid.measure)
+    tried = measured
+    status = "done"
+    try:
+        while True:
+            check = planner.should_stop(measured, prior)
+            if check.stop:
+                result.note = f"stopped: {check.why}"
+                break
+            choice = planner.next(tried)
+            if choice is None:
+                result.note = f"stopped: no candidate left ({check.why})"
+                break
+            p = choice.point
+            spec = {"point": p, "recipe": recipe.to_dict(), "device": d.torch_device, "gpu_uuid": d.gpu_uuid,
+                    "measure": grid.measure.to_dict(), "emulate_bytes": emulate_bytes,
+                    "idle_baseline": _idle_baseline(d)}
+            rec = pool.run(spec, env, grid.measure.timeout_s)
+            rec.update({k: v for k, v in choice.extra().items() if v is not None})
+            point_id = store.insert_point(rec, env_id, sweep_id)
+            result.counts[rec["status"]] += 1
+            row = pd.DataFrame([{**rec, **{k: p[k] for k in AXES}, "point_id": point_id}])
+            tried = pd.concat([tried, row], ignore_index=True)
+            if rec["status"] in DONE_STATUSES:
+                measured = pd.concat([measured, row], ignore_index=True)
+                if choice.predicted_bytes is not None:
+                    prior[point_key(p)] = choice.predicted_bytes
+            pred = ""
+            if choice.predicted_bytes is not None and rec.get(col):
+                pred = f"; predicted {format_size(choice.predicted_bytes, 1)} " \
+                       f"({(choice.predicted_bytes - rec[col]) / rec[col]:+.1%})"
+            say(f"[{len(tried)}/{settings.points}] {choice.reason}: {point_label(p)}: {reading_label(rec)}{pred}")
+    except BaseException:
+        pool.kill_all()
+        status = "interrupted"
+        raise
+    finally:
+        store.finish_sweep(sweep_id, status)
+        store.close()
+    say(result.note)
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- boundary search
+
+@dataclass
+class BoundaryResult:
+    """The largest batch that fits one model shape, found on real runs."""
+
+    shape: dict
+    capacity: int
+    start: int  # the first probe: the model's predicted largest batch (or the range's middle without a model)
+    start_source: str  # model file | fitted on the store | range middle
+    best: int  # 0: not even the smallest batch fits
+    probes: list = field(default_factory=list)  # Probe(batch_size, fits, status), in order
+
+
+def run_boundary(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: list[int] | None = None,
+                 emulate_bytes: int | None = None, model: MemoryModel | None = None, quiet: bool = False,
+                 argv: list[str] | None = None, worker_cmd: list[str] | None = None,
+                 log: Callable[[str], None] = print) -> list[BoundaryResult]:
+    """For each model shape of the grid: the largest batch in the grid's batch range (1..max for one value) that
+    fits, by galloping + bisection on real runs from the model's prediction (`model`, else the memory model fitted
+    to this device's points in the store, else the range's geometric middle). Every probe is stored; probes
+    already in the store are reused, so a rerun resumes."""
+    d = _single_device(device, gpu_indices, "a boundary search")
+    capacity = _capacity(d, emulate_bytes)
+    if capacity is None:
+        raise VramfitError("--boundary on the CPU needs --emulate-vram (the capacity whose edge to find)")
+    store = Store(db)
+    recipe = resolve_recipe(grid.recipe, d)
+    env_id = store.environment(d.to_dict(), recipe, emulate_bytes)
+    pts, n_invalid = grid.points()
+    batches = sorted({p["batch_size"] for p in pts})
+    lo, hi = (batches[0], batches[-1]) if len(batches) > 1 else (1, batches[0])
+    shapes = list({tuple(p[k] for k in AXES if k != "batch_size"): None for p in pts})
+    col = target_column(d.device_type)
+    source = "model file"
+    if model is None:
+        have = identity_points(store, env_id)
+        ok = have[(have["status"] == "ok") & have[col].notna()] if len(have) else have
+        if len(ok) >= 4:
+            from vramfit.features import frame_features
+
+            model = MemoryModel(PHYSICS, regimes=2).fit(frame_features(ok), ok[col].to_numpy(dtype=float))
+            source = f"fitted on {len(ok)} stored points"
+        else:
+            source = "range middle"
+    sweep_id = store.start_sweep(grid.name, grid.path, {**grid.to_dict(), "plan": "boundary"},
+                                 [d.device_type if d.index is None else f"{d.device_type}:{d.index}"],
+                                 emulate_bytes, 0, n_invalid, 0, argv)
+    pool = WorkerPool(worker_cmd)
+    env = worker_env(d, recipe, grid.measure)
+    say = (lambda msg: None) if quiet else log
+    out: list[BoundaryResult] = []
+    status = "done"
+    try:
+        for key in shapes:
+            shape = dict(zip([k for k in AXES if k != "batch_size"], key, strict=True))
+            if model is not None:
+                start = predicted_max_batch(model, shape, capacity, lo, hi)
+            else:
+                start = int(round(math.sqrt(lo * hi)))
+            label = point_label({**shape, "batch_size": "*"})
+            say(f"boundary {label} in {format_size(capacity)}: batch {lo}..{hi}, start {start} ({source})")
+
+            def probe(b: int, shape: dict = shape, start: int = start) -> bool | None:
+                p = {**shape, "batch_size": b}
+                known = identity_points(store, env_id)
+                if len(known):
+                    same = known[(known[list(AXES)] == pd.Series(p)[list(AXES)]).all(axis=1)]
+                    same = same[same["status"].isin(DONE_STATUSES)]
+                    if len(same):
+                        st = same["status"].iloc[-1]
+                        say(f"  batch {b}: {st} (already measured)")
+                        return st == "ok"
+                spec = {"point": p, "recipe": recipe.to_dict(), "device": d.torch_device, "gpu_uuid": d.gpu_uuid,
+                        "measure": grid.measure.to_dict(), "emulate_bytes": emulate_bytes,
+                        "idle_baseline": _idle_baseline(d)}
+                rec = pool.run(spec, env, grid.measure.timeout_s)
+                rec.update(plan="boundary", boundary_start=start)
+                store.insert_point(rec, env_id, sweep_id)
+                say(f"  batch {b}: {reading_label(rec)}")
+                return {"ok": True, "oom": False}.get(rec["status"])
+
+            best, probes = bisect_batch(probe, start, lo, hi)
+            out.append(BoundaryResult(shape, capacity, start, source, best, probes))
+            say(f"  largest batch that fits: {best} (predicted {start}; {len(probes)} probes)")
+    except BaseException:
+        pool.kill_all()
+        status = "interrupted"
+        raise
+    finally:
+        store.finish_sweep(sweep_id, status)
+        store.close()
+    return out
