@@ -78,6 +78,16 @@ def git_commit() -> str:
         return ""
 
 
+def code_hash() -> str:
+    """Hash of the code that decides the readings (trainer, model, worker, probes): must not change mid-run."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted([*(ROOT / "gpt").glob("*.py"), ROOT / "vramfit" / "worker.py", ROOT / "vramfit" / "probe.py"]):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -93,6 +103,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     fresh = not args.reuse
+    code0 = code_hash()
 
     full = measure(Path(args.full), out / "full.sqlite", args.device, fresh)
     quick = measure(Path(args.quick), out / "quick.sqlite", args.device, fresh)
@@ -135,7 +146,10 @@ def main() -> None:
             "torch": str(full.torch_version.iloc[0]), "recipe_key": str(full.recipe_key.iloc[0]), "target": col,
             "heldout_points": len(held), "host": platform.node(), "python": platform.python_version(),
             "commit": git_commit(), "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "target_error": args.target_error}
+            "target_error": args.target_error, "code_hash": code0}
+    if code_hash() != code0:
+        print("WARNING: gpt/ or the worker changed during the benchmark: the designs saw different trainers; rerun")
+        prov["code_hash"] = f"{code0}->{code_hash()} (changed mid-run: invalid)"
     for k, v in prov.items():
         table[k] = v
     slug = "cpu" if prov["device_type"] == "cpu" else prov["device"].lower().replace(" ", "-")

@@ -6,6 +6,7 @@ Most tests drive the real planner and sweep loop with a fake worker whose memory
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 import sys
@@ -193,7 +194,7 @@ def test_boundary_search_on_real_cpu_runs_under_emulated_vram(tmp_path):
                 "--batch-size", "1,64")
     assert r.returncode == 0, r.stderr[-2000:]
     df = Store(db).points_frame().set_index("batch_size")
-    best = int(r.stdout.split("largest batch ")[1].split()[0])
+    best = int(re.search(r"largest batch (\d+) in ", r.stdout).group(1))
     assert 1 <= best < 64 and df.loc[best, "status"] == "ok" and df.loc[best + 1, "status"] == "oom"
     assert df.loc[best, "tracked_bytes"] <= 3 * 2**20
     assert len(df) <= 8 and "probes" in r.stdout

@@ -377,7 +377,7 @@ def run_adaptive(grid: Grid, db: str | Path, settings: PlanSettings, device: str
     if capacity is not None and settings.n_estimates > 0:
         t0 = time.time()
         todo = planner.estimate_targets(min(settings.n_estimates, len(candidates)))
-        est, why = estimate_points(todo, recipe.to_dict(), d.device_type, d.compute_capability)
+        est, why = _cached_estimates(Path(db), todo, recipe, d)
         planner.set_estimates(est)
         say(f"dry-run estimates: {len(est)}/{len(todo)} points in {time.time() - t0:.0f} s"
             + (f" ({why})" if why else "") + f"; capacity {format_size(capacity)}")
@@ -442,6 +442,29 @@ def run_adaptive(grid: Grid, db: str | Path, settings: PlanSettings, device: str
         store.close()
     say(result.note)
     return result
+
+
+def _cached_estimates(db: Path, todo: list[dict], recipe: Recipe, d: DeviceFacts) -> tuple[dict, str]:
+    """Dry-run estimates for `todo`, cached beside the database (<db>.estimates.json) so a resumed plan does not
+    recompute them; keyed by recipe, device type and compute capability."""
+    path = db.with_name(db.name + ".estimates.json")
+    key = f"{recipe.key()}|{d.device_type}|{d.compute_capability}"
+    try:
+        cache = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, json.JSONDecodeError):
+        cache = {}
+    have = {tuple(json.loads(k)): v for k, v in cache.get(key, {}).items()}
+    missing = [p for p in todo if point_key(p) not in have]
+    why = ""
+    if missing:
+        new, why = estimate_points(missing, recipe.to_dict(), d.device_type, d.compute_capability)
+        have.update(new)
+        cache[key] = {json.dumps(list(k)): v for k, v in have.items()}
+        try:
+            path.write_text(json.dumps(cache, indent=0))
+        except OSError:
+            pass
+    return {point_key(p): have[point_key(p)] for p in todo if point_key(p) in have}, why
 
 
 # ---------------------------------------------------------------------------------------------- boundary search
