@@ -231,7 +231,9 @@ class Trainer:
             raise ConfigError("float16 training is CUDA-only here; use bfloat16 or float32 on the CPU")
         self.model_config = model_config
         torch.manual_seed(cfg.seed)
-        self.model = GPT(model_config).to(self.device)
+        self.model = GPT(model_config)  # built on the CPU; moved only when the device differs
+        if self.device != "cpu":  # (a no-op move would also fail for fake-tensor parameters in the estimator)
+            self.model = self.model.to(self.device)
         self.optimizer = configure_optimizer(self.model, cfg, self.device_type)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == "float16")
         if self.dtype == "float32":
@@ -273,8 +275,9 @@ class Trainer:
         for _ in range(accum):
             x, y = get_batch()
             with self.autocast(), attention_kernel(self.cfg.attn_kernel):
-                _, loss = self.forward(x, y)
-                loss = loss / accum
+                # keep no reference to the logits: autograd does not need them (log-softmax saves its output),
+                # and holding them through backward costs batch*block*vocab*(2 or 4) bytes at the peak
+                loss = self.forward(x, y)[1] / accum
             self.scaler.scale(loss).backward()
         if self.cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)

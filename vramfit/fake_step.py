@@ -343,27 +343,6 @@ def train_config(model_config: GPTConfig, batch_size: int, dtype: str, optimizer
                        compile=False, optimizer=optimizer, attn_kernel=attn_kernel, max_iters=2, warmup_iters=1)
 
 
-@contextlib.contextmanager
-def _cpu_to_is_identity() -> Iterator[None]:
-    """Make `module.to('cpu')` return the module unchanged while the trainer is built under FakeTensorMode.
-
-    Fake parameters carry weak references, and `Module._apply` must swap fake parameters, which refuses tensors
-    with weak references; for a module already on the CPU the move is a no-op anyway."""
-    original = torch.nn.Module.to
-
-    def to(self, *args, **kwargs):  # noqa: ANN001, ANN202
-        if not kwargs and len(args) == 1 and isinstance(args[0], str | torch.device) and \
-                torch.device(args[0]).type == "cpu":
-            return self
-        return original(self, *args, **kwargs)
-
-    torch.nn.Module.to = to  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        torch.nn.Module.to = original  # type: ignore[method-assign]
-
-
 def _fake_mode() -> contextlib.AbstractContextManager:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -435,8 +414,7 @@ def run_step(
         if fake:
             stack.enter_context(_fake_mode())
         stack.enter_context(tracker)
-        with _cpu_to_is_identity() if fake else contextlib.nullcontext():
-            trainer = Trainer(cfg, model_config, device="cpu")
+        trainer = Trainer(cfg, model_config, device="cpu")
         if dtype == "float16":
             trainer.dtype = dtype
             trainer.autocast = lambda: torch.autocast(device_type="cpu", dtype=torch.float16)
