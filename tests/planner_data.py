@@ -11,7 +11,7 @@ import pandas as pd
 from vramfit.features import features
 
 TRUE = {"const": 3.0e8, "params": 12.0, "logits": 12.0, "acts": 40.0, "attn": 0.5, "embed": 8.0,
-        "step_const": 3.2e8, "step_params": 20.0}
+        "step_const": 3.0e8, "step_params": 20.0}
 
 
 def true_memory(L, H, C, T, B, V):

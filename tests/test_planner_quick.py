@@ -49,3 +49,16 @@ def test_fit_targets_on_cpu(quick_db, target):
     with Store(quick_db) as store:
         report = fit_points(store.points_frame(), target=target)
     assert report.target == target and report.n_points >= 11
+
+
+def test_dry_run_model_beside_physics_and_naive(quick_db, tmp_path, capsys):
+    """On the CPU the dry-run estimate is the tracked peak itself, so y = c0 + k*estimate has k ~ 1, c0 ~ 0."""
+    rc = main(["fit", "--db", str(quick_db), "--target", "tracked", "--dry-run", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0 and "dry-run c0 + k*estimate" in out
+    from vramfit.memmodel import load_model
+
+    (path,) = tmp_path.glob("*.json")
+    doc = load_model(path)
+    assert doc["dryrun"].coef_[0] == pytest.approx(1.0, abs=0.01)
+    assert doc["metrics"]["dryrun"]["grouped"]["max_rel"] < 0.005

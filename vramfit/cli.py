@@ -304,6 +304,7 @@ def fit(
     recipe: str = typer.Option(None, help="only this recipe key"),
     regimes: int = typer.Option(2, min=1, max=2, help="2: peak in backward or in the optimizer step; 1: linear"),
     out: Path = typer.Option(Path("results/models"), help="where model JSON files go"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="also fit y = c0 + k*(dry-run estimate) and compare"),
 ) -> None:
     """Fit the memory model per device and recipe; print coefficients and CV error beside the naive baseline."""
     from rich.table import Table
@@ -313,7 +314,7 @@ def fit(
     with _open_store(db) as store:
         points = store.points_frame(device=device, recipe_key=recipe)
     console = _console()
-    for report, _ in fit_store(points, target=target, regimes=regimes):
+    for report, _ in fit_store(points, target=target, regimes=regimes, dryrun=dry_run):
         path = report.save(out / model_filename(report.device, report.recipe_key))
         console.print(f"[bold]{report.device}[/] · recipe {report.recipe_key} · target {report.target} · "
                       f"{report.n_points} points -> {path}")
@@ -324,13 +325,19 @@ def fit(
         console.print(coef)
         m = report.metrics
         cv = Table("model", "CV", "MAPE", "max error", "worst under-prediction", title="cross-validated error")
-        for name, label in (("ours", "vramfit (physics)"), ("naive", "naive params+tokens")):
+        for name, label in (("ours", "vramfit (physics)"), ("dryrun", "dry-run c0 + k*estimate"),
+                            ("naive", "naive params+tokens")):
+            if name not in m:
+                continue
             for how, how_label in (("loo", "leave-one-out"), ("grouped", "shape held out")):
                 r = m[name][how]
                 cv.add_row(label, how_label, f"{r['mape']:.2%}", f"{r['max_rel']:.2%}",
                            _fmt(r["worst_under_bytes"]))
         console.print(cv)
         console.print(f"safety margin: {report.margin_rel:.2%} of the prediction (worst CV under-prediction)")
+        if report.dryrun is not None:
+            console.print(f"dry-run model: {_fmt(report.dryrun.intercept_)} + {report.dryrun.coef_[0]:.4f} x "
+                          "estimate")
         for v in report.oom_violations:
             console.print(f"[yellow]warning:[/] OOM point {v} is predicted to fit ({_fmt(v['predicted'])} <= "
                           f"{_fmt(v['capacity'])})")

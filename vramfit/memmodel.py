@@ -2,7 +2,7 @@
 
 The peak of a training step is in backward for most shapes (weights, Adam state, activations, logits), but moves
 to the optimizer step when parameters dominate (all gradients plus Adam temporaries, activations already freed).
-`regimes=2` fits y = max(c0 + w.x, c1 + a*P): the first piece on every feature, the second on parameters alone,
+`regimes=2` fits y = max(c0 + w.x, c0 + a*P): the first piece on every feature, the second on parameters alone,
 by alternating assignment (each point belongs to the piece that predicts more), each piece non-negative least
 squares. `regimes=1` is the plain linear model.
 
@@ -30,6 +30,7 @@ from vramfit.features import BREAKDOWN, NAIVE, PHYSICS, UNITS, frame_features, s
 
 MIN_MARGIN = 0.01  # never promise tighter than 1 %
 ADAMW_STEP_BYTES_PER_PARAM = 16.0  # fp32 weights + grads + Adam m + v, all alive at the optimizer step
+STEP_BYTES_PER_PARAM_MAX = 24.0  # plus foreach/loop temporaries (~4 B/param) and slack; more is not the step
 TARGETS = {"nvml": "nvml_bytes", "allocated": "allocated_bytes", "reserved": "reserved_bytes",
            "rss": "rss_bytes", "tracked": "tracked_bytes"}
 
@@ -71,8 +72,11 @@ class MemoryModel:
         if self.regimes == 2 and "params" in self.features:
             if len(y) >= 4:
                 self._fit_two_regimes(A, self._P(X), y)
-            if self.step_coef_ == 0.0:  # no step-regime points: the physical floor
+            if not ADAMW_STEP_BYTES_PER_PARAM <= self.step_coef_ <= STEP_BYTES_PER_PARAM_MAX:
+                # no step-regime points, or a "step" piece that is really something else: the physical floor
+                self.intercept_, self.coef_ = _nnls(A, y)
                 self.step_intercept_, self.step_coef_ = self.intercept_, ADAMW_STEP_BYTES_PER_PARAM
+                self.n_step_points_ = 0
         self.n_points_ = len(y)
         return self
 
@@ -85,7 +89,9 @@ class MemoryModel:
             if step.sum() < 2 or (~step).sum() < 2:
                 break
             c0, w = _nnls(A[~step], y[~step])
-            c1, a = _nnls(P[step, None], y[step])
+            # the step piece shares the constant (same context and workspaces): y - c0 = a * P
+            a = LinearRegression(positive=True, fit_intercept=False).fit(P[step, None], y[step] - c0).coef_
+            c1 = c0
             pred_b, pred_s = c0 + A @ w, c1 + a[0] * P
             sse = float(np.sum((np.maximum(pred_b, pred_s) - y) ** 2))
             if sse < best[0] - 1e-9 * best[0]:
@@ -188,6 +194,7 @@ class FitReport:
     n_points: int
     oom_violations: list[dict] = field(default_factory=list)
     cv: pd.DataFrame | None = None  # per point: measured, CV predictions
+    dryrun: MemoryModel | None = None  # y = c0 + k * dry-run estimate, when fitted
 
     def margin_bytes(self, pred):
         return np.asarray(pred) * self.margin_rel
@@ -198,6 +205,7 @@ class FitReport:
             "target": self.target, "model": self.model.to_dict(), "baseline": self.baseline.to_dict(),
             "coefficients": self.model.coefficients(), "metrics": self.metrics, "margin_rel": self.margin_rel,
             "data_hash": self.data_hash, "n_points": self.n_points, "oom_violations": self.oom_violations,
+            "dryrun": self.dryrun.to_dict() if self.dryrun is not None else None,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -218,6 +226,7 @@ def load_model(path: str | Path) -> dict:
         d = json.loads(path.read_text())
         d["model"] = MemoryModel.from_dict(d["model"])
         d["baseline"] = MemoryModel.from_dict(d["baseline"])
+        d["dryrun"] = MemoryModel.from_dict(d["dryrun"]) if d.get("dryrun") else None
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise VramfitError(f"{path} is not a vramfit model file") from None
     return d
@@ -229,8 +238,10 @@ def data_hash(df: pd.DataFrame, target_col: str) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def fit_points(points: pd.DataFrame, target: str = "auto", regimes: int = 2) -> FitReport:
-    """Fit ours and the naive baseline on the ok points of ONE device+recipe; CV both; check OOM rows."""
+def fit_points(points: pd.DataFrame, target: str = "auto", regimes: int = 2, dryrun=None) -> FitReport:
+    """Fit ours and the naive baseline on the ok points of ONE device+recipe; CV both; check OOM rows.
+
+    `dryrun(ok_points) -> bytes per row` (the dry-run estimator) adds a third model, y = c0 + k*estimate."""
     if points.empty:
         raise VramfitError("no measured points to fit (run `vramfit sweep` first)")
     if target == "auto":
@@ -245,8 +256,12 @@ def fit_points(points: pd.DataFrame, target: str = "auto", regimes: int = 2) -> 
     groups = shape_key(ok).to_numpy()
     ours = lambda: MemoryModel(PHYSICS, regimes=regimes)  # noqa: E731
     naive = lambda: MemoryModel(NAIVE, regimes=1)  # noqa: E731
-    metrics, cv = {}, pd.DataFrame({"measured": y, "shape": groups})
-    for name, make in (("ours", ours), ("naive", naive)):
+    makers = [("ours", ours), ("naive", naive)]
+    if dryrun is not None:
+        X = X.assign(estimate=np.asarray(dryrun(ok), dtype=np.float64))
+        makers.append(("dryrun", lambda: MemoryModel(("estimate",), regimes=1)))
+    metrics, cv, fitted_models = {}, pd.DataFrame({"measured": y, "shape": groups}), {}
+    for name, make in makers:
         metrics[name] = {}
         for how, g in (("loo", None), ("grouped", groups if len(set(groups)) > 1 else None)):
             pred = cv_predictions(make, X, y, g)
@@ -255,15 +270,13 @@ def fit_points(points: pd.DataFrame, target: str = "auto", regimes: int = 2) -> 
         model = make().fit(X, y)
         metrics[name]["train"] = error_metrics(y, model.predict(X))
         cv[f"{name}_fit"] = model.predict(X)
-        if name == "ours":
-            fitted = model
-        else:
-            base = model
+        fitted_models[name] = model
+    fitted, base = fitted_models["ours"], fitted_models["naive"]
     worst = max(metrics["ours"]["grouped"]["worst_under_rel"], metrics["ours"]["loo"]["worst_under_rel"])
     margin = max(MIN_MARGIN, worst if math.isfinite(worst) else MIN_MARGIN)
     report = FitReport(fitted, base, target, str(ok["device_name"].iloc[0]), str(ok["recipe_key"].iloc[0]),
                        json.loads(ok["recipe"].iloc[0]) if isinstance(ok["recipe"].iloc[0], str) else {},
-                       metrics, margin, data_hash(ok, col), len(ok), cv=cv)
+                       metrics, margin, data_hash(ok, col), len(ok), cv=cv, dryrun=fitted_models.get("dryrun"))
     report.oom_violations = oom_violations(report, points)
     return report
 

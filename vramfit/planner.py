@@ -26,14 +26,34 @@ def model_filename(device: str, recipe_key: str) -> str:
     return f"{slug(device)}-{recipe_key}.json"
 
 
-def fit_store(points: pd.DataFrame, target: str = "auto", regimes: int = 2) -> list[tuple[FitReport, pd.DataFrame]]:
-    """One fit per (device, recipe) found in `points`; groups with too few ok points are skipped."""
+def dryrun_estimates(points: pd.DataFrame) -> list[int]:
+    """The dry-run estimate (peak bytes of the real step under fake tensors) of each point, on the target the
+    point ran on: the CPU, or CUDA with the GPU's compute capability and the point's recipe."""
+    from gpt.model import GPTConfig
+    from vramfit.estimate import estimate_step, parse_capability
+    from vramfit.recipe import Recipe
+
+    out = []
+    for row in points.itertuples(index=False):
+        recipe = Recipe.from_dict(json.loads(row.recipe))
+        cuda = row.device_type == "cuda"
+        cap = parse_capability(row.compute_capability) if cuda and row.compute_capability else (8, 0)
+        mc = GPTConfig(int(row.n_layer), int(row.n_head), int(row.n_embd), int(row.block_size), int(row.vocab_size))
+        out.append(estimate_step(mc, int(row.batch_size), recipe, "cuda" if cuda else "cpu", cap).peak_bytes)
+    return out
+
+
+def fit_store(points: pd.DataFrame, target: str = "auto", regimes: int = 2,
+              dryrun: bool = False) -> list[tuple[FitReport, pd.DataFrame]]:
+    """One fit per (device, recipe) found in `points`; groups with too few ok points are skipped.
+    `dryrun` also fits y = c0 + k*estimate on the dry-run estimates of the points (slower: ~0.1-3 s a point)."""
     if points.empty:
         raise VramfitError("the database has no points (run `vramfit sweep` first)")
     out, errors = [], []
     for (_device, _rkey), group in points.groupby(["device_name", "recipe_key"], sort=True):
         try:
-            out.append((fit_points(group, target=target, regimes=regimes), group))
+            out.append((fit_points(group, target=target, regimes=regimes,
+                                   dryrun=dryrun_estimates if dryrun else None), group))
         except VramfitError as exc:
             errors.append(f"{_device} / {_rkey}: {exc}")
     if not out:
