@@ -78,3 +78,19 @@ def test_json_output_matches_schema(capsys, tmp_path, report):
     jsonschema.validate(doc, schema)
     assert doc["budget_bytes"] == 8 * GIB - 500 * 2**20 and len(doc["suggestions"]) == 3
     assert json.loads((tmp_path / "s.json").read_text()) == doc
+
+
+def test_no_profile_plans_from_dry_run_estimates(capsys, tmp_path):
+    from vramfit.cli import main
+
+    rc = main(["suggest", "--vram", "2G", "--no-profile", "--vocab", "256", "--n-layer", "2,4", "--block-size",
+               "256", "--top", "3", "--json", "--save", str(tmp_path / "s.json")])
+    captured = capsys.readouterr()
+    assert rc == 0
+    assert "warning: no profile of this device" in captured.err
+    doc = json.loads(captured.out)
+    schema = json.loads(resources.files("vramfit").joinpath("schemas/suggest.schema.json").read_text())
+    jsonschema.validate(doc, schema)
+    assert 1 <= len(doc["suggestions"]) <= 3
+    for s in doc["suggestions"]:  # verified by the estimator itself: context + slack + peak within budget
+        assert s["predicted_bytes"] > 512 * 2**20 and s["predicted_bytes"] <= 2 * GIB

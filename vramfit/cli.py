@@ -415,6 +415,11 @@ def suggest(
     data_dir: str = typer.Option("data/shakespeare_char", help="corpus for the printed train commands"),
     json_out: bool = typer.Option(False, "--json", help="machine-readable output (schema: vramfit/schemas/)"),
     save: Path = typer.Option(Path("results/suggestions.json"), help="where `train --suggestion N` finds them"),
+    no_profile: bool = typer.Option(False, "--no-profile", help="no sweep of this GPU: plan from dry-run "
+                                    "estimates plus a context constant (unvalidated)"),
+    recipe: str = typer.Option("dtype=bfloat16,optimizer=fused", help="with --no-profile: the recipe "
+                               "(inline k=v,... or a TOML/JSON file)"),
+    capability: str = typer.Option("8.0", help="with --no-profile: the GPU's compute capability (8.6, 9.0)"),
 ) -> None:
     """Configs that fit a card with the safety margin, ranked, each with its train command."""
     import json
@@ -429,12 +434,27 @@ def suggest(
     vram_b, reserve_b = parse_size(vram), parse_size(reserve)
     budget = vram_b - reserve_b
     space = _shape_options(n_layer, n_head, n_embd, block_size, batch_size, vocab)
-    path, doc = open_model(model)
-    mm, margin, recipe = doc["model"], doc["margin_rel"], doc.get("recipe") or {}
+    if no_profile:
+        from vramfit.estimate import parse_capability, parse_recipe
+        from vramfit.planner import no_profile_model, verify_with_estimates
+        from vramfit.recipe import Recipe
+
+        rec, cap = parse_recipe(recipe), parse_capability(capability)
+        typer.echo("warning: no profile of this device: predictions are dry-run estimates of the eager step plus "
+                   "a 512 MiB CUDA context constant and 5% allocator slack, not measurements "
+                   "(run `vramfit sweep` on the GPU for a validated model)", err=True)
+        mm, margin, recipe_d = no_profile_model(rec, cap, (space["vocab_size"] or [50304])[0])
+        path, doc = Path("(dry-run, no profile)"), {"device": f"CUDA sm{cap[0]}{cap[1]} (not profiled)",
+                                                   "recipe_key": Recipe(**recipe_d).key(), "target": "allocated"}
+    else:
+        path, doc = open_model(model)
+        mm, margin, recipe_d = doc["model"], doc["margin_rel"], doc.get("recipe") or {}
     items = run_suggest(mm, margin, budget, objective=objective, top=top, min_batch=min_batch,
-                        command=lambda s: train_command(s, recipe, data_dir), **space)
+                        command=lambda s: train_command(s, recipe_d, data_dir), **space)
+    if no_profile:
+        items = verify_with_estimates(items, rec, cap, budget)
     result = {"vram_bytes": vram_b, "reserve_bytes": reserve_b, "budget_bytes": budget, "objective": objective,
-              "model_file": str(path), "device": doc["device"], "recipe_key": doc["recipe_key"], "recipe": recipe,
+              "model_file": str(path), "device": doc["device"], "recipe_key": doc["recipe_key"], "recipe": recipe_d,
               "target": doc["target"], "margin_rel": margin, "data_dir": data_dir,
               "suggestions": [s.to_dict() for s in items]}
     if items:
