@@ -4,7 +4,7 @@
 
 On one device, measures (fresh by default; `--reuse` keeps earlier databases under results/bench/):
 - the full candidate grid (experiments/grids/quick_span.toml on a CPU: 64 points),
-- the quick grid (experiments/grids/quick.toml: 11 hand-designed points),
+- the quick grid (experiments/grids/quick.toml: 13 hand-designed points),
 - an adaptive plan over the candidate grid (`vramfit sweep --plan adaptive --points N`), run for real,
 - random N: N points of the candidate grid drawn at random (several seeds), N = what the adaptive plan used;
   their readings and wall times are the full grid's own measurements of those points,

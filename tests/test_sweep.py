@@ -68,13 +68,13 @@ def test_rss_and_tracked_peaks_agree(quick_db):
 
 def test_rerun_resumes_and_runs_export(quick_db, tmp_path, capsys):
     r = vramfit("sweep", "--grid", str(QUICK), "--device", "cpu", "--db", str(quick_db), "--quiet")
-    assert r.returncode == 0 and "11 already measured" in r.stdout and "nothing to do" in r.stdout
+    assert r.returncode == 0 and "13 already measured" in r.stdout and "nothing to do" in r.stdout
     assert main(["runs", "--db", str(quick_db)]) == 0
     out = capsys.readouterr().out
     assert "quick" in out and "done" in out
     csv = tmp_path / "p.csv"
     assert main(["export", "--db", str(quick_db), "--csv", str(csv), "--parquet", str(tmp_path / "p.parquet")]) == 0
-    assert "wrote 11 points" in capsys.readouterr().out and csv.stat().st_size > 0
+    assert "wrote 13 points" in capsys.readouterr().out and csv.stat().st_size > 0
 
 
 def test_sigkill_mid_point_then_resume(tmp_path):
