@@ -35,15 +35,16 @@ TARGETS = {"nvml": "nvml_bytes", "allocated": "allocated_bytes", "reserved": "re
            "rss": "rss_bytes", "tracked": "tracked_bytes"}
 
 
-def _nnls(X: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-    """Non-negative least squares with a non-negative intercept, on column-scaled X (well conditioned)."""
+def _nnls(X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> tuple[float, np.ndarray]:
+    """Non-negative least squares with a non-negative intercept, on column-scaled X (well conditioned).
+    `sample_weight` weights the squared residuals (1/y**2: relative error)."""
     scale = np.where(X.max(axis=0) > 0, X.max(axis=0), 1.0)
-    reg = LinearRegression(positive=True).fit(X / scale, y)
+    reg = LinearRegression(positive=True).fit(X / scale, y, sample_weight=sample_weight)
     coef = reg.coef_ / scale
     intercept = float(reg.intercept_)
     if intercept < 0:  # refit through the origin with the constant as a column: keeps it >= 0
         Xc = np.column_stack([np.ones(len(X)), X / scale])
-        reg = LinearRegression(positive=True, fit_intercept=False).fit(Xc, y)
+        reg = LinearRegression(positive=True, fit_intercept=False).fit(Xc, y, sample_weight=sample_weight)
         intercept, coef = float(reg.coef_[0]), reg.coef_[1:] / scale
     return intercept, coef
 
@@ -195,6 +196,7 @@ class FitReport:
     oom_violations: list[dict] = field(default_factory=list)
     cv: pd.DataFrame | None = None  # per point: measured, CV predictions
     dryrun: MemoryModel | None = None  # y = c0 + k * dry-run estimate, when fitted
+    throughput: object | None = None  # vramfit.throughput.ThroughputReport, when the points carry ms/iter
 
     def margin_bytes(self, pred):
         return np.asarray(pred) * self.margin_rel
@@ -206,6 +208,7 @@ class FitReport:
             "coefficients": self.model.coefficients(), "metrics": self.metrics, "margin_rel": self.margin_rel,
             "data_hash": self.data_hash, "n_points": self.n_points, "oom_violations": self.oom_violations,
             "dryrun": self.dryrun.to_dict() if self.dryrun is not None else None,
+            "throughput": self.throughput.to_json() if self.throughput is not None else None,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -227,6 +230,9 @@ def load_model(path: str | Path) -> dict:
         d["model"] = MemoryModel.from_dict(d["model"])
         d["baseline"] = MemoryModel.from_dict(d["baseline"])
         d["dryrun"] = MemoryModel.from_dict(d["dryrun"]) if d.get("dryrun") else None
+        from vramfit.throughput import load_throughput
+
+        d["throughput"] = load_throughput(d.get("throughput"))  # None in files fitted before it existed
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise VramfitError(f"{path} is not a vramfit model file") from None
     return d
@@ -278,6 +284,10 @@ def fit_points(points: pd.DataFrame, target: str = "auto", regimes: int = 2, dry
                        json.loads(ok["recipe"].iloc[0]) if isinstance(ok["recipe"].iloc[0], str) else {},
                        metrics, margin, data_hash(ok, col), len(ok), cv=cv, dryrun=fitted_models.get("dryrun"))
     report.oom_violations = oom_violations(report, points)
+    if "ms_per_iter" in points.columns:
+        from vramfit.throughput import fit_throughput
+
+        report.throughput = fit_throughput(points)
     return report
 
 

@@ -12,6 +12,12 @@ from vramfit.features import features
 from vramfit.memmodel import MemoryModel
 
 OBJECTIVES = ("params", "tokens", "balanced")
+# how `suggest --hours` ranks what fits (D: tokens processed in the hours, P: parameters):
+#   optimal     maximise min(D, 20 P): the tokens that count toward compute-optimal training (Hoffmann et al.
+#               2022); grows with P while D > 20 P and with D while D < 20 P, so it peaks at D = 20 P; ties: more D
+#   chinchilla  minimise L = 1.69 + 406.4/P^0.34 + 410.7/D^0.28 (Hoffmann et al.'s published fit)
+#   loss        minimise the loss law fitted to this corpus's stored runs (`vramfit fit --loss`)
+TIME_RANKS = ("optimal", "chinchilla", "loss")
 HEAD_DIMS = (32, 64, 128)
 DEFAULT_SPACE = {
     "n_layer": [1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 36, 40, 48],
@@ -42,6 +48,12 @@ class Suggestion:
     regime: str
     breakdown: dict = field(default_factory=dict)
     command: str = ""
+    # with a time budget (suggest --hours): the throughput model's speed and what the budget buys
+    ms_per_iter: float | None = None
+    tokens_per_s: float | None = None
+    tokens_in_budget: float | None = None  # tokens processed in the hours given
+    hours_to_optimal: float | None = None  # hours to reach 20 x params tokens (compute-optimal)
+    predicted_loss: float | None = None  # at the end of the budget (rank chinchilla or loss)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,11 +105,44 @@ def predict_space(model: MemoryModel, space: dict[str, np.ndarray]) -> tuple[dic
     return feats, model.predict(feats)
 
 
-def suggest(model: MemoryModel, margin_rel: float, budget_bytes: int, objective: str = "params",
-            top: int = 10, min_batch: int = 1, command=None, **space_args) -> list[Suggestion]:
-    """Configs whose prediction + margin fits `budget_bytes`, one per shape (its largest fitting batch), ranked."""
-    if objective not in OBJECTIVES:
-        raise VramfitError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+def check_hours(hours) -> float:
+    """A positive, finite number of hours (accepts "6", "1.5"); anything else is a one-line error."""
+    try:
+        h = float(str(hours).strip().removesuffix("h"))
+    except ValueError:
+        raise VramfitError(f"--hours must be a positive number of hours (e.g. 6 or 1.5), got {hours!r}") from None
+    if not math.isfinite(h) or h <= 0:
+        raise VramfitError(f"--hours must be a positive number of hours (e.g. 6 or 1.5), got {hours!r}")
+    return h
+
+
+def time_scores(throughput, hours: float, rank: str, loss_law, space: dict, idx: np.ndarray,
+                feats: dict) -> dict[str, np.ndarray]:
+    """Per candidate `idx`: ms/iter, tokens/s, tokens in the hours, hours to 20 x P, predicted loss, and the
+    score the rank sorts by (lower is better)."""
+    from vramfit.losslaw import TOKENS_PER_PARAM, chinchilla
+    from vramfit.throughput import predict_ms
+
+    if rank not in TIME_RANKS:
+        raise VramfitError(f"unknown --rank {rank!r}; choose one of {', '.join(TIME_RANKS)}")
+    if rank == "loss" and loss_law is None:
+        raise VramfitError("--rank loss needs a fitted loss law (run `vramfit fit --loss` after a few "
+                           "`vramfit train` runs on this corpus)")
+    ms = predict_ms(throughput, *(space[k][idx] for k in ("n_layer", "n_head", "n_embd", "block_size",
+                                                          "batch_size", "vocab_size")))
+    P, N = feats["params"][idx], feats["tokens"][idx]
+    tps = N / (ms / 1000)
+    D = tps * hours * 3600
+    out = {"ms_per_iter": ms, "tokens_per_s": tps, "tokens": D, "params": P,
+           "hours_to_optimal": TOKENS_PER_PARAM * P / tps / 3600}
+    law = loss_law if rank == "loss" else chinchilla()
+    out["loss"] = law.predict(P, D)
+    out["score"] = -np.minimum(D, TOKENS_PER_PARAM * P) if rank == "optimal" else out["loss"]
+    return out
+
+
+def _fitting(model: MemoryModel, margin_rel: float, budget_bytes: int, min_batch: int, space_args: dict):
+    """(space, feats, pred, need, idx): idx = per shape, the largest batch whose prediction + margin fits."""
     if budget_bytes <= 0:
         raise VramfitError("the budget must be positive (is --reserve larger than --vram?)")
     floor = model.intercept_ * (1 + margin_rel)
@@ -109,17 +154,47 @@ def suggest(model: MemoryModel, margin_rel: float, budget_bytes: int, objective:
     feats, pred = predict_space(model, space)
     need = pred * (1 + margin_rel)
     fits = (need <= budget_bytes) & (space["batch_size"] >= min_batch)
-    if not fits.any():
-        return []
-    # per shape: the largest batch that fits (batch is the innermost axis)
     fits2 = fits.reshape(-1, NB)
     last = NB - 1 - np.argmax(fits2[:, ::-1], axis=1)
     any_fit = fits2.any(axis=1)
     idx = (np.nonzero(any_fit)[0] * NB + last[any_fit])
+    return space, feats, pred, need, idx
+
+
+def time_frontier(model: MemoryModel, margin_rel: float, budget_bytes: int, throughput, hours: float,
+                  rank: str = "optimal", loss_law=None, min_batch: int = 1, **space_args) -> dict[str, np.ndarray]:
+    """Every shape that fits (with its largest fitting batch) and what `hours` buys it: for the frontier plot."""
+    space, feats, _, _, idx = _fitting(model, margin_rel, budget_bytes, min_batch, space_args)
+    out = time_scores(throughput, check_hours(hours), rank, loss_law, space, idx, feats)
+    return out | {k: space[k][idx] for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
+                                             "vocab_size")}
+
+
+def suggest(model: MemoryModel, margin_rel: float, budget_bytes: int, objective: str = "params",
+            top: int = 10, min_batch: int = 1, command=None, hours: float | None = None, throughput=None,
+            rank: str = "optimal", loss_law=None, **space_args) -> list[Suggestion]:
+    """Configs whose prediction + margin fits `budget_bytes`, one per shape (its largest fitting batch), ranked by
+    `objective`, or with `hours` (and a ThroughputModel) by what the time buys under `rank` (see TIME_RANKS)."""
+    if objective not in OBJECTIVES:
+        raise VramfitError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if hours is not None:
+        hours = check_hours(hours)
+        if throughput is None:
+            raise VramfitError("this model file has no throughput model (fitted before `--hours` existed, or its "
+                               "points have no ms/iter): re-run `vramfit fit`")
+    space, feats, pred, need, idx = _fitting(model, margin_rel, budget_bytes, min_batch, space_args)
+    if not len(idx):
+        return []
     P, N, cost = feats["params"][idx], feats["tokens"][idx], need[idx]
     odd_heads = np.abs(space["n_embd"][idx] / space["n_head"][idx] - 64)  # ties: prefer head_dim 64
-    primary = {"params": (-N, -P), "tokens": (-P, -N), "balanced": (-(np.log(P) + np.log(N)),)}[objective]
+    times = None
+    if hours is not None:
+        times = time_scores(throughput, hours, rank, loss_law, space, idx, feats)
+        primary = (-times["tokens"], times["score"])
+    else:
+        primary = {"params": (-N, -P), "tokens": (-P, -N), "balanced": (-(np.log(P) + np.log(N)),)}[objective]
     order = np.lexsort((odd_heads, cost, *primary))  # lexsort: the last key is the primary one
+    pos = {int(i): j for j, i in enumerate(idx)}
     chosen, seen = [], set()
     for i in idx[order]:  # one row per (layers, width, block, vocab): head count barely changes memory
         key = (space["n_layer"][i], space["n_embd"][i], space["block_size"][i], space["vocab_size"][i])
@@ -132,15 +207,20 @@ def suggest(model: MemoryModel, margin_rel: float, budget_bytes: int, objective:
     sub = {k: v[chosen] for k, v in feats.items()}
     parts = model.breakdown(sub)
     out = []
-    for rank, (i, part) in enumerate(zip(chosen, parts, strict=True), start=1):
+    for rank_no, (i, part) in enumerate(zip(chosen, parts, strict=True), start=1):
         s = Suggestion(
-            rank=rank, **{k: int(space[k][i]) for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
-                                                          "vocab_size")},
+            rank=rank_no, **{k: int(space[k][i]) for k in ("n_layer", "n_head", "n_embd", "block_size",
+                                                             "batch_size", "vocab_size")},
             params=int(feats["params"][i]), tokens_per_step=int(feats["tokens"][i]),
             predicted_bytes=int(pred[i]), margin_bytes=int(pred[i] * margin_rel),
             headroom_bytes=int(budget_bytes - need[i]), regime=part.pop("regime"),
             breakdown={k: int(v) for k, v in part.items()},
         )
+        if times is not None:
+            j = pos[int(i)]
+            s.ms_per_iter, s.tokens_per_s = float(times["ms_per_iter"][j]), float(times["tokens_per_s"][j])
+            s.tokens_in_budget, s.hours_to_optimal = float(times["tokens"][j]), float(times["hours_to_optimal"][j])
+            s.predicted_loss = float(times["loss"][j]) if rank != "optimal" else None
         s.command = command(s) if command else ""
         out.append(s)
     return out

@@ -93,4 +93,22 @@ def train_and_measure(cfg: TrainConfig, log: Callable[[str], None] = print) -> t
     record = dict(step_probe.record)
     record.update(status="ok", ms_per_iter=result.ms_per_iter, tokens_per_s=result.tokens_per_s,
                   pid=os.getpid(), max_iters=cfg.max_iters)
+    record.update(curve_fields(cfg, result, record))
     return result, record
+
+
+def curve_fields(cfg: TrainConfig, result: TrainResult, shape: dict) -> dict:
+    """What `vramfit fit --loss` needs from a run (stored in the point's `extra`): the loss curve, the corpus
+    and the tokens per optimizer step, so tokens seen at iteration i are i * tokens_per_step. `shape`: the
+    trained shape (the probe's record: a resumed checkpoint's shape wins over the config's)."""
+    from gpt.model import count_params
+    from vramfit.losslaw import corpus_id
+
+    g = {k: shape.get(k) or getattr(cfg, k, None) for k in ("n_layer", "n_embd", "block_size", "batch_size",
+                                                            "vocab_size")}
+    tokens_per_step = g["batch_size"] * g["block_size"] * cfg.gradient_accumulation_steps
+    params = (int(count_params(g["n_layer"], g["n_embd"], g["block_size"], g["vocab_size"], cfg.bias))
+              if g["vocab_size"] else None)
+    return {"losses": [list(x) for x in result.losses], "evals": [list(x) for x in result.evals],
+            "data_dir": str(cfg.data_dir), "corpus_id": corpus_id(cfg.data_dir), "tokens_per_step": tokens_per_step,
+            "tokens_seen": result.iter_num * tokens_per_step, "learning_rate": cfg.learning_rate, "params": params}

@@ -1,0 +1,160 @@
+"""ThroughputModel: time per training iteration from the sweep's steady-state ms/iter, per device and recipe.
+
+    ms/iter = c0 + a * FLOPs/iter + b * N*V + c * N*L*C        (all coefficients >= 0)
+
+FLOPs/iter is nanoGPT's accounting (PaLM appendix B): 6*P*N for the matmuls of forward and backward (P the
+non-embedding parameters, tied lm_head included) plus 12*L*C*T*N for attention, N = batch*block tokens. c0 is the
+per-iteration overhead (kernel launches, the optimizer's per-tensor work, Python). The two memory-traffic terms
+(cross-entropy over the logits, N*V, and the elementwise work of LayerNorm/GELU/residuals, N*L*C) are time the
+FLOP count misses; on the CPU quick grid they cut the shape-held-out error from ~60 % to ~17 % (max) because small
+matmuls run at a fraction of the large ones' FLOP rate. The plain `FLOPS` model (FLOPs + constant) is fitted and
+cross-validated beside it as the baseline. The fit minimises *relative* squared error (weights 1/y^2): a 40 ms and a
+400 ms point count alike.
+
+Only sweep points are used: `train` runs time a different loop (data loading, logging, and on the CPU all threads,
+while the sweep measures with `measure.threads`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from gpt.model import count_params
+from vramfit.features import SHAPE, shape_key
+
+THROUGHPUT = ("flops", "logits", "acts")
+FLOPS = ("flops",)
+UNITS = {"flops": "ms per TFLOP", "logits": "ms per 1e6 token x vocab", "acts": "ms per 1e6 token x layer x channel"}
+_UNIT_SCALE = {"flops": 1e12, "logits": 1e6, "acts": 1e6}
+MIN_POINTS = 3
+
+
+def time_features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size, bias: bool = True) -> dict:
+    """FLOPs per iteration and the memory-traffic terms, elementwise over numpy arrays (float64)."""
+    L, _H, C, T, B, V = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in
+                                              (n_layer, n_head, n_embd, block_size, batch_size, vocab_size)))
+    N = B * T
+    p_nonemb = np.asarray(count_params(L, C, T, V, bias, non_embedding=True), dtype=np.float64)
+    return {"flops": 6 * p_nonemb * N + 12 * L * C * T * N, "logits": N * V, "acts": N * L * C, "tokens": N,
+            "params": np.asarray(count_params(L, C, T, V, bias), dtype=np.float64)}
+
+
+def frame_time_features(df: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame(time_features(*(df[c].to_numpy() for c in SHAPE)), index=df.index)
+
+
+class ThroughputModel:
+    """Predict ms per iteration from feature columns. scikit-learn style: fit(X, y) -> self."""
+
+    def __init__(self, features: tuple[str, ...] = THROUGHPUT) -> None:
+        self.features = tuple(features)
+
+    def _X(self, X: pd.DataFrame | dict) -> np.ndarray:
+        return np.column_stack([np.asarray(X[f], dtype=np.float64) for f in self.features])
+
+    def fit(self, X: pd.DataFrame | dict, y) -> ThroughputModel:
+        from vramfit.memmodel import _nnls
+
+        y = np.asarray(y, dtype=np.float64)
+        self.intercept_, self.coef_ = _nnls(self._X(X), y, sample_weight=1.0 / y**2)
+        return self
+
+    def predict(self, X: pd.DataFrame | dict) -> np.ndarray:
+        """ms per iteration."""
+        return self.intercept_ + self._X(X) @ self.coef_
+
+    def coefficients(self) -> list[dict]:
+        rows = [{"term": "overhead", "value": self.intercept_, "unit": "ms/iter"}]
+        return rows + [{"term": f, "value": float(c) * _UNIT_SCALE.get(f, 1.0), "unit": UNITS.get(f, "ms")}
+                       for f, c in zip(self.features, self.coef_, strict=True)]
+
+    def to_dict(self) -> dict:
+        return {"features": list(self.features), "intercept": self.intercept_, "coef": [float(c) for c in self.coef_]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ThroughputModel:
+        m = cls(tuple(d["features"]))
+        m.intercept_, m.coef_ = float(d["intercept"]), np.asarray(d["coef"], dtype=np.float64)
+        return m
+
+
+def device_peak_flops(device_name: str) -> float | None:
+    """Dense bf16/fp16 peak FLOP/s of a known GPU (gpt.train.PEAK_FLOPS), else None (CPUs: unknown)."""
+    from gpt.train import PEAK_FLOPS
+
+    for key, value in PEAK_FLOPS.items():
+        if key in device_name:
+            return value
+    return None
+
+
+@dataclass
+class ThroughputReport:
+    """A fitted throughput model with CV metrics beside the FLOPs-only baseline, and the device's MFU."""
+
+    model: ThroughputModel
+    baseline: ThroughputModel
+    metrics: dict  # {"ours": {"loo", "grouped", "train"}, "flops": {...}}
+    n_points: int
+    peak_flops: float | None
+    mfu: float | None  # median measured model-FLOPs utilisation of the sweep points, where the peak is known
+    cv: pd.DataFrame | None = None
+
+    def to_json(self) -> dict:
+        return {"model": self.model.to_dict(), "baseline": self.baseline.to_dict(),
+                "coefficients": self.model.coefficients(), "metrics": self.metrics, "n_points": self.n_points,
+                "peak_flops": self.peak_flops, "mfu": self.mfu}
+
+
+def timed_points(points: pd.DataFrame) -> pd.DataFrame:
+    """The ok sweep points with a steady-state ms/iter."""
+    ok = points[(points["status"] == "ok") & points["ms_per_iter"].notna() & (points["ms_per_iter"] > 0)]
+    if "source" in ok.columns:
+        ok = ok[ok["source"].fillna("sweep") != "train"]
+    return ok.reset_index(drop=True)
+
+
+def fit_throughput(points: pd.DataFrame) -> ThroughputReport | None:
+    """Fit and cross-validate the throughput model on ONE device+recipe's points; None below MIN_POINTS."""
+    from vramfit.memmodel import cv_predictions, error_metrics
+
+    ok = timed_points(points)
+    if len(ok) < MIN_POINTS:
+        return None
+    X, y = frame_time_features(ok), ok["ms_per_iter"].to_numpy(dtype=np.float64)
+    groups = shape_key(ok).to_numpy()
+    metrics, cv, fitted = {}, pd.DataFrame({"measured": y, "shape": groups, "flops": X["flops"]}), {}
+    for name, feats in (("ours", THROUGHPUT), ("flops", FLOPS)):
+        make = lambda f=feats: ThroughputModel(f)  # noqa: E731
+        metrics[name] = {}
+        for how, g in (("loo", None), ("grouped", groups if len(set(groups)) > 1 else None)):
+            pred = cv_predictions(make, X, y, g)
+            metrics[name][how] = error_metrics(y, pred)
+            cv[f"{name}_{how}"] = pred
+        fitted[name] = make().fit(X, y)
+        metrics[name]["train"] = error_metrics(y, fitted[name].predict(X))
+    peak = device_peak_flops(str(ok["device_name"].iloc[0])) if "device_name" in ok.columns else None
+    mfu = float(np.median(X["flops"] / (y / 1000) / peak)) if peak else None
+    return ThroughputReport(fitted["ours"], fitted["flops"], metrics, len(ok), peak, mfu, cv)
+
+
+def load_throughput(d: dict | None) -> ThroughputReport | None:
+    """The `throughput` entry of a model JSON rebuilt (None for files fitted before it existed)."""
+    if not d:
+        return None
+    return ThroughputReport(ThroughputModel.from_dict(d["model"]), ThroughputModel.from_dict(d["baseline"]),
+                            d.get("metrics", {}), int(d.get("n_points", 0)), d.get("peak_flops"), d.get("mfu"))
+
+
+def predict_ms(model: ThroughputModel, n_layer, n_head, n_embd, block_size, batch_size, vocab_size) -> np.ndarray:
+    """ms per iteration for arrays of configs (never below 1 microsecond)."""
+    f = time_features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size)
+    return np.maximum(model.predict(f), 1e-3)
+
+
+def hours_for_tokens(tokens: float, tokens_per_s: float) -> float:
+    return tokens / tokens_per_s / 3600 if tokens_per_s > 0 else math.inf
