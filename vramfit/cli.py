@@ -305,12 +305,20 @@ def fit(
     regimes: int = typer.Option(2, min=1, max=2, help="2: peak in backward or in the optimizer step; 1: linear"),
     out: Path = typer.Option(Path("results/models"), help="where model JSON files go"),
     dry_run: bool = typer.Option(False, "--dry-run", help="also fit y = c0 + k*(dry-run estimate) and compare"),
+    loss: bool = typer.Option(False, "--loss", help="instead: fit the loss law L(N, D) = E + A/N^alpha + B/D^beta "
+                              "to the stored `vramfit train` runs, per corpus (needs 3 runs of 2+ sizes)"),
+    corpus: Path = typer.Option(None, "--corpus", help="--loss: only this prepared corpus (data dir)"),
+    loss_out: Path = typer.Option(Path("results/losslaw"), "--loss-out", help="--loss: where loss-law JSON goes"),
 ) -> None:
-    """Fit the memory model per device and recipe; print coefficients and CV error beside the naive baseline."""
+    """Fit the memory and throughput models per device and recipe; print coefficients and CV error beside the
+    baselines. With --loss, fit the loss law of each corpus to the stored training runs instead."""
     from rich.table import Table
 
     from vramfit.planner import fit_store, model_filename
 
+    if loss:
+        _fit_loss(db, corpus, loss_out)
+        return
     with _open_store(db) as store:
         points = store.points_frame(device=device, recipe_key=recipe)
     console = _console()
@@ -338,9 +346,49 @@ def fit(
         if report.dryrun is not None:
             console.print(f"dry-run model: {_fmt(report.dryrun.intercept_)} + {report.dryrun.coef_[0]:.4f} x "
                           "estimate")
+        _print_throughput(console, report.throughput)
         for v in report.oom_violations:
             console.print(f"[yellow]warning:[/] OOM point {v} is predicted to fit ({_fmt(v['predicted'])} <= "
                           f"{_fmt(v['capacity'])})")
+
+
+def _print_throughput(console, tp) -> None:
+    """The throughput model's coefficients and CV error beside the FLOPs-only baseline (fit's output)."""
+    from rich.table import Table
+
+    if tp is None:
+        console.print("throughput model: not fitted (fewer than 3 ok sweep points with ms/iter)")
+        return
+    coef = Table("term", "coefficient", "unit", title=f"throughput model (ms/iter, {tp.n_points} sweep points)")
+    for row in tp.model.coefficients():
+        coef.add_row(row["term"], f"{row['value']:.4g}", row["unit"])
+    console.print(coef)
+    cv = Table("model", "CV", "MAPE", "max error", title="throughput: cross-validated error (ms/iter)")
+    for name, label in (("ours", "FLOPs + memory traffic"), ("flops", "FLOPs + overhead only")):
+        for how, how_label in (("loo", "leave-one-out"), ("grouped", "shape held out")):
+            r = tp.metrics[name][how]
+            cv.add_row(label, how_label, f"{r['mape']:.2%}", f"{r['max_rel']:.2%}")
+    console.print(cv)
+    console.print(f"MFU: {tp.mfu:.1%} median of the sweep points (peak {tp.peak_flops / 1e12:.0f} TFLOP/s)"
+                  if tp.mfu is not None else "MFU: device peak FLOP/s unknown (CPU or an unlisted GPU)")
+
+
+def _fit_loss(db: Path, corpus: Path | None, out: Path) -> None:
+    from vramfit.losslaw import fit_store_runs, law_path
+
+    laws = fit_store_runs(db, corpus)
+    fitted = [law for law in laws if not isinstance(law, VramfitError)]
+    if not fitted:
+        raise laws[0]
+    for law in laws:
+        if isinstance(law, VramfitError):
+            typer.echo(f"skipped: {law}")
+            continue
+        path = law.save(law_path(law, out))
+        typer.echo(f"loss law for {law.data_dir} (corpus {law.corpus_id}, {law.n_runs} runs, {law.n_obs} curve "
+                   f"points) -> {path}")
+        typer.echo(f"  L(N, D) = {law.E:.4f} + {law.A:.4g}/N^{law.alpha:.3f} + {law.B:.4g}/D^{law.beta:.3f}  "
+                   f"(rms error of log-loss {law.rmse_log:.4f})")
 
 
 def _shape_options(n_layer, n_head, n_embd, block_size, batch_size, vocab) -> dict:
@@ -420,8 +468,17 @@ def suggest(
     recipe: str = typer.Option("dtype=bfloat16,optimizer=fused", help="with --no-profile: the recipe "
                                "(inline k=v,... or a TOML/JSON file)"),
     capability: str = typer.Option("8.0", help="with --no-profile: the GPU's compute capability (8.6, 9.0)"),
+    hours: str = typer.Option(None, "--hours", help="a time budget (e.g. 6 or 1.5): rank what fits by what it "
+                              "learns in that time (replaces --objective), from the throughput model"),
+    rank: str = typer.Option("auto", "--rank", help="with --hours: optimal = maximise min(D, 20 P), D tokens "
+                             "in the hours, P params (compute-optimal, Hoffmann et al. 2022; peaks at D = 20 P); "
+                             "chinchilla = minimise 1.69 + 406.4/P^0.34 + 410.7/D^0.28; loss = minimise the loss "
+                             "law of --data-dir's corpus (`fit --loss`); auto = loss if fitted, else optimal"),
+    loss_law: Path = typer.Option(None, "--loss-law", help="with --hours: a `fit --loss` JSON (default: the one "
+                                  "for --data-dir's corpus in results/losslaw)"),
 ) -> None:
-    """Configs that fit a card with the safety margin, ranked, each with its train command."""
+    """Configs that fit a card with the safety margin, ranked, each with its train command.
+    With --hours H: ranked by what H hours of training buys (tokens/s from the throughput model)."""
     import json
 
     from rich.table import Table
@@ -434,6 +491,11 @@ def suggest(
     vram_b, reserve_b = parse_size(vram), parse_size(reserve)
     budget = vram_b - reserve_b
     space = _shape_options(n_layer, n_head, n_embd, block_size, batch_size, vocab)
+    time_args: dict = {}
+    if hours is not None:
+        time_args = _time_args(hours, rank, loss_law, data_dir)
+        if no_profile:
+            fail("--hours needs a profiled device (its sweep measures speed); drop --no-profile")
     if no_profile:
         from vramfit.estimate import parse_capability, parse_recipe
         from vramfit.planner import no_profile_model, verify_with_estimates
@@ -449,14 +511,20 @@ def suggest(
     else:
         path, doc = open_model(model)
         mm, margin, recipe_d = doc["model"], doc["margin_rel"], doc.get("recipe") or {}
+    if time_args:
+        time_args["throughput"] = doc["throughput"].model if doc.get("throughput") is not None else None
     items = run_suggest(mm, margin, budget, objective=objective, top=top, min_batch=min_batch,
-                        command=lambda s: train_command(s, recipe_d, data_dir), **space)
+                        command=lambda s: train_command(s, recipe_d, data_dir), **time_args, **space)
     if no_profile:
         items = verify_with_estimates(items, rec, cap, budget)
     result = {"vram_bytes": vram_b, "reserve_bytes": reserve_b, "budget_bytes": budget, "objective": objective,
               "model_file": str(path), "device": doc["device"], "recipe_key": doc["recipe_key"], "recipe": recipe_d,
               "target": doc["target"], "margin_rel": margin, "data_dir": data_dir,
               "suggestions": [s.to_dict() for s in items]}
+    if time_args:
+        law = time_args["loss_law"]
+        result.update(hours=time_args["hours"], rank=time_args["rank"],
+                      loss_law=law.to_dict() if law is not None and time_args["rank"] == "loss" else None)
     if items:
         save_suggestions(result, save)
     if json_out:
@@ -473,16 +541,56 @@ def suggest(
                       + " ".join(f"{k}={v}" for k, v in cfg.items())
                       + ". Raise --vram, lower --reserve, or relax the fixed sizes.")
         raise typer.Exit(1)
-    table = Table("#", "layers", "heads", "width", "block", "batch", "vocab", "params", "tokens/step",
-                  "predicted", "headroom", title=f"top {len(items)} by {objective}")
-    for s in items:
-        table.add_row(str(s.rank), str(s.n_layer), str(s.n_head), str(s.n_embd), str(s.block_size),
-                      str(s.batch_size), str(s.vocab_size), f"{s.params / 1e6:.1f}M", f"{s.tokens_per_step:,}",
-                      _fmt(s.predicted_bytes), _fmt(s.headroom_bytes))
-    console.print(table)
+    if time_args:
+        _print_time_table(console, items, time_args)
+    else:
+        table = Table("#", "layers", "heads", "width", "block", "batch", "vocab", "params", "tokens/step",
+                      "predicted", "headroom", title=f"top {len(items)} by {objective}")
+        for s in items:
+            table.add_row(str(s.rank), str(s.n_layer), str(s.n_head), str(s.n_embd), str(s.block_size),
+                          str(s.batch_size), str(s.vocab_size), f"{s.params / 1e6:.1f}M", f"{s.tokens_per_step:,}",
+                          _fmt(s.predicted_bytes), _fmt(s.headroom_bytes))
+        console.print(table)
     for s in items:
         console.print(f"#{s.rank}: {s.command}", soft_wrap=True)
     console.print(f"saved to {save}: train one with `vramfit train --suggestion N`")
+
+
+def _time_args(hours: str, rank: str, loss_law: Path | None, data_dir: str) -> dict:
+    """Validated --hours / --rank / --loss-law for suggest (and plot)."""
+    from vramfit.losslaw import law_for_corpus, load_law
+    from vramfit.suggest import TIME_RANKS, check_hours
+
+    h = check_hours(hours)
+    if rank not in ("auto", *TIME_RANKS):
+        fail(f"unknown --rank {rank!r}; choose auto, {', '.join(TIME_RANKS)}")
+    law = load_law(loss_law) if loss_law else law_for_corpus(data_dir)
+    if rank == "auto":
+        rank = "loss" if law is not None else "optimal"
+    if rank == "loss" and law is None:
+        fail(f"--rank loss: no loss law for {data_dir} (run `vramfit fit --loss` after 3+ `vramfit train` runs "
+             "on it, or pass --loss-law FILE)")
+    return {"hours": h, "rank": rank, "loss_law": law}
+
+
+def _print_time_table(console, items: list, time_args: dict) -> None:
+    from rich.table import Table
+
+    from vramfit.losslaw import TOKENS_PER_PARAM
+
+    h, rank = time_args["hours"], time_args["rank"]
+    how = {"optimal": f"min(tokens, {TOKENS_PER_PARAM:.0f} x params): compute-optimal use of the time",
+           "chinchilla": "predicted loss (Chinchilla's published law)",
+           "loss": "predicted final loss (loss law fitted to this corpus's runs)"}[rank]
+    cols = ["#", "layers", "heads", "width", "block", "batch", "params", "predicted", "ms/iter", "tokens/s",
+            f"tokens in {h:g} h", f"h to {TOKENS_PER_PARAM:.0f}xP"] + (["loss"] if rank != "optimal" else [])
+    table = Table(*cols, title=f"top {len(items)} for {h:g} hours, by {how}")
+    for s in items:
+        row = [str(s.rank), str(s.n_layer), str(s.n_head), str(s.n_embd), str(s.block_size), str(s.batch_size),
+               f"{s.params / 1e6:.2f}M", _fmt(s.predicted_bytes), f"{s.ms_per_iter:,.1f}", f"{s.tokens_per_s:,.0f}",
+               f"{s.tokens_in_budget / 1e6:,.1f}M", f"{s.hours_to_optimal:,.2f}"]
+        table.add_row(*row, *([f"{s.predicted_loss:.3f}"] if rank != "optimal" else []))
+    console.print(table)
 
 
 @app.command()
@@ -493,14 +601,19 @@ def plot(
     target: str = typer.Option("auto"),
     device: str = typer.Option(None),
     recipe: str = typer.Option(None),
+    hours: str = typer.Option("6", "--hours", help="time budget of the frontier plot"),
+    rank: str = typer.Option("auto", "--rank", help="frontier: optimal | chinchilla | loss | auto (see suggest)"),
+    data_dir: str = typer.Option("data/shakespeare_char", help="corpus whose fitted loss law the frontier uses"),
 ) -> None:
-    """PNG plots per device and recipe: predicted vs measured, memory vs tokens, feasibility, breakdown, residuals."""
+    """PNG plots per device and recipe: predicted vs measured, memory vs tokens, feasibility, breakdown, residuals,
+    and (with ms/iter in the sweep) ms/iter predicted vs measured and the frontier of what --hours buy."""
     from vramfit.planner import fit_store, slug, train_command
     from vramfit.plots import all_plots
     from vramfit.suggest import suggest as run_suggest
     from vramfit.units import parse_size
 
     budget = parse_size(vram)
+    time_args = _time_args(hours, rank, None, data_dir)
     with _open_store(db) as store:
         points = store.points_frame(device=device, recipe_key=recipe)
     for report, group in fit_store(points, target=target):
@@ -510,7 +623,7 @@ def plot(
         except VramfitError:
             items = []
         folder = out / f"{slug(report.device)}-{report.recipe_key}"
-        for p in all_plots(report, group, folder, budget, items):
+        for p in all_plots(report, group, folder, budget, items, **time_args):
             typer.echo(f"wrote {p}")
 
 

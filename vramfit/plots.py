@@ -142,13 +142,98 @@ def residuals(report: FitReport, path: Path) -> Path:
     return _save(fig, path)
 
 
+def ms_pred_vs_measured(tp, path: Path, title: str = "") -> Path:
+    """Throughput model: shape-held-out ms/iter predictions against the sweep's steady-state measurements."""
+    cv = tp.cv
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    lo, hi = float(np.nanmin(cv["measured"])) * 0.7, float(np.nanmax(cv["measured"])) * 1.3
+    xs = np.geomspace(lo, hi, 50)
+    ax.fill_between(xs, xs * 0.85, xs * 1.15, color="0.9", label="±15 %")
+    ax.plot(xs, xs, color="0.4", lw=1)
+    m = tp.metrics
+    ax.scatter(cv["measured"], cv["flops_grouped"], marker="x", color="tab:red",
+               label=f"FLOPs + overhead (max err {m['flops']['grouped']['max_rel']:.1%})")
+    ax.scatter(cv["measured"], cv["ours_grouped"], color="tab:blue", s=22,
+               label=f"FLOPs + memory traffic (max err {m['ours']['grouped']['max_rel']:.1%})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel("measured ms/iter (steady state)")
+    ax.set_ylabel("predicted ms/iter, shape held out")
+    ax.set_title(f"Predicted vs measured time per iteration\n{title}")
+    ax.legend(loc="upper left", fontsize=8)
+    return _save(fig, path)
+
+
+def frontier(front: dict, hours: float, rank: str, path: Path, chosen: dict | None = None) -> Path:
+    """What the time budget buys each config that fits, against its parameters; the chosen config marked.
+    y: predicted final loss (rank loss/chinchilla) or tokens in the budget (rank optimal, with the 20 x P line)."""
+    from vramfit.losslaw import TOKENS_PER_PARAM
+
+    P = front["params"]
+    fig, ax = plt.subplots(figsize=(7.2, 5.0))
+    if rank == "optimal":
+        y, ylabel = front["tokens"], f"tokens in {hours:g} h"
+        xs = np.geomspace(P.min(), P.max(), 20)
+        ax.plot(xs, TOKENS_PER_PARAM * xs, color="0.4", ls="--", lw=1, label="20 × params (compute-optimal)")
+        ax.set_yscale("log")
+    else:
+        y = front["loss"]
+        ylabel = "predicted final loss" + (" (Chinchilla's law)" if rank == "chinchilla" else " (fitted loss law)")
+    sc = ax.scatter(P, y, c=np.log2(front["tokens"] / (TOKENS_PER_PARAM * P)), cmap="coolwarm_r", s=10)
+    fig.colorbar(sc, ax=ax, label="log2(tokens / 20 P)")
+    if chosen is not None:
+        ax.scatter([chosen["params"]], [chosen["y"]], marker="*", s=260, color="gold", edgecolor="k", zorder=5,
+                   label=f"chosen: {chosen['label']}")
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"What {hours:g} hours buy each config that fits (rank: {rank})")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def frontier_for(report: FitReport, budget: float, hours: float, path: Path, rank: str = "optimal",
+                 loss_law=None, **space) -> Path | None:
+    """The frontier plot of a fitted report (None without a throughput model or when nothing fits)."""
+    from vramfit.errors import VramfitError
+    from vramfit.suggest import suggest, time_frontier
+
+    if report.throughput is None:
+        return None
+    try:
+        front = time_frontier(report.model, report.margin_rel, int(budget), report.throughput.model, hours, rank,
+                              loss_law, **space)
+        top = suggest(report.model, report.margin_rel, int(budget), top=1, hours=hours,
+                      throughput=report.throughput.model, rank=rank, loss_law=loss_law, **space)
+    except VramfitError:
+        return None
+    if not len(front["params"]) or not top:
+        return None
+    s = top[0]
+    chosen = {"params": s.params, "y": s.tokens_in_budget if rank == "optimal" else s.predicted_loss,
+              "label": f"{s.n_layer}L {s.n_embd}C T{s.block_size} B{s.batch_size}"}
+    return frontier(front, hours, rank, path, chosen)
+
+
 def all_plots(report: FitReport, points: pd.DataFrame, out_dir: str | Path, budget: float,
-              suggestions: list | None = None) -> list[Path]:
-    """Every figure for one fitted model into `out_dir`; returns the PNG paths."""
+              suggestions: list | None = None, hours: float = 6.0, rank: str = "optimal", loss_law=None,
+              **space) -> list[Path]:
+    """Every figure for one fitted model into `out_dir`; returns the PNG paths. With a throughput model also
+    ms/iter predicted vs measured and the frontier of what `hours` buy (`space`: suggest's search space)."""
     out = Path(out_dir)
     paths = [pred_vs_measured(report, out / "pred_vs_measured.png"),
              memory_vs_tokens(report, points, out / "memory_vs_tokens.png", budget),
              residuals(report, out / "cv_residuals.png")]
+    if report.throughput is not None and report.throughput.cv is not None:
+        paths.append(ms_pred_vs_measured(report.throughput, out / "ms_pred_vs_measured.png",
+                                         f"{report.device} · {report.recipe_key}"))
+        fr = frontier_for(report, budget, hours, out / "frontier.png", rank, loss_law, **space)
+        if fr is not None:
+            paths.append(fr)
     ok = points[points["status"] == "ok"]
     if suggestions:
         top = suggestions[0]

@@ -29,8 +29,10 @@ def _table(rows: list[dict]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def write_report(points: pd.DataFrame, out: str | Path, budget: float, target: str = "auto") -> Path:
-    """Fit every device+recipe in `points`, render the plots, and write one HTML file to `out`."""
+def write_report(points: pd.DataFrame, out: str | Path, budget: float, target: str = "auto",
+                 hours: float = 6.0) -> Path:
+    """Fit every device+recipe in `points`, render the plots, and write one HTML file to `out`
+    (`hours`: the time budget of the frontier plot)."""
     out = Path(out)
     parts = [f"<h1>vramfit report</h1><p>{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {len(points)} points · "
              f"budget for suggestions {format_size(budget)}</p>"]
@@ -48,6 +50,16 @@ def write_report(points: pd.DataFrame, out: str | Path, budget: float, target: s
                    "worst under-prediction": format_size(m["worst_under_bytes"])}
                   for name in ("ours", "naive") for how, m in report.metrics[name].items() if how != "train"]
             parts.append("<h3>Cross-validated error</h3>" + _table(cv))
+            tp = report.throughput
+            if tp is not None:
+                rows = [{"model": label, "CV": how, "MAPE": f"{tp.metrics[name][how]['mape']:.2%}",
+                         "max error": f"{tp.metrics[name][how]['max_rel']:.2%}"}
+                        for name, label in (("ours", "FLOPs + memory traffic"), ("flops", "FLOPs + overhead"))
+                        for how in ("loo", "grouped")]
+                mfu = f"median MFU {tp.mfu:.1%}" if tp.mfu is not None else "MFU: device peak unknown"
+                parts.append(f"<h3>Throughput model (ms/iter, {tp.n_points} sweep points; {mfu})</h3>"
+                             + _table([{"term": r["term"], "value": f"{r['value']:.4g}", "unit": r["unit"]}
+                                       for r in tp.model.coefficients()]) + _table(rows))
             try:
                 items = suggest(report.model, report.margin_rel, int(budget), "balanced", top=5,
                                 command=lambda s, r=report: train_command(s, r.recipe))
@@ -57,7 +69,7 @@ def write_report(points: pd.DataFrame, out: str | Path, budget: float, target: s
                 [{"#": s.rank, "shape": f"{s.n_layer}L {s.n_head}H {s.n_embd}C", "block": s.block_size,
                   "batch": s.batch_size, "params": f"{s.params / 1e6:.1f}M",
                   "predicted": format_size(s.predicted_bytes), "command": s.command} for s in items]))
-            for png in all_plots(report, group, Path(tmp), budget, items):
+            for png in all_plots(report, group, Path(tmp), budget, items, hours=hours):
                 data = base64.b64encode(png.read_bytes()).decode()
                 parts.append(f'<img alt="{png.stem}" src="data:image/png;base64,{data}">')
     out.parent.mkdir(parents=True, exist_ok=True)
