@@ -4,6 +4,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev]' 2>&1 \
+.venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[dev,ray]' 2>&1 \
   | grep -v -e '^WARNING: Location' -e '^$' || true
 export PATH="$PWD/.venv/bin:$PATH"

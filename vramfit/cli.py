@@ -189,6 +189,10 @@ def sweep(
     boundary: bool = typer.Option(False, "--boundary",
                                   help="find each shape's largest fitting batch by bisection on real runs"),
     model: Path = typer.Option(None, "--model", help="--boundary: start from this model JSON's prediction"),
+    executor: str = typer.Option("local", "--executor", help="local (this machine) | ray (one Ray task per point "
+                                 "on a Ray cluster; pip install 'vramfit[ray]')"),
+    address: str = typer.Option(None, "--address", help="--executor ray: auto (a running cluster) | "
+                                "ray://host:10001; default: a running cluster, else a local instance"),
 ) -> None:
     """Profile training memory over a grid, one fresh process per point, into SQLite (resumable).
     `--plan adaptive` measures a few informative points and stops when the model is accurate enough;
@@ -210,6 +214,11 @@ def sweep(
     indices = parse_int_list(devices, "--devices", minimum=0) if devices else None
     if plan not in ("grid", "adaptive"):
         fail(f"unknown --plan {plan!r}; choose grid or adaptive")
+    if executor != "local" and (boundary or plan == "adaptive"):
+        fail("--plan adaptive and --boundary measure one point at a time on this machine; use --executor local")
+    from vramfit.executors import make_executor
+
+    ex = make_executor(executor, address)
     if boundary:
         from vramfit.planner import open_model
         from vramfit.sweep import run_boundary
@@ -230,7 +239,7 @@ def sweep(
                            quiet=quiet, argv=sys.argv[1:], log=typer.echo)
     else:
         res = run_sweep(spec, db, device=device, gpu_indices=indices, emulate_bytes=emulate, redo=redo,
-                        quiet=quiet, argv=sys.argv[1:])
+                        quiet=quiet, argv=sys.argv[1:], executor=ex)
     counts = ", ".join(f"{n} {s}" for s, n in sorted(res.counts.items())) or "nothing to do"
     typer.echo(f"sweep {res.sweep_id} done: {counts}; {res.resumed} already measured, "
                f"{res.invalid} invalid combinations skipped; db {res.db}")

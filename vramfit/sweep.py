@@ -8,10 +8,10 @@ measure the whole grid.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
-import queue
 import signal
 import subprocess
 import sys
@@ -26,6 +26,7 @@ import pandas as pd
 
 from vramfit.devices import DeviceFacts, resolve
 from vramfit.errors import VramfitError
+from vramfit.executors import Event, Executor, Job, LocalExecutor
 from vramfit.features import PHYSICS
 from vramfit.grid import AXES, Grid, Measure
 from vramfit.memmodel import MemoryModel
@@ -225,101 +226,96 @@ def plan(grid: Grid, store: Store, env_ids: list[int], redo: bool) -> tuple[list
 def run_sweep(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: list[int] | None = None,
               emulate_bytes: int | None = None, redo: bool = False, quiet: bool = False,
               argv: list[str] | None = None, worker_cmd: list[str] | None = None,
-              live: bool | None = None, log: Callable[[str], None] = print) -> SweepResult:
-    """Measure every point of `grid` not yet in the store on the chosen device(s); returns the counts."""
-    devs = resolve(device, gpu_indices)
+              live: bool | None = None, log: Callable[[str], None] = print,
+              executor: Executor | None = None) -> SweepResult:
+    """Measure every point of `grid` not yet in the store on the chosen device(s); returns the counts.
+
+    `executor` runs the points (default: `LocalExecutor`, this machine); this process alone writes the store. A
+    point that ran on another device than planned (a cluster) is stored under the environment it ran on."""
+    ex = executor or LocalExecutor(worker_cmd)
+    devs = resolve(device, gpu_indices) if ex.local else ex.discover(device, gpu_indices)
     store = Store(db)
     recipes = [resolve_recipe(grid.recipe, d) for d in devs]
     env_ids = [store.environment(d.to_dict(), r, emulate_bytes) for d, r in zip(devs, recipes, strict=True)]
     groups: dict[str, list[int]] = {}
     for i, d in enumerate(devs):
         groups.setdefault(device_key(d.to_dict()), []).append(i)
-    queues: dict[str, queue.Queue] = {}
+    jobs: list[Job] = []
     n_invalid = grid.points()[1]
     total, resumed = 0, 0
     for key, members in groups.items():
         todo, skipped = plan(grid, store, [env_ids[i] for i in members], redo)
-        q: queue.Queue = queue.Queue()
-        for p in todo:
-            q.put(p)
-        queues[key] = q
+        r = recipes[members[0]]
+        jobs += [Job(p, key, {"point": p, "recipe": r.to_dict(), "measure": grid.measure.to_dict(),
+                              "emulate_bytes": emulate_bytes}) for p in todo]
         total += len(todo)
         resumed += skipped
     names = [f"{d.device_type}:{d.index}" if d.index is not None else d.device_type for d in devs]
+    if not ex.local:
+        names = [f"{ex.name}:{d.device_name}" for d in devs]
     sweep_id = store.start_sweep(grid.name, grid.path, grid.to_dict(), names, emulate_bytes, total, n_invalid,
                                  resumed, argv)
     result = SweepResult(sweep_id, str(db), total, n_invalid, resumed)
     if not quiet:
         where = ", ".join(f"{d.device_name}" + (f" [{d.index}]" if d.index is not None else "") for d in devs)
+        where += "" if ex.local else f" (executor {ex.name})"
         emu = f", emulating {format_size(emulate_bytes)}" if emulate_bytes else ""
         log(f"sweep {sweep_id} '{grid.name}' on {where}{emu}: {total} points to measure, {resumed} already "
             f"measured, {n_invalid} invalid combinations skipped; recipe {recipes[0].key()}; db {db}")
-    pool = WorkerPool(worker_cmd)
-    results: queue.Queue = queue.Queue()
-    stop = threading.Event()
     bar = Progress(total, quiet=quiet, live=live)
 
-    def work(i: int) -> None:
-        d, r = devs[i], recipes[i]
-        q = queues[device_key(d.to_dict())]
-        env = worker_env(d, r, grid.measure)
-        own = None if redo else Store(db)  # this thread's connection: skip what a concurrent sweep just did
-        while not stop.is_set():
-            try:
-                p = q.get_nowait()
-            except queue.Empty:
-                break
-            if own is not None and own.is_measured(env_ids[i], p):
-                results.put(("skip", i, p, None))
-                continue
-            spec = {"point": p, "recipe": r.to_dict(), "device": d.torch_device, "gpu_uuid": d.gpu_uuid,
-                    "measure": grid.measure.to_dict(), "emulate_bytes": emulate_bytes,
-                    "idle_baseline": _idle_baseline(d)}
-            results.put(("start", i, p, None))
-            try:
-                rec = pool.run(spec, env, grid.measure.timeout_s)
-            except Exception as exc:  # noqa: BLE001 - e.g. cannot spawn: record it and go on
-                rec = {**p, "status": "error", "error": f"cannot run worker: {exc}"}
-            if not stop.is_set():
-                results.put(("done", i, p, rec))
-        if own is not None:
+    @contextlib.contextmanager
+    def measured_meanwhile():  # this thread's connection: skip what a concurrent sweep just did
+        own = Store(db)
+        try:
+            yield lambda i, p: own.is_measured(env_ids[i], p)
+        finally:
             own.close()
 
-    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(len(devs))]
+    actual: dict[str, int] = {}  # environments of devices a cluster ran points on
+
+    def env_of(ev: Event) -> int:
+        if ev.facts is None:
+            return env_ids[ev.slot]
+        key = json.dumps([ev.facts, ev.recipe], sort_keys=True, default=str)
+        if key not in actual:
+            recipe = Recipe.from_dict(ev.recipe) if ev.recipe else recipes[ev.slot]
+            actual[key] = store.environment(ev.facts, recipe, emulate_bytes)
+        return actual[key]
+
+    events = ex.run(jobs, devs, recipes, grid.measure, skip=None if redo else measured_meanwhile)
     try:
-        for t in threads:
-            t.start()
         finished = 0
-        while finished < total:
-            try:
-                kind, i, p, rec = results.get(timeout=0.5)
-            except queue.Empty:
-                if not any(t.is_alive() for t in threads) and results.empty():
-                    break
-                continue
-            label = point_label(p) + (f" @{names[i]}" if len(devs) > 1 else "")
-            if kind == "start":
+        for ev in events:
+            label = point_label(ev.job.point) + (f" @{names[ev.slot]}" if len(devs) > 1 else "")
+            if ev.kind == "start":
                 bar.started(label)
                 continue
-            if kind == "skip":  # measured meanwhile by a concurrent sweep
+            if ev.kind == "skip":  # measured meanwhile by a concurrent sweep
                 result.resumed += 1
                 finished += 1
                 bar.finished(label, {"status": "skipped", "error": "measured by a concurrent sweep"})
                 continue
-            store.insert_point(rec, env_ids[i], sweep_id)
+            rec = ev.record
+            store.insert_point(rec, env_of(ev), sweep_id)
             result.counts[rec["status"]] += 1
             finished += 1
             bar.finished(label, rec)
+            if finished >= total:
+                break
     except BaseException:
-        stop.set()
-        pool.kill_all()
+        ex.kill_all()
+        events.close()
         bar.close()
         store.finish_sweep(sweep_id, "interrupted")
         store.close()
+        ex.close()
         raise
+    events.close()
     bar.close()
     store.finish_sweep(sweep_id, "done")
     store.close()
+    ex.close()
     return result
 
 

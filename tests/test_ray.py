@@ -1,0 +1,80 @@
+"""`vramfit sweep --executor ray` on a local Ray instance (CPU tasks): same rows as the local executor; a dead Ray
+worker is an `error` row and the sweep completes. Skipped when Ray (the `ray` extra) is not installed."""
+
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from vramfit.executors.ray import RayExecutor  # noqa: E402
+from vramfit.grid import load_grid  # noqa: E402
+from vramfit.store import SHAPE_KEYS, Store  # noqa: E402
+from vramfit.sweep import run_sweep  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ROOT / "experiments" / "grids" / "quick.toml"
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def test_ray_quick_grid_gives_the_local_rows(local_ray, quick_db, tmp_path):
+    db = tmp_path / "ray.sqlite"
+    res = run_sweep(load_grid(QUICK), db, device="cpu", quiet=True, executor=RayExecutor())
+    local = Store(quick_db).points_frame().set_index(list(SHAPE_KEYS)).sort_index()
+    remote = Store(db).points_frame().set_index(list(SHAPE_KEYS)).sort_index()
+    assert dict(res.counts) == {"ok": len(local)}
+    assert list(remote.index) == list(local.index)
+    assert (remote.status == "ok").all() and remote.stable.all()
+    assert (remote.device_name == local.device_name).all() and (remote.recipe_key == local.recipe_key).all()
+    assert (remote.tracked_bytes == local.tracked_bytes).all()  # the same worker: byte-identical tracked peaks
+    assert ((remote.rss_bytes / local.rss_bytes).between(0.97, 1.03)).all()
+    assert Store(db).sweeps_frame().status.tolist() == ["done"]
+    # resume works as with the local executor
+    again = run_sweep(load_grid(QUICK), db, device="cpu", quiet=True, executor=RayExecutor())
+    assert again.resumed == len(local) and not again.counts
+
+
+KILLER = textwrap.dedent("""
+    import json, os, signal, sys
+    spec = json.loads(sys.stdin.read())
+    p = spec["point"]
+    if p["batch_size"] == 2:
+        os.kill(os.getppid(), signal.SIGKILL)  # the Ray worker running this task dies
+        os.kill(os.getpid(), signal.SIGKILL)
+    if p["batch_size"] == 3:
+        os.kill(os.getpid(), signal.SIGKILL)  # the measuring process dies
+    print(json.dumps({**p, "status": "ok", "tracked_bytes": 100 * p["batch_size"], "rss_bytes": 1, "iters": 3,
+                      "stable": True}))
+""")
+
+
+def test_dead_ray_worker_is_an_error_row_and_the_sweep_completes(local_ray, tmp_path):
+    grid = load_grid(None, {"n_layer": [1], "n_head": [1], "n_embd": [8], "block_size": [8], "vocab_size": [8],
+                            "batch_size": [1, 2, 3, 4]})
+    db = tmp_path / "db.sqlite"
+    res = run_sweep(grid, db, device="cpu", quiet=True,
+                    executor=RayExecutor(worker_cmd=[sys.executable, "-c", KILLER]))
+    assert dict(res.counts) == {"ok": 2, "error": 2}
+    df = Store(db).points_frame().set_index("batch_size")
+    assert "ray task failed" in df.loc[2, "error"]
+    assert "killed by SIGKILL" in df.loc[3, "error"]
+    assert df.loc[4, "tracked_bytes"] == 400
+    assert Store(db).sweeps_frame().status.tolist() == ["done"]
+
+
+def test_cli_refuses_ray_for_adaptive_and_a_missing_cluster_address(tmp_path):
+    from vramfit.cli import main
+
+    args = ["sweep", "--grid", str(QUICK), "--device", "cpu", "--db", str(tmp_path / "x.sqlite"), "--executor"]
+    assert main([*args, "ray", "--plan", "adaptive"]) == 2
+    assert main([*args, "slurm"]) == 2
+    assert main([*args, "local", "--address", "auto"]) == 2
+    assert not (tmp_path / "x.sqlite").exists()
