@@ -193,6 +193,47 @@ def resolve_dtype(name: str, device_type: str) -> str:
     return "float32"
 
 
+@dataclass
+class Dist:
+    """This process's place in a torchrun job (rank 0 of 1 when not launched by torchrun)."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    started: bool = False  # whether `setup_distributed` created the process group
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str = "auto") -> Dist:
+    """Join the torchrun job described by the environment (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT):
+    nccl on CUDA (one GPU per local rank), gloo on the CPU. A no-op when WORLD_SIZE is unset or 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as dist
+
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if dist.is_initialized():
+        return Dist(rank, local, world, False)
+    cuda = resolve_device(device).startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(local)
+    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return Dist(rank, local, world, True)
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def peak_flops(device: str, cfg: TrainConfig) -> float | None:
     """Peak FLOP/s for MFU: the configured value, else a known GPU's dense tensor-core peak."""
     if cfg.peak_tflops:
@@ -243,12 +284,22 @@ class Trainer:
             self.autocast = lambda: torch.autocast(device_type=self.device_type, dtype=ptdtype)
         use_compile = cfg.compile if cfg.compile is not None else self.device_type == "cuda"
         self.forward = torch.compile(self.model) if use_compile else self.model
+        self.eval_forward = self.forward  # no DDP wrapper: evaluation needs no gradient synchronisation
+        self.rank, self.world_size = _world()
+        self.ddp = None
+        if self.world_size > 1:  # launched by torchrun: gradients all-reduced in buckets during backward
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [torch.device(self.device).index or 0] if self.device_type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.forward, device_ids=ids)
+            self.forward = self.ddp
         self.iter_num = 0
         self.best_val_loss = math.inf
 
     @property
     def tokens_per_iter(self) -> int:
-        return self.cfg.batch_size * self.cfg.block_size * self.cfg.gradient_accumulation_steps
+        """Tokens per optimizer step, all ranks together (gradient_accumulation_steps is per rank)."""
+        return self.cfg.batch_size * self.cfg.block_size * self.cfg.gradient_accumulation_steps * self.world_size
 
     def lr_at(self, it: int) -> float:
         """Linear warmup, then cosine decay to min_lr (nanoGPT's schedule)."""
@@ -272,13 +323,16 @@ class Trainer:
             group["lr"] = lr
         accum = self.cfg.gradient_accumulation_steps
         self.model.train()
-        for _ in range(accum):
+        for k in range(accum):
             x, y = get_batch()
-            with self.autocast(), attention_kernel(self.cfg.attn_kernel):
-                # keep no reference to the logits: autograd does not need them (log-softmax saves its output),
-                # and holding them through backward costs batch*block*vocab*(2 or 4) bytes at the peak
-                loss = self.forward(x, y)[1] / accum
-            self.scaler.scale(loss).backward()
+            # under DDP, all-reduce the gradients only in the last micro-step's backward
+            sync = self.ddp.no_sync() if self.ddp is not None and k < accum - 1 else contextlib.nullcontext()
+            with sync:
+                with self.autocast(), attention_kernel(self.cfg.attn_kernel):
+                    # keep no reference to the logits: autograd does not need them (log-softmax saves its
+                    # output), and holding them through backward costs batch*block*vocab*(2 or 4) bytes at the peak
+                    loss = self.forward(x, y)[1] / accum
+                self.scaler.scale(loss).backward()
         if self.cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -299,7 +353,7 @@ class Trainer:
             for k in range(self.cfg.eval_iters):
                 x, y = corpus.get_batch(split, self.cfg.batch_size, self.cfg.block_size, gen, self.device)
                 with self.autocast(), attention_kernel(self.cfg.attn_kernel):
-                    _, loss = self.forward(x, y)
+                    _, loss = self.eval_forward(x, y)
                 losses[k] = loss.item()
             out[split] = float(losses.mean())
         self.model.train()
@@ -337,6 +391,10 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"], torch.device(self.device))
         if batch_rng is not None and "batch" in rng:
             batch_rng.set_state(rng["batch"])
+
+
+def _quiet(msg: str) -> None:
+    """The log of ranks other than 0."""
 
 
 class CheckpointError(ValueError):
@@ -385,7 +443,34 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
           on_step: Callable[[Trainer], None] | None = None) -> TrainResult:
     """The training loop: logs, evaluates, checkpoints; resumes from `out_dir/ckpt.pt`.
 
-    `on_step(trainer)` runs after every optimizer step (e.g. a memory probe)."""
+    `on_step(trainer)` runs after every optimizer step (e.g. a memory probe). Launched by torchrun (WORLD_SIZE > 1)
+    it trains with DistributedDataParallel: gradient_accumulation_steps is divided across the ranks (the tokens
+    per optimizer step stay the same), each rank draws its own batches, and only rank 0 logs, evaluates and
+    writes checkpoints."""
+    dist_info = setup_distributed(cfg.device)
+    try:
+        return _train(cfg, log, on_step, dist_info)
+    finally:
+        if dist_info.started:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, log: Callable[[str], None], on_step: Callable[[Trainer], None] | None,
+           dist_info: Dist) -> TrainResult:
+    world = dist_info.world_size
+    if world > 1:
+        accum = cfg.gradient_accumulation_steps
+        if accum > world and accum % world:
+            raise ConfigError(f"gradient_accumulation_steps ({accum}) must divide by the number of processes "
+                              f"({world})")
+        device = cfg.device
+        if resolve_device(device).startswith("cuda"):
+            device = f"cuda:{dist_info.local_rank}"
+        cfg = replace(cfg, gradient_accumulation_steps=max(1, accum // world), device=device)
+        if not dist_info.master:
+            log = _quiet
     corpus = Corpus.open(cfg.data_dir)
     ckpt_path = Path(cfg.out_dir) / "ckpt.pt"
     ckpt = None
@@ -400,14 +485,16 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
         raise ConfigError(f"vocab_size {model_config.vocab_size} is smaller than the corpus's {corpus.vocab_size}")
     corpus.check_block_size(cfg.block_size)
     trainer = Trainer(cfg, model_config)
-    batch_rng = torch.Generator().manual_seed(cfg.seed)
+    batch_rng = torch.Generator().manual_seed(cfg.seed + dist_info.rank)  # each rank its own batches
     if ckpt is not None:
         trainer.load_state(ckpt, batch_rng)
+        if dist_info.rank:  # the checkpoint holds rank 0's batch stream
+            batch_rng.manual_seed(cfg.seed + dist_info.rank + 7919 * trainer.iter_num)
         log(f"resumed from {ckpt_path} at iteration {trainer.iter_num}")
         del ckpt
     n = model_config.n_params(non_embedding=True)
     log(f"model: {n / 1e6:.2f}M parameters (non-embedding), {trainer.device}, {trainer.dtype}, "
-        f"tokens/iter {trainer.tokens_per_iter:,}")
+        f"tokens/iter {trainer.tokens_per_iter:,}" + (f" ({world} processes, DDP)" if world > 1 else ""))
     peak = peak_flops(trainer.device, cfg)
 
     def get_batch() -> tuple[torch.Tensor, torch.Tensor]:
@@ -438,7 +525,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
             log(f"iter {it}: loss {lossf:.4f}, {dt * 1000:.1f} ms/iter, "
                 f"{trainer.tokens_per_iter / dt:,.0f} tok/s{mfu_s}")
             t_log, it_log = time.perf_counter(), it
-        if (cfg.eval_interval and it % cfg.eval_interval == 0) or last:
+        if ((cfg.eval_interval and it % cfg.eval_interval == 0) or last) and dist_info.master:
             t0 = time.perf_counter()
             result = trainer.evaluate(corpus)
             evals.append((it, result["train"], result["val"]))

@@ -5,6 +5,7 @@ Every error a user can cause ends as one line on stderr and exit code 2 (see `ma
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -83,9 +84,28 @@ def train(
     suggestions: Path = typer.Option(Path("results/suggestions.json"), help="a `suggest --json` output"),
     measure: bool = typer.Option(False, "--measure", help="probe memory and store it (on with --suggestion)"),
     db: Path = typer.Option(Path("results/vramfit.sqlite"), "--db", help="where a measured run is stored"),
+    nproc: int = typer.Option(None, "--nproc", min=1, help="data-parallel processes (GPUs) on this node: "
+                              "re-launches through torchrun with DDP (nccl on CUDA, gloo on the CPU); default: "
+                              "the suggestion's --gpus, else 1"),
 ) -> None:
     """Train a GPT: `vramfit train [--config FILE.toml] [--suggestion N] [--key value ...]` (any TrainConfig
-    field). With --suggestion it prints predicted vs measured memory and stores the run as a new point."""
+    field). With --suggestion it prints predicted vs measured memory and stores the run as a new point.
+    With --nproc N: DDP over N processes (gradient_accumulation_steps divided across them; rank 0 logs and
+    checkpoints); memory is not probed under DDP."""
+    from vramfit.ddp import launch_train, under_torchrun
+
+    if nproc is None and suggestion is not None and not under_torchrun():
+        from vramfit.planner import load_suggestion
+
+        nproc = int(load_suggestion(suggestion, suggestions)[0].get("gpus") or 1)
+    if (nproc or 1) > 1 and not under_torchrun():
+        args = [*ctx.args, "--suggestions", str(suggestions), "--db", str(db)]
+        args += ["--config", str(config)] if config is not None else []
+        args += ["--suggestion", str(suggestion)] if suggestion is not None else []
+        args += ["--measure"] if measure else []
+        raise typer.Exit(launch_train(nproc, args))
+    distributed = under_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    master = os.environ.get("RANK", "0") == "0"
     from gpt.train import load_config
     from gpt.train import train as run_training
 
@@ -98,12 +118,18 @@ def train(
         overrides = {**suggestion_overrides(doc, item), **overrides}
         measure = True
     cfg = load_config(config, overrides)
+    if distributed and measure:
+        measure = False
+        if master:
+            typer.echo("note: memory is not probed under DDP (the per-GPU DDP term is measured by vramfit.ddp)")
     if measure:
         from vramfit.train_measure import train_and_measure
 
         result, record = train_and_measure(cfg)
     else:
         result = run_training(cfg)
+    if not master:
+        return
     typer.echo(
         f"done: {result.iter_num} iterations, best val loss {result.best_val_loss:.4f}, "
         f"{result.ms_per_iter:.1f} ms/iter, {result.tokens_per_s:,.0f} tokens/s"
@@ -485,6 +511,10 @@ def suggest(
                              "law of --data-dir's corpus (`fit --loss`); auto = loss if fitted, else optimal"),
     loss_law: Path = typer.Option(None, "--loss-law", help="with --hours: a `fit --loss` JSON (default: the one "
                                   "for --data-dir's corpus in results/losslaw)"),
+    gpus: int = typer.Option(1, "--gpus", min=1, help="GPUs to train on (memory is per GPU; tokens per step "
+                             "multiply by this)"),
+    strategy: str = typer.Option(None, "--strategy", help="multi-GPU strategy: ddp (default with --gpus > 1; "
+                                 "adds DDP's gradient buckets, 4 B/param, per GPU)"),
 ) -> None:
     """Configs that fit a card with the safety margin, ranked, each with its train command.
     With --hours H: ranked by what H hours of training buys (tokens/s from the throughput model)."""
@@ -522,13 +552,20 @@ def suggest(
         mm, margin, recipe_d = doc["model"], doc["margin_rel"], doc.get("recipe") or {}
     if time_args:
         time_args["throughput"] = doc["throughput"].model if doc.get("throughput") is not None else None
+    if gpus > 1 and time_args:
+        fail("--hours plans one GPU for now; drop --gpus or --hours")
+    from vramfit.ddp import for_strategy, multi_gpu
+
+    mm = for_strategy(mm, gpus, strategy)
     items = run_suggest(mm, margin, budget, objective=objective, top=top, min_batch=min_batch,
                         command=lambda s: train_command(s, recipe_d, data_dir), **time_args, **space)
     if no_profile:
         items = verify_with_estimates(items, rec, cap, budget)
+    items = multi_gpu(items, gpus)
     result = {"vram_bytes": vram_b, "reserve_bytes": reserve_b, "budget_bytes": budget, "objective": objective,
               "model_file": str(path), "device": doc["device"], "recipe_key": doc["recipe_key"], "recipe": recipe_d,
               "target": doc["target"], "margin_rel": margin, "data_dir": data_dir,
+              "gpus": gpus, "strategy": strategy or ("ddp" if gpus > 1 else None),
               "suggestions": [s.to_dict() for s in items]}
     if time_args:
         law = time_args["loss_law"]
