@@ -1,0 +1,79 @@
+"""The throughput model: recovery of known coefficients, held-out accuracy on the CPU quick grid, JSON I/O."""
+
+import json
+
+import numpy as np
+import pytest
+
+from planner_data import synthetic_points
+from vramfit.memmodel import fit_points, load_model
+from vramfit.store import Store
+from vramfit.throughput import ThroughputModel, fit_throughput, time_features
+
+TRUE = (4.0, 2e-9, 3e-6, 5e-5)  # overhead ms, ms per FLOP, per token x vocab, per token x layer x channel
+
+
+def timed_synthetic(noise: float = 0.0):
+    df = synthetic_points()
+    f = time_features(*(df[c] for c in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size")))
+    ms = TRUE[0] + TRUE[1] * f["flops"] + TRUE[2] * f["logits"] + TRUE[3] * f["acts"]
+    rng = np.random.default_rng(0)
+    return df.assign(ms_per_iter=ms * (1 + rng.normal(0, noise, len(df))), source="sweep")
+
+
+def test_flops_follow_nanogpt_accounting():
+    from gpt.model import GPTConfig
+
+    mc = GPTConfig(4, 4, 256, 128, 512)
+    f = time_features(4, 4, 256, 128, 8, 512)
+    assert f["flops"][0] == pytest.approx(mc.flops_per_token() * 8 * 128)
+
+
+def test_recovers_known_coefficients():
+    tp = fit_throughput(timed_synthetic())
+    assert tp.model.intercept_ == pytest.approx(TRUE[0], rel=1e-3)
+    np.testing.assert_allclose(tp.model.coef_, TRUE[1:], rtol=1e-3)
+    assert tp.metrics["ours"]["grouped"]["max_rel"] < 1e-3
+    assert tp.metrics["flops"]["grouped"]["mape"] > tp.metrics["ours"]["grouped"]["mape"]
+
+
+def test_saved_beside_the_memory_model_and_old_files_still_load(tmp_path):
+    report = fit_points(timed_synthetic(noise=0.01), target="nvml")
+    assert report.throughput is not None
+    path = report.save(tmp_path / "m.json")
+    doc = load_model(path)
+    tp = doc["throughput"].model
+    f = time_features(4, 4, 256, 128, 8, 512)
+    assert tp.predict(f)[0] == pytest.approx(report.throughput.model.predict(f)[0])
+    d = json.loads(path.read_text())
+    del d["throughput"]  # a file fitted before the throughput model existed
+    (tmp_path / "old.json").write_text(json.dumps(d))
+    old = load_model(tmp_path / "old.json")
+    from vramfit.features import features
+
+    assert old["throughput"] is None and old["model"].predict(features(4, 4, 256, 128, 8, 512))[0] > 0
+
+
+def test_needs_timed_sweep_points():
+    df = timed_synthetic()
+    assert fit_throughput(df.head(2)) is None
+    assert fit_throughput(df.assign(source="train")) is None  # train runs time a different loop
+
+
+def test_held_out_shapes_on_the_cpu_quick_grid(quick_db):
+    """CPU timing on the shared 2-core machine is noisy: a sweep measures 2-4 steady iterations per point, and the
+    same point measured 1.3-2.6x apart in different sweeps under load. Measured: a quiet sweep of the quick grid
+    gave shape-held-out MAPE 7.2 %, max 17 % (FLOPs + overhead alone: 20 %, 60 %); the 64-point grid predicted
+    12 unseen shapes with MAPE 6.5 %, max 15.5 %; under load (this suite) MAPE 10-15 %, max 20-43 %.
+    So this asserts the mean, loosely, and that the memory-traffic terms help."""
+    with Store(quick_db) as store:
+        points = store.points_frame()
+    tp = fit_points(points, target="tracked").throughput
+    ours, flops = tp.metrics["ours"]["grouped"], tp.metrics["flops"]["grouped"]
+    print("throughput CV (shape held out):", ours, "FLOPs only:", flops)
+    assert tp.n_points >= 11 and ours["n"] == tp.n_points
+    assert ours["mape"] < 0.25, ours
+    assert ours["mape"] <= flops["mape"] + 0.01
+    assert tp.mfu is None  # no known peak for a CPU
+    m = ThroughputModel.from_dict(tp.model.to_dict())
+    assert np.allclose(m.coef_, tp.model.coef_)
