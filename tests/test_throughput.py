@@ -4,8 +4,8 @@ import json
 
 import numpy as np
 import pytest
-
 from planner_data import synthetic_points
+
 from vramfit.memmodel import fit_points, load_model
 from vramfit.store import Store
 from vramfit.throughput import ThroughputModel, fit_throughput, time_features
