@@ -90,3 +90,16 @@ def test_plots_ms_and_frontier(model_file, tmp_path):
     assert "time per iteration" in info["Title"] and "measured ms/iter" in info["Description"]
     info = Image.open(paths["frontier.png"]).info
     assert "6 hours" in info["Title"] and "x: parameters" in info["Description"]
+
+
+def test_hours_output_matches_the_schema(model_file, tmp_path, capsys):
+    from importlib import resources
+
+    import jsonschema
+
+    assert main(["suggest", "--vram", "8G", "--model", str(model_file), "--hours", "2", "--rank", "chinchilla",
+                 "--json", "--top", "3", *SPACE, "--save", str(tmp_path / "s.json")]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    schema = json.loads(resources.files("vramfit").joinpath("schemas/suggest.schema.json").read_text())
+    jsonschema.validate(doc, schema)
+    assert all(s["predicted_loss"] > 1.69 for s in doc["suggestions"])
