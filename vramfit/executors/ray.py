@@ -108,7 +108,7 @@ class RayExecutor(Executor):
     def _options(self, kind: str | None) -> dict:
         opts: dict = {"max_retries": 0}
         if self.use_gpu:
-            opts.update(num_gpus=1, num_cpus=1)
+            opts.update(num_gpus=1, num_cpus=1, max_calls=1)  # a fresh Ray worker per GPU task
             if kind:
                 opts["resources"] = {KIND_PREFIX + kind: 0.001}
         else:
