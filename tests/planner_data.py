@@ -10,14 +10,16 @@ import pandas as pd
 
 from vramfit.features import features
 
-TRUE = {"const": 3.0e8, "params": 12.0, "logits": 12.0, "acts": 40.0, "attn": 0.5, "embed": 8.0,
+TRUE = {"const": 3.0e8, "params": 12.0, "logits": 12.0, "acts": 40.0, "attn": 0.5, "embed": 8.0, "layer": 24.0,
         "step_const": 3.0e8, "step_params": 20.0}
 
 
 def true_memory(L, H, C, T, B, V):
+    """Common state + the larger transient (at the loss, or inside a block), or the optimizer step."""
     f = features(L, H, C, T, B, V)
-    lin = TRUE["const"] + sum(TRUE[k] * f[k] for k in ("params", "logits", "acts", "attn", "embed"))
-    return np.maximum(lin, TRUE["step_const"] + TRUE["step_params"] * f["params"])
+    common = TRUE["const"] + sum(TRUE[k] * f[k] for k in ("params", "acts", "attn"))
+    transient = np.maximum(TRUE["logits"] * f["logits"] + TRUE["embed"] * f["embed"], TRUE["layer"] * f["embed"])
+    return np.maximum(common + transient, TRUE["step_const"] + TRUE["step_params"] * f["params"])
 
 
 def synthetic_points(noise: float = 0.002, seed: int = 0) -> pd.DataFrame:

@@ -15,6 +15,7 @@ def test_recovers_known_coefficients():
     coef = dict(zip(m.features, m.coef_, strict=True))
     for k in ("params", "logits", "acts", "embed"):
         assert coef[k] == pytest.approx(TRUE[k], rel=0.05), k
+    assert m.layer_coef_ == pytest.approx(TRUE["layer"], rel=0.05)  # the in-layer transient (small vocab, wide)
     assert m.intercept_ == pytest.approx(TRUE["const"], rel=0.02)
     assert m.step_coef_ == pytest.approx(TRUE["step_params"], rel=0.02)
     assert m.n_step_points_ > 0  # the parameter-dominated points were assigned to the optimizer-step regime

@@ -6,6 +6,11 @@ to the optimizer step when parameters dominate (all gradients plus Adam temporar
 by alternating assignment (each point belongs to the piece that predicts more), each piece non-negative least
 squares. `regimes=1` is the plain linear model.
 
+Inside the backward piece, the transient buffers on top of weights, Adam state and saved activations are the
+larger of two: at the loss (logits gradient, b*N*V + e*N*C) or inside a block's backward (the 4C-wide MLP
+gradient, g*N*C); which one is larger depends on vocab vs width, so the fit alternates that assignment too
+(a char-level vocab puts the peak in the layers, a BPE vocab at the loss).
+
 When the data hold no parameter-dominated points, the step regime falls back to physics: AdamW with fp32 master
 weights holds at least weights + grads + m + v = 16 B/param at the step (fp32 and bf16/fp16 autocast alike), so
 y_step = c0 + 16*P. Without that floor, a model fitted on activation-heavy shapes under-predicts big models
@@ -63,49 +68,86 @@ class MemoryModel:
     def _P(self, X: pd.DataFrame | dict) -> np.ndarray:
         return np.asarray(X["params"], dtype=np.float64)
 
+    @property
+    def physics(self) -> bool:
+        """Whether the backward piece takes the larger of the loss and in-layer transients (PHYSICS features)."""
+        return self.regimes == 2 and self.features == PHYSICS
+
     def fit(self, X: pd.DataFrame, y) -> MemoryModel:
-        A, y = self._X(X), np.asarray(y, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
         if len(y) < 2:
             raise VramfitError(f"need at least 2 measured points to fit, have {len(y)}")
-        self.intercept_, self.coef_ = _nnls(A, y)
+        everything = np.ones(len(y), dtype=bool)
+        self.intercept_, self.coef_, self.layer_coef_ = self._fit_backward(X, y, everything)
         self.step_intercept_, self.step_coef_ = 0.0, 0.0
         self.n_step_points_ = 0
         if self.regimes == 2 and "params" in self.features:
             if len(y) >= 4:
-                self._fit_two_regimes(A, self._P(X), y)
+                self._fit_two_regimes(X, y)
             if not ADAMW_STEP_BYTES_PER_PARAM <= self.step_coef_ <= STEP_BYTES_PER_PARAM_MAX:
                 # no step-regime points, or a "step" piece that is really something else: the physical floor
-                self.intercept_, self.coef_ = _nnls(A, y)
+                self.intercept_, self.coef_, self.layer_coef_ = self._fit_backward(X, y, everything)
                 self.step_intercept_, self.step_coef_ = self.intercept_, ADAMW_STEP_BYTES_PER_PARAM
                 self.n_step_points_ = 0
         self.n_points_ = len(y)
         return self
 
-    def _fit_two_regimes(self, A: np.ndarray, P: np.ndarray, y: np.ndarray) -> None:
-        # start: the step regime explains the points the linear fit under-predicts most relative to P
-        resid = y - (self.intercept_ + A @ self.coef_)
+    def _fit_backward(self, X, y: np.ndarray, rows: np.ndarray) -> tuple[float, np.ndarray, float]:
+        """NNLS of the backward piece on `rows`; for the physics model, alternating which transient is larger."""
+        A = self._X(X)[rows]
+        if not self.physics:
+            c0, w = _nnls(A, y[rows])
+            return c0, w, 0.0
+        i_logits, i_embed = self.features.index("logits"), self.features.index("embed")
+        # start from physics: logits grads ~12 B x N*V vs the MLP's 4C-wide fp32 grad ~16-20 B x N*C
+        at_loss = A[:, i_logits] >= 1.5 * A[:, i_embed]
+        for _ in range(10):
+            D = np.column_stack([A * np.where(np.isin(np.arange(A.shape[1]), [i_logits, i_embed]),
+                                              at_loss[:, None], 1.0), A[:, i_embed] * ~at_loss])
+            c0, w = _nnls(D, y[rows])
+            coef, g = w[:-1], float(w[-1])
+            new = coef[i_logits] * A[:, i_logits] + coef[i_embed] * A[:, i_embed] >= g * A[:, i_embed]
+            if np.array_equal(new, at_loss):
+                break
+            at_loss = new
+        return c0, coef, g
+
+    def _fit_two_regimes(self, X, y: np.ndarray) -> None:
+        P = self._P(X)
+        # start: the step regime explains the points the backward fit under-predicts most
+        resid = y - self.parts(X)[0]
         step = resid > np.quantile(resid, 0.75)
-        best = (np.sum(resid**2), self.intercept_, self.coef_, 0.0, 0.0, 0)
+        best = (np.sum(resid**2), self.intercept_, self.coef_, self.layer_coef_, 0.0, 0)
         for _ in range(self.max_iter):
             if step.sum() < 2 or (~step).sum() < 2:
                 break
-            c0, w = _nnls(A[~step], y[~step])
+            self.intercept_, self.coef_, self.layer_coef_ = self._fit_backward(X, y, ~step)
+            c0 = self.intercept_
             # the step piece shares the constant (same context and workspaces): y - c0 = a * P
-            a = LinearRegression(positive=True, fit_intercept=False).fit(P[step, None], y[step] - c0).coef_
-            c1 = c0
-            pred_b, pred_s = c0 + A @ w, c1 + a[0] * P
+            a = float(LinearRegression(positive=True, fit_intercept=False).fit(P[step, None], y[step] - c0).coef_[0])
+            pred_b, pred_s = self.parts(X)[0], c0 + a * P
             sse = float(np.sum((np.maximum(pred_b, pred_s) - y) ** 2))
             if sse < best[0] - 1e-9 * best[0]:
-                best = (sse, c0, w, c1, float(a[0]), int(step.sum()))
+                best = (sse, c0, self.coef_, self.layer_coef_, a, int(step.sum()))
             new = pred_s > pred_b
             if np.array_equal(new, step):
                 break
             step = new
-        _, self.intercept_, self.coef_, self.step_intercept_, self.step_coef_, self.n_step_points_ = best
+        _, self.intercept_, self.coef_, self.layer_coef_, self.step_coef_, self.n_step_points_ = best
+        self.step_intercept_ = self.intercept_
+
+    def _transients(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """(loss transient, in-layer transient) bytes of the physics backward piece."""
+        b = self.coef_[self.features.index("logits")] * np.asarray(X["logits"], dtype=np.float64)
+        e = np.asarray(X["embed"], dtype=np.float64)
+        return b + self.coef_[self.features.index("embed")] * e, self.layer_coef_ * e
 
     def parts(self, X: pd.DataFrame | dict) -> tuple[np.ndarray, np.ndarray]:
         """(backward-regime prediction, optimizer-step-regime prediction); the model is their max."""
         lin = self.intercept_ + self._X(X) @ self.coef_
+        if self.physics and self.layer_coef_ > 0:
+            loss_t, layer_t = self._transients(X)
+            lin = lin - loss_t + np.maximum(loss_t, layer_t)
         if self.step_coef_ > 0:
             return lin, self.step_intercept_ + self.step_coef_ * self._P(X)
         return lin, np.full_like(lin, -np.inf)
@@ -128,6 +170,11 @@ class MemoryModel:
             for part, terms in BREAKDOWN.items():
                 row[part] = sum(float(self.coef_[self.features.index(t)]) * float(np.asarray(X[t])[i])
                                 for t in terms if t in self.features)
+            if self.physics and self.layer_coef_ > 0:
+                loss_t, layer_t = (float(v[i]) for v in self._transients(X))
+                if layer_t > loss_t:  # the peak is inside a block's backward: the MLP gradient, not the logits
+                    acts = float(self.coef_[self.features.index("acts")]) * float(np.asarray(X["acts"])[i])
+                    row["logits"], row["activations"] = 0.0, acts + layer_t
             out.append(row)
         return out
 
@@ -136,6 +183,8 @@ class MemoryModel:
         rows = [{"term": "constant", "value": self.intercept_, "unit": "B"}]
         rows += [{"term": f, "value": float(c), "unit": UNITS.get(f, "B")} for f, c in zip(self.features,
                                                                                              self.coef_, strict=True)]
+        if self.physics:
+            rows.append({"term": "in-layer transient", "value": self.layer_coef_, "unit": "B per token per channel"})
         if self.step_coef_ > 0:
             rows += [{"term": "step: constant", "value": self.step_intercept_, "unit": "B"},
                      {"term": "step: params", "value": self.step_coef_, "unit": "B/param"}]
@@ -143,7 +192,8 @@ class MemoryModel:
 
     def to_dict(self) -> dict:
         return {"features": list(self.features), "regimes": self.regimes, "intercept": self.intercept_,
-                "coef": [float(c) for c in self.coef_], "step_intercept": self.step_intercept_,
+                "coef": [float(c) for c in self.coef_], "layer_coef": self.layer_coef_,
+                "step_intercept": self.step_intercept_,
                 "step_coef": self.step_coef_}
 
     @classmethod
@@ -151,6 +201,7 @@ class MemoryModel:
         m = cls(tuple(d["features"]), int(d.get("regimes", 1)))
         m.intercept_, m.coef_ = float(d["intercept"]), np.asarray(d["coef"], dtype=np.float64)
         m.step_intercept_, m.step_coef_ = float(d.get("step_intercept", 0.0)), float(d.get("step_coef", 0.0))
+        m.layer_coef_ = float(d.get("layer_coef", 0.0))
         return m
 
 
