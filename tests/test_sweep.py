@@ -62,8 +62,10 @@ def test_tracked_peak_grows_along_every_axis(quick_db):
 
 def test_rss_and_tracked_peaks_agree(quick_db):
     df = Store(quick_db).points_frame()
-    ratio = df.rss_bytes / df.tracked_bytes
-    assert ratio.between(0.98, 1.05).all(), ratio.tolist()
+    # RSS = tracked tensors + a small constant of Python/autograd objects and allocator metadata
+    gap = df.rss_bytes - df.tracked_bytes
+    assert ((gap >= -0.02 * df.tracked_bytes) & (gap <= 0.03 * df.tracked_bytes + 2 * 2**20)).all(), \
+        (gap / 2**20).round(2).tolist()
 
 
 def test_rerun_resumes_and_runs_export(quick_db, tmp_path, capsys):

@@ -42,16 +42,20 @@ def test_resume_reproduces_uninterrupted_run(char_corpus, tmp_path):
     assert resumed.iter_num == 20
 
 
-def test_checkpoint_samples_and_interactive_loop(char_corpus, tmp_path):
+def test_checkpoint_samples_and_interactive_loop(char_corpus, corpus_text, tmp_path):
     cfg = make_config(dict(SMALL, data_dir=str(char_corpus), out_dir=str(tmp_path), max_iters=5, eval_interval=5))
     train(cfg, log=quiet)
     sampler = Sampler(tmp_path / "ckpt.pt", device="cpu")
-    out = sampler.complete("ROMEO:", max_new_tokens=20)[0]
-    assert out.startswith("ROMEO:") and len(out) == len("ROMEO:") + 20
-    prompts = iter(["KING:", "QUEEN:", ""])
+    first, second = corpus_text[:6], corpus_text[100:105]  # prompts made of the corpus's own characters
+    out = sampler.complete(first, max_new_tokens=20)[0]
+    assert out.startswith(first) and len(out) == len(first) + 20
+    prompts = iter([first, second, ""])
     written: list[str] = []
     n = interactive(sampler, read=lambda _p: next(prompts), write=written.append, max_new_tokens=5)
-    assert n == 2 and written[0].startswith("KING:") and written[1].startswith("QUEEN:")
+    assert n == 2 and written[0].startswith(first) and written[1].startswith(second)
+    prompts = iter(["\u2603 not in the vocabulary", ""])  # an unknown character: an error line, the loop goes on
+    n = interactive(sampler, read=lambda _p: next(prompts), write=written.append, max_new_tokens=5)
+    assert n == 0 and written[-1].startswith("error: characters not in the corpus vocabulary")
 
 
 def test_nanogpt_checkpoint_loads_and_samples(tmp_path):
