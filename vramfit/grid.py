@@ -42,6 +42,7 @@ class Measure:
     tolerance: float = 0.01  # relative
     timeout_s: float = 300.0  # per point, process start included
     threads: int = 1  # CPU worker intra-op threads (0: torch's default)
+    timing_iters: int = 5  # steps timed after the memory is measured, with no probe attached (0: time those)
 
     def __post_init__(self) -> None:
         checks = [
@@ -51,6 +52,7 @@ class Measure:
             (0 <= self.tolerance < 1, "measure.tolerance must be in [0, 1)"),
             (self.timeout_s > 0, "measure.timeout_s must be > 0"),
             (self.threads >= 0, "measure.threads must be >= 0"),
+            (self.timing_iters >= 0, "measure.timing_iters must be >= 0"),
         ]
         for ok, msg in checks:
             if not ok:
