@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 
 from gpt.model import count_params
+from vramfit import SHAPE_KEYS
 
-SHAPE = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size")
+SHAPE = SHAPE_KEYS
 PHYSICS = ("params", "logits", "acts", "attn", "embed")
 NAIVE = ("params", "tokens")
 UNITS = {

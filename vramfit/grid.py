@@ -26,10 +26,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from gpt.model import ConfigError, GPTConfig
+from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.recipe import Recipe
 
-AXES = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size")
+AXES = SHAPE_KEYS
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ import pandas as pd
 from sklearn.linear_model import LinearRegression
 from sklearn.model_selection import LeaveOneGroupOut, LeaveOneOut
 
+from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.features import BREAKDOWN, NAIVE, PHYSICS, UNITS, frame_features, shape_key
 
@@ -290,7 +291,7 @@ def load_model(path: str | Path) -> dict:
 
 
 def data_hash(df: pd.DataFrame, target_col: str) -> str:
-    cols = ["n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size", target_col]
+    cols = [*SHAPE_KEYS, target_col]
     blob = df[cols].sort_values(cols).to_csv(index=False).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -353,6 +354,5 @@ def oom_violations(report: FitReport, points: pd.DataFrame) -> list[dict]:
     for (_, row), p in zip(oom.iterrows(), pred, strict=True):
         cap = row[cap_col]
         if pd.notna(cap) and p <= cap:
-            out.append({k: int(row[k]) for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
-                                                 "vocab_size")} | {"predicted": float(p), "capacity": float(cap)})
+            out.append({k: int(row[k]) for k in SHAPE_KEYS} | {"predicted": float(p), "capacity": float(cap)})
     return out

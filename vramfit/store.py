@@ -20,11 +20,11 @@ from urllib.parse import quote
 
 import pandas as pd
 
+from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 
 SCHEMA_VERSION = 1
 DEFAULT_DB = Path("results") / "vramfit.sqlite"
-SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size")
 STATUSES = ("ok", "oom", "timeout", "error")
 DONE_STATUSES = ("ok", "oom")  # resume skips these; error/timeout points are tried again
 _SQLITE_MAGIC = b"SQLite format 3\x00"

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.features import features
 from vramfit.memmodel import MemoryModel
@@ -166,8 +167,7 @@ def time_frontier(model: MemoryModel, margin_rel: float, budget_bytes: int, thro
     """Every shape that fits (with its largest fitting batch) and what `hours` buys it: for the frontier plot."""
     space, feats, _, _, idx = _fitting(model, margin_rel, budget_bytes, min_batch, space_args)
     out = time_scores(throughput, check_hours(hours), rank, loss_law, space, idx, feats)
-    return out | {k: space[k][idx] for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
-                                             "vocab_size")}
+    return out | {k: space[k][idx] for k in SHAPE_KEYS}
 
 
 def suggest(model: MemoryModel, margin_rel: float, budget_bytes: int, objective: str = "params",

@@ -25,7 +25,7 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
 
-SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size")
+from vramfit import SHAPE_KEYS  # noqa: E402  (a constant: no heavy import before the timer)
 
 
 def is_stable(history: list[list[int]], window: int, tolerance: float) -> bool:
