@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from gpt.model import ConfigError, GPTConfig
@@ -188,7 +188,3 @@ def load_grid(path: str | Path | None, axis_overrides: dict[str, list[int]] | No
         raise VramfitError(f"{where}: empty grid ({n_invalid} combinations, none valid: n_embd % n_head != 0?)")
     return grid
 
-
-def with_measure(grid: Grid, **changes: object) -> Grid:
-    """A copy of `grid` with some measurement settings changed."""
-    return replace(grid, measure=replace(grid.measure, **changes))

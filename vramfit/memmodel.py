@@ -250,9 +250,6 @@ class FitReport:
     dryrun: MemoryModel | None = None  # y = c0 + k * dry-run estimate, when fitted
     throughput: object | None = None  # vramfit.throughput.ThroughputReport, when the points carry ms/iter
 
-    def margin_bytes(self, pred):
-        return np.asarray(pred) * self.margin_rel
-
     def to_json(self) -> dict:
         return {
             "schema": 1, "device": self.device, "recipe_key": self.recipe_key, "recipe": self.recipe,

@@ -17,7 +17,6 @@ while the sweep measures with `measure.threads`).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -155,6 +154,3 @@ def predict_ms(model: ThroughputModel, n_layer, n_head, n_embd, block_size, batc
     f = time_features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size)
     return np.maximum(model.predict(f), 1e-3)
 
-
-def hours_for_tokens(tokens: float, tokens_per_s: float) -> float:
-    return tokens / tokens_per_s / 3600 if tokens_per_s > 0 else math.inf
