@@ -399,8 +399,7 @@ def run_adaptive(grid: Grid, db: str | Path, settings: PlanSettings, device: str
     pool = WorkerPool(worker_cmd)
     env = worker_env(d, recipe, grid.measure)
     tried = measured
-    status = "done"
-    try:
+    with _recorded(store, sweep_id, pool.kill_all):
         while True:
             check = planner.should_stop(measured, prior)
             if check.stop:
@@ -411,10 +410,7 @@ def run_adaptive(grid: Grid, db: str | Path, settings: PlanSettings, device: str
                 result.note = f"stopped: no candidate left ({check.why})"
                 break
             p = choice.point
-            spec = {"point": p, "recipe": recipe.to_dict(), "device": d.torch_device, "gpu_uuid": d.gpu_uuid,
-                    "measure": grid.measure.to_dict(), "emulate_bytes": emulate_bytes,
-                    "idle_baseline": _idle_baseline(d)}
-            rec = pool.run(spec, env, grid.measure.timeout_s)
+            rec = pool.run(_spec(p, recipe, d, grid.measure, emulate_bytes), env, grid.measure.timeout_s)
             rec.update({k: v for k, v in choice.extra().items() if v is not None})
             point_id = store.insert_point(rec, env_id, sweep_id)
             result.counts[rec["status"]] += 1
@@ -429,15 +425,30 @@ def run_adaptive(grid: Grid, db: str | Path, settings: PlanSettings, device: str
                 pred = f"; predicted {format_size(choice.predicted_bytes, 1)} " \
                        f"({(choice.predicted_bytes - rec[col]) / rec[col]:+.1%})"
             say(f"[{len(tried)}/{settings.points}] {choice.reason}: {point_label(p)}: {reading_label(rec)}{pred}")
+    say(result.note)
+    return result
+
+
+def _spec(point: dict, recipe: Recipe, d: DeviceFacts, measure: Measure, emulate_bytes: int | None) -> dict:
+    """The worker's input for one point on one device (the adaptive and boundary planners' single queue)."""
+    return {"point": point, "recipe": recipe.to_dict(), "device": d.torch_device, "gpu_uuid": d.gpu_uuid,
+            "measure": measure.to_dict(), "emulate_bytes": emulate_bytes, "idle_baseline": _idle_baseline(d)}
+
+
+@contextlib.contextmanager
+def _recorded(store: Store, sweep_id: int, on_interrupt: Callable[[], None]):
+    """Close the sweep's row as 'done', or as 'interrupted' (after `on_interrupt`) when anything escapes,
+    then the store."""
+    status = "done"
+    try:
+        yield
     except BaseException:
-        pool.kill_all()
+        on_interrupt()
         status = "interrupted"
         raise
     finally:
         store.finish_sweep(sweep_id, status)
         store.close()
-    say(result.note)
-    return result
 
 
 def _cached_estimates(db: Path, todo: list[dict], recipe: Recipe, d: DeviceFacts) -> tuple[dict, str]:
@@ -515,8 +526,7 @@ def run_boundary(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: 
     env = worker_env(d, recipe, grid.measure)
     say = (lambda msg: None) if quiet else log
     out: list[BoundaryResult] = []
-    status = "done"
-    try:
+    with _recorded(store, sweep_id, pool.kill_all):
         for key in shapes:
             shape = dict(zip([k for k in AXES if k != "batch_size"], key, strict=True))
             if model is not None:
@@ -536,10 +546,7 @@ def run_boundary(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: 
                         st = same["status"].iloc[-1]
                         say(f"  batch {b}: {st} (already measured)")
                         return st == "ok"
-                spec = {"point": p, "recipe": recipe.to_dict(), "device": d.torch_device, "gpu_uuid": d.gpu_uuid,
-                        "measure": grid.measure.to_dict(), "emulate_bytes": emulate_bytes,
-                        "idle_baseline": _idle_baseline(d)}
-                rec = pool.run(spec, env, grid.measure.timeout_s)
+                rec = pool.run(_spec(p, recipe, d, grid.measure, emulate_bytes), env, grid.measure.timeout_s)
                 rec.update(plan="boundary", boundary_start=start)
                 store.insert_point(rec, env_id, sweep_id)
                 say(f"  batch {b}: {reading_label(rec)}")
@@ -548,11 +555,4 @@ def run_boundary(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: 
             best, probes = bisect_batch(probe, start, lo, hi)
             out.append(BoundaryResult(shape, capacity, start, source, best, probes))
             say(f"  largest batch that fits: {best} (predicted {start}; {len(probes)} probes)")
-    except BaseException:
-        pool.kill_all()
-        status = "interrupted"
-        raise
-    finally:
-        store.finish_sweep(sweep_id, status)
-        store.close()
     return out
