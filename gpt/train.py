@@ -448,12 +448,20 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
     per optimizer step stay the same), each rank draws its own batches, and only rank 0 logs, evaluates and
     writes checkpoints."""
     dist_info = setup_distributed(cfg.device)
+    ok = False
     try:
-        return _train(cfg, log, on_step, dist_info)
+        result = _train(cfg, log, on_step, dist_info)
+        ok = True
+        return result
     finally:
         if dist_info.started:
+            import gc
+
             import torch.distributed as dist
 
+            gc.collect()  # free the DDP reducer, which holds the process group, before the group goes
+            if ok:
+                dist.barrier()  # leave together: a rank that exits while its peer still uses gloo aborts it
             dist.destroy_process_group()
 
 

@@ -145,6 +145,10 @@ def _rank_main() -> int:
     rec.update(rank=info.rank, world_size=info.world_size)
     (out / f"rank{info.rank}.json").write_text(json.dumps(rec))
     if info.started:
+        import gc
+
+        gc.collect()  # free the DDP reducer before its process group (as gpt.train.train does)
+        dist.barrier()
         dist.destroy_process_group()
     return 0
 
