@@ -43,7 +43,7 @@ class Measure:
     tolerance: float = 0.01  # relative
     timeout_s: float = 300.0  # per point, process start included
     threads: int = 1  # CPU worker intra-op threads (0: torch's default)
-    timing_iters: int = 5  # steps timed after the memory is measured, with no probe attached (0: time those)
+    timing_iters: int = 10  # steps timed after the memory is measured, with no probe attached (0: time those)
 
     def __post_init__(self) -> None:
         checks = [

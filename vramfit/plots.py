@@ -143,7 +143,7 @@ def residuals(report: FitReport, path: Path) -> Path:
 
 
 def ms_pred_vs_measured(tp, path: Path, title: str = "") -> Path:
-    """Throughput model: shape-held-out ms/iter predictions against the sweep's steady-state measurements."""
+    """Throughput model: shape-held-out predictions of each point's best step against the measured best step."""
     cv = tp.cv
     fig, ax = plt.subplots(figsize=(6.4, 5.6))
     lo, hi = float(np.nanmin(cv["measured"])) * 0.7, float(np.nanmax(cv["measured"])) * 1.3
@@ -161,7 +161,7 @@ def ms_pred_vs_measured(tp, path: Path, title: str = "") -> Path:
     ax.set_ylim(lo, hi)
     for axis in (ax.xaxis, ax.yaxis):
         axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel("measured ms/iter (steady state)")
+    ax.set_xlabel("measured ms/iter (best timed step)")
     ax.set_ylabel("predicted ms/iter, shape held out")
     ax.set_title(f"Predicted vs measured time per iteration\n{title}")
     ax.legend(loc="upper left", fontsize=8)

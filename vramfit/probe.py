@@ -19,6 +19,7 @@ __all__ = [
     "rss_bytes",
     "peak_rss_bytes",
     "reset_peak_rss",
+    "malloc_for_speed",
     "NvmlProbe",
     "cuda_counters",
 ]
@@ -137,6 +138,30 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
+_MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: where its dynamic threshold tops out
+
+
+def malloc_for_speed() -> bool:
+    """Undo the sweep's exact-RSS malloc settings (MALLOC_MMAP_THRESHOLD_=64K, TRIM 0) for timing; glibc only.
+
+    Those settings make every tensor above 64 KB a fresh mmap, zero-filled by page faults and unmapped on free:
+    right for reading RSS, but on the CPU quick grid they slowed a step by 1.6x and made it vary +-10 % from
+    process to process. This sets the thresholds where glibc's own dynamic ones settle in a long training run
+    (mmap above 32 MB, trim above 64 MB), so the timed steps run like `vramfit train`. False where not glibc.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) and mallopt(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD_MAX))
 
 
 # ---------------------------------------------------------------------------------------------- CUDA: NVML

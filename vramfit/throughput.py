@@ -1,15 +1,23 @@
-"""ThroughputModel: time per training iteration from the sweep's steady-state ms/iter, per device and recipe.
+"""ThroughputModel: time per training iteration from the sweep's timed steps, per device and recipe.
 
-    ms/iter = c0 + a * FLOPs/iter + b * N*V + c * N*L*C        (all coefficients >= 0)
+    best ms/iter  = c0 + a * FLOPs/iter + b * N*V + c * N*L*C        (all coefficients >= 0)
+    ms/iter       = slowdown * best ms/iter
 
 FLOPs/iter is nanoGPT's accounting (PaLM appendix B): 6*P*N for the matmuls of forward and backward (P the
 non-embedding parameters, tied lm_head included) plus 12*L*C*T*N for attention, N = batch*block tokens. c0 is the
 per-iteration overhead (kernel launches, the optimizer's per-tensor work, Python). The two memory-traffic terms
 (cross-entropy over the logits, N*V, and the elementwise work of LayerNorm/GELU/residuals, N*L*C) are time the
-FLOP count misses; on the CPU quick grid they cut the shape-held-out error from ~60 % to ~17 % (max) because small
-matmuls run at a fraction of the large ones' FLOP rate. The plain `FLOPS` model (FLOPs + constant) is fitted and
-cross-validated beside it as the baseline. The fit minimises *relative* squared error (weights 1/y^2): a 40 ms and a
-400 ms point count alike.
+FLOP count misses (small matmuls run at a fraction of the large ones' FLOP rate). The plain `FLOPS` model
+(FLOPs + constant) is fitted and cross-validated beside it as the baseline.
+
+Two things keep machine noise out of the shape law:
+- The target is each point's *best* timed step (the worker times `measure.timing_iters` plain steps): on a shared
+  CPU, steps are slowed by whatever else runs, never sped up, so the minimum is the shape's own cost. Measured on
+  the 2-core CI-class VM: the same point's median step moved 7 % (max 43 %) between sweeps, its best step 4 %.
+- The fit is Huber-robust on relative residuals (weights 1/y^2, IRLS, `delta` 5 %): one point timed during a slow
+  spell (a whole process 35 % slow happens) does not bend the coefficients for the rest.
+`slowdown` (the median over the points of typical/best step, >= 1) turns the shape's cost back into the time a
+step typically takes on this machine, which is what planning by hours needs; on an idle GPU it is ~1.
 
 Only sweep points are used: `train` runs time a different loop (data loading, logging, and on the CPU all threads,
 while the sweep measures with `measure.threads`).
@@ -17,6 +25,8 @@ while the sweep measures with `measure.threads`).
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +37,7 @@ from vramfit.features import SHAPE, shape_key
 
 THROUGHPUT = ("flops", "logits", "acts")
 FLOPS = ("flops",)
+HUBER_DELTA = 0.05
 UNITS = {"flops": "ms per TFLOP", "logits": "ms per 1e6 token x vocab", "acts": "ms per 1e6 token x layer x channel"}
 _UNIT_SCALE = {"flops": 1e12, "logits": 1e6, "acts": 1e6}
 MIN_POINTS = 3
@@ -49,35 +60,55 @@ def frame_time_features(df: pd.DataFrame) -> pd.DataFrame:
 class ThroughputModel:
     """Predict ms per iteration from feature columns. scikit-learn style: fit(X, y) -> self."""
 
-    def __init__(self, features: tuple[str, ...] = THROUGHPUT) -> None:
+    def __init__(self, features: tuple[str, ...] = THROUGHPUT, delta: float = HUBER_DELTA) -> None:
         self.features = tuple(features)
+        self.delta = delta
+        self.slowdown = 1.0
 
     def _X(self, X: pd.DataFrame | dict) -> np.ndarray:
         return np.column_stack([np.asarray(X[f], dtype=np.float64) for f in self.features])
 
-    def fit(self, X: pd.DataFrame | dict, y) -> ThroughputModel:
+    def fit(self, X: pd.DataFrame | dict, y, typical=None) -> ThroughputModel:
+        """y: best-step ms per point; `typical` (the points' usual step, e.g. the median) sets `slowdown`."""
         from vramfit.memmodel import _nnls
 
         y = np.asarray(y, dtype=np.float64)
-        self.intercept_, self.coef_ = _nnls(self._X(X), y, sample_weight=1.0 / y**2)
+        A, w = self._X(X), np.ones_like(y)
+        for _ in range(20 if self.delta else 1):  # IRLS with Huber weights on the relative residual
+            fit = _nnls(A, y, sample_weight=w / y**2)
+            self.intercept_, self.coef_ = fit
+            r = np.abs((self.intercept_ + A @ self.coef_) / y - 1)
+            w_new = np.where(r <= self.delta, 1.0, self.delta / np.maximum(r, 1e-12)) if self.delta else w
+            if np.allclose(w_new, w, atol=1e-4):
+                break
+            w = w_new
+        if typical is not None:
+            self.slowdown = max(1.0, float(np.median(np.asarray(typical, dtype=np.float64) / y)))
         return self
 
-    def predict(self, X: pd.DataFrame | dict) -> np.ndarray:
-        """ms per iteration."""
+    def predict_best(self, X: pd.DataFrame | dict) -> np.ndarray:
+        """ms of an undisturbed iteration (the shape's cost)."""
         return self.intercept_ + self._X(X) @ self.coef_
+
+    def predict(self, X: pd.DataFrame | dict) -> np.ndarray:
+        """ms a typical iteration takes on the profiled machine (best x slowdown)."""
+        return self.slowdown * self.predict_best(X)
 
     def coefficients(self) -> list[dict]:
         rows = [{"term": "overhead", "value": self.intercept_, "unit": "ms/iter"}]
-        return rows + [{"term": f, "value": float(c) * _UNIT_SCALE.get(f, 1.0), "unit": UNITS.get(f, "ms")}
-                       for f, c in zip(self.features, self.coef_, strict=True)]
+        rows += [{"term": f, "value": float(c) * _UNIT_SCALE.get(f, 1.0), "unit": UNITS.get(f, "ms")}
+                 for f, c in zip(self.features, self.coef_, strict=True)]
+        return rows + [{"term": "slowdown", "value": self.slowdown, "unit": "typical / best step"}]
 
     def to_dict(self) -> dict:
-        return {"features": list(self.features), "intercept": self.intercept_, "coef": [float(c) for c in self.coef_]}
+        return {"features": list(self.features), "intercept": self.intercept_, "coef": [float(c) for c in self.coef_],
+                "slowdown": self.slowdown, "delta": self.delta}
 
     @classmethod
     def from_dict(cls, d: dict) -> ThroughputModel:
-        m = cls(tuple(d["features"]))
+        m = cls(tuple(d["features"]), float(d.get("delta", HUBER_DELTA)))
         m.intercept_, m.coef_ = float(d["intercept"]), np.asarray(d["coef"], dtype=np.float64)
+        m.slowdown = float(d.get("slowdown", 1.0))  # files fitted before it existed: ms_per_iter was the target
         return m
 
 
@@ -109,12 +140,25 @@ class ThroughputReport:
                 "peak_flops": self.peak_flops, "mfu": self.mfu}
 
 
+def best_step_ms(timings) -> float:
+    """The fastest timed step of a point (its `timings` JSON's step_ms), NaN where the worker did not list them."""
+    try:
+        steps = (json.loads(timings) if isinstance(timings, str) else timings)["step_ms"]
+        return float(min(steps)) if steps else math.nan
+    except (TypeError, KeyError, ValueError):
+        return math.nan
+
+
 def timed_points(points: pd.DataFrame) -> pd.DataFrame:
-    """The ok sweep points with a steady-state ms/iter."""
+    """The ok sweep points with a steady-state ms/iter, plus `ms_best` (their fastest step; ms/iter where the
+    steps were not recorded, as in databases swept before vramfit kept them)."""
     ok = points[(points["status"] == "ok") & points["ms_per_iter"].notna() & (points["ms_per_iter"] > 0)]
     if "source" in ok.columns:
         ok = ok[ok["source"].fillna("sweep") != "train"]
-    return ok.reset_index(drop=True)
+    ok = ok.reset_index(drop=True)
+    best = ok["timings"].map(best_step_ms) if "timings" in ok.columns else pd.Series(math.nan, index=ok.index)
+    best = best.where(best > 0, ok["ms_per_iter"])
+    return ok.assign(ms_best=np.minimum(best.to_numpy(dtype=np.float64), ok["ms_per_iter"].to_numpy()))
 
 
 def fit_throughput(points: pd.DataFrame) -> ThroughputReport | None:
@@ -124,20 +168,23 @@ def fit_throughput(points: pd.DataFrame) -> ThroughputReport | None:
     ok = timed_points(points)
     if len(ok) < MIN_POINTS:
         return None
-    X, y = frame_time_features(ok), ok["ms_per_iter"].to_numpy(dtype=np.float64)
+    X, y = frame_time_features(ok), ok["ms_best"].to_numpy(dtype=np.float64)
+    typical = ok["ms_per_iter"].to_numpy(dtype=np.float64)
     groups = shape_key(ok).to_numpy()
-    metrics, cv, fitted = {}, pd.DataFrame({"measured": y, "shape": groups, "flops": X["flops"]}), {}
+    metrics, fitted = {}, {}
+    cv = pd.DataFrame({"measured": y, "typical": typical, "shape": groups, "flops": X["flops"]})
     for name, feats in (("ours", THROUGHPUT), ("flops", FLOPS)):
         make = lambda f=feats: ThroughputModel(f)  # noqa: E731
+        fitted[name] = make().fit(X, y, typical)
         metrics[name] = {}
         for how, g in (("loo", None), ("grouped", groups if len(set(groups)) > 1 else None)):
-            pred = cv_predictions(make, X, y, g)
+            pred = cv_predictions(make, X, y, g)  # best-step predictions: the shape law, held out
             metrics[name][how] = error_metrics(y, pred)
+            metrics[name][f"{how}_typical"] = error_metrics(typical, pred * fitted[name].slowdown)
             cv[f"{name}_{how}"] = pred
-        fitted[name] = make().fit(X, y)
-        metrics[name]["train"] = error_metrics(y, fitted[name].predict(X))
+        metrics[name]["train"] = error_metrics(y, fitted[name].predict_best(X))
     peak = device_peak_flops(str(ok["device_name"].iloc[0])) if "device_name" in ok.columns else None
-    mfu = float(np.median(X["flops"] / (y / 1000) / peak)) if peak else None
+    mfu = float(np.median(X["flops"] / (typical / 1000) / peak)) if peak else None
     return ThroughputReport(fitted["ours"], fitted["flops"], metrics, len(ok), peak, mfu, cv)
 
 
@@ -150,7 +197,7 @@ def load_throughput(d: dict | None) -> ThroughputReport | None:
 
 
 def predict_ms(model: ThroughputModel, n_layer, n_head, n_embd, block_size, batch_size, vocab_size) -> np.ndarray:
-    """ms per iteration for arrays of configs (never below 1 microsecond)."""
+    """Typical ms per iteration for arrays of configs (never below 1 microsecond)."""
     f = time_features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size)
     return np.maximum(model.predict(f), 1e-3)
 
