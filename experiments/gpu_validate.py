@@ -185,6 +185,28 @@ def heldout(out: Path) -> None:
     df.to_csv(out / "heldout.csv", index=False)
     print(f"held-out ({len(df)}): ours max {np.abs(df.ours_rel).max():.2%} mean {np.abs(df.ours_rel).mean():.2%}; "
           f"naive max {np.abs(df.naive_rel).max():.2%}; prediction + margin covers {df.within_margin.sum()}/{len(df)}")
+    throughput_heldout(out, doc, held)
+
+
+def throughput_heldout(out: Path, doc: dict, held) -> None:
+    """The throughput model on the held-out points (issue: within 5 % on a GPU) -> throughput_heldout.csv."""
+    from vramfit.throughput import frame_time_features, timed_points
+
+    tp = doc.get("throughput")
+    held = timed_points(held)
+    if tp is None or held.empty:
+        print("throughput: no model or no timed held-out points")
+        return
+    X = frame_time_features(held)
+    df = held[["n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size", "ms_best", "ms_per_iter"]]
+    df = df.assign(pred_best=tp.model.predict_best(X), pred_typical=tp.model.predict(X),
+                   flops_best=tp.baseline.predict_best(X))
+    df = df.assign(best_rel=df.pred_best / df.ms_best - 1, typical_rel=df.pred_typical / df.ms_per_iter - 1,
+                   flops_rel=df.flops_best / df.ms_best - 1)
+    df.to_csv(out / "throughput_heldout.csv", index=False)
+    print(f"throughput held-out ({len(df)}): best step max {df.best_rel.abs().max():.2%} mean "
+          f"{df.best_rel.abs().mean():.2%}; typical step max {df.typical_rel.abs().max():.2%}; FLOPs only max "
+          f"{df.flops_rel.abs().max():.2%}")
 
 
 def summary(out: Path) -> None:
@@ -227,6 +249,12 @@ def summary(out: Path) -> None:
         lines += ["## Held-out points", "", "```", h.to_string(index=False), "```", "",
                   f"ours: max |error| {h.ours_rel.abs().max():.2%}, mean {h.ours_rel.abs().mean():.2%}; naive: max "
                   f"{h.naive_rel.abs().max():.2%}, mean {h.naive_rel.abs().mean():.2%}", ""]
+    if (out / "throughput_heldout.csv").is_file():
+        t = pd.read_csv(out / "throughput_heldout.csv")
+        lines += ["## Throughput on the held-out points (ms/iter)", "", "```", t.to_string(index=False), "```", "",
+                  f"best step: max |error| {t.best_rel.abs().max():.2%}, mean {t.best_rel.abs().mean():.2%}; "
+                  f"typical step: max {t.typical_rel.abs().max():.2%}; FLOPs only: max {t.flops_rel.abs().max():.2%}",
+                  ""]
     rows = []
     for f in sorted(out.glob("budget-*.json"), key=lambda p: float(p.stem.split("-")[1].rstrip("G"))):
         b = json.loads(f.read_text())

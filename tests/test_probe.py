@@ -92,3 +92,15 @@ def test_nvml_probe_without_a_gpu_returns_none():
     assert not nv.ok and nv.error
     assert nv.device_used() is None and nv.process_used() is None
     assert nv.reading(123) == (None, "none")
+
+
+def test_malloc_for_speed_sets_glibc_thresholds():
+    """The worker's timed steps run with glibc's usual thresholds (True where libc has mallopt, i.e. glibc)."""
+    import ctypes.util
+
+    from vramfit.probe import malloc_for_speed
+
+    lib = ctypes.util.find_library("c")
+    if lib is None or not hasattr(ctypes.CDLL(lib), "mallopt"):
+        pytest.skip("not glibc")
+    assert malloc_for_speed() is True

@@ -1,5 +1,6 @@
 """`vramfit sweep` end to end on the CPU: the quick grid, physics, resume, fault injection, OOM, concurrency."""
 
+import json
 import os
 import signal
 import sqlite3
@@ -47,6 +48,8 @@ def test_quick_grid_measures_every_point(quick_db):
     assert df.nvml_bytes.isna().all() and df.allocated_bytes.isna().all() and df.reserved_bytes.isna().all()
     assert (df.tracked_bytes > 0).all() and (df.rss_bytes > 0).all()
     assert (df.ms_per_iter > 0).all() and (df.tokens_per_s > 0).all() and (df.iters >= 3).all()
+    steps = df.timings.map(lambda t: json.loads(t)["step_ms"])  # the timed plain steps, kept for the best step
+    assert (steps.map(len) == 10).all() and all(min(s) <= m for s, m in zip(steps, df.ms_per_iter, strict=True))
 
 
 def test_tracked_peak_grows_along_every_axis(quick_db):

@@ -54,6 +54,34 @@ def test_saved_beside_the_memory_model_and_old_files_still_load(tmp_path):
     assert old["throughput"] is None and old["model"].predict(features(4, 4, 256, 128, 8, 512))[0] > 0
 
 
+def test_fits_the_best_step_and_scales_by_the_typical_slowdown():
+    """The target is each point's fastest timed step (timings.step_ms); slowdown = median typical/best."""
+    df = timed_synthetic()
+    best = df["ms_per_iter"].to_numpy()
+    steps = [json.dumps({"step_ms": [b * 1.2, b, b * 1.1, b * 1.3]}) for b in best]
+    df = df.assign(ms_per_iter=best * 1.15, timings=steps)
+    tp = fit_throughput(df)
+    np.testing.assert_allclose(tp.model.coef_, TRUE[1:], rtol=1e-3)  # the best steps, not the medians
+    assert tp.model.slowdown == pytest.approx(1.15)
+    f = time_features(4, 4, 256, 128, 8, 512)
+    assert tp.model.predict(f)[0] == pytest.approx(1.15 * tp.model.predict_best(f)[0])
+    assert tp.metrics["ours"]["grouped_typical"]["max_rel"] < 1e-3
+    legacy = {k: v for k, v in tp.model.to_dict().items() if k not in ("slowdown", "delta")}
+    assert ThroughputModel.from_dict(legacy).slowdown == 1.0  # files fitted before: ms/iter was the target
+
+
+def test_one_slow_point_does_not_bend_the_fit():
+    """A point timed during a slow spell (35 % slow, as seen on the shared VM) is down-weighted (Huber)."""
+    df = timed_synthetic()
+    y = df["ms_per_iter"].to_numpy().copy()
+    y[3] *= 1.35
+    X = time_features(*(df[c] for c in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size")))
+    robust, plain = ThroughputModel().fit(X, y), ThroughputModel(delta=0).fit(X, y)
+    clean = np.delete(np.arange(len(y)), 3)
+    err = lambda m: np.abs(m.predict(X)[clean] / y[clean] - 1).max()  # noqa: E731
+    assert err(robust) < 0.005 < err(plain)
+
+
 def test_needs_timed_sweep_points():
     df = timed_synthetic()
     assert fit_throughput(df.head(2)) is None
@@ -61,19 +89,19 @@ def test_needs_timed_sweep_points():
 
 
 def test_held_out_shapes_on_the_cpu_quick_grid(quick_db):
-    """CPU timing on the shared 2-core machine is noisy: a sweep measures 2-4 steady iterations per point, and the
-    same point measured 1.3-2.6x apart in different sweeps under load. Measured: a quiet sweep of the quick grid
-    gave shape-held-out MAPE 7.2 %, max 17 % (FLOPs + overhead alone: 20 %, 60 %); the 64-point grid predicted
-    12 unseen shapes with MAPE 6.5 %, max 15.5 %; under load (this suite) MAPE 10-15 %, max 20-43 %.
-    So this asserts the mean, loosely, and that the memory-traffic terms help."""
+    """The shape law on real CPU timings, fitted to each point's best of 10 timed steps. Measured on this 2-core VM
+    (experiments/bench_throughput.py, 3 repeats): shape held out MAPE 0.6-2.0 %, max 1.7-6.0 %; FLOPs + overhead
+    alone 5-9 %, max 15-28 %. One process timed during a slow spell can still cost one point ~25 %, so this
+    asserts the mean and that the memory-traffic terms help."""
     with Store(quick_db) as store:
         points = store.points_frame()
     tp = fit_points(points, target="tracked").throughput
     ours, flops = tp.metrics["ours"]["grouped"], tp.metrics["flops"]["grouped"]
     print("throughput CV (shape held out):", ours, "FLOPs only:", flops)
     assert tp.n_points >= 11 and ours["n"] == tp.n_points
-    assert ours["mape"] < 0.25, ours
+    assert ours["mape"] < 0.10, ours
     assert ours["mape"] <= flops["mape"] + 0.01
+    assert 1.0 <= tp.model.slowdown < 1.5
     assert tp.mfu is None  # no known peak for a CPU
     m = ThroughputModel.from_dict(tp.model.to_dict())
     assert np.allclose(m.coef_, tp.model.coef_)

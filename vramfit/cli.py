@@ -391,6 +391,8 @@ def _print_throughput(console, tp) -> None:
     """The throughput model's coefficients and CV error beside the FLOPs-only baseline (fit's output)."""
     from rich.table import Table
 
+    from vramfit.throughput import THROUGHPUT_CV
+
     if tp is None:
         console.print("throughput model: not fitted (fewer than 3 ok sweep points with ms/iter)")
         return
@@ -398,11 +400,13 @@ def _print_throughput(console, tp) -> None:
     for row in tp.model.coefficients():
         coef.add_row(row["term"], f"{row['value']:.4g}", row["unit"])
     console.print(coef)
-    cv = Table("model", "CV", "MAPE", "max error", title="throughput: cross-validated error (ms/iter)")
+    cv = Table("model", "CV", "MAPE", "max error", title="throughput: cross-validated error (ms/iter; best step "
+               "= the shape's cost, typical = its median step, machine noise included)")
     for name, label in (("ours", "FLOPs + memory traffic"), ("flops", "FLOPs + overhead only")):
-        for how, how_label in (("loo", "leave-one-out"), ("grouped", "shape held out")):
-            r = tp.metrics[name][how]
-            cv.add_row(label, how_label, f"{r['mape']:.2%}", f"{r['max_rel']:.2%}")
+        for how, how_label in THROUGHPUT_CV:
+            r = tp.metrics[name].get(how)
+            if r is not None:  # model files fitted before the typical-step rows existed lack them
+                cv.add_row(label, how_label, f"{r['mape']:.2%}", f"{r['max_rel']:.2%}")
     console.print(cv)
     console.print(f"MFU: {tp.mfu:.1%} median of the sweep points (peak {tp.peak_flops / 1e12:.0f} TFLOP/s)"
                   if tp.mfu is not None else "MFU: device peak FLOP/s unknown (CPU or an unlisted GPU)")

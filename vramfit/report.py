@@ -14,6 +14,7 @@ from vramfit.errors import VramfitError
 from vramfit.planner import fit_store, train_command
 from vramfit.plots import all_plots
 from vramfit.suggest import suggest
+from vramfit.throughput import THROUGHPUT_CV
 from vramfit.units import format_size
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -52,10 +53,10 @@ def write_report(points: pd.DataFrame, out: str | Path, budget: float, target: s
             parts.append("<h3>Cross-validated error</h3>" + _table(cv))
             tp = report.throughput
             if tp is not None:
-                rows = [{"model": label, "CV": how, "MAPE": f"{tp.metrics[name][how]['mape']:.2%}",
+                rows = [{"model": label, "CV": how_label, "MAPE": f"{tp.metrics[name][how]['mape']:.2%}",
                          "max error": f"{tp.metrics[name][how]['max_rel']:.2%}"}
                         for name, label in (("ours", "FLOPs + memory traffic"), ("flops", "FLOPs + overhead"))
-                        for how in ("loo", "grouped")]
+                        for how, how_label in THROUGHPUT_CV if how in tp.metrics[name]]
                 mfu = f"median MFU {tp.mfu:.1%}" if tp.mfu is not None else "MFU: device peak unknown"
                 parts.append(f"<h3>Throughput model (ms/iter, {tp.n_points} sweep points; {mfu})</h3>"
                              + _table([{"term": r["term"], "value": f"{r['value']:.4g}", "unit": r["unit"]}

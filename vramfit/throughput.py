@@ -41,6 +41,8 @@ HUBER_DELTA = 0.05
 UNITS = {"flops": "ms per TFLOP", "logits": "ms per 1e6 token x vocab", "acts": "ms per 1e6 token x layer x channel"}
 _UNIT_SCALE = {"flops": 1e12, "logits": 1e6, "acts": 1e6}
 MIN_POINTS = 3
+THROUGHPUT_CV = (("loo", "leave-one-out, best step"), ("grouped", "shape held out, best step"),
+                 ("grouped_typical", "shape held out, typical step"))  # metrics keys -> labels (fit, report)
 
 
 def time_features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size, bias: bool = True) -> dict:
