@@ -88,6 +88,28 @@ def code_hash() -> str:
     return h.hexdigest()[:12]
 
 
+def provenance(points: pd.DataFrame, code0: str, **extra) -> dict:
+    """Where and with what a benchmark measured: device, torch, recipe, host, commit, date, code hash."""
+    prov = {"device": str(points.device_name.iloc[0]), "device_type": str(points.device_type.iloc[0]),
+            "torch": str(points.torch_version.iloc[0]), "recipe_key": str(points.recipe_key.iloc[0]), **extra,
+            "host": platform.node(), "python": platform.python_version(), "commit": git_commit(),
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "code_hash": code0}
+    if code_hash() != code0:
+        print("WARNING: gpt/ or the worker changed during the benchmark: its points saw different trainers; rerun")
+        prov["code_hash"] = f"{code0}->{code_hash()} (changed mid-run: invalid)"
+    return prov
+
+
+def write_table(table: pd.DataFrame, prov: dict, out: Path, name: str) -> Path:
+    """`table` with the provenance columns -> out/<name>-<device>.csv; the path."""
+    for k, v in prov.items():
+        table[k] = v
+    slug = "cpu" if prov["device_type"] == "cpu" else prov["device"].lower().replace(" ", "-")
+    csv = out / f"{name}-{slug}.csv"
+    table.to_csv(csv, index=False)
+    return csv
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
@@ -142,19 +164,8 @@ def main() -> None:
     add(f"adaptive {n} (--points {args.points})", adaptive, adaptive_wall, res.note)
 
     table = pd.DataFrame(rows)
-    prov = {"device": str(full.device_name.iloc[0]), "device_type": str(full.device_type.iloc[0]),
-            "torch": str(full.torch_version.iloc[0]), "recipe_key": str(full.recipe_key.iloc[0]), "target": col,
-            "heldout_points": len(held), "host": platform.node(), "python": platform.python_version(),
-            "commit": git_commit(), "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "target_error": args.target_error, "code_hash": code0}
-    if code_hash() != code0:
-        print("WARNING: gpt/ or the worker changed during the benchmark: the designs saw different trainers; rerun")
-        prov["code_hash"] = f"{code0}->{code_hash()} (changed mid-run: invalid)"
-    for k, v in prov.items():
-        table[k] = v
-    slug = "cpu" if prov["device_type"] == "cpu" else prov["device"].lower().replace(" ", "-")
-    csv = out / f"accuracy-{slug}.csv"
-    table.to_csv(csv, index=False)
+    prov = provenance(full, code0, target=col, heldout_points=len(held), target_error=args.target_error)
+    csv = write_table(table, prov, out, "accuracy")
 
     print(f"{prov['device']} ({prov['device_type']}), torch {prov['torch']}, target {col}, "
           f"{len(held)} held-out points, commit {prov['commit']}\n")

@@ -19,8 +19,6 @@ markdown table on stdout.
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 import sys
 from pathlib import Path
 
@@ -31,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from bench_accuracy import code_hash, git_commit, measure  # noqa: E402
+from bench_accuracy import code_hash, measure, provenance, write_table  # noqa: E402
 
 from vramfit import SHAPE_KEYS  # noqa: E402
 from vramfit.throughput import fit_throughput, frame_time_features, timed_points  # noqa: E402
@@ -97,19 +95,8 @@ def main() -> None:
     rows += [{"repeat": "all", "slowdown": np.nan, **x} for x in noise_floor(quicks)]
 
     table = pd.DataFrame(rows)
-    q = quicks[0]
-    prov = {"device": str(q.device_name.iloc[0]), "device_type": str(q.device_type.iloc[0]),
-            "torch": str(q.torch_version.iloc[0]), "recipe_key": str(q.recipe_key.iloc[0]),
-            "host": platform.node(), "python": platform.python_version(), "commit": git_commit(),
-            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "code_hash": code0}
-    if code_hash() != code0:
-        print("WARNING: gpt/ or the worker changed during the benchmark; rerun")
-        prov["code_hash"] = f"{code0}->{code_hash()} (changed mid-run: invalid)"
-    for k, v in prov.items():
-        table[k] = v
-    slug = "cpu" if prov["device_type"] == "cpu" else prov["device"].lower().replace(" ", "-")
-    csv = out / f"throughput-{slug}.csv"
-    table.to_csv(csv, index=False)
+    prov = provenance(quicks[0], code0)
+    csv = write_table(table, prov, out, "throughput")
 
     print(f"{prov['device']} ({prov['device_type']}), torch {prov['torch']}, commit {prov['commit']}\n")
     print("| repeat | model | metric | n | MAPE | max | slowdown |")
