@@ -131,6 +131,21 @@ def device_key(facts: dict) -> str:
     return f"{facts.get('device_type')}|{facts.get('device_name')}|{facts.get('total_memory_bytes')}"
 
 
+def _process_gone(hostname: str | None, pid: float | None) -> bool:
+    """True when a sweep's process ran on this host and no longer exists (a 'running' row nobody will close)."""
+    import socket
+
+    if hostname != socket.gethostname() or pid is None or pid != pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists but is not ours (EPERM)
+        return False
+    return False
+
+
 class Store:
     """A vramfit SQLite database; `Store(path)` creates the file and schema when missing."""
 
@@ -376,10 +391,12 @@ class Store:
             + ", ".join(f"SUM(p.status = '{st}') AS n_{st}" for st in STATUSES)
             + " FROM sweeps s LEFT JOIN points p USING (sweep_id) GROUP BY s.sweep_id ORDER BY s.sweep_id"
         )
-        df = pd.read_sql_query(sql, self.conn)
+        df = pd.read_sql_query(sql.replace("s.n_invalid, ", "s.n_invalid, s.hostname, s.pid, "), self.conn)
         for st in STATUSES:
             df[f"n_{st}"] = df[f"n_{st}"].fillna(0).astype(int)
-        return df
+        gone = (df["status"] == "running") & df.apply(lambda r: _process_gone(r["hostname"], r["pid"]), axis=1)
+        df.loc[gone, "status"] = "killed"  # its process died without closing the row (SIGKILL, power loss)
+        return df.drop(columns=["hostname", "pid"])
 
     def export(self, path: str | Path, fmt: str | None = None, **filters: Any) -> int:
         """Write `points_frame(**filters)` to CSV or Parquet (by `fmt` or the suffix); returns the row count."""
