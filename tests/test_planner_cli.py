@@ -121,3 +121,18 @@ def test_nothing_fits_says_what_would(capsys, model_file):
     rc, out, _ = run(capsys, "suggest", "--vram", "500M", "--n-layer", "48", "--n-embd", "4096", "--model",
                      model_file, "--save", "/dev/null")
     assert rc == 1 and "nothing fits" in out and "needs" in out
+
+
+def test_suggest_plans_for_the_corpus_vocabulary(capsys, model_file, char_corpus, tmp_path):
+    """Without --vocab, the configs use --data-dir's vocabulary (the printed commands train on it)."""
+    vocab = json.loads((char_corpus / "meta.json").read_text())["vocab_size"]
+    rc, out, _ = run(capsys, "suggest", "--vram", "8G", "--model", model_file, "--top", 2, "--data-dir", char_corpus,
+                     "--save", tmp_path / "s.json")
+    assert rc == 0 and f"vocab {vocab}: from" in out
+    assert f"--vocab-size {vocab} " in out and "--vocab-size 50304" not in out
+    rc, _, err = run(capsys, "suggest", "--vram", "8G", "--model", model_file, "--data-dir", char_corpus,
+                     "--vocab", vocab - 1, "--save", tmp_path / "s.json")
+    assert rc == 2 and err.startswith("error: ") and "smaller than the vocabulary" in err and err.count("\n") == 1
+    rc, out, _ = run(capsys, "suggest", "--vram", "8G", "--model", model_file, "--top", 1,
+                     "--data-dir", tmp_path / "none", "--save", tmp_path / "s.json")
+    assert rc == 0 and "--vocab-size 50304" in out  # no prepared corpus: GPT-2's padded BPE vocabulary

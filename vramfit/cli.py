@@ -430,6 +430,19 @@ def _fit_loss(db: Path, corpus: Path | None, out: Path) -> None:
                    f"(rms error of log-loss {law.rmse_log:.4f})")
 
 
+def _corpus_vocab(data_dir: str) -> int | None:
+    """The vocabulary size of a prepared corpus (its meta.json), None where there is none or it is unreadable."""
+    from gpt.data import DataError, load_meta
+
+    if not (Path(data_dir) / "meta.json").is_file():
+        return None
+    try:
+        v = load_meta(data_dir).get("vocab_size")
+    except DataError:
+        return None
+    return int(v) if isinstance(v, int) and v > 0 else None
+
+
 def _shape_options(n_layer, n_head, n_embd, block_size, batch_size, vocab) -> dict:
     def ints(value: str | None, name: str):
         if value is None:
@@ -495,7 +508,8 @@ def suggest(
     n_embd: str = typer.Option(None),
     block_size: str = typer.Option(None),
     batch_size: str = typer.Option(None),
-    vocab: str = typer.Option(None, "--vocab", "--vocab-size", help="default 50304 (GPT-2 BPE, padded)"),
+    vocab: str = typer.Option(None, "--vocab", "--vocab-size", help="default: --data-dir's vocabulary when it "
+                              "is prepared, else 50304 (GPT-2 BPE, padded)"),
     min_batch: int = typer.Option(1, min=1),
     top: int = typer.Option(10, min=1),
     model: Path = typer.Option(None, help="model JSON (default: the newest in results/models)"),
@@ -534,6 +548,15 @@ def suggest(
     vram_b, reserve_b = parse_size(vram), parse_size(reserve)
     budget = vram_b - reserve_b
     space = _shape_options(n_layer, n_head, n_embd, block_size, batch_size, vocab)
+    corpus_vocab = _corpus_vocab(data_dir)
+    if corpus_vocab is not None:
+        if space["vocab_size"] is None:  # plan for the corpus the printed commands train on
+            space["vocab_size"] = [corpus_vocab]
+            if not json_out:
+                typer.echo(f"vocab {corpus_vocab}: from {Path(data_dir) / 'meta.json'} (--vocab to override)")
+        elif min(space["vocab_size"]) < corpus_vocab:
+            fail(f"--vocab {min(space['vocab_size'])} is smaller than the vocabulary of --data-dir {data_dir} "
+                 f"({corpus_vocab}): training would fail")
     time_args: dict = {}
     if hours is not None:
         time_args = _time_args(hours, rank, loss_law, data_dir)
