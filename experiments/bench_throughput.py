@@ -45,6 +45,9 @@ def score_repeat(quick: pd.DataFrame, held: pd.DataFrame) -> list[dict]:
     """One repeat: fit on the quick grid's points, score held-out and CV errors for ours and FLOPs-only."""
     tp = fit_throughput(quick)
     held = timed_points(held)
+    if tp is None or held.empty:
+        sys.exit(f"error: too few timed points to score (quick grid: {len(timed_points(quick))}, held-out: "
+                 f"{len(held)}); see the sweep's errors with `vramfit runs --db ...`")
     Xh = frame_time_features(held)
     rows = []
     for name, model in (("ours", tp.model), ("flops", tp.baseline)):
@@ -64,7 +67,7 @@ def noise_floor(quicks: list[pd.DataFrame]) -> list[dict]:
     """Per quick-grid point, the spread of its best and its median step across the repeats."""
     if len(quicks) < 2:
         return []
-    frames = [timed_points(q).set_index(list(SHAPE_KEYS)) for q in quicks]
+    frames = [timed_points(q).groupby(list(SHAPE_KEYS))[["ms_best", "ms_per_iter"]].min() for q in quicks]
     rows = []
     for col, label in (("ms_best", "run-to-run spread, best step"), ("ms_per_iter", "run-to-run spread, median step")):
         w = pd.concat([f[col] for f in frames], axis=1).dropna()
@@ -82,6 +85,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "results" / "bench"))
     ap.add_argument("--reuse", action="store_true", help="keep earlier databases (re-score only)")
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error("--repeats must be >= 1")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     code0 = code_hash()

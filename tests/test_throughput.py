@@ -70,6 +70,21 @@ def test_fits_the_best_step_and_scales_by_the_typical_slowdown():
     assert ThroughputModel.from_dict(legacy).slowdown == 1.0  # files fitted before: ms/iter was the target
 
 
+def test_points_without_their_steps_are_not_mixed_into_the_law():
+    """Points swept before the steps were kept (median step, slower malloc) are left out once enough have them."""
+    from vramfit.throughput import timed_points
+
+    df = timed_synthetic()
+    best = df["ms_per_iter"].to_numpy()
+    steps = [json.dumps({"step_ms": [b]}) for b in best]
+    steps[:4] = [None] * 4  # four legacy points...
+    df = df.assign(timings=steps, ms_per_iter=np.where(np.arange(len(df)) < 4, best * 1.6, best))
+    assert len(timed_points(df)) == len(df) - 4
+    tp = fit_throughput(df)
+    np.testing.assert_allclose(tp.model.coef_, TRUE[1:], rtol=1e-3)  # ...do not bend the law
+    assert fit_throughput(df.assign(timings=None)).n_points == len(df)  # all legacy: all used
+
+
 def test_one_slow_point_does_not_bend_the_fit():
     """A point timed during a slow spell (35 % slow, as seen on the shared VM) is down-weighted (Huber)."""
     df = timed_synthetic()

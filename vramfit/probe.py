@@ -153,11 +153,9 @@ def malloc_for_speed() -> bool:
     (mmap above 32 MB, trim above 64 MB), so the timed steps run like `vramfit train`. False where not glibc.
     """
     import ctypes
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # this process's own libc: no find_library subprocess
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int

@@ -135,13 +135,13 @@ def _process_gone(hostname: str | None, pid: float | None) -> bool:
     """True when a sweep's process ran on this host and no longer exists (a 'running' row nobody will close)."""
     import socket
 
-    if hostname != socket.gethostname() or pid is None or pid != pid:
-        return False
+    if os.name == "nt" or hostname != socket.gethostname() or pid is None or pid != pid:
+        return False  # (on Windows, os.kill(pid, 0) would terminate the process)
     try:
-        os.kill(int(pid), 0)
+        os.kill(int(pid), 0)  # a container sharing the host's name but not its pids can mislabel: display only
     except ProcessLookupError:
         return True
-    except OSError:  # exists but is not ours (EPERM)
+    except (OSError, OverflowError, ValueError):  # exists but is not ours (EPERM), or not a pid at all
         return False
     return False
 
@@ -387,11 +387,11 @@ class Store:
         """One row per sweep with its point counts by status."""
         sql = (
             "SELECT s.sweep_id, s.name, s.status, s.devices, s.emulate_bytes, s.started_at, s.finished_at, "
-            "s.n_planned, s.n_resumed, s.n_invalid, "
+            "s.n_planned, s.n_resumed, s.n_invalid, s.hostname, s.pid, "
             + ", ".join(f"SUM(p.status = '{st}') AS n_{st}" for st in STATUSES)
             + " FROM sweeps s LEFT JOIN points p USING (sweep_id) GROUP BY s.sweep_id ORDER BY s.sweep_id"
         )
-        df = pd.read_sql_query(sql.replace("s.n_invalid, ", "s.n_invalid, s.hostname, s.pid, "), self.conn)
+        df = pd.read_sql_query(sql, self.conn)
         for st in STATUSES:
             df[f"n_{st}"] = df[f"n_{st}"].fillna(0).astype(int)
         gone = (df["status"] == "running") & df.apply(lambda r: _process_gone(r["hostname"], r["pid"]), axis=1)

@@ -76,7 +76,7 @@ class ThroughputModel:
 
         y = np.asarray(y, dtype=np.float64)
         A, w = self._X(X), np.ones_like(y)
-        for _ in range(20 if self.delta else 1):  # IRLS with Huber weights on the relative residual
+        for _ in range(50 if self.delta else 1):  # IRLS with Huber weights on the relative residual
             fit = _nnls(A, y, sample_weight=w / y**2)
             self.intercept_, self.coef_ = fit
             r = np.abs((self.intercept_ + A @ self.coef_) / y - 1)
@@ -108,7 +108,7 @@ class ThroughputModel:
 
     @classmethod
     def from_dict(cls, d: dict) -> ThroughputModel:
-        m = cls(tuple(d["features"]), float(d.get("delta", HUBER_DELTA)))
+        m = cls(tuple(d["features"]), float(d.get("delta") or 0.0) if "delta" in d else HUBER_DELTA)
         m.intercept_, m.coef_ = float(d["intercept"]), np.asarray(d["coef"], dtype=np.float64)
         m.slowdown = float(d.get("slowdown", 1.0))  # files fitted before it existed: ms_per_iter was the target
         return m
@@ -153,14 +153,31 @@ def best_step_ms(timings) -> float:
 
 def timed_points(points: pd.DataFrame) -> pd.DataFrame:
     """The ok sweep points with a steady-state ms/iter, plus `ms_best` (their fastest step; ms/iter where the
-    steps were not recorded, as in databases swept before vramfit kept them)."""
+    steps were not recorded, as in databases swept before vramfit kept them; when at least MIN_POINTS points have
+    their steps, only those)."""
     ok = points[(points["status"] == "ok") & points["ms_per_iter"].notna() & (points["ms_per_iter"] > 0)]
     if "source" in ok.columns:
         ok = ok[ok["source"].fillna("sweep") != "train"]
     ok = ok.reset_index(drop=True)
     best = ok["timings"].map(best_step_ms) if "timings" in ok.columns else pd.Series(math.nan, index=ok.index)
+    stepped = (best > 0).to_numpy()
+    if stepped.sum() >= MIN_POINTS and not stepped.all():
+        # points swept before the steps were kept were timed differently (median step, under the exact-RSS malloc
+        # settings that made CPU steps 1.6x slower): do not mix the two in one law
+        ok, best = ok[stepped].reset_index(drop=True), best[stepped].reset_index(drop=True)
     best = best.where(best > 0, ok["ms_per_iter"])
     return ok.assign(ms_best=np.minimum(best.to_numpy(dtype=np.float64), ok["ms_per_iter"].to_numpy()))
+
+
+def _held_out_slowdown(best: np.ndarray, typical: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    """Per point, the slowdown fitted without its group (without itself when `groups` is None)."""
+    ratio = typical / best
+    keys = groups if groups is not None else np.arange(len(best))
+    out = np.ones(len(best))
+    for k in set(keys):
+        rest = ratio[keys != k]
+        out[keys == k] = max(1.0, float(np.median(rest))) if len(rest) else 1.0
+    return out
 
 
 def fit_throughput(points: pd.DataFrame) -> ThroughputReport | None:
@@ -182,7 +199,7 @@ def fit_throughput(points: pd.DataFrame) -> ThroughputReport | None:
         for how, g in (("loo", None), ("grouped", groups if len(set(groups)) > 1 else None)):
             pred = cv_predictions(make, X, y, g)  # best-step predictions: the shape law, held out
             metrics[name][how] = error_metrics(y, pred)
-            metrics[name][f"{how}_typical"] = error_metrics(typical, pred * fitted[name].slowdown)
+            metrics[name][f"{how}_typical"] = error_metrics(typical, pred * _held_out_slowdown(y, typical, g))
             cv[f"{name}_{how}"] = pred
         metrics[name]["train"] = error_metrics(y, fitted[name].predict_best(X))
     peak = device_peak_flops(str(ok["device_name"].iloc[0])) if "device_name" in ok.columns else None
