@@ -434,12 +434,11 @@ def _corpus_vocab(data_dir: str) -> int | None:
     """The vocabulary size of a prepared corpus (its meta.json), None where there is none or it is unreadable."""
     from gpt.data import DataError, load_meta
 
-    if not (Path(data_dir) / "meta.json").is_file():
-        return None
     try:
-        v = load_meta(data_dir).get("vocab_size")
-    except DataError:
+        meta = load_meta(data_dir)
+    except DataError:  # not prepared (no meta.json) or unreadable
         return None
+    v = meta.get("vocab_size") if isinstance(meta, dict) else None
     return int(v) if isinstance(v, int) and v > 0 else None
 
 

@@ -59,6 +59,11 @@ def frame_time_features(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(time_features(*(df[c].to_numpy() for c in SHAPE)), index=df.index)
 
 
+def _slowdown(ratio: np.ndarray) -> float:
+    """A device's typical/best step factor from the points' ratios: their median, never below 1."""
+    return max(1.0, float(np.median(ratio)))
+
+
 class ThroughputModel:
     """Predict ms per iteration from feature columns. scikit-learn style: fit(X, y) -> self."""
 
@@ -76,16 +81,17 @@ class ThroughputModel:
 
         y = np.asarray(y, dtype=np.float64)
         A, w = self._X(X), np.ones_like(y)
-        for _ in range(50 if self.delta else 1):  # IRLS with Huber weights on the relative residual
-            fit = _nnls(A, y, sample_weight=w / y**2)
-            self.intercept_, self.coef_ = fit
+        for _ in range(50):  # IRLS with Huber weights on the relative residual (one plain fit when delta is 0)
+            self.intercept_, self.coef_ = _nnls(A, y, sample_weight=w / y**2)
+            if not self.delta:
+                break
             r = np.abs((self.intercept_ + A @ self.coef_) / y - 1)
-            w_new = np.where(r <= self.delta, 1.0, self.delta / np.maximum(r, 1e-12)) if self.delta else w
+            w_new = np.where(r <= self.delta, 1.0, self.delta / np.maximum(r, 1e-12))
             if np.allclose(w_new, w, atol=1e-4):
                 break
             w = w_new
         if typical is not None:
-            self.slowdown = max(1.0, float(np.median(np.asarray(typical, dtype=np.float64) / y)))
+            self.slowdown = _slowdown(np.asarray(typical, dtype=np.float64) / y)
         return self
 
     def predict_best(self, X: pd.DataFrame | dict) -> np.ndarray:
@@ -176,7 +182,7 @@ def _held_out_slowdown(best: np.ndarray, typical: np.ndarray, groups: np.ndarray
     out = np.ones(len(best))
     for k in set(keys):
         rest = ratio[keys != k]
-        out[keys == k] = max(1.0, float(np.median(rest))) if len(rest) else 1.0
+        out[keys == k] = _slowdown(rest) if len(rest) else 1.0
     return out
 
 
