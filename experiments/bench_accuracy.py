@@ -34,12 +34,12 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vramfit.features import NAIVE, PHYSICS, frame_features  # noqa: E402
-from vramfit.grid import load_grid  # noqa: E402
-from vramfit.memmodel import TARGETS, MemoryModel  # noqa: E402
-from vramfit.plan import PlanSettings  # noqa: E402
+from vramfit.fit.features import NAIVE, PHYSICS, frame_features  # noqa: E402
+from vramfit.fit.memmodel import TARGETS, MemoryModel  # noqa: E402
 from vramfit.store import Store  # noqa: E402
-from vramfit.sweep import run_adaptive, run_sweep  # noqa: E402
+from vramfit.sweep.adaptive import PlanSettings, run_adaptive  # noqa: E402
+from vramfit.sweep.grid import load_grid  # noqa: E402
+from vramfit.sweep.runner import run_sweep  # noqa: E402
 
 GRIDS = ROOT / "experiments" / "grids"
 

@@ -6,7 +6,7 @@ Speed: seconds per `estimate_step` (two fake `Trainer.step` calls, CUDA target s
 the first call in this process (imports, fake-kernel caches cold) and the median of `--reps` more; plus one
 `estimate_step_isolated` (fresh child process, what `vramfit estimate` runs) for the first config.
 Accuracy: the estimate for target 'cpu' against two real `Trainer.step` calls on this CPU under
-`vramfit.probe.StorageTracker` (64 B rounding), for the test suite's configs.
+`vramfit.measure.probe.StorageTracker` (64 B rounding), for the test suite's configs.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from gpt.model import GPTConfig  # noqa: E402
-from vramfit.estimate import estimate_step, estimate_step_isolated  # noqa: E402
+from gpt.config import GPTConfig  # noqa: E402
+from vramfit.dryrun.estimate import estimate_step, estimate_step_isolated  # noqa: E402
 from vramfit.recipe import Recipe  # noqa: E402
 from vramfit.units import format_size  # noqa: E402
 

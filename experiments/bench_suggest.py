@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from vramfit.memmodel import fit_points, load_model  # noqa: E402
-from vramfit.suggest import OBJECTIVES, enumerate_space, suggest  # noqa: E402
+from vramfit.fit.memmodel import fit_points, load_model  # noqa: E402
+from vramfit.plan.suggest import OBJECTIVES, enumerate_space, suggest  # noqa: E402
 from vramfit.units import parse_size  # noqa: E402
 
 

@@ -21,9 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vramfit.grid import load_grid  # noqa: E402
 from vramfit.store import Store  # noqa: E402
-from vramfit.sweep import point_label, run_sweep  # noqa: E402
+from vramfit.sweep.grid import load_grid  # noqa: E402
+from vramfit.sweep.progress import point_label  # noqa: E402
+from vramfit.sweep.runner import run_sweep  # noqa: E402
 
 COLS = ("spawn", "import", "warmup", "build", "first", "rest", "exit", "wall")
 

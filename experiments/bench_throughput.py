@@ -4,7 +4,7 @@
 
 Each repeat sweeps the quick grid (experiments/grids/quick.toml, 13 points) and the held-out grid
 (experiments/grids/quick_heldout.toml: 12 shapes at values no grid measures) into fresh databases, fits the
-throughput model on the quick grid (`vramfit.throughput.fit_throughput`) and scores it:
+throughput model on the quick grid (`vramfit.fit.throughput.fit_throughput`) and scores it:
 - held-out, best step: predicted best-step ms/iter (the shape law) vs each held-out point's fastest timed step;
 - held-out, typical: predicted ms/iter (best x the fitted slowdown) vs the point's median step (what a run sees);
 - shape-held-out CV on the quick grid itself (that includes extrapolating to its single-point corners: 4 layers
@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT / "experiments"))
 from bench_accuracy import code_hash, measure, provenance, write_table  # noqa: E402
 
 from vramfit import SHAPE_KEYS  # noqa: E402
-from vramfit.throughput import fit_throughput, frame_time_features, timed_points  # noqa: E402
+from vramfit.fit.throughput import fit_throughput, frame_time_features, timed_points  # noqa: E402
 
 GRIDS = ROOT / "experiments" / "grids"
 

@@ -13,9 +13,9 @@ import time
 
 import torch
 
+from gpt.config import GPTConfig, make_config
 from gpt.data import synthetic_batch
-from gpt.model import GPTConfig
-from gpt.train import Trainer, make_config, peak_flops, resolve_device
+from gpt.train import Trainer, peak_flops, resolve_device
 
 CONFIGS = {
     # name: (n_layer, n_head, n_embd, block_size, batch_size, vocab_size)

@@ -39,8 +39,8 @@ def model_file(out: Path) -> Path:
 def provenance(out: Path) -> None:
     import torch
 
-    from vramfit import devices
-    from vramfit.grid import load_grid
+    from vramfit.measure import devices
+    from vramfit.sweep.grid import load_grid
 
     gpus, note = devices.cuda_devices()
     doc = {
@@ -80,7 +80,7 @@ def capped_train(vram: str, args: list[str]) -> int:
     import torch
 
     from vramfit.cli import main
-    from vramfit.probe import NvmlProbe
+    from vramfit.measure.probe import NvmlProbe
     from vramfit.units import parse_size
 
     cap = parse_size(vram)
@@ -97,7 +97,7 @@ def capped_train(vram: str, args: list[str]) -> int:
 
 
 def next_batch(b: int) -> int:
-    from vramfit.suggest import DEFAULT_SPACE
+    from vramfit.plan.suggest import DEFAULT_SPACE
 
     larger = [x for x in DEFAULT_SPACE["batch_size"] if x > b]
     return larger[0] if larger else b + 1
@@ -163,8 +163,8 @@ def budget(out: Path, vram: str, data_dir: str) -> None:
 def heldout(out: Path) -> None:
     import numpy as np
 
-    from vramfit.features import frame_features
-    from vramfit.memmodel import TARGETS, load_model
+    from vramfit.fit.features import frame_features
+    from vramfit.fit.memmodel import TARGETS, load_model
     from vramfit.store import Store
 
     doc = load_model(model_file(out))
@@ -190,7 +190,7 @@ def heldout(out: Path) -> None:
 
 def throughput_heldout(out: Path, doc: dict, held) -> None:
     """The throughput model on the held-out points (issue: within 5 % on a GPU) -> throughput_heldout.csv."""
-    from vramfit.throughput import frame_time_features, timed_points
+    from vramfit.fit.throughput import frame_time_features, timed_points
 
     tp = doc.get("throughput")
     held = timed_points(held)

@@ -43,7 +43,7 @@ left() { echo $(( BOX - ($(date +%s) - START) )); }
 # the GPU's name -> folder (NVML through vramfit; no CUDA context in this shell)
 SLUG=$("$PY" - <<'EOF'
 import re
-from vramfit import devices
+from vramfit.measure import devices
 gpus, _ = devices.cuda_devices()
 name = gpus[0].device_name if gpus else "no-gpu"
 print(re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-"))

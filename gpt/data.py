@@ -15,12 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gpt.errors import DataError
+
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TOKENIZERS = ("char", "gpt2")
-
-
-class DataError(ValueError):
-    """A corpus that cannot be prepared or read."""
 
 
 def gpt2_encoding():  # -> tiktoken.Encoding

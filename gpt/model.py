@@ -9,69 +9,13 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-ATTN_KERNELS = ("default", "flash", "efficient", "math")
-
-
-class ConfigError(ValueError):
-    """An invalid model or training configuration."""
-
-
-@dataclass(frozen=True)
-class GPTConfig:
-    """Shape of a GPT model."""
-
-    n_layer: int = 12
-    n_head: int = 12
-    n_embd: int = 768
-    block_size: int = 1024
-    vocab_size: int = 50304
-    dropout: float = 0.0
-    bias: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if self.n_embd % self.n_head:
-            raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> GPTConfig:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def n_params(self, non_embedding: bool = False) -> int:
-        """Exact parameter count (lm_head is tied to wte); `non_embedding` drops position embeddings."""
-        return count_params(self.n_layer, self.n_embd, self.block_size, self.vocab_size, self.bias, non_embedding)
-
-    def flops_per_token(self) -> int:
-        """Training FLOPs per token (forward + backward), PaLM appendix B accounting as in nanoGPT."""
-        N = self.n_params(non_embedding=True)
-        L, H, Q, T = self.n_layer, self.n_head, self.n_embd // self.n_head, self.block_size
-        return 6 * N + 12 * L * H * Q * T
-
-
-def count_params(n_layer, n_embd, block_size, vocab_size, bias=True, non_embedding: bool = False):
-    """GPT-2 parameter count; plain arithmetic, so it works elementwise on numpy arrays too."""
-    L, C, T, V = n_layer, n_embd, block_size, vocab_size
-    b = 1 if bias else 0
-    ln = C + b * C
-    attn = 3 * C * C + b * 3 * C + C * C + b * C
-    mlp = 4 * C * C + b * 4 * C + 4 * C * C + b * C
-    total = V * C + T * C + L * (2 * ln + attn + mlp) + ln
-    return total - T * C if non_embedding else total
+from gpt.config import ATTN_KERNELS, GPTConfig
+from gpt.errors import ConfigError
 
 
 @contextlib.contextmanager

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import torch
 
-from gpt.data import DataError, Tokenizer, load_meta
-from gpt.model import GPT, GPTConfig, clean_state_dict
+from gpt.config import GPTConfig
+from gpt.data import Tokenizer, load_meta
+from gpt.errors import DataError
+from gpt.model import GPT, clean_state_dict
 from gpt.train import load_checkpoint, resolve_device
 
 

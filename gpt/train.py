@@ -10,169 +10,16 @@ import contextlib
 import math
 import os
 import time
-import tomllib
-import types
-import typing
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+from gpt.config import PEAK_FLOPS, GPTConfig, TrainConfig, resolve_recipe
 from gpt.data import Corpus
-from gpt.model import ATTN_KERNELS, GPT, ConfigError, GPTConfig, attention_kernel, clean_state_dict
-
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-OPTIMIZERS = ("auto", "fused", "foreach", "loop")
-# dense bf16/fp16 tensor-core peaks (FLOP/s) for MFU; matched against the CUDA device name
-PEAK_FLOPS = {
-    "H200": 989e12,
-    "H100": 989e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "L4": 121e12,
-    "A10": 125e12,
-    "RTX 4090": 165e12,
-    "RTX 3090": 71e12,
-    "RTX 3070": 40e12,
-}
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run needs, flat like nanoGPT's config (model shape included)."""
-
-    # model shape (vocab comes from the corpus unless set)
-    n_layer: int = 4
-    n_head: int = 4
-    n_embd: int = 128
-    block_size: int = 128
-    vocab_size: int | None = None
-    dropout: float = 0.0
-    bias: bool = True
-    # data and I/O
-    data_dir: str = "data/shakespeare_char"
-    out_dir: str = "out"
-    init_from: str = "scratch"  # scratch | resume
-    eval_interval: int = 250
-    eval_iters: int = 20
-    log_interval: int = 10
-    always_save_checkpoint: bool = False
-    # optimisation
-    batch_size: int = 12
-    gradient_accumulation_steps: int = 1
-    max_iters: int = 2000
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    grad_clip: float = 1.0
-    decay_lr: bool = True
-    warmup_iters: int = 100
-    lr_decay_iters: int | None = None  # default: max_iters
-    min_lr: float | None = None  # default: learning_rate / 10
-    seed: int = 1337
-    # recipe: what changes memory besides the shape
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
-    compile: bool | None = None  # None: on for CUDA
-    optimizer: str = "auto"  # auto | fused | foreach | loop
-    attn_kernel: str = "default"  # default | flash | efficient | math
-    peak_tflops: float | None = None  # for MFU; default: known GPU peaks
-    extra: dict = field(default_factory=dict, repr=False)  # unknown TOML tables kept for provenance
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.init_from in ("scratch", "resume"), f"init_from must be scratch or resume, got {self.init_from!r}"),
-            (self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
-            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
-            (self.attn_kernel in ATTN_KERNELS, f"attn_kernel must be one of {', '.join(ATTN_KERNELS)}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
-            (self.max_iters >= 0, f"max_iters must be >= 0, got {self.max_iters}"),
-            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
-            (self.eval_iters >= 1, f"eval_iters must be >= 1, got {self.eval_iters}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise ConfigError(msg)
-        self.model_config()  # validates the shape early, before any data is read
-
-    def model_config(self, vocab_size: int | None = None) -> GPTConfig:
-        """The GPTConfig of this run (`vocab_size` from the corpus when the config leaves it unset)."""
-        vocab = self.vocab_size or vocab_size or 50304
-        return GPTConfig(self.n_layer, self.n_head, self.n_embd, self.block_size, vocab, self.dropout, self.bias)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("extra")
-        return d
-
-
-def _coerce(name: str, value: object, hint: object) -> object:
-    """Convert a TOML or command-line value to a TrainConfig field's type."""
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
-    base = args[0] if args else hint
-    if optional and (value is None or (isinstance(value, str) and value.lower() in ("none", "null", ""))):
-        return None
-    try:
-        if base is bool:
-            if isinstance(value, bool):
-                return value
-            s = str(value).lower()
-            if s in ("1", "true", "yes", "on"):
-                return True
-            if s in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if base is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(str(value).replace("_", "")) if isinstance(value, str) else int(value)
-        if base is float:
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name}: cannot read {value!r} as {getattr(base, '__name__', base)}") from None
-
-
-def make_config(values: dict, base: TrainConfig | None = None) -> TrainConfig:
-    """A TrainConfig from a flat mapping of field -> value (dashes allowed), typed and validated."""
-    hints = typing.get_type_hints(TrainConfig)
-    known = {f.name for f in fields(TrainConfig)} - {"extra"}
-    out = {}
-    for key, value in values.items():
-        name = key.replace("-", "_")
-        if name not in known:
-            raise ConfigError(f"unknown config key {key!r}")
-        out[name] = _coerce(name, value, hints[name])
-    return replace(base or TrainConfig(), **out)
-
-
-def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
-    """Read a TOML config (flat keys, or [model]/[train]/[recipe] tables) and apply overrides. Never exec'd."""
-    values: dict = {}
-    extra: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"no such config file: {p}")
-        try:
-            doc = tomllib.loads(p.read_text())
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{p} is not valid TOML: {exc}") from None
-        for key, value in doc.items():
-            if isinstance(value, dict) and key in ("model", "train", "recipe", "data"):
-                values.update(value)
-            elif isinstance(value, dict):
-                extra[key] = value
-            else:
-                values[key] = value
-    values.update(overrides or {})
-    cfg = make_config(values)
-    cfg.extra = extra
-    return cfg
+from gpt.errors import CheckpointError, ConfigError
+from gpt.model import GPT, attention_kernel, clean_state_dict
 
 
 def resolve_device(name: str) -> str:
@@ -185,12 +32,11 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def resolve_dtype(name: str, device_type: str) -> str:
-    if name != "auto":
-        return name
-    if device_type == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return "float32"
+def device_capability(device: str) -> tuple[int, int] | None:
+    """The CUDA compute capability of `device`, or None (CPU, or no CUDA here, as under fake tensors)."""
+    if not device.startswith("cuda") or not torch.cuda.is_available():
+        return None
+    return tuple(torch.cuda.get_device_capability(torch.device(device)))
 
 
 @dataclass
@@ -246,16 +92,14 @@ def peak_flops(device: str, cfg: TrainConfig) -> float | None:
     return None
 
 
-def configure_optimizer(model: GPT, cfg: TrainConfig, device_type: str) -> torch.optim.AdamW:
+def configure_optimizer(model: GPT, cfg: TrainConfig, device_type: str, impl: str | None = None) -> torch.optim.AdamW:
     """AdamW with weight decay on 2-D tensors only; the implementation is set explicitly."""
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    impl = cfg.optimizer
-    if impl == "auto":
-        impl = "fused" if device_type in ("cuda", "cpu") else "foreach"
+    impl = impl or resolve_recipe("float32", False, cfg.optimizer, device_type)[2]
     flags = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[impl]
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **flags)
 
@@ -267,7 +111,8 @@ class Trainer:
         self.cfg = cfg
         self.device = device or resolve_device(cfg.device)
         self.device_type = "cuda" if self.device.startswith("cuda") else "cpu"
-        self.dtype = resolve_dtype(cfg.dtype, self.device_type)
+        self.dtype, use_compile, self.optimizer_impl = resolve_recipe(
+            cfg.dtype, cfg.compile, cfg.optimizer, self.device_type, device_capability(self.device))
         if self.dtype == "float16" and self.device_type == "cpu":
             raise ConfigError("float16 training is CUDA-only here; use bfloat16 or float32 on the CPU")
         self.model_config = model_config
@@ -275,14 +120,13 @@ class Trainer:
         self.model = GPT(model_config)  # built on the CPU; moved only when the device differs
         if self.device != "cpu":  # (a no-op move would also fail for fake-tensor parameters in the estimator)
             self.model = self.model.to(self.device)
-        self.optimizer = configure_optimizer(self.model, cfg, self.device_type)
+        self.optimizer = configure_optimizer(self.model, cfg, self.device_type, self.optimizer_impl)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == "float16")
         if self.dtype == "float32":
             self.autocast = contextlib.nullcontext
         else:
             ptdtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
             self.autocast = lambda: torch.autocast(device_type=self.device_type, dtype=ptdtype)
-        use_compile = cfg.compile if cfg.compile is not None else self.device_type == "cuda"
         self.forward = torch.compile(self.model) if use_compile else self.model
         self.eval_forward = self.forward  # no DDP wrapper: evaluation needs no gradient synchronisation
         self.rank, self.world_size = _world()
@@ -395,10 +239,6 @@ class Trainer:
 
 def _quiet(msg: str) -> None:
     """The log of ranks other than 0."""
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that is missing or cannot be read."""
 
 
 def save_checkpoint(state: dict, path: str | Path) -> Path:

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pandas as pd
 
-from vramfit.features import features
+from vramfit.fit.features import features
 
 TRUE = {"const": 3.0e8, "params": 12.0, "logits": 12.0, "acts": 40.0, "attn": 0.5, "embed": 8.0, "layer": 24.0,
         "step_const": 3.0e8, "step_params": 20.0}

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from gpt.data import Corpus, DataError, Tokenizer, prepare_file, prepare_text, synthetic_batch
+from gpt.data import Corpus, Tokenizer, prepare_file, prepare_text, synthetic_batch
+from gpt.errors import DataError
 
 
 def test_char_prepare_roundtrip(tmp_path):

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from planner_data import synthetic_points
 
-from vramfit.ddp import DDP_BYTES_PER_PARAM, measure_ddp
-from vramfit.devices import cpu_facts
-from vramfit.features import features
-from vramfit.grid import Measure
-from vramfit.memmodel import fit_points
+from vramfit.fit.features import features
+from vramfit.fit.memmodel import fit_points
+from vramfit.measure.devices import cpu_facts
+from vramfit.plan.ddp import DDP_BYTES_PER_PARAM, measure_ddp
 from vramfit.recipe import Recipe
-from vramfit.sweep import WorkerPool, worker_env
+from vramfit.sweep.grid import Measure
+from vramfit.sweep.pool import WorkerPool, worker_env
 
 jsonschema = pytest.importorskip("jsonschema")  # a dev dependency; absent on some GPU images
 

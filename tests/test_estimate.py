@@ -9,12 +9,12 @@ import sys
 import pytest
 import torch
 
+from gpt.config import GPTConfig
 from gpt.data import synthetic_batch
-from gpt.model import ConfigError, GPTConfig
+from gpt.errors import ConfigError
 from gpt.train import Trainer
 from vramfit.cli import main
-from vramfit.errors import VramfitError
-from vramfit.estimate import (
+from vramfit.dryrun.estimate import (
     CUDA_CONTEXT_BYTES,
     Estimate,
     _run_child,
@@ -24,7 +24,7 @@ from vramfit.estimate import (
     parse_capability,
     parse_recipe,
 )
-from vramfit.fake_step import (
+from vramfit.dryrun.fake_step import (
     CATEGORIES,
     cublas_workspace_bytes,
     cuda_attention_kernel,
@@ -32,7 +32,8 @@ from vramfit.fake_step import (
     run_step,
     train_config,
 )
-from vramfit.probe import StorageTracker
+from vramfit.errors import VramfitError
+from vramfit.measure.probe import StorageTracker
 from vramfit.recipe import Recipe
 
 

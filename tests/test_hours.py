@@ -6,8 +6,8 @@ import pytest
 from test_throughput import timed_synthetic
 
 from vramfit.cli import main
-from vramfit.losslaw import LossLaw
-from vramfit.memmodel import fit_points
+from vramfit.fit.losslaw import LossLaw
+from vramfit.fit.memmodel import fit_points
 
 SPACE = ["--n-layer", "2,4,8", "--n-embd", "128,256,512", "--block-size", "256", "--vocab", "8192"]
 
@@ -80,7 +80,7 @@ def test_a_fitted_loss_law_ranks_by_predicted_loss(model_file, tmp_path, capsys)
 def test_plots_ms_and_frontier(model_file, tmp_path):
     from PIL import Image
 
-    from vramfit.plots import all_plots
+    from vramfit.show.plots import all_plots
 
     points = timed_synthetic(noise=0.01)
     report = fit_points(points, target="nvml")

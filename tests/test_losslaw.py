@@ -5,7 +5,7 @@ import pytest
 
 from vramfit.cli import main
 from vramfit.errors import VramfitError
-from vramfit.losslaw import MIN_RUNS, LossLaw, fit_loss_law, fit_runs, law_for_corpus, stored_runs
+from vramfit.fit.losslaw import MIN_RUNS, LossLaw, fit_loss_law, fit_runs, law_for_corpus, stored_runs
 
 
 def synthetic_curves(true: LossLaw, noise: float = 0.003):

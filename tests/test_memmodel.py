@@ -5,8 +5,8 @@ import pytest
 from planner_data import TRUE, synthetic_points
 
 from vramfit.errors import VramfitError
-from vramfit.features import PHYSICS, features, frame_features
-from vramfit.memmodel import MemoryModel, fit_points, load_model
+from vramfit.fit.features import PHYSICS, features, frame_features
+from vramfit.fit.memmodel import MemoryModel, fit_points, load_model
 
 
 def test_recovers_known_coefficients():

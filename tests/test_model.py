@@ -3,7 +3,9 @@ import math
 import pytest
 import torch
 
-from gpt.model import GPT, ConfigError, GPTConfig, attention_kernel, clean_state_dict
+from gpt.config import GPTConfig
+from gpt.errors import ConfigError
+from gpt.model import GPT, attention_kernel, clean_state_dict
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -17,13 +17,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import vramfit.sweep as sweep_mod
+import vramfit.sweep.adaptive as sweep_mod
 from vramfit.cli import main
-from vramfit.features import SHAPE, features
-from vramfit.grid import load_grid
-from vramfit.plan import AdaptivePlanner, PlanSettings, bisect_batch, design_matrix, extremes
+from vramfit.fit.features import SHAPE, features
 from vramfit.store import Store
-from vramfit.sweep import run_adaptive
+from vramfit.sweep.adaptive import AdaptivePlanner, PlanSettings, design_matrix, extremes, run_adaptive
+from vramfit.sweep.boundary import bisect_batch
+from vramfit.sweep.grid import load_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from vramfit.cli import main
-from vramfit.memmodel import fit_points
+from vramfit.fit.memmodel import fit_points
 from vramfit.store import Store
 
 
@@ -56,7 +56,7 @@ def test_dry_run_model_beside_physics_and_naive(quick_db, tmp_path, capsys):
     rc = main(["fit", "--db", str(quick_db), "--target", "tracked", "--dry-run", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert rc == 0 and "dry-run c0 + k*estimate" in out
-    from vramfit.memmodel import load_model
+    from vramfit.fit.memmodel import load_model
 
     (path,) = tmp_path.glob("*.json")
     doc = load_model(path)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from vramfit.probe import NvmlProbe, StorageTracker, peak_rss_bytes, reset_peak_rss, rss_bytes
+from vramfit.measure.probe import NvmlProbe, StorageTracker, peak_rss_bytes, reset_peak_rss, rss_bytes
 
 
 def test_tracker_counts_allocations_frees_and_peak():
@@ -98,7 +98,7 @@ def test_malloc_for_speed_sets_glibc_thresholds():
     """The worker's timed steps run with glibc's usual thresholds (True where libc has mallopt, i.e. glibc)."""
     import ctypes.util
 
-    from vramfit.probe import malloc_for_speed
+    from vramfit.measure.probe import malloc_for_speed
 
     lib = ctypes.util.find_library("c")
     if lib is None or not hasattr(ctypes.CDLL(lib), "mallopt"):

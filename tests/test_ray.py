@@ -9,10 +9,10 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from vramfit.executors.ray import RayExecutor  # noqa: E402
-from vramfit.grid import load_grid  # noqa: E402
 from vramfit.store import SHAPE_KEYS, Store  # noqa: E402
-from vramfit.sweep import run_sweep  # noqa: E402
+from vramfit.sweep.executors.ray import RayExecutor  # noqa: E402
+from vramfit.sweep.grid import load_grid  # noqa: E402
+from vramfit.sweep.runner import run_sweep  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "experiments" / "grids" / "quick.toml"

@@ -6,9 +6,9 @@ import pytest
 from planner_data import synthetic_points
 
 from vramfit.errors import VramfitError
-from vramfit.features import features
-from vramfit.memmodel import fit_points
-from vramfit.suggest import enumerate_space, suggest
+from vramfit.fit.features import features
+from vramfit.fit.memmodel import fit_points
+from vramfit.plan.suggest import enumerate_space, suggest
 
 jsonschema = pytest.importorskip("jsonschema")  # a dev dependency; absent on some GPU images
 

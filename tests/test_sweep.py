@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from vramfit.cli import main
-from vramfit.grid import load_grid
 from vramfit.store import SHAPE_KEYS, Store
-from vramfit.sweep import run_sweep
+from vramfit.sweep.grid import load_grid
+from vramfit.sweep.runner import run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "experiments" / "grids" / "quick.toml"
@@ -177,7 +177,7 @@ def _worker_children(pid: int) -> list[int]:
             cmd = (d / "cmdline").read_bytes()
         except (OSError, IndexError, ValueError):
             continue
-        if ppid == pid and b"vramfit.worker" in cmd:
+        if ppid == pid and b"vramfit.measure.worker" in cmd:
             out.append(int(d.name))
     return out
 
@@ -218,8 +218,8 @@ ECHO_WORKER = textwrap.dedent("""
 def test_several_gpus_share_or_split_the_grid(tmp_path, monkeypatch, names, rows):
     import json
 
-    import vramfit.sweep as sweep_mod
-    from vramfit.devices import DeviceFacts
+    import vramfit.sweep.runner as sweep_mod
+    from vramfit.measure.devices import DeviceFacts
 
     fake = [DeviceFacts("cuda", name, 8 * 2**30, index=i, gpu_uuid=f"GPU-{i}", compute_capability="8.0",
                         torch_version="x") for i, name in enumerate(names)]

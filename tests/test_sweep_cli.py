@@ -8,8 +8,8 @@ import torch
 
 from vramfit.cli import main
 from vramfit.errors import VramfitError
-from vramfit.grid import load_grid, parse_int_list
 from vramfit.store import Store
+from vramfit.sweep.grid import load_grid, parse_int_list
 
 AXES = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16", "--batch-size", "1",
         "--vocab-size", "64"]

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from planner_data import synthetic_points
 
-from vramfit.memmodel import fit_points, load_model
+from vramfit.fit.memmodel import fit_points, load_model
+from vramfit.fit.throughput import ThroughputModel, fit_throughput, time_features
 from vramfit.store import Store
-from vramfit.throughput import ThroughputModel, fit_throughput, time_features
 
 TRUE = (4.0, 2e-9, 3e-6, 5e-5)  # overhead ms, ms per FLOP, per token x vocab, per token x layer x channel
 
@@ -22,7 +22,7 @@ def timed_synthetic(noise: float = 0.0):
 
 
 def test_flops_follow_nanogpt_accounting():
-    from gpt.model import GPTConfig
+    from gpt.config import GPTConfig
 
     mc = GPTConfig(4, 4, 256, 128, 512)
     f = time_features(4, 4, 256, 128, 8, 512)
@@ -49,7 +49,7 @@ def test_saved_beside_the_memory_model_and_old_files_still_load(tmp_path):
     del d["throughput"]  # a file fitted before the throughput model existed
     (tmp_path / "old.json").write_text(json.dumps(d))
     old = load_model(tmp_path / "old.json")
-    from vramfit.features import features
+    from vramfit.fit.features import features
 
     assert old["throughput"] is None and old["model"].predict(features(4, 4, 256, 128, 8, 512))[0] > 0
 
@@ -72,7 +72,7 @@ def test_fits_the_best_step_and_scales_by_the_typical_slowdown():
 
 def test_points_without_their_steps_are_not_mixed_into_the_law():
     """Points swept before the steps were kept (median step, slower malloc) are left out once enough have them."""
-    from vramfit.throughput import timed_points
+    from vramfit.fit.throughput import timed_points
 
     df = timed_synthetic()
     best = df["ms_per_iter"].to_numpy()

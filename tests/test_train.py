@@ -3,10 +3,11 @@ import math
 import pytest
 import torch
 
+from gpt.config import GPTConfig, load_config, make_config
 from gpt.data import Corpus
-from gpt.model import ConfigError, GPTConfig
+from gpt.errors import CheckpointError, ConfigError
 from gpt.sample import Sampler, interactive
-from gpt.train import CheckpointError, Trainer, load_checkpoint, load_config, make_config, train
+from gpt.train import Trainer, load_checkpoint, train
 
 SMALL = dict(n_layer=2, n_head=2, n_embd=64, block_size=64, batch_size=16, eval_iters=5, log_interval=10,
              warmup_iters=10, device="cpu", learning_rate=2e-3)

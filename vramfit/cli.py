@@ -92,10 +92,10 @@ def train(
     field). With --suggestion it prints predicted vs measured memory and stores the run as a new point.
     With --nproc N: DDP over N processes (gradient_accumulation_steps divided across them; rank 0 logs and
     checkpoints); memory is not probed under DDP."""
-    from vramfit.ddp import launch_train, under_torchrun
+    from vramfit.plan.ddp import launch_train, under_torchrun
 
     if nproc is None and suggestion is not None and not under_torchrun():
-        from vramfit.planner import load_suggestion
+        from vramfit.plan.workflows import load_suggestion
 
         nproc = int(load_suggestion(suggestion, suggestions)[0].get("gpus") or 1)
     if (nproc or 1) > 1 and not under_torchrun():
@@ -106,13 +106,13 @@ def train(
         raise typer.Exit(launch_train(nproc, args))
     distributed = under_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     master = os.environ.get("RANK", "0") == "0"
-    from gpt.train import load_config
+    from gpt.config import load_config
     from gpt.train import train as run_training
 
     overrides = parse_overrides(ctx.args)
     doc = item = None
     if suggestion is not None:
-        from vramfit.planner import load_suggestion, suggestion_overrides
+        from vramfit.plan.workflows import load_suggestion, suggestion_overrides
 
         doc, item = load_suggestion(suggestion, suggestions)
         overrides = {**suggestion_overrides(doc, item), **overrides}
@@ -121,9 +121,9 @@ def train(
     if distributed and measure:
         measure = False
         if master:
-            typer.echo("note: memory is not probed under DDP (the per-GPU DDP term is measured by vramfit.ddp)")
+            typer.echo("note: memory is not probed under DDP (the per-GPU DDP term is measured by vramfit.plan.ddp)")
     if measure:
-        from vramfit.train_measure import train_and_measure
+        from vramfit.measure.train_measure import train_and_measure
 
         result, record = train_and_measure(cfg)
     else:
@@ -136,7 +136,7 @@ def train(
         + (f", checkpoint {result.ckpt_path}" if result.ckpt_path else "")
     )
     if measure:
-        from vramfit.planner import compare_and_store
+        from vramfit.plan.workflows import compare_and_store
 
         for line in compare_and_store(cfg, record, doc, db):
             typer.echo(line)
@@ -174,7 +174,7 @@ def sample(
 @app.command()
 def info(as_json: bool = typer.Option(False, "--json", help="machine-readable facts")) -> None:
     """What is here: each GPU (NVML) or the CPU, with driver, CUDA and torch versions."""
-    from vramfit import devices
+    from vramfit.measure import devices
 
     if as_json:
         import json
@@ -223,8 +223,8 @@ def sweep(
     """Profile training memory over a grid, one fresh process per point, into SQLite (resumable).
     `--plan adaptive` measures a few informative points and stops when the model is accurate enough;
     `--boundary` finds the largest batch that fits each shape of the grid."""
-    from vramfit.grid import load_grid, parse_int_list
-    from vramfit.sweep import run_sweep
+    from vramfit.sweep.grid import load_grid, parse_int_list
+    from vramfit.sweep.runner import run_sweep
     from vramfit.units import parse_size
 
     axes = {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "block_size": block_size,
@@ -242,12 +242,12 @@ def sweep(
         fail(f"unknown --plan {plan!r}; choose grid or adaptive")
     if executor != "local" and (boundary or plan == "adaptive"):
         fail("--plan adaptive and --boundary measure one point at a time on this machine; use --executor local")
-    from vramfit.executors import make_executor
+    from vramfit.sweep.executors import make_executor
 
     ex = make_executor(executor, address)
     if boundary:
-        from vramfit.planner import open_model
-        from vramfit.sweep import run_boundary
+        from vramfit.plan.workflows import open_model
+        from vramfit.sweep.boundary import run_boundary
 
         mm = open_model(model)[1]["model"] if model else None
         for r in run_boundary(spec, db, device=device, gpu_indices=indices, emulate_bytes=emulate, model=mm,
@@ -257,8 +257,7 @@ def sweep(
                        f"{r.start_source}; probes " + ", ".join(f"{p.batch_size} {p.status}" for p in r.probes) + ")")
         return
     if plan == "adaptive":
-        from vramfit.plan import PlanSettings
-        from vramfit.sweep import run_adaptive
+        from vramfit.sweep.adaptive import PlanSettings, run_adaptive
 
         settings = PlanSettings(points=points, target_error=target_error, boundary=boundary_points)
         res = run_adaptive(spec, db, settings, device=device, gpu_indices=indices, emulate_bytes=emulate,
@@ -349,7 +348,7 @@ def fit(
     baselines. With --loss, fit the loss law of each corpus to the stored training runs instead."""
     from rich.table import Table
 
-    from vramfit.planner import fit_store, model_filename
+    from vramfit.plan.workflows import fit_store, model_filename
 
     if loss:
         _fit_loss(db, corpus, loss_out)
@@ -391,7 +390,7 @@ def _print_throughput(console, tp) -> None:
     """The throughput model's coefficients and CV error beside the FLOPs-only baseline (fit's output)."""
     from rich.table import Table
 
-    from vramfit.throughput import THROUGHPUT_CV
+    from vramfit.fit.throughput import THROUGHPUT_CV
 
     if tp is None:
         console.print("throughput model: not fitted (fewer than 3 ok sweep points with ms/iter)")
@@ -413,7 +412,7 @@ def _print_throughput(console, tp) -> None:
 
 
 def _fit_loss(db: Path, corpus: Path | None, out: Path) -> None:
-    from vramfit.losslaw import fit_store_runs, law_path
+    from vramfit.fit.losslaw import fit_store_runs, law_path
 
     laws = fit_store_runs(db, corpus)
     fitted = [law for law in laws if not isinstance(law, VramfitError)]
@@ -432,7 +431,8 @@ def _fit_loss(db: Path, corpus: Path | None, out: Path) -> None:
 
 def _corpus_vocab(data_dir: str) -> int | None:
     """The vocabulary size of a prepared corpus (its meta.json), None where there is none or it is unreadable."""
-    from gpt.data import DataError, load_meta
+    from gpt.data import load_meta
+    from gpt.errors import DataError
 
     try:
         meta = load_meta(data_dir)
@@ -472,9 +472,9 @@ def predict(
     """Predicted training memory of one config, with a breakdown and the safety margin."""
     import json
 
-    from gpt.model import GPTConfig
-    from vramfit.features import features
-    from vramfit.planner import open_model
+    from gpt.config import GPTConfig
+    from vramfit.fit.features import features
+    from vramfit.plan.workflows import open_model
 
     GPTConfig(n_layer, n_head, n_embd, block_size, vocab)  # shape errors as one line
     path, doc = open_model(model)
@@ -539,9 +539,9 @@ def suggest(
 
     from rich.table import Table
 
-    from vramfit.planner import open_model, save_suggestions, train_command
-    from vramfit.suggest import smallest_need
-    from vramfit.suggest import suggest as run_suggest
+    from vramfit.plan.suggest import smallest_need
+    from vramfit.plan.suggest import suggest as run_suggest
+    from vramfit.plan.workflows import open_model, save_suggestions, train_command
     from vramfit.units import parse_size
 
     vram_b, reserve_b = parse_size(vram), parse_size(reserve)
@@ -562,8 +562,8 @@ def suggest(
         if no_profile:
             fail("--hours needs a profiled device (its sweep measures speed); drop --no-profile")
     if no_profile:
-        from vramfit.estimate import parse_capability, parse_recipe
-        from vramfit.planner import no_profile_model, verify_with_estimates
+        from vramfit.dryrun.estimate import parse_capability, parse_recipe
+        from vramfit.plan.workflows import no_profile_model, verify_with_estimates
         from vramfit.recipe import Recipe
 
         rec, cap = parse_recipe(recipe), parse_capability(capability)
@@ -580,7 +580,7 @@ def suggest(
         time_args["throughput"] = doc["throughput"].model if doc.get("throughput") is not None else None
     if gpus > 1 and time_args:
         fail("--hours plans one GPU for now; drop --gpus or --hours")
-    from vramfit.ddp import for_strategy, multi_gpu
+    from vramfit.plan.ddp import for_strategy, multi_gpu
 
     mm = for_strategy(mm, gpus, strategy)
     items = run_suggest(mm, margin, budget, objective=objective, top=top, min_batch=min_batch,
@@ -630,8 +630,8 @@ def suggest(
 
 def _time_args(hours: str, rank: str, loss_law: Path | None, data_dir: str) -> dict:
     """Validated --hours / --rank / --loss-law for suggest (and plot)."""
-    from vramfit.losslaw import law_for_corpus, load_law
-    from vramfit.suggest import TIME_RANKS, check_hours
+    from vramfit.fit.losslaw import law_for_corpus, load_law
+    from vramfit.plan.suggest import TIME_RANKS, check_hours
 
     h = check_hours(hours)
     if rank not in ("auto", *TIME_RANKS):
@@ -648,7 +648,7 @@ def _time_args(hours: str, rank: str, loss_law: Path | None, data_dir: str) -> d
 def _print_time_table(console, items: list, time_args: dict) -> None:
     from rich.table import Table
 
-    from vramfit.losslaw import TOKENS_PER_PARAM
+    from vramfit.fit.losslaw import TOKENS_PER_PARAM
 
     h, rank = time_args["hours"], time_args["rank"]
     how = {"optimal": f"min(tokens, {TOKENS_PER_PARAM:.0f} x params): compute-optimal use of the time",
@@ -679,9 +679,9 @@ def plot(
 ) -> None:
     """PNG plots per device and recipe: predicted vs measured, memory vs tokens, feasibility, breakdown, residuals,
     and (with ms/iter in the sweep) ms/iter predicted vs measured and the frontier of what --hours buy."""
-    from vramfit.planner import fit_store, slug, train_command
-    from vramfit.plots import all_plots
-    from vramfit.suggest import suggest as run_suggest
+    from vramfit.plan.suggest import suggest as run_suggest
+    from vramfit.plan.workflows import fit_store, slug, train_command
+    from vramfit.show.plots import all_plots
     from vramfit.units import parse_size
 
     budget = parse_size(vram)
@@ -707,7 +707,7 @@ def report(
     target: str = typer.Option("auto"),
 ) -> None:
     """One self-contained HTML page: data summary, coefficients, CV tables and every plot."""
-    from vramfit.report import write_report
+    from vramfit.show.report import write_report
     from vramfit.units import parse_size
 
     budget = parse_size(vram)
@@ -733,8 +733,14 @@ def estimate(
     """Dry run: peak memory of two real training steps under fake tensors, no GPU needed."""
     import json
 
-    from gpt.model import GPTConfig
-    from vramfit.estimate import estimate_step, estimate_step_isolated, format_estimate, parse_capability, parse_recipe
+    from gpt.config import GPTConfig
+    from vramfit.dryrun.estimate import (
+        estimate_step,
+        estimate_step_isolated,
+        format_estimate,
+        parse_capability,
+        parse_recipe,
+    )
 
     if batch_size < 1:
         raise VramfitError(f"batch_size must be >= 1, got {batch_size}")

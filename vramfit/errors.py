@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from gpt.data import DataError
-from gpt.model import ConfigError
-from gpt.train import CheckpointError
+from gpt.errors import CheckpointError, ConfigError, DataError
 from vramfit.units import SizeError
 
 

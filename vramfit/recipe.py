@@ -9,8 +9,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields, replace
 
-from gpt.model import ATTN_KERNELS
-from gpt.train import DTYPES, OPTIMIZERS, TrainConfig, resolve_dtype
+from gpt.config import ATTN_KERNELS, DTYPES, OPTIMIZERS, TrainConfig, resolve_recipe
 from vramfit.errors import VramfitError
 
 
@@ -42,14 +41,11 @@ class Recipe:
             raise VramfitError(f"unknown recipe key(s): {', '.join(sorted(unknown))}")
         return cls(**d)
 
-    def resolved(self, device_type: str) -> Recipe:
-        """'auto' settings made concrete for a device type ('cuda' or 'cpu'), as the trainer resolves them."""
-        return replace(
-            self,
-            dtype=resolve_dtype(self.dtype, device_type),
-            compile=self.compile if self.compile is not None else device_type == "cuda",
-            optimizer="fused" if self.optimizer == "auto" else self.optimizer,
-        )
+    def resolved(self, device_type: str, capability: tuple[int, int] | None = None) -> Recipe:
+        """'auto' settings made concrete for a device type ('cuda' or 'cpu') and CUDA capability, exactly as the
+        trainer resolves them (`gpt.config.resolve_recipe`, the one place that decides)."""
+        dtype, compile_, optimizer = resolve_recipe(self.dtype, self.compile, self.optimizer, device_type, capability)
+        return replace(self, dtype=dtype, compile=compile_, optimizer=optimizer)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -255,7 +255,7 @@ class Store:
     # ------------------------------------------------------------------------------------------ writing
 
     def environment(self, facts: dict, recipe: Any, emulate_bytes: int | None = None) -> int:
-        """env_id for device `facts` (see `vramfit.devices.DeviceFacts.to_dict`) and a resolved recipe
+        """env_id for device `facts` (see `vramfit.measure.devices.DeviceFacts.to_dict`) and a resolved recipe
         (a `Recipe` or its dict); created when new. An emulated card's capacity is `emulate_bytes`."""
         recipe_d = recipe.to_dict() if hasattr(recipe, "to_dict") else dict(recipe)
         rkey = recipe.key() if hasattr(recipe, "key") else _recipe_key(recipe_d)
@@ -382,6 +382,55 @@ class Store:
             df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
         df["stable"] = df["stable"].map(lambda v: None if v is None or pd.isna(v) else bool(v)).astype("object")
         return df[FRAME_COLUMNS]
+
+    def point_extras(self, point_ids: list[int]) -> dict[int, dict]:
+        """The `extra` JSON of these points (empty dicts for none or unreadable ones), by point_id."""
+        out: dict[int, dict] = {}
+        for pid in point_ids:
+            row = self.conn.execute("SELECT extra FROM points WHERE point_id = ?", (int(pid),)).fetchone()
+            try:
+                d = json.loads(row[0]) if row and row[0] else {}
+            except json.JSONDecodeError:
+                d = {}
+            out[int(pid)] = d if isinstance(d, dict) else {}
+        return out
+
+    def train_runs(self) -> list[dict]:
+        """Every ok `vramfit train` point with its `extra` fields (loss curve, corpus, ...), shape and point_id."""
+        try:
+            rows = self.conn.execute(
+                f"SELECT point_id, {', '.join(SHAPE_KEYS)}, extra FROM points "
+                "WHERE source = 'train' AND status = 'ok' AND extra IS NOT NULL ORDER BY point_id").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise VramfitError(f"{self.path} is not a vramfit database ({exc})") from None
+        out = []
+        for row in rows:
+            try:
+                extra = json.loads(row["extra"])
+            except json.JSONDecodeError:
+                continue
+            if isinstance(extra, dict):
+                out.append(extra | {k: row[k] for k in ("point_id", *SHAPE_KEYS)})
+        return out
+
+    # ------------------------------------------------------------------------------------------ estimate cache
+
+    def cached_estimates(self, key: str) -> dict[tuple[int, ...], float]:
+        """Dry-run estimates stored under `key` (recipe, device type, capability), by shape tuple (SHAPE_KEYS)."""
+        if not self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'estimates'").fetchone():
+            return {}
+        rows = self.conn.execute(f"SELECT {', '.join(SHAPE_KEYS)}, bytes FROM estimates WHERE key = ?", (key,))
+        return {tuple(int(v) for v in r[:-1]): float(r[-1]) for r in rows}
+
+    def store_estimates(self, key: str, estimates: dict[tuple[int, ...], float]) -> None:
+        """Keep dry-run estimates in the database (the table is created on first use), so a resumed plan reuses
+        them."""
+        cols = ", ".join(SHAPE_KEYS)
+        with self._tx() as c:
+            c.execute(f"CREATE TABLE IF NOT EXISTS estimates (key TEXT NOT NULL, {cols.replace(',', ' INTEGER,')} "
+                      f"INTEGER, bytes REAL NOT NULL, PRIMARY KEY (key, {cols}))")
+            c.executemany(f"INSERT OR REPLACE INTO estimates VALUES (?, {', '.join('?' for _ in SHAPE_KEYS)}, ?)",
+                          [(key, *shape, float(b)) for shape, b in estimates.items()])
 
     def sweeps_frame(self) -> pd.DataFrame:
         """One row per sweep with its point counts by status."""

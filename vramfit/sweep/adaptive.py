@@ -9,7 +9,7 @@
    from the near-best (within `cost_slack`) at the lowest predicted cost (tokens x params, a FLOP proxy);
 3. feasibility: with a capacity (an emulated card or a GPU), points predicted to need more than
    capacity x (1 + band) are skipped and at most `boundary` points within +-band of it are measured, so that OOM
-   rows show the model where the edge is. Predictions come from dry-run estimates (`vramfit.estimate`, fake
+   rows show the model where the edge is. Predictions come from dry-run estimates (`vramfit.dryrun.estimate`, fake
    tensors) of a few design points, extended to all candidates by fitting the memory model to them and scaled by
    the measured/estimated ratio once real points exist;
 4. stop rule (`should_stop`): stop when the leave-one-out max relative error of the fitted model is at most
@@ -22,19 +22,28 @@ prediction) by galloping then bisecting over real runs; `vramfit sweep --boundar
 
 from __future__ import annotations
 
-import json
 import math
-import subprocess
-import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from vramfit.dryrun.batch import estimate_points, point_key
 from vramfit.errors import VramfitError
-from vramfit.features import PHYSICS, SHAPE, features, frame_features
-from vramfit.memmodel import TARGETS, MemoryModel, cv_predictions, error_metrics
+from vramfit.fit.features import PHYSICS, SHAPE, features, frame_features
+from vramfit.fit.memmodel import TARGETS, MemoryModel
+from vramfit.fit.stats import cv_predictions, error_metrics
+from vramfit.measure.devices import DeviceFacts
+from vramfit.recipe import Recipe
+from vramfit.store import DONE_STATUSES, Store
+from vramfit.sweep.grid import AXES, Grid
+from vramfit.sweep.pool import WorkerPool, point_spec, worker_env
+from vramfit.sweep.progress import point_label, reading_label
+from vramfit.sweep.runner import SweepResult, capacity_bytes, identity_points, recorded, single_device
+from vramfit.units import format_size
 
 PLANS = ("grid", "adaptive")
 
@@ -68,10 +77,6 @@ class PlanSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def point_key(p: dict) -> tuple[int, ...]:
-    return tuple(int(p[k]) for k in SHAPE)
 
 
 def feature_dict(points: list[dict]) -> dict[str, np.ndarray]:
@@ -297,125 +302,90 @@ def target_column(device_type: str) -> str:
     return TARGETS["nvml" if device_type == "cuda" else "tracked"]
 
 
-# ---------------------------------------------------------------------------------------------- dry-run estimates
+def run_adaptive(grid: Grid, db: str | Path, settings: PlanSettings, device: str = "auto",
+                 gpu_indices: list[int] | None = None, emulate_bytes: int | None = None, quiet: bool = False,
+                 argv: list[str] | None = None, worker_cmd: list[str] | None = None,
+                 log: Callable[[str], None] = print) -> SweepResult:
+    """Measure the grid points `AdaptivePlanner` picks, one at a time, until its stop rule holds.
 
-def estimate_points(points: list[dict], recipe: dict, target: str, capability: str | None,
-                    timeout: float = 600.0) -> tuple[dict[tuple, float], str]:
-    """Dry-run estimates (device bytes: `vramfit.estimate.device_bytes`) for `points`, all in ONE child process
-    (a crash there cannot take the sweep down). Returns (key -> bytes, note); a failure gives ({}, why)."""
-    req = {"points": points, "recipe": recipe, "target": target, "capability": capability}
-    try:
-        proc = subprocess.run([sys.executable, "-m", "vramfit.plan"], input=json.dumps(req), capture_output=True,
-                              text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {}, f"dry-run estimates took more than {timeout:.0f} s"
-    out: dict[tuple, float] = {}
-    for line in proc.stdout.splitlines():
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(d, dict) and "bytes" in d:
-            out[point_key(d["point"])] = float(d["bytes"])
-    note = "" if proc.returncode == 0 else f"estimator exit {proc.returncode}: {proc.stderr.strip()[-200:]}"
-    return out, note
-
-
-def _estimate_main() -> int:
-    """Child process: read {points, recipe, target, capability}, print one JSON line per estimated point."""
-    from gpt.model import GPTConfig
-    from vramfit.estimate import device_bytes, estimate_step, parse_capability
-    from vramfit.recipe import Recipe
-
-    req = json.loads(sys.stdin.read())
-    recipe = Recipe.from_dict(req["recipe"])
-    cap = parse_capability(req["capability"]) if req.get("capability") else (8, 0)
-    for p in req["points"]:
-        try:
-            mc = GPTConfig(p["n_layer"], p["n_head"], p["n_embd"], p["block_size"], p["vocab_size"])
-            est = estimate_step(mc, int(p["batch_size"]), recipe, req["target"], cap)
-        except Exception as exc:  # noqa: BLE001 - one bad point does not stop the others
-            print(json.dumps({"point": p, "error": str(exc)[:200]}), flush=True)
-            continue
-        print(json.dumps({"point": p, "bytes": device_bytes(est), "peak_bytes": est.peak_bytes}), flush=True)
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------- boundary search
-
-@dataclass
-class Probe:
-    batch_size: int
-    fits: bool
-    status: str
-
-
-def predicted_max_batch(model: MemoryModel, shape: dict, capacity: float, lo: int, hi: int) -> int:
-    """The largest batch in [lo, hi] whose prediction is within `capacity` (lo when none is)."""
-    batches = np.arange(lo, hi + 1)
-    f = features(shape["n_layer"], shape["n_head"], shape["n_embd"], shape["block_size"], batches,
-                 shape["vocab_size"])
-    fits = model.predict(f) <= capacity
-    return int(batches[fits].max()) if fits.any() else lo
-
-
-def bisect_batch(probe: Callable[[int], bool | None], start: int, lo: int = 1, hi: int = 4096) -> tuple[int, list]:
-    """Largest batch b in [lo, hi] with probe(b) True, assuming fitting is monotone in b, from a guess `start`:
-    gallop from `start` (steps 1, 2, 4, ...) until the outcome flips, then bisect. `probe` returns True (fits),
-    False (OOM) or None (neither: the search stops). Returns (best batch, 0 if none fits; probes as Probe)."""
-    if lo < 1 or hi < lo:
-        raise VramfitError(f"batch range must be 1 <= lo <= hi, got {lo}..{hi}")
-    probes: list[Probe] = []
-    seen: dict[int, bool] = {}
-
-    def ask(b: int) -> bool | None:
-        if b not in seen:
-            r = probe(b)
-            probes.append(Probe(b, bool(r), {True: "ok", False: "oom", None: "error"}[r]))
-            if r is None:
-                return None
-            seen[b] = r
-        return seen[b]
-
-    start = min(max(start, lo), hi)
-    good, bad = lo - 1, hi + 1  # invariant: good fits (or is lo-1), bad does not (or is hi+1)
-    r = ask(start)
-    if r is None:
-        return 0, probes
-    step = 1
-    if r:
-        good = start
-        while good < hi:
-            b = min(hi, good + step)
-            r = ask(b)
-            if r is None:
-                return max(good, 0) if good >= lo else 0, probes
-            if not r:
-                bad = b
+    Resumable: points of this grid already in the store (same device model, recipe, torch, emulation) count as
+    measured, and the predictions stored with them feed the stop rule."""
+    d = single_device(device, gpu_indices, "an adaptive plan")
+    store = Store(db)
+    recipe = d.resolve(grid.recipe)
+    env_id = store.environment(d.to_dict(), recipe, emulate_bytes)
+    candidates, n_invalid = grid.points()
+    capacity = capacity_bytes(d, emulate_bytes)
+    col = target_column(d.device_type)
+    planner = AdaptivePlanner(candidates, col, settings, capacity)
+    say = (lambda msg: None) if quiet else log
+    if capacity is not None and settings.n_estimates > 0:
+        t0 = time.time()
+        todo = planner.estimate_targets(min(settings.n_estimates, len(candidates)))
+        est, why = cached_estimates(store, todo, recipe, d)
+        planner.set_estimates(est)
+        say(f"dry-run estimates: {len(est)}/{len(todo)} points in {time.time() - t0:.0f} s"
+            + (f" ({why})" if why else "") + f"; capacity {format_size(capacity)}")
+    allp = identity_points(store, env_id)
+    keys = {point_key(p) for p in candidates}
+    in_grid = allp[[point_key(r) in keys for _, r in allp[list(AXES)].iterrows()]] if len(allp) else allp
+    measured = in_grid[in_grid["status"].isin(DONE_STATUSES)].drop_duplicates(list(AXES), keep="last")
+    prior: dict[tuple, float] = {}
+    extras = store.point_extras([int(i) for i in measured["point_id"]])
+    for _, r in measured.iterrows():
+        if extras[int(r["point_id"])].get("plan_predicted_bytes") is not None:
+            prior[point_key(r)] = float(extras[int(r["point_id"])]["plan_predicted_bytes"])
+    resumed = len(measured)
+    sweep_id = store.start_sweep(grid.name, grid.path, {**grid.to_dict(), "plan": settings.to_dict()},
+                                 [d.device_type if d.index is None else f"{d.device_type}:{d.index}"],
+                                 emulate_bytes, settings.points, n_invalid, resumed, argv)
+    result = SweepResult(sweep_id, str(db), settings.points, n_invalid, resumed)
+    say(f"sweep {sweep_id} '{grid.name}' (adaptive, at most {settings.points} of {len(candidates)} points, "
+        f"target error {settings.target_error:.1%}) on {d.device_name}"
+        + (f", emulating {format_size(emulate_bytes)}" if emulate_bytes else "")
+        + f": {resumed} already measured; recipe {recipe.key()}; db {db}")
+    pool = WorkerPool(worker_cmd)
+    env = worker_env(d, recipe, grid.measure)
+    tried = measured
+    with recorded(store, sweep_id, pool.kill_all):
+        while True:
+            check = planner.should_stop(measured, prior)
+            if check.stop:
+                result.note = f"stopped: {check.why}"
                 break
-            good, step = b, step * 2
-    else:
-        bad = start
-        while bad > lo:
-            b = max(lo, bad - step)
-            r = ask(b)
-            if r is None:
-                return 0, probes
-            if r:
-                good = b
+            choice = planner.next(tried)
+            if choice is None:
+                result.note = f"stopped: no candidate left ({check.why})"
                 break
-            bad, step = b, step * 2
-    while bad - good > 1 and good >= lo:
-        mid = (good + bad) // 2
-        r = ask(mid)
-        if r is None:
-            break
-        if r:
-            good = mid
-        else:
-            bad = mid
-    return (good if good >= lo else 0), probes
+            p = choice.point
+            rec = pool.run(point_spec(p, recipe, d, grid.measure, emulate_bytes), env, grid.measure.timeout_s)
+            rec.update({k: v for k, v in choice.extra().items() if v is not None})
+            point_id = store.insert_point(rec, env_id, sweep_id)
+            result.counts[rec["status"]] += 1
+            row = pd.DataFrame([{**rec, **{k: p[k] for k in AXES}, "point_id": point_id}])
+            tried = pd.concat([tried, row], ignore_index=True)
+            if rec["status"] in DONE_STATUSES:
+                measured = pd.concat([measured, row], ignore_index=True)
+                if choice.predicted_bytes is not None:
+                    prior[point_key(p)] = choice.predicted_bytes
+            pred = ""
+            if choice.predicted_bytes is not None and rec.get(col):
+                pred = f"; predicted {format_size(choice.predicted_bytes, 1)} " \
+                       f"({(choice.predicted_bytes - rec[col]) / rec[col]:+.1%})"
+            say(f"[{len(tried)}/{settings.points}] {choice.reason}: {point_label(p)}: {reading_label(rec)}{pred}")
+    say(result.note)
+    return result
 
 
-if __name__ == "__main__":
-    sys.exit(_estimate_main())
+def cached_estimates(store: Store, todo: list[dict], recipe: Recipe, d: DeviceFacts) -> tuple[dict, str]:
+    """Dry-run estimates for `todo`, kept in the database so that a resumed plan does not recompute them; keyed
+    by recipe, device type and compute capability."""
+    key = f"{recipe.key()}|{d.device_type}|{d.compute_capability}"
+    have = store.cached_estimates(key)
+    missing = [p for p in todo if point_key(p) not in have]
+    why = ""
+    if missing:
+        new, why = estimate_points(missing, recipe.to_dict(), d.device_type, d.compute_capability)
+        store.store_estimates(key, new)
+        have.update(new)
+    return {point_key(p): have[point_key(p)] for p in todo if point_key(p) in have}, why

@@ -10,16 +10,15 @@ relatively), with E = exp(e), A = exp(a), B = exp(b) so all are positive, the ex
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
-import sqlite3
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
+from vramfit.corpus import corpus_id
 from vramfit.errors import VramfitError
 
 MIN_RUNS = 3  # stored train runs on one corpus
@@ -103,14 +102,6 @@ def fit_loss_law(N, D, loss, n_runs: int | None = None) -> LossLaw:
                    rmse_log=rmse)
 
 
-def corpus_id(data_dir: str | Path) -> str | None:
-    """A prepared corpus's identity: the first 12 hex digits of the sha256 of its meta.json (None if absent)."""
-    meta = Path(data_dir) / "meta.json"
-    if not meta.is_file():
-        return None
-    return hashlib.sha256(meta.read_bytes()).hexdigest()[:12]
-
-
 def run_curve(run: dict) -> tuple[np.ndarray, np.ndarray]:
     """(tokens seen, loss) of one stored run: val losses of its evals if it has >= 2, else training losses."""
     tps = float(run["tokens_per_step"])
@@ -126,31 +117,22 @@ def run_curve(run: dict) -> tuple[np.ndarray, np.ndarray]:
 
 def stored_runs(db: str | Path) -> list[dict]:
     """Every `train` run in the database that recorded a loss curve: its extra fields plus shape and point_id."""
+    from vramfit.store import Store
+
     path = Path(db)
     if not path.is_file():
         raise VramfitError(f"no database at {path} (run `vramfit sweep` or `vramfit train --suggestion N`)")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=60.0)
-    try:
-        rows = conn.execute("SELECT point_id, n_layer, n_head, n_embd, block_size, batch_size, vocab_size, extra "
-                            "FROM points WHERE source = 'train' AND status = 'ok' AND extra IS NOT NULL").fetchall()
-    except sqlite3.DatabaseError as exc:
-        raise VramfitError(f"{path} is not a vramfit database ({exc})") from None
-    finally:
-        conn.close()
+    with Store(path) as store:
+        rows = store.train_runs()
     out = []
-    for pid, L, H, C, T, B, V, extra in rows:
-        try:
-            d = json.loads(extra)
-        except json.JSONDecodeError:
-            continue
+    for d in rows:
         if not d.get("corpus_id") or not d.get("tokens_per_step") or not (d.get("losses") or d.get("evals")):
             continue
         if not d.get("params"):
-            from gpt.model import count_params
+            from gpt.config import count_params
 
-            d["params"] = int(count_params(L, C, T, V))
-        out.append(d | {"point_id": pid, "n_layer": L, "n_head": H, "n_embd": C, "block_size": T, "batch_size": B,
-                        "vocab_size": V})
+            d["params"] = int(count_params(d["n_layer"], d["n_embd"], d["block_size"], d["vocab_size"]))
+        out.append(d)
     return out
 
 

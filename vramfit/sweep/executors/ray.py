@@ -2,7 +2,7 @@
 
 - GPU clusters: each task asks for `num_gpus=1`; Ray sets CUDA_VISIBLE_DEVICES, and a GPU task's Ray worker is
   not reused. Inside the task the same worker as the local executor runs in a fresh subprocess
-  (`python -m vramfit.worker`), so a point's readings do not depend on the executor.
+  (`python -m vramfit.measure.worker`), so a point's readings do not depend on the executor.
 - A mixed cluster: the GPU kinds come from Ray's `accelerator_type:<kind>` node resources; every kind measures
   the whole grid (each point is pinned to its kind), and each record comes back with the facts of the GPU it
   actually ran on, so the store holds one profile per GPU kind.
@@ -17,9 +17,9 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 
-from vramfit.devices import DeviceFacts
 from vramfit.errors import VramfitError
-from vramfit.executors import Event, Executor, Job, SkipCheck
+from vramfit.measure.devices import DeviceFacts
+from vramfit.sweep.executors import Event, Executor, Job, SkipCheck
 
 KIND_PREFIX = "accelerator_type:"
 
@@ -36,7 +36,7 @@ def import_ray():
 
 def _local_facts(use_gpu: bool) -> dict:
     """Inside a task: the facts of the device Ray gave us (the GPU in CUDA_VISIBLE_DEVICES, or this CPU)."""
-    from vramfit import devices
+    from vramfit.measure import devices
 
     if not use_gpu:
         return devices.cpu_facts().to_dict()
@@ -58,13 +58,13 @@ def _probe(use_gpu: bool) -> dict:
 def _measure(spec: dict, measure: dict, timeout: float, use_gpu: bool, worker_cmd: list[str] | None) -> dict:
     """Inside a task: the recipe for the device we got (its kind's, as planned), then the worker in a fresh
     subprocess."""
-    from vramfit.executors import complete_spec
-    from vramfit.grid import Measure
     from vramfit.recipe import Recipe
-    from vramfit.sweep import WorkerPool, resolve_recipe, worker_env
+    from vramfit.sweep.executors import complete_spec
+    from vramfit.sweep.grid import Measure
+    from vramfit.sweep.pool import WorkerPool, worker_env
 
     facts = DeviceFacts(**_local_facts(use_gpu))
-    recipe = resolve_recipe(Recipe.from_dict(spec["recipe"]), facts)
+    recipe = facts.resolve(Recipe.from_dict(spec["recipe"]))
     full = complete_spec({**spec, "recipe": recipe.to_dict()}, facts)
     env = worker_env(facts, recipe, Measure(**measure))
     rec = WorkerPool(worker_cmd).run(full, env, timeout)

@@ -13,9 +13,10 @@ from collections.abc import Callable
 
 import torch
 
-from gpt.train import TrainConfig, Trainer, TrainResult, resolve_device, train
-from vramfit import probe
-from vramfit.worker import is_stable
+from gpt.config import TrainConfig
+from gpt.train import Trainer, TrainResult, resolve_device, train
+from vramfit.measure import probe
+from vramfit.measure.worker import is_stable
 
 
 class StepProbe:
@@ -101,8 +102,8 @@ def curve_fields(cfg: TrainConfig, result: TrainResult, shape: dict) -> dict:
     """What `vramfit fit --loss` needs from a run (stored in the point's `extra`): the loss curve, the corpus
     and the tokens per optimizer step, so tokens seen at iteration i are i * tokens_per_step. `shape`: the
     trained shape (the probe's record: a resumed checkpoint's shape wins over the config's)."""
-    from gpt.model import count_params
-    from vramfit.losslaw import corpus_id
+    from gpt.config import count_params
+    from vramfit.corpus import corpus_id
 
     g = {k: shape.get(k) or getattr(cfg, k, None) for k in ("n_layer", "n_embd", "block_size", "batch_size",
                                                             "vocab_size")}

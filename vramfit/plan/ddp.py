@@ -5,7 +5,7 @@ its own flat copy of every gradient (bucket_cap_mb 25 per bucket, all parameters
 gradient's worth of bytes per parameter (4 B/param for fp32 gradients, which AdamW with fp32 master weights has
 under bf16/fp16 autocast too). So the model gains one term, `ddp_params` = P under `--strategy ddp` (0 otherwise),
 with `DDP_BYTES_PER_PARAM` bytes each, in both regimes (the buckets live from the first backward on). Measured on
-the CPU with gloo (2 processes, `measure_ddp`); `python -m vramfit.ddp` is the rank entry point of that
+the CPU with gloo (2 processes, `measure_ddp`); `python -m vramfit.plan.ddp` is the rank entry point of that
 measurement.
 """
 
@@ -110,10 +110,10 @@ def measure_ddp(point: dict, nproc: int = 2, recipe: dict | None = None, measure
                 timeout: float = 300.0) -> list[dict]:
     """Measure `point` (the six shape keys) with the sweep worker's `run_point` in each of `nproc` torchrun
     processes (gloo on the CPU, nccl on CUDA), the model wrapped in DDP; one record per rank."""
-    from vramfit.devices import cpu_facts
-    from vramfit.grid import Measure
+    from vramfit.measure.devices import cpu_facts
     from vramfit.recipe import Recipe
-    from vramfit.sweep import worker_env
+    from vramfit.sweep.grid import Measure
+    from vramfit.sweep.pool import worker_env
 
     rec_d = Recipe.from_dict(recipe or {}).resolved("cpu").to_dict()
     m = Measure(**(measure or {}))
@@ -122,7 +122,7 @@ def measure_ddp(point: dict, nproc: int = 2, recipe: dict | None = None, measure
         (Path(tmp) / "spec.json").write_text(json.dumps(spec))
         env = worker_env(cpu_facts(), Recipe.from_dict(rec_d), m)
         env["VRAMFIT_DDP_DIR"] = tmp
-        r = subprocess.run(torchrun_cmd(nproc, ["vramfit.ddp"]), env=env, capture_output=True, text=True,
+        r = subprocess.run(torchrun_cmd(nproc, ["vramfit.plan.ddp"]), env=env, capture_output=True, text=True,
                            timeout=timeout)
         outs = sorted(Path(tmp).glob("rank*.json"))
         if r.returncode != 0 or len(outs) != nproc:
@@ -135,7 +135,7 @@ def _rank_main() -> int:
     import torch.distributed as dist
 
     from gpt.train import setup_distributed
-    from vramfit.worker import run_point
+    from vramfit.measure.worker import run_point
 
     out = Path(os.environ["VRAMFIT_DDP_DIR"])
     spec = json.loads((out / "spec.json").read_text())

@@ -32,8 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from gpt.model import count_params
-from vramfit.features import SHAPE, shape_key
+from gpt.config import count_params
+from vramfit.fit.features import SHAPE, shape_key
+from vramfit.fit.stats import cv_predictions, error_metrics, nnls
 
 THROUGHPUT = ("flops", "logits", "acts")
 FLOPS = ("flops",)
@@ -77,12 +78,11 @@ class ThroughputModel:
 
     def fit(self, X: pd.DataFrame | dict, y, typical=None) -> ThroughputModel:
         """y: best-step ms per point; `typical` (the points' usual step, e.g. the median) sets `slowdown`."""
-        from vramfit.memmodel import _nnls
 
         y = np.asarray(y, dtype=np.float64)
         A, w = self._X(X), np.ones_like(y)
         for _ in range(50):  # IRLS with Huber weights on the relative residual (one plain fit when delta is 0)
-            self.intercept_, self.coef_ = _nnls(A, y, sample_weight=w / y**2)
+            self.intercept_, self.coef_ = nnls(A, y, sample_weight=w / y**2)
             if not self.delta:
                 break
             r = np.abs((self.intercept_ + A @ self.coef_) / y - 1)
@@ -121,8 +121,8 @@ class ThroughputModel:
 
 
 def device_peak_flops(device_name: str) -> float | None:
-    """Dense bf16/fp16 peak FLOP/s of a known GPU (gpt.train.PEAK_FLOPS), else None (CPUs: unknown)."""
-    from gpt.train import PEAK_FLOPS
+    """Dense bf16/fp16 peak FLOP/s of a known GPU (gpt.config.PEAK_FLOPS), else None (CPUs: unknown)."""
+    from gpt.config import PEAK_FLOPS
 
     for key, value in PEAK_FLOPS.items():
         if key in device_name:
@@ -188,7 +188,6 @@ def _held_out_slowdown(best: np.ndarray, typical: np.ndarray, groups: np.ndarray
 
 def fit_throughput(points: pd.DataFrame) -> ThroughputReport | None:
     """Fit and cross-validate the throughput model on ONE device+recipe's points; None below MIN_POINTS."""
-    from vramfit.memmodel import cv_predictions, error_metrics
 
     ok = timed_points(points)
     if len(ok) < MIN_POINTS:

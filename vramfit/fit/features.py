@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from gpt.model import count_params
+from gpt.config import count_params
 from vramfit import SHAPE_KEYS
 
 SHAPE = SHAPE_KEYS

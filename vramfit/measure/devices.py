@@ -11,6 +11,7 @@ import socket
 from dataclasses import asdict, dataclass, field
 
 from vramfit.errors import VramfitError
+from vramfit.recipe import Recipe
 
 
 @dataclass
@@ -32,6 +33,18 @@ class DeviceFacts:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def capability(self) -> tuple[int, int] | None:
+        """The compute capability as (major, minor), or None (CPU, or not known)."""
+        try:
+            major, minor = str(self.compute_capability).split(".")[:2]
+            return int(major), int(minor)
+        except ValueError:
+            return None
+
+    def resolve(self, recipe: Recipe) -> Recipe:
+        """`recipe` with its 'auto' settings made concrete for this device, without touching CUDA here."""
+        return recipe.resolved(self.device_type, self.capability())
 
     @property
     def torch_device(self) -> str:

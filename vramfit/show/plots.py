@@ -11,8 +11,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from vramfit.features import features, frame_features, shape_key  # noqa: E402
-from vramfit.memmodel import TARGETS, FitReport  # noqa: E402
+from vramfit.fit.features import features, frame_features, shape_key  # noqa: E402
+from vramfit.fit.memmodel import TARGETS, FitReport  # noqa: E402
 
 GIB = 2**30
 
@@ -171,7 +171,7 @@ def ms_pred_vs_measured(tp, path: Path, title: str = "") -> Path:
 def frontier(front: dict, hours: float, rank: str, path: Path, chosen: dict | None = None) -> Path:
     """What the time budget buys each config that fits, against its parameters; the chosen config marked.
     y: predicted final loss (rank loss/chinchilla) or tokens in the budget (rank optimal, with the 20 x P line)."""
-    from vramfit.losslaw import TOKENS_PER_PARAM
+    from vramfit.fit.losslaw import TOKENS_PER_PARAM
 
     P = front["params"]
     fig, ax = plt.subplots(figsize=(7.2, 5.0))
@@ -200,7 +200,7 @@ def frontier_for(report: FitReport, budget: float, hours: float, path: Path, ran
                  loss_law=None, **space) -> Path | None:
     """The frontier plot of a fitted report (None without a throughput model or when nothing fits)."""
     from vramfit.errors import VramfitError
-    from vramfit.suggest import suggest, time_frontier
+    from vramfit.plan.suggest import suggest, time_frontier
 
     if report.throughput is None:
         return None

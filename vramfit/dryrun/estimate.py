@@ -2,7 +2,7 @@
 
 The real `Trainer.step` runs twice (so AdamW state exists) under `FakeTensorMode` on fake CPU tensors with a
 live-storage tracker; for a CUDA target the GPU's attention kernel, autocast policy, optimizer implementation and
-512-byte allocator rounding are emulated (see `vramfit.fake_step`). The result is what
+512-byte allocator rounding are emulated (see `vramfit.dryrun.fake_step`). The result is what
 `torch.cuda.max_memory_allocated()` would report after two steps, eager mode; add `CUDA_CONTEXT_BYTES` and
 allocator slack for what `nvidia-smi` shows.
 
@@ -22,7 +22,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from gpt.model import GPTConfig
+from gpt.config import GPTConfig
 from vramfit.errors import VramfitError
 from vramfit.recipe import Recipe
 from vramfit.units import format_size
@@ -162,7 +162,7 @@ def estimate_step(
     """Peak memory of two real `Trainer.step` calls under fake tensors, in this process.
 
     Any shape works (fake tensors hold no data). Raises `ConfigError`/`VramfitError` for invalid inputs."""
-    from vramfit.fake_step import run_step
+    from vramfit.dryrun.fake_step import run_step
 
     recipe = recipe or Recipe()
     req = _request(model_config, batch_size, recipe, target, compute_capability, grad_clip=grad_clip,
@@ -202,13 +202,13 @@ def estimate_step_isolated(
     gradient_accumulation_steps: int = 1,
     timeout: float = 600.0,
 ) -> Estimate:
-    """`estimate_step` in a fresh `python -m vramfit.fake_step` process: an abort there (e.g. a torch build that
+    """`estimate_step` in a fresh `python -m vramfit.dryrun.fake_step` process: an abort there (e.g. a torch build that
     dies on a CUDA code path) is reported as a one-line `VramfitError` instead of killing the caller."""
     recipe = recipe or Recipe()
     req = _request(model_config, batch_size, recipe, target, compute_capability, grad_clip=grad_clip,
                    gradient_accumulation_steps=gradient_accumulation_steps)
     req["model_config"] = model_config.to_dict()
-    out = _run_child([sys.executable, "-m", "vramfit.fake_step"], json.dumps(req), timeout)
+    out = _run_child([sys.executable, "-m", "vramfit.dryrun.fake_step"], json.dumps(req), timeout)
     try:
         result = json.loads(out.strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError):

@@ -25,7 +25,8 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from gpt.model import ConfigError, GPTConfig
+from gpt.config import GPTConfig
+from gpt.errors import ConfigError
 from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.recipe import Recipe

@@ -1,6 +1,6 @@
 """Measure ONE point in this (fresh) process and print one JSON record as the last line of stdout.
 
-    python -m vramfit.worker '<spec json>'      (or the spec on stdin)
+    python -m vramfit.measure.worker '<spec json>'      (or the spec on stdin)
 
 The spec: {"point": {n_layer, n_head, n_embd, block_size, batch_size, vocab_size}, "recipe": {resolved Recipe},
 "device": "cpu" | "cuda", "gpu_uuid", "measure": {Measure}, "emulate_bytes", "idle_baseline", "spawn_time"}.
@@ -57,9 +57,10 @@ def run_point(spec: dict) -> dict:
     import torch
     import torch._dynamo  # noqa: F401 - torch.optim imports it on first use anyway; count it as import time
 
+    from gpt.config import make_config
     from gpt.data import synthetic_batch
-    from gpt.train import Trainer, make_config
-    from vramfit import probe
+    from gpt.train import Trainer
+    from vramfit.measure import probe
     from vramfit.recipe import Recipe
 
     t_import = time.time()

@@ -3,12 +3,12 @@
 An executor takes `Job`s (one point, planned for one device group) and yields `Event`s as they happen:
 `start`, `skip` (measured meanwhile by a concurrent sweep) and `done` with the worker's record and, when the
 executor knows better than the plan, the device facts and resolved recipe the point actually ran with. Every
-executor runs the same worker (`python -m vramfit.worker`, one fresh process per point), so the readings do not
+executor runs the same worker (`python -m vramfit.measure.worker`, one fresh process per point), so the readings do not
 depend on the executor.
 
 - `LocalExecutor`: this machine's devices, one thread per device, each device of a group pulling from the group's
   queue (today's behaviour of `vramfit sweep`).
-- `vramfit.executors.ray.RayExecutor`: one Ray task per point on a Ray cluster (`--executor ray`).
+- `vramfit.sweep.executors.ray.RayExecutor`: one Ray task per point on a Ray cluster (`--executor ray`).
 
 A new backend (e.g. Slurm through submitit) implements `discover` (the device kinds it can run on, as
 `DeviceFacts`), `run` and `kill_all`, and sets `local = False`.
@@ -22,8 +22,8 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from vramfit.devices import DeviceFacts
 from vramfit.errors import VramfitError
+from vramfit.measure.devices import DeviceFacts
 
 EXECUTORS = ("local", "ray")
 # a context manager factory giving a check "is this point already measured on device slot i?" for one thread
@@ -53,9 +53,9 @@ class Event:
 
 def complete_spec(spec: dict, facts: DeviceFacts) -> dict:
     """The worker spec for `facts`: device, GPU UUID and the idle baseline taken just before the worker starts."""
-    from vramfit.sweep import _idle_baseline
+    from vramfit.sweep.pool import idle_baseline
 
-    return {**spec, "device": facts.torch_device, "gpu_uuid": facts.gpu_uuid, "idle_baseline": _idle_baseline(facts)}
+    return {**spec, "device": facts.torch_device, "gpu_uuid": facts.gpu_uuid, "idle_baseline": idle_baseline(facts)}
 
 
 class Executor:
@@ -87,19 +87,19 @@ class LocalExecutor(Executor):
     local = True
 
     def __init__(self, worker_cmd: list[str] | None = None) -> None:
-        from vramfit.sweep import WorkerPool
+        from vramfit.sweep.pool import WorkerPool
 
         self.pool = WorkerPool(worker_cmd)
 
     def discover(self, device: str, gpu_indices: list[int] | None) -> list[DeviceFacts]:
-        from vramfit.devices import resolve
+        from vramfit.measure.devices import resolve
 
         return resolve(device, gpu_indices)
 
     def run(self, jobs: list[Job], devices: list[DeviceFacts], recipes: list, measure, skip: SkipCheck | None = None,
             ) -> Iterator[Event]:
         from vramfit.store import device_key
-        from vramfit.sweep import worker_env
+        from vramfit.sweep.pool import worker_env
 
         queues: dict[str, queue.Queue] = {}
         for job in jobs:
@@ -155,7 +155,7 @@ def make_executor(name: str, address: str | None = None, worker_cmd: list[str] |
             raise VramfitError("--address is for --executor ray")
         return LocalExecutor(worker_cmd)
     if name == "ray":
-        from vramfit.executors.ray import RayExecutor
+        from vramfit.sweep.executors.ray import RayExecutor
 
         return RayExecutor(address=address, worker_cmd=worker_cmd)
     raise VramfitError(f"unknown executor {name!r}; choose {' or '.join(EXECUTORS)}")

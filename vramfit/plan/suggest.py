@@ -9,8 +9,8 @@ import numpy as np
 
 from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
-from vramfit.features import features
-from vramfit.memmodel import MemoryModel
+from vramfit.fit.features import features
+from vramfit.fit.memmodel import MemoryModel
 
 OBJECTIVES = ("params", "tokens", "balanced")
 # how `suggest --hours` ranks what fits (D: tokens processed in the hours, P: parameters):
@@ -121,8 +121,8 @@ def time_scores(throughput, hours: float, rank: str, loss_law, space: dict, idx:
                 feats: dict) -> dict[str, np.ndarray]:
     """Per candidate `idx`: ms/iter, tokens/s, tokens in the hours, hours to 20 x P, predicted loss, and the
     score the rank sorts by (lower is better)."""
-    from vramfit.losslaw import TOKENS_PER_PARAM, chinchilla
-    from vramfit.throughput import predict_ms
+    from vramfit.fit.losslaw import TOKENS_PER_PARAM, chinchilla
+    from vramfit.fit.throughput import predict_ms
 
     if rank not in TIME_RANKS:
         raise VramfitError(f"unknown --rank {rank!r}; choose one of {', '.join(TIME_RANKS)}")

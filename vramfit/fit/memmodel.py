@@ -27,32 +27,17 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LinearRegression
-from sklearn.model_selection import LeaveOneGroupOut, LeaveOneOut
 
 from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
-from vramfit.features import BREAKDOWN, NAIVE, PHYSICS, UNITS, frame_features, shape_key
+from vramfit.fit.features import BREAKDOWN, NAIVE, PHYSICS, UNITS, frame_features, shape_key
+from vramfit.fit.stats import cv_predictions, error_metrics, nnls, nonneg_slope
 
 MIN_MARGIN = 0.01  # never promise tighter than 1 %
 ADAMW_STEP_BYTES_PER_PARAM = 16.0  # fp32 weights + grads + Adam m + v, all alive at the optimizer step
 STEP_BYTES_PER_PARAM_MAX = 24.0  # plus foreach/loop temporaries (~4 B/param) and slack; more is not the step
 TARGETS = {"nvml": "nvml_bytes", "allocated": "allocated_bytes", "reserved": "reserved_bytes",
            "rss": "rss_bytes", "tracked": "tracked_bytes"}
-
-
-def _nnls(X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> tuple[float, np.ndarray]:
-    """Non-negative least squares with a non-negative intercept, on column-scaled X (well conditioned).
-    `sample_weight` weights the squared residuals (1/y**2: relative error)."""
-    scale = np.where(X.max(axis=0) > 0, X.max(axis=0), 1.0)
-    reg = LinearRegression(positive=True).fit(X / scale, y, sample_weight=sample_weight)
-    coef = reg.coef_ / scale
-    intercept = float(reg.intercept_)
-    if intercept < 0:  # refit through the origin with the constant as a column: keeps it >= 0
-        Xc = np.column_stack([np.ones(len(X)), X / scale])
-        reg = LinearRegression(positive=True, fit_intercept=False).fit(Xc, y, sample_weight=sample_weight)
-        intercept, coef = float(reg.coef_[0]), reg.coef_[1:] / scale
-    return intercept, coef
 
 
 class MemoryModel:
@@ -97,7 +82,7 @@ class MemoryModel:
         """NNLS of the backward piece on `rows`; for the physics model, alternating which transient is larger."""
         A = self._X(X)[rows]
         if not self.physics:
-            c0, w = _nnls(A, y[rows])
+            c0, w = nnls(A, y[rows])
             return c0, w, 0.0
         i_logits, i_embed = self.features.index("logits"), self.features.index("embed")
         # start from physics: logits grads ~12 B x N*V vs the MLP's 4C-wide fp32 grad ~16-20 B x N*C
@@ -105,7 +90,7 @@ class MemoryModel:
         for _ in range(10):
             D = np.column_stack([A * np.where(np.isin(np.arange(A.shape[1]), [i_logits, i_embed]),
                                               at_loss[:, None], 1.0), A[:, i_embed] * ~at_loss])
-            c0, w = _nnls(D, y[rows])
+            c0, w = nnls(D, y[rows])
             coef, g = w[:-1], float(w[-1])
             new = coef[i_logits] * A[:, i_logits] + coef[i_embed] * A[:, i_embed] >= g * A[:, i_embed]
             if np.array_equal(new, at_loss):
@@ -125,7 +110,7 @@ class MemoryModel:
             self.intercept_, self.coef_, self.layer_coef_ = self._fit_backward(X, y, ~step)
             c0 = self.intercept_
             # the step piece shares the constant (same context and workspaces): y - c0 = a * P
-            a = float(LinearRegression(positive=True, fit_intercept=False).fit(P[step, None], y[step] - c0).coef_[0])
+            a = nonneg_slope(P[step], y[step] - c0)
             pred_b, pred_s = self.parts(X)[0], c0 + a * P
             sse = float(np.sum((np.maximum(pred_b, pred_s) - y) ** 2))
             if sse < best[0] - 1e-9 * best[0]:
@@ -206,31 +191,6 @@ class MemoryModel:
         return m
 
 
-def cv_predictions(make, X: pd.DataFrame, y: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
-    """Out-of-fold predictions: leave-one-group-out when `groups` is given, else leave-one-out."""
-    splitter = LeaveOneGroupOut() if groups is not None else LeaveOneOut()
-    pred = np.full(len(y), np.nan)
-    for train, test in splitter.split(X, y, groups):
-        if len(train) < 2:
-            continue
-        pred[test] = make().fit(X.iloc[train], y[train]).predict(X.iloc[test])
-    return pred
-
-
-def error_metrics(y: np.ndarray, pred: np.ndarray) -> dict:
-    """MAPE, max relative error, and the worst under-prediction (bytes and relative to the prediction)."""
-    ok = np.isfinite(pred)
-    if not ok.any():
-        return {"mape": math.nan, "max_rel": math.nan, "worst_under_bytes": math.nan, "worst_under_rel": math.nan,
-                "n": 0}
-    y, pred = y[ok], pred[ok]
-    rel = (pred - y) / y
-    under = y - pred
-    return {"mape": float(np.mean(np.abs(rel))), "max_rel": float(np.max(np.abs(rel))),
-            "worst_under_bytes": float(max(0.0, under.max())),
-            "worst_under_rel": float(max(0.0, np.max(under / np.maximum(pred, 1.0)))), "n": int(ok.sum())}
-
-
 @dataclass
 class FitReport:
     """A fitted model for one device+recipe+target, its CV metrics beside the naive baseline's."""
@@ -248,7 +208,7 @@ class FitReport:
     oom_violations: list[dict] = field(default_factory=list)
     cv: pd.DataFrame | None = None  # per point: measured, CV predictions
     dryrun: MemoryModel | None = None  # y = c0 + k * dry-run estimate, when fitted
-    throughput: object | None = None  # vramfit.throughput.ThroughputReport, when the points carry ms/iter
+    throughput: object | None = None  # vramfit.fit.throughput.ThroughputReport, when the points carry ms/iter
 
     def to_json(self) -> dict:
         return {
@@ -279,7 +239,7 @@ def load_model(path: str | Path) -> dict:
         d["model"] = MemoryModel.from_dict(d["model"])
         d["baseline"] = MemoryModel.from_dict(d["baseline"])
         d["dryrun"] = MemoryModel.from_dict(d["dryrun"]) if d.get("dryrun") else None
-        from vramfit.throughput import load_throughput
+        from vramfit.fit.throughput import load_throughput
 
         d["throughput"] = load_throughput(d.get("throughput"))  # None in files fitted before it existed
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
@@ -334,7 +294,7 @@ def fit_points(points: pd.DataFrame, target: str = "auto", regimes: int = 2, dry
                        metrics, margin, data_hash(ok, col), len(ok), cv=cv, dryrun=fitted_models.get("dryrun"))
     report.oom_violations = oom_violations(report, points)
     if "ms_per_iter" in points.columns:
-        from vramfit.throughput import fit_throughput
+        from vramfit.fit.throughput import fit_throughput
 
         report.throughput = fit_throughput(points)
     return report

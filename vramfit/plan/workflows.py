@@ -12,8 +12,8 @@ import pandas as pd
 
 from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
-from vramfit.memmodel import FitReport, fit_points, load_model
-from vramfit.suggest import Suggestion
+from vramfit.fit.memmodel import FitReport, fit_points, load_model
+from vramfit.plan.suggest import Suggestion
 
 MODELS_DIR = Path("results") / "models"
 SUGGESTIONS_FILE = Path("results") / "suggestions.json"
@@ -30,8 +30,8 @@ def model_filename(device: str, recipe_key: str) -> str:
 def dryrun_estimates(points: pd.DataFrame) -> list[int]:
     """The dry-run estimate (peak bytes of the real step under fake tensors) of each point, on the target the
     point ran on: the CPU, or CUDA with the GPU's compute capability and the point's recipe."""
-    from gpt.model import GPTConfig
-    from vramfit.estimate import estimate_step, parse_capability
+    from gpt.config import GPTConfig
+    from vramfit.dryrun.estimate import estimate_step, parse_capability
     from vramfit.recipe import Recipe
 
     out = []
@@ -136,16 +136,17 @@ def suggestion_overrides(doc: dict, item: dict) -> dict:
 
 def compare_and_store(cfg, record: dict, doc: dict | None, db: str | Path) -> list[str]:
     """Lines comparing the measured stable memory with the model's prediction; the run stored as a point."""
-    from vramfit import devices
-    from vramfit.features import features
-    from vramfit.memmodel import TARGETS
+    from vramfit.fit.features import features
+    from vramfit.fit.memmodel import TARGETS
+    from vramfit.measure import devices
     from vramfit.recipe import Recipe
     from vramfit.store import Store
     from vramfit.units import format_size
 
     facts = devices.resolve(cfg.device)[0]
     recipe = Recipe(dtype=cfg.dtype, compile=cfg.compile, optimizer=cfg.optimizer,
-                    attn_kernel=cfg.attn_kernel).resolved(facts.torch_device)
+                    attn_kernel=cfg.attn_kernel)
+    recipe = facts.resolve(recipe)
     lines = []
     measured_keys = [k for k in ("nvml_bytes", "reserved_bytes", "allocated_bytes", "tracked_bytes", "rss_bytes")
                      if record.get(k) is not None]
@@ -187,10 +188,10 @@ def no_profile_model(recipe, capability: tuple[int, int], vocab_size: int, targe
 
     import numpy as np
 
-    from gpt.model import GPTConfig
-    from vramfit.estimate import ALLOCATOR_SLACK, CUDA_CONTEXT_BYTES, estimate_step
-    from vramfit.features import PHYSICS, features
-    from vramfit.memmodel import MIN_MARGIN, MemoryModel
+    from gpt.config import GPTConfig
+    from vramfit.dryrun.estimate import ALLOCATOR_SLACK, CUDA_CONTEXT_BYTES, estimate_step
+    from vramfit.fit.features import PHYSICS, features
+    from vramfit.fit.memmodel import MIN_MARGIN, MemoryModel
 
     rows, ys = [], []
     for L, C, T, B in itertools.product(*NO_PROFILE_DESIGN.values()):
@@ -206,14 +207,14 @@ def no_profile_model(recipe, capability: tuple[int, int], vocab_size: int, targe
     model.intercept_ = model.intercept_ * scale + context
     model.step_coef_ = model.step_coef_ * scale
     model.step_intercept_ = model.step_intercept_ * scale + context
-    resolved = recipe.resolved(target)
+    resolved = recipe.resolved(target, capability)
     return model, MIN_MARGIN, resolved.to_dict()
 
 
 def verify_with_estimates(items: list, recipe, capability: tuple[int, int], budget: int, target: str = "cuda"):
     """Re-predict suggestions with the dry-run estimator (context and slack included); drop those over budget."""
-    from gpt.model import GPTConfig
-    from vramfit.estimate import device_bytes, estimate_step
+    from gpt.config import GPTConfig
+    from vramfit.dryrun.estimate import device_bytes, estimate_step
 
     kept = []
     for s in items:

@@ -1,6 +1,6 @@
 """Run the real `gpt.train.Trainer.step` under a live-storage tracker, on fake or real CPU tensors.
 
-This is the engine behind `vramfit.estimate`. The trainer and its step are the real ones; what this module adds:
+This is the engine behind `vramfit.dryrun.estimate`. The trainer and its step are the real ones; what this module adds:
 
 - `StorageTracker`: a TorchDispatchMode that counts the bytes of live tensor storages (rounded the way the target
   allocator rounds), keeps the peak, the phase (data, forward, backward, optimizer) and the op at the peak, and
@@ -11,8 +11,8 @@ This is the engine behind `vramfit.estimate`. The trainer and its step are the r
   uses the CPU autocast keys (same policy as CUDA's for every op this GPT uses: matmuls low precision, layer norm
   and log-softmax in fp32), fp16 gets a real GradScaler, and the optimizer implementation is set explicitly.
 
-`python -m vramfit.fake_step` reads a JSON request on stdin and prints one JSON estimate: the isolated form used by
-`vramfit.estimate.estimate_step_isolated`.
+`python -m vramfit.dryrun.fake_step` reads a JSON request on stdin and prints one JSON estimate: the isolated form
+used by `vramfit.dryrun.estimate.estimate_step_isolated`.
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from gpt.config import OPTIMIZERS, GPTConfig, TrainConfig, resolve_recipe
 from gpt.data import synthetic_batch
-from gpt.model import ConfigError, GPTConfig
-from gpt.train import OPTIMIZERS, TrainConfig, Trainer
+from gpt.errors import ConfigError
+from gpt.train import Trainer
 
 TARGETS = ("cuda", "cpu")
 ROUNDING = {"cuda": 512, "cpu": 64}
@@ -325,15 +326,6 @@ def cuda_kernel_workspace(func, args: tuple) -> int:  # noqa: ANN001
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
-def resolve_target_dtype(dtype: str, target: str, capability: tuple[int, int]) -> str:
-    """'auto' as the trainer resolves it on that target: bf16 on sm80+, else fp16; fp32 on the CPU."""
-    if dtype != "auto":
-        return dtype
-    if target == "cpu":
-        return "float32"
-    return "bfloat16" if capability >= (8, 0) else "float16"
-
-
 def train_config(model_config: GPTConfig, batch_size: int, dtype: str, optimizer: str, attn_kernel: str,
                   grad_clip: float, accum: int) -> TrainConfig:
     mc = model_config
@@ -381,13 +373,11 @@ def run_step(
         raise ConfigError(f"steps must be >= 1, got {steps}")
     t0 = time.perf_counter()
     notes: list[str] = []
-    dtype = resolve_target_dtype(dtype, target, capability)
+    dtype, use_compile, impl = resolve_recipe(dtype, compile, optimizer, target, capability)
     if dtype not in _DTYPES:
         raise ConfigError(f"dtype must be one of auto, {', '.join(_DTYPES)}, got {dtype!r}")
     if dtype == "float16" and target == "cpu":
         raise ConfigError("float16 training is CUDA-only here; use bfloat16 or float32 on the CPU")
-    impl = "fused" if optimizer == "auto" else optimizer
-    use_compile = compile if compile is not None else target == "cuda"
     if use_compile:
         notes.append("torch.compile is not emulated: this is the eager step's memory (compiled steps usually "
                      "need less activation memory)")
@@ -502,7 +492,7 @@ def _install_hooks(trainer: Trainer, tracker: StorageTracker) -> list:
 
 
 def _main() -> int:
-    """`python -m vramfit.fake_step`: JSON request on stdin -> one JSON StepResult on stdout."""
+    """`python -m vramfit.dryrun.fake_step`: JSON request on stdin -> one JSON StepResult on stdout."""
     try:
         req = json.loads(sys.stdin.read())
         mc = GPTConfig.from_dict(req.pop("model_config"))

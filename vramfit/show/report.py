@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 
 from vramfit.errors import VramfitError
-from vramfit.planner import fit_store, train_command
-from vramfit.plots import all_plots
-from vramfit.suggest import suggest
-from vramfit.throughput import THROUGHPUT_CV
+from vramfit.fit.throughput import THROUGHPUT_CV
+from vramfit.plan.suggest import suggest
+from vramfit.plan.workflows import fit_store, train_command
+from vramfit.show.plots import all_plots
 from vramfit.units import format_size
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}

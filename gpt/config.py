@@ -1,0 +1,236 @@
+"""Model shape and training configuration: plain data, no torch, so planners can read it cheaply.
+
+`resolve_recipe` is the one place where 'auto' settings (dtype, compile, optimizer) become concrete for a device.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+from gpt.errors import ConfigError
+
+ATTN_KERNELS = ("default", "flash", "efficient", "math")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+OPTIMIZERS = ("auto", "fused", "foreach", "loop")
+# dense bf16/fp16 tensor-core peaks (FLOP/s) for MFU; matched against the CUDA device name
+PEAK_FLOPS = {
+    "H200": 989e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
+    "A10": 125e12,
+    "RTX 4090": 165e12,
+    "RTX 3090": 71e12,
+    "RTX 3070": 40e12,
+}
+MIN_COMPILE_CAPABILITY = (7, 0)  # Inductor/Triton refuse older GPUs (torch._inductor: GPUTooOldForTriton)
+MIN_BF16_CAPABILITY = (8, 0)  # native bf16 tensor cores (Ampere); older cards only emulate it
+
+
+def resolve_recipe(dtype: str, compile: bool | None, optimizer: str, device_type: str,
+                   capability: tuple[int, int] | None = None) -> tuple[str, bool, str]:
+    """('auto' dtype, None compile, 'auto' optimizer) made concrete for a device: the one place this is decided.
+
+    CUDA: bf16 from capability 8.0 (fp16 below), compile from 7.0 (Inductor's Triton backend needs it); an unknown
+    capability counts as new enough. CPU: fp32, eager. The optimizer 'auto' is the fused AdamW."""
+    cuda = device_type == "cuda"
+    cap = capability or (99, 0)
+    if dtype == "auto":
+        dtype = ("bfloat16" if cap >= MIN_BF16_CAPABILITY else "float16") if cuda else "float32"
+    if compile is None:
+        compile = cuda and cap >= MIN_COMPILE_CAPABILITY
+    return dtype, bool(compile), "fused" if optimizer == "auto" else optimizer
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Shape of a GPT model."""
+
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 1024
+    vocab_size: int = 50304
+    dropout: float = 0.0
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GPTConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def n_params(self, non_embedding: bool = False) -> int:
+        """Exact parameter count (lm_head is tied to wte); `non_embedding` drops position embeddings."""
+        return count_params(self.n_layer, self.n_embd, self.block_size, self.vocab_size, self.bias, non_embedding)
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token (forward + backward), PaLM appendix B accounting as in nanoGPT."""
+        N = self.n_params(non_embedding=True)
+        L, H, Q, T = self.n_layer, self.n_head, self.n_embd // self.n_head, self.block_size
+        return 6 * N + 12 * L * H * Q * T
+
+
+def count_params(n_layer, n_embd, block_size, vocab_size, bias=True, non_embedding: bool = False):
+    """GPT-2 parameter count; plain arithmetic, so it works elementwise on numpy arrays too."""
+    L, C, T, V = n_layer, n_embd, block_size, vocab_size
+    b = 1 if bias else 0
+    ln = C + b * C
+    attn = 3 * C * C + b * 3 * C + C * C + b * C
+    mlp = 4 * C * C + b * 4 * C + 4 * C * C + b * C
+    total = V * C + T * C + L * (2 * ln + attn + mlp) + ln
+    return total - T * C if non_embedding else total
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs, flat like nanoGPT's config (model shape included)."""
+
+    # model shape (vocab comes from the corpus unless set)
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 128
+    vocab_size: int | None = None
+    dropout: float = 0.0
+    bias: bool = True
+    # data and I/O
+    data_dir: str = "data/shakespeare_char"
+    out_dir: str = "out"
+    init_from: str = "scratch"  # scratch | resume
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 10
+    always_save_checkpoint: bool = False
+    # optimisation
+    batch_size: int = 12
+    gradient_accumulation_steps: int = 1
+    max_iters: int = 2000
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0
+    decay_lr: bool = True
+    warmup_iters: int = 100
+    lr_decay_iters: int | None = None  # default: max_iters
+    min_lr: float | None = None  # default: learning_rate / 10
+    seed: int = 1337
+    # recipe: what changes memory besides the shape
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    compile: bool | None = None  # None: on for CUDA
+    optimizer: str = "auto"  # auto | fused | foreach | loop
+    attn_kernel: str = "default"  # default | flash | efficient | math
+    peak_tflops: float | None = None  # for MFU; default: known GPU peaks
+    extra: dict = field(default_factory=dict, repr=False)  # unknown TOML tables kept for provenance
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.init_from in ("scratch", "resume"), f"init_from must be scratch or resume, got {self.init_from!r}"),
+            (self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
+            (self.attn_kernel in ATTN_KERNELS, f"attn_kernel must be one of {', '.join(ATTN_KERNELS)}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
+            (self.max_iters >= 0, f"max_iters must be >= 0, got {self.max_iters}"),
+            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (self.eval_iters >= 1, f"eval_iters must be >= 1, got {self.eval_iters}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
+        self.model_config()  # validates the shape early, before any data is read
+
+    def model_config(self, vocab_size: int | None = None) -> GPTConfig:
+        """The GPTConfig of this run (`vocab_size` from the corpus when the config leaves it unset)."""
+        vocab = self.vocab_size or vocab_size or 50304
+        return GPTConfig(self.n_layer, self.n_head, self.n_embd, self.block_size, vocab, self.dropout, self.bias)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("extra")
+        return d
+
+
+def _coerce(name: str, value: object, hint: object) -> object:
+    """Convert a TOML or command-line value to a TrainConfig field's type."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = isinstance(hint, types.UnionType) and type(None) in typing.get_args(hint)
+    base = args[0] if args else hint
+    if optional and (value is None or (isinstance(value, str) and value.lower() in ("none", "null", ""))):
+        return None
+    try:
+        if base is bool:
+            if isinstance(value, bool):
+                return value
+            s = str(value).lower()
+            if s in ("1", "true", "yes", "on"):
+                return True
+            if s in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if base is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(str(value).replace("_", "")) if isinstance(value, str) else int(value)
+        if base is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: cannot read {value!r} as {getattr(base, '__name__', base)}") from None
+
+
+def make_config(values: dict, base: TrainConfig | None = None) -> TrainConfig:
+    """A TrainConfig from a flat mapping of field -> value (dashes allowed), typed and validated."""
+    hints = typing.get_type_hints(TrainConfig)
+    known = {f.name for f in fields(TrainConfig)} - {"extra"}
+    out = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"unknown config key {key!r}")
+        out[name] = _coerce(name, value, hints[name])
+    return replace(base or TrainConfig(), **out)
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
+    """Read a TOML config (flat keys, or [model]/[train]/[recipe] tables) and apply overrides. Never exec'd."""
+    values: dict = {}
+    extra: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"no such config file: {p}")
+        try:
+            doc = tomllib.loads(p.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{p} is not valid TOML: {exc}") from None
+        for key, value in doc.items():
+            if isinstance(value, dict) and key in ("model", "train", "recipe", "data"):
+                values.update(value)
+            elif isinstance(value, dict):
+                extra[key] = value
+            else:
+                values[key] = value
+    values.update(overrides or {})
+    cfg = make_config(values)
+    cfg.extra = extra
+    return cfg

@@ -1,0 +1,61 @@
+"""Dry-run estimates of many points in ONE child process (`python -m vramfit.dryrun.batch`), so that a crash
+of the estimator cannot take a sweep down."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from vramfit import SHAPE_KEYS
+
+
+def point_key(p: dict) -> tuple[int, ...]:
+    """A point's shape as a tuple (the order of SHAPE_KEYS)."""
+    return tuple(int(p[k]) for k in SHAPE_KEYS)
+
+
+def estimate_points(points: list[dict], recipe: dict, target: str, capability: str | None,
+                    timeout: float = 600.0) -> tuple[dict[tuple, float], str]:
+    """Dry-run estimates (device bytes: `vramfit.dryrun.estimate.device_bytes`) for `points`, all in ONE child process
+    (a crash there cannot take the sweep down). Returns (key -> bytes, note); a failure gives ({}, why)."""
+    req = {"points": points, "recipe": recipe, "target": target, "capability": capability}
+    try:
+        proc = subprocess.run([sys.executable, "-m", "vramfit.dryrun.batch"], input=json.dumps(req),
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {}, f"dry-run estimates took more than {timeout:.0f} s"
+    out: dict[tuple, float] = {}
+    for line in proc.stdout.splitlines():
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(d, dict) and "bytes" in d:
+            out[point_key(d["point"])] = float(d["bytes"])
+    note = "" if proc.returncode == 0 else f"estimator exit {proc.returncode}: {proc.stderr.strip()[-200:]}"
+    return out, note
+
+
+def _estimate_main() -> int:
+    """Child process: read {points, recipe, target, capability}, print one JSON line per estimated point."""
+    from gpt.config import GPTConfig
+    from vramfit.dryrun.estimate import device_bytes, estimate_step, parse_capability
+    from vramfit.recipe import Recipe
+
+    req = json.loads(sys.stdin.read())
+    recipe = Recipe.from_dict(req["recipe"])
+    cap = parse_capability(req["capability"]) if req.get("capability") else (8, 0)
+    for p in req["points"]:
+        try:
+            mc = GPTConfig(p["n_layer"], p["n_head"], p["n_embd"], p["block_size"], p["vocab_size"])
+            est = estimate_step(mc, int(p["batch_size"]), recipe, req["target"], cap)
+        except Exception as exc:  # noqa: BLE001 - one bad point does not stop the others
+            print(json.dumps({"point": p, "error": str(exc)[:200]}), flush=True)
+            continue
+        print(json.dumps({"point": p, "bytes": device_bytes(est), "peak_bytes": est.peak_bytes}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_estimate_main())

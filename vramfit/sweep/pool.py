@@ -1,0 +1,122 @@
+"""Worker processes: the environment a point is measured in, one fresh process per point, kill on interrupt."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from vramfit.measure.devices import DeviceFacts
+from vramfit.recipe import Recipe
+from vramfit.sweep.grid import Measure
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+WORKER_CMD = [sys.executable, "-m", "vramfit.measure.worker"]
+STDERR_TAIL = 800
+
+
+def worker_env(facts: DeviceFacts, recipe: Recipe, measure: Measure) -> dict[str, str]:
+    """The worker's environment: RSS that follows frees (glibc mmap threshold, no MKL buffer cache) and
+    `measure.threads` threads on CPU; GPU by UUID and the recipe's
+    PYTORCH_CUDA_ALLOC_CONF on CUDA (the recipe is authoritative: an inherited value is removed)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    if facts.device_type == "cpu":
+        env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+        env["MALLOC_TRIM_THRESHOLD_"] = "0"
+        env["MKL_DISABLE_FAST_MM"] = "1"  # MKL's buffer cache would keep ~2 MB of RSS that no tensor owns
+        if measure.threads > 0:
+            env["OMP_NUM_THREADS"] = str(measure.threads)
+            env["MKL_NUM_THREADS"] = str(measure.threads)
+    else:
+        if facts.gpu_uuid:
+            env["CUDA_VISIBLE_DEVICES"] = facts.gpu_uuid
+        elif facts.index is not None:
+            env["CUDA_VISIBLE_DEVICES"] = str(facts.index)
+        env.pop("PYTORCH_CUDA_ALLOC_CONF", None)
+        if recipe.alloc_conf:
+            env["PYTORCH_CUDA_ALLOC_CONF"] = recipe.alloc_conf
+    return env
+
+
+def _describe_exit(rc: int) -> str:
+    if rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exit code {rc}"
+
+
+def _tail(text: str) -> str:
+    text = (text or "").strip()
+    return text[-STDERR_TAIL:]
+
+
+class WorkerPool:
+    """Runs worker processes and remembers the live ones so that they can be killed on interrupt."""
+
+    def __init__(self, cmd: list[str] | None = None) -> None:
+        self.cmd = list(cmd or WORKER_CMD)
+        self.live: set[subprocess.Popen] = set()
+        self.lock = threading.Lock()
+
+    def run(self, spec: dict, env: dict[str, str], timeout: float) -> dict:
+        """One point in one fresh process; always returns a record (ok | oom | error | timeout)."""
+        spec = {**spec, "spawn_time": time.time()}
+        point = spec["point"]
+        proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=env, text=True)
+        with self.lock:
+            self.live.add(proc)
+        try:
+            out, err = proc.communicate(json.dumps(spec), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            return {**point, "status": "timeout", "error": f"timed out after {timeout:g} s; stderr: {_tail(err)}"}
+        finally:
+            with self.lock:
+                self.live.discard(proc)
+        rec = None
+        lines = [ln for ln in (out or "").splitlines() if ln.strip()]
+        if lines:
+            try:
+                rec = json.loads(lines[-1])
+            except json.JSONDecodeError:
+                rec = None
+        if proc.returncode != 0 or not isinstance(rec, dict):
+            why = _describe_exit(proc.returncode) if proc.returncode != 0 else "no JSON record on stdout"
+            return {**point, "status": "error", "error": f"worker {why}; stderr: {_tail(err)}"}
+        rec.update(point)  # the record is about the point we asked for
+        if isinstance(rec.get("timings"), dict):
+            rec["timings"]["wall"] = time.time() - spec["spawn_time"]  # as the parent saw it, exit included
+        return rec
+
+    def kill_all(self) -> None:
+        with self.lock:
+            for proc in list(self.live):
+                try:
+                    proc.kill()
+                except OSError:
+                    pass
+
+
+def idle_baseline(d: DeviceFacts) -> int | None:
+    """Device used memory just before a worker starts (the fallback when NVML cannot match our PID)."""
+    if d.device_type != "cuda":
+        return None
+    from vramfit.measure.probe import NvmlProbe
+
+    return NvmlProbe(d.gpu_uuid, d.index or 0).device_used()
+
+
+def point_spec(point: dict, recipe: Recipe, d: DeviceFacts, measure: Measure, emulate_bytes: int | None) -> dict:
+    """The worker's input for one point on one device (the adaptive and boundary planners' single queue)."""
+    return {"point": point, "recipe": recipe.to_dict(), "device": d.torch_device, "gpu_uuid": d.gpu_uuid,
+            "measure": measure.to_dict(), "emulate_bytes": emulate_bytes, "idle_baseline": idle_baseline(d)}

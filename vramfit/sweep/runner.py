@@ -1,0 +1,186 @@
+"""Grid -> one fresh worker process per point -> store; resume, timeouts, several GPUs, progress.
+
+Resume: a point is skipped when a row with status ok or oom exists for the same device model (name + capacity),
+recipe key, torch version and emulated capacity; error and timeout points are tried again. `redo` runs all.
+Devices of the same model share one queue of points (one worker per GPU at a time); different models each
+measure the whole grid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from vramfit.errors import VramfitError
+from vramfit.measure.devices import DeviceFacts, resolve
+from vramfit.recipe import Recipe
+from vramfit.store import Store, device_key
+from vramfit.sweep.executors import Event, Executor, Job, LocalExecutor
+from vramfit.sweep.grid import AXES, Grid
+from vramfit.sweep.progress import Progress, point_label
+from vramfit.units import format_size
+
+
+@dataclass
+class SweepResult:
+    sweep_id: int
+    db: str
+    planned: int
+    invalid: int
+    resumed: int
+    counts: Counter = field(default_factory=Counter)
+    interrupted: bool = False
+    note: str = ""  # adaptive plan: why it stopped
+
+
+def plan(grid: Grid, store: Store, env_ids: list[int], redo: bool) -> tuple[list[dict], int]:
+    """(points still to measure, number skipped because already measured)."""
+    points, _ = grid.points()
+    if redo:
+        return points, 0
+    done = store.measured_keys(env_ids[0])
+    todo = [p for p in points if tuple(p[a] for a in AXES) not in done]
+    return todo, len(points) - len(todo)
+
+
+def run_sweep(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: list[int] | None = None,
+              emulate_bytes: int | None = None, redo: bool = False, quiet: bool = False,
+              argv: list[str] | None = None, worker_cmd: list[str] | None = None,
+              live: bool | None = None, log: Callable[[str], None] = print,
+              executor: Executor | None = None) -> SweepResult:
+    """Measure every point of `grid` not yet in the store on the chosen device(s); returns the counts.
+
+    `executor` runs the points (default: `LocalExecutor`, this machine); this process alone writes the store. A
+    point that ran on another device than planned (a cluster) is stored under the environment it ran on."""
+    ex = executor or LocalExecutor(worker_cmd)
+    devs = resolve(device, gpu_indices) if ex.local else ex.discover(device, gpu_indices)
+    store = Store(db)
+    recipes = [d.resolve(grid.recipe) for d in devs]
+    env_ids = [store.environment(d.to_dict(), r, emulate_bytes) for d, r in zip(devs, recipes, strict=True)]
+    groups: dict[str, list[int]] = {}
+    for i, d in enumerate(devs):
+        groups.setdefault(device_key(d.to_dict()), []).append(i)
+    jobs: list[Job] = []
+    n_invalid = grid.points()[1]
+    total, resumed = 0, 0
+    for key, members in groups.items():
+        todo, skipped = plan(grid, store, [env_ids[i] for i in members], redo)
+        r = recipes[members[0]]
+        jobs += [Job(p, key, {"point": p, "recipe": r.to_dict(), "measure": grid.measure.to_dict(),
+                              "emulate_bytes": emulate_bytes}) for p in todo]
+        total += len(todo)
+        resumed += skipped
+    names = [f"{d.device_type}:{d.index}" if d.index is not None else d.device_type for d in devs]
+    if not ex.local:
+        names = [f"{ex.name}:{d.device_name}" for d in devs]
+    sweep_id = store.start_sweep(grid.name, grid.path, grid.to_dict(), names, emulate_bytes, total, n_invalid,
+                                 resumed, argv)
+    result = SweepResult(sweep_id, str(db), total, n_invalid, resumed)
+    if not quiet:
+        where = ", ".join(f"{d.device_name}" + (f" [{d.index}]" if d.index is not None else "") for d in devs)
+        where += "" if ex.local else f" (executor {ex.name})"
+        emu = f", emulating {format_size(emulate_bytes)}" if emulate_bytes else ""
+        log(f"sweep {sweep_id} '{grid.name}' on {where}{emu}: {total} points to measure, {resumed} already "
+            f"measured, {n_invalid} invalid combinations skipped; recipe {recipes[0].key()}; db {db}")
+    bar = Progress(total, quiet=quiet, live=live)
+
+    @contextlib.contextmanager
+    def measured_meanwhile():  # this thread's connection: skip what a concurrent sweep just did
+        own = Store(db)
+        try:
+            yield lambda i, p: own.is_measured(env_ids[i], p)
+        finally:
+            own.close()
+
+    actual: dict[str, int] = {}  # environments of devices a cluster ran points on
+
+    def env_of(ev: Event) -> int:
+        if ev.facts is None:
+            return env_ids[ev.slot]
+        key = json.dumps([ev.facts, ev.recipe], sort_keys=True, default=str)
+        if key not in actual:
+            recipe = Recipe.from_dict(ev.recipe) if ev.recipe else recipes[ev.slot]
+            actual[key] = store.environment(ev.facts, recipe, emulate_bytes)
+        return actual[key]
+
+    events = ex.run(jobs, devs, recipes, grid.measure, skip=None if redo else measured_meanwhile)
+    try:
+        finished = 0
+        for ev in events:
+            label = point_label(ev.job.point) + (f" @{names[ev.slot]}" if len(devs) > 1 else "")
+            if ev.kind == "start":
+                bar.started(label)
+                continue
+            if ev.kind == "skip":  # measured meanwhile by a concurrent sweep
+                result.resumed += 1
+                finished += 1
+                bar.finished(label, {"status": "skipped", "error": "measured by a concurrent sweep"})
+                continue
+            rec = ev.record
+            store.insert_point(rec, env_of(ev), sweep_id)
+            result.counts[rec["status"]] += 1
+            finished += 1
+            bar.finished(label, rec)
+            if finished >= total:
+                break
+    except BaseException:
+        ex.kill_all()
+        events.close()
+        bar.close()
+        store.finish_sweep(sweep_id, "interrupted")
+        store.close()
+        ex.close()
+        raise
+    events.close()
+    bar.close()
+    store.finish_sweep(sweep_id, "done")
+    store.close()
+    ex.close()
+    return result
+
+
+def identity_points(store: Store, env_id: int) -> pd.DataFrame:
+    """Every point measured on an environment with env_id's identity (device model, recipe, torch, emulation)."""
+    dkey, rkey, tv, emu = store.identity(env_id)
+    df = store.points_frame(recipe_key=rkey)
+    same = (df["device_key"] == dkey) & (df["torch_version"].fillna("") == (tv or ""))
+    same &= df["emulate_bytes"].isna() if emu is None else (df["emulate_bytes"] == emu)
+    return df[same].reset_index(drop=True)
+
+
+def single_device(device: str, gpu_indices: list[int] | None, what: str) -> DeviceFacts:
+    devs = resolve(device, gpu_indices)
+    if len(devs) > 1:
+        raise VramfitError(f"{what} runs on one device; give --device cuda:N instead of --devices")
+    return devs[0]
+
+
+def capacity_bytes(d: DeviceFacts, emulate_bytes: int | None) -> int | None:
+    """Bytes the plan must fit in: the emulated card, else a GPU's memory; None on a CPU without emulation."""
+    if emulate_bytes:
+        return int(emulate_bytes)
+    return int(d.total_memory_bytes) if d.device_type == "cuda" and d.total_memory_bytes else None
+
+
+@contextlib.contextmanager
+def recorded(store: Store, sweep_id: int, on_interrupt: Callable[[], None]):
+    """Close the sweep's row as 'done', or as 'interrupted' (after `on_interrupt`) when anything escapes,
+    then the store."""
+    status = "done"
+    try:
+        yield
+    except BaseException:
+        on_interrupt()
+        status = "interrupted"
+        raise
+    finally:
+        store.finish_sweep(sweep_id, status)
+        store.close()
+
+
