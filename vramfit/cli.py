@@ -315,6 +315,13 @@ def _console():
     return Console(width=max(120, shutil.get_terminal_size().columns))
 
 
+def _esc(text: str) -> str:
+    """Text shown through rich, with its [markup] taken literally."""
+    from rich.markup import escape
+
+    return escape(text)
+
+
 def _fmt(n: float) -> str:
     from vramfit.units import format_size
 
@@ -346,9 +353,8 @@ def fit(
 ) -> None:
     """Fit the memory and throughput models per device and recipe; print coefficients and CV error beside the
     baselines. With --loss, fit the loss law of each corpus to the stored training runs instead."""
-    from rich.table import Table
-
-    from vramfit.plan.workflows import fit_store, model_filename
+    from vramfit.plan.workflows import fit_and_save
+    from vramfit.show.tables import coefficient_table, cv_table, mfu_line, throughput_tables, to_rich
 
     if loss:
         _fit_loss(db, corpus, loss_out)
@@ -356,59 +362,25 @@ def fit(
     with _open_store(db) as store:
         points = store.points_frame(device=device, recipe_key=recipe)
     console = _console()
-    for report, _ in fit_store(points, target=target, regimes=regimes, dryrun=dry_run):
-        path = report.save(out / model_filename(report.device, report.recipe_key))
-        console.print(f"[bold]{report.device}[/] · recipe {report.recipe_key} · target {report.target} · "
-                      f"{report.n_points} points -> {path}")
-        coef = Table("term", "coefficient", "unit", title="memory model")
-        for row in report.model.coefficients():
-            value = _fmt(row["value"]) if row["unit"] == "B" else f"{row['value']:.4g}"
-            coef.add_row(row["term"], value, "" if row["unit"] == "B" else row["unit"])
-        console.print(coef)
-        m = report.metrics
-        cv = Table("model", "CV", "MAPE", "max error", "worst under-prediction", title="cross-validated error")
-        for name, label in (("ours", "vramfit (physics)"), ("dryrun", "dry-run c0 + k*estimate"),
-                            ("naive", "naive params+tokens")):
-            if name not in m:
-                continue
-            for how, how_label in (("loo", "leave-one-out"), ("grouped", "shape held out")):
-                r = m[name][how]
-                cv.add_row(label, how_label, f"{r['mape']:.2%}", f"{r['max_rel']:.2%}",
-                           _fmt(r["worst_under_bytes"]))
-        console.print(cv)
+    for report, path in fit_and_save(points, out, target=target, regimes=regimes, dryrun=dry_run):
+        console.print(f"[bold]{_esc(report.device)}[/] · recipe {report.recipe_key} · target {report.target} · "
+                      f"{report.n_points} points -> {_esc(str(path))}")
+        console.print(to_rich(coefficient_table(report.model)))
+        console.print(to_rich(cv_table(report.metrics)))
         console.print(f"safety margin: {report.margin_rel:.2%} of the prediction (worst CV under-prediction)")
         if report.dryrun is not None:
             console.print(f"dry-run model: {_fmt(report.dryrun.intercept_)} + {report.dryrun.coef_[0]:.4f} x "
                           "estimate")
-        _print_throughput(console, report.throughput)
+        tp = report.throughput
+        if tp is None:
+            console.print("throughput model: not fitted (fewer than 3 ok sweep points with ms/iter)")
+        else:
+            for t in throughput_tables(tp):
+                console.print(to_rich(t))
+            console.print(mfu_line(tp))
         for v in report.oom_violations:
-            console.print(f"[yellow]warning:[/] OOM point {v} is predicted to fit ({_fmt(v['predicted'])} <= "
-                          f"{_fmt(v['capacity'])})")
-
-
-def _print_throughput(console, tp) -> None:
-    """The throughput model's coefficients and CV error beside the FLOPs-only baseline (fit's output)."""
-    from rich.table import Table
-
-    from vramfit.fit.throughput import THROUGHPUT_CV
-
-    if tp is None:
-        console.print("throughput model: not fitted (fewer than 3 ok sweep points with ms/iter)")
-        return
-    coef = Table("term", "coefficient", "unit", title=f"throughput model (ms/iter, {tp.n_points} sweep points)")
-    for row in tp.model.coefficients():
-        coef.add_row(row["term"], f"{row['value']:.4g}", row["unit"])
-    console.print(coef)
-    cv = Table("model", "CV", "MAPE", "max error", title="throughput: cross-validated error (ms/iter; best step "
-               "= the shape's cost, typical = its median step, machine noise included)")
-    for name, label in (("ours", "FLOPs + memory traffic"), ("flops", "FLOPs + overhead only")):
-        for how, how_label in THROUGHPUT_CV:
-            r = tp.metrics[name].get(how)
-            if r is not None:  # model files fitted before the typical-step rows existed lack them
-                cv.add_row(label, how_label, f"{r['mape']:.2%}", f"{r['max_rel']:.2%}")
-    console.print(cv)
-    console.print(f"MFU: {tp.mfu:.1%} median of the sweep points (peak {tp.peak_flops / 1e12:.0f} TFLOP/s)"
-                  if tp.mfu is not None else "MFU: device peak FLOP/s unknown (CPU or an unlisted GPU)")
+            console.print(f"[yellow]warning:[/] OOM point {_esc(str(v))} is predicted to fit "
+                          f"({_fmt(v['predicted'])} <= {_fmt(v['capacity'])})")
 
 
 def _fit_loss(db: Path, corpus: Path | None, out: Path) -> None:
@@ -429,35 +401,6 @@ def _fit_loss(db: Path, corpus: Path | None, out: Path) -> None:
                    f"(rms error of log-loss {law.rmse_log:.4f})")
 
 
-def _corpus_vocab(data_dir: str) -> int | None:
-    """The vocabulary size of a prepared corpus (its meta.json), None where there is none or it is unreadable."""
-    from gpt.data import load_meta
-    from gpt.errors import DataError
-
-    try:
-        meta = load_meta(data_dir)
-    except DataError:  # not prepared (no meta.json) or unreadable
-        return None
-    v = meta.get("vocab_size") if isinstance(meta, dict) else None
-    return int(v) if isinstance(v, int) and v > 0 else None
-
-
-def _shape_options(n_layer, n_head, n_embd, block_size, batch_size, vocab) -> dict:
-    def ints(value: str | None, name: str):
-        if value is None:
-            return None
-        try:
-            out = [int(v) for v in str(value).split(",") if v.strip()]
-        except ValueError:
-            fail(f"--{name.replace('_', '-')}: expected integers like 4 or 4,8, got {value!r}")
-        if not out or min(out) < 1:
-            fail(f"--{name.replace('_', '-')}: sizes must be >= 1, got {value!r}")
-        return out
-
-    return {k: ints(v, k) for k, v in dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
-                                            batch_size=batch_size, vocab_size=vocab).items()}
-
-
 @app.command()
 def predict(
     n_layer: int = typer.Option(..., min=1),
@@ -472,28 +415,23 @@ def predict(
     """Predicted training memory of one config, with a breakdown and the safety margin."""
     import json
 
-    from gpt.config import GPTConfig
-    from vramfit.fit.features import features
-    from vramfit.plan.workflows import open_model
+    from vramfit.plan.recommend import predict_one
 
-    GPTConfig(n_layer, n_head, n_embd, block_size, vocab)  # shape errors as one line
-    path, doc = open_model(model)
-    f = features(n_layer, n_head, n_embd, block_size, batch_size, vocab)
-    pred = float(doc["model"].predict(f)[0])
-    base = float(doc["baseline"].predict(f)[0])
-    part = doc["model"].breakdown(f)[0]
-    margin = pred * doc["margin_rel"]
+    r = predict_one(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                         batch_size=batch_size, vocab_size=vocab), model)
     if json_out:
-        typer.echo(json.dumps({"predicted_bytes": int(pred), "margin_bytes": int(margin),
-                               "naive_bytes": int(base), "regime": part.pop("regime"),
-                               "breakdown": {k: int(v) for k, v in part.items()}, "model_file": str(path)}))
+        typer.echo(json.dumps({"predicted_bytes": int(r["predicted"]), "margin_bytes": int(r["margin"]),
+                               "naive_bytes": int(r["naive"]), "regime": r["regime"],
+                               "breakdown": {k: int(v) for k, v in r["breakdown"].items()},
+                               "model_file": str(r["model_file"])}))
         return
-    typer.echo(f"model {path} ({doc['device']}, {doc['recipe_key']}, target {doc['target']})")
-    typer.echo(f"predicted peak: {_fmt(pred)}  (+ margin {_fmt(margin)} = {_fmt(pred + margin)}; "
-               f"peak in the {part.pop('regime')})")
-    for k, v in part.items():
+    doc = r["model"]
+    typer.echo(f"model {r['model_file']} ({doc['device']}, {doc['recipe_key']}, target {doc['target']})")
+    typer.echo(f"predicted peak: {_fmt(r['predicted'])}  (+ margin {_fmt(r['margin'])} = "
+               f"{_fmt(r['predicted'] + r['margin'])}; peak in the {r['regime']})")
+    for k, v in r["breakdown"].items():
         typer.echo(f"  {k:<18} {_fmt(v):>12}")
-    typer.echo(f"naive params+tokens line: {_fmt(base)}")
+    typer.echo(f"naive params+tokens line: {_fmt(r['naive'])}")
 
 
 @app.command()
@@ -537,132 +475,42 @@ def suggest(
     With --hours H: ranked by what H hours of training buys (tokens/s from the throughput model)."""
     import json
 
-    from rich.table import Table
+    from vramfit.plan.recommend import SuggestRequest, parse_int_options, recommend
+    from vramfit.plan.workflows import save_suggestions
+    from vramfit.show.tables import suggestion_table, time_table, to_rich
 
-    from vramfit.plan.suggest import smallest_need
-    from vramfit.plan.suggest import suggest as run_suggest
-    from vramfit.plan.workflows import open_model, save_suggestions, train_command
-    from vramfit.units import parse_size
-
-    vram_b, reserve_b = parse_size(vram), parse_size(reserve)
-    budget = vram_b - reserve_b
-    space = _shape_options(n_layer, n_head, n_embd, block_size, batch_size, vocab)
-    corpus_vocab = _corpus_vocab(data_dir)
-    if corpus_vocab is not None:
-        if space["vocab_size"] is None:  # plan for the corpus the printed commands train on
-            space["vocab_size"] = [corpus_vocab]
-            if not json_out:
-                typer.echo(f"vocab {corpus_vocab}: from {Path(data_dir) / 'meta.json'} (--vocab to override)")
-        elif min(space["vocab_size"]) < corpus_vocab:
-            fail(f"--vocab {min(space['vocab_size'])} is smaller than the vocabulary of --data-dir {data_dir} "
-                 f"({corpus_vocab}): training would fail")
-    time_args: dict = {}
-    if hours is not None:
-        time_args = _time_args(hours, rank, loss_law, data_dir)
-        if no_profile:
-            fail("--hours needs a profiled device (its sweep measures speed); drop --no-profile")
-    if no_profile:
-        from vramfit.dryrun.estimate import parse_capability, parse_recipe
-        from vramfit.plan.workflows import no_profile_model, verify_with_estimates
-        from vramfit.recipe import Recipe
-
-        rec, cap = parse_recipe(recipe), parse_capability(capability)
-        typer.echo("warning: no profile of this device: predictions are dry-run estimates of the eager step plus "
-                   "a 512 MiB CUDA context constant and 5% allocator slack, not measurements "
-                   "(run `vramfit sweep` on the GPU for a validated model)", err=True)
-        mm, margin, recipe_d = no_profile_model(rec, cap, (space["vocab_size"] or [50304])[0])
-        path, doc = Path("(dry-run, no profile)"), {"device": f"CUDA sm{cap[0]}{cap[1]} (not profiled)",
-                                                   "recipe_key": Recipe(**recipe_d).key(), "target": "allocated"}
-    else:
-        path, doc = open_model(model)
-        mm, margin, recipe_d = doc["model"], doc["margin_rel"], doc.get("recipe") or {}
-    if time_args:
-        time_args["throughput"] = doc["throughput"].model if doc.get("throughput") is not None else None
-    if gpus > 1 and time_args:
-        fail("--hours plans one GPU for now; drop --gpus or --hours")
-    from vramfit.plan.ddp import for_strategy, multi_gpu
-
-    mm = for_strategy(mm, gpus, strategy)
-    items = run_suggest(mm, margin, budget, objective=objective, top=top, min_batch=min_batch,
-                        command=lambda s: train_command(s, recipe_d, data_dir), **time_args, **space)
-    if no_profile:
-        items = verify_with_estimates(items, rec, cap, budget)
-    items = multi_gpu(items, gpus)
-    result = {"vram_bytes": vram_b, "reserve_bytes": reserve_b, "budget_bytes": budget, "objective": objective,
-              "model_file": str(path), "device": doc["device"], "recipe_key": doc["recipe_key"], "recipe": recipe_d,
-              "target": doc["target"], "margin_rel": margin, "data_dir": data_dir,
-              "gpus": gpus, "strategy": strategy or ("ddp" if gpus > 1 else None),
-              "suggestions": [s.to_dict() for s in items]}
-    if time_args:
-        law = time_args["loss_law"]
-        result.update(hours=time_args["hours"], rank=time_args["rank"],
-                      loss_law=law.to_dict() if law is not None and time_args["rank"] == "loss" else None)
-    if items:
-        save_suggestions(result, save)
+    space = parse_int_options(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                              batch_size=batch_size, vocab_size=vocab)
+    rec = recommend(SuggestRequest(vram, reserve, objective, space, min_batch, top, model, data_dir, no_profile,
+                                   recipe, capability, hours, rank, loss_law, gpus, strategy))
+    for line in rec.warnings:
+        typer.echo(line, err=True)
+    if rec.items:
+        save_suggestions(rec.doc, save)
     if json_out:
-        typer.echo(json.dumps(result, indent=1))
-        if not items:
+        typer.echo(json.dumps(rec.doc, indent=1))
+        if not rec.items:
             raise typer.Exit(1)
         return
+    for line in rec.notes:
+        typer.echo(line)
+    doc, budget = rec.doc, rec.doc["budget_bytes"]
     console = _console()
-    console.print(f"budget: {_fmt(budget)} ({vram} - reserve {_fmt(reserve_b)}) · model {path.name} "
-                  f"({doc['device']}, margin {margin:.1%})")
-    if not items:
-        need, cfg = smallest_need(mm, margin, **space)
+    console.print(f"budget: {_fmt(budget)} ({_esc(vram)} - reserve {_fmt(doc['reserve_bytes'])}) · model "
+                  f"{_esc(rec.model_path.name)} ({_esc(doc['device'])}, margin {doc['margin_rel']:.1%})")
+    if rec.nothing_fits is not None:
+        need, cfg = rec.nothing_fits
         console.print(f"nothing fits in {_fmt(budget)}. The smallest config in this space needs {_fmt(need)}: "
                       + " ".join(f"{k}={v}" for k, v in cfg.items())
                       + ". Raise --vram, lower --reserve, or relax the fixed sizes.")
         raise typer.Exit(1)
-    if time_args:
-        _print_time_table(console, items, time_args)
+    if rec.time_args:
+        console.print(to_rich(time_table(rec.items, rec.time_args["hours"], rec.time_args["rank"])))
     else:
-        table = Table("#", "layers", "heads", "width", "block", "batch", "vocab", "params", "tokens/step",
-                      "predicted", "headroom", title=f"top {len(items)} by {objective}")
-        for s in items:
-            table.add_row(str(s.rank), str(s.n_layer), str(s.n_head), str(s.n_embd), str(s.block_size),
-                          str(s.batch_size), str(s.vocab_size), f"{s.params / 1e6:.1f}M", f"{s.tokens_per_step:,}",
-                          _fmt(s.predicted_bytes), _fmt(s.headroom_bytes))
-        console.print(table)
-    for s in items:
-        console.print(f"#{s.rank}: {s.command}", soft_wrap=True)
-    console.print(f"saved to {save}: train one with `vramfit train --suggestion N`")
-
-
-def _time_args(hours: str, rank: str, loss_law: Path | None, data_dir: str) -> dict:
-    """Validated --hours / --rank / --loss-law for suggest (and plot)."""
-    from vramfit.fit.losslaw import law_for_corpus, load_law
-    from vramfit.plan.suggest import TIME_RANKS, check_hours
-
-    h = check_hours(hours)
-    if rank not in ("auto", *TIME_RANKS):
-        fail(f"unknown --rank {rank!r}; choose auto, {', '.join(TIME_RANKS)}")
-    law = load_law(loss_law) if loss_law else law_for_corpus(data_dir)
-    if rank == "auto":
-        rank = "loss" if law is not None else "optimal"
-    if rank == "loss" and law is None:
-        fail(f"--rank loss: no loss law for {data_dir} (run `vramfit fit --loss` after 3+ `vramfit train` runs "
-             "on it, or pass --loss-law FILE)")
-    return {"hours": h, "rank": rank, "loss_law": law}
-
-
-def _print_time_table(console, items: list, time_args: dict) -> None:
-    from rich.table import Table
-
-    from vramfit.fit.losslaw import TOKENS_PER_PARAM
-
-    h, rank = time_args["hours"], time_args["rank"]
-    how = {"optimal": f"min(tokens, {TOKENS_PER_PARAM:.0f} x params): compute-optimal use of the time",
-           "chinchilla": "predicted loss (Chinchilla's published law)",
-           "loss": "predicted final loss (loss law fitted to this corpus's runs)"}[rank]
-    cols = ["#", "layers", "heads", "width", "block", "batch", "params", "predicted", "ms/iter", "tokens/s",
-            f"tokens in {h:g} h", f"h to {TOKENS_PER_PARAM:.0f}xP"] + (["loss"] if rank != "optimal" else [])
-    table = Table(*cols, title=f"top {len(items)} for {h:g} hours, by {how}")
-    for s in items:
-        row = [str(s.rank), str(s.n_layer), str(s.n_head), str(s.n_embd), str(s.block_size), str(s.batch_size),
-               f"{s.params / 1e6:.2f}M", _fmt(s.predicted_bytes), f"{s.ms_per_iter:,.1f}", f"{s.tokens_per_s:,.0f}",
-               f"{s.tokens_in_budget / 1e6:,.1f}M", f"{s.hours_to_optimal:,.2f}"]
-        table.add_row(*row, *([f"{s.predicted_loss:.3f}"] if rank != "optimal" else []))
-    console.print(table)
+        console.print(to_rich(suggestion_table(rec.items, f"top {len(rec.items)} by {objective}")))
+    for s in rec.items:
+        console.print(f"#{s.rank}: {_esc(s.command)}", soft_wrap=True)
+    console.print(f"saved to {_esc(str(save))}: train one with `vramfit train --suggestion N`")
 
 
 @app.command()
@@ -685,7 +533,9 @@ def plot(
     from vramfit.units import parse_size
 
     budget = parse_size(vram)
-    time_args = _time_args(hours, rank, None, data_dir)
+    from vramfit.plan.recommend import time_args as parse_time_args
+
+    time_args = parse_time_args(hours, rank, None, data_dir)
     with _open_store(db) as store:
         points = store.points_frame(device=device, recipe_key=recipe)
     for report, group in fit_store(points, target=target):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 
@@ -12,3 +13,13 @@ def corpus_id(data_dir: str | Path) -> str | None:
     if not meta.is_file():
         return None
     return hashlib.sha256(meta.read_bytes()).hexdigest()[:12]
+
+
+def corpus_vocab(data_dir: str | Path) -> int | None:
+    """The vocabulary size of a prepared corpus (its meta.json), None where there is none or it is unreadable."""
+    try:
+        meta = json.loads((Path(data_dir) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    v = meta.get("vocab_size") if isinstance(meta, dict) else None
+    return int(v) if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None

@@ -12,13 +12,16 @@ All functions work elementwise on numpy arrays, so `suggest` evaluates whole sea
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 
 from gpt.config import count_params
 from vramfit import SHAPE_KEYS
 
-SHAPE = SHAPE_KEYS
+if TYPE_CHECKING:
+    import pandas as pd  # imported where frames are built: predicting from a model file needs no pandas
+
 PHYSICS = ("params", "logits", "acts", "attn", "embed")
 NAIVE = ("params", "tokens")
 UNITS = {
@@ -51,11 +54,13 @@ def features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size, bias: 
 
 
 def frame_features(df: pd.DataFrame, bias: bool = True) -> pd.DataFrame:
-    """Feature columns for a DataFrame of points (with the SHAPE columns)."""
-    missing = [c for c in SHAPE if c not in df.columns]
+    """Feature columns for a DataFrame of points (with the SHAPE_KEYS columns)."""
+    import pandas as pd
+
+    missing = [c for c in SHAPE_KEYS if c not in df.columns]
     if missing:
         raise KeyError(f"points lack columns: {', '.join(missing)}")
-    feats = features(*(df[c].to_numpy() for c in SHAPE), bias=bias)
+    feats = features(*(df[c].to_numpy() for c in SHAPE_KEYS), bias=bias)
     return pd.DataFrame(feats, index=df.index)
 
 

@@ -24,14 +24,17 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.fit.features import BREAKDOWN, NAIVE, PHYSICS, UNITS, frame_features, shape_key
 from vramfit.fit.stats import cv_predictions, error_metrics, nnls, nonneg_slope
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where frames are built: predicting from a model file needs no pandas
 
 MIN_MARGIN = 0.01  # never promise tighter than 1 %
 ADAMW_STEP_BYTES_PER_PARAM = 16.0  # fp32 weights + grads + Adam m + v, all alive at the optimizer step
@@ -257,6 +260,8 @@ def fit_points(points: pd.DataFrame, target: str = "auto", regimes: int = 2, dry
     """Fit ours and the naive baseline on the ok points of ONE device+recipe; CV both; check OOM rows.
 
     `dryrun(ok_points) -> bytes per row` (the dry-run estimator) adds a third model, y = c0 + k*estimate."""
+    import pandas as pd
+
     if points.empty:
         raise VramfitError("no measured points to fit (run `vramfit sweep` first)")
     if target == "auto":
@@ -302,6 +307,8 @@ def fit_points(points: pd.DataFrame, target: str = "auto", regimes: int = 2, dry
 
 def oom_violations(report: FitReport, points: pd.DataFrame) -> list[dict]:
     """OOM rows the model says would fit (prediction <= the capacity they ran under): the model is wrong there."""
+    import pandas as pd
+
     oom = points[points["status"] == "oom"]
     cap_col = "capacity_bytes" if "capacity_bytes" in points.columns else "total_memory_bytes"
     if oom.empty or cap_col not in oom.columns:

@@ -6,9 +6,12 @@ scikit-learn is imported inside the functions, so that loading a fitted model to
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where frames are built: predicting from a model file needs no pandas
 
 
 def nnls(X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None) -> tuple[float, np.ndarray]:

@@ -28,13 +28,17 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from gpt.config import count_params
-from vramfit.fit.features import SHAPE, shape_key
+from vramfit import SHAPE_KEYS
+from vramfit.fit.features import shape_key
 from vramfit.fit.stats import cv_predictions, error_metrics, nnls
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where frames are built: predicting from a model file needs no pandas
 
 THROUGHPUT = ("flops", "logits", "acts")
 FLOPS = ("flops",)
@@ -57,7 +61,9 @@ def time_features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size, b
 
 
 def frame_time_features(df: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame(time_features(*(df[c].to_numpy() for c in SHAPE)), index=df.index)
+    import pandas as pd
+
+    return pd.DataFrame(time_features(*(df[c].to_numpy() for c in SHAPE_KEYS)), index=df.index)
 
 
 def _slowdown(ratio: np.ndarray) -> float:
@@ -161,6 +167,8 @@ def timed_points(points: pd.DataFrame) -> pd.DataFrame:
     """The ok sweep points with a steady-state ms/iter, plus `ms_best` (their fastest step; ms/iter where the
     steps were not recorded, as in databases swept before vramfit kept them; when at least MIN_POINTS points have
     their steps, only those)."""
+    import pandas as pd
+
     ok = points[(points["status"] == "ok") & points["ms_per_iter"].notna() & (points["ms_per_iter"] > 0)]
     if "source" in ok.columns:
         ok = ok[ok["source"].fillna("sweep") != "train"]
@@ -188,6 +196,8 @@ def _held_out_slowdown(best: np.ndarray, typical: np.ndarray, groups: np.ndarray
 
 def fit_throughput(points: pd.DataFrame) -> ThroughputReport | None:
     """Fit and cross-validate the throughput model on ONE device+recipe's points; None below MIN_POINTS."""
+    import pandas as pd
+
 
     ok = timed_points(points)
     if len(ok) < MIN_POINTS:

@@ -1,5 +1,6 @@
-"""Glue between the store, fitted model files and suggestions: what `fit`, `predict`, `suggest`, `plot` and
-`train --suggestion` share (which model file, which points, the train command of a suggestion)."""
+"""The workflows that join the store, fitted model files and suggestions: fitting every device + recipe of a
+database, finding the model file, the train command of a suggestion, the suggestions file, comparing a measured
+training run with its prediction, and the dry-run model for a GPU that was never profiled."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import json
 import re
 import shlex
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.fit.memmodel import FitReport, fit_points, load_model
 from vramfit.plan.suggest import Suggestion
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported where frames are built: predicting from a model file needs no pandas
 
 MODELS_DIR = Path("results") / "models"
 SUGGESTIONS_FILE = Path("results") / "suggestions.json"
@@ -60,6 +63,13 @@ def fit_store(points: pd.DataFrame, target: str = "auto", regimes: int = 2,
     if not out:
         raise VramfitError("nothing to fit: " + "; ".join(errors))
     return out
+
+
+def fit_and_save(points: pd.DataFrame, out_dir: str | Path, target: str = "auto", regimes: int = 2,
+                 dryrun: bool = False) -> list[tuple[FitReport, Path]]:
+    """`fit_store`, each report saved as `out_dir/<device>-<recipe>.json`: (report, path) per device + recipe."""
+    return [(report, report.save(Path(out_dir) / model_filename(report.device, report.recipe_key)))
+            for report, _ in fit_store(points, target=target, regimes=regimes, dryrun=dryrun)]
 
 
 def resolve_model_file(model: str | Path | None, models_dir: str | Path = MODELS_DIR) -> Path:

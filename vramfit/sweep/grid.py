@@ -31,8 +31,6 @@ from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.recipe import Recipe
 
-AXES = SHAPE_KEYS
-
 
 @dataclass(frozen=True)
 class Measure:
@@ -93,17 +91,17 @@ class Grid:
         seen: dict[tuple[int, ...], None] = {}
         invalid: set[tuple[int, ...]] = set()
         for block in self.blocks:
-            for combo in itertools.product(*(block[a] for a in AXES)):
+            for combo in itertools.product(*(block[a] for a in SHAPE_KEYS)):
                 if combo in seen or combo in invalid:
                     continue
-                p = dict(zip(AXES, combo, strict=True))
+                p = dict(zip(SHAPE_KEYS, combo, strict=True))
                 try:
                     GPTConfig(p["n_layer"], p["n_head"], p["n_embd"], p["block_size"], p["vocab_size"])
                 except ConfigError:
                     invalid.add(combo)
                     continue
                 seen[combo] = None
-        return [dict(zip(AXES, c, strict=True)) for c in seen], len(invalid)
+        return [dict(zip(SHAPE_KEYS, c, strict=True)) for c in seen], len(invalid)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "path": self.path, "axes": self.blocks, "recipe": self.recipe.to_dict(),
@@ -141,9 +139,9 @@ def _read_toml(path: Path) -> dict:
 def _block(raw: object, where: str) -> dict[str, list[int]]:
     if not isinstance(raw, dict):
         raise VramfitError(f"{where}: axes must be a table of axis = [values]")
-    unknown = set(raw) - set(AXES)
+    unknown = set(raw) - set(SHAPE_KEYS)
     if unknown:
-        raise VramfitError(f"{where}: unknown axis {sorted(unknown)[0]!r} (axes: {', '.join(AXES)})")
+        raise VramfitError(f"{where}: unknown axis {sorted(unknown)[0]!r} (axes: {', '.join(SHAPE_KEYS)})")
     return {k: parse_int_list(v, f"{where} {k}") for k, v in raw.items()}
 
 
@@ -164,14 +162,14 @@ def load_grid(path: str | Path | None, axis_overrides: dict[str, list[int]] | No
     raw_blocks = raw_axes if isinstance(raw_axes, list) else [raw_axes]
     blocks = [_block(b, f"{where} axes") for b in raw_blocks]
     for name, values in (axis_overrides or {}).items():
-        if name not in AXES:
-            raise VramfitError(f"unknown axis {name!r} (axes: {', '.join(AXES)})")
+        if name not in SHAPE_KEYS:
+            raise VramfitError(f"unknown axis {name!r} (axes: {', '.join(SHAPE_KEYS)})")
         values = parse_int_list(values, name)
         blocks = [{**b, name: values} for b in blocks] if blocks else [{name: values}]
     if not blocks:
         raise VramfitError(f"{where}: empty grid (no axes)")
     first = blocks[0]
-    missing = [a for a in AXES if a not in first]
+    missing = [a for a in SHAPE_KEYS if a not in first]
     if missing:
         raise VramfitError(f"{where}: the first axes block lacks {', '.join(missing)}")
     blocks = [{**first, **b} for b in blocks]

@@ -17,12 +17,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.measure.devices import DeviceFacts, resolve
 from vramfit.recipe import Recipe
 from vramfit.store import Store, device_key
 from vramfit.sweep.executors import Event, Executor, Job, LocalExecutor
-from vramfit.sweep.grid import AXES, Grid
+from vramfit.sweep.grid import Grid
 from vramfit.sweep.progress import Progress, point_label
 from vramfit.units import format_size
 
@@ -45,8 +46,26 @@ def plan(grid: Grid, store: Store, env_ids: list[int], redo: bool) -> tuple[list
     if redo:
         return points, 0
     done = store.measured_keys(env_ids[0])
-    todo = [p for p in points if tuple(p[a] for a in AXES) not in done]
+    todo = [p for p in points if tuple(p[a] for a in SHAPE_KEYS) not in done]
     return todo, len(points) - len(todo)
+
+
+def _jobs(grid: Grid, store: Store, devs: list[DeviceFacts], recipes: list[Recipe], env_ids: list[int],
+          emulate_bytes: int | None, redo: bool) -> tuple[list[Job], int, int]:
+    """(jobs, points to measure, points already measured): devices of one model share a queue of points."""
+    groups: dict[str, list[int]] = {}
+    for i, d in enumerate(devs):
+        groups.setdefault(device_key(d.to_dict()), []).append(i)
+    jobs: list[Job] = []
+    total, resumed = 0, 0
+    for key, members in groups.items():
+        todo, skipped = plan(grid, store, [env_ids[i] for i in members], redo)
+        r = recipes[members[0]]
+        jobs += [Job(p, key, {"point": p, "recipe": r.to_dict(), "measure": grid.measure.to_dict(),
+                              "emulate_bytes": emulate_bytes}) for p in todo]
+        total += len(todo)
+        resumed += skipped
+    return jobs, total, resumed
 
 
 def run_sweep(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: list[int] | None = None,
@@ -63,19 +82,8 @@ def run_sweep(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: lis
     store = Store(db)
     recipes = [d.resolve(grid.recipe) for d in devs]
     env_ids = [store.environment(d.to_dict(), r, emulate_bytes) for d, r in zip(devs, recipes, strict=True)]
-    groups: dict[str, list[int]] = {}
-    for i, d in enumerate(devs):
-        groups.setdefault(device_key(d.to_dict()), []).append(i)
-    jobs: list[Job] = []
+    jobs, total, resumed = _jobs(grid, store, devs, recipes, env_ids, emulate_bytes, redo)
     n_invalid = grid.points()[1]
-    total, resumed = 0, 0
-    for key, members in groups.items():
-        todo, skipped = plan(grid, store, [env_ids[i] for i in members], redo)
-        r = recipes[members[0]]
-        jobs += [Job(p, key, {"point": p, "recipe": r.to_dict(), "measure": grid.measure.to_dict(),
-                              "emulate_bytes": emulate_bytes}) for p in todo]
-        total += len(todo)
-        resumed += skipped
     names = [f"{d.device_type}:{d.index}" if d.index is not None else d.device_type for d in devs]
     if not ex.local:
         names = [f"{ex.name}:{d.device_name}" for d in devs]
@@ -110,38 +118,30 @@ def run_sweep(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: lis
         return actual[key]
 
     events = ex.run(jobs, devs, recipes, grid.measure, skip=None if redo else measured_meanwhile)
+    status = "interrupted"
     try:
-        finished = 0
         for ev in events:
             label = point_label(ev.job.point) + (f" @{names[ev.slot]}" if len(devs) > 1 else "")
             if ev.kind == "start":
                 bar.started(label)
-                continue
-            if ev.kind == "skip":  # measured meanwhile by a concurrent sweep
+            elif ev.kind == "skip":  # measured meanwhile by a concurrent sweep
                 result.resumed += 1
-                finished += 1
                 bar.finished(label, {"status": "skipped", "error": "measured by a concurrent sweep"})
-                continue
-            rec = ev.record
-            store.insert_point(rec, env_of(ev), sweep_id)
-            result.counts[rec["status"]] += 1
-            finished += 1
-            bar.finished(label, rec)
-            if finished >= total:
+            else:
+                store.insert_point(ev.record, env_of(ev), sweep_id)
+                result.counts[ev.record["status"]] += 1
+                bar.finished(label, ev.record)
+            if bar.done >= total:
                 break
-    except BaseException:
-        ex.kill_all()
+        status = "done"
+    finally:
+        if status != "done":
+            ex.kill_all()
         events.close()
         bar.close()
-        store.finish_sweep(sweep_id, "interrupted")
+        store.finish_sweep(sweep_id, status)
         store.close()
         ex.close()
-        raise
-    events.close()
-    bar.close()
-    store.finish_sweep(sweep_id, "done")
-    store.close()
-    ex.close()
     return result
 
 

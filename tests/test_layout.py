@@ -1,0 +1,51 @@
+"""The architecture's promises that import-linter cannot check: the thin CLI loads torch only for the commands
+that train, measure or estimate; a fitted model predicts without scikit-learn."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from planner_data import synthetic_points
+
+from vramfit.plan.workflows import fit_and_save
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PROBE = """
+import sys
+from vramfit.cli import main
+rc = main(sys.argv[1:])
+heavy = sorted(m for m in ("torch", "sklearn", "scipy", "pandas", "gpt.model", "gpt.train") if m in sys.modules)
+print("LOADED", ",".join(heavy))
+sys.exit(rc)
+"""
+
+
+def loaded(*args: str) -> tuple[int, list[str], str]:
+    r = subprocess.run([sys.executable, "-c", PROBE, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("LOADED")][-1]
+    return r.returncode, [m for m in line.removeprefix("LOADED").strip().split(",") if m], r.stdout + r.stderr
+
+
+def test_help_and_import_do_not_load_torch():
+    rc, mods, out = loaded("--help")
+    assert rc == 0 and mods == [], out
+
+
+def test_suggest_and_predict_from_a_model_file_load_neither_torch_nor_sklearn(tmp_path):
+    points = synthetic_points()
+    points["device_key"] = "synthetic"
+    (_, path), = fit_and_save(points, tmp_path)
+    rc, mods, out = loaded("suggest", "--vram", "8G", "--model", str(path), "--data-dir", str(tmp_path / "none"),
+                           "--save", str(tmp_path / "s.json"), "--top", "3")
+    assert rc == 0 and "#1: vramfit train" in out, out
+    assert mods == [], f"suggest loaded {mods}"
+    rc, mods, out = loaded("predict", "--n-layer", "4", "--n-head", "4", "--n-embd", "256", "--block-size", "256",
+                           "--batch-size", "8", "--model", str(path))
+    assert rc == 0 and "predicted peak" in out and mods == [], (mods, out)
+
+
+def test_estimate_does_load_torch_where_it_needs_it():
+    rc, mods, out = loaded("estimate", "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16",
+                           "--batch-size", "1", "--vocab", "64", "--target", "cpu")
+    assert rc == 0 and "torch" in mods, out

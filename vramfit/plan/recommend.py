@@ -1,0 +1,182 @@
+"""The `vramfit suggest` and `vramfit predict` workflows: budget, the corpus's vocabulary, the model (a profile's
+model file, or the dry-run model for a GPU never profiled), the search, the multi-GPU term, the check by dry run,
+and the JSON document that `train --suggestion N` reads. The CLI only parses and prints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vramfit.corpus import corpus_vocab
+from vramfit.errors import VramfitError
+from vramfit.units import parse_size
+
+DEFAULT_VOCAB = 50304  # GPT-2 BPE, padded to a multiple of 64 as nanoGPT does
+
+
+def parse_int_options(**options: str | None) -> dict[str, list[int] | None]:
+    """`--n-layer 4,8`-style options as lists of positive ints (None where not given)."""
+    out: dict[str, list[int] | None] = {}
+    for name, value in options.items():
+        flag = f"--{name.replace('_', '-')}"
+        if value is None:
+            out[name] = None
+            continue
+        try:
+            values = [int(v) for v in str(value).split(",") if v.strip()]
+        except ValueError:
+            raise VramfitError(f"{flag}: expected integers like 4 or 4,8, got {value!r}") from None
+        if not values or min(values) < 1:
+            raise VramfitError(f"{flag}: sizes must be >= 1, got {value!r}")
+        out[name] = values
+    return out
+
+
+def time_args(hours: str, rank: str, loss_law: Path | None, data_dir: str) -> dict:
+    """Validated --hours / --rank / --loss-law (for suggest and plot)."""
+    from vramfit.fit.losslaw import law_for_corpus, load_law
+    from vramfit.plan.suggest import TIME_RANKS, check_hours
+
+    h = check_hours(hours)
+    if rank not in ("auto", *TIME_RANKS):
+        raise VramfitError(f"unknown --rank {rank!r}; choose auto, {', '.join(TIME_RANKS)}")
+    law = load_law(loss_law) if loss_law else law_for_corpus(data_dir)
+    if rank == "auto":
+        rank = "loss" if law is not None else "optimal"
+    if rank == "loss" and law is None:
+        raise VramfitError(f"--rank loss: no loss law for {data_dir} (run `vramfit fit --loss` after 3+ `vramfit "
+                           "train` runs on it, or pass --loss-law FILE)")
+    return {"hours": h, "rank": rank, "loss_law": law}
+
+
+@dataclass
+class SuggestRequest:
+    """What `vramfit suggest` was asked (sizes as the user wrote them)."""
+
+    vram: str
+    reserve: str = "0"
+    objective: str = "params"
+    space: dict = field(default_factory=dict)  # shape axis -> list of ints or None (see parse_int_options)
+    min_batch: int = 1
+    top: int = 10
+    model: Path | None = None
+    data_dir: str = "data/shakespeare_char"
+    no_profile: bool = False
+    recipe: str = "dtype=bfloat16,optimizer=fused"
+    capability: str = "8.0"
+    hours: str | None = None
+    rank: str = "auto"
+    loss_law: Path | None = None
+    gpus: int = 1
+    strategy: str | None = None
+
+
+@dataclass
+class Recommendation:
+    """The outcome: the document (`suggest --json`), the ranked suggestions, and what to tell the user."""
+
+    doc: dict
+    items: list
+    model_path: Path
+    notes: list[str] = field(default_factory=list)  # informational lines
+    warnings: list[str] = field(default_factory=list)  # for stderr
+    time_args: dict = field(default_factory=dict)
+    nothing_fits: tuple[int, dict] | None = None  # (bytes the smallest config needs, that config)
+
+
+def _plan_vocab(req: SuggestRequest, space: dict, notes: list[str]) -> None:
+    """Plan for the corpus the printed commands train on (its vocabulary), unless --vocab says otherwise."""
+    vocab = corpus_vocab(req.data_dir)
+    if vocab is None:
+        return
+    if space["vocab_size"] is None:
+        space["vocab_size"] = [vocab]
+        notes.append(f"vocab {vocab}: from {Path(req.data_dir) / 'meta.json'} (--vocab to override)")
+    elif min(space["vocab_size"]) < vocab:
+        raise VramfitError(f"--vocab {min(space['vocab_size'])} is smaller than the vocabulary of --data-dir "
+                           f"{req.data_dir} ({vocab}): training would fail")
+
+
+def _model(req: SuggestRequest, space: dict, warnings: list[str]) -> tuple[object, float, dict, Path, dict]:
+    """(memory model, margin, recipe dict, model path, model document) from a profile or the dry run."""
+    if req.no_profile:
+        from vramfit.dryrun.estimate import parse_capability, parse_recipe
+        from vramfit.plan.workflows import no_profile_model
+        from vramfit.recipe import Recipe
+
+        rec, cap = parse_recipe(req.recipe), parse_capability(req.capability)
+        warnings.append("warning: no profile of this device: predictions are dry-run estimates of the eager step "
+                        "plus a 512 MiB CUDA context constant and 5% allocator slack, not measurements "
+                        "(run `vramfit sweep` on the GPU for a validated model)")
+        mm, margin, recipe_d = no_profile_model(rec, cap, (space["vocab_size"] or [DEFAULT_VOCAB])[0])
+        doc = {"device": f"CUDA sm{cap[0]}{cap[1]} (not profiled)", "recipe_key": Recipe(**recipe_d).key(),
+               "target": "allocated"}
+        return mm, margin, recipe_d, Path("(dry-run, no profile)"), doc
+    from vramfit.plan.workflows import open_model
+
+    path, doc = open_model(req.model)
+    return doc["model"], doc["margin_rel"], doc.get("recipe") or {}, path, doc
+
+
+def recommend(req: SuggestRequest) -> Recommendation:
+    """Configs that fit `req.vram - req.reserve` with the model's margin, ranked, each with its train command."""
+    from vramfit.plan.ddp import for_strategy, multi_gpu
+    from vramfit.plan.suggest import smallest_need, suggest
+    from vramfit.plan.workflows import train_command
+
+    vram_b, reserve_b = parse_size(req.vram), parse_size(req.reserve)
+    budget = vram_b - reserve_b
+    space = {k: req.space.get(k) for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
+                                           "vocab_size")}
+    notes: list[str] = []
+    warnings: list[str] = []
+    _plan_vocab(req, space, notes)
+    targs: dict = {}
+    if req.hours is not None:
+        targs = time_args(req.hours, req.rank, req.loss_law, req.data_dir)
+        if req.no_profile:
+            raise VramfitError("--hours needs a profiled device (its sweep measures speed); drop --no-profile")
+    mm, margin, recipe_d, path, doc = _model(req, space, warnings)
+    if targs:
+        targs["throughput"] = doc["throughput"].model if doc.get("throughput") is not None else None
+        if req.gpus > 1:
+            raise VramfitError("--hours plans one GPU for now; drop --gpus or --hours")
+    mm = for_strategy(mm, req.gpus, req.strategy)
+    items = suggest(mm, margin, budget, objective=req.objective, top=req.top, min_batch=req.min_batch,
+                    command=lambda s: train_command(s, recipe_d, req.data_dir), **targs, **space)
+    if req.no_profile:
+        from vramfit.dryrun.estimate import parse_capability, parse_recipe
+        from vramfit.plan.workflows import verify_with_estimates
+
+        items = verify_with_estimates(items, parse_recipe(req.recipe), parse_capability(req.capability), budget)
+    items = multi_gpu(items, req.gpus)
+    result = {"vram_bytes": vram_b, "reserve_bytes": reserve_b, "budget_bytes": budget, "objective": req.objective,
+              "model_file": str(path), "device": doc["device"], "recipe_key": doc["recipe_key"], "recipe": recipe_d,
+              "target": doc["target"], "margin_rel": margin, "data_dir": req.data_dir,
+              "gpus": req.gpus, "strategy": req.strategy or ("ddp" if req.gpus > 1 else None),
+              "suggestions": [s.to_dict() for s in items]}
+    if targs:
+        law = targs["loss_law"]
+        result.update(hours=targs["hours"], rank=targs["rank"],
+                      loss_law=law.to_dict() if law is not None and targs["rank"] == "loss" else None)
+    out = Recommendation(result, items, path, notes, warnings, targs)
+    if not items:
+        out.nothing_fits = smallest_need(mm, margin, **space)
+    return out
+
+
+def predict_one(shape: dict, model: Path | None) -> dict:
+    """The predicted peak of one config (`shape`: the six SHAPE_KEYS) with its breakdown, margin and the naive
+    line, from a model file."""
+    from gpt.config import GPTConfig
+    from vramfit.fit.features import features
+    from vramfit.plan.workflows import open_model
+
+    GPTConfig(shape["n_layer"], shape["n_head"], shape["n_embd"], shape["block_size"], shape["vocab_size"])
+    path, doc = open_model(model)
+    f = features(shape["n_layer"], shape["n_head"], shape["n_embd"], shape["block_size"], shape["batch_size"],
+                 shape["vocab_size"])
+    pred = float(doc["model"].predict(f)[0])
+    part = doc["model"].breakdown(f)[0]
+    return {"predicted": pred, "margin": pred * doc["margin_rel"], "naive": float(doc["baseline"].predict(f)[0]),
+            "regime": part.pop("regime"), "breakdown": part, "model_file": path, "model": doc}
