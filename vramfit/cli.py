@@ -22,6 +22,20 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from vramfit import __version__
+
+        typer.echo(f"vramfit {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """Which GPT and batch fit your GPU? Profile, fit, suggest, train."""
+
+
 def fail(message: str) -> None:
     """Print one error line and exit 2."""
     typer.echo(f"error: {message}", err=True)
@@ -78,7 +92,7 @@ def prepare(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train(
     ctx: typer.Context,
-    config: Path = typer.Option(None, "--config", "-c", help="a TOML config (flat keys or [model]/[train] tables)"),
+    config: Path = typer.Option(None, "--config", "-c", help="a TOML config (flat keys or \\[model]/\\[train] tables)"),
     suggestion: int = typer.Option(None, "--suggestion", "-s", min=1,
                                    help="train suggestion N of the last `vramfit suggest` (or of --suggestions)"),
     suggestions: Path = typer.Option(Path("results/suggestions.json"), help="a `suggest --json` output"),
@@ -216,7 +230,7 @@ def sweep(
                                   help="find each shape's largest fitting batch by bisection on real runs"),
     model: Path = typer.Option(None, "--model", help="--boundary: start from this model JSON's prediction"),
     executor: str = typer.Option("local", "--executor", help="local (this machine) | ray (one Ray task per point "
-                                 "on a Ray cluster; pip install 'vramfit[ray]')"),
+                                 "on a Ray cluster; pip install 'vramfit\\[ray]')"),
     address: str = typer.Option(None, "--address", help="--executor ray: auto (a running cluster) | "
                                 "ray://host:10001; default: a running cluster, else a local instance"),
 ) -> None:
@@ -273,11 +287,7 @@ def sweep(
 @app.command()
 def runs(db: Path = typer.Option(Path("results/vramfit.sqlite"), "--db", help="SQLite database")) -> None:
     """List the sweeps in a database with their point counts."""
-    from vramfit.store import Store
-
-    if not db.exists():
-        fail(f"no database at {db} (run `vramfit sweep` first)")
-    with Store(db) as store:
+    with _open_store(db) as store:
         df = store.sweeps_frame()
     if df.empty:
         typer.echo(f"no sweeps in {db}")
@@ -296,13 +306,9 @@ def export(
     status: str = typer.Option(None, help="only this status (ok, oom, timeout, error)"),
 ) -> None:
     """Export all measured points (joined with their environment) to CSV and/or Parquet."""
-    from vramfit.store import Store
-
     if csv is None and parquet is None:
         fail("give --csv FILE and/or --parquet FILE")
-    if not db.exists():
-        fail(f"no database at {db}")
-    with Store(db) as store:
+    with _open_store(db) as store:
         for path, fmt in ((csv, "csv"), (parquet, "parquet")):
             if path is not None:
                 n = store.export(path, fmt, device=device, status=status)
@@ -331,9 +337,7 @@ def _fmt(n: float) -> str:
 def _open_store(db: Path):
     from vramfit.store import Store
 
-    if not db.exists():
-        fail(f"no database at {db} (run `vramfit sweep` first)")
-    return Store(db)
+    return Store(db, readonly=True)
 
 
 @app.command()
@@ -600,21 +604,45 @@ def estimate(
     typer.echo(json.dumps(est.to_dict()) if json_out else format_estimate(est))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: user errors become one line and exit code 2, never a traceback.
-
-    Typer (standalone) already turns usage errors into exit code 2 via SystemExit."""
+def _click_exceptions():
+    """The click exception classes typer raises (recent typer vendors click as typer._click)."""
     try:
-        app(args=argv, prog_name="vramfit")
+        from typer._click import exceptions as cx
+    except ImportError:
+        from click import exceptions as cx
+    return cx
+
+
+def _usage_line(exc) -> str:
+    """A click usage error as one line: the message and where to find help."""
+    msg = " ".join(exc.format_message().split())
+    where = exc.ctx.command_path if exc.ctx is not None else "vramfit"
+    return f"error: {msg} (see `{where} --help`)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors (bad values, usage errors) become one `error:` line and exit code 2, never a
+    traceback; --help stays rich."""
+    cx = _click_exceptions()
+    try:
+        rv = app(args=argv, prog_name="vramfit", standalone_mode=False)
+    except getattr(cx, "NoArgsIsHelpError", ()):  # the help was printed
+        return 0
+    except cx.UsageError as exc:
+        typer.echo(_usage_line(exc), err=True)
+        return 2
+    except cx.ClickException as exc:  # e.g. a file option that cannot be opened
+        typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+        return 2
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        return 130
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except USER_ERRORS as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        return 130
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":

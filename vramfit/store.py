@@ -122,6 +122,13 @@ FRAME_COLUMNS = [
 ]
 
 
+def _ro_uri(p: Path) -> str:
+    """A read-only SQLite URI that creates no -wal/-shm files: with no -wal file the database is quiescent and is
+    read as immutable; with one, a writer may be active, and its -wal/-shm are shared read-only."""
+    wal = p.with_name(p.name + "-wal")
+    return f"file:{quote(str(p.resolve()))}?mode=ro" + ("" if wal.exists() else "&immutable=1")
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z"
 
@@ -147,10 +154,18 @@ def _process_gone(hostname: str | None, pid: float | None) -> bool:
 
 
 class Store:
-    """A vramfit SQLite database; `Store(path)` creates the file and schema when missing."""
+    """A vramfit SQLite database; `Store(path)` creates the file and schema when missing.
 
-    def __init__(self, path: str | Path = DEFAULT_DB) -> None:
+    `Store(path, readonly=True)` is for commands that only read: the file must exist and be a vramfit database,
+    it is opened with `mode=ro` and nothing (no schema, no -wal/-shm file) is written, so an archived read-only
+    database works and a failing command leaves the file as it was."""
+
+    def __init__(self, path: str | Path = DEFAULT_DB, readonly: bool = False) -> None:
         self.path = Path(path)
+        self.readonly = readonly
+        if readonly:
+            self._open_readonly()
+            return
         self._check_existing()
         self._prepare_parent()
         try:
@@ -166,8 +181,25 @@ class Store:
 
     # ------------------------------------------------------------------------------------------ opening
 
+    def _open_readonly(self) -> None:
+        p = self.path
+        if not p.exists():
+            raise VramfitError(f"no database at {p} (run `vramfit sweep` first)")
+        if p.is_file() and p.stat().st_size == 0:
+            raise VramfitError(f"{p} is empty: not a vramfit database (left untouched)")
+        self._check_existing()
+        if self.conn_version == 0:
+            raise VramfitError(f"{p} is not a vramfit database (no schema; left untouched)")
+        try:
+            self.conn = sqlite3.connect(_ro_uri(p), uri=True, timeout=60.0, isolation_level=None)
+            self.conn.row_factory = sqlite3.Row
+            self.conn.execute("PRAGMA busy_timeout = 60000")
+        except sqlite3.Error as exc:
+            raise VramfitError(f"cannot open database {p}: {exc}") from None
+
     def _check_existing(self) -> None:
         p = self.path
+        self.conn_version = 0
         if p.is_dir():
             raise VramfitError(f"database path {p} is a directory")
         if not p.exists() or p.stat().st_size == 0:
@@ -180,7 +212,7 @@ class Store:
         if head != _SQLITE_MAGIC:
             raise VramfitError(f"{p} is not an SQLite database (left untouched)")
         try:  # validate read-only before anything can write to it
-            ro = sqlite3.connect(f"file:{quote(str(p.resolve()))}?mode=ro", uri=True, timeout=60.0)
+            ro = sqlite3.connect(_ro_uri(p), uri=True, timeout=60.0)
             try:
                 check = ro.execute("PRAGMA quick_check").fetchone()[0]
                 version = ro.execute("PRAGMA user_version").fetchone()[0]
@@ -189,6 +221,7 @@ class Store:
                 ro.close()
         except sqlite3.Error as exc:
             raise VramfitError(f"{p} is not a readable SQLite database ({exc}; left untouched)") from None
+        self.conn_version = version
         if check != "ok":
             raise VramfitError(f"{p} is corrupt ({check}; left untouched)")
         if version > SCHEMA_VERSION:
@@ -448,23 +481,36 @@ class Store:
         return df.drop(columns=["hostname", "pid"])
 
     def export(self, path: str | Path, fmt: str | None = None, **filters: Any) -> int:
-        """Write `points_frame(**filters)` to CSV or Parquet (by `fmt` or the suffix); returns the row count."""
+        """Write `points_frame(**filters)` to CSV or Parquet (by `fmt` or the suffix); returns the row count.
+
+        Refuses to write over the database or its -wal/-shm files; writes a temporary file and renames it."""
         path = Path(path)
         fmt = fmt or ("parquet" if path.suffix == ".parquet" else "csv")
+        if fmt not in ("csv", "parquet"):
+            raise VramfitError(f"unknown export format {fmt!r} (csv or parquet)")
+        own = {self.path.resolve(), *(self.path.resolve().with_name(self.path.name + x) for x in ("-wal", "-shm"))}
+        if path.resolve() in own:
+            raise VramfitError(f"refusing to export over the database itself ({path})")
+        if path.is_dir():
+            raise VramfitError(f"cannot write {path}: it is a directory")
+        if filters.get("status") is not None and filters["status"] not in STATUSES:
+            raise VramfitError(f"unknown status {filters['status']!r}; choose one of {', '.join(STATUSES)}")
         df = self.points_frame(**filters)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             if fmt == "parquet":
                 try:
-                    df.to_parquet(path, index=False)
+                    df.to_parquet(tmp, index=False)
                 except ImportError:
                     raise VramfitError("Parquet export needs pyarrow (pip install 'vramfit[parquet]')") from None
-            elif fmt == "csv":
-                df.to_csv(path, index=False)
             else:
-                raise VramfitError(f"unknown export format {fmt!r} (csv or parquet)")
+                df.to_csv(tmp, index=False)
+            os.replace(tmp, path)
         except OSError as exc:
             raise VramfitError(f"cannot write {path}: {exc.strerror or exc}") from None
+        finally:
+            tmp.unlink(missing_ok=True)
         return len(df)
 
 

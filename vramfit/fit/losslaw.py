@@ -122,7 +122,7 @@ def stored_runs(db: str | Path) -> list[dict]:
     path = Path(db)
     if not path.is_file():
         raise VramfitError(f"no database at {path} (run `vramfit sweep` or `vramfit train --suggestion N`)")
-    with Store(path) as store:
+    with Store(path, readonly=True) as store:
         rows = store.train_runs()
     out = []
     for d in rows:

@@ -1,0 +1,138 @@
+"""Bad input through the CLI: one `error:` line, exit 2, no traceback, and the stored database byte-identical.
+
+New commands join the table. The database is built from synthetic points (no sweep needed), in-process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sqlite3
+
+import pytest
+from planner_data import synthetic_points
+
+from vramfit.cli import main
+from vramfit.recipe import Recipe
+from vramfit.store import Store
+
+FACTS = {"device_type": "cuda", "device_name": "Synthetic GPU", "total_memory_bytes": 8 * 2**30,
+         "gpu_uuid": "GPU-synthetic", "torch_version": "test"}
+
+
+def sha(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """A vramfit database, checkpointed and closed (no -wal/-shm), as an archived file is."""
+    path = tmp_path_factory.mktemp("archive") / "v.sqlite"
+    with Store(path) as store:
+        env = store.environment(FACTS, Recipe(dtype="bfloat16", compile=True, optimizer="fused"))
+        for rec in synthetic_points().to_dict("records"):
+            store.insert_point(rec, env, None)
+    assert not path.with_name("v.sqlite-wal").exists()
+    return path
+
+
+@pytest.fixture
+def db(archive, tmp_path):
+    path = tmp_path / "v.sqlite"
+    shutil.copy(archive, path)
+    return path
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_error(rc: int, err: str, *needles: str) -> None:
+    assert rc == 2, err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for n in needles:
+        assert n in err, (n, err)
+
+
+USAGE = [
+    (["suggest", "--vram", "8G", "--top", "0"], "--top"),
+    (["suggest", "--vram", "8G", "--gpus", "0"], "--gpus"),
+    (["suggest"], "Missing option '--vram'"),
+    (["suggest", "--vram", "8G", "--bogus"], "No such option: --bogus"),
+    (["suggest", "--vram", "8Q"], "cannot parse size '8Q'"),
+    (["suggest", "--vram", "8G", "--n-layer", "0"], "--n-layer: sizes must be >= 1"),
+    (["suggest", "--vram", "8G", "--n-layer", "x"], "--n-layer: expected integers"),
+    (["fit", "--regimes", "3"], "--regimes"),
+    (["estimate", "--n-layer", "x", "--n-head", "1", "--n-embd", "8", "--block-size", "8", "--batch-size", "1"],
+     "--n-layer"),
+    (["predict", "--n-layer", "0", "--n-head", "1", "--n-embd", "8", "--block-size", "8", "--batch-size", "1"],
+     "--n-layer"),
+    (["nosuchcommand"], "No such command"),
+]
+
+
+@pytest.mark.parametrize(("args", "needle"), USAGE, ids=[" ".join(a) for a, _ in USAGE])
+def test_usage_errors_are_one_line(capsys, args, needle):
+    rc, _, err = run(capsys, *args)
+    assert_one_error(rc, err, needle)
+
+
+def test_version_and_help_are_rich_but_literal(capsys):
+    rc, out, _ = run(capsys, "--version")
+    assert rc == 0 and out.startswith("vramfit ")
+    rc, out, _ = run(capsys, "train", "--help")
+    assert rc == 0 and "[model]/[train]" in out  # rich markup no longer swallows the table names
+    rc, out, _ = run(capsys, "sweep", "--help")
+    assert rc == 0 and "vramfit[ray]" in out
+
+
+def db_cases(db, tmp_path):
+    """(args, expected text) that must fail on a stored database without touching it."""
+    return [
+        (["export", "--db", db, "--csv", db], "refusing to export over the database itself"),
+        (["export", "--db", db, "--csv", db.with_name(db.name + "-wal")], "refusing to export over the database"),
+        (["export", "--db", db, "--csv", tmp_path], "is a directory"),
+        (["export", "--db", db, "--csv", tmp_path / "x.csv", "--status", "bogus"], "unknown status 'bogus'"),
+        (["fit", "--db", db, "--target", "nope"], "target"),
+    ]
+
+
+def test_failing_commands_leave_the_database_byte_identical(capsys, db, tmp_path):
+    before = sha(db)
+    for args, needle in db_cases(db, tmp_path):
+        rc, _, err = run(capsys, *args)
+        assert_one_error(rc, err, needle)
+        assert sha(db) == before, args
+    assert not db.with_name(db.name + "-wal").exists() and not db.with_name(db.name + "-shm").exists()
+
+
+def test_read_only_commands_write_nothing_beside_the_database(capsys, db, tmp_path):
+    before = sha(db)
+    out = tmp_path / "out.csv"
+    assert run(capsys, "export", "--db", db, "--csv", out)[0] == 0
+    assert run(capsys, "runs", "--db", db)[0] == 0
+    assert run(capsys, "fit", "--db", db, "--out", tmp_path / "models")[0] == 0
+    assert sha(db) == before and out.stat().st_size > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["models", "out.csv", "v.sqlite"]
+
+
+@pytest.mark.parametrize("cmd", [["runs"], ["fit"], ["export", "--csv", "x.csv"], ["plot"], ["report"]])
+def test_empty_database_file_is_refused_and_stays_empty(capsys, tmp_path, monkeypatch, cmd):
+    monkeypatch.chdir(tmp_path)
+    empty = tmp_path / "empty.sqlite"
+    empty.write_bytes(b"")
+    rc, _, err = run(capsys, *cmd, "--db", empty)
+    assert_one_error(rc, err, "empty")
+    assert empty.stat().st_size == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["empty.sqlite"]
+
+
+def test_sqlite_file_without_vramfit_schema_is_refused(capsys, tmp_path):
+    foreign = tmp_path / "foreign.sqlite"
+    with sqlite3.connect(foreign) as c:
+        c.execute("CREATE TABLE t (x)")
+    before = sha(foreign)
+    rc, _, err = run(capsys, "runs", "--db", foreign)
+    assert_one_error(rc, err, "not a vramfit")
+    assert sha(foreign) == before
