@@ -28,6 +28,10 @@ PEAK_FLOPS = {
     "RTX 3090": 71e12,
     "RTX 3070": 40e12,
 }
+# sane upper bounds: far beyond any model trained on one node, small enough that a typo fails at once instead of
+# growing memory for minutes (GPT-3 175B: 96 layers, 96 heads, width 12288)
+MAX_SIZES = {"n_layer": 4096, "n_head": 4096, "n_embd": 131072, "block_size": 2**20, "vocab_size": 2**24,
+             "batch_size": 2**20}
 MIN_COMPILE_CAPABILITY = (7, 0)  # Inductor/Triton refuse older GPUs (torch._inductor: GPUTooOldForTriton)
 MIN_BF16_CAPABILITY = (8, 0)  # native bf16 tensor cores (Ampere); older cards only emulate it
 
@@ -64,6 +68,8 @@ class GPTConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            if value > MAX_SIZES[name]:
+                raise ConfigError(f"{name} {value} is beyond the limit of {MAX_SIZES[name]:,}")
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
@@ -149,6 +155,8 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
             (self.attn_kernel in ATTN_KERNELS, f"attn_kernel must be one of {', '.join(ATTN_KERNELS)}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.batch_size <= MAX_SIZES["batch_size"],
+             f"batch_size {self.batch_size} is beyond the limit of {MAX_SIZES['batch_size']:,}"),
             (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
             (self.max_iters >= 0, f"max_iters must be >= 0, got {self.max_iters}"),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
@@ -188,10 +196,12 @@ def _coerce(name: str, value: object, hint: object) -> object:
                 return False
             raise ValueError
         if base is int:
-            if isinstance(value, float) and not value.is_integer():
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             return int(str(value).replace("_", "")) if isinstance(value, str) else int(value)
         if base is float:
+            if isinstance(value, bool):
+                raise ValueError
             return float(value)
         return str(value)
     except (TypeError, ValueError):

@@ -136,3 +136,43 @@ def test_sqlite_file_without_vramfit_schema_is_refused(capsys, tmp_path):
     rc, _, err = run(capsys, "runs", "--db", foreign)
     assert_one_error(rc, err, "not a vramfit")
     assert sha(foreign) == before
+
+
+def file_cases(tmp_path, db) -> list[tuple[list, str]]:
+    """Bad files and paths: binary where JSON is expected, files where folders are, absurd sizes."""
+    binary = tmp_path / "blob.bin"
+    binary.write_bytes(bytes(range(256)) * 4)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    toml = tmp_path / "bool.toml"
+    toml.write_text("n_layer = true\n")
+    big = tmp_path / "big.toml"
+    big.write_text("[[axes]]\n" + "".join(f"{k} = [{', '.join(str(i + 1) for i in range(40))}]\n" for k in
+                                          ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size")))
+    many = tmp_path / "many.toml"
+    many.write_text("[[axes]]\nn_layer = [1, 2, 3, 4, 5, 6, 7, 8]\nn_head = [1]\nn_embd = [8, 16, 32, 64, 128, 256, "
+                    "512, 1024]\nblock_size = [8, 16, 32, 64]\nbatch_size = [1, 2, 4]\nvocab_size = [64]\n")
+    return [
+        (["suggest", "--vram", "8G", "--hours", "1", "--loss-law", binary], "is not a vramfit loss-law file"),
+        (["train", "--suggestion", "1", "--suggestions", binary], "is not a vramfit suggest output"),
+        (["suggest", "--vram", "8G", "--rank", "chinchilla"], "--rank ranks by time"),
+        (["suggest", "--vram", "8G", "--save", tmp_path], "is a folder, not a file"),
+        (["suggest", "--vram", "8G", "--save", a_file / "s.json"], "is a file, not a folder"),
+        (["fit", "--db", db, "--out", a_file], "is a file, not a folder"),
+        (["fit", "--db", db, "--device", "h100"], "none of the"),
+        (["sample", "--ckpt", a_file, "--temperature", "nan"], "temperature must be a positive number"),
+        (["train", "--config", toml, "--max-iters", "0"], "n_layer: cannot read True as int"),
+        (["estimate", "--n-layer", "99999999999999999999", "--n-head", "1", "--n-embd", "8", "--block-size", "8",
+          "--batch-size", "1"], "beyond the limit"),
+        (["sweep", "--grid", big, "--device", "cpu", "--db", tmp_path / "g.sqlite"], "beyond the limit of 100,000"),
+        (["sweep", "--grid", many, "--device", "cpu", "--db", tmp_path / "g.sqlite"], "pass --yes"),
+    ]
+
+
+def test_bad_files_and_paths_fail_first_with_one_line(capsys, db, tmp_path):
+    before = sha(db)
+    for args, needle in file_cases(tmp_path, db):
+        rc, _, err = run(capsys, *args)
+        assert_one_error(rc, err, needle)
+    assert sha(db) == before
+    assert not (tmp_path / "g.sqlite").exists()  # refused before the database was created

@@ -172,8 +172,8 @@ def sample(
     from gpt.sample import Sampler
     from gpt.sample import interactive as prompt_loop
 
-    if temperature <= 0:
-        fail(f"temperature must be > 0, got {temperature}")
+    if not (temperature > 0 and temperature < float("inf")):
+        fail(f"temperature must be a positive number, got {temperature}")
     sampler = Sampler(ckpt, device=device, seed=seed)
     kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k)
     if interactive:
@@ -233,6 +233,7 @@ def sweep(
                                  "on a Ray cluster; pip install 'vramfit\\[ray]')"),
     address: str = typer.Option(None, "--address", help="--executor ray: auto (a running cluster) | "
                                 "ray://host:10001; default: a running cluster, else a local instance"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="run a grid of more than 500 points without asking"),
 ) -> None:
     """Profile training memory over a grid, one fresh process per point, into SQLite (resumable).
     `--plan adaptive` measures a few informative points and stops when the model is accurate enough;
@@ -248,6 +249,8 @@ def sweep(
         fail("give --grid FILE.toml, or all six axes as flags")
     measure = {k: v for k, v in (("max_iters", max_iters), ("timeout_s", timeout)) if v is not None}
     spec = load_grid(grid, overrides, {"dtype": dtype} if dtype else None, measure)
+    if plan == "grid" and not boundary:
+        _confirm_size(len(spec.points()[0]), yes)
     emulate = parse_size(emulate_vram) if emulate_vram else None
     if emulate is not None and emulate <= 0:
         fail("--emulate-vram must be > 0")
@@ -282,6 +285,19 @@ def sweep(
     counts = ", ".join(f"{n} {s}" for s, n in sorted(res.counts.items())) or "nothing to do"
     typer.echo(f"sweep {res.sweep_id} done: {counts}; {res.resumed} already measured, "
                f"{res.invalid} invalid combinations skipped; db {res.db}")
+
+
+def _confirm_size(n_points: int, yes: bool) -> None:
+    """Ask before a sweep of more than CONFIRM_POINTS points (refuse without a terminal unless --yes)."""
+    from vramfit.sweep.grid import CONFIRM_POINTS
+
+    if n_points <= CONFIRM_POINTS or yes:
+        return
+    what = f"this grid has {n_points:,} points (a sweep point takes seconds to minutes)"
+    if not sys.stdin.isatty():
+        fail(f"{what}; pass --yes to run it, or use --plan adaptive")
+    if not typer.confirm(f"{what}. Run it?", default=False):
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -357,14 +373,22 @@ def fit(
 ) -> None:
     """Fit the memory and throughput models per device and recipe; print coefficients and CV error beside the
     baselines. With --loss, fit the loss law of each corpus to the stored training runs instead."""
+    from vramfit.paths import writable_dir
     from vramfit.plan.workflows import fit_and_save
     from vramfit.show.tables import coefficient_table, cv_table, mfu_line, throughput_tables, to_rich
 
     if loss:
+        writable_dir(loss_out, "--loss-out")
         _fit_loss(db, corpus, loss_out)
         return
+    writable_dir(out, "--out")
     with _open_store(db) as store:
         points = store.points_frame(device=device, recipe_key=recipe)
+        if points.empty and (device or recipe):
+            n = len(store.points_frame())
+            if n:
+                fail(f"none of the {n} points in {db} match " + " and ".join(
+                    f"--{k} {v}" for k, v in (("device", device), ("recipe", recipe)) if v))
     console = _console()
     for report, path in fit_and_save(points, out, target=target, regimes=regimes, dryrun=dry_run):
         console.print(f"[bold]{_esc(report.device)}[/] · recipe {report.recipe_key} · target {report.target} · "
@@ -479,10 +503,14 @@ def suggest(
     With --hours H: ranked by what H hours of training buys (tokens/s from the throughput model)."""
     import json
 
+    from vramfit.paths import writable_file
     from vramfit.plan.recommend import SuggestRequest, parse_int_options, recommend
     from vramfit.plan.workflows import save_suggestions
     from vramfit.show.tables import suggestion_table, time_table, to_rich
 
+    if hours is None and rank != "auto":
+        fail("--rank ranks by time: give --hours too")
+    writable_file(save, "--save")
     space = parse_int_options(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                               batch_size=batch_size, vocab_size=vocab)
     rec = recommend(SuggestRequest(vram, reserve, objective, space, min_batch, top, model, data_dir, no_profile,

@@ -188,7 +188,7 @@ def load_law(path: str | Path) -> LossLaw:
     path = Path(path)
     try:
         return LossLaw.from_dict(json.loads(path.read_text()))
-    except (OSError, json.JSONDecodeError, TypeError, KeyError):
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):  # missing, not UTF-8 / JSON, wrong shape
         raise VramfitError(f"{path} is not a vramfit loss-law file (run `vramfit fit --loss`)") from None
 
 

@@ -5,6 +5,7 @@ training run with its prediction, and the dry-run model for a GPU that was never
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 from pathlib import Path
@@ -111,9 +112,14 @@ def train_command(s: Suggestion, recipe: dict, data_dir: str = "data/shakespeare
 def save_suggestions(doc: dict, path: str | Path = SUGGESTIONS_FILE) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    tmp.replace(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(doc, indent=1))
+        tmp.replace(path)
+    except OSError as exc:
+        raise VramfitError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -125,7 +131,9 @@ def load_suggestion(rank: int, path: str | Path = SUGGESTIONS_FILE) -> tuple[dic
     try:
         doc = json.loads(path.read_text())
         items = doc["suggestions"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, OSError):  # not JSON, not UTF-8, not a suggest document
         raise VramfitError(f"{path} is not a vramfit suggest output") from None
     for item in items:
         if item.get("rank") == rank:

@@ -21,6 +21,7 @@ max_iters = 20
 from __future__ import annotations
 
 import itertools
+import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -103,9 +104,18 @@ class Grid:
                 seen[combo] = None
         return [dict(zip(SHAPE_KEYS, c, strict=True)) for c in seen], len(invalid)
 
+    def size(self) -> int:
+        """Combinations before validation and de-duplication: an upper bound on points, computed without
+        expanding the grid."""
+        return sum(math.prod(len(b[a]) for a in SHAPE_KEYS) for b in self.blocks)
+
     def to_dict(self) -> dict:
         return {"name": self.name, "path": self.path, "axes": self.blocks, "recipe": self.recipe.to_dict(),
                 "measure": self.measure.to_dict()}
+
+
+MAX_GRID_COMBINATIONS = 100_000  # refused before expansion: weeks of GPU time even at 10 s a point
+CONFIRM_POINTS = 500  # a sweep this large asks for --yes (hours of work)
 
 
 def parse_int_list(text: str | int | list, what: str = "value", minimum: int = 1) -> list[int]:
@@ -182,6 +192,9 @@ def load_grid(path: str | Path | None, axis_overrides: dict[str, list[int]] | No
     name = str(doc.get("name") or (path.stem if path is not None else "adhoc"))
     grid = Grid(name=name, blocks=blocks, recipe=Recipe.from_dict(recipe_d), measure=Measure.from_dict(measure_d),
                 path=str(path) if path is not None else None)
+    if grid.size() > MAX_GRID_COMBINATIONS:
+        raise VramfitError(f"{where}: {grid.size():,} combinations is beyond the limit of {MAX_GRID_COMBINATIONS:,} "
+                           "(split the grid, or use --plan adaptive)")
     pts, n_invalid = grid.points()
     if not pts:
         raise VramfitError(f"{where}: empty grid ({n_invalid} combinations, none valid: n_embd % n_head != 0?)")
