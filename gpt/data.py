@@ -124,13 +124,13 @@ def download_shakespeare(dest: str | Path, url: str = SHAKESPEARE_URL, timeout: 
     dest = Path(dest)
     if dest.is_file() and dest.stat().st_size > 0:
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
             data = r.read()
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise DataError(f"could not download tiny-shakespeare (offline?): {reason}") from None
+    dest.parent.mkdir(parents=True, exist_ok=True)  # only once there is something to put there
     tmp = dest.with_suffix(".part")
     tmp.write_bytes(data)
     tmp.replace(dest)

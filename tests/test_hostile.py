@@ -166,6 +166,9 @@ def file_cases(tmp_path, db) -> list[tuple[list, str]]:
           "--batch-size", "1"], "beyond the limit"),
         (["sweep", "--grid", big, "--device", "cpu", "--db", tmp_path / "g.sqlite"], "beyond the limit of 100,000"),
         (["sweep", "--grid", many, "--device", "cpu", "--db", tmp_path / "g.sqlite"], "pass --yes"),
+        (["train", "--out-dir", a_file, "--max-iters", "1"], "--out-dir"),
+        (["train", "--measure", "--db", tmp_path, "--out-dir", tmp_path / "o", "--max-iters", "1"], "--db"),
+        (["prepare", "--input", a_file, "--out", a_file], "is a file, not a folder"),
     ]
 
 
@@ -176,3 +179,18 @@ def test_bad_files_and_paths_fail_first_with_one_line(capsys, db, tmp_path):
         assert_one_error(rc, err, needle)
     assert sha(db) == before
     assert not (tmp_path / "g.sqlite").exists()  # refused before the database was created
+
+
+def test_prepare_offline_leaves_no_empty_folder(capsys, tmp_path, monkeypatch):
+    import urllib.error
+
+    import gpt.data
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(gpt.data.urllib.request, "urlopen", offline)
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = run(capsys, "prepare", "shakespeare")
+    assert_one_error(rc, err, "offline")
+    assert list(tmp_path.iterdir()) == []

@@ -78,10 +78,11 @@ def prepare(
         fail(f"unknown corpus {name!r}; use 'shakespeare' or --input FILE")
     if name is None and input is None:
         fail("give a corpus name ('shakespeare') or --input FILE")
+    from vramfit.paths import writable_dir
+
+    out = writable_dir(out or Path("data") / f"{name or input.stem}_{tokenizer}", "--out")
     if input is None:
         input = download_shakespeare(Path("data") / "shakespeare" / "input.txt")
-    stem = name or input.stem
-    out = out or Path("data") / f"{stem}_{tokenizer}"
     meta = prepare_file(input, out, tokenizer=tokenizer)
     typer.echo(
         f"prepared {out}: {meta['tokenizer']} tokenizer, vocab {meta['vocab_size']}, "
@@ -132,6 +133,7 @@ def train(
         overrides = {**suggestion_overrides(doc, item), **overrides}
         measure = True
     cfg = load_config(config, overrides)
+    _check_train_outputs(cfg, db if measure and not distributed else None)
     if distributed and measure:
         measure = False
         if master:
@@ -154,6 +156,19 @@ def train(
 
         for line in compare_and_store(cfg, record, doc, db):
             typer.echo(line)
+
+
+def _check_train_outputs(cfg, db: Path | None) -> None:
+    """Before the first step: the checkpoint folder, and the database a measured run is stored in."""
+    from vramfit.paths import writable_dir, writable_file
+
+    writable_dir(cfg.out_dir, "--out-dir")
+    if db is not None:
+        writable_file(db, "--db")
+        if db.exists():
+            from vramfit.store import Store
+
+            Store(db, readonly=True).close()  # a vramfit database, readable: else one line now, not after training
 
 
 @app.command()
