@@ -78,7 +78,8 @@ def prepare(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train(
     ctx: typer.Context,
-    config: Path = typer.Option(None, "--config", "-c", help="a TOML config (flat keys or [model]/[train] tables)"),
+    config: Path = typer.Option(None, "--config", "-c", help="a TOML config (flat keys or [model]/[train] tables) "
+                                "or a nanoGPT config .py (read as data, never executed)"),
     suggestion: int = typer.Option(None, "--suggestion", "-s", min=1,
                                    help="train suggestion N of the last `vramfit suggest` (or of --suggestions)"),
     suggestions: Path = typer.Option(Path("results/suggestions.json"), help="a `suggest --json` output"),
@@ -118,6 +119,8 @@ def train(
         overrides = {**suggestion_overrides(doc, item), **overrides}
         measure = True
     cfg = load_config(config, overrides)
+    if cfg.extra.get("nanogpt_ignored") and master:
+        typer.echo(f"note: not used from {config}: {', '.join(sorted(cfg.extra['nanogpt_ignored']))}")
     if distributed and measure:
         measure = False
         if master:
@@ -153,14 +156,16 @@ def sample(
     seed: int = typer.Option(1337),
     device: str = typer.Option("auto"),
     interactive: bool = typer.Option(False, "--interactive", help="prompt, read the completion, repeat"),
+    data_dir: Path = typer.Option(None, "--data-dir", help="where to look last for nanoGPT's meta.pkl (after "
+                                  "beside the checkpoint and data/<dataset> of its config)"),
 ) -> None:
-    """Generate text from a checkpoint."""
+    """Generate text from a checkpoint (vramfit's or nanoGPT's)."""
     from gpt.sample import Sampler
     from gpt.sample import interactive as prompt_loop
 
     if temperature <= 0:
         fail(f"temperature must be > 0, got {temperature}")
-    sampler = Sampler(ckpt, device=device, seed=seed)
+    sampler = Sampler(ckpt, device=device, seed=seed, data_dir=data_dir)
     kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k)
     if interactive:
         prompt_loop(sampler, **kwargs)
@@ -429,17 +434,12 @@ def _fit_loss(db: Path, corpus: Path | None, out: Path) -> None:
                    f"(rms error of log-loss {law.rmse_log:.4f})")
 
 
-def _corpus_vocab(data_dir: str) -> int | None:
-    """The vocabulary size of a prepared corpus (its meta.json), None where there is none or it is unreadable."""
-    from gpt.data import load_meta
-    from gpt.errors import DataError
+def _corpus_vocab(data_dir: str) -> tuple[int, str] | None:
+    """(vocabulary size, its file) of a prepared corpus (meta.json, nanoGPT's meta.pkl or its GPT-2 default),
+    None where the folder holds none."""
+    from gpt.meta import corpus_vocab
 
-    try:
-        meta = load_meta(data_dir)
-    except DataError:  # not prepared (no meta.json) or unreadable
-        return None
-    v = meta.get("vocab_size") if isinstance(meta, dict) else None
-    return int(v) if isinstance(v, int) and v > 0 else None
+    return corpus_vocab(data_dir)
 
 
 def _shape_options(n_layer, n_head, n_embd, block_size, batch_size, vocab) -> dict:
@@ -460,12 +460,14 @@ def _shape_options(n_layer, n_head, n_embd, block_size, batch_size, vocab) -> di
 
 @app.command()
 def predict(
-    n_layer: int = typer.Option(..., min=1),
-    n_head: int = typer.Option(..., min=1),
-    n_embd: int = typer.Option(..., min=1),
-    block_size: int = typer.Option(..., min=1),
-    batch_size: int = typer.Option(..., min=1),
-    vocab: int = typer.Option(50304, "--vocab", "--vocab-size", min=1),
+    n_layer: int = typer.Option(None, min=1),
+    n_head: int = typer.Option(None, min=1),
+    n_embd: int = typer.Option(None, min=1),
+    block_size: int = typer.Option(None, min=1),
+    batch_size: int = typer.Option(None, min=1),
+    vocab: int = typer.Option(None, "--vocab", "--vocab-size", min=1, help="default 50304, or --like's corpus"),
+    like: Path = typer.Option(None, "--like", help="take the sizes from a nanoGPT config .py or vramfit TOML (its "
+                              "vocabulary from its dataset's meta); flags given override them"),
     model: Path = typer.Option(None, help="model JSON (default: the newest in results/models)"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -474,8 +476,12 @@ def predict(
 
     from gpt.config import GPTConfig
     from vramfit.fit.features import features
+    from vramfit.plan.like import resolve_shape
     from vramfit.plan.workflows import open_model
 
+    n_layer, n_head, n_embd, block_size, batch_size, vocab = resolve_shape(dict(
+        n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, batch_size=batch_size,
+        vocab_size=vocab if vocab is not None or like is not None else 50304), like=like).values()
     GPTConfig(n_layer, n_head, n_embd, block_size, vocab)  # shape errors as one line
     path, doc = open_model(model)
     f = features(n_layer, n_head, n_embd, block_size, batch_size, vocab)
@@ -532,6 +538,8 @@ def suggest(
                              "multiply by this)"),
     strategy: str = typer.Option(None, "--strategy", help="multi-GPU strategy: ddp (default with --gpus > 1; "
                                  "adds DDP's gradient buckets, 4 B/param, per GPU)"),
+    like: Path = typer.Option(None, "--like", help="a nanoGPT config .py (or vramfit TOML): that config as it "
+                              "is, and the largest batch / block / model close to it that fits"),
 ) -> None:
     """Configs that fit a card with the safety margin, ranked, each with its train command.
     With --hours H: ranked by what H hours of training buys (tokens/s from the throughput model)."""
@@ -546,13 +554,19 @@ def suggest(
 
     vram_b, reserve_b = parse_size(vram), parse_size(reserve)
     budget = vram_b - reserve_b
+    if like is not None:
+        from vramfit.plan.like import run_suggest_like
+
+        lines, found = run_suggest_like(like, budget, model, save, json_out, vram, reserve_b)
+        typer.echo("\n".join(lines))
+        raise typer.Exit(0 if found else 1)
     space = _shape_options(n_layer, n_head, n_embd, block_size, batch_size, vocab)
-    corpus_vocab = _corpus_vocab(data_dir)
+    corpus_vocab, vocab_source = _corpus_vocab(data_dir) or (None, None)
     if corpus_vocab is not None:
         if space["vocab_size"] is None:  # plan for the corpus the printed commands train on
             space["vocab_size"] = [corpus_vocab]
             if not json_out:
-                typer.echo(f"vocab {corpus_vocab}: from {Path(data_dir) / 'meta.json'} (--vocab to override)")
+                typer.echo(f"vocab {corpus_vocab}: from {vocab_source} (--vocab to override)")
         elif min(space["vocab_size"]) < corpus_vocab:
             fail(f"--vocab {min(space['vocab_size'])} is smaller than the vocabulary of --data-dir {data_dir} "
                  f"({corpus_vocab}): training would fail")
@@ -719,12 +733,16 @@ def report(
 
 @app.command()
 def estimate(
-    n_layer: int = typer.Option(..., help="transformer blocks"),
-    n_head: int = typer.Option(..., help="attention heads"),
-    n_embd: int = typer.Option(..., help="embedding width"),
-    block_size: int = typer.Option(..., help="context length"),
-    batch_size: int = typer.Option(..., help="micro-batch size"),
-    vocab: int = typer.Option(50304, "--vocab", "--vocab-size", help="vocabulary size"),
+    n_layer: int = typer.Option(None, help="transformer blocks"),
+    n_head: int = typer.Option(None, help="attention heads"),
+    n_embd: int = typer.Option(None, help="embedding width"),
+    block_size: int = typer.Option(None, help="context length"),
+    batch_size: int = typer.Option(None, help="micro-batch size"),
+    vocab: int = typer.Option(None, "--vocab", "--vocab-size", help="vocabulary size (default 50304, or "
+                              "--like's / --ckpt's)"),
+    like: Path = typer.Option(None, "--like", help="take the sizes from a nanoGPT config .py or vramfit TOML"),
+    ckpt: Path = typer.Option(None, "--ckpt", help="take the sizes from a checkpoint (vramfit's or nanoGPT's; "
+                              "the batch from its config)"),
     recipe: str = typer.Option(None, help="recipe TOML/JSON file, or inline: dtype=bfloat16,optimizer=fused,..."),
     target: str = typer.Option("cuda", help="cuda (emulated, no GPU needed) | cpu"),
     capability: str = typer.Option("8.0", "--capability", help="CUDA compute capability of the target (8.0, 8.6, 9.0)"),
@@ -741,13 +759,31 @@ def estimate(
         parse_capability,
         parse_recipe,
     )
+    from vramfit.plan.like import resolve_shape
 
+    n_layer, n_head, n_embd, block_size, batch_size, vocab = resolve_shape(dict(
+        n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, batch_size=batch_size,
+        vocab_size=vocab if vocab is not None or like or ckpt else 50304), like=like, ckpt=ckpt).values()
     if batch_size < 1:
         raise VramfitError(f"batch_size must be >= 1, got {batch_size}")
     mc = GPTConfig(n_layer, n_head, n_embd, block_size, vocab)
     run = estimate_step_isolated if target == "cuda" else estimate_step  # CUDA code paths may abort: child process
     est = run(mc, batch_size, parse_recipe(recipe), target, parse_capability(capability))
     typer.echo(json.dumps(est.to_dict()) if json_out else format_estimate(est))
+
+
+@app.command("export-nanogpt")
+def export_nanogpt(
+    ckpt: Path = typer.Option(Path("out/ckpt.pt"), help="a vramfit checkpoint file or its folder"),
+    out_dir: Path = typer.Option(..., "--out-dir", help="folder for ckpt.pt in nanoGPT's layout (+ meta.pkl)"),
+    data_root: Path = typer.Option(None, "--data-root", help="nanoGPT's data/ folder: also write "
+                                   "<data-root>/<dataset>/meta.pkl there (where its sample.py looks) if absent"),
+) -> None:
+    """Write a vramfit checkpoint in nanoGPT's layout, for nanoGPT's sample.py (`--out_dir=OUT`)."""
+    from gpt.export import export_nanogpt as run_export
+
+    for path in run_export(ckpt, out_dir, data_root):
+        typer.echo(f"wrote {path}")
 
 
 def main(argv: list[str] | None = None) -> int:
