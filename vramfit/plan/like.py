@@ -15,9 +15,9 @@ from gpt.meta import GPT2_VOCAB, corpus_vocab
 from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.fit.features import features
-from vramfit.plan.suggest import DEFAULT_SPACE, Suggestion, suggest
+from vramfit.plan.suggest import Suggestion, suggest
 
-LIKE_LABELS = ("largest batch", "longest block", "largest model")
+MAX_BATCH, MAX_BLOCK = 4096, 8192
 
 
 def config_vocab(cfg: TrainConfig) -> int:
@@ -76,8 +76,8 @@ def _like_command(s: Suggestion, like: dict, path: str | Path, recipe: dict) -> 
 
 def suggest_like(model, margin_rel: float, budget: int, path: str | Path, recipe: dict) -> dict:
     """The config of `path` as it is (predicted, fits or not) and, each found by the vectorised search with the
-    rest of the config fixed: the largest batch for its shape and block; the longest block for its shape and
-    batch; the largest model with its head size, width/depth within 2x of its own, at its block and batch."""
+    rest of the config fixed: the largest batch for its shape and block; the longest block (a multiple of 64, or
+    its own) for its shape and batch; the largest model with its head size, width/depth within 2x of its own, at its block and batch."""
     like = like_shape(path)
     L, H, C, T, B, V = (like[k] for k in SHAPE_KEYS)
     f = features(L, H, C, T, B, V)
@@ -85,10 +85,9 @@ def suggest_like(model, margin_rel: float, budget: int, path: str | Path, recipe
     need = pred * (1 + margin_rel)
     shape = dict(n_layer=[L], n_head=[H], n_embd=[C], vocab_size=[V])
     ratio, head_dim = C / L, C // H
-    searches = {
-        "largest batch": dict(shape, block_size=[T], batch_size=sorted({*DEFAULT_SPACE["batch_size"], B}),
-                              objective="tokens"),
-        "longest block": dict(shape, block_size=sorted({*DEFAULT_SPACE["block_size"], T}), batch_size=[B],
+    searches = {  # one shape: every batch up to 4096, and every block in steps of 64 up to 8192
+        "largest batch": dict(shape, block_size=[T], batch_size=list(range(1, MAX_BATCH + 1)), objective="tokens"),
+        "longest block": dict(shape, block_size=sorted({*range(64, MAX_BLOCK + 1, 64), T}), batch_size=[B],
                               objective="tokens"),
         "largest model": dict(block_size=[T], batch_size=[B], vocab_size=[V], head_dims=(head_dim,),
                               aspect=(ratio / 2, ratio * 2), objective="params"),
