@@ -557,7 +557,8 @@ def suggest(
     if like is not None:
         from vramfit.plan.like import run_suggest_like
 
-        lines, found = run_suggest_like(like, budget, model, save, json_out, vram, reserve_b)
+        lines, found = run_suggest_like(like, budget, model, save, json_out, vram, reserve_b,
+                                        (recipe, capability) if no_profile else None)
         typer.echo("\n".join(lines))
         raise typer.Exit(0 if found else 1)
     space = _shape_options(n_layer, n_head, n_embd, block_size, batch_size, vocab)

@@ -74,10 +74,11 @@ def _like_command(s: Suggestion, like: dict, path: str | Path, recipe: dict) -> 
     return shlex.join(args + ["--out-dir", f"out/like-{s.rank}"])
 
 
-def suggest_like(model, margin_rel: float, budget: int, path: str | Path, recipe: dict) -> dict:
+def suggest_like(model, margin_rel: float, budget: int, path: str | Path, recipe: dict, check=None) -> dict:
     """The config of `path` as it is (predicted, fits or not) and, each found by the vectorised search with the
     rest of the config fixed: the largest batch for its shape and block; the longest block (a multiple of 64, or
-    its own) for its shape and batch; the largest model with its head size, width/depth within 2x of its own, at its block and batch."""
+    its own) for its shape and batch; the largest model with its head size, width/depth within 2x of its own,
+    at its block and batch. `check(suggestions)` may drop finds (the dry-run re-check of `--no-profile`)."""
     like = like_shape(path)
     L, H, C, T, B, V = (like[k] for k in SHAPE_KEYS)
     f = features(L, H, C, T, B, V)
@@ -97,6 +98,9 @@ def suggest_like(model, margin_rel: float, budget: int, path: str | Path, recipe
         items = suggest(model, margin_rel, budget, top=1, **args)
         if items:
             found.append((label, items[0]))
+    if check is not None:
+        kept = {id(s) for s in check([s for _, s in found])}
+        found = [(label, s) for label, s in found if id(s) in kept]
     for rank, (_, s) in enumerate(found, start=1):
         s.rank = rank
         s.command = _like_command(s, like, path, recipe)
@@ -105,17 +109,33 @@ def suggest_like(model, margin_rel: float, budget: int, path: str | Path, recipe
         "fits": bool(need <= budget), "headroom_bytes": int(budget - need)}, "found": found}
 
 
+def _no_profile_doc(path: str | Path, recipe: str | None, capability: str) -> tuple[str, dict]:
+    """A model document for a GPU never profiled, calibrated on dry-run estimates at the config's vocabulary."""
+    from vramfit.dryrun.estimate import parse_capability, parse_recipe
+    from vramfit.plan.workflows import no_profile_model
+    from vramfit.recipe import Recipe
+
+    rec, cap = parse_recipe(recipe), parse_capability(capability)
+    mm, margin, recipe_d = no_profile_model(rec, cap, like_shape(path)["vocab_size"])
+    return "(dry-run, no profile)", {"model": mm, "margin_rel": margin, "recipe": recipe_d, "target": "allocated",
+                                     "device": f"CUDA sm{cap[0]}{cap[1]} (not profiled)",
+                                     "recipe_key": Recipe(**recipe_d).key(), "check": (rec, cap)}
+
+
 def run_suggest_like(path: str | Path, budget: int, model_file: str | Path | None, save: str | Path,
-                     json_out: bool = False, vram: str = "", reserve_b: int = 0) -> tuple[list[str], bool]:
-    """`suggest --like FILE`: (lines to print, whether anything fits); the finds saved for `train --suggestion N`."""
+                     json_out: bool = False, vram: str = "", reserve_b: int = 0,
+                     no_profile: tuple[str | None, str] | None = None) -> tuple[list[str], bool]:
+    """`suggest --like FILE`: (lines to print, whether anything fits); the finds saved for `train --suggestion N`.
+    `no_profile` = (recipe, capability): plan from dry-run estimates, the finds re-checked by the estimator."""
     import json
 
-    from vramfit.plan.workflows import open_model, save_suggestions
+    from vramfit.plan.workflows import open_model, save_suggestions, verify_with_estimates
     from vramfit.units import format_size
 
-    mpath, doc = open_model(model_file)
+    mpath, doc = _no_profile_doc(path, *no_profile) if no_profile else open_model(model_file)
     recipe = doc.get("recipe") or {}
-    res = suggest_like(doc["model"], doc["margin_rel"], budget, path, recipe)
+    check = (lambda items: verify_with_estimates(items, *doc["check"], budget)) if no_profile else None
+    res = suggest_like(doc["model"], doc["margin_rel"], budget, path, recipe, check)
     items = [{**s.to_dict(), "label": label} for label, s in res["found"]]
     out = {"vram_bytes": budget + reserve_b, "reserve_bytes": reserve_b, "budget_bytes": budget,
            "objective": "like", "model_file": str(mpath), "device": doc["device"], "recipe_key": doc["recipe_key"],
@@ -127,7 +147,9 @@ def run_suggest_like(path: str | Path, budget: int, model_file: str | Path | Non
         return [json.dumps(out, indent=1)], bool(items)
     a = res["as_is"]
     sizes = lambda d: " ".join(f"{k}={d[k]}" for k in SHAPE_KEYS)  # noqa: E731
-    lines = [f"budget: {format_size(budget)} {('(' + vram + ')') if vram else ''} · model {Path(mpath).name} "
+    lines = ["warning: no profile of this device: predictions are dry-run estimates plus a CUDA context constant, "
+             "not measurements"] if no_profile else []
+    lines += [f"budget: {format_size(budget)} {('(' + vram + ')') if vram else ''} · model {Path(mpath).name} "
              f"({doc['device']}, margin {doc['margin_rel']:.1%})",
              f"{path} as it is: {sizes(a)}: predicted {format_size(a['predicted_bytes'])} + margin "
              f"{format_size(a['margin_bytes'])}: " + ("fits, headroom " + format_size(a["headroom_bytes"])
