@@ -236,6 +236,7 @@ def test_resume_and_estimate_from_a_nanogpt_checkpoint(capsys, checkout, tmp_pat
     assert est["batch_size"] == 12  # nanoGPT config's batch_size
     assert {k: est["model_config"][k] for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")} == dict(
         n_layer=1, n_head=2, n_embd=32, block_size=32, vocab_size=meta["vocab_size"])
+    assert est["model_config"]["bias"] is False  # the checkpoint's model_args
 
 
 def test_export_loads_the_way_nanogpt_sample_py_does(capsys, checkout, tmp_path):

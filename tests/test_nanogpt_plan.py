@@ -126,3 +126,4 @@ def test_estimate_like_a_config(capsys, checkout):
     est = json.loads(out)
     assert est["batch_size"] == 2 and est["model_config"]["n_head"] == 6
     assert est["model_config"]["vocab_size"] == meta["vocab_size"]
+    assert est["model_config"]["dropout"] == 0.2 and est["model_config"]["bias"] is False  # the file's, as it is

@@ -762,12 +762,13 @@ def estimate(
     )
     from vramfit.plan.like import resolve_shape
 
-    n_layer, n_head, n_embd, block_size, batch_size, vocab = resolve_shape(dict(
-        n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size, batch_size=batch_size,
-        vocab_size=vocab if vocab is not None or like or ckpt else 50304), like=like, ckpt=ckpt).values()
+    shape = resolve_shape(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                               batch_size=batch_size, vocab_size=vocab if vocab is not None or like or ckpt else 50304),
+                          like=like, ckpt=ckpt, extras=True)
+    batch_size = shape.pop("batch_size")
     if batch_size < 1:
         raise VramfitError(f"batch_size must be >= 1, got {batch_size}")
-    mc = GPTConfig(n_layer, n_head, n_embd, block_size, vocab)
+    mc = GPTConfig(**shape)
     run = estimate_step_isolated if target == "cuda" else estimate_step  # CUDA code paths may abort: child process
     est = run(mc, batch_size, parse_recipe(recipe), target, parse_capability(capability))
     typer.echo(json.dumps(est.to_dict()) if json_out else format_estimate(est))

@@ -33,7 +33,8 @@ def like_shape(path: str | Path) -> dict:
     """The six sizes of a config file (nanoGPT `.py` or vramfit TOML), and its dtype, data_dir and config."""
     cfg = load_config(path)
     shape = {k: getattr(cfg, k) for k in SHAPE_KEYS if k != "vocab_size"}
-    return {**shape, "vocab_size": config_vocab(cfg), "dtype": cfg.dtype, "data_dir": cfg.data_dir, "config": cfg}
+    return {**shape, "vocab_size": config_vocab(cfg), "dropout": cfg.dropout, "bias": cfg.bias, "dtype": cfg.dtype,
+            "data_dir": cfg.data_dir, "config": cfg}
 
 
 def ckpt_shape(path: str | Path) -> dict:
@@ -43,13 +44,15 @@ def ckpt_shape(path: str | Path) -> dict:
     ckpt = load_checkpoint(path)
     args = ckpt["model_args"]
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
-    out = {k: args.get(k) for k in SHAPE_KEYS if k != "batch_size"}
+    out = {k: args.get(k) for k in (*SHAPE_KEYS, "dropout", "bias") if k != "batch_size"}
     out["batch_size"] = config.get("batch_size")
     return out
 
 
-def resolve_shape(explicit: dict, like: str | Path | None = None, ckpt: str | Path | None = None) -> dict:
-    """The six sizes: each flag given (not None) over the checkpoint's, over the config file's."""
+def resolve_shape(explicit: dict, like: str | Path | None = None, ckpt: str | Path | None = None,
+                  extras: bool = False) -> dict:
+    """The six sizes: each flag given (not None) over the checkpoint's, over the config file's; with `extras`,
+    also the file's or checkpoint's dropout and bias where it has them (they change the dry-run step)."""
     if like is not None and ckpt is not None:
         raise VramfitError("give --like FILE or --ckpt PATH, not both")
     base = like_shape(like) if like is not None else ckpt_shape(ckpt) if ckpt is not None else {}
@@ -58,7 +61,8 @@ def resolve_shape(explicit: dict, like: str | Path | None = None, ckpt: str | Pa
     if missing:
         flags = ", ".join(f"--{k.replace('_', '-')}" for k in missing)
         raise VramfitError(f"missing {flags} (or --like CONFIG / --ckpt CHECKPOINT to take the sizes from)")
-    return {k: int(v) for k, v in out.items()}
+    more = {k: base[k] for k in ("dropout", "bias") if extras and base.get(k) is not None}
+    return {k: int(v) for k, v in out.items()} | more
 
 
 def _like_command(s: Suggestion, like: dict, path: str | Path, recipe: dict) -> str:
