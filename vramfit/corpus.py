@@ -7,8 +7,10 @@ from pathlib import Path
 
 
 def corpus_id(data_dir: str | Path) -> str | None:
-    """A prepared corpus's identity: the first 12 hex digits of the sha256 of its meta.json (None if absent)."""
-    meta = Path(data_dir) / "meta.json"
-    if not meta.is_file():
-        return None
-    return hashlib.sha256(meta.read_bytes()).hexdigest()[:12]
+    """A prepared corpus's identity: the first 12 hex digits of the sha256 of its meta.json, or of nanoGPT's
+    meta.pkl (its bytes, never unpickled) where there is no meta.json; None if neither is there."""
+    for name in ("meta.json", "meta.pkl"):
+        meta = Path(data_dir) / name
+        if meta.is_file():
+            return hashlib.sha256(meta.read_bytes()).hexdigest()[:12]
+    return None
