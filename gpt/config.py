@@ -222,10 +222,21 @@ def make_config(values: dict, base: TrainConfig | None = None) -> TrainConfig:
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
-    """Read a TOML config (flat keys, or [model]/[train]/[recipe] tables) and apply overrides. Never exec'd."""
+    """Read a TOML config (flat keys, or [model]/[train]/[recipe] tables) or a nanoGPT Python config (`.py`,
+    parsed as data by `gpt.pyconfig`) and apply overrides. Never exec'd.
+
+    A nanoGPT file's keys that vramfit has no use for (wandb, backend, and any unknown name, which nanoGPT's
+    configurator also leaves unused) are kept in `extra['nanogpt_ignored']`."""
     values: dict = {}
     extra: dict = {}
-    if path is not None:
+    if path is not None and Path(path).suffix == ".py":
+        from gpt.pyconfig import nanogpt_values
+
+        values, ignored = nanogpt_values(path)
+        known = {f.name for f in fields(TrainConfig)} - {"extra"}
+        ignored |= {k: values.pop(k) for k in list(values) if k not in known}
+        extra = {"nanogpt_config": str(path), "nanogpt_ignored": ignored}
+    elif path is not None:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"no such config file: {p}")

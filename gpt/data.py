@@ -1,7 +1,8 @@
 """Text -> tokens -> memmapped splits, random-window batches, and synthetic tokens.
 
 A prepared corpus is a folder with `train.bin`, `val.bin` (uint16, or uint32 when the vocab exceeds 65536)
-and `meta.json` (tokenizer, vocab size, dtype, and for char-level the vocabulary itself).
+and `meta.json` (tokenizer, vocab size, dtype, and for char-level the vocabulary itself). A folder prepared by
+nanoGPT (`meta.pkl`, or no meta at all for GPT-2 BPE) reads as it is: see `gpt.meta`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from gpt.errors import DataError
+from gpt.meta import load_meta
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TOKENIZERS = ("char", "gpt2")
@@ -45,6 +47,9 @@ class Tokenizer:
             self._enc = None
         elif self.kind == "gpt2":
             self._enc = encoding or gpt2_encoding()
+        elif self.kind == "none":
+            raise DataError(f"{meta.get('source', 'the corpus')} holds only a vocabulary size (no itos/stoi): "
+                            "it cannot encode or decode text")
         else:
             raise DataError(f"unknown tokenizer {self.kind!r}; choose one of {', '.join(TOKENIZERS)}")
 
@@ -135,16 +140,6 @@ def download_shakespeare(dest: str | Path, url: str = SHAKESPEARE_URL, timeout: 
     tmp.write_bytes(data)
     tmp.replace(dest)
     return dest
-
-
-def load_meta(data_dir: str | Path) -> dict:
-    path = Path(data_dir) / "meta.json"
-    if not path.is_file():
-        raise DataError(f"no prepared corpus in {data_dir} (missing meta.json; run `vramfit prepare`)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise DataError(f"{path} is not valid JSON") from None
 
 
 @dataclass

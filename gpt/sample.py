@@ -8,27 +8,41 @@ from pathlib import Path
 import torch
 
 from gpt.config import GPTConfig
-from gpt.data import Tokenizer, load_meta
+from gpt.data import Tokenizer
 from gpt.errors import DataError
-from gpt.model import GPT, clean_state_dict
-from gpt.train import load_checkpoint, resolve_device
+from gpt.meta import find_meta_pkl, load_meta, meta_from_pkl, read_meta_pkl
+from gpt.model import GPT
+from gpt.train import load_checkpoint, load_weights, resolve_device
+
+
+def checkpoint_meta(ckpt: dict, ckpt_path: str | Path, data_dir: str | Path | None = None) -> dict:
+    """The vocabulary of a checkpoint's corpus: its own `meta` (vramfit), else nanoGPT's meta.pkl beside the
+    checkpoint, in `data/<dataset>` named by its config, or in `data_dir`; else that folder's meta.json (vramfit
+    config's data_dir, then `data_dir`); else GPT-2 BPE, as nanoGPT's sample.py assumes."""
+    if ckpt.get("meta") is not None:
+        return ckpt["meta"]
+    config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    dataset = config.get("dataset") if isinstance(config.get("dataset"), str) else None
+    pkl = find_meta_pkl(ckpt_path, dataset, data_dir)
+    if pkl is not None:
+        return meta_from_pkl(read_meta_pkl(pkl), pkl)
+    for folder in (config.get("data_dir"), data_dir):
+        if folder and Path(folder, "meta.json").is_file():
+            return load_meta(folder)
+    return {"tokenizer": "gpt2", "vocab_size": 50257}
 
 
 class Sampler:
-    """A model loaded from a checkpoint plus the tokenizer of its corpus."""
+    """A model loaded from a checkpoint (vramfit's or nanoGPT's) plus the tokenizer of its corpus."""
 
-    def __init__(self, ckpt_path: str | Path, device: str = "auto", seed: int = 1337, encoding=None) -> None:
+    def __init__(self, ckpt_path: str | Path, device: str = "auto", seed: int = 1337, encoding=None,
+                 data_dir: str | Path | None = None) -> None:
         self.device = resolve_device(device)
         ckpt = load_checkpoint(ckpt_path, map_location=self.device)
         self.model = GPT(GPTConfig.from_dict(ckpt["model_args"]))
-        self.model.load_state_dict(clean_state_dict(ckpt["model"]))
+        load_weights(self.model, ckpt["model"])
         self.model.to(self.device).eval()
-        meta = ckpt.get("meta")
-        if meta is None:  # a nanoGPT checkpoint: its config names the dataset folder
-            data_dir = (ckpt.get("config") or {}).get("data_dir")
-            meta = load_meta(data_dir) if data_dir and Path(data_dir, "meta.json").is_file() else {
-                "tokenizer": "gpt2", "vocab_size": 50257}
-        self.tokenizer = Tokenizer(meta, encoding=encoding)
+        self.tokenizer = Tokenizer(checkpoint_meta(ckpt, ckpt_path, data_dir), encoding=encoding)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
 
     def complete(self, prompt: str, max_new_tokens: int = 200, temperature: float = 0.8,

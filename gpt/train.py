@@ -221,9 +221,13 @@ class Trainer:
         }
 
     def load_state(self, ckpt: dict, batch_rng: torch.Generator | None = None) -> None:
-        self.model.load_state_dict(clean_state_dict(ckpt["model"]))
+        """Restore a checkpoint's weights, optimizer, scaler, iteration and RNG (vramfit's or nanoGPT's)."""
+        load_weights(self.model, ckpt["model"])
         if "optimizer" in ckpt:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+            try:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+            except (ValueError, KeyError) as exc:
+                raise CheckpointError(f"the checkpoint's optimizer state does not fit this model: {exc}") from None
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.iter_num = int(ckpt.get("iter_num", 0))
@@ -235,6 +239,15 @@ class Trainer:
             torch.cuda.set_rng_state(rng["cuda"], torch.device(self.device))
         if batch_rng is not None and "batch" in rng:
             batch_rng.set_state(rng["batch"])
+
+
+def load_weights(model: GPT, state_dict: dict) -> None:
+    """Load a checkpoint's weights (torch.compile's `_orig_mod.` prefixes stripped); a mismatch is one error."""
+    try:
+        model.load_state_dict(clean_state_dict(state_dict))
+    except RuntimeError as exc:
+        raise CheckpointError(f"the checkpoint's weights do not fit its model_args: "
+                              f"{str(exc).splitlines()[0][:200]}") from None
 
 
 def _quiet(msg: str) -> None:

@@ -93,7 +93,8 @@ def prepare(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train(
     ctx: typer.Context,
-    config: Path = typer.Option(None, "--config", "-c", help="a TOML config (flat keys or \\[model]/\\[train] tables)"),
+    config: Path = typer.Option(None, "--config", "-c", help="a TOML config (flat keys or \\[model]/\\[train] tables) "
+                                "or a nanoGPT config .py (read as data, never executed)"),
     suggestion: int = typer.Option(None, "--suggestion", "-s", min=1,
                                    help="train suggestion N of the last `vramfit suggest` (or of --suggestions)"),
     suggestions: Path = typer.Option(Path("results/suggestions.json"), help="a `suggest --json` output"),
@@ -134,6 +135,8 @@ def train(
         measure = True
     cfg = load_config(config, overrides)
     _check_train_outputs(cfg, db if measure and not distributed else None)
+    if cfg.extra.get("nanogpt_ignored") and master:
+        typer.echo(f"note: not used from {config}: {', '.join(sorted(cfg.extra['nanogpt_ignored']))}")
     if distributed and measure:
         measure = False
         if master:
@@ -182,14 +185,16 @@ def sample(
     seed: int = typer.Option(1337),
     device: str = typer.Option("auto"),
     interactive: bool = typer.Option(False, "--interactive", help="prompt, read the completion, repeat"),
+    data_dir: Path = typer.Option(None, "--data-dir", help="where to look last for nanoGPT's meta.pkl (after "
+                                  "beside the checkpoint and data/<dataset> of its config)"),
 ) -> None:
-    """Generate text from a checkpoint."""
+    """Generate text from a checkpoint (vramfit's or nanoGPT's)."""
     from gpt.sample import Sampler
     from gpt.sample import interactive as prompt_loop
 
     if not (temperature > 0 and temperature < float("inf")):
         fail(f"temperature must be a positive number, got {temperature}")
-    sampler = Sampler(ckpt, device=device, seed=seed)
+    sampler = Sampler(ckpt, device=device, seed=seed, data_dir=data_dir)
     kwargs = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k)
     if interactive:
         prompt_loop(sampler, **kwargs)
@@ -446,22 +451,27 @@ def _fit_loss(db: Path, corpus: Path | None, out: Path) -> None:
 
 @app.command()
 def predict(
-    n_layer: int = typer.Option(..., min=1),
-    n_head: int = typer.Option(..., min=1),
-    n_embd: int = typer.Option(..., min=1),
-    block_size: int = typer.Option(..., min=1),
-    batch_size: int = typer.Option(..., min=1),
-    vocab: int = typer.Option(50304, "--vocab", "--vocab-size", min=1),
+    n_layer: int = typer.Option(None, min=1),
+    n_head: int = typer.Option(None, min=1),
+    n_embd: int = typer.Option(None, min=1),
+    block_size: int = typer.Option(None, min=1),
+    batch_size: int = typer.Option(None, min=1),
+    vocab: int = typer.Option(None, "--vocab", "--vocab-size", min=1, help="default 50304, or --like's corpus"),
+    like: Path = typer.Option(None, "--like", help="take the sizes from a nanoGPT config .py or vramfit TOML (its "
+                              "vocabulary from its dataset's meta); flags given override them"),
     model: Path = typer.Option(None, help="model JSON (default: the newest in results/models)"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Predicted training memory of one config, with a breakdown and the safety margin."""
     import json
 
+    from vramfit.plan.like import resolve_shape
     from vramfit.plan.recommend import predict_one
 
-    r = predict_one(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
-                         batch_size=batch_size, vocab_size=vocab), model)
+    shape = resolve_shape(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                               batch_size=batch_size,
+                               vocab_size=vocab if vocab is not None or like is not None else 50304), like=like)
+    r = predict_one(shape, model)
     if json_out:
         typer.echo(json.dumps({"predicted_bytes": int(r["predicted"]), "margin_bytes": int(r["margin"]),
                                "naive_bytes": int(r["naive"]), "regime": r["regime"],
@@ -513,6 +523,8 @@ def suggest(
                              "multiply by this)"),
     strategy: str = typer.Option(None, "--strategy", help="multi-GPU strategy: ddp (default with --gpus > 1; "
                                  "adds DDP's gradient buckets, 4 B/param, per GPU)"),
+    like: Path = typer.Option(None, "--like", help="a nanoGPT config .py (or vramfit TOML): that config as it "
+                              "is, and the largest batch / block / model close to it that fits"),
 ) -> None:
     """Configs that fit a card with the safety margin, ranked, each with its train command.
     With --hours H: ranked by what H hours of training buys (tokens/s from the throughput model)."""
@@ -526,6 +538,15 @@ def suggest(
     if hours is None and rank != "auto":
         fail("--rank ranks by time: give --hours too")
     writable_file(save, "--save")
+    if like is not None:
+        from vramfit.plan.like import run_suggest_like
+        from vramfit.units import parse_size
+
+        reserve_b = parse_size(reserve)
+        lines, found = run_suggest_like(like, parse_size(vram) - reserve_b, model, save, json_out, vram, reserve_b,
+                                        (recipe, capability) if no_profile else None)
+        typer.echo("\n".join(lines))
+        raise typer.Exit(0 if found else 1)
     space = parse_int_options(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                               batch_size=batch_size, vocab_size=vocab)
     rec = recommend(SuggestRequest(vram, reserve, objective, space, min_batch, top, model, data_dir, no_profile,
@@ -616,12 +637,16 @@ def report(
 
 @app.command()
 def estimate(
-    n_layer: int = typer.Option(..., help="transformer blocks"),
-    n_head: int = typer.Option(..., help="attention heads"),
-    n_embd: int = typer.Option(..., help="embedding width"),
-    block_size: int = typer.Option(..., help="context length"),
-    batch_size: int = typer.Option(..., help="micro-batch size"),
-    vocab: int = typer.Option(50304, "--vocab", "--vocab-size", help="vocabulary size"),
+    n_layer: int = typer.Option(None, help="transformer blocks"),
+    n_head: int = typer.Option(None, help="attention heads"),
+    n_embd: int = typer.Option(None, help="embedding width"),
+    block_size: int = typer.Option(None, help="context length"),
+    batch_size: int = typer.Option(None, help="micro-batch size"),
+    vocab: int = typer.Option(None, "--vocab", "--vocab-size", help="vocabulary size (default 50304, or "
+                              "--like's / --ckpt's)"),
+    like: Path = typer.Option(None, "--like", help="take the sizes from a nanoGPT config .py or vramfit TOML"),
+    ckpt: Path = typer.Option(None, "--ckpt", help="take the sizes from a checkpoint (vramfit's or nanoGPT's; "
+                              "the batch from its config)"),
     recipe: str = typer.Option(None, help="recipe TOML/JSON file, or inline: dtype=bfloat16,optimizer=fused,..."),
     target: str = typer.Option("cuda", help="cuda (emulated, no GPU needed) | cpu"),
     capability: str = typer.Option("8.0", "--capability", help="CUDA compute capability of the target (8.0, 8.6, 9.0)"),
@@ -638,13 +663,32 @@ def estimate(
         parse_capability,
         parse_recipe,
     )
+    from vramfit.plan.like import resolve_shape
 
+    shape = resolve_shape(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                               batch_size=batch_size, vocab_size=vocab if vocab is not None or like or ckpt else 50304),
+                          like=like, ckpt=ckpt, extras=True)
+    batch_size = shape.pop("batch_size")
     if batch_size < 1:
         raise VramfitError(f"batch_size must be >= 1, got {batch_size}")
-    mc = GPTConfig(n_layer, n_head, n_embd, block_size, vocab)
+    mc = GPTConfig(**shape)
     run = estimate_step_isolated if target == "cuda" else estimate_step  # CUDA code paths may abort: child process
     est = run(mc, batch_size, parse_recipe(recipe), target, parse_capability(capability))
     typer.echo(json.dumps(est.to_dict()) if json_out else format_estimate(est))
+
+
+@app.command("export-nanogpt")
+def export_nanogpt(
+    ckpt: Path = typer.Option(Path("out/ckpt.pt"), help="a vramfit checkpoint file or its folder"),
+    out_dir: Path = typer.Option(..., "--out-dir", help="folder for ckpt.pt in nanoGPT's layout (+ meta.pkl)"),
+    data_root: Path = typer.Option(None, "--data-root", help="nanoGPT's data/ folder: also write "
+                                   "<data-root>/<dataset>/meta.pkl there (where its sample.py looks) if absent"),
+) -> None:
+    """Write a vramfit checkpoint in nanoGPT's layout, for nanoGPT's sample.py (`--out_dir=OUT`)."""
+    from gpt.export import export_nanogpt as run_export
+
+    for path in run_export(ckpt, out_dir, data_root):
+        typer.echo(f"wrote {path}")
 
 
 def _click_exceptions():

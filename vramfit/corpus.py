@@ -3,23 +3,22 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 
 def corpus_id(data_dir: str | Path) -> str | None:
-    """A prepared corpus's identity: the first 12 hex digits of the sha256 of its meta.json (None if absent)."""
-    meta = Path(data_dir) / "meta.json"
-    if not meta.is_file():
-        return None
-    return hashlib.sha256(meta.read_bytes()).hexdigest()[:12]
+    """A prepared corpus's identity: the first 12 hex digits of the sha256 of its meta.json, or of nanoGPT's
+    meta.pkl (its bytes, never unpickled) where there is no meta.json; None if neither is there."""
+    for name in ("meta.json", "meta.pkl"):
+        meta = Path(data_dir) / name
+        if meta.is_file():
+            return hashlib.sha256(meta.read_bytes()).hexdigest()[:12]
+    return None
 
 
-def corpus_vocab(data_dir: str | Path) -> int | None:
-    """The vocabulary size of a prepared corpus (its meta.json), None where there is none or it is unreadable."""
-    try:
-        meta = json.loads((Path(data_dir) / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-    v = meta.get("vocab_size") if isinstance(meta, dict) else None
-    return int(v) if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+def corpus_vocab(data_dir: str | Path) -> tuple[int, str] | None:
+    """(vocabulary size, the file it comes from) of a prepared corpus: meta.json, nanoGPT's meta.pkl, or GPT-2's
+    for a nanoGPT folder without one; None where the folder holds no corpus."""
+    from gpt.meta import corpus_vocab as vocab_and_source
+
+    return vocab_and_source(data_dir)

@@ -86,12 +86,13 @@ class Recommendation:
 
 def _plan_vocab(req: SuggestRequest, space: dict, notes: list[str]) -> None:
     """Plan for the corpus the printed commands train on (its vocabulary), unless --vocab says otherwise."""
-    vocab = corpus_vocab(req.data_dir)
-    if vocab is None:
+    found = corpus_vocab(req.data_dir)
+    if found is None:
         return
+    vocab, source = found
     if space["vocab_size"] is None:
         space["vocab_size"] = [vocab]
-        notes.append(f"vocab {vocab}: from {Path(req.data_dir) / 'meta.json'} (--vocab to override)")
+        notes.append(f"vocab {vocab}: from {source} (--vocab to override)")
     elif min(space["vocab_size"]) < vocab:
         raise VramfitError(f"--vocab {min(space['vocab_size'])} is smaller than the vocabulary of --data-dir "
                            f"{req.data_dir} ({vocab}): training would fail")
