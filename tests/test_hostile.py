@@ -194,3 +194,25 @@ def test_prepare_offline_leaves_no_empty_folder(capsys, tmp_path, monkeypatch):
     rc, _, err = run(capsys, "prepare", "shakespeare")
     assert_one_error(rc, err, "offline")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_killed_checkpoint_save_leaves_nothing_behind_on_the_next_save(tmp_path):
+    import subprocess
+    import sys
+
+    from gpt.train import save_checkpoint
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".ckpt.pt.{int(dead.stdout)}.tmp"  # a save killed mid-write: its process is gone
+    stale.write_bytes(b"x" * 1000)
+    alive = tmp_path / f".ckpt.pt.{1}.tmp"  # PID 1 always exists: another save may still be writing
+    alive.write_bytes(b"y")
+    save_checkpoint({"model": {}, "model_args": {}}, tmp_path / "ckpt.pt")
+    assert not stale.exists() and alive.exists() and (tmp_path / "ckpt.pt").stat().st_size > 0
+
+
+def test_empty_checkpoint_is_one_error_line(capsys, tmp_path):
+    empty = tmp_path / "ckpt.pt"
+    empty.write_bytes(b"")
+    rc, _, err = run(capsys, "sample", "--ckpt", empty)
+    assert_one_error(rc, err, "cannot read checkpoint")
