@@ -23,6 +23,7 @@ from vramfit.dryrun.estimate import (
     estimate_step_isolated,
     parse_capability,
     parse_recipe,
+    target_bytes,
 )
 from vramfit.dryrun.fake_step import (
     CATEGORIES,
@@ -201,10 +202,21 @@ def test_a_dying_estimator_process_is_one_clean_error():
         _run_child([sys.executable, "-c", "import sys; sys.exit('error: boom')"], "", timeout=60)
 
 
-def test_device_bytes_adds_context_and_slack():
+def test_device_bytes_is_reserved_plus_the_context_table():
     mc = GPTConfig(n_layer=1, n_head=1, n_embd=32, block_size=16, vocab_size=64)
     est = estimate_step(mc, 1, Recipe(dtype="bfloat16"), target="cuda")
-    assert device_bytes(est) > est.peak_bytes + CUDA_CONTEXT_BYTES - 1
+    a, p = est.allocator, est.process
+    assert a["peak_reserved"] >= a["peak_allocated"] >= est.peak_bytes
+    assert a["peak_reserved"] % (2 * 2**20) == 0  # segments are 2 MiB, 20 MiB or multiples of 2 MiB
+    assert device_bytes(est) == a["peak_reserved"] + p["context_bytes"] and "pytorch/pytorch#" in p["context_source"]
+    assert target_bytes(est, "reserved") == a["peak_reserved"] and target_bytes(est, "allocated") == a["peak_allocated"]
+    assert target_bytes(est, "nvml") == device_bytes(est) and target_bytes(est, "tracked") == est.peak_bytes
+    expandable = estimate_step(mc, 1, Recipe(dtype="bfloat16", alloc_conf="expandable_segments:True"), target="cuda")
+    assert expandable.allocator["conf"]["expandable_segments"] and expandable.peak_bytes == est.peak_bytes
+    with pytest.raises(VramfitError, match="PYTORCH_CUDA_ALLOC_CONF"):
+        estimate_step(mc, 1, Recipe(alloc_conf="max_split_size_mb:1"), target="cuda")
+    old = Estimate.from_dict({**est.to_dict(), "allocator": {}, "process": {}})  # from an older vramfit
+    assert device_bytes(old) == int(est.peak_bytes * 1.05) + CUDA_CONTEXT_BYTES
 
 
 def test_parsers():

@@ -567,12 +567,11 @@ def suggest(
         from vramfit.recipe import Recipe
 
         rec, cap = parse_recipe(recipe), parse_capability(capability)
-        typer.echo("warning: no profile of this device: predictions are dry-run estimates of the eager step plus "
-                   "a 512 MiB CUDA context constant and 5% allocator slack, not measurements "
-                   "(run `vramfit sweep` on the GPU for a validated model)", err=True)
+        typer.echo("warning: no profile of this device: predictions are dry-run estimates (allocator replay + a "
+                   "published CUDA context size), not measurements (run `vramfit sweep` on the GPU)", err=True)
         mm, margin, recipe_d = no_profile_model(rec, cap, (space["vocab_size"] or [50304])[0])
         path, doc = Path("(dry-run, no profile)"), {"device": f"CUDA sm{cap[0]}{cap[1]} (not profiled)",
-                                                   "recipe_key": Recipe(**recipe_d).key(), "target": "allocated"}
+                                                   "recipe_key": Recipe(**recipe_d).key(), "target": "nvml"}
     else:
         path, doc = open_model(model)
         mm, margin, recipe_d = doc["model"], doc["margin_rel"], doc.get("recipe") or {}

@@ -35,6 +35,8 @@ from gpt.config import OPTIMIZERS, GPTConfig, TrainConfig, resolve_recipe
 from gpt.data import synthetic_batch
 from gpt.errors import ConfigError
 from gpt.train import Trainer
+from vramfit.dryrun import context
+from vramfit.dryrun.allocator import replay
 
 TARGETS = ("cuda", "cpu")
 ROUNDING = {"cuda": 512, "cpu": 64}
@@ -72,6 +74,7 @@ class StepResult:
     fake: bool
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    allocator: dict = field(default_factory=dict)  # CUDA target: the caching allocator replay (allocator.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -216,6 +219,8 @@ class StorageTracker(TorchDispatchMode):
                               "step": self.step_no, "workspace": ws}
         if self.current + ws > self.step_peaks.get(self.step_no, 0):
             self.step_peaks[self.step_no] = self.current + ws
+        if ws:  # the kernel's own allocation, for the allocator replay: allocated and freed inside the op
+            self.events += [(-len(self.events) - 1, ws), (-len(self.events) - 1, -ws)]
         return out
 
     # --- the breakdown -----------------------------------------------------------------------------------------
@@ -305,9 +310,8 @@ _MATMULS = frozenset({aten.mm.default, aten.addmm.default, aten.bmm.default, ate
 
 def cublas_workspace_bytes(capability: tuple[int, int]) -> int:
     """cuBLAS workspace PyTorch allocates from the caching allocator for each (handle, stream), i.e. once for the
-    forward thread and once for the autograd device thread: 32 MiB on sm90, else 8 MiB + 128 KiB (the defaults of
-    `CUBLAS_WORKSPACE_CONFIG`, aten/src/ATen/cuda/CublasHandlePool.cpp)."""
-    return 4096 * 8 * 1024 if capability[0] == 9 else 4096 * 1024 * 2 + 16 * 1024 * 8
+    forward thread and once for the autograd device thread (`vramfit.dryrun.context.cublas_workspace_bytes`)."""
+    return context.cublas_workspace_bytes(capability)
 
 
 def cuda_kernel_workspace(func, args: tuple) -> int:  # noqa: ANN001
@@ -356,6 +360,7 @@ def run_step(
     grad_clip: float = 1.0,
     gradient_accumulation_steps: int = 1,
     rounding: int | None = None,
+    alloc_conf: str = "",
 ) -> StepResult:
     """Build the real Trainer and run `steps` real `Trainer.step` calls under a `StorageTracker`.
 
@@ -428,12 +433,13 @@ def run_step(
         steady = tracker.current
         del trainer
     info = tracker.peak_info
+    allocator = replay(tracker.events, alloc_conf).to_dict() if target == "cuda" else {}
     step_peaks = [tracker.step_peaks.get(i + 1, 0) for i in range(steps)]
     return StepResult(
         peak_bytes=tracker.peak, peak_phase=info["phase"], peak_op=info["op"], peak_step=info["step"],
         breakdown=tracker.breakdown(), step_peaks=step_peaks, steady_bytes=steady, target=target, dtype=dtype,
         optimizer=impl, attention=attention, rounding=rounding, fake=fake, notes=notes,
-        seconds=time.perf_counter() - t0,
+        seconds=time.perf_counter() - t0, allocator=allocator,
     )
 
 
