@@ -209,7 +209,10 @@ def no_profile_model(recipe, capability: tuple[int, int], vocab_size: int, targe
 
 
 def verify_with_estimates(items: list, recipe, capability: tuple[int, int], budget: int, target: str = "cuda"):
-    """Re-predict suggestions with the dry-run estimator's whole-device figure; drop those over budget."""
+    """Re-predict suggestions with the dry-run estimator's whole-device figure; a suggestion over budget gets
+    the batch the estimate says fits (at most 3 more estimates), else is dropped."""
+    from dataclasses import replace
+
     from gpt.config import GPTConfig
     from vramfit.dryrun.estimate import device_bytes, estimate_step
 
@@ -217,9 +220,14 @@ def verify_with_estimates(items: list, recipe, capability: tuple[int, int], budg
     for s in items:
         mc = GPTConfig(s.n_layer, s.n_head, s.n_embd, s.block_size, s.vocab_size)
         need = device_bytes(estimate_step(mc, s.batch_size, recipe, target, capability))
+        for _ in range(3):
+            if need <= budget or s.batch_size <= 1:
+                break
+            b = max(1, min(s.batch_size - 1, int(s.batch_size * budget / need)))
+            s = replace(s, batch_size=b, tokens_per_step=s.tokens_per_step // s.batch_size * b,
+                        command=re.sub(r"--batch-size \d+", f"--batch-size {b}", s.command))
+            need = device_bytes(estimate_step(mc, s.batch_size, recipe, target, capability))
         if need <= budget:
             s.predicted_bytes, s.margin_bytes, s.headroom_bytes = need, 0, budget - need
             kept.append(s)
-    for rank, s in enumerate(kept, start=1):
-        s.rank = rank
     return kept
