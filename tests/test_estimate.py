@@ -128,12 +128,13 @@ def test_breakdown_and_steady_state():
 
 
 def test_attention_kernel_choice_follows_the_gpu():
+    """PyTorch's sdp_utils.cpp (see tests/test_sdpa.py for the individual rules)."""
     assert cuda_attention_kernel("default", "bfloat16", 64, (8, 0)) == "flash"
-    assert cuda_attention_kernel("default", "float16", 64, (9, 0)) == "flash"
+    assert cuda_attention_kernel("default", "float16", 64, (9, 0)) == "cudnn"  # cuDNN first on Hopper
     assert cuda_attention_kernel("default", "float16", 64, (7, 5)) == "efficient"
     assert cuda_attention_kernel("default", "float32", 64, (8, 0)) == "efficient"
     assert cuda_attention_kernel("default", "bfloat16", 320, (8, 0)) == "efficient"
-    assert cuda_attention_kernel("default", "float16", 36, (8, 6)) == "math"
+    assert cuda_attention_kernel("default", "float16", 36, (8, 6)) == "flash"  # flash pads 36 to 40 itself
     assert cuda_attention_kernel("math", "bfloat16", 64, (9, 0)) == "math"
     with pytest.raises(ConfigError, match="flash attention cannot run"):
         cuda_attention_kernel("flash", "float32", 64, (8, 0))
@@ -162,7 +163,7 @@ def test_cuda_emulation_kernels_dtypes_and_rounding():
 
 
 def test_flash_backward_workspace_formula():
-    q = torch.empty(2, 4, 200, 64, device="meta")
+    q = torch.empty(2, 4, 200, 64, device="meta", dtype=torch.bfloat16)
     ws = cuda_kernel_workspace(torch.ops.aten._scaled_dot_product_flash_attention_backward.default, (q, q))
     assert ws == 2 * 4 * 256 * 4 + 2 * 256 * 4 * 64 * 4  # softmax_d + dq_accum, fp32, T rounded to 128
     assert cuda_kernel_workspace(torch.ops.aten.mm.default, (q, q)) == 0
