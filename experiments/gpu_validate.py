@@ -5,6 +5,7 @@
     python experiments/gpu_validate.py capped-train VRAM -- ARGS...   # `vramfit ARGS` with the allocator capped
     python experiments/gpu_validate.py budget OUT VRAM DATA_DIR       # suggest, train #1 under VRAM, next batch
     python experiments/gpu_validate.py heldout OUT                    # model vs held-out points -> heldout.csv
+    python experiments/gpu_validate.py dryrun OUT                     # dry-run estimate vs the GPU -> dryrun.csv
     python experiments/gpu_validate.py summary OUT                    # summary.md with every table
 """
 
@@ -209,6 +210,43 @@ def throughput_heldout(out: Path, doc: dict, held) -> None:
           f"{df.flops_rel.abs().max():.2%}")
 
 
+def dryrun(out: Path) -> None:
+    """Each ok point of both sweeps against its dry-run estimate: allocated vs max_memory_allocated, reserved vs
+    max_memory_reserved (the allocator replay), device vs NVML (reserved + the context table) -> dryrun.csv."""
+    import pandas as pd
+
+    from gpt.config import GPTConfig
+    from vramfit.dryrun.estimate import estimate_step, parse_capability, target_bytes
+    from vramfit.recipe import Recipe
+    from vramfit.store import Store
+
+    rows = []
+    for db in ("vramfit.sqlite", "heldout.sqlite"):
+        if not (out / db).is_file():
+            continue
+        with Store(out / db) as s:
+            pts = s.points_frame()
+        for p in pts[pts.status == "ok"].itertuples(index=False):
+            mc = GPTConfig(int(p.n_layer), int(p.n_head), int(p.n_embd), int(p.block_size), int(p.vocab_size))
+            recipe = Recipe.from_dict(json.loads(p.recipe))
+            est = estimate_step(mc, int(p.batch_size), recipe, "cuda", parse_capability(p.compute_capability))
+            row = {k: getattr(p, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
+                                              "vocab_size")}
+            row["compiled"] = bool(recipe.compile)
+            for target, col in (("allocated", "allocated_bytes"), ("reserved", "reserved_bytes"),
+                                ("nvml", "nvml_bytes")):
+                e, m = target_bytes(est, target), getattr(p, col)
+                row[f"{target}_est"], row[f"{target}_gpu"] = e, m
+                row[f"{target}_rel"] = e / m - 1 if m and m == m else None
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    df.to_csv(out / "dryrun.csv", index=False)
+    for target in ("allocated", "reserved", "nvml"):
+        if len(df) and df[f"{target}_rel"].notna().any():
+            r = df[f"{target}_rel"].dropna()
+            print(f"dry-run vs GPU {target} ({len(r)} points): max |error| {r.abs().max():.2%}, mean {r.mean():+.2%}")
+
+
 def summary(out: Path) -> None:
     import pandas as pd
 
@@ -255,6 +293,10 @@ def summary(out: Path) -> None:
                   f"best step: max |error| {t.best_rel.abs().max():.2%}, mean {t.best_rel.abs().mean():.2%}; "
                   f"typical step: max {t.typical_rel.abs().max():.2%}; FLOPs only: max {t.flops_rel.abs().max():.2%}",
                   ""]
+    if (out / "dryrun.csv").is_file():
+        d = pd.read_csv(out / "dryrun.csv")
+        lines += ["## Dry-run estimate vs the GPU (allocated, reserved, NVML)", "", "```", d.to_string(index=False),
+                  "```", ""]
     rows = []
     for f in sorted(out.glob("budget-*.json"), key=lambda p: float(p.stem.split("-")[1].rstrip("G"))):
         b = json.loads(f.read_text())
@@ -291,6 +333,8 @@ def cli(argv: list[str]) -> int:
         budget(Path(rest[0]), rest[1], rest[2])
     elif cmd == "heldout":
         heldout(Path(rest[0]))
+    elif cmd == "dryrun":
+        dryrun(Path(rest[0]))
     elif cmd == "summary":
         summary(Path(rest[0]))
     else:

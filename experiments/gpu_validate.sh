@@ -115,7 +115,8 @@ EOF
       "${VF[@]}" export --db "$OUT/heldout.sqlite" --csv "$OUT/heldout_points.csv" || return 2
       "${VF[@]}" plot --db "$OUT/vramfit.sqlite" --out "$OUT/plots" --vram 24G || log "plots failed (not fatal)"
       $HELP heldout "$OUT" 2>&1 | tee "$OUT/heldout.txt"
-      [[ ${PIPESTATUS[0]} == 0 ]] || return 2 ;;
+      [[ ${PIPESTATUS[0]} == 0 ]] || return 2
+      $HELP dryrun "$OUT" 2>&1 | tee "$OUT/dryrun.txt" || log "dry-run comparison failed (not fatal)" ;;
     budget-*)
       local gib=${s#budget-}
       (( t > 240 )) || return 3  # a budget needs ~2-4 minutes: start it in the next invocation

@@ -23,6 +23,7 @@ from vramfit.dryrun.estimate import (
     estimate_step_isolated,
     parse_capability,
     parse_recipe,
+    target_bytes,
 )
 from vramfit.dryrun.fake_step import (
     CATEGORIES,
@@ -127,12 +128,13 @@ def test_breakdown_and_steady_state():
 
 
 def test_attention_kernel_choice_follows_the_gpu():
+    """PyTorch's sdp_utils.cpp (see tests/test_sdpa.py for the individual rules)."""
     assert cuda_attention_kernel("default", "bfloat16", 64, (8, 0)) == "flash"
-    assert cuda_attention_kernel("default", "float16", 64, (9, 0)) == "flash"
+    assert cuda_attention_kernel("default", "float16", 64, (9, 0)) == "cudnn"  # cuDNN first on Hopper
     assert cuda_attention_kernel("default", "float16", 64, (7, 5)) == "efficient"
     assert cuda_attention_kernel("default", "float32", 64, (8, 0)) == "efficient"
     assert cuda_attention_kernel("default", "bfloat16", 320, (8, 0)) == "efficient"
-    assert cuda_attention_kernel("default", "float16", 36, (8, 6)) == "math"
+    assert cuda_attention_kernel("default", "float16", 36, (8, 6)) == "flash"  # flash pads 36 to 40 itself
     assert cuda_attention_kernel("math", "bfloat16", 64, (9, 0)) == "math"
     with pytest.raises(ConfigError, match="flash attention cannot run"):
         cuda_attention_kernel("flash", "float32", 64, (8, 0))
@@ -161,7 +163,7 @@ def test_cuda_emulation_kernels_dtypes_and_rounding():
 
 
 def test_flash_backward_workspace_formula():
-    q = torch.empty(2, 4, 200, 64, device="meta")
+    q = torch.empty(2, 4, 200, 64, device="meta", dtype=torch.bfloat16)
     ws = cuda_kernel_workspace(torch.ops.aten._scaled_dot_product_flash_attention_backward.default, (q, q))
     assert ws == 2 * 4 * 256 * 4 + 2 * 256 * 4 * 64 * 4  # softmax_d + dq_accum, fp32, T rounded to 128
     assert cuda_kernel_workspace(torch.ops.aten.mm.default, (q, q)) == 0
@@ -201,10 +203,21 @@ def test_a_dying_estimator_process_is_one_clean_error():
         _run_child([sys.executable, "-c", "import sys; sys.exit('error: boom')"], "", timeout=60)
 
 
-def test_device_bytes_adds_context_and_slack():
+def test_device_bytes_is_reserved_plus_the_context_table():
     mc = GPTConfig(n_layer=1, n_head=1, n_embd=32, block_size=16, vocab_size=64)
     est = estimate_step(mc, 1, Recipe(dtype="bfloat16"), target="cuda")
-    assert device_bytes(est) > est.peak_bytes + CUDA_CONTEXT_BYTES - 1
+    a, p = est.allocator, est.process
+    assert a["peak_reserved"] >= a["peak_allocated"] >= est.peak_bytes
+    assert a["peak_reserved"] % (2 * 2**20) == 0  # segments are 2 MiB, 20 MiB or multiples of 2 MiB
+    assert device_bytes(est) == a["peak_reserved"] + p["context_bytes"] and "pytorch/pytorch#" in p["context_source"]
+    assert target_bytes(est, "reserved") == a["peak_reserved"] and target_bytes(est, "allocated") == a["peak_allocated"]
+    assert target_bytes(est, "nvml") == device_bytes(est) and target_bytes(est, "tracked") == est.peak_bytes
+    expandable = estimate_step(mc, 1, Recipe(dtype="bfloat16", alloc_conf="expandable_segments:True"), target="cuda")
+    assert expandable.allocator["conf"]["expandable_segments"] and expandable.peak_bytes == est.peak_bytes
+    with pytest.raises(VramfitError, match="PYTORCH_CUDA_ALLOC_CONF"):
+        estimate_step(mc, 1, Recipe(alloc_conf="max_split_size_mb:1"), target="cuda")
+    old = Estimate.from_dict({**est.to_dict(), "allocator": {}, "process": {}})  # from an older vramfit
+    assert device_bytes(old) == int(est.peak_bytes * 1.05) + CUDA_CONTEXT_BYTES
 
 
 def test_parsers():

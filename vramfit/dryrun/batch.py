@@ -16,10 +16,11 @@ def point_key(p: dict) -> tuple[int, ...]:
 
 
 def estimate_points(points: list[dict], recipe: dict, target: str, capability: str | None,
-                    timeout: float = 600.0) -> tuple[dict[tuple, float], str]:
-    """Dry-run estimates (device bytes: `vramfit.dryrun.estimate.device_bytes`) for `points`, all in ONE child process
-    (a crash there cannot take the sweep down). Returns (key -> bytes, note); a failure gives ({}, why)."""
-    req = {"points": points, "recipe": recipe, "target": target, "capability": capability}
+                    timeout: float = 600.0, fit_target: str = "auto") -> tuple[dict[tuple, float], str]:
+    """Dry-run estimates for `points` in the units of `fit_target` (`vramfit.dryrun.estimate.target_bytes`;
+    auto: nvml on CUDA, tracked on the CPU), all in ONE child process (a crash there cannot take the sweep down).
+    Returns (key -> bytes, note); a failure gives ({}, why)."""
+    req = {"points": points, "recipe": recipe, "target": target, "capability": capability, "fit_target": fit_target}
     try:
         proc = subprocess.run([sys.executable, "-m", "vramfit.dryrun.batch"], input=json.dumps(req),
                               capture_output=True, text=True, timeout=timeout)
@@ -40,12 +41,15 @@ def estimate_points(points: list[dict], recipe: dict, target: str, capability: s
 def _estimate_main() -> int:
     """Child process: read {points, recipe, target, capability}, print one JSON line per estimated point."""
     from gpt.config import GPTConfig
-    from vramfit.dryrun.estimate import device_bytes, estimate_step, parse_capability
+    from vramfit.dryrun.estimate import estimate_step, parse_capability, target_bytes
     from vramfit.recipe import Recipe
 
     req = json.loads(sys.stdin.read())
     recipe = Recipe.from_dict(req["recipe"])
     cap = parse_capability(req["capability"]) if req.get("capability") else (8, 0)
+    fit_target = req.get("fit_target", "auto")
+    if fit_target == "auto":
+        fit_target = "nvml" if req["target"] == "cuda" else "tracked"
     for p in req["points"]:
         try:
             mc = GPTConfig(p["n_layer"], p["n_head"], p["n_embd"], p["block_size"], p["vocab_size"])
@@ -53,7 +57,8 @@ def _estimate_main() -> int:
         except Exception as exc:  # noqa: BLE001 - one bad point does not stop the others
             print(json.dumps({"point": p, "error": str(exc)[:200]}), flush=True)
             continue
-        print(json.dumps({"point": p, "bytes": device_bytes(est), "peak_bytes": est.peak_bytes}), flush=True)
+        print(json.dumps({"point": p, "bytes": target_bytes(est, fit_target), "peak_bytes": est.peak_bytes}),
+              flush=True)
     return 0
 
 

@@ -3,13 +3,15 @@
 The real `Trainer.step` runs twice (so AdamW state exists) under `FakeTensorMode` on fake CPU tensors with a
 live-storage tracker; for a CUDA target the GPU's attention kernel, autocast policy, optimizer implementation and
 512-byte allocator rounding are emulated (see `vramfit.dryrun.fake_step`). The result is what
-`torch.cuda.max_memory_allocated()` would report after two steps, eager mode; add `CUDA_CONTEXT_BYTES` and
-allocator slack for what `nvidia-smi` shows.
+`torch.cuda.max_memory_allocated()` would report after two steps. For a CUDA target the step's allocation trace is
+replayed through a model of the caching allocator (`vramfit.dryrun.allocator`: peak reserved) and the CUDA context
+is added from a table of measured sizes (`vramfit.dryrun.context`): the whole-device figure nvidia-smi shows.
 
 API for the rest of vramfit:
 - `estimate_step(model_config, batch_size, recipe, target, compute_capability) -> Estimate` (in this process);
 - `estimate_step_isolated(...)`, the same in a child process: a crash there becomes a clean `VramfitError`;
-- `device_bytes(estimate)`: estimate plus context and slack, for `suggest --no-profile`.
+- `device_bytes(estimate)`: peak reserved plus the CUDA context, what nvidia-smi shows (`suggest --no-profile`);
+- `target_bytes(estimate, target)`: the figure that matches a fit target (nvml, reserved, allocated, tracked).
 """
 
 from __future__ import annotations
@@ -30,14 +32,11 @@ from vramfit.units import format_size
 TARGETS = ("cuda", "cpu")
 
 CUDA_CONTEXT_BYTES = 512 * 2**20
-"""Device memory outside `max_memory_allocated`, as one constant: the CUDA context with lazy module loading
-(CUDA 12: ~300-450 MiB on Ampere/Hopper, the DESIGN's 0.3-0.6 GB), cuBLAS/cuBLASLt workspaces (tens of MiB) and
-the NCCL-free PyTorch runtime. Not measured on this project's GPUs yet; replace with the fitted intercept once
-`results/gpu/` holds profiles. `suggest --no-profile` uses it with `ALLOCATOR_SLACK`."""
+"""Fallback for an estimate without an allocator replay (e.g. made by an older vramfit): context + workspaces as
+one constant. Current estimates use `vramfit.dryrun.context` (a table with a source per row)."""
 
 ALLOCATOR_SLACK = 0.05
-"""Reserved-over-allocated fraction of the caching allocator at the peak (block splitting, 2 MiB/20 MiB segment
-rounding); a typical few-percent figure for a steady training loop, also to be replaced by measurements."""
+"""Fallback reserved-over-allocated fraction for an estimate without an allocator replay."""
 
 
 @dataclass
@@ -62,6 +61,8 @@ class Estimate:
     recipe: dict
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    allocator: dict = field(default_factory=dict)  # cuda: the caching-allocator replay (peaks, ratio, conf)
+    process: dict = field(default_factory=dict)  # cuda: reserved + context = device bytes, with the context's source
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -136,15 +137,22 @@ def _request(model_config: GPTConfig, batch_size: int, recipe: Recipe, target: s
         raise VramfitError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise VramfitError(f"batch_size must be a positive integer, got {batch_size!r}")
+    from vramfit.dryrun.allocator import parse_alloc_conf
+
+    parse_alloc_conf(recipe.alloc_conf)  # a bad PYTORCH_CUDA_ALLOC_CONF is the caller's error, said here
     return dict(dtype=recipe.dtype, optimizer=recipe.optimizer, attn_kernel=recipe.attn_kernel,
                 compile=recipe.compile, target=target, capability=tuple(parse_capability(compute_capability)),
-                batch_size=batch_size, **kwargs)
+                batch_size=batch_size, alloc_conf=recipe.alloc_conf, **kwargs)
 
 
 def _to_estimate(result: dict, model_config: GPTConfig, batch_size: int, recipe: Recipe, target: str,
                  capability: tuple[int, int]) -> Estimate:
     keep = {f.name for f in fields(Estimate)}
     d = {k: v for k, v in result.items() if k in keep}
+    if target == "cuda" and d.get("allocator"):
+        from vramfit.dryrun.context import process_memory
+
+        d["process"] = process_memory(capability, d["allocator"]["peak_reserved"])
     return Estimate(**d, compute_capability=capability if target == "cuda" else None,
                     model_config=model_config.to_dict(), batch_size=batch_size, recipe=recipe.to_dict())
 
@@ -217,9 +225,26 @@ def estimate_step_isolated(
 
 
 def device_bytes(estimate: Estimate) -> int:
-    """What the device would show for this point: peak allocated, allocator slack, and (CUDA) the context."""
-    extra = CUDA_CONTEXT_BYTES if estimate.target == "cuda" else 0
-    return int(estimate.peak_bytes * (1 + ALLOCATOR_SLACK)) + extra
+    """What the device would show for this point (nvidia-smi): peak reserved + the CUDA context; the tracked peak
+    on the CPU."""
+    if estimate.target != "cuda":
+        return estimate.peak_bytes
+    if estimate.process:
+        return int(estimate.process["device_bytes"])
+    return int(estimate.peak_bytes * (1 + ALLOCATOR_SLACK)) + CUDA_CONTEXT_BYTES
+
+
+def target_bytes(estimate: Estimate, target: str) -> int:
+    """The estimate in the units of a fit target: nvml (whole device), reserved, allocated (the allocator's own
+    count, with unsplit remainders), or the tracked peak (tracked, rss, and any target on the CPU)."""
+    alloc = estimate.allocator if estimate.target == "cuda" else {}
+    if target == "nvml":
+        return device_bytes(estimate)
+    if target == "reserved" and alloc:
+        return int(alloc["peak_reserved"])
+    if target == "allocated" and alloc:
+        return int(alloc["peak_allocated"])
+    return estimate.peak_bytes
 
 
 def format_estimate(est: Estimate) -> str:
@@ -236,7 +261,14 @@ def format_estimate(est: Estimate) -> str:
         if n:
             share = n / est.peak_bytes if est.peak_bytes else 0.0
             lines.append(f"  {name:<16} {format_size(n):>11}  {share:6.1%}")
-    if est.target == "cuda":
+    if est.target == "cuda" and est.allocator:
+        a, p = est.allocator, est.process
+        lines.append(f"caching allocator: peak allocated {format_size(a['peak_allocated'])}, peak reserved "
+                     f"{format_size(a['peak_reserved'])} (reserved/allocated {a['ratio']:.3f}, {a['segments']} "
+                     f"segments)")
+        lines.append(f"device total (nvidia-smi) ~{format_size(device_bytes(est))} = reserved + "
+                     f"{format_size(p['context_bytes'])} CUDA context ({p['context_source'].split(':')[0]})")
+    elif est.target == "cuda":
         lines.append(f"device total ~{format_size(device_bytes(est))} (+{ALLOCATOR_SLACK:.0%} allocator slack, "
                      f"+{format_size(CUDA_CONTEXT_BYTES)} CUDA context and workspaces)")
     lines.extend(f"note: {n}" for n in est.notes)

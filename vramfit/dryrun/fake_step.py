@@ -35,6 +35,8 @@ from gpt.config import OPTIMIZERS, GPTConfig, TrainConfig, resolve_recipe
 from gpt.data import synthetic_batch
 from gpt.errors import ConfigError
 from gpt.train import Trainer
+from vramfit.dryrun import context, sdpa
+from vramfit.dryrun.allocator import replay
 
 TARGETS = ("cuda", "cpu")
 ROUNDING = {"cuda": 512, "cpu": 64}
@@ -72,6 +74,7 @@ class StepResult:
     fake: bool
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    allocator: dict = field(default_factory=dict)  # CUDA target: the caching allocator replay (allocator.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -216,6 +219,8 @@ class StorageTracker(TorchDispatchMode):
                               "step": self.step_no, "workspace": ws}
         if self.current + ws > self.step_peaks.get(self.step_no, 0):
             self.step_peaks[self.step_no] = self.current + ws
+        if ws:  # the kernel's own allocation, for the allocator replay: allocated and freed inside the op
+            self.events += [(-len(self.events) - 1, ws), (-len(self.events) - 1, -ws)]
         return out
 
     # --- the breakdown -----------------------------------------------------------------------------------------
@@ -248,40 +253,26 @@ class StorageTracker(TorchDispatchMode):
 
 
 # --- CUDA emulation ------------------------------------------------------------------------------------------------
-def cuda_attention_kernel(requested: str, dtype: str, head_dim: int, capability: tuple[int, int]) -> str:
-    """The SDPA kernel a CUDA GPU of `capability` runs for this GPT (PyTorch's priority: flash, efficient, math).
-
-    Flash needs fp16/bf16, sm80+, head_dim <= 256 and a multiple of 8; memory-efficient needs sm50+ (bf16: sm80+)
-    and head_dim a multiple of 8 (fp32: 4). A kernel that is forced but cannot run is an error, as in PyTorch."""
-    low = dtype in ("bfloat16", "float16")
-    flash_ok = low and capability >= (8, 0) and head_dim <= 256 and head_dim % 8 == 0
-    eff_ok = capability >= (5, 0) and head_dim % (8 if low else 4) == 0 and (dtype != "bfloat16" or
-                                                                            capability >= (8, 0))
-    cc = f"{capability[0]}.{capability[1]}"
-    if requested == "math":
-        return "math"
-    if requested == "flash":
-        if not flash_ok:
-            raise ConfigError(f"flash attention cannot run {dtype} with head_dim {head_dim} on compute capability {cc}"
-                              " (needs fp16/bf16, sm80+, head_dim <= 256 and a multiple of 8)")
-        return "flash"
-    if requested == "efficient":
-        if not eff_ok:
-            raise ConfigError(f"memory-efficient attention cannot run {dtype} with head_dim {head_dim} on compute "
-                              f"capability {cc}")
-        return "efficient"
-    return "flash" if flash_ok else "efficient" if eff_ok else "math"
+def cuda_attention_kernel(requested: str, dtype: str, head_dim: int, capability: tuple[int, int],
+                          **shape: object) -> str:
+    """The SDPA kernel a CUDA GPU of `capability` runs for this GPT: `vramfit.dryrun.sdpa.select_kernel`, PyTorch's
+    sdp_utils rules (cuDNN / flash / efficient / math). A kernel that is forced but cannot run is an error."""
+    return sdpa.select_kernel(requested, dtype, head_dim, capability, **shape)  # type: ignore[arg-type]
 
 
 class _CudaAttention(TorchFunctionMode):
-    """Send `F.scaled_dot_product_attention` to the CUDA kernel's own aten op (autograd and meta kernels included)."""
+    """Send `F.scaled_dot_product_attention` to the CUDA kernel's own aten op (autograd and meta kernels included);
+    with `half_loss`, run fp16 cross-entropy as CUDA autocast does (`vramfit.dryrun.sdpa` has the why)."""
 
-    def __init__(self, kernel: str) -> None:
+    def __init__(self, kernel: str, half_loss: bool = False) -> None:
         super().__init__()
         self.kernel = kernel
+        self.half_loss = half_loss
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         kwargs = kwargs or {}
+        if func is F.cross_entropy and self.half_loss and args[0].dtype == torch.float16:
+            return sdpa.cuda_half_cross_entropy(*args, **kwargs)
         if func is not F.scaled_dot_product_attention:
             return func(*args, **kwargs)
         q, k, v = args[:3]
@@ -291,6 +282,10 @@ class _CudaAttention(TorchFunctionMode):
         scale = kwargs.get("scale")
         if attn_mask is not None:
             raise ConfigError("the CUDA attention emulation supports is_causal only, not attn_mask")
+        if self.kernel == "cudnn":
+            need_lse = q.requires_grad or k.requires_grad or v.requires_grad
+            return aten._scaled_dot_product_cudnn_attention(q, k, v, None, need_lse, dropout_p, is_causal, False,
+                                                            scale=scale)[0]
         if self.kernel == "flash":
             return aten._scaled_dot_product_flash_attention(q, k, v, dropout_p, is_causal, scale=scale)[0]
         if self.kernel == "efficient":
@@ -305,24 +300,27 @@ _MATMULS = frozenset({aten.mm.default, aten.addmm.default, aten.bmm.default, ate
 
 def cublas_workspace_bytes(capability: tuple[int, int]) -> int:
     """cuBLAS workspace PyTorch allocates from the caching allocator for each (handle, stream), i.e. once for the
-    forward thread and once for the autograd device thread: 32 MiB on sm90, else 8 MiB + 128 KiB (the defaults of
-    `CUBLAS_WORKSPACE_CONFIG`, aten/src/ATen/cuda/CublasHandlePool.cpp)."""
-    return 4096 * 8 * 1024 if capability[0] == 9 else 4096 * 1024 * 2 + 16 * 1024 * 8
+    forward thread and once for the autograd device thread (`vramfit.dryrun.context.cublas_workspace_bytes`)."""
+    return context.cublas_workspace_bytes(capability)
+
+
+_ATTENTION_OPS = {
+    aten._scaled_dot_product_flash_attention_backward.default: ("flash", True),
+    aten._scaled_dot_product_efficient_attention_backward.default: ("efficient", True),
+    aten._scaled_dot_product_cudnn_attention_backward.default: ("cudnn", True),
+    aten._scaled_dot_product_flash_attention.default: ("flash", False),
+}
 
 
 def cuda_kernel_workspace(func, args: tuple) -> int:  # noqa: ANN001
-    """Bytes the CUDA attention backward kernels allocate and free inside the op (from PyTorch's flash_api.cpp and
-    mem-efficient attention backward): flash keeps softmax_d (B, H, T128) and dq_accum (B, T128, H, D32) in fp32;
-    memory-efficient keeps delta (B, H, T32) in fp32. Rounded to 512 B each."""
-    if func is aten._scaled_dot_product_flash_attention_backward.default:
-        b, h, t, d = args[1].shape
-        t128 = round_up(t, 128)
-        d_r = round_up(d, 32) if d <= 192 else 256
-        return round_up(b * h * t128 * 4, 512) + round_up(b * t128 * h * d_r * 4, 512)
-    if func is aten._scaled_dot_product_efficient_attention_backward.default:
-        b, h, t, _ = args[1].shape
-        return round_up(b * h * round_up(t, 32) * 4, 512)
-    return 0
+    """Bytes the CUDA attention kernels allocate and free inside the op (`vramfit.dryrun.sdpa`)."""
+    op = _ATTENTION_OPS.get(func)
+    if op is None:
+        return 0
+    kernel, backward = op
+    q = args[1] if backward else args[0]
+    shape, size = tuple(q.shape), q.element_size()
+    return sdpa.backward_workspace(kernel, shape, size) if backward else sdpa.forward_workspace(kernel, shape, size)
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
@@ -356,6 +354,7 @@ def run_step(
     grad_clip: float = 1.0,
     gradient_accumulation_steps: int = 1,
     rounding: int | None = None,
+    alloc_conf: str = "",
 ) -> StepResult:
     """Build the real Trainer and run `steps` real `Trainer.step` calls under a `StorageTracker`.
 
@@ -382,8 +381,10 @@ def run_step(
         notes.append("torch.compile is not emulated: this is the eager step's memory (compiled steps usually "
                      "need less activation memory)")
     head_dim = model_config.n_embd // model_config.n_head
-    attention = (cuda_attention_kernel(attn_kernel, dtype, head_dim, capability) if target == "cuda"
-                 else attn_kernel)
+    mc = model_config
+    attention = (cuda_attention_kernel(attn_kernel, dtype, head_dim, capability, n_embd=mc.n_embd,
+                                       batch=batch_size, n_head=mc.n_head, seq_len=mc.block_size,
+                                       dropout=mc.dropout) if target == "cuda" else attn_kernel)
     rounding = rounding or ROUNDING[target]
     # fp16 exists only on the emulated GPU: build the trainer as fp32 and switch autocast and scaler below
     cfg = train_config(model_config, batch_size, "float32" if dtype == "float16" else dtype, impl,
@@ -414,7 +415,7 @@ def run_step(
                 sc = trainer.scaler
                 sc._maybe_opt_step = lambda opt, state, *a, **k: opt.step(*a, **k)  # type: ignore[method-assign]
         if target == "cuda":
-            stack.enter_context(_CudaAttention(attention))
+            stack.enter_context(_CudaAttention(attention, half_loss=dtype == "float16"))
         hooks = _install_hooks(trainer, tracker)
         try:
             tracker.reset_peak()
@@ -428,12 +429,13 @@ def run_step(
         steady = tracker.current
         del trainer
     info = tracker.peak_info
+    allocator = replay(tracker.events, alloc_conf).to_dict() if target == "cuda" else {}
     step_peaks = [tracker.step_peaks.get(i + 1, 0) for i in range(steps)]
     return StepResult(
         peak_bytes=tracker.peak, peak_phase=info["phase"], peak_op=info["op"], peak_step=info["step"],
         breakdown=tracker.breakdown(), step_peaks=step_peaks, steady_bytes=steady, target=target, dtype=dtype,
         optimizer=impl, attention=attention, rounding=rounding, fake=fake, notes=notes,
-        seconds=time.perf_counter() - t0,
+        seconds=time.perf_counter() - t0, allocator=allocator,
     )
 
 

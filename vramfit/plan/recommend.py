@@ -106,12 +106,11 @@ def _model(req: SuggestRequest, space: dict, warnings: list[str]) -> tuple[objec
         from vramfit.recipe import Recipe
 
         rec, cap = parse_recipe(req.recipe), parse_capability(req.capability)
-        warnings.append("warning: no profile of this device: predictions are dry-run estimates of the eager step "
-                        "plus a 512 MiB CUDA context constant and 5% allocator slack, not measurements "
-                        "(run `vramfit sweep` on the GPU for a validated model)")
+        warnings.append("warning: no profile of this device: predictions are dry-run estimates (allocator replay + "
+                        "a published CUDA context size), not measurements (run `vramfit sweep` on the GPU)")
         mm, margin, recipe_d = no_profile_model(rec, cap, (space["vocab_size"] or [DEFAULT_VOCAB])[0])
         doc = {"device": f"CUDA sm{cap[0]}{cap[1]} (not profiled)", "recipe_key": Recipe(**recipe_d).key(),
-               "target": "allocated"}
+               "target": "nvml"}
         return mm, margin, recipe_d, Path("(dry-run, no profile)"), doc
     from vramfit.plan.workflows import open_model
 

@@ -31,11 +31,12 @@ def model_filename(device: str, recipe_key: str) -> str:
     return f"{slug(device)}-{recipe_key}.json"
 
 
-def dryrun_estimates(points: pd.DataFrame) -> list[int]:
-    """The dry-run estimate (peak bytes of the real step under fake tensors) of each point, on the target the
-    point ran on: the CPU, or CUDA with the GPU's compute capability and the point's recipe."""
+def dryrun_estimates(points: pd.DataFrame, target: str = "auto") -> list[int]:
+    """The dry-run estimate of each point, on the device type the point ran on (the CPU, or CUDA with the GPU's
+    compute capability and the point's recipe), in the units of the fit `target` (nvml: whole device, reserved,
+    allocated, tracked; `vramfit.dryrun.estimate.target_bytes`)."""
     from gpt.config import GPTConfig
-    from vramfit.dryrun.estimate import estimate_step, parse_capability
+    from vramfit.dryrun.estimate import estimate_step, parse_capability, target_bytes
     from vramfit.recipe import Recipe
 
     out = []
@@ -44,7 +45,8 @@ def dryrun_estimates(points: pd.DataFrame) -> list[int]:
         cuda = row.device_type == "cuda"
         cap = parse_capability(row.compute_capability) if cuda and row.compute_capability else (8, 0)
         mc = GPTConfig(int(row.n_layer), int(row.n_head), int(row.n_embd), int(row.block_size), int(row.vocab_size))
-        out.append(estimate_step(mc, int(row.batch_size), recipe, "cuda" if cuda else "cpu", cap).peak_bytes)
+        est = estimate_step(mc, int(row.batch_size), recipe, "cuda" if cuda else "cpu", cap)
+        out.append(target_bytes(est, target if target != "auto" else ("nvml" if cuda else "tracked")))
     return out
 
 
@@ -57,8 +59,8 @@ def fit_store(points: pd.DataFrame, target: str = "auto", regimes: int = 2,
     out, errors = [], []
     for (_device, _rkey), group in points.groupby(["device_name", "recipe_key"], sort=True):
         try:
-            out.append((fit_points(group, target=target, regimes=regimes,
-                                   dryrun=dryrun_estimates if dryrun else None), group))
+            est = (lambda ok: dryrun_estimates(ok, target)) if dryrun else None
+            out.append((fit_points(group, target=target, regimes=regimes, dryrun=est), group))
         except VramfitError as exc:
             errors.append(f"{_device} / {_rkey}: {exc}")
     if not out:
@@ -198,8 +200,9 @@ NO_PROFILE_DESIGN = {"n_layer": (2, 8), "n_embd": (256, 768), "block_size": (256
 
 
 def no_profile_model(recipe, capability: tuple[int, int], vocab_size: int, target: str = "cuda"):
-    """A MemoryModel for a device never profiled: the physics features fitted to dry-run estimates of a small
-    design of configs (16 estimates), with the estimator's context constant and allocator slack added.
+    """A MemoryModel for a device never profiled: the physics features fitted to the dry-run estimator's
+    whole-device figure (peak reserved of the replayed caching allocator + the CUDA context) on a small design of
+    configs (16 estimates).
 
     Returns (model, margin_rel, resolved recipe dict)."""
     import itertools
@@ -207,7 +210,7 @@ def no_profile_model(recipe, capability: tuple[int, int], vocab_size: int, targe
     import numpy as np
 
     from gpt.config import GPTConfig
-    from vramfit.dryrun.estimate import ALLOCATOR_SLACK, CUDA_CONTEXT_BYTES, estimate_step
+    from vramfit.dryrun.estimate import device_bytes, estimate_step
     from vramfit.fit.features import PHYSICS, features
     from vramfit.fit.memmodel import MIN_MARGIN, MemoryModel
 
@@ -215,22 +218,19 @@ def no_profile_model(recipe, capability: tuple[int, int], vocab_size: int, targe
     for L, C, T, B in itertools.product(*NO_PROFILE_DESIGN.values()):
         est = estimate_step(GPTConfig(L, C // 64, C, T, vocab_size), B, recipe, target, capability)
         rows.append((L, C // 64, C, T, B, vocab_size))
-        ys.append(est.peak_bytes)
+        ys.append(device_bytes(est))
     arr = np.asarray(rows).T
     X = features(*arr)
     model = MemoryModel(PHYSICS, regimes=2).fit(X, np.asarray(ys, dtype=np.float64))
-    scale = 1 + ALLOCATOR_SLACK
-    context = CUDA_CONTEXT_BYTES if target == "cuda" else 0
-    model.coef_ = model.coef_ * scale
-    model.intercept_ = model.intercept_ * scale + context
-    model.step_coef_ = model.step_coef_ * scale
-    model.step_intercept_ = model.step_intercept_ * scale + context
     resolved = recipe.resolved(target, capability)
     return model, MIN_MARGIN, resolved.to_dict()
 
 
 def verify_with_estimates(items: list, recipe, capability: tuple[int, int], budget: int, target: str = "cuda"):
-    """Re-predict suggestions with the dry-run estimator (context and slack included); drop those over budget."""
+    """Re-predict suggestions with the dry-run estimator's whole-device figure; a suggestion over budget gets
+    the batch the estimate says fits (at most 3 more estimates), else is dropped."""
+    from dataclasses import replace
+
     from gpt.config import GPTConfig
     from vramfit.dryrun.estimate import device_bytes, estimate_step
 
@@ -238,9 +238,14 @@ def verify_with_estimates(items: list, recipe, capability: tuple[int, int], budg
     for s in items:
         mc = GPTConfig(s.n_layer, s.n_head, s.n_embd, s.block_size, s.vocab_size)
         need = device_bytes(estimate_step(mc, s.batch_size, recipe, target, capability))
+        for _ in range(3):
+            if need <= budget or s.batch_size <= 1:
+                break
+            b = max(1, min(s.batch_size - 1, int(s.batch_size * budget / need)))
+            s = replace(s, batch_size=b, tokens_per_step=s.tokens_per_step // s.batch_size * b,
+                        command=re.sub(r"--batch-size \d+", f"--batch-size {b}", s.command))
+            need = device_bytes(estimate_step(mc, s.batch_size, recipe, target, capability))
         if need <= budget:
             s.predicted_bytes, s.margin_bytes, s.headroom_bytes = need, 0, budget - need
             kept.append(s)
-    for rank, s in enumerate(kept, start=1):
-        s.rank = rank
     return kept

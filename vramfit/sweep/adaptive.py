@@ -381,7 +381,7 @@ def run_adaptive(grid: Grid, db: str | Path, settings: PlanSettings, device: str
 def cached_estimates(store: Store, todo: list[dict], recipe: Recipe, d: DeviceFacts) -> tuple[dict, str]:
     """Dry-run estimates for `todo`, kept in the database so that a resumed plan does not recompute them; keyed
     by recipe, device type and compute capability."""
-    key = f"{recipe.key()}|{d.device_type}|{d.compute_capability}"
+    key = f"{recipe.key()}|{d.device_type}|{d.compute_capability}|device-v2"  # v2: reserved + context table
     have = store.cached_estimates(key)
     missing = [p for p in todo if point_key(p) not in have]
     why = ""

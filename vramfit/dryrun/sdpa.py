@@ -1,0 +1,167 @@
+"""Which scaled-dot-product-attention kernel a CUDA GPU runs for this GPT, and what its kernels allocate.
+
+The choice follows `select_sdp_backend` in aten/src/ATen/native/transformers/cuda/sdp_utils.cpp (torch 2.13 era):
+the priority order is flash, memory-efficient, math, with cuDNN attention first when `check_prefer_cudnn_attention`
+holds (capability 9.0/9.3/10.x with cuDNN > 9.15 on CUDA < 13, 9.x/10.x on CUDA 13; TORCH_CUDNN_SDPA_DEPRIORITIZED=1
+turns it off). Each backend's filters, for this GPT's dense, causal, packed-QKV inputs:
+
+- flash (`can_use_flash_attention`): fp16/bf16 (bf16 needs sm80+ anyway), sm80-sm121, head_dim <= 256 (any
+  multiple: the kernel pads q, k, v to a multiple of 8 itself), and with gradients on sm86-sm89 / sm120-121 no
+  head_dim in (192, 224], nor in (224, 256] with dropout.
+- memory-efficient (`can_use_mem_efficient_attention`): sm50-sm121, fp16/fp32 (bf16 from sm80), head_dim a multiple
+  of `minimum_gemm_alignment` (sm80+: 8 for fp16/bf16, 4 for fp32; sm70-75: 8 for fp16, 1 for fp32; older: 1), and
+  q/k/v storage offsets aligned to that many elements (here: n_embd, as q, k, v are slices of one c_attn output).
+- cuDNN (`can_use_cudnn_attention`): fp16/bf16, sm80-sm121, head_dim a multiple of 8 and <= 128 (256 on sm90/10.x
+  with cuDNN > 9.22), dropout a multiple of 1/16, batch and heads <= 65535, sequence length > 1.
+"""
+
+from __future__ import annotations
+
+import os
+
+from gpt.errors import ConfigError
+
+KERNELS = ("cudnn", "flash", "efficient", "math")
+CUDNN_VERSION = 91900  # the cuDNN the emulated torch build ships (CUDA 13 wheels: > 9.15)
+CUDA_VERSION = (13, 0)
+
+
+def _low(dtype: str) -> bool:
+    return dtype in ("float16", "bfloat16")
+
+
+def gemm_alignment(dtype: str, capability: tuple[int, int]) -> int:
+    """`minimum_gemm_alignment`: 4 from sm80, raised to 128 bits / element when tensor cores run the GEMMs."""
+    tensor_cores = capability[0] >= 8 or (capability[0] >= 7 and _low(dtype))
+    align = 4 if capability[0] >= 8 else 1
+    return max(align, 128 // (16 if _low(dtype) else 32)) if tensor_cores else align
+
+
+def can_use_flash(dtype: str, head_dim: int, capability: tuple[int, int], grad: bool = True,
+                  dropout: float = 0.0) -> bool:
+    if not _low(dtype) or not (8, 0) <= capability <= (12, 1) or head_dim > 256:
+        return False
+    if dtype == "bfloat16" and capability < (8, 0):
+        return False
+    sm86_89 = (8, 6) <= capability <= (8, 9) or (12, 0) <= capability <= (12, 1)
+    if grad and sm86_89 and not (head_dim <= 192 or (dropout == 0.0 and head_dim > 224)):
+        return False
+    return True
+
+
+def can_use_efficient(dtype: str, head_dim: int, capability: tuple[int, int], storage_offset: int = 0) -> bool:
+    if not (5, 0) <= capability <= (12, 1):
+        return False
+    if dtype == "bfloat16" and capability < (8, 0):
+        return False
+    align = gemm_alignment(dtype, capability)
+    if head_dim % align or head_dim <= 0:
+        return False
+    return capability < (8, 0) or storage_offset % align == 0
+
+
+def can_use_cudnn(dtype: str, head_dim: int, capability: tuple[int, int], *, batch: int = 1, n_head: int = 1,
+                  seq_len: int = 2, dropout: float = 0.0, grad: bool = True,
+                  cudnn_version: int = CUDNN_VERSION) -> bool:
+    if not _low(dtype) or not (8, 0) <= capability <= (12, 1) or cudnn_version < 90000:
+        return False
+    if dropout * 16.0 != int(dropout * 16.0) or batch > 65535 or n_head > 65535 or seq_len <= 1:
+        return False
+    sm90_10x = capability == (9, 0) or capability[0] == 10
+    d256 = sm90_10x and cudnn_version > 92200
+    if head_dim % 8 or head_dim > (256 if d256 else 128):
+        return False
+    return not (grad and d256 and 128 < head_dim < 256)
+
+
+def prefer_cudnn(capability: tuple[int, int], cudnn_version: int = CUDNN_VERSION,
+                 cuda_version: tuple[int, int] = CUDA_VERSION, env: dict | None = None) -> bool:
+    """`check_prefer_cudnn_attention`: cuDNN first in the priority order on Hopper / Blackwell datacenter GPUs."""
+    env = os.environ if env is None else env
+    if env.get("TORCH_CUDNN_SDPA_DEPRIORITIZED", "").lower() in ("1", "true", "on", "yes"):
+        return False
+    major, minor = capability
+    if cuda_version < (13, 0):
+        return cudnn_version > 91500 and major in (9, 10) and minor in (0, 3)
+    return cudnn_version > 91500 and major in (9, 10)
+
+
+def select_kernel(requested: str, dtype: str, head_dim: int, capability: tuple[int, int], *, n_embd: int = 0,
+                  batch: int = 1, n_head: int = 1, seq_len: int = 2, dropout: float = 0.0, grad: bool = True,
+                  env: dict | None = None) -> str:
+    """The kernel PyTorch runs ('default' = its priority order); a forced kernel that cannot run is an error."""
+    ok = {
+        "cudnn": can_use_cudnn(dtype, head_dim, capability, batch=batch, n_head=n_head, seq_len=seq_len,
+                               dropout=dropout, grad=grad),
+        "flash": can_use_flash(dtype, head_dim, capability, grad, dropout),
+        "efficient": can_use_efficient(dtype, head_dim, capability, n_embd),
+        "math": True,
+    }
+    cc = f"{capability[0]}.{capability[1]}"
+    if requested != "default":
+        if requested not in ok:
+            raise ConfigError(f"unknown attention kernel {requested!r}")
+        if not ok[requested]:
+            name = {"flash": "flash attention", "efficient": "memory-efficient attention",
+                    "cudnn": "cuDNN attention"}[requested]
+            raise ConfigError(f"{name} cannot run {dtype} with head_dim {head_dim} on compute capability {cc} "
+                              "(see PyTorch's sdp_utils.cpp)")
+        return requested
+    order = KERNELS if prefer_cudnn(capability, env=env) else KERNELS[1:]
+    return next(k for k in order if ok[k])
+
+
+def _round(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def backward_workspace(kernel: str, shape: tuple[int, int, int, int], dtype_bytes: int) -> int:
+    """Bytes an attention backward kernel allocates and frees inside the op, for q of `shape` (B, H, T, D):
+
+    - flash (flash_api.cpp mha_bwd): softmax_d (B, H, T128) and dq_accum (B, T128, H, D32 or 256) in fp32; with a
+      head dim that is not a multiple of 8, padded copies of q, k, v, out, dout and dq, dk, dv (D8);
+    - memory-efficient (attention_backward.cu, Kernel::Params::workspace_size): delta (B, H, T32) in fp32, plus the
+      fp32 grad-Q accumulator (B, H, T64, D32) when the output is fp16/bf16 (kNeedsAccumGradQ);
+    - cuDNN (cudnn frontend SDPA backward): softmax_sum (B, H, T) and a dQ accumulator (B, H, T, D) in fp32.
+    Each rounded to 512 B."""
+    b, h, t, d = shape
+    if kernel == "flash":
+        ws = _round(b * h * _round(t, 128) * 4, 512)
+        ws += _round(b * _round(t, 128) * h * (_round(d, 32) if d <= 192 else 256) * 4, 512)
+        if d % 8:
+            ws += 7 * _round(b * h * t * _round(d, 8) * dtype_bytes, 512)
+        return ws
+    if kernel == "efficient":
+        ws = _round(b * h * _round(t, 32) * 4, 512)
+        if dtype_bytes == 2:
+            ws += _round(b * h * _round(t, 64) * _round(d, 32) * 4, 512)
+        return ws
+    if kernel == "cudnn":
+        return _round(b * h * t * 4, 512) + _round(b * h * t * d * 4, 512)
+    return 0
+
+
+def forward_workspace(kernel: str, shape: tuple[int, int, int, int], dtype_bytes: int) -> int:
+    """Flash pads q, k, v (and its output) to a head dim multiple of 8 inside the forward op."""
+    b, h, t, d = shape
+    if kernel == "flash" and d % 8:
+        return 4 * _round(b * h * t * _round(d, 8) * dtype_bytes, 512)
+    return 0
+
+
+def cuda_half_cross_entropy(logits, target, *args, **kwargs):  # noqa: ANN001, ANN201
+    """F.cross_entropy on fp16 logits as CUDA autocast runs it: autocast casts log_softmax with
+    `fp32_set_opt_dtype`, and `at::log_softmax` on a CUDA half tensor asked for float calls
+    `_log_softmax(input, dim, half_to_float=true)` (aten/src/ATen/native/SoftMax.cpp): the fp32 result is made
+    without an fp32 copy of the logits, and its backward returns the gradient in fp16. CPU autocast instead copies
+    the logits to fp32 first. The rest is nll_loss, as in cross_entropy's composite."""
+    import torch
+    import torch.nn.functional as F
+
+    names = ("weight", "size_average", "ignore_index", "reduce", "reduction", "label_smoothing")
+    kw = {**dict(zip(names, args, strict=False)), **kwargs}
+    if kw.get("label_smoothing") or logits.dim() != 2:
+        return F.cross_entropy(logits, target, **kw)
+    kw.pop("label_smoothing", None)
+    lsm = torch.ops.aten._log_softmax.default(logits, 1, True)
+    return F.nll_loss(lsm, target, **kw)
