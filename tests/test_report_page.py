@@ -180,7 +180,7 @@ def test_largest_batch_equals_suggest(browser, page, capsys, shape, vram, reserv
 
 
 SIZES = ["8G", "7.5GiB", "8000M", "8192MiB", " 12 g ", ".5T", "1.", "100", "8gb", "0.3G", "3k", "2.5e3", "8iB",
-         "8Q", "", "G", "1,5G", "0.0000001K"]
+         "8Q", "", "G", "1,5G", "0.0000001K", "constructor"]
 
 
 def test_budget_input_parses_sizes_as_parse_size(browser):
@@ -245,3 +245,26 @@ def test_synthetic_untimed_points_still_make_a_page(tmp_path):
     points = synthetic_points().iloc[::4]  # 27 points: a quick fit
     html = write_report(points, tmp_path / "r.html", ctx, models_dir=tmp_path).read_text()
     assert '"throughput":null' in html and "none saved" in html
+
+
+def test_named_cards_from_vramfit_cards(browser, page, monkeypatch):
+    """Where a `vramfit.cards` module lists cards (name -> bytes), the budget input takes their names too."""
+    import sys
+    import types
+
+    card = types.SimpleNamespace(total_bytes=8_361_738_240)
+    monkeypatch.setitem(sys.modules, "vramfit.cards", types.SimpleNamespace(CARDS={"RTX-Test": card, "t-x": 2**34}))
+    report = page["report"]
+    ctx = PlanContext(vram_bytes=8 * 2**30, reserve_bytes=0, vocab_size=50304, sources=["test"])
+    points = timed_synthetic(noise=0.01)
+    cards = render_report([(report, points)], points, page["tmp"] / "cards.html", ctx,
+                          models_dir=page["tmp"] / "models")
+    try:
+        browser.get(cards.as_uri())
+        for text, want in (("rtx-test", card.total_bytes), (" T-X ", 2**34), ("8G", 8 * 2**30)):
+            _set(browser, vram=text)
+            assert int(_read(browser)["budget"]) == want, text
+        _set(browser, vram="rtx-9999")
+        assert "or a card: rtx-test, t-x" in _read(browser)["error"]
+    finally:
+        browser.get(page["html"].as_uri())

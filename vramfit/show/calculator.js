@@ -29,8 +29,8 @@
       const unit = m[2].toUpperCase();
       if (unit || !m[3] || m[3].toUpperCase() !== "IB") return roundHalfEven(parseFloat(m[1]) * UNITS[unit]);
     }
-    const card = DATA.cards[String(text).trim().toLowerCase()];
-    if (card !== undefined) return card;
+    const name = String(text).trim().toLowerCase();
+    if (Object.prototype.hasOwnProperty.call(DATA.cards, name)) return DATA.cards[name];
     throw new Error(`cannot parse size '${text}' (examples: 8G, 7.5GiB, 8000M, 512MiB`
                     + (Object.keys(DATA.cards).length ? ", or a card: " + Object.keys(DATA.cards).join(", ") : "")
                     + ")");

@@ -31,7 +31,8 @@ OUTPUTS = (("budget", "budget (VRAM - reserve)"), ("params", "parameters"), ("pr
            ("verdict", "verdict"), ("regime", "peak in the"), ("largest", "largest batch that fits"),
            ("ms", "ms/iter"), ("tps", "tokens/s"))
 CSS = """.vf{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}.vf label{display:grid;
-grid-template-columns:7em 9em;gap:.5em;margin:.2em 0}.vf input,.vf select{font:inherit;padding:1px 4px}
+grid-template-columns:6em 14em;gap:.5em;margin:.2em 0}.vf input,.vf select{font:inherit;padding:1px 4px;width:100%;
+box-sizing:border-box}
 .vf-yes{color:#1a7f37;font-weight:bold}.vf-no{color:#c62828;font-weight:bold}.vf-err{color:#c62828}
 #vf-chart{border:1px solid #ddd;max-width:100%}.vf td,.vf th{text-align:left}"""
 

@@ -99,8 +99,7 @@ def render_report(fits: list[tuple[FitReport, pd.DataFrame]], points: pd.DataFra
     status = points.groupby(["device_name", "recipe_key", "status"]).size().reset_index(name="points")
     head = (f"<h1>vramfit report</h1><p>{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {len(points)} points"
             + (f" from <code>{html.escape(source)}</code>" if source else "")
-            + f" · budget {format_size(ctx.budget_bytes)}, vocab {ctx.vocab_size} "
-            f"({html.escape('; '.join(ctx.sources))})</p>")
+            + f" · budget {format_size(ctx.budget_bytes)}, vocab {ctx.vocab_size}</p>")
     body = (head + calculator_section(entries, shapes, ctx) + "<h2>Measurements</h2>"
             + _table(status.to_dict("records")) + "".join(parts))
     out.parent.mkdir(parents=True, exist_ok=True)
