@@ -34,7 +34,9 @@ CSS = """.vf{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}.vf la
 grid-template-columns:6em 14em;gap:.5em;margin:.2em 0}.vf input,.vf select{font:inherit;padding:1px 4px;width:100%;
 box-sizing:border-box}
 .vf-yes{color:#1a7f37;font-weight:bold}.vf-no{color:#c62828;font-weight:bold}.vf-err{color:#c62828}
-#vf-chart{border:1px solid #ddd;max-width:100%}.vf td,.vf th{text-align:left}"""
+#vf-chart{border:1px solid #ddd;max-width:100%}#vf-outputs{display:flex;gap:1em;align-items:flex-start}
+#vf-outputs[hidden]{display:none}
+.vf figure{margin:0;max-width:642px}.vf-prov{max-width:420px;font-size:85%;margin:0}.vf td,.vf th{text-align:left}"""
 
 
 def named_cards() -> dict[str, int]:
