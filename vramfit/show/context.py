@@ -133,10 +133,10 @@ def ranked(report, ctx: PlanContext, top: int = 5) -> list[Suggestion]:
 
 
 def feasibility_shape(report, ctx: PlanContext, items: list[Suggestion], fallback: dict) -> dict:
-    """The shape the feasibility plot and the calculator start from: the last suggest's #1 for this device and
-    recipe, else the top ranked suggestion, else `fallback` (the largest measured shape)."""
+    """The shape the feasibility plot and the calculator start from: the last suggest's #1 for this device, recipe
+    and vocabulary, else the top ranked suggestion, else `fallback` (the largest measured shape)."""
     last = ctx.last_top(report.device, report.recipe_key)
-    if last is not None:
+    if last is not None and int(last["vocab_size"]) == ctx.vocab_size:  # not when --data-dir changed the vocab
         return {k: int(last[k]) for k in SHAPE_KEYS}
     if items:
         return {k: int(getattr(items[0], k)) for k in SHAPE_KEYS}
