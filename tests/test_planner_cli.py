@@ -65,7 +65,8 @@ def test_suggest_table_and_train_commands(capsys, model_file, tmp_path):
 
 
 def test_plots_are_real_pngs(capsys, db, tmp_path):
-    rc, out, _ = run(capsys, "plot", "--db", db, "--out", tmp_path, "--vram", "1G")
+    rc, out, _ = run(capsys, "plot", "--db", db, "--out", tmp_path, "--vram", "1G",
+                     "--suggestions", tmp_path / "no.json")
     assert rc == 0
     pngs = {p.name: p for p in tmp_path.rglob("*.png")}
     expected = {"pred_vs_measured.png": ("Predicted vs measured", "measured peak"),
@@ -83,7 +84,8 @@ def test_plots_are_real_pngs(capsys, db, tmp_path):
 
 
 def test_report_is_one_html_with_inline_plots(capsys, db, tmp_path):
-    rc, _, _ = run(capsys, "report", "--db", db, "--out", tmp_path / "r.html", "--vram", "1G")
+    rc, _, _ = run(capsys, "report", "--db", db, "--out", tmp_path / "r.html", "--vram", "1G",
+                   "--suggestions", tmp_path / "no.json")
     assert rc == 0
     html = (tmp_path / "r.html").read_text()
     assert html.count("data:image/png;base64,") == 5 and "Cross-validated error" in html

@@ -581,58 +581,60 @@ def suggest(
     console.print(f"saved to {_esc(str(save))}: train one with `vramfit train --suggestion N`")
 
 
+VRAM_HELP = "budget of the plots and suggestions (default: the last `vramfit suggest`'s, else 8G)"
+SUGGESTIONS_HELP = "the last `vramfit suggest` output, whose budget, vocabulary and #1 shape are drawn"
+DATA_DIR_HELP = "rank in this prepared corpus's vocabulary (default: the last suggest's, else data/shakespeare_char)"
+
+
 @app.command()
 def plot(
     db: Path = typer.Option(Path("results/vramfit.sqlite")),
     out: Path = typer.Option(Path("results/plots"), help="folder for the PNG files"),
-    vram: str = typer.Option("8G", help="budget line and feasibility contour"),
+    vram: str = typer.Option(None, help=VRAM_HELP),
     target: str = typer.Option("auto"),
     device: str = typer.Option(None),
     recipe: str = typer.Option(None),
     hours: str = typer.Option("6", "--hours", help="time budget of the frontier plot"),
     rank: str = typer.Option("auto", "--rank", help="frontier: optimal | chinchilla | loss | auto (see suggest)"),
-    data_dir: str = typer.Option("data/shakespeare_char", help="corpus whose fitted loss law the frontier uses"),
+    data_dir: str = typer.Option(None, help=DATA_DIR_HELP + "; its fitted loss law is the frontier's"),
+    suggestions: Path = typer.Option(Path("results/suggestions.json"), help=SUGGESTIONS_HELP),
 ) -> None:
     """PNG plots per device and recipe: predicted vs measured, memory vs tokens, feasibility, breakdown, residuals,
     and (with ms/iter in the sweep) ms/iter predicted vs measured and the frontier of what --hours buy."""
-    from vramfit.plan.suggest import suggest as run_suggest
-    from vramfit.plan.workflows import fit_store, slug, train_command
-    from vramfit.show.plots import all_plots
-    from vramfit.units import parse_size
-
-    budget = parse_size(vram)
     from vramfit.plan.recommend import time_args as parse_time_args
+    from vramfit.show.context import plan_context
+    from vramfit.show.plots import write_plots
 
-    time_args = parse_time_args(hours, rank, None, data_dir)
+    ctx = plan_context(vram, suggestions, data_dir)
+    time_args = parse_time_args(hours, rank, None, ctx.data_dir)
     with _open_store(db) as store:
         points = store.points_frame(device=device, recipe_key=recipe)
-    for report, group in fit_store(points, target=target):
-        try:
-            items = run_suggest(report.model, report.margin_rel, budget, "balanced", top=5,
-                                command=lambda s, r=report: train_command(s, r.recipe))
-        except VramfitError:
-            items = []
-        folder = out / f"{slug(report.device)}-{report.recipe_key}"
-        for p in all_plots(report, group, folder, budget, items, **time_args):
-            typer.echo(f"wrote {p}")
+    typer.echo("; ".join(ctx.sources))
+    for p in write_plots(points, out, ctx, target, time_args):
+        typer.echo(f"wrote {p}")
 
 
 @app.command()
 def report(
     db: Path = typer.Option(Path("results/vramfit.sqlite")),
     out: Path = typer.Option(Path("results/report.html")),
-    vram: str = typer.Option("8G"),
+    vram: str = typer.Option(None, help=VRAM_HELP),
     target: str = typer.Option("auto"),
+    data_dir: str = typer.Option(None, help=DATA_DIR_HELP),
+    suggestions: Path = typer.Option(Path("results/suggestions.json"), help=SUGGESTIONS_HELP),
+    models: Path = typer.Option(Path("results/models"), help="where the page looks for the model file it names"),
 ) -> None:
-    """One self-contained HTML page: data summary, coefficients, CV tables and every plot."""
+    """One self-contained HTML page: a what-fits calculator (the fitted model in the page, offline), data summary,
+    coefficients, CV tables, the suggestions and every plot."""
+    from vramfit.show.context import plan_context
     from vramfit.show.report import write_report
-    from vramfit.units import parse_size
 
-    budget = parse_size(vram)
+    ctx = plan_context(vram, suggestions, data_dir)
     with _open_store(db) as store:
         points = store.points_frame()
-    path = write_report(points, out, budget, target=target)
-    typer.echo(f"wrote {path}")
+    typer.echo("; ".join(ctx.sources))
+    path = write_report(points, out, ctx, target=target, models_dir=models, source=str(db))
+    typer.echo(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
 
 
 @app.command()

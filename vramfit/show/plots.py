@@ -11,8 +11,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from vramfit import SHAPE_KEYS  # noqa: E402
 from vramfit.fit.features import features, frame_features, shape_key  # noqa: E402
 from vramfit.fit.memmodel import TARGETS, FitReport  # noqa: E402
+from vramfit.show.context import FEASIBILITY_BATCHES, FEASIBILITY_BLOCKS, grid_axes  # noqa: E402
 
 GIB = 2**30
 
@@ -83,31 +85,51 @@ def memory_vs_tokens(report: FitReport, points: pd.DataFrame, path: Path, budget
 
 
 def feasibility(report: FitReport, shape: dict, budget: float, path: Path,
-                blocks=(64, 128, 256, 512, 1024, 2048), batches=tuple(range(1, 65))) -> Path:
-    """Predicted memory + margin over block_size × batch_size for one model shape; contour at the budget."""
+                blocks=FEASIBILITY_BLOCKS, batches=FEASIBILITY_BATCHES, model=None,
+                mark: dict | None = None) -> Path:
+    """Predicted memory + margin over block_size x batch_size for one model shape (`model`: the one to plan with,
+    default the report's). The colour scale is centred on the budget (green fits, red does not; the budget is a
+    line on the colour bar) and a contour follows it; `mark` (a config with block_size and batch_size) is starred."""
+    from matplotlib.colors import TwoSlopeNorm
+
+    model = model if model is not None else report.model
+    blocks, batches = grid_axes(blocks, batches, mark)
     T, B = np.meshgrid(np.asarray(blocks), np.asarray(batches), indexing="ij")
     f = features(shape["n_layer"], shape["n_head"], shape["n_embd"], T.ravel(), B.ravel(), shape["vocab_size"])
-    need = (report.model.predict(f) * (1 + report.margin_rel)).reshape(T.shape)
+    need = (model.predict(f) * (1 + report.margin_rel)).reshape(T.shape)
+    scale, unit = _unit([budget])
+    lo, hi = min(float(need.min()), 0.9 * budget), max(min(float(need.max()), 2 * budget), 1.1 * budget)
+    norm = TwoSlopeNorm(vcenter=budget / scale, vmin=lo / scale, vmax=hi / scale)  # past 2x budget: saturated
     fig, ax = plt.subplots(figsize=(7.2, 4.6))
-    im = ax.pcolormesh(np.arange(len(batches) + 1), np.arange(len(blocks) + 1), need / GIB, cmap="viridis",
-                       shading="flat", vmax=min(need.max(), 2 * budget) / GIB)  # past 2x budget: all "no"
-    fig.colorbar(im, ax=ax, label="predicted + margin (GiB)")
+    im = ax.pcolormesh(np.arange(len(batches) + 1), np.arange(len(blocks) + 1), need / scale, cmap="RdYlGn_r",
+                       norm=norm, shading="flat")
+    bar = fig.colorbar(im, ax=ax, extend="max" if need.max() > hi else "neither",
+                       label=f"predicted + margin ({unit})")
+    bar.ax.axhline(budget / scale, color="k", lw=2.5)
+    b, span = budget / scale, (hi - lo) / scale
+    ticks = [t for t in bar.get_ticks() if lo / scale <= t <= hi / scale and abs(t - b) > 0.06 * span]
+    bar.set_ticks(sorted([*ticks, b]), labels=[f"budget {t:.3g}" if t == b else f"{t:g}" for t in sorted([*ticks, b])])
     if need.min() < budget < need.max():
         ax.contour(np.arange(len(batches)) + 0.5, np.arange(len(blocks)) + 0.5, need, levels=[budget],
-                   colors="w", linewidths=2)
+                   colors="k", linewidths=2)
+    if mark is not None:
+        ax.scatter([batches.index(int(mark["batch_size"])) + 0.5], [blocks.index(int(mark["block_size"])) + 0.5],
+                   marker="*", s=220, color="gold", edgecolor="k", zorder=5, label=mark.get("label", "chosen"))
+        ax.legend(loc="upper right", fontsize=7)
     ax.set_yticks(np.arange(len(blocks)) + 0.5, [str(b) for b in blocks])
     step = max(1, len(batches) // 16)
     ax.set_xticks(np.arange(0, len(batches), step) + 0.5, [str(b) for b in batches[::step]])
     ax.set_xlabel("batch_size")
     ax.set_ylabel("block_size")
     ax.set_title(f"Feasibility for {shape['n_layer']}L {shape['n_head']}H {shape['n_embd']}C "
-                 f"V={shape['vocab_size']} (white: {budget / GIB:.2f} GiB budget)")
+                 f"V={shape['vocab_size']} (line: {budget / scale:.3g} {unit} budget)")
     return _save(fig, path)
 
 
 def breakdown_bars(suggestions: list, budget: float, path: Path) -> Path:
     """Stacked bars of the predicted memory of each suggestion, by part, with margin and budget."""
     parts = ["constant", "params+optimizer", "logits", "activations", "attention"]
+    parts += sorted({k for s in suggestions for k in s.breakdown} - set(parts))  # e.g. "ddp buckets"
     fig, ax = plt.subplots(figsize=(7.2, 4.6))
     labels = [f"#{s.rank} {s.n_layer}L{s.n_embd}C\nT{s.block_size}×B{s.batch_size}" for s in suggestions]
     bottom = np.zeros(len(suggestions))
@@ -219,11 +241,20 @@ def frontier_for(report: FitReport, budget: float, hours: float, path: Path, ran
     return frontier(front, hours, rank, path, chosen)
 
 
+def largest_shape(points: pd.DataFrame) -> dict:
+    """The ok point with the most parameters, as a shape dict (the feasibility plot's shape without suggestions)."""
+    ok = points[points["status"] == "ok"]
+    big = ok.assign(P=frame_features(ok)["params"]).sort_values("P").iloc[-1]
+    return {k: int(big[k]) for k in SHAPE_KEYS}
+
+
 def all_plots(report: FitReport, points: pd.DataFrame, out_dir: str | Path, budget: float,
               suggestions: list | None = None, hours: float = 6.0, rank: str = "optimal", loss_law=None,
-              **space) -> list[Path]:
+              shape: dict | None = None, model=None, **space) -> list[Path]:
     """Every figure for one fitted model into `out_dir`; returns the PNG paths. With a throughput model also
-    ms/iter predicted vs measured and the frontier of what `hours` buy (`space`: suggest's search space)."""
+    ms/iter predicted vs measured and the frontier of what `hours` buy (`space`: suggest's search space).
+    The feasibility plot draws `shape` (its block and batch starred), else the top suggestion's, else the
+    largest measured shape; `model` is the one to plan with (e.g. with the DDP term), default the report's."""
     out = Path(out_dir)
     paths = [pred_vs_measured(report, out / "pred_vs_measured.png"),
              memory_vs_tokens(report, points, out / "memory_vs_tokens.png", budget),
@@ -234,13 +265,34 @@ def all_plots(report: FitReport, points: pd.DataFrame, out_dir: str | Path, budg
         fr = frontier_for(report, budget, hours, out / "frontier.png", rank, loss_law, **space)
         if fr is not None:
             paths.append(fr)
-    ok = points[points["status"] == "ok"]
     if suggestions:
-        top = suggestions[0]
-        shape = {k: getattr(top, k) for k in ("n_layer", "n_head", "n_embd", "vocab_size")}
         paths.append(breakdown_bars(suggestions, budget, out / "breakdown.png"))
+        if shape is None:
+            shape = {k: getattr(suggestions[0], k) for k in SHAPE_KEYS}
+    mark = None
+    if shape is None:
+        shape = largest_shape(points)
     else:
-        big = ok.assign(P=frame_features(ok)["params"]).sort_values("P").iloc[-1]
-        shape = {k: int(big[k]) for k in ("n_layer", "n_head", "n_embd", "vocab_size")}
-    paths.append(feasibility(report, shape, budget, out / "feasibility.png"))
+        mark = {"block_size": shape["block_size"], "batch_size": shape["batch_size"],
+                "label": f"T{shape['block_size']} B{shape['batch_size']}"}
+    paths.append(feasibility(report, shape, budget, out / "feasibility.png", model=model, mark=mark))
+    return paths
+
+
+def write_plots(points: pd.DataFrame, out_dir: str | Path, ctx, target: str = "auto",
+                time_args: dict | None = None) -> list[Path]:
+    """`vramfit plot`: fit each device+recipe in `points`, rank as the last suggest did (`ctx`: a
+    show.context.PlanContext) and write every figure into `out_dir/<device>-<recipe>/`."""
+    from vramfit.plan.ddp import for_strategy
+    from vramfit.plan.workflows import fit_store, slug
+    from vramfit.show.context import feasibility_shape, ranked
+
+    paths = []
+    for report, group in fit_store(points, target=target):
+        items = ranked(report, ctx)
+        shape = feasibility_shape(report, ctx, items, largest_shape(group))
+        folder = Path(out_dir) / f"{slug(report.device)}-{report.recipe_key}"
+        paths += all_plots(report, group, folder, ctx.budget_bytes, items, shape=shape,
+                           model=for_strategy(report.model, ctx.gpus, None), vocab_size=[ctx.vocab_size],
+                           **(time_args or {}))
     return paths

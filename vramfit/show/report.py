@@ -1,4 +1,5 @@
-"""One self-contained HTML page per database: data summary, coefficients, CV tables and the plots (inlined)."""
+"""One self-contained HTML page per database: a what-fits calculator, data summary, coefficients, CV tables,
+the suggestions (ranked as the last `vramfit suggest` ranked) and the plots, all inlined (no network)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from vramfit.errors import VramfitError
-from vramfit.fit.throughput import THROUGHPUT_CV
-from vramfit.plan.suggest import suggest
-from vramfit.plan.workflows import fit_store, train_command
-from vramfit.show.plots import all_plots
+from vramfit.fit.memmodel import FitReport
+from vramfit.plan.ddp import for_strategy
+from vramfit.plan.workflows import MODELS_DIR, fit_store
+from vramfit.show.calculator import calculator_section, model_entry
+from vramfit.show.context import PlanContext, feasibility_shape, ranked
+from vramfit.show.plots import all_plots, largest_shape
+from vramfit.show.tables import TableData, coefficient_table, cv_table, mfu_line, throughput_tables, to_html
 from vramfit.units import format_size
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
@@ -25,55 +28,72 @@ th{background:#f4f4f4}img{max-width:100%;border:1px solid #eee;margin:.5em 0}cod
 def _table(rows: list[dict]) -> str:
     if not rows:
         return "<p>(none)</p>"
-    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r.values()) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return to_html(TableData("", [str(k) for k in rows[0]], [[str(v) for v in r.values()] for r in rows]))
 
 
-def write_report(points: pd.DataFrame, out: str | Path, budget: float, target: str = "auto",
-                 hours: float = 6.0) -> Path:
-    """Fit every device+recipe in `points`, render the plots, and write one HTML file to `out`
-    (`hours`: the time budget of the frontier plot)."""
+def _model_tables(report: FitReport) -> str:
+    """Coefficients and cross-validated error of the memory model, and the throughput model's where fitted: the
+    same tables `vramfit fit` prints (show.tables)."""
+    parts = ["<h3>Coefficients</h3>" + to_html(coefficient_table(report.model)),
+             "<h3>Cross-validated error</h3>" + to_html(cv_table(report.metrics))]
+    tp = report.throughput
+    if tp is not None:
+        coef, cv = throughput_tables(tp)
+        parts.append(f"<h3>Throughput model (ms/iter, {tp.n_points} sweep points; {html.escape(mfu_line(tp))})</h3>"
+                     + to_html(coef) + to_html(cv, with_title=True))
+    return "".join(parts)
+
+
+def _suggestions_table(items: list, ctx: PlanContext) -> str:
+    gpus = f" on {ctx.gpus} GPUs (DDP)" if ctx.gpus > 1 else ""
+    return (f"<h3>Top suggestions (by {ctx.objective}, vocab {ctx.vocab_size}, budget "
+            f"{format_size(ctx.budget_bytes)}{gpus})</h3>" + _table(
+                [{"#": s.rank, "shape": f"{s.n_layer}L {s.n_head}H {s.n_embd}C", "block": s.block_size,
+                  "batch": s.batch_size, "vocab": s.vocab_size, "params": f"{s.params / 1e6:.1f}M",
+                  "predicted": format_size(s.predicted_bytes), "command": s.command} for s in items]))
+
+
+def _images(paths: list[Path]) -> str:
+    return "".join(f'<img alt="{png.stem}" src="data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()}">'
+                   for png in paths)
+
+
+def write_report(points: pd.DataFrame, out: str | Path, ctx: PlanContext, target: str = "auto",
+                 hours: float = 6.0, models_dir: str | Path = MODELS_DIR, source: str | None = None) -> Path:
+    """Fit every device+recipe in `points`, rank and plot them for `ctx` (the last suggest's budget and
+    vocabulary), and write one HTML file to `out` with the calculator on top (`hours`: the frontier plot's time
+    budget; `models_dir`: where the page looks for the saved model file it names; `source`: the database)."""
+    return render_report(fit_store(points, target=target), points, out, ctx, hours, models_dir, source)
+
+
+def render_report(fits: list[tuple[FitReport, pd.DataFrame]], points: pd.DataFrame, out: str | Path,
+                  ctx: PlanContext, hours: float = 6.0, models_dir: str | Path = MODELS_DIR,
+                  source: str | None = None) -> Path:
+    """`write_report` for fits already made (`fit_store`'s (report, points) pairs)."""
     out = Path(out)
-    parts = [f"<h1>vramfit report</h1><p>{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {len(points)} points · "
-             f"budget for suggestions {format_size(budget)}</p>"]
-    status = points.groupby(["device_name", "recipe_key", "status"]).size().reset_index(name="points")
-    parts.append("<h2>Measurements</h2>" + _table(status.to_dict("records")))
+    parts, entries, shapes = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        for report, group in fit_store(points, target=target):
+        for n, (report, group) in enumerate(fits):
+            items = ranked(report, ctx)
+            shape = feasibility_shape(report, ctx, items, largest_shape(group))
+            entries.append(model_entry(report, ctx, shape, models_dir, source))
+            shapes.append(shape)
+            pngs = all_plots(report, group, Path(tmp) / str(n), ctx.budget_bytes, items, hours=hours,
+                             shape=shape, model=for_strategy(report.model, ctx.gpus, None),
+                             vocab_size=[ctx.vocab_size])
             parts.append(f"<h2>{html.escape(report.device)} · {html.escape(report.recipe_key)}</h2>"
                          f"<p>target {report.target}, {report.n_points} ok points, safety margin "
-                         f"{report.margin_rel:.2%}, recipe <code>{html.escape(str(report.recipe))}</code></p>")
-            coef = [{"term": r["term"], "value": format_size(r["value"]) if r["unit"] == "B" else f"{r['value']:.4g}",
-                     "unit": "" if r["unit"] == "B" else r["unit"]} for r in report.model.coefficients()]
-            parts.append("<h3>Coefficients</h3>" + _table(coef))
-            cv = [{"model": name, "CV": how, "MAPE": f"{m['mape']:.2%}", "max error": f"{m['max_rel']:.2%}",
-                   "worst under-prediction": format_size(m["worst_under_bytes"])}
-                  for name in ("ours", "naive") for how, m in report.metrics[name].items() if how != "train"]
-            parts.append("<h3>Cross-validated error</h3>" + _table(cv))
-            tp = report.throughput
-            if tp is not None:
-                rows = [{"model": label, "CV": how_label, "MAPE": f"{tp.metrics[name][how]['mape']:.2%}",
-                         "max error": f"{tp.metrics[name][how]['max_rel']:.2%}"}
-                        for name, label in (("ours", "FLOPs + memory traffic"), ("flops", "FLOPs + overhead"))
-                        for how, how_label in THROUGHPUT_CV if how in tp.metrics[name]]
-                mfu = f"median MFU {tp.mfu:.1%}" if tp.mfu is not None else "MFU: device peak unknown"
-                parts.append(f"<h3>Throughput model (ms/iter, {tp.n_points} sweep points; {mfu})</h3>"
-                             + _table([{"term": r["term"], "value": f"{r['value']:.4g}", "unit": r["unit"]}
-                                       for r in tp.model.coefficients()]) + _table(rows))
-            try:
-                items = suggest(report.model, report.margin_rel, int(budget), "balanced", top=5,
-                                command=lambda s, r=report: train_command(s, r.recipe))
-            except VramfitError:
-                items = []
-            parts.append("<h3>Top suggestions</h3>" + _table(
-                [{"#": s.rank, "shape": f"{s.n_layer}L {s.n_head}H {s.n_embd}C", "block": s.block_size,
-                  "batch": s.batch_size, "params": f"{s.params / 1e6:.1f}M",
-                  "predicted": format_size(s.predicted_bytes), "command": s.command} for s in items]))
-            for png in all_plots(report, group, Path(tmp), budget, items, hours=hours):
-                data = base64.b64encode(png.read_bytes()).decode()
-                parts.append(f'<img alt="{png.stem}" src="data:image/png;base64,{data}">')
+                         f"{report.margin_rel:.2%}, recipe <code>{html.escape(str(report.recipe))}</code>, data hash "
+                         f"<code>{report.data_hash}</code></p>" + _model_tables(report)
+                         + _suggestions_table(items, ctx) + _images(pngs))
+    status = points.groupby(["device_name", "recipe_key", "status"]).size().reset_index(name="points")
+    head = (f"<h1>vramfit report</h1><p>{datetime.now(UTC):%Y-%m-%d %H:%M} UTC · {len(points)} points"
+            + (f" from <code>{html.escape(source)}</code>" if source else "")
+            + f" · budget {format_size(ctx.budget_bytes)}, vocab {ctx.vocab_size}</p>")
+    body = (head + calculator_section(entries, shapes, ctx) + "<h2>Measurements</h2>"
+            + _table(status.to_dict("records")) + "".join(parts))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>vramfit report</title>"
-                   f"<style>{CSS}</style></head><body>{''.join(parts)}</body></html>")
+    out.write_text(f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>vramfit report</title>"
+                   f"<meta name='viewport' content='width=device-width'><style>{CSS}</style></head>"
+                   f"<body>{body}</body></html>")
     return out

@@ -1,0 +1,157 @@
+"""The report's planning section: a what-fits calculator that evaluates the fitted model in the page, offline.
+
+Python builds the data (each fitted model's coefficients as `MemoryModel.to_dict` writes them, its margin, the
+throughput model, suggest's batch candidates, the named cards, the provenance) and inlines it as JSON beside
+`calculator.js`, a plain-JavaScript transcription of the same formulas. No network, no server: the page can be
+mailed. The Python model stays the source of truth; tests/test_report_page.py checks the page against it.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib
+import json
+from importlib import resources
+from pathlib import Path
+
+from vramfit import SHAPE_KEYS
+from vramfit.fit.memmodel import FitReport, load_model
+from vramfit.plan.ddp import DDP_BYTES_PER_PARAM
+from vramfit.plan.suggest import DEFAULT_SPACE
+from vramfit.plan.workflows import MODELS_DIR, model_filename
+from vramfit.show.context import PlanContext, grid_axes
+from vramfit.units import format_size
+
+INPUTS = (("vram", "VRAM", "the card: 8G, 7.5GiB, 8000M"), ("reserve", "reserve", "kept free, e.g. 500M"),
+          ("gpus", "GPUs", "data parallel (DDP)"), ("n_layer", "n_layer", ""), ("n_head", "n_head", ""),
+          ("n_embd", "n_embd", ""), ("block_size", "block", ""), ("batch_size", "batch", ""),
+          ("vocab_size", "vocab", ""))
+OUTPUTS = (("budget", "budget (VRAM - reserve)"), ("params", "parameters"), ("predicted", "predicted peak"),
+           ("margin", "safety margin"), ("need", "predicted + margin"), ("headroom", "headroom"),
+           ("verdict", "verdict"), ("regime", "peak in the"), ("largest", "largest batch that fits"),
+           ("ms", "ms/iter"), ("tps", "tokens/s"))
+CSS = """.vf{display:flex;flex-wrap:wrap;gap:1.5em;align-items:flex-start}.vf label{display:grid;
+grid-template-columns:6em 14em;gap:.5em;margin:.2em 0}.vf input,.vf select{font:inherit;padding:1px 4px;width:100%;
+box-sizing:border-box}
+.vf-yes{color:#1a7f37;font-weight:bold}.vf-no{color:#c62828;font-weight:bold}.vf-err{color:#c62828}
+#vf-chart{border:1px solid #ddd;max-width:100%}#vf-outputs{display:flex;gap:1em;align-items:flex-start}
+#vf-outputs[hidden]{display:none}
+.vf figure{margin:0;max-width:642px}.vf-prov{max-width:420px;font-size:85%;margin:0}.vf td,.vf th{text-align:left}"""
+
+
+def named_cards() -> dict[str, int]:
+    """Card names accepted as a budget ("rtx3070" -> bytes), from `vramfit.cards.CARDS` where that module exists
+    (values: bytes, or records with `total_bytes`); {} without it, and the page takes plain sizes only."""
+    try:
+        table = getattr(importlib.import_module("vramfit.cards"), "CARDS", {})
+    except ImportError:
+        return {}
+    out = {}
+    for name, card in dict(table).items():
+        value = card if isinstance(card, int) else getattr(card, "total_bytes", None)
+        if value is None and isinstance(card, dict):
+            value = card.get("total_bytes")
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            out[str(name).lower()] = value
+    return out
+
+
+def compact_size(n: int) -> str:
+    """A size as the budget input would be typed: 8589934592 -> '8G', 268435456 -> '256M', else bytes."""
+    for unit, scale in (("T", 2**40), ("G", 2**30), ("M", 2**20), ("K", 2**10)):
+        if n and n % scale == 0:
+            return f"{n // scale}{unit}"
+    return str(n)
+
+
+def model_file_note(report: FitReport, models_dir: str | Path = MODELS_DIR) -> str:
+    """Which saved model file this fit is: the `vramfit fit` file for this device+recipe when its data hash
+    matches, else what differs."""
+    path = Path(models_dir) / model_filename(report.device, report.recipe_key)
+    if not path.is_file():
+        return f"none saved ({path} absent): this page's fit of the database"
+    try:
+        saved = load_model(path)
+    except Exception as exc:  # noqa: BLE001 - an unreadable file is a fact to state, not a reason to fail
+        return f"{path} unreadable ({exc}): this page's fit of the database"
+    if saved.get("data_hash") == report.data_hash and saved.get("target") == report.target:
+        return f"{path} (same data hash and target)"
+    return (f"{path} is stale (data hash {saved.get('data_hash')}, target {saved.get('target')}): "
+            "this page's fit of the database; re-run `vramfit fit`")
+
+
+def provenance(report: FitReport, models_dir: str | Path = MODELS_DIR, source: str | None = None) -> dict:
+    """Device, recipe, model file, data hash and CV error of one fit, as the page lists them."""
+    m = report.metrics["ours"]
+    out = {"device": report.device, "recipe": f"{report.recipe_key} {json.dumps(report.recipe, sort_keys=True)}",
+           "target": report.target, "model file": model_file_note(report, models_dir),
+           "data hash": report.data_hash, "points": str(report.n_points),
+           "CV error, shape held out": f"MAPE {m['grouped']['mape']:.2%}, max {m['grouped']['max_rel']:.2%}",
+           "CV error, leave-one-out": f"MAPE {m['loo']['mape']:.2%}, max {m['loo']['max_rel']:.2%}",
+           "safety margin": f"{report.margin_rel:.2%} of the prediction (worst CV under-prediction)"}
+    tp = report.throughput
+    if tp is not None and "grouped" in tp.metrics.get("ours", {}):
+        g = tp.metrics["ours"]["grouped"]
+        out["throughput CV, shape held out"] = f"MAPE {g['mape']:.2%}, max {g['max_rel']:.2%} (best step)"
+    if source:
+        out["database"] = source
+    return out
+
+
+def model_entry(report: FitReport, ctx: PlanContext, shape: dict, models_dir: str | Path = MODELS_DIR,
+                source: str | None = None) -> dict:
+    """One fitted model as the page's JavaScript reads it (`shape`: the inputs' starting values)."""
+    tp = report.throughput
+    return {"label": f"{report.device} · {report.recipe_key}", "model": report.model.to_dict(),
+            "margin_rel": report.margin_rel, "ddp_bytes_per_param": DDP_BYTES_PER_PARAM,
+            "throughput": tp.model.to_dict() if tp is not None else None,
+            "defaults": {**{k: int(shape[k]) for k in SHAPE_KEYS}, "vram": compact_size(ctx.vram_bytes),
+                         "reserve": compact_size(ctx.reserve_bytes), "gpus": ctx.gpus},
+            "provenance": provenance(report, models_dir, source)}
+
+
+def page_data(entries: list[dict], shapes: list[dict]) -> dict:
+    """Everything the script needs: the models, suggest's batch candidates, the chart's axes, the cards."""
+    blocks, batches = grid_axes(mark=shapes[0] if shapes else None)
+    return {"models": entries, "batches": sorted(set(DEFAULT_SPACE["batch_size"])), "chart_blocks": blocks,
+            "chart_batches": batches, "cards": named_cards()}
+
+
+def _script_json(data: dict) -> str:
+    """JSON safe inside <script>: no '<', '>' or '&' left to end the element or open a comment."""
+    return json.dumps(data, separators=(",", ":")).replace("<", "\\u003c").replace(">", "\\u003e") \
+        .replace("&", "\\u0026")
+
+
+def _input(key: str, label: str, tip: str) -> str:
+    size = key in ("vram", "reserve")
+    extra = ' list="vf-cards"' if key == "vram" else ""
+    return (f'<label for="vf-{key}">{label}<input id="vf-{key}" inputmode="{"text" if size else "numeric"}"'
+            f'{extra} title="{html.escape(tip)}"></label>')
+
+
+def calculator_section(entries: list[dict], shapes: list[dict], ctx: PlanContext) -> str:
+    """The calculator's HTML: inputs, outputs, breakdown, chart, provenance, data and script."""
+    data = page_data(entries, shapes)
+    options = "".join(f'<option value="{i}">{html.escape(e["label"])}</option>' for i, e in enumerate(entries))
+    cards = "".join(f'<option value="{html.escape(name)}">{format_size(b)}</option>'
+                    for name, b in data["cards"].items())
+    inputs = "".join(_input(k, label, tip) for k, label, tip in INPUTS)
+    outputs = "".join(f'<tr><th>{label}</th><td id="vf-{k}"></td></tr>' for k, label in OUTPUTS)
+    prov = "".join(f'<table class="vf-prov" data-model="{i}"><caption>built from</caption>'
+                   + "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                             for k, v in e["provenance"].items()) + "</table>" for i, e in enumerate(entries))
+    script = resources.files("vramfit.show").joinpath("calculator.js").read_text()
+    cards_note = (f"or a card name ({', '.join(data['cards'])})" if data["cards"] else
+                  "sizes are binary: 8G = 8 GiB")
+    return (f"<style>{CSS}</style><h2 id='calculator'>What fits: plan here</h2>"
+            "<p>The fitted memory model below, evaluated in this page (no network): change the budget or the "
+            f"shape and read the prediction, its breakdown and the largest batch that fits. VRAM: {cards_note}. "
+            f"Starting values: {html.escape('; '.join(ctx.sources))}.</p>"
+            f'<div class="vf"><form id="vf-form" onsubmit="return false"><label for="vf-model">model'
+            f'<select id="vf-model">{options}</select></label>{inputs}<datalist id="vf-cards">{cards}</datalist>'
+            f'<p id="vf-error" class="vf-err"></p></form><div id="vf-outputs"><table>{outputs}</table>'
+            '<table><caption>breakdown</caption><tbody id="vf-breakdown"></tbody></table></div>'
+            '<figure><canvas id="vf-chart" width="640" height="300"></canvas>'
+            f'<figcaption id="vf-chart-caption"></figcaption></figure>{prov}</div>'
+            f'<script type="application/json" id="vf-data">{_script_json(data)}</script><script>{script}</script>')
