@@ -4,10 +4,10 @@ of the estimator cannot take a sweep down."""
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 
 from vramfit import SHAPE_KEYS
+from vramfit.child import run_json
 
 
 def point_key(p: dict) -> tuple[int, ...]:
@@ -21,20 +21,11 @@ def estimate_points(points: list[dict], recipe: dict, target: str, capability: s
     auto: nvml on CUDA, tracked on the CPU), all in ONE child process (a crash there cannot take the sweep down).
     Returns (key -> bytes, note); a failure gives ({}, why)."""
     req = {"points": points, "recipe": recipe, "target": target, "capability": capability, "fit_target": fit_target}
-    try:
-        proc = subprocess.run([sys.executable, "-m", "vramfit.dryrun.batch"], input=json.dumps(req),
-                              capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
+    res = run_json([sys.executable, "-m", "vramfit.dryrun.batch"], req, timeout)
+    if res.timed_out:
         return {}, f"dry-run estimates took more than {timeout:.0f} s"
-    out: dict[tuple, float] = {}
-    for line in proc.stdout.splitlines():
-        try:
-            d = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(d, dict) and "bytes" in d:
-            out[point_key(d["point"])] = float(d["bytes"])
-    note = "" if proc.returncode == 0 else f"estimator exit {proc.returncode}: {proc.stderr.strip()[-200:]}"
+    out = {point_key(d["point"]): float(d["bytes"]) for d in res.records() if "bytes" in d}
+    note = "" if res.returncode == 0 else f"estimator exit {res.returncode}: {res.stderr_tail(200)}"
     return out, note
 
 

@@ -17,14 +17,13 @@ API for the rest of vramfit:
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from gpt.config import GPTConfig
+from vramfit.child import run_json
 from vramfit.errors import VramfitError
 from vramfit.recipe import Recipe
 from vramfit.units import format_size
@@ -180,23 +179,20 @@ def estimate_step(
     return _to_estimate(result.to_dict(), model_config, batch_size, recipe, target, req["capability"])
 
 
-def _run_child(cmd: list[str], payload: str, timeout: float) -> str:
-    """Run `cmd` with `payload` on stdin; its stdout, or one-line `VramfitError` if it fails, dies or hangs."""
-    try:
-        proc = subprocess.run(cmd, input=payload, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise VramfitError(f"the estimator process took more than {timeout:.0f} s") from None
-    if proc.returncode < 0:
-        try:
-            name = signal.Signals(-proc.returncode).name
-        except ValueError:
-            name = f"signal {-proc.returncode}"
-        raise VramfitError(f"the estimator process died ({name}); this torch build cannot trace the step")
-    if proc.returncode != 0:
-        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        last = lines[-1] if lines else f"exit code {proc.returncode}"
-        raise VramfitError(last.removeprefix("error: "))
-    return proc.stdout
+def _run_child(cmd: list[str], request: object, timeout: float) -> dict:
+    """Run `cmd` with `request` on stdin; the JSON object it printed last, or one-line `VramfitError` if it fails,
+    dies, hangs or prints none."""
+    res = run_json(cmd, request, timeout)
+    if res.timed_out:
+        raise VramfitError(f"the estimator process took more than {timeout:.0f} s")
+    if res.returncode < 0:
+        raise VramfitError(f"the estimator process died ({res.signal_name()}); this torch build cannot trace the step")
+    if res.returncode != 0:
+        raise VramfitError((res.last_stderr_line() or res.exit_text()).removeprefix("error: "))
+    result = res.last_record()
+    if result is None:
+        raise VramfitError("the estimator process printed no result")
+    return result
 
 
 def estimate_step_isolated(
@@ -216,11 +212,7 @@ def estimate_step_isolated(
     req = _request(model_config, batch_size, recipe, target, compute_capability, grad_clip=grad_clip,
                    gradient_accumulation_steps=gradient_accumulation_steps)
     req["model_config"] = model_config.to_dict()
-    out = _run_child([sys.executable, "-m", "vramfit.dryrun.fake_step"], json.dumps(req), timeout)
-    try:
-        result = json.loads(out.strip().splitlines()[-1])
-    except (json.JSONDecodeError, IndexError):
-        raise VramfitError("the estimator process printed no result") from None
+    result = _run_child([sys.executable, "-m", "vramfit.dryrun.fake_step"], req, timeout)
     return _to_estimate(result, model_config, batch_size, recipe, target, req["capability"])
 
 

@@ -2,10 +2,10 @@
 
 This is the engine behind `vramfit.dryrun.estimate`. The trainer and its step are the real ones; what this module adds:
 
-- `StorageTracker`: a TorchDispatchMode that counts the bytes of live tensor storages (rounded the way the target
-  allocator rounds), keeps the peak, the phase (data, forward, backward, optimizer) and the op at the peak, and
-  enough of a log to break the peak down into parameters, gradients, optimizer state, activations, logits/loss and
-  temporaries afterwards.
+- `StepTracker`: the probe's live-storage tracker (`vramfit.measure.probe.StorageTracker`: the bytes of live
+  tensor storages, rounded the way the target allocator rounds, and their peak) extended with the phase (data,
+  forward, backward, optimizer) and the op at the peak, and enough of a log to break the peak down into
+  parameters, gradients, optimizer state, activations, logits/loss and temporaries afterwards.
 - CUDA emulation on fake *CPU* tensors (fake 'cuda' tensors abort CPU-only torch builds in autograd): SDPA is routed
   to the kernel the target GPU would run (flash / memory-efficient / math, with their backward workspaces), autocast
   uses the CPU autocast keys (same policy as CUDA's for every op this GPT uses: matmuls low precision, layer norm
@@ -21,15 +21,12 @@ import contextlib
 import json
 import sys
 import time
-import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from gpt.config import OPTIMIZERS, GPTConfig, TrainConfig, resolve_recipe
 from gpt.data import synthetic_batch
@@ -37,6 +34,7 @@ from gpt.errors import ConfigError
 from gpt.train import Trainer
 from vramfit.dryrun import context, sdpa
 from vramfit.dryrun.allocator import replay
+from vramfit.measure.probe import StorageTracker
 
 TARGETS = ("cuda", "cpu")
 ROUNDING = {"cuda": 512, "cpu": 64}
@@ -85,8 +83,10 @@ class StepResult:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-class StorageTracker(TorchDispatchMode):
-    """Live tensor storages seen by ops (views share one storage), rounded to `rounding` bytes, with the peak.
+class StepTracker(StorageTracker):
+    """The probe's live-storage tracker (`vramfit.measure.probe.StorageTracker`: storages counted once, rounded to
+    `rounding` bytes, with the peak) plus what a dry run reports: the phase, zone and op at the peak, the peak of
+    each step, and a log of every storage's bytes to break the peak down afterwards.
 
     Enter it before the tensors you want counted are created (it only sees op outputs). `workspace(func, args)`
     may return bytes a kernel allocates and frees inside the op (they count towards the peak only).
@@ -94,16 +94,11 @@ class StorageTracker(TorchDispatchMode):
 
     def __init__(self, rounding: int = 512, workspace: Callable[[object, tuple], int] | None = None,
                  matmul_workspace: int = 0) -> None:
-        super().__init__()
+        super().__init__(round_to=rounding)
         self.rounding = rounding
         self.workspace = workspace
         self.matmul_workspace = matmul_workspace  # per thread, allocated at its first matmul, never freed
         self._matmul_threads: set[str] = set()
-        self.current = 0
-        self.peak = 0
-        self.live: dict[int, int] = {}  # storage key (StorageImpl address) -> sid
-        self.size: dict[int, int] = {}  # sid -> rounded bytes (live storages only)
-        self.refs: dict[int, weakref.ref] = {}
         self.origin: dict[int, tuple[str, str, int]] = {}  # sid -> (phase, zone, step)
         self.tags: dict[int, str] = {}  # sid -> category known after the fact (parameters, gradients, ...)
         self.events: list[tuple[int, int]] = []  # (sid, +bytes | -bytes)
@@ -116,57 +111,21 @@ class StorageTracker(TorchDispatchMode):
         self.logits_seq = _NO_NODE_SEQ  # autograd sequence number of the final layer norm's output
         self.on_backward_end: Callable[[], None] | None = None  # called once when the backward pass ends
         self.param_sids: set[int | None] = set()  # for telling autocast weight copies from activations
-        self._next_sid = 0
+        self._out_zone = ""  # the zone of the outputs of the op being counted
 
-    # --- bookkeeping -------------------------------------------------------------------------------------------
-    def _bytes(self, storage: torch.UntypedStorage) -> int:
-        n = storage.nbytes()
-        return round_up(n, self.rounding) if n else 0
-
-    def sid_of(self, t: torch.Tensor) -> int | None:
-        return self.live.get(t.untyped_storage()._cdata)
-
-    def _track(self, t: torch.Tensor, zone: str) -> int | None:
-        if t.device.type == "meta":  # e.g. the seed/offset placeholders of fused attention kernels
-            return None
-        st = t.untyped_storage()
-        key = st._cdata
-        sid = self.live.get(key)
-        if sid is not None:
-            n = self._bytes(st)
-            if n != self.size[sid]:  # resized in place
-                self.events.append((sid, n - self.size[sid]))
-                self.current += n - self.size[sid]
-                self.size[sid] = n
-            return sid
-        sid = self._next_sid
-        self._next_sid += 1
-        n = self._bytes(st)
-        self.live[key] = sid
-        self.size[sid] = n
-        self.origin[sid] = (self.phase, zone, self.step_no)
-        self.refs[sid] = weakref.ref(st, lambda _, key=key, sid=sid: self._free(key, sid))
-        self.events.append((sid, n))
-        self.current += n
-        return sid
+    # --- bookkeeping: the base class counts, these hooks remember ----------------------------------------------
+    def _counted(self, sid: int, delta: int) -> None:
+        if sid not in self.origin:
+            self.origin[sid] = (self.phase, self._out_zone, self.step_no)
+        self.events.append((sid, delta))
 
     def _add_persistent(self, nbytes: int, category: str) -> None:
         """Bytes that no tensor owns (e.g. cuBLAS workspaces from the caching allocator), alive to the end."""
-        sid = self._next_sid
-        self._next_sid += 1
-        self.size[sid] = nbytes
+        sid = self._new_sid()
         self.origin[sid] = (self.phase, "", self.step_no)
         self.tags[sid] = category
         self.events.append((sid, nbytes))
         self.current += nbytes
-
-    def _free(self, key: int, sid: int) -> None:
-        if self.live.get(key) == sid:
-            del self.live[key]
-        n = self.size.pop(sid, 0)
-        self.refs.pop(sid, None)
-        self.events.append((sid, -n))
-        self.current -= n
 
     def tag(self, tensors: Iterator[torch.Tensor] | list[torch.Tensor], category: str) -> None:
         """Label the storages of `tensors` (parameters, gradients, optimizer state) for the breakdown."""
@@ -177,7 +136,7 @@ class StorageTracker(TorchDispatchMode):
                     self.tags.setdefault(sid, category)
 
     def reset_peak(self) -> None:
-        self.peak = self.current
+        super().reset_peak()
         self.peak_info = {"event": len(self.events), "phase": self.phase, "op": "(start)", "step": self.step_no,
                           "workspace": 0}
 
@@ -196,16 +155,15 @@ class StorageTracker(TorchDispatchMode):
             if self.on_backward_end is not None:
                 self.on_backward_end()
 
-    # --- the dispatch hook -------------------------------------------------------------------------------------
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        out = func(*args, **(kwargs or {}))
+    # --- the dispatch hooks --------------------------------------------------------------------------------------
+    def _before_outputs(self, func, args: tuple) -> None:  # noqa: ANN001
         self._update_phase()
         zone = self.zone
         if self.phase == "forward" and func is aten._to_copy.default and self.sid_of(args[0]) in self.param_sids:
             zone = "weight_copy"
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self._track(t, zone)
+        self._out_zone = zone
+
+    def _after_op(self, func, args: tuple) -> None:  # noqa: ANN001
         if self.matmul_workspace and func in _MATMULS:
             thread = "backward" if self.phase == "backward" else "main"
             if thread not in self._matmul_threads:
@@ -221,7 +179,6 @@ class StorageTracker(TorchDispatchMode):
             self.step_peaks[self.step_no] = self.current + ws
         if ws:  # the kernel's own allocation, for the allocator replay: allocated and freed inside the op
             self.events += [(-len(self.events) - 1, ws), (-len(self.events) - 1, -ws)]
-        return out
 
     # --- the breakdown -----------------------------------------------------------------------------------------
     def breakdown(self) -> dict[str, int]:
@@ -339,6 +296,102 @@ def _fake_mode() -> contextlib.AbstractContextManager:
     return FakeTensorMode(allow_non_fake_inputs=False)
 
 
+def _check_request(batch_size: int, optimizer: str, target: str, fake: bool, steps: int) -> None:
+    if target not in TARGETS:
+        raise ConfigError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if target == "cuda" and not fake:
+        raise ConfigError("a real (non-fake) tracked run is CPU-only; use target 'cpu'")
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if optimizer not in OPTIMIZERS:
+        raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    if steps < 1:
+        raise ConfigError(f"steps must be >= 1, got {steps}")
+
+
+@dataclass
+class _Plan:
+    """What the request resolves to on the target: the recipe, the attention kernel and the notes."""
+
+    dtype: str
+    optimizer: str
+    attention: str
+    notes: list[str]
+
+
+def _resolve(model_config: GPTConfig, batch_size: int, dtype: str, compile: bool | None, optimizer: str,
+             attn_kernel: str, target: str, capability: tuple[int, int]) -> _Plan:
+    dtype, use_compile, impl = resolve_recipe(dtype, compile, optimizer, target, capability)
+    if dtype not in _DTYPES:
+        raise ConfigError(f"dtype must be one of auto, {', '.join(_DTYPES)}, got {dtype!r}")
+    if dtype == "float16" and target == "cpu":
+        raise ConfigError("float16 training is CUDA-only here; use bfloat16 or float32 on the CPU")
+    notes = []
+    if use_compile:
+        notes.append("torch.compile is not emulated: this is the eager step's memory (compiled steps usually "
+                     "need less activation memory)")
+    head_dim = model_config.n_embd // model_config.n_head
+    mc = model_config
+    attention = (cuda_attention_kernel(attn_kernel, dtype, head_dim, capability, n_embd=mc.n_embd,
+                                       batch=batch_size, n_head=mc.n_head, seq_len=mc.block_size,
+                                       dropout=mc.dropout) if target == "cuda" else attn_kernel)
+    return _Plan(dtype, impl, attention, notes)
+
+
+def _emulate_fp16(trainer: Trainer, fake: bool) -> None:
+    """fp16 exists only on the emulated GPU: the trainer was built as fp32; switch its autocast and scaler."""
+    trainer.dtype = "float16"
+    trainer.autocast = lambda: torch.autocast(device_type="cpu", dtype=torch.float16)
+    trainer.scaler = torch.amp.GradScaler("cpu", enabled=True)
+    if fake and not getattr(trainer.optimizer, "_step_supports_amp_scaling", False):
+        # the unfused path asks found_inf.item(), which has no value under fake tensors: assume finite
+        sc = trainer.scaler
+        sc._maybe_opt_step = lambda opt, state, *a, **k: opt.step(*a, **k)  # type: ignore[method-assign]
+
+
+def _batches(tracker: StepTracker, batch_size: int, model_config: GPTConfig,
+             target: str) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+    """The trainer's `get_batch`: marks the data phase; on the GPU only the device copies of x and y exist."""
+    B, T, V = batch_size, model_config.block_size, model_config.vocab_size
+    gen = torch.Generator().manual_seed(1337)
+
+    def get_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        tracker.phase, tracker.zone, tracker.where = "data", "", ""
+        if target == "cuda":
+            return torch.zeros(B, T, dtype=torch.long), torch.zeros(B, T, dtype=torch.long)
+        return synthetic_batch(B, T, V, gen, "cpu")
+
+    return get_batch
+
+
+def _tracked_steps(cfg: TrainConfig, model_config: GPTConfig, plan: _Plan, tracker: StepTracker,
+                   get_batch: Callable, *, target: str, fake: bool, steps: int) -> int:
+    """Build the Trainer and run `steps` steps under `tracker` (and fake tensors); the live bytes after them."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.random.fork_rng(devices=[]))  # Trainer seeds the global RNG: leave ours alone
+        if fake:
+            stack.enter_context(_fake_mode())
+        stack.enter_context(tracker)
+        trainer = Trainer(cfg, model_config, device="cpu")
+        if plan.dtype == "float16":
+            _emulate_fp16(trainer, fake)
+        if target == "cuda":
+            stack.enter_context(_CudaAttention(plan.attention, half_loss=plan.dtype == "float16"))
+        hooks = _install_hooks(trainer, tracker)
+        try:
+            tracker.reset_peak()
+            for i in range(steps):
+                tracker.step_no = i + 1
+                trainer.step(get_batch)
+            tracker.phase, tracker.where = "done", ""
+        finally:
+            for h in hooks:
+                h.remove()
+        steady = tracker.current
+        del trainer
+    return steady
+
+
 def run_step(
     model_config: GPTConfig,
     batch_size: int,
@@ -356,90 +409,33 @@ def run_step(
     rounding: int | None = None,
     alloc_conf: str = "",
 ) -> StepResult:
-    """Build the real Trainer and run `steps` real `Trainer.step` calls under a `StorageTracker`.
+    """Build the real Trainer and run `steps` real `Trainer.step` calls under a `StepTracker`.
 
     `fake=True` uses FakeTensorMode (no memory, no data: any shape runs); `fake=False` trains for real on the CPU
     (used to check the fake run). `target='cuda'` emulates that GPU on CPU tensors (see the module docstring)."""
-    if target not in TARGETS:
-        raise ConfigError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    if target == "cuda" and not fake:
-        raise ConfigError("a real (non-fake) tracked run is CPU-only; use target 'cpu'")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if optimizer not in OPTIMIZERS:
-        raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
-    if steps < 1:
-        raise ConfigError(f"steps must be >= 1, got {steps}")
+    _check_request(batch_size, optimizer, target, fake, steps)
     t0 = time.perf_counter()
-    notes: list[str] = []
-    dtype, use_compile, impl = resolve_recipe(dtype, compile, optimizer, target, capability)
-    if dtype not in _DTYPES:
-        raise ConfigError(f"dtype must be one of auto, {', '.join(_DTYPES)}, got {dtype!r}")
-    if dtype == "float16" and target == "cpu":
-        raise ConfigError("float16 training is CUDA-only here; use bfloat16 or float32 on the CPU")
-    if use_compile:
-        notes.append("torch.compile is not emulated: this is the eager step's memory (compiled steps usually "
-                     "need less activation memory)")
-    head_dim = model_config.n_embd // model_config.n_head
-    mc = model_config
-    attention = (cuda_attention_kernel(attn_kernel, dtype, head_dim, capability, n_embd=mc.n_embd,
-                                       batch=batch_size, n_head=mc.n_head, seq_len=mc.block_size,
-                                       dropout=mc.dropout) if target == "cuda" else attn_kernel)
+    plan = _resolve(model_config, batch_size, dtype, compile, optimizer, attn_kernel, target, capability)
     rounding = rounding or ROUNDING[target]
-    # fp16 exists only on the emulated GPU: build the trainer as fp32 and switch autocast and scaler below
-    cfg = train_config(model_config, batch_size, "float32" if dtype == "float16" else dtype, impl,
-                        "default" if target == "cuda" else attn_kernel, grad_clip, gradient_accumulation_steps)
-    tracker = StorageTracker(rounding, cuda_kernel_workspace if target == "cuda" else None,
-                             cublas_workspace_bytes(capability) if target == "cuda" else 0)
-    B, T, V = batch_size, model_config.block_size, model_config.vocab_size
-    gen = torch.Generator().manual_seed(1337)
-
-    def get_batch() -> tuple[torch.Tensor, torch.Tensor]:
-        tracker.phase, tracker.zone, tracker.where = "data", "", ""
-        if target == "cuda":  # on the GPU only the device copies of x and y exist
-            return torch.zeros(B, T, dtype=torch.long), torch.zeros(B, T, dtype=torch.long)
-        return synthetic_batch(B, T, V, gen, "cpu")
-
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(torch.random.fork_rng(devices=[]))  # Trainer seeds the global RNG: leave ours alone
-        if fake:
-            stack.enter_context(_fake_mode())
-        stack.enter_context(tracker)
-        trainer = Trainer(cfg, model_config, device="cpu")
-        if dtype == "float16":
-            trainer.dtype = dtype
-            trainer.autocast = lambda: torch.autocast(device_type="cpu", dtype=torch.float16)
-            trainer.scaler = torch.amp.GradScaler("cpu", enabled=True)
-            if fake and not getattr(trainer.optimizer, "_step_supports_amp_scaling", False):
-                # the unfused path asks found_inf.item(), which has no value under fake tensors: assume finite
-                sc = trainer.scaler
-                sc._maybe_opt_step = lambda opt, state, *a, **k: opt.step(*a, **k)  # type: ignore[method-assign]
-        if target == "cuda":
-            stack.enter_context(_CudaAttention(attention, half_loss=dtype == "float16"))
-        hooks = _install_hooks(trainer, tracker)
-        try:
-            tracker.reset_peak()
-            for i in range(steps):
-                tracker.step_no = i + 1
-                trainer.step(get_batch)
-            tracker.phase, tracker.where = "done", ""
-        finally:
-            for h in hooks:
-                h.remove()
-        steady = tracker.current
-        del trainer
+    # fp16 exists only on the emulated GPU: build the trainer as fp32 (`_emulate_fp16` switches it)
+    cfg = train_config(model_config, batch_size, "float32" if plan.dtype == "float16" else plan.dtype,
+                       plan.optimizer, "default" if target == "cuda" else attn_kernel, grad_clip,
+                       gradient_accumulation_steps)
+    tracker = StepTracker(rounding, cuda_kernel_workspace if target == "cuda" else None,
+                          cublas_workspace_bytes(capability) if target == "cuda" else 0)
+    get_batch = _batches(tracker, batch_size, model_config, target)
+    steady = _tracked_steps(cfg, model_config, plan, tracker, get_batch, target=target, fake=fake, steps=steps)
     info = tracker.peak_info
-    allocator = replay(tracker.events, alloc_conf).to_dict() if target == "cuda" else {}
-    step_peaks = [tracker.step_peaks.get(i + 1, 0) for i in range(steps)]
     return StepResult(
         peak_bytes=tracker.peak, peak_phase=info["phase"], peak_op=info["op"], peak_step=info["step"],
-        breakdown=tracker.breakdown(), step_peaks=step_peaks, steady_bytes=steady, target=target, dtype=dtype,
-        optimizer=impl, attention=attention, rounding=rounding, fake=fake, notes=notes,
-        seconds=time.perf_counter() - t0, allocator=allocator,
+        breakdown=tracker.breakdown(), step_peaks=[tracker.step_peaks.get(i + 1, 0) for i in range(steps)],
+        steady_bytes=steady, target=target, dtype=plan.dtype, optimizer=plan.optimizer, attention=plan.attention,
+        rounding=rounding, fake=fake, notes=plan.notes, seconds=time.perf_counter() - t0,
+        allocator=replay(tracker.events, alloc_conf).to_dict() if target == "cuda" else {},
     )
 
 
-def _install_hooks(trainer: Trainer, tracker: StorageTracker) -> list:
+def _install_hooks(trainer: Trainer, tracker: StepTracker) -> list:
     """Module hooks for phase, zone and module path; optimizer hooks for the tags. All removed after the run."""
     model, opt = trainer.model, trainer.optimizer
     params = list(model.parameters())

@@ -35,13 +35,18 @@ class StorageTracker(TorchDispatchMode):
         tr.peak, tr.current           # bytes: high-water mark and what is still alive
 
     - Every tensor an op returns is followed to its untyped storage; a storage is counted once (views share
-      it) and uncounted by a weakref finalizer when it dies. Works with real tensors and with FakeTensorMode
-      (enter the fake mode first, then the tracker).
+      it, keyed by its StorageImpl address) and uncounted by a weakref finalizer when it dies. Works with real
+      tensors and with FakeTensorMode (enter the fake mode first, then the tracker).
     - `round_to`: round each storage up to a multiple (512 mimics the CUDA caching allocator's granularity).
     - `cap_bytes`: when the live bytes exceed it after an op, raise `torch.OutOfMemoryError` (an emulated card).
     - `add(*tensors)` counts tensors that existed before the tracker was entered (e.g. a model's parameters).
     - `reset_peak()` sets the peak to the current live bytes.
     Storages created outside the dispatcher (torch.from_numpy, torch.compile's generated wrappers) are not seen.
+
+    This is the one implementation of "live storages and their peak": the dry run's tracker
+    (`vramfit.dryrun.fake_step.StepTracker`) extends it through three hooks that cost nothing here:
+    `_counted(sid, delta)` (a storage appeared, grew, shrank or died), `_before_outputs(func, args)` (the op
+    ran, its outputs are about to be counted) and `_after_op(func, args)` (they were: update the peak).
     """
 
     def __init__(self, cap_bytes: int | None = None, round_to: int = 1) -> None:
@@ -53,32 +58,59 @@ class StorageTracker(TorchDispatchMode):
         self.current = 0
         self.peak = 0
         self.n_ooms = 0
-        self._live: dict[int, tuple[weakref.ref, int]] = {}
+        self.live: dict[int, int] = {}  # storage key (StorageImpl address) -> sid
+        self.size: dict[int, int] = {}  # sid -> rounded bytes (live storages only)
+        self.refs: dict[int, weakref.ref] = {}  # sid -> weakref whose finalizer uncounts the storage
+        self._next_sid = 0
 
     def _size(self, nbytes: int) -> int:
         r = self.round_to
         return -(-nbytes // r) * r if r > 1 else nbytes
 
-    def _forget(self, key: int, _ref: weakref.ref) -> None:
-        entry = self._live.pop(key, None)
-        if entry is not None:
-            self.current -= entry[1]
+    def _new_sid(self) -> int:
+        sid = self._next_sid
+        self._next_sid += 1
+        return sid
 
-    def _track(self, t: torch.Tensor) -> None:
+    def sid_of(self, t: torch.Tensor) -> int | None:
+        """The id under which `t`'s storage is counted, None if it is not."""
+        return self.live.get(t.untyped_storage()._cdata)
+
+    def _counted(self, sid: int, delta: int) -> None:
+        """Hook: storage `sid` changed the live bytes by `delta` (new: +size, resized: +-diff, freed: -size)."""
+
+    def _track(self, t: torch.Tensor) -> int | None:
+        if t.device.type == "meta":  # e.g. the seed/offset placeholders of fused attention kernels
+            return None
         try:
             st = t.untyped_storage()
         except (NotImplementedError, RuntimeError):  # sparse / exotic layouts have no plain storage
-            return
-        key = id(st)
-        size = self._size(st.nbytes())
-        entry = self._live.get(key)
-        if entry is not None and entry[0]() is st:
-            if entry[1] != size:  # resized in place
-                self.current += size - entry[1]
-                self._live[key] = (entry[0], size)
-            return
-        self._live[key] = (weakref.ref(st, lambda ref, k=key: self._forget(k, ref)), size)
-        self.current += size
+            return None
+        key = st._cdata
+        n = self._size(st.nbytes())
+        sid = self.live.get(key)
+        if sid is not None:
+            old = self.size[sid]
+            if n != old:  # resized in place
+                self.size[sid] = n
+                self.current += n - old
+                self._counted(sid, n - old)
+            return sid
+        sid = self._new_sid()
+        self.live[key] = sid
+        self.size[sid] = n
+        self.refs[sid] = weakref.ref(st, lambda _, key=key, sid=sid: self._free(key, sid))
+        self.current += n
+        self._counted(sid, n)
+        return sid
+
+    def _free(self, key: int, sid: int) -> None:
+        if self.live.get(key) == sid:
+            del self.live[key]
+        n = self.size.pop(sid, 0)
+        self.refs.pop(sid, None)
+        self.current -= n
+        self._counted(sid, -n)
 
     def add(self, *tensors: torch.Tensor) -> None:
         """Count already existing tensors (each storage once) and update the peak."""
@@ -89,13 +121,21 @@ class StorageTracker(TorchDispatchMode):
     def reset_peak(self) -> None:
         self.peak = self.current
 
+    def _before_outputs(self, func: Any, args: tuple) -> None:
+        """Hook: `func` ran; its outputs are counted next."""
+
+    def _after_op(self, func: Any, args: tuple) -> None:
+        """Hook: `func`'s outputs are counted; keep the peak."""
+        if self.current > self.peak:
+            self.peak = self.current
+
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         out = func(*args, **(kwargs or {}))
+        self._before_outputs(func, args)
         for leaf in tree_leaves(out):
             if isinstance(leaf, torch.Tensor):
                 self._track(leaf)
-        if self.current > self.peak:
-            self.peak = self.current
+        self._after_op(func, args)
         if self.cap_bytes is not None and self.current > self.cap_bytes:
             self.n_ooms += 1
             need = self.current

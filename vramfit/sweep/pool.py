@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
+from vramfit.child import LiveChildren, run_json
 from vramfit.measure.devices import DeviceFacts
 from vramfit.recipe import Recipe
 from vramfit.sweep.grid import Measure
@@ -44,67 +41,32 @@ def worker_env(facts: DeviceFacts, recipe: Recipe, measure: Measure) -> dict[str
     return env
 
 
-def _describe_exit(rc: int) -> str:
-    if rc < 0:
-        try:
-            return f"killed by {signal.Signals(-rc).name}"
-        except ValueError:
-            return f"killed by signal {-rc}"
-    return f"exit code {rc}"
-
-
-def _tail(text: str) -> str:
-    text = (text or "").strip()
-    return text[-STDERR_TAIL:]
-
-
 class WorkerPool:
     """Runs worker processes and remembers the live ones so that they can be killed on interrupt."""
 
     def __init__(self, cmd: list[str] | None = None) -> None:
         self.cmd = list(cmd or WORKER_CMD)
-        self.live: set[subprocess.Popen] = set()
-        self.lock = threading.Lock()
+        self.live = LiveChildren()
 
     def run(self, spec: dict, env: dict[str, str], timeout: float) -> dict:
         """One point in one fresh process; always returns a record (ok | oom | error | timeout)."""
         spec = {**spec, "spawn_time": time.time()}
         point = spec["point"]
-        proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env=env, text=True)
-        with self.lock:
-            self.live.add(proc)
-        try:
-            out, err = proc.communicate(json.dumps(spec), timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, err = proc.communicate()
-            return {**point, "status": "timeout", "error": f"timed out after {timeout:g} s; stderr: {_tail(err)}"}
-        finally:
-            with self.lock:
-                self.live.discard(proc)
-        rec = None
-        lines = [ln for ln in (out or "").splitlines() if ln.strip()]
-        if lines:
-            try:
-                rec = json.loads(lines[-1])
-            except json.JSONDecodeError:
-                rec = None
-        if proc.returncode != 0 or not isinstance(rec, dict):
-            why = _describe_exit(proc.returncode) if proc.returncode != 0 else "no JSON record on stdout"
-            return {**point, "status": "error", "error": f"worker {why}; stderr: {_tail(err)}"}
+        res = run_json(self.cmd, spec, timeout, env=env, live=self.live)
+        if res.timed_out:
+            return {**point, "status": "timeout",
+                    "error": f"timed out after {timeout:g} s; stderr: {res.stderr_tail(STDERR_TAIL)}"}
+        rec = res.last_record()
+        if res.returncode != 0 or rec is None:
+            why = res.exit_text() if res.returncode != 0 else "no JSON record on stdout"
+            return {**point, "status": "error", "error": f"worker {why}; stderr: {res.stderr_tail(STDERR_TAIL)}"}
         rec.update(point)  # the record is about the point we asked for
         if isinstance(rec.get("timings"), dict):
             rec["timings"]["wall"] = time.time() - spec["spawn_time"]  # as the parent saw it, exit included
         return rec
 
     def kill_all(self) -> None:
-        with self.lock:
-            for proc in list(self.live):
-                try:
-                    proc.kill()
-                except OSError:
-                    pass
+        self.live.kill_all()
 
 
 def idle_baseline(d: DeviceFacts) -> int | None:
