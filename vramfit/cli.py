@@ -476,7 +476,9 @@ def predict(
         typer.echo(json.dumps({"predicted_bytes": int(r["predicted"]), "margin_bytes": int(r["margin"]),
                                "naive_bytes": int(r["naive"]), "regime": r["regime"],
                                "breakdown": {k: int(v) for k, v in r["breakdown"].items()},
-                               "model_file": str(r["model_file"])}))
+                               "model_file": str(r["model_file"]),
+                               "extrapolated": sorted(r["extrapolation"].outside),
+                               "extrapolation_margin_bytes": int(r["widened_margin"])}))
         return
     doc = r["model"]
     typer.echo(f"model {r['model_file']} ({doc['device']}, {doc['recipe_key']}, target {doc['target']})")
@@ -485,6 +487,12 @@ def predict(
     for k, v in r["breakdown"].items():
         typer.echo(f"  {k:<18} {_fmt(v):>12}")
     typer.echo(f"naive params+tokens line: {_fmt(r['naive'])}")
+    extra = r["extrapolation"]
+    if not extra.inside:
+        widened = extra.widened_margin(doc["margin_rel"])
+        typer.echo(f"warning: an extrapolation, {extra.describe()}: plan with a margin of "
+                   f"{_fmt(r['widened_margin'])} ({widened:.1%}). Check it by dry run (`vramfit estimate` with "
+                   "these sizes) or measure it (`vramfit sweep` with these sizes as flags)", err=True)
 
 
 @app.command()

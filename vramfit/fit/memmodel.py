@@ -212,6 +212,7 @@ class FitReport:
     cv: pd.DataFrame | None = None  # per point: measured, CV predictions
     dryrun: MemoryModel | None = None  # y = c0 + k * dry-run estimate, when fitted
     throughput: object | None = None  # vramfit.fit.throughput.ThroughputReport, when the points carry ms/iter
+    ranges: dict = field(default_factory=dict)  # measured [min, max] per axis, params, tokens (fit.coverage)
 
     def to_json(self) -> dict:
         return {
@@ -221,6 +222,7 @@ class FitReport:
             "data_hash": self.data_hash, "n_points": self.n_points, "oom_violations": self.oom_violations,
             "dryrun": self.dryrun.to_dict() if self.dryrun is not None else None,
             "throughput": self.throughput.to_json() if self.throughput is not None else None,
+            "ranges": self.ranges,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -298,6 +300,9 @@ def fit_points(points: pd.DataFrame, target: str = "auto", regimes: int = 2, dry
                        json.loads(ok["recipe"].iloc[0]) if isinstance(ok["recipe"].iloc[0], str) else {},
                        metrics, margin, data_hash(ok, col), len(ok), cv=cv, dryrun=fitted_models.get("dryrun"))
     report.oom_violations = oom_violations(report, points)
+    from vramfit.fit.coverage import ranges
+
+    report.ranges = ranges(ok)
     if "ms_per_iter" in points.columns:
         from vramfit.fit.throughput import fit_throughput
 

@@ -169,6 +169,7 @@ def predict_one(shape: dict, model: Path | None) -> dict:
     """The predicted peak of one config (`shape`: the six SHAPE_KEYS) with its breakdown, margin and the naive
     line, from a model file."""
     from gpt.config import GPTConfig
+    from vramfit.fit.coverage import check
     from vramfit.fit.features import features
     from vramfit.plan.workflows import open_model
 
@@ -178,5 +179,8 @@ def predict_one(shape: dict, model: Path | None) -> dict:
                  shape["vocab_size"])
     pred = float(doc["model"].predict(f)[0])
     part = doc["model"].breakdown(f)[0]
-    return {"predicted": pred, "margin": pred * doc["margin_rel"], "naive": float(doc["baseline"].predict(f)[0]),
+    extra = check(doc.get("ranges"), shape)
+    return {"predicted": pred, "margin": pred * doc["margin_rel"], "extrapolation": extra,
+            "widened_margin": pred * extra.widened_margin(doc["margin_rel"]),
+            "naive": float(doc["baseline"].predict(f)[0]),
             "regime": part.pop("regime"), "breakdown": part, "model_file": path, "model": doc}
