@@ -6,7 +6,6 @@ Everything here is safe to import without CUDA or NVML; each probe says when it 
 from __future__ import annotations
 
 import os
-import resource
 import weakref
 from typing import Any
 
@@ -119,7 +118,8 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size (VmHWM) of this process in bytes; getrusage where /proc is missing."""
+    """Peak resident set size (VmHWM) of this process in bytes; getrusage where /proc is missing; 0 where neither
+    exists (Windows: `resource` is Unix-only, so it is imported here, never at module level)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -127,6 +127,10 @@ def peak_rss_bytes() -> int:
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    try:
+        import resource
+    except ImportError:
+        return 0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
