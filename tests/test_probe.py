@@ -90,8 +90,8 @@ def test_rss_helpers():
 def test_nvml_probe_without_a_gpu_returns_none():
     nv = NvmlProbe()
     assert not nv.ok and nv.error
-    assert nv.device_used() is None and nv.process_used() is None
-    assert nv.reading(123) == (None, "none")
+    assert nv.device_used() is None and nv.process_used() is None and nv.processes() is None
+    assert nv.snapshot() == {"idle_baseline": None, "pids_before": None}
 
 
 def test_malloc_for_speed_sets_glibc_thresholds():

@@ -193,7 +193,8 @@ def sweep(
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     devices: str = typer.Option(None, "--devices", help="GPU indices to use in parallel, e.g. 0,1"),
     db: Path = typer.Option(Path("results/vramfit.sqlite"), "--db", help="SQLite database"),
-    emulate_vram: str = typer.Option(None, "--emulate-vram", help="behave like a card this big, e.g. 8G"),
+    emulate_vram: str = typer.Option(None, "--emulate-vram", help="behave like a card this big, e.g. 8G, or a "
+                                     "named card (t4, a100-40g, rtx4090, ...: its NVML total)"),
     redo: bool = typer.Option(False, "--redo", help="measure again points already in the database"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
     n_layer: str = typer.Option(None, "--n-layer", help="axis override, e.g. 4,8"),
@@ -223,9 +224,9 @@ def sweep(
     """Profile training memory over a grid, one fresh process per point, into SQLite (resumable).
     `--plan adaptive` measures a few informative points and stops when the model is accurate enough;
     `--boundary` finds the largest batch that fits each shape of the grid."""
+    from vramfit.cards import describe, parse_vram
     from vramfit.sweep.grid import load_grid, parse_int_list
     from vramfit.sweep.runner import run_sweep
-    from vramfit.units import parse_size
 
     axes = {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "block_size": block_size,
             "batch_size": batch_size, "vocab_size": vocab_size}
@@ -234,9 +235,9 @@ def sweep(
         fail("give --grid FILE.toml, or all six axes as flags")
     measure = {k: v for k, v in (("max_iters", max_iters), ("timeout_s", timeout)) if v is not None}
     spec = load_grid(grid, overrides, {"dtype": dtype} if dtype else None, measure)
-    emulate = parse_size(emulate_vram) if emulate_vram else None
-    if emulate is not None and emulate <= 0:
-        fail("--emulate-vram must be > 0")
+    emulate, card = parse_vram(emulate_vram) if emulate_vram else (None, None)
+    if card is not None and not quiet:
+        typer.echo(f"--emulate-vram {describe(emulate, card)}")
     indices = parse_int_list(devices, "--devices", minimum=0) if devices else None
     if plan not in ("grid", "adaptive"):
         fail(f"unknown --plan {plan!r}; choose grid or adaptive")
@@ -343,6 +344,8 @@ def fit(
                               "to the stored `vramfit train` runs, per corpus (needs 3 runs of 2+ sizes)"),
     corpus: Path = typer.Option(None, "--corpus", help="--loss: only this prepared corpus (data dir)"),
     loss_out: Path = typer.Option(Path("results/losslaw"), "--loss-out", help="--loss: where loss-law JSON goes"),
+    allow_shared: bool = typer.Option(False, "--allow-shared-gpu", help="keep NVML readings taken as device used "
+                                      "minus baseline while other processes used the GPU (left out by default)"),
 ) -> None:
     """Fit the memory and throughput models per device and recipe; print coefficients and CV error beside the
     baselines. With --loss, fit the loss law of each corpus to the stored training runs instead."""
@@ -356,7 +359,7 @@ def fit(
     with _open_store(db) as store:
         points = store.points_frame(device=device, recipe_key=recipe)
     console = _console()
-    for report, _ in fit_store(points, target=target, regimes=regimes, dryrun=dry_run):
+    for report, _ in fit_store(points, target=target, regimes=regimes, dryrun=dry_run, allow_shared=allow_shared):
         path = report.save(out / model_filename(report.device, report.recipe_key))
         console.print(f"[bold]{report.device}[/] · recipe {report.recipe_key} · target {report.target} · "
                       f"{report.n_points} points -> {path}")
@@ -498,7 +501,8 @@ def predict(
 
 @app.command()
 def suggest(
-    vram: str = typer.Option(..., help="the card's memory: 8G, 7.5GiB, 8000M, 24GB (binary units: 8G = 8 GiB)"),
+    vram: str = typer.Option(..., help="the card's memory: 8G, 7.5GiB, 8000M, 24GB (binary units: 8G = 8 GiB), or a "
+                             "card: t4, l4, a10, a100-40g, h100-80g, rtx3090, ... (its NVML total)"),
     reserve: str = typer.Option("0", help="memory kept free for the display and other processes, e.g. 500M"),
     objective: str = typer.Option("params", help="params (largest model) | tokens (most tokens per step) | "
                                                  "balanced (params x tokens)"),
@@ -539,12 +543,13 @@ def suggest(
 
     from rich.table import Table
 
+    from vramfit.cards import describe, parse_vram
     from vramfit.plan.suggest import smallest_need
     from vramfit.plan.suggest import suggest as run_suggest
     from vramfit.plan.workflows import open_model, save_suggestions, train_command
     from vramfit.units import parse_size
 
-    vram_b, reserve_b = parse_size(vram), parse_size(reserve)
+    (vram_b, card), reserve_b = parse_vram(vram), parse_size(reserve)
     budget = vram_b - reserve_b
     space = _shape_options(n_layer, n_head, n_embd, block_size, batch_size, vocab)
     corpus_vocab = _corpus_vocab(data_dir)
@@ -588,7 +593,8 @@ def suggest(
     if no_profile:
         items = verify_with_estimates(items, rec, cap, budget)
     items = multi_gpu(items, gpus)
-    result = {"vram_bytes": vram_b, "reserve_bytes": reserve_b, "budget_bytes": budget, "objective": objective,
+    result = {"vram_bytes": vram_b, "card": card.name if card else None, "reserve_bytes": reserve_b,
+              "budget_bytes": budget, "objective": objective,
               "model_file": str(path), "device": doc["device"], "recipe_key": doc["recipe_key"], "recipe": recipe_d,
               "target": doc["target"], "margin_rel": margin, "data_dir": data_dir,
               "gpus": gpus, "strategy": strategy or ("ddp" if gpus > 1 else None),
@@ -605,7 +611,8 @@ def suggest(
             raise typer.Exit(1)
         return
     console = _console()
-    console.print(f"budget: {_fmt(budget)} ({vram} - reserve {_fmt(reserve_b)}) · model {path.name} "
+    console.print(f"budget: {_fmt(budget)} ({describe(vram_b, card) if card else vram} - reserve {_fmt(reserve_b)})"
+                  f" · model {path.name} "
                   f"({doc['device']}, margin {margin:.1%})")
     if not items:
         need, cfg = smallest_need(mm, margin, **space)

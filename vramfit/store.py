@@ -27,6 +27,11 @@ SCHEMA_VERSION = 1
 DEFAULT_DB = Path("results") / "vramfit.sqlite"
 STATUSES = ("ok", "oom", "timeout", "error")
 DONE_STATUSES = ("ok", "oom")  # resume skips these; error/timeout points are tried again
+# how a CUDA point's nvml_bytes was read: this process's own entry in NVML's compute-process list, or device used
+# minus the idle baseline before the worker started; SHARED_GPU when other compute processes were on the GPU at the
+# same time (their memory may be in the reading: `vramfit fit` leaves such points out unless allowed)
+NVML_SOURCES = ("pid", "device-baseline", "device-shared")
+SHARED_GPU = "device-shared"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _SCHEMA = """
