@@ -172,6 +172,8 @@ class CudaReader:
             if raw is not None:
                 self._cap(max(0, raw - int(self.cuda.memory_reserved(self.device))))
         self.cuda.reset_peak_memory_stats(self.device)
+        self.record["step1_nvml_bytes"] = self.record.get("nvml_bytes")  # kept to show what step 1 alone costs
+        self.record["step1_reserved_bytes"] = self.record.get("reserved_bytes")
         for k in NVML_MAXIMA:
             self.record.pop(k, None)
         self.first_step = 2

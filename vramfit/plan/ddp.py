@@ -138,6 +138,8 @@ def measure_ddp(point: dict, nproc: int = 2, recipe: dict | None = None, measure
     from vramfit.sweep.grid import Measure
     from vramfit.sweep.pool import worker_env
 
+    if nproc < 1:
+        raise VramfitError(f"nproc must be >= 1, got {nproc}")
     m = Measure(**(measure or {}))
     cuda = device.startswith("cuda")
     facts = cpu_facts()
