@@ -83,7 +83,9 @@ ECHO = ("import json, sys; spec = json.loads(sys.stdin.read()); "
 
 
 def test_the_sweep_records_and_sends_the_resolved_compile(tmp_path, monkeypatch):
-    """On a (faked) sm 6.0 GPU the stored recipe and the worker's spec both say compile false, dtype float16."""
+    """On a (faked) sm 6.0 GPU the stored recipe and the worker's spec both say compile false, dtype float16: the
+    value resolved against Inductor's capability check (torch/_inductor/scheduler.py, GPUTooOldForTriton) is the
+    one recorded and run."""
     import vramfit.sweep.runner as runner
     from vramfit.store import Store
     from vramfit.sweep.runner import run_sweep
@@ -123,8 +125,10 @@ def test_inherited_cuda_visible_devices_limits_the_gpus(nvml, monkeypatch):
                                        ("GPU-dddddddd,1", "db"), ("1,nonsense,2", "b"), ("1,1", "b"),
                                        ("GPU-", "")])
 def test_visible_devices_parses_like_cuda(nvml, cvd, want):
-    """CUDA_VISIBLE_DEVICES semantics: ordinals or (unique prefixes of) UUIDs; the list ends at the first entry that
-    names no device or repeats one; '' or '-1' hides every GPU."""
+    """CUDA_VISIBLE_DEVICES semantics (CUDA C++ Programming Guide, "CUDA Environment Variables"): ordinals or
+    (unique prefixes of) UUIDs; the list ends at the first entry that names no device or repeats one; '' or '-1'
+    hides every GPU. NVML's index (pynvml nvmlDeviceGetHandleByIndex) is PCI bus order, hence CUDA_DEVICE_ORDER=
+    PCI_BUS_ID wherever the two meet."""
     nvml(FOUR)
     gpus, _ = devices.all_nvml_devices()
     got = devices.visible_devices(gpus, cvd)
@@ -197,6 +201,8 @@ def test_named_cards_carry_the_total_nvml_reports():
 
 
 def test_suggest_takes_a_card_name_and_says_which(tmp_path, capsys):
+    """`suggest --vram t4` plans for the T4's NVML total (modal-labs/modal-client#2797: 15360 MiB) and says so in
+    the text and in the JSON (`card`)."""
     from planner_data import synthetic_points
 
     from vramfit.cli import main

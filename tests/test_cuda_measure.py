@@ -110,6 +110,8 @@ def test_old_driver_without_v3_structs_or_memory_v2_still_reads(monkeypatch):
 
 
 def test_identifying_our_process_and_counting_the_others():
+    """The pure decisions behind item 4 over (pid, usedGpuMemory) pairs as pynvml's process list gives them
+    (c_nvmlProcessInfo_t): our PID by os.getpid(), else the single PID new since the snapshot, else unknown."""
     me = 42
     assert own_process([(me, 1), (7, 1)], [7], me) == (me, "getpid")
     assert own_process([(HOST_PID, 1), (7, 1)], [7], me) == (HOST_PID, "snapshot")
@@ -121,7 +123,8 @@ def test_identifying_our_process_and_counting_the_others():
 
 
 def test_the_sweep_parent_snapshots_pids_before_spawning(gpu, monkeypatch):
-    """complete_spec (every executor) carries the idle baseline and the compute PIDs already on the GPU."""
+    """complete_spec (every executor) carries the idle baseline (nvmlDeviceGetMemoryInfo used) and the compute PIDs
+    already on the GPU (nvmlDeviceGetComputeRunningProcesses), read just before the worker is spawned."""
     from vramfit.measure.devices import resolve
     from vramfit.sweep.executors import complete_spec
 
