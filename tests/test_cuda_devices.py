@@ -216,4 +216,4 @@ def test_suggest_takes_a_card_name_and_says_which(tmp_path, capsys):
     assert main([*args, "--vram", "t4"]) == 0
     assert "t4 = Tesla T4" in capsys.readouterr().out
     assert main([*args, "--vram", "gtx9"]) == 2
-    assert "cards: t4" in capsys.readouterr().err
+    assert "or a card (t4, " in capsys.readouterr().err

@@ -58,7 +58,7 @@ def parse_vram(text: str) -> tuple[int, Card | None]:
     try:
         n = parse_size(text)
     except SizeError:
-        raise VramfitError(f"cannot read {text!r} as a size or a card (sizes: 8G, 7.5GiB, 8000M; cards: "
+        raise VramfitError(f"cannot parse size {text!r}: give a size (8G, 7.5GiB, 8000M) or a card ("
                            f"{', '.join(CARDS)})") from None
     if n <= 0:
         raise VramfitError(f"a card's memory must be > 0, got {text!r}")
