@@ -2,7 +2,8 @@
 
     python experiments/gpu_validate.py provenance OUT                 # provenance.json (device, driver, torch, ...)
     python experiments/gpu_validate.py corpus PATH                    # a generated text corpus (no network)
-    python experiments/gpu_validate.py capped-train VRAM -- ARGS...   # `vramfit ARGS` with the allocator capped
+    python experiments/gpu_validate.py capped-train VRAM SUGG DB -- --key value ...  # train #1 on an emulated card
+    python experiments/gpu_validate.py check ITEM OUT [DATA_DIR]      # an issue-12 check (experiments/gpu_checks.py)
     python experiments/gpu_validate.py budget OUT VRAM DATA_DIR       # suggest, train #1 under VRAM, next batch
     python experiments/gpu_validate.py heldout OUT                    # model vs held-out points -> heldout.csv
     python experiments/gpu_validate.py dryrun OUT                     # dry-run estimate vs the GPU -> dryrun.csv
@@ -75,26 +76,27 @@ def corpus(path: Path, n_chars: int = 2_000_000) -> None:
     print(f"wrote {path} ({size:,} characters, generated)")
 
 
-def capped_train(vram: str, args: list[str]) -> int:
-    """Run `vramfit ARGS` in this process with the CUDA allocator capped so that context + allocator fit `vram`
-    (the sweep worker's emulation: set_per_process_memory_fraction of (vram - context) / total)."""
-    import torch
+def capped_train(vram: str, suggestions: str, db: str, extra: list[str]) -> int:
+    """Train suggestion #1 of `suggestions` with memory measured as `vramfit train --measure` does, on an emulated
+    card of `vram` (a size or a named card): the reader takes the idle baseline and PIDs before any CUDA context,
+    caps the allocator once the context exists and again after step 1 so that the whole process fits, and marks
+    the run oom when NVML exceeds the card. Exit 0 ok, 3 over the card (NVML), an OOM traceback otherwise."""
+    from gpt.config import load_config
+    from vramfit.cards import describe, parse_vram
+    from vramfit.cli import parse_overrides
+    from vramfit.measure.train_measure import train_and_measure
+    from vramfit.plan.workflows import compare_and_store, load_suggestion, suggestion_overrides
 
-    from vramfit.cli import main
-    from vramfit.measure.probe import NvmlProbe
-    from vramfit.units import parse_size
-
-    cap = parse_size(vram)
-    nv = NvmlProbe(index=0)
-    baseline = nv.device_used()
-    torch.empty(1, device="cuda")
-    torch.cuda.synchronize()
-    ctx, _ = nv.reading(baseline)
-    ctx = ctx if ctx is not None else 512 * 2**20
-    total = torch.cuda.get_device_properties(0).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, (cap - ctx) / total), 0)
-    print(f"capped: {vram} = context {ctx / 2**20:.0f} MiB + allocator {(cap - ctx) / 2**30:.2f} GiB", flush=True)
-    return main(args)
+    cap, card = parse_vram(vram)
+    doc, item = load_suggestion(1, suggestions)
+    cfg = load_config(None, {**suggestion_overrides(doc, item), **parse_overrides(extra)})
+    print(f"emulating {describe(cap, card)}", flush=True)
+    _, record = train_and_measure(cfg, emulate_bytes=cap)
+    for line in compare_and_store(cfg, record, doc, db):
+        print(line, flush=True)
+    print(f"capped: context {record.get('context_bytes')}, non-allocator {record.get('non_allocator_bytes')}, "
+          f"allocator cap {record.get('allocator_cap_bytes')} B; status {record['status']}", flush=True)
+    return 0 if record["status"] == "ok" else 3
 
 
 def next_batch(b: int) -> int:
@@ -123,13 +125,13 @@ def budget(out: Path, vram: str, data_dir: str) -> None:
         return
     top = json.loads(r.stdout)["suggestions"][0]
     run_dir = out / f"train-{vram}"
-    cmd = [PY, str(Path(__file__).resolve()), "capped-train", vram, "--", "train", "--suggestion", "1",
-           "--suggestions", str(sugg), "--db", str(out / "budgets.sqlite"), "--max-iters", "20",
-           "--eval-interval", "1000", "--eval-iters", "2", "--log-interval", "5", "--warmup-iters", "5",
-           "--data-dir", data_dir, "--out-dir", str(ROOT / "out" / f"gpu-validate-{vram}")]
+    cmd = [PY, str(Path(__file__).resolve()), "capped-train", vram, str(sugg), str(out / "budgets.sqlite"), "--",
+           "--max-iters", "20", "--eval-interval", "1000", "--eval-iters", "2", "--log-interval", "5",
+           "--warmup-iters", "5", "--data-dir", data_dir, "--out-dir", str(ROOT / "out" / f"gpu-validate-{vram}")]
     t = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     (run_dir.parent / f"train-{vram}.log").write_text(t.stdout + "\n--- stderr ---\n" + t.stderr[-20000:])
-    train_oom = t.returncode != 0 and ("out of memory" in t.stderr.lower() or "OutOfMemoryError" in t.stderr)
+    train_oom = t.returncode == 3 or (t.returncode != 0 and ("out of memory" in t.stderr.lower()
+                                                             or "OutOfMemoryError" in t.stderr))
     nb = next_batch(top["batch_size"])
     shape = {k: top[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")}
     s = vramfit("sweep", "--device", "cuda", "--db", str(out / "budgets.sqlite"), "--emulate-vram", vram,
@@ -312,9 +314,27 @@ def summary(out: Path) -> None:
         lines += ["## Budgets (--emulate-vram)", "",
                   "| budget | suggestion #1 | batch | predicted + margin (GiB) | 20 iters under the cap (nvml) "
                   "| next batch | next batch under the cap |", "|---|---|---:|---:|---|---:|---|", *rows, ""]
+    lines += checks_section(out)
     path = out / "summary.md"
     path.write_text("\n".join(lines))
     print(f"wrote {path}")
+
+
+def checks_section(out: Path) -> list[str]:
+    """Which of issue 12's items were checked on this GPU (stages check-4 .. check-9) and which on the CPU only."""
+    rows = []
+    for item in range(1, 10):
+        f = out / "checks" / f"item{item}.json"
+        if item <= 3:
+            rows.append(f"| {item} | CPU tests only (tests/test_probe.py, tests/test_cuda_devices.py) | - | |")
+        elif not f.is_file():
+            rows.append(f"| {item} | not run on this GPU (stage check-{item}) | - | |")
+        else:
+            c = json.loads(f.read_text())
+            nums = json.dumps(c.get("numbers"), default=str)
+            rows.append(f"| {item} | {c['what']} | **{c['status']}** | {c.get('note', '')}; `{nums[:300]}` |")
+    return ["## Issue 12: the CUDA paths on this GPU", "",
+            "| item | checked | result | numbers |", "|---|---|---|---|", *rows, ""]
 
 
 def cli(argv: list[str]) -> int:
@@ -327,8 +347,12 @@ def cli(argv: list[str]) -> int:
     elif cmd == "corpus":
         corpus(Path(rest[0]))
     elif cmd == "capped-train":
-        vram, args = rest[0], rest[2:] if len(rest) > 1 and rest[1] == "--" else rest[1:]
-        return capped_train(vram, args)
+        vram, sugg, db, extra = rest[0], rest[1], rest[2], rest[3:]
+        return capped_train(vram, sugg, db, extra[1:] if extra[:1] == ["--"] else extra)
+    elif cmd == "check":
+        from gpu_checks import run_check
+
+        return run_check(rest[0], Path(rest[1]), rest[2:])
     elif cmd == "budget":
         budget(Path(rest[0]), rest[1], rest[2])
     elif cmd == "heldout":

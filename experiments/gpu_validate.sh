@@ -8,6 +8,10 @@
 # Stages, in order (a stage that finished leaves results/gpu/<slug>/.stages/<stage>.done and is skipped):
 #   setup      check python, CUDA torch and the dependencies (never installs torch); prepare a corpus
 #   info       vramfit info, nvidia-smi, provenance.json (device, driver, torch, CUDA, recipe, date, commit)
+#   check-4 .. check-9
+#              issue 12 on the real card (experiments/gpu_checks.py; results in checks/item<N>.json):
+#              4 own PID vs a foreign process, 5 train --measure's GPU and baseline, 6 emulated-card caps,
+#              7 peak vs raw NVML, 8 step 1 out of the peak (compiled), 9 NCCL's memory   ~1-2 min each
 #   sweep      adaptive sweep over experiments/grids/gpu_adaptive.toml (bf16, compile, flash; <= 12 points;
 #              resumes from the database when cut off: rerun the stage)                      ~6-10 min
 #   heldout    the 6 held-out points of experiments/grids/gpu_heldout.toml (own database)   ~3-5 min
@@ -15,8 +19,8 @@
 #   budget-8 budget-12 budget-16 budget-24
 #              suggest for that card, train suggestion #1 for 20 iterations under the cap (must not OOM),
 #              then try the next larger batch under the cap (should OOM)                    ~1-2 min each
-#   summary    summary.md with every table                                                  seconds
-# Expected device time: ~25 minutes over three or four 10-minute commands.
+#   summary    summary.md with every table, and which of issue 12's items this GPU checked    seconds
+# Expected device time: ~35 minutes over four or five 10-minute commands.
 #
 # Environment: VRAMFIT_PYTHON (default: .venv/bin/python if present, else python3), VRAMFIT_CORPUS (a UTF-8
 # text file; default ../shared/data/tinyshakespeare.txt, else a generated one), VRAMFIT_STAGE_SECONDS (the time
@@ -35,7 +39,8 @@ POINTS="${VRAMFIT_POINTS:-12}"
 START=$(date +%s)
 VF=("$PY" -m vramfit)
 HELP="$PY experiments/gpu_validate.py"
-STAGES=(setup info sweep heldout fit budget-8 budget-12 budget-16 budget-24 summary)
+STAGES=(setup info check-4 check-5 check-6 check-7 check-8 check-9 sweep heldout fit budget-8 budget-12 budget-16
+        budget-24 summary)
 
 log() { echo "[gpu_validate $(date +%H:%M:%S)] $*"; }
 left() { echo $(( BOX - ($(date +%s) - START) )); }
@@ -125,6 +130,13 @@ EOF
       [[ $rc == 124 || $rc == 130 || $rc == 137 ]] && return 3
       [[ $rc == 0 ]] || return 2
       [[ -f "$OUT/budgets.sqlite" ]] && "${VF[@]}" export --db "$OUT/budgets.sqlite" --csv "$OUT/budgets.csv" >/dev/null ;;
+    check-*)
+      local item=${s#check-}
+      (( t > 150 )) || return 3  # a check needs ~1-2 minutes: start it in the next invocation
+      timeout --signal=INT --kill-after=20 "$t" $HELP check "$item" "$OUT" "$DATA" 2>&1 | tee -a "$OUT/checks.log"
+      local rc=${PIPESTATUS[0]}
+      [[ $rc == 124 || $rc == 130 || $rc == 137 ]] && return 3
+      [[ $rc == 0 || $rc == 1 ]] || return 2 ;;  # a failed check is a result (in summary.md), not a crash
     summary)
       $HELP summary "$OUT" || return 2 ;;
     *)

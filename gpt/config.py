@@ -40,14 +40,18 @@ def resolve_recipe(dtype: str, compile: bool | None, optimizer: str, device_type
                    capability: tuple[int, int] | None = None) -> tuple[str, bool, str]:
     """('auto' dtype, None compile, 'auto' optimizer) made concrete for a device: the one place this is decided.
 
-    CUDA: bf16 from capability 8.0 (fp16 below), compile from 7.0 (Inductor's Triton backend needs it); an unknown
-    capability counts as new enough. CPU: fp32, eager. The optimizer 'auto' is the fused AdamW."""
+    CUDA: bf16 from capability 8.0 (fp16 below), compile from 7.0 (Inductor's Triton backend needs it: an explicit
+    compile on an older GPU is refused here rather than failing every step); an unknown capability counts as new
+    enough. CPU: fp32, eager. The optimizer 'auto' is the fused AdamW."""
     cuda = device_type == "cuda"
     cap = capability or (99, 0)
     if dtype == "auto":
         dtype = ("bfloat16" if cap >= MIN_BF16_CAPABILITY else "float16") if cuda else "float32"
     if compile is None:
         compile = cuda and cap >= MIN_COMPILE_CAPABILITY
+    elif compile and cuda and cap < MIN_COMPILE_CAPABILITY:
+        raise ConfigError(f"compile needs CUDA compute capability >= {MIN_COMPILE_CAPABILITY[0]}.0 (Inductor's Triton "
+                          f"backend); this GPU is {cap[0]}.{cap[1]}: set compile = false")
     return dtype, bool(compile), "fused" if optimizer == "auto" else optimizer
 
 

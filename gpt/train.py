@@ -39,6 +39,13 @@ def device_capability(device: str) -> tuple[int, int] | None:
     return tuple(torch.cuda.get_device_capability(torch.device(device)))
 
 
+def resolve_for_device(cfg: TrainConfig, device: str) -> tuple[str, bool, str]:
+    """(dtype, compile, optimizer) of `cfg` on `device`, decided by `gpt.config.resolve_recipe` with the capability
+    of the GPU actually used (compile off below 7.0, where Inductor raises GPUTooOldForTriton)."""
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    return resolve_recipe(cfg.dtype, cfg.compile, cfg.optimizer, device_type, device_capability(device))
+
+
 @dataclass
 class Dist:
     """This process's place in a torchrun job (rank 0 of 1 when not launched by torchrun)."""
@@ -111,8 +118,7 @@ class Trainer:
         self.cfg = cfg
         self.device = device or resolve_device(cfg.device)
         self.device_type = "cuda" if self.device.startswith("cuda") else "cpu"
-        self.dtype, use_compile, self.optimizer_impl = resolve_recipe(
-            cfg.dtype, cfg.compile, cfg.optimizer, self.device_type, device_capability(self.device))
+        self.dtype, self.compile, self.optimizer_impl = resolve_for_device(cfg, self.device)
         if self.dtype == "float16" and self.device_type == "cpu":
             raise ConfigError("float16 training is CUDA-only here; use bfloat16 or float32 on the CPU")
         self.model_config = model_config
@@ -127,7 +133,7 @@ class Trainer:
         else:
             ptdtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
             self.autocast = lambda: torch.autocast(device_type=self.device_type, dtype=ptdtype)
-        self.forward = torch.compile(self.model) if use_compile else self.model
+        self.forward = torch.compile(self.model) if self.compile else self.model
         self.eval_forward = self.forward  # no DDP wrapper: evaluation needs no gradient synchronisation
         self.rank, self.world_size = _world()
         self.ddp = None

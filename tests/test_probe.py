@@ -90,8 +90,8 @@ def test_rss_helpers():
 def test_nvml_probe_without_a_gpu_returns_none():
     nv = NvmlProbe()
     assert not nv.ok and nv.error
-    assert nv.device_used() is None and nv.process_used() is None
-    assert nv.reading(123) == (None, "none")
+    assert nv.device_used() is None and nv.process_used() is None and nv.processes() is None
+    assert nv.snapshot() == {"idle_baseline": None, "pids_before": None}
 
 
 def test_malloc_for_speed_sets_glibc_thresholds():
@@ -104,3 +104,20 @@ def test_malloc_for_speed_sets_glibc_thresholds():
     if lib is None or not hasattr(ctypes.CDLL(lib), "mallopt"):
         pytest.skip("not glibc")
     assert malloc_for_speed() is True
+
+
+def test_probe_imports_without_the_unix_only_resource_module():
+    """Issue 12 item 1: `resource` is Unix-only (absent on Windows), so the worker, the idle baseline and
+    `train --measure` must import without it; peak RSS then comes from /proc or is 0. (CPython docs: "resource —
+    Resource usage information ... Availability: Unix".) A child process hides the module: `sys.modules[name] = None`
+    makes `import resource` raise ImportError, as on Windows."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['resource'] = None\n"
+            "import vramfit.measure.probe as p, vramfit.measure.worker, vramfit.measure.train_measure\n"
+            "import vramfit.sweep.pool\n"
+            "print(p.peak_rss_bytes() >= 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip() == "True"

@@ -144,7 +144,8 @@ def test_page_equals_predict_for_random_configs(browser, page, capsys):
 
 
 def test_page_adds_the_ddp_term_with_several_gpus(browser, page):
-    """With GPUs > 1 the page predicts per-GPU memory as plan.ddp's DdpMemoryModel: + 4 B/param of buckets."""
+    """With GPUs > 1 the page predicts per-GPU memory as plan.ddp's DdpMemoryModel: + 4 B/param of buckets and
+    NCCL's per-GPU constant."""
     model = for_strategy(page["report"].model, 4, None)
     for cfg in _random_configs(5, seed=1):
         _set(browser, gpus="4", **cfg)
@@ -248,12 +249,12 @@ def test_synthetic_untimed_points_still_make_a_page(tmp_path):
 
 
 def test_named_cards_from_vramfit_cards(browser, page, monkeypatch):
-    """Where a `vramfit.cards` module lists cards (name -> bytes), the budget input takes their names too."""
-    import sys
-    import types
+    """The budget input takes the names of `vramfit.cards.CARDS` too (the table `--vram` reads)."""
+    import vramfit.cards
 
-    card = types.SimpleNamespace(total_bytes=8_361_738_240)
-    monkeypatch.setitem(sys.modules, "vramfit.cards", types.SimpleNamespace(CARDS={"RTX-Test": card, "t-x": 2**34}))
+    card = vramfit.cards.Card("rtx-test", "RTX Test", 8_361_738_240, "test")
+    other = vramfit.cards.Card("t-x", "X", 2**34, "test")
+    monkeypatch.setattr(vramfit.cards, "CARDS", {"rtx-test": card, "t-x": other})
     report = page["report"]
     ctx = PlanContext(vram_bytes=8 * 2**30, reserve_bytes=0, vocab_size=50304, sources=["test"])
     points = timed_synthetic(noise=0.01)

@@ -227,7 +227,8 @@ def sweep(
     device: str = typer.Option("auto", help="auto | cpu | cuda | cuda:N"),
     devices: str = typer.Option(None, "--devices", help="GPU indices to use in parallel, e.g. 0,1"),
     db: Path = typer.Option(Path("results/vramfit.sqlite"), "--db", help="SQLite database"),
-    emulate_vram: str = typer.Option(None, "--emulate-vram", help="behave like a card this big, e.g. 8G"),
+    emulate_vram: str = typer.Option(None, "--emulate-vram", help="behave like a card this big, e.g. 8G, or a "
+                                     "named card (t4, a100-40g, rtx4090, ...: its NVML total)"),
     redo: bool = typer.Option(False, "--redo", help="measure again points already in the database"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output"),
     n_layer: str = typer.Option(None, "--n-layer", help="axis override, e.g. 4,8"),
@@ -258,9 +259,9 @@ def sweep(
     """Profile training memory over a grid, one fresh process per point, into SQLite (resumable).
     `--plan adaptive` measures a few informative points and stops when the model is accurate enough;
     `--boundary` finds the largest batch that fits each shape of the grid."""
+    from vramfit.cards import describe, parse_vram
     from vramfit.sweep.grid import load_grid, parse_int_list
     from vramfit.sweep.runner import run_sweep
-    from vramfit.units import parse_size
 
     axes = {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "block_size": block_size,
             "batch_size": batch_size, "vocab_size": vocab_size}
@@ -271,9 +272,9 @@ def sweep(
     spec = load_grid(grid, overrides, {"dtype": dtype} if dtype else None, measure)
     if plan == "grid" and not boundary:
         _confirm_size(len(spec.points()[0]), yes)
-    emulate = parse_size(emulate_vram) if emulate_vram else None
-    if emulate is not None and emulate <= 0:
-        fail("--emulate-vram must be > 0")
+    emulate, card = parse_vram(emulate_vram) if emulate_vram else (None, None)
+    if card is not None and not quiet:
+        typer.echo(f"--emulate-vram {describe(emulate, card)}")
     indices = parse_int_list(devices, "--devices", minimum=0) if devices else None
     if plan not in ("grid", "adaptive"):
         fail(f"unknown --plan {plan!r}; choose grid or adaptive")
@@ -390,6 +391,8 @@ def fit(
                               "to the stored `vramfit train` runs, per corpus (needs 3 runs of 2+ sizes)"),
     corpus: Path = typer.Option(None, "--corpus", help="--loss: only this prepared corpus (data dir)"),
     loss_out: Path = typer.Option(Path("results/losslaw"), "--loss-out", help="--loss: where loss-law JSON goes"),
+    allow_shared: bool = typer.Option(False, "--allow-shared-gpu", help="keep NVML readings taken as device used "
+                                      "minus baseline while other processes used the GPU (left out by default)"),
 ) -> None:
     """Fit the memory and throughput models per device and recipe; print coefficients and CV error beside the
     baselines. With --loss, fit the loss law of each corpus to the stored training runs instead."""
@@ -410,7 +413,8 @@ def fit(
                 fail(f"none of the {n} points in {db} match " + " and ".join(
                     f"--{k} {v}" for k, v in (("device", device), ("recipe", recipe)) if v))
     console = _console()
-    for report, path in fit_and_save(points, out, target=target, regimes=regimes, dryrun=dry_run):
+    for report, path in fit_and_save(points, out, target=target, regimes=regimes, dryrun=dry_run,
+                                     allow_shared=allow_shared):
         console.print(f"[bold]{_esc(report.device)}[/] · recipe {report.recipe_key} · target {report.target} · "
                       f"{report.n_points} points -> {_esc(str(path))}")
         console.print(to_rich(coefficient_table(report.model)))
@@ -497,7 +501,8 @@ def predict(
 
 @app.command()
 def suggest(
-    vram: str = typer.Option(..., help="the card's memory: 8G, 7.5GiB, 8000M, 24GB (binary units: 8G = 8 GiB)"),
+    vram: str = typer.Option(..., help="the card's memory: 8G, 7.5GiB, 8000M, 24GB (binary units: 8G = 8 GiB), or a "
+                             "card: t4, l4, a10, a100-40g, h100-80g, rtx3090, ... (its NVML total)"),
     reserve: str = typer.Option("0", help="memory kept free for the display and other processes, e.g. 500M"),
     objective: str = typer.Option("params", help="params (largest model) | tokens (most tokens per step) | "
                                                  "balanced (params x tokens)"),
@@ -572,8 +577,10 @@ def suggest(
         typer.echo(line)
     doc, budget = rec.doc, rec.doc["budget_bytes"]
     console = _console()
-    console.print(f"budget: {_fmt(budget)} ({_esc(vram)} - reserve {_fmt(doc['reserve_bytes'])}) · model "
-                  f"{_esc(rec.model_path.name)} ({_esc(doc['device'])}, margin {doc['margin_rel']:.1%})")
+    card = doc.get("card")
+    console.print(f"budget: {_fmt(budget)} ({_esc(rec.vram_label if card else vram)} - reserve "
+                  f"{_fmt(doc['reserve_bytes'])}) · model {_esc(rec.model_path.name)} ({_esc(doc['device'])}, "
+                  f"margin {doc['margin_rel']:.1%})")
     if rec.nothing_fits is not None:
         need, cfg = rec.nothing_fits
         console.print(f"nothing fits in {_fmt(budget)}. The smallest config in this space needs {_fmt(need)}: "

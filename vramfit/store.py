@@ -15,18 +15,24 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import pandas as pd
 
 from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
+
+if TYPE_CHECKING:
+    import pandas as pd  # imported by the queries that build frames: opening the store does not load pandas
 
 SCHEMA_VERSION = 1
 DEFAULT_DB = Path("results") / "vramfit.sqlite"
 STATUSES = ("ok", "oom", "timeout", "error")
 DONE_STATUSES = ("ok", "oom")  # resume skips these; error/timeout points are tried again
+# how a CUDA point's nvml_bytes was read: this process's own entry in NVML's compute-process list, or device used
+# minus the idle baseline before the worker started; SHARED_GPU when other compute processes were on the GPU at the
+# same time (their memory may be in the reading: `vramfit fit` leaves such points out unless allowed)
+NVML_SOURCES = ("pid", "device-baseline", "device-shared")
+SHARED_GPU = "device-shared"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 _SCHEMA = """
@@ -410,6 +416,8 @@ class Store:
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY p.point_id"
         )
+        import pandas as pd
+
         df = pd.read_sql_query(sql, self.conn, params=args)
         for col in _NUMERIC_COLUMNS:  # NULL -> NaN, so readings are float64 whether or not any is missing
             df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
@@ -473,6 +481,8 @@ class Store:
             + ", ".join(f"SUM(p.status = '{st}') AS n_{st}" for st in STATUSES)
             + " FROM sweeps s LEFT JOIN points p USING (sweep_id) GROUP BY s.sweep_id ORDER BY s.sweep_id"
         )
+        import pandas as pd
+
         df = pd.read_sql_query(sql, self.conn)
         for st in STATUSES:
             df[f"n_{st}"] = df[f"n_{st}"].fillna(0).astype(int)

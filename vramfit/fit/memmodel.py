@@ -32,6 +32,7 @@ from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.fit.features import BREAKDOWN, NAIVE, PHYSICS, UNITS, frame_features, shape_key
 from vramfit.fit.stats import cv_predictions, error_metrics, nnls, nonneg_slope
+from vramfit.store import SHARED_GPU
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where frames are built: predicting from a model file needs no pandas
@@ -258,10 +259,21 @@ def data_hash(df: pd.DataFrame, target_col: str) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def fit_points(points: pd.DataFrame, target: str = "auto", regimes: int = 2, dryrun=None) -> FitReport:
+def trusted_points(points: pd.DataFrame, target: str, allow_shared: bool = False) -> pd.DataFrame:
+    """The rows a fit may use for `target`: an NVML reading taken as device used minus the idle baseline while
+    other compute processes were on the GPU (nvml_source 'device-shared') may count their memory, so such rows
+    are left out unless `allow_shared`."""
+    if target != "nvml" or allow_shared or "nvml_source" not in points.columns:
+        return points
+    return points[points["nvml_source"].fillna("") != SHARED_GPU]
+
+
+def fit_points(points: pd.DataFrame, target: str = "auto", regimes: int = 2, dryrun=None,
+               allow_shared: bool = False) -> FitReport:
     """Fit ours and the naive baseline on the ok points of ONE device+recipe; CV both; check OOM rows.
 
-    `dryrun(ok_points) -> bytes per row` (the dry-run estimator) adds a third model, y = c0 + k*estimate."""
+    `dryrun(ok_points) -> bytes per row` (the dry-run estimator) adds a third model, y = c0 + k*estimate.
+    `allow_shared`: keep NVML readings taken while other processes shared the GPU (see `trusted_points`)."""
     import pandas as pd
 
     if points.empty:
@@ -271,9 +283,13 @@ def fit_points(points: pd.DataFrame, target: str = "auto", regimes: int = 2, dry
     if target not in TARGETS:
         raise VramfitError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     col = TARGETS[target]
-    ok = points[(points["status"] == "ok") & points[col].notna()].reset_index(drop=True)
+    kept = trusted_points(points, target, allow_shared)
+    ok = kept[(kept["status"] == "ok") & kept[col].notna()].reset_index(drop=True)
     if len(ok) < 3:
-        raise VramfitError(f"need at least 3 ok points with a {target} reading to fit, have {len(ok)}")
+        shared = len(points) - len(kept)
+        raise VramfitError(f"need at least 3 ok points with a {target} reading to fit, have {len(ok)}"
+                           + (f" ({shared} read while other processes shared the GPU are left out: "
+                              "`vramfit fit --allow-shared-gpu` keeps them)" if shared else ""))
     X, y = frame_features(ok), ok[col].to_numpy(dtype=np.float64)
     groups = shape_key(ok).to_numpy()
     ours = lambda: MemoryModel(PHYSICS, regimes=regimes)  # noqa: E731

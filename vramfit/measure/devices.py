@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from vramfit.errors import VramfitError
 from vramfit.recipe import Recipe
@@ -20,9 +20,9 @@ class DeviceFacts:
 
     device_type: str  # 'cuda' | 'cpu'
     device_name: str
-    total_memory_bytes: int | None
-    index: int | None = None  # NVML index (CUDA) or None
-    gpu_uuid: str | None = None
+    total_memory_bytes: int | None  # a MIG instance: the instance's memory, not the parent GPU's
+    index: int | None = None  # the CUDA ordinal here: position among the visible GPUs in PCI bus order
+    gpu_uuid: str | None = None  # 'GPU-...', or 'MIG-...' for a MIG instance
     compute_capability: str | None = None  # "9.0"
     used_memory_bytes: int | None = None
     driver_version: str | None = None
@@ -30,6 +30,8 @@ class DeviceFacts:
     torch_version: str | None = None
     hostname: str = field(default_factory=socket.gethostname)
     source: str = "nvml"  # nvml | torch | proc
+    nvml_index: int | None = None  # NVML's index of the physical GPU (PCI bus order), whatever is visible
+    mig_parent_uuid: str | None = None  # a MIG instance: the GPU it is carved from
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -64,8 +66,65 @@ def _decode(v: object) -> str:
     return v.decode() if isinstance(v, bytes) else str(v)
 
 
-def nvml_devices() -> tuple[list[DeviceFacts], str]:
-    """GPUs seen by NVML and a note ('' when NVML worked)."""
+PCI_ORDER = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}  # CUDA's ordinals in NVML's (PCI bus) order, not fastest-first
+
+
+def _match(entry: str, gpus: list[DeviceFacts]) -> DeviceFacts | None:
+    """The GPU one CUDA_VISIBLE_DEVICES entry names: an ordinal (PCI bus order), a UUID or a unique UUID prefix."""
+    if entry.isdigit():
+        i = int(entry)
+        return gpus[i] if i < len(gpus) else None
+    if not entry.startswith(("GPU-", "MIG-")):
+        return None
+    hits = [g for g in gpus if g.gpu_uuid and g.gpu_uuid.startswith(entry)]
+    exact = [g for g in hits if g.gpu_uuid == entry]
+    return exact[0] if exact else hits[0] if len(hits) == 1 else None
+
+
+def visible_devices(gpus: list[DeviceFacts], cvd: str | None) -> list[DeviceFacts]:
+    """The GPUs a CUDA process here may use, in CUDA's order, each with `index` set to its CUDA ordinal.
+
+    `gpus`: every device NVML lists, in NVML's (PCI bus) order, MIG instances in place of their GPU. `cvd`: the
+    inherited CUDA_VISIBLE_DEVICES (None: unset, all visible; '': none). Its entries are ordinals (read in PCI bus
+    order: vramfit sets CUDA_DEVICE_ORDER=PCI_BUS_ID wherever CUDA and NVML indices meet), GPU-/MIG- UUIDs or unique
+    UUID prefixes; like CUDA, the list ends at the first entry that names no device (e.g. '-1') or repeats one."""
+    if cvd is None:
+        chosen = list(gpus)
+    else:
+        chosen = []
+        for entry in (e.strip() for e in cvd.split(",")):
+            g = _match(entry, gpus)
+            if g is None or any(g is c for c in chosen):
+                break
+            chosen.append(g)
+    return [replace(g, index=i) for i, g in enumerate(chosen)]
+
+
+def _mig_instances(nv, h, parent: DeviceFacts) -> list[DeviceFacts]:
+    """The MIG instances of a GPU in MIG mode (nvmlDeviceGetMigDeviceHandleByIndex over the max count), each with
+    its own memory (nvmlDeviceGetMemoryInfo of the MIG handle); [] when MIG is off or not supported."""
+    try:
+        current, _pending = nv.nvmlDeviceGetMigMode(h)
+    except Exception:  # NVMLError_NotSupported: no MIG on this GPU (or an old driver)
+        return []
+    if current != getattr(nv, "NVML_DEVICE_MIG_ENABLE", 1):
+        return []
+    out = []
+    for i in range(nv.nvmlDeviceGetMaxMigDeviceCount(h)):
+        try:
+            m = nv.nvmlDeviceGetMigDeviceHandleByIndex(h, i)
+        except Exception:  # NVMLError_NotFound: an empty slot
+            continue
+        mem = nv.nvmlDeviceGetMemoryInfo(m)
+        out.append(replace(parent, device_name=_decode(nv.nvmlDeviceGetName(m)), total_memory_bytes=int(mem.total),
+                           used_memory_bytes=int(mem.used), gpu_uuid=_decode(nv.nvmlDeviceGetUUID(m)),
+                           mig_parent_uuid=parent.gpu_uuid))
+    return out
+
+
+def all_nvml_devices() -> tuple[list[DeviceFacts], str]:
+    """Every device NVML lists (PCI bus order; a GPU in MIG mode as its MIG instances), and a note ('' when NVML
+    worked). Not filtered by CUDA_VISIBLE_DEVICES: see `nvml_devices`."""
     try:
         import pynvml
 
@@ -73,7 +132,7 @@ def nvml_devices() -> tuple[list[DeviceFacts], str]:
     except Exception as exc:  # ImportError or NVMLError (no library, no driver)
         return [], f"NVML unavailable ({type(exc).__name__})"
     tv, cuda = _torch_versions()
-    out = []
+    out: list[DeviceFacts] = []
     try:
         driver = _decode(pynvml.nvmlSystemGetDriverVersion())
         for i in range(pynvml.nvmlDeviceGetCount()):
@@ -83,15 +142,48 @@ def nvml_devices() -> tuple[list[DeviceFacts], str]:
                 cc = ".".join(str(x) for x in pynvml.nvmlDeviceGetCudaComputeCapability(h))
             except Exception:
                 cc = None
-            out.append(DeviceFacts(
+            gpu = DeviceFacts(
                 device_type="cuda", device_name=_decode(pynvml.nvmlDeviceGetName(h)), index=i,
                 total_memory_bytes=int(mem.total), used_memory_bytes=int(mem.used),
                 gpu_uuid=_decode(pynvml.nvmlDeviceGetUUID(h)), compute_capability=cc, driver_version=driver,
-                cuda_version=cuda, torch_version=tv, source="nvml",
-            ))
+                cuda_version=cuda, torch_version=tv, source="nvml", nvml_index=i,
+            )
+            out += _mig_instances(pynvml, h, gpu) or [gpu]
     except Exception as exc:
         return out, f"NVML error ({type(exc).__name__}: {exc})"
     return out, ""
+
+
+def nvml_devices() -> tuple[list[DeviceFacts], str]:
+    """The GPUs this process may use as NVML sees them (the inherited CUDA_VISIBLE_DEVICES applied: a Slurm job,
+    a container or a Ray task only ever sees its own), and a note ('' when NVML worked)."""
+    gpus, note = all_nvml_devices()
+    return visible_devices(gpus, os.environ.get("CUDA_VISIBLE_DEVICES")), note
+
+
+def same_uuid(a: str | bytes | None, b: str | bytes | None) -> bool:
+    """Whether two device UUIDs name the same device: torch prints a MIG instance's UUID as 'GPU-<uuid>' where NVML
+    says 'MIG-<uuid>', so the prefix is ignored."""
+    if not a or not b:
+        return False
+    bare = [(x.decode() if isinstance(x, bytes) else str(x)).removeprefix("GPU-").removeprefix("MIG-") for x in (a, b)]
+    return bare[0] == bare[1]
+
+
+def facts_for_uuid(uuid: str | None) -> DeviceFacts | None:
+    """The NVML facts of the device with this UUID (a GPU or a MIG instance), None when NVML does not list it."""
+    if not uuid:
+        return None
+    gpus, _ = all_nvml_devices()
+    return next((g for g in gpus if same_uuid(g.gpu_uuid, uuid)), None)
+
+
+def torch_uuid(props: object) -> str | None:
+    """'GPU-<uuid>' from `torch.cuda.get_device_properties(d)` (whose `uuid` prints without the prefix)."""
+    uuid = str(getattr(props, "uuid", "") or "")
+    if not uuid:
+        return None
+    return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
 
 
 def torch_cuda_devices() -> list[DeviceFacts]:
@@ -104,10 +196,9 @@ def torch_cuda_devices() -> list[DeviceFacts]:
         out = []
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            uuid = str(getattr(p, "uuid", "")) or None
             out.append(DeviceFacts(
                 device_type="cuda", device_name=p.name, index=i, total_memory_bytes=int(p.total_memory),
-                gpu_uuid=f"GPU-{uuid}" if uuid and not uuid.startswith("GPU-") else uuid,
+                gpu_uuid=torch_uuid(p),
                 compute_capability=f"{p.major}.{p.minor}", torch_version=torch.__version__,
                 cuda_version=torch.version.cuda, source="torch",
             ))
@@ -187,6 +278,9 @@ def info_lines() -> list[str]:
     lines = [f"torch {tv}, CUDA runtime {cuda or 'none'}, host {socket.gethostname()}"]
     if note:
         lines.append(note)
+    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if cvd is not None:
+        lines.append(f"CUDA_VISIBLE_DEVICES={cvd}: {len(gpus)} device(s) visible (ordinals in PCI bus order)")
     if not gpus:
         cpu = cpu_facts()
         mem = format_size(cpu.total_memory_bytes) if cpu.total_memory_bytes else "?"
@@ -197,6 +291,8 @@ def info_lines() -> list[str]:
         used = f", {format_size(g.used_memory_bytes)} used" if g.used_memory_bytes is not None else ""
         lines.append(
             f"GPU {g.index}: {g.device_name} {g.gpu_uuid or ''} compute {g.compute_capability or '?'}, "
+            + (f"NVML index {g.nvml_index}, " if g.nvml_index not in (None, g.index) else "")
+            + (f"MIG instance of {g.mig_parent_uuid}, " if g.mig_parent_uuid else "") +
             f"{format_size(g.total_memory_bytes or 0)} total{used}, driver {g.driver_version or '?'} ({g.source})"
         )
     return lines

@@ -6,13 +6,14 @@ Everything here is safe to import without CUDA or NVML; each probe says when it 
 from __future__ import annotations
 
 import os
-import resource
 import weakref
 from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
+
+from vramfit.measure.devices import same_uuid
 
 __all__ = [
     "StorageTracker",
@@ -159,7 +160,8 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size (VmHWM) of this process in bytes; getrusage where /proc is missing."""
+    """Peak resident set size (VmHWM) of this process in bytes; getrusage where /proc is missing; 0 where neither
+    exists (Windows: `resource` is Unix-only, so it is imported here, never at module level)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -167,6 +169,10 @@ def peak_rss_bytes() -> int:
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
+    try:
+        import resource
+    except ImportError:
+        return 0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -205,8 +211,33 @@ def malloc_for_speed() -> bool:
 # ---------------------------------------------------------------------------------------------- CUDA: NVML
 
 
+def _handle(nv, uuid: str | None, index: int):
+    """An NVML handle by UUID (a GPU's, or a MIG instance's: found among the MIG handles where the driver's
+    nvmlDeviceGetHandleByUUID does not take the UUID), else by NVML index."""
+    if not uuid:
+        return nv.nvmlDeviceGetHandleByIndex(index)
+    try:
+        return nv.nvmlDeviceGetHandleByUUID(uuid.encode() if isinstance(uuid, str) else uuid)
+    except Exception:
+        pass
+    for i in range(nv.nvmlDeviceGetCount()):
+        h = nv.nvmlDeviceGetHandleByIndex(i)
+        try:
+            n = nv.nvmlDeviceGetMaxMigDeviceCount(h)
+        except Exception:
+            continue
+        for k in range(n):
+            try:
+                m = nv.nvmlDeviceGetMigDeviceHandleByIndex(h, k)
+            except Exception:
+                continue
+            if same_uuid(nv.nvmlDeviceGetUUID(m), uuid):
+                return m
+    raise LookupError(f"no NVML device with UUID {uuid}")
+
+
 class NvmlProbe:
-    """NVML readings for one GPU (by UUID): this process's used memory, else device used minus a baseline.
+    """NVML readings for one device (by UUID: a GPU or a MIG instance): used memory, the compute processes.
 
     `ok` is False when NVML is missing or fails; every method then returns None instead of raising.
     """
@@ -220,59 +251,77 @@ class NvmlProbe:
 
             self._nv = pynvml
             pynvml.nvmlInit()
-            if uuid:
-                self.handle = pynvml.nvmlDeviceGetHandleByUUID(uuid.encode() if isinstance(uuid, str) else uuid)
-            else:
-                self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            self.handle = _handle(pynvml, uuid, index)
             self.ok = True
-        except Exception as exc:  # ImportError, NVMLError_* (library not found, no driver, ...)
+        except Exception as exc:  # ImportError, NVMLError_* (library not found, no driver, ...), LookupError
             self.error = f"{type(exc).__name__}: {exc}"
+
+    def _memory(self):
+        nv = self._nv
+        try:
+            return nv.nvmlDeviceGetMemoryInfo(self.handle, version=nv.nvmlMemory_v2)
+        except Exception:  # drivers before the v2 struct: NVMLError_FunctionNotFound
+            return nv.nvmlDeviceGetMemoryInfo(self.handle)
 
     def device_used(self) -> int | None:
         """Device-wide used bytes (v2 memory info, which excludes reserved memory, where available)."""
         if not self.ok:
             return None
-        nv = self._nv
         try:
-            try:
-                return int(nv.nvmlDeviceGetMemoryInfo(self.handle, version=nv.nvmlMemory_v2).used)
-            except Exception:
-                return int(nv.nvmlDeviceGetMemoryInfo(self.handle).used)
+            return int(self._memory().used)
         except Exception:
             return None
+
+    def device_total(self) -> int | None:
+        """The device's total bytes as NVML reports them (a MIG instance: the instance's)."""
+        if not self.ok:
+            return None
+        try:
+            return int(self._memory().total)
+        except Exception:
+            return None
+
+    def processes(self) -> list[tuple[int, int | None]] | None:
+        """(pid, used bytes or None) of each compute process on the device; None when NVML cannot list them.
+
+        nvidia-ml-py's unversioned nvmlDeviceGetComputeRunningProcesses uses the v3 struct and raises
+        NVMLLibraryMismatchError on a driver without it; the v2 call is tried next. usedGpuMemory is None where
+        NVML cannot attribute memory to a process (Windows WDDM, MIG without privileges)."""
+        if not self.ok:
+            return None
+        for name in ("nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetComputeRunningProcesses_v2"):
+            fn = getattr(self._nv, name, None)
+            if fn is None:
+                continue
+            try:
+                procs = fn(self.handle)
+            except Exception:
+                continue
+            return [(int(p.pid), None if p.usedGpuMemory is None else int(p.usedGpuMemory)) for p in procs]
+        return None
 
     def process_used(self, pid: int | None = None) -> int | None:
         """Used bytes of process `pid` (default: this one) from the compute-process list; None if not listed
         (containers report host PIDs) or unavailable."""
-        if not self.ok:
-            return None
         pid = os.getpid() if pid is None else pid
-        try:
-            procs = self._nv.nvmlDeviceGetComputeRunningProcesses(self.handle)
-        except Exception:
-            return None
-        for p in procs:
-            if p.pid == pid and p.usedGpuMemory is not None:
-                return int(p.usedGpuMemory)
-        return None
+        return dict(self.processes() or []).get(pid)
 
-    def reading(self, baseline: int | None) -> tuple[int | None, str]:
-        """(bytes, source): per-process by PID, else device used minus `baseline`, else (None, 'none')."""
-        used = self.process_used()
-        if used is not None:
-            return used, "pid"
-        dev = self.device_used()
-        if dev is not None and baseline is not None:
-            return max(0, dev - baseline), "device-baseline"
-        return None, "none"
+    def snapshot(self) -> dict:
+        """What a worker needs from before it starts: device used bytes (the idle baseline) and the PIDs of the
+        compute processes already there (so that the worker can tell its own host PID from theirs)."""
+        procs = self.processes()
+        return {"idle_baseline": self.device_used(), "pids_before": None if procs is None else [p for p, _ in procs]}
 
 
-def cuda_counters(device: torch.device | str) -> dict[str, int]:
-    """torch caching-allocator counters: max allocated / reserved, alloc retries, OOMs."""
-    stats = torch.cuda.memory_stats(device)
+def cuda_counters(device: torch.device | str | int, cuda: Any = None) -> dict[str, int]:
+    """torch caching-allocator counters: max allocated / reserved, reserved now, alloc retries, OOMs. `cuda`: the
+    torch.cuda module (or a stand-in)."""
+    cuda = cuda or torch.cuda
+    stats = cuda.memory_stats(device)
     return {
-        "allocated_bytes": int(torch.cuda.max_memory_allocated(device)),
-        "reserved_bytes": int(torch.cuda.max_memory_reserved(device)),
+        "allocated_bytes": int(cuda.max_memory_allocated(device)),
+        "reserved_bytes": int(cuda.max_memory_reserved(device)),
+        "reserved_now_bytes": int(cuda.memory_reserved(device)),
         "alloc_retries": int(stats.get("num_alloc_retries", 0)),
         "num_ooms": int(stats.get("num_ooms", 0)),
     }

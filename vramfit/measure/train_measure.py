@@ -1,99 +1,104 @@
 """Train with the real loop while probing memory, so `vramfit train` can report predicted vs measured and
 store the run as a new point (closing the loop).
 
-The probe reads after every optimizer step until the reading is stable (the sweep worker's rule), then stops
-reading so the rest of the run is not slowed: on CUDA, NVML (this process, else device used minus an idle
-baseline) and the allocator counters; on the CPU, the live-storage tracker (allocator analogue) and peak RSS.
+The probe is the sweep worker's reader (`vramfit.measure.reader`): it reads after every optimizer step until the
+readings are stable, then stops reading so the rest of the run is not slowed. On CUDA the GPU is the one torch
+trains on, looked up in NVML by `torch.cuda.get_device_properties(d).uuid` (not by torch's index, which is not
+NVML's under CUDA_VISIBLE_DEVICES), and the idle baseline is read before this process allocates anything on it.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
 from gpt.config import TrainConfig
 from gpt.train import Trainer, TrainResult, resolve_device, train
-from vramfit.measure import probe
-from vramfit.measure.worker import is_stable
+from vramfit.measure.devices import torch_uuid
+from vramfit.measure.probe import NvmlProbe
+from vramfit.measure.reader import CpuReader, CudaReader, MemoryReader
+
+
+def cuda_reader(device: str, emulate_bytes: int | None = None, cuda: Any = None) -> CudaReader:
+    """A reader of the GPU `device` names, its baseline and compute PIDs taken before this process allocates on it:
+    `get_device_properties` (no allocation, no context) gives the UUID NVML is asked for; then the caller creates
+    the context and calls `start()`."""
+    cuda = cuda or torch.cuda
+    index = torch.device(device).index or 0
+    uuid = torch_uuid(cuda.get_device_properties(index))
+    nv = NvmlProbe(uuid, index)  # index: only where torch has no UUID (then NVML's order is assumed)
+    snap = nv.snapshot()
+    reader = CudaReader(nv, index, snap["idle_baseline"], snap["pids_before"], emulate_bytes, cuda=cuda)
+    reader.record.update(gpu_uuid=uuid, idle_baseline=snap["idle_baseline"])
+    return reader
 
 
 class StepProbe:
-    """Called after each optimizer step; collects readings until stable."""
+    """Called after each optimizer step; reads until the readings are stable (or `max_reads` steps)."""
 
-    def __init__(self, device: str, window: int = 3, tolerance: float = 0.005, max_reads: int = 50) -> None:
+    def __init__(self, device: str, window: int = 3, tolerance: float = 0.005, max_reads: int = 50,
+                 emulate_bytes: int | None = None) -> None:
         self.cuda = device.startswith("cuda")
-        self.window, self.tolerance, self.max_reads = window, tolerance, max_reads
-        self.history: list[list[int]] = []
-        self.record: dict = {"stable": False, "iters": 0}
+        self.max_reads = max_reads
+        self.device = device
+        dev_reader = cuda_reader(device, emulate_bytes) if self.cuda else CpuReader(emulate_bytes)
+        self.reader = MemoryReader(dev_reader, window, tolerance, min_iters=3)
         self.done = False
-        self.tracker: probe.StorageTracker | None = None
-        if self.cuda:
-            self.nvml = probe.NvmlProbe(index=torch.device(device).index or 0)
-            self.baseline = self.nvml.device_used()  # before this process allocates anything on the GPU
-            if not self.nvml.ok:
-                self.record["nvml_note"] = f"NVML unavailable ({self.nvml.error}); torch counters only"
-        else:
-            probe.reset_peak_rss()
-            self.rss0 = probe.rss_bytes()
-            self.tracker = probe.StorageTracker()
+
+    @property
+    def record(self) -> dict:
+        return {"iters": 0, **self.reader.record}
 
     def __enter__(self) -> StepProbe:
-        if self.tracker is not None:
-            self.tracker.__enter__()
+        if self.cuda:
+            index = torch.device(self.device).index or 0
+            torch.cuda.set_device(index)
+            torch.empty(1, device=f"cuda:{index}")  # the context, after the baseline
+        self.reader.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop()
 
     def _stop(self) -> None:
-        if self.tracker is not None and not self.done:
-            self.tracker.__exit__(None, None, None)
+        if not self.done:
+            self.reader.stop()
         self.done = True
-
-    def _read(self) -> list[int]:
-        if self.cuda:
-            torch.cuda.synchronize()
-            c = probe.cuda_counters(torch.cuda.current_device())
-            self.record.update(c)
-            used, source = self.nvml.reading(self.baseline) if self.nvml.ok else (None, "none")
-            if used is not None:
-                self.record["nvml_bytes"] = max(self.record.get("nvml_bytes") or 0, used)
-                self.record["nvml_source"] = source
-            return [c["reserved_bytes"], self.record.get("nvml_bytes") or 0]  # fixed length for is_stable
-        self.record["tracked_bytes"] = self.tracker.peak
-        self.record["rss_bytes"] = max(0, probe.peak_rss_bytes() - self.rss0)
-        return [self.record["tracked_bytes"]]
 
     def __call__(self, trainer: Trainer) -> None:
         if self.done:
             return
-        if "n_layer" not in self.record:  # the shape actually trained (a resumed checkpoint's, the corpus vocab)
+        rec = self.reader.record
+        if "n_layer" not in rec:  # the shape actually trained (a resumed checkpoint's, the corpus vocab)
             mc = trainer.model_config
-            self.record.update(n_layer=mc.n_layer, n_head=mc.n_head, n_embd=mc.n_embd, block_size=mc.block_size,
-                               vocab_size=mc.vocab_size, batch_size=trainer.cfg.batch_size, dtype=trainer.dtype)
-        reading = self._read()
-        self.record["iters"] = trainer.iter_num
-        if trainer.iter_num >= 2:  # Adam state exists from the first step on
-            self.history.append(reading)
-        if trainer.iter_num >= 3 and is_stable(self.history, self.window, self.tolerance):
-            self.record["stable"] = True
-            self._stop()
-        elif len(self.history) >= self.max_reads:
+            rec.update(n_layer=mc.n_layer, n_head=mc.n_head, n_embd=mc.n_embd, block_size=mc.block_size,
+                       vocab_size=mc.vocab_size, batch_size=trainer.cfg.batch_size, dtype=trainer.dtype,
+                       compile=trainer.compile)
+        rec["iters"] = trainer.iter_num
+        reads = rec.get("reads", 0) + 1
+        rec["reads"] = reads
+        if self.reader.after_step(reads) or reads >= self.max_reads:
             self._stop()
 
 
-def train_and_measure(cfg: TrainConfig, log: Callable[[str], None] = print) -> tuple[TrainResult, dict]:
-    """Run `gpt.train.train` under a StepProbe; returns the result and a store-ready point record."""
+def train_and_measure(cfg: TrainConfig, log: Callable[[str], None] = print,
+                      emulate_bytes: int | None = None) -> tuple[TrainResult, dict]:
+    """Run `gpt.train.train` under a StepProbe; returns the result and a store-ready point record.
+    `emulate_bytes`: cap the process like the sweep worker does for an emulated card (CUDA)."""
     device = resolve_device(cfg.device)
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    with StepProbe(device) as step_probe:
+    with StepProbe(device, emulate_bytes=emulate_bytes) as step_probe:  # the baseline first: no CUDA call before
         result = train(cfg, log=log, on_step=step_probe)
     record = dict(step_probe.record)
-    record.update(status="ok", ms_per_iter=result.ms_per_iter, tokens_per_s=result.tokens_per_s,
+    over = step_probe.reader.device.over_cap()
+    record.update(status="oom" if over else "ok", ms_per_iter=result.ms_per_iter, tokens_per_s=result.tokens_per_s,
                   pid=os.getpid(), max_iters=cfg.max_iters)
+    if over:
+        record["error"] = over
+    if emulate_bytes:
+        record["emulate_bytes"] = int(emulate_bytes)
     record.update(curve_fields(cfg, result, record))
     return result, record
 

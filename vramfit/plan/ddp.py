@@ -1,12 +1,16 @@
-"""Multi-GPU data parallelism: launching `vramfit train` through torchrun, the per-GPU DDP memory term, measuring it.
+"""Multi-GPU data parallelism: launching `vramfit train` through torchrun, the per-GPU DDP memory terms, measuring
+them.
 
-Memory per GPU under DistributedDataParallel = the single-GPU step + DDP's gradient buckets: the reducer keeps
-its own flat copy of every gradient (bucket_cap_mb 25 per bucket, all parameters covered), i.e. one more
-gradient's worth of bytes per parameter (4 B/param for fp32 gradients, which AdamW with fp32 master weights has
-under bf16/fp16 autocast too). So the model gains one term, `ddp_params` = P under `--strategy ddp` (0 otherwise),
-with `DDP_BYTES_PER_PARAM` bytes each, in both regimes (the buckets live from the first backward on). Measured on
-the CPU with gloo (2 processes, `measure_ddp`); `python -m vramfit.plan.ddp` is the rank entry point of that
-measurement.
+Memory per GPU under DistributedDataParallel = the single-GPU step + two terms:
+- DDP's gradient buckets: the reducer keeps its own flat copy of every gradient (bucket_cap_mb 25 per bucket, all
+  parameters covered), i.e. one more gradient's worth of bytes per parameter (4 B/param for fp32 gradients, which
+  AdamW with fp32 master weights has under bf16/fp16 autocast too): `ddp_params` = P under `--strategy ddp`, with
+  `DDP_BYTES_PER_PARAM` bytes each. Measured on the CPU with gloo (2 processes, `measure_ddp`).
+- NCCL's communicator (CUDA only): its buffers and kernels are allocated outside PyTorch's caching allocator, so
+  they are neither capped by `set_per_process_memory_fraction` nor in `max_memory_reserved`, and gloo on the CPU
+  has no counterpart. A constant per GPU, `NCCL_BYTES_ASSUMED`, until a GPU measures it: `measure_ddp(...,
+  device='cuda')` reads NVML before and after process-group init plus a first all-reduce (`nccl_bytes`).
+`python -m vramfit.plan.ddp` is the rank entry point of that measurement.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +30,11 @@ from vramfit.errors import VramfitError
 
 STRATEGIES = ("ddp",)
 DDP_BYTES_PER_PARAM = 4.0  # one fp32 copy of the gradients in DDP's buckets
+# NCCL's per-GPU memory outside the caching allocator: ASSUMED, not measured. NCCL allocates per channel and peer a
+# 4 MiB Simple-protocol buffer (NCCL_BUFFSIZE's default) plus LL/LL128 buffers, on up to 32 channels, and loads its
+# kernels; reports of a few hundred MiB per GPU are common. 512 MiB errs on the safe side for planning; replace it
+# with `nccl_bytes` from `measure_ddp(device='cuda')` on the GPUs in question.
+NCCL_BYTES_ASSUMED = 512 * 2**20
 
 
 def torchrun_cmd(nproc: int, module_args: list[str]) -> list[str]:
@@ -50,10 +60,20 @@ def launch_train(nproc: int, train_args: list[str]) -> int:
 
 @dataclass
 class DdpTerm:
-    """The per-GPU DDP memory term: bytes per parameter (and where the number comes from)."""
+    """The per-GPU DDP memory terms: bytes per parameter (buckets) and NCCL's constant, and where each comes from."""
 
     bytes_per_param: float = DDP_BYTES_PER_PARAM
     source: str = "physics: one fp32 gradient copy in DDP buckets"
+    comm_bytes: float = NCCL_BYTES_ASSUMED
+    comm_source: str = "assumed: NCCL buffers outside the caching allocator, not yet measured on a GPU"
+
+    @classmethod
+    def measured(cls, ranks: list[dict]) -> DdpTerm:
+        """The default buckets term with NCCL's term measured on a GPU (the largest rank's `nccl_bytes`)."""
+        vals = [r["nccl_bytes"] for r in ranks if r.get("nccl_bytes") is not None]
+        if not vals:
+            raise VramfitError("no rank measured NCCL's memory (NVML could not read the processes)")
+        return cls(comm_bytes=float(max(vals)), comm_source=f"measured: NVML around NCCL init on {len(ranks)} rank(s)")
 
 
 class DdpMemoryModel:
@@ -72,12 +92,13 @@ class DdpMemoryModel:
         return self.term.bytes_per_param * np.asarray(X["params"], dtype=np.float64)
 
     def predict(self, X) -> np.ndarray:
-        return self.base.predict(X) + self.ddp_bytes(X)
+        return self.base.predict(X) + self.ddp_bytes(X) + self.term.comm_bytes
 
     def breakdown(self, X) -> list[dict]:
         parts = self.base.breakdown(X)
         for part, extra in zip(parts, self.ddp_bytes(X), strict=True):
             part["ddp buckets"] = float(extra)
+            part["nccl buffers"] = float(self.term.comm_bytes)
         return parts
 
 
@@ -107,20 +128,35 @@ def multi_gpu(items: list, gpus: int) -> list:
 # ---------------------------------------------------------------------------------------------- measurement
 
 def measure_ddp(point: dict, nproc: int = 2, recipe: dict | None = None, measure: dict | None = None,
-                timeout: float = 300.0) -> list[dict]:
+                timeout: float = 300.0, device: str = "cpu") -> list[dict]:
     """Measure `point` (the six shape keys) with the sweep worker's `run_point` in each of `nproc` torchrun
-    processes (gloo on the CPU, nccl on CUDA), the model wrapped in DDP; one record per rank."""
-    from vramfit.measure.devices import cpu_facts
+    processes, the model wrapped in DDP; one record per rank. `device='cpu'`: gloo. `device='cuda'`: nccl, one
+    visible GPU per rank, each rank's record with `nccl_bytes` (NVML around process-group init + a first
+    all-reduce)."""
+    from vramfit.measure.devices import PCI_ORDER, cpu_facts, nvml_devices
     from vramfit.recipe import Recipe
     from vramfit.sweep.grid import Measure
     from vramfit.sweep.pool import worker_env
 
-    rec_d = Recipe.from_dict(recipe or {}).resolved("cpu").to_dict()
+    if nproc < 1:
+        raise VramfitError(f"nproc must be >= 1, got {nproc}")
     m = Measure(**(measure or {}))
+    cuda = device.startswith("cuda")
+    facts = cpu_facts()
+    gpus: list = []
+    if cuda:
+        gpus = nvml_devices()[0]
+        if len(gpus) < nproc:
+            raise VramfitError(f"DDP on CUDA needs {nproc} visible GPUs (NCCL refuses two ranks on one), "
+                               f"have {len(gpus)}")
+        facts = gpus[0]
+    rec_d = facts.resolve(Recipe.from_dict(recipe or {})).to_dict()
     with tempfile.TemporaryDirectory() as tmp:
-        spec = {"point": point, "recipe": rec_d, "device": "cpu", "measure": m.to_dict()}
+        spec = {"point": point, "recipe": rec_d, "device": facts.torch_device, "measure": m.to_dict()}
         (Path(tmp) / "spec.json").write_text(json.dumps(spec))
-        env = worker_env(cpu_facts(), Recipe.from_dict(rec_d), m)
+        env = worker_env(facts, Recipe.from_dict(rec_d), m)
+        if cuda:  # every rank sees the job's GPUs and pins its own (by LOCAL_RANK) before touching CUDA
+            env.update(PCI_ORDER, CUDA_VISIBLE_DEVICES=",".join(g.gpu_uuid for g in gpus[:nproc]))
         env["VRAMFIT_DDP_DIR"] = tmp
         r = subprocess.run(torchrun_cmd(nproc, ["vramfit.plan.ddp"]), env=env, capture_output=True, text=True,
                            timeout=timeout)
@@ -128,6 +164,41 @@ def measure_ddp(point: dict, nproc: int = 2, recipe: dict | None = None, measure
         if r.returncode != 0 or len(outs) != nproc:
             raise VramfitError(f"DDP measurement failed (exit {r.returncode}): {r.stderr.strip()[-500:]}")
         return [json.loads(p.read_text()) for p in outs]
+
+
+def comm_bytes(read: Callable[[], int | None], setup: Callable[[], None]) -> int | None:
+    """This process's NVML bytes added by `setup` (NCCL process-group init and a first all-reduce, which creates
+    the communicator): read after minus read before; None when NVML cannot read this process."""
+    before = read()
+    setup()
+    after = read()
+    return None if before is None or after is None else max(0, after - before)
+
+
+def _cuda_rank(spec: dict, local_rank: int) -> int | None:
+    """On CUDA: pin this rank to its GPU, create the context, then measure NCCL's memory around group init."""
+    import torch
+    import torch.distributed as dist
+
+    from vramfit.measure.devices import nvml_devices
+    from vramfit.measure.probe import NvmlProbe
+    from vramfit.measure.reader import CudaReader
+
+    gpu = nvml_devices()[0][local_rank]
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu.gpu_uuid  # before any CUDA call: this rank sees only its GPU
+    nv = NvmlProbe(gpu.gpu_uuid)
+    spec.update(gpu_uuid=gpu.gpu_uuid, **nv.snapshot())
+    reader = CudaReader(nv, 0, spec["idle_baseline"], spec["pids_before"])
+    torch.cuda.set_device(0)
+    torch.empty(1, device="cuda")
+
+    def setup() -> None:
+        dist.init_process_group(backend="nccl")
+        t = torch.ones(1, device="cuda")
+        dist.all_reduce(t)
+        torch.cuda.synchronize()
+
+    return comm_bytes(lambda: reader.nvml_now()[0], setup)
 
 
 def _rank_main() -> int:
@@ -139,12 +210,18 @@ def _rank_main() -> int:
 
     out = Path(os.environ["VRAMFIT_DDP_DIR"])
     spec = json.loads((out / "spec.json").read_text())
-    info = setup_distributed(spec.get("device", "cpu"))
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    nccl = None
+    if spec.get("device", "cpu").startswith("cuda"):
+        nccl = _cuda_rank(spec, local)
+        started = True
+    else:
+        started = setup_distributed("cpu").started
     rec = run_point(spec)
     rec.pop("traceback", None)
-    rec.update(rank=info.rank, world_size=info.world_size)
-    (out / f"rank{info.rank}.json").write_text(json.dumps(rec))
-    if info.started:
+    rec.update(rank=rank, world_size=int(os.environ.get("WORLD_SIZE", "1")), nccl_bytes=nccl)
+    (out / f"rank{rank}.json").write_text(json.dumps(rec))
+    if started and dist.is_initialized():
         import gc
 
         gc.collect()  # free the DDP reducer before its process group (as gpt.train.train does)

@@ -82,6 +82,7 @@ class Recommendation:
     warnings: list[str] = field(default_factory=list)  # for stderr
     time_args: dict = field(default_factory=dict)
     nothing_fits: tuple[int, dict] | None = None  # (bytes the smallest config needs, that config)
+    vram_label: str = ""  # the budget as the user named it: a size, or a card with its NVML total
 
 
 def _plan_vocab(req: SuggestRequest, space: dict, notes: list[str]) -> None:
@@ -120,11 +121,12 @@ def _model(req: SuggestRequest, space: dict, warnings: list[str]) -> tuple[objec
 
 def recommend(req: SuggestRequest) -> Recommendation:
     """Configs that fit `req.vram - req.reserve` with the model's margin, ranked, each with its train command."""
+    from vramfit.cards import describe, parse_vram
     from vramfit.plan.ddp import for_strategy, multi_gpu
     from vramfit.plan.suggest import smallest_need, suggest
     from vramfit.plan.workflows import train_command
 
-    vram_b, reserve_b = parse_size(req.vram), parse_size(req.reserve)
+    (vram_b, card), reserve_b = parse_vram(req.vram), parse_size(req.reserve)
     budget = vram_b - reserve_b
     space = {k: req.space.get(k) for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
                                            "vocab_size")}
@@ -150,7 +152,8 @@ def recommend(req: SuggestRequest) -> Recommendation:
 
         items = verify_with_estimates(items, parse_recipe(req.recipe), parse_capability(req.capability), budget)
     items = multi_gpu(items, req.gpus)
-    result = {"vram_bytes": vram_b, "reserve_bytes": reserve_b, "budget_bytes": budget, "objective": req.objective,
+    result = {"vram_bytes": vram_b, "card": card.name if card else None, "reserve_bytes": reserve_b,
+              "budget_bytes": budget, "objective": req.objective,
               "model_file": str(path), "device": doc["device"], "recipe_key": doc["recipe_key"], "recipe": recipe_d,
               "target": doc["target"], "margin_rel": margin, "data_dir": req.data_dir,
               "gpus": req.gpus, "strategy": req.strategy or ("ddp" if req.gpus > 1 else None),
@@ -159,7 +162,7 @@ def recommend(req: SuggestRequest) -> Recommendation:
         law = targs["loss_law"]
         result.update(hours=targs["hours"], rank=targs["rank"],
                       loss_law=law.to_dict() if law is not None and targs["rank"] == "loss" else None)
-    out = Recommendation(result, items, path, notes, warnings, targs)
+    out = Recommendation(result, items, path, notes, warnings, targs, vram_label=describe(vram_b, card))
     if not items:
         out.nothing_fits = smallest_need(mm, margin, **space)
     return out

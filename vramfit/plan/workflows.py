@@ -51,16 +51,18 @@ def dryrun_estimates(points: pd.DataFrame, target: str = "auto") -> list[int]:
 
 
 def fit_store(points: pd.DataFrame, target: str = "auto", regimes: int = 2,
-              dryrun: bool = False) -> list[tuple[FitReport, pd.DataFrame]]:
+              dryrun: bool = False, allow_shared: bool = False) -> list[tuple[FitReport, pd.DataFrame]]:
     """One fit per (device, recipe) found in `points`; groups with too few ok points are skipped.
-    `dryrun` also fits y = c0 + k*estimate on the dry-run estimates of the points (slower: ~0.1-3 s a point)."""
+    `dryrun` also fits y = c0 + k*estimate on the dry-run estimates of the points (slower: ~0.1-3 s a point).
+    `allow_shared` keeps NVML readings taken while other compute processes shared the GPU."""
     if points.empty:
         raise VramfitError("the database has no points (run `vramfit sweep` first)")
     out, errors = [], []
     for (_device, _rkey), group in points.groupby(["device_name", "recipe_key"], sort=True):
         try:
             est = (lambda ok: dryrun_estimates(ok, target)) if dryrun else None
-            out.append((fit_points(group, target=target, regimes=regimes, dryrun=est), group))
+            out.append((fit_points(group, target=target, regimes=regimes, dryrun=est, allow_shared=allow_shared),
+                        group))
         except VramfitError as exc:
             errors.append(f"{_device} / {_rkey}: {exc}")
     if not out:
@@ -69,10 +71,11 @@ def fit_store(points: pd.DataFrame, target: str = "auto", regimes: int = 2,
 
 
 def fit_and_save(points: pd.DataFrame, out_dir: str | Path, target: str = "auto", regimes: int = 2,
-                 dryrun: bool = False) -> list[tuple[FitReport, Path]]:
+                 dryrun: bool = False, allow_shared: bool = False) -> list[tuple[FitReport, Path]]:
     """`fit_store`, each report saved as `out_dir/<device>-<recipe>.json`: (report, path) per device + recipe."""
     return [(report, report.save(Path(out_dir) / model_filename(report.device, report.recipe_key)))
-            for report, _ in fit_store(points, target=target, regimes=regimes, dryrun=dryrun)]
+            for report, _ in fit_store(points, target=target, regimes=regimes, dryrun=dryrun,
+                                       allow_shared=allow_shared)]
 
 
 def resolve_model_file(model: str | Path | None, models_dir: str | Path = MODELS_DIR) -> Path:
@@ -163,9 +166,10 @@ def compare_and_store(cfg, record: dict, doc: dict | None, db: str | Path) -> li
     from vramfit.store import Store
     from vramfit.units import format_size
 
-    facts = devices.resolve(cfg.device)[0]
-    recipe = Recipe(dtype=cfg.dtype, compile=cfg.compile, optimizer=cfg.optimizer,
-                    attn_kernel=cfg.attn_kernel)
+    # the GPU the run actually trained on (its UUID from torch), not NVML's first one; the recipe as resolved there
+    facts = devices.facts_for_uuid(record.get("gpu_uuid")) or devices.resolve(cfg.device)[0]
+    recipe = Recipe(dtype=record.get("dtype") or cfg.dtype, compile=record.get("compile", cfg.compile),
+                    optimizer=cfg.optimizer, attn_kernel=cfg.attn_kernel)
     recipe = facts.resolve(recipe)
     lines = []
     measured_keys = [k for k in ("nvml_bytes", "reserved_bytes", "allocated_bytes", "tracked_bytes", "rss_bytes")
@@ -189,7 +193,7 @@ def compare_and_store(cfg, record: dict, doc: dict | None, db: str | Path) -> li
         else:
             lines.append(f"no {model_doc['target']} reading on this device to compare with the prediction")
     with Store(db) as store:
-        env = store.environment(facts.to_dict(), recipe)
+        env = store.environment(facts.to_dict(), recipe, record.get("emulate_bytes"))
         point_id = store.insert_point(record, env, None, source="train")
     lines.append(f"stored as point {point_id} (source train) in {db}")
     return lines

@@ -106,10 +106,10 @@
     return row;
   }
 
-  function predict(entry, f, gpus) { // MemoryModel.predict, + DdpMemoryModel's buckets with gpus > 1
+  function predict(entry, f, gpus) { // MemoryModel.predict, + DdpMemoryModel's buckets and NCCL with gpus > 1
     const [lin, step] = parts(entry.model, f);
     const base = Math.max(lin, step);
-    return gpus > 1 ? base + entry.ddp_bytes_per_param * f.params : base;
+    return gpus > 1 ? base + entry.ddp_bytes_per_param * f.params + entry.ddp_comm_bytes : base;
   }
 
   function msPerIter(tp, s) { // throughput.time_features + ThroughputModel.predict + predict_ms
@@ -169,7 +169,10 @@
     const f = features(shape);
     const pred = predict(e, f, gpus), margin = pred * e.margin_rel, needB = pred * (1 + e.margin_rel);
     const row = breakdown(e.model, f);
-    if (gpus > 1) row["ddp buckets"] = e.ddp_bytes_per_param * f.params;
+    if (gpus > 1) {
+      row["ddp buckets"] = e.ddp_bytes_per_param * f.params;
+      row["nccl buffers"] = e.ddp_comm_bytes;
+    }
     show("vf-budget", formatSize(budget), budget);
     show("vf-predicted", formatSize(pred), Math.trunc(pred));
     show("vf-margin", formatSize(margin), Math.trunc(margin));

@@ -9,14 +9,13 @@ mailed. The Python model stays the source of truth; tests/test_report_page.py ch
 from __future__ import annotations
 
 import html
-import importlib
 import json
 from importlib import resources
 from pathlib import Path
 
 from vramfit import SHAPE_KEYS
 from vramfit.fit.memmodel import FitReport, load_model
-from vramfit.plan.ddp import DDP_BYTES_PER_PARAM
+from vramfit.plan.ddp import DDP_BYTES_PER_PARAM, DdpTerm
 from vramfit.plan.suggest import DEFAULT_SPACE
 from vramfit.plan.workflows import MODELS_DIR, model_filename
 from vramfit.show.context import PlanContext, grid_axes
@@ -40,20 +39,10 @@ box-sizing:border-box}
 
 
 def named_cards() -> dict[str, int]:
-    """Card names accepted as a budget ("rtx3070" -> bytes), from `vramfit.cards.CARDS` where that module exists
-    (values: bytes, or records with `total_bytes`); {} without it, and the page takes plain sizes only."""
-    try:
-        table = getattr(importlib.import_module("vramfit.cards"), "CARDS", {})
-    except ImportError:
-        return {}
-    out = {}
-    for name, card in dict(table).items():
-        value = card if isinstance(card, int) else getattr(card, "total_bytes", None)
-        if value is None and isinstance(card, dict):
-            value = card.get("total_bytes")
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            out[str(name).lower()] = value
-    return out
+    """Card names accepted as a budget ("t4" -> bytes): `vramfit.cards.CARDS`, the same table `--vram` reads."""
+    from vramfit.cards import CARDS
+
+    return {name: card.total_bytes for name, card in CARDS.items()}
 
 
 def compact_size(n: int) -> str:
@@ -104,6 +93,7 @@ def model_entry(report: FitReport, ctx: PlanContext, shape: dict, models_dir: st
     tp = report.throughput
     return {"label": f"{report.device} · {report.recipe_key}", "model": report.model.to_dict(),
             "margin_rel": report.margin_rel, "ddp_bytes_per_param": DDP_BYTES_PER_PARAM,
+            "ddp_comm_bytes": DdpTerm().comm_bytes,
             "throughput": tp.model.to_dict() if tp is not None else None,
             "defaults": {**{k: int(shape[k]) for k in SHAPE_KEYS}, "vram": compact_size(ctx.vram_bytes),
                          "reserve": compact_size(ctx.reserve_bytes), "gpus": ctx.gpus},

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vramfit import SHAPE_KEYS
+from vramfit.cards import parse_vram
+from vramfit.corpus import corpus_vocab as corpus_vocab_source
 from vramfit.errors import VramfitError
 from vramfit.plan.ddp import for_strategy, multi_gpu
 from vramfit.plan.suggest import DEFAULT_SPACE, OBJECTIVES, Suggestion, suggest
@@ -51,13 +53,9 @@ class PlanContext:
 
 
 def corpus_vocab(data_dir: str | Path) -> int | None:
-    """A prepared corpus's vocabulary (its meta.json's vocab_size), None where there is none or it is unreadable."""
-    try:
-        meta = json.loads((Path(data_dir) / "meta.json").read_text())
-    except (OSError, ValueError):
-        return None
-    v = meta.get("vocab_size") if isinstance(meta, dict) else None
-    return v if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+    """A prepared corpus's vocabulary (meta.json, or nanoGPT's meta.pkl: `vramfit.corpus`), None where there is none."""
+    found = corpus_vocab_source(data_dir)
+    return found[0] if found else None
 
 
 def read_last_suggest(path: str | Path) -> dict | None:
@@ -88,7 +86,7 @@ def plan_context(vram: str | None = None, suggestions: str | Path = SUGGESTIONS_
     doc = read_last_suggest(suggestions)
     sources: list[str] = []
     if vram is not None:
-        vram_b, reserve_b = parse_size(vram), 0
+        vram_b, reserve_b = parse_vram(vram)[0], 0
         sources.append(f"budget {vram} from --vram")
     elif doc is not None:
         reserve_b = int(doc.get("reserve_bytes") or 0)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from vramfit.child import LiveChildren, run_json
-from vramfit.measure.devices import DeviceFacts
+from vramfit.measure.devices import PCI_ORDER, DeviceFacts
 from vramfit.recipe import Recipe
 from vramfit.sweep.grid import Measure
 
@@ -19,8 +19,10 @@ STDERR_TAIL = 800
 
 def worker_env(facts: DeviceFacts, recipe: Recipe, measure: Measure) -> dict[str, str]:
     """The worker's environment: RSS that follows frees (glibc mmap threshold, no MKL buffer cache) and
-    `measure.threads` threads on CPU; GPU by UUID and the recipe's
-    PYTORCH_CUDA_ALLOC_CONF on CUDA (the recipe is authoritative: an inherited value is removed)."""
+    `measure.threads` threads on CPU; on CUDA the GPU by UUID (chosen among the GPUs the inherited
+    CUDA_VISIBLE_DEVICES allows, see `devices.visible_devices`), CUDA_DEVICE_ORDER=PCI_BUS_ID (CUDA's ordinals in
+    NVML's order) and the recipe's PYTORCH_CUDA_ALLOC_CONF (the recipe is authoritative: an inherited value is
+    removed)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     if facts.device_type == "cpu":
@@ -31,9 +33,10 @@ def worker_env(facts: DeviceFacts, recipe: Recipe, measure: Measure) -> dict[str
             env["OMP_NUM_THREADS"] = str(measure.threads)
             env["MKL_NUM_THREADS"] = str(measure.threads)
     else:
+        env.update(PCI_ORDER)
         if facts.gpu_uuid:
             env["CUDA_VISIBLE_DEVICES"] = facts.gpu_uuid
-        elif facts.index is not None:
+        elif facts.index is not None and not os.environ.get("CUDA_VISIBLE_DEVICES"):  # torch facts, no NVML
             env["CUDA_VISIBLE_DEVICES"] = str(facts.index)
         env.pop("PYTORCH_CUDA_ALLOC_CONF", None)
         if recipe.alloc_conf:
@@ -69,16 +72,18 @@ class WorkerPool:
         self.live.kill_all()
 
 
-def idle_baseline(d: DeviceFacts) -> int | None:
-    """Device used memory just before a worker starts (the fallback when NVML cannot match our PID)."""
+def gpu_snapshot(d: DeviceFacts) -> dict:
+    """Taken just before a worker starts on `d`: device used bytes (the idle baseline, the fallback when the worker
+    cannot find its own process in NVML) and the compute PIDs already there (so that the worker can recognise its
+    own host PID in a container as the one new PID). Empty for a CPU."""
     if d.device_type != "cuda":
-        return None
+        return {}
     from vramfit.measure.probe import NvmlProbe
 
-    return NvmlProbe(d.gpu_uuid, d.index or 0).device_used()
+    return NvmlProbe(d.gpu_uuid, d.nvml_index if d.nvml_index is not None else d.index or 0).snapshot()
 
 
 def point_spec(point: dict, recipe: Recipe, d: DeviceFacts, measure: Measure, emulate_bytes: int | None) -> dict:
     """The worker's input for one point on one device (the adaptive and boundary planners' single queue)."""
     return {"point": point, "recipe": recipe.to_dict(), "device": d.torch_device, "gpu_uuid": d.gpu_uuid,
-            "measure": measure.to_dict(), "emulate_bytes": emulate_bytes, "idle_baseline": idle_baseline(d)}
+            "measure": measure.to_dict(), "emulate_bytes": emulate_bytes, **gpu_snapshot(d)}

@@ -36,7 +36,7 @@ class Job:
 
     point: dict
     group: str
-    spec: dict  # the worker spec without the device-specific fields (gpu_uuid, idle_baseline)
+    spec: dict  # the worker spec without the device-specific fields (gpu_uuid, idle_baseline, pids_before)
 
 
 @dataclass
@@ -52,10 +52,11 @@ class Event:
 
 
 def complete_spec(spec: dict, facts: DeviceFacts) -> dict:
-    """The worker spec for `facts`: device, GPU UUID and the idle baseline taken just before the worker starts."""
-    from vramfit.sweep.pool import idle_baseline
+    """The worker spec for `facts`: device, GPU UUID, and the idle baseline and compute PIDs taken just before the
+    worker starts."""
+    from vramfit.sweep.pool import gpu_snapshot
 
-    return {**spec, "device": facts.torch_device, "gpu_uuid": facts.gpu_uuid, "idle_baseline": idle_baseline(facts)}
+    return {**spec, "device": facts.torch_device, "gpu_uuid": facts.gpu_uuid, **gpu_snapshot(facts)}
 
 
 class Executor:

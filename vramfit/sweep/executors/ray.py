@@ -35,20 +35,17 @@ def import_ray():
 
 
 def _local_facts(use_gpu: bool) -> dict:
-    """Inside a task: the facts of the device Ray gave us (the GPU in CUDA_VISIBLE_DEVICES, or this CPU)."""
+    """Inside a task: the facts of the device Ray gave us (the first GPU of the task's CUDA_VISIBLE_DEVICES, read
+    in PCI bus order like NVML's list, and identified by UUID from there on), or this CPU."""
     from vramfit.measure import devices
 
     if not use_gpu:
         return devices.cpu_facts().to_dict()
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    gpus, note = devices.cuda_devices()
-    if not visible or not gpus:
-        raise RuntimeError(f"no GPU visible in this Ray task (CUDA_VISIBLE_DEVICES={visible}, {note or 'no NVML'})")
-    first = visible[0]
-    for g in gpus:
-        if first == g.gpu_uuid or first == str(g.index):
-            return g.to_dict()
-    raise RuntimeError(f"GPU {first!r} from CUDA_VISIBLE_DEVICES is not among {[g.index for g in gpus]}")
+    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+    gpus, note = devices.nvml_devices()  # NVML's GPUs, intersected with the visible set
+    if not cvd or not gpus:
+        raise RuntimeError(f"no GPU visible in this Ray task (CUDA_VISIBLE_DEVICES={cvd!r}, {note or 'no NVML'})")
+    return gpus[0].to_dict()
 
 
 def _probe(use_gpu: bool) -> dict:
