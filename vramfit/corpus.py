@@ -23,3 +23,23 @@ def corpus_vocab(data_dir: str | Path) -> int | None:
         return None
     v = meta.get("vocab_size") if isinstance(meta, dict) else None
     return int(v) if isinstance(v, int) and not isinstance(v, bool) and v > 0 else None
+
+
+def corpus_tokens(data_dir: str | Path) -> int | None:
+    """Training tokens of a prepared corpus: meta.json's `train_tokens`, else the size of train.bin (uint16 ids
+    up to a 65,536-token vocabulary, uint32 above); None where there is no prepared corpus."""
+    try:
+        meta = json.loads((Path(data_dir) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict):
+        return None
+    n = meta.get("train_tokens")
+    if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+        return n
+    vocab = corpus_vocab(data_dir)
+    try:
+        size = (Path(data_dir) / "train.bin").stat().st_size
+    except OSError:
+        return None
+    return size // (2 if vocab is None or vocab <= 2**16 else 4) or None
