@@ -29,8 +29,10 @@ from vramfit.units import parse_size  # noqa: E402
 
 REFS = {65: ("nanoGPT shakespeare_char", (6, 6, 384, 256, 64, 65), 1_003_854),
         50304: ("GPT-2 124M", (12, 12, 768, 1024, 12, 50304), None)}
-CANDIDATES = [("params", "params", None), ("balanced", "balanced", None), ("tokens", "tokens", None)] + [
-    (f"trainable F={f}", "trainable", f) for f in (4096, 8192, 16384, 32768)]
+CANDIDATES = [("params", "params", None, None), ("balanced", "balanced", None, None),
+              ("tokens", "tokens", None, None)] + [
+    (f"trainable F={f}, halved for a {g:g}x larger model", "trainable", f, g) for f in (8192, 16384, 32768)
+    for g in (2, 4, 1e9)]
 
 
 def load(args):
@@ -83,7 +85,7 @@ def main() -> None:
     ap.add_argument("--top", type=int, default=5)
     args = ap.parse_args()
     models = load(args)
-    default_floor = sg.TOKENS_FLOOR
+    default_floor, default_gain = sg.TOKENS_FLOOR, sg.RELAX_GAIN
     for vocab, (ref_name, ref, corpus) in REFS.items():
         model, margin = models[vocab]
         ref_need = float(model.predict(features(*(np.asarray([v]) for v in ref)))[0]) * (1 + margin)
@@ -93,8 +95,8 @@ def main() -> None:
             budget = parse_size(budget_text)
             print(f"\n### {budget_text}\n| ranking | batch 1 in top | bigger model, < half the tokens | reference "
                   "in or dominated | #1 |\n|---|---|---|---|---|")
-            for name, objective, floor in CANDIDATES:
-                sg.TOKENS_FLOOR = floor or default_floor
+            for name, objective, floor, gain in CANDIDATES:
+                sg.TOKENS_FLOOR, sg.RELAX_GAIN = floor or default_floor, gain or default_gain
                 try:
                     items = sg.suggest(model, margin, budget, objective=objective, top=args.top,
                                        vocab_size=[vocab], corpus_tokens=corpus)
@@ -102,7 +104,7 @@ def main() -> None:
                     print(f"| {name} | {exc} | | | |")
                     continue
                 print(row(name, items, ref, ref_need, budget))
-    sg.TOKENS_FLOOR = default_floor
+    sg.TOKENS_FLOOR, sg.RELAX_GAIN = default_floor, default_gain
 
 
 if __name__ == "__main__":

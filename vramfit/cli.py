@@ -440,7 +440,8 @@ def suggest(
     reserve: str = typer.Option("0", help="memory kept free for the display and other processes, e.g. 500M"),
     objective: str = typer.Option("trainable", help="trainable (default: the largest models that train on >= "
                                   "16,384 tokens per step at block 256-1024, <= 16 params per corpus token) | "
-                                  "params (largest model) | tokens (most tokens per step) | balanced (params x tokens)"),
+                                  "params (largest model) | tokens (most tokens per step) | "
+                                  "balanced (params x tokens)"),
     n_layer: str = typer.Option(None, help="fix or restrict: 12 or 6,12"),
     n_head: str = typer.Option(None),
     n_embd: str = typer.Option(None),

@@ -19,9 +19,15 @@ DEFAULT_OBJECTIVE = "trainable"
 # nanoGPT's two (256 for characters, 1024 for GPT-2) unless --block-size is given, and, for a prepared corpus, at most
 # PARAMS_PER_CORPUS_TOKEN parameters per training token: repeated data stops helping after ~16 epochs
 # (Muennighoff et al. 2023, R* ~ 15), so beyond that a model gets less than one useful token per parameter.
-# Each floor halves (each cap doubles) until `top` distinct models pass it. Chosen by experiments/rank_defaults.py.
+# The token floor halves while fewer than `top` models reach it or while halving it lets a model RELAX_GAIN times
+# larger fit (a 50k vocabulary's logits make 16k tokens cost ~8 GiB); the corpus cap doubles until `top` models
+# pass. F = 16384 with gain 4 was chosen by experiments/rank_defaults.py (results/bench/rank-defaults-*.md): the only
+# candidate with no batch 1, no larger model at under half the reference's tokens, and both references covered.
+# Each model is shown at the longest block where its batch is still BATCH_PREF sequences (else its largest batch).
 TOKENS_FLOOR = 16384
 BLOCK_RANGE = (256, 1024)
+RELAX_GAIN = 4.0
+BATCH_PREF = 8  # each model at its longest block that still takes this many sequences a step (or the most it can)
 PARAMS_PER_CORPUS_TOKEN = 16
 # how `suggest --hours` ranks what fits (D: tokens processed in the hours, P: parameters):
 #   optimal     maximise min(D, 20 P): the tokens that count toward compute-optimal training (Hoffmann et al.
@@ -208,9 +214,14 @@ def _trainable(space: dict, feats: dict, idx: np.ndarray, top: int, corpus_token
     def n_models(mask: np.ndarray) -> int:
         return len(np.unique(model[mask]))
 
+    def best(mask: np.ndarray) -> float:
+        return float(size[mask].max()) if mask.any() else 0.0
+
     want = min(top, n_models(ok))
     floor = TOKENS_FLOOR
-    while floor > 1 and n_models(ok & (N >= floor)) < want:
+    # halve the floor while fewer than `top` models reach it, or while halving it lets a model RELAX_GAIN x larger fit
+    while floor > 1 and (n_models(ok & (N >= floor)) < want
+                         or best(ok & (N >= floor // 2)) > RELAX_GAIN * best(ok & (N >= floor))):
         floor //= 2
     ok &= N >= floor
     cap = None
@@ -219,7 +230,8 @@ def _trainable(space: dict, feats: dict, idx: np.ndarray, top: int, corpus_token
         while n_models(ok & (size <= cap)) < want:
             cap *= 2
         ok &= size <= cap
-    keys = (-N, odd_heads, -T, -size)  # the largest model, at its longest block, head dim 64, most tokens
+    batch = np.minimum(space["batch_size"][idx], BATCH_PREF)
+    keys = (-N, odd_heads, -T, -batch, -size)  # the largest model; its batch up to 8, longest block, head dim 64
     floors = {"tokens_floor": int(floor), "block_range": None if block_fixed else list(BLOCK_RANGE),
               "max_params": int(cap) if cap is not None else None, "corpus_tokens": corpus_tokens}
     return np.nonzero(ok)[0], keys, floors
