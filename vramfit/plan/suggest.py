@@ -27,6 +27,7 @@ DEFAULT_OBJECTIVE = "trainable"
 TOKENS_FLOOR = 16384
 BLOCK_RANGE = (256, 1024)
 RELAX_GAIN = 4.0
+TRAINABLE_VALUE = "params w/o pos. emb."  # the model's size as nanoGPT counts it (a longer block adds no capacity)
 BATCH_PREF = 8  # each model at its longest block that still takes this many sequences a step (or the most it can)
 PARAMS_PER_CORPUS_TOKEN = 16
 # how `suggest --hours` ranks what fits (D: tokens processed in the hours, P: parameters):
@@ -203,7 +204,7 @@ def _model_keys(space: dict, rows: np.ndarray) -> np.ndarray:
 
 def _trainable(space: dict, feats: dict, idx: np.ndarray, top: int, corpus_tokens: int | None,
                block_fixed: bool, odd_heads: np.ndarray) -> tuple[np.ndarray, tuple, dict]:
-    """(rows, sort keys, floors applied) for the `trainable` objective (see TOKENS_FLOOR)."""
+    """(rows, sort keys, floors applied, score) for the `trainable` objective (see TOKENS_FLOOR)."""
     N, T = feats["tokens"][idx], space["block_size"][idx]
     size = feats["params"][idx] - T * space["n_embd"][idx]  # the model without its position embeddings
     model = _model_keys(space, idx)
@@ -234,7 +235,7 @@ def _trainable(space: dict, feats: dict, idx: np.ndarray, top: int, corpus_token
     keys = (-N, odd_heads, -T, -batch, -size)  # the largest model; its batch up to 8, longest block, head dim 64
     floors = {"tokens_floor": int(floor), "block_range": None if block_fixed else list(BLOCK_RANGE),
               "max_params": int(cap) if cap is not None else None, "corpus_tokens": corpus_tokens}
-    return np.nonzero(ok)[0], keys, floors
+    return np.nonzero(ok)[0], keys, floors, size
 
 
 def ranking_text(ranking: dict) -> str:
@@ -243,7 +244,7 @@ def ranking_text(ranking: dict) -> str:
     if objective != "trainable":
         return {"params": "params (largest model)", "tokens": "tokens per step",
                 "balanced": "params x tokens per step"}.get(objective, str(objective))
-    text = f"params, among models with >= {ranking['tokens_floor']:,} tokens per step"
+    text = f"{TRAINABLE_VALUE}, among models with >= {ranking['tokens_floor']:,} tokens per step"
     if ranking.get("block_range"):
         text += f", block {ranking['block_range'][0]}-{ranking['block_range'][1]}"
     if ranking.get("max_params"):
@@ -277,10 +278,10 @@ def suggest(model: MemoryModel, margin_rel: float, budget_bytes: int, objective:
         primary, score = (-times["tokens"], times["score"]), -times["score"] if rank == "optimal" else times["loss"]
         ranking.update(value="tokens toward 20 x params" if rank == "optimal" else "predicted loss", rank=rank)
     elif objective == "trainable":
-        rows, primary, floors = _trainable(space, feats, idx, top, corpus_tokens,
-                                           space_args.get("block_size") is not None, odd_heads)
-        ranking.update(value="params", **floors)
-        score, per_model = P, True
+        rows, primary, floors, score = _trainable(space, feats, idx, top, corpus_tokens,
+                                                  space_args.get("block_size") is not None, odd_heads)
+        ranking.update(value=TRAINABLE_VALUE, **floors)
+        per_model = True
     else:
         primary = {"params": (-N, -P), "tokens": (-P, -N), "balanced": (-(np.log(P) + np.log(N)),)}[objective]
         score = {"params": P, "tokens": N, "balanced": P * N}[objective]

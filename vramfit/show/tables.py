@@ -65,7 +65,7 @@ def mfu_line(tp) -> str:
 
 
 def _score(value: float, name: str) -> str:
-    if name == "params":
+    if name.startswith("params") and "x" not in name:
         return f"{value / 1e6:,.1f}M"
     if name == "tokens/step":
         return f"{value:,.0f}"
