@@ -153,3 +153,51 @@ def test_cached_cli_run_gives_the_same_suggestions(tmp_path, monkeypatch, capsys
     assert off["estimates_run"] == cold["estimates_run"] and off["cache_file"] is None
     assert docs[0]["suggestions"] == docs[1]["suggestions"] == docs[2]["suggestions"]
     assert "by the dry run" in docs[0]["plan"] and "compute capability 8.0" in docs[0]["plan"]
+
+
+@pytest.fixture(scope="module")
+def profiles(tmp_path_factory):
+    """A GPU profile (an 8 GiB card) and a CPU profile (RAM), as `vramfit fit` writes them."""
+    from planner_data import synthetic_points
+
+    from vramfit.fit.memmodel import fit_points
+
+    folder = tmp_path_factory.mktemp("profiles")
+    gpu = fit_points(synthetic_points(), target="nvml").save(folder / "gpu.json")
+    cpu_points = synthetic_points().assign(device_type="cpu", device_name="cpu: Test CPU")
+    cpu = fit_points(cpu_points, target="nvml").save(folder / "cpu.json")
+    return gpu, cpu
+
+
+def test_what_to_plan_for(profiles, tmp_path):
+    """auto/cuda: the newest GPU profile, else None (the dry run); cpu: the newest CPU profile, else an error."""
+    from vramfit.errors import VramfitError
+    from vramfit.plan.recommend import SuggestRequest, choose_model
+
+    gpu, cpu = profiles
+    only_cpu = tmp_path / "only-cpu"
+    only_cpu.mkdir()
+    (only_cpu / "cpu.json").write_bytes(cpu.read_bytes())
+    assert choose_model(SuggestRequest("8G"), only_cpu) is None
+    assert choose_model(SuggestRequest("8G", device="cuda"), only_cpu) is None
+    assert choose_model(SuggestRequest("8G", device="cpu"), only_cpu)[0].name == "cpu.json"
+    (only_cpu / "gpu.json").write_bytes(gpu.read_bytes())
+    assert choose_model(SuggestRequest("8G"), only_cpu)[0].name == "gpu.json"
+    with pytest.raises(VramfitError, match="no CPU profile"):
+        choose_model(SuggestRequest("8G", device="cpu"), tmp_path / "empty")
+    with pytest.raises(VramfitError, match="unknown --device"):
+        choose_model(SuggestRequest("8G", device="tpu"), only_cpu)
+
+
+def test_first_line_says_what_the_plan_is_for(profiles, tmp_path, capsys):
+    gpu, cpu = profiles
+    common = ["--top", "2", "--data-dir", str(tmp_path / "none"), "--save", str(tmp_path / "s.json")]
+    assert main(["suggest", "--vram", "4G", "--model", str(cpu), *common]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("plan for CPU RAM") and "not a GPU" in first and "--no-profile --capability" in first
+    assert main(["suggest", "--vram", "24G", "--model", str(gpu), *common]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("plan for Synthetic GPU") and "more than this card's 8.00 GiB" in first
+    assert main(["suggest", "--vram", "6G", "--model", str(gpu), *common]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "card memory 8.00 GiB" in first and "more than" not in first
