@@ -15,6 +15,15 @@ SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 QUICK_GRID = ROOT / "experiments" / "grids" / "quick.toml"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_dry_run_cache(tmp_path_factory):
+    """The dry run's cache in a temporary folder, never the user's cache directory."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("VRAMFIT_CACHE_DIR", str(tmp_path_factory.mktemp("vramfit-cache")))
+    yield
+    mp.undo()
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -49,3 +49,27 @@ def test_estimate_does_load_torch_where_it_needs_it():
     rc, mods, out = loaded("estimate", "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16",
                            "--batch-size", "1", "--vocab", "64", "--target", "cpu")
     assert rc == 0 and "torch" in mods, out
+
+
+def test_suggest_from_a_warm_dry_run_cache_loads_no_torch(tmp_path):
+    """A second `suggest --no-profile` with the same key takes the model and re-checks from the cache: no torch."""
+    import json
+
+    from test_noprofile import FakeRunner
+
+    from vramfit.dryrun.estimate import parse_recipe
+    from vramfit.plan.noprofile import DryRunPlanner
+    from vramfit.plan.suggest import suggest
+
+    cache = tmp_path / "cache"
+    with DryRunPlanner(parse_recipe("dtype=bfloat16,optimizer=fused"), (8, 0), 256, cache_dir=cache,
+                       runner=FakeRunner()) as p:  # fills the cache as a first (cold) call would
+        model, margin, _ = p.model()
+        p.verify(suggest(model, margin, 4 * 2**30, top=3, vocab_size=[256]), 4 * 2**30)
+    rc, mods, out = loaded("suggest", "--vram", "4G", "--no-profile", "--capability", "8.0", "--vocab", "256",
+                           "--top", "3", "--cache-dir", str(cache), "--data-dir", str(tmp_path / "none"), "--json",
+                           "--save", str(tmp_path / "s.json"))
+    assert rc == 0, out
+    doc = json.loads(out[:out.rindex("LOADED")])
+    assert doc["dry_run"]["estimates_run"] == 0 and doc["dry_run"]["from_cache"] == 16 + 3
+    assert mods == [], f"suggest loaded {mods}"

@@ -98,3 +98,79 @@ def test_no_profile_plans_from_dry_run_estimates(capsys, tmp_path):
     assert doc["target"] == "nvml"
     for s in doc["suggestions"]:  # verified by the estimator itself: context + peak reserved within budget
         assert s["predicted_bytes"] > context_row((8, 0)).bytes and s["predicted_bytes"] <= 2 * GIB
+
+
+NANOGPT_CHAR = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, vocab_size=65)
+GPT2_SMALL = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, batch_size=12, vocab_size=50304)
+SHAKESPEARE_TOKENS = 1_003_854  # tiny-shakespeare's training split, characters
+
+
+def _need(report, cfg):
+    f = features(*(cfg[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size")))
+    return float(report.model.predict(f)[0]) * (1 + report.margin_rel)
+
+
+def _covers(items, cfg):
+    """The config itself (at its batch or more) is suggested, or an answer dominates it: at least its params,
+    tokens per step and block."""
+    p = int(features(*(cfg[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
+                                         "vocab_size")))["params"][0])
+    n = cfg["batch_size"] * cfg["block_size"]
+    return any((s.n_layer, s.n_embd, s.block_size) == (cfg["n_layer"], cfg["n_embd"], cfg["block_size"])
+               and s.batch_size >= cfg["batch_size"] for s in items) or any(
+        s.params >= p and s.tokens_per_step >= n and s.block_size >= cfg["block_size"] for s in items)
+
+
+@pytest.mark.parametrize("gib, vocab", [(4, 65), (8, 65), (24, 65), (2, 50304), (8, 50304), (24, 50304)])
+def test_default_ranking_has_no_batch_1_where_params_ranking_does(report, gib, vocab):
+    """The old default (`params`) answers with batch 1 on these budgets although larger batches fit nearby
+    shapes; the default (`trainable`) does not, and its top 5 are distinct models."""
+    old = suggest(report.model, report.margin_rel, gib * GIB, objective="params", top=5, vocab_size=vocab)
+    assert any(s.batch_size == 1 for s in old)  # the failure the default exists to avoid
+    items = suggest(report.model, report.margin_rel, gib * GIB, top=5, vocab_size=vocab)
+    assert items.ranking["objective"] == "trainable" and len(items) == 5
+    assert all(s.batch_size > 1 for s in items), [(s.n_layer, s.n_embd, s.batch_size) for s in items]
+    assert len({(s.n_layer, s.n_embd) for s in items}) == 5
+
+
+@pytest.mark.parametrize("gib", [4, 8, 24])
+def test_default_top5_covers_nanogpt_shakespeare_char(report, gib):
+    """A budget that fits nanoGPT's train_shakespeare_char with room to spare: the default top 5 contains it or
+    an answer at least as large at least as many tokens per step and at least its block."""
+    assert _need(report, NANOGPT_CHAR) * 1.5 <= gib * GIB
+    items = suggest(report.model, report.margin_rel, gib * GIB, top=5, vocab_size=65,
+                    corpus_tokens=SHAKESPEARE_TOKENS)
+    assert _covers(items, NANOGPT_CHAR), [(s.n_layer, s.n_embd, s.block_size, s.batch_size) for s in items]
+    params_first = suggest(report.model, report.margin_rel, gib * GIB, objective="params", top=5, vocab_size=65)
+    assert not _covers(params_first, NANOGPT_CHAR)  # what the default fixes
+
+
+@pytest.mark.parametrize("gib", [24, 40, 80])
+def test_default_top5_covers_gpt2_small(report, gib):
+    assert _need(report, GPT2_SMALL) * 1.25 <= gib * GIB
+    items = suggest(report.model, report.margin_rel, gib * GIB, top=5, vocab_size=50304)
+    assert _covers(items, GPT2_SMALL), [(s.n_layer, s.n_embd, s.block_size, s.batch_size) for s in items]
+
+
+def test_trainable_floors_are_applied_and_reported(report):
+    """Every answer meets the floors the ranking reports; a small corpus caps the model size (the cap doubles
+    only until 5 models pass); the score is the params it was sorted by, best first."""
+    from vramfit.plan.suggest import PARAMS_PER_CORPUS_TOKEN, TOKENS_FLOOR
+
+    items = suggest(report.model, report.margin_rel, 8 * GIB, top=5, vocab_size=65, corpus_tokens=200_000)
+    r = items.ranking
+    assert r["tokens_floor"] == TOKENS_FLOOR and r["block_range"] == [256, 1024]
+    assert r["max_params"] == PARAMS_PER_CORPUS_TOKEN * 200_000
+    for s in items:
+        assert s.tokens_per_step >= r["tokens_floor"] and 256 <= s.block_size <= 1024
+        assert s.params - s.block_size * s.n_embd <= r["max_params"]
+        assert s.score == s.params - s.block_size * s.n_embd  # nanoGPT's count, without position embeddings
+    assert [s.score for s in items] == sorted((s.score for s in items), reverse=True)
+    unbounded = suggest(report.model, report.margin_rel, 8 * GIB, top=5, vocab_size=65)
+    assert unbounded[0].params > 2 * r["max_params"]  # the cap is what kept the models small
+    tiny = suggest(report.model, report.margin_rel, 8 * GIB, top=5, vocab_size=65, corpus_tokens=10)
+    assert len(tiny) == 5 and tiny.ranking["max_params"] > PARAMS_PER_CORPUS_TOKEN * 10  # relaxed, not empty
+    small = suggest(report.model, report.margin_rel, int(1.5 * GIB), top=5, vocab_size=50304)
+    assert small.ranking["tokens_floor"] < TOKENS_FLOOR and len(small) == 5  # halved until 5 models fit
+    # each model at the longest block that still takes several sequences, not at block 1024 with batch 1
+    assert all(s.batch_size >= 4 and s.tokens_per_step >= small.ranking["tokens_floor"] for s in small)

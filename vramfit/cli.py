@@ -355,7 +355,7 @@ def export(
 def _console():
     from rich.console import Console
 
-    return Console(width=max(120, shutil.get_terminal_size().columns))
+    return Console(width=max(140, shutil.get_terminal_size().columns))
 
 
 def _esc(text: str) -> str:
@@ -504,8 +504,10 @@ def suggest(
     vram: str = typer.Option(..., help="the card's memory: 8G, 7.5GiB, 8000M, 24GB (binary units: 8G = 8 GiB), or a "
                              "card: t4, l4, a10, a100-40g, h100-80g, rtx3090, ... (its NVML total)"),
     reserve: str = typer.Option("0", help="memory kept free for the display and other processes, e.g. 500M"),
-    objective: str = typer.Option("params", help="params (largest model) | tokens (most tokens per step) | "
-                                                 "balanced (params x tokens)"),
+    objective: str = typer.Option("trainable", help="trainable (default: the largest models that train on >= "
+                                  "16,384 tokens per step at block 256-1024, <= 16 params per corpus token) | "
+                                  "params (largest model) | tokens (most tokens per step) | "
+                                  "balanced (params x tokens)"),
     n_layer: str = typer.Option(None, help="fix or restrict: 12 or 6,12"),
     n_head: str = typer.Option(None),
     n_embd: str = typer.Option(None),
@@ -523,7 +525,13 @@ def suggest(
                                     "estimates plus a context constant (unvalidated)"),
     recipe: str = typer.Option("dtype=bfloat16,optimizer=fused", help="with --no-profile: the recipe "
                                "(inline k=v,... or a TOML/JSON file)"),
-    capability: str = typer.Option("8.0", help="with --no-profile: the GPU's compute capability (8.6, 9.0)"),
+    capability: str = typer.Option(None, help="with the dry run: the GPU's compute capability (8.6, 9.0; default: "
+                                   "this machine's GPU, else 8.0)"),
+    device: str = typer.Option("auto", help="plan for: auto (the newest GPU profile, else a GPU by the dry run) | "
+                               "cuda (the same) | cpu (the newest CPU profile: RAM)"),
+    cache_dir: Path = typer.Option(None, "--cache-dir", help="the dry run's cache (default: the user cache "
+                                   "directory, or $VRAMFIT_CACHE_DIR)"),
+    no_cache: bool = typer.Option(False, "--no-cache", help="with the dry run: neither read nor write the cache"),
     hours: str = typer.Option(None, "--hours", help="a time budget (e.g. 6 or 1.5): rank what fits by what it "
                               "learns in that time (replaces --objective), from the throughput model"),
     rank: str = typer.Option("auto", "--rank", help="with --hours: optimal = maximise min(D, 20 P), D tokens "
@@ -563,7 +571,8 @@ def suggest(
     space = parse_int_options(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                               batch_size=batch_size, vocab_size=vocab)
     rec = recommend(SuggestRequest(vram, reserve, objective, space, min_batch, top, model, data_dir, no_profile,
-                                   recipe, capability, hours, rank, loss_law, gpus, strategy))
+                                   recipe, capability, hours, rank, loss_law, gpus, strategy, device, cache_dir,
+                                   not no_cache))
     for line in rec.warnings:
         typer.echo(line, err=True)
     if rec.items:
@@ -573,12 +582,12 @@ def suggest(
         if not rec.items:
             raise typer.Exit(1)
         return
-    for line in rec.notes:
-        typer.echo(line)
     doc, budget = rec.doc, rec.doc["budget_bytes"]
     console = _console()
-    card = doc.get("card")
-    console.print(f"budget: {_fmt(budget)} ({_esc(rec.vram_label if card else vram)} - reserve "
+    console.print(_esc(rec.plan_line), soft_wrap=True)
+    for line in rec.notes:
+        typer.echo(line)
+    console.print(f"budget: {_fmt(budget)} ({_esc(rec.vram_label if doc.get('card') else vram)} - reserve "
                   f"{_fmt(doc['reserve_bytes'])}) · model {_esc(rec.model_path.name)} ({_esc(doc['device'])}, "
                   f"margin {doc['margin_rel']:.1%})")
     if rec.nothing_fits is not None:
@@ -590,7 +599,7 @@ def suggest(
     if rec.time_args:
         console.print(to_rich(time_table(rec.items, rec.time_args["hours"], rec.time_args["rank"])))
     else:
-        console.print(to_rich(suggestion_table(rec.items, f"top {len(rec.items)} by {objective}")))
+        console.print(to_rich(suggestion_table(rec.items, doc["ranking"])))
     for s in rec.items:
         console.print(f"#{s.rank}: {_esc(s.command)}", soft_wrap=True)
     console.print(f"saved to {_esc(str(save))}: train one with `vramfit train --suggestion N`")

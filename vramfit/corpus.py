@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 
@@ -22,3 +23,21 @@ def corpus_vocab(data_dir: str | Path) -> tuple[int, str] | None:
     from gpt.meta import corpus_vocab as vocab_and_source
 
     return vocab_and_source(data_dir)
+
+
+def corpus_tokens(data_dir: str | Path) -> int | None:
+    """Training tokens of a prepared corpus: meta.json's `train_tokens`, else the size of train.bin (uint16 ids up
+    to a 65,536-token vocabulary, uint32 above; nanoGPT's folders are uint16); None where there is no corpus."""
+    try:
+        meta = json.loads((Path(data_dir) / "meta.json").read_text())
+    except (OSError, ValueError):
+        meta = None
+    n = meta.get("train_tokens") if isinstance(meta, dict) else None
+    if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+        return n
+    found = corpus_vocab(data_dir)
+    try:
+        size = (Path(data_dir) / "train.bin").stat().st_size
+    except OSError:
+        return None
+    return size // (2 if found is None or found[0] <= 2**16 else 4) or None

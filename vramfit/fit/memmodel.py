@@ -214,6 +214,9 @@ class FitReport:
     dryrun: MemoryModel | None = None  # y = c0 + k * dry-run estimate, when fitted
     throughput: object | None = None  # vramfit.fit.throughput.ThroughputReport, when the points carry ms/iter
     ranges: dict = field(default_factory=dict)  # measured [min, max] per axis, params, tokens (fit.coverage)
+    device_type: str | None = None  # cuda | cpu: what the profile measured (GPU memory or CPU RAM)
+    total_memory_bytes: int | None = None  # the card's memory (or the emulated cap) the points ran under
+    compute_capability: str | None = None
 
     def to_json(self) -> dict:
         return {
@@ -224,6 +227,8 @@ class FitReport:
             "dryrun": self.dryrun.to_dict() if self.dryrun is not None else None,
             "throughput": self.throughput.to_json() if self.throughput is not None else None,
             "ranges": self.ranges,
+            "device_type": self.device_type, "total_memory_bytes": self.total_memory_bytes,
+            "compute_capability": self.compute_capability,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -319,11 +324,24 @@ def fit_points(points: pd.DataFrame, target: str = "auto", regimes: int = 2, dry
     from vramfit.fit.coverage import ranges
 
     report.ranges = ranges(ok)
+    report.device_type, report.total_memory_bytes, report.compute_capability = _device_facts(ok)
     if "ms_per_iter" in points.columns:
         from vramfit.fit.throughput import fit_throughput
 
         report.throughput = fit_throughput(points)
     return report
+
+
+def _device_facts(ok: pd.DataFrame) -> tuple[str | None, int | None, str | None]:
+    """(device type, total memory, compute capability) of the points' device, where the frame has them."""
+    def first(col: str):
+        if col not in ok.columns:
+            return None
+        values = ok[col].dropna()
+        return values.iloc[0] if len(values) else None
+
+    total, cc = first("total_memory_bytes"), first("compute_capability")
+    return first("device_type"), int(total) if total is not None else None, str(cc) if cc is not None else None
 
 
 def oom_violations(report: FitReport, points: pd.DataFrame) -> list[dict]:

@@ -102,9 +102,8 @@ def suggest_like(model, margin_rel: float, budget: int, path: str | Path, recipe
         items = suggest(model, margin_rel, budget, top=1, **args)
         if items:
             found.append((label, items[0]))
-    if check is not None:
-        kept = {id(s) for s in check([s for _, s in found])}
-        found = [(label, s) for label, s in found if id(s) in kept]
+    if check is not None:  # one at a time: the check may lower a find's batch (a new object) or drop it
+        found = [(label, checked[0]) for label, s in found if (checked := check([s]))]
     for rank, (_, s) in enumerate(found, start=1):
         s.rank = rank
         s.command = _like_command(s, like, path, recipe)
@@ -114,16 +113,18 @@ def suggest_like(model, margin_rel: float, budget: int, path: str | Path, recipe
 
 
 def _no_profile_doc(path: str | Path, recipe: str | None, capability: str) -> tuple[str, dict]:
-    """A model document for a GPU never profiled, calibrated on dry-run estimates at the config's vocabulary."""
+    """A model document for a GPU never profiled, calibrated on dry-run estimates at the config's vocabulary
+    (through `plan.noprofile.DryRunPlanner`: its cache and estimator pool); "planner" re-checks the finds."""
     from vramfit.dryrun.estimate import parse_capability, parse_recipe
-    from vramfit.plan.workflows import no_profile_model
+    from vramfit.plan.noprofile import DryRunPlanner
     from vramfit.recipe import Recipe
 
     rec, cap = parse_recipe(recipe), parse_capability(capability)
-    mm, margin, recipe_d = no_profile_model(rec, cap, like_shape(path)["vocab_size"])
-    return "(dry-run, no profile)", {"model": mm, "margin_rel": margin, "recipe": recipe_d, "target": "allocated",
+    planner = DryRunPlanner(rec, cap, like_shape(path)["vocab_size"])
+    mm, margin, recipe_d = planner.model()
+    return "(dry-run, no profile)", {"model": mm, "margin_rel": margin, "recipe": recipe_d, "target": "nvml",
                                      "device": f"CUDA sm{cap[0]}{cap[1]} (not profiled)",
-                                     "recipe_key": Recipe(**recipe_d).key(), "check": (rec, cap)}
+                                     "recipe_key": Recipe(**recipe_d).key(), "planner": planner}
 
 
 def run_suggest_like(path: str | Path, budget: int, model_file: str | Path | None, save: str | Path,
@@ -133,13 +134,18 @@ def run_suggest_like(path: str | Path, budget: int, model_file: str | Path | Non
     `no_profile` = (recipe, capability): plan from dry-run estimates, the finds re-checked by the estimator."""
     import json
 
-    from vramfit.plan.workflows import open_model, save_suggestions, verify_with_estimates
+    from vramfit.plan.workflows import open_model, save_suggestions
     from vramfit.units import format_size
 
     mpath, doc = _no_profile_doc(path, *no_profile) if no_profile else open_model(model_file)
     recipe = doc.get("recipe") or {}
-    check = (lambda items: verify_with_estimates(items, *doc["check"], budget)) if no_profile else None
-    res = suggest_like(doc["model"], doc["margin_rel"], budget, path, recipe, check)
+    planner = doc.get("planner")
+    try:
+        check = (lambda items: planner.verify(items, budget)) if planner is not None else None
+        res = suggest_like(doc["model"], doc["margin_rel"], budget, path, recipe, check)
+    finally:
+        if planner is not None:
+            planner.__exit__(None, None, None)
     items = [{**s.to_dict(), "label": label} for label, s in res["found"]]
     out = {"vram_bytes": budget + reserve_b, "reserve_bytes": reserve_b, "budget_bytes": budget,
            "objective": "like", "model_file": str(mpath), "device": doc["device"], "recipe_key": doc["recipe_key"],
@@ -151,8 +157,8 @@ def run_suggest_like(path: str | Path, budget: int, model_file: str | Path | Non
         return [json.dumps(out, indent=1)], bool(items)
     a = res["as_is"]
     sizes = lambda d: " ".join(f"{k}={d[k]}" for k in SHAPE_KEYS)  # noqa: E731
-    lines = ["warning: no profile of this device: predictions are dry-run estimates plus a CUDA context constant, "
-             "not measurements"] if no_profile else []
+    lines = ["warning: no profile of this device: predictions are dry-run estimates (allocator replay + a "
+             "published CUDA context size), not measurements", planner.summary()] if planner is not None else []
     lines += [f"budget: {format_size(budget)} {('(' + vram + ')') if vram else ''} · model {Path(mpath).name} "
              f"({doc['device']}, margin {doc['margin_rel']:.1%})",
              f"{path} as it is: {sizes(a)}: predicted {format_size(a['predicted_bytes'])} + margin "

@@ -12,7 +12,24 @@ from vramfit.errors import VramfitError
 from vramfit.fit.features import features
 from vramfit.fit.memmodel import MemoryModel
 
-OBJECTIVES = ("params", "tokens", "balanced")
+OBJECTIVES = ("trainable", "params", "tokens", "balanced")
+DEFAULT_OBJECTIVE = "trainable"
+# `trainable` (the default): distinct models ranked by size among those that train on at least TOKENS_FLOOR tokens
+# per step (nanoGPT's shakespeare_char batch, 64 x 256; GPT-2 124M trains on 12 x 1024), at a block between
+# nanoGPT's two (256 for characters, 1024 for GPT-2) unless --block-size is given, and, for a prepared corpus, at most
+# PARAMS_PER_CORPUS_TOKEN parameters per training token: repeated data stops helping after ~16 epochs
+# (Muennighoff et al. 2023, R* ~ 15), so beyond that a model gets less than one useful token per parameter.
+# The token floor halves while fewer than `top` models reach it or while halving it lets a model RELAX_GAIN times
+# larger fit (a 50k vocabulary's logits make 16k tokens cost ~8 GiB); the corpus cap doubles until `top` models
+# pass. F = 16384 with gain 4 was chosen by experiments/rank_defaults.py (results/bench/rank-defaults-*.md): the only
+# candidate with no batch 1, no larger model at under half the reference's tokens, and both references covered.
+# Each model is shown at the longest block where its batch is still BATCH_PREF sequences (else its largest batch).
+TOKENS_FLOOR = 16384
+BLOCK_RANGE = (256, 1024)
+RELAX_GAIN = 4.0
+TRAINABLE_VALUE = "params w/o pos. emb."  # the model's size as nanoGPT counts it (a longer block adds no capacity)
+BATCH_PREF = 8  # each model at its longest block that still takes this many sequences a step (or the most it can)
+PARAMS_PER_CORPUS_TOKEN = 16
 # how `suggest --hours` ranks what fits (D: tokens processed in the hours, P: parameters):
 #   optimal     maximise min(D, 20 P): the tokens that count toward compute-optimal training (Hoffmann et al.
 #               2022); grows with P while D > 20 P and with D while D < 20 P, so it peaks at D = 20 P; ties: more D
@@ -55,9 +72,18 @@ class Suggestion:
     tokens_in_budget: float | None = None  # tokens processed in the hours given
     hours_to_optimal: float | None = None  # hours to reach 20 x params tokens (compute-optimal)
     predicted_loss: float | None = None  # at the end of the budget (rank chinchilla or loss)
+    score: float | None = None  # the value the ranking sorted by (see Ranked.ranking["value"])
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+class Ranked(list):
+    """Suggestions in rank order, with `ranking`: the objective, the value it sorts by and the floors it applied."""
+
+    def __init__(self, items: list | None = None, ranking: dict | None = None) -> None:
+        super().__init__(items or [])
+        self.ranking = ranking or {}
 
 
 def _as_list(value, default: list[int]) -> list[int]:
@@ -170,11 +196,69 @@ def time_frontier(model: MemoryModel, margin_rel: float, budget_bytes: int, thro
     return out | {k: space[k][idx] for k in SHAPE_KEYS}
 
 
-def suggest(model: MemoryModel, margin_rel: float, budget_bytes: int, objective: str = "params",
+def _model_keys(space: dict, rows: np.ndarray) -> np.ndarray:
+    """One integer per distinct model (layers, width, vocab) of `rows`."""
+    keys = np.stack([space["n_layer"][rows], space["n_embd"][rows], space["vocab_size"][rows]], axis=1)
+    return np.unique(keys, axis=0, return_inverse=True)[1].ravel()
+
+
+def _trainable(space: dict, feats: dict, idx: np.ndarray, top: int, corpus_tokens: int | None,
+               block_fixed: bool, odd_heads: np.ndarray) -> tuple[np.ndarray, tuple, dict]:
+    """(rows, sort keys, floors applied, score) for the `trainable` objective (see TOKENS_FLOOR)."""
+    N, T = feats["tokens"][idx], space["block_size"][idx]
+    size = feats["params"][idx] - T * space["n_embd"][idx]  # the model without its position embeddings
+    model = _model_keys(space, idx)
+    ok = np.ones(len(idx), dtype=bool) if block_fixed else (T >= BLOCK_RANGE[0]) & (T <= BLOCK_RANGE[1])
+    if not ok.any():
+        ok[:] = True
+
+    def n_models(mask: np.ndarray) -> int:
+        return len(np.unique(model[mask]))
+
+    def best(mask: np.ndarray) -> float:
+        return float(size[mask].max()) if mask.any() else 0.0
+
+    want = min(top, n_models(ok))
+    floor = TOKENS_FLOOR
+    # halve the floor while fewer than `top` models reach it, or while halving it lets a model RELAX_GAIN x larger fit
+    while floor > 1 and (n_models(ok & (N >= floor)) < want
+                         or best(ok & (N >= floor // 2)) > RELAX_GAIN * best(ok & (N >= floor))):
+        floor //= 2
+    ok &= N >= floor
+    cap = None
+    if corpus_tokens:
+        cap = PARAMS_PER_CORPUS_TOKEN * int(corpus_tokens)
+        while n_models(ok & (size <= cap)) < want:
+            cap *= 2
+        ok &= size <= cap
+    batch = np.minimum(space["batch_size"][idx], BATCH_PREF)
+    keys = (-N, odd_heads, -T, -batch, -size)  # the largest model; its batch up to 8, longest block, head dim 64
+    floors = {"tokens_floor": int(floor), "block_range": None if block_fixed else list(BLOCK_RANGE),
+              "max_params": int(cap) if cap is not None else None, "corpus_tokens": corpus_tokens}
+    return np.nonzero(ok)[0], keys, floors, size
+
+
+def ranking_text(ranking: dict) -> str:
+    """What a ranking sorted by, in words (the table's title)."""
+    objective = ranking.get("objective")
+    if objective != "trainable":
+        return {"params": "params (largest model)", "tokens": "tokens per step",
+                "balanced": "params x tokens per step"}.get(objective, str(objective))
+    text = f"{TRAINABLE_VALUE}, among models with >= {ranking['tokens_floor']:,} tokens per step"
+    if ranking.get("block_range"):
+        text += f", block {ranking['block_range'][0]}-{ranking['block_range'][1]}"
+    if ranking.get("max_params"):
+        text += (f", <= {ranking['max_params'] / 1e6:,.1f}M params ({ranking['corpus_tokens'] / 1e6:,.2f}M corpus "
+                 "tokens)")
+    return text
+
+
+def suggest(model: MemoryModel, margin_rel: float, budget_bytes: int, objective: str = DEFAULT_OBJECTIVE,
             top: int = 10, min_batch: int = 1, command=None, hours: float | None = None, throughput=None,
-            rank: str = "optimal", loss_law=None, **space_args) -> list[Suggestion]:
+            rank: str = "optimal", loss_law=None, corpus_tokens: int | None = None, **space_args) -> Ranked:
     """Configs whose prediction + margin fits `budget_bytes`, one per shape (its largest fitting batch), ranked by
-    `objective`, or with `hours` (and a ThroughputModel) by what the time buys under `rank` (see TIME_RANKS)."""
+    `objective` (`trainable`: one per model, see TOKENS_FLOOR), or with `hours` (and a ThroughputModel) by what
+    the time buys under `rank` (see TIME_RANKS). `.ranking` says what the order was."""
     if objective not in OBJECTIVES:
         raise VramfitError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
     if hours is not None:
@@ -183,41 +267,65 @@ def suggest(model: MemoryModel, margin_rel: float, budget_bytes: int, objective:
             raise VramfitError("this model file has no throughput model (fitted before `--hours` existed, or its "
                                "points have no ms/iter): re-run `vramfit fit`")
     space, feats, pred, need, idx = _fitting(model, margin_rel, budget_bytes, min_batch, space_args)
+    ranking = {"objective": objective if hours is None else "hours"}
     if not len(idx):
-        return []
+        return Ranked([], ranking)
     P, N, cost = feats["params"][idx], feats["tokens"][idx], need[idx]
     odd_heads = np.abs(space["n_embd"][idx] / space["n_head"][idx] - 64)  # ties: prefer head_dim 64
-    times = None
+    times, rows, per_model = None, np.arange(len(idx)), False
     if hours is not None:
         times = time_scores(throughput, hours, rank, loss_law, space, idx, feats)
-        primary = (-times["tokens"], times["score"])
+        primary, score = (-times["tokens"], times["score"]), -times["score"] if rank == "optimal" else times["loss"]
+        ranking.update(value="tokens toward 20 x params" if rank == "optimal" else "predicted loss", rank=rank)
+    elif objective == "trainable":
+        rows, primary, floors, score = _trainable(space, feats, idx, top, corpus_tokens,
+                                                  space_args.get("block_size") is not None, odd_heads)
+        ranking.update(value=TRAINABLE_VALUE, **floors)
+        per_model = True
     else:
         primary = {"params": (-N, -P), "tokens": (-P, -N), "balanced": (-(np.log(P) + np.log(N)),)}[objective]
-    order = np.lexsort((odd_heads, cost, *primary))  # lexsort: the last key is the primary one
-    pos = {int(i): j for j, i in enumerate(idx)}
+        score = {"params": P, "tokens": N, "balanced": P * N}[objective]
+        ranking["value"] = {"params": "params", "tokens": "tokens/step", "balanced": "params x tokens/step"}[objective]
+    if hours is None:
+        ranking["text"] = ranking_text(ranking)
+    order = rows[np.lexsort(tuple(k[rows] for k in (odd_heads, cost, *primary)))]  # last key: the primary one
+    chosen = _distinct(space, idx, order, top, per_model)
+    return Ranked(_build(model, space, feats, pred, need, idx, chosen, margin_rel, budget_bytes, times, rank,
+                         score, command), ranking)
+
+
+def _distinct(space: dict, idx: np.ndarray, order: np.ndarray, top: int, per_model: bool) -> list[int]:
+    """The first `top` positions of `order` (into idx) with a new model (per_model) or a new shape: the head count
+    barely changes memory, so one row per (layers, width, block, vocab), or per (layers, width, vocab)."""
     chosen, seen = [], set()
-    for i in idx[order]:  # one row per (layers, width, block, vocab): head count barely changes memory
-        key = (space["n_layer"][i], space["n_embd"][i], space["block_size"][i], space["vocab_size"][i])
+    for j in order:
+        i = idx[j]
+        key = (space["n_layer"][i], space["n_embd"][i], space["vocab_size"][i],
+               None if per_model else space["block_size"][i])
         if key not in seen:
             seen.add(key)
-            chosen.append(i)
+            chosen.append(int(j))
             if len(chosen) == top:
                 break
-    chosen = np.asarray(chosen, dtype=np.int64)
-    sub = {k: v[chosen] for k, v in feats.items()}
-    parts = model.breakdown(sub)
+    return chosen
+
+
+def _build(model: MemoryModel, space: dict, feats: dict, pred: np.ndarray, need: np.ndarray, idx: np.ndarray,
+           chosen: list[int], margin_rel: float, budget_bytes: int, times: dict | None, rank: str,
+           score: np.ndarray, command) -> list[Suggestion]:
+    """Suggestion objects for positions `chosen` (into idx), with breakdown, score and command."""
+    rows = idx[np.asarray(chosen, dtype=np.int64)]
+    parts = model.breakdown({k: v[rows] for k, v in feats.items()})
     out = []
-    for rank_no, (i, part) in enumerate(zip(chosen, parts, strict=True), start=1):
+    for rank_no, (j, i, part) in enumerate(zip(chosen, rows, parts, strict=True), start=1):
         s = Suggestion(
-            rank=rank_no, **{k: int(space[k][i]) for k in ("n_layer", "n_head", "n_embd", "block_size",
-                                                             "batch_size", "vocab_size")},
+            rank=rank_no, **{k: int(space[k][i]) for k in SHAPE_KEYS},
             params=int(feats["params"][i]), tokens_per_step=int(feats["tokens"][i]),
             predicted_bytes=int(pred[i]), margin_bytes=int(pred[i] * margin_rel),
             headroom_bytes=int(budget_bytes - need[i]), regime=part.pop("regime"),
-            breakdown={k: int(v) for k, v in part.items()},
+            breakdown={k: int(v) for k, v in part.items()}, score=float(score[j]),
         )
         if times is not None:
-            j = pos[int(i)]
             s.ms_per_iter, s.tokens_per_s = float(times["ms_per_iter"][j]), float(times["tokens_per_s"][j])
             s.tokens_in_budget, s.hours_to_optimal = float(times["tokens"][j]), float(times["hours_to_optimal"][j])
             s.predicted_loss = float(times["loss"][j]) if rank != "optimal" else None

@@ -1,6 +1,6 @@
 """The workflows that join the store, fitted model files and suggestions: fitting every device + recipe of a
 database, finding the model file, the train command of a suggestion, the suggestions file, comparing a measured
-training run with its prediction, and the dry-run model for a GPU that was never profiled."""
+training run with its prediction (the dry-run model for a GPU never profiled is `vramfit.plan.noprofile`)."""
 
 from __future__ import annotations
 
@@ -197,59 +197,3 @@ def compare_and_store(cfg, record: dict, doc: dict | None, db: str | Path) -> li
         point_id = store.insert_point(record, env, None, source="train")
     lines.append(f"stored as point {point_id} (source train) in {db}")
     return lines
-
-
-# design for calibrating the physics model on dry-run estimates when no profile exists (suggest --no-profile)
-NO_PROFILE_DESIGN = {"n_layer": (2, 8), "n_embd": (256, 768), "block_size": (256, 1024), "batch_size": (1, 8)}
-
-
-def no_profile_model(recipe, capability: tuple[int, int], vocab_size: int, target: str = "cuda"):
-    """A MemoryModel for a device never profiled: the physics features fitted to the dry-run estimator's
-    whole-device figure (peak reserved of the replayed caching allocator + the CUDA context) on a small design of
-    configs (16 estimates).
-
-    Returns (model, margin_rel, resolved recipe dict)."""
-    import itertools
-
-    import numpy as np
-
-    from gpt.config import GPTConfig
-    from vramfit.dryrun.estimate import device_bytes, estimate_step
-    from vramfit.fit.features import PHYSICS, features
-    from vramfit.fit.memmodel import MIN_MARGIN, MemoryModel
-
-    rows, ys = [], []
-    for L, C, T, B in itertools.product(*NO_PROFILE_DESIGN.values()):
-        est = estimate_step(GPTConfig(L, C // 64, C, T, vocab_size), B, recipe, target, capability)
-        rows.append((L, C // 64, C, T, B, vocab_size))
-        ys.append(device_bytes(est))
-    arr = np.asarray(rows).T
-    X = features(*arr)
-    model = MemoryModel(PHYSICS, regimes=2).fit(X, np.asarray(ys, dtype=np.float64))
-    resolved = recipe.resolved(target, capability)
-    return model, MIN_MARGIN, resolved.to_dict()
-
-
-def verify_with_estimates(items: list, recipe, capability: tuple[int, int], budget: int, target: str = "cuda"):
-    """Re-predict suggestions with the dry-run estimator's whole-device figure; a suggestion over budget gets
-    the batch the estimate says fits (at most 3 more estimates), else is dropped."""
-    from dataclasses import replace
-
-    from gpt.config import GPTConfig
-    from vramfit.dryrun.estimate import device_bytes, estimate_step
-
-    kept = []
-    for s in items:
-        mc = GPTConfig(s.n_layer, s.n_head, s.n_embd, s.block_size, s.vocab_size)
-        need = device_bytes(estimate_step(mc, s.batch_size, recipe, target, capability))
-        for _ in range(3):
-            if need <= budget or s.batch_size <= 1:
-                break
-            b = max(1, min(s.batch_size - 1, int(s.batch_size * budget / need)))
-            s = replace(s, batch_size=b, tokens_per_step=s.tokens_per_step // s.batch_size * b,
-                        command=re.sub(r"--batch-size \d+", f"--batch-size {b}", s.command))
-            need = device_bytes(estimate_step(mc, s.batch_size, recipe, target, capability))
-        if need <= budget:
-            s.predicted_bytes, s.margin_bytes, s.headroom_bytes = need, 0, budget - need
-            kept.append(s)
-    return kept

@@ -64,14 +64,28 @@ def mfu_line(tp) -> str:
             if tp.mfu is not None else "MFU: device peak FLOP/s unknown (CPU or an unlisted GPU)")
 
 
-def suggestion_table(items: list, title: str) -> TableData:
-    """Suggestions ranked by a memory objective: shape, params, tokens per step, prediction and headroom."""
-    t = TableData(title, ["#", "layers", "heads", "width", "block", "batch", "vocab", "params", "tokens/step",
-                          "predicted", "headroom"])
+def _score(value: float, name: str) -> str:
+    if name.startswith("params") and "x" not in name:
+        return f"{value / 1e6:,.1f}M"
+    if name == "tokens/step":
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+def suggestion_table(items: list, ranking: dict) -> TableData:
+    """Suggestions ranked by a memory objective: shape, params, tokens per step, prediction, headroom, and the
+    value the ranking sorted by (`ranking`: `Ranked.ranking`, whose text is the title)."""
+    from vramfit.plan.suggest import ranking_text
+
+    name = ranking.get("value", "params")
+    t = TableData(f"top {len(items)} by {ranking_text(ranking)}",
+                  ["#", "layers", "heads", "width", "block", "batch", "vocab", "params", "tokens/step",
+                   "predicted", "headroom", f"ranked by: {name}"])
     for s in items:
         t.rows.append([str(s.rank), str(s.n_layer), str(s.n_head), str(s.n_embd), str(s.block_size),
                        str(s.batch_size), str(s.vocab_size), f"{s.params / 1e6:.1f}M", f"{s.tokens_per_step:,}",
-                       format_size(s.predicted_bytes), format_size(s.headroom_bytes)])
+                       format_size(s.predicted_bytes), format_size(s.headroom_bytes),
+                       _score(s.score, name) if s.score is not None else ""])
     return t
 
 
@@ -83,13 +97,14 @@ def time_table(items: list, hours: float, rank: str) -> TableData:
            "chinchilla": "predicted loss (Chinchilla's published law)",
            "loss": "predicted final loss (loss law fitted to this corpus's runs)"}[rank]
     cols = ["#", "layers", "heads", "width", "block", "batch", "params", "predicted", "ms/iter", "tokens/s",
-            f"tokens in {hours:g} h", f"h to {TOKENS_PER_PARAM:.0f}xP"] + (["loss"] if rank != "optimal" else [])
+            f"tokens in {hours:g} h", f"h to {TOKENS_PER_PARAM:.0f}xP"]
+    cols += [f"ranked: min(D, {TOKENS_PER_PARAM:.0f}P)" if rank == "optimal" else "ranked: loss"]
     t = TableData(f"top {len(items)} for {hours:g} hours, by {how}", cols)
     for s in items:
         row = [str(s.rank), str(s.n_layer), str(s.n_head), str(s.n_embd), str(s.block_size), str(s.batch_size),
                f"{s.params / 1e6:.2f}M", format_size(s.predicted_bytes), f"{s.ms_per_iter:,.1f}",
                f"{s.tokens_per_s:,.0f}", f"{s.tokens_in_budget / 1e6:,.1f}M", f"{s.hours_to_optimal:,.2f}"]
-        t.rows.append(row + ([f"{s.predicted_loss:.3f}"] if rank != "optimal" else []))
+        t.rows.append(row + ([f"{s.score / 1e6:,.1f}M"] if rank == "optimal" else [f"{s.predicted_loss:.3f}"]))
     return t
 
 

@@ -1,0 +1,243 @@
+"""Planning for a GPU that was never profiled (`suggest --no-profile`): the physics model calibrated on dry-run
+estimates of a small design, the top suggestions re-checked by the estimator, both kept in a user cache.
+
+The cache holds one JSON file per key (everything that changes an estimate: torch version, capability, the
+resolved recipe, the vocabulary, the target, the code of the estimator and of the calibration, the context
+table's version and the design) with the calibrated model, its 16 estimates and the re-checked configs. A second
+call with the same key runs no estimate for calibration; a corrupt file is reported and rebuilt."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import itertools
+import json
+import os
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from vramfit.plan.estimate_pool import EstimatorPool, Job
+
+CACHE_FORMAT = 1
+# the design the physics model is calibrated on: 2 x 2 x 2 x 2 = 16 dry-run estimates, head dim 64
+DESIGN = {"n_layer": (2, 8), "n_embd": (256, 768), "block_size": (256, 1024), "batch_size": (1, 8)}
+# source files whose code decides an estimate or the calibrated model: a change to any of them misses the cache
+CODE_FILES = ("vramfit/dryrun/__init__.py", "vramfit/dryrun/estimate.py", "vramfit/dryrun/fake_step.py",
+              "gpt/config.py", "gpt/model.py", "gpt/train.py", "vramfit/recipe.py", "vramfit/fit/features.py",
+              "vramfit/fit/memmodel.py", "vramfit/fit/stats.py", "vramfit/plan/noprofile.py")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """`cache_dir`, else $VRAMFIT_CACHE_DIR, else the user cache directory (platformdirs)."""
+    if cache_dir:
+        return Path(cache_dir)
+    if os.environ.get("VRAMFIT_CACHE_DIR"):
+        return Path(os.environ["VRAMFIT_CACHE_DIR"])
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("vramfit", appauthor=False))
+
+
+def code_version(files: tuple[str, ...] = CODE_FILES) -> str:
+    """A hash of the estimator's and the calibration's source (any edit changes it; a missing file too)."""
+    h = hashlib.sha256()
+    for rel in files:
+        path = ROOT / rel
+        h.update(rel.encode())
+        h.update(path.read_bytes() if path.is_file() else b"<missing>")
+    return h.hexdigest()[:16]
+
+
+def context_version() -> str:
+    """The version of the estimator's device-memory terms outside the step (CUDA context, allocator slack): its
+    own `CONTEXT_TABLE_VERSION` where it publishes one, else the values of those terms."""
+    from vramfit.dryrun import estimate
+
+    version = getattr(estimate, "CONTEXT_TABLE_VERSION", None)
+    if version is not None:
+        return str(version)
+    return f"context={getattr(estimate, 'CUDA_CONTEXT_BYTES', None)},slack={getattr(estimate, 'ALLOCATOR_SLACK', None)}"
+
+
+def torch_version() -> str:
+    """The installed torch's version, read without importing it."""
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
+
+
+def cache_key(recipe: dict, capability: tuple[int, int], vocab_size: int, target: str = "cuda") -> dict:
+    """Everything that changes the estimates behind a no-profile plan (`recipe`: the resolved recipe's dict)."""
+    return {"format": CACHE_FORMAT, "torch": torch_version(), "capability": list(capability),
+            "recipe": dict(sorted(recipe.items())), "vocab_size": int(vocab_size), "target": target,
+            "estimator": code_version(), "context_table": context_version(),
+            "design": {k: list(v) for k, v in DESIGN.items()}}
+
+
+def key_digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def shape_id(shape: tuple[int, ...]) -> str:
+    return ",".join(str(int(v)) for v in shape)
+
+
+@dataclass
+class CacheEntry:
+    """One key's file: the calibrated model (MemoryModel.to_dict), its estimates, and re-checks by shape id."""
+
+    path: Path | None
+    key: dict
+    model: dict | None = None
+    margin_rel: float | None = None
+    estimates: dict[str, int] = field(default_factory=dict)  # design point (shape id) -> device bytes
+    checks: dict[str, int] = field(default_factory=dict)  # suggested config (shape id) -> device bytes
+    dirty: bool = False
+
+    @classmethod
+    def open(cls, root: Path | None, key: dict, warnings: list[str]) -> CacheEntry:
+        """The entry for `key` under `root` (None: no cache); a corrupt file is ignored with a warning."""
+        if root is None:
+            return cls(None, key)
+        path = root / "noprofile" / f"{key_digest(key)}.json"
+        if not path.is_file():
+            return cls(path, key)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+            if d["key"] != key:
+                raise ValueError("its key does not match its name")
+            entry = cls(path, key, d["model"], d["margin_rel"], {str(k): int(v) for k, v in d["estimates"].items()},
+                        {str(k): int(v) for k, v in d["checks"].items()})
+            if entry.model is not None:
+                from vramfit.fit.memmodel import MemoryModel
+
+                MemoryModel.from_dict(entry.model)
+                float(entry.margin_rel)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError,
+                AttributeError) as exc:
+            warnings.append(f"warning: ignoring a corrupt cache entry {path} ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'}); rebuilding it")
+            return cls(path, key, dirty=True)
+        return entry
+
+    def save(self, warnings: list[str]) -> None:
+        """Write the entry atomically (a cache that cannot be written is a warning, never an error)."""
+        if self.path is None or not self.dirty:
+            return
+        doc = {"key": self.key, "model": self.model, "margin_rel": self.margin_rel, "estimates": self.estimates,
+               "checks": self.checks}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
+            tmp.replace(self.path)
+            self.dirty = False
+        except OSError as exc:
+            warnings.append(f"warning: cannot write the cache {self.path} ({exc.strerror or exc}); continuing")
+
+
+def design_shapes(vocab_size: int) -> list[tuple[int, int, int, int, int, int]]:
+    """The calibration design's configs (SHAPE_KEYS order), head dim 64."""
+    return [(L, C // 64, C, T, B, vocab_size) for L, C, T, B in itertools.product(*DESIGN.values())]
+
+
+def calibrated_model(shapes: list[tuple], device_bytes: list[int]):
+    """The physics MemoryModel fitted to the estimator's device figures (`vramfit.dryrun.estimate.device_bytes`:
+    the step's peak with the estimator's allocator and CUDA-context terms), so it predicts what the estimator
+    would say for any config."""
+    import numpy as np
+
+    from vramfit.fit.features import PHYSICS, features
+    from vramfit.fit.memmodel import MemoryModel
+
+    X = features(*np.asarray(shapes, dtype=np.int64).T)
+    return MemoryModel(PHYSICS, regimes=2).fit(X, np.asarray(device_bytes, dtype=np.float64))
+
+
+class DryRunPlanner:
+    """The no-profile model and re-checks for one (recipe, capability, vocabulary, target), through the cache
+    (`cache_dir=None` and `use_cache=False`: no cache) and a pool of estimator workers. Counts what it ran."""
+
+    def __init__(self, recipe, capability: tuple[int, int], vocab_size: int, target: str = "cuda",
+                 cache_dir: str | Path | None = None, use_cache: bool = True, workers: int | None = None,
+                 runner=None) -> None:
+        self.recipe, self.capability, self.vocab_size, self.target = recipe, capability, vocab_size, target
+        self.resolved = recipe.resolved(target, capability)
+        self.key = cache_key(self.resolved.to_dict(), capability, vocab_size, target)
+        self.warnings: list[str] = []
+        self.entry = CacheEntry.open(cache_root(cache_dir) if use_cache else None, self.key, self.warnings)
+        self.pool = EstimatorPool(workers)
+        self._runner = runner  # tests: a stand-in for EstimatorPool.run
+        self.ran = 0
+        self.cached = 0
+
+    def __enter__(self) -> DryRunPlanner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.pool.close()
+        self.entry.save(self.warnings)
+
+    def _estimates(self, shapes: list[tuple], store: dict[str, int]) -> list[int]:
+        """Device bytes of each shape: from `store` where present, the rest estimated (in parallel) and stored."""
+        missing = [s for s in dict.fromkeys(shapes) if shape_id(s) not in store]
+        jobs = [Job(tuple(int(v) for v in s), tuple(sorted(self.recipe.to_dict().items())), self.target,
+                    self.capability) for s in missing]
+        peaks = (self._runner or self.pool.run)(jobs)
+        for s, p in zip(missing, peaks, strict=True):
+            store[shape_id(s)] = int(p)
+        if missing:
+            self.entry.dirty = True
+        self.ran += len(missing)
+        self.cached += len(shapes) - len(missing)
+        return [store[shape_id(s)] for s in shapes]
+
+    def model(self):
+        """(MemoryModel, margin, resolved recipe dict): the calibrated model, from the cache when it holds one."""
+        from vramfit.fit.memmodel import MIN_MARGIN, MemoryModel
+
+        shapes = design_shapes(self.vocab_size)
+        if self.entry.model is not None:
+            self.cached += len(shapes)
+            return MemoryModel.from_dict(self.entry.model), self.entry.margin_rel, self.resolved.to_dict()
+        model = calibrated_model(shapes, self._estimates(shapes, self.entry.estimates))
+        self.entry.model, self.entry.margin_rel, self.entry.dirty = model.to_dict(), MIN_MARGIN, True
+        return model, MIN_MARGIN, self.resolved.to_dict()
+
+    def verify(self, items: list, budget: int) -> list:
+        """Re-predict suggestions by the estimator (its device figure); a suggestion over budget gets the batch the
+        estimate says fits (at most 3 more estimates: the calibrated model can be a few % low at the edge), else
+        it is dropped; rank the rest."""
+        from vramfit import SHAPE_KEYS
+
+        def shape(s) -> tuple:
+            return tuple(int(getattr(s, k)) for k in SHAPE_KEYS)
+
+        kept = []
+        for s, need in zip(items, self._estimates([shape(s) for s in items], self.entry.checks), strict=True):
+            for _ in range(3):
+                if need <= budget or s.batch_size <= 1:
+                    break
+                b = max(1, min(s.batch_size - 1, int(s.batch_size * budget / need)))
+                s = replace(s, batch_size=b, tokens_per_step=s.tokens_per_step // s.batch_size * b,
+                            command=re.sub(r"--batch-size \d+", f"--batch-size {b}", s.command))
+                need = self._estimates([shape(s)], self.entry.checks)[0]
+            if need <= budget:
+                s.predicted_bytes, s.margin_bytes, s.headroom_bytes = need, 0, budget - need
+                kept.append(s)
+        for rank, s in enumerate(kept, start=1):
+            s.rank = rank
+        return kept
+
+    def counts(self) -> dict:
+        """Estimates run here and taken from the cache, the cache file (None: off) and the workers."""
+        return {"estimates_run": self.ran, "from_cache": self.cached, "workers": self.pool.workers,
+                "cache_file": str(self.entry.path) if self.entry.path is not None else None}
+
+    def summary(self) -> str:
+        where = f"cache {self.entry.path}" if self.entry.path is not None else "cache off"
+        return (f"dry run: {self.ran} estimates run, {self.cached} from the cache ({where}; "
+                f"{self.pool.workers} worker{'s' if self.pool.workers != 1 else ''})")
