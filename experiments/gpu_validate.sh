@@ -7,6 +7,7 @@
 #
 # Stages, in order (a stage that finished leaves results/gpu/<slug>/.stages/<stage>.done and is skipped):
 #   setup      check python, CUDA torch and the dependencies (never installs torch); prepare a corpus
+#   demo       scripts/demo.sh (the README's main command) on this GPU, with this python; log in demo.log
 #   info       vramfit info, nvidia-smi, provenance.json (device, driver, torch, CUDA, recipe, date, commit)
 #   check-4 .. check-9
 #              issue 12 on the real card (experiments/gpu_checks.py; results in checks/item<N>.json):
@@ -39,7 +40,7 @@ POINTS="${VRAMFIT_POINTS:-12}"
 START=$(date +%s)
 VF=("$PY" -m vramfit)
 HELP="$PY experiments/gpu_validate.py"
-STAGES=(setup info check-4 check-5 check-6 check-7 check-8 check-9 sweep heldout fit budget-8 budget-12 budget-16
+STAGES=(setup demo info check-4 check-5 check-6 check-7 check-8 check-9 sweep heldout fit budget-8 budget-12 budget-16
         budget-24 summary)
 
 log() { echo "[gpu_validate $(date +%H:%M:%S)] $*"; }
@@ -93,6 +94,14 @@ EOF
         "${VF[@]}" prepare --input "$corpus" --tokenizer char --out "$DATA" || return 2
       fi
       echo "$corpus" > "$OUT/corpus.txt" ;;
+    demo)  # the README's main command first, with this machine's python (no install), a scratch database
+      VRAMFIT_PYTHON="$PY" SHAKESPEARE="$(cat "$OUT/corpus.txt")" DB="$OUT/demo.sqlite" ITERS=100 \
+        timeout "$t" bash scripts/demo.sh > "$OUT/demo.log" 2>&1
+      local rc=$?
+      tail -5 "$OUT/demo.log"
+      [[ $rc -eq 124 ]] && return 3
+      [[ $rc -eq 0 ]] || return 2
+      grep -E "predicted .* vs measured" "$OUT/demo.log" > "$OUT/demo-result.txt" || true ;;
     info)
       "${VF[@]}" info > "$OUT/info.txt" 2>&1
       "${VF[@]}" info --json > "$OUT/info.json" 2>/dev/null

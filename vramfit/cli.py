@@ -502,7 +502,8 @@ def predict(
 @app.command()
 def suggest(
     vram: str = typer.Option(..., help="the card's memory: 8G, 7.5GiB, 8000M, 24GB (binary units: 8G = 8 GiB), or a "
-                             "card: t4, l4, a10, a100-40g, h100-80g, rtx3090, ... (its NVML total)"),
+                             "card: t4, l4, a10, a100-40g, h100-80g, rtx3090, ... (its NVML total), or auto: this "
+                             "machine's GPU (NVML total - what others use - 2%), else half its RAM"),
     reserve: str = typer.Option("0", help="memory kept free for the display and other processes, e.g. 500M"),
     objective: str = typer.Option("trainable", help="trainable (default: the largest models that train on >= "
                                   "16,384 tokens per step at block 256-1024, <= 16 params per corpus token) | "
@@ -546,6 +547,8 @@ def suggest(
                                  "adds DDP's gradient buckets, 4 B/param, per GPU)"),
     like: Path = typer.Option(None, "--like", help="a nanoGPT config .py (or vramfit TOML): that config as it "
                               "is, and the largest batch / block / model close to it that fits"),
+    within_measured: bool = typer.Option(False, "--within-measured", help="keep layers, width, block and batch "
+                                         "inside the ranges the profile measured (no extrapolation)"),
 ) -> None:
     """Configs that fit a card with the safety margin, ranked, each with its train command.
     With --hours H: ranked by what H hours of training buys (tokens/s from the throughput model)."""
@@ -572,7 +575,7 @@ def suggest(
                               batch_size=batch_size, vocab_size=vocab)
     rec = recommend(SuggestRequest(vram, reserve, objective, space, min_batch, top, model, data_dir, no_profile,
                                    recipe, capability, hours, rank, loss_law, gpus, strategy, device, cache_dir,
-                                   not no_cache))
+                                   not no_cache, within_measured))
     for line in rec.warnings:
         typer.echo(line, err=True)
     if rec.items:
@@ -587,7 +590,8 @@ def suggest(
     console.print(_esc(rec.plan_line), soft_wrap=True)
     for line in rec.notes:
         typer.echo(line)
-    console.print(f"budget: {_fmt(budget)} ({_esc(rec.vram_label if doc.get('card') else vram)} - reserve "
+    label = rec.vram_label if doc.get("card") or vram.strip().lower() == "auto" else vram
+    console.print(f"budget: {_fmt(budget)} ({_esc(label)} - reserve "
                   f"{_fmt(doc['reserve_bytes'])}) · model {_esc(rec.model_path.name)} ({_esc(doc['device'])}, "
                   f"margin {doc['margin_rel']:.1%})")
     if rec.nothing_fits is not None:

@@ -286,6 +286,7 @@ def info_lines() -> list[str]:
         mem = format_size(cpu.total_memory_bytes) if cpu.total_memory_bytes else "?"
         lines.append("no CUDA device: CPU mode")
         lines.append(f"{cpu.device_name}, {os.cpu_count()} cores, {mem} RAM")
+        lines.append(how_measured(cpu))
         return lines
     for g in gpus:
         used = f", {format_size(g.used_memory_bytes)} used" if g.used_memory_bytes is not None else ""
@@ -295,4 +296,16 @@ def info_lines() -> list[str]:
             + (f"MIG instance of {g.mig_parent_uuid}, " if g.mig_parent_uuid else "") +
             f"{format_size(g.total_memory_bytes or 0)} total{used}, driver {g.driver_version or '?'} ({g.source})"
         )
+    lines.append(how_measured(gpus[0]))
     return lines
+
+
+def how_measured(d: DeviceFacts) -> str:
+    """What differs by device: the default recipe as it resolves here, and what a sweep's fit measures."""
+    r = d.resolve(Recipe())
+    recipe = f"{r.dtype}, {'torch.compile' if r.compile else 'eager'}, {r.optimizer} AdamW"
+    if d.device_type == "cuda":
+        return (f"here the default recipe is {recipe}; sweeps fit NVML's memory of the worker process (its peak: "
+                "NVML - reserved + max reserved; device minus baseline where NVML hides the PID)")
+    return (f"here the default recipe is {recipe}; sweeps fit the peak of live tensor storages (the allocator's "
+            "analogue) and record peak RSS (NVML's analogue)")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vramfit import SHAPE_KEYS
 from vramfit.corpus import corpus_tokens, corpus_vocab
 from vramfit.errors import VramfitError
 from vramfit.units import parse_size
@@ -72,6 +73,7 @@ class SuggestRequest:
     device: str = "auto"  # auto | cuda | cpu: what to plan for (see choose_model)
     cache_dir: Path | None = None  # the dry run's cache (default: the user cache directory)
     use_cache: bool = True
+    within_measured: bool = False  # keep every axis inside the ranges the model was measured on
 
 
 @dataclass
@@ -204,9 +206,9 @@ def _model(req: SuggestRequest, space: dict, warnings: list[str], budget: int):
 
 def recommend(req: SuggestRequest) -> Recommendation:
     """Configs that fit `req.vram - req.reserve` with the model's margin, ranked, each with its train command."""
-    from vramfit.cards import parse_vram
+    from vramfit.plan.budget import resolve_vram
 
-    (vram_b, _card), reserve_b = parse_vram(req.vram), parse_size(req.reserve)
+    (vram_b, card, vram_label), reserve_b = resolve_vram(req.vram, req.device), parse_size(req.reserve)
     space = {k: req.space.get(k) for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
                                            "vocab_size")}
     notes: list[str] = []
@@ -220,31 +222,70 @@ def recommend(req: SuggestRequest) -> Recommendation:
     if req.gpus > 1 and targs:
         raise VramfitError("--hours plans one GPU for now; drop --gpus or --hours")
     mm, margin, recipe_d, path, doc, planner, plan_line = _model(req, space, warnings, vram_b - reserve_b)
+    if req.within_measured:
+        _within_measured(space, doc.get("ranges"), notes)
     try:
-        out = _search(req, space, targs, (mm, margin, recipe_d, path, doc), planner, vram_b, reserve_b)
+        out = _search(req, space, targs, (mm, margin, recipe_d, path, doc), planner, vram_b, reserve_b,
+                      (card, vram_label))
     finally:
         if planner is not None:
             planner.__exit__(None, None, None)
             warnings += planner.warnings
             notes.append(planner.summary())
-    out.notes, out.warnings, out.plan_line = notes + out.notes, warnings, plan_line
+    out.notes, out.warnings, out.plan_line = notes + out.notes, warnings + out.warnings, plan_line
     out.doc["plan"] = plan_line
     if planner is not None:
         out.doc["dry_run"] = planner.counts()
     return out
 
 
+def _within_measured(space: dict, ranges: dict | None, notes: list[str]) -> None:
+    """Restrict each axis of the search space to the range the model was measured on (`fit.coverage`)."""
+    from vramfit.plan.suggest import DEFAULT_SPACE
+
+    if not ranges:
+        raise VramfitError("--within-measured: this model has no measured ranges (fit it again with this vramfit, "
+                           "or plan with the dry run)")
+    for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size"):
+        lo, hi = ranges[k]
+        default = {"n_head": list(range(int(lo), int(hi) + 1)), "vocab_size": [int(hi)]}.get(k) or DEFAULT_SPACE[k]
+        values = [v for v in (space[k] or default) if lo <= v <= hi]
+        if not values:
+            raise VramfitError(f"--within-measured: no {k} of the search space lies in the measured {lo:g}-{hi:g}")
+        space[k] = values
+    notes.append("within the measured ranges: " + ", ".join(
+        f"{k} {ranges[k][0]:g}-{ranges[k][1]:g}" for k in (*SHAPE_KEYS, "params", "tokens")))
+
+
+def _flag_extrapolations(items: list, ranges: dict | None, margin: float, budget: int) -> list[str]:
+    """Mark suggestions outside the measured ranges (per axis, params, tokens): the widened margin they need and
+    whether they still fit with it; the lines that say so."""
+    from vramfit.fit.coverage import check
+
+    lines = []
+    for s in items:
+        ext = check(ranges, {k: getattr(s, k) for k in SHAPE_KEYS})
+        s.extrapolated = sorted(ext.outside)
+        if ext.inside:
+            continue
+        need = s.predicted_bytes * (1 + ext.widened_margin(margin))
+        verdict = "fits" if need <= budget else "may NOT fit"
+        lines.append(f"#{s.rank} is an extrapolation ({ext.describe()}): with the margin widened to "
+                     f"{ext.widened_margin(margin):.1%} it {verdict}; check it first: vramfit estimate "
+                     + " ".join(f"--{k.replace('_', '-')} {getattr(s, k)}" for k in SHAPE_KEYS))
+    return lines
+
+
 def _search(req: SuggestRequest, space: dict, targs: dict, model: tuple, planner, vram_b: int,
-            reserve_b: int) -> Recommendation:
+            reserve_b: int, vram_info: tuple) -> Recommendation:
     """The search, the dry run's re-check, the multi-GPU term and the document."""
-    from vramfit.cards import describe, parse_vram
     from vramfit.plan.ddp import for_strategy, multi_gpu
     from vramfit.plan.suggest import smallest_need, suggest
     from vramfit.plan.workflows import train_command
 
     mm, margin, recipe_d, path, doc = model
     budget = vram_b - reserve_b
-    card = parse_vram(req.vram)[1]
+    card, vram_label = vram_info
     if targs:
         targs["throughput"] = doc["throughput"].model if doc.get("throughput") is not None else None
     mm = for_strategy(mm, req.gpus, req.strategy)
@@ -255,6 +296,12 @@ def _search(req: SuggestRequest, space: dict, targs: dict, model: tuple, planner
     if planner is not None:
         items = planner.verify(items, budget)
     items = multi_gpu(items, req.gpus)
+    extrapolations = _flag_extrapolations(items, doc.get("ranges"), margin, budget)
+    if req.within_measured:  # each axis is inside; drop combinations beyond the measured params or tokens
+        items = [s for s in items if not s.extrapolated]
+        for rank, s in enumerate(items, start=1):
+            s.rank = rank
+        extrapolations = []
     result = {"vram_bytes": vram_b, "card": card.name if card else None, "reserve_bytes": reserve_b,
               "budget_bytes": budget, "objective": req.objective, "ranking": ranking, "model_file": str(path),
               "device": doc["device"], "recipe_key": doc["recipe_key"], "recipe": recipe_d, "target": doc["target"],
@@ -265,7 +312,8 @@ def _search(req: SuggestRequest, space: dict, targs: dict, model: tuple, planner
         law = targs["loss_law"]
         result.update(hours=targs["hours"], rank=targs["rank"],
                       loss_law=law.to_dict() if law is not None and targs["rank"] == "loss" else None)
-    out = Recommendation(result, items, path, time_args=targs, vram_label=describe(vram_b, card))
+    out = Recommendation(result, items, path, time_args=targs, vram_label=vram_label)
+    out.warnings += extrapolations
     if not items:
         out.nothing_fits = smallest_need(mm, margin, **space)
     return out

@@ -73,6 +73,7 @@ class Suggestion:
     hours_to_optimal: float | None = None  # hours to reach 20 x params tokens (compute-optimal)
     predicted_loss: float | None = None  # at the end of the budget (rank chinchilla or loss)
     score: float | None = None  # the value the ranking sorted by (see Ranked.ranking["value"])
+    extrapolated: list = field(default_factory=list)  # axes (and params, tokens) outside the measured ranges
 
     def to_dict(self) -> dict:
         return asdict(self)

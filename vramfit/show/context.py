@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vramfit import SHAPE_KEYS
-from vramfit.cards import parse_vram
 from vramfit.corpus import corpus_vocab as corpus_vocab_source
 from vramfit.errors import VramfitError
+from vramfit.plan.budget import resolve_vram
 from vramfit.plan.ddp import for_strategy, multi_gpu
 from vramfit.plan.suggest import DEFAULT_SPACE, OBJECTIVES, Suggestion, suggest
 from vramfit.plan.workflows import SUGGESTIONS_FILE, train_command
@@ -86,7 +86,7 @@ def plan_context(vram: str | None = None, suggestions: str | Path = SUGGESTIONS_
     doc = read_last_suggest(suggestions)
     sources: list[str] = []
     if vram is not None:
-        vram_b, reserve_b = parse_vram(vram)[0], 0
+        vram_b, reserve_b = resolve_vram(vram)[0], 0
         sources.append(f"budget {vram} from --vram")
     elif doc is not None:
         reserve_b = int(doc.get("reserve_bytes") or 0)
