@@ -126,8 +126,9 @@ def test_rechecks_are_cached_per_config(tmp_path):
 def test_pool_gives_exactly_the_serial_estimates():
     """Two workers (each importing torch once) return what this process computes, in the order asked."""
     rec = tuple(sorted(BF16.to_dict().items()))
-    jobs = [Job((1, 2, 64, 32, b, 97), rec, "cuda", (8, 0)) for b in (1, 3)] + [
-        Job((2, 1, 32, 16, 2, 50), rec, "cuda", (7, 5))]
+    # large enough to differ after the allocator replay's segment rounding (2 MiB / 20 MiB segments)
+    jobs = [Job((2, 4, 256, 256, b, 8192), rec, "cuda", (8, 0)) for b in (1, 16)] + [
+        Job((1, 2, 128, 128, 4, 50304), rec, "cuda", (7, 5))]
     serial = [run_job(j) for j in jobs]
     with EstimatorPool(workers=2) as pool:
         assert pool.run(jobs) == serial
