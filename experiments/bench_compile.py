@@ -45,21 +45,6 @@ SHAPES = [
 ]
 
 
-def profiled_peak(fn) -> int:  # noqa: ANN001
-    """Peak of the running sum of the CPU allocator's [memory] events while `fn()` runs (bytes above the start)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
-    live = peak = 0
-    for _, n in events:
-        live += n
-        peak = max(peak, live)
-    return peak
-
-
 def child(req: dict) -> dict:
     """Two real steps of a fresh Trainer (compiled or eager) under the profiler; the peak of live tensor bytes."""
     import torch
@@ -68,6 +53,7 @@ def child(req: dict) -> dict:
     from gpt.data import synthetic_batch
     from gpt.train import Trainer
     from vramfit.dryrun.fake_step import train_config
+    from vramfit.measure.probe import allocator_peak
 
     L, H, C, T, V, B, dtype = req["shape"]
     mc = GPTConfig(n_layer=L, n_head=H, n_embd=C, block_size=T, vocab_size=V)
@@ -94,7 +80,7 @@ def child(req: dict) -> dict:
             trainer.step(batch)
         box.append(trainer)
 
-    peak = profiled_peak(run)
+    peak = allocator_peak(run)
     return {"peak": peak, "recompiled": _dynamo_frames() != frames, "compile_s": round(compile_s, 1)}
 
 

@@ -37,9 +37,9 @@ aten, prims = torch.ops.aten, torch.ops.prims
 _REDUCE_LIKE = {
     # Inductor writes these to a buffer but fuses the pointwise ops that produce their inputs into the kernel
     "sum", "mean", "amax", "amin", "max", "min", "var_mean", "var", "prod", "argmax", "argmin", "any", "all",
-    "logsumexp", "cat", "scatter", "scatter_add", "scatter_reduce", "index_put", "_unsafe_index_put", "index_add",
-    "cumsum",
-}
+    "logsumexp", "cat", "scatter", "scatter_add", "scatter_reduce", "index_put", "index_put_", "_unsafe_index_put",
+    "_unsafe_masked_index_put_accumulate", "_index_put_impl", "index_add", "cumsum",  # scatters write into a copy
+}                                                                           # of their (fused) first input
 _POINTWISE_EXTRA = {
     # not tagged pointwise in ATen, but lowered by Inductor as pointwise (or indexing) loops
     "convert_element_type", "clone", "_to_copy", "copy", "where", "full", "full_like", "zeros", "zeros_like", "ones",
@@ -154,16 +154,25 @@ def plan_graph(graph: fx.Graph) -> GraphPlan:
     return GraphPlan(mat, counted, drop_after, kinds)
 
 
+_PAUSED: list[Callable[[], contextlib.AbstractContextManager]] = [contextlib.nullcontext]
+"""How to stop the current run's storage tracker from counting (set by `CompiledGPT`): cached graphs outlive the
+tracker they were compiled under."""
+
+
 class GraphRunner:
     """Runs an AOT graph op by op (boxed calling convention: the argument list is emptied, inputs are released
     after their last use), with the storage tracker counting only the outputs Inductor materialises."""
 
     _boxed_call = True
 
-    def __init__(self, gm: fx.GraphModule, paused: Callable[[], contextlib.AbstractContextManager]) -> None:
+    def __init__(self, gm: fx.GraphModule,
+                 paused: Callable[[], contextlib.AbstractContextManager] | None = None) -> None:
         self.gm = gm
         self.plan = plan_graph(gm.graph)
-        self.paused = paused
+        self._paused = paused
+
+    def paused(self) -> contextlib.AbstractContextManager:
+        return (self._paused or _PAUSED[0])()
 
     def __call__(self, args: list) -> object:
         env: dict[fx.Node, object] = {}
@@ -199,11 +208,11 @@ def _decompositions() -> dict:
     return select_decomp_table()
 
 
-_CACHE: dict[tuple, Callable] = {}
+_CACHE: dict[tuple, Callable] = {}  # (segment, shapes, dtype, attention) -> the aot_function, traced on first use
+_CACHE_SIZE = 96
 
 
-def _compiled(key: tuple, fn: Callable, paused: Callable[[], contextlib.AbstractContextManager],
-              graphs: dict) -> Callable:
+def _compiled(key: tuple, fn: Callable, graphs: dict) -> Callable:
     """`aot_function(fn)` with Inductor's partitioner and decompositions and `GraphRunner` as the compiler."""
     if key in _CACHE:
         return _CACHE[key]
@@ -212,11 +221,13 @@ def _compiled(key: tuple, fn: Callable, paused: Callable[[], contextlib.Abstract
     def compiler(name: str) -> Callable:
         def compile_graph(gm: fx.GraphModule, example_inputs: list) -> GraphRunner:
             graphs.setdefault(key[0], {})[name] = gm
-            return GraphRunner(gm, paused)
+            return GraphRunner(gm)
         return compile_graph
 
     out = aot_function(fn, compiler("forward"), compiler("backward"), partition_fn=_partition_fn(),
                        decompositions=_decompositions())
+    while len(_CACHE) >= _CACHE_SIZE:  # oldest first: a planner sweeps batch sizes in order
+        del _CACHE[next(iter(_CACHE))]
     _CACHE[key] = out
     return out
 
@@ -238,14 +249,15 @@ class CompiledGPT:
                  on_segment: Callable[[str], None] | None = None, signature: tuple = ()) -> None:
         self.model = model
         self.paused = paused
+        _PAUSED[0] = paused
         self.on_segment = on_segment or (lambda name: None)
         self.graphs: dict[str, dict[str, fx.GraphModule]] = {}
         blocks = list(model.transformer.h)
         self.block_names = [n for n, _ in blocks[0].named_parameters()]
         self.block_params = [[p for _, p in b.named_parameters()] for b in blocks]
         self.embed_names = ["transformer.wte.weight", "transformer.wpe.weight"]
-        self.head_names = [n for n, _ in model.named_parameters(remove_duplicate=False) if n.startswith(("transformer.ln_f", "lm_head"))]
-        named = dict(model.named_parameters(remove_duplicate=False))
+        named = dict(model.named_parameters(remove_duplicate=False))  # lm_head.weight is tied to wte's
+        self.head_names = [n for n in named if n.startswith(("transformer.ln_f", "lm_head"))]
         self.embed_params = [named[n] for n in self.embed_names]
         self.head_params = [named[n] for n in self.head_names]
         self.signature = signature
@@ -266,7 +278,7 @@ class CompiledGPT:
                 def fn(params: list, x: torch.Tensor, targets: torch.Tensor) -> tuple:
                     with _swap_params(model, self.head_names, params):
                         return model.head(x, targets)
-            self._fns[segment] = _compiled((segment, *self.signature), fn, self.paused, self.graphs)
+            self._fns[segment] = _compiled((segment, *self.signature), fn, self.graphs)
         return self._fns[segment]
 
     def __call__(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple:
