@@ -176,12 +176,13 @@ class GraphRunner:
 
     def __call__(self, args: list) -> object:
         env: dict[fx.Node, object] = {}
-        inputs = iter(list(args))
+        inputs, k = list(args), 0
         args.clear()
         plan = self.plan
         for node in self.gm.graph.nodes:
-            if node.op == "placeholder":
-                env[node] = next(inputs)
+            if node.op == "placeholder":  # env holds the only reference: dropped after the input's last use
+                env[node], inputs[k] = inputs[k], None
+                k += 1
             elif node.op == "output":
                 return fx.graph.map_arg(node.args[0], lambda n: env[n])
             else:
