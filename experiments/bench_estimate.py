@@ -2,7 +2,8 @@
 
     python experiments/bench_estimate.py [--reps 3] [--configs gpt2-small,gpt2-xl] [--no-accuracy]
 
-Speed: seconds per `estimate_step` (two fake `Trainer.step` calls, CUDA target sm80, bf16, fused AdamW, flash),
+Speed: seconds per `estimate_step` (two fake `Trainer.step` calls, CUDA target sm80, bf16, fused AdamW, flash;
+compile resolves on for this target, so eager and then the torch.compile emulation, graphs traced on first use),
 the first call in this process (imports, fake-kernel caches cold) and the median of `--reps` more; plus one
 `estimate_step_isolated` (fresh child process, what `vramfit estimate` runs) for the first config.
 Accuracy: the estimate for target 'cpu' against two real `Trainer.step` calls on this CPU under

@@ -136,13 +136,22 @@ class GPT(nn.Module):
     def forward(
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x = self.embed(idx)
+        for block in self.transformer.h:
+            x = block(x)
+        return self.head(x, targets)
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token + position embeddings (and dropout): the input of the first block."""
         _, t = idx.size()
         if t > self.config.block_size:
             raise ConfigError(f"sequence length {t} exceeds block_size {self.config.block_size}")
         pos = torch.arange(0, t, dtype=torch.long, device=idx.device)
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        for block in self.transformer.h:
-            x = block(x)
+        return self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+
+    def head(self, x: torch.Tensor, targets: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Final layer norm, logits and (with targets) the cross-entropy loss."""
         x = self.transformer.ln_f(x)
         if targets is not None:
             logits = self.lm_head(x)

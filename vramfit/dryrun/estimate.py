@@ -62,6 +62,8 @@ class Estimate:
     seconds: float = 0.0
     allocator: dict = field(default_factory=dict)  # cuda: the caching-allocator replay (peaks, ratio, conf)
     process: dict = field(default_factory=dict)  # cuda: reserved + context = device bytes, with the context's source
+    compiled: bool = False  # the figures above are the torch.compile emulation's (the recipe compiles)
+    modes: dict = field(default_factory=dict)  # "eager" and, when compiled, "compiled": peak, phase, op, reserved
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -152,6 +154,9 @@ def _to_estimate(result: dict, model_config: GPTConfig, batch_size: int, recipe:
         from vramfit.dryrun.context import process_memory
 
         d["process"] = process_memory(capability, d["allocator"]["peak_reserved"])
+        for mode in d.get("modes", {}).values():  # each mode's whole-device figure, for side-by-side display
+            if "peak_reserved" in mode:
+                mode["device_bytes"] = process_memory(capability, mode["peak_reserved"])["device_bytes"]
     return Estimate(**d, compute_capability=capability if target == "cuda" else None,
                     model_config=model_config.to_dict(), batch_size=batch_size, recipe=recipe.to_dict())
 
@@ -263,6 +268,24 @@ def format_estimate(est: Estimate) -> str:
     elif est.target == "cuda":
         lines.append(f"device total ~{format_size(device_bytes(est))} (+{ALLOCATOR_SLACK:.0%} allocator slack, "
                      f"+{format_size(CUDA_CONTEXT_BYTES)} CUDA context and workspaces)")
+    if len(est.modes) > 1:
+        lines.append(_modes_table(est))
     lines.extend(f"note: {n}" for n in est.notes)
     lines.append(f"({est.seconds:.2f} s)")
     return "\n".join(lines)
+
+
+def _modes_table(est: Estimate) -> str:
+    """The eager and compiled steps side by side (peak, and on CUDA reserved and device totals)."""
+    cuda = est.target == "cuda"
+    head = f"  {'step':<9} {'peak':>11} {'reserved':>11} {'device':>11}  peak at" if cuda else \
+        f"  {'step':<9} {'peak':>11}  peak at"
+    rows = ["eager vs compiled (torch.compile emulated):", head]
+    for name, m in est.modes.items():
+        cols = f"  {name:<9} {format_size(m['peak_bytes']):>11}"
+        if cuda:
+            cols += f" {format_size(m.get('peak_reserved', 0)):>11} {format_size(m.get('device_bytes', 0)):>11}"
+        rows.append(f"{cols}  {m['peak_phase']}: {m['peak_op']}")
+    e, c = est.modes["eager"]["peak_bytes"], est.modes["compiled"]["peak_bytes"]
+    rows.append(f"  compiled/eager {c / e:.3f}" if e else "")
+    return "\n".join(rows)

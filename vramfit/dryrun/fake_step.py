@@ -31,6 +31,7 @@ from torch.overrides import TorchFunctionMode
 from gpt.config import OPTIMIZERS, GPTConfig, TrainConfig, resolve_recipe
 from gpt.data import synthetic_batch
 from gpt.errors import ConfigError
+from gpt.model import attention_kernel
 from gpt.train import Trainer
 from vramfit.dryrun import context, sdpa
 from vramfit.dryrun.allocator import replay
@@ -73,6 +74,8 @@ class StepResult:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     allocator: dict = field(default_factory=dict)  # CUDA target: the caching allocator replay (allocator.py)
+    compiled: bool = False  # the step above is the torch.compile emulation (`vramfit.dryrun.compiled`)
+    modes: dict = field(default_factory=dict)  # "eager" (and "compiled"): each run's peak, phase, op, reserved
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,6 +115,23 @@ class StepTracker(StorageTracker):
         self.on_backward_end: Callable[[], None] | None = None  # called once when the backward pass ends
         self.param_sids: set[int | None] = set()  # for telling autocast weight copies from activations
         self._out_zone = ""  # the zone of the outputs of the op being counted
+
+    # --- pausing: ops whose outputs a compiled step never materialises (`vramfit.dryrun.compiled`) --------------
+    _paused = False
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Ops run inside are not counted at all (their outputs are not tracked, no phase or peak update)."""
+        before, self._paused = self._paused, True
+        try:
+            yield
+        finally:
+            self._paused = before
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        if self._paused:
+            return func(*args, **(kwargs or {}))
+        return super().__torch_dispatch__(func, types, args, kwargs)
 
     # --- bookkeeping: the base class counts, these hooks remember ----------------------------------------------
     def _counted(self, sid: int, delta: int) -> None:
@@ -317,6 +337,7 @@ class _Plan:
     optimizer: str
     attention: str
     notes: list[str]
+    compile: bool = False
 
 
 def _resolve(model_config: GPTConfig, batch_size: int, dtype: str, compile: bool | None, optimizer: str,
@@ -328,14 +349,18 @@ def _resolve(model_config: GPTConfig, batch_size: int, dtype: str, compile: bool
         raise ConfigError("float16 training is CUDA-only here; use bfloat16 or float32 on the CPU")
     notes = []
     if use_compile:
-        notes.append("torch.compile is not emulated: this is the eager step's memory (compiled steps usually "
-                     "need less activation memory)")
+        notes.append(COMPILE_NOTE)
     head_dim = model_config.n_embd // model_config.n_head
     mc = model_config
     attention = (cuda_attention_kernel(attn_kernel, dtype, head_dim, capability, n_embd=mc.n_embd,
                                        batch=batch_size, n_head=mc.n_head, seq_len=mc.block_size,
                                        dropout=mc.dropout) if target == "cuda" else attn_kernel)
-    return _Plan(dtype, impl, attention, notes)
+    return _Plan(dtype, impl, attention, notes, use_compile)
+
+
+COMPILE_NOTE = ("torch.compile emulated: Inductor's partitioner decides what the forward saves, pointwise ops are "
+                "fused away; approximated: each block is its own graph, no in-place buffer reuse, no CUDA graphs "
+                "(see README, dry run)")
 
 
 def _emulate_fp16(trainer: Trainer, fake: bool) -> None:
@@ -364,9 +389,36 @@ def _batches(tracker: StepTracker, batch_size: int, model_config: GPTConfig,
     return get_batch
 
 
+def _compile(trainer: Trainer, tracker: StepTracker, mc: GPTConfig, cfg: TrainConfig, target: str,
+             attention: str) -> None:
+    """Replace the trainer's forward by the torch.compile emulation, compiled here (uncounted, like torch.compile's
+    first call) on stand-in parameters; the module hooks that fire while tracing leave no state behind."""
+    from vramfit.dryrun.compiled import CompiledGPT
+
+    def on_segment(name: str, loss: torch.Tensor | None = None) -> None:
+        if loss is not None:  # the head ran: its backward node and everything after it is the logits zone
+            node = loss.grad_fn
+            tracker.logits_seq = node._sequence_nr() - 1 if node is not None else _NO_NODE_SEQ
+            tracker.zone, tracker.where = "", ""
+            return
+        tracker.phase, tracker.where = "forward", f"compiled {name}"
+        tracker.zone = "logits" if name == "head" else ""
+
+    signature = (target, cfg.batch_size, mc.block_size, mc.n_embd, mc.n_head, mc.vocab_size, mc.dropout, mc.bias,
+                 trainer.dtype, attention)
+    model = CompiledGPT(trainer.model, tracker.paused, on_segment, signature)
+    with tracker.paused():
+        idx = torch.zeros(cfg.batch_size, mc.block_size, dtype=torch.long)
+        with trainer.autocast(), attention_kernel(trainer.cfg.attn_kernel):
+            model.warm_up(idx, idx.clone())
+    tracker.phase, tracker.zone, tracker.where, tracker.logits_seq = "init", "", "", _NO_NODE_SEQ
+    trainer.forward = model
+
+
 def _tracked_steps(cfg: TrainConfig, model_config: GPTConfig, plan: _Plan, tracker: StepTracker,
-                   get_batch: Callable, *, target: str, fake: bool, steps: int) -> int:
-    """Build the Trainer and run `steps` steps under `tracker` (and fake tensors); the live bytes after them."""
+                   get_batch: Callable, *, target: str, fake: bool, steps: int, compiled: bool = False) -> int:
+    """Build the Trainer and run `steps` steps under `tracker` (and fake tensors); the live bytes after them.
+    `compiled`: through the torch.compile emulation (`vramfit.dryrun.compiled`)."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.random.fork_rng(devices=[]))  # Trainer seeds the global RNG: leave ours alone
         if fake:
@@ -378,6 +430,8 @@ def _tracked_steps(cfg: TrainConfig, model_config: GPTConfig, plan: _Plan, track
         if target == "cuda":
             stack.enter_context(_CudaAttention(plan.attention, half_loss=plan.dtype == "float16"))
         hooks = _install_hooks(trainer, tracker)
+        if compiled:
+            _compile(trainer, tracker, model_config, cfg, target, plan.attention)
         try:
             tracker.reset_peak()
             for i in range(steps):
@@ -421,18 +475,35 @@ def run_step(
     cfg = train_config(model_config, batch_size, "float32" if plan.dtype == "float16" else plan.dtype,
                        plan.optimizer, "default" if target == "cuda" else attn_kernel, grad_clip,
                        gradient_accumulation_steps)
-    tracker = StepTracker(rounding, cuda_kernel_workspace if target == "cuda" else None,
-                          cublas_workspace_bytes(capability) if target == "cuda" else 0)
-    get_batch = _batches(tracker, batch_size, model_config, target)
-    steady = _tracked_steps(cfg, model_config, plan, tracker, get_batch, target=target, fake=fake, steps=steps)
+    runs = {}
+    for mode in ("eager", "compiled") if plan.compile else ("eager",):
+        t = time.perf_counter()
+        tracker = StepTracker(rounding, cuda_kernel_workspace if target == "cuda" else None,
+                              cublas_workspace_bytes(capability) if target == "cuda" else 0)
+        get_batch = _batches(tracker, batch_size, model_config, target)
+        steady = _tracked_steps(cfg, model_config, plan, tracker, get_batch, target=target, fake=fake, steps=steps,
+                                compiled=mode == "compiled")
+        alloc = replay(tracker.events, alloc_conf).to_dict() if target == "cuda" else {}
+        runs[mode] = (tracker, steady, alloc, time.perf_counter() - t)
+    tracker, steady, alloc, _ = runs["compiled" if plan.compile else "eager"]
     info = tracker.peak_info
     return StepResult(
         peak_bytes=tracker.peak, peak_phase=info["phase"], peak_op=info["op"], peak_step=info["step"],
         breakdown=tracker.breakdown(), step_peaks=[tracker.step_peaks.get(i + 1, 0) for i in range(steps)],
         steady_bytes=steady, target=target, dtype=plan.dtype, optimizer=plan.optimizer, attention=plan.attention,
-        rounding=rounding, fake=fake, notes=plan.notes, seconds=time.perf_counter() - t0,
-        allocator=replay(tracker.events, alloc_conf).to_dict() if target == "cuda" else {},
+        rounding=rounding, fake=fake, notes=plan.notes, seconds=time.perf_counter() - t0, allocator=alloc,
+        compiled=plan.compile, modes={mode: _mode_summary(*run, steps) for mode, run in runs.items()},
     )
+
+
+def _mode_summary(tracker: StepTracker, steady: int, alloc: dict, seconds: float, steps: int) -> dict:
+    """One run's headline numbers, for showing the eager and compiled steps side by side."""
+    info = tracker.peak_info
+    out = {"peak_bytes": tracker.peak, "peak_phase": info["phase"], "peak_op": info["op"],
+           "step_peaks": [tracker.step_peaks.get(i + 1, 0) for i in range(steps)], "seconds": round(seconds, 3)}
+    if alloc:
+        out["peak_reserved"] = alloc["peak_reserved"]
+    return out
 
 
 def _install_hooks(trainer: Trainer, tracker: StepTracker) -> list:

@@ -17,6 +17,7 @@ from vramfit.measure.devices import same_uuid
 
 __all__ = [
     "StorageTracker",
+    "allocator_peak",
     "rss_bytes",
     "peak_rss_bytes",
     "reset_peak_rss",
@@ -145,6 +146,30 @@ class StorageTracker(TorchDispatchMode):
                 f"StorageTracker: {need} bytes live exceed the emulated capacity of {self.cap_bytes} bytes"
             )
         return out
+
+
+# ------------------------------------------------------------------------------- CPU: the allocator's own log
+
+
+def allocator_peak(fn: Any) -> int:
+    """Peak live bytes of CPU tensors while `fn()` runs, above what was live before: the running sum of the CPU
+    allocator's `[memory]` events under `torch.profiler.profile(profile_memory=True)`.
+
+    Unlike `StorageTracker` this sees every CPU allocation, including buffers allocated outside the dispatcher
+    (torch.compile's generated code calls `empty_strided_cpu` directly). Exact bytes as requested (no 64-B
+    rounding); tensors created before `fn` and freed inside it count negative. Slow: the profiler records
+    every op, so keep `fn` small."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]")
+    live = peak = 0
+    for _, n in events:
+        live += n
+        peak = max(peak, live)
+    return peak
 
 
 # ---------------------------------------------------------------------------------------------- CPU: RSS

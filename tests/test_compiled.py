@@ -1,0 +1,164 @@
+"""torch.compile emulation in the dry run (`vramfit.dryrun.compiled`): the fusion plan on hand-made graphs, the
+compiled estimate against eager and against a real Inductor step on this CPU, and how estimates show both."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from gpt.config import GPTConfig
+from vramfit.cli import main
+from vramfit.dryrun import compiled
+from vramfit.dryrun.compiled import GraphRunner, op_kind, plan_graph
+from vramfit.dryrun.estimate import Estimate, estimate_step, format_estimate
+from vramfit.dryrun.fake_step import StepTracker
+from vramfit.recipe import Recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+aten = torch.ops.aten
+
+
+def _mlp(x, w1, w2):  # noqa: ANN001, ANN202
+    h = x @ w1  # extern: materialised
+    a = h * 2.0  # pointwise: fused into the next kernel
+    g = a + 1.0  # pointwise read by a matmul: realised
+    return g @ w2
+
+
+def _graph():  # noqa: ANN202
+    x, w1, w2 = torch.randn(64, 32), torch.randn(32, 128), torch.randn(128, 16)
+    return make_fx(_mlp)(x, w1, w2), (x, w1, w2)
+
+
+def _node(gm, target):  # noqa: ANN001, ANN202
+    return next(n for n in gm.graph.nodes if n.target is target)
+
+
+def test_op_kinds():
+    gm, _ = _graph()
+    assert op_kind(_node(gm, aten.mm.default)) == "extern"
+    assert op_kind(_node(gm, aten.mul.Tensor)) == "pointwise"
+    assert op_kind(_node(gm, aten.add.Tensor)) == "pointwise"
+    g = make_fx(lambda t: t.view(-1).sum())(torch.randn(4, 4))
+    assert op_kind(_node(g, aten.view.default)) == "view" and op_kind(_node(g, aten.sum.default)) == "reduce"
+
+
+def test_pointwise_chain_is_fused_and_the_matmul_output_lives_until_the_fused_kernel_reads_it():
+    gm, _ = _graph()
+    plan = plan_graph(gm.graph)
+    mm1, mm2 = [n for n in gm.graph.nodes if n.target is aten.mm.default]
+    mul, add = _node(gm, aten.mul.Tensor), _node(gm, aten.add.Tensor)
+    assert mm1 in plan.materialised and mm2 in plan.materialised
+    assert add in plan.materialised  # a matmul reads it: Inductor realises it
+    assert mul not in plan.materialised  # computed inside add's kernel
+    assert mm1 in plan.drop_after[add]  # h is read by add's kernel (through the fused mul), not dropped at mul
+    assert add in plan.drop_after[mm2]
+
+
+def test_graph_runner_counts_only_materialised_buffers():
+    gm, (x, w1, w2) = _graph()
+    tracker = StepTracker(rounding=1)
+    with tracker:
+        tracker.add(x, w1, w2)
+        inputs = 4 * (64 * 32 + 32 * 128 + 128 * 16)
+        tracker.reset_peak()
+        out = GraphRunner(gm, tracker.paused)([x, w1, w2])
+    h = 4 * 64 * 128
+    # peak: the inputs, h and the realised add (the fused mul never exists); then h dies before the second matmul
+    assert tracker.peak == inputs + 2 * h
+    assert tracker.current == inputs + 4 * 64 * 16  # only the result is left
+    assert torch.allclose(out[0] if isinstance(out, (list, tuple)) else out, _mlp(x, w1, w2), atol=1e-4)
+
+
+def test_scatter_writes_into_its_fused_initial_buffer():
+    """Embedding backward under Inductor's decompositions: zeros + index_put(accumulate) is one buffer."""
+    def f(w, idx):  # noqa: ANN001, ANN202
+        return torch.zeros_like(w).index_put_((idx,), torch.ones(idx.shape[0], w.shape[1]), accumulate=True)
+
+    g = make_fx(f)(torch.randn(100, 8), torch.tensor([1, 2, 3]))
+    plan = plan_graph(g.graph)
+    assert [n.target.overloadpacket.__name__ for n in plan.materialised] == ["index_put_"]
+
+
+def _estimate(mc: GPTConfig, batch: int, **recipe: object) -> Estimate:
+    return estimate_step(mc, batch, Recipe(optimizer="fused", **recipe), target="cpu")
+
+
+def test_compiled_step_drops_the_fp32_logits_copies():
+    """bf16 with a large vocabulary: eager keeps fp32 copies of the logits (upcast, log-softmax, its gradient);
+    Inductor fuses them into the loss kernels, so the compiled peak is lower by at least one of them."""
+    mc = GPTConfig(n_layer=1, n_head=2, n_embd=64, block_size=128, vocab_size=8192)
+    est = _estimate(mc, 4, dtype="bfloat16", compile=True)
+    assert est.compiled and set(est.modes) == {"eager", "compiled"}
+    eager, comp = est.modes["eager"]["peak_bytes"], est.modes["compiled"]["peak_bytes"]
+    assert est.peak_bytes == comp
+    assert eager - comp >= 4 * 128 * 8192 * 4
+    assert sum(est.breakdown.values()) == comp
+    assert any("torch.compile emulated" in n for n in est.notes)
+
+
+def test_eager_recipe_has_one_mode_and_is_unchanged():
+    mc = GPTConfig(n_layer=1, n_head=2, n_embd=64, block_size=64, vocab_size=512)
+    eager = _estimate(mc, 2, dtype="float32", compile=False)
+    both = _estimate(mc, 2, dtype="float32", compile=True)
+    assert not eager.compiled and set(eager.modes) == {"eager"}
+    assert both.modes["eager"]["peak_bytes"] == eager.peak_bytes
+    assert "eager vs compiled" not in format_estimate(eager)
+    text = format_estimate(both)
+    assert "eager vs compiled" in text and "compiled/eager" in text
+
+
+def test_block_graphs_are_traced_once_and_cached_per_shape():
+    mc = GPTConfig(n_layer=3, n_head=2, n_embd=64, block_size=32, vocab_size=256)
+    a = _estimate(mc, 2, dtype="float32", compile=True)
+    keys = set(compiled._CACHE)
+    b = _estimate(mc, 2, dtype="float32", compile=True)
+    assert set(compiled._CACHE) == keys  # same shapes: nothing traced again
+    assert sum(k[0] == "block" for k in keys) >= 1
+    assert (a.peak_bytes, a.peak_op) == (b.peak_bytes, b.peak_op)
+    _estimate(mc, 3, dtype="float32", compile=True)
+    assert len(compiled._CACHE) == len(keys) + 3  # a new batch size: embeddings, block and head again
+
+
+def test_cuda_target_compiles_by_default_and_shows_both_device_figures():
+    mc = GPTConfig(n_layer=2, n_head=4, n_embd=128, block_size=256, vocab_size=4096)
+    est = estimate_step(mc, 4, Recipe(), target="cuda")
+    assert est.compiled and est.attention == "flash"
+    for mode in est.modes.values():
+        assert mode["device_bytes"] > mode["peak_reserved"] >= mode["peak_bytes"]
+    assert est.modes["compiled"]["peak_bytes"] < est.modes["eager"]["peak_bytes"]
+    assert est.allocator["peak_allocated"] == est.peak_bytes == est.modes["compiled"]["peak_bytes"]
+    off = estimate_step(mc, 4, Recipe(compile=False), target="cuda")
+    assert not off.compiled and off.peak_bytes == est.modes["eager"]["peak_bytes"]
+
+
+def test_cli_estimate_json_shows_eager_and_compiled(capsys):
+    args = ["estimate", "--n-layer", "1", "--n-head", "2", "--n-embd", "64", "--block-size", "64",
+            "--batch-size", "2", "--vocab", "512", "--target", "cpu", "--recipe", "dtype=float32,compile=true"]
+    assert main([*args, "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["compiled"] is True and d["modes"]["compiled"]["peak_bytes"] == d["peak_bytes"]
+    assert d["modes"]["eager"]["peak_bytes"] > 0
+    assert main(args) == 0
+    assert "eager vs compiled" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_compiled_estimate_within_5_percent_of_a_real_inductor_step():
+    """A real `torch.compile`d Trainer on this CPU (Inductor, C++ backend), measured by the CPU allocator's
+    profiler events (`vramfit.measure.probe.allocator_peak`: Inductor's buffers bypass the dispatcher)."""
+    shape = (2, 4, 128, 128, 4096, 4, "bfloat16")
+    L, H, C, T, V, B, dtype = shape
+    est = _estimate(GPTConfig(n_layer=L, n_head=H, n_embd=C, block_size=T, vocab_size=V), B, dtype=dtype,
+                    compile=True)
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "bench_compile.py"), "--child"],
+                         input=json.dumps({"shape": shape, "compile": True}), capture_output=True, text=True,
+                         timeout=900, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    real = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not real["recompiled"]
+    assert abs(est.peak_bytes - real["peak"]) <= 0.05 * real["peak"], (est.peak_bytes, real["peak"])

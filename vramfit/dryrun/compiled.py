@@ -1,0 +1,304 @@
+"""torch.compile emulation for the dry run: what a compiled training step allocates.
+
+`torch.compile(model)` with Inductor changes a step's memory in two ways, and both are emulated here:
+
+1. **What the forward saves for backward.** AOT autograd traces the joint forward+backward graph and Inductor's
+   `partition_fn` (`torch._inductor.compile_fx.partition_fn`: Inductor's joint-graph passes, then
+   `min_cut_rematerialization_partition(compiler="inductor")`) splits it, saving matmul outputs and small reduction
+   results and recomputing cheap pointwise ops in backward. That exact code runs here, with Inductor's
+   decomposition table, under FakeTensorMode, with compilers that return the graphs to an interpreter.
+2. **Which intermediates exist at all.** Inductor fuses pointwise ops into the kernels that consume them, so their
+   outputs never reach memory (GELU, LayerNorm's normalisation, the fp32 upcast of the logits, log-softmax and the
+   cross-entropy gradient). `plan_graph` decides, node by node, what Inductor materialises: outputs of extern kernels
+   (matmuls, attention, unknown ops) and the tensors they read, reductions, concatenations and scatters, and graph
+   outputs; everything else is fused. A materialised buffer lives until the last kernel that reads it, directly or
+   through fused pointwise ops; graph inputs are released after their last use (Inductor's boxed calling
+   convention). `GraphRunner` executes the graph op by op, counting only the materialised outputs.
+
+The GPT is compiled in segments that share graphs: the embeddings, one transformer block (traced and partitioned
+once, run for every block: all blocks have the same shapes) and the head (final LayerNorm, logits, loss). Segment
+graphs are cached per shape in the process. Approximations (also in the estimate's notes): no in-place buffer reuse
+and no Inductor realisation heuristics for pointwise ops read many times; graph breaks between segments that the
+real whole-model graph does not have; no CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import operator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import fx
+
+aten, prims = torch.ops.aten, torch.ops.prims
+
+_REDUCE_LIKE = {
+    # Inductor writes these to a buffer but fuses the pointwise ops that produce their inputs into the kernel
+    "sum", "mean", "amax", "amin", "max", "min", "var_mean", "var", "prod", "argmax", "argmin", "any", "all",
+    "logsumexp", "cat", "scatter", "scatter_add", "scatter_reduce", "index_put", "index_put_", "_unsafe_index_put",
+    "_unsafe_masked_index_put_accumulate", "_index_put_impl", "index_add", "cumsum",  # scatters write into a copy
+}                                                                           # of their (fused) first input
+_POINTWISE_EXTRA = {
+    # not tagged pointwise in ATen, but lowered by Inductor as pointwise (or indexing) loops
+    "convert_element_type", "clone", "_to_copy", "copy", "where", "full", "full_like", "zeros", "zeros_like", "ones",
+    "ones_like", "scalar_tensor", "iota", "arange", "rand", "rand_like", "randn", "randn_like", "index", "embedding",
+    "gather", "inductor_random", "inductor_seeds", "inductor_lookup_seed", "bernoulli", "lift_fresh_copy",
+    "fill", "empty_like",
+}
+_VIEW_NAMES = {"view", "_unsafe_view", "reshape", "permute", "t", "transpose", "expand", "unsqueeze", "squeeze",
+               "slice", "select", "alias", "as_strided", "split", "split_with_sizes", "unbind", "diagonal",
+               "view_as", "expand_as", "detach"}
+
+
+def op_kind(node: fx.Node) -> str:
+    """'input', 'output', 'getitem', 'view', 'pointwise', 'reduce' or 'extern' for one graph node."""
+    if node.op == "placeholder":
+        return "input"
+    if node.op == "output":
+        return "output"
+    if node.op != "call_function":
+        return "extern"
+    target = node.target
+    if target is operator.getitem:
+        return "getitem"
+    name = getattr(getattr(target, "overloadpacket", None), "__name__", getattr(target, "__name__", ""))
+    if name in _VIEW_NAMES or getattr(target, "is_view", False):
+        return "view"
+    if name in _REDUCE_LIKE:
+        return "reduce"
+    if name in _POINTWISE_EXTRA or torch.Tag.pointwise in getattr(target, "tags", ()):
+        return "pointwise"
+    return "extern"
+
+
+def _input_nodes(node: fx.Node) -> list[fx.Node]:
+    return [a for a in node.all_input_nodes]
+
+
+@dataclass
+class GraphPlan:
+    """What Inductor would materialise in one graph and when each value can be dropped."""
+
+    materialised: set[fx.Node]
+    counted: set[fx.Node]  # materialised nodes and views of them: the tracker counts their outputs
+    drop_after: dict[fx.Node, list[fx.Node]]  # values to release after this node ran
+    kinds: dict[fx.Node, str] = field(default_factory=dict)
+
+    @property
+    def fused(self) -> int:
+        return sum(1 for n, k in self.kinds.items() if k == "pointwise" and n not in self.materialised)
+
+
+def plan_graph(graph: fx.Graph) -> GraphPlan:
+    """Decide which nodes Inductor materialises and the last kernel that reads each buffer."""
+    nodes = list(graph.nodes)
+    kinds = {n: op_kind(n) for n in nodes}
+
+    def base(n: fx.Node) -> fx.Node:
+        while kinds[n] == "view" and n.all_input_nodes:
+            n = n.args[0] if isinstance(n.args[0], fx.Node) else n.all_input_nodes[0]
+        return n
+
+    mat: set[fx.Node] = set()
+    for n in nodes:
+        k = kinds[n]
+        if k in ("extern", "output"):
+            if k == "extern":
+                mat.add(n)
+            for a in _input_nodes(n):  # extern kernels and graph outputs need real buffers
+                b = base(a)
+                if kinds[b] == "pointwise":
+                    mat.add(b)
+        elif k == "reduce":
+            mat.add(n)
+        elif k == "getitem" and kinds[base(n.args[0])] != "pointwise":
+            mat.add(n)
+    # the buffers each kernel reads: materialised values and graph inputs, seen through fused pointwise ops
+    reads: dict[fx.Node, frozenset[fx.Node]] = {}
+    index = {n: i for i, n in enumerate(nodes)}
+    last_use: dict[fx.Node, int] = {}
+    for i, n in enumerate(nodes):
+        k = kinds[n]
+        if k == "input" or k == "getitem":
+            reads[n] = frozenset()
+            continue
+        got: set[fx.Node] = set()
+        for a in _input_nodes(n):
+            b = base(a)
+            if kinds[b] in ("input", "getitem") or b in mat:
+                got.add(b)
+            else:
+                got |= reads.get(b, frozenset())
+        reads[n] = frozenset(got)
+        if n in mat or k == "output":
+            for b in got:
+                last_use[b] = max(last_use.get(b, -1), len(nodes) if k == "output" else i)
+    drop_after: dict[fx.Node, list[fx.Node]] = {n: [] for n in nodes}
+    for n in nodes:
+        k = kinds[n]
+        if k == "output":
+            continue
+        users = [index[u] for u in n.users]
+        last_direct = max(users, default=index[n])
+        if k in ("input", "getitem") or n in mat:
+            at = max(last_use.get(n, index[n]), last_direct)
+        else:  # fused values and views hold no counted storage of their own (a view's base is kept above)
+            at = last_direct
+        if at < len(nodes):
+            drop_after[nodes[at]].append(n)
+    # views of materialised buffers or inputs share their storage: counting them adds nothing; views of fused
+    # values must not be counted (their storage does not exist in the compiled step)
+    counted = mat | {n for n in nodes if kinds[n] == "view" and (base(n) in mat or kinds[base(n)] == "input")}
+    return GraphPlan(mat, counted, drop_after, kinds)
+
+
+_PAUSED: list[Callable[[], contextlib.AbstractContextManager]] = [contextlib.nullcontext]
+"""How to stop the current run's storage tracker from counting (set by `CompiledGPT`): cached graphs outlive the
+tracker they were compiled under."""
+
+
+class GraphRunner:
+    """Runs an AOT graph op by op (boxed calling convention: the argument list is emptied, inputs are released
+    after their last use), with the storage tracker counting only the outputs Inductor materialises."""
+
+    _boxed_call = True
+
+    def __init__(self, gm: fx.GraphModule,
+                 paused: Callable[[], contextlib.AbstractContextManager] | None = None) -> None:
+        self.gm = gm
+        self.plan = plan_graph(gm.graph)
+        self._paused = paused
+
+    def paused(self) -> contextlib.AbstractContextManager:
+        return (self._paused or _PAUSED[0])()
+
+    def __call__(self, args: list) -> object:
+        env: dict[fx.Node, object] = {}
+        inputs, k = list(args), 0
+        args.clear()
+        plan = self.plan
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":  # env holds the only reference: dropped after the input's last use
+                env[node], inputs[k] = inputs[k], None
+                k += 1
+            elif node.op == "output":
+                return fx.graph.map_arg(node.args[0], lambda n: env[n])
+            else:
+                a = fx.graph.map_arg(node.args, lambda n: env[n])
+                kw = fx.graph.map_arg(node.kwargs, lambda n: env[n])
+                fn = getattr(self.gm, node.target) if node.op == "call_module" else node.target
+                with contextlib.nullcontext() if node in plan.counted else self.paused():
+                    env[node] = fn(*a, **kw)
+            for done in plan.drop_after[node]:
+                env.pop(done, None)
+        raise RuntimeError("graph without output")
+
+
+# --- the compiled GPT ---------------------------------------------------------------------------------------------
+def _partition_fn() -> Callable:
+    from torch._inductor.compile_fx import partition_fn
+
+    return partition_fn
+
+
+def _decompositions() -> dict:
+    from torch._inductor.decomposition import select_decomp_table
+
+    return select_decomp_table()
+
+
+_CACHE: dict[tuple, Callable] = {}  # (segment, shapes, dtype, attention) -> the aot_function, traced on first use
+_CACHE_SIZE = 96
+
+
+def _compiled(key: tuple, fn: Callable, graphs: dict) -> Callable:
+    """`aot_function(fn)` with Inductor's partitioner and decompositions and `GraphRunner` as the compiler."""
+    if key in _CACHE:
+        return _CACHE[key]
+    from torch._functorch.aot_autograd import aot_function
+
+    def compiler(name: str) -> Callable:
+        def compile_graph(gm: fx.GraphModule, example_inputs: list) -> GraphRunner:
+            graphs.setdefault(key[0], {})[name] = gm
+            return GraphRunner(gm)
+        return compile_graph
+
+    out = aot_function(fn, compiler("forward"), compiler("backward"), partition_fn=_partition_fn(),
+                       decompositions=_decompositions())
+    while len(_CACHE) >= _CACHE_SIZE:  # oldest first: a planner sweeps batch sizes in order
+        del _CACHE[next(iter(_CACHE))]
+    _CACHE[key] = out
+    return out
+
+
+@contextlib.contextmanager
+def _swap_params(module: torch.nn.Module, names: list[str], values: list[torch.Tensor]) -> Iterator[None]:
+    from torch.nn.utils.stateless import _reparametrize_module
+
+    with _reparametrize_module(module, dict(zip(names, values, strict=True))):
+        yield
+
+
+class CompiledGPT:
+    """Stands in for `torch.compile(model)` in `Trainer.step`: `forward(idx, targets) -> (logits, loss)` through
+    the emulated compiled segments (embeddings, each block, head). Build it, then `warm_up` once outside the
+    tracked steps (tracing and partitioning happen there, like torch.compile's first call)."""
+
+    def __init__(self, model: torch.nn.Module, paused: Callable[[], contextlib.AbstractContextManager],
+                 on_segment: Callable[[str], None] | None = None, signature: tuple = ()) -> None:
+        self.model = model
+        self.paused = paused
+        _PAUSED[0] = paused
+        self.on_segment = on_segment or (lambda name: None)
+        self.graphs: dict[str, dict[str, fx.GraphModule]] = {}
+        blocks = list(model.transformer.h)
+        self.block_names = [n for n, _ in blocks[0].named_parameters()]
+        self.block_params = [[p for _, p in b.named_parameters()] for b in blocks]
+        self.embed_names = ["transformer.wte.weight", "transformer.wpe.weight"]
+        named = dict(model.named_parameters(remove_duplicate=False))  # lm_head.weight is tied to wte's
+        self.head_names = [n for n in named if n.startswith(("transformer.ln_f", "lm_head"))]
+        self.embed_params = [named[n] for n in self.embed_names]
+        self.head_params = [named[n] for n in self.head_names]
+        self.signature = signature
+        self._fns: dict[str, Callable] = {}
+
+    def _fn(self, segment: str) -> Callable:
+        if segment not in self._fns:
+            model, block = self.model, self.model.transformer.h[0]
+            if segment == "embed":
+                def fn(params: list, idx: torch.Tensor) -> torch.Tensor:
+                    with _swap_params(model, self.embed_names, params):
+                        return model.embed(idx)
+            elif segment == "block":
+                def fn(params: list, x: torch.Tensor) -> torch.Tensor:
+                    with _swap_params(block, self.block_names, params):
+                        return block(x)
+            else:
+                def fn(params: list, x: torch.Tensor, targets: torch.Tensor) -> tuple:
+                    with _swap_params(model, self.head_names, params):
+                        return model.head(x, targets)
+            self._fns[segment] = _compiled((segment, *self.signature), fn, self.graphs)
+        return self._fns[segment]
+
+    def __call__(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple:
+        self.on_segment("embed")
+        x = self._fn("embed")(self.embed_params, idx)
+        for i, params in enumerate(self.block_params):
+            self.on_segment(f"transformer.h.{i}")
+            x = self._fn("block")(params, x)
+        self.on_segment("head")
+        return self._fn("head")(self.head_params, x, targets)
+
+    def warm_up(self, idx: torch.Tensor, targets: torch.Tensor) -> None:
+        """Trace, partition and run one uncounted step on stand-in parameters, so that the graphs are compiled
+        (forward and backward) before the tracked steps start. The model's own parameters are not touched."""
+        def stand_in(ps: list[torch.Tensor]) -> list[torch.Tensor]:
+            return [torch.empty_like(p).requires_grad_(True) for p in ps]
+
+        with self.paused():
+            x = self._fn("embed")(stand_in(self.embed_params), idx)
+            x = self._fn("block")(stand_in(self.block_params[0]), x)
+            _, loss = self._fn("head")(stand_in(self.head_params), x, targets)
+            loss.backward()
