@@ -44,7 +44,7 @@ def _estimate_main() -> int:
     for p in req["points"]:
         try:
             mc = GPTConfig(p["n_layer"], p["n_head"], p["n_embd"], p["block_size"], p["vocab_size"])
-            est = estimate_step(mc, int(p["batch_size"]), recipe, req["target"], cap)
+            est = estimate_step(mc, int(p["batch_size"]), recipe, req["target"], cap, headline_only=True)
         except Exception as exc:  # noqa: BLE001 - one bad point does not stop the others
             print(json.dumps({"point": p, "error": str(exc)[:200]}), flush=True)
             continue

@@ -170,17 +170,19 @@ def estimate_step(
     *,
     grad_clip: float = 1.0,
     gradient_accumulation_steps: int = 1,
+    headline_only: bool = False,
 ) -> Estimate:
     """Peak memory of two real `Trainer.step` calls under fake tensors, in this process.
 
-    Any shape works (fake tensors hold no data). Raises `ConfigError`/`VramfitError` for invalid inputs."""
+    Any shape works (fake tensors hold no data). Raises `ConfigError`/`VramfitError` for invalid inputs.
+    `headline_only`: skip the eager run beside a compiled one (for planners that use only the headline figure)."""
     from vramfit.dryrun.fake_step import run_step
 
     recipe = recipe or Recipe()
     req = _request(model_config, batch_size, recipe, target, compute_capability, grad_clip=grad_clip,
                    gradient_accumulation_steps=gradient_accumulation_steps)
     batch = req.pop("batch_size")
-    result = run_step(model_config, batch, fake=True, **req)
+    result = run_step(model_config, batch, fake=True, headline_only=headline_only, **req)
     return _to_estimate(result.to_dict(), model_config, batch_size, recipe, target, req["capability"])
 
 

@@ -462,8 +462,12 @@ def run_step(
     gradient_accumulation_steps: int = 1,
     rounding: int | None = None,
     alloc_conf: str = "",
+    headline_only: bool = False,
 ) -> StepResult:
     """Build the real Trainer and run `steps` real `Trainer.step` calls under a `StepTracker`.
+
+    With a compiling recipe both the eager and the compiled step run (shown side by side); `headline_only` runs
+    only the one the result reports (planners that use one figure: half the time).
 
     `fake=True` uses FakeTensorMode (no memory, no data: any shape runs); `fake=False` trains for real on the CPU
     (used to check the fake run). `target='cuda'` emulates that GPU on CPU tensors (see the module docstring)."""
@@ -476,7 +480,8 @@ def run_step(
                        plan.optimizer, "default" if target == "cuda" else attn_kernel, grad_clip,
                        gradient_accumulation_steps)
     runs = {}
-    for mode in ("eager", "compiled") if plan.compile else ("eager",):
+    modes = ("eager", "compiled") if plan.compile else ("eager",)
+    for mode in modes[-1:] if headline_only else modes:
         t = time.perf_counter()
         tracker = StepTracker(rounding, cuda_kernel_workspace if target == "cuda" else None,
                               cublas_workspace_bytes(capability) if target == "cuda" else 0)

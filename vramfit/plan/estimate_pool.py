@@ -43,7 +43,7 @@ def run_job(job: Job) -> int:
 
     L, H, C, T, B, V = job.shape
     return device_bytes(estimate_step(GPTConfig(L, H, C, T, V), B, Recipe.from_dict(dict(job.recipe)),
-                                      job.target, job.capability))
+                                      job.target, job.capability, headline_only=True))
 
 
 def default_workers() -> int:

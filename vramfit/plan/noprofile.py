@@ -24,6 +24,8 @@ CACHE_FORMAT = 1
 DESIGN = {"n_layer": (2, 8), "n_embd": (256, 768), "block_size": (256, 1024), "batch_size": (1, 8)}
 # source files whose code decides an estimate or the calibrated model: a change to any of them misses the cache
 CODE_FILES = ("vramfit/dryrun/__init__.py", "vramfit/dryrun/estimate.py", "vramfit/dryrun/fake_step.py",
+              "vramfit/dryrun/compiled.py", "vramfit/dryrun/allocator.py", "vramfit/dryrun/context.py",
+              "vramfit/dryrun/sdpa.py", "vramfit/measure/probe.py",
               "gpt/config.py", "gpt/model.py", "gpt/train.py", "vramfit/recipe.py", "vramfit/fit/features.py",
               "vramfit/fit/memmodel.py", "vramfit/fit/stats.py", "vramfit/plan/noprofile.py")
 ROOT = Path(__file__).resolve().parents[2]

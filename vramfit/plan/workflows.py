@@ -45,7 +45,7 @@ def dryrun_estimates(points: pd.DataFrame, target: str = "auto") -> list[int]:
         cuda = row.device_type == "cuda"
         cap = parse_capability(row.compute_capability) if cuda and row.compute_capability else (8, 0)
         mc = GPTConfig(int(row.n_layer), int(row.n_head), int(row.n_embd), int(row.block_size), int(row.vocab_size))
-        est = estimate_step(mc, int(row.batch_size), recipe, "cuda" if cuda else "cpu", cap)
+        est = estimate_step(mc, int(row.batch_size), recipe, "cuda" if cuda else "cpu", cap, headline_only=True)
         out.append(target_bytes(est, target if target != "auto" else ("nvml" if cuda else "tracked")))
     return out
 
