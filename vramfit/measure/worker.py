@@ -8,7 +8,8 @@ The spec: {"point": {n_layer, n_head, n_embd, block_size, batch_size, vocab_size
 The record: the six shape keys, status (ok | oom | error), readings in bytes (CPU: tracked_bytes, rss_bytes;
 CUDA: nvml_bytes (the peak, see `vramfit.measure.reader`), nvml_raw_bytes, nvml_source, allocated_bytes,
 reserved_bytes, context_bytes, alloc_retries, num_ooms, foreign_procs, peak_steps), ms_per_iter, tokens_per_s,
-iters, stable, error, dtype, compile, timings (seconds: process_start, import, warmup (CPU: kernels and lazy
+iters, stable, error, dtype, compile, worker (spawn | fork: a child of the fork server, `vramfit.measure.zygote`),
+timings (seconds: process_start, import, warmup (CPU: kernels and lazy
 imports, off the record), build (model + optimizer; CUDA: context too), first_iter (compile on CUDA),
 iters (the rest), total).
 The parent sets CUDA_VISIBLE_DEVICES to the GPU's UUID, so the worker always trains on cuda:0.
@@ -28,6 +29,9 @@ import sys  # noqa: E402
 import traceback  # noqa: E402
 
 from vramfit import SHAPE_KEYS  # noqa: E402  (a constant: no heavy import before the timer)
+from vramfit.child import die_with_parent  # noqa: E402  (no torch either)
+
+FORK_INFO: dict = {"forked": False}  # set by the fork server's child (`vramfit.measure.zygote`) before main
 
 
 def _first_line(exc: BaseException) -> str:
@@ -66,7 +70,10 @@ class Point:
                         "import": t_import - T_START}
         self.rec: dict = {**self.shape, "status": "error", "device": spec.get("device", "cpu"), "pid": os.getpid(),
                           "iters": 0, "stable": False, "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
-                          "timings": self.timings, "n_params": self.model_config.n_params()}
+                          "timings": self.timings, "n_params": self.model_config.n_params(),
+                          "worker": "fork" if FORK_INFO.get("forked") else "spawn"}
+        if FORK_INFO.get("forked"):
+            self.rec["fork_mallopt"] = FORK_INFO.get("malloc_env")
 
     def batch_fn(self, gen, batch_size: int | None = None):
         from gpt.data import synthetic_batch
@@ -217,6 +224,7 @@ def _finish(pt: Point, failed: str | None, reader, step_times: list[float]) -> N
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    die_with_parent()  # the parent's PID comes in the environment (vramfit.child.PARENT_ENV)
     try:
         spec = json.loads(argv[0] if argv else sys.stdin.read())
         rec = run_point(spec)

@@ -41,6 +41,7 @@ from vramfit.measure.devices import DeviceFacts
 from vramfit.recipe import Recipe
 from vramfit.store import DONE_STATUSES, Store
 from vramfit.sweep.grid import Grid
+from vramfit.sweep.orphans import wait_for_orphans
 from vramfit.sweep.pool import WorkerPool, point_spec, worker_env
 from vramfit.sweep.progress import point_label, reading_label
 from vramfit.sweep.runner import SweepResult, capacity_bytes, identity_points, recorded, single_device
@@ -312,6 +313,7 @@ def run_adaptive(grid: Grid, db: str | Path, settings: PlanSettings, device: str
     Resumable: points of this grid already in the store (same device model, recipe, torch, emulation) count as
     measured, and the predictions stored with them feed the stop rule."""
     d = single_device(device, gpu_indices, "an adaptive plan")
+    wait_for_orphans(db)
     store = Store(db)
     recipe = d.resolve(grid.recipe)
     env_id = store.environment(d.to_dict(), recipe, emulate_bytes)
@@ -345,10 +347,11 @@ def run_adaptive(grid: Grid, db: str | Path, settings: PlanSettings, device: str
         f"target error {settings.target_error:.1%}) on {d.device_name}"
         + (f", emulating {format_size(emulate_bytes)}" if emulate_bytes else "")
         + f": {resumed} already measured; recipe {recipe.key()}; db {db}")
-    pool = WorkerPool(worker_cmd)
+    pool = WorkerPool(worker_cmd, owner=db)
+    say(pool.describe())
     env = worker_env(d, recipe, grid.measure)
     tried = measured
-    with recorded(store, sweep_id, pool.kill_all):
+    with pool, recorded(store, sweep_id, pool.kill_all):
         while True:
             check = planner.should_stop(measured, prior)
             if check.stop:

@@ -24,6 +24,7 @@ from vramfit.recipe import Recipe
 from vramfit.store import Store, device_key
 from vramfit.sweep.executors import Event, Executor, Job, LocalExecutor
 from vramfit.sweep.grid import Grid
+from vramfit.sweep.orphans import wait_for_orphans
 from vramfit.sweep.progress import Progress, point_label
 from vramfit.units import format_size
 
@@ -79,6 +80,9 @@ def run_sweep(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: lis
     point that ran on another device than planned (a cluster) is stored under the environment it ran on."""
     ex = executor or LocalExecutor(worker_cmd)
     devs = resolve(device, gpu_indices) if ex.local else ex.discover(device, gpu_indices)
+    if ex.local:
+        wait_for_orphans(db)
+        ex.bind(str(db))
     store = Store(db)
     recipes = [d.resolve(grid.recipe) for d in devs]
     env_ids = [store.environment(d.to_dict(), r, emulate_bytes) for d, r in zip(devs, recipes, strict=True)]
@@ -96,6 +100,7 @@ def run_sweep(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: lis
         emu = f", emulating {format_size(emulate_bytes)}" if emulate_bytes else ""
         log(f"sweep {sweep_id} '{grid.name}' on {where}{emu}: {total} points to measure, {resumed} already "
             f"measured, {n_invalid} invalid combinations skipped; recipe {recipes[0].key()}; db {db}")
+        log(ex.describe())
     bar = Progress(total, quiet=quiet, live=live)
 
     @contextlib.contextmanager
