@@ -22,6 +22,7 @@ from vramfit.errors import VramfitError
 from vramfit.measure.devices import DeviceFacts, resolve
 from vramfit.recipe import Recipe
 from vramfit.store import Store, device_key
+from vramfit.sweep.cost import CostEstimate, estimate_cost
 from vramfit.sweep.executors import Event, Executor, Job, LocalExecutor
 from vramfit.sweep.grid import Grid
 from vramfit.sweep.orphans import wait_for_orphans
@@ -69,6 +70,23 @@ def _jobs(grid: Grid, store: Store, devs: list[DeviceFacts], recipes: list[Recip
     return jobs, total, resumed
 
 
+def sweep_cost(jobs: list[Job], devs: list[DeviceFacts], env_ids: list[int], store: Store, mode: str
+               ) -> CostEstimate:
+    """The sweep's estimated wall time: each device group's points over its devices, the slowest group."""
+    members: dict[str, list[int]] = {}
+    for i, d in enumerate(devs):
+        members.setdefault(device_key(d.to_dict()), []).append(i)
+    worst = CostEstimate(0, 0.0, 0.0, "nothing to measure")
+    for key, idx in members.items():
+        pts = [j.point for j in jobs if j.group == key]
+        if not pts:
+            continue
+        est = estimate_cost(pts, identity_points(store, env_ids[idx[0]]), mode, len(idx))
+        if est.seconds >= worst.seconds:
+            worst = est
+    return CostEstimate(len(jobs), worst.seconds, worst.overhead_s, worst.source)
+
+
 def run_sweep(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: list[int] | None = None,
               emulate_bytes: int | None = None, redo: bool = False, quiet: bool = False,
               argv: list[str] | None = None, worker_cmd: list[str] | None = None,
@@ -101,6 +119,8 @@ def run_sweep(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: lis
         log(f"sweep {sweep_id} '{grid.name}' on {where}{emu}: {total} points to measure, {resumed} already "
             f"measured, {n_invalid} invalid combinations skipped; recipe {recipes[0].key()}; db {db}")
         log(ex.describe())
+        if total:
+            log(sweep_cost(jobs, devs, env_ids, store, ex.worker_mode).line())
     bar = Progress(total, quiet=quiet, live=live)
 
     @contextlib.contextmanager

@@ -65,6 +65,7 @@ class Executor:
 
     name = "base"
     local = False
+    worker_mode = "spawn"  # how a point gets its fresh process: spawn | fork (the cost estimate's overhead)
 
     def discover(self, device: str, gpu_indices: list[int] | None) -> list[DeviceFacts]:
         """One DeviceFacts per device (local) or device kind (cluster) the sweep can run on."""
@@ -99,6 +100,7 @@ class LocalExecutor(Executor):
         from vramfit.sweep.pool import WorkerPool
 
         self.pool = WorkerPool(worker_cmd, fork=fork)
+        self.worker_mode = "fork" if self.pool.fork else "spawn"
 
     def bind(self, db: str) -> None:
         from pathlib import Path
