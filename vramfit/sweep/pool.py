@@ -54,6 +54,17 @@ def worker_env(facts: DeviceFacts, recipe: Recipe, measure: Measure) -> dict[str
 
 
 OWNER_ENV, DRIVER_ENV = "VRAMFIT_SWEEP_DB", "VRAMFIT_SWEEP_PID"  # which database's sweep a worker measures for
+CACHE_ENV = "VRAMFIT_COMPILE_CACHE"  # 0: compiled points share no Inductor cache (each compiles from scratch)
+
+
+def compile_cache_env(cache_dir: str | None) -> dict[str, str]:
+    """Inductor's on-disk caches (FX graph, AOTAutograd, autotuning, Triton kernels) in one per-sweep directory,
+    shared by the sweep's workers and by no other sweep; with `cache_dir` None (CACHE_ENV=0), every cache off."""
+    if cache_dir is None:
+        return {"TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"}
+    return {"TORCHINDUCTOR_CACHE_DIR": cache_dir, "TRITON_CACHE_DIR": os.path.join(cache_dir, "triton"),
+            "TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
+            "TORCHINDUCTOR_AUTOTUNE_LOCAL_CACHE": "1"}
 
 
 class WorkerPool:
@@ -77,6 +88,8 @@ class WorkerPool:
         self.why_spawn = "" if self.fork else (why or "asked for")
         self._servers: dict[tuple[str, int], object] = {}
         self._lock = threading.Lock()
+        self.share_cache = os.environ.get(CACHE_ENV, "1").strip() != "0"
+        self._cache_dir: str | None = None  # created on first use, removed by close()
 
     def describe(self) -> str:
         """How points get their fresh process, in words (the sweep prints it)."""
@@ -84,7 +97,18 @@ class WorkerPool:
             return "workers forked from a fork server (torch imported once per sweep)"
         return f"one spawned worker per point ({self.why_spawn})"
 
+    def _cache(self) -> str | None:
+        if not self.share_cache:
+            return None
+        with self._lock:
+            if self._cache_dir is None:
+                import tempfile
+
+                self._cache_dir = tempfile.mkdtemp(prefix="vramfit-inductor-")
+            return self._cache_dir
+
     def _env(self, env: dict[str, str]) -> dict[str, str]:
+        env = {**env, **compile_cache_env(self._cache())}
         if self.owner:
             env = {**env, OWNER_ENV: self.owner, DRIVER_ENV: str(os.getpid())}
         return env
@@ -148,11 +172,16 @@ class WorkerPool:
             server.close()
 
     def close(self) -> None:
-        """Stop the fork servers (each kills and reaps its children first)."""
+        """Stop the fork servers (each kills and reaps its children first); remove the compile cache."""
         with self._lock:
             servers, self._servers = list(self._servers.values()), {}
+            cache, self._cache_dir = self._cache_dir, None
         for server in servers:
             server.close()
+        if cache:
+            import shutil
+
+            shutil.rmtree(cache, ignore_errors=True)
 
     def __enter__(self) -> WorkerPool:
         return self
