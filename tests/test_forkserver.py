@@ -213,3 +213,47 @@ def test_spawn_is_said_where_fork_is_not_used(monkeypatch):
     assert "macOS" in WorkerPool().describe()
     assert "custom worker" in WorkerPool([sys.executable, "-c", "pass"]).describe()
     assert json.loads(json.dumps(MEASURE.to_dict()))["timeout_s"] == 120
+
+
+def test_one_inductor_cache_per_sweep_removed_at_its_end_or_none(monkeypatch):
+    monkeypatch.delenv("VRAMFIT_COMPILE_CACHE", raising=False)
+    spec, env = _spec(1)
+    pool = WorkerPool(fork=False)
+    a, b = pool._env(env), pool._env(env)
+    cache = Path(a["TORCHINDUCTOR_CACHE_DIR"])
+    assert cache.is_dir() and a["TORCHINDUCTOR_CACHE_DIR"] == b["TORCHINDUCTOR_CACHE_DIR"]  # shared by its points
+    assert a["TRITON_CACHE_DIR"].startswith(str(cache)) and "TORCHINDUCTOR_FORCE_DISABLE_CACHES" not in a
+    other = WorkerPool(fork=False)
+    assert other._env(env)["TORCHINDUCTOR_CACHE_DIR"] != str(cache)  # and by no other sweep
+    pool.close()
+    other.close()
+    assert not cache.exists()
+    monkeypatch.setenv("VRAMFIT_COMPILE_CACHE", "0")
+    off = WorkerPool(fork=False)._env(env)
+    assert off["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] == "1" and "TORCHINDUCTOR_CACHE_DIR" not in off
+
+
+ASKS_CUDA = textwrap.dedent("""
+    import json, torch, torch.cuda
+    asked = []
+    def spy(name, real):
+        def f(*a, **k):
+            asked.append(name)
+            return real(*a, **k)
+        return f
+    for name in ("is_available", "device_count", "_lazy_init", "init", "get_device_properties", "current_device"):
+        setattr(torch.cuda, name, spy(name, getattr(torch.cuda, name)))
+    from vramfit.measure import zygote
+    zygote.preload()
+    print(json.dumps({"asked": asked, "initialized": torch.cuda.is_initialized()}))
+""")
+
+
+def test_the_fork_server_never_asks_cuda_anything():
+    """A process that called cudaGetDeviceCount cannot hand CUDA to a forked child: PyTorch's
+    THCPModule_getDeviceCount_wrap (torch/csrc/cuda/Module.cpp) calls poison_fork(), after which a child's first CUDA
+    call raises "Cannot re-initialize CUDA in forked subprocess". So the zygote's imports must not call
+    torch.cuda.is_available / device_count / init (checked here by spying on them while it imports)."""
+    r = subprocess.run([sys.executable, "-c", ASKS_CUDA], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == {"asked": [], "initialized": False}
