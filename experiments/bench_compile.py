@@ -2,10 +2,11 @@
 
     python experiments/bench_compile.py [--grid experiments/grids/compile_cpu.toml] [--device cpu] [--out FILE.md]
 
-Runs the grid twice in fresh databases: with the sweep's shared cache (the default) and with every Inductor cache
-off (VRAMFIT_COMPILE_CACHE=0). A table per run: each point's compile seconds (Dynamo's timers), whether it hit the
-cache, its readings, and the sweep's total wall time; then whether the readings are the same with and without the
-cache. Provenance (commit, torch, device, load average) heads the file.
+Runs the grid twice in fresh databases: with the sweep's shared cache (VRAMFIT_COMPILE_CACHE=1; the default on
+CUDA) and with every Inductor cache off (VRAMFIT_COMPILE_CACHE=0; the default on the CPU). A table per run: each
+point's compile seconds (Dynamo's timers), whether it hit the cache, its readings, and the sweep's total wall
+time; then whether the readings are the same with and without the cache. Provenance (commit, torch, device, load
+average) heads the file.
 """
 
 from __future__ import annotations

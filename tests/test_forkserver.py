@@ -218,19 +218,25 @@ def test_spawn_is_said_where_fork_is_not_used(monkeypatch):
 def test_one_inductor_cache_per_sweep_removed_at_its_end_or_none(monkeypatch):
     monkeypatch.delenv("VRAMFIT_COMPILE_CACHE", raising=False)
     spec, env = _spec(1)
+    cpu = WorkerPool(fork=False)._env(env, "cpu")  # the CPU's reading keeps step 1: no shared cache by default
+    assert cpu["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] == "1" and "TORCHINDUCTOR_CACHE_DIR" not in cpu
     pool = WorkerPool(fork=False)
-    a, b = pool._env(env), pool._env(env)
+    a, b = pool._env(env, "cuda"), pool._env(env, "cuda")
     cache = Path(a["TORCHINDUCTOR_CACHE_DIR"])
     assert cache.is_dir() and a["TORCHINDUCTOR_CACHE_DIR"] == b["TORCHINDUCTOR_CACHE_DIR"]  # shared by its points
     assert a["TRITON_CACHE_DIR"].startswith(str(cache)) and "TORCHINDUCTOR_FORCE_DISABLE_CACHES" not in a
     other = WorkerPool(fork=False)
-    assert other._env(env)["TORCHINDUCTOR_CACHE_DIR"] != str(cache)  # and by no other sweep
+    assert other._env(env, "cuda")["TORCHINDUCTOR_CACHE_DIR"] != str(cache)  # and by no other sweep
     pool.close()
     other.close()
     assert not cache.exists()
     monkeypatch.setenv("VRAMFIT_COMPILE_CACHE", "0")
-    off = WorkerPool(fork=False)._env(env)
+    off = WorkerPool(fork=False)._env(env, "cuda")
     assert off["TORCHINDUCTOR_FORCE_DISABLE_CACHES"] == "1" and "TORCHINDUCTOR_CACHE_DIR" not in off
+    monkeypatch.setenv("VRAMFIT_COMPILE_CACHE", "1")
+    forced = WorkerPool(fork=False)
+    assert "TORCHINDUCTOR_CACHE_DIR" in forced._env(env, "cpu")
+    forced.close()
 
 
 ASKS_CUDA = textwrap.dedent("""

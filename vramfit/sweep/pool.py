@@ -54,7 +54,18 @@ def worker_env(facts: DeviceFacts, recipe: Recipe, measure: Measure) -> dict[str
 
 
 OWNER_ENV, DRIVER_ENV = "VRAMFIT_SWEEP_DB", "VRAMFIT_SWEEP_PID"  # which database's sweep a worker measures for
-CACHE_ENV = "VRAMFIT_COMPILE_CACHE"  # 0: compiled points share no Inductor cache (each compiles from scratch)
+CACHE_ENV = "VRAMFIT_COMPILE_CACHE"  # 1: share the per-sweep Inductor cache; 0: every cache off; unset: by device
+
+
+def share_compile_cache(device: str) -> bool:
+    """Whether a sweep's compiled points share one Inductor cache: yes on CUDA, where step 1 (compilation) is out of
+    the peak; no on the CPU, where the reading keeps step 1 and a cache hit changed the RSS peak of the quick
+    compiled points by +1.1 MB of ~10 (results/bench/compile-cache-cpu.md; tracked bytes were identical).
+    CACHE_ENV=1 or 0 overrides."""
+    forced = os.environ.get(CACHE_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return device.startswith("cuda")
 
 
 def compile_cache_env(cache_dir: str | None) -> dict[str, str]:
@@ -88,7 +99,6 @@ class WorkerPool:
         self.why_spawn = "" if self.fork else (why or "asked for")
         self._servers: dict[tuple[str, int], object] = {}
         self._lock = threading.Lock()
-        self.share_cache = os.environ.get(CACHE_ENV, "1").strip() != "0"
         self._cache_dir: str | None = None  # created on first use, removed by close()
 
     def describe(self) -> str:
@@ -97,8 +107,8 @@ class WorkerPool:
             return "workers forked from a fork server (torch imported once per sweep)"
         return f"one spawned worker per point ({self.why_spawn})"
 
-    def _cache(self) -> str | None:
-        if not self.share_cache:
+    def _cache(self, device: str) -> str | None:
+        if not share_compile_cache(device):
             return None
         with self._lock:
             if self._cache_dir is None:
@@ -107,8 +117,8 @@ class WorkerPool:
                 self._cache_dir = tempfile.mkdtemp(prefix="vramfit-inductor-")
             return self._cache_dir
 
-    def _env(self, env: dict[str, str]) -> dict[str, str]:
-        env = {**env, **compile_cache_env(self._cache())}
+    def _env(self, env: dict[str, str], device: str = "cpu") -> dict[str, str]:
+        env = {**env, **compile_cache_env(self._cache(device))}
         if self.owner:
             env = {**env, OWNER_ENV: self.owner, DRIVER_ENV: str(os.getpid())}
         return env
@@ -142,7 +152,7 @@ class WorkerPool:
         """One point in one fresh process; always returns a record (ok | oom | error | timeout)."""
         spec = {**spec, "spawn_time": time.time()}
         point = spec["point"]
-        res = self._run_child(spec, self._env(env), timeout)
+        res = self._run_child(spec, self._env(env, str(spec.get("device") or "cpu")), timeout)
         if res.timed_out:
             return {**point, "status": "timeout",
                     "error": f"timed out after {timeout:g} s; stderr: {res.stderr_tail(STDERR_TAIL)}"}
