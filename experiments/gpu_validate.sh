@@ -20,6 +20,10 @@
 #   budget-8 budget-12 budget-16 budget-24
 #              suggest for that card, train suggestion #1 for 20 iterations under the cap (must not OOM),
 #              then try the next larger batch under the cap (should OOM)                    ~1-2 min each
+#   compile-cache
+#              a compiled sweep of experiments/grids/compile_gpu.toml (3 batch sizes of one shape) with the
+#              sweep's shared Inductor cache and with every cache off: total wall time and compile seconds per
+#              point, readings compared (experiments/bench_compile_cache.py -> compile-cache.md)   ~3-5 min
 #   summary    summary.md with every table, and which of issue 12's items this GPU checked    seconds
 # Expected device time: ~35 minutes over four or five 10-minute commands.
 #
@@ -41,7 +45,7 @@ START=$(date +%s)
 VF=("$PY" -m vramfit)
 HELP="$PY experiments/gpu_validate.py"
 STAGES=(setup demo info check-4 check-5 check-6 check-7 check-8 check-9 sweep heldout fit budget-8 budget-12 budget-16
-        budget-24 summary)
+        budget-24 compile-cache summary)
 
 log() { echo "[gpu_validate $(date +%H:%M:%S)] $*"; }
 left() { echo $(( BOX - ($(date +%s) - START) )); }
@@ -146,6 +150,14 @@ EOF
       local rc=${PIPESTATUS[0]}
       [[ $rc == 124 || $rc == 130 || $rc == 137 ]] && return 3
       [[ $rc == 0 || $rc == 1 ]] || return 2 ;;  # a failed check is a result (in summary.md), not a crash
+    compile-cache)
+      (( t > 300 )) || return 3  # two compiled sweeps: start them in the next invocation
+      timeout --signal=INT --kill-after=20 "$t" "$PY" experiments/bench_compile_cache.py \
+        --grid experiments/grids/compile_gpu.toml --device cuda --out "$OUT/compile-cache.md" 2>&1 \
+        | tee -a "$OUT/compile-cache.log"
+      local rc=${PIPESTATUS[0]}
+      [[ $rc == 124 || $rc == 130 || $rc == 137 ]] && return 3
+      [[ $rc == 0 ]] || return 2 ;;
     summary)
       $HELP summary "$OUT" || return 2 ;;
     *)

@@ -3,19 +3,92 @@
 The one runner behind the sweep's worker pool (`vramfit.sweep.pool`) and the dry run's child processes
 (`vramfit.dryrun.estimate`, `vramfit.dryrun.batch`): it sends the request, kills the child when it runs past its
 timeout, and hands back what came out (exit status, stdout's JSON records, stderr) for the caller to judge. A
-crash, a hang or garbage on stdout in the child never raises here. Root layer: no torch, no other vramfit module.
+crash, a hang or garbage on stdout in the child never raises here. Every child learns its parent's PID
+(`PARENT_ENV`) so that it can die with it (`die_with_parent`). Root layer: no torch, no other vramfit module.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["ChildResult", "LiveChildren", "run_json"]
+__all__ = ["PARENT_ENV", "ChildResult", "LiveChildren", "die_with_parent", "pid_alive", "run_json"]
+
+PARENT_ENV = "VRAMFIT_PARENT_PID"  # set by the process that starts a child: the PID the child must outlive not
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCHDOG_PERIOD_S = 0.5
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (POSIX: signal 0, EPERM counts as alive; Windows: OpenProcess and its exit
+    code, since os.kill would terminate it)."""
+    if pid <= 0:
+        return False
+    if os.name == "nt":
+        import ctypes
+
+        k32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        h = k32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not h:
+            return False
+        code = ctypes.c_ulong()
+        try:
+            return bool(k32.GetExitCodeProcess(h, ctypes.byref(code))) and code.value == 259  # STILL_ACTIVE
+        finally:
+            k32.CloseHandle(h)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def _watchdog(parent: int) -> None:
+    while os.getppid() == parent and pid_alive(parent):
+        time.sleep(WATCHDOG_PERIOD_S)
+    os._exit(1)
+
+
+def die_with_parent(parent: int | None = None, watchdog: bool = True) -> str:
+    """Make this process die with `parent` (default: the PID in `PARENT_ENV`; nothing to do without one).
+
+    Linux: prctl(PR_SET_PDEATHSIG, SIGKILL), the kernel's own guarantee (it fires when the parent *thread* that
+    started this process exits; our spawners wait for their child in the thread that started it), then a check
+    that the parent did not die before it was armed. Elsewhere, or where prctl fails: a daemon thread that exits
+    the process within `WATCHDOG_PERIOD_S` of the parent's death (`watchdog=False`: none; the caller checks).
+    Returns how: 'prctl', 'watchdog' or '' (no parent given)."""
+    if parent is None:
+        try:
+            parent = int(os.environ.get(PARENT_ENV) or 0)
+        except ValueError:
+            parent = 0
+    if not parent:
+        return ""
+    how = ""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            prctl = ctypes.CDLL(None, use_errno=True).prctl
+            if prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0:
+                how = "prctl"
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != parent:  # the parent is already gone (we were re-parented) or we are not its child
+        os._exit(1)
+    if not how and watchdog:
+        threading.Thread(target=_watchdog, args=(parent,), daemon=True, name="vramfit-parent-watchdog").start()
+        how = "watchdog"
+    return how
 
 
 @dataclass(frozen=True)
@@ -109,7 +182,9 @@ def run_json(cmd: Sequence[str], request: object, timeout: float, *, env: dict[s
              live: LiveChildren | None = None) -> ChildResult:
     """Run `cmd` with `json.dumps(request)` on stdin and wait up to `timeout` seconds; past that the child is
     killed and the result says `timed_out` (an exception while waiting kills it too, and is raised).
-    `env`: the child's environment (None: this one's). `live`: where the child is registered while it runs."""
+    `env`: the child's environment (None: this one's), plus `PARENT_ENV`. `live`: where the child is registered
+    while it runs."""
+    env = {**(os.environ if env is None else env), PARENT_ENV: str(os.getpid())}
     proc = subprocess.Popen(list(cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, text=True)
     if live is not None:

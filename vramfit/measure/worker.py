@@ -8,7 +8,9 @@ The spec: {"point": {n_layer, n_head, n_embd, block_size, batch_size, vocab_size
 The record: the six shape keys, status (ok | oom | error), readings in bytes (CPU: tracked_bytes, rss_bytes;
 CUDA: nvml_bytes (the peak, see `vramfit.measure.reader`), nvml_raw_bytes, nvml_source, allocated_bytes,
 reserved_bytes, context_bytes, alloc_retries, num_ooms, foreign_procs, peak_steps), ms_per_iter, tokens_per_s,
-iters, stable, error, dtype, compile, timings (seconds: process_start, import, warmup (CPU: kernels and lazy
+iters, stable, error, dtype, compile (compiled points: compile_cache hit | miss | mixed | off, compile_s,
+fxgraph_cache_hits / misses, autograd_cache_hits), worker (spawn | fork: a child of the fork server,
+`vramfit.measure.zygote`), timings (seconds: process_start, import, warmup (CPU: kernels and lazy
 imports, off the record), build (model + optimizer; CUDA: context too), first_iter (compile on CUDA),
 iters (the rest), total).
 The parent sets CUDA_VISIBLE_DEVICES to the GPU's UUID, so the worker always trains on cuda:0.
@@ -28,6 +30,9 @@ import sys  # noqa: E402
 import traceback  # noqa: E402
 
 from vramfit import SHAPE_KEYS  # noqa: E402  (a constant: no heavy import before the timer)
+from vramfit.child import die_with_parent  # noqa: E402  (no torch either)
+
+FORK_INFO: dict = {"forked": False}  # set by the fork server's child (`vramfit.measure.zygote`) before main
 
 
 def _first_line(exc: BaseException) -> str:
@@ -66,7 +71,10 @@ class Point:
                         "import": t_import - T_START}
         self.rec: dict = {**self.shape, "status": "error", "device": spec.get("device", "cpu"), "pid": os.getpid(),
                           "iters": 0, "stable": False, "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
-                          "timings": self.timings, "n_params": self.model_config.n_params()}
+                          "timings": self.timings, "n_params": self.model_config.n_params(),
+                          "worker": "fork" if FORK_INFO.get("forked") else "spawn"}
+        if FORK_INFO.get("forked"):
+            self.rec["fork_mallopt"] = FORK_INFO.get("malloc_env")
 
     def batch_fn(self, gen, batch_size: int | None = None):
         from gpt.data import synthetic_batch
@@ -183,11 +191,30 @@ def run_point(spec: dict) -> dict:
         pt.rec["error"] = _first_line(exc)
         pt.rec["traceback"] = "".join(traceback.format_exception(exc))[-4000:]
     _finish(pt, failed, reader, step_times)
+    if pt.rec.get("compile"):
+        pt.rec.update(compile_record())
     now = time.time()
     pt.timings.update(build=(t_build or now) - t0, first_iter=(t_first - t_build) if t_first and t_build else None,
                       iters=(now - t_first) if t_first else None, total=now - T_START)
     del trainer
     return pt.rec
+
+
+def compile_record() -> dict:
+    """Whether this point's torch.compile hit Inductor's caches (the sweep's per-sweep cache directory,
+    `vramfit.sweep.pool`), and how long compilation took (Dynamo's own timers: forward and backward graphs)."""
+    from torch._dynamo.utils import calculate_time_spent, counters
+
+    ind, aot = counters["inductor"], counters["aot_autograd"]
+    hits, misses = int(ind.get("fxgraph_cache_hit", 0)), int(ind.get("fxgraph_cache_miss", 0))
+    if os.environ.get("TORCHINDUCTOR_FORCE_DISABLE_CACHES") == "1":
+        cache = "off"
+    else:
+        cache = "hit" if hits and not misses else "miss" if misses and not hits else "mixed" if hits else "none"
+    spent = calculate_time_spent()
+    secs = sum(v for k, v in spent.items() if k.startswith("entire_")) or None
+    return {"compile_cache": cache, "compile_s": secs, "fxgraph_cache_hits": hits, "fxgraph_cache_misses": misses,
+            "autograd_cache_hits": int(aot.get("autograd_cache_hit", 0))}
 
 
 def _finish(pt: Point, failed: str | None, reader, step_times: list[float]) -> None:
@@ -217,6 +244,7 @@ def _finish(pt: Point, failed: str | None, reader, step_times: list[float]) -> N
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    die_with_parent()  # the parent's PID comes in the environment (vramfit.child.PARENT_ENV)
     try:
         spec = json.loads(argv[0] if argv else sys.stdin.read())
         rec = run_point(spec)

@@ -40,7 +40,9 @@ from vramfit.fit.stats import cv_predictions, error_metrics
 from vramfit.measure.devices import DeviceFacts
 from vramfit.recipe import Recipe
 from vramfit.store import DONE_STATUSES, Store
+from vramfit.sweep.cost import estimate_cost, format_duration
 from vramfit.sweep.grid import Grid
+from vramfit.sweep.orphans import wait_for_orphans
 from vramfit.sweep.pool import WorkerPool, point_spec, worker_env
 from vramfit.sweep.progress import point_label, reading_label
 from vramfit.sweep.runner import SweepResult, capacity_bytes, identity_points, recorded, single_device
@@ -312,6 +314,7 @@ def run_adaptive(grid: Grid, db: str | Path, settings: PlanSettings, device: str
     Resumable: points of this grid already in the store (same device model, recipe, torch, emulation) count as
     measured, and the predictions stored with them feed the stop rule."""
     d = single_device(device, gpu_indices, "an adaptive plan")
+    wait_for_orphans(db)
     store = Store(db)
     recipe = d.resolve(grid.recipe)
     env_id = store.environment(d.to_dict(), recipe, emulate_bytes)
@@ -345,10 +348,16 @@ def run_adaptive(grid: Grid, db: str | Path, settings: PlanSettings, device: str
         f"target error {settings.target_error:.1%}) on {d.device_name}"
         + (f", emulating {format_size(emulate_bytes)}" if emulate_bytes else "")
         + f": {resumed} already measured; recipe {recipe.key()}; db {db}")
-    pool = WorkerPool(worker_cmd)
+    pool = WorkerPool(worker_cmd, owner=db)
+    mode = "fork" if pool.fork else "spawn"
+    say(pool.describe())
+    left = [p for p in candidates if point_key(p) not in {point_key(r) for _, r in measured.iterrows()}]
+    if settings.points > resumed and left:
+        say("at most " + estimate_cost(left[: settings.points - resumed], allp, mode).line())
     env = worker_env(d, recipe, grid.measure)
     tried = measured
-    with recorded(store, sweep_id, pool.kill_all):
+    t_start = time.time()
+    with pool, recorded(store, sweep_id, pool.kill_all):
         while True:
             check = planner.should_stop(measured, prior)
             if check.stop:
@@ -374,8 +383,22 @@ def run_adaptive(grid: Grid, db: str | Path, settings: PlanSettings, device: str
                 pred = f"; predicted {format_size(choice.predicted_bytes, 1)} " \
                        f"({(choice.predicted_bytes - rec[col]) / rec[col]:+.1%})"
             say(f"[{len(tried)}/{settings.points}] {choice.reason}: {point_label(p)}: {reading_label(rec)}{pred}")
+        if len(tried) > resumed:
+            result.note += "; " + time_saved(candidates, len(tried) - resumed, time.time() - t_start,
+                                             identity_points(store, env_id), mode)
     say(result.note)
     return result
+
+
+def time_saved(candidates: list[dict], n_run: int, elapsed: float, profile: pd.DataFrame, mode: str) -> str:
+    """What the plan saved: this run's wall time against the full grid's, estimated from the profile as it is now
+    (`vramfit.sweep.cost`)."""
+    full = estimate_cost(candidates, profile, mode)
+    saved = full.seconds - elapsed
+    return (f"measured {n_run} of {len(candidates)} grid points in {format_duration(elapsed)}; the full grid would "
+            f"take ~{format_duration(full.seconds)} ({full.source}): "
+            + (f"saved ~{format_duration(saved)} ({saved / full.seconds:.0%})" if saved > 0 and full.seconds > 0
+               else "no time saved"))
 
 
 def cached_estimates(store: Store, todo: list[dict], recipe: Recipe, d: DeviceFacts) -> tuple[dict, str]:

@@ -18,6 +18,7 @@ from vramfit.fit.memmodel import MemoryModel
 from vramfit.store import DONE_STATUSES, Store
 from vramfit.sweep.adaptive import target_column
 from vramfit.sweep.grid import Grid
+from vramfit.sweep.orphans import wait_for_orphans
 from vramfit.sweep.pool import WorkerPool, point_spec, worker_env
 from vramfit.sweep.progress import point_label, reading_label
 from vramfit.sweep.runner import capacity_bytes, identity_points, recorded, single_device
@@ -122,6 +123,7 @@ def run_boundary(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: 
     capacity = capacity_bytes(d, emulate_bytes)
     if capacity is None:
         raise VramfitError("--boundary on the CPU needs --emulate-vram (the capacity whose edge to find)")
+    wait_for_orphans(db)
     store = Store(db)
     recipe = d.resolve(grid.recipe)
     env_id = store.environment(d.to_dict(), recipe, emulate_bytes)
@@ -144,11 +146,12 @@ def run_boundary(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: 
     sweep_id = store.start_sweep(grid.name, grid.path, {**grid.to_dict(), "plan": "boundary"},
                                  [d.device_type if d.index is None else f"{d.device_type}:{d.index}"],
                                  emulate_bytes, 0, n_invalid, 0, argv)
-    pool = WorkerPool(worker_cmd)
+    pool = WorkerPool(worker_cmd, owner=db)
     env = worker_env(d, recipe, grid.measure)
     say = (lambda msg: None) if quiet else log
+    say(pool.describe())
     out: list[BoundaryResult] = []
-    with recorded(store, sweep_id, pool.kill_all):
+    with pool, recorded(store, sweep_id, pool.kill_all):
         for key in shapes:
             shape = dict(zip([k for k in SHAPE_KEYS if k != "batch_size"], key, strict=True))
             if model is not None:

@@ -1,13 +1,22 @@
-"""Worker processes: the environment a point is measured in, one fresh process per point, kill on interrupt."""
+"""Worker processes: the environment a point is measured in, one fresh process per point, kill on interrupt.
+
+A fresh process per point is either forked from the sweep's fork server (`vramfit.sweep.forkserver`: one zygote
+per worker environment and thread, which imported torch once) or, where fork is not available or a custom worker
+command is given, spawned (`python -m vramfit.measure.worker`, paying the import each time). Either way the worker
+code, its record, the timeout and the death with the sweep are the same.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
-from vramfit.child import LiveChildren, run_json
+from vramfit.child import ChildResult, LiveChildren, run_json
 from vramfit.measure.devices import PCI_ORDER, DeviceFacts
 from vramfit.recipe import Recipe
 from vramfit.sweep.grid import Measure
@@ -44,18 +53,106 @@ def worker_env(facts: DeviceFacts, recipe: Recipe, measure: Measure) -> dict[str
     return env
 
 
-class WorkerPool:
-    """Runs worker processes and remembers the live ones so that they can be killed on interrupt."""
+OWNER_ENV, DRIVER_ENV = "VRAMFIT_SWEEP_DB", "VRAMFIT_SWEEP_PID"  # which database's sweep a worker measures for
+CACHE_ENV = "VRAMFIT_COMPILE_CACHE"  # 1: share the per-sweep Inductor cache; 0: every cache off; unset: by device
 
-    def __init__(self, cmd: list[str] | None = None) -> None:
+
+def share_compile_cache(device: str) -> bool:
+    """Whether a sweep's compiled points share one Inductor cache: yes on CUDA, where step 1 (compilation) is out of
+    the peak; no on the CPU, where the reading keeps step 1 and a cache hit changed the RSS peak of the quick
+    compiled points by +1.1 MB of ~10 (results/bench/compile-cache-cpu.md; tracked bytes were identical).
+    CACHE_ENV=1 or 0 overrides."""
+    forced = os.environ.get(CACHE_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    return device.startswith("cuda")
+
+
+def compile_cache_env(cache_dir: str | None) -> dict[str, str]:
+    """Inductor's on-disk caches (FX graph, AOTAutograd, autotuning, Triton kernels) in one per-sweep directory,
+    shared by the sweep's workers and by no other sweep; with `cache_dir` None (CACHE_ENV=0), every cache off."""
+    if cache_dir is None:
+        return {"TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"}
+    return {"TORCHINDUCTOR_CACHE_DIR": cache_dir, "TRITON_CACHE_DIR": os.path.join(cache_dir, "triton"),
+            "TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
+            "TORCHINDUCTOR_AUTOTUNE_LOCAL_CACHE": "1"}
+
+
+class WorkerPool:
+    """Runs worker processes (forked or spawned, see the module docstring) and remembers the live ones so that
+    they can be killed on interrupt. `fork`: None = fork where possible with the default worker; False = spawn.
+    `owner`: the database the sweep writes; its workers carry it (and the sweep's PID) in their environment, so
+    that a later sweep of that database can find orphans (`vramfit.sweep.orphans`)."""
+
+    def __init__(self, cmd: list[str] | None = None, fork: bool | None = None, owner: str | Path | None = None,
+                 zygote_cmd: list[str] | None = None) -> None:
+        from vramfit.sweep.forkserver import fork_available
+
         self.cmd = list(cmd or WORKER_CMD)
+        self.zygote_cmd = zygote_cmd  # None: `python -m vramfit.measure.zygote`
         self.live = LiveChildren()
+        self.owner = str(Path(owner).resolve()) if owner else None
+        possible, why = fork_available()
+        if cmd is not None and fork is None:
+            possible, why = False, "a custom worker command"
+        self.fork = possible and fork is not False
+        self.why_spawn = "" if self.fork else (why or "asked for")
+        self._servers: dict[tuple[str, int], object] = {}
+        self._lock = threading.Lock()
+        self._cache_dir: str | None = None  # created on first use, removed by close()
+
+    def describe(self) -> str:
+        """How points get their fresh process, in words (the sweep prints it)."""
+        if self.fork:
+            return "workers forked from a fork server (torch imported once per sweep)"
+        return f"one spawned worker per point ({self.why_spawn})"
+
+    def _cache(self, device: str) -> str | None:
+        if not share_compile_cache(device):
+            return None
+        with self._lock:
+            if self._cache_dir is None:
+                import tempfile
+
+                self._cache_dir = tempfile.mkdtemp(prefix="vramfit-inductor-")
+            return self._cache_dir
+
+    def _env(self, env: dict[str, str], device: str = "cpu") -> dict[str, str]:
+        env = {**env, **compile_cache_env(self._cache(device))}
+        if self.owner:
+            env = {**env, OWNER_ENV: self.owner, DRIVER_ENV: str(os.getpid())}
+        return env
+
+    def _server(self, env: dict[str, str]):
+        """This thread's zygote for `env` (started, or restarted when it died)."""
+        from vramfit.sweep.forkserver import ForkServer
+
+        key = (hashlib.sha256(json.dumps(env, sort_keys=True).encode()).hexdigest(), threading.get_ident())
+        with self._lock:
+            server = self._servers.get(key)
+        if server is None or not server.alive:
+            if server is not None:
+                server.close()
+            server = ForkServer(env, self.zygote_cmd)
+            with self._lock:
+                self._servers[key] = server
+        return server
+
+    def _run_child(self, spec: dict, env: dict[str, str], timeout: float) -> ChildResult:
+        if not self.fork:
+            return run_json(self.cmd, spec, timeout, env=env, live=self.live)
+        from vramfit.sweep.forkserver import ForkServerError
+
+        try:
+            return self._server(env).run(spec, timeout)
+        except ForkServerError as exc:
+            return ChildResult(1, "", str(exc))
 
     def run(self, spec: dict, env: dict[str, str], timeout: float) -> dict:
         """One point in one fresh process; always returns a record (ok | oom | error | timeout)."""
         spec = {**spec, "spawn_time": time.time()}
         point = spec["point"]
-        res = run_json(self.cmd, spec, timeout, env=env, live=self.live)
+        res = self._run_child(spec, self._env(env, str(spec.get("device") or "cpu")), timeout)
         if res.timed_out:
             return {**point, "status": "timeout",
                     "error": f"timed out after {timeout:g} s; stderr: {res.stderr_tail(STDERR_TAIL)}"}
@@ -70,6 +167,37 @@ class WorkerPool:
 
     def kill_all(self) -> None:
         self.live.kill_all()
+        with self._lock:
+            servers = list(self._servers.values())
+        for server in servers:
+            server.kill_all()
+
+    def close_thread(self) -> None:
+        """Stop the fork servers this thread started (a thread that is done with its points)."""
+        me = threading.get_ident()
+        with self._lock:
+            mine = [k for k in self._servers if k[1] == me]
+            servers = [self._servers.pop(k) for k in mine]
+        for server in servers:
+            server.close()
+
+    def close(self) -> None:
+        """Stop the fork servers (each kills and reaps its children first); remove the compile cache."""
+        with self._lock:
+            servers, self._servers = list(self._servers.values()), {}
+            cache, self._cache_dir = self._cache_dir, None
+        for server in servers:
+            server.close()
+        if cache:
+            import shutil
+
+            shutil.rmtree(cache, ignore_errors=True)
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def gpu_snapshot(d: DeviceFacts) -> dict:

@@ -22,8 +22,10 @@ from vramfit.errors import VramfitError
 from vramfit.measure.devices import DeviceFacts, resolve
 from vramfit.recipe import Recipe
 from vramfit.store import Store, device_key
+from vramfit.sweep.cost import CostEstimate, estimate_cost
 from vramfit.sweep.executors import Event, Executor, Job, LocalExecutor
 from vramfit.sweep.grid import Grid
+from vramfit.sweep.orphans import wait_for_orphans
 from vramfit.sweep.progress import Progress, point_label
 from vramfit.units import format_size
 
@@ -68,6 +70,23 @@ def _jobs(grid: Grid, store: Store, devs: list[DeviceFacts], recipes: list[Recip
     return jobs, total, resumed
 
 
+def sweep_cost(jobs: list[Job], devs: list[DeviceFacts], env_ids: list[int], store: Store, mode: str
+               ) -> CostEstimate:
+    """The sweep's estimated wall time: each device group's points over its devices, the slowest group."""
+    members: dict[str, list[int]] = {}
+    for i, d in enumerate(devs):
+        members.setdefault(device_key(d.to_dict()), []).append(i)
+    worst = CostEstimate(0, 0.0, 0.0, "nothing to measure")
+    for key, idx in members.items():
+        pts = [j.point for j in jobs if j.group == key]
+        if not pts:
+            continue
+        est = estimate_cost(pts, identity_points(store, env_ids[idx[0]]), mode, len(idx))
+        if est.seconds >= worst.seconds:
+            worst = est
+    return CostEstimate(len(jobs), worst.seconds, worst.overhead_s, worst.source)
+
+
 def run_sweep(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: list[int] | None = None,
               emulate_bytes: int | None = None, redo: bool = False, quiet: bool = False,
               argv: list[str] | None = None, worker_cmd: list[str] | None = None,
@@ -79,6 +98,9 @@ def run_sweep(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: lis
     point that ran on another device than planned (a cluster) is stored under the environment it ran on."""
     ex = executor or LocalExecutor(worker_cmd)
     devs = resolve(device, gpu_indices) if ex.local else ex.discover(device, gpu_indices)
+    if ex.local:
+        wait_for_orphans(db)
+        ex.bind(str(db))
     store = Store(db)
     recipes = [d.resolve(grid.recipe) for d in devs]
     env_ids = [store.environment(d.to_dict(), r, emulate_bytes) for d, r in zip(devs, recipes, strict=True)]
@@ -96,6 +118,9 @@ def run_sweep(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: lis
         emu = f", emulating {format_size(emulate_bytes)}" if emulate_bytes else ""
         log(f"sweep {sweep_id} '{grid.name}' on {where}{emu}: {total} points to measure, {resumed} already "
             f"measured, {n_invalid} invalid combinations skipped; recipe {recipes[0].key()}; db {db}")
+        log(ex.describe())
+        if total:
+            log(sweep_cost(jobs, devs, env_ids, store, ex.worker_mode).line())
     bar = Progress(total, quiet=quiet, live=live)
 
     @contextlib.contextmanager

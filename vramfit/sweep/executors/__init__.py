@@ -3,12 +3,13 @@
 An executor takes `Job`s (one point, planned for one device group) and yields `Event`s as they happen:
 `start`, `skip` (measured meanwhile by a concurrent sweep) and `done` with the worker's record and, when the
 executor knows better than the plan, the device facts and resolved recipe the point actually ran with. Every
-executor runs the same worker (`python -m vramfit.measure.worker`, one fresh process per point), so the readings do not
+executor runs the same worker (`vramfit.measure.worker`, one fresh process per point), so the readings do not
 depend on the executor.
 
 - `LocalExecutor`: this machine's devices, one thread per device, each device of a group pulling from the group's
-  queue (today's behaviour of `vramfit sweep`).
-- `vramfit.sweep.executors.ray.RayExecutor`: one Ray task per point on a Ray cluster (`--executor ray`).
+  queue (today's behaviour of `vramfit sweep`); points are forked from a fork server where fork is available.
+- `vramfit.sweep.executors.ray.RayExecutor`: one Ray task per point on a Ray cluster (`--executor ray`); each task
+  spawns its own fresh worker.
 
 A new backend (e.g. Slurm through submitit) implements `discover` (the device kinds it can run on, as
 `DeviceFacts`), `run` and `kill_all`, and sets `local = False`.
@@ -64,6 +65,7 @@ class Executor:
 
     name = "base"
     local = False
+    worker_mode = "spawn"  # how a point gets its fresh process: spawn | fork (the cost estimate's overhead)
 
     def discover(self, device: str, gpu_indices: list[int] | None) -> list[DeviceFacts]:
         """One DeviceFacts per device (local) or device kind (cluster) the sweep can run on."""
@@ -73,6 +75,13 @@ class Executor:
             ) -> Iterator[Event]:
         """Run every job; yield events as they happen (the generator's close stops the rest)."""
         raise NotImplementedError
+
+    def bind(self, db: str) -> None:
+        """The database the sweep writes (a local executor's workers carry it, see `vramfit.sweep.orphans`)."""
+
+    def describe(self) -> str:
+        """How a point gets its fresh process, in words."""
+        return "one fresh worker process per point"
 
     def kill_all(self) -> None:
         """Stop everything still running (on interrupt)."""
@@ -87,10 +96,19 @@ class LocalExecutor(Executor):
     name = "local"
     local = True
 
-    def __init__(self, worker_cmd: list[str] | None = None) -> None:
+    def __init__(self, worker_cmd: list[str] | None = None, fork: bool | None = None) -> None:
         from vramfit.sweep.pool import WorkerPool
 
-        self.pool = WorkerPool(worker_cmd)
+        self.pool = WorkerPool(worker_cmd, fork=fork)
+        self.worker_mode = "fork" if self.pool.fork else "spawn"
+
+    def bind(self, db: str) -> None:
+        from pathlib import Path
+
+        self.pool.owner = str(Path(db).resolve())
+
+    def describe(self) -> str:
+        return self.pool.describe()
 
     def discover(self, device: str, gpu_indices: list[int] | None) -> list[DeviceFacts]:
         from vramfit.measure.devices import resolve
@@ -114,7 +132,9 @@ class LocalExecutor(Executor):
             if q is None:
                 return
             env = worker_env(d, r, measure)
-            with (skip() if skip is not None else contextlib.nullcontext(None)) as measured:
+            with contextlib.ExitStack() as stack:
+                stack.callback(self.pool.close_thread)  # this thread's fork server goes with it
+                measured = stack.enter_context(skip() if skip is not None else contextlib.nullcontext(None))
                 while not stop.is_set():
                     try:
                         job = q.get_nowait()
@@ -147,6 +167,9 @@ class LocalExecutor(Executor):
 
     def kill_all(self) -> None:
         self.pool.kill_all()
+
+    def close(self) -> None:
+        self.pool.close()
 
 
 def make_executor(name: str, address: str | None = None, worker_cmd: list[str] | None = None) -> Executor:

@@ -64,7 +64,8 @@ def _measure(spec: dict, measure: dict, timeout: float, use_gpu: bool, worker_cm
     recipe = facts.resolve(Recipe.from_dict(spec["recipe"]))
     full = complete_spec({**spec, "recipe": recipe.to_dict()}, facts)
     env = worker_env(facts, recipe, Measure(**measure))
-    rec = WorkerPool(worker_cmd).run(full, env, timeout)
+    with WorkerPool(worker_cmd, fork=False) as pool:  # a task's own fresh worker: no fork server in a Ray task
+        rec = pool.run(full, env, timeout)
     rec["ray_node"] = facts.hostname
     return {"record": rec, "facts": facts.to_dict(), "recipe": recipe.to_dict()}
 
