@@ -204,6 +204,7 @@ def no_profile_model(recipe, capability: tuple[int, int], vocab_size: int, targe
     scale = 1 + ALLOCATOR_SLACK
     context = CUDA_CONTEXT_BYTES if target == "cuda" else 0
     model.coef_ = model.coef_ * scale
+    model.layer_coef_ = model.layer_coef_ * scale  # the in-layer transient is allocated memory too
     model.intercept_ = model.intercept_ * scale + context
     model.step_coef_ = model.step_coef_ * scale
     model.step_intercept_ = model.step_intercept_ * scale + context
