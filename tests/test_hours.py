@@ -77,6 +77,7 @@ def test_a_fitted_loss_law_ranks_by_predicted_loss(model_file, tmp_path, capsys)
     assert "no loss law" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_plots_ms_and_frontier(model_file, tmp_path):
     from PIL import Image
 

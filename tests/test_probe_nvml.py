@@ -46,8 +46,13 @@ def fake_pynvml(procs=(), used=5 * GIB, used_v1=None, v2=True, procs_error=False
         calls.append(("index", index))
         return ("handle", index)
 
+    def check(handle):
+        if not (isinstance(handle, tuple) and handle[0] == "handle"):
+            raise NVMLError("Invalid Argument")
+
     def memory(handle, version=None):
         calls.append(("memory", handle, version))
+        check(handle)
         if mem_error:
             raise NVMLError("Unknown Error")
         if version is not None and not v2:
@@ -56,6 +61,7 @@ def fake_pynvml(procs=(), used=5 * GIB, used_v1=None, v2=True, procs_error=False
 
     def processes(handle):
         calls.append(("procs", handle))
+        check(handle)
         if procs_error:
             raise NVMLError("Not Supported")
         return [types.SimpleNamespace(pid=pid, usedGpuMemory=mem) for pid, mem in procs]

@@ -24,6 +24,7 @@ MB = 2**20
     ([[99, 0], [100, 0]], 2, 0.0099, False),                       # relative to the largest (1/100), not the
     ([[99, 0], [100, 0]], 2, 0.0100, True),                        # smallest (1/99 = 0.0101)
     ([[0, 0], [0, 0]], 2, 0.0, True),                              # all zero (no NVML reading): no division
+    ([[1], [0]], 2, 0.5, False),                                   # a one-byte reading is a reading
     ([[0, 10 * MB], [0, 10 * MB]], 2, 0.0, True),
     ([[10 * MB], [10 * MB + 1]], 2, 1e-6, True),                   # growth of a byte on 10 MB is noise
     ([[10 * MB], [11 * MB]], 2, 0.05, False),                      # ~9 %: still growing
