@@ -67,7 +67,7 @@ def test_measure_from_dict_types():
 
 @pytest.mark.parametrize("text, expected", [
     ("4,8,16", [4, 8, 16]), ("4, 8 ,16", [4, 8, 16]), ("1_000", [1000]), (7, [7]), ([3, "5", " 6 "], [3, 5, 6]),
-    ("16,4", [16, 4]), ("4,4", [4, 4]), ("1", [1]),
+    ("16,4", [16, 4]), ("4,4", [4, 4]), ("1", [1]), ("1__000", [1000]), ("_5", [5]), ("5_", [5]),
 ])
 def test_parse_int_list(text, expected):
     assert parse_int_list(text) == expected
@@ -78,7 +78,7 @@ def test_parse_int_list(text, expected):
     ([4.0], "batch: 4.0 is not an integer"), ([True], "batch: True is not an integer"),
     ("2.5", "batch: '2.5' is not an integer"), ([None], "batch: None is not an integer"),
     ("0", "batch: values must be >= 1, got 0"), ("4,-2", "batch: values must be >= 1, got -2"),
-    ([], "batch: empty list"),
+    ([], "batch: empty list"), (True, "batch: True is not an integer"),
 ])
 def test_parse_int_list_refuses(text, message):
     with pytest.raises(VramfitError, match=f"^{message}$"):
@@ -126,6 +126,25 @@ def test_overrides_replace_an_axis_in_every_block_and_merge_recipe_and_measure(t
     assert invalid == 0 and [(p["block_size"], p["batch_size"]) for p in pts] == [(16, 2), (16, 4), (32, 2), (32, 4)]
 
 
+def test_points_go_on_after_an_invalid_or_a_duplicate_combination():
+    g = Grid("g", [{**ONE, "n_head": [2], "n_embd": [32, 48]},
+                   {**ONE, "n_head": [3, 2], "n_embd": [32, 64, 48]}])  # (3, 32) invalid, then (3, 48) valid
+    pts, invalid = g.points()
+    assert [(p["n_head"], p["n_embd"]) for p in pts] == [(2, 32), (2, 48), (3, 48), (2, 64)]
+    assert invalid == 2  # (3, 32) and (3, 64): two combinations, each counted once
+
+
+@pytest.mark.parametrize("axis", ["block_size", "vocab_size", "n_layer", "batch_size"])
+def test_points_with_a_non_positive_size_are_invalid(axis):
+    """A Grid built in code (load_grid refuses these earlier): every size is checked, not only the divisibility."""
+    g = Grid("g", [{**ONE, axis: [0, 16]}]) if axis != "batch_size" else None
+    if g is None:  # the batch is not part of the model shape: GPTConfig does not check it
+        assert len(Grid("g", [{**ONE, axis: [0, 16]}]).points()[0]) == 2
+        return
+    pts, invalid = g.points()
+    assert [p[axis] for p in pts] == [16] and invalid == 1
+
+
 def test_points_keep_order_drop_duplicates_and_count_invalid_once():
     g = Grid("g", [{**ONE, "n_head": [2, 3], "n_embd": [32, 48]}, {**ONE, "n_head": [3], "n_embd": [32, 48]}])
     pts, invalid = g.points()
@@ -145,7 +164,7 @@ def test_points_keep_order_drop_duplicates_and_count_invalid_once():
     (toml_axes(n_layer=[0]), "axes n_layer: values must be >= 1, got 0"),
     ("recipe = 5\n" + toml_axes(), "[recipe] and [measure] must be tables"),
     ("measure = 'fast'\n" + toml_axes(), "[recipe] and [measure] must be tables"),
-    ("[axes\n", "is not valid TOML: "),
+    ("[axes\n", "is not valid TOML: Expected ']' at the end of a table declaration (at line 1, column 6)"),
 ])
 def test_bad_files_are_one_clear_error(tmp_path, text, message):
     path = tmp_path / "g.toml"
@@ -168,7 +187,8 @@ def test_missing_and_undecodable_files(tmp_path):
 
 
 def test_overrides_without_a_file():
-    with pytest.raises(VramfitError, match="^unknown axis 'depth' \\(axes: n_layer"):
+    with pytest.raises(VramfitError, match="^unknown axis 'depth' \\(axes: n_layer, n_head, n_embd, block_size, "
+                                           "batch_size, vocab_size\\)$"):
         load_grid(None, {"depth": [1]})
     with pytest.raises(VramfitError, match="^grid: the first axes block lacks n_embd"):
         load_grid(None, {k: v for k, v in ONE.items() if k != "n_embd"})

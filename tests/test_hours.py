@@ -79,6 +79,7 @@ def test_a_fitted_loss_law_ranks_by_predicted_loss(model_file, tmp_path, capsys)
 
 @pytest.mark.slow
 def test_plots_ms_and_frontier(model_file, tmp_path):
+    import matplotlib.image as mpimg
     from PIL import Image
 
     from vramfit.show.plots import all_plots
@@ -91,6 +92,9 @@ def test_plots_ms_and_frontier(model_file, tmp_path):
     assert "time per iteration" in info["Title"] and "measured ms/iter" in info["Description"]
     info = Image.open(paths["frontier.png"]).info
     assert "6 hours" in info["Title"] and "x: parameters" in info["Description"]
+    for name in ("ms_pred_vs_measured.png", "frontier.png"):  # drawn, not only titled
+        img = mpimg.imread(paths[name])
+        assert img.shape[0] > 300 and img.shape[1] > 500 and img[..., :3].std() > 0.05, name
 
 
 def test_hours_output_matches_the_schema(model_file, tmp_path, capsys):
@@ -103,4 +107,9 @@ def test_hours_output_matches_the_schema(model_file, tmp_path, capsys):
     doc = json.loads(capsys.readouterr().out)
     schema = json.loads(resources.files("vramfit").joinpath("schemas/suggest.schema.json").read_text())
     jsonschema.validate(doc, schema)
-    assert all(s["predicted_loss"] > 1.69 for s in doc["suggestions"])
+    from vramfit.fit.losslaw import chinchilla
+
+    losses = [s["predicted_loss"] for s in doc["suggestions"]]
+    assert losses == sorted(losses)  # --rank chinchilla: the lowest predicted loss first
+    for s in doc["suggestions"]:  # Hoffmann et al.'s law at the config's parameters and the tokens the hours buy
+        assert s["predicted_loss"] == pytest.approx(float(chinchilla().predict(s["params"], s["tokens_in_budget"])))
