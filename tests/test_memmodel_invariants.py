@@ -307,6 +307,8 @@ def test_frame_features_and_shape_key():
     assert ff["params"].iloc[0] == features(*(df.iloc[0][k] for k in ("n_layer", "n_head", "n_embd", "block_size",
                                                                          "batch_size", "vocab_size")))["params"][0]
     assert frame_features(df, bias=False)["params"].iloc[0] < ff["params"].iloc[0]
+    picked = small_points().iloc[[5, 2, 9]]  # a filtered frame keeps its row labels: the features align with them
+    assert list(frame_features(picked).index) == [5, 2, 9]
     with pytest.raises(KeyError, match="points lack columns: n_head, batch_size"):
         frame_features(df.drop(columns=["n_head", "batch_size"]))
     assert shape_key(df).iloc[0] == "2x2x128/v512"
