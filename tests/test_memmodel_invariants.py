@@ -312,3 +312,128 @@ def test_frame_features_and_shape_key():
     with pytest.raises(KeyError, match="points lack columns: n_head, batch_size"):
         frame_features(df.drop(columns=["n_head", "batch_size"]))
     assert shape_key(df).iloc[0] == "2x2x128/v512"
+
+
+# ------------------------------------------------------------------------------------------------ edges mutmut found
+
+
+def hand_model(**kw) -> MemoryModel:
+    """A physics model with hand-set coefficients (PHYSICS order: params, logits, acts, attn, embed)."""
+    d = {"features": list(PHYSICS), "regimes": 2, "intercept": 100.0, "coef": [1.0, 1.0, 2.0, 0.0, 0.0],
+         "layer_coef": 0.0, "step_intercept": 100.0, "step_coef": 16.0} | kw
+    return MemoryModel.from_dict(d)
+
+
+def cols(**kw) -> dict:
+    base = {"params": [10.0], "logits": [0.0], "acts": [0.0], "attn": [0.0], "embed": [0.0], "tokens": [1.0]}
+    return {k: np.asarray(v, dtype=np.float64) for k, v in (base | kw).items()}
+
+
+def test_breakdown_rows_name_every_part_in_both_regimes():
+    m = hand_model()
+    X = cols(params=[100.0, 1.0], logits=[0.0, 50.0], acts=[0.0, 10.0], attn=[0.0, 0.0], embed=[0.0, 1.0],
+             tokens=[1.0, 1.0])
+    step, back = m.breakdown(X)  # the step row first: the loop goes on to the next point
+    assert step == {"regime": "optimizer step", "constant": 100.0, "params+optimizer": 1600.0, "logits": 0.0,
+                    "activations": 0.0, "attention": 0.0}
+    assert back == {"regime": "backward", "constant": 100.0, "params+optimizer": 1.0, "logits": 50.0,
+                    "activations": 20.0, "attention": 0.0}
+
+
+def test_a_tie_between_the_pieces_is_the_backward_regime():
+    m = hand_model(coef=[2.0, 1.0, 0.0, 0.0, 0.0], step_coef=4.0)
+    X = cols(params=[10.0], logits=[20.0])  # backward 100 + 20 + 20 = step 100 + 40
+    lin, step = m.parts(X)
+    assert lin[0] == step[0] == 140.0 and m.breakdown(X)[0]["regime"] == "backward"
+
+
+def test_a_tie_between_the_transients_keeps_the_peak_at_the_loss():
+    m = hand_model(coef=[0.0, 1.0, 0.0, 0.0, 0.0], layer_coef=10.0, step_coef=0.0)
+    X = cols(logits=[100.0], embed=[10.0])  # loss transient 100 = in-layer transient 10 x 10
+    (row,) = m.breakdown(X)
+    assert row["logits"] == 100.0 and row["activations"] == 0.0
+
+
+@pytest.mark.parametrize("layer_coef", [0.5, 30.0])
+def test_any_positive_in_layer_coefficient_counts(layer_coef):
+    m = hand_model(coef=[0.0, 0.0, 1.0, 0.0, 0.0], layer_coef=layer_coef, step_coef=0.0)
+    X = cols(acts=[10.0], embed=[100.0])  # no loss transient: the in-layer one is the peak
+    assert m.predict(X)[0] == 100.0 + 10.0 + layer_coef * 100.0
+    (row,) = m.breakdown(X)
+    assert row["activations"] == 10.0 + layer_coef * 100.0 and row["logits"] == 0.0
+
+
+def test_a_naive_model_with_a_stray_layer_coefficient_still_breaks_down():
+    m = MemoryModel.from_dict({"features": ["params", "tokens"], "regimes": 1, "intercept": 1.0, "coef": [2.0, 3.0],
+                               "layer_coef": 5.0})
+    (row,) = m.breakdown(cols(params=[1.0], tokens=[1.0]))
+    assert row["constant"] == 1.0 and row["params+optimizer"] == 2.0 and not m.physics
+
+
+def test_coefficients_list_any_step_piece():
+    rows = [r["term"] for r in hand_model(step_coef=0.5).coefficients()]
+    assert rows[-2:] == ["step: constant", "step: params"]
+    assert "step: params" not in [r["term"] for r in hand_model(step_coef=0.0).coefficients()]
+
+
+def test_from_dict_reads_the_in_layer_coefficient():
+    m = MemoryModel.from_dict(hand_model(layer_coef=7.5).to_dict())
+    assert m.layer_coef_ == 7.5
+    assert m.predict(cols(params=[0.0], embed=[10.0]))[0] == 100.0 + 75.0
+
+
+def test_report_json_has_every_field(tmp_path):
+    df = small_points().assign(ms_per_iter=5.0, source="sweep")
+    report = fit_points(df, target="nvml")
+    assert report.throughput is not None and report.dryrun is None
+    d = report.to_json()
+    assert d == {"schema": 1, "device": "Synthetic GPU", "recipe_key": "r1", "recipe": report.recipe,
+                 "target": "nvml", "model": report.model.to_dict(), "baseline": report.baseline.to_dict(),
+                 "coefficients": report.model.coefficients(), "metrics": report.metrics,
+                 "margin_rel": report.margin_rel, "data_hash": report.data_hash, "n_points": 16,
+                 "oom_violations": [], "dryrun": None, "throughput": report.throughput.to_json()}
+    path = report.save(tmp_path / "a" / "b" / "m.json")  # parent folders are made
+    assert path.read_text().startswith('{\n "schema": 1,\n "device": "Synthetic GPU"')  # indent 1: readable
+    report.save(path)  # and saving again over it works
+    doc = load_model(path)
+    assert doc["dryrun"] is None and doc["baseline"].features == NAIVE
+    assert doc["baseline"].predict(frame_features(df)).tolist() == report.baseline.predict(frame_features(df)).tolist()
+    assert doc["throughput"].model.to_dict() == report.throughput.model.to_dict()
+
+
+def test_fit_points_models_cv_frame_and_hash():
+    df = small_points(noise=0.02)
+    report = fit_points(df, target="nvml")
+    assert report.model.features == PHYSICS and report.model.regimes == 2
+    assert report.baseline.features == NAIVE and report.baseline.regimes == 1
+    ok = df.reset_index(drop=True)
+    assert report.data_hash == data_hash(ok, "nvml_bytes")
+    cv = report.cv
+    assert cv["measured"].tolist() == ok["nvml_bytes"].tolist() and cv["shape"].tolist() == shape_key(ok).tolist()
+    X = frame_features(ok)
+    assert cv["ours_fit"].tolist() == report.model.predict(X).tolist()
+    assert cv["naive_fit"].tolist() == report.baseline.predict(X).tolist()
+    assert cv["ours_grouped"].notna().all() and cv["ours_loo"].notna().all()
+    # grouped CV holds whole shapes out: its predictions are not leave-one-out's
+    assert not np.allclose(cv["ours_grouped"], cv["ours_loo"])
+    one = fit_points(df, target="nvml", regimes=1)
+    assert one.model.regimes == 1 and one.model.step_coef_ == 0.0
+
+
+def test_two_shapes_are_enough_for_grouped_cv():
+    df = small_points(noise=0.02)
+    two = pd.concat([synthetic_points(noise=0.02).query("n_layer == 2 and n_embd == 128 and vocab_size == 512"),
+                     synthetic_points(noise=0.02).query("n_layer == 4 and n_embd == 256 and vocab_size == 512")])
+    report = fit_points(two, target="nvml", regimes=1)
+    assert report.cv["shape"].nunique() == 2
+    assert not np.allclose(report.cv["ours_grouped"], report.cv["ours_loo"])
+    assert len(df) == 16
+
+
+def test_exactly_three_points_fit_and_one_is_refused():
+    df = small_points()
+    assert fit_points(df.iloc[:3], target="nvml", regimes=1).n_points == 3
+    with pytest.raises(VramfitError, match=r"^need at least 3 ok points with a nvml reading to fit, have 1$"):
+        fit_points(df.iloc[:1], target="auto")
+    with pytest.raises(VramfitError, match=r"^no measured points to fit \(run `vramfit sweep` first\)$"):
+        fit_points(df.iloc[:0])
