@@ -126,12 +126,26 @@ def statuses(tmp: Path, mod: Module) -> dict[str, str]:
             if any(fnmatch(k, p) for p in mod.mutants)}
 
 
-def change(tmp: Path, name: str) -> str:
-    """The mutated lines of one mutant, as `- old | + new` (stripped)."""
-    out = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=tmp, capture_output=True,
-                         text=True).stdout
-    lines = [ln for ln in out.splitlines() if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
-    return " | ".join(f"{ln[0]} {ln[1:].strip()}" for ln in lines)
+_DIFFS = """
+import json, sys
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+path = sys.argv[1]
+print(json.dumps({name: get_diff_for_mutant(name, path=path) for name in sys.argv[2:]}))
+"""
+
+
+def changes(tmp: Path, mod: Module, names: list[str]) -> dict[str, str]:
+    """The mutated lines of each mutant, as `- old | + new` (stripped); one process for all of them."""
+    if not names:
+        return {}
+    out = subprocess.run([sys.executable, "-c", _DIFFS, mod.file, *names], cwd=tmp, capture_output=True, text=True,
+                         check=True).stdout
+    diffs = json.loads(out.splitlines()[-1])
+    result = {}
+    for name, diff in diffs.items():
+        lines = [ln for ln in diff.splitlines() if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+        result[name] = " | ".join(f"{ln[0]} {ln[1:].strip()}" for ln in lines)
+    return result
 
 
 def run_module(name: str, mod: Module, jobs: int, reasons: dict) -> list[dict]:
@@ -150,8 +164,9 @@ def run_module(name: str, mod: Module, jobs: int, reasons: dict) -> list[dict]:
         rows = []
         prov = provenance(mod, jobs) | {"seconds": seconds}
         n_equiv = 0
+        diffs = changes(tmp, mod, survivors)
         for m in survivors:
-            diff = change(tmp, m)
+            diff = diffs[m]
             known = reasons.get(m, {})
             verdict, reason = "unexplained", ""
             if known and known.get("change") == diff:
@@ -161,6 +176,9 @@ def run_module(name: str, mod: Module, jobs: int, reasons: dict) -> list[dict]:
             n_equiv += verdict == "equivalent"
             rows.append({"module": name, "row": "survivor", "file": mod.file, "mutant": m, "change": diff,
                          "verdict": verdict, "reason": reason, "status": st[m]} | prov)
+        unused = sorted(k for k in reasons if k in st and k not in survivors)
+        if unused:
+            print(f"  {len(unused)} reasons in {SURVIVORS.name} are for mutants now killed: " + ", ".join(unused))
         count = {s: sum(v == s for v in st.values()) for s in ("killed", "timeout", "survived", "no tests")}
         caught = count["killed"] + count["timeout"]
         denom = len(st) - n_equiv

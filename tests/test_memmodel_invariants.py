@@ -437,3 +437,38 @@ def test_exactly_three_points_fit_and_one_is_refused():
         fit_points(df.iloc[:1], target="auto")
     with pytest.raises(VramfitError, match=r"^no measured points to fit \(run `vramfit sweep` first\)$"):
         fit_points(df.iloc[:0])
+
+
+def test_exact_physics_is_recovered_exactly_with_vocabularies_near_the_width():
+    """Vocab 384 and 448 at width 256 put the loss transient (12 NV + 8 NC) just above the in-layer one (24 NC):
+    the fit must assign each point to the right transient to reproduce the data to rounding."""
+    rows = [(L, C // 64, C, T, B, V) for L, C, T, B, V in
+            itertools.product([2, 4, 8], [128, 256, 512], [128, 256], [4, 16], [64, 384, 448, 8192])]
+    f = features(*np.array(rows).T)
+    y = true_memory(*np.array(rows).T)
+    m = MemoryModel().fit(frame(f), y)
+    assert np.abs(m.predict(frame(f)) / y - 1).max() < 1e-9
+    assert m.layer_coef_ == pytest.approx(TRUE["layer"], rel=1e-9)
+
+
+def test_non_physics_models_have_no_in_layer_term():
+    f, y = activation_heavy()
+    assert MemoryModel(NAIVE, regimes=1).fit(frame(f), y).layer_coef_ == 0.0
+    assert MemoryModel(PHYSICS, regimes=1).fit(frame(f), y).layer_coef_ == 0.0
+
+
+def test_any_positive_step_slope_is_a_step_piece():
+    m = hand_model(coef=[0.0, 0.0, 0.0, 0.0, 0.0], step_coef=0.5)
+    assert m.predict(cols(params=[1000.0]))[0] == 100.0 + 500.0
+
+
+def test_data_hash_ignores_row_labels():
+    df = small_points()
+    assert data_hash(df.set_axis(range(100, 100 + len(df))), "nvml_bytes") == data_hash(df, "nvml_bytes")
+
+
+def test_fit_points_reports_oom_rows_predicted_to_fit():
+    df = small_points()
+    oom = df.iloc[[0]].assign(status="oom", nvml_bytes=np.nan, total_memory_bytes=1e15)
+    report = fit_points(pd.concat([df, oom], ignore_index=True), target="nvml")
+    assert [v["batch_size"] for v in report.oom_violations] == [int(oom.iloc[0]["batch_size"])]
