@@ -190,3 +190,106 @@ def test_json_round_trip_and_old_files():
     assert ThroughputModel.from_dict({**d["model"], "delta": None}).delta == 0.0
     assert ThroughputModel.from_dict({**d["model"], "delta": 0.2}).delta == 0.2
     assert ThroughputModel.from_dict(no_delta | {"slowdown": 2.0}).slowdown == 2.0
+
+
+# ------------------------------------------------------------------------------------------------ edges mutmut found
+
+
+def noisy_grid():
+    import itertools
+
+    df = pd.DataFrame([(L, C // 64, C, T, B, V) for L, C, T, B, V in itertools.product(
+        [2, 4, 8], [128, 256, 512], [64, 128], [2, 8], [512, 8192])], columns=COLS)
+    X = frame_time_features(df)
+    y = true_ms(X).to_numpy().copy()
+    rng = np.random.default_rng(1)
+    y *= 1 + rng.normal(0, 0.03, len(y))
+    y[2] *= 1.4
+    y[7] *= 1.2
+    return X, y
+
+
+@pytest.mark.parametrize("delta", [0.0, HUBER_DELTA, 0.01])
+def test_the_fit_is_the_least_squares_or_huber_estimate_of_relative_error(delta):
+    """IRLS against an independent solver (scipy's least_squares, bounded, on the relative residuals): the plain
+    fit (delta 0) is relative least squares, the Huber fit is the Huber M-estimate with that delta."""
+    from scipy.optimize import least_squares
+
+    X, y = noisy_grid()
+    A = np.column_stack([X[f] for f in THROUGHPUT])
+    scale = A.max(axis=0)
+    sol = least_squares(lambda p: (p[0] + (A / scale) @ p[1:]) / y - 1, np.ones(4), bounds=(0, np.inf),
+                        loss="huber" if delta else "linear", f_scale=delta or 1.0, xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    m = ThroughputModel(delta=delta).fit(X, y)
+    assert m.intercept_ == pytest.approx(sol.x[0], rel=1e-4)
+    np.testing.assert_allclose(m.coef_, sol.x[1:] / scale, rtol=1e-4)
+
+
+def test_flops_count_the_biases_by_default():
+    assert time_features(2, 4, 64, 32, 3, 100)["flops"][0] > time_features(2, 4, 64, 32, 3, 100, bias=False)["flops"][0]
+
+
+def test_sub_millisecond_steps_are_real_steps():
+    """A GPU step of 0.5 ms is a time like any other: it is the best step, not 'missing'."""
+    df = points()
+    df.loc[0, "ms_per_iter"] = 0.8
+    df.loc[0, "timings"] = json.dumps({"step_ms": [0.9, 0.5]})
+    t = timed_points(df)
+    assert len(t) == 8 and t["ms_best"].iloc[0] == 0.5
+    df.loc[1, "timings"] = json.dumps({"step_ms": [0.0]})  # a zero is not a time: a point without its steps,
+    assert len(timed_points(df)) == 7  # left out while enough others have theirs
+
+
+def test_timed_points_add_only_ms_best():
+    df = points().set_axis(range(10, 18))
+    mixed = df.copy()
+    mixed.loc[10:14, "timings"] = None
+    for frame in (df, mixed):
+        t = timed_points(frame)
+        assert list(t.columns) == [*frame.columns, "ms_best"] and list(t.index) == list(range(len(t)))
+
+
+def test_grouped_cv_holds_shapes_out_and_uses_their_own_slowdown():
+    df = points(slow=1.0)
+    df = pd.concat([df, df.assign(batch_size=df.batch_size * 2)], ignore_index=True)  # two points per shape
+    X = frame_time_features(df)
+    best = true_ms(X).to_numpy() * (1 + 0.02 * np.sin(np.arange(len(df))))  # not exactly the law
+    ratio = 1.05 + 0.3 * (df.n_layer.to_numpy() == 8)  # shapes with 8 layers run slower than typical
+    df = df.assign(ms_per_iter=best * ratio, timings=[json.dumps({"step_ms": [b]}) for b in best])
+    tp = fit_throughput(df)
+    m = tp.metrics["ours"]
+    assert m["grouped"]["n"] == m["loo"]["n"] == 16 and m["grouped"] != m["loo"]
+    from vramfit.fit.features import shape_key
+    from vramfit.fit.stats import cv_predictions, error_metrics
+
+    groups = shape_key(df).to_numpy()
+    pred = cv_predictions(lambda: ThroughputModel(THROUGHPUT), X, best, groups)
+    assert tp.cv["ours_grouped"].to_numpy() == pytest.approx(pred)
+    expected = error_metrics(best * ratio, pred * _held_out_slowdown(best, best * ratio, groups))
+    assert m["grouped_typical"] == pytest.approx(expected)
+    two = df[df.n_layer.isin([2]) & (df.n_embd.isin([128, 256]))]  # exactly two shapes: still grouped
+    assert shape_key(two).nunique() == 2
+    t2 = fit_throughput(two).metrics["ours"]
+    assert t2["grouped"] != t2["loo"]
+    one = df[(df.n_layer == 2) & (df.n_embd == 128)]
+    one = pd.concat([one, one.assign(batch_size=one.batch_size * 3)], ignore_index=True)
+    t1 = fit_throughput(one).metrics["ours"]
+    assert t1["grouped"] == t1["loo"]  # one shape: leave-one-out
+
+
+def test_fit_throughput_without_device_names():
+    tp = fit_throughput(points().drop(columns=["device_name"]))
+    assert tp.peak_flops is None and tp.mfu is None and tp.n_points == 8
+
+
+def test_report_json_keys_and_old_entries():
+    tp = fit_throughput(points(device="NVIDIA H100 80GB HBM3"))
+    d = tp.to_json()
+    assert set(d) == {"model", "baseline", "coefficients", "metrics", "n_points", "peak_flops", "mfu"}
+    assert d["coefficients"] == tp.model.coefficients() and d["peak_flops"] == 989e12 and d["mfu"] == tp.mfu
+    back = load_throughput(d)
+    assert (back.peak_flops, back.mfu, back.n_points) == (989e12, tp.mfu, 8)
+    bare = load_throughput({"model": d["model"], "baseline": d["baseline"]})
+    assert (bare.metrics, bare.n_points, bare.peak_flops, bare.mfu) == ({}, 0, None, None)
+    legacy = {k: v for k, v in d["model"].items() if k not in ("slowdown", "delta")}
+    assert ThroughputModel.from_dict(legacy).slowdown == 1.0
