@@ -271,3 +271,78 @@ def test_time_frontier_lists_every_fitting_shape():
            for i in range(len(out["n_layer"]))}
     assert got == expected
     assert set(out) >= {"ms_per_iter", "tokens", "score", "loss", *SHAPE_KEYS}
+
+
+# ------------------------------------------------------------------------------------------------ edges mutmut found
+
+
+def one_shape(**kw):
+    return dict(n_layer=1, n_head=1, n_embd=64, block_size=32, batch_size=[1, 2, 4, 8], vocab_size=256) | kw
+
+
+def test_a_budget_exactly_at_the_constant_is_refused():
+    with pytest.raises(VramfitError, match="below this device's constant"):
+        suggest(MODEL, 0.0, 64 * MIB, **SPACE)  # nothing can fit in exactly the constant
+    with pytest.raises(VramfitError, match="below this device's constant"):
+        suggest(MODEL, 0.1, 1, **SPACE)  # a positive budget: the constant is the problem, not the sign
+
+
+def test_min_batch_is_inclusive_and_defaults_to_one():
+    s4 = {"n_layer": 1, "n_head": 1, "n_embd": 64, "block_size": 32, "batch_size": 4, "vocab_size": 256}
+    budget = need(s4)  # batch 4 fits exactly, 8 does not
+    (item,) = suggest(MODEL, 0.0, budget, min_batch=4, **one_shape())
+    assert item.batch_size == 4
+    s1 = {**s4, "batch_size": 1}
+    (item,) = suggest(MODEL, 0.0, need(s1), **one_shape())  # only batch 1 fits: still a suggestion
+    assert item.batch_size == 1
+    out = time_frontier(MODEL, 0.0, need(s1), SPEED, 1.0, **one_shape())
+    assert out["batch_size"].tolist() == [1]
+
+
+def test_default_top_is_ten():
+    assert len(suggest(MODEL, 0.1, 2000 * MIB, **SPACE)) == 10
+
+
+def test_suggestion_to_dict():
+    (s,) = suggest(MODEL, 0.0, 1000 * MIB, top=1, **SPACE)
+    d = s.to_dict()
+    assert d["rank"] == 1 and d["n_layer"] == s.n_layer and d["breakdown"] == s.breakdown and d["ms_per_iter"] is None
+
+
+def test_default_block_sizes_and_depths_wider_than_the_model():
+    sp = enumerate_space(n_layer=2, n_embd=64, batch_size=1, vocab_size=8)
+    assert sorted(set(sp["block_size"].tolist())) == [64, 128, 256, 512, 1024, 2048, 4096]
+    sp = enumerate_space(n_layer=[48], n_embd=[32], block_size=8, batch_size=1, vocab_size=8)
+    assert sp["n_embd"].tolist() == [32]  # 48 layers of width 32: fixed by the caller, no aspect bound
+
+
+def test_predict_space_passes_the_heads():
+    physics = MemoryModel.from_dict({"features": ["params", "logits", "acts", "attn", "embed"], "regimes": 1,
+                                     "intercept": 0.0, "coef": [0.0, 0.0, 0.0, 1.0, 0.0]})
+    sp = enumerate_space(n_layer=2, n_head=[1, 4], n_embd=64, block_size=32, batch_size=2, vocab_size=8)
+    sp.pop("_n_batches")
+    feats, pred = predict_space(physics, sp)
+    assert pred.tolist() == [2 * 32 * 2 * h * 32 for h in (1, 4)]  # attention scores grow with the heads
+
+
+def test_smallest_need_finds_the_minimum_anywhere_in_the_space():
+    n, cfg = smallest_need(MODEL, 0.0, n_layer=[4, 1], n_embd=64, block_size=32, batch_size=[8, 1], vocab_size=256)
+    assert cfg["n_layer"] == 1 and cfg["batch_size"] == 1 and n == math.ceil(need(cfg))
+
+
+def test_a_loss_law_ranks_suggest_and_the_frontier():
+    law = LossLaw(1.0, 10.0, 100.0, 0.3, 0.3)
+    items = suggest(MODEL, 0.1, 300 * MIB, hours=2, throughput=SPEED, rank="loss", loss_law=law, top=5, **SPACE)
+    assert [s.predicted_loss for s in items] == pytest.approx([float(law.predict(s.params, s.tokens_in_budget))
+                                                               for s in items])
+    out = time_frontier(MODEL, 0.1, 300 * MIB, SPEED, 2.0, rank="loss", loss_law=law, **SPACE)
+    assert out["score"] == pytest.approx(law.predict(out["params"], out["tokens"]))
+
+
+def test_error_messages_in_full():
+    with pytest.raises(VramfitError, match=r"^this model file has no throughput model \(fitted before `--hours` "
+                                           r"existed, or its points have no ms/iter\): re-run `vramfit fit`$"):
+        suggest(MODEL, 0.1, 300 * MIB, hours=2, **SPACE)
+    with pytest.raises(VramfitError, match=r"^--rank loss needs a fitted loss law \(run `vramfit fit --loss` after a "
+                                           r"few `vramfit train` runs on this corpus\)$"):
+        scores("loss")
