@@ -346,3 +346,9 @@ def test_error_messages_in_full():
     with pytest.raises(VramfitError, match=r"^--rank loss needs a fitted loss law \(run `vramfit fit --loss` after a "
                                            r"few `vramfit train` runs on this corpus\)$"):
         scores("loss")
+
+
+def test_ties_go_to_the_head_width_nearest_64():
+    # 1386 wide: 22 heads of 63 or 21 heads of 66, the same memory under MODEL; 63 is nearer 64
+    (s,) = suggest(MODEL, 0.0, 10000 * MIB, n_layer=1, n_head=[21, 22], n_embd=1386, block_size=32, vocab_size=256)
+    assert (s.n_head, s.n_embd // s.n_head) == (22, 63)
