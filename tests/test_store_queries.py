@@ -44,12 +44,25 @@ def test_device_key_is_type_name_and_capacity():
     ("other-host", "dead", False),          # cannot tell for another machine's process
     ("self", None, False), ("self", float("nan"), False),
     ("self", 2**40, False),                 # not a pid at all (OverflowError)
-    ("self", 1, False),                     # init: exists
 ])
 def test_process_gone(host, pid, gone):
     hostname = socket.gethostname() if host == "self" else host
     pid = {"dead": dead_pid(), "me": os.getpid()}.get(pid, pid)
     assert _process_gone(hostname, pid) is gone
+
+
+def test_asking_about_a_live_process_does_not_signal_it():
+    """The check is signal 0 (existence only): a live process, SIGHUP not ignored, is still running after it."""
+    child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGHUP, "
+                              "signal.SIG_DFL); print('ready', flush=True); time.sleep(60)"], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        assert _process_gone(socket.gethostname(), child.pid) is False
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_identity_and_measured_keys_by_status(store):
@@ -93,10 +106,10 @@ def test_points_frame_filters(store):
 def test_points_frame_types(store):
     env = store.environment(CPU, Recipe().resolved("cpu"))
     store.insert_point({**SHAPE, "status": "ok", "stable": False}, env, None)
-    store.insert_point({**SHAPE, "status": "ok", "stable": True, "ms_per_iter": 2.5}, env, None)
+    store.insert_point({**SHAPE, "status": "ok", "stable": True, "ms_per_iter": 2.5, "tracked_bytes": 7}, env, None)
     store.insert_point({**SHAPE, "status": "error"}, env, None)
     df = store.points_frame()
-    for col in ("nvml_bytes", "allocated_bytes", "reserved_bytes", "ms_per_iter", "num_ooms", "emulate_bytes",
+    for col in ("tracked_bytes", "nvml_bytes", "allocated_bytes", "reserved_bytes", "ms_per_iter", "num_ooms", "emulate_bytes",
                 "total_memory_bytes"):
         assert df[col].dtype == np.float64, col  # NULL is NaN, whether or not any row has a value
     assert df.stable.tolist() == [False, True, None] and df.stable.dtype == object
@@ -130,6 +143,9 @@ def test_train_runs(store):
     assert [r["point_id"] for r in runs] == [1, last]
     assert runs[0] == {"corpus_id": "c1", "losses": [[1, 3.0]], "point_id": 1, **SHAPE}
     assert runs[1]["n_layer"] == 4 and runs[1]["corpus_id"] == "c2"
+    store.conn.execute("DROP TABLE points")
+    with pytest.raises(VramfitError, match=r"db\.sqlite is not a vramfit database \(no such table: points\)$"):
+        store.train_runs()
 
 
 def test_estimate_cache(store):
@@ -154,6 +170,7 @@ def test_sweeps_frame_counts_and_dead_sweeps(store):
     store.conn.execute("UPDATE sweeps SET pid = ? WHERE sweep_id = ?", (dead_pid(), s3))
     df = store.sweeps_frame().set_index("sweep_id")
     assert df.loc[s1, ["n_ok", "n_oom", "n_error", "n_timeout"]].tolist() == [2, 1, 1, 1]
+    assert all(df[f"n_{s}"].dtype.kind == "i" for s in ("ok", "oom", "error", "timeout"))  # counts, not floats
     assert df.loc[s2, ["n_ok", "n_oom", "n_error", "n_timeout"]].tolist() == [0, 0, 0, 0]
     assert df.loc[s1, "status"] == "running"  # this process is alive
     assert df.loc[s2, "status"] == "interrupted" and df.loc[s3, "status"] == "killed"
