@@ -109,8 +109,8 @@ def test_points_frame_types(store):
     store.insert_point({**SHAPE, "status": "ok", "stable": True, "ms_per_iter": 2.5, "tracked_bytes": 7}, env, None)
     store.insert_point({**SHAPE, "status": "error"}, env, None)
     df = store.points_frame()
-    for col in ("tracked_bytes", "nvml_bytes", "allocated_bytes", "reserved_bytes", "ms_per_iter", "num_ooms", "emulate_bytes",
-                "total_memory_bytes"):
+    for col in ("tracked_bytes", "nvml_bytes", "allocated_bytes", "reserved_bytes", "ms_per_iter", "num_ooms",
+                "emulate_bytes", "total_memory_bytes"):
         assert df[col].dtype == np.float64, col  # NULL is NaN, whether or not any row has a value
     assert df.stable.tolist() == [False, True, None] and df.stable.dtype == object
     assert df.ms_per_iter.isna().tolist() == [True, False, True]
