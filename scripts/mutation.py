@@ -3,7 +3,7 @@ unit tests only (the files of small synthetic cases written for it: the end-to-e
 sweep are too slow to run once per mutant); the score per module and every surviving mutant go to
 results/bench/mutation.csv.
 
-    python scripts/mutation.py [module ...]        (default: every module; see MODULES)
+    python scripts/mutation.py [module ...]        (default: every module; see MODULES; or scripts/mutation.sh)
     MUTATION_JOBS=1 python scripts/mutation.py units
 
 Each module runs in a scratch copy of the repository (mutmut writes its `mutants/` tree there), so the worktree is
