@@ -4,6 +4,7 @@ sweep are too slow to run once per mutant); the score per module and every survi
 results/bench/mutation.csv.
 
     python scripts/mutation.py [module ...]        (default: every module; see MODULES; or scripts/mutation.sh)
+    python scripts/mutation.py --reasons-only      (re-score the CSV after explaining survivors; no mutmut run)
     MUTATION_JOBS=1 python scripts/mutation.py units
 
 Each module runs in a scratch copy of the repository (mutmut writes its `mutants/` tree there), so the worktree is
@@ -212,14 +213,36 @@ def write_rows(new: list[dict], modules: set[str]) -> None:
         w.writerows(rows)
 
 
+def apply_reasons(reasons: dict) -> None:
+    """Re-read the CSV, apply the survivors file to its survivor rows and re-score each module (no mutmut run):
+    for when a survivor gets its reason after the run."""
+    with open(CSV, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:
+        if r["row"] == "survivor":
+            known = reasons.get(r["mutant"], {})
+            if known.get("change") == r["change"]:
+                r["verdict"], r["reason"] = known["verdict"], known["reason"]
+    for m in (r for r in rows if r["row"] == "module"):
+        equiv = sum(r["row"] == "survivor" and r["module"] == m["module"] and r["verdict"] == "equivalent"
+                    for r in rows)
+        caught, denom = int(m["killed"]) + int(m["timeout"]), int(m["mutants"]) - equiv
+        m["equivalent"], m["score"] = equiv, round(caught / denom, 4) if denom else 1.0
+    write_rows(rows, {r["module"] for r in rows})
+
+
 def main(argv: list[str]) -> int:
+    reasons = tomllib.loads(SURVIVORS.read_text()) if SURVIVORS.is_file() else {}
+    if argv == ["--reasons-only"]:
+        apply_reasons(reasons)
+        print(f"re-scored {CSV.relative_to(ROOT)} with {SURVIVORS.name}")
+        return 0
     names = argv or list(MODULES)
     unknown = [n for n in names if n not in MODULES]
     if unknown:
         print(f"error: unknown module {unknown[0]!r} (modules: {', '.join(MODULES)})", file=sys.stderr)
         return 2
     jobs = int(os.environ.get("MUTATION_JOBS", "2"))
-    reasons = tomllib.loads(SURVIVORS.read_text()) if SURVIVORS.is_file() else {}
     for name in names:
         rows = run_module(name, MODULES[name], jobs, reasons)
         write_rows(rows, {name})
