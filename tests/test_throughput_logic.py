@@ -260,7 +260,7 @@ def test_grouped_cv_holds_shapes_out_and_uses_their_own_slowdown():
     df = pd.concat([df, df.assign(batch_size=df.batch_size * 2)], ignore_index=True)  # two points per shape
     X = frame_time_features(df)
     best = true_ms(X).to_numpy() * (1 + 0.02 * np.sin(np.arange(len(df))))  # not exactly the law
-    ratio = 1.0 + 0.05 * (np.arange(len(df)) % 8)  # each shape its own typical/best (the 2 points of a shape share it)
+    ratio = 1.0 + 0.02 * np.arange(len(df))  # every point its own typical/best
     df = df.assign(ms_per_iter=best * ratio, timings=[json.dumps({"step_ms": [b]}) for b in best])
     tp = fit_throughput(df)
     m = tp.metrics["ours"]
@@ -273,6 +273,8 @@ def test_grouped_cv_holds_shapes_out_and_uses_their_own_slowdown():
     assert tp.cv["ours_grouped"].to_numpy() == pytest.approx(pred)
     expected = error_metrics(best * ratio, pred * _held_out_slowdown(best, best * ratio, groups))
     assert m["grouped_typical"] == pytest.approx(expected)
+    loo_slowdown = error_metrics(best * ratio, pred * _held_out_slowdown(best, best * ratio, None))
+    assert m["grouped_typical"]["mape"] != pytest.approx(loo_slowdown["mape"])  # the group's, not the point's
     two = df[df.n_layer.isin([2]) & (df.n_embd.isin([128, 256]))]  # exactly two shapes: still grouped
     assert shape_key(two).nunique() == 2
     t2 = fit_throughput(two).metrics["ours"]
