@@ -25,6 +25,9 @@ def _private_dry_run_cache(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:  # the quick-grid sweep takes ~45 s: `-m "not slow"` (the mutation runs) leaves these out
+        if "quick_db" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

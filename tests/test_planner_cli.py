@@ -54,6 +54,14 @@ def test_predict_breakdown(capsys, model_file):
     doc = json.loads(out)
     assert doc["regime"] == "backward"
     assert sum(doc["breakdown"].values()) == pytest.approx(doc["predicted_bytes"], rel=1e-6)
+    from vramfit.fit.features import features
+    from vramfit.fit.memmodel import load_model
+
+    fitted = load_model(model_file)
+    f = features(12, 12, 768, 1024, 12, 50304)
+    assert doc["predicted_bytes"] == int(fitted["model"].predict(f)[0])
+    assert doc["margin_bytes"] == int(fitted["model"].predict(f)[0] * fitted["margin_rel"])
+    assert doc["naive_bytes"] == int(fitted["baseline"].predict(f)[0]) != doc["predicted_bytes"]
 
 
 def test_suggest_table_and_train_commands(capsys, model_file, tmp_path):
@@ -120,9 +128,25 @@ def test_missing_model_and_empty_database(capsys, tmp_path):
 
 
 def test_nothing_fits_says_what_would(capsys, model_file):
+    import re
+
+    from vramfit.fit.features import features
+    from vramfit.fit.memmodel import load_model
+    from vramfit.units import format_size, parse_size
+
     rc, out, _ = run(capsys, "suggest", "--vram", "500M", "--n-layer", "48", "--n-embd", "4096", "--model",
                      model_file, "--save", "/dev/null")
-    assert rc == 1 and "nothing fits" in out and "needs" in out
+    out = " ".join(out.split())
+    assert rc == 1 and "nothing fits in 500.00 MiB" in out, out
+    m = re.search(r"The smallest config in this space needs ([\d.]+ [KMGT]iB): ((?:\w+=\d+ ?)+)\.", out)
+    assert m, out
+    cfg = dict(kv.split("=") for kv in m.group(2).split())
+    assert cfg["n_layer"] == "48" and cfg["n_embd"] == "4096" and cfg["batch_size"] == "1"
+    doc = load_model(model_file)  # the need printed is that config's prediction plus the margin
+    pred = doc["model"].predict(features(*(int(cfg[k]) for k in ("n_layer", "n_head", "n_embd", "block_size",
+                                                                 "batch_size", "vocab_size"))))[0]
+    assert m.group(1) == format_size(pred * (1 + doc["margin_rel"]))
+    assert parse_size(m.group(1).replace(" ", "")) > parse_size("500M")
 
 
 def test_suggest_plans_for_the_corpus_vocabulary(capsys, model_file, char_corpus, tmp_path):

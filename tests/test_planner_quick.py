@@ -46,9 +46,17 @@ def test_suggest_then_train_the_suggestion_closes_the_loop(quick_db, char_corpus
 
 @pytest.mark.parametrize("target", ["tracked", "rss"])
 def test_fit_targets_on_cpu(quick_db, target):
+    from vramfit.fit.memmodel import TARGETS, data_hash
+
     with Store(quick_db) as store:
-        report = fit_points(store.points_frame(), target=target)
-    assert report.target == target and report.n_points >= 13
+        points = store.points_frame()
+    report = fit_points(points, target=target)
+    col = TARGETS[target]
+    assert report.target == target and report.n_points == 13
+    ok = points[points["status"] == "ok"].reset_index(drop=True)
+    assert report.cv["measured"].tolist() == ok[col].tolist()  # fitted to this target's readings
+    assert report.data_hash == data_hash(ok, col)
+    assert report.metrics["ours"]["train"]["max_rel"] < 0.05  # and it predicts them
 
 
 def test_dry_run_model_beside_physics_and_naive(quick_db, tmp_path, capsys):

@@ -81,6 +81,7 @@ def test_json_output_matches_schema(capsys, tmp_path, report):
     assert json.loads((tmp_path / "s.json").read_text()) == doc
 
 
+@pytest.mark.slow
 def test_no_profile_plans_from_dry_run_estimates(capsys, tmp_path):
     from vramfit.cli import main
 

@@ -43,7 +43,9 @@ def n_points(db: Path) -> int:
 
 def test_quick_grid_measures_every_point(quick_db):
     df = Store(quick_db).points_frame()
-    assert len(df) >= 8 and (df.status == "ok").all() and df.stable.all()
+    planned = {tuple(p[k] for k in SHAPE_KEYS) for p in load_grid(QUICK).points()[0]}
+    assert sorted(tuple(int(r[k]) for k in SHAPE_KEYS) for _, r in df.iterrows()) == sorted(planned)
+    assert len(df) == len(planned) == 13 and (df.status == "ok").all() and df.stable.all()
     assert (df.device_type == "cpu").all() and (df.source == "sweep").all()
     assert df.nvml_bytes.isna().all() and df.allocated_bytes.isna().all() and df.reserved_bytes.isna().all()
     assert (df.tracked_bytes > 0).all() and (df.rss_bytes > 0).all()

@@ -75,7 +75,14 @@ def test_nanogpt_checkpoint_loads_and_samples(tmp_path):
     }
     torch.save(ckpt, tmp_path / "ckpt.pt")
     sampler = Sampler(tmp_path, device="cpu", encoding=_byte_encoding())
-    assert len(sampler.complete("", max_new_tokens=7)) == 1
+    loaded = sampler.model.state_dict()
+    assert set(loaded) == set(model.state_dict())  # the `_orig_mod.` prefix is gone
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded[k], v), k
+    (text,) = sampler.complete("", max_new_tokens=7)
+    ids = model.eval().generate(torch.zeros(1, 1, dtype=torch.long), 7, temperature=0.8, top_k=200,
+                                generator=torch.Generator().manual_seed(1337))[0, 1:]
+    assert sampler.tokenizer.decode(ids.tolist()) == text  # the same tokens as the original model samples
 
 
 def _byte_encoding():

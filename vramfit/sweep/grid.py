@@ -183,12 +183,12 @@ def load_grid(path: str | Path | None, axis_overrides: dict[str, list[int]] | No
     if missing:
         raise VramfitError(f"{where}: the first axes block lacks {', '.join(missing)}")
     blocks = [{**first, **b} for b in blocks]
+    if not isinstance(doc.get("recipe", {}), dict) or not isinstance(doc.get("measure", {}), dict):
+        raise VramfitError(f"{where}: [recipe] and [measure] must be tables")  # before dict(): `recipe = 5`
     recipe_d = dict(doc.get("recipe", {}))
     recipe_d.update(recipe_overrides or {})
     measure_d = dict(doc.get("measure", {}))
     measure_d.update(measure_overrides or {})
-    if not isinstance(doc.get("recipe", {}), dict) or not isinstance(doc.get("measure", {}), dict):
-        raise VramfitError(f"{where}: [recipe] and [measure] must be tables")
     name = str(doc.get("name") or (path.stem if path is not None else "adhoc"))
     grid = Grid(name=name, blocks=blocks, recipe=Recipe.from_dict(recipe_d), measure=Measure.from_dict(measure_d),
                 path=str(path) if path is not None else None)

@@ -1,0 +1,151 @@
+"""NvmlProbe against a fake `pynvml` that behaves like nvidia-ml-py (pynvml.py, nvidia-ml-py 12.x):
+
+- `nvmlDeviceGetComputeRunningProcesses(handle)` returns objects with `.pid` and `.usedGpuMemory`, where
+  `usedGpuMemory` is None when NVML reports NVML_VALUE_NOT_AVAILABLE (`nvmlDeviceGetComputeRunningProcesses_v3`);
+  inside a container the PIDs are the host's, so our own PID is often missing from the list.
+- `nvmlDeviceGetMemoryInfo(handle, version=nvmlMemory_v2)` calls `nvmlDeviceGetMemoryInfo_v2` (used excludes
+  reserved memory); drivers without that entry point raise NVMLError, and `nvmlDeviceGetMemoryInfo(handle)` (v1)
+  still works.
+- every call raises an `NVMLError` subclass on failure (e.g. NVMLError_LibraryNotFound from `nvmlInit`).
+
+The probe must read this process's bytes by PID, fall back to device used minus the idle baseline, and say
+'none' when neither is possible, never raising."""
+
+import os
+import types
+
+import pytest
+
+from vramfit.measure.probe import NvmlProbe
+
+GIB = 2**30
+
+
+class NVMLError(Exception):
+    pass
+
+
+def fake_pynvml(procs=(), used=5 * GIB, used_v1=None, v2=True, procs_error=False, mem_error=False,
+                init_error=False):
+    """A module object standing in for pynvml; records the calls it gets."""
+    calls = []
+    nv = types.ModuleType("pynvml")
+    nv.NVMLError = NVMLError
+    nv.nvmlMemory_v2 = 0x02000028
+
+    def nvmlInit():
+        calls.append(("init",))
+        if init_error:
+            raise NVMLError("NVML Shared Library Not Found")
+
+    def by_uuid(uuid):
+        calls.append(("uuid", uuid))
+        return ("handle", uuid)
+
+    def by_index(index):
+        calls.append(("index", index))
+        return ("handle", index)
+
+    def check(handle):
+        if not (isinstance(handle, tuple) and handle[0] == "handle"):
+            raise NVMLError("Invalid Argument")
+
+    def memory(handle, version=None):
+        calls.append(("memory", handle, version))
+        check(handle)
+        if mem_error:
+            raise NVMLError("Unknown Error")
+        if version is not None and not v2:
+            raise NVMLError("Function Not Found")  # an old driver: no nvmlDeviceGetMemoryInfo_v2
+        return types.SimpleNamespace(used=used if version is not None else (used_v1 or used), total=80 * GIB)
+
+    def processes(handle):
+        calls.append(("procs", handle))
+        check(handle)
+        if procs_error:
+            raise NVMLError("Not Supported")
+        return [types.SimpleNamespace(pid=pid, usedGpuMemory=mem) for pid, mem in procs]
+
+    nv.nvmlInit, nv.nvmlDeviceGetHandleByUUID, nv.nvmlDeviceGetHandleByIndex = nvmlInit, by_uuid, by_index
+    nv.nvmlDeviceGetMemoryInfo, nv.nvmlDeviceGetComputeRunningProcesses = memory, processes
+    nv.calls = calls
+    return nv
+
+
+@pytest.fixture
+def install(monkeypatch):
+    def _install(nv):
+        monkeypatch.setitem(__import__("sys").modules, "pynvml", nv)
+        return nv
+    return _install
+
+
+ME = os.getpid()
+
+
+@pytest.mark.parametrize("procs, baseline, expected", [
+    ([(ME, 3 * GIB)], 1 * GIB, (3 * GIB, "pid")),                        # our PID is listed: its own bytes
+    ([(1, 9 * GIB), (ME, 3 * GIB), (2, 1)], None, (3 * GIB, "pid")),     # among others, no baseline needed
+    ([(ME + 1, 3 * GIB)], 1 * GIB, (4 * GIB, "device-baseline")),       # container: host PIDs only
+    ([], 1 * GIB, (4 * GIB, "device-baseline")),                          # no process listed yet
+    ([(ME, None)], 1 * GIB, (4 * GIB, "device-baseline")),               # NVML_VALUE_NOT_AVAILABLE (WDDM)
+    ([(ME, 0)], 1 * GIB, (0, "pid")),                                     # zero is a reading, not "missing"
+    ([], 6 * GIB, (0, "device-baseline")),                                # baseline above used: clamp to 0
+    ([], 5 * GIB, (0, "device-baseline")),
+    ([], 0, (5 * GIB, "device-baseline")),                                # a zero baseline is still a baseline
+    ([], None, (None, "none")),                                           # no PID, no baseline: say so
+])
+def test_reading_falls_back_from_pid_to_baseline(install, procs, baseline, expected):
+    install(fake_pynvml(procs=procs, used=5 * GIB))
+    nv = NvmlProbe("GPU-abc")
+    assert nv.ok and nv.error == ""
+    assert nv.reading(baseline) == expected
+
+
+def test_a_failing_process_list_falls_back_to_the_baseline(install):
+    install(fake_pynvml(procs=[(ME, 3 * GIB)], procs_error=True))
+    nv = NvmlProbe("GPU-abc")
+    assert nv.process_used() is None
+    assert nv.reading(2 * GIB) == (3 * GIB, "device-baseline")
+
+
+def test_no_memory_reading_at_all_is_none(install):
+    install(fake_pynvml(procs=[], mem_error=True))
+    nv = NvmlProbe("GPU-abc")
+    assert nv.device_used() is None
+    assert nv.reading(GIB) == (None, "none")
+
+
+def test_device_used_asks_for_v2_then_falls_back_to_v1(install):
+    nv_mod = install(fake_pynvml(used=5 * GIB, used_v1=6 * GIB))
+    nv = NvmlProbe("GPU-abc")
+    assert nv.device_used() == 5 * GIB  # v2: used excludes the driver's reserved memory
+    assert ("memory", ("handle", b"GPU-abc"), nv_mod.nvmlMemory_v2) in nv_mod.calls
+    old = install(fake_pynvml(used=5 * GIB, used_v1=6 * GIB, v2=False))
+    nv = NvmlProbe("GPU-abc")
+    assert nv.device_used() == 6 * GIB
+    assert [c[2] for c in old.calls if c[0] == "memory"] == [old.nvmlMemory_v2, None]
+
+
+def test_process_used_of_another_pid(install):
+    install(fake_pynvml(procs=[(ME, 3 * GIB), (4242, 7 * GIB)]))
+    nv = NvmlProbe("GPU-abc")
+    assert nv.process_used(4242) == 7 * GIB and nv.process_used() == 3 * GIB and nv.process_used(1) is None
+
+
+def test_handle_by_uuid_bytes_or_index(install):
+    nv_mod = install(fake_pynvml())
+    assert NvmlProbe("GPU-abc").handle == ("handle", b"GPU-abc")  # NVML wants bytes
+    assert NvmlProbe(b"GPU-raw").handle == ("handle", b"GPU-raw")
+    assert NvmlProbe(None, index=3).handle == ("handle", 3)
+    assert NvmlProbe().handle == ("handle", 0)
+    assert [c[0] for c in nv_mod.calls].count("init") == 4
+
+
+def test_init_failure_means_not_ok_and_every_read_is_none(install):
+    nv_mod = install(fake_pynvml(procs=[(ME, GIB)], init_error=True))
+    nv = NvmlProbe("GPU-abc")
+    assert not nv.ok and nv.handle is None
+    assert nv.error == "NVMLError: NVML Shared Library Not Found"
+    assert nv.device_used() is None and nv.process_used() is None and nv.reading(0) == (None, "none")
+    assert [c[0] for c in nv_mod.calls] == ["init"]  # nothing else is asked of a failed NVML
