@@ -83,7 +83,7 @@ def code_hash() -> str:
     import hashlib
 
     h = hashlib.sha256()
-    for f in sorted([*(ROOT / "gpt").glob("*.py"), ROOT / "vramfit" / "worker.py", ROOT / "vramfit" / "probe.py"]):
+    for f in sorted([*(ROOT / "gpt").glob("*.py"), *(ROOT / "vramfit" / "measure").glob("*.py")]):
         h.update(f.read_bytes())
     return h.hexdigest()[:12]
 

@@ -61,8 +61,9 @@ MODULES = {
         "xǁStoreǁpoints_frame", "xǁStoreǁpoint_extras", "xǁStoreǁtrain_runs", "xǁStoreǁcached_estimates",
         "xǁStoreǁstore_estimates", "xǁStoreǁsweeps_frame")), ("tests/test_store_queries.py",)),
     # the worker's stability rule and OOM classification (run_point needs real training: not a unit)
-    "worker": Module("vramfit/measure/worker.py", ("vramfit.measure.worker.x_is_stable*",
-                                                   "vramfit.measure.worker.x__is_oom*"),
+    "worker": Module("vramfit/measure/worker.py", ("vramfit.measure.worker.x__is_oom*",),
+                     ("tests/test_worker_logic.py",)),
+    "reader": Module("vramfit/measure/reader.py", ("vramfit.measure.reader.x_is_stable*",),
                      ("tests/test_worker_logic.py",)),
     # the NVML probe's PID -> baseline fallback
     "probe": Module("vramfit/measure/probe.py", ("vramfit.measure.probe.xǁNvmlProbeǁ*",),

@@ -391,7 +391,10 @@ def test_report_json_has_every_field(tmp_path):
                  "target": "nvml", "model": report.model.to_dict(), "baseline": report.baseline.to_dict(),
                  "coefficients": report.model.coefficients(), "metrics": report.metrics,
                  "margin_rel": report.margin_rel, "data_hash": report.data_hash, "n_points": 16,
-                 "oom_violations": [], "dryrun": None, "throughput": report.throughput.to_json()}
+                 "oom_violations": [], "dryrun": None, "throughput": report.throughput.to_json(),
+                 "device_type": "cuda", "total_memory_bytes": report.total_memory_bytes,
+                 "compute_capability": report.compute_capability, "ranges": report.ranges}
+    assert d["ranges"]["n_layer"][0] <= d["ranges"]["n_layer"][1]
     path = report.save(tmp_path / "a" / "b" / "m.json")  # parent folders are made
     assert path.read_text().startswith('{\n "schema": 1,\n "device": "Synthetic GPU"')  # indent 1: readable
     report.save(path)  # and saving again over it works

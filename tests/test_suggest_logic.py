@@ -187,7 +187,8 @@ def test_budget_errors_and_nothing_fitting():
                                            r"with margin\): nothing can fit$"):
         suggest(MODEL, 0.1, int(64 * MIB * 1.1), **SPACE)
     assert suggest(MODEL, 0.1, int(64 * MIB * 1.1) + 1, **SPACE) == []  # above the constant, below every config
-    with pytest.raises(VramfitError, match="^unknown objective 'speed'; choose one of params, tokens, balanced$"):
+    with pytest.raises(VramfitError,
+                       match="^unknown objective 'speed'; choose one of trainable, params, tokens, balanced$"):
         suggest(MODEL, 0.1, 300 * MIB, objective="speed", **SPACE)
 
 
@@ -300,7 +301,7 @@ def test_min_batch_is_inclusive_and_defaults_to_one():
 
 
 def test_default_top_is_ten():
-    assert len(suggest(MODEL, 0.1, 2000 * MIB, **SPACE)) == 10
+    assert len(suggest(MODEL, 0.1, 2000 * MIB, objective="params", **SPACE)) == 10
 
 
 def test_suggestion_to_dict():

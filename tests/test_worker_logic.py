@@ -5,7 +5,8 @@
 import pytest
 import torch
 
-from vramfit.measure.worker import _first_line, _is_oom, is_stable
+from vramfit.measure.reader import is_stable
+from vramfit.measure.worker import _first_line, _is_oom
 
 MB = 2**20
 
