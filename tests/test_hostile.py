@@ -165,10 +165,13 @@ def file_cases(tmp_path, db) -> list[tuple[list, str]]:
         (["estimate", "--n-layer", "99999999999999999999", "--n-head", "1", "--n-embd", "8", "--block-size", "8",
           "--batch-size", "1"], "beyond the limit"),
         (["sweep", "--grid", big, "--device", "cpu", "--db", tmp_path / "g.sqlite"], "beyond the limit of 100,000"),
-        (["sweep", "--grid", many, "--device", "cpu", "--db", tmp_path / "g.sqlite"], "pass --yes"),
+        (["sweep", "--grid", many, "--device", "cpu", "--db", tmp_path / "g.sqlite"], "768 points, estimated"),
         (["train", "--out-dir", a_file, "--max-iters", "1"], "--out-dir"),
         (["train", "--measure", "--db", tmp_path, "--out-dir", tmp_path / "o", "--max-iters", "1"], "--db"),
         (["prepare", "--input", a_file, "--out", a_file], "is a file, not a folder"),
+        (["plot", "--db", db, "--out", a_file], "is a file, not a folder"),
+        (["report", "--db", db, "--out", tmp_path], "is a folder, not a file"),
+        (["plot", "--db", db, "--vram", "0"], "must be > 0"),
     ]
 
 

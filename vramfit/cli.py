@@ -272,7 +272,7 @@ def sweep(
     measure = {k: v for k, v in (("max_iters", max_iters), ("timeout_s", timeout)) if v is not None}
     spec = load_grid(grid, overrides, {"dtype": dtype} if dtype else None, measure)
     if plan == "grid" and not boundary:
-        _confirm_size(len(spec.points()[0]), yes)
+        _confirm_size(spec.points()[0], yes)
     emulate, card = parse_vram(emulate_vram) if emulate_vram else (None, None)
     if card is not None and not quiet:
         typer.echo(f"--emulate-vram {describe(emulate, card)}")
@@ -309,13 +309,15 @@ def sweep(
                f"{res.invalid} invalid combinations skipped; db {res.db}")
 
 
-def _confirm_size(n_points: int, yes: bool) -> None:
-    """Ask before a sweep of more than CONFIRM_POINTS points (refuse without a terminal unless --yes)."""
+def _confirm_size(points: list[dict], yes: bool) -> None:
+    """Ask before a sweep of more than CONFIRM_POINTS points (refuse without a terminal unless --yes), saying
+    what it would cost (the bench figures: the sweep itself prints the profile's estimate once it starts)."""
+    from vramfit.sweep.cost import estimate_cost
     from vramfit.sweep.grid import CONFIRM_POINTS
 
-    if n_points <= CONFIRM_POINTS or yes:
+    if len(points) <= CONFIRM_POINTS or yes:
         return
-    what = f"this grid has {n_points:,} points (a sweep point takes seconds to minutes)"
+    what = f"this grid has {estimate_cost(points, None, 'fork').line()}"
     if not sys.stdin.isatty():
         fail(f"{what}; pass --yes to run it, or use --plan adaptive")
     if not typer.confirm(f"{what}. Run it?", default=False):
@@ -636,10 +638,12 @@ def plot(
 ) -> None:
     """PNG plots per device and recipe: predicted vs measured, memory vs tokens, feasibility, breakdown, residuals,
     and (with ms/iter in the sweep) ms/iter predicted vs measured and the frontier of what --hours buy."""
+    from vramfit.paths import writable_dir
     from vramfit.plan.recommend import time_args as parse_time_args
     from vramfit.show.context import plan_context
     from vramfit.show.plots import write_plots
 
+    writable_dir(out, "--out")
     ctx = plan_context(vram, suggestions, data_dir)
     time_args = parse_time_args(hours, rank, None, ctx.data_dir)
     with _open_store(db) as store:
@@ -661,9 +665,11 @@ def report(
 ) -> None:
     """One self-contained HTML page: a what-fits calculator (the fitted model in the page, offline), data summary,
     coefficients, CV tables, the suggestions and every plot."""
+    from vramfit.paths import writable_file
     from vramfit.show.context import plan_context
     from vramfit.show.report import write_report
 
+    writable_file(out, "--out")
     ctx = plan_context(vram, suggestions, data_dir)
     with _open_store(db) as store:
         points = store.points_frame()
