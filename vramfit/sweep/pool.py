@@ -118,7 +118,11 @@ class WorkerPool:
             return self._cache_dir
 
     def _env(self, env: dict[str, str], device: str = "cpu") -> dict[str, str]:
-        env = {**env, **compile_cache_env(self._cache(device))}
+        cache = self._cache(device)
+        if cache is None:  # caches off: no inherited cache folder either (Inductor writes its default one into
+            # os.environ once it has compiled in the parent, e.g. the dry run's compiled estimate)
+            env = {k: v for k, v in env.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+        env = {**env, **compile_cache_env(cache)}
         if self.owner:
             env = {**env, OWNER_ENV: self.owner, DRIVER_ENV: str(os.getpid())}
         return env
