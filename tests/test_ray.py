@@ -35,7 +35,10 @@ def test_ray_quick_grid_gives_the_local_rows(local_ray, quick_db, tmp_path):
     assert (remote.status == "ok").all() and remote.stable.all()
     assert (remote.device_name == local.device_name).all() and (remote.recipe_key == local.recipe_key).all()
     assert (remote.tracked_bytes == local.tracked_bytes).all()  # the same worker: byte-identical tracked peaks
-    assert ((remote.rss_bytes / local.rss_bytes).between(0.97, 1.03)).all()
+    # RSS: the project's tolerance for a reading that counts heap and library pages besides the tensors (as in
+    # test_sweep: 3 % + 2 MiB); local points are forked from the fork server, Ray's are spawned
+    gap = (remote.rss_bytes - local.rss_bytes).abs()
+    assert (gap <= 0.03 * local.rss_bytes + 2 * 2**20).all(), (remote.rss_bytes / local.rss_bytes).to_string()
     assert Store(db).sweeps_frame().status.tolist() == ["done"]
     # resume works as with the local executor
     again = run_sweep(load_grid(QUICK), db, device="cpu", quiet=True, executor=RayExecutor())
