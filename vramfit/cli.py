@@ -553,6 +553,7 @@ def suggest(
     within_measured: bool = typer.Option(False, "--within-measured", help="keep layers, width, block and batch "
                                          "inside the ranges the profile measured (no extrapolation)"),
 ) -> None:
+    # (long only by its option declarations: the body is ~30 lines, the rest is in plan.recommend)
     """Configs that fit a card with the safety margin, ranked, each with its train command.
     With --hours H: ranked by what H hours of training buys (tokens/s from the throughput model)."""
     import json

@@ -305,6 +305,20 @@ def target_column(device_type: str) -> str:
     return TARGETS["nvml" if device_type == "cuda" else "tracked"]
 
 
+def _already_measured(store: Store, allp: pd.DataFrame, candidates: list[dict]) -> tuple[pd.DataFrame, dict]:
+    """(the grid's points already measured on this identity, the predictions stored with them): a resumed plan
+    counts them and feeds the stop rule with what was predicted before they were measured."""
+    keys = {point_key(p) for p in candidates}
+    in_grid = allp[[point_key(r) in keys for _, r in allp[list(SHAPE_KEYS)].iterrows()]] if len(allp) else allp
+    measured = in_grid[in_grid["status"].isin(DONE_STATUSES)].drop_duplicates(list(SHAPE_KEYS), keep="last")
+    prior: dict[tuple, float] = {}
+    extras = store.point_extras([int(i) for i in measured["point_id"]])
+    for _, r in measured.iterrows():
+        if extras[int(r["point_id"])].get("plan_predicted_bytes") is not None:
+            prior[point_key(r)] = float(extras[int(r["point_id"])]["plan_predicted_bytes"])
+    return measured, prior
+
+
 def run_adaptive(grid: Grid, db: str | Path, settings: PlanSettings, device: str = "auto",
                  gpu_indices: list[int] | None = None, emulate_bytes: int | None = None, quiet: bool = False,
                  argv: list[str] | None = None, worker_cmd: list[str] | None = None,
@@ -331,14 +345,7 @@ def run_adaptive(grid: Grid, db: str | Path, settings: PlanSettings, device: str
         say(f"dry-run estimates: {len(est)}/{len(todo)} points in {time.time() - t0:.0f} s"
             + (f" ({why})" if why else "") + f"; capacity {format_size(capacity)}")
     allp = identity_points(store, env_id)
-    keys = {point_key(p) for p in candidates}
-    in_grid = allp[[point_key(r) in keys for _, r in allp[list(SHAPE_KEYS)].iterrows()]] if len(allp) else allp
-    measured = in_grid[in_grid["status"].isin(DONE_STATUSES)].drop_duplicates(list(SHAPE_KEYS), keep="last")
-    prior: dict[tuple, float] = {}
-    extras = store.point_extras([int(i) for i in measured["point_id"]])
-    for _, r in measured.iterrows():
-        if extras[int(r["point_id"])].get("plan_predicted_bytes") is not None:
-            prior[point_key(r)] = float(extras[int(r["point_id"])]["plan_predicted_bytes"])
+    measured, prior = _already_measured(store, allp, candidates)
     resumed = len(measured)
     sweep_id = store.start_sweep(grid.name, grid.path, {**grid.to_dict(), "plan": settings.to_dict()},
                                  [d.device_type if d.index is None else f"{d.device_type}:{d.index}"],
