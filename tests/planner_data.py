@@ -32,3 +32,19 @@ def synthetic_points(noise: float = 0.002, seed: int = 0) -> pd.DataFrame:
                          nvml_bytes=y, device_type="cuda", device_name="Synthetic GPU", recipe_key="r1",
                          recipe=json.dumps({"dtype": "bfloat16", "compile": True}), total_memory_bytes=8 * 2**30))
     return pd.DataFrame(rows)
+
+
+SYNTHETIC_GPU = {"device_type": "cuda", "device_name": "Synthetic GPU", "total_memory_bytes": 8 * 2**30,
+                 "gpu_uuid": "GPU-synthetic", "torch_version": "test"}
+
+
+def synthetic_db(path, points: pd.DataFrame | None = None):
+    """A vramfit database of `points` (default: all of `synthetic_points()`) on the synthetic GPU, bf16 compiled."""
+    from vramfit.recipe import Recipe
+    from vramfit.store import Store
+
+    with Store(path) as store:
+        env = store.environment(SYNTHETIC_GPU, Recipe(dtype="bfloat16", compile=True, optimizer="fused"))
+        for rec in (synthetic_points() if points is None else points).to_dict("records"):
+            store.insert_point(rec, env, None)
+    return path

@@ -10,14 +10,9 @@ import shutil
 import sqlite3
 
 import pytest
-from planner_data import synthetic_points
+from planner_data import synthetic_db
 
 from vramfit.cli import main
-from vramfit.recipe import Recipe
-from vramfit.store import Store
-
-FACTS = {"device_type": "cuda", "device_name": "Synthetic GPU", "total_memory_bytes": 8 * 2**30,
-         "gpu_uuid": "GPU-synthetic", "torch_version": "test"}
 
 
 def sha(path) -> str:
@@ -27,11 +22,7 @@ def sha(path) -> str:
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
     """A vramfit database, checkpointed and closed (no -wal/-shm), as an archived file is."""
-    path = tmp_path_factory.mktemp("archive") / "v.sqlite"
-    with Store(path) as store:
-        env = store.environment(FACTS, Recipe(dtype="bfloat16", compile=True, optimizer="fused"))
-        for rec in synthetic_points().to_dict("records"):
-            store.insert_point(rec, env, None)
+    path = synthetic_db(tmp_path_factory.mktemp("archive") / "v.sqlite")
     assert not path.with_name("v.sqlite-wal").exists()
     return path
 

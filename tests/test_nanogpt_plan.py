@@ -7,26 +7,18 @@ from importlib import resources
 
 import pytest
 from nanogpt_files import CHAR_CONFIG, prepare_shakespeare_char
-from planner_data import synthetic_points
+from planner_data import synthetic_db
 
 from vramfit.cli import main
 from vramfit.fit.features import features
 from vramfit.plan.workflows import load_model
-from vramfit.recipe import Recipe
-from vramfit.store import Store
 
-FACTS = {"device_type": "cuda", "device_name": "Synthetic GPU", "total_memory_bytes": 8 * 2**30,
-         "gpu_uuid": "GPU-synthetic", "torch_version": "test"}
 SHAPE = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size")
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    db = tmp_path_factory.mktemp("db") / "v.sqlite"
-    with Store(db) as store:
-        env = store.environment(FACTS, Recipe(dtype="bfloat16", compile=True, optimizer="fused"))
-        for rec in synthetic_points().to_dict("records"):
-            store.insert_point(rec, env, None)
+    db = synthetic_db(tmp_path_factory.mktemp("db") / "v.sqlite")
     out = tmp_path_factory.mktemp("models")
     assert main(["fit", "--db", str(db), "--out", str(out)]) == 0
     (path,) = out.glob("*.json")

@@ -4,25 +4,16 @@ import json
 
 import pytest
 from PIL import Image
-from planner_data import synthetic_points
+from planner_data import synthetic_db, synthetic_points
 
 from vramfit.cli import main
 from vramfit.errors import VramfitError
-from vramfit.recipe import Recipe
 from vramfit.show.context import plan_context
-from vramfit.store import Store
-
-FACTS = {"device_type": "cuda", "device_name": "Synthetic GPU", "total_memory_bytes": 8 * 2**30,
-         "gpu_uuid": "GPU-synthetic", "torch_version": "test"}
 
 
 @pytest.fixture(scope="module")
 def db(tmp_path_factory):
-    path = tmp_path_factory.mktemp("db") / "v.sqlite"
-    with Store(path) as store:
-        env = store.environment(FACTS, Recipe(dtype="bfloat16", compile=True, optimizer="fused"))
-        for rec in synthetic_points().iloc[::3].to_dict("records"):  # 36 points: quick fits
-            store.insert_point(rec, env, None)
+    path = synthetic_db(tmp_path_factory.mktemp("db") / "v.sqlite", synthetic_points().iloc[::3])  # 36: quick fits
     return path
 
 

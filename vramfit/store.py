@@ -148,15 +148,14 @@ def _process_gone(hostname: str | None, pid: float | None) -> bool:
     """True when a sweep's process ran on this host and no longer exists (a 'running' row nobody will close)."""
     import socket
 
+    from vramfit.child import pid_alive
+
     if os.name == "nt" or hostname != socket.gethostname() or pid is None or pid != pid:
-        return False  # (on Windows, os.kill(pid, 0) would terminate the process)
+        return False  # a container sharing the host's name but not its pids can mislabel: display only
     try:
-        os.kill(int(pid), 0)  # a container sharing the host's name but not its pids can mislabel: display only
-    except ProcessLookupError:
-        return True
-    except (OSError, OverflowError, ValueError):  # exists but is not ours (EPERM), or not a pid at all
+        return not pid_alive(int(pid))
+    except (OverflowError, ValueError):  # not a pid at all
         return False
-    return False
 
 
 class Store:
