@@ -34,15 +34,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-# (n_layer, n_head, n_embd, block_size, vocab_size, batch, dtype)
+# (n_layer, n_head, n_embd, block_size, vocab_size, batch, dtype[, dropout]); a shape right after the same shape at
+# another batch size reuses the estimate's graphs (traced with a symbolic batch: `vramfit.dryrun.compiled`)
 SHAPES = [
     (2, 2, 64, 64, 512, 4, "float32"),
     (2, 4, 128, 128, 4096, 4, "float32"),
     (2, 4, 128, 128, 4096, 4, "bfloat16"),
+    (2, 4, 128, 128, 4096, 8, "bfloat16"),
     (4, 4, 128, 256, 1024, 2, "float32"),
     (1, 2, 64, 128, 8192, 4, "bfloat16"),
     (3, 4, 192, 128, 2048, 2, "bfloat16"),
+    (2, 4, 128, 128, 1024, 4, "float32", 0.1),
 ]
+
+
+def unpack(shape: list | tuple) -> tuple:
+    """(L, H, C, T, V, B, dtype, dropout) of a SHAPES entry."""
+    L, H, C, T, V, B, dtype, *rest = shape
+    return L, H, C, T, V, B, dtype, float(rest[0]) if rest else 0.0
 
 
 def child(req: dict) -> dict:
@@ -55,8 +64,8 @@ def child(req: dict) -> dict:
     from vramfit.dryrun.fake_step import train_config
     from vramfit.measure.probe import allocator_peak
 
-    L, H, C, T, V, B, dtype = req["shape"]
-    mc = GPTConfig(n_layer=L, n_head=H, n_embd=C, block_size=T, vocab_size=V)
+    L, H, C, T, V, B, dtype, drop = unpack(req["shape"])
+    mc = GPTConfig(n_layer=L, n_head=H, n_embd=C, block_size=T, vocab_size=V, dropout=drop)
     cfg = train_config(mc, B, dtype, "fused", "default", grad_clip=1.0, accum=1)
     cfg.compile = req["compile"]
     gen = torch.Generator().manual_seed(0)
@@ -111,33 +120,37 @@ def main() -> None:
     import torch
 
     from gpt.config import GPTConfig
+    from vramfit.dryrun import compiled
     from vramfit.dryrun.estimate import estimate_step
     from vramfit.recipe import Recipe
 
     picks = range(len(SHAPES)) if args.shapes == "all" else [int(i) for i in args.shapes.split(",")]
     load = os.getloadavg()[0]
     rows = []
-    print("| L,H,C,T,V | batch | dtype | eager est | compiled est | real compiled | error | eager real (prof) | "
-          "eager est err | est s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| L,H,C,T,V | batch | dtype | dropout | graphs | eager est | compiled est | real compiled | error | "
+          "eager real (prof) | eager est err | est s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for i in picks:
-        L, H, C, T, V, B, dtype = shape = SHAPES[i]
-        mc = GPTConfig(n_layer=L, n_head=H, n_embd=C, block_size=T, vocab_size=V)
+        shape = SHAPES[i]
+        L, H, C, T, V, B, dtype, drop = unpack(shape)
+        mc = GPTConfig(n_layer=L, n_head=H, n_embd=C, block_size=T, vocab_size=V, dropout=drop)
+        cached = len(compiled._CACHE)
         t = time.perf_counter()
         est = estimate_step(mc, B, Recipe(dtype=dtype, optimizer="fused", compile=True), target="cpu")
         est_s = time.perf_counter() - t
+        graphs = "reused" if len(compiled._CACHE) == cached else "traced"
         real_c, real_e = measure(shape, True), measure(shape, False)
         eager, comp = est.modes["eager"]["peak_bytes"], est.modes["compiled"]["peak_bytes"]
         err = (comp - real_c["peak"]) / real_c["peak"]
         err_e = (eager - real_e["peak"]) / real_e["peak"]
-        row = dict(n_layer=L, n_head=H, n_embd=C, block_size=T, vocab_size=V, batch=B, dtype=dtype,
-                   eager_estimate=eager, compiled_estimate=comp, real_compiled=real_c["peak"],
+        row = dict(n_layer=L, n_head=H, n_embd=C, block_size=T, vocab_size=V, batch=B, dtype=dtype, dropout=drop,
+                   graphs=graphs, eager_estimate=eager, compiled_estimate=comp, real_compiled=real_c["peak"],
                    compiled_error=round(err, 5), real_eager_profiler=real_e["peak"], eager_error=round(err_e, 5),
                    compiled_peak_phase=est.modes["compiled"]["peak_phase"], recompiled=real_c["recompiled"],
                    estimate_s=round(est_s, 2), compile_s=real_c["compile_s"])
         rows.append(row)
-        print(f"| {L},{H},{C},{T},{V} | {B} | {dtype} | {eager:,} | {comp:,} | {real_c['peak']:,} | {err:+.2%} | "
-              f"{real_e['peak']:,} | {err_e:+.3%} | {est_s:.1f} |", flush=True)
+        print(f"| {L},{H},{C},{T},{V} | {B} | {dtype} | {drop} | {graphs} | {eager:,} | {comp:,} | "
+              f"{real_c['peak']:,} | {err:+.2%} | {real_e['peak']:,} | {err_e:+.3%} | {est_s:.1f} |", flush=True)
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,

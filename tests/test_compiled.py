@@ -112,16 +112,61 @@ def test_eager_recipe_has_one_mode_and_is_unchanged():
     assert "eager vs compiled" in text and "compiled/eager" in text
 
 
-def test_block_graphs_are_traced_once_and_cached_per_shape():
+def test_graphs_are_traced_once_per_shape_with_a_symbolic_batch():
+    """The batch dimension is a symbol in the traced graphs (as `torch._dynamo.mark_dynamic(idx, 0)` makes it for
+    torch.compile): a new batch size reuses the three segment graphs; a batch of 1, which PyTorch's ShapeEnv always
+    specialises (`symbolic_shapes.py`: sizes 0 and 1 are never symbols), gets its own."""
     mc = GPTConfig(n_layer=3, n_head=2, n_embd=64, block_size=32, vocab_size=256)
+    compiled._CACHE.clear()
     a = _estimate(mc, 2, dtype="float32", compile=True)
     keys = set(compiled._CACHE)
+    assert sorted(k[0] for k in keys) == ["block", "embed", "head"]
     b = _estimate(mc, 2, dtype="float32", compile=True)
     assert set(compiled._CACHE) == keys  # same shapes: nothing traced again
-    assert sum(k[0] == "block" for k in keys) >= 1
     assert (a.peak_bytes, a.peak_op) == (b.peak_bytes, b.peak_op)
-    _estimate(mc, 3, dtype="float32", compile=True)
-    assert len(compiled._CACHE) == len(keys) + 3  # a new batch size: embeddings, block and head again
+    _estimate(mc, 5, dtype="float32", compile=True)
+    assert set(compiled._CACHE) == keys  # a new batch size: the same graphs
+    _estimate(mc, 1, dtype="float32", compile=True)
+    assert len(compiled._CACHE) == len(keys) + 3 and all(k[-1] == 1 for k in set(compiled._CACHE) - keys)
+
+
+SAME_BYTES_CASES = [  # (L, H, C, T, V, dropout), dtype, target, capability
+    ((2, 4, 128, 64, 1000, 0.0), "float32", "cpu", (8, 0)),
+    ((1, 2, 64, 128, 2048, 0.1), "bfloat16", "cuda", (8, 0)),
+    ((2, 4, 144, 64, 512, 0.0), "float16", "cuda", (7, 5)),
+]
+
+
+@pytest.mark.parametrize(("shape", "dtype", "target", "cap"), SAME_BYTES_CASES)
+def test_symbolic_batch_graphs_give_the_bytes_of_graphs_traced_for_each_batch(monkeypatch, shape, dtype, target,
+                                                                              cap):
+    """One trace (at batch 3) run for batches 7 and 2 against a fresh trace per batch: peak allocated, peak
+    reserved (the allocator replay sees the same allocation sequence) and the peak's op are identical."""
+    L, H, C, T, V, drop = shape
+    mc = GPTConfig(n_layer=L, n_head=H, n_embd=C, block_size=T, vocab_size=V, dropout=drop)
+    recipe = Recipe(dtype=dtype, optimizer="fused", compile=True)
+
+    def run(batch: int) -> tuple:
+        e = estimate_step(mc, batch, recipe, target=target, compute_capability=cap, headline_only=True)
+        return e.peak_bytes, e.allocator.get("peak_reserved"), e.peak_op
+
+    compiled._CACHE.clear()
+    shared = [run(b) for b in (3, 7, 2)]
+    assert len(compiled._CACHE) == 3
+    monkeypatch.setattr(compiled, "SYMBOLIC_BATCH", False)
+    for batch, got in zip((3, 7, 2), shared, strict=True):
+        compiled._CACHE.clear()
+        assert run(batch) == got, batch
+
+
+def test_a_trace_that_specialises_the_batch_is_kept_for_that_batch_only(monkeypatch):
+    """If tracing turned the batch symbol into a number (a guard on it), the graphs are cached under the batch."""
+    monkeypatch.setattr(compiled, "_still_symbolic", lambda env, size: False)
+    mc = GPTConfig(n_layer=1, n_head=2, n_embd=64, block_size=32, vocab_size=256)
+    compiled._CACHE.clear()
+    _estimate(mc, 4, dtype="float32", compile=True)
+    _estimate(mc, 6, dtype="float32", compile=True)
+    assert sorted(k[-1] for k in compiled._CACHE) == [4, 4, 4, 6, 6, 6]
 
 
 def test_cuda_target_compiles_by_default_and_shows_both_device_figures():
@@ -162,3 +207,41 @@ def test_compiled_estimate_within_5_percent_of_a_real_inductor_step():
     real = json.loads(out.stdout.strip().splitlines()[-1])
     assert not real["recompiled"]
     assert abs(est.peak_bytes - real["peak"]) <= 0.05 * real["peak"], (est.peak_bytes, real["peak"])
+
+
+def test_still_symbolic_reads_the_shape_environment():
+    """A batch symbol stays free after an equality with another batch symbol (idx vs targets), and is no longer
+    free after a branch on its value (ShapeEnv records a guard) or a `torch._check` pinning it to a number."""
+    from torch._dynamo.source import ConstantSource
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+
+    def fresh() -> tuple:
+        env = ShapeEnv()
+        mode = FakeTensorMode(shape_env=env)
+        ctx = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC, DimDynamic.STATIC])
+        a = mode.from_tensor(torch.empty(4, 3), symbolic_context=ctx, source=ConstantSource("a"))
+        b = mode.from_tensor(torch.empty(4, 3), symbolic_context=ctx, source=ConstantSource("b"))
+        return env, a.shape[0], b.shape[0]
+
+    env, a, b = fresh()
+    torch._check(a == b)
+    assert compiled._still_symbolic(env, a)
+    env, a, _ = fresh()
+    if a > 2:  # a guard: Python branched on the batch's value
+        pass
+    assert not compiled._still_symbolic(env, a)
+    env, a, _ = fresh()
+    torch._check(a == 4)
+    assert not compiled._still_symbolic(env, a)
+
+
+def test_a_batch_that_cannot_be_traced_symbolically_is_traced_at_its_size(monkeypatch):
+    def fail(*args: object) -> bool:
+        raise RuntimeError("data-dependent")
+
+    monkeypatch.setattr(compiled, "symbolic_batch", fail)
+    mc = GPTConfig(n_layer=1, n_head=2, n_embd=64, block_size=32, vocab_size=256)
+    compiled._CACHE.clear()
+    est = _estimate(mc, 4, dtype="float32", compile=True)
+    assert est.compiled and sorted(k[-1] for k in compiled._CACHE) == [4, 4, 4]

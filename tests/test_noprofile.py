@@ -128,12 +128,25 @@ def test_pool_gives_exactly_the_serial_estimates():
     rec = tuple(sorted(BF16.to_dict().items()))
     # large enough to differ after the allocator replay's segment rounding (2 MiB / 20 MiB segments)
     jobs = [Job((2, 4, 256, 256, b, 8192), rec, "cuda", (8, 0)) for b in (1, 16)] + [
-        Job((1, 2, 128, 128, 4, 50304), rec, "cuda", (7, 5))]
+        Job((1, 2, 128, 128, 4, 50304), rec, "cuda", (7, 5)), Job((4, 4, 256, 256, 8, 8192), rec, "cuda", (8, 0))]
     serial = [run_job(j) for j in jobs]
     with EstimatorPool(workers=2) as pool:
         assert pool.run(jobs) == serial
         assert pool.run(jobs[::-1]) == serial[::-1]
-    assert len(set(serial)) == 3
+    assert len(set(serial)) == 4
+
+
+def test_jobs_that_share_traced_graphs_are_one_group():
+    """Depth and batch size (but a batch of 1) do not change the compiled emulation's graphs; width, block, vocab,
+    recipe, target and capability do."""
+    rec = tuple(sorted(BF16.to_dict().items()))
+    base = Job((2, 4, 256, 256, 8, 8192), rec, "cuda", (8, 0))
+    assert Job((6, 4, 256, 256, 3, 8192), rec, "cuda", (8, 0)).graphs() == base.graphs()
+    for other in (Job((2, 4, 256, 256, 1, 8192), rec, "cuda", (8, 0)), Job((2, 4, 320, 256, 8, 8192), rec, "cuda",
+                  (8, 0)), Job((2, 4, 256, 512, 8, 8192), rec, "cuda", (8, 0)),
+                  Job((2, 4, 256, 256, 8, 512), rec, "cuda", (8, 0)), Job((2, 4, 256, 256, 8, 8192), rec, "cuda",
+                  (9, 0)), Job((2, 4, 256, 256, 8, 8192), (), "cuda", (8, 0))):
+        assert other.graphs() != base.graphs(), other
 
 
 @pytest.mark.slow

@@ -198,9 +198,17 @@ class GraphRunner:
 
 # --- the compiled GPT ---------------------------------------------------------------------------------------------
 def _partition_fn() -> Callable:
+    """Inductor's `partition_fn`, with Inductor's virtualised fake mode set as `compile_fx` sets it around AOT
+    autograd (its joint-graph passes read `V.fake_mode`, e.g. `replace_random` for dropout's seeds)."""
+    from torch._guards import detect_fake_mode
     from torch._inductor.compile_fx import partition_fn
+    from torch._inductor.virtualized import V
 
-    return partition_fn
+    def partition(gm: fx.GraphModule, joint_inputs: list, **kwargs: object) -> tuple:
+        with V.set_fake_mode(detect_fake_mode(joint_inputs)):
+            return partition_fn(gm, joint_inputs, **kwargs)
+
+    return partition
 
 
 def _decompositions() -> dict:
@@ -261,7 +269,8 @@ class CompiledGPT:
         self.head_names = [n for n in named if n.startswith(("transformer.ln_f", "lm_head"))]
         self.embed_params = [named[n] for n in self.embed_names]
         self.head_params = [named[n] for n in self.head_names]
-        self.signature = signature
+        self.signature = signature  # the graphs' cache key without the batch size (see `warm_up`)
+        self._key: tuple = signature
         self._fns: dict[str, Callable] = {}
 
     def _fn(self, segment: str) -> Callable:
@@ -279,7 +288,7 @@ class CompiledGPT:
                 def fn(params: list, x: torch.Tensor, targets: torch.Tensor) -> tuple:
                     with _swap_params(model, self.head_names, params):
                         return model.head(x, targets)
-            self._fns[segment] = _compiled((segment, *self.signature), fn, self.graphs)
+            self._fns[segment] = _compiled((segment, *self._key), fn, self.graphs)
         return self._fns[segment]
 
     def __call__(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple:
@@ -293,12 +302,79 @@ class CompiledGPT:
 
     def warm_up(self, idx: torch.Tensor, targets: torch.Tensor) -> None:
         """Trace, partition and run one uncounted step on stand-in parameters, so that the graphs are compiled
-        (forward and backward) before the tracked steps start. The model's own parameters are not touched."""
+        (forward and backward) before the tracked steps start. The model's own parameters are not touched.
+
+        The batch dimension is traced symbolically (`symbolic_batch`), so one set of graphs serves every batch
+        size of a shape; a batch of 1 (which PyTorch's shape environment always specialises) or a trace that
+        specialised the batch anyway is cached under its own batch size."""
+        batch = int(idx.shape[0])
+        symbolic = batch >= 2 and SYMBOLIC_BATCH
+        keys = [self.signature, (*self.signature, batch)] if symbolic else [(*self.signature, batch)]
+        hit = next((k for k in keys if all((seg, *k) in _CACHE for seg in SEGMENTS)), None)
+        if hit is not None:
+            self._key = hit
+            return
+        if symbolic:
+            self._key = self.signature
+            try:
+                if symbolic_batch(self._run_warm_up, idx, targets):
+                    return
+            except Exception:  # noqa: BLE001 - an op that cannot trace a symbolic batch: trace this size instead
+                pass
+            for seg in SEGMENTS:  # the batch was specialised: these graphs hold for this batch size only
+                _CACHE.pop((seg, *self.signature), None)
+            self._fns.clear()
+        self._key = keys[-1]
+        self._run_warm_up(idx, targets)
+
+    def _run_warm_up(self, idx: torch.Tensor, targets: torch.Tensor) -> None:
         def stand_in(ps: list[torch.Tensor]) -> list[torch.Tensor]:
-            return [torch.empty_like(p).requires_grad_(True) for p in ps]
+            return [torch.empty(p.shape, dtype=p.dtype).requires_grad_(True) for p in ps]
 
         with self.paused():
             x = self._fn("embed")(stand_in(self.embed_params), idx)
             x = self._fn("block")(stand_in(self.block_params[0]), x)
             _, loss = self._fn("head")(stand_in(self.head_params), x, targets)
             loss.backward()
+
+
+SEGMENTS = ("embed", "block", "head")
+SYMBOLIC_BATCH = True
+"""Trace the batch dimension symbolically (one trace per shape); False: one trace per batch size (the tests compare
+the two, which must give the same bytes)."""
+
+
+def symbolic_batch(run: Callable[[torch.Tensor, torch.Tensor], None], idx: torch.Tensor,
+                   targets: torch.Tensor) -> bool:
+    """Run `run(idx, targets)` (the warm-up that traces the graphs) in a fake-tensor mode of its own whose shape
+    environment makes dimension 0 of the token batches a symbol, as `torch._dynamo.mark_dynamic(idx, 0)` does for
+    torch.compile. False if tracing specialised the batch to a number (the graphs then hold for this size only)."""
+    from torch._dynamo.source import ConstantSource
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.experimental.symbolic_shapes import DimDynamic, ShapeEnv, StatelessSymbolicContext
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with _disable_current_modes():  # the run's own fake mode and tracker stay outside
+        env = ShapeEnv()
+        mode = FakeTensorMode(shape_env=env, allow_non_fake_inputs=False)
+        dims = [DimDynamic.DYNAMIC] + [DimDynamic.STATIC] * (idx.dim() - 1)
+        ctx = StatelessSymbolicContext(dynamic_sizes=dims)
+        sym_idx = mode.from_tensor(idx, symbolic_context=ctx, source=ConstantSource("idx"))
+        sym_targets = mode.from_tensor(targets, symbolic_context=ctx, source=ConstantSource("targets"))
+        torch._check(sym_idx.shape[0] == sym_targets.shape[0])
+        with mode:
+            run(sym_idx, sym_targets)
+        return _still_symbolic(env, sym_idx.shape[0])
+
+
+def _still_symbolic(env: object, size: torch.SymInt) -> bool:
+    """True if the shape environment kept `size` a free symbol (no replacement by a number, no guard on it)."""
+    expr = env.replace(size.node.expr)  # type: ignore[attr-defined]
+    if not expr.free_symbols:
+        return False
+    syms = expr.free_symbols
+    for guard in env.guards:  # type: ignore[attr-defined]
+        g = env.replace(guard.expr)  # type: ignore[attr-defined]
+        if g.free_symbols & syms and g != True:  # noqa: E712 - a sympy boolean; Eq(s0, s0) is trivially True
+            return False
+    return True

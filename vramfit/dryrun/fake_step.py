@@ -404,7 +404,7 @@ def _compile(trainer: Trainer, tracker: StepTracker, mc: GPTConfig, cfg: TrainCo
         tracker.phase, tracker.where = "forward", f"compiled {name}"
         tracker.zone = "logits" if name == "head" else ""
 
-    signature = (target, cfg.batch_size, mc.block_size, mc.n_embd, mc.n_head, mc.vocab_size, mc.dropout, mc.bias,
+    signature = (target, mc.block_size, mc.n_embd, mc.n_head, mc.vocab_size, mc.dropout, mc.bias,
                  trainer.dtype, attention)
     model = CompiledGPT(trainer.model, tracker.paused, on_segment, signature)
     with tracker.paused():

@@ -29,10 +29,21 @@ class Job:
         L, _, C, T, B, V = self.shape
         return L * C * T * B + T * B * V
 
+    def graphs(self) -> tuple:
+        """The jobs that share the compiled-step emulation's traced graphs (`vramfit.dryrun.compiled`: any depth,
+        any batch size but 1, which is traced on its own): run in one worker, they are traced once."""
+        _, H, C, T, B, V = self.shape
+        return H, C, T, V, B if B < 2 else 0, self.recipe, self.target, self.capability
+
 
 def _warm() -> None:
     """Worker initializer: import torch and the fake-tensor step once for every estimate this worker runs."""
     import vramfit.dryrun.fake_step  # noqa: F401
+
+
+def run_jobs(jobs: list[Job]) -> list[int]:
+    """`run_job` for each job, in this process (one task of the pool: jobs that share their traced graphs)."""
+    return [run_job(j) for j in jobs]
 
 
 def run_job(job: Job) -> int:
@@ -93,10 +104,18 @@ class EstimatorPool:
             return []
         if self.workers <= 1 or (len(jobs) == 1 and self._executor is None):
             return [run_job(j) for j in jobs]
-        order = sorted(range(len(jobs)), key=lambda i: -jobs[i].cost())  # big first: the last to finish is small
+        groups: dict[tuple, list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault(job.graphs(), []).append(i)
+        # big first (the last to finish is small); one task per group of jobs sharing their traced graphs
+        tasks = sorted(groups.values(), key=lambda ix: -sum(jobs[i].cost() for i in ix))
+        out: list[int] = [0] * len(jobs)
         try:
-            futures = {i: self._pool().submit(run_job, jobs[i]) for i in order}
-            return [futures[i].result() for i in range(len(jobs))]
+            futures = [(ix, self._pool().submit(run_jobs, [jobs[i] for i in ix])) for ix in tasks]
+            for ix, fut in futures:
+                for i, value in zip(ix, fut.result(), strict=True):
+                    out[i] = value
+            return out
         except BrokenProcessPool:
             self._executor = None
             raise VramfitError("an estimator worker died; this torch build cannot trace the step "
