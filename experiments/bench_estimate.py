@@ -4,8 +4,10 @@
 
 Speed: seconds per `estimate_step` (two fake `Trainer.step` calls, CUDA target sm80, bf16, fused AdamW, flash;
 compile resolves on for this target, so eager and then the torch.compile emulation, graphs traced on first use),
-the first call in this process (imports, fake-kernel caches cold) and the median of `--reps` more; plus one
-`estimate_step_isolated` (fresh child process, what `vramfit estimate` runs) for the first config.
+the first call in this process (imports, fake-kernel caches cold, graphs traced) and the median of `--reps` more;
+the median of the compiled (headline) estimate alone, what the planners run; the headline estimate of batch + 4
+(the graphs, traced with a symbolic batch, are reused); one `estimate_step_isolated` (fresh child process, what
+`vramfit estimate` runs) for the first config.
 Accuracy: the estimate for target 'cpu' against two real `Trainer.step` calls on this CPU under
 `vramfit.measure.probe.StorageTracker` (64 B rounding), for the test suite's configs.
 """
@@ -18,6 +20,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,29 +41,35 @@ CONFIGS = {
 }
 
 
-def speed(names: list[str], reps: int) -> None:
+def _timed(fn: Callable[[], object]) -> tuple[object, float]:
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def _row(name: str, reps: int, isolated: bool) -> str:
     recipe = Recipe(dtype="bfloat16", optimizer="fused")
+    L, H, C, T, B, V = CONFIGS[name]
+    mc = GPTConfig(n_layer=L, n_head=H, n_embd=C, block_size=T, vocab_size=V)
+
+    def run(batch: int = B, **kw: object) -> object:
+        return estimate_step(mc, batch, recipe, target="cuda", **kw)
+
+    est, first = _timed(run)
+    both = statistics.median(_timed(run)[1] for _ in range(reps))
+    head = statistics.median(_timed(lambda: run(headline_only=True))[1] for _ in range(reps))
+    other = _timed(lambda: run(B + 4, headline_only=True))[1]
+    iso = f"{_timed(lambda: estimate_step_isolated(mc, B, recipe, target='cuda'))[1]:.2f}" if isolated else ""
+    return (f"| {name} | {mc.n_params() / 1e6:.0f}M | {B} x {T} | {format_size(est.peak_bytes)} | "
+            f"{est.peak_phase} | {first:.2f} | {both:.2f} | {head:.2f} | {other:.2f} | {iso} |")
+
+
+def speed(names: list[str], reps: int) -> None:
     print("| config | params | batch x block | peak (sm80, bf16, flash) | phase | first call s | median s | "
-          "isolated s |")
-    print("|---|---|---|---|---|---|---|---|")
+          "headline median s | batch+4 headline s | isolated s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for i, name in enumerate(names):
-        L, H, C, T, B, V = CONFIGS[name]
-        mc = GPTConfig(n_layer=L, n_head=H, n_embd=C, block_size=T, vocab_size=V)
-        t = time.perf_counter()
-        est = estimate_step(mc, B, recipe, target="cuda")
-        first = time.perf_counter() - t
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            estimate_step(mc, B, recipe, target="cuda")
-            times.append(time.perf_counter() - t)
-        iso = ""
-        if i == 0:
-            t = time.perf_counter()
-            estimate_step_isolated(mc, B, recipe, target="cuda")
-            iso = f"{time.perf_counter() - t:.2f}"
-        print(f"| {name} | {mc.n_params() / 1e6:.0f}M | {B} x {T} | {format_size(est.peak_bytes)} | "
-              f"{est.peak_phase} | {first:.2f} | {statistics.median(times):.2f} | {iso} |", flush=True)
+        print(_row(name, reps, i == 0), flush=True)
 
 
 def accuracy() -> None:
@@ -89,7 +98,7 @@ def main() -> None:
     if unknown:
         sys.exit(f"error: unknown config {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"{torch.get_num_threads()} torch threads\n")
+          f"{torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f} at start\n")
     speed(names, args.reps)
     if not args.no_accuracy:
         print()
