@@ -215,3 +215,32 @@ def test_first_line_says_what_the_plan_is_for(profiles, tmp_path, capsys):
     assert main(["suggest", "--vram", "6G", "--model", str(gpu), *common]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert "card memory 8.00 GiB" in first and "more than" not in first
+
+
+def test_groups_go_back_to_the_worker_that_traced_their_graphs():
+    from vramfit.plan.estimate_pool import assign
+
+    home: dict = {}
+    first = assign({"a": 10, "b": 9, "c": 1}, 2, home)
+    assert first["a"] != first["b"] and first["c"] == first["b"]  # least loaded: b (9) + c (1) vs a (10)
+    again = assign({"c": 100, "d": 5}, 2, home)
+    assert again["c"] == first["c"]  # c's graphs are in that worker, however big the group is now
+    assert again["d"] != again["c"]  # a new group goes where the load is least
+    assert home == {**first, **again}
+
+
+def test_fitting_batch_lands_on_the_largest_batch_the_line_allows():
+    from vramfit.plan.noprofile import fitting_batch, secant
+
+    def need(b: int) -> int:  # 3 GiB fixed + 100 MiB per sample
+        return 3 * 2**30 + b * 100 * 2**20
+
+    budget = 8 * 2**30
+    largest = max(b for b in range(1, 200) if need(b) <= budget)
+    b1 = fitting_batch(64, need(64), budget, None)  # in proportion: still over (the fixed bytes do not shrink)
+    assert largest < b1 < 64 and need(b1) > budget
+    b2 = fitting_batch(b1, need(b1), budget, secant((64, need(64)), (b1, need(b1))))
+    assert b2 == largest
+    assert fitting_batch(2, need(2) + budget, budget, None) == 1  # never below 1
+    assert fitting_batch(10, budget + 1, budget, 1e12) == 9  # at least one smaller
+    assert secant((8, 100), (8, 100)) is None and secant((8, 100), (4, 120)) is None

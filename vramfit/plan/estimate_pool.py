@@ -71,12 +71,26 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def assign(groups: dict[tuple, int], workers: int, home: dict[tuple, int]) -> dict[tuple, int]:
+    """Worker of each group of jobs ({graphs key: cost}): the worker that traced its graphs before (`home`), else
+    the least loaded one, biggest groups first. `home` learns the new assignments."""
+    load = [0] * workers
+    out: dict[tuple, int] = {}
+    for key in sorted(groups, key=lambda k: (k not in home, -groups[k])):
+        w = home[key] if key in home else min(range(workers), key=lambda i: load[i])
+        out[key] = home[key] = w
+        load[w] += groups[key]
+    return out
+
+
 class EstimatorPool:
-    """Run `Job`s in parallel (or in this process with one worker); use as a context manager."""
+    """Run `Job`s in parallel (or in this process with one worker); use as a context manager. Each worker is its
+    own single-process executor, so jobs that share traced graphs (`Job.graphs`) go to the worker that has them."""
 
     def __init__(self, workers: int | None = None) -> None:
         self.workers = workers if workers is not None else default_workers()
-        self._executor: ProcessPoolExecutor | None = None
+        self._executors: list[ProcessPoolExecutor] = []
+        self._home: dict[tuple, int] = {}
 
     def __enter__(self) -> EstimatorPool:
         return self
@@ -85,38 +99,40 @@ class EstimatorPool:
         self.close()
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
+        for ex in self._executors:
+            ex.shutdown(wait=True, cancel_futures=True)
+        self._executors, self._home = [], {}
 
-    def _pool(self) -> ProcessPoolExecutor:
-        if self._executor is None:
+    def _pool(self, worker: int) -> ProcessPoolExecutor:
+        if not self._executors:
             # fork is cheapest while this process holds no torch (nothing to copy-on-write, no threads); otherwise
             # spawn, which is also the only safe choice once torch has started its own threads
             method = "fork" if sys.platform == "linux" and "torch" not in sys.modules else "spawn"
-            self._executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context(method),
-                                                 initializer=_warm)
-        return self._executor
+            ctx = multiprocessing.get_context(method)
+            self._executors = [ProcessPoolExecutor(1, mp_context=ctx, initializer=_warm) for _ in range(self.workers)]
+        return self._executors[worker]
 
     def run(self, jobs: list[Job]) -> list[int]:
         """Device bytes of each job, in the order given."""
         if not jobs:
             return []
-        if self.workers <= 1 or (len(jobs) == 1 and self._executor is None):
+        if self.workers <= 1 or (len(jobs) == 1 and not self._executors):
             return [run_job(j) for j in jobs]
         groups: dict[tuple, list[int]] = {}
         for i, job in enumerate(jobs):
             groups.setdefault(job.graphs(), []).append(i)
-        # big first (the last to finish is small); one task per group of jobs sharing their traced graphs
-        tasks = sorted(groups.values(), key=lambda ix: -sum(jobs[i].cost() for i in ix))
+        where = assign({k: sum(jobs[i].cost() for i in ix) for k, ix in groups.items()}, self.workers, self._home)
         out: list[int] = [0] * len(jobs)
         try:
-            futures = [(ix, self._pool().submit(run_jobs, [jobs[i] for i in ix])) for ix in tasks]
+            # big first within a worker (the last to finish is small)
+            order = sorted(groups, key=lambda k: -sum(jobs[i].cost() for i in groups[k]))
+            futures = [(groups[k], self._pool(where[k]).submit(run_jobs, [jobs[i] for i in groups[k]]))
+                       for k in order]
             for ix, fut in futures:
                 for i, value in zip(ix, fut.result(), strict=True):
                     out[i] = value
             return out
         except BrokenProcessPool:
-            self._executor = None
+            self.close()
             raise VramfitError("an estimator worker died; this torch build cannot trace the step "
                                "(try `vramfit estimate` on one config to see why)") from None

@@ -12,6 +12,7 @@ import hashlib
 import importlib.metadata
 import itertools
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field, replace
@@ -159,6 +160,21 @@ def calibrated_model(shapes: list[tuple], device_bytes: list[int]):
     return MemoryModel(PHYSICS, regimes=2).fit(X, np.asarray(device_bytes, dtype=np.float64))
 
 
+def secant(a: tuple[int, int], b: tuple[int, int]) -> float | None:
+    """Bytes per sample along the line through two (batch, bytes) estimates; None if it does not rise."""
+    (b0, n0), (b1, n1) = a, b
+    if b0 == b1 or (n0 - n1) / (b0 - b1) <= 0:
+        return None
+    return (n0 - n1) / (b0 - b1)
+
+
+def fitting_batch(batch: int, need: int, budget: int, slope: float | None) -> int:
+    """The largest batch below `batch` expected to fit `budget` when `batch` needs `need` bytes: along `slope`
+    bytes per sample, or (no slope) in proportion, which overshoots by the batch-independent bytes."""
+    b = batch - math.ceil((need - budget) / slope) if slope and slope > 0 else int(batch * budget / need)
+    return max(1, min(batch - 1, b))
+
+
 class DryRunPlanner:
     """The no-profile model and re-checks for one (recipe, capability, vocabulary, target), through the cache
     (`cache_dir=None` and `use_cache=False`: no cache) and a pool of estimator workers. Counts what it ran."""
@@ -212,21 +228,34 @@ class DryRunPlanner:
     def verify(self, items: list, budget: int) -> list:
         """Re-predict suggestions by the estimator (its device figure); a suggestion over budget gets the batch the
         estimate says fits (at most 3 more estimates: the calibrated model can be a few % low at the edge), else
-        it is dropped; rank the rest."""
+        it is dropped; rank the rest. The first smaller batch is in proportion to the excess, the next ones on the
+        line through the config's last two estimates (`fitting_batch`)."""
         from vramfit import SHAPE_KEYS
 
         def shape(s) -> tuple:
             return tuple(int(getattr(s, k)) for k in SHAPE_KEYS)
 
+        def smaller(s, b: int):  # noqa: ANN001, ANN202 - the Suggestion at batch b
+            return replace(s, batch_size=b, tokens_per_step=s.tokens_per_step // s.batch_size * b,
+                           command=re.sub(r"--batch-size \d+", f"--batch-size {b}", s.command))
+
+        items = list(items)
+        needs = self._estimates([shape(s) for s in items], self.entry.checks)
+        before: dict[int, tuple[int, int]] = {}  # item -> (batch, need) of its previous estimate
+        for _ in range(3):  # in rounds: each round's re-estimates run in parallel
+            redo = [i for i, s in enumerate(items) if needs[i] > budget and s.batch_size > 1]
+            if not redo:
+                break
+            for i in redo:
+                b, need = items[i].batch_size, needs[i]
+                slope = secant(before[i], (b, need)) if i in before else None
+                before[i] = (b, need)
+                items[i] = smaller(items[i], fitting_batch(b, need, budget, slope))
+            for i, need in zip(redo, self._estimates([shape(items[i]) for i in redo], self.entry.checks),
+                               strict=True):
+                needs[i] = need
         kept = []
-        for s, need in zip(items, self._estimates([shape(s) for s in items], self.entry.checks), strict=True):
-            for _ in range(3):
-                if need <= budget or s.batch_size <= 1:
-                    break
-                b = max(1, min(s.batch_size - 1, int(s.batch_size * budget / need)))
-                s = replace(s, batch_size=b, tokens_per_step=s.tokens_per_step // s.batch_size * b,
-                            command=re.sub(r"--batch-size \d+", f"--batch-size {b}", s.command))
-                need = self._estimates([shape(s)], self.entry.checks)[0]
+        for s, need in zip(items, needs, strict=True):
             if need <= budget:
                 s.predicted_bytes, s.margin_bytes, s.headroom_bytes = need, 0, budget - need
                 kept.append(s)
