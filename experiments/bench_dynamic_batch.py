@@ -190,7 +190,7 @@ def render(state: dict, arms: list[str]) -> list[str]:
             out += lines
             word = {True: "the same", False: "DIFFERENT", None: "not comparable (a point failed)"}[same]
             verdicts.append(f"cache {cache}: readings static vs dynamic {word} "
-                            f"(byte-identical, RSS within 3 % + 2 MiB)")
+                            f"(the criterion: byte-identical, RSS within 3 % + 2 MiB)")
     out += [f"- {v}" for v in verdicts] + [""]
     return out
 

@@ -9,6 +9,9 @@ a shared cache the dynamic path saves nothing.
 The dynamic path is used by default only on a device type where its readings were measured equal to the static
 path's (`VERIFIED`, with the evidence); elsewhere `--dynamic-batch` still asks for it, and the sweep says that it
 is unverified. `--static-batch` (or `[measure] dynamic_batch = false`) keeps it off.
+
+Decision today: static by default on every device. On the CPU the dynamic graph's tensor readings were
+byte-identical to the static one's but its RSS was not (see `VERIFIED`); on CUDA it has not been measured.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ from vramfit.sweep.grid import Grid, Measure
 
 # device type -> the benchmark that found a compiled point's readings the same with a dynamic batch dimension as
 # with a static one. Absent: not shown equal, so not the default there.
-# - cpu: TODO-BENCH
+# - cpu: absent. experiments/bench_dynamic_batch.py (results/bench/dynamic-batch-cpu.md), L1 H2 C64 T64 V256
+#   compiled at batch 4, 8, 12: the tracked bytes and the CPU allocator's peak of a steady step (Inductor's
+#   buffers included) were byte-identical static and dynamic, but the process's RSS was 4.3-5.1 MB (46-107 %)
+#   higher with the dynamic graph, in two runs: beyond the RSS tolerance, so the readings differ.
 # - cuda: absent. Not measured yet: experiments/gpu_validate.sh, stage dynamic-batch, compares NVML, reserved and
 #   allocated bytes of the same shapes static and dynamic on a lent GPU.
 VERIFIED: dict[str, str] = {}
