@@ -315,9 +315,22 @@ def summary(out: Path) -> None:
                   "| budget | suggestion #1 | batch | predicted + margin (GiB) | 20 iters under the cap (nvml) "
                   "| next batch | next batch under the cap |", "|---|---|---:|---:|---|---:|---|", *rows, ""]
     lines += checks_section(out)
+    lines += bench_sections(out)
     path = out / "summary.md"
     path.write_text("\n".join(lines))
     print(f"wrote {path}")
+
+
+def bench_sections(out: Path) -> list[str]:
+    """The compiled-sweep benchmarks' tables (stages compile-cache and dynamic-batch), as they wrote them."""
+    lines = []
+    for name, title in (("compile-cache.md", "Compiled sweep: the shared Inductor cache"),
+                        ("dynamic-batch.md", "Compiled sweep: static vs dynamic batch dimension")):
+        f = out / name
+        if f.is_file():
+            head, *rest = f.read_text().splitlines() or [""]
+            lines += [f"## {title} ({name})", "", head.lstrip("# "), *rest, ""]  # its provenance line, as text
+    return lines
 
 
 def checks_section(out: Path) -> list[str]:

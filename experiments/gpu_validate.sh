@@ -24,8 +24,14 @@
 #              a compiled sweep of experiments/grids/compile_gpu.toml (3 batch sizes of one shape) with the
 #              sweep's shared Inductor cache and with every cache off: total wall time and compile seconds per
 #              point, readings compared (experiments/bench_compile_cache.py -> compile-cache.md)   ~3-5 min
+#   dynamic-batch
+#              the same 3 points static and with a dynamic batch dimension (--static-batch / --dynamic-batch),
+#              each with every cache off and with the shared cache: NVML, reserved and allocated bytes compared,
+#              compile seconds, cache hits, Dynamo graphs (experiments/bench_dynamic_batch.py -> dynamic-batch.md;
+#              each finished arm is kept in dynamic-batch.md.json, so a cut-off run resumes; delete it to
+#              measure again)                                                                    ~6-10 min
 #   summary    summary.md with every table, and which of issue 12's items this GPU checked    seconds
-# Expected device time: ~35 minutes over four or five 10-minute commands.
+# Expected device time: ~45 minutes over five or six 10-minute commands.
 #
 # Environment: VRAMFIT_PYTHON (default: .venv/bin/python if present, else python3), VRAMFIT_CORPUS (a UTF-8
 # text file; default ../shared/data/tinyshakespeare.txt, else a generated one), VRAMFIT_STAGE_SECONDS (the time
@@ -45,7 +51,7 @@ START=$(date +%s)
 VF=("$PY" -m vramfit)
 HELP="$PY experiments/gpu_validate.py"
 STAGES=(setup demo info check-4 check-5 check-6 check-7 check-8 check-9 sweep heldout fit budget-8 budget-12 budget-16
-        budget-24 compile-cache summary)
+        budget-24 compile-cache dynamic-batch summary)
 
 log() { echo "[gpu_validate $(date +%H:%M:%S)] $*"; }
 left() { echo $(( BOX - ($(date +%s) - START) )); }
@@ -157,6 +163,14 @@ EOF
         | tee -a "$OUT/compile-cache.log"
       local rc=${PIPESTATUS[0]}
       [[ $rc == 124 || $rc == 130 || $rc == 137 ]] && return 3
+      [[ $rc == 0 ]] || return 2 ;;
+    dynamic-batch)
+      (( t > 240 )) || return 3  # an arm (3 compiled points) needs ~2-4 minutes: start it in the next invocation
+      timeout --signal=INT --kill-after=20 "$t" "$PY" experiments/bench_dynamic_batch.py \
+        --grid experiments/grids/compile_gpu.toml --device cuda --out "$OUT/dynamic-batch.md" 2>&1 \
+        | tee -a "$OUT/dynamic-batch.log"
+      local rc=${PIPESTATUS[0]}
+      [[ $rc == 124 || $rc == 130 || $rc == 137 ]] && return 3  # the arms done are in dynamic-batch.md.json
       [[ $rc == 0 ]] || return 2 ;;
     summary)
       $HELP summary "$OUT" || return 2 ;;

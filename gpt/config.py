@@ -149,6 +149,7 @@ class TrainConfig:
     compile: bool | None = None  # None: on for CUDA
     optimizer: str = "auto"  # auto | fused | foreach | loop
     attn_kernel: str = "default"  # default | flash | efficient | math
+    dynamic_batch: bool = False  # compile with a dynamic batch dimension (torch._dynamo.mark_dynamic); needs compile
     peak_tflops: float | None = None  # for MFU; default: known GPU peaks
     extra: dict = field(default_factory=dict, repr=False)  # unknown TOML tables kept for provenance
 
@@ -165,6 +166,8 @@ class TrainConfig:
             (self.max_iters >= 0, f"max_iters must be >= 0, got {self.max_iters}"),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
             (self.eval_iters >= 1, f"eval_iters must be >= 1, got {self.eval_iters}"),
+            (not (self.dynamic_batch and self.compile is False),
+             "dynamic_batch marks the batch dimension for torch.compile: it needs compile = true"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -111,6 +111,18 @@ def configure_optimizer(model: GPT, cfg: TrainConfig, device_type: str, impl: st
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **flags)
 
 
+def mark_batch_dynamic(*tensors: torch.Tensor) -> None:
+    """Mark dimension 0 (the batch) of each tensor dynamic for torch.compile, so that one compiled graph serves
+    every batch size (Dynamo allocates a symbol for it instead of specialising on the value, and Inductor's FX
+    graph cache keys the graph by that symbol). A batch of 0 or 1 is left alone: Dynamo specialises those sizes
+    whatever is asked."""
+    import torch._dynamo
+
+    for t in tensors:
+        if t.dim() and t.size(0) >= 2:
+            torch._dynamo.mark_dynamic(t, 0)
+
+
 class Trainer:
     """A GPT, its optimizer and the mixed-precision machinery; `step` trains on one batch."""
 
@@ -133,6 +145,10 @@ class Trainer:
         else:
             ptdtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
             self.autocast = lambda: torch.autocast(device_type=self.device_type, dtype=ptdtype)
+        if cfg.dynamic_batch and not self.compile:
+            raise ConfigError("dynamic_batch marks the batch dimension for torch.compile, and compile is off on "
+                              f"{self.device}: set compile = true")
+        self.dynamic_batch = cfg.dynamic_batch
         self.forward = torch.compile(self.model) if self.compile else self.model
         self.eval_forward = self.forward  # no DDP wrapper: evaluation needs no gradient synchronisation
         self.rank, self.world_size = _world()
@@ -175,6 +191,8 @@ class Trainer:
         self.model.train()
         for k in range(accum):
             x, y = get_batch()
+            if self.dynamic_batch:
+                mark_batch_dynamic(x, y)
             # under DDP, all-reduce the gradients only in the last micro-step's backward
             sync = self.ddp.no_sync() if self.ddp is not None and k < accum - 1 else contextlib.nullcontext()
             with sync:

@@ -59,7 +59,8 @@ def test_measure_from_dict_types():
         with pytest.raises(VramfitError, match=f"^measure.{key} must be a number, got {re.escape(repr(value))}$"):
             Measure.from_dict({key: value})
     with pytest.raises(VramfitError, match=r"^unknown measure key\(s\): colour, max_iter \(known: min_iters, "
-                                           r"max_iters, window, tolerance, timeout_s, threads, timing_iters\)$"):
+                                           r"max_iters, window, tolerance, timeout_s, threads, timing_iters, "
+                                           r"dynamic_batch\)$"):
         Measure.from_dict({"max_iter": 3, "colour": 1})
 
 

@@ -240,6 +240,10 @@ def sweep(
     dtype: str = typer.Option(None, help="recipe override: auto | float32 | bfloat16 | float16"),
     max_iters: int = typer.Option(None, "--max-iters", help="measurement override"),
     timeout: float = typer.Option(None, "--timeout", help="seconds per point (measurement override)"),
+    dynamic_batch: bool = typer.Option(None, "--dynamic-batch/--static-batch",
+                                       help="compiled points: mark the batch dimension dynamic (one compilation "
+                                            "for every batch size) or keep it static; default: dynamic only where "
+                                            "its readings were verified equal (see README)"),
     plan: str = typer.Option("grid", "--plan", help="grid (every point) | adaptive (a few, chosen; see --points)"),
     points: int = typer.Option(12, "--points", help="adaptive: at most this many points"),
     target_error: float = typer.Option(0.03, "--target-error",
@@ -269,7 +273,8 @@ def sweep(
     overrides = {k: v for k, v in axes.items() if v is not None}
     if grid is None and len(overrides) < len(axes):
         fail("give --grid FILE.toml, or all six axes as flags")
-    measure = {k: v for k, v in (("max_iters", max_iters), ("timeout_s", timeout)) if v is not None}
+    measure = {k: v for k, v in (("max_iters", max_iters), ("timeout_s", timeout), ("dynamic_batch", dynamic_batch))
+               if v is not None}
     spec = load_grid(grid, overrides, {"dtype": dtype} if dtype else None, measure)
     if plan == "grid" and not boundary:
         _confirm_size(spec.points()[0], yes)

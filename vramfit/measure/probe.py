@@ -151,6 +151,21 @@ class StorageTracker(TorchDispatchMode):
 # ------------------------------------------------------------------------------- CPU: the allocator's own log
 
 
+class CompiledStorageTracker(StorageTracker):
+    """A `StorageTracker` under which torch.compile still compiles: for a compiled point's measured steps.
+
+    Dynamo does not compile a frame first called while a non-infra TorchDispatchMode is active: it runs it eagerly,
+    for good ("non-infra torch dispatch mode present", torch/_dynamo/convert_frame.py), so under the plain tracker a
+    compiled trainer trains eagerly. This one asks to be switched off while Dynamo and Inductor compile and on
+    again while the compiled code runs (`TorchDispatchMode.ignore_compile_internals`): it counts what the compiled
+    code dispatches (parameters, gradients, optimizer state, extern kernels' outputs), not the buffers Inductor's
+    generated code allocates directly (`empty_strided_cpu`); `allocator_peak` sees those."""
+
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        return True
+
+
 def allocator_peak(fn: Any) -> int:
     """Peak live bytes of CPU tensors while `fn()` runs, above what was live before: the running sum of the CPU
     allocator's `[memory]` events under `torch.profiler.profile(profile_memory=True)`.

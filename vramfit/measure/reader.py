@@ -14,7 +14,8 @@ maxima start again, so the peak covers steps 2..N (`peak_steps`). Emulating a sm
 once the context exists and again after step 1 so that the whole process (context, non-allocator memory such as
 cuBLAS/cuDNN/Triton modules, allocator) stays within the card; a peak above it makes the point an `oom`.
 
-CPU (`CpuReader`): the live-storage tracker's peak (the allocator analogue) and peak RSS, over steps 1..N.
+CPU (`CpuReader`): the live-storage tracker's peak (the allocator analogue) and peak RSS, over steps 1..N (a
+compiled trainer: 2..N, as on CUDA, step 1 being its compilation).
 """
 
 from __future__ import annotations
@@ -24,7 +25,15 @@ from typing import Any
 
 import torch
 
-from vramfit.measure.probe import NvmlProbe, StorageTracker, cuda_counters, peak_rss_bytes, reset_peak_rss, rss_bytes
+from vramfit.measure.probe import (
+    CompiledStorageTracker,
+    NvmlProbe,
+    StorageTracker,
+    cuda_counters,
+    peak_rss_bytes,
+    reset_peak_rss,
+    rss_bytes,
+)
 from vramfit.store import SHARED_GPU
 
 CONTEXT_ASSUMED = 512 * 2**20  # a CUDA context when NVML cannot read it (the estimator's constant)
@@ -190,12 +199,20 @@ class CudaReader:
 
 
 class CpuReader:
-    """The live-storage tracker (allocator analogue, capped when emulating) and peak RSS of this process."""
+    """The live-storage tracker (allocator analogue, capped when emulating) and peak RSS of this process.
 
-    def __init__(self, emulate_bytes: int | None = None) -> None:
+    `compiled`: the steps are torch.compile'd. The tracker then lets Dynamo compile (`CompiledStorageTracker`:
+    under the plain one the trainer would run eagerly) and step 1, which compiles, is left out of both peaks as on
+    CUDA (`peak_steps` [2, N]); the tracked bytes then miss Inductor's own buffers (the worker adds the CPU
+    allocator's peak of a steady step, `alloc_step_peak_bytes`)."""
+
+    def __init__(self, emulate_bytes: int | None = None, compiled: bool = False) -> None:
         reset_peak_rss()
         self.rss0 = rss_bytes()
-        self.tracker = StorageTracker(cap_bytes=int(emulate_bytes) if emulate_bytes else None)
+        cls = CompiledStorageTracker if compiled else StorageTracker
+        self.tracker = cls(cap_bytes=int(emulate_bytes) if emulate_bytes else None)
+        self.compiled = compiled
+        self.first_step = 1
         self.record: dict = {}
         self.active = False
 
@@ -207,11 +224,16 @@ class CpuReader:
     def read(self, step: int) -> list[int]:
         self.record["tracked_bytes"] = self.tracker.peak
         self.record["rss_bytes"] = max(0, peak_rss_bytes() - self.rss0)
-        self.record["peak_steps"] = [1, step]
+        self.record["peak_steps"] = [self.first_step, step]
         return [self.record["tracked_bytes"], self.record["rss_bytes"]]
 
     def after_first_step(self) -> None:
-        """The CPU peak keeps step 1 (no compile on the CPU; the worker warms kernels up beforehand)."""
+        """Eager, the CPU peak keeps step 1 (the worker warms kernels up beforehand); compiled, the peaks start
+        again after it (step 1 compiles: the compiler's transient memory is not the training step's)."""
+        if self.compiled:
+            self.tracker.reset_peak()
+            reset_peak_rss()
+            self.first_step = 2
 
     def stop(self) -> None:
         if self.active:

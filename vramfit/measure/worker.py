@@ -9,9 +9,10 @@ The record: the six shape keys, status (ok | oom | error), readings in bytes (CP
 CUDA: nvml_bytes (the peak, see `vramfit.measure.reader`), nvml_raw_bytes, nvml_source, allocated_bytes,
 reserved_bytes, context_bytes, alloc_retries, num_ooms, foreign_procs, peak_steps), ms_per_iter, tokens_per_s,
 iters, stable, error, dtype, compile (compiled points: compile_cache hit | miss | mixed | off, compile_s,
-fxgraph_cache_hits / misses, autograd_cache_hits), worker (spawn | fork: a child of the fork server,
-`vramfit.measure.zygote`), timings (seconds: process_start, import, warmup (CPU: kernels and lazy
-imports, off the record), build (model + optimizer; CUDA: context too), first_iter (compile on CUDA),
+fxgraph_cache_hits / misses, autograd_cache_hits, dynamic_batch (asked: measure.dynamic_batch), batch_symbolic
+(what Dynamo compiled), dynamo_graphs, and on the CPU alloc_step_peak_bytes), worker (spawn | fork: a child of
+the fork server, `vramfit.measure.zygote`), timings (seconds: process_start, import, warmup (CPU: kernels and
+lazy imports, off the record), build (model + optimizer; CUDA: context too), first_iter (compile on CUDA),
 iters (the rest), total).
 The parent sets CUDA_VISIBLE_DEVICES to the GPU's UUID, so the worker always trains on cuda:0.
 """
@@ -64,8 +65,10 @@ class Point:
         self.cuda = spec.get("device", "cpu").startswith("cuda")
         self.dev = "cuda:0" if self.cuda else "cpu"
         self.emulate = spec.get("emulate_bytes")
+        self.dynamo_before: tuple[set[int], int] | None = None  # Dynamo's state before the measured trainer
         recipe = Recipe.from_dict(spec.get("recipe", {}))
-        self.cfg = recipe.apply(make_config({**self.shape, "device": "cuda" if self.cuda else "cpu"}))
+        self.cfg = recipe.apply(make_config({**self.shape, "device": "cuda" if self.cuda else "cpu",
+                                             "dynamic_batch": bool(m.get("dynamic_batch"))}))
         self.model_config = self.cfg.model_config()
         self.timings = {"process_start": max(0.0, T_START - spec["spawn_time"]) if spec.get("spawn_time") else None,
                         "import": t_import - T_START}
@@ -115,8 +118,13 @@ def _cpu_reader(pt: Point, gen):
         warm.step(pt.batch_fn(gen, 1))
     del warm
     gc.collect()
+    if pt.cfg.compile:
+        # the measured trainer compiles as in a fresh process (as on CUDA, where nothing is compiled before it):
+        # otherwise Dynamo's automatic dynamic shapes would make its batch dimension symbolic after the batch-1
+        # warm-up, whatever the point asked for (seen with torch 2.13)
+        torch._dynamo.reset()
     pt.timings["warmup"] = time.time() - t0
-    return MemoryReader(CpuReader(pt.emulate), pt.window, pt.tolerance, pt.min_iters)
+    return MemoryReader(CpuReader(pt.emulate, compiled=bool(pt.cfg.compile)), pt.window, pt.tolerance, pt.min_iters)
 
 
 def _measure(pt: Point, reader, gen, sync) -> tuple[object, list[float], float | None, float | None]:
@@ -127,6 +135,7 @@ def _measure(pt: Point, reader, gen, sync) -> tuple[object, list[float], float |
     batch = pt.batch_fn(gen)
     step_times: list[float] = []
     t_build = t_first = None
+    pt.dynamo_before = dynamo_mark()
     reader.start()
     try:
         trainer = Trainer(pt.cfg, pt.model_config, pt.dev)
@@ -186,18 +195,61 @@ def run_point(spec: dict) -> dict:
         trainer, step_times, t_build, t_first = _measure(pt, reader, gen, sync)
         if pt.timing_iters:
             step_times = _time_steps(pt, trainer, gen, sync)
+        if not pt.cuda and pt.rec.get("compile"):
+            pt.rec["alloc_step_peak_bytes"] = _allocator_step_peak(pt, trainer, gen)
     except Exception as exc:  # noqa: BLE001 - classified here; the record says what went wrong
         failed = "oom" if _is_oom(exc) else "error"
         pt.rec["error"] = _first_line(exc)
         pt.rec["traceback"] = "".join(traceback.format_exception(exc))[-4000:]
     _finish(pt, failed, reader, step_times)
     if pt.rec.get("compile"):
-        pt.rec.update(compile_record())
+        pt.rec.update(compile_record(), dynamic_batch=pt.cfg.dynamic_batch, **batch_record(pt.dynamo_before))
     now = time.time()
     pt.timings.update(build=(t_build or now) - t0, first_iter=(t_first - t_build) if t_first and t_build else None,
                       iters=(now - t_first) if t_first else None, total=now - T_START)
     del trainer
     return pt.rec
+
+
+def _allocator_step_peak(pt: Point, trainer, gen) -> int:
+    """A compiled CPU point's peak of live tensor bytes in one more step, above what was live before it, from
+    the CPU allocator's profiler events (`probe.allocator_peak`): it counts Inductor's buffers, which the
+    storage tracker cannot see (they are allocated outside the dispatcher). After the readings and the timing."""
+    from vramfit.measure.probe import allocator_peak
+
+    return allocator_peak(lambda: trainer.step(pt.batch_fn(gen)))
+
+
+def dynamo_mark() -> tuple[set[int], int]:
+    """What Dynamo has compiled so far in this process (its compilation records and graph count), to tell what the
+    measured trainer compiled (`batch_record`)."""
+    from torch._dynamo import utils
+
+    return {id(m) for m in utils._compilation_metrics}, int(utils.counters["stats"].get("unique_graphs", 0))
+
+
+def batch_record(before: tuple[set[int], int] | None) -> dict:
+    """What Dynamo compiled for the measured trainer since `before`: `dynamo_graphs` (graphs compiled; more than
+    one means it recompiled) and `batch_symbolic` (whether those graphs' tensors have a symbolic size, i.e. the
+    batch dimension was compiled dynamic; None where this torch does not record graph shapes)."""
+    import ast
+
+    from torch._dynamo import utils
+
+    seen, graphs = before or (set(), 0)
+    symbolic = None
+    for m in list(utils._compilation_metrics):
+        shapes = getattr(m, "graph_node_shapes", None)
+        if id(m) in seen or not shapes:
+            continue
+        try:
+            sizes = ast.literal_eval(shapes)  # {node: [int | 's0', ...]} as Dynamo's get_graph_sizes_structured
+        except (ValueError, SyntaxError):
+            continue
+        if isinstance(sizes, dict) and sizes:
+            symbolic = bool(symbolic) or any(isinstance(d, str) for v in sizes.values() for d in v)
+    return {"batch_symbolic": symbolic,
+            "dynamo_graphs": int(utils.counters["stats"].get("unique_graphs", 0)) - graphs}
 
 
 def compile_record() -> dict:

@@ -41,6 +41,7 @@ from vramfit.measure.devices import DeviceFacts
 from vramfit.recipe import Recipe
 from vramfit.store import DONE_STATUSES, Store
 from vramfit.sweep.cost import estimate_cost, format_duration
+from vramfit.sweep.dynamic import sweep_batch_dim
 from vramfit.sweep.grid import Grid
 from vramfit.sweep.orphans import wait_for_orphans
 from vramfit.sweep.pool import WorkerPool, point_spec, worker_env
@@ -328,9 +329,10 @@ def run_adaptive(grid: Grid, db: str | Path, settings: PlanSettings, device: str
     Resumable: points of this grid already in the store (same device model, recipe, torch, emulation) count as
     measured, and the predictions stored with them feed the stop rule."""
     d = single_device(device, gpu_indices, "an adaptive plan")
+    recipe = d.resolve(grid.recipe)
+    grid, batch_line = sweep_batch_dim(grid, [(d.device_type, bool(recipe.compile))])  # may refuse: before the store
     wait_for_orphans(db)
     store = Store(db)
-    recipe = d.resolve(grid.recipe)
     env_id = store.environment(d.to_dict(), recipe, emulate_bytes)
     candidates, n_invalid = grid.points()
     capacity = capacity_bytes(d, emulate_bytes)
@@ -358,6 +360,8 @@ def run_adaptive(grid: Grid, db: str | Path, settings: PlanSettings, device: str
     pool = WorkerPool(worker_cmd, owner=db)
     mode = "fork" if pool.fork else "spawn"
     say(pool.describe())
+    if batch_line:
+        say(batch_line)
     left = [p for p in candidates if point_key(p) not in {point_key(r) for _, r in measured.iterrows()}]
     if settings.points > resumed and left:
         say("at most " + estimate_cost(left[: settings.points - resumed], allp, mode).line())

@@ -17,6 +17,7 @@ from vramfit.fit.features import PHYSICS, features
 from vramfit.fit.memmodel import MemoryModel
 from vramfit.store import DONE_STATUSES, Store
 from vramfit.sweep.adaptive import target_column
+from vramfit.sweep.dynamic import sweep_batch_dim
 from vramfit.sweep.grid import Grid
 from vramfit.sweep.orphans import wait_for_orphans
 from vramfit.sweep.pool import WorkerPool, point_spec, worker_env
@@ -123,9 +124,10 @@ def run_boundary(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: 
     capacity = capacity_bytes(d, emulate_bytes)
     if capacity is None:
         raise VramfitError("--boundary on the CPU needs --emulate-vram (the capacity whose edge to find)")
+    recipe = d.resolve(grid.recipe)
+    grid, batch_line = sweep_batch_dim(grid, [(d.device_type, bool(recipe.compile))])  # may refuse: before the store
     wait_for_orphans(db)
     store = Store(db)
-    recipe = d.resolve(grid.recipe)
     env_id = store.environment(d.to_dict(), recipe, emulate_bytes)
     pts, n_invalid = grid.points()
     batches = sorted({p["batch_size"] for p in pts})
@@ -150,6 +152,8 @@ def run_boundary(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: 
     env = worker_env(d, recipe, grid.measure)
     say = (lambda msg: None) if quiet else log
     say(pool.describe())
+    if batch_line:
+        say(batch_line)
     out: list[BoundaryResult] = []
     with pool, recorded(store, sweep_id, pool.kill_all):
         for key in shapes:

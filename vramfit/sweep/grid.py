@@ -35,7 +35,8 @@ from vramfit.recipe import Recipe
 
 @dataclass(frozen=True)
 class Measure:
-    """How one point is measured: iterations, stability rule, timeout, CPU threads."""
+    """How one point is measured: iterations, stability rule, timeout, CPU threads, a compiled point's batch
+    dimension."""
 
     min_iters: int = 4  # never fewer optimizer steps (and always >= 3)
     max_iters: int = 30  # give up waiting for stability here (recorded with stable = false)
@@ -44,6 +45,8 @@ class Measure:
     timeout_s: float = 300.0  # per point, process start included
     threads: int = 1  # CPU worker intra-op threads (0: torch's default)
     timing_iters: int = 10  # steps timed after the memory is measured, with no probe attached (0: time those)
+    # compiled points: the batch dimension dynamic (true) or static (false); unset: `vramfit.sweep.dynamic.decide`
+    dynamic_batch: bool | None = None
 
     def __post_init__(self) -> None:
         checks = [
@@ -67,6 +70,11 @@ class Measure:
             raise VramfitError(f"unknown measure key(s): {', '.join(sorted(unknown))} (known: {', '.join(hints)})")
         out = {}
         for k, v in d.items():
+            if k == "dynamic_batch":
+                if v is not None and not isinstance(v, bool):
+                    raise VramfitError(f"measure.dynamic_batch must be true or false, got {v!r}")
+                out[k] = v
+                continue
             want = float if hints[k] in ("float", float) else int
             if isinstance(v, bool) or not isinstance(v, int | float) or (want is int and not float(v).is_integer()):
                 raise VramfitError(f"measure.{k} must be a number, got {v!r}")

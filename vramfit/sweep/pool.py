@@ -59,9 +59,10 @@ CACHE_ENV = "VRAMFIT_COMPILE_CACHE"  # 1: share the per-sweep Inductor cache; 0:
 
 def share_compile_cache(device: str) -> bool:
     """Whether a sweep's compiled points share one Inductor cache: yes on CUDA, where step 1 (compilation) is out of
-    the peak; no on the CPU, where the reading keeps step 1 and a cache hit changed the RSS peak of the quick
-    compiled points by +1.1 MB of ~10 (results/bench/compile-cache-cpu.md; tracked bytes were identical).
-    CACHE_ENV=1 or 0 overrides."""
+    the peak and NVML counts the allocator and the context; no on the CPU, where the RSS after step 1 keeps what
+    compiling left behind and so depends on the cache: small compiled points read 33-35 MB of RSS when the shared
+    cache held part of their graphs against 6.8-9.2 MB with every cache off, with byte-identical tensor readings
+    (results/bench/dynamic-batch-cpu.md, static arms). CACHE_ENV=1 or 0 overrides."""
     forced = os.environ.get(CACHE_ENV, "").strip()
     if forced in ("0", "1"):
         return forced == "1"

@@ -23,6 +23,7 @@ from vramfit.measure.devices import DeviceFacts, resolve
 from vramfit.recipe import Recipe
 from vramfit.store import Store, device_key
 from vramfit.sweep.cost import CostEstimate, estimate_cost
+from vramfit.sweep.dynamic import sweep_batch_dim
 from vramfit.sweep.executors import Event, Executor, Job, LocalExecutor
 from vramfit.sweep.grid import Grid
 from vramfit.sweep.orphans import wait_for_orphans
@@ -98,11 +99,13 @@ def run_sweep(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: lis
     point that ran on another device than planned (a cluster) is stored under the environment it ran on."""
     ex = executor or LocalExecutor(worker_cmd)
     devs = resolve(device, gpu_indices) if ex.local else ex.discover(device, gpu_indices)
+    recipes = [d.resolve(grid.recipe) for d in devs]
+    compiled = [(d.device_type, bool(r.compile)) for d, r in zip(devs, recipes, strict=True)]
+    grid, batch_line = sweep_batch_dim(grid, compiled, ex.local)  # may refuse the grid: before the store is opened
     if ex.local:
         wait_for_orphans(db)
         ex.bind(str(db))
     store = Store(db)
-    recipes = [d.resolve(grid.recipe) for d in devs]
     env_ids = [store.environment(d.to_dict(), r, emulate_bytes) for d, r in zip(devs, recipes, strict=True)]
     jobs, total, resumed = _jobs(grid, store, devs, recipes, env_ids, emulate_bytes, redo)
     n_invalid = grid.points()[1]
@@ -119,6 +122,8 @@ def run_sweep(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: lis
         log(f"sweep {sweep_id} '{grid.name}' on {where}{emu}: {total} points to measure, {resumed} already "
             f"measured, {n_invalid} invalid combinations skipped; recipe {recipes[0].key()}; db {db}")
         log(ex.describe())
+        if batch_line:
+            log(batch_line)
         if total:
             log(sweep_cost(jobs, devs, env_ids, store, ex.worker_mode).line())
     bar = Progress(total, quiet=quiet, live=live)

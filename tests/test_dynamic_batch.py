@@ -1,0 +1,235 @@
+"""Issue 17's dynamic batch dimension: the gate, the trainer's marking, what Dynamo compiles, the sweep's plumbing."""
+
+import functools
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt.config import make_config
+from gpt.data import synthetic_batch
+from gpt.errors import ConfigError
+from gpt.train import Trainer, mark_batch_dynamic
+from vramfit.errors import VramfitError
+from vramfit.store import Store
+from vramfit.sweep import dynamic
+from vramfit.sweep.dynamic import decide, resolve_measure
+from vramfit.sweep.grid import Measure, load_grid
+from vramfit.sweep.runner import run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64)
+PROOF = {"cpu": "a bench"}
+
+
+# ---------------------------------------------------------------------------------------------- the gate
+
+
+def test_the_gate_uses_the_dynamic_path_by_default_only_where_verified_and_a_cache_is_shared():
+    assert decide(None, True, "cpu", True, PROOF).dynamic
+    assert not decide(None, True, "cpu", False, PROOF).dynamic  # fresh processes, no shared cache: nothing reused
+    unverified = decide(None, True, "cuda", True, PROOF)
+    assert not unverified.dynamic and "not verified" in unverified.reason
+    assert not decide(False, True, "cpu", True, PROOF).dynamic  # --static-batch wins over the evidence
+    assert not decide(None, False, "cpu", True, PROOF).dynamic  # eager: nothing to mark
+
+
+def test_asking_for_the_dynamic_path_where_it_is_unverified_is_allowed_but_labelled():
+    d = decide(True, True, "cuda", True, PROOF)
+    assert d.dynamic and "NOT verified" in d.reason and "dynamic" in d.line()
+    assert "verified equal" in decide(True, True, "cpu", False, PROOF).reason
+
+
+def test_asking_for_the_dynamic_path_with_an_eager_recipe_is_an_error():
+    with pytest.raises(VramfitError, match="compile = true"):
+        decide(True, False, "cpu", True, PROOF)
+
+
+def test_the_default_follows_the_evidence_table(monkeypatch):
+    """The module's own table decides the default: with no evidence for a device the sweep stays static."""
+    monkeypatch.setattr(dynamic, "VERIFIED", {})
+    assert not decide(None, True, "cuda", True).dynamic and not decide(None, True, "cpu", True).dynamic
+    monkeypatch.setattr(dynamic, "VERIFIED", {"cuda": "gpu_validate"})
+    assert decide(None, True, "cuda", True).dynamic
+
+
+def test_devices_that_disagree_get_the_dynamic_path_only_when_every_compiled_one_does():
+    m, d = resolve_measure(Measure(dynamic_batch=True), [("cuda", True), ("cuda", True)], True)
+    assert m.dynamic_batch is True and d.dynamic
+    with pytest.raises(VramfitError):
+        resolve_measure(Measure(dynamic_batch=True), [("cuda", True), ("cuda", False)], True)
+    m, d = resolve_measure(Measure(), [("cpu", False)], True)
+    assert m.dynamic_batch is False and d.reason == "eager recipe"
+
+
+# ---------------------------------------------------------------------------------------------- the trainer
+
+
+def _trainer(**kw) -> Trainer:
+    cfg = make_config({**TINY, "device": "cpu", "dtype": "float32", "batch_size": 4, **kw})
+    return Trainer(cfg, cfg.model_config(), "cpu")
+
+
+def _spy(trainer: Trainer) -> list:
+    """Replace the compiled forward by the eager model, remembering the dynamic dims of each batch it gets."""
+    seen = []
+
+    def forward(x, y):
+        seen.append((getattr(x, "_dynamo_dynamic_indices", None), getattr(y, "_dynamo_dynamic_indices", None)))
+        return trainer.model(x, y)
+
+    trainer.forward = forward
+    return seen
+
+
+@pytest.mark.parametrize("compile_, dynamic_, expected", [(True, True, {0}), (True, False, None)])
+def test_the_trainer_marks_the_batch_dimension_only_when_asked(compile_, dynamic_, expected):
+    trainer = _trainer(compile=compile_, dynamic_batch=dynamic_)
+    seen = _spy(trainer)
+    gen = torch.Generator().manual_seed(0)
+    trainer.step(lambda: synthetic_batch(4, 16, 64, gen, "cpu"))
+    assert seen == [(expected, expected)]
+
+
+def test_dynamic_batch_without_compile_is_refused():
+    with pytest.raises(ConfigError, match="compile"):
+        make_config({**TINY, "compile": False, "dynamic_batch": True})
+    with pytest.raises(ConfigError, match="compile is off"):  # compile 'auto' resolves to eager on the CPU
+        _trainer(dynamic_batch=True)
+
+
+def test_a_batch_of_one_is_not_marked():
+    """Dynamo specialises sizes 0 and 1 whatever is asked (torch/_dynamo/variables/builder.py)."""
+    one, two = torch.zeros(1, 3), torch.zeros(2, 3)
+    mark_batch_dynamic(one, two)
+    assert getattr(one, "_dynamo_dynamic_indices", None) is None and two._dynamo_dynamic_indices == {0}
+
+
+@pytest.fixture
+def eager_backend(monkeypatch):
+    """torch.compile through Dynamo with the eager backend: Dynamo's graphs, guards and recompiles are real, without
+    Inductor's code generation (seconds instead of a minute)."""
+    import torch._dynamo
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("dynamic_, graphs, symbolic", [(True, 1, True), (False, 2, False)])
+def test_dynamo_compiles_one_graph_for_two_batch_sizes_only_with_the_mark(eager_backend, dynamic_, graphs, symbolic):
+    from vramfit.measure.worker import batch_record, dynamo_mark
+
+    before = dynamo_mark()
+    trainer = _trainer(compile=True, dynamic_batch=dynamic_)
+    gen = torch.Generator().manual_seed(0)
+    trainer.step(lambda: synthetic_batch(4, 16, 64, gen, "cpu"))
+    first = batch_record(before)
+    trainer.step(lambda: synthetic_batch(8, 16, 64, gen, "cpu"))
+    rec = batch_record(before)
+    assert first["batch_symbolic"] is symbolic  # the first graph: symbolic only when marked
+    assert rec["dynamo_graphs"] == graphs  # static: a recompile for batch 8
+
+
+def test_under_the_plain_tracker_dynamo_does_not_compile_and_under_the_compiled_tracker_it_does(eager_backend):
+    """Dynamo skips frames first seen under a non-infra dispatch mode ("non-infra torch dispatch mode present",
+    torch/_dynamo/convert_frame.py); `ignore_compile_internals` (torch/utils/_python_dispatch.py) lets it compile."""
+    from vramfit.measure.probe import CompiledStorageTracker, StorageTracker
+    from vramfit.measure.worker import batch_record, dynamo_mark
+
+    for cls, graphs in ((StorageTracker, 0), (CompiledStorageTracker, 1)):
+        torch._dynamo.reset()
+        before = dynamo_mark()
+        gen = torch.Generator().manual_seed(0)
+        with cls() as tracker:
+            trainer = _trainer(compile=True)
+            trainer.step(lambda: synthetic_batch(4, 16, 64, gen, "cpu"))  # noqa: B023
+        assert batch_record(before)["dynamo_graphs"] == graphs, cls.__name__
+        assert tracker.peak > 0
+
+
+@pytest.mark.parametrize("dynamic_", [False, True])
+def test_the_cpu_worker_measures_the_compiled_trainer_with_the_batch_dimension_asked_for(eager_backend, dynamic_):
+    """The worker's warm-up copy (batch 1) compiles first; without the Dynamo reset after it, automatic dynamic
+    shapes would make the measured graph's batch symbolic even when static was asked for."""
+    from vramfit.measure.worker import run_point
+    from vramfit.recipe import Recipe
+
+    spec = {"point": {**TINY, "batch_size": 4}, "device": "cpu",
+            "recipe": Recipe(dtype="float32", compile=True).resolved("cpu").to_dict(),
+            "measure": {"min_iters": 3, "max_iters": 4, "window": 2, "threads": 0, "timing_iters": 0,
+                        "dynamic_batch": dynamic_}}
+    rec = run_point(spec)
+    assert rec["status"] == "ok", rec.get("error")
+    assert rec["dynamic_batch"] is dynamic_ and rec["batch_symbolic"] is dynamic_
+    assert rec["dynamo_graphs"] == 1 and rec["peak_steps"][0] == 2 and rec["alloc_step_peak_bytes"] > 0
+
+
+def test_a_compiled_cpu_reading_leaves_step_one_out():
+    from vramfit.measure.reader import CpuReader
+
+    for compiled, expected in ((False, 4_000_000), (True, 400_000)):
+        reader = CpuReader(compiled=compiled)
+        reader.start()
+        big = torch.empty(1_000_000)  # step 1 (compilation): a large transient, freed by the step's end
+        reader.read(1)
+        del big
+        reader.after_first_step()
+        small = torch.empty(100_000)
+        rec = reader.read(2)
+        reader.stop()
+        del small
+        assert rec[0] == expected and reader.record["peak_steps"] == [2 if compiled else 1, 2]
+
+
+# ---------------------------------------------------------------------------------------------- the sweep
+
+ECHO_WORKER = textwrap.dedent("""
+    import json, sys
+    spec = json.loads(sys.stdin.read())
+    print(json.dumps({**spec["point"], "status": "ok", "tracked_bytes": 1, "rss_bytes": 1, "compile": True,
+                      "dynamic_batch": spec["measure"]["dynamic_batch"]}))
+""")
+
+
+def _grid(compile_: bool, **measure):
+    return load_grid(None, {**{k: [v] for k, v in TINY.items()}, "batch_size": [2, 4]},
+                     recipe_overrides={"compile": compile_}, measure_overrides=measure)
+
+
+@pytest.mark.parametrize("asked", [True, False])
+def test_the_sweep_hands_the_decision_to_each_worker_and_stores_it_per_point(tmp_path, asked):
+    db = tmp_path / "db.sqlite"
+    lines = []
+    run_sweep(_grid(True, dynamic_batch=asked), db, device="cpu", log=lines.append,
+              worker_cmd=[sys.executable, "-c", ECHO_WORKER], live=False)
+    with Store(db) as s:
+        df = s.points_frame()
+        extras = s.point_extras([int(i) for i in df.point_id])
+        grid_json = json.loads(s.conn.execute("SELECT grid_json FROM sweeps").fetchone()[0])
+    assert [e["dynamic_batch"] for e in extras.values()] == [asked, asked]
+    assert grid_json["measure"]["dynamic_batch"] is asked  # the sweep's row says what it decided
+    assert any(line.startswith(f"compiled points: batch dimension {'dynamic' if asked else 'static'}")
+               for line in lines)
+
+
+def test_the_flag_with_an_eager_recipe_is_one_error_line_and_no_database(tmp_path):
+    db = tmp_path / "db.sqlite"
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
+    r = subprocess.run([sys.executable, "-m", "vramfit", "sweep", "--device", "cpu", *args, "--batch-size", "2",
+                        "--dynamic-batch", "--db", str(db)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: --dynamic-batch"), r.stderr
+    assert not db.exists()
+
+
+def test_the_grid_key_is_read_as_a_boolean(tmp_path):
+    assert _grid(True, dynamic_batch=False).measure.dynamic_batch is False
+    assert _grid(True).measure.dynamic_batch is None
+    with pytest.raises(VramfitError, match="dynamic_batch must be true or false"):
+        _grid(True, dynamic_batch="yes")
