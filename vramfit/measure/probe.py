@@ -187,6 +187,16 @@ def allocator_peak(fn: Any) -> int:
     return peak
 
 
+def live_tensor_bytes(tensors: Any) -> int:
+    """Bytes of the distinct storages behind `tensors` (an iterable; None entries skipped), as allocated."""
+    seen: dict[int, int] = {}
+    for t in tensors:
+        if t is not None:
+            st = t.untyped_storage()
+            seen[st.data_ptr()] = st.nbytes()
+    return sum(seen.values())
+
+
 # ---------------------------------------------------------------------------------------------- CPU: RSS
 
 

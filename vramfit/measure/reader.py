@@ -203,8 +203,8 @@ class CpuReader:
 
     `compiled`: the steps are torch.compile'd. The tracker then lets Dynamo compile (`CompiledStorageTracker`:
     under the plain one the trainer would run eagerly) and step 1, which compiles, is left out of both peaks as on
-    CUDA (`peak_steps` [2, N]); the tracked bytes then miss Inductor's own buffers (the worker adds the CPU
-    allocator's peak of a steady step, `alloc_step_peak_bytes`)."""
+    CUDA (`peak_steps` [2, N]); the tracker then misses Inductor's own buffers, so the worker replaces the
+    tracked bytes by the CPU allocator's figure after the loop (`worker._compiled_cpu_reading`)."""
 
     def __init__(self, emulate_bytes: int | None = None, compiled: bool = False) -> None:
         reset_peak_rss()

@@ -195,13 +195,16 @@ def run_point(spec: dict) -> dict:
         trainer, step_times, t_build, t_first = _measure(pt, reader, gen, sync)
         if pt.timing_iters:
             step_times = _time_steps(pt, trainer, gen, sync)
-        if not pt.cuda and pt.rec.get("compile"):
-            pt.rec["alloc_step_peak_bytes"] = _allocator_step_peak(pt, trainer, gen)
     except Exception as exc:  # noqa: BLE001 - classified here; the record says what went wrong
         failed = "oom" if _is_oom(exc) else "error"
         pt.rec["error"] = _first_line(exc)
         pt.rec["traceback"] = "".join(traceback.format_exception(exc))[-4000:]
     _finish(pt, failed, reader, step_times)
+    if pt.rec.get("status") == "ok" and not pt.cuda and pt.rec.get("compile"):
+        try:
+            _compiled_cpu_reading(pt, trainer, gen)
+        except Exception as exc:  # noqa: BLE001 - the point's reading is incomplete: say so
+            pt.rec.update(status="error", error=f"compiled CPU reading: {_first_line(exc)}")
     if pt.rec.get("compile"):
         pt.rec.update(compile_record(), dynamic_batch=pt.cfg.dynamic_batch, **batch_record(pt.dynamo_before))
     now = time.time()
@@ -211,13 +214,24 @@ def run_point(spec: dict) -> dict:
     return pt.rec
 
 
-def _allocator_step_peak(pt: Point, trainer, gen) -> int:
-    """A compiled CPU point's peak of live tensor bytes in one more step, above what was live before it, from
-    the CPU allocator's profiler events (`probe.allocator_peak`): it counts Inductor's buffers, which the
-    storage tracker cannot see (they are allocated outside the dispatcher). After the readings and the timing."""
-    from vramfit.measure.probe import allocator_peak
+def _compiled_cpu_reading(pt: Point, trainer, gen) -> None:
+    """A compiled CPU point's `tracked_bytes`: the live tensor bytes between steps (parameters, buffers, optimizer
+    state) + the CPU allocator's peak over one more step above them (`probe.allocator_peak`: its profiler events
+    count Inductor's buffers and the gradients the compiled backward returns, all allocated outside the dispatcher
+    where the storage tracker cannot see them). The tracker's own figure stays as `tracked_dispatch_bytes`, the step
+    peak as `alloc_step_peak_bytes`. After the readings and the timing; the same method as
+    `experiments/bench_compile.py`."""
+    import torch
 
-    return allocator_peak(lambda: trainer.step(pt.batch_fn(gen)))
+    from vramfit.measure.probe import allocator_peak, live_tensor_bytes
+
+    opt = trainer.optimizer
+    state = [v for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+    model = trainer.model
+    live = live_tensor_bytes([*model.parameters(), *model.buffers(), *(p.grad for p in model.parameters()), *state])
+    step = allocator_peak(lambda: trainer.step(pt.batch_fn(gen)))
+    pt.rec.update(alloc_step_peak_bytes=step, tracked_dispatch_bytes=pt.rec.get("tracked_bytes"),
+                  tracked_bytes=live + step)
 
 
 def dynamo_mark() -> tuple[set[int], int]:
