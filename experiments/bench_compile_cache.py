@@ -81,10 +81,12 @@ def main() -> None:
         lines, runs[cache] = one(grid, args.device, cache)
         out += lines
         print("\n".join(lines), flush=True)
-    same = runs[True]["readings"] == runs[False]["readings"]
-    out += [f"readings ({', '.join(runs[True]['cols'])}) with and without the cache: "
-            f"{'identical' if same else 'DIFFERENT'}; total wall {runs[True]['wall']:.1f} s shared against "
-            f"{runs[False]['wall']:.1f} s off ({runs[False]['wall'] / runs[True]['wall']:.1f}x)", ""]
+    cols, on, off = runs[True]["cols"], runs[True]["readings"], runs[False]["readings"]
+    none = (None,) * len(cols)
+    same = [all(on[k][i] == off.get(k, none)[i] for k in on) for i in range(len(cols))]
+    verdict = ", ".join(f"{c} {'identical' if ok else 'DIFFERENT'}" for c, ok in zip(cols, same, strict=True))
+    out += [f"readings with and without the cache: {verdict}; total wall {runs[True]['wall']:.1f} s shared "
+            f"against {runs[False]['wall']:.1f} s off ({runs[False]['wall'] / runs[True]['wall']:.1f}x)", ""]
     print(out[-2])
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
