@@ -294,6 +294,10 @@ def test_ddp_plan_adds_nccl_buffers_per_gpu():
     reads = iter([1000 * MIB, 1350 * MIB])
     assert comm_bytes(lambda: next(reads), lambda: None) == 350 * MIB
     assert comm_bytes(lambda: None, lambda: None) is None
+    cpu = for_strategy(base, 2, None, device_type="cpu")  # a CPU profile's DDP runs over gloo: no NCCL
+    assert float(cpu.predict(X)[0] - base.predict(X)[0]) == pytest.approx(DDP_BYTES_PER_PARAM * float(X["params"][0]))
+    assert cpu.breakdown(X)[0]["nccl buffers"] == 0 and "gloo" in cpu.term.comm_source
+    assert for_strategy(base, 2, None, device_type="cuda").term.comm_bytes == NCCL_BYTES_ASSUMED
 
 
 def test_measure_ddp_on_cuda_needs_a_gpu_per_rank(gpu):

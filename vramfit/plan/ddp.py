@@ -76,6 +76,15 @@ class DdpTerm:
         return cls(comm_bytes=float(max(vals)), comm_source=f"measured: NVML around NCCL init on {len(ranks)} rank(s)")
 
 
+    @classmethod
+    def for_device(cls, device_type: str | None) -> DdpTerm:
+        """The default term for a profile of `device_type`: DDP on the CPU runs over gloo, which has no NCCL
+        communicator and no GPU buffers, so the constant is 0 there; CUDA (or unknown) keeps NCCL's."""
+        if device_type == "cpu":
+            return cls(comm_bytes=0.0, comm_source="CPU profile: DDP over gloo, no NCCL buffers")
+        return cls()
+
+
 class DdpMemoryModel:
     """A fitted single-GPU `MemoryModel` plus the DDP term: per-GPU bytes = model(x) + k * ddp_params.
 
@@ -102,8 +111,10 @@ class DdpMemoryModel:
         return parts
 
 
-def for_strategy(model, gpus: int, strategy: str | None, term: DdpTerm | None = None):
-    """The model to plan `gpus` GPUs with: the single-GPU model for 1 GPU, + the DDP term for ddp."""
+def for_strategy(model, gpus: int, strategy: str | None, term: DdpTerm | None = None,
+                 device_type: str | None = None):
+    """The model to plan `gpus` GPUs with: the single-GPU model for 1 GPU, + the DDP term for ddp (by default
+    `DdpTerm.for_device(device_type)`: the profile's device type decides whether NCCL's constant applies)."""
     if gpus < 1:
         raise VramfitError(f"--gpus must be >= 1, got {gpus}")
     if strategy is None:
@@ -112,7 +123,7 @@ def for_strategy(model, gpus: int, strategy: str | None, term: DdpTerm | None = 
         raise VramfitError(f"unknown --strategy {strategy!r}; choose {', '.join(STRATEGIES)}")
     if gpus == 1 and strategy is None:
         return model
-    return DdpMemoryModel(model, term)
+    return DdpMemoryModel(model, term or DdpTerm.for_device(device_type))
 
 
 def multi_gpu(items: list, gpus: int) -> list:

@@ -288,7 +288,7 @@ def _search(req: SuggestRequest, space: dict, targs: dict, model: tuple, planner
     card, vram_label = vram_info
     if targs:
         targs["throughput"] = doc["throughput"].model if doc.get("throughput") is not None else None
-    mm = for_strategy(mm, req.gpus, req.strategy)
+    mm = for_strategy(mm, req.gpus, req.strategy, device_type="cuda" if _is_gpu(doc) else "cpu")
     items = suggest(mm, margin, budget, objective=req.objective, top=req.top, min_batch=req.min_batch,
                     command=lambda s: train_command(s, recipe_d, req.data_dir),
                     corpus_tokens=corpus_tokens(req.data_dir), **targs, **space)

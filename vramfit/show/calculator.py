@@ -93,7 +93,7 @@ def model_entry(report: FitReport, ctx: PlanContext, shape: dict, models_dir: st
     tp = report.throughput
     return {"label": f"{report.device} · {report.recipe_key}", "model": report.model.to_dict(),
             "margin_rel": report.margin_rel, "ddp_bytes_per_param": DDP_BYTES_PER_PARAM,
-            "ddp_comm_bytes": DdpTerm().comm_bytes,
+            "ddp_comm_bytes": DdpTerm.for_device(report.device_type).comm_bytes,
             "throughput": tp.model.to_dict() if tp is not None else None,
             "defaults": {**{k: int(shape[k]) for k in SHAPE_KEYS}, "vram": compact_size(ctx.vram_bytes),
                          "reserve": compact_size(ctx.reserve_bytes), "gpus": ctx.gpus},

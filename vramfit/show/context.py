@@ -117,10 +117,16 @@ def plan_context(vram: str | None = None, suggestions: str | Path = SUGGESTIONS_
                        int((doc or {}).get("gpus") or 1), sources, doc)
 
 
+def per_gpu_model(report, ctx: PlanContext):  # noqa: ANN001, ANN201 - a FitReport; its model or a DdpMemoryModel
+    """The report's model per GPU for the last suggest's --gpus (DDP buckets, and NCCL's buffers where the profile
+    is a GPU's)."""
+    return for_strategy(report.model, ctx.gpus, None, device_type=report.device_type)
+
+
 def ranked(report, ctx: PlanContext, top: int = 5) -> list[Suggestion]:
     """The report's model ranked as suggest ranks: same vocabulary, budget and objective (empty when nothing fits
     or the budget is below the device's constant)."""
-    model = for_strategy(report.model, ctx.gpus, None)  # the last suggest's --gpus: per-GPU memory with DDP
+    model = per_gpu_model(report, ctx)
     try:
         items = suggest(model, report.margin_rel, ctx.budget_bytes, ctx.objective, top=top,
                         vocab_size=[ctx.vocab_size],

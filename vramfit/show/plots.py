@@ -283,9 +283,8 @@ def write_plots(points: pd.DataFrame, out_dir: str | Path, ctx, target: str = "a
                 time_args: dict | None = None) -> list[Path]:
     """`vramfit plot`: fit each device+recipe in `points`, rank as the last suggest did (`ctx`: a
     show.context.PlanContext) and write every figure into `out_dir/<device>-<recipe>/`."""
-    from vramfit.plan.ddp import for_strategy
     from vramfit.plan.workflows import fit_store, slug
-    from vramfit.show.context import feasibility_shape, ranked
+    from vramfit.show.context import feasibility_shape, per_gpu_model, ranked
 
     paths = []
     for report, group in fit_store(points, target=target):
@@ -293,6 +292,6 @@ def write_plots(points: pd.DataFrame, out_dir: str | Path, ctx, target: str = "a
         shape = feasibility_shape(report, ctx, items, largest_shape(group))
         folder = Path(out_dir) / f"{slug(report.device)}-{report.recipe_key}"
         paths += all_plots(report, group, folder, ctx.budget_bytes, items, shape=shape,
-                           model=for_strategy(report.model, ctx.gpus, None), vocab_size=[ctx.vocab_size],
+                           model=per_gpu_model(report, ctx), vocab_size=[ctx.vocab_size],
                            **(time_args or {}))
     return paths

@@ -12,10 +12,9 @@ from pathlib import Path
 import pandas as pd
 
 from vramfit.fit.memmodel import FitReport
-from vramfit.plan.ddp import for_strategy
 from vramfit.plan.workflows import MODELS_DIR, fit_store
 from vramfit.show.calculator import calculator_section, model_entry
-from vramfit.show.context import PlanContext, feasibility_shape, ranked
+from vramfit.show.context import PlanContext, feasibility_shape, per_gpu_model, ranked
 from vramfit.show.plots import all_plots, largest_shape
 from vramfit.show.tables import TableData, coefficient_table, cv_table, mfu_line, throughput_tables, to_html
 from vramfit.units import format_size
@@ -79,7 +78,7 @@ def render_report(fits: list[tuple[FitReport, pd.DataFrame]], points: pd.DataFra
             entries.append(model_entry(report, ctx, shape, models_dir, source))
             shapes.append(shape)
             pngs = all_plots(report, group, Path(tmp) / str(n), ctx.budget_bytes, items, hours=hours,
-                             shape=shape, model=for_strategy(report.model, ctx.gpus, None),
+                             shape=shape, model=per_gpu_model(report, ctx),
                              vocab_size=[ctx.vocab_size])
             parts.append(f"<h2>{html.escape(report.device)} · {html.escape(report.recipe_key)}</h2>"
                          f"<p>target {report.target}, {report.n_points} ok points, safety margin "
