@@ -117,3 +117,24 @@ def test_init_failure_means_not_ok_and_every_read_is_none(install):
     assert nv.error == "NVMLError: NVML Shared Library Not Found"
     assert nv.device_used() is None and nv.process_used() is None
     assert [c[0] for c in nv_mod.calls] == ["init"]  # nothing else is asked of a failed NVML
+
+
+def test_device_total_is_the_memory_info_total_or_none(install):
+    """nvmlDeviceGetMemoryInfo's `total` (a MIG instance reports its own); None without NVML or when the call fails."""
+    install(fake_pynvml())
+    assert NvmlProbe("GPU-abc").device_total() == 80 * GIB
+    install(fake_pynvml(mem_error=True))
+    assert NvmlProbe("GPU-abc").device_total() is None
+    install(fake_pynvml(init_error=True))
+    assert NvmlProbe("GPU-abc").device_total() is None
+
+
+def test_snapshot_is_the_idle_baseline_and_the_pids_already_there(install):
+    """What a worker needs before it starts: device used bytes, and the PIDs of compute processes present (None
+    when NVML cannot list them, e.g. NVMLError_NotSupported)."""
+    install(fake_pynvml(procs=[(4242, 7 * GIB), (4343, None)], used=9 * GIB))
+    assert NvmlProbe("GPU-abc").snapshot() == {"idle_baseline": 9 * GIB, "pids_before": [4242, 4343]}
+    install(fake_pynvml(procs_error=True, used=9 * GIB))
+    assert NvmlProbe("GPU-abc").snapshot() == {"idle_baseline": 9 * GIB, "pids_before": None}
+    install(fake_pynvml(procs=[], used=1 * GIB))
+    assert NvmlProbe("GPU-abc").snapshot() == {"idle_baseline": 1 * GIB, "pids_before": []}
