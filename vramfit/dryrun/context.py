@@ -9,7 +9,8 @@ aten/src/ATen/cuda/CublasHandlePool.cpp), so they are part of the replayed trace
 the most specific row for (torch, CUDA, compute capability, lazy module loading). PyTorch sets
 CUDA_MODULE_LOADING=LAZY when the user has not set it (pytorch/pytorch#86509, torch >= 1.13), and lazy loading
 exists from CUDA 11.7. Rows from a GPU run of this project (experiments/gpu_validate.sh prints nvml - reserved)
-belong at the top of the table with that run as their source.
+belong at the top of the table with that run as their source. Not in the table: cuDNN's kernels, which load into
+the context lazily when cuDNN attention first runs (no published size; a GPU run's nvml - reserved shows it).
 """
 
 from __future__ import annotations
