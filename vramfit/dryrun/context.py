@@ -10,7 +10,7 @@ the most specific row for (torch, CUDA, compute capability, lazy module loading)
 CUDA_MODULE_LOADING=LAZY when the user has not set it (pytorch/pytorch#86509, torch >= 1.13), and lazy loading
 exists from CUDA 11.7. Rows from a GPU run of this project (experiments/gpu_validate.sh prints nvml - reserved)
 belong at the top of the table with that run as their source. Not in the table: cuDNN's kernels, which load into
-the context lazily when cuDNN attention first runs (no published size; a GPU run's nvml - reserved shows it).
+the context lazily when cuDNN attention first runs (no published size; a GPU run's dryrun.csv would show it).
 """
 
 from __future__ import annotations
