@@ -166,25 +166,59 @@ class CompiledStorageTracker(StorageTracker):
         return True
 
 
-def allocator_peak(fn: Any) -> int:
-    """Peak live bytes of CPU tensors while `fn()` runs, above what was live before: the running sum of the CPU
-    allocator's `[memory]` events under `torch.profiler.profile(profile_memory=True)`.
+class AllocatorPeak:
+    """Peak live bytes of CPU tensors between `start()` and `stop()`, above what was live at `start()`: the running
+    sum of the CPU allocator's `[memory]` events under `torch.profiler.profile(profile_memory=True)`.
 
     Unlike `StorageTracker` this sees every CPU allocation, including buffers allocated outside the dispatcher
     (torch.compile's generated code calls `empty_strided_cpu` directly). Exact bytes as requested (no 64-B
-    rounding); tensors created before `fn` and freed inside it count negative. Slow: the profiler records
-    every op, so keep `fn` small."""
-    from torch.profiler import ProfilerActivity, profile
+    rounding); tensors created before `start` and freed after it count negative. Slow: the profiler records
+    every op, so keep the window small (one step)."""
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    def __init__(self) -> None:
+        self._prof: Any = None
+
+    def start(self) -> None:
+        from torch.profiler import ProfilerActivity, profile
+
+        self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+        self._prof.__enter__()
+
+    def stop(self) -> int:
+        prof, self._prof = self._prof, None
+        prof.__exit__(None, None, None)
+        events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                        if e.name() == "[memory]")
+        live = peak = 0
+        for _, n in events:
+            live += n
+            peak = max(peak, live)
+        return peak
+
+    def cancel(self) -> None:
+        """Stop without reading (the window did not close)."""
+        if self._prof is not None:
+            self._prof.__exit__(None, None, None)
+            self._prof = None
+
+
+def allocator_peak(fn: Any) -> int:
+    """`AllocatorPeak` over `fn()`."""
+    window = AllocatorPeak()
+    window.start()
+    try:
         fn()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]")
-    live = peak = 0
-    for _, n in events:
-        live += n
-        peak = max(peak, live)
-    return peak
+    except BaseException:
+        window.cancel()
+        raise
+    return window.stop()
+
+
+def training_state_bytes(model: Any, optimizer: Any) -> int:
+    """Bytes of the tensors a training loop keeps between steps: parameters, buffers, gradients, optimizer state."""
+    state = [v for st in optimizer.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
+    params = list(model.parameters())
+    return live_tensor_bytes([*params, *model.buffers(), *(p.grad for p in params), *state])
 
 
 def live_tensor_bytes(tensors: Any) -> int:

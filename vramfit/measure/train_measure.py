@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from gpt.config import TrainConfig
+from gpt.config import TrainConfig, resolve_recipe
 from gpt.train import Trainer, TrainResult, resolve_device, train
 from vramfit.measure.devices import torch_uuid
-from vramfit.measure.probe import NvmlProbe
+from vramfit.measure.probe import AllocatorPeak, NvmlProbe, training_state_bytes
 from vramfit.measure.reader import CpuReader, CudaReader, MemoryReader
 
 
@@ -37,16 +37,24 @@ def cuda_reader(device: str, emulate_bytes: int | None = None, cuda: Any = None)
 
 
 class StepProbe:
-    """Called after each optimizer step; reads until the readings are stable (or `max_reads` steps)."""
+    """Called after each optimizer step; reads until the readings are stable (or `max_reads` steps).
+
+    `compiled` (a torch.compile'd trainer on the CPU): the tracker lets Dynamo compile and leaves step 1 out (as the
+    sweep worker's, `CpuReader(compiled=True)`), and once the readings are stable the next step runs under the CPU
+    allocator's profiler, so that `tracked_bytes` counts Inductor's buffers (the worker's `_compiled_cpu_reading`)."""
 
     def __init__(self, device: str, window: int = 3, tolerance: float = 0.005, max_reads: int = 50,
-                 emulate_bytes: int | None = None) -> None:
+                 emulate_bytes: int | None = None, compiled: bool = False) -> None:
         self.cuda = device.startswith("cuda")
         self.max_reads = max_reads
         self.device = device
-        dev_reader = cuda_reader(device, emulate_bytes) if self.cuda else CpuReader(emulate_bytes)
+        self.compiled_cpu = compiled and not self.cuda
+        dev_reader = (cuda_reader(device, emulate_bytes) if self.cuda
+                      else CpuReader(emulate_bytes, compiled=self.compiled_cpu))
         self.reader = MemoryReader(dev_reader, window, tolerance, min_iters=3)
         self.done = False
+        self._window: AllocatorPeak | None = None  # the profiled step of a compiled CPU trainer
+        self._live = 0
 
     @property
     def record(self) -> dict:
@@ -61,6 +69,9 @@ class StepProbe:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._window is not None:  # training ended before the profiled step did
+            self._window.cancel()
+            self._window = None
         self._stop()
 
     def _stop(self) -> None:
@@ -69,6 +80,12 @@ class StepProbe:
         self.done = True
 
     def __call__(self, trainer: Trainer) -> None:
+        if self._window is not None:
+            step, self._window = self._window.stop(), None
+            rec = self.reader.record
+            rec.update(alloc_step_peak_bytes=step, tracked_dispatch_bytes=rec.get("tracked_bytes"),
+                       tracked_bytes=self._live + step)
+            return
         if self.done:
             return
         rec = self.reader.record
@@ -82,6 +99,10 @@ class StepProbe:
         rec["reads"] = reads
         if self.reader.after_step(reads) or reads >= self.max_reads:
             self._stop()
+            if self.compiled_cpu:
+                self._live = training_state_bytes(trainer.model, trainer.optimizer)
+                self._window = AllocatorPeak()
+                self._window.start()
 
 
 def train_and_measure(cfg: TrainConfig, log: Callable[[str], None] = print,
@@ -89,7 +110,9 @@ def train_and_measure(cfg: TrainConfig, log: Callable[[str], None] = print,
     """Run `gpt.train.train` under a StepProbe; returns the result and a store-ready point record.
     `emulate_bytes`: cap the process like the sweep worker does for an emulated card (CUDA)."""
     device = resolve_device(cfg.device)
-    with StepProbe(device, emulate_bytes=emulate_bytes) as step_probe:  # the baseline first: no CUDA call before
+    compiled = resolve_recipe(cfg.dtype, cfg.compile, cfg.optimizer, device.split(":")[0], None)[1]
+    # the baseline first: no CUDA call before
+    with StepProbe(device, emulate_bytes=emulate_bytes, compiled=compiled) as step_probe:
         result = train(cfg, log=log, on_step=step_probe)
     record = dict(step_probe.record)
     over = step_probe.reader.device.over_cap()

@@ -221,14 +221,9 @@ def _compiled_cpu_reading(pt: Point, trainer, gen) -> None:
     where the storage tracker cannot see them). The tracker's own figure stays as `tracked_dispatch_bytes`, the step
     peak as `alloc_step_peak_bytes`. After the readings and the timing; the same method as
     `experiments/bench_compile.py`."""
-    import torch
+    from vramfit.measure.probe import allocator_peak, training_state_bytes
 
-    from vramfit.measure.probe import allocator_peak, live_tensor_bytes
-
-    opt = trainer.optimizer
-    state = [v for st in opt.state.values() for v in st.values() if isinstance(v, torch.Tensor)]
-    model = trainer.model
-    live = live_tensor_bytes([*model.parameters(), *model.buffers(), *(p.grad for p in model.parameters()), *state])
+    live = training_state_bytes(trainer.model, trainer.optimizer)
     step = allocator_peak(lambda: trainer.step(pt.batch_fn(gen)))
     pt.rec.update(alloc_step_peak_bytes=step, tracked_dispatch_bytes=pt.rec.get("tracked_bytes"),
                   tracked_bytes=live + step)
