@@ -119,8 +119,8 @@ def mark_batch_dynamic(*tensors: torch.Tensor) -> None:
     import torch._dynamo
 
     for t in tensors:
-        if t.dim() and t.size(0) >= 2:
-            torch._dynamo.mark_dynamic(t, 0)
+        if t.dim() and t.size(0) >= 2:  # maybe_: a graph that specialises the batch compiles static, not an error
+            torch._dynamo.maybe_mark_dynamic(t, 0)
 
 
 class Trainer:

@@ -79,7 +79,7 @@ def _spy(trainer: Trainer) -> list:
     seen = []
 
     def forward(x, y):
-        seen.append((getattr(x, "_dynamo_dynamic_indices", None), getattr(y, "_dynamo_dynamic_indices", None)))
+        seen.append((getattr(x, "_dynamo_weak_dynamic_indices", None), getattr(y, "_dynamo_weak_dynamic_indices", None)))
         return trainer.model(x, y)
 
     trainer.forward = forward
@@ -103,10 +103,11 @@ def test_dynamic_batch_without_compile_is_refused():
 
 
 def test_a_batch_of_one_is_not_marked():
-    """Dynamo specialises sizes 0 and 1 whatever is asked (torch/_dynamo/variables/builder.py)."""
+    """Dynamo specialises sizes 0 and 1 whatever is asked (torch/_dynamo/variables/builder.py). The mark is
+    `maybe_mark_dynamic` (`_dynamo_weak_dynamic_indices`): a graph that specialises the batch compiles static."""
     one, two = torch.zeros(1, 3), torch.zeros(2, 3)
     mark_batch_dynamic(one, two)
-    assert getattr(one, "_dynamo_dynamic_indices", None) is None and two._dynamo_dynamic_indices == {0}
+    assert getattr(one, "_dynamo_weak_dynamic_indices", None) is None and two._dynamo_weak_dynamic_indices == {0}
 
 
 @pytest.fixture
@@ -279,3 +280,32 @@ def test_train_measure_of_a_compiled_cpu_run_counts_inductors_buffers(char_corpu
                         optimizer="fused"), target="cpu", headline_only=True).peak_bytes
     assert abs(rec["tracked_bytes"] - est) <= 0.05 * est, (rec["tracked_bytes"], est)
     assert rec["tracked_dispatch_bytes"] < rec["tracked_bytes"]
+
+
+@pytest.mark.slow
+def test_a_compiled_cpu_point_over_the_emulated_card_is_an_oom():
+    """The emulated cap is enforced by the storage tracker, which does not see Inductor's buffers: a compiled point
+    whose true reading (live + the allocator's step peak) exceeds the cap is an oom, not an ok point above it."""
+    from vramfit.measure.worker import run_point
+    from vramfit.recipe import Recipe
+
+    shape = dict(n_layer=2, n_head=4, n_embd=128, block_size=128, vocab_size=4096)
+    spec = {"point": {**shape, "batch_size": 4}, "device": "cpu", "emulate_bytes": 26_000_000,
+            "recipe": Recipe(dtype="bfloat16", compile=True, optimizer="fused").resolved("cpu").to_dict(),
+            "measure": {"min_iters": 3, "max_iters": 4, "window": 2, "threads": 0, "timing_iters": 0}}
+    rec = run_point(spec)
+    assert rec["tracked_dispatch_bytes"] < 26_000_000 < rec["tracked_bytes"]  # the tracker alone would pass it
+    assert rec["status"] == "oom" and "emulated capacity" in rec["error"]
+
+
+def test_a_worker_whose_recipe_does_not_compile_ignores_the_dynamic_batch_it_was_handed():
+    """A sweep decides dynamic_batch once for all its devices; a device where the recipe resolves to eager (compile
+    'auto' on the CPU) trains unmarked instead of failing every point."""
+    from vramfit.measure.worker import run_point
+
+    spec = {"point": {**TINY, "batch_size": 4}, "device": "cpu", "recipe": {"dtype": "float32"},
+            "measure": {"min_iters": 3, "max_iters": 4, "window": 2, "threads": 0, "timing_iters": 0,
+                        "dynamic_batch": True}}
+    rec = run_point(spec)
+    assert rec["status"] == "ok", rec.get("error")
+    assert rec["compile"] is False and "dynamic_batch" not in rec

@@ -79,6 +79,16 @@ class Point:
         if FORK_INFO.get("forked"):
             self.rec["fork_mallopt"] = FORK_INFO.get("malloc_env")
 
+    def settle_dynamic_batch(self) -> None:
+        """Unmark the batch if this device does not compile the recipe (the sweep decides dynamic_batch once for
+        all its devices; compile 'auto' is off on the CPU and below CUDA capability 7.0): nothing to mark there."""
+        from dataclasses import replace
+
+        from gpt.train import resolve_for_device
+
+        if self.cfg.dynamic_batch and not resolve_for_device(self.cfg, self.dev)[1]:
+            self.cfg = replace(self.cfg, dynamic_batch=False)
+
     def batch_fn(self, gen, batch_size: int | None = None):
         from gpt.data import synthetic_batch
 
@@ -113,6 +123,7 @@ def _cpu_reader(pt: Point, gen):
     if pt.threads > 0:
         torch.set_num_threads(pt.threads)
     t0 = time.time()
+    pt.settle_dynamic_batch()
     warm = Trainer(pt.cfg, type(pt.model_config)(**{**pt.model_config.to_dict(), "n_layer": 1}), pt.dev)
     for _ in range(2):
         warm.step(pt.batch_fn(gen, 1))
@@ -138,6 +149,7 @@ def _measure(pt: Point, reader, gen, sync) -> tuple[object, list[float], float |
     pt.dynamo_before = dynamo_mark()
     reader.start()
     try:
+        pt.settle_dynamic_batch()
         trainer = Trainer(pt.cfg, pt.model_config, pt.dev)
         sync()
         t_build = time.time()
@@ -205,6 +217,9 @@ def run_point(spec: dict) -> dict:
             _compiled_cpu_reading(pt, trainer, gen)
         except Exception as exc:  # noqa: BLE001 - the point's reading is incomplete: say so
             pt.rec.update(status="error", error=f"compiled CPU reading: {_first_line(exc)}")
+        if pt.emulate and pt.rec.get("tracked_bytes", 0) > int(pt.emulate):  # the tracker's cap missed Inductor's
+            pt.rec.update(status="oom", error=f"compiled step: {pt.rec['tracked_bytes']} bytes live exceed the "
+                                              f"emulated capacity of {int(pt.emulate)} bytes")
     if pt.rec.get("compile"):
         pt.rec.update(compile_record(), dynamic_batch=pt.cfg.dynamic_batch, **batch_record(pt.dynamo_before))
     now = time.time()
