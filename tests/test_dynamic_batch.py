@@ -309,3 +309,23 @@ def test_a_worker_whose_recipe_does_not_compile_ignores_the_dynamic_batch_it_was
     rec = run_point(spec)
     assert rec["status"] == "ok", rec.get("error")
     assert rec["compile"] is False and "dynamic_batch" not in rec
+
+
+def test_a_sweep_in_the_other_batch_mode_than_the_stored_points_is_refused_and_writes_nothing(tmp_path):
+    """Stored compiled points measured with a static batch: a sweep with --dynamic-batch on the same device and
+    recipe would skip them as measured (a resume) or mix the two kinds in one fit; it is refused, the database
+    byte for byte as it was. The same mode resumes."""
+    import hashlib
+
+    db = tmp_path / "db.sqlite"
+    worker = [sys.executable, "-c", ECHO_WORKER]
+    run_sweep(_grid(True, dynamic_batch=False), db, device="cpu", log=lambda line: None, worker_cmd=worker,
+              live=False)
+    digest = hashlib.sha256(db.read_bytes()).hexdigest()
+    with pytest.raises(VramfitError, match="static batch dimension: rerun with --static-batch"):
+        run_sweep(_grid(True, dynamic_batch=True), db, device="cpu", log=lambda line: None, worker_cmd=worker,
+                  live=False)
+    assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
+    res = run_sweep(_grid(True, dynamic_batch=False), db, device="cpu", log=lambda line: None, worker_cmd=worker,
+                    live=False)
+    assert res.resumed == 2

@@ -46,7 +46,14 @@ from vramfit.sweep.grid import Grid
 from vramfit.sweep.orphans import wait_for_orphans
 from vramfit.sweep.pool import WorkerPool, point_spec, worker_env
 from vramfit.sweep.progress import point_label, reading_label
-from vramfit.sweep.runner import SweepResult, capacity_bytes, identity_points, recorded, single_device
+from vramfit.sweep.runner import (
+    SweepResult,
+    capacity_bytes,
+    check_batch_mode,
+    identity_points,
+    recorded,
+    single_device,
+)
 from vramfit.units import format_size
 
 PLANS = ("grid", "adaptive")
@@ -334,6 +341,11 @@ def run_adaptive(grid: Grid, db: str | Path, settings: PlanSettings, device: str
     wait_for_orphans(db)
     store = Store(db)
     env_id = store.environment(d.to_dict(), recipe, emulate_bytes)
+    try:
+        check_batch_mode(store, [env_id], bool(grid.measure.dynamic_batch))
+    except VramfitError:
+        store.close()
+        raise
     candidates, n_invalid = grid.points()
     capacity = capacity_bytes(d, emulate_bytes)
     col = target_column(d.device_type)

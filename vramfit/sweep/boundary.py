@@ -22,7 +22,7 @@ from vramfit.sweep.grid import Grid
 from vramfit.sweep.orphans import wait_for_orphans
 from vramfit.sweep.pool import WorkerPool, point_spec, worker_env
 from vramfit.sweep.progress import point_label, reading_label
-from vramfit.sweep.runner import capacity_bytes, identity_points, recorded, single_device
+from vramfit.sweep.runner import capacity_bytes, check_batch_mode, identity_points, recorded, single_device
 from vramfit.units import format_size
 
 
@@ -129,6 +129,11 @@ def run_boundary(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: 
     wait_for_orphans(db)
     store = Store(db)
     env_id = store.environment(d.to_dict(), recipe, emulate_bytes)
+    try:
+        check_batch_mode(store, [env_id], bool(grid.measure.dynamic_batch))
+    except VramfitError:
+        store.close()
+        raise
     pts, n_invalid = grid.points()
     batches = sorted({p["batch_size"] for p in pts})
     lo, hi = (batches[0], batches[-1]) if len(batches) > 1 else (1, batches[0])

@@ -107,6 +107,11 @@ def run_sweep(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: lis
         ex.bind(str(db))
     store = Store(db)
     env_ids = [store.environment(d.to_dict(), r, emulate_bytes) for d, r in zip(devs, recipes, strict=True)]
+    try:
+        check_batch_mode(store, env_ids, bool(grid.measure.dynamic_batch))
+    except VramfitError:
+        store.close()
+        raise
     jobs, total, resumed = _jobs(grid, store, devs, recipes, env_ids, emulate_bytes, redo)
     n_invalid = grid.points()[1]
     names = [f"{d.device_type}:{d.index}" if d.index is not None else d.device_type for d in devs]
@@ -182,6 +187,24 @@ def identity_points(store: Store, env_id: int) -> pd.DataFrame:
     same = (df["device_key"] == dkey) & (df["torch_version"].fillna("") == (tv or ""))
     same &= df["emulate_bytes"].isna() if emu is None else (df["emulate_bytes"] == emu)
     return df[same].reset_index(drop=True)
+
+
+def check_batch_mode(store: Store, env_ids: list[int], dynamic: bool) -> None:
+    """Refuse to add points measured with a dynamic (or static) batch dimension beside compiled points of the same
+    device and recipe measured the other way: their readings may differ (on the CPU their RSS does), so one fit
+    must not mix them, and a resume would otherwise skip the stored points as if they were measured as asked."""
+    for env_id in dict.fromkeys(env_ids):
+        df = identity_points(store, env_id)
+        if df.empty:
+            continue
+        stored = {bool(e["dynamic_batch"]) for e in store.point_extras([int(i) for i in df["point_id"]]).values()
+                  if e.get("dynamic_batch") is not None}
+        other = stored - {bool(dynamic)}
+        if other:
+            was = "dynamic" if other.pop() else "static"
+            raise VramfitError(f"this database holds compiled points of this device and recipe measured with a "
+                               f"{was} batch dimension: rerun with --{was}-batch to resume or extend them, or use "
+                               "another --db")
 
 
 def single_device(device: str, gpu_indices: list[int] | None, what: str) -> DeviceFacts:
