@@ -329,3 +329,33 @@ def test_a_sweep_in_the_other_batch_mode_than_the_stored_points_is_refused_and_w
     res = run_sweep(_grid(True, dynamic_batch=False), db, device="cpu", log=lambda line: None, worker_cmd=worker,
                     live=False)
     assert res.resumed == 2
+
+
+def test_train_measure_profiles_a_step_with_nothing_else_in_its_window():
+    """After the readings settle, a compiled CPU trainer's next step runs under the CPU allocator's profiler, but
+    not a step whose iteration is followed by an evaluation and a checkpoint (`gpt.train`: every eval_interval and
+    the last iteration) nor past the last one: those wait for a clean iteration, or the record says none was left."""
+    import types
+
+    from vramfit.measure.train_measure import StepProbe
+
+    model = torch.nn.Linear(4, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    trainer = types.SimpleNamespace(model=model, optimizer=opt,
+                                    cfg=types.SimpleNamespace(max_iters=10, eval_interval=5))
+    with StepProbe("cpu", compiled=True) as probe:
+        probe._stop()
+        probe._pending = True
+        for it in (5, 10):  # an eval follows 5; 10 is the last
+            trainer.iter_num = it
+            probe(trainer)
+            assert probe._window is None
+        trainer.iter_num = 6
+        probe(trainer)  # opens the window over step 7
+        assert probe._window is not None
+        torch.ones(1000)  # "step 7": 4000 bytes allocated and freed
+        trainer.iter_num = 7
+        probe(trainer)  # closes it
+        rec = probe.record
+        assert probe._window is None and rec["compiled_reading"] == "allocator"
+        assert rec["alloc_step_peak_bytes"] >= 4000 and rec["tracked_bytes"] == rec["alloc_step_peak_bytes"] + 4 * 20

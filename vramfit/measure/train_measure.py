@@ -54,6 +54,7 @@ class StepProbe:
         self.reader = MemoryReader(dev_reader, window, tolerance, min_iters=3)
         self.done = False
         self._window: AllocatorPeak | None = None  # the profiled step of a compiled CPU trainer
+        self._pending = False  # a compiled CPU trainer's readings are stable: profile the next clean step
         self._live = 0
 
     @property
@@ -84,9 +85,12 @@ class StepProbe:
             step, self._window = self._window.stop(), None
             rec = self.reader.record
             rec.update(alloc_step_peak_bytes=step, tracked_dispatch_bytes=rec.get("tracked_bytes"),
-                       tracked_bytes=self._live + step)
+                       tracked_bytes=self._live + step, compiled_reading="allocator")
+            self._pending = False
             return
         if self.done:
+            if self._pending:
+                self._open_window(trainer)
             return
         rec = self.reader.record
         if "n_layer" not in rec:  # the shape actually trained (a resumed checkpoint's, the corpus vocab)
@@ -100,9 +104,19 @@ class StepProbe:
         if self.reader.after_step(reads) or reads >= self.max_reads:
             self._stop()
             if self.compiled_cpu:
-                self._live = training_state_bytes(trainer.model, trainer.optimizer)
-                self._window = AllocatorPeak()
-                self._window.start()
+                self._pending = True
+                self.reader.record["compiled_reading"] = "dispatcher only: no step left to profile"
+                self._open_window(trainer)
+
+    def _open_window(self, trainer: Trainer) -> None:
+        """Profile the next step if nothing but that step runs before the next call: not after an iteration that
+        evaluates and checkpoints (`gpt.train`: every eval_interval and the last), nor after the last one."""
+        it, cfg = trainer.iter_num, trainer.cfg
+        if it >= cfg.max_iters or (cfg.eval_interval and it % cfg.eval_interval == 0):
+            return
+        self._live = training_state_bytes(trainer.model, trainer.optimizer)
+        self._window = AllocatorPeak()
+        self._window.start()
 
 
 def train_and_measure(cfg: TrainConfig, log: Callable[[str], None] = print,
@@ -115,11 +129,17 @@ def train_and_measure(cfg: TrainConfig, log: Callable[[str], None] = print,
     with StepProbe(device, emulate_bytes=emulate_bytes, compiled=compiled) as step_probe:
         result = train(cfg, log=log, on_step=step_probe)
     record = dict(step_probe.record)
+    if record.get("compiled_reading", "allocator") != "allocator":
+        log("warning: the compiled step's own buffers are not in this reading (no training step was left to profile "
+            "once memory was stable: raise --max-iters)")
     over = step_probe.reader.device.over_cap()
     record.update(status="oom" if over else "ok", ms_per_iter=result.ms_per_iter, tokens_per_s=result.tokens_per_s,
                   pid=os.getpid(), max_iters=cfg.max_iters)
     if over:
         record["error"] = over
+    elif emulate_bytes and record.get("compiled_reading") == "allocator" and record["tracked_bytes"] > emulate_bytes:
+        record.update(status="oom", error=f"compiled step: {record['tracked_bytes']} bytes live exceed the emulated "
+                                          f"capacity of {int(emulate_bytes)} bytes")
     if emulate_bytes:
         record["emulate_bytes"] = int(emulate_bytes)
     record.update(curve_fields(cfg, result, record))
