@@ -79,7 +79,8 @@ def _spy(trainer: Trainer) -> list:
     seen = []
 
     def forward(x, y):
-        seen.append((getattr(x, "_dynamo_weak_dynamic_indices", None), getattr(y, "_dynamo_weak_dynamic_indices", None)))
+        key = "_dynamo_weak_dynamic_indices"
+        seen.append((getattr(x, key, None), getattr(y, key, None)))
         return trainer.model(x, y)
 
     trainer.forward = forward

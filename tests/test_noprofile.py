@@ -147,6 +147,10 @@ def test_jobs_that_share_traced_graphs_are_one_group():
                   Job((2, 4, 256, 256, 8, 512), rec, "cuda", (8, 0)), Job((2, 4, 256, 256, 8, 8192), rec, "cuda",
                   (9, 0)), Job((2, 4, 256, 256, 8, 8192), (), "cuda", (8, 0))):
         assert other.graphs() != base.graphs(), other
+    eager = tuple(sorted(Recipe(dtype="bfloat16", optimizer="fused", compile=False).to_dict().items()))
+    a, b = Job((2, 4, 256, 256, 8, 8192), eager, "cuda", (8, 0)), Job((6, 4, 256, 256, 3, 8192), eager, "cuda", (8, 0))
+    assert not a.compiles() and a.graphs() != b.graphs()  # nothing traced: no reason to run them in one worker
+    assert base.compiles() and not Job(base.shape, rec, "cuda", (6, 1)).compiles()  # compile is off below sm70
 
 
 @pytest.mark.slow
@@ -227,6 +231,9 @@ def test_groups_go_back_to_the_worker_that_traced_their_graphs():
     assert again["c"] == first["c"]  # c's graphs are in that worker, however big the group is now
     assert again["d"] != again["c"]  # a new group goes where the load is least
     assert home == {**first, **again}
+    home = {"x": 0, "y": 0}
+    moved = assign({"x": 10, "y": 10}, 2, home)
+    assert moved == {"x": 0, "y": 1}  # y's home is busy with x: retracing on the idle worker beats waiting
 
 
 def test_fitting_batch_lands_on_the_largest_batch_the_line_allows():
@@ -244,3 +251,5 @@ def test_fitting_batch_lands_on_the_largest_batch_the_line_allows():
     assert fitting_batch(2, need(2) + budget, budget, None) == 1  # never below 1
     assert fitting_batch(10, budget + 1, budget, 1e12) == 9  # at least one smaller
     assert secant((8, 100), (8, 100)) is None and secant((8, 100), (4, 120)) is None
+    # a nearly flat line between two estimates (the allocator's 2 MiB rounding) would cut 48 down to 1: proportional
+    assert fitting_batch(48, budget + 2**20, budget, 1.0) == int(48 * budget / (budget + 2**20))

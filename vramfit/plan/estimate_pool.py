@@ -31,9 +31,24 @@ class Job:
 
     def graphs(self) -> tuple:
         """The jobs that share the compiled-step emulation's traced graphs (`vramfit.dryrun.compiled`: any depth,
-        any batch size but 1, which is traced on its own): run in one worker, they are traced once."""
+        any batch size but 1, which is traced on its own): run in one worker, they are traced once. An eager
+        recipe traces nothing: each job is its own group."""
         _, H, C, T, B, V = self.shape
+        if not self.compiles():
+            return self.shape, self.recipe, self.target, self.capability
         return H, C, T, V, B if B < 2 else 0, self.recipe, self.target, self.capability
+
+    def compiles(self) -> bool:
+        """Whether the recipe compiles on the target (`gpt.config.resolve_recipe`; a refused recipe: no)."""
+        from gpt.config import resolve_recipe
+        from gpt.errors import ConfigError
+
+        r = dict(self.recipe)
+        try:
+            return resolve_recipe(r.get("dtype", "auto"), r.get("compile"), r.get("optimizer", "auto"), self.target,
+                                  self.capability)[1]
+        except ConfigError:
+            return False
 
 
 def _warm() -> None:
@@ -72,12 +87,14 @@ def default_workers() -> int:
 
 
 def assign(groups: dict[tuple, int], workers: int, home: dict[tuple, int]) -> dict[tuple, int]:
-    """Worker of each group of jobs ({graphs key: cost}): the worker that traced its graphs before (`home`), else
-    the least loaded one, biggest groups first. `home` learns the new assignments."""
+    """Worker of each group of jobs ({graphs key: cost}), biggest groups first: the worker that traced its graphs
+    before (`home`) unless that worker already has more than twice the least loaded one's work in this call (then
+    tracing again elsewhere is cheaper than waiting), else the least loaded one. `home` learns the assignments."""
     load = [0] * workers
     out: dict[tuple, int] = {}
-    for key in sorted(groups, key=lambda k: (k not in home, -groups[k])):
-        w = home[key] if key in home else min(range(workers), key=lambda i: load[i])
+    for key in sorted(groups, key=lambda k: -groups[k]):
+        least = min(range(workers), key=lambda i: load[i])
+        w = home[key] if key in home and load[home[key]] <= 2 * load[least] else least
         out[key] = home[key] = w
         load[w] += groups[key]
     return out

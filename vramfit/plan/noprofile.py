@@ -170,8 +170,13 @@ def secant(a: tuple[int, int], b: tuple[int, int]) -> float | None:
 
 def fitting_batch(batch: int, need: int, budget: int, slope: float | None) -> int:
     """The largest batch below `batch` expected to fit `budget` when `batch` needs `need` bytes: along `slope`
-    bytes per sample, or (no slope) in proportion, which overshoots by the batch-independent bytes."""
-    b = batch - math.ceil((need - budget) / slope) if slope and slope > 0 else int(batch * budget / need)
+    bytes per sample, or (no slope) in proportion, which overshoots by the batch-independent bytes. A slope that
+    would cut more than half the batch (a flat stretch of the allocator's rounding between two estimates) is not
+    trusted: the proportional step is taken instead."""
+    b = int(batch * budget / need)
+    if slope and slope > 0:
+        along = batch - math.ceil((need - budget) / slope)
+        b = along if batch - along <= batch / 2 else b
     return max(1, min(batch - 1, b))
 
 
