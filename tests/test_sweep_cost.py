@@ -76,3 +76,11 @@ def test_the_sweep_says_its_points_and_time_before_it_starts_and_adaptive_what_i
     assert r.returncode == 0, r.stderr[-2000:]
     assert "at most 1 points, estimated " in r.stdout and "this device's profile" in r.stdout
     assert "measured 1 of 8 grid points in " in r.stdout and "the full grid would take ~" in r.stdout
+
+
+def test_a_compiled_sweep_without_a_profile_says_its_compilation_is_not_counted():
+    """The bench figures are eager points: a compiled recipe's estimate says what it leaves out, same seconds."""
+    pts = [{"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64, "batch_size": b, "vocab_size": 65}
+           for b in (2, 4, 8)]
+    eager, comp = estimate_cost(pts, None, "fork"), estimate_cost(pts, None, "fork", compiled=True)
+    assert comp.seconds == eager.seconds and "torch.compile" in comp.line() and "torch.compile" not in eager.line()

@@ -376,7 +376,8 @@ def run_adaptive(grid: Grid, db: str | Path, settings: PlanSettings, device: str
         say(batch_line)
     left = [p for p in candidates if point_key(p) not in {point_key(r) for _, r in measured.iterrows()}]
     if settings.points > resumed and left:
-        say("at most " + estimate_cost(left[: settings.points - resumed], allp, mode).line())
+        say("at most " + estimate_cost(left[: settings.points - resumed], allp, mode,
+                                       compiled=bool(recipe.compile)).line())
     env = worker_env(d, recipe, grid.measure)
     tried = measured
     t_start = time.time()

@@ -89,9 +89,11 @@ def profile_costs(profile: pd.DataFrame | None, mode: str) -> tuple[float, float
     return startup, float(np.median(over)), float(np.median(steps))
 
 
-def estimate_cost(points: list[dict], profile: pd.DataFrame | None, mode: str, parallel: int = 1) -> CostEstimate:
+def estimate_cost(points: list[dict], profile: pd.DataFrame | None, mode: str, parallel: int = 1,
+                  compiled: bool = False) -> CostEstimate:
     """Wall time of measuring `points` in worker `mode` on `parallel` interchangeable devices (see the module
-    docstring for the two sources)."""
+    docstring for the two sources). `compiled`: the recipe compiles; a profile's overhead then includes each
+    point's compilation, the bench figures (eager) do not, and the estimate says so."""
     n = len(points)
     par = max(1, parallel)
     measured = profile_costs(profile, mode)
@@ -103,8 +105,10 @@ def estimate_cost(points: list[dict], profile: pd.DataFrame | None, mode: str, p
         model = report.model if report is not None else None
     if measured is None or model is None or not n:
         secs = (BENCH_STARTUP_S[mode] if n else 0.0) + n * (BENCH_OVERHEAD_S[mode] + BENCH_STEPS_S) / par
+        extra = (" plus each point's torch.compile, not in these eager figures (tens of seconds a point on a GPU "
+                 "for GPT-2 small; less where the sweep's shared compile cache hits)") if compiled else ""
         return CostEstimate(n, secs, BENCH_OVERHEAD_S[mode], f"no profile of this device yet: bench figures of the "
-                            f"quick grid on 2 CPU cores, {BENCH_OVERHEAD_S[mode] + BENCH_STEPS_S:.1f} s/point")
+                            f"quick grid on 2 CPU cores, {BENCH_OVERHEAD_S[mode] + BENCH_STEPS_S:.1f} s/point{extra}")
     from vramfit.fit.throughput import predict_ms
 
     startup, overhead, steps = measured

@@ -71,8 +71,8 @@ def _jobs(grid: Grid, store: Store, devs: list[DeviceFacts], recipes: list[Recip
     return jobs, total, resumed
 
 
-def sweep_cost(jobs: list[Job], devs: list[DeviceFacts], env_ids: list[int], store: Store, mode: str
-               ) -> CostEstimate:
+def sweep_cost(jobs: list[Job], devs: list[DeviceFacts], env_ids: list[int], store: Store, mode: str,
+               compiled: list[bool] | None = None) -> CostEstimate:
     """The sweep's estimated wall time: each device group's points over its devices, the slowest group."""
     members: dict[str, list[int]] = {}
     for i, d in enumerate(devs):
@@ -82,7 +82,8 @@ def sweep_cost(jobs: list[Job], devs: list[DeviceFacts], env_ids: list[int], sto
         pts = [j.point for j in jobs if j.group == key]
         if not pts:
             continue
-        est = estimate_cost(pts, identity_points(store, env_ids[idx[0]]), mode, len(idx))
+        est = estimate_cost(pts, identity_points(store, env_ids[idx[0]]), mode, len(idx),
+                            bool(compiled and compiled[idx[0]]))
         if est.seconds >= worst.seconds:
             worst = est
     return CostEstimate(len(jobs), worst.seconds, worst.overhead_s, worst.source)
@@ -130,7 +131,7 @@ def run_sweep(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: lis
         if batch_line:
             log(batch_line)
         if total:
-            log(sweep_cost(jobs, devs, env_ids, store, ex.worker_mode).line())
+            log(sweep_cost(jobs, devs, env_ids, store, ex.worker_mode, [bool(r.compile) for r in recipes]).line())
     bar = Progress(total, quiet=quiet, live=live)
 
     @contextlib.contextmanager
