@@ -65,7 +65,7 @@ class Point:
         self.cuda = spec.get("device", "cpu").startswith("cuda")
         self.dev = "cuda:0" if self.cuda else "cpu"
         self.emulate = spec.get("emulate_bytes")
-        self.dynamo_before: tuple[set[int], int] | None = None  # Dynamo's state before the measured trainer
+        self.dynamo_before: tuple[int, int] | None = None  # Dynamo's state before the measured trainer
         recipe = Recipe.from_dict(spec.get("recipe", {}))
         self.cfg = recipe.apply(make_config({**self.shape, "device": "cuda" if self.cuda else "cpu",
                                              "dynamic_batch": bool(m.get("dynamic_batch"))}))
@@ -244,27 +244,28 @@ def _compiled_cpu_reading(pt: Point, trainer, gen) -> None:
                   tracked_bytes=live + step)
 
 
-def dynamo_mark() -> tuple[set[int], int]:
-    """What Dynamo has compiled so far in this process (its compilation records and graph count), to tell what the
-    measured trainer compiled (`batch_record`)."""
+def dynamo_mark() -> tuple[int, int]:
+    """When, and after how many graphs, the measured trainer starts (µs since the epoch, Dynamo's graph count): what
+    it compiles is what Dynamo records after that (`batch_record`)."""
     from torch._dynamo import utils
 
-    return {id(m) for m in utils._compilation_metrics}, int(utils.counters["stats"].get("unique_graphs", 0))
+    return time.time_ns() // 1000, int(utils.counters["stats"].get("unique_graphs", 0))
 
 
-def batch_record(before: tuple[set[int], int] | None) -> dict:
+def batch_record(before: tuple[int, int] | None) -> dict:
     """What Dynamo compiled for the measured trainer since `before`: `dynamo_graphs` (graphs compiled; more than
     one means it recompiled) and `batch_symbolic` (whether those graphs' tensors have a symbolic size, i.e. the
-    batch dimension was compiled dynamic; None where this torch does not record graph shapes)."""
+    batch dimension was compiled dynamic; None where this torch does not record graph shapes or start times).
+    Dynamo's compilation records (a bounded deque) are told apart by their start time, not their identity."""
     import ast
 
     from torch._dynamo import utils
 
-    seen, graphs = before or (set(), 0)
+    since, graphs = before or (0, 0)
     symbolic = None
     for m in list(utils._compilation_metrics):
         shapes = getattr(m, "graph_node_shapes", None)
-        if id(m) in seen or not shapes:
+        if (getattr(m, "start_time_us", None) or 0) < since or not shapes:
             continue
         try:
             sizes = ast.literal_eval(shapes)  # {node: [int | 's0', ...]} as Dynamo's get_graph_sizes_structured
