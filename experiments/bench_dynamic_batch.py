@@ -40,7 +40,7 @@ from vramfit.sweep.pool import CACHE_ENV  # noqa: E402
 from vramfit.sweep.progress import point_label  # noqa: E402
 from vramfit.sweep.runner import run_sweep  # noqa: E402
 
-READING = {"cpu": ("tracked_bytes", "rss_bytes", "alloc_step_peak_bytes"),
+READING = {"cpu": ("tracked_bytes", "tracked_dispatch_bytes", "rss_bytes", "alloc_step_peak_bytes"),
            "cuda": ("nvml_bytes", "reserved_bytes", "allocated_bytes")}
 ARMS = {"static-off": (False, False), "dynamic-off": (True, False), "static-shared": (False, True),
         "dynamic-shared": (True, True)}  # name -> (dynamic batch, shared cache)
