@@ -24,9 +24,9 @@ from vramfit.sweep.grid import Grid, Measure
 # device type -> the benchmark that found a compiled point's readings the same with a dynamic batch dimension as
 # with a static one. Absent: not shown equal, so not the default there.
 # - cpu: absent. experiments/bench_dynamic_batch.py (results/bench/dynamic-batch-cpu.md), L1 H2 C64 T64 V256
-#   compiled at batch 4, 8, 12: the tracked bytes and the CPU allocator's peak of a steady step (Inductor's
-#   buffers included) were byte-identical static and dynamic, but the process's RSS was 4.3-5.1 MB (46-107 %)
-#   higher with the dynamic graph, in two runs: beyond the RSS tolerance, so the readings differ.
+#   compiled at batch 4, 8, 12: the tracked bytes (Inductor's buffers included) and the CPU allocator's peak of a
+#   steady step were byte-identical static and dynamic, but the process's RSS was 3.9-5.7 MB (42-131 %) higher
+#   with the dynamic graph, in three runs: beyond the RSS tolerance, so the readings differ.
 # - cuda: absent. Not measured yet: experiments/gpu_validate.sh, stage dynamic-batch, compares NVML, reserved and
 #   allocated bytes of the same shapes static and dynamic on a lent GPU.
 VERIFIED: dict[str, str] = {}
