@@ -90,12 +90,17 @@ def db_cases(db, tmp_path):
     ]
 
 
-def test_failing_commands_leave_the_database_byte_identical(capsys, db, tmp_path):
+def assert_each_fails_leaving_the_db(capsys, db, cases) -> None:
+    """Every case exits 2 with one error line naming its needle, and the database stays byte for byte."""
     before = sha(db)
-    for args, needle in db_cases(db, tmp_path):
+    for args, needle in cases:
         rc, _, err = run(capsys, *args)
         assert_one_error(rc, err, needle)
         assert sha(db) == before, args
+
+
+def test_failing_commands_leave_the_database_byte_identical(capsys, db, tmp_path):
+    assert_each_fails_leaving_the_db(capsys, db, db_cases(db, tmp_path))
     assert not db.with_name(db.name + "-wal").exists() and not db.with_name(db.name + "-shm").exists()
 
 
@@ -167,11 +172,7 @@ def file_cases(tmp_path, db) -> list[tuple[list, str]]:
 
 
 def test_bad_files_and_paths_fail_first_with_one_line(capsys, db, tmp_path):
-    before = sha(db)
-    for args, needle in file_cases(tmp_path, db):
-        rc, _, err = run(capsys, *args)
-        assert_one_error(rc, err, needle)
-    assert sha(db) == before
+    assert_each_fails_leaving_the_db(capsys, db, file_cases(tmp_path, db))
     assert not (tmp_path / "g.sqlite").exists()  # refused before the database was created
 
 

@@ -104,6 +104,23 @@ def allocator_fraction(emulate_bytes: int, non_allocator_bytes: int, total_bytes
     return min(1.0, allowed / total_bytes)
 
 
+def add_compiled_step(record: dict, live: int, step: int) -> None:
+    """A compiled CPU reading made whole: `tracked_bytes` = the live tensor bytes between steps + the CPU allocator's
+    peak of one steady step above them (`probe.AllocatorPeak`: Inductor's buffers and the compiled backward's
+    gradients, which the storage tracker cannot see); the tracker's own figure stays as `tracked_dispatch_bytes`,
+    the step peak as `alloc_step_peak_bytes`."""
+    record.update(alloc_step_peak_bytes=step, tracked_dispatch_bytes=record.get("tracked_bytes"),
+                  tracked_bytes=live + step)
+
+
+def over_emulated_card(tracked: int, emulate_bytes: int | None) -> str | None:
+    """The error of a compiled CPU reading above an emulated card (the tracker's cap, which raised for eager steps,
+    could not see Inductor's buffers), else None."""
+    if emulate_bytes and tracked > int(emulate_bytes):
+        return f"compiled step: {tracked} bytes live exceed the emulated capacity of {int(emulate_bytes)} bytes"
+    return None
+
+
 class CudaReader:
     """Readings of one CUDA device for one process (see the module docstring). `cuda`: torch.cuda or a stand-in."""
 

@@ -217,9 +217,12 @@ def run_point(spec: dict) -> dict:
             _compiled_cpu_reading(pt, trainer, gen)
         except Exception as exc:  # noqa: BLE001 - the point's reading is incomplete: say so
             pt.rec.update(status="error", error=f"compiled CPU reading: {_first_line(exc)}")
-        if pt.emulate and pt.rec.get("tracked_bytes", 0) > int(pt.emulate):  # the tracker's cap missed Inductor's
-            pt.rec.update(status="oom", error=f"compiled step: {pt.rec['tracked_bytes']} bytes live exceed the "
-                                              f"emulated capacity of {int(pt.emulate)} bytes")
+        else:
+            from vramfit.measure.reader import over_emulated_card
+
+            over = over_emulated_card(pt.rec["tracked_bytes"], pt.emulate)
+            if over:
+                pt.rec.update(status="oom", error=over)
     if pt.rec.get("compile"):
         pt.rec.update(compile_record(), dynamic_batch=pt.cfg.dynamic_batch, **batch_record(pt.dynamo_before))
     now = time.time()
@@ -230,18 +233,13 @@ def run_point(spec: dict) -> dict:
 
 
 def _compiled_cpu_reading(pt: Point, trainer, gen) -> None:
-    """A compiled CPU point's `tracked_bytes`: the live tensor bytes between steps (parameters, buffers, optimizer
-    state) + the CPU allocator's peak over one more step above them (`probe.allocator_peak`: its profiler events
-    count Inductor's buffers and the gradients the compiled backward returns, all allocated outside the dispatcher
-    where the storage tracker cannot see them). The tracker's own figure stays as `tracked_dispatch_bytes`, the step
-    peak as `alloc_step_peak_bytes`. After the readings and the timing; the same method as
-    `experiments/bench_compile.py`."""
+    """A compiled CPU point's `tracked_bytes` (`reader.add_compiled_step`), from one more step after the readings
+    and the timing; the same method as `experiments/bench_compile.py`."""
     from vramfit.measure.probe import allocator_peak, training_state_bytes
+    from vramfit.measure.reader import add_compiled_step
 
     live = training_state_bytes(trainer.model, trainer.optimizer)
-    step = allocator_peak(lambda: trainer.step(pt.batch_fn(gen)))
-    pt.rec.update(alloc_step_peak_bytes=step, tracked_dispatch_bytes=pt.rec.get("tracked_bytes"),
-                  tracked_bytes=live + step)
+    add_compiled_step(pt.rec, live, allocator_peak(lambda: trainer.step(pt.batch_fn(gen))))
 
 
 def dynamo_mark() -> tuple[int, int]:

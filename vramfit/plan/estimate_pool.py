@@ -138,11 +138,11 @@ class EstimatorPool:
         groups: dict[tuple, list[int]] = {}
         for i, job in enumerate(jobs):
             groups.setdefault(job.graphs(), []).append(i)
-        where = assign({k: sum(jobs[i].cost() for i in ix) for k, ix in groups.items()}, self.workers, self._home)
+        costs = {k: sum(jobs[i].cost() for i in ix) for k, ix in groups.items()}
+        where = assign(costs, self.workers, self._home)
         out: list[int] = [0] * len(jobs)
         try:
-            # big first within a worker (the last to finish is small)
-            order = sorted(groups, key=lambda k: -sum(jobs[i].cost() for i in groups[k]))
+            order = sorted(groups, key=lambda k: -costs[k])  # big first within a worker: the last to finish is small
             futures = [(groups[k], self._pool(where[k]).submit(run_jobs, [jobs[i] for i in groups[k]]))
                        for k in order]
             for ix, fut in futures:

@@ -163,9 +163,8 @@ def calibrated_model(shapes: list[tuple], device_bytes: list[int]):
 def secant(a: tuple[int, int], b: tuple[int, int]) -> float | None:
     """Bytes per sample along the line through two (batch, bytes) estimates; None if it does not rise."""
     (b0, n0), (b1, n1) = a, b
-    if b0 == b1 or (n0 - n1) / (b0 - b1) <= 0:
-        return None
-    return (n0 - n1) / (b0 - b1)
+    slope = (n0 - n1) / (b0 - b1) if b0 != b1 else 0.0
+    return slope if slope > 0 else None
 
 
 def fitting_batch(batch: int, need: int, budget: int, slope: float | None) -> int:

@@ -341,11 +341,7 @@ def run_adaptive(grid: Grid, db: str | Path, settings: PlanSettings, device: str
     wait_for_orphans(db)
     store = Store(db)
     env_id = store.environment(d.to_dict(), recipe, emulate_bytes)
-    try:
-        check_batch_mode(store, [env_id], bool(grid.measure.dynamic_batch))
-    except VramfitError:
-        store.close()
-        raise
+    check_batch_mode(store, [env_id], bool(grid.measure.dynamic_batch))
     candidates, n_invalid = grid.points()
     capacity = capacity_bytes(d, emulate_bytes)
     col = target_column(d.device_type)

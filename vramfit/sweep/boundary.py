@@ -129,11 +129,7 @@ def run_boundary(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: 
     wait_for_orphans(db)
     store = Store(db)
     env_id = store.environment(d.to_dict(), recipe, emulate_bytes)
-    try:
-        check_batch_mode(store, [env_id], bool(grid.measure.dynamic_batch))
-    except VramfitError:
-        store.close()
-        raise
+    check_batch_mode(store, [env_id], bool(grid.measure.dynamic_batch))
     pts, n_invalid = grid.points()
     batches = sorted({p["batch_size"] for p in pts})
     lo, hi = (batches[0], batches[-1]) if len(batches) > 1 else (1, batches[0])

@@ -108,11 +108,7 @@ def run_sweep(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: lis
         ex.bind(str(db))
     store = Store(db)
     env_ids = [store.environment(d.to_dict(), r, emulate_bytes) for d, r in zip(devs, recipes, strict=True)]
-    try:
-        check_batch_mode(store, env_ids, bool(grid.measure.dynamic_batch))
-    except VramfitError:
-        store.close()
-        raise
+    check_batch_mode(store, env_ids, bool(grid.measure.dynamic_batch))
     jobs, total, resumed = _jobs(grid, store, devs, recipes, env_ids, emulate_bytes, redo)
     n_invalid = grid.points()[1]
     names = [f"{d.device_type}:{d.index}" if d.index is not None else d.device_type for d in devs]
@@ -193,7 +189,8 @@ def identity_points(store: Store, env_id: int) -> pd.DataFrame:
 def check_batch_mode(store: Store, env_ids: list[int], dynamic: bool) -> None:
     """Refuse to add points measured with a dynamic (or static) batch dimension beside compiled points of the same
     device and recipe measured the other way: their readings may differ (on the CPU their RSS does), so one fit
-    must not mix them, and a resume would otherwise skip the stored points as if they were measured as asked."""
+    must not mix them, and a resume would otherwise skip the stored points as if they were measured as asked.
+    The sweep ends there: `store` is closed before the error is raised."""
     for env_id in dict.fromkeys(env_ids):
         df = identity_points(store, env_id)
         if df.empty:
@@ -203,6 +200,7 @@ def check_batch_mode(store: Store, env_ids: list[int], dynamic: bool) -> None:
         other = stored - {bool(dynamic)}
         if other:
             was = "dynamic" if other.pop() else "static"
+            store.close()
             raise VramfitError(f"this database holds compiled points of this device and recipe measured with a "
                                f"{was} batch dimension: rerun with --{was}-batch to resume or extend them, or use "
                                "another --db")
