@@ -11,7 +11,7 @@ from gpt.config import GPTConfig
 from gpt.data import Tokenizer
 from gpt.errors import DataError
 from gpt.meta import find_meta_pkl, load_meta, meta_from_pkl, read_meta_pkl
-from gpt.model import GPT
+from gpt.model import build_model
 from gpt.train import load_checkpoint, load_weights, resolve_device
 
 
@@ -39,7 +39,7 @@ class Sampler:
                  data_dir: str | Path | None = None) -> None:
         self.device = resolve_device(device)
         ckpt = load_checkpoint(ckpt_path, map_location=self.device)
-        self.model = GPT(GPTConfig.from_dict(ckpt["model_args"]))
+        self.model = build_model(GPTConfig.from_dict(ckpt["model_args"]))
         load_weights(self.model, ckpt["model"])
         self.model.to(self.device).eval()
         self.tokenizer = Tokenizer(checkpoint_meta(ckpt, ckpt_path, data_dir), encoding=encoding)
