@@ -297,10 +297,14 @@ class Trainer:
         """Restore a checkpoint's weights, optimizer, scaler, iteration and RNG (vramfit's or nanoGPT's)."""
         load_weights(self.model, ckpt["model"])
         if "optimizer" in ckpt:
+            base_lrs = [group.get("initial_lr") for group in self.optimizer.param_groups]
             try:
                 self.optimizer.load_state_dict(ckpt["optimizer"])
             except (ValueError, KeyError) as exc:
                 raise CheckpointError(f"the checkpoint's optimizer state does not fit this model: {exc}") from None
+            for group, base in zip(self.optimizer.param_groups, base_lrs, strict=True):
+                if base is not None:  # Muon's groups: this run's configured lrs, not the checkpoint's
+                    group["initial_lr"] = base
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.iter_num = int(ckpt.get("iter_num", 0))

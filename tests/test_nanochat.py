@@ -125,6 +125,21 @@ def test_gpt2_groups_and_counts():
     groups = {g: sum(p.numel() for p in ps) for g, ps in param_groups(model).items()}
     assert groups == cfg.param_counts() and sum(groups.values()) == cfg.n_params()
     assert cfg.optimizer_state_bytes("fused") == {g: 8 * n for g, n in groups.items()}
+    # Muon on GPT-2: its blocks' 2-D weights (4 shapes); the tied embedding and position table, and the 18 norm
+    # weights and biases, stay AdamW
+    tc = make_config(dict(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50, device="cpu",
+                          optimizer="muon", warmup_iters=0))
+    trainer = Trainer(tc, cfg, device="cpu")
+    x = torch.randint(50, (2, 16))
+    first = trainer.step(lambda: (x, x)).item()
+    state = sum(t.numel() * t.element_size() for s in trainer.optimizer.state.values() for t in s.values()
+                if torch.is_tensor(t))
+    assert state == sum(cfg.optimizer_state_bytes("muon").values())
+    kinds = sorted((g["kind"], len(g["params"])) for g in trainer.optimizer.param_groups)
+    assert kinds == [("adamw", 2), ("adamw", 18), ("muon", 2), ("muon", 2), ("muon", 2), ("muon", 2)]
+    for _ in range(5):
+        last = trainer.step(lambda: (x, x)).item()
+    assert last < first
 
 
 def test_gpt2_family_is_unchanged():
