@@ -198,10 +198,11 @@ class NanoChatGPT(nn.Module):
         (GradScaler cannot unscale fp16 gradients, so nanochat keeps them fp32 then)."""
         self.compute_dtype = dtype
         self.cos, self.sin = self.cos.to(dtype), self.sin.to(dtype)
-        if dtype != torch.float16:
-            self.transformer.wte.to(dtype=dtype)
-            for ve in self.value_embeds.values():
-                ve.to(dtype=dtype)
+        if dtype == torch.float16:
+            return
+        for table in (self.transformer.wte, *self.value_embeds.values()):
+            if table.weight.dtype != dtype:  # a new Parameter, not module.to(): that cannot swap fake tensors
+                table.weight = nn.Parameter(table.weight.detach().to(dtype))
 
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """The parameters by optimizer group (`gpt.config.PARAM_GROUPS`), as nanochat's `setup_optimizer` splits

@@ -68,6 +68,17 @@ def test_parameter_count_equals_nanochats_formula(depth):
     assert cfg.flops_per_token() == 6 * linear + attn
 
 
+def test_scaling_params_match_nanochats_log():
+    """dev/LOG.md (2026-01, "Auto Batch" table) lists nanochat's scaling parameters (transformer matrices + lm_head)
+    by depth: d8 42M, d10-16 70M-235M, d18-26 324M-918M, d32 1.7B."""
+    def scaling(depth: int) -> float:
+        counts = nanochat_config(depth).param_counts()
+        return (counts["matrices"] + counts["head"]) / 1e6
+
+    assert round(scaling(8)) == 42 and round(scaling(10)) == 70 and round(scaling(16)) == 235
+    assert round(scaling(18)) == 324 and round(scaling(26)) == 918 and round(scaling(32) / 1e3, 1) == 1.7
+
+
 OPTION_SETS = [
     {},
     {"n_kv_head": 2, "window_pattern": "SL"},
@@ -367,3 +378,32 @@ def test_cli_train_arch_nanochat(char_corpus, tmp_path):
                                                                             "PATH": "/usr/bin:/bin"})
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error:") and "n_kv_head" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compile", [False, True])
+def test_cuda_bf16_training_and_state_bytes(compile):
+    """On a GPU: nanochat's precision (bf16 resolved from 'auto'), eager and compiled, GQA and short windows (an
+    explicit mask, so not the flash kernel), Muon in bf16; the state on the device is what the count says."""
+    cfg = make_config({**TINY_RUN, "device": "cuda", "dtype": "auto", "compile": compile, "vocab_size": 65,
+                       "n_embd": 64, "n_kv_head": 1, "block_size": 512, "window_pattern": "SL"})
+    trainer = Trainer(cfg, cfg.model_config())
+    assert trainer.dtype == "bfloat16" and trainer.optimizer_impl == "muon"
+    x = torch.randint(65, (2, 512), device="cuda")
+    losses = [trainer.step(lambda: (x, x)).item() for _ in range(4)]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+    state = sum(t.numel() * t.element_size() for s in trainer.optimizer.state.values() for t in s.values()
+                if torch.is_tensor(t) and t.is_cuda)
+    assert state == sum(cfg.model_config().optimizer_state_bytes("muon", "bfloat16").values())
+
+
+@pytest.mark.parametrize("dtype, optimizer", [("float32", "fused"), ("bfloat16", "muon")])
+def test_dry_run_sees_the_nanochat_step_byte_for_byte(dtype, optimizer):
+    """The fake-tensor dry run of the real Trainer step equals the real tracked step on the CPU (GQA, a short
+    window, value embeddings, bf16 embedding tables, Muon's stacks and temporaries)."""
+    from vramfit.dryrun.fake_step import run_step
+
+    mc = GPTConfig(**{**TINY, "n_layer": 2, "block_size": 512, "n_kv_head": 1, "window_pattern": "SL"})
+    fake = run_step(mc, 2, target="cpu", dtype=dtype, optimizer=optimizer, fake=True)
+    real = run_step(mc, 2, target="cpu", dtype=dtype, optimizer=optimizer, fake=False)
+    assert fake.peak_bytes == real.peak_bytes > 0
