@@ -124,8 +124,7 @@ def muon_optimizer(model: torch.nn.Module, cfg: TrainConfig, low_precision: bool
     from gpt.muon import MuonAdamW
 
     groups = param_groups(model)
-    adamw = []
-    if getattr(model, "config", None) is not None and model.config.arch == "nanochat":
+    if model.config.arch == "nanochat":
         scale = (model.config.n_embd / 768) ** -0.5
         scalars = groups["scalars"]
         n_res = 2 if model.config.resid_scalars else 0
@@ -177,6 +176,9 @@ class Trainer:
         self.dtype, self.compile, self.optimizer_impl = resolve_for_device(cfg, self.device)
         if self.dtype == "float16" and self.device_type == "cpu":
             raise ConfigError("float16 training is CUDA-only here; use bfloat16 or float32 on the CPU")
+        if self.optimizer_impl == "muon" and _world()[1] > 1:
+            raise ConfigError("optimizer muon runs in one process here (nanochat shards its states across the ranks, "
+                              "ZeRO-2 style, which is not built): use optimizer = fused under DDP")
         self.model_config = model_config
         torch.manual_seed(cfg.seed)
         self.model = build_model(model_config)  # built on the CPU; moved only when the device differs
@@ -192,7 +194,6 @@ class Trainer:
         if self.dtype == "float32" or nanochat:
             self.autocast = contextlib.nullcontext
         else:
-            ptdtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
             self.autocast = lambda: torch.autocast(device_type=self.device_type, dtype=ptdtype)
         if cfg.dynamic_batch and not self.compile:
             raise ConfigError("dynamic_batch marks the batch dimension for torch.compile, and compile is off on "

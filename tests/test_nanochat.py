@@ -327,6 +327,14 @@ def test_invalid_options(kwargs, message):
         GPTConfig(**kwargs)
 
 
+def test_muon_is_refused_under_ddp(monkeypatch):
+    """nanochat's optimizer shards its states across ranks (ZeRO-2 style); not built here, so refused, not faked."""
+    monkeypatch.setattr("gpt.train._world", lambda: (0, 2))
+    cfg = make_config({**TINY_RUN, "vocab_size": 65})
+    with pytest.raises(ConfigError, match="one process"):
+        Trainer(cfg, cfg.model_config(), device="cpu")
+
+
 def test_config_files_and_overrides_pick_the_family():
     cfg = make_config({"arch": "nanochat", "n_kv_head": "2", "window_pattern": "sl", "value_embeds": "false"})
     assert cfg.bias is False and cfg.arch == "nanochat"
