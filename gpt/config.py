@@ -201,6 +201,12 @@ class GPTConfig:
             out += [(F, C), (F, C), (C, F)] if self.mlp == "swiglu" else [(F, C), (C, F)]
         return out
 
+    def muon_stacks(self) -> dict[tuple[int, int], int]:
+        """The stacks Muon forms, (out, in) -> how many matrices, in its order (sorted shapes): each step stacks a
+        group's gradients and weights, so the largest stack sizes Muon's transient memory."""
+        shapes = self.block_matrices()
+        return {shape: shapes.count(shape) for shape in sorted(set(shapes))}
+
     def param_counts(self) -> dict[str, int]:
         """Parameters by optimizer group (PARAM_GROUPS): token (and position) embeddings, value embeddings, the
         blocks' 2-D matrices, the untied head, and every other tensor (norm weights, biases, per-layer scalars,

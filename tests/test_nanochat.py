@@ -107,6 +107,9 @@ def test_torch_free_counts_and_state_bytes_match_the_real_model(options, dtype):
     for p, s in trainer.optimizer.state.items():
         state[owner[id(p)]] += sum(t.numel() * t.element_size() for t in s.values() if torch.is_tensor(t))
     assert state == cfg.optimizer_state_bytes("muon", dtype)
+    stacks = [(tuple(g["params"][0].shape), len(g["params"])) for g in trainer.optimizer.param_groups
+              if g["kind"] == "muon"]
+    assert stacks == list(cfg.muon_stacks().items())
 
 
 def test_muon_keeps_one_state_where_adamw_keeps_two():
@@ -415,3 +418,44 @@ def test_dry_run_sees_the_nanochat_step_byte_for_byte(dtype, optimizer):
     fake = run_step(mc, 2, target="cpu", dtype=dtype, optimizer=optimizer, fake=True)
     real = run_step(mc, 2, target="cpu", dtype=dtype, optimizer=optimizer, fake=False)
     assert fake.peak_bytes == real.peak_bytes > 0
+
+
+@pytest.mark.parametrize("depths, power", [((8,), 18), ((10, 12, 16), 19), ((18, 20, 26), 20), ((32, 50), 21)])
+def test_base_train_auto_total_batch_matches_nanochats_log(depths, power):
+    """dev/LOG.md's "Auto Batch" table: d8 2^18, d10-16 2^19, d18-26 2^20, d32-50 2^21 (base_train's Power Lines
+    rule; the data:param ratio cancels out, so any --target-param-data-ratio gives the same batch)."""
+    from gpt.basetrain import read_base_train
+
+    for depth in depths:
+        for ratio in ("12", "8"):
+            run = read_base_train(["--depth", str(depth), "--target-param-data-ratio", ratio])
+            assert run.total_batch_size == 2**power and run.world_size == 1
+            assert run.grad_accum_steps == 2**power // (32 * 2048)
+
+
+def test_base_train_commands_read_as_data():
+    from gpt.basetrain import read_base_train
+
+    # runs/speedrun.sh: 8 GPUs, d24, device batch 16 -> 2^20 tokens = 16 x 2048 x 8 x 4 micro-steps
+    speedrun = ("torchrun --standalone --nproc_per_node=8 -m scripts.base_train -- --depth=24 "
+                "--target-param-data-ratio=8 --device-batch-size=16 --fp8 --run=$WANDB_RUN")
+    run = read_base_train(speedrun)
+    assert (run.world_size, run.device_batch_size, run.total_batch_size, run.grad_accum_steps) == (8, 16, 2**20, 4)
+    assert run.config == nanochat_config(24) and run.config.n_embd == 1536 and run.config.n_head == 12
+    assert run.ignored == {"fp8": True, "run": "$WANDB_RUN"}
+    assert run.command(device_batch_size=8) == (
+        "torchrun --standalone --nproc_per_node=8 -m scripts.base_train --depth=24 --device-batch-size=8 "
+        "--target-param-data-ratio=8.0 --fp8 '--run=$WANDB_RUN'")
+    # runs/runcpu.sh: head dim 64, full windows, 512 context, an explicit total batch of one micro-batch
+    cpu = read_base_train("python -m scripts.base_train --depth=6 --head-dim=64 --window-pattern=L --max-seq-len=512 "
+                          "--device-batch-size=32 --total-batch-size=16384 --core-metric-every=-1")
+    mc = cpu.config
+    assert (mc.n_embd, mc.n_head, mc.block_size, mc.window_pattern) == (384, 6, 512, "L")
+    assert cpu.grad_accum_steps == 1 and cpu.ignored == {"core_metric_every": "-1"}
+    assert read_base_train("nanochat --depth 20").config == nanochat_config(20)
+    for bad, message in [("--depth x", "cannot read"), ("--depth 0", "must be >= 1"), ("--depth", "needs a value"),
+                         ("--device-batch-size 3 --total-batch-size 1000", "multiple of"),
+                         ("torchrun --nproc_per_node=x -m scripts.base_train", "positive integer"),
+                         ("--depth 12 extra", "unexpected argument")]:
+        with pytest.raises(ConfigError, match=message):
+            read_base_train(bad)
