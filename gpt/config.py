@@ -15,7 +15,9 @@ from gpt.errors import ConfigError
 
 ATTN_KERNELS = ("default", "flash", "efficient", "math")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-OPTIMIZERS = ("auto", "fused", "foreach", "loop", "muon")
+OPTIMIZERS = ("auto", "fused", "foreach", "loop", "muon", "sgd", "adafactor")
+ADAMW = ("fused", "foreach", "loop")  # the AdamW implementations; sgd is SGD with momentum (beta1), adafactor
+# torch.optim.Adafactor (factored second moment: one value per row and per column of each matrix)
 ARCHS = ("gpt2", "nanochat")
 MLPS = ("gelu", "relu2", "swiglu")
 # the options of the nanochat family and their values in each family (None: the family's default); GPT-2 (nanoGPT's
@@ -56,6 +58,19 @@ MAX_SIZES = {"n_layer": 4096, "n_head": 4096, "n_embd": 131072, "block_size": 2*
              "batch_size": 2**20}
 MIN_COMPILE_CAPABILITY = (7, 0)  # Inductor/Triton refuse older GPUs (torch._inductor: GPUTooOldForTriton)
 MIN_BF16_CAPABILITY = (8, 0)  # native bf16 tensor cores (Ampere); older cards only emulate it
+
+
+def checkpoint_every(value: str | int) -> int:
+    """Activation checkpointing as the trainer applies it: every k-th block (blocks 0, k, 2k, ...) keeps only its
+    input and recomputes its forward in backward; 'none' -> 0 (off), 'all' -> 1, 'k' -> k."""
+    text = str(value).strip().lower()
+    if text in ("none", "0", "false", "off", ""):
+        return 0
+    if text in ("all", "1", "true", "on"):
+        return 1
+    if text.isdigit():
+        return int(text)
+    raise ConfigError(f"checkpoint must be none, all or a block interval k >= 1, got {value!r}")
 
 
 def resolve_recipe(dtype: str, compile: bool | None, optimizer: str, device_type: str,
@@ -231,12 +246,37 @@ class GPTConfig:
         """Bytes of optimizer state per group. AdamW: exp_avg and exp_avg_sq, each in its parameter's dtype. Muon
         (the blocks' matrices; nanochat `MuonAdamW._compute_muon`): one momentum buffer like the matrix and a
         factored second moment of max(rows, cols) entries, both in the matrix's dtype (fp32); every other group is
-        AdamW. Per-tensor step counters are not counted."""
+        AdamW. SGD: one momentum buffer like each parameter. Adafactor (`torch.optim.Adafactor`): a row and a column
+        factor of each matrix (rows + cols entries), a full second moment of each vector, in the parameter's dtype.
+        Per-tensor step counters are not counted."""
         counts, width = self.param_counts(), self.param_bytes(dtype)
+        if optimizer == "sgd":
+            return {g: counts[g] * width[g] for g in PARAM_GROUPS}
+        if optimizer == "adafactor":
+            return {g: sum(r + c if r else c for r, c in shapes) * width[g]
+                    for g, shapes in self.param_shapes().items()}
         out = {g: 2 * counts[g] * width[g] for g in PARAM_GROUPS}
         if optimizer == "muon":
             out["matrices"] = sum(r * c + max(r, c) for r, c in self.block_matrices()) * width["matrices"]
         return out
+
+    def param_shapes(self) -> dict[str, list[tuple[int, int]]]:
+        """(rows, cols) of every parameter tensor by group, rows 0 for a vector: what a factored optimizer keeps.
+        Torch-free; the sizes sum to `param_counts`."""
+        L, C, T, V = self.n_layer, self.n_embd, self.block_size, self.padded_vocab
+        mats = self.block_matrices()
+        if self.arch == "gpt2":
+            b = [(0, 3 * C), (0, C), (0, 4 * C), (0, C)] if self.bias else []
+            norm = [(0, C), (0, C)] if self.bias else [(0, C)]
+            vectors = (norm + norm + b) * L + norm
+            return {"embedding": [(V, C), (T, C)], "value_embeds": [], "matrices": mats, "head": [],
+                    "scalars": vectors}
+        kv = self.n_kv_head * self.head_dim
+        scalars = [(0, L), (0, L)] if self.resid_scalars else []
+        scalars += [(1, SMEAR_CHANNELS), (0, 1)] if self.smear else []
+        scalars += [(0, 1)] if self.backout else []
+        return {"embedding": [(V, C)], "value_embeds": [(V, kv)] * len(self.value_embed_layers()),
+                "matrices": mats, "head": [(V, C)], "scalars": scalars}
 
     def n_params(self, non_embedding: bool = False) -> int:
         """Exact parameter count. GPT-2: lm_head tied to wte, `non_embedding` drops the position table (nanoGPT).
@@ -352,7 +392,8 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     compile: bool | None = None  # None: on for CUDA
-    optimizer: str = "auto"  # auto (gpt2: fused, nanochat: muon) | fused | foreach | loop | muon
+    optimizer: str = "auto"  # auto (gpt2: fused, nanochat: muon) | fused | foreach | loop | muon | sgd | adafactor
+    checkpoint: str = "none"  # activation checkpointing: none | all | k (every k-th block)
     # optimizer = muon: nanochat's learning rates (base_train.py), scaled over time by the schedule above
     # (lr_at(it) / learning_rate); the AdamW ones by (n_embd / 768) ** -0.5 as nanochat does
     matrix_lr: float = 0.02  # Muon, the blocks' matrices
@@ -376,6 +417,8 @@ class TrainConfig:
             (self.batch_size <= MAX_SIZES["batch_size"],
              f"batch_size {self.batch_size} is beyond the limit of {MAX_SIZES['batch_size']:,}"),
             (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
+            (self._checkpoint_ok(), f"checkpoint must be none, all or a block interval k >= 1, got "
+                                    f"{self.checkpoint!r}"),
             (self.max_iters >= 0, f"max_iters must be >= 0, got {self.max_iters}"),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
             (min(self.matrix_lr, self.embedding_lr, self.unembedding_lr, self.scalar_lr) > 0,
@@ -388,6 +431,13 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(msg)
         self.model_config()  # validates the shape early, before any data is read
+
+    def _checkpoint_ok(self) -> bool:
+        try:
+            checkpoint_every(self.checkpoint)
+        except ConfigError:
+            return False
+        return True
 
     def model_config(self, vocab_size: int | None = None) -> GPTConfig:
         """The GPTConfig of this run (`vocab_size` from the corpus when the config leaves it unset)."""

@@ -37,6 +37,17 @@ def attention_kernel(name: str) -> Iterator[None]:
         yield
 
 
+def run_block(block: nn.Module, i: int, every: int, *args: object) -> torch.Tensor:
+    """Block `i` of a model checkpointed every `every` blocks (0: none): a checkpointed block keeps only its inputs
+    and recomputes its forward in backward (torch's non-reentrant `torch.utils.checkpoint`, which replays the RNG
+    state, so dropout masks are the same); without grad there is nothing to save and it runs plainly."""
+    if every and i % every == 0 and torch.is_grad_enabled():
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(block, *args, use_reentrant=False)
+    return block(*args)
+
+
 class LayerNorm(nn.Module):
     """LayerNorm with an optional bias (PyTorch's has no bias=False before 2.1)."""
 
@@ -114,6 +125,7 @@ class GPT(nn.Module):
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        self.checkpoint_every = 0  # activation checkpointing, set by the trainer (`run_block`)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # scaled residual projections (GPT-2 paper)
@@ -137,8 +149,8 @@ class GPT(nn.Module):
         self, idx: torch.Tensor, targets: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = self.embed(idx)
-        for block in self.transformer.h:
-            x = block(x)
+        for i, block in enumerate(self.transformer.h):
+            x = run_block(block, i, self.checkpoint_every, x)
         return self.head(x, targets)
 
     def embed(self, idx: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from gpt.config import ROTARY_BASE, ROTARY_CACHE, SMEAR_CHANNELS, VE_GATE_CHANNELS, GPTConfig
 from gpt.errors import ConfigError
-from gpt.model import sample
+from gpt.model import run_block, sample
 
 
 def norm(x: torch.Tensor) -> torch.Tensor:
@@ -151,6 +151,7 @@ class NanoChatGPT(nn.Module):
         kv = config.n_kv_head * config.head_dim
         self.value_embeds = nn.ModuleDict({str(i): nn.Embedding(V, kv) for i in config.value_embed_layers()})
         self.compute_dtype = torch.float32
+        self.checkpoint_every = 0  # activation checkpointing, set by the trainer (`gpt.model.run_block`)
         cos, sin = self._rotary(config.block_size * ROTARY_CACHE, torch.float32)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
@@ -240,7 +241,7 @@ class NanoChatGPT(nn.Module):
                 x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
             key = str(i)
             ve = self.value_embeds[key](idx).to(x.dtype) if key in self.value_embeds else None
-            x = block(x, ve, cos_sin, self.window_sizes[i])
+            x = run_block(block, i, self.checkpoint_every, x, ve, cos_sin, self.window_sizes[i])
             if self.config.backout and i == backout_layer:
                 x_backout = x
         if x_backout is not None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from gpt.config import ARCH_OPTIONS, PEAK_FLOPS, GPTConfig, TrainConfig, resolve_recipe
+from gpt.config import ARCH_OPTIONS, PEAK_FLOPS, GPTConfig, TrainConfig, checkpoint_every, resolve_recipe
 from gpt.data import Corpus
 from gpt.errors import CheckpointError, ConfigError
 from gpt.model import attention_kernel, build_model, clean_state_dict, param_groups
@@ -101,7 +101,8 @@ def peak_flops(device: str, cfg: TrainConfig) -> float | None:
 
 def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: str, impl: str | None = None,
                         low_precision: bool = False) -> torch.optim.Optimizer:
-    """AdamW with weight decay on 2-D tensors only (the implementation set explicitly), or with impl 'muon'
+    """AdamW with weight decay on 2-D tensors only (the implementation set explicitly); with impl 'sgd' SGD with
+    momentum `beta1`, with 'adafactor' `torch.optim.Adafactor` (the same groups, `learning_rate`); with 'muon'
     nanochat's MuonAdamW (`muon_optimizer`)."""
     impl = impl or resolve_recipe("float32", False, cfg.optimizer, device_type, arch=cfg.arch)[2]
     if impl == "muon":
@@ -111,6 +112,10 @@ def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: s
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
+    if impl == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.learning_rate, momentum=cfg.beta1)
+    if impl == "adafactor":
+        return torch.optim.Adafactor(groups, lr=cfg.learning_rate)
     flags = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[impl]
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **flags)
 
@@ -182,6 +187,7 @@ class Trainer:
         self.model_config = model_config
         torch.manual_seed(cfg.seed)
         self.model = build_model(model_config)  # built on the CPU; moved only when the device differs
+        self.model.checkpoint_every = checkpoint_every(cfg.checkpoint)
         if self.device != "cpu":  # (a no-op move would also fail for fake-tensor parameters in the estimator)
             self.model = self.model.to(self.device)
         ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
@@ -232,12 +238,14 @@ class Trainer:
         return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
 
     def step(self, get_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """One optimizer step: `gradient_accumulation_steps` micro-batches of forward and backward,
-        gradient clipping, the optimizer. Returns the (detached, unsynchronised) loss of the last micro-batch."""
+        """One optimizer step: `gradient_accumulation_steps` micro-batches of forward and backward (each loss
+        divided by the count, the gradients summed in place across them, as nanoGPT does), gradient clipping, the
+        optimizer. Returns the (detached, unsynchronised) loss of the step: the mean over its micro-batches."""
         lr = self.lr_at(self.iter_num)
         for group in self.optimizer.param_groups:  # Muon's groups: their own lrs, scaled by the schedule
             group["lr"] = group["initial_lr"] * lr / self.cfg.learning_rate if "initial_lr" in group else lr
         accum = self.cfg.gradient_accumulation_steps
+        total = None  # the step's loss with accumulation: the sum of the micro-batches' loss / accum
         self.model.train()
         for k in range(accum):
             x, y = get_batch()
@@ -251,6 +259,8 @@ class Trainer:
                     # output), and holding them through backward costs batch*block*vocab*(2 or 4) bytes at the peak
                     loss = self.forward(x, y)[1] / accum
                 self.scaler.scale(loss).backward()
+            if accum > 1:
+                total = loss.detach() if total is None else total + loss.detach()
         if self.cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -258,7 +268,7 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.iter_num += 1
-        return loss.detach() * accum
+        return total if total is not None else loss.detach() * accum
 
     @torch.no_grad()
     def evaluate(self, corpus: Corpus) -> dict[str, float]:

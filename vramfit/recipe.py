@@ -9,19 +9,26 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, fields, replace
 
-from gpt.config import ATTN_KERNELS, DTYPES, OPTIMIZERS, TrainConfig, resolve_recipe
+from gpt.config import ATTN_KERNELS, DTYPES, OPTIMIZERS, TrainConfig, checkpoint_every, resolve_recipe
+from gpt.errors import ConfigError
 from vramfit.errors import VramfitError
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """dtype, compile, optimizer implementation, attention kernel and allocator settings."""
+    """dtype, compile, optimizer, attention kernel, allocator settings, gradient accumulation and activation
+    checkpointing.
+
+    `grad_accum` and `checkpoint` at their defaults (1, "none") are left out of `to_dict` and `key`, so the
+    recipes stored before these switches existed keep their keys and rows."""
 
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     compile: bool | None = None  # None: on for CUDA, off for CPU
-    optimizer: str = "auto"  # auto | fused | foreach | loop
+    optimizer: str = "auto"  # auto | fused | foreach | loop | muon | sgd | adafactor
     attn_kernel: str = "default"  # default | flash | efficient | math
     alloc_conf: str = ""  # PYTORCH_CUDA_ALLOC_CONF for the worker process
+    grad_accum: int = 1  # micro-batches per optimizer step (TrainConfig.gradient_accumulation_steps)
+    checkpoint: str = "none"  # activation checkpointing: none | all | k (every k-th block)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -32,6 +39,16 @@ class Recipe:
             raise VramfitError(f"recipe attn_kernel must be one of {', '.join(ATTN_KERNELS)}, got {self.attn_kernel!r}")
         if self.compile is not None and not isinstance(self.compile, bool):
             raise VramfitError(f"recipe compile must be true or false, got {self.compile!r}")
+        accum = self.grad_accum
+        if isinstance(accum, str) and accum.strip().isdigit():
+            object.__setattr__(self, "grad_accum", accum := int(accum))
+        if not isinstance(accum, int) or isinstance(accum, bool) or accum < 1:
+            raise VramfitError(f"recipe grad_accum must be an integer >= 1, got {accum!r}")
+        try:
+            every = checkpoint_every(self.checkpoint)
+        except ConfigError as exc:
+            raise VramfitError(f"recipe {exc}") from None
+        object.__setattr__(self, "checkpoint", {0: "none", 1: "all"}.get(every, str(every)))
 
     @classmethod
     def from_dict(cls, d: dict) -> Recipe:
@@ -48,7 +65,11 @@ class Recipe:
         return replace(self, dtype=dtype, compile=compile_, optimizer=optimizer)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        for name, default in _SWITCHES.items():
+            if d[name] == default:
+                del d[name]
+        return d
 
     def key(self) -> str:
         """Short stable id of the (resolved) recipe, for file names and store lookups."""
@@ -58,7 +79,11 @@ class Recipe:
     def train_overrides(self) -> dict:
         """The TrainConfig fields this recipe sets."""
         return {"dtype": self.dtype, "compile": self.compile, "optimizer": self.optimizer,
-                "attn_kernel": self.attn_kernel}
+                "attn_kernel": self.attn_kernel, "gradient_accumulation_steps": self.grad_accum,
+                "checkpoint": self.checkpoint}
 
     def apply(self, cfg: TrainConfig) -> TrainConfig:
         return replace(cfg, **self.train_overrides())
+
+
+_SWITCHES = {"grad_accum": 1, "checkpoint": "none"}  # added later: left out of dicts and keys at their defaults

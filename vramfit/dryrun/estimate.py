@@ -141,6 +141,10 @@ def _request(model_config: GPTConfig, batch_size: int, recipe: Recipe, target: s
     from vramfit.dryrun.allocator import parse_alloc_conf
 
     parse_alloc_conf(recipe.alloc_conf)  # a bad PYTORCH_CUDA_ALLOC_CONF is the caller's error, said here
+    if recipe.grad_accum > 1:  # the recipe's switches, sent only when set (requests without them are unchanged)
+        kwargs["gradient_accumulation_steps"] = recipe.grad_accum
+    if recipe.checkpoint != "none":
+        kwargs["checkpoint"] = recipe.checkpoint
     return dict(dtype=recipe.dtype, optimizer=recipe.optimizer, attn_kernel=recipe.attn_kernel,
                 compile=recipe.compile, target=target, capability=tuple(parse_capability(compute_capability)),
                 batch_size=batch_size, alloc_conf=recipe.alloc_conf, **kwargs)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from gpt.config import OPTIMIZERS, GPTConfig, TrainConfig, resolve_recipe
+from gpt.config import OPTIMIZERS, GPTConfig, TrainConfig, checkpoint_every, resolve_recipe
 from gpt.data import synthetic_batch
 from gpt.errors import ConfigError
 from gpt.model import attention_kernel
@@ -116,6 +116,11 @@ class StepTracker(StorageTracker):
         self.param_sids: set[int | None] = set()  # for telling autocast weight copies from activations
         self._out_zone = ""  # the zone of the outputs of the op being counted
 
+    # --- scalars: what `.item()` reads under fake tensors, which hold no values --------------------------------------
+    scalar: float | None = None
+    """Set on a fake run whose optimizer reads values (Adafactor: its step count and parameter and update norms,
+    in `torch.optim._adafactor`): every `.item()` returns it. Values steer only arithmetic there, never a size."""
+
     # --- pausing: ops whose outputs a compiled step never materialises (`vramfit.dryrun.compiled`) --------------
     _paused = False
 
@@ -131,6 +136,8 @@ class StepTracker(StorageTracker):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         if self._paused:
             return func(*args, **(kwargs or {}))
+        if func is aten._local_scalar_dense.default and self.scalar is not None:
+            return self.scalar
         return super().__torch_dispatch__(func, types, args, kwargs)
 
     # --- bookkeeping: the base class counts, these hooks remember ----------------------------------------------
@@ -302,12 +309,13 @@ def cuda_kernel_workspace(func, args: tuple) -> int:  # noqa: ANN001
 
 # --- the run ------------------------------------------------------------------------------------------------------
 def train_config(model_config: GPTConfig, batch_size: int, dtype: str, optimizer: str, attn_kernel: str,
-                  grad_clip: float, accum: int) -> TrainConfig:
+                  grad_clip: float, accum: int, checkpoint: str = "none") -> TrainConfig:
     mc = model_config
     return TrainConfig(n_layer=mc.n_layer, n_head=mc.n_head, n_embd=mc.n_embd, block_size=mc.block_size,
                        vocab_size=mc.vocab_size, dropout=mc.dropout, bias=mc.bias, batch_size=batch_size,
                        gradient_accumulation_steps=accum, grad_clip=grad_clip, device="cpu", dtype=dtype,
-                       compile=False, optimizer=optimizer, attn_kernel=attn_kernel, max_iters=2, warmup_iters=1)
+                       compile=False, optimizer=optimizer, attn_kernel=attn_kernel, max_iters=2, warmup_iters=1,
+                       checkpoint=checkpoint)
 
 
 def _fake_mode() -> contextlib.AbstractContextManager:
@@ -316,7 +324,8 @@ def _fake_mode() -> contextlib.AbstractContextManager:
     return FakeTensorMode(allow_non_fake_inputs=False)
 
 
-def _check_request(batch_size: int, optimizer: str, target: str, fake: bool, steps: int) -> None:
+def _check_request(batch_size: int, optimizer: str, target: str, fake: bool, steps: int,
+                   checkpoint: str = "none") -> None:
     if target not in TARGETS:
         raise ConfigError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if target == "cuda" and not fake:
@@ -327,6 +336,7 @@ def _check_request(batch_size: int, optimizer: str, target: str, fake: bool, ste
         raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
     if steps < 1:
         raise ConfigError(f"steps must be >= 1, got {steps}")
+    checkpoint_every(checkpoint)
 
 
 @dataclass
@@ -425,6 +435,8 @@ def _tracked_steps(cfg: TrainConfig, model_config: GPTConfig, plan: _Plan, track
             stack.enter_context(_fake_mode())
         stack.enter_context(tracker)
         trainer = Trainer(cfg, model_config, device="cpu")
+        if fake and trainer.optimizer_impl == "adafactor":
+            tracker.scalar = 1.0
         if plan.dtype == "float16":
             _emulate_fp16(trainer, fake)
         if target == "cuda":
@@ -460,6 +472,7 @@ def run_step(
     steps: int = 2,
     grad_clip: float = 1.0,
     gradient_accumulation_steps: int = 1,
+    checkpoint: str = "none",
     rounding: int | None = None,
     alloc_conf: str = "",
     headline_only: bool = False,
@@ -470,15 +483,20 @@ def run_step(
     only the one the result reports (planners that use one figure: half the time).
 
     `fake=True` uses FakeTensorMode (no memory, no data: any shape runs); `fake=False` trains for real on the CPU
-    (used to check the fake run). `target='cuda'` emulates that GPU on CPU tensors (see the module docstring)."""
-    _check_request(batch_size, optimizer, target, fake, steps)
+    (used to check the fake run). `target='cuda'` emulates that GPU on CPU tensors (see the module docstring).
+    `gradient_accumulation_steps` micro-batches per step and `checkpoint` (none | all | k) run as the trainer
+    runs them."""
+    _check_request(batch_size, optimizer, target, fake, steps, checkpoint)
     t0 = time.perf_counter()
     plan = _resolve(model_config, batch_size, dtype, compile, optimizer, attn_kernel, target, capability)
     rounding = rounding or ROUNDING[target]
     # fp16 exists only on the emulated GPU: build the trainer as fp32 (`_emulate_fp16` switches it)
     cfg = train_config(model_config, batch_size, "float32" if plan.dtype == "float16" else plan.dtype,
                        plan.optimizer, "default" if target == "cuda" else attn_kernel, grad_clip,
-                       gradient_accumulation_steps)
+                       gradient_accumulation_steps, checkpoint)
+    if plan.compile and checkpoint_every(checkpoint):
+        raise ConfigError("activation checkpointing under torch.compile is not emulated by the dry run yet: "
+                          "estimate it eager (compile=false)")
     runs = {}
     modes = ("eager", "compiled") if plan.compile else ("eager",)
     for mode in modes[-1:] if headline_only else modes:
