@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
@@ -259,6 +260,10 @@ class _CudaAttention(TorchFunctionMode):
             return sdpa.cuda_half_cross_entropy(*args, **kwargs)
         if func is not F.scaled_dot_product_attention:
             return func(*args, **kwargs)
+        return self.attention(*args, **kwargs)
+
+    def attention(self, *args: object, **kwargs: object) -> torch.Tensor:
+        """`F.scaled_dot_product_attention` on the CUDA kernel's aten op."""
         q, k, v = args[:3]
         attn_mask = kwargs.get("attn_mask", args[3] if len(args) > 3 else None)
         dropout_p = kwargs.get("dropout_p", args[4] if len(args) > 4 else 0.0)
@@ -440,7 +445,10 @@ def _tracked_steps(cfg: TrainConfig, model_config: GPTConfig, plan: _Plan, track
         if plan.dtype == "float16":
             _emulate_fp16(trainer, fake)
         if target == "cuda":
-            stack.enter_context(_CudaAttention(plan.attention, half_loss=plan.dtype == "float16"))
+            mode = _CudaAttention(plan.attention, half_loss=plan.dtype == "float16")
+            stack.enter_context(mode)
+            if trainer.model.checkpoint_every:  # a block recomputed in backward runs outside the mode: route there too
+                stack.enter_context(mock.patch.object(F, "scaled_dot_product_attention", mode.attention))
         hooks = _install_hooks(trainer, tracker)
         if compiled:
             _compile(trainer, tracker, model_config, cfg, target, plan.attention)
