@@ -481,13 +481,18 @@ def _coerce(name: str, value: object, hint: object) -> object:
         raise ConfigError(f"{name}: cannot read {value!r} as {getattr(base, '__name__', base)}") from None
 
 
+ALIASES = {"grad_accum": "gradient_accumulation_steps"}  # the recipe's name for nanoGPT's field
+
+
 def make_config(values: dict, base: TrainConfig | None = None) -> TrainConfig:
-    """A TrainConfig from a flat mapping of field -> value (dashes allowed), typed and validated."""
+    """A TrainConfig from a flat mapping of field -> value (dashes allowed, ALIASES read as their field), typed
+    and validated."""
     hints = typing.get_type_hints(TrainConfig)
     known = {f.name for f in fields(TrainConfig)} - {"extra"}
     out = {}
     for key, value in values.items():
         name = key.replace("-", "_")
+        name = ALIASES.get(name, name)
         if name not in known:
             raise ConfigError(f"unknown config key {key!r}")
         out[name] = _coerce(name, value, hints[name])

@@ -93,7 +93,7 @@ def test_checkpoint_values():
 
 def test_recipe_table_in_a_config_file(tmp_path):
     path = tmp_path / "run.toml"
-    path.write_text('[recipe]\noptimizer = "adafactor"\ncheckpoint = 2\n[train]\ngradient_accumulation_steps = 4\n')
+    path.write_text('[recipe]\noptimizer = "adafactor"\ncheckpoint = 2\ngrad_accum = 4\n')
     cfg = load_config(path)
     assert (cfg.optimizer, cfg.checkpoint, cfg.gradient_accumulation_steps) == ("adafactor", "2", 4)
     with pytest.raises(ConfigError, match="optimizer must be one of"):
@@ -127,3 +127,31 @@ def test_each_optimizer_steps_with_the_state_it_is_counted_with(optimizer, per_p
         assert sum(counted.values()) < 4 * n / 2
         assert sum(len(s) for s in mc.param_shapes().values()) == len(list(t.model.parameters()))
         assert sum(r * c if r else c for s in mc.param_shapes().values() for r, c in s) == n
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adafactor"])
+def test_vramfit_train_passes_the_switches(capsys, tmp_path, char_corpus, optimizer):
+    from vramfit.cli import main
+
+    rc = main(["train", "--data-dir", str(char_corpus), "--out-dir", str(tmp_path), "--n-layer", "2", "--n-head",
+               "2", "--n-embd", "32", "--block-size", "16", "--batch-size", "4", "--grad-accum", "2", "--checkpoint",
+               "all", "--optimizer", optimizer, "--max-iters", "3", "--eval-iters", "1", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "done: 3 iterations" in out
+    assert "tokens/iter 128" in out  # 4 x 16 x 2 micro-batches
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert (ckpt["config"]["optimizer"], ckpt["config"]["checkpoint"]) == (optimizer, "all")
+    assert ckpt["config"]["gradient_accumulation_steps"] == 2
+    assert all("momentum_buffer" in s or "row_var" in s or "variance" in s
+               for s in ckpt["optimizer"]["state"].values())
+
+
+@pytest.mark.parametrize("args,message", [(["--checkpoint", "some"], "checkpoint must be"),
+                                          (["--optimizer", "lion"], "optimizer must be one of"),
+                                          (["--grad-accum", "0"], "gradient_accumulation_steps must be >= 1")])
+def test_vramfit_train_bad_switch_is_one_line(capsys, args, message):
+    from vramfit.cli import main
+
+    rc = main(["train", *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error:") and message in err and "Traceback" not in err
