@@ -6,6 +6,8 @@ on the CPU under the sweep's storage tracker, and against the same run for real 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -111,3 +113,29 @@ def test_cuda_target_runs_every_switch():
     for kw in (dict(checkpoint="all"), dict(optimizer="adafactor"), dict(optimizer="sgd", grad_accum=2)):
         est = estimate_step(mc, 4, Recipe(dtype="bfloat16", compile=False, **kw), target="cuda")
         assert est.peak_bytes > mc.n_params() * 4 and est.allocator["peak_reserved"] >= est.peak_bytes
+
+
+def test_a_sweep_measures_a_recipe_with_the_switches(tmp_path):
+    """A grid's [recipe] carries the switches to the sweep's worker: each recipe is its own environment, the
+    tracked peaks move as the dry run says (checkpointing lowers it) and agree with the dry run."""
+    from vramfit.store import Store
+    from vramfit.sweep.grid import load_grid
+    from vramfit.sweep.runner import run_sweep
+
+    db = tmp_path / "db.sqlite"
+    axes = "[axes]\nn_layer = 4\nn_head = 2\nn_embd = 64\nblock_size = 64\nbatch_size = 8\nvocab_size = 128\n"
+    peaks = {}
+    for name, recipe in [("plain", 'dtype = "float32"\noptimizer = "sgd"\n'),
+                         ("switched", 'dtype = "float32"\noptimizer = "sgd"\ncheckpoint = "all"\ngrad_accum = 2\n')]:
+        path = tmp_path / f"{name}.toml"
+        path.write_text(f'name = "{name}"\n{axes}[recipe]\n{recipe}[measure]\nmax_iters = 6\n')
+        grid = load_grid(path)
+        run_sweep(grid, db, device="cpu", quiet=True)
+        df = Store(db).points_frame(recipe_key=grid.recipe.resolved("cpu").key())
+        assert len(df) == 1 and df.status.iloc[0] == "ok"
+        peaks[name] = int(df.tracked_bytes.iloc[0])
+        est = estimate_step(GPTConfig(**SHAPE), 8, grid.recipe, target="cpu")
+        assert abs(est.peak_bytes - peaks[name]) <= 0.005 * peaks[name], (name, est.peak_bytes, peaks[name])
+    assert peaks["switched"] < peaks["plain"]
+    stored = [json.loads(row[0]) for row in Store(db).conn.execute("SELECT recipe_json FROM environments")]
+    assert {(d.get("checkpoint"), d.get("grad_accum")) for d in stored} == {(None, None), ("all", 2)}

@@ -169,7 +169,8 @@ def compare_and_store(cfg, record: dict, doc: dict | None, db: str | Path) -> li
     # the GPU the run actually trained on (its UUID from torch), not NVML's first one; the recipe as resolved there
     facts = devices.facts_for_uuid(record.get("gpu_uuid")) or devices.resolve(cfg.device)[0]
     recipe = Recipe(dtype=record.get("dtype") or cfg.dtype, compile=record.get("compile", cfg.compile),
-                    optimizer=cfg.optimizer, attn_kernel=cfg.attn_kernel)
+                    optimizer=cfg.optimizer, attn_kernel=cfg.attn_kernel, grad_accum=cfg.gradient_accumulation_steps,
+                    checkpoint=cfg.checkpoint)
     recipe = facts.resolve(recipe)
     lines = []
     measured_keys = [k for k in ("nvml_bytes", "reserved_bytes", "allocated_bytes", "tracked_bytes", "rss_bytes")
