@@ -206,10 +206,17 @@ def sample(
 
 
 @app.command()
-def info(as_json: bool = typer.Option(False, "--json", help="machine-readable facts")) -> None:
+def info(as_json: bool = typer.Option(False, "--json", help="machine-readable facts"),
+         vram: str = typer.Option(None, "--vram", help="say which card a --vram name stands for (rtx3070, "
+                                  "'RTX 3070', h100-sxm, ...): its total and where it comes from")) -> None:
     """What is here: each GPU (NVML) or the CPU, with driver, CUDA and torch versions."""
     from vramfit.measure import devices
 
+    if vram is not None:
+        from vramfit.cards import card_lines
+
+        for line in card_lines(vram):
+            typer.echo(line)
     if as_json:
         import json
 
