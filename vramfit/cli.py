@@ -564,6 +564,9 @@ def suggest(
                               "is, and the largest batch / block / model close to it that fits"),
     within_measured: bool = typer.Option(False, "--within-measured", help="keep layers, width, block and batch "
                                          "inside the ranges the profile measured (no extrapolation)"),
+    margin: str = typer.Option(None, "--margin", help="safety margin over the prediction, e.g. 5% or 0.05 "
+                               "(default: the profile's CV margin; with the dry run, the worst under-prediction "
+                               "on the public validation set + a cushion)"),
 ) -> None:
     # (long only by its option declarations: the body is ~30 lines, the rest is in plan.recommend)
     """Configs that fit a card with the safety margin, ranked, each with its train command.
@@ -590,7 +593,7 @@ def suggest(
                               batch_size=batch_size, vocab_size=vocab)
     rec = recommend(SuggestRequest(vram, reserve, objective, space, min_batch, top, model, data_dir, no_profile,
                                    recipe, capability, hours, rank, loss_law, gpus, strategy, device, cache_dir,
-                                   not no_cache, within_measured))
+                                   not no_cache, within_measured, margin))
     for line in rec.warnings:
         typer.echo(line, err=True)
     if rec.items:
