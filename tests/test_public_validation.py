@@ -205,3 +205,30 @@ def test_info_says_which_card_a_vram_name_stands_for(capsys):
     assert "source: https://github.com/noonghunna/club-3090/issues/353" in out
     assert main(["info", "--vram", "rtx9999"]) == 2
     assert capsys.readouterr().err.startswith("error: cannot parse size 'rtx9999'")
+
+
+# ------------------------------------------------------------------------------------------ the bench
+
+
+@pytest.mark.slow
+def test_bench_public_compares_a_row_and_lists_what_it_cannot_model(tmp_path):
+    """`experiments/bench_public.py` on two rows: the L4 reading beside `vramfit estimate`'s device figure (the real
+    estimator, in its child process), and the nanochat row listed with the reason it is not scored."""
+    import subprocess
+    import sys
+
+    from vramfit.validation import ESTIMATES
+
+    md, csv = tmp_path / "public.md", tmp_path / "est.csv"
+    before = ESTIMATES.read_bytes()
+    out = subprocess.run([sys.executable, "experiments/bench_public.py", "--rows", "l4-b8,nanochat-d32-b8", "--md",
+                          str(md), "--csv", str(csv)], capture_output=True, text=True, timeout=900, check=True).stdout
+    assert "load at start:" in out and "load at the end:" in out
+    est = load_estimates(csv)
+    assert set(est) == {"l4-b8"} and 6000 * MIB < est["l4-b8"] < 9000 * MIB
+    text = md.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| l4-b8 |"))
+    assert "| L4 (8.9) | 8 x 64 | 7,731 MiB |" in row and f"{est['l4-b8'] / MIB:,.0f} MiB" in row
+    assert "- nanochat-d32-b8 (H100 80GB (8 x), nvidia-smi-approx: about 78/80GB): nanochat's architecture" in text
+    assert "#L157-L158> \"7731MiB /  23034MiB\"" in text
+    assert ESTIMATES.read_bytes() == before  # a subset never touches the committed table
