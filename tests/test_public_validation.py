@@ -203,6 +203,8 @@ def test_info_says_which_card_a_vram_name_stands_for(capsys):
     out = capsys.readouterr().out
     assert "--vram RTX 3090 Ti: rtx3090ti = NVIDIA GeForce RTX 3090 Ti (24 GB)" in out and "(24564 MiB)" in out
     assert "source: https://github.com/noonghunna/club-3090/issues/353" in out
+    assert main(["info", "--vram", "RTX 3070"]) == 0  # the README's example: a spec-sheet figure, said so
+    assert "rtx3070 = NVIDIA GeForce RTX 3070 (8 GB): 8.00 GiB from the spec sheet" in capsys.readouterr().out
     assert main(["info", "--vram", "rtx9999"]) == 2
     assert capsys.readouterr().err.startswith("error: cannot parse size 'rtx9999'")
 
