@@ -94,7 +94,9 @@ CARDS = {c.name: c for c in (
           ("rtx4060ti-8g", "rtx4060ti-8gb")),
     _spec("rtx4060ti-16g", "NVIDIA GeForce RTX 4060 Ti (16 GB)", 16, "40-series/rtx-4060-4060ti/",
           ("rtx4060ti-16gb",)),
-    _spec("rtx4070", "NVIDIA GeForce RTX 4070 (12 GB)", 12, "40-series/rtx-4070-family/"),
+    Card("rtx4070", "NVIDIA GeForce RTX 4070 (12 GB)", 12282 * MIB,
+         "https://lzwjava.github.io/rtx-4070-vram-usage-en (an AI-written page on its author's nvidia-smi output: "
+         "'12 GB VRAM (12288 MiB, shown as 12282 MiB likely due to rounding/reserved space)')"),
     _spec("rtx4070ti", "NVIDIA GeForce RTX 4070 Ti (12 GB)", 12, "40-series/rtx-4070-family/"),
     _spec("rtx4070tisuper", "NVIDIA GeForce RTX 4070 Ti SUPER (16 GB)", 16, "40-series/rtx-4070-family/",
           ("rtx4070tis",)),

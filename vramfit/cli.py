@@ -581,11 +581,12 @@ def suggest(
         fail("--rank ranks by time: give --hours too")
     writable_file(save, "--save")
     if like is not None:
+        from vramfit.cards import parse_vram
         from vramfit.plan.like import run_suggest_like
         from vramfit.units import parse_size
 
         reserve_b = parse_size(reserve)
-        lines, found = run_suggest_like(like, parse_size(vram) - reserve_b, model, save, json_out, vram, reserve_b,
+        lines, found = run_suggest_like(like, parse_vram(vram)[0] - reserve_b, model, save, json_out, vram, reserve_b,
                                         (recipe, capability) if no_profile else None)
         typer.echo("\n".join(lines))
         raise typer.Exit(0 if found else 1)
