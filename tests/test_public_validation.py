@@ -27,7 +27,7 @@ def test_every_reading_is_cited_and_copied_as_printed():
     exactly as the source prints them (no rounding)."""
     readings = load_readings()
     assert len([r for r in readings if r.scored]) >= 40
-    assert {r.kind for r in readings} == {"nvidia-smi", "nvidia-smi-approx", "oom"}
+    assert {r.kind for r in readings} == {"nvidia-smi", "nvidia-smi-approx", "max_memory_allocated", "oom"}
     for r in readings:
         assert r.url.startswith("https://github.com/") and r.quote
         if r.kind == "nvidia-smi":

@@ -29,7 +29,7 @@ DATA = Path(__file__).resolve().parent / "data"
 READINGS = DATA / "public_readings.toml"
 ESTIMATES = DATA / "public_estimates.csv"
 CUSHION = 0.02
-KINDS = ("nvidia-smi", "nvidia-smi-approx", "oom")
+KINDS = ("nvidia-smi", "nvidia-smi-approx", "max_memory_allocated", "oom")
 ESTIMATE_COLUMNS = ("id", "estimate_bytes", "reading_bytes", "estimator_batch_size", "estimator_micro_steps")
 
 
