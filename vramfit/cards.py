@@ -101,8 +101,10 @@ CARDS = {c.name: c for c in (
     _spec("rtx4070tisuper", "NVIDIA GeForce RTX 4070 Ti SUPER (16 GB)", 16, "40-series/rtx-4070-family/",
           ("rtx4070tis",)),
     _spec("rtx4080", "NVIDIA GeForce RTX 4080 (16 GB)", 16, "40-series/rtx-4080-family/"),
-    _spec("rtx4080super", "NVIDIA GeForce RTX 4080 SUPER (16 GB)", 16, "40-series/rtx-4080-family/",
-          ("rtx4080s",)),
+    Card("rtx4080super", "NVIDIA GeForce RTX 4080 SUPER (16 GB)", 16376 * MIB,
+         "https://github.com/utkuozdemir/nvidia_gpu_exporter/blob/e656cd81a180e7e0e7862b53c9acd4c2fb0f590b/internal/"
+         "captures/linux-x86_64__nvidia-geforce-rtx-4080-super__595.71.05.txt#L1407 (nvidia-smi, driver 595.71.05: "
+         "596MiB /  16376MiB)", ("rtx4080s",)),
     Card("rtx4090", "NVIDIA GeForce RTX 4090 (24 GB)", 24564 * MIB,
          "https://github.com/RLinf/RLinf/issues/255 (nvidia-smi, driver 550.163.01)"),
     Card("rtx5070", "NVIDIA GeForce RTX 5070 (12 GB)", 12227 * MIB,
