@@ -18,7 +18,7 @@ from pathlib import Path
 
 from vramfit.child import ChildResult, LiveChildren, run_json
 from vramfit.measure.devices import PCI_ORDER, DeviceFacts
-from vramfit.recipe import Recipe
+from vramfit.recipe import Recipe, with_alloc_conf
 from vramfit.sweep.grid import Measure
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -30,11 +30,13 @@ def worker_env(facts: DeviceFacts, recipe: Recipe, measure: Measure) -> dict[str
     """The worker's environment: RSS that follows frees (glibc mmap threshold, no MKL buffer cache) and
     `measure.threads` threads on CPU; on CUDA the GPU by UUID (chosen among the GPUs the inherited
     CUDA_VISIBLE_DEVICES allows, see `devices.visible_devices`), CUDA_DEVICE_ORDER=PCI_BUS_ID (CUDA's ordinals in
-    NVML's order) and the recipe's PYTORCH_CUDA_ALLOC_CONF (the recipe is authoritative: an inherited value is
-    removed)."""
+    NVML's order) and the recipe's allocator settings in both of torch's variables (`recipe.with_alloc_conf`: the
+    recipe is authoritative, an inherited value is removed). A CPU worker sees no GPU (CUDA_VISIBLE_DEVICES=''):
+    on a GPU host, Dynamo and Inductor would otherwise initialise CUDA in it and NVML would count it."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     if facts.device_type == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"
         env["MALLOC_TRIM_THRESHOLD_"] = "0"
         env["MKL_DISABLE_FAST_MM"] = "1"  # MKL's buffer cache would keep ~2 MB of RSS that no tensor owns
@@ -47,9 +49,7 @@ def worker_env(facts: DeviceFacts, recipe: Recipe, measure: Measure) -> dict[str
             env["CUDA_VISIBLE_DEVICES"] = facts.gpu_uuid
         elif facts.index is not None and not os.environ.get("CUDA_VISIBLE_DEVICES"):  # torch facts, no NVML
             env["CUDA_VISIBLE_DEVICES"] = str(facts.index)
-        env.pop("PYTORCH_CUDA_ALLOC_CONF", None)
-        if recipe.alloc_conf:
-            env["PYTORCH_CUDA_ALLOC_CONF"] = recipe.alloc_conf
+        env = with_alloc_conf(env, recipe.alloc_conf)
     return env
 
 
@@ -71,12 +71,13 @@ def share_compile_cache(device: str) -> bool:
 
 def compile_cache_env(cache_dir: str | None) -> dict[str, str]:
     """Inductor's on-disk caches (FX graph, AOTAutograd, autotuning, Triton kernels) in one per-sweep directory,
-    shared by the sweep's workers and by no other sweep; with `cache_dir` None (CACHE_ENV=0), every cache off."""
+    shared by the sweep's workers and by no other sweep; with `cache_dir` None (CACHE_ENV=0), every cache off.
+    Only variables torch reads (the autotuning cache has no variable: `autotune_local_cache` is on by default and
+    lives in TORCHINDUCTOR_CACHE_DIR)."""
     if cache_dir is None:
         return {"TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"}
     return {"TORCHINDUCTOR_CACHE_DIR": cache_dir, "TRITON_CACHE_DIR": os.path.join(cache_dir, "triton"),
-            "TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
-            "TORCHINDUCTOR_AUTOTUNE_LOCAL_CACHE": "1"}
+            "TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
 
 
 class WorkerPool:
