@@ -64,6 +64,7 @@ class Estimate:
     process: dict = field(default_factory=dict)  # cuda: reserved + context = device bytes, with the context's source
     compiled: bool = False  # the figures above are the torch.compile emulation's (the recipe compiles)
     modes: dict = field(default_factory=dict)  # "eager" and, when compiled, "compiled": peak, phase, op, reserved
+    cuda_build: dict = field(default_factory=dict)  # cuda: the CUDA / cuDNN versions the SDPA kernel choice followed
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -256,6 +257,10 @@ def format_estimate(est: Estimate) -> str:
         f"batch {est.batch_size} on {where}: {est.dtype}, {est.optimizer} AdamW, {est.attention} attention",
         f"peak {format_size(est.peak_bytes)} in {est.peak_phase} (step {est.peak_step}) at {est.peak_op}",
     ]
+    if est.cuda_build:
+        b = est.cuda_build
+        lines.insert(1, f"attention kernel chosen as torch does with CUDA {b['cuda']}, cuDNN {b['cudnn']} "
+                        f"({b['source']}; VRAMFIT_CUDA_VERSION / VRAMFIT_CUDNN_VERSION override)")
     for name, n in est.breakdown.items():
         if n:
             share = n / est.peak_bytes if est.peak_bytes else 0.0

@@ -3,7 +3,9 @@
 A fresh process per point is either forked from the sweep's fork server (`vramfit.sweep.forkserver`: one zygote
 per worker environment and thread, which imported torch once) or, where fork is not available or a custom worker
 command is given, spawned (`python -m vramfit.measure.worker`, paying the import each time). Either way the worker
-code, its record, the timeout and the death with the sweep are the same.
+code, its record, the timeout and the death with the sweep are the same. A fork server that touched CUDA
+(`vramfit.sweep.forkserver.fork_unsafe`, from the fork-safety test it runs at start) hands CUDA points to spawned
+workers.
 """
 
 from __future__ import annotations
@@ -145,14 +147,18 @@ class WorkerPool:
         return server
 
     def _run_child(self, spec: dict, env: dict[str, str], timeout: float) -> ChildResult:
-        if not self.fork:
-            return run_json(self.cmd, spec, timeout, env=env, live=self.live)
-        from vramfit.sweep.forkserver import ForkServerError
+        if self.fork:
+            from vramfit.sweep.forkserver import ForkServerError, fork_unsafe
 
-        try:
-            return self._server(env).run(spec, timeout)
-        except ForkServerError as exc:
-            return ChildResult(1, "", str(exc))
+            try:
+                server = self._server(env)
+                why = fork_unsafe(server.info, str(spec.get("device") or "cpu"))
+                if not why:
+                    return server.run(spec, timeout)
+            except ForkServerError as exc:
+                return ChildResult(1, "", str(exc))
+            self.fork, self.why_spawn = False, why  # this and every later point: spawned
+        return run_json(self.cmd, spec, timeout, env=env, live=self.live)
 
     def run(self, spec: dict, env: dict[str, str], timeout: float) -> dict:
         """One point in one fresh process; always returns a record (ok | oom | error | timeout)."""
