@@ -2,7 +2,7 @@
 
     python experiments/gpu_stages.py STAGE WORKDIR
 
-Each stage writes its files into WORKDIR and last WORKDIR/result.json: {"status": ok | fail | skip, "note",
+Each stage writes its files into WORKDIR and last WORKDIR/result.json: {"status": ok | fail | timeout | skip, "note",
 "lines"} (`lines`: the markdown summary.md shows for it). VRAMFIT_EVIDENCE_DEADLINE (epoch seconds) is when the
 runner cuts the stage off: a stage made of parts (a sweep, the tests) stops them before it, so that what they
 measured is written. A stage that needs CUDA where torch has none says so (status skip).
@@ -520,9 +520,9 @@ def _compiled_sweep(work: Path, name: str, blocks: list[dict], recipe: dict, mea
     with (work / f"{name}-estimates.log").open("wb") as log:
         est_proc = subprocess.Popen([PY, str(Path(__file__).resolve()), "estimate", str(spec), str(est_file)],
                                     cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    rows, rc = sweep(work, name, blocks, recipe, measure, *extra, device="cuda" if cuda else "cpu", reserve_s=25)
+    rows, rc = sweep(work, name, blocks, recipe, measure, *extra, device="cuda" if cuda else "cpu", reserve_s=12)
     try:
-        est_proc.wait(timeout=max(1.0, left() - 8))
+        est_proc.wait(timeout=max(1.0, left() - 4))
     except subprocess.TimeoutExpired:
         os.killpg(est_proc.pid, signal.SIGKILL)
         est_proc.wait()
@@ -535,7 +535,7 @@ def _compiled_sweep(work: Path, name: str, blocks: list[dict], recipe: dict, mea
     lines = [f"{note}. Measured: NVML (the process's peak), max_memory_reserved, max_memory_allocated; est: the dry "
              "run of the same config (err = est / measured - 1)." if cuda else
              f"{note}. CPU rehearsal: tracked bytes vs the dry run's CPU estimate.", "", *lines]
-    status = "ok" if compared and rc in (0, 124) else "fail"
+    status = "timeout" if rc == 124 else "ok" if compared and rc == 0 else "fail"
     return finish(work, status, note, lines)
 
 
