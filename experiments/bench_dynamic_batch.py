@@ -16,7 +16,7 @@ point) in four arms, each in a fresh database:
 Per point: the readings (CPU: tracked bytes, peak RSS, and the CPU allocator's peak during one steady step, which
 counts Inductor's buffers; CUDA: NVML, reserved, allocated), compile seconds, cache hits, the graphs Dynamo
 compiled for the measured trainer and whether their batch size was symbolic. Each finished arm is saved in
-`<out>.json`, so a run cut off (gpu_validate.sh's time box) resumes with the arms not done (--fresh: all again).
+`<out>.json`, so a run cut off (gpu_evidence.sh's time limit) resumes with the arms not done (--fresh: all again).
 """
 
 from __future__ import annotations
