@@ -67,7 +67,7 @@ class Stage:
 
 STAGES = (
     Stage("facts-system", "a", 10, 10, "nvidia-smi -q, versions, provenance, environment"),
-    Stage("facts-context", "a", 40, 0, "CUDA context; first cuBLAS, SDPA per kernel, Inductor kernel"),
+    Stage("facts-context", "a", 35, 0, "CUDA context; first cuBLAS, SDPA per kernel, Inductor kernel"),
     Stage("check-4", "b", 25, 0, "own PID in NVML beside a foreign process"),
     Stage("check-5", "b", 20, 0, "get_device_properties allocates nothing; train --measure's GPU and baseline"),
     Stage("check-6", "b", 25, 0, "emulated 3 GiB card: caps, oom, NVML within the card"),
@@ -75,8 +75,8 @@ STAGES = (
     Stage("check-8", "b", 30, 0, "compiled point: step 1 left out of the peak"),
     Stage("check-9", "b", 25, 0, "NCCL's memory outside the allocator (1 rank)"),
     Stage("sweep-gpt2", "c", 150, 0, "compiled GPT-2 124M, block 1024, batch 4/8/16, estimate beside"),
-    Stage("sweep-small", "c", 100, 30, "compiled small shapes (1-10 MiB tensors), estimate beside"),
-    Stage("tests", "d", 40, 15, "fork-safety test, quick gpu-marked tests"),
+    Stage("sweep-small", "c", 95, 30, "compiled small shapes (1-10 MiB tensors), estimate beside"),
+    Stage("tests", "d", 50, 15, "fork-safety test, quick gpu-marked tests"),
     Stage("emulated-8g", "e", 120, 0, "GPT-2 124M on an emulated 8 GiB card, estimate beside", True),
     Stage("dynamic-batch", "e", 420, 0, "compiled points static vs dynamic batch (bench_dynamic_batch.py)", True),
     Stage("demo", "e", 420, 0, "scripts/demo.sh on this GPU", True),

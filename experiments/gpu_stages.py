@@ -205,10 +205,11 @@ def _first_uses(nv, pid: int) -> dict:
     out: dict = {"nvml_pid_listed_before_context": pid in [p for p, _ in nv.processes() or []]}
     dev0 = nv.device_used()
     t = time.perf_counter()
-    props = torch.cuda.get_device_properties(0)  # assumed: no context, nothing allocated
-    out["get_device_properties_device_delta"] = (nv.device_used() or 0) - (dev0 or 0)
     torch.cuda.init()
-    out["after_init_device_delta"] = (nv.device_used() or 0) - (dev0 or 0)
+    dev1 = nv.device_used()
+    out["after_init_device_delta"] = (dev1 or 0) - (dev0 or 0)
+    props = torch.cuda.get_device_properties(0)  # assumed: allocates nothing
+    out["get_device_properties_device_delta"] = (nv.device_used() or 0) - (dev1 or 0)
     torch.empty(1, device="cuda")
     torch.cuda.synchronize()
     raw, reserved = own(), torch.cuda.memory_reserved()
@@ -291,8 +292,9 @@ def facts_context(work: Path) -> int:
              f"**{mib(facts['context_bytes'])} MiB** (raw {mib(facts['context_nvml_bytes'])} MiB, reserved "
              f"{mib(facts['context_reserved_bytes'])} MiB, source {facts['nvml_source']}); the dry run's table says "
              f"{mib(table_ctx['context_bytes'])} MiB ({table_ctx['context_source'].split(':')[0]})",
-             f"- get_device_properties: device used changed by {mib(facts['get_device_properties_device_delta'])} MiB"
-             f" (assumed 0); torch.cuda.init() alone: {mib(facts['after_init_device_delta'])} MiB",
+             f"- torch.cuda.init() alone: device used +{mib(facts['after_init_device_delta'])} MiB; then "
+             f"get_device_properties: +{mib(facts['get_device_properties_device_delta'])} MiB (assumed 0); this "
+             f"process listed by NVML before its context: {facts['nvml_pid_listed_before_context']}",
              f"- NVML v2 memory: {facts['nvml_memory_v2']}", "",
              *table([{**s, "nvml_delta": mib(s["nvml_delta"]), "reserved_delta": mib(s["reserved_delta"]),
                       "non_allocator_bytes": mib(s["non_allocator_bytes"])} for s in facts["first_uses"]],

@@ -68,14 +68,19 @@ def test_list_prints_a_plan_within_eight_minutes_on_an_h100_and_runs_nothing(tmp
 
 
 def test_the_budget_cuts_the_plan_first_fit_in_priority_order():
-    stages = gpu_evidence.STAGES
-    planned, optional, skipped = gpu_evidence.plan(stages, 100, gpu=True)
-    assert [s.name for s in planned] == ["facts-system", "facts-context", "check-4", "check-5"]
-    assert sum(s.gpu_s for s in planned) <= 100 and "sweep-gpt2" in [s.name for s in skipped]
-    assert all(s.optional for s in optional) and not [s for s in planned if s.optional]
-    # a shorter later stage still fits where a longer earlier one did not (95 s used: check-6's 25 s do not fit)
-    planned, _, skipped = gpu_evidence.plan(stages, 105, gpu=True)
-    assert "check-6" in [s.name for s in skipped] and planned[-1].name == "check-7"
+    Stage = gpu_evidence.Stage
+    stages = (Stage("a1", "a", 10, 5, ""), Stage("b1", "b", 50, 0, ""), Stage("b2", "b", 20, 0, ""),
+              Stage("c1", "c", 25, 5, ""), Stage("e1", "e", 5, 0, "", optional=True))
+    planned, optional, skipped = gpu_evidence.plan(stages, 59, gpu=True)
+    # b1 does not fit after a1; the shorter b2 and c1 still do; the optional stage is never planned, only offered
+    assert [s.name for s in planned] == ["a1", "b2", "c1"] and [s.name for s in skipped] == ["b1"]
+    assert [s.name for s in optional] == ["e1"]
+    assert [s.name for s in gpu_evidence.plan(stages, 60, gpu=False)[0]] == ["a1", "b1", "b2", "c1"]  # CPU seconds
+    for budget in (30, 100, 200, 480):  # the real plan: in priority order, within the budget
+        planned, _, skipped = gpu_evidence.plan(gpu_evidence.STAGES, budget, gpu=True)
+        assert sum(s.gpu_s for s in planned) <= budget and planned == sorted(planned, key=gpu_evidence.STAGES.index)
+        assert all(sum(x.gpu_s for x in planned if gpu_evidence.STAGES.index(x) < gpu_evidence.STAGES.index(s))
+                   + s.gpu_s > budget for s in skipped)
 
 
 def test_rehearsal_within_a_60_s_budget_writes_every_stage_under_out(tmp_path):
