@@ -223,6 +223,14 @@ def test_a_cpu_worker_sees_no_gpu_and_a_gpu_worker_gets_both_allocator_variables
     assert "PYTORCH_ALLOC_CONF" not in plain and "PYTORCH_CUDA_ALLOC_CONF" not in plain
     assert alloc_conf_in_force({"PYTORCH_ALLOC_CONF": "a:1", "PYTORCH_CUDA_ALLOC_CONF": "b:2"}) == "a:1"
     assert alloc_conf_in_force({"PYTORCH_CUDA_ALLOC_CONF": "b:2"}) == "b:2" and alloc_conf_in_force({}) == ""
+    # the train command a suggestion prints sets both too, so an exported PYTORCH_ALLOC_CONF cannot override it
+    from vramfit.plan.suggest import Suggestion
+    from vramfit.plan.workflows import train_command
+
+    s = Suggestion(1, 2, 2, 64, 64, 4, 256, 10**5, 256, 2**20, 2**18, 2**20, "backward")
+    cmd = train_command(s, {"alloc_conf": "expandable_segments:True"})
+    assert cmd.startswith("PYTORCH_ALLOC_CONF=expandable_segments:True "
+                          "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True vramfit train ")
 
 
 # ------------------------------------------------------------------------------------------ item 6: named cards
