@@ -46,7 +46,6 @@ MAX_MEMBER_BYTES = 4 * 2**20  # a longer log keeps its tail
 KILL_GRACE_S = 6  # SIGINT, then SIGKILL after this long
 OVERHEAD_S = 5  # the runner's own start, bundling and summary, kept out of the stages' share of the budget
 GROUPS = {"a": "a-facts", "b": "b-checks", "c": "c-sweep", "d": "d-tests", "e": "e-extra"}
-SAFE_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
 @dataclass(frozen=True)
