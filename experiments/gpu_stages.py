@@ -29,6 +29,12 @@ CHECK_SHAPE = {"n_layer": 2, "n_head": 4, "n_embd": 256, "block_size": 256, "bat
 FAST = {"min_iters": 4, "max_iters": 10, "window": 3, "tolerance": 0.005, "timeout_s": 180, "timing_iters": 5}
 COMPILED = {"dtype": "bfloat16", "compile": True, "optimizer": "fused"}  # the lent GPUs' default recipe, spelled out
 GPT2 = {"n_layer": [12], "n_head": [12], "n_embd": [768], "block_size": [1024], "vocab_size": [50304]}
+SWEEP_GPT2 = [{**GPT2, "batch_size": [4, 8, 16]}]  # GPT-2 124M at block 1024
+# small shapes whose 1-10 MiB activations each open a 20 MiB segment (kLargeBuffer) of the caching allocator
+SWEEP_SMALL = [{"n_layer": [4], "n_head": [4], "n_embd": [256], "block_size": [256], "vocab_size": [8192],
+                "batch_size": [4, 8, 16]},
+               {"n_layer": [6], "n_head": [6], "n_embd": [384], "block_size": [512], "vocab_size": [8192],
+                "batch_size": [2, 4, 8]}]
 
 
 # --- helpers --------------------------------------------------------------------------------------------------
@@ -545,8 +551,7 @@ def sweep_gpt2(work: Path) -> int:
     """GPT-2 124M at block 1024, batch 4/8/16, compiled bf16 with fused AdamW."""
     if why := no_cuda():
         return finish(work, "skip", why)
-    return _compiled_sweep(work, "gpt2", [{**GPT2, "batch_size": [4, 8, 16]}], COMPILED,
-                           {**FAST, "timeout_s": 300})
+    return _compiled_sweep(work, "gpt2", SWEEP_GPT2, COMPILED, {**FAST, "timeout_s": 300})
 
 
 def sweep_small(work: Path) -> int:
@@ -556,11 +561,7 @@ def sweep_small(work: Path) -> int:
         tiny = {"n_layer": [1], "n_head": [2], "n_embd": [64], "block_size": [64], "vocab_size": [256],
                 "batch_size": [2, 4]}
         return _compiled_sweep(work, "small", [tiny], {"compile": False}, {**FAST, "threads": 1})
-    blocks = [{"n_layer": [4], "n_head": [4], "n_embd": [256], "block_size": [256], "vocab_size": [8192],
-               "batch_size": [4, 8, 16]},
-              {"n_layer": [6], "n_head": [6], "n_embd": [384], "block_size": [512], "vocab_size": [8192],
-               "batch_size": [2, 4, 8]}]
-    return _compiled_sweep(work, "small", blocks, COMPILED, FAST)
+    return _compiled_sweep(work, "small", SWEEP_SMALL, COMPILED, FAST)
 
 
 # --- d: tests -------------------------------------------------------------------------------------------------

@@ -173,3 +173,30 @@ def test_the_commit_is_asked_of_git_with_a_check(tmp_path, monkeypatch, how):
     else:
         monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
         assert git_commit(tmp_path).startswith("unknown (")
+
+
+def test_the_gpu_stages_grids_and_comparison_table(tmp_path):
+    """The sweeps the GPU stages run (written here as they write them) are valid grids of the points the issue
+    asks for, and each measured point gets its estimate beside it (NVML, reserved, allocated)."""
+    import gpu_stages
+
+    from vramfit.sweep.grid import load_grid
+
+    gpt2, small = gpu_stages.SWEEP_GPT2, gpu_stages.SWEEP_SMALL
+    assert [(p["n_layer"], p["n_embd"], p["block_size"], p["batch_size"]) for p in gpu_stages.grid_points(gpt2)] == \
+        [(12, 768, 1024, b) for b in (4, 8, 16)]
+    for name, blocks in (("gpt2", gpt2), ("small", small)):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(gpu_stages.grid_text(name, blocks, gpu_stages.COMPILED, gpu_stages.FAST))
+        grid = load_grid(path)
+        pts, _ = grid.points()
+        assert sorted(map(str, pts)) == sorted(map(str, gpu_stages.grid_points(blocks)))
+        assert grid.recipe.dtype == "bfloat16" and grid.recipe.compile is True and grid.recipe.optimizer == "fused"
+    assert 8 <= len(gpu_stages.grid_points(gpt2 + small)) <= 12
+    point = {**gpu_stages.grid_points(gpt2)[0], "status": "ok", "nvml_bytes": 10 * 2**30,
+             "reserved_bytes": 9 * 2**30, "allocated_bytes": 8 * 2**30, "context_bytes": 500 * 2**20}
+    est = {**gpu_stages.grid_points(gpt2)[0], "est_nvml": 11 * 2**30, "est_reserved": 9 * 2**30,
+           "est_allocated": 6 * 2**30, "est_attention": "cudnn"}
+    (row,), lines = gpu_stages._compare([point], [est], cuda=True)
+    assert (row["nvml err"], row["reserved err"], row["allocated err"]) == ("+10.0%", "+0.0%", "-25.0%")
+    assert row["shape"] == "L12 H12 C768 T1024 V50304" and row["attention"] == "cudnn" and len(lines) == 3
