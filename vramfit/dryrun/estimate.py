@@ -257,10 +257,6 @@ def format_estimate(est: Estimate) -> str:
         f"batch {est.batch_size} on {where}: {est.dtype}, {est.optimizer} AdamW, {est.attention} attention",
         f"peak {format_size(est.peak_bytes)} in {est.peak_phase} (step {est.peak_step}) at {est.peak_op}",
     ]
-    if est.cuda_build:
-        b = est.cuda_build
-        lines.insert(1, f"attention kernel chosen as torch does with CUDA {b['cuda']}, cuDNN {b['cudnn']} "
-                        f"({b['source']}; VRAMFIT_CUDA_VERSION / VRAMFIT_CUDNN_VERSION override)")
     for name, n in est.breakdown.items():
         if n:
             share = n / est.peak_bytes if est.peak_bytes else 0.0
