@@ -197,10 +197,11 @@ def facts_system(work: Path) -> int:
     return finish(work, "ok", "", lines)
 
 
-def _first_uses(nv, pid: int) -> dict:
+def _first_uses(nv, pid: int, save) -> dict:
     """The measured CUDA context and each first use's bytes outside the caching allocator (NVML's reading of this
     process minus memory_reserved(), before and after), in this order: context, cuBLAS, cuBLASLt, SDPA flash,
-    efficient and cuDNN (forward + backward), the first Inductor (Triton) kernel."""
+    efficient and cuDNN (forward + backward), the first Inductor (Triton) kernel. `save(facts)` after each, so that
+    a crash (a kernel that takes the process down) keeps what was measured before it."""
     import torch
     import torch.nn.functional as F
 
@@ -223,7 +224,9 @@ def _first_uses(nv, pid: int) -> dict:
                context_device_delta=(nv.device_used() or 0) - (dev0 or 0), context_s=time.perf_counter() - t,
                nvml_source="pid" if nv.process_used(pid) is not None else "device", total_memory=props.total_memory,
                capability=f"{props.major}.{props.minor}")
-    steps = []
+    steps: list[dict] = []
+    out["first_uses"] = steps
+    save(out)
 
     def first(name: str, fn) -> None:
         torch.cuda.synchronize()
@@ -238,6 +241,7 @@ def _first_uses(nv, pid: int) -> dict:
         steps.append({"first": name, "nvml_delta": (a_raw or 0) - (b_raw or 0), "reserved_delta": a_res - b_res,
                       "non_allocator_bytes": ((a_raw or 0) - (b_raw or 0)) - (a_res - b_res),
                       "seconds": round(time.perf_counter() - t0, 3), "error": err})
+        save(out)
 
     a = torch.randn(2048, 2048, device="cuda", dtype=torch.bfloat16)
     first("cublas matmul (bf16 mm)", lambda: a @ a)
@@ -260,7 +264,6 @@ def _first_uses(nv, pid: int) -> dict:
         first(f"{label} (fwd + bwd, B4 H12 T1024 D64 bf16)", attention(backend))
     x = torch.randn(2**20, device="cuda")
     first("inductor kernel (torch.compile of sin(x) * 2 + 1)", lambda: torch.compile(lambda t: t.sin() * 2 + 1)(x))
-    out["first_uses"] = steps
     return out
 
 
@@ -279,7 +282,7 @@ def facts_context(work: Path) -> int:
     if not gpus:
         return finish(work, "skip", f"needs NVML and a GPU ({note})")
     nv = NvmlProbe(gpus[0].gpu_uuid)
-    facts = _first_uses(nv, os.getpid())
+    facts = _first_uses(nv, os.getpid(), lambda d: (work / "context.json").write_text(json.dumps(d, indent=1)))
     try:
         import pynvml
 

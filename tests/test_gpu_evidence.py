@@ -200,3 +200,17 @@ def test_the_gpu_stages_grids_and_comparison_table(tmp_path):
     (row,), lines = gpu_stages._compare([point], [est], cuda=True)
     assert (row["nvml err"], row["reserved err"], row["allocated err"]) == ("+10.0%", "+0.0%", "-25.0%")
     assert row["shape"] == "L12 H12 C768 T1024 V50304" and row["attention"] == "cudnn" and len(lines) == 3
+
+
+def test_each_cuda_stage_run_by_hand_on_the_cpu_says_it_needs_cuda(tmp_path):
+    """Where the runner does not skip them (NVML sees a GPU but torch has no CUDA), the CUDA stages skip themselves."""
+    import gpu_stages
+
+    cuda_stages = [s.name for s in gpu_evidence.STAGES if s.cpu_s == 0]
+    assert set(cuda_stages) <= set(gpu_stages.STAGES) and set(gpu_stages.STAGES) == {s.name for s in
+                                                                                    gpu_evidence.STAGES}
+    for name in cuda_stages:
+        assert gpu_stages.main([name, str(tmp_path / name)]) == 0
+        res = json.loads((tmp_path / name / "result.json").read_text())
+        assert res["status"] == "skip" and "needs CUDA" in res["note"], (name, res)
+    assert gpu_stages.main(["no-such-stage", str(tmp_path)]) == 2
