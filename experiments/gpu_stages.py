@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -117,6 +118,15 @@ def sweep(work: Path, name: str, blocks: list[dict], recipe: dict, measure: dict
     rc = run_logged(vramfit_cmd("sweep", "--grid", str(grid), "--device", device, "--db", str(db), "--redo", *extra),
                     work / f"{name}.log", left() - reserve_s)
     return points(db), rc
+
+
+def only_point(rows: list[dict], work: Path, name: str) -> dict:
+    """The one point a one-point sweep measured; else an error with the end of its log."""
+    if len(rows) != 1:
+        log = work / f"{name}.log"
+        tail = log.read_text(errors="replace")[-400:] if log.is_file() else ""
+        raise RuntimeError(f"sweep {name}: {len(rows)} points instead of 1; log: {tail}")
+    return rows[0]
 
 
 def finish(work: Path, status: str, note: str = "", lines: list[str] | tuple = ()) -> int:
@@ -327,7 +337,7 @@ def check_4(work: Path) -> int:
     from vramfit.measure.probe import NvmlProbe
 
     shape = {k: [v] for k, v in CHECK_SHAPE.items()}
-    (alone,), _ = sweep(work, "alone", [shape], {"compile": False}, FAST)
+    alone = only_point(sweep(work, "alone", [shape], {"compile": False}, FAST)[0], work, "alone")
     gpu = nvml_devices()[0][0]
     hog = subprocess.Popen([PY, "-c", "import torch, time; x = torch.empty(512 * 2**20, dtype=torch.uint8, "
                             "device='cuda'); torch.cuda.synchronize(); time.sleep(600)"])
@@ -337,7 +347,7 @@ def check_4(work: Path) -> int:
             if len(nv.processes() or []) >= 1:
                 break
             time.sleep(0.5)
-        (shared,), _ = sweep(work, "beside", [shape], {"compile": False}, FAST)
+        shared = only_point(sweep(work, "beside", [shape], {"compile": False}, FAST)[0], work, "beside")
     finally:
         hog.kill()
     nums = {k: {f: p.get(f) for f in ("status", "nvml_bytes", "nvml_source", "nvml_pid_match", "foreign_procs")}
@@ -376,8 +386,8 @@ def check_5(work: Path) -> int:
                                 "--block-size", "128", "--batch-size", "8", "--max-iters", "20", "--eval-interval",
                                 "1000", "--eval-iters", "2", "--compile", "false", "--device", "cuda"),
                     work / "train.log", left() - 5)
-    for f in (work / "ckpt").glob("*.pt"):
-        f.unlink()  # a checkpoint is no evidence, and large
+    for folder in (work / "ckpt", data):  # a checkpoint and a prepared corpus are no evidence, and large
+        shutil.rmtree(folder, ignore_errors=True)
     rows = points(db)
     p = rows[-1] if rows else {}
     nums.update({k: p.get(k) for k in ("gpu_uuid", "context_bytes", "nvml_bytes", "nvml_source", "idle_baseline",
