@@ -251,6 +251,8 @@ class Run:
         note = result.get("note") or ("" if proc.returncode == 0 else f"exit {proc.returncode}; see stage.log")
         if status in ("timeout", "interrupted"):
             note = f"cut off after {time.time() - t0:.0f} s (what it finished is kept); " + note
+        if not result:  # cut off or crashed before it wrote its result: the runner writes it
+            (work / "result.json").write_text(json.dumps({"status": status, "note": note, "lines": []}))
         return Outcome(s, status, time.time() - t0, note, list(result.get("lines") or []))
 
     def record_skip(self, s: Stage, why: str) -> Outcome:
