@@ -16,11 +16,7 @@ from pathlib import Path
 
 import torch
 
-<<<<<<< HEAD
-from gpt.config import ARCH_OPTIONS, PEAK_FLOPS, GPTConfig, TrainConfig, checkpoint_every, resolve_recipe
-=======
-from gpt.config import GPTConfig, TrainConfig, peak_flops_of, resolve_recipe
->>>>>>> main
+from gpt.config import ARCH_OPTIONS, GPTConfig, TrainConfig, checkpoint_every, peak_flops_of, resolve_recipe
 from gpt.data import Corpus
 from gpt.errors import CheckpointError, ConfigError
 from gpt.model import attention_kernel, build_model, clean_state_dict, param_groups
@@ -101,13 +97,13 @@ def peak_flops(device: str, cfg: TrainConfig) -> float | None:
 
 
 def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: str, impl: str | None = None,
-                        low_precision: bool = False) -> torch.optim.Optimizer:
+                        low_precision: bool = False, compiled: bool = False) -> torch.optim.Optimizer:
     """AdamW with weight decay on 2-D tensors only (the implementation set explicitly); with impl 'sgd' SGD with
     momentum `beta1`, with 'adafactor' `torch.optim.Adafactor` (the same groups, `learning_rate`); with 'muon'
     nanochat's MuonAdamW (`muon_optimizer`)."""
     impl = impl or resolve_recipe("float32", False, cfg.optimizer, device_type, arch=cfg.arch)[2]
     if impl == "muon":
-        return muon_optimizer(model, cfg, low_precision)
+        return muon_optimizer(model, cfg, low_precision, compiled)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
@@ -121,7 +117,8 @@ def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: s
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **flags)
 
 
-def muon_optimizer(model: torch.nn.Module, cfg: TrainConfig, low_precision: bool = False) -> torch.optim.Optimizer:
+def muon_optimizer(model: torch.nn.Module, cfg: TrainConfig, low_precision: bool = False,
+                   compiled: bool = False) -> torch.optim.Optimizer:
     """MuonAdamW with nanochat's groups (`GPT.setup_optimizer`): Muon for the blocks' matrices, one group per
     shape (momentum 0.95, 5 iterations, beta2 0.9, weight_decay); AdamW for the rest. nanochat: the head, the
     embedding, the value embeddings (half the embedding lr), resid and x0 lambdas, smear and backout, each with
@@ -153,7 +150,7 @@ def muon_optimizer(model: torch.nn.Module, cfg: TrainConfig, low_precision: bool
     muon = [dict(kind="muon", params=[p for p in matrices if p.shape == shape], lr=cfg.matrix_lr, momentum=0.95,
                  ns_steps=5, beta2=0.9, weight_decay=cfg.weight_decay)
             for shape in sorted({p.shape for p in matrices})]
-    optimizer = MuonAdamW([g for g in adamw if g["params"]] + muon, low_precision=low_precision)
+    optimizer = MuonAdamW([g for g in adamw if g["params"]] + muon, low_precision=low_precision, compiled=compiled)
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"]
     return optimizer
@@ -196,7 +193,7 @@ class Trainer:
         if nanochat:
             self.model.set_compute_dtype(ptdtype)
         self.optimizer = configure_optimizer(self.model, cfg, self.device_type, self.optimizer_impl,
-                                             low_precision=self.dtype == "bfloat16")
+                                             low_precision=self.dtype == "bfloat16", compiled=self.compile)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == "float16")
         if self.dtype == "float32" or nanochat:
             self.autocast = contextlib.nullcontext

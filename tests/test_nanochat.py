@@ -283,6 +283,33 @@ def test_muon_state_layout_and_update():
                         weight_decay=0.0)])
 
 
+@pytest.mark.slow  # two compilations on the CPU: about a minute
+def test_compiled_optimizer_steps_equal_eager():
+    """nanochat compiles both steps (fullgraph, static shapes); the recipe's compile does the same here. Hyperparameters
+    are 0-D tensors, so a new lr does not recompile."""
+    import torch._dynamo
+
+    results = []
+    for compiled in (False, True):
+        torch._dynamo.reset()
+        g = torch.Generator().manual_seed(3)
+        mats = [torch.nn.Parameter(torch.randn(8, 4, generator=g)) for _ in range(2)]
+        table = torch.nn.Parameter(torch.randn(6, 4, generator=g).bfloat16())
+        opt = MuonAdamW([dict(kind="muon", params=mats, lr=0.02, momentum=0.95, ns_steps=5, beta2=0.9,
+                              weight_decay=0.1),
+                         dict(kind="adamw", params=[table], lr=0.1, betas=(0.8, 0.95), eps=1e-10, weight_decay=0.01)],
+                        compiled=compiled)
+        for _ in range(3):
+            for group in opt.param_groups:
+                group["lr"] *= 0.5
+            for t in (*mats, table):
+                t.grad = torch.randn(t.shape, generator=g).to(t.dtype)
+            opt.step()
+        results.append([t.detach().float().clone() for t in (*mats, table)])
+    for eager, compiled in zip(*results, strict=True):
+        torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("optimizer", ["muon", "fused"])
 def test_loss_decreases(optimizer):
     cfg = make_config({**TINY_RUN, "optimizer": optimizer, "vocab_size": 65, "learning_rate": 3e-3})
