@@ -139,3 +139,16 @@ def test_a_sweep_measures_a_recipe_with_the_switches(tmp_path):
     assert peaks["switched"] < peaks["plain"]
     stored = [json.loads(row[0]) for row in Store(db).conn.execute("SELECT recipe_json FROM environments")]
     assert {(d.get("checkpoint"), d.get("grad_accum")) for d in stored} == {(None, None), ("all", 2)}
+
+
+def test_cli_estimate_with_the_switches(capsys):
+    from vramfit.cli import main
+
+    small = ["--n-layer", "2", "--n-head", "2", "--n-embd", "64", "--block-size", "32", "--batch-size", "2"]
+    rc = main(["estimate", *small, "--recipe", "optimizer=adafactor,grad_accum=4,checkpoint=all,compile=false"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "adafactor," in out and "AdamW" not in out and "peak" in out
+    rc = main(["estimate", *small, "--recipe", "checkpoint=all"])  # CUDA compiles by default: not emulated
+    out, err = capsys.readouterr()
+    assert rc == 2 and err.startswith("error:") and "not emulated" in err and "Traceback" not in err

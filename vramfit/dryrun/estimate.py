@@ -22,7 +22,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from gpt.config import GPTConfig
+from gpt.config import ADAMW, GPTConfig
 from vramfit.child import run_json
 from vramfit.errors import VramfitError
 from vramfit.recipe import Recipe
@@ -256,9 +256,10 @@ def format_estimate(est: Estimate) -> str:
     mc = est.model_config
     where = (f"cuda sm{est.compute_capability[0]}{est.compute_capability[1]}" if est.compute_capability
              else est.target)
+    optimizer = f"{est.optimizer} AdamW" if est.optimizer in ADAMW else est.optimizer
     lines = [
         f"GPT {mc['n_layer']}L {mc['n_head']}H {mc['n_embd']}C, block {mc['block_size']}, vocab {mc['vocab_size']}, "
-        f"batch {est.batch_size} on {where}: {est.dtype}, {est.optimizer} AdamW, {est.attention} attention",
+        f"batch {est.batch_size} on {where}: {est.dtype}, {optimizer}, {est.attention} attention",
         f"peak {format_size(est.peak_bytes)} in {est.peak_phase} (step {est.peak_step}) at {est.peak_op}",
     ]
     for name, n in est.breakdown.items():
