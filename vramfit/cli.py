@@ -206,10 +206,17 @@ def sample(
 
 
 @app.command()
-def info(as_json: bool = typer.Option(False, "--json", help="machine-readable facts")) -> None:
+def info(as_json: bool = typer.Option(False, "--json", help="machine-readable facts"),
+         vram: str = typer.Option(None, "--vram", help="say which card a --vram name stands for (rtx3070, "
+                                  "'RTX 3070', h100-sxm, ...): its total and where it comes from")) -> None:
     """What is here: each GPU (NVML) or the CPU, with driver, CUDA and torch versions."""
     from vramfit.measure import devices
 
+    if vram is not None:
+        from vramfit.cards import card_lines
+
+        for line in card_lines(vram):
+            typer.echo(line)
     if as_json:
         import json
 
@@ -557,6 +564,9 @@ def suggest(
                               "is, and the largest batch / block / model close to it that fits"),
     within_measured: bool = typer.Option(False, "--within-measured", help="keep layers, width, block and batch "
                                          "inside the ranges the profile measured (no extrapolation)"),
+    margin: str = typer.Option(None, "--margin", help="safety margin over the prediction, e.g. 5% or 0.05 "
+                               "(default: the profile's CV margin; with the dry run, the worst under-prediction "
+                               "on the public validation set + a cushion)"),
 ) -> None:
     # (long only by its option declarations: the body is ~30 lines, the rest is in plan.recommend)
     """Configs that fit a card with the safety margin, ranked, each with its train command.
@@ -571,11 +581,12 @@ def suggest(
         fail("--rank ranks by time: give --hours too")
     writable_file(save, "--save")
     if like is not None:
+        from vramfit.cards import parse_vram
         from vramfit.plan.like import run_suggest_like
         from vramfit.units import parse_size
 
         reserve_b = parse_size(reserve)
-        lines, found = run_suggest_like(like, parse_size(vram) - reserve_b, model, save, json_out, vram, reserve_b,
+        lines, found = run_suggest_like(like, parse_vram(vram)[0] - reserve_b, model, save, json_out, vram, reserve_b,
                                         (recipe, capability) if no_profile else None)
         typer.echo("\n".join(lines))
         raise typer.Exit(0 if found else 1)
@@ -583,7 +594,7 @@ def suggest(
                               batch_size=batch_size, vocab_size=vocab)
     rec = recommend(SuggestRequest(vram, reserve, objective, space, min_batch, top, model, data_dir, no_profile,
                                    recipe, capability, hours, rank, loss_law, gpus, strategy, device, cache_dir,
-                                   not no_cache, within_measured))
+                                   not no_cache, within_measured, margin))
     for line in rec.warnings:
         typer.echo(line, err=True)
     if rec.items:

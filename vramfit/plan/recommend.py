@@ -74,6 +74,7 @@ class SuggestRequest:
     cache_dir: Path | None = None  # the dry run's cache (default: the user cache directory)
     use_cache: bool = True
     within_measured: bool = False  # keep every axis inside the ranges the model was measured on
+    margin: str | None = None  # --margin: instead of the profile's CV margin or the dry run's validation margin
 
 
 @dataclass
@@ -221,7 +222,15 @@ def recommend(req: SuggestRequest) -> Recommendation:
             raise VramfitError("--hours needs a profiled device (its sweep measures speed); drop --no-profile")
     if req.gpus > 1 and targs:
         raise VramfitError("--hours plans one GPU for now; drop --gpus or --hours")
+    from vramfit.validation import parse_margin
+
+    override = parse_margin(req.margin) if req.margin is not None else None  # a bad value fails before any work
     mm, margin, recipe_d, path, doc, planner, plan_line = _model(req, space, warnings, vram_b - reserve_b)
+    margin_source = planner.margin.describe() if planner is not None and planner.margin is not None else None
+    if override is not None:
+        margin, margin_source = override, f"margin {override:.1%}: --margin (instead of {margin:.1%})"
+    if margin_source:
+        notes.append(margin_source)
     if req.within_measured:
         _within_measured(space, doc.get("ranges"), notes)
     try:
@@ -234,6 +243,8 @@ def recommend(req: SuggestRequest) -> Recommendation:
             notes.append(planner.summary())
     out.notes, out.warnings, out.plan_line = notes + out.notes, warnings + out.warnings, plan_line
     out.doc["plan"] = plan_line
+    if margin_source:
+        out.doc["margin_source"] = margin_source
     if planner is not None:
         out.doc["dry_run"] = planner.counts()
     return out
