@@ -295,13 +295,14 @@ def _search(req: SuggestRequest, space: dict, targs: dict, model: tuple, planner
     ranking = items.ranking
     if planner is not None:
         items = planner.verify(items, budget)
-    items = multi_gpu(items, req.gpus)
     extrapolations = _flag_extrapolations(items, doc.get("ranges"), margin, budget)
     if req.within_measured:  # each axis is inside; drop combinations beyond the measured params or tokens
         items = [s for s in items if not s.extrapolated]
         for rank, s in enumerate(items, start=1):
             s.rank = rank
+            s.command = train_command(s, recipe_d, req.data_dir)  # its --out-dir names its new rank
         extrapolations = []
+    items = multi_gpu(items, req.gpus)
     result = {"vram_bytes": vram_b, "card": card.name if card else None, "reserve_bytes": reserve_b,
               "budget_bytes": budget, "objective": req.objective, "ranking": ranking, "model_file": str(path),
               "device": doc["device"], "recipe_key": doc["recipe_key"], "recipe": recipe_d, "target": doc["target"],
