@@ -116,7 +116,7 @@ def budget(out: Path, vram: str, data_dir: str) -> None:
     model = model_file(out)
     sugg = out / f"suggest-{vram}.json"
     r = vramfit("suggest", "--vram", vram, "--model", str(model), "--objective", "params", "--top", "5",
-                "--data-dir", data_dir, "--save", str(sugg), "--json")
+                "--data-dir", data_dir, "--suggestions-file", str(sugg), "--json")
     (out / f"suggest-{vram}.txt").write_text(r.stdout + r.stderr)
     if r.returncode != 0:
         doc = {"vram": vram, "error": (r.stderr or r.stdout).strip()[-500:]}

@@ -101,7 +101,7 @@ EOF
       if [[ -z "$corpus" && -f ../shared/data/tinyshakespeare.txt ]]; then corpus=../shared/data/tinyshakespeare.txt; fi
       if [[ -z "$corpus" ]]; then corpus=data/gpu_validate.txt; $HELP corpus "$corpus" || return 2; fi
       if [[ ! -f "$DATA/meta.json" ]]; then
-        "${VF[@]}" prepare --input "$corpus" --tokenizer char --out "$DATA" || return 2
+        "${VF[@]}" prepare --input "$corpus" --tokenizer char --data-dir "$DATA" || return 2
       fi
       echo "$corpus" > "$OUT/corpus.txt" ;;
     demo)  # the README's main command first, with this machine's python (no install), a scratch database
@@ -133,11 +133,11 @@ EOF
       [[ $rc == 0 ]] || return 2 ;;
     fit)
       rm -rf "$OUT/models"
-      "${VF[@]}" fit --db "$OUT/vramfit.sqlite" --out "$OUT/models" 2>&1 | tee "$OUT/fit.txt"
+      "${VF[@]}" fit --db "$OUT/vramfit.sqlite" --models "$OUT/models" 2>&1 | tee "$OUT/fit.txt"
       [[ ${PIPESTATUS[0]} == 0 ]] || return 2
       "${VF[@]}" export --db "$OUT/vramfit.sqlite" --csv "$OUT/points.csv" || return 2
       "${VF[@]}" export --db "$OUT/heldout.sqlite" --csv "$OUT/heldout_points.csv" || return 2
-      "${VF[@]}" plot --db "$OUT/vramfit.sqlite" --out "$OUT/plots" --vram 24G || log "plots failed (not fatal)"
+      "${VF[@]}" plot --db "$OUT/vramfit.sqlite" --plots "$OUT/plots" --vram 24G || log "plots failed (not fatal)"
       $HELP heldout "$OUT" 2>&1 | tee "$OUT/heldout.txt"
       [[ ${PIPESTATUS[0]} == 0 ]] || return 2
       $HELP dryrun "$OUT" 2>&1 | tee "$OUT/dryrun.txt" || log "dry-run comparison failed (not fatal)" ;;

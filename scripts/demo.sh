@@ -21,7 +21,7 @@ if [ "$TARGET" = cuda ]; then
   echo "demo on CUDA: bf16 + torch.compile where the GPU supports them, memory = NVML of the worker process;"
   echo "  plan for VRAM=$VRAM (the GPU's memory), within the ranges the quick grid measured"
 else
-  # on the CPU the budget is RAM: 64M binds inside the quick grid's ranges (its largest points take ~60 MiB)
+  # on the CPU the budget is RAM: at the 65-token vocabulary 64M binds inside the quick grid's ranges
   VRAM=${VRAM:-64M}
   echo "demo on the CPU: float32, eager, memory = peak of live tensor storages (and RSS); plan for VRAM=$VRAM of RAM,"
   echo "  within the ranges the quick grid measured"
