@@ -7,7 +7,8 @@ from importlib import import_module
 
 from vramfit.cli.app import app, main
 
-for _module in ("facts", "sweep", "model", "plan", "train", "show"):  # each registers its commands, in this order
+# each module registers its commands on `app`; --help lists them in this order
+for _module in ("facts", "sweep", "model", "plan", "train", "checkpoint", "show"):
     import_module(f"vramfit.cli.{_module}")
 
 __all__ = ["app", "main"]
