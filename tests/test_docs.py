@@ -4,7 +4,8 @@ Each page's commands run in order, in-process (`vramfit.cli.main`), in a fresh c
 golden quick-grid database (tests/golden/demo.sqlite, this project's CPU) as results/vramfit.sqlite with its model
 fitted, a prepared char corpus in data/shakespeare_char and its text as input.txt, the grids, a small nanoGPT-style
 config/train_shakespeare_char.py and a small cfg.toml. Two things differ from a user's run, by design:
-- training is capped (TRAIN_CAP is appended to every `train`: a later flag wins), so a run takes seconds;
+- training and sampling are capped (CAPS is appended to every `train` and `sample`: a later flag wins), so a
+  run takes seconds; an `estimate` shown on two pages runs once (PURE);
 - a `sweep` of the quick grid finds its 13 points already measured in the golden database and resumes (measures
   nothing) on this project's CPU; on another CPU it measures them (about a minute).
 The commands in ALLOWED only have their flags parsed (the reason says why); XFAIL lists known failures.
@@ -26,7 +27,9 @@ from vramfit.cli.app import new_flag_names
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden"
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-TRAIN_CAP = ["--max-iters", "10", "--eval-iters", "2", "--eval-interval", "10"]
+CAPS = {"train": ["--max-iters", "6", "--eval-iters", "1", "--eval-interval", "6"],  # seconds, not minutes
+        "sample": ["--max-new-tokens", "20"]}
+PURE = ("estimate",)  # a function of its arguments and files alone: a command shown on two pages runs once
 NO_PROFILE = ("plans by the dry run, cold: 16 calibration estimates plus re-checks (30-80 s on 2 cores); the same "
               "path runs in tests/test_golden.py::test_no_profile_suggest_unchanged")
 ALLOWED = {
@@ -128,9 +131,14 @@ def page_folders(prepared) -> dict:
     return {}
 
 
+@pytest.fixture(scope="module")
+def ran() -> dict:
+    return {}
+
+
 @pytest.mark.parametrize(("page", "line", "argv"), CASES,
                          ids=[f"{p.relative_to(ROOT)}:{n}" for p, n, _ in CASES])
-def test_shown_command_runs(page, line, argv, prepared, page_folders, monkeypatch, capsys, request):
+def test_shown_command_runs(page, line, argv, prepared, page_folders, ran, monkeypatch, capsys, request):
     shown = " ".join(argv)
     args = argv[1:]
     if shown in ALLOWED:
@@ -138,14 +146,17 @@ def test_shown_command_runs(page, line, argv, prepared, page_folders, monkeypatc
         pytest.skip(f"flags parsed, not run: {ALLOWED[shown]}")
     if shown in XFAIL:
         request.applymarker(pytest.mark.xfail(reason=XFAIL[shown], strict=True))
+    if args[0] in PURE and shown in ran:
+        pytest.skip(f"ran as {ran[shown]}")
     if page not in page_folders:  # each page starts from the prepared folder, inside a folder of its own
         page_folders[page] = prepared.parent / re.sub(r"\W", "_", page.name) / "work"
         shutil.copytree(prepared, page_folders[page])
     monkeypatch.chdir(page_folders[page])
-    rc = main(args + TRAIN_CAP if args[0] == "train" else args)
+    rc = main(args + CAPS.get(args[0], []))
     out, err = capsys.readouterr()
     assert rc == 0, f"{page.name}:{line}: `{shown}` exited {rc}\n{out[-2000:]}\n{err[-2000:]}"
     assert "Traceback" not in err
+    ran[shown] = f"{page.name}:{line}"
 
 
 def test_every_page_shows_commands_and_the_lists_are_used():
