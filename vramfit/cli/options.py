@@ -21,8 +21,8 @@ HELP = {
     "--db": "the SQLite database of measurements",
     "--json": "machine-readable output (suggest's follows vramfit/schemas/suggest.schema.json)",
     "--vram": "the card's memory: 8G, 7.5GiB, 8000M, 24GB (binary units: 8G = 8 GiB), or a card: t4, l4, a10, "
-              "a100-40g, h100-sxm, rtx3070, 'RTX 4090', ... (its NVML total), or auto: this machine's GPU (NVML total - "
-              "what others use - 2%), else half its RAM. plot and report: default the last suggest's, else 8G; "
+              "a100-40g, h100-sxm, rtx3070, 'RTX 4090', ... (its NVML total), or auto: this machine's GPU (NVML "
+              "total - what others use - 2%), else half its RAM. plot and report: default the last suggest's, else 8G; "
               "info: say which card a name stands for",
     "--hours": "a time budget in hours (6, 1.5): rank what fits by what that much training buys (tokens/s from the "
                "throughput model)",
