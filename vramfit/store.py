@@ -20,12 +20,13 @@ from urllib.parse import quote
 
 from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
+from vramfit.paths import DB_FILE
 
 if TYPE_CHECKING:
     import pandas as pd  # imported by the queries that build frames: opening the store does not load pandas
 
 SCHEMA_VERSION = 1
-DEFAULT_DB = Path("results") / "vramfit.sqlite"
+DEFAULT_DB = DB_FILE
 STATUSES = ("ok", "oom", "timeout", "error")
 DONE_STATUSES = ("ok", "oom")  # resume skips these; error/timeout points are tried again
 # how a CUDA point's nvml_bytes was read: this process's own entry in NVML's compute-process list, or device used

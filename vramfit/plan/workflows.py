@@ -14,14 +14,12 @@ from typing import TYPE_CHECKING
 from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.fit.memmodel import FitReport, fit_points, load_model
+from vramfit.paths import MODELS_DIR, SUGGESTIONS_FILE
 from vramfit.plan.suggest import Suggestion
 from vramfit.recipe import ALLOC_CONF_VARS
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where frames are built: predicting from a model file needs no pandas
-
-MODELS_DIR = Path("results") / "models"
-SUGGESTIONS_FILE = Path("results") / "suggestions.json"
 
 
 def slug(text: str) -> str:
