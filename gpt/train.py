@@ -19,6 +19,7 @@ import torch
 from gpt.config import PEAK_FLOPS, GPTConfig, TrainConfig, resolve_recipe
 from gpt.data import Corpus
 from gpt.errors import CheckpointError, ConfigError
+from gpt.files import Protected, check_output, output_path
 from gpt.model import GPT, attention_kernel, clean_state_dict
 
 
@@ -278,41 +279,15 @@ def _quiet(msg: str) -> None:
     """The log of ranks other than 0."""
 
 
-def save_checkpoint(state: dict, path: str | Path) -> Path:
-    """Write atomically: a temp file in the same folder, then rename over the target."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+CHECKPOINT_KINDS = ("a PyTorch checkpoint", "a pickle")  # what a checkpoint save may replace
+
+
+def save_checkpoint(state: dict, path: str | Path, protected: Protected | None = None) -> Path:
+    """Write atomically through `gpt.files.output_path` (never over a `protected` file: {label: path})."""
+    path = check_output(path, protected or {}, "checkpoint", CHECKPOINT_KINDS)
+    with output_path(path, "checkpoint") as target:
+        torch.save(state, target)
     return path
-
-
-def _pid_alive(pid: int) -> bool:
-    if os.name != "posix":
-        return True  # no cheap, safe probe elsewhere (os.kill(pid, 0) would terminate on Windows): keep the file
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temps(path: Path) -> list[Path]:
-    """Remove `.<name>.<pid>.tmp` files beside `path` left by saves that were killed (their PID is gone)."""
-    removed = []
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:-len(".tmp")]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
@@ -386,6 +361,8 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], on_step: Callable[[Trai
             log = _quiet
     corpus = Corpus.open(cfg.data_dir)
     ckpt_path = Path(cfg.out_dir) / "ckpt.pt"
+    protected = {"the training data": corpus.files()}
+    check_output(ckpt_path, protected, "checkpoint", CHECKPOINT_KINDS)  # a folder, the corpus: refused now
     ckpt = None
     if cfg.init_from == "resume":
         ckpt = load_checkpoint(ckpt_path)
@@ -446,7 +423,7 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], on_step: Callable[[Trai
             improved = result["val"] < trainer.best_val_loss
             trainer.best_val_loss = min(trainer.best_val_loss, result["val"])
             if improved or cfg.always_save_checkpoint or last:
-                saved = save_checkpoint(trainer.state(batch_rng, corpus.meta), ckpt_path)
+                saved = save_checkpoint(trainer.state(batch_rng, corpus.meta), ckpt_path, protected)
                 log(f"saved checkpoint to {saved}")
             t_log += time.perf_counter() - t0  # eval time is not training time
     ms = timed_s / timed_iters * 1000 if timed_iters else float("nan")

@@ -82,9 +82,9 @@ def test_version_and_help_are_rich_but_literal(capsys):
 def db_cases(db, tmp_path):
     """(args, expected text) that must fail on a stored database without touching it."""
     return [
-        (["export", "--db", db, "--csv", db], "refusing to export over the database itself"),
-        (["export", "--db", db, "--csv", db.with_name(db.name + "-wal")], "refusing to export over the database"),
-        (["export", "--db", db, "--csv", tmp_path], "is a directory"),
+        (["export", "--db", db, "--csv", db], "refusing to write --csv"),
+        (["export", "--db", db, "--csv", db.with_name(db.name + "-wal")], "it is the database"),
+        (["export", "--db", db, "--csv", tmp_path], "is a folder, not a file"),
         (["export", "--db", db, "--csv", tmp_path / "x.csv", "--status", "bogus"], "unknown status 'bogus'"),
         (["fit", "--db", db, "--target", "nope"], "target"),
     ]
@@ -211,3 +211,181 @@ def test_empty_checkpoint_is_one_error_line(capsys, tmp_path):
     empty.write_bytes(b"")
     rc, _, err = run(capsys, "sample", "--ckpt", empty)
     assert_one_error(rc, err, "cannot read checkpoint")
+
+
+# --- Item 1 and 2 of issue 31: no output is ever written over an input, and nothing but a regular file is replaced.
+
+@pytest.fixture(scope="module")
+def model_file(archive, tmp_path_factory):
+    """The synthetic database's fitted model JSON (what suggest and predict read)."""
+    out = tmp_path_factory.mktemp("models")
+    assert main(["fit", "--db", str(archive), "--out", str(out)]) == 0
+    (path,) = out.glob("*.json")
+    return path
+
+
+def identity(path) -> tuple:
+    """What must not change about a protected path: its kind (lstat mode), its target, its bytes."""
+    import os
+    import stat
+
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return (st.st_mode, os.readlink(path))
+    return (st.st_mode, sha(path) if stat.S_ISREG(st.st_mode) else None)
+
+
+def overwrite_cases(tmp_path, db, model, char_corpus) -> list[tuple[list, str, list]]:
+    """(args, needle, files that must stay byte-identical): each writer aimed at an input of its own command,
+    directly, through a symlink, a hard link or `..`, or at a database or checkpoint it does not know about."""
+    import os
+
+    import torch
+
+    from vramfit.plan.workflows import slug
+
+    ckpt = tmp_path / "out" / "ckpt.pt"
+    ckpt.parent.mkdir()
+    torch.save({"model": {}, "model_args": {}}, ckpt)
+    link_db, link_ckpt, hard = tmp_path / "link.html", tmp_path / "ckpt.html", tmp_path / "hard.csv"
+    link_db.symlink_to(db)
+    link_ckpt.symlink_to(ckpt)
+    os.link(db, hard)
+    (tmp_path / "sub").mkdir()
+    corpus = tmp_path / "data" / "x"
+    shutil.copytree(char_corpus, corpus)
+    fit_out = tmp_path / "models"
+    fit_out.mkdir()
+    (fit_out / model.name).symlink_to(db)
+    plots = tmp_path / "plots" / model.stem
+    plots.mkdir(parents=True)
+    (plots / "pred_vs_measured.png").symlink_to(db)
+    assert model.stem.startswith(slug("synthetic gpu"))
+    model_copy = tmp_path / "m.json"
+    shutil.copy(model, model_copy)
+    corpus_files = sorted(corpus.iterdir())
+    return [
+        (["report", "--db", db, "--out", db], "refusing to write --out", [db]),
+        (["report", "--db", db, "--out", link_db], "it is the database", [db, link_db]),
+        (["report", "--db", db, "--out", hard], "it is the database", [db, hard]),
+        (["report", "--db", db, "--out", tmp_path / "sub" / ".." / db.name], "it is the database", [db]),
+        (["report", "--db", db, "--out", link_ckpt], "it holds a PyTorch checkpoint", [ckpt, link_ckpt]),
+        (["suggest", "--vram", "8G", "--model", model_copy, "--save", db], "it holds a SQLite database", [db]),
+        (["suggest", "--vram", "8G", "--model", model_copy, "--save", ckpt], "it holds a PyTorch checkpoint",
+         [ckpt]),
+        (["suggest", "--vram", "8G", "--model", model_copy, "--save", model_copy], "it is --model", [model_copy]),
+        (["export", "--db", db, "--csv", hard], "refusing to write --csv", [db, hard]),
+        (["export", "--db", db, "--parquet", link_db], "refusing to write --parquet", [db, link_db]),
+        (["export", "--db", db, "--csv", tmp_path / "t.csv", "--parquet", tmp_path / "sub" / ".." / "t.csv"],
+         "--csv and --parquet name the same file", [db]),
+        (["prepare", "--input", corpus / "train.bin", "--out", corpus], "it is the input", corpus_files),
+        (["train", "--measure", "--db", ckpt, "--out-dir", ckpt.parent, "--data-dir", corpus, "--max-iters", "1"],
+         "it is the checkpoint", [ckpt, *corpus_files]),
+        (["fit", "--db", db, "--out", fit_out], "it is the database", [db, fit_out / model.name]),
+        (["plot", "--db", db, "--out", plots.parent], "it holds a SQLite database",
+         [db, plots / "pred_vs_measured.png"]),
+        (["export-nanogpt", "--ckpt", ckpt, "--out-dir", ckpt.parent], "holds the source checkpoint", [ckpt]),
+    ]
+
+
+def test_no_writer_overwrites_an_input(capsys, db, tmp_path, model_file, char_corpus):
+    for args, needle, files in overwrite_cases(tmp_path, db, model_file, char_corpus):
+        before = [identity(f) for f in files]
+        rc, _, err = run(capsys, *args)
+        assert_one_error(rc, err, needle)
+        assert [identity(f) for f in files] == before, args
+
+
+def special_cases(tmp_path, db, model) -> list[tuple[list, int, str]]:
+    """(args, exit code, needle in stderr) writing into a stream or device: into it, never replacing it."""
+    return [
+        (["export", "--db", db, "--csv", "/dev/null"], 0, ""),
+        (["export", "--db", db, "--csv", "/dev/full"], 2, "no space left on the device"),
+        (["suggest", "--vram", "8G", "--model", model, "--save", "/dev/null"], 0, ""),
+        (["report", "--db", db, "--out", "/dev/null", "--suggestions", tmp_path / "none.json"], 0, ""),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_devices_are_written_into_never_replaced(capsys, db, tmp_path, model_file, case):
+    args, code, needle = special_cases(tmp_path, db, model_file)[case]
+    devices = {p: identity(p) for p in ("/dev/null", "/dev/full")}
+    rc, _, err = run(capsys, *args)
+    assert rc == code and needle in err and "Traceback" not in err, err
+    assert {p: identity(p) for p in devices} == devices
+
+
+def test_a_fifo_is_written_into(capsys, db, tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    before = identity(fifo)
+    rc, _, err = run(capsys, "export", "--db", db, "--csv", fifo)
+    reader.join(30)
+    assert rc == 0, err
+    assert identity(fifo) == before and got[0].startswith(b"point_id,")
+
+
+def test_a_symlink_to_stdout_is_written_through(db, tmp_path):
+    import subprocess
+    import sys
+
+    link = tmp_path / "out.csv"
+    link.symlink_to("/proc/self/fd/1")
+    r = subprocess.run([sys.executable, "-m", "vramfit.cli", "export", "--db", str(db), "--csv", str(link)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("point_id,") and link.is_symlink()
+
+
+def test_write_errors_are_one_line_and_leave_the_old_file(capsys, db, tmp_path, monkeypatch, char_corpus):
+    import errno
+
+    import gpt.files
+
+    out = tmp_path / "old.csv"
+    out.write_text("old")
+
+    def refuse(src, dst):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(gpt.files.os, "replace", refuse)
+    rc, _, err = run(capsys, "export", "--db", db, "--csv", out)
+    assert_one_error(rc, err, "read-only file system")
+    assert out.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["old.csv", "v.sqlite"]
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gpt.files.os, "replace", full)
+    rc, _, err = run(capsys, "prepare", "--input", tmp_path / "old.csv", "--out", tmp_path / "c")
+    assert_one_error(rc, err, "no space left on the device")
+    assert not any((tmp_path / "c").iterdir())
+
+
+def test_export_removes_the_temp_files_of_killed_exports(capsys, db, tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".out.csv.{int(dead.stdout)}.tmp"  # an export killed mid-write: its process is gone
+    stale.write_text("partial")
+    out = tmp_path / "out.csv"
+    assert run(capsys, "export", "--db", db, "--csv", out)[0] == 0
+    assert not stale.exists() and out.read_text().startswith("point_id,")
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o644])
+def test_an_atomic_rewrite_keeps_the_file_mode(tmp_path, mode):
+    from gpt.files import write_text
+
+    path = tmp_path / "f.txt"
+    path.write_text("a")
+    path.chmod(mode)
+    write_text(path, "b")
+    assert path.read_text() == "b" and path.stat().st_mode & 0o777 == mode

@@ -163,11 +163,14 @@ def train(
 
 def _check_train_outputs(cfg, db: Path | None) -> None:
     """Before the first step: the checkpoint folder, and the database a measured run is stored in."""
-    from vramfit.paths import writable_dir, writable_file
+    from vramfit.paths import check_output, writable_dir, writable_file
 
     writable_dir(cfg.out_dir, "--out-dir")
     if db is not None:
         writable_file(db, "--db")
+        check_output(db, {"the checkpoint": Path(cfg.out_dir) / "ckpt.pt",
+                          "the training data": [Path(cfg.data_dir) / n for n in ("train.bin", "val.bin", "meta.json")]},
+                     "--db")
         if db.exists():
             from vramfit.store import Store
 
@@ -353,10 +356,14 @@ def export(
     """Export all measured points (joined with their environment) to CSV and/or Parquet."""
     if csv is None and parquet is None:
         fail("give --csv FILE and/or --parquet FILE")
+    from vramfit.paths import same_file
+
+    if csv is not None and parquet is not None and same_file(csv, parquet):
+        fail(f"--csv and --parquet name the same file ({csv}): give two paths")
     with _open_store(db) as store:
         for path, fmt in ((csv, "csv"), (parquet, "parquet")):
             if path is not None:
-                n = store.export(path, fmt, device=device, status=status)
+                n = store.export(path, fmt, f"--{fmt}", device=device, status=status)
                 typer.echo(f"wrote {n} points to {path}")
 
 
@@ -421,8 +428,10 @@ def fit(
                 fail(f"none of the {n} points in {db} match " + " and ".join(
                     f"--{k} {v}" for k, v in (("device", device), ("recipe", recipe)) if v))
     console = _console()
+    from vramfit.paths import database_files
+
     for report, path in fit_and_save(points, out, target=target, regimes=regimes, dryrun=dry_run,
-                                     allow_shared=allow_shared):
+                                     allow_shared=allow_shared, protected={"the database": database_files(db)}):
         console.print(f"[bold]{_esc(report.device)}[/] · recipe {report.recipe_key} · target {report.target} · "
                       f"{report.n_points} points -> {_esc(str(path))}")
         console.print(to_rich(coefficient_table(report.model)))
@@ -445,6 +454,7 @@ def fit(
 
 def _fit_loss(db: Path, corpus: Path | None, out: Path) -> None:
     from vramfit.fit.losslaw import fit_store_runs, law_path
+    from vramfit.paths import database_files
 
     laws = fit_store_runs(db, corpus)
     fitted = [law for law in laws if not isinstance(law, VramfitError)]
@@ -454,7 +464,7 @@ def _fit_loss(db: Path, corpus: Path | None, out: Path) -> None:
         if isinstance(law, VramfitError):
             typer.echo(f"skipped: {law}")
             continue
-        path = law.save(law_path(law, out))
+        path = law.save(law_path(law, out), {"the database": database_files(db)})
         typer.echo(f"loss law for {law.data_dir} (corpus {law.corpus_id}, {law.n_runs} runs, {law.n_obs} curve "
                    f"points) -> {path}")
         typer.echo(f"  L(N, D) = {law.E:.4f} + {law.A:.4g}/N^{law.alpha:.3f} + {law.B:.4g}/D^{law.beta:.3f}  "
@@ -563,13 +573,14 @@ def suggest(
     With --hours H: ranked by what H hours of training buys (tokens/s from the throughput model)."""
     import json
 
-    from vramfit.paths import writable_file
+    from vramfit.paths import check_output, writable_file
     from vramfit.plan.recommend import SuggestRequest, parse_int_options, recommend
     from vramfit.plan.workflows import save_suggestions
 
     if hours is None and rank != "auto":
         fail("--rank ranks by time: give --hours too")
     writable_file(save, "--save")
+    check_output(save, {"--model": model, "--loss-law": loss_law, "--like": like}, "--save")
     if like is not None:
         from vramfit.plan.like import run_suggest_like
         from vramfit.units import parse_size
@@ -671,16 +682,19 @@ def report(
 ) -> None:
     """One self-contained HTML page: a what-fits calculator (the fitted model in the page, offline), data summary,
     coefficients, CV tables, the suggestions and every plot."""
-    from vramfit.paths import writable_file
+    from vramfit.paths import check_output, database_files, writable_file
     from vramfit.show.context import plan_context
     from vramfit.show.report import write_report
 
     writable_file(out, "--out")
+    protected = {"the database": database_files(db), "--suggestions": suggestions,
+                 "a model file": sorted(models.glob("*.json")) if models.is_dir() else []}
+    check_output(out, protected, "--out")
     ctx = plan_context(vram, suggestions, data_dir)
     with _open_store(db) as store:
         points = store.points_frame()
     typer.echo("; ".join(ctx.sources))
-    path = write_report(points, out, ctx, target=target, models_dir=models, source=str(db))
+    path = write_report(points, out, ctx, target=target, models_dir=models, source=str(db), protected=protected)
     typer.echo(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")
 
 

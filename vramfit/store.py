@@ -20,6 +20,7 @@ from urllib.parse import quote
 
 from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
+from vramfit.paths import check_output, database_files, output_path
 
 if TYPE_CHECKING:
     import pandas as pd  # imported by the queries that build frames: opening the store does not load pandas
@@ -489,37 +490,27 @@ class Store:
         df.loc[gone, "status"] = "killed"  # its process died without closing the row (SIGKILL, power loss)
         return df.drop(columns=["hostname", "pid"])
 
-    def export(self, path: str | Path, fmt: str | None = None, **filters: Any) -> int:
+    def export(self, path: str | Path, fmt: str | None = None, what: str = "export", **filters: Any) -> int:
         """Write `points_frame(**filters)` to CSV or Parquet (by `fmt` or the suffix); returns the row count.
 
-        Refuses to write over the database or its -wal/-shm files; writes a temporary file and renames it."""
+        Never over the database or its -wal/-shm files (`vramfit.paths.check_output`); a regular file is written
+        atomically, a stream or device (/dev/stdout) directly."""
         path = Path(path)
         fmt = fmt or ("parquet" if path.suffix == ".parquet" else "csv")
         if fmt not in ("csv", "parquet"):
             raise VramfitError(f"unknown export format {fmt!r} (csv or parquet)")
-        own = {self.path.resolve(), *(self.path.resolve().with_name(self.path.name + x) for x in ("-wal", "-shm"))}
-        if path.resolve() in own:
-            raise VramfitError(f"refusing to export over the database itself ({path})")
-        if path.is_dir():
-            raise VramfitError(f"cannot write {path}: it is a directory")
+        check_output(path, {"the database": database_files(self.path)}, what)
         if filters.get("status") is not None and filters["status"] not in STATUSES:
             raise VramfitError(f"unknown status {filters['status']!r}; choose one of {', '.join(STATUSES)}")
         df = self.points_frame(**filters)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+        with output_path(path, what) as target:
             if fmt == "parquet":
                 try:
-                    df.to_parquet(tmp, index=False)
+                    df.to_parquet(target, index=False)
                 except ImportError:
                     raise VramfitError("Parquet export needs pyarrow (pip install 'vramfit[parquet]')") from None
             else:
-                df.to_csv(tmp, index=False)
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise VramfitError(f"cannot write {path}: {exc.strerror or exc}") from None
-        finally:
-            tmp.unlink(missing_ok=True)
+                df.to_csv(target, index=False)
         return len(df)
 
 

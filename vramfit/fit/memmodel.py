@@ -32,6 +32,7 @@ from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.fit.features import BREAKDOWN, NAIVE, PHYSICS, UNITS, frame_features, shape_key
 from vramfit.fit.stats import cv_predictions, error_metrics, nnls, nonneg_slope
+from vramfit.paths import Protected, check_output, write_text
 from vramfit.store import SHARED_GPU
 
 if TYPE_CHECKING:
@@ -231,13 +232,10 @@ class FitReport:
             "compute_capability": self.compute_capability,
         }
 
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        tmp.replace(path)
-        return path
+    def save(self, path: str | Path, protected: Protected | None = None) -> Path:
+        """The model JSON, atomically, never over a `protected` file ({label: path})."""
+        return write_text(check_output(path, protected or {}, "--out"), json.dumps(self.to_json(), indent=1),
+                          "--out")
 
 
 def load_model(path: str | Path) -> dict:
