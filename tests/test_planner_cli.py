@@ -98,7 +98,7 @@ def test_report_is_one_html_with_inline_plots(capsys, db, tmp_path):
         (["suggest", "--vram", "8Q"], "cannot parse size '8Q'"),
         (["suggest", "--vram", "100M"], "below this device's constant"),
         (["suggest", "--vram", "8G", "--reserve", "9G"], "budget must be positive"),
-        (["suggest", "--vram", "8G", "--n-layer", "4,x"], "expected integers"),
+        (["suggest", "--vram", "8G", "--n-layer", "4,x"], "is not an integer"),
         (["predict", "--n-layer", "2", "--n-head", "3", "--n-embd", "64", "--block-size", "8", "--batch-size", "1"],
          "divisible"),
     ],

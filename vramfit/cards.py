@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vramfit.errors import VramfitError
-from vramfit.units import SizeError, format_size, parse_size
+from vramfit.units import SizeError, SizeLimitError, format_size, parse_size
 
 MIB = 2**20
 MODAL = "https://github.com/modal-labs/modal-client/pull/2797 (nvidia-smi totals of Modal's GPU types, 2025-01)"
@@ -57,6 +57,8 @@ def parse_vram(text: str) -> tuple[int, Card | None]:
         return CARDS[key].total_bytes, CARDS[key]
     try:
         n = parse_size(text)
+    except SizeLimitError:
+        raise
     except SizeError:
         raise VramfitError(f"cannot parse size {text!r}: give a size (8G, 7.5GiB, 8000M) or a card ("
                            f"{', '.join(CARDS)})") from None

@@ -22,7 +22,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from gpt.config import GPTConfig
+from gpt.config import GPTConfig, check_batch_size
 from vramfit.child import run_json
 from vramfit.errors import VramfitError
 from vramfit.recipe import Recipe
@@ -136,8 +136,7 @@ def _request(model_config: GPTConfig, batch_size: int, recipe: Recipe, target: s
              compute_capability: tuple[int, int], **kwargs: object) -> dict:
     if target not in TARGETS:
         raise VramfitError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise VramfitError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_batch_size(batch_size)
     from vramfit.dryrun.allocator import parse_alloc_conf
 
     parse_alloc_conf(recipe.alloc_conf)  # a bad PYTORCH_CUDA_ALLOC_CONF is the caller's error, said here

@@ -109,6 +109,8 @@ def enumerate_space(n_layer=None, n_head=None, n_embd=None, block_size=None, bat
     for c in widths:
         heads = fixed_heads if fixed_heads is not None else sorted({c // d for d in head_dims if c % d == 0})
         pairs += [(h, c) for h in heads if 1 <= h <= MAX_HEADS and c % h == 0]
+    if not pairs and fixed_heads and min(fixed_heads) > MAX_HEADS:
+        raise VramfitError(f"--n-head: {min(fixed_heads)} is beyond the search's limit of {MAX_HEADS} heads")
     if not pairs:
         raise VramfitError("no valid (n_head, n_embd) pair in the search space (n_embd must divide by n_head)")
     if min(layers + blocks + batches + vocabs) < 1:
