@@ -199,7 +199,8 @@ class MemoryModel:
         if m.coef_.shape != (len(m.features),):
             raise ValueError(f"{len(m.features)} features but {m.coef_.size} coefficients")
         values = {"intercept": m.intercept_, "step_intercept": m.step_intercept_, "step_coef": m.step_coef_,
-                  "layer_coef": m.layer_coef_, **{f"coef of {f}": float(c) for f, c in zip(m.features, m.coef_)}}
+                  "layer_coef": m.layer_coef_,
+                  **{f"coef of {f}": float(c) for f, c in zip(m.features, m.coef_, strict=True)}}
         low = 0.0 if nonneg else -MAX_SIZE
         for name, v in values.items():
             if not (math.isfinite(v) and low <= v <= MAX_SIZE):
