@@ -159,9 +159,18 @@ class Corpus:
     @classmethod
     def open(cls, data_dir: str | Path) -> Corpus:
         meta = load_meta(data_dir)
+        try:
+            itemsize = np.dtype(meta.get("dtype", "uint16")).itemsize
+        except TypeError:
+            raise DataError(f"{data_dir}: unknown token dtype {meta.get('dtype')!r}") from None
         for split in ("train", "val"):
-            if not (Path(data_dir) / f"{split}.bin").is_file():
+            path = Path(data_dir) / f"{split}.bin"
+            if not path.is_file():
                 raise DataError(f"missing {split}.bin in {data_dir}")
+            size = path.stat().st_size
+            if size == 0 or size % itemsize:
+                raise DataError(f"{path} is {size:,} bytes: not a whole number of {meta.get('dtype', 'uint16')} "
+                                "tokens (truncated or not a prepared split)")
         return cls(Path(data_dir), meta)
 
     @property
@@ -197,6 +206,10 @@ class Corpus:
         ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
         x = torch.from_numpy(np.stack([data[i : i + block_size].astype(np.int64) for i in ix]))
         y = torch.from_numpy(np.stack([data[i + 1 : i + 1 + block_size].astype(np.int64) for i in ix]))
+        top = int(max(x.max(), y.max()))
+        if top >= self.vocab_size:  # the embedding would index out of range (a CUDA assert, or an IndexError)
+            raise DataError(f"token id {top} in {self.data_dir / (split + '.bin')} is outside the vocabulary "
+                            f"({self.vocab_size} tokens): the split does not match its meta")
         return _to_device(x, y, device)
 
 

@@ -20,6 +20,7 @@ from gpt.config import PEAK_FLOPS, GPTConfig, TrainConfig, resolve_recipe
 from gpt.data import Corpus
 from gpt.errors import CheckpointError, ConfigError
 from gpt.files import Protected, check_output, output_path
+from gpt.limits import ADAM_BYTES_PER_PARAM, check_memory
 from gpt.model import GPT, attention_kernel, clean_state_dict
 
 
@@ -267,12 +268,30 @@ class Trainer:
 
 
 def load_weights(model: GPT, state_dict: dict) -> None:
-    """Load a checkpoint's weights (torch.compile's `_orig_mod.` prefixes stripped); a mismatch is one error."""
+    """Load a checkpoint's weights (torch.compile's `_orig_mod.` prefixes stripped); a mismatch, a value that is
+    not a tensor, or a NaN/inf weight (a diverged run) is one error."""
+    for name, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"the checkpoint's weight {name!r} is a {type(value).__name__}, not a tensor")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"the checkpoint's weight {name!r} holds NaN or inf (a run that diverged?)")
     try:
         model.load_state_dict(clean_state_dict(state_dict))
     except RuntimeError as exc:
         raise CheckpointError(f"the checkpoint's weights do not fit its model_args: "
                               f"{str(exc).splitlines()[0][:200]}") from None
+
+
+def check_model_memory(model_config: GPTConfig, device: str) -> None:
+    """Refuse, before any allocation, a model whose weights, gradients and AdamW state alone exceed the memory
+    available now (RAM on the CPU, the card's free memory on CUDA)."""
+    need = ADAM_BYTES_PER_PARAM * model_config.n_params()
+    if device.startswith("cuda"):
+        free = torch.cuda.mem_get_info(torch.device(device))[0]
+        check_memory(need, f"the model ({model_config.n_params():,} parameters: weights, gradients, AdamW)", free,
+                     f"free memory on {device}")
+    else:
+        check_memory(need, f"the model ({model_config.n_params():,} parameters: weights, gradients, AdamW)")
 
 
 def _quiet(msg: str) -> None:
@@ -304,6 +323,10 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
         raise CheckpointError(f"cannot read checkpoint {path}: {why}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise CheckpointError(f"{path} is not a GPT checkpoint (needs 'model' and 'model_args')")
+    for key in ("model", "model_args"):
+        if not isinstance(ckpt[key], dict):
+            raise CheckpointError(f"{path} is not a GPT checkpoint (its {key!r} is a {type(ckpt[key]).__name__}, "
+                                  "not a dict)")
     return ckpt
 
 
@@ -374,6 +397,7 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], on_step: Callable[[Trai
     if model_config.vocab_size < corpus.vocab_size:
         raise ConfigError(f"vocab_size {model_config.vocab_size} is smaller than the corpus's {corpus.vocab_size}")
     corpus.check_block_size(cfg.block_size)
+    check_model_memory(model_config, resolve_device(cfg.device))
     trainer = Trainer(cfg, model_config)
     batch_rng = torch.Generator().manual_seed(cfg.seed + dist_info.rank)  # each rank its own batches
     if ckpt is not None:

@@ -107,6 +107,12 @@ CREATE INDEX points_by_env_shape ON points (env_id, n_layer, n_head, n_embd, blo
 CREATE INDEX environments_by_identity ON environments (device_key, recipe_key, torch_version);
 """
 
+_TABLE_COLUMNS = {  # table -> its columns, read from _SCHEMA (what a database must have to be read)
+    stmt.split("(", 1)[0].split()[-1]: [line.split()[0] for line in stmt.split("(", 1)[1].splitlines()
+                                        if line.strip() and not line.strip().startswith(")")]
+    for stmt in _SCHEMA.split(";") if stmt.strip().startswith("CREATE TABLE")
+}
+
 _POINT_COLUMNS = (
     "status", "nvml_bytes", "nvml_source", "allocated_bytes", "reserved_bytes", "tracked_bytes", "rss_bytes",
     "context_bytes", "alloc_retries", "num_ooms", "ms_per_iter", "tokens_per_s", "iters", "stable", "error",
@@ -234,6 +240,24 @@ class Store:
             raise VramfitError(f"{p} has schema version {version}, newer than this vramfit ({SCHEMA_VERSION})")
         if version == 0 and tables:
             raise VramfitError(f"{p} is an SQLite database but not a vramfit one (left untouched)")
+        if version:
+            self._check_columns(p)
+
+    @staticmethod
+    def _check_columns(p: Path) -> None:
+        """Every table and column of the schema is there (a table altered by hand is refused, not a traceback)."""
+        ro = sqlite3.connect(_ro_uri(p), uri=True, timeout=60.0)
+        try:
+            for table, columns in _TABLE_COLUMNS.items():
+                have = {r[1] for r in ro.execute(f"PRAGMA table_info({table})")}
+                missing = [c for c in columns if c not in have]
+                if missing:
+                    raise VramfitError(f"{p} is not a complete vramfit database: table {table} lacks "
+                                       f"{', '.join(missing)} (left untouched)")
+        except sqlite3.Error as exc:
+            raise VramfitError(f"{p} is not a readable SQLite database ({exc}; left untouched)") from None
+        finally:
+            ro.close()
 
     def _prepare_parent(self) -> None:
         parent = self.path.parent
@@ -419,6 +443,14 @@ class Store:
         import pandas as pd
 
         df = pd.read_sql_query(sql, self.conn, params=args)
+        for env_id, recipe in df.groupby("env_id")["recipe"].first().items():
+            try:
+                ok = isinstance(json.loads(recipe), dict)
+            except (TypeError, json.JSONDecodeError):
+                ok = False
+            if not ok:
+                raise VramfitError(f"{self.path}: environment {env_id} has a malformed recipe_json "
+                                   f"({str(recipe)[:40]!r}; left untouched)")
         for col in _NUMERIC_COLUMNS:  # NULL -> NaN, so readings are float64 whether or not any is missing
             df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
         df["stable"] = df["stable"].map(lambda v: None if v is None or pd.isna(v) else bool(v)).astype("object")
