@@ -10,6 +10,8 @@ import shutil
 import sqlite3
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from planner_data import synthetic_db
 
 from vramfit.cli import main
@@ -389,3 +391,259 @@ def test_an_atomic_rewrite_keeps_the_file_mode(tmp_path, mode):
     path.chmod(mode)
     write_text(path, "b")
     assert path.read_text() == "b" and path.stat().st_mode & 0o777 == mode
+
+
+# --- Items 4 and 5 of issue 31: what used to end in a traceback, or was accepted, is refused with one line.
+
+HUGE = "9" * 400
+SHAPE = ["--n-layer", "2", "--n-head", "2", "--n-embd", "128", "--block-size", "128"]
+
+
+def tampered_models(model, tmp_path) -> dict[str, object]:
+    """The fitted model JSON with one coefficient made NaN, -1e12 or inf (JSON's NaN / Infinity)."""
+    import json
+
+    out = {}
+    for name, (key, value) in {"nan": ("intercept", float("nan")), "negative": ("coef", -1e12),
+                               "inf": ("step_coef", float("inf"))}.items():
+        doc = json.loads(model.read_text())
+        if key == "coef":
+            doc["model"]["coef"][0] = value
+        else:
+            doc["model"][key] = value
+        out[name] = tmp_path / f"{name}.json"
+        out[name].write_text(json.dumps(doc))
+    return out
+
+
+def altered_databases(db, tmp_path) -> dict[str, object]:
+    """Copies of the database: one with a column dropped, one with a recipe that is not JSON."""
+    out = {"missing": tmp_path / "missing.sqlite", "recipe": tmp_path / "recipe.sqlite"}
+    for path in out.values():
+        shutil.copy(db, path)
+    with sqlite3.connect(out["missing"]) as c:
+        c.execute("ALTER TABLE points DROP COLUMN nvml_bytes")
+    with sqlite3.connect(out["recipe"]) as c:
+        c.execute("UPDATE environments SET recipe_json = '{not json'")
+    for path in out.values():
+        sqlite3.connect(path).close()
+    return out
+
+
+def refused_cases(tmp_path, db, model) -> list[tuple[list, str, list]]:
+    """(args, needle, files that must stay byte-identical) for the planner, the store and the parsers."""
+    bad = tampered_models(model, tmp_path)
+    dbs = altered_databases(db, tmp_path)
+    predict = ["predict", *SHAPE, "--batch-size", "1", "--model"]
+    return [
+        (["suggest", "--vram", HUGE, "--model", model], "beyond the limit of 2**60 bytes", []),
+        (["suggest", "--vram", "8G", "--reserve", HUGE, "--model", model], "beyond the limit of 2**60 bytes", []),
+        (["sweep", "--emulate-vram", HUGE, *SHAPE, "--batch-size", "1", "--vocab-size", "64", "--device", "cpu",
+          "--db", tmp_path / "new.sqlite"], "beyond the limit of 2**60 bytes", []),
+        (["suggest", "--vram", "8G", "--model", model, "--n-layer", "99999999999999999999"],
+         "--n-layer: 99999999999999999999 is beyond the limit of 4,096", []),
+        (["suggest", "--vram", "8G", "--model", model, "--vocab", "99999999999"], "beyond the limit of 16,777,216",
+         []),
+        (["suggest", "--vram", "8G", "--model", model, "--n-layer", "1,,2"], "--n-layer: '' is not an integer", []),
+        (["suggest", "--vram", "8G", "--model", model, "--n-head", "128"], "search's limit of 64 heads", []),
+        (["predict", *SHAPE, "--batch-size", str(2**40), "--model", model],
+         "batch_size 1099511627776 is beyond the limit of 1,048,576", [model]),
+        ([*predict, bad["nan"]], "its intercept is nan", [bad["nan"]]),
+        ([*predict, bad["negative"]], "its coef of params is -1000000000000.0", [bad["negative"]]),
+        (["suggest", "--vram", "8G", "--model", bad["inf"], "--save", tmp_path / "s.json"], "its step_coef is inf",
+         [bad["inf"]]),
+        *[([cmd, "--db", dbs["missing"], *more], "table points lacks nvml_bytes", [dbs["missing"]])
+          for cmd, more in (("fit", ["--out", tmp_path / "m"]), ("export", ["--csv", tmp_path / "x.csv"]),
+                            ("plot", ["--out", tmp_path / "p"]), ("report", ["--out", tmp_path / "r.html"]),
+                            ("runs", []))],
+        (["sweep", *SHAPE, "--batch-size", "1", "--vocab-size", "64", "--device", "cpu", "--db", dbs["missing"]],
+         "table points lacks nvml_bytes", [dbs["missing"]]),
+        (["fit", "--db", dbs["recipe"], "--out", tmp_path / "m"], "malformed recipe_json", [dbs["recipe"]]),
+        (["export", "--db", dbs["recipe"], "--csv", tmp_path / "x.csv"], "malformed recipe_json", [dbs["recipe"]]),
+    ]
+
+
+def test_planner_and_store_refuse_with_one_line(capsys, db, tmp_path, model_file):
+    for args, needle, files in refused_cases(tmp_path, db, model_file):
+        before = [sha(f) for f in files]
+        rc, _, err = run(capsys, *args)
+        assert_one_error(rc, err, needle)
+        assert [sha(f) for f in files] == before, args
+    assert not (tmp_path / "new.sqlite").exists() and not (tmp_path / "x.csv").exists()
+
+
+@pytest.fixture
+def small_ckpt(tmp_path, char_corpus):
+    """A real checkpoint of a tiny GPT on the char corpus (weights as initialised: no training needed)."""
+    import json
+
+    import torch
+
+    from gpt.config import GPTConfig
+    from gpt.model import GPT
+
+    meta = json.loads((char_corpus / "meta.json").read_text())
+    cfg = GPTConfig(1, 1, 16, 16, meta["vocab_size"])
+    path = tmp_path / "ckpt" / "ckpt.pt"
+    path.parent.mkdir()
+    torch.save({"model": GPT(cfg).state_dict(), "model_args": cfg.to_dict(), "meta": meta,
+                "config": {"data_dir": str(char_corpus)}}, path)
+    return path
+
+
+def broken_checkpoints(ckpt, tmp_path) -> dict[str, object]:
+    import torch
+
+    doc = torch.load(ckpt, weights_only=True)
+    as_list = tmp_path / "list.pt"
+    torch.save({**doc, "model": list(doc["model"].values())}, as_list)
+    weights = dict(doc["model"])
+    weights["transformer.wte.weight"] = torch.full_like(weights["transformer.wte.weight"], float("nan"))
+    nan = tmp_path / "nan.pt"
+    torch.save({**doc, "model": weights}, nan)
+    return {"list": as_list, "nan": nan}
+
+
+def broken_corpora(char_corpus, tmp_path) -> dict[str, object]:
+    """Copies of the corpus: val.bin cut to an odd size; train.bin with ids beyond the vocabulary."""
+    import numpy as np
+
+    out = {name: tmp_path / name for name in ("odd", "ids")}
+    for path in out.values():
+        shutil.copytree(char_corpus, path)
+    data = (out["odd"] / "val.bin").read_bytes()
+    (out["odd"] / "val.bin").write_bytes(data[:1001])
+    ids = np.fromfile(out["ids"] / "train.bin", dtype=np.uint16)
+    ids[::7] = 60000
+    ids.tofile(out["ids"] / "train.bin")
+    return out
+
+
+TINY = ["--n-layer", "1", "--n-head", "1", "--n-embd", "16", "--block-size", "16", "--batch-size", "2",
+        "--max-iters", "2", "--eval-iters", "1", "--device", "cpu", "--compile", "false"]
+
+
+def training_cases(tmp_path, char_corpus, ckpt) -> list[tuple[list, str, list]]:
+    """(args, needle, protected files) for train, sample and export-nanogpt."""
+    corpora = broken_corpora(char_corpus, tmp_path)
+    ckpts = broken_checkpoints(ckpt, tmp_path)
+    (tmp_path / "dir_ckpt" / "ckpt.pt").mkdir(parents=True)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    train = ["train", *TINY, "--data-dir", char_corpus, "--out-dir", tmp_path / "out"]
+    sample = ["sample", "--ckpt", ckpt, "--max-new-tokens", "2"]
+    hyper = [("--learning-rate", "inf", "learning_rate must be a finite number > 0, got inf"),
+             ("--weight-decay", "-1", "weight_decay must be a finite number >= 0, got -1.0"),
+             ("--grad-clip", "nan", "grad_clip must be a finite number >= 0, got nan"),
+             ("--min-lr", "-1", "min_lr must be a finite number >= 0"),
+             ("--eval-interval", "-1", "eval_interval must be >= 0"),
+             ("--peak-tflops", "-1", "peak_tflops must be a finite number > 0"),
+             ("--log-interval", "0", "log_interval must be >= 1"),
+             ("--beta1", "nan", "beta1 must be a finite number in [0, 1), got nan"),
+             ("--beta2", "2", "beta2 must be a finite number in [0, 1), got 2.0"),
+             ("--seed", "99999999999999999999", "seed must be in [0, 4,294,967,295]")]
+    return [
+        *[([*train, flag, value], needle, []) for flag, value, needle in hyper],
+        (["train", *TINY, "--data-dir", corpora["odd"], "--out-dir", tmp_path / "o"], "not a whole number of uint16",
+         [corpora["odd"] / "val.bin"]),
+        (["train", *TINY, "--data-dir", corpora["ids"], "--out-dir", tmp_path / "o"], "is outside the vocabulary",
+         [corpora["ids"] / "train.bin"]),
+        (["train", *TINY, "--data-dir", char_corpus, "--out-dir", tmp_path / "dir_ckpt"], "is a folder, not a file",
+         []),
+        ([*train, "--n-layer", "96", "--n-head", "96", "--n-embd", "12288"], "more than the", []),
+        ([*train, "--nproc", "4096"], "--nproc 4096 is more than the", []),
+        (["sample", "--ckpt", ckpts["list"]], "its 'model' is a list, not a dict", [ckpts["list"]]),
+        (["sample", "--ckpt", ckpts["nan"]], "holds NaN or inf", [ckpts["nan"]]),
+        ([*sample, "--seed", "99999999999999999999"], "seed must be in [0, 4,294,967,295]", [ckpt]),
+        (["sample", "--ckpt", ckpt, "--num-samples", "100000000"], "num_samples must be in [1, 1,048,576]", [ckpt]),
+        (["sample", "--ckpt", ckpt, "--max-new-tokens", "1000000000"], "max_new_tokens must be in [1, 1,048,576]",
+         [ckpt]),
+        (["sample", "--ckpt", ckpt, "--num-samples", "1000000", "--max-new-tokens", "1000000"], "more than the",
+         [ckpt]),
+        (["export-nanogpt", "--ckpt", ckpt, "--out-dir", a_file], "is a file, not a folder", [ckpt, a_file]),
+        (["export-nanogpt", "--ckpt", ckpt, "--out-dir", tmp_path / "e", "--data-root", a_file],
+         "is a file, not a folder", [ckpt, a_file]),
+    ]
+
+
+def test_training_and_sampling_refuse_with_one_line(capsys, tmp_path, char_corpus, small_ckpt):
+    for args, needle, files in training_cases(tmp_path, char_corpus, small_ckpt):
+        before = [sha(f) for f in files]
+        rc, _, err = run(capsys, *args)
+        assert_one_error(rc, err, needle)
+        assert [sha(f) for f in files] == before, args
+    assert not (tmp_path / "out").exists() and not (tmp_path / "e").exists()
+
+
+# --- Properties: the parsers and the hyper-parameter validation never raise anything but their one error type.
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=60), st.from_regex(r"\s*[0-9]{1,500}(\.[0-9]{0,30})?\s*[kKmMgGtT]?(i?[bB])?\s*",
+                                                     fullmatch=True)))
+def test_parse_size_returns_a_bounded_int_or_one_size_error(text):
+    from vramfit.units import MAX_SIZE, SizeError, parse_size
+
+    try:
+        n = parse_size(text)
+    except SizeError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert isinstance(n, int) and 0 <= n <= MAX_SIZE
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(alphabet="0123456789,-_ x", max_size=40),
+                 st.lists(st.integers(min_value=-10, max_value=10**25), max_size=6).map(
+                     lambda xs: ",".join(map(str, xs)))))
+def test_int_lists_are_in_range_or_one_error(text):
+    from gpt.config import MAX_SIZES
+    from vramfit.errors import VramfitError
+    from vramfit.plan.recommend import parse_int_options
+
+    try:
+        values = parse_int_options(n_layer=text)["n_layer"]
+    except VramfitError as exc:
+        assert str(exc).startswith("--n-layer: ")
+        return
+    assert values and all(1 <= v <= MAX_SIZES["n_layer"] for v in values)
+    assert len(values) == len(text.split(","))  # no item dropped: '1,,2' is refused, not read as 1,2
+
+
+FLOATS = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(min_value=-10**30, max_value=10**30))
+HYPER = {"learning_rate": (0, False), "weight_decay": (0, True), "grad_clip": (0, True), "min_lr": (0, True),
+         "beta1": (0, True), "beta2": (0, True), "peak_tflops": (0, False)}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(HYPER)), FLOATS)
+def test_hyper_parameters_are_finite_and_in_range_or_one_config_error(name, value):
+    import math
+
+    from gpt.config import make_config
+    from gpt.errors import ConfigError
+
+    try:
+        cfg = make_config({name: value})
+    except ConfigError as exc:
+        assert str(exc).startswith(f"{name} must be")
+        return
+    v = getattr(cfg, name)
+    low, closed = HYPER[name]
+    assert math.isfinite(v) and (v >= low if closed else v > low)
+    if name.startswith("beta"):
+        assert v < 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["seed", "log_interval", "eval_interval", "warmup_iters"]),
+       st.integers(min_value=-10**30, max_value=10**30))
+def test_integer_settings_are_in_range_or_one_config_error(name, value):
+    from gpt.config import MAX_SEED, make_config
+    from gpt.errors import ConfigError
+
+    try:
+        cfg = make_config({name: value})
+    except ConfigError:
+        return
+    v = getattr(cfg, name)
+    assert v >= (1 if name == "log_interval" else 0) and (name != "seed" or v <= MAX_SEED)
