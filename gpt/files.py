@@ -116,6 +116,8 @@ def output_path(path: str | Path, what: str = "output") -> Iterator[Path]:
     if is_special(path):
         try:
             yield path
+        except BrokenPipeError:
+            raise  # a stream whose reader left (`--csv /dev/stdout | head`): the caller's quiet exit
         except OSError as exc:
             raise OutputError(describe_os_error(path, exc, what)) from None
         return

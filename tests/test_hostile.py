@@ -647,3 +647,27 @@ def test_integer_settings_are_in_range_or_one_config_error(name, value):
         return
     v = getattr(cfg, name)
     assert v >= (1 if name == "log_interval" else 0) and (name != "seed" or v <= MAX_SEED)
+
+
+# --- Item 6 of issue 31: pipes and the "nothing fits" answer.
+
+@pytest.mark.parametrize("cmd", [["fit", "--out", "{tmp}/m"], ["runs"], ["export", "--csv", "/dev/stdout"]])
+def test_a_closed_pipe_ends_quietly_with_exit_0(db, tmp_path, cmd):
+    """`vramfit fit | head -c 1`: the reader leaves; the command exits 0 with nothing on stderr."""
+    import subprocess
+    import sys
+
+    args = [a.format(tmp=tmp_path) for a in cmd]
+    p = subprocess.Popen([sys.executable, "-m", "vramfit.cli", *args, "--db", str(db)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.read(1)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 0 and err == "", err
+
+
+def test_nothing_fits_is_one_error_line_with_exit_1(capsys, model_file, tmp_path):
+    rc, out, err = run(capsys, "suggest", "--vram", "600M", "--n-layer", "48", "--n-embd", "4096", "--model",
+                       model_file, "--save", tmp_path / "s.json")
+    assert rc == 1 and err.startswith("error: nothing fits in 600.00 MiB") and err.count("\n") == 1, err
+    assert "nothing fits" not in out and not (tmp_path / "s.json").exists()

@@ -370,7 +370,13 @@ def export(
 def _console():
     from rich.console import Console
 
-    return Console(width=max(140, shutil.get_terminal_size().columns))
+    class PipeConsole(Console):
+        def on_broken_pipe(self) -> None:  # `vramfit fit | head`: rich's default exits 1; the reader is done
+            self.quiet = True
+            _quiet_stdout()
+            raise SystemExit(0)
+
+    return PipeConsole(width=max(140, shutil.get_terminal_size().columns))
 
 
 def _esc(text: str) -> str:
@@ -622,9 +628,9 @@ def _print_suggestions(rec, vram: str, save: Path) -> None:
                   f"margin {doc['margin_rel']:.1%})")
     if rec.nothing_fits is not None:
         need, cfg = rec.nothing_fits
-        console.print(f"nothing fits in {_fmt(budget)}. The smallest config in this space needs {_fmt(need)}: "
-                      + " ".join(f"{k}={v}" for k, v in cfg.items())
-                      + ". Raise --vram, lower --reserve, or relax the fixed sizes.")
+        typer.echo(f"error: nothing fits in {_fmt(budget)}. The smallest config in this space needs {_fmt(need)}: "
+                   + " ".join(f"{k}={v}" for k, v in cfg.items())
+                   + ". Raise --vram, lower --reserve, or relax the fixed sizes.", err=True)
         raise typer.Exit(1)
     if rec.time_args:
         console.print(to_rich(time_table(rec.items, rec.time_args["hours"], rec.time_args["rank"])))
@@ -770,6 +776,15 @@ def _usage_line(exc) -> str:
     return f"error: {msg} (see `{where} --help`)"
 
 
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush into a closed pipe raises nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout replaced by something without a descriptor (tests)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors (bad values, usage errors) become one `error:` line and exit code 2, never a
     traceback; --help stays rich."""
@@ -787,7 +802,13 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("interrupted", err=True)
         return 130
+    except BrokenPipeError:  # `vramfit fit | head`: the reader has all it wanted; exit quietly
+        _quiet_stdout()
+        return 0
     except SystemExit as exc:
+        if "PacifyFlushWrapper" in type(sys.stdout).__name__:  # typer's/click's EPIPE: a closed pipe, not an error
+            _quiet_stdout()
+            return 0
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except USER_ERRORS as exc:
         typer.echo(f"error: {exc}", err=True)
