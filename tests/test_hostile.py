@@ -671,3 +671,59 @@ def test_nothing_fits_is_one_error_line_with_exit_1(capsys, model_file, tmp_path
                        model_file, "--save", tmp_path / "s.json")
     assert rc == 1 and err.startswith("error: nothing fits in 600.00 MiB") and err.count("\n") == 1, err
     assert "nothing fits" not in out and not (tmp_path / "s.json").exists()
+
+
+# --- Item 3 of issue 31: fit scales (bounded CV, NNLS through the normal equations for many rows).
+
+def test_cv_is_exact_for_small_data_and_bounded_for_large():
+    import numpy as np
+
+    from vramfit.fit.stats import CV_MAX_POINTS, FOLDS, cv_keys
+
+    assert list(cv_keys(108, None)) == list(range(108))  # leave-one-out, as before: the same numbers
+    groups = np.array([f"s{i % 18}" for i in range(108)])
+    assert len(set(cv_keys(108, groups))) == 18  # leave-one-shape-out
+    keys = cv_keys(100_000, np.array([f"s{i % 5000}" for i in range(100_000)]))
+    held = keys[keys >= 0]
+    assert len(held) == CV_MAX_POINTS and set(held) <= set(range(FOLDS))
+
+
+def test_nnls_on_many_rows_is_the_same_fit():
+    import numpy as np
+
+    import vramfit.fit.stats as stats
+
+    rng = np.random.default_rng(1)
+    X = np.abs(rng.normal(size=(5000, 5))) * [1e6, 1e9, 1e8, 1e3, 1e5]
+    for y, w in ((X @ [12, 12, 40, 0.5, 8] + 3e8 + rng.normal(0, 1e6, 5000), None),
+                 (X @ [12, 12, 40, 0.5, 8] + 3e8, 1 / (X @ [12, 12, 40, 0.5, 8] + 3e8) ** 2),
+                 (X @ [12, 12, 40, 0.5, 8] - 3e9, None)):  # a negative intercept: refit through the origin
+        c0, coef = stats._nnls_reduced(X, y, w)
+        big = stats.NNLS_DIRECT_MAX
+        try:
+            stats.NNLS_DIRECT_MAX = 10**9
+            d0, dcoef = stats.nnls(X, y, w)
+        finally:
+            stats.NNLS_DIRECT_MAX = big
+        assert np.isclose(c0, d0, rtol=1e-6, atol=1.0) and np.allclose(coef, dcoef, rtol=1e-5, atol=1e-6)
+
+
+def test_fit_of_many_points_costs_seconds_not_minutes():
+    import sys
+    import time
+    from pathlib import Path
+
+    import pandas as pd
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from bench_fit import synthetic_rows
+
+    from vramfit.fit.memmodel import fit_points
+
+    rows = pd.DataFrame(synthetic_rows(30_000)).assign(device_type="cuda", device_name="Synthetic GPU",
+                                                         recipe_key="r1", recipe="{}", total_memory_bytes=8 * 2**30)
+    t = time.process_time()
+    report = fit_points(rows)
+    assert time.process_time() - t < 30  # was: 1,664 points in 53 s (leave-one-out of every point and shape)
+    assert report.n_points == int((rows["status"] == "ok").sum()) and report.margin_rel < 0.05
+    assert report.throughput is not None

@@ -371,9 +371,9 @@ def oom_violations(report: FitReport, points: pd.DataFrame) -> list[dict]:
     if oom.empty or cap_col not in oom.columns:
         return []
     pred = report.model.predict(frame_features(oom))
-    out = []
-    for (_, row), p in zip(oom.iterrows(), pred, strict=True):
-        cap = row[cap_col]
-        if pd.notna(cap) and p <= cap:
-            out.append({k: int(row[k]) for k in SHAPE_KEYS} | {"predicted": float(p), "capacity": float(cap)})
-    return out
+    cap = oom[cap_col].to_numpy(dtype=np.float64)
+    hit = np.flatnonzero(pd.notna(cap) & (pred <= cap))  # vectorised: a large sweep has thousands of OOM rows
+    shapes = oom[list(SHAPE_KEYS)].to_numpy()[hit]
+    return [{k: int(v) for k, v in zip(SHAPE_KEYS, shape, strict=True)} | {"predicted": float(pred[i]),
+                                                                          "capacity": float(cap[i])}
+            for shape, i in zip(shapes, hit, strict=True)]
