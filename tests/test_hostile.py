@@ -727,3 +727,41 @@ def test_fit_of_many_points_costs_seconds_not_minutes():
     assert time.process_time() - t < 30  # was: 1,664 points in 53 s (leave-one-out of every point and shape)
     assert report.n_points == int((rows["status"] == "ok").sum()) and report.margin_rel < 0.05
     assert report.throughput is not None
+
+
+# refused before the work starts: one line, exit 2, and the process stays small (issue 31: "no process above 2 GB
+# of RSS for a refused input"); each runs as its own process so that its peak RSS is its own
+RSS_WRAP = """
+import json, resource, subprocess, sys
+r = subprocess.run(sys.argv[1:], capture_output=True, text=True, timeout=300)
+usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"rc": r.returncode, "err": r.stderr, "maxrss_kib": usage.ru_maxrss}))
+"""
+
+
+def runaway_cases(model, ckpt) -> list[tuple[list, str]]:
+    many = lambda n, step=1: ",".join(str(step * (i + 1)) for i in range(n))  # noqa: E731
+    return [
+        (["suggest", "--vram", "8G", "--model", model, "--n-layer", many(4096), "--save", "/dev/null"],
+         "beyond the limit of 10,000,000"),
+        (["suggest", "--vram", "8G", "--model", model, "--block-size", many(1000, 8), "--save", "/dev/null"],
+         "beyond the limit of 10,000,000"),
+        (["estimate", "--n-layer", "4096", "--n-head", "1", "--n-embd", "8", "--block-size", "8", "--batch-size",
+          "1"], "beyond the dry run's limit of 512 layers"),
+        (["sample", "--ckpt", ckpt, "--num-samples", "100000000"], "num_samples must be in [1, 1,048,576]"),
+        (["sample", "--ckpt", ckpt, "--num-samples", "1048576", "--max-new-tokens", "1048576"], "more than the"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_runaway_requests_are_refused_small(model_file, small_ckpt, case):
+    import json
+    import subprocess
+    import sys
+
+    args, needle = runaway_cases(model_file, small_ckpt)[case]
+    r = subprocess.run([sys.executable, "-c", RSS_WRAP, sys.executable, "-m", "vramfit.cli", *map(str, args)],
+                       capture_output=True, text=True, timeout=600)
+    res = json.loads(r.stdout)
+    assert_one_error(res["rc"], res["err"], needle)
+    assert res["maxrss_kib"] < 2 * 2**20, res  # KiB: under 2 GiB
