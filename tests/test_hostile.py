@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from planner_data import synthetic_db
 
 from vramfit.cli import main
+from vramfit.store import Store
 
 
 def sha(path) -> str:
@@ -765,3 +766,83 @@ def test_runaway_requests_are_refused_small(model_file, small_ckpt, case):
     res = json.loads(r.stdout)
     assert_one_error(res["rc"], res["err"], needle)
     assert res["maxrss_kib"] < 2 * 2**20, res  # KiB: under 2 GiB
+
+
+# --- Item 6 of issue 31: point claims, so that concurrent sweeps of one database split the work.
+
+SLOW_WORKER = """
+import json, sys, time
+p = json.loads(sys.stdin.read())["point"]
+time.sleep(0.5)
+print(json.dumps({**p, "status": "ok", "tracked_bytes": 100 * p["batch_size"], "rss_bytes": 1, "iters": 3,
+                  "stable": True}))
+"""
+SWEEP = """
+import sys
+from vramfit.sweep.grid import load_grid
+from vramfit.sweep.runner import run_sweep
+axes = {"n_layer": [1], "n_head": [1], "n_embd": [8], "block_size": [8], "vocab_size": [8],
+        "batch_size": list(range(1, 13))}
+res = run_sweep(load_grid(None, axes, measure_overrides={"timeout_s": 60}), sys.argv[1], device="cpu", quiet=True,
+                worker_cmd=[sys.executable, "-c", sys.argv[2]])
+print(sum(res.counts.values()))
+"""
+
+
+def test_two_sweeps_of_one_database_never_measure_a_point_twice(tmp_path):
+    import subprocess
+    import sys
+
+    db = tmp_path / "db.sqlite"
+    Store(db).close()  # created first, so that neither sweep races the other to the schema
+    runs = [subprocess.Popen([sys.executable, "-c", SWEEP, str(db), SLOW_WORKER], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in runs]
+    assert all(p.returncode == 0 for p in runs), [o[1][-2000:] for o in outs]
+    measured = [int(o[0].split()[-1]) for o in outs]
+    with sqlite3.connect(db) as c:
+        batches = sorted(r[0] for r in c.execute("SELECT batch_size FROM points"))
+        claims = c.execute("SELECT COUNT(*) FROM claims").fetchone()[0]
+    assert batches == list(range(1, 13)) and sum(measured) == 12, (batches, measured)  # each point once
+    assert claims == 0  # released as each point was stored
+
+
+def test_a_claim_of_a_dead_process_is_taken_over(tmp_path):
+    import subprocess
+    import sys
+
+    db = synthetic_db(tmp_path / "v.sqlite")
+    point = {"n_layer": 3, "n_head": 1, "n_embd": 8, "block_size": 8, "batch_size": 1, "vocab_size": 8}
+    claim = ("import sys, time; from vramfit.store import Store; s = Store(sys.argv[1]); "
+             f"print(s.claim(1, {point!r}), flush=True); time.sleep(60)")
+    other = subprocess.Popen([sys.executable, "-c", claim, str(db)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "True"
+        with Store(db) as s:
+            assert not s.claim(1, point)  # a live sweep holds it
+            other.kill()
+            other.wait()
+            assert s.claim(1, point)  # its process is gone: taken over
+            measured = {"n_layer": 2, "n_head": 2, "n_embd": 128, "block_size": 128, "batch_size": 4,
+                        "vocab_size": 512}
+            assert s.is_measured(1, measured) and not s.claim(1, measured)  # stored already: nothing to claim
+    finally:
+        other.kill()
+
+
+def test_a_version_1_database_is_read_as_is_and_migrated_on_write(tmp_path):
+    from vramfit.store import SCHEMA_VERSION
+
+    db = synthetic_db(tmp_path / "v.sqlite")
+    with sqlite3.connect(db) as c:
+        c.execute("DROP TABLE claims")
+        c.execute("PRAGMA user_version = 1")
+    sqlite3.connect(db).close()
+    before = sha(db)
+    with Store(db, readonly=True) as s:
+        n = len(s.points_frame())
+    assert sha(db) == before  # read: untouched
+    with Store(db) as s:
+        assert s.schema_version == SCHEMA_VERSION == 2 and len(s.points_frame()) == n
+        assert s.claim(1, {"n_layer": 3, "n_head": 1, "n_embd": 8, "block_size": 8, "batch_size": 1,
+                           "vocab_size": 8})

@@ -25,7 +25,8 @@ from vramfit.paths import check_output, database_files, output_path
 if TYPE_CHECKING:
     import pandas as pd  # imported by the queries that build frames: opening the store does not load pandas
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: sweeps, environments, points; 2: + claims (points being measured, for concurrent sweeps)
+CLAIM_TTL_S = 6 * 3600  # a claim from another host (whose process cannot be asked) lapses after this
 DEFAULT_DB = Path("results") / "vramfit.sqlite"
 STATUSES = ("ok", "oom", "timeout", "error")
 DONE_STATUSES = ("ok", "oom")  # resume skips these; error/timeout points are tried again
@@ -105,6 +106,17 @@ CREATE TABLE points (
 );
 CREATE INDEX points_by_env_shape ON points (env_id, n_layer, n_head, n_embd, block_size, batch_size, vocab_size);
 CREATE INDEX environments_by_identity ON environments (device_key, recipe_key, torch_version);
+"""
+
+# version 2: a point being measured, claimed by the sweep measuring it, so that concurrent sweeps of one database
+# split the work; `ident` is the identity (device model, recipe, torch, emulation) and the shape, as JSON
+_CLAIMS = """
+CREATE TABLE IF NOT EXISTS claims (
+    ident      TEXT PRIMARY KEY,
+    hostname   TEXT NOT NULL,
+    pid        INTEGER NOT NULL,
+    claimed_at REAL NOT NULL
+)
 """
 
 _TABLE_COLUMNS = {  # table -> its columns, read from _SCHEMA (what a database must have to be read)
@@ -275,6 +287,9 @@ class Store:
             version = c.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
                 self._create(c)
+            if version < 2:
+                c.execute(_CLAIMS)  # migration 1 -> 2
+            if version < SCHEMA_VERSION:
                 c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @staticmethod
@@ -386,6 +401,41 @@ class Store:
     def finish_sweep(self, sweep_id: int, status: str = "done") -> None:
         with self._tx() as c:
             c.execute("UPDATE sweeps SET status = ?, finished_at = ? WHERE sweep_id = ?", (status, _now(), sweep_id))
+
+    # ------------------------------------------------------------------------------------------ claims
+
+    def _ident(self, env_id: int, point: dict) -> str:
+        return json.dumps([*self.identity(env_id), *(int(point[k]) for k in SHAPE_KEYS)])
+
+    def claim(self, env_id: int, point: dict) -> bool:
+        """Claim `point` for measuring on env_id's identity, in one write transaction: False when it is already
+        measured (ok or oom) or claimed by a live process (this host: its PID exists; another host: younger than
+        CLAIM_TTL_S); a claim of a dead process is taken over."""
+        import socket
+
+        from vramfit.child import pid_alive
+
+        ident, host = self._ident(env_id, point), socket.gethostname()
+        with self._tx() as c:
+            if self.is_measured(env_id, point):
+                return False
+            row = c.execute("SELECT hostname, pid, claimed_at FROM claims WHERE ident = ?", (ident,)).fetchone()
+            if row is not None and (row[0], row[1]) != (host, os.getpid()):
+                alive = pid_alive(int(row[1])) if row[0] == host else time.time() - row[2] < CLAIM_TTL_S
+                if alive:
+                    return False
+            c.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?)", (ident, host, os.getpid(), time.time()))
+        return True
+
+    def release(self, env_id: int | None = None, point: dict | None = None) -> None:
+        """Drop this process's claim of `point` (measured, or given up), or every claim it holds."""
+        import socket
+
+        where, args = "hostname = ? AND pid = ?", [socket.gethostname(), os.getpid()]
+        if point is not None:
+            where, args = where + " AND ident = ?", [*args, self._ident(env_id, point)]
+        with self._tx() as c:
+            c.execute(f"DELETE FROM claims WHERE {where}", args)
 
     # ------------------------------------------------------------------------------------------ reading
 
