@@ -110,15 +110,15 @@ def prepare_text(
     meta["val_tokens"] = int(n_val)
     files = corpus_outputs(out_dir, protected)
     for name, data in (("train.bin", ids[:-n_val]), ("val.bin", ids[-n_val:])):
-        with output_path(files[name], "--out") as target:
+        with output_path(files[name], "--data-dir") as target:
             data.astype(dtype).tofile(target)
-    write_text(files["meta.json"], json.dumps(meta, indent=1), "--out")
+    write_text(files["meta.json"], json.dumps(meta, indent=1), "--data-dir")
     return meta
 
 
 def corpus_outputs(out_dir: str | Path, protected: Protected | None = None) -> dict[str, Path]:
     """The files `prepare_text` writes in `out_dir`, each checked against the `protected` ones."""
-    return {name: check_output(Path(out_dir) / name, protected or {}, "--out") for name in CORPUS_FILES[:3]}
+    return {name: check_output(Path(out_dir) / name, protected or {}, "--data-dir") for name in CORPUS_FILES[:3]}
 
 
 def prepare_file(input_path: str | Path, out_dir: str | Path, tokenizer: str = "char", encoding=None) -> dict:

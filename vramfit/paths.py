@@ -21,6 +21,11 @@ from gpt.files import (
 __all__ = ["Protected", "check_output", "database_files", "output_path", "same_file", "writable_dir",
            "writable_file", "write_bytes", "write_text"]
 
+# Where the commands read and write by default (relative to the working folder), each named once.
+DB_FILE = Path("results") / "vramfit.sqlite"
+MODELS_DIR = Path("results") / "models"
+SUGGESTIONS_FILE = Path("results") / "suggestions.json"
+
 
 def database_files(db: str | Path) -> list[Path]:
     """A SQLite database and the files SQLite keeps beside it (-wal, -shm, -journal)."""

@@ -20,14 +20,14 @@ from urllib.parse import quote
 
 from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
-from vramfit.paths import check_output, database_files, output_path
+from vramfit.paths import DB_FILE, check_output, database_files, output_path
 
 if TYPE_CHECKING:
     import pandas as pd  # imported by the queries that build frames: opening the store does not load pandas
 
 SCHEMA_VERSION = 2  # 1: sweeps, environments, points; 2: + claims (points being measured, for concurrent sweeps)
 CLAIM_TTL_S = 6 * 3600  # a claim from another host (whose process cannot be asked) lapses after this
-DEFAULT_DB = Path("results") / "vramfit.sqlite"
+DEFAULT_DB = DB_FILE
 STATUSES = ("ok", "oom", "timeout", "error")
 DONE_STATUSES = ("ok", "oom")  # resume skips these; error/timeout points are tried again
 # how a CUDA point's nvml_bytes was read: this process's own entry in NVML's compute-process list, or device used

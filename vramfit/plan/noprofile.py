@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from vramfit.dryrun.sdpa import BUILD_ENV
 from vramfit.plan.estimate_pool import EstimatorPool, Job
 
 CACHE_FORMAT = 1
@@ -33,13 +34,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """`cache_dir`, else $VRAMFIT_CACHE_DIR, else the user cache directory (platformdirs)."""
+    """`cache_dir`, else $VRAMFIT_CACHE_DIR, else the user cache directory: platformdirs' where it is installed
+    (it is needed by nothing else: a sweep runs without it), else $XDG_CACHE_HOME/vramfit or ~/.cache/vramfit."""
     if cache_dir:
         return Path(cache_dir)
     if os.environ.get("VRAMFIT_CACHE_DIR"):
         return Path(os.environ["VRAMFIT_CACHE_DIR"])
-    import platformdirs
-
+    try:
+        import platformdirs
+    except ImportError:
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vramfit"
     return Path(platformdirs.user_cache_dir("vramfit", appauthor=False))
 
 
@@ -77,6 +81,7 @@ def cache_key(recipe: dict, capability: tuple[int, int], vocab_size: int, target
     return {"format": CACHE_FORMAT, "torch": torch_version(), "capability": list(capability),
             "recipe": dict(sorted(recipe.items())), "vocab_size": int(vocab_size), "target": target,
             "estimator": code_version(), "context_table": context_version(),
+            "cuda_build": {k: os.environ.get(k, "") for k in BUILD_ENV},  # the user's SDPA build override
             "design": {k: list(v) for k, v in DESIGN.items()}}
 
 
@@ -195,6 +200,7 @@ class DryRunPlanner:
         self._runner = runner  # tests: a stand-in for EstimatorPool.run
         self.ran = 0
         self.cached = 0
+        self.margin = None  # vramfit.validation.Margin, once model() ran
 
     def __enter__(self) -> DryRunPlanner:
         return self
@@ -218,16 +224,19 @@ class DryRunPlanner:
         return [store[shape_id(s)] for s in shapes]
 
     def model(self):
-        """(MemoryModel, margin, resolved recipe dict): the calibrated model, from the cache when it holds one."""
-        from vramfit.fit.memmodel import MIN_MARGIN, MemoryModel
+        """(MemoryModel, margin, resolved recipe dict): the calibrated model, from the cache when it holds one; the
+        margin is the public validation set's (`vramfit.validation.planning_margin`, kept in `self.margin`)."""
+        from vramfit.fit.memmodel import MemoryModel
+        from vramfit.validation import planning_margin
 
+        self.margin = planning_margin()
         shapes = design_shapes(self.vocab_size)
         if self.entry.model is not None:
             self.cached += len(shapes)
-            return MemoryModel.from_dict(self.entry.model), self.entry.margin_rel, self.resolved.to_dict()
+            return MemoryModel.from_dict(self.entry.model), self.margin.rel, self.resolved.to_dict()
         model = calibrated_model(shapes, self._estimates(shapes, self.entry.estimates))
-        self.entry.model, self.entry.margin_rel, self.entry.dirty = model.to_dict(), MIN_MARGIN, True
-        return model, MIN_MARGIN, self.resolved.to_dict()
+        self.entry.model, self.entry.margin_rel, self.entry.dirty = model.to_dict(), self.margin.rel, True
+        return model, self.margin.rel, self.resolved.to_dict()
 
     def verify(self, items: list, budget: int) -> list:
         """Re-predict suggestions by the estimator (its device figure); a suggestion over budget gets the batch the

@@ -66,6 +66,7 @@ class SuggestRequest:
     cache_dir: Path | None = None  # the dry run's cache (default: the user cache directory)
     use_cache: bool = True
     within_measured: bool = False  # keep every axis inside the ranges the model was measured on
+    margin: str | None = None  # --margin: instead of the profile's CV margin or the dry run's validation margin
 
 
 @dataclass
@@ -124,13 +125,13 @@ def local_gpu_capability() -> str | None:
 
 def choose_model(req: SuggestRequest, models_dir: Path | None = None) -> tuple[Path, dict] | None:
     """The profile to plan with, or None for the dry run: --model; else the newest GPU profile in `models_dir`
-    (--device auto|cuda) or the newest CPU one (--device cpu). Without a GPU profile, auto and cuda plan for a
+    (--target auto|cuda) or the newest CPU one (--target cpu). Without a GPU profile, auto and cuda plan for a
     GPU by the dry run: a CPU profile measures RAM, not a card."""
     from vramfit.fit.memmodel import load_model
     from vramfit.plan.workflows import MODELS_DIR, open_model
 
     if req.device not in DEVICES:
-        raise VramfitError(f"unknown --device {req.device!r}; choose {', '.join(DEVICES)}")
+        raise VramfitError(f"unknown --target {req.device!r}; choose {', '.join(DEVICES)}")
     if req.model:
         return open_model(req.model)
     folder = Path(models_dir or MODELS_DIR)
@@ -151,7 +152,7 @@ def _plan_line(req: SuggestRequest, doc: dict, path: Path, budget: int, dry_capa
     from vramfit.units import format_size
 
     if dry_capability is not None:
-        why = "" if req.no_profile else " (no GPU profile in results/models; --device cpu plans for this CPU's RAM)"
+        why = "" if req.no_profile else " (no GPU profile in results/models; --target cpu plans for this CPU's RAM)"
         return (f"plan for a CUDA GPU of compute capability {dry_capability}, {_recipe_text(doc['recipe'])}, by "
                 f"the dry run{why}: estimates, not measurements; `vramfit sweep` on the GPU measures it")
     recipe = _recipe_text(doc.get("recipe") or {})
@@ -174,7 +175,7 @@ def _model(req: SuggestRequest, space: dict, warnings: list[str], budget: int):
     chosen = None if req.no_profile else choose_model(req)
     if chosen is None and req.hours is not None:
         raise VramfitError("--hours needs a profiled device (its sweep measures speed): no GPU profile in "
-                           "results/models (pass --model FILE, or --device cpu for a CPU profile)")
+                           "results/models (pass --model FILE, or --target cpu for a CPU profile)")
     if chosen is not None:
         path, doc = chosen
         return (doc["model"], doc["margin_rel"], doc.get("recipe") or {}, path, doc, None,
@@ -213,7 +214,15 @@ def recommend(req: SuggestRequest) -> Recommendation:
             raise VramfitError("--hours needs a profiled device (its sweep measures speed); drop --no-profile")
     if req.gpus > 1 and targs:
         raise VramfitError("--hours plans one GPU for now; drop --gpus or --hours")
+    from vramfit.validation import parse_margin
+
+    override = parse_margin(req.margin) if req.margin is not None else None  # a bad value fails before any work
     mm, margin, recipe_d, path, doc, planner, plan_line = _model(req, space, warnings, vram_b - reserve_b)
+    margin_source = planner.margin.describe() if planner is not None and planner.margin is not None else None
+    if override is not None:
+        margin, margin_source = override, f"margin {override:.1%}: --margin (instead of {margin:.1%})"
+    if margin_source:
+        notes.append(margin_source)
     if req.within_measured:
         _within_measured(space, doc.get("ranges"), notes)
     try:
@@ -226,6 +235,8 @@ def recommend(req: SuggestRequest) -> Recommendation:
             notes.append(planner.summary())
     out.notes, out.warnings, out.plan_line = notes + out.notes, warnings + out.warnings, plan_line
     out.doc["plan"] = plan_line
+    if margin_source:
+        out.doc["margin_source"] = margin_source
     if planner is not None:
         out.doc["dry_run"] = planner.counts()
     return out
@@ -287,13 +298,14 @@ def _search(req: SuggestRequest, space: dict, targs: dict, model: tuple, planner
     ranking = items.ranking
     if planner is not None:
         items = planner.verify(items, budget)
-    items = multi_gpu(items, req.gpus)
     extrapolations = _flag_extrapolations(items, doc.get("ranges"), margin, budget)
     if req.within_measured:  # each axis is inside; drop combinations beyond the measured params or tokens
         items = [s for s in items if not s.extrapolated]
         for rank, s in enumerate(items, start=1):
             s.rank = rank
+            s.command = train_command(s, recipe_d, req.data_dir)  # its --out-dir names its new rank
         extrapolations = []
+    items = multi_gpu(items, req.gpus)
     result = {"vram_bytes": vram_b, "card": card.name if card else None, "reserve_bytes": reserve_b,
               "budget_bytes": budget, "objective": req.objective, "ranking": ranking, "model_file": str(path),
               "device": doc["device"], "recipe_key": doc["recipe_key"], "recipe": recipe_d, "target": doc["target"],

@@ -13,14 +13,12 @@ from typing import TYPE_CHECKING
 from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.fit.memmodel import FitReport, fit_points, load_model
-from vramfit.paths import Protected, check_output, write_text
+from vramfit.paths import MODELS_DIR, SUGGESTIONS_FILE, Protected, check_output, write_text
 from vramfit.plan.suggest import Suggestion
+from vramfit.recipe import ALLOC_CONF_VARS
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where frames are built: predicting from a model file needs no pandas
-
-MODELS_DIR = Path("results") / "models"
-SUGGESTIONS_FILE = Path("results") / "suggestions.json"
 
 
 def slug(text: str) -> str:
@@ -112,15 +110,16 @@ def train_command(s: Suggestion, recipe: dict, data_dir: str = "data/shakespeare
     args += ["--data-dir", data_dir, "--out-dir", out_dir or f"out/suggest-{s.rank}"]
     cmd = shlex.join(args)
     if recipe.get("alloc_conf"):
-        cmd = f"PYTORCH_CUDA_ALLOC_CONF={shlex.quote(recipe['alloc_conf'])} {cmd}"
+        conf = shlex.quote(recipe["alloc_conf"])
+        cmd = " ".join(f"{var}={conf}" for var in ALLOC_CONF_VARS) + f" {cmd}"
     return cmd
 
 
 def save_suggestions(doc: dict, path: str | Path = SUGGESTIONS_FILE, protected: Protected | None = None) -> Path:
     """The suggest document to `path`, atomically; never over the model file it was planned with or another
     `protected` file ({label: path})."""
-    path = check_output(path, {"the model file": doc.get("model_file"), **(protected or {})}, "--save")
-    return write_text(path, json.dumps(doc, indent=1), "--save")
+    path = check_output(path, {"the model file": doc.get("model_file"), **(protected or {})}, "--suggestions-file")
+    return write_text(path, json.dumps(doc, indent=1), "--suggestions-file")
 
 
 def load_suggestion(rank: int, path: str | Path = SUGGESTIONS_FILE) -> tuple[dict, dict]:
