@@ -11,7 +11,12 @@ import typer
 def console():
     from rich.console import Console
 
-    return Console(width=max(140, shutil.get_terminal_size().columns))
+    class PipeConsole(Console):
+        def on_broken_pipe(self) -> None:  # rich's default exits 1; `main` ends a closed pipe quietly with 0
+            self.quiet = True
+            raise BrokenPipeError
+
+    return PipeConsole(width=max(140, shutil.get_terminal_size().columns))
 
 
 def esc(text: str) -> str:
@@ -97,9 +102,9 @@ def print_suggestions(rec, vram: str, save: Path) -> None:
               f"margin {doc['margin_rel']:.1%})")
     if rec.nothing_fits is not None:
         need, cfg = rec.nothing_fits
-        out.print(f"nothing fits in {fmt(budget)}. The smallest config in this space needs {fmt(need)}: "
-                  + " ".join(f"{k}={v}" for k, v in cfg.items())
-                  + ". Raise --vram, lower --reserve, or relax the fixed sizes.")
+        typer.echo(f"error: nothing fits in {fmt(budget)}. The smallest config in this space needs {fmt(need)}: "
+                   + " ".join(f"{k}={v}" for k, v in cfg.items())
+                   + ". Raise --vram, lower --reserve, or relax the fixed sizes.", err=True)
         raise typer.Exit(1)
     if rec.time_args:
         out.print(to_rich(time_table(rec.items, rec.time_args["hours"], rec.time_args["rank"])))

@@ -79,13 +79,14 @@ def suggest(
     With --hours H: ranked by what H hours of training buys (tokens/s from the throughput model)."""
     import json
 
-    from vramfit.paths import writable_file
+    from vramfit.paths import check_output, writable_file
     from vramfit.plan.recommend import SuggestRequest, parse_int_options, recommend
     from vramfit.plan.workflows import save_suggestions
 
     if hours is None and rank != "auto":
         fail("--rank ranks by time: give --hours too")
     writable_file(save, "--suggestions-file")
+    check_output(save, {"--model": model, "--loss-law": loss_law, "--like": like}, "--suggestions-file")
     if like is not None:
         _suggest_like(like, vram, reserve, model, save, json_out, (recipe, capability) if no_profile else None)
     space = parse_int_options(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,

@@ -16,21 +16,13 @@ DEFAULT_VOCAB = 50304  # GPT-2 BPE, padded to a multiple of 64 as nanoGPT does
 
 
 def parse_int_options(**options: str | None) -> dict[str, list[int] | None]:
-    """`--n-layer 4,8`-style options as lists of positive ints (None where not given)."""
-    out: dict[str, list[int] | None] = {}
-    for name, value in options.items():
-        flag = f"--{name.replace('_', '-')}"
-        if value is None:
-            out[name] = None
-            continue
-        try:
-            values = [int(v) for v in str(value).split(",") if v.strip()]
-        except ValueError:
-            raise VramfitError(f"{flag}: expected integers like 4 or 4,8, got {value!r}") from None
-        if not values or min(values) < 1:
-            raise VramfitError(f"{flag}: sizes must be >= 1, got {value!r}")
-        out[name] = values
-    return out
+    """`--n-layer 4,8`-style options as lists of sizes within gpt.config.MAX_SIZES (None where not given)."""
+    from gpt.config import MAX_SIZES
+    from vramfit.sweep.grid import parse_int_list
+
+    return {name: None if value is None else parse_int_list(value, f"--{name.replace('_', '-')}",
+                                                            maximum=MAX_SIZES[name])
+            for name, value in options.items()}
 
 
 def time_args(hours: str, rank: str, loss_law: Path | None, data_dir: str) -> dict:
@@ -334,12 +326,13 @@ def _search(req: SuggestRequest, space: dict, targs: dict, model: tuple, planner
 def predict_one(shape: dict, model: Path | None) -> dict:
     """The predicted peak of one config (`shape`: the six SHAPE_KEYS) with its breakdown, margin and the naive
     line, from a model file."""
-    from gpt.config import GPTConfig
+    from gpt.config import GPTConfig, check_batch_size
     from vramfit.fit.coverage import check
     from vramfit.fit.features import features
     from vramfit.plan.workflows import open_model
 
     GPTConfig(shape["n_layer"], shape["n_head"], shape["n_embd"], shape["block_size"], shape["vocab_size"])
+    check_batch_size(shape["batch_size"])
     path, doc = open_model(model)
     f = features(shape["n_layer"], shape["n_head"], shape["n_embd"], shape["block_size"], shape["batch_size"],
                  shape["vocab_size"])
