@@ -187,16 +187,20 @@ class GPT(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        vocab_size: int | None = None,
     ) -> torch.Tensor:
-        """Sample `max_new_tokens` tokens after the prompt `idx` (B, T)."""
-        return sample(self, idx, max_new_tokens, temperature, top_k, generator)
+        """Sample `max_new_tokens` tokens after the prompt `idx` (B, T); with `vocab_size` (the tokenizer's), only
+        ids below it: a vocabulary padded past the corpus's (nanoGPT's 50304 for GPT-2's 50257, a `--vocab-size`
+        above a char corpus's) has rows no tokenizer can decode."""
+        return sample(self, idx, max_new_tokens, temperature, top_k, generator, vocab_size)
 
 
 @torch.no_grad()
 def sample(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-           top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Sample from either family: the context cropped to block_size, the last position's logits / temperature,
-    top-k, multinomial."""
+           top_k: int | None = None, generator: torch.Generator | None = None,
+           vocab_size: int | None = None) -> torch.Tensor:
+    """Sample from either family: the context cropped to block_size, the last position's logits / temperature
+    (ids from `vocab_size` on excluded), top-k, multinomial."""
     if temperature <= 0:
         raise ConfigError(f"temperature must be > 0, got {temperature}")
     block_size = model.config.block_size
@@ -204,6 +208,8 @@ def sample(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, temperature
         idx_cond = idx if idx.size(1) <= block_size else idx[:, -block_size:]
         logits, _ = model(idx_cond)
         logits = logits[:, -1, :].float() / temperature
+        if vocab_size is not None:
+            logits[:, vocab_size:] = -float("inf")
         if top_k is not None:
             v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
             logits[logits < v[:, [-1]]] = -float("inf")

@@ -266,6 +266,6 @@ class NanoChatGPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None, vocab_size: int | None = None) -> torch.Tensor:
         """Sample `max_new_tokens` tokens after the prompt `idx` (B, T), as `gpt.model.GPT.generate`."""
-        return sample(self, idx, max_new_tokens, temperature, top_k, generator)
+        return sample(self, idx, max_new_tokens, temperature, top_k, generator, vocab_size)
