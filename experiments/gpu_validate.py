@@ -218,7 +218,7 @@ def dryrun(out: Path) -> None:
     import pandas as pd
 
     from gpt.config import GPTConfig
-    from vramfit.dryrun.estimate import estimate_step, parse_capability, target_bytes
+    from vramfit.dryrun.estimate import EstimateRequest, estimate_step, parse_capability, target_bytes
     from vramfit.recipe import Recipe
     from vramfit.store import Store
 
@@ -231,7 +231,8 @@ def dryrun(out: Path) -> None:
         for p in pts[pts.status == "ok"].itertuples(index=False):
             mc = GPTConfig(int(p.n_layer), int(p.n_head), int(p.n_embd), int(p.block_size), int(p.vocab_size))
             recipe = Recipe.from_dict(json.loads(p.recipe))
-            est = estimate_step(mc, int(p.batch_size), recipe, "cuda", parse_capability(p.compute_capability))
+            est = estimate_step(EstimateRequest(mc, int(p.batch_size), recipe, "cuda",
+                                                parse_capability(p.compute_capability)))
             row = {k: getattr(p, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
                                               "vocab_size")}
             row["compiled"] = bool(recipe.compile)
