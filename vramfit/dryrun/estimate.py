@@ -190,9 +190,9 @@ def estimate_step(request: EstimateRequest) -> Estimate:
         for mode in d.get("modes", {}).values():  # each mode's whole-device figure, for side-by-side display
             if "peak_reserved" in mode:
                 mode["device_bytes"] = process_memory(cap, mode["peak_reserved"])["device_bytes"]
-    return Estimate(**d, compute_capability=cap if request.target == "cuda" else None,
-                    model_config=request.model.to_dict(), batch_size=request.batch_size,
-                    recipe=request.recipe.to_dict())
+    est = Estimate(**d, compute_capability=cap if request.target == "cuda" else None,
+                   model_config=request.model.to_dict(), batch_size=request.batch_size, recipe=request.recipe.to_dict())
+    return Estimate.from_dict(json.loads(json.dumps(est.to_dict())))  # plain JSON types: equal to a child's or cached
 
 
 def device_bytes(estimate: Estimate) -> int:
