@@ -87,17 +87,19 @@ def test_changing_the_code_or_torch_invalidates_every_estimate(tmp_path, monkeyp
     assert code_version(src) != before and edited.ran == 16
     (src / "vramfit" / "dryrun" / "new.py").write_text("")  # a new module of the dry run
     assert code_version(src) != code_version(src, torch="0.0-other") != before
-    rows = sqlite3.connect(tmp_path / "estimates.sqlite").execute("SELECT DISTINCT version FROM estimates")
+    rows = sqlite3.connect(tmp_path / "estimates.sqlite").execute("SELECT DISTINCT version FROM entries")
     assert len(rows.fetchall()) == 3  # other versions' rows stay until they are old (another checkout may use them)
 
 
-def test_the_version_covers_every_source_of_the_dry_run():
+def test_the_version_covers_every_source_of_the_dry_run_and_the_calibration():
     from vramfit.dryrun.cache import ROOT, source_files
 
     files = {str(p.relative_to(ROOT)) for p in source_files()}
     assert {"vramfit/dryrun/fake_step.py", "vramfit/dryrun/compiled.py", "vramfit/dryrun/allocator.py",
             "vramfit/dryrun/context.py", "vramfit/dryrun/sdpa.py", "vramfit/measure/probe.py", "gpt/model.py",
-            "gpt/train.py", "gpt/config.py", "vramfit/recipe.py"} <= files
+            "gpt/train.py", "gpt/config.py", "vramfit/recipe.py", "vramfit/fit/features.py",
+            "vramfit/fit/memmodel.py", "vramfit/fit/stats.py", "vramfit/plan/noprofile.py"} <= files
+    assert {f"vramfit/dryrun/{p.name}" for p in (ROOT / "vramfit" / "dryrun").glob("*.py")} <= files
 
 
 @pytest.mark.parametrize("garbage", [b"not a database at all, not even close" * 40, b"\xff" * 4096])
@@ -114,10 +116,13 @@ def test_a_corrupt_cache_is_ignored_with_a_warning_and_rebuilt(tmp_path, garbage
 def test_a_corrupt_entry_is_estimated_again(tmp_path):
     _, model = plan(tmp_path)
     with sqlite3.connect(tmp_path / "estimates.sqlite") as conn:
-        conn.execute("UPDATE estimates SET estimate = '{not json' WHERE rowid = 1")
-        conn.execute("UPDATE estimates SET estimate = '[1, 2]' WHERE rowid = 2")
+        rows = [r for r, in conn.execute("SELECT rowid FROM entries WHERE kind = 'estimate' ORDER BY rowid")]
+        conn.execute("UPDATE entries SET value = '{not json' WHERE rowid = ?", (rows[0],))
+        conn.execute("UPDATE entries SET value = '[1, 2]' WHERE rowid = ?", (rows[1],))
+        conn.execute("""UPDATE entries SET value = '{"coef": 1}' WHERE kind = 'calibrated-model'""")
     again, rebuilt = plan(tmp_path)
     assert sum("corrupt cache entry" in w for w in again.warnings) == 2
+    assert sum("corrupt calibrated model" in w for w in again.warnings) == 1
     assert again.ran == 2 and again.cached == 14 and rebuilt.to_dict() == model.to_dict()
     assert plan(tmp_path)[0].ran == 0
 

@@ -1,10 +1,12 @@
 """The dry run's one cache: estimates kept in the user cache directory while the code that made them is unchanged.
 
-One SQLite file (`<cache dir>/estimates.sqlite`), one row per (version, request): the request is
-`EstimateRequest.key()`, the version a hash of the installed torch's version and of the source files that decide
-an estimate (`SOURCES`). That is the one invalidation rule: an edit to any of those files, or another torch, misses
-every row written before (rows of other versions are dropped once they are `KEEP_DAYS` old). A file that cannot be
-read is a warning and is rebuilt; one that cannot be written is a warning, and the estimates are still returned.
+One SQLite file (`<cache dir>/estimates.sqlite`), one row per (version, kind, key): an estimate under its
+request (`EstimateRequest.key()`), or a document computed from estimates alone (the no-profile calibrated model).
+The version is a hash of the installed torch's version and of the source files that decide an estimate or what is
+computed from it (`SOURCES`). That is the one invalidation rule: an edit to any of those files, or another torch,
+misses every row written before (rows of other versions are dropped once they are `KEEP_DAYS` old). A file that
+cannot be read is a warning and is rebuilt; one that cannot be written is a warning, and the estimates are still
+returned.
 Torch-free: a planner whose estimates are all cached never imports torch.
 """
 
@@ -16,14 +18,16 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from vramfit.dryrun.estimate import Estimate, EstimateRequest
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = ("vramfit/dryrun/*.py", "vramfit/measure/probe.py", "vramfit/recipe.py", "gpt/*.py")
-"""Everything an estimate depends on besides torch: the dry run, the tracker it extends, the recipe, the GPT and its
-trainer (globs under the source root)."""
+SOURCES = ("vramfit/dryrun/*.py", "vramfit/measure/probe.py", "vramfit/recipe.py", "gpt/*.py", "vramfit/fit/*.py",
+           "vramfit/plan/noprofile.py")
+"""Everything a cached value depends on besides torch (globs under the source root): the dry run, the tracker it
+extends, the recipe, the GPT and its trainer; the fit and the no-profile calibration, for the calibrated model."""
 KEEP_DAYS = 30
 FILE_NAME = "estimates.sqlite"
 
@@ -65,14 +69,15 @@ def code_version(root: Path = ROOT, patterns: tuple[str, ...] = SOURCES, torch: 
 
 
 class EstimateCache:
-    """Estimates by request: in memory always, and on disk under `root` (None: nothing read or written).
-    `version` defaults to `code_version()`. Warnings (a corrupt or unwritable file) collect in `warnings`."""
+    """Estimates by request, and documents derived from estimates alone (a calibrated model: `get_doc`), in memory
+    always and on disk under `root` (None: nothing read or written). `version` defaults to `code_version()`.
+    Warnings (a corrupt or unwritable file) collect in `warnings`."""
 
     def __init__(self, root: str | Path | None = None, version: str | None = None) -> None:
         self.path = Path(root) / FILE_NAME if root is not None else None
         self._version = version
         self.warnings: list[str] = []
-        self._memory: dict[str, Estimate] = {}
+        self._memory: dict[tuple[str, str], object] = {}
         self._conn: sqlite3.Connection | None = None
 
     @classmethod
@@ -88,33 +93,45 @@ class EstimateCache:
 
     def get(self, request: EstimateRequest) -> Estimate | None:
         """The estimate kept for `request` (this version's), or None."""
-        key = request.key()
-        if key in self._memory or self._db() is None:
-            return self._memory.get(key)
+        return self._get("estimate", request.key(), Estimate.from_dict)  # type: ignore[return-value]
+
+    def put(self, request: EstimateRequest, estimate: Estimate) -> None:
+        """Keep `estimate` for `request` (in memory, and on disk when there is a disk)."""
+        self._put("estimate", request.key(), estimate, estimate.to_dict())
+
+    def get_doc(self, kind: str, key: str) -> dict | None:
+        """A JSON document of `kind` kept under `key`: something computed from estimates alone, so valid exactly as
+        long as they are (e.g. the no-profile planner's calibrated model, whose fit costs more imports than it)."""
+        return self._get(kind, key, dict)  # type: ignore[return-value]
+
+    def put_doc(self, kind: str, key: str, doc: dict) -> None:
+        self._put(kind, key, doc, doc)
+
+    def _get(self, kind: str, key: str, parse: Callable[[dict], object]) -> object | None:
+        if (kind, key) in self._memory or self._db() is None:
+            return self._memory.get((kind, key))
         try:
-            row = self._conn.execute("SELECT estimate FROM estimates WHERE version = ? AND request = ?",
-                                     (self.version, key)).fetchone()
+            row = self._conn.execute("SELECT value FROM entries WHERE version = ? AND kind = ? AND key = ?",
+                                     (self.version, kind, key)).fetchone()
         except sqlite3.DatabaseError as exc:
             self._give_up(f"ignoring a corrupt cache {self.path} ({_why(exc)}); rebuilding it", rebuild=True)
             return None
         if row is not None:
             try:
-                self._memory[key] = Estimate.from_dict(json.loads(row[0]))
+                self._memory[kind, key] = parse(json.loads(row[0]))
             except (json.JSONDecodeError, TypeError, KeyError, AttributeError, ValueError) as exc:
                 self.warnings.append(f"warning: ignoring a corrupt cache entry in {self.path} ({_why(exc)}); "
-                                     "estimating it again")
-        return self._memory.get(key)
+                                     "computing it again")
+        return self._memory.get((kind, key))
 
-    def put(self, request: EstimateRequest, estimate: Estimate) -> None:
-        """Keep `estimate` for `request` (in memory, and on disk when there is a disk)."""
-        key = request.key()
-        self._memory[key] = estimate
+    def _put(self, kind: str, key: str, value: object, doc: dict) -> None:
+        self._memory[kind, key] = value
         if self._db() is None:
             return
         try:
             with self._conn:
-                self._conn.execute("INSERT OR REPLACE INTO estimates VALUES (?, ?, ?, ?)",
-                                   (self.version, key, json.dumps(estimate.to_dict()), time.time()))
+                self._conn.execute("INSERT OR REPLACE INTO entries VALUES (?, ?, ?, ?, ?)",
+                                   (self.version, kind, key, json.dumps(doc), time.time()))
         except sqlite3.DatabaseError as exc:
             self._give_up(f"cannot write the cache {self.path} ({_why(exc)}); continuing")
 
@@ -131,9 +148,9 @@ class EstimateCache:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, timeout=30)
             with conn:
-                conn.execute("CREATE TABLE IF NOT EXISTS estimates (version TEXT NOT NULL, request TEXT NOT NULL, "
-                             "estimate TEXT NOT NULL, made REAL NOT NULL, PRIMARY KEY (version, request))")
-                conn.execute("DELETE FROM estimates WHERE version != ? AND made < ?",
+                conn.execute("CREATE TABLE IF NOT EXISTS entries (version TEXT NOT NULL, kind TEXT NOT NULL, key TEXT "
+                             "NOT NULL, value TEXT NOT NULL, made REAL NOT NULL, PRIMARY KEY (version, kind, key))")
+                conn.execute("DELETE FROM entries WHERE version != ? AND made < ?",
                              (self.version, time.time() - KEEP_DAYS * 86400))
             self._conn = conn
         except sqlite3.DatabaseError as exc:

@@ -2,12 +2,13 @@
 estimates of a small design, the top suggestions re-checked by the estimator.
 
 The estimates run in a pool of warm workers and are kept in the dry run's one cache
-(`vramfit.dryrun.cache.EstimateCache`, valid while the estimator's code and torch are unchanged): a second call
-with the same recipe, capability, vocabulary and target runs no estimate, and fits the same model again from the
-cached ones (a fit of 16 points: milliseconds)."""
+(`vramfit.dryrun.cache.EstimateCache`, valid while torch and the source of the estimator and of this calibration are
+unchanged), the calibrated model beside them: a second call with the same recipe, capability, vocabulary and
+target runs no estimate and fits nothing."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import re
@@ -71,6 +72,7 @@ class DryRunPlanner:
         self.resolved = recipe.resolved(target, capability)
         self.estimator = estimator or Estimator("pool", workers=workers,
                                                 cache=EstimateCache.user(cache_dir) if use_cache else None)
+        self._model_hits = 0  # design estimates not needed: the calibrated model came from the cache
 
     def __enter__(self) -> DryRunPlanner:
         return self
@@ -84,27 +86,44 @@ class DryRunPlanner:
 
     @property
     def cached(self) -> int:
-        return self.estimator.cached
+        return self.estimator.cached + self._model_hits
 
     @property
     def warnings(self) -> list[str]:
         return self.estimator.cache.warnings
 
-    def _estimates(self, shapes: list[tuple]) -> list[int]:
-        """Device bytes of each shape (SHAPE_KEYS order), estimated in parallel where the cache has none (the
-        recipe resolved: 'auto' and the settings it resolves to are one request)."""
+    def _requests(self, shapes: list[tuple]) -> list[EstimateRequest]:
+        """The estimator's request for each shape (SHAPE_KEYS order), the recipe resolved ('auto' and the settings
+        it resolves to are one request)."""
         from gpt.config import GPTConfig
 
-        reqs = [EstimateRequest(GPTConfig(int(L), int(H), int(C), int(T), int(V)), int(B), self.resolved, self.target,
+        return [EstimateRequest(GPTConfig(int(L), int(H), int(C), int(T), int(V)), int(B), self.resolved, self.target,
                                 self.capability, headline_only=True) for L, H, C, T, B, V in shapes]
-        return [device_bytes(e) for e in self.estimator.estimate(reqs)]
+
+    def _estimates(self, shapes: list[tuple]) -> list[int]:
+        """Device bytes of each shape, estimated in parallel where the cache has none."""
+        return [device_bytes(e) for e in self.estimator.estimate(self._requests(shapes))]
 
     def model(self):
-        """(MemoryModel, margin, resolved recipe dict): the model calibrated on the design's estimates."""
-        from vramfit.fit.memmodel import MIN_MARGIN
+        """(MemoryModel, margin, resolved recipe dict): the model calibrated on the design's estimates; kept in the
+        estimator's cache beside them (refitting would import pandas and scikit-learn on every warm call)."""
+        from vramfit.fit.memmodel import MIN_MARGIN, MemoryModel
 
         shapes = design_shapes(self.vocab_size)
-        return calibrated_model(shapes, self._estimates(shapes)), MIN_MARGIN, self.resolved.to_dict()
+        cache = self.estimator.cache
+        key = hashlib.sha256("\n".join(r.key() for r in self._requests(shapes)).encode()).hexdigest()
+        doc = cache.get_doc("calibrated-model", key)
+        if doc is not None:
+            try:
+                model = MemoryModel.from_dict(doc)
+                self._model_hits += len(shapes)
+                return model, MIN_MARGIN, self.resolved.to_dict()
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                cache.warnings.append(f"warning: ignoring a corrupt calibrated model in the cache "
+                                      f"({type(exc).__name__}); fitting it again")
+        model = calibrated_model(shapes, self._estimates(shapes))
+        cache.put_doc("calibrated-model", key, model.to_dict())
+        return model, MIN_MARGIN, self.resolved.to_dict()
 
     def verify(self, items: list, budget: int) -> list:
         """Re-predict suggestions by the estimator (its device figure); a suggestion over budget gets the batch the
