@@ -67,8 +67,9 @@ def test_a_changed_request_misses_the_cache(tmp_path, change):
     assert other.ran == 16 and other.cached == 0 and other.estimator.calls == 16
 
 
-def test_changing_the_code_or_torch_invalidates_every_estimate(tmp_path, monkeypatch):
-    """The one invalidation rule: the version (torch + the estimator's source) keys every row."""
+def test_changing_the_code_torch_or_the_emulated_build_invalidates_every_estimate(tmp_path, monkeypatch):
+    """The one invalidation rule: the version (torch, the environment the emulation follows, the estimator's
+    source) keys every row."""
     plan(tmp_path, version=code_version())
     same, _ = plan(tmp_path)  # the default version is the same hash
     assert same.ran == 0 and same.cached == 16
@@ -78,6 +79,10 @@ def test_changing_the_code_or_torch_invalidates_every_estimate(tmp_path, monkeyp
     other_torch, _ = plan(tmp_path)
     assert other_torch.ran == 16 and other_torch.cached == 0
     monkeypatch.undo()
+    monkeypatch.setenv("VRAMFIT_CUDNN_VERSION", "9.10.2")  # another cuDNN: another SDPA kernel choice
+    assert plan(tmp_path)[0].ran == 16
+    monkeypatch.undo()
+    assert plan(tmp_path)[0].ran == 0
     src = tmp_path / "src"
     (src / "vramfit" / "dryrun").mkdir(parents=True)
     (src / "vramfit" / "dryrun" / "fake_step.py").write_text("x = 1\n")
@@ -88,7 +93,7 @@ def test_changing_the_code_or_torch_invalidates_every_estimate(tmp_path, monkeyp
     (src / "vramfit" / "dryrun" / "new.py").write_text("")  # a new module of the dry run
     assert code_version(src) != code_version(src, torch="0.0-other") != before
     rows = sqlite3.connect(tmp_path / "estimates.sqlite").execute("SELECT DISTINCT version FROM entries")
-    assert len(rows.fetchall()) == 3  # other versions' rows stay until they are old (another checkout may use them)
+    assert len(rows.fetchall()) == 4  # other versions' rows stay until they are old (another checkout may use them)
 
 
 def test_the_version_covers_every_source_of_the_dry_run_and_the_calibration():
@@ -313,3 +318,19 @@ def test_fitting_batch_lands_on_the_largest_batch_the_line_allows():
     assert secant((8, 100), (8, 100)) is None and secant((8, 100), (4, 120)) is None
     # a nearly flat line between two estimates (the allocator's 2 MiB rounding) would cut 48 down to 1: proportional
     assert fitting_batch(48, budget + 2**20, budget, 1.0) == int(48 * budget / (budget + 2**20))
+
+
+def test_the_user_cache_needs_no_platformdirs(monkeypatch, tmp_path):
+    """platformdirs is only the no-profile cache's way to the user cache directory (absent on the lent GPU images):
+    without it the cache is $XDG_CACHE_HOME/vramfit, else ~/.cache/vramfit."""
+    import sys
+
+    from vramfit.dryrun.cache import cache_root
+
+    monkeypatch.delenv("VRAMFIT_CACHE_DIR", raising=False)
+    monkeypatch.setitem(sys.modules, "platformdirs", None)  # import platformdirs -> ImportError
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache_root() == tmp_path / "vramfit"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "vramfit"

@@ -1,13 +1,14 @@
-"""The dry run's one cache: estimates kept in the user cache directory while the code that made them is unchanged.
+"""The dry run's one cache: estimates kept in the user cache directory while what made them is unchanged.
 
 One SQLite file (`<cache dir>/estimates.sqlite`), one row per (version, kind, key): an estimate under its
 request (`EstimateRequest.key()`), or a document computed from estimates alone (the no-profile calibrated model).
-The version is a hash of the installed torch's version and of the source files that decide an estimate or what is
-computed from it (`SOURCES`). That is the one invalidation rule: an edit to any of those files, or another torch,
-misses every row written before (rows of other versions are dropped once they are `KEEP_DAYS` old). A file that
-cannot be read is a warning and is rebuilt; one that cannot be written is a warning, and the estimates are still
-returned.
-Torch-free: a planner whose estimates are all cached never imports torch.
+The version is a hash of what decides an estimate besides its request: the installed torch's version, the
+environment variables the emulation reads (`ENVIRONMENT`) and the source files of the estimator and of what is
+computed from it (`SOURCES`). That is the one invalidation rule: an edit to any of those files, another torch or
+another setting of those variables misses every row written before (rows of other versions are dropped once they
+are `KEEP_DAYS` old). A file that cannot be read is a warning and is rebuilt; one that cannot be written is a
+warning, and the estimates are still returned. Torch-free: a planner whose estimates are all cached never imports
+torch.
 """
 
 from __future__ import annotations
@@ -28,18 +29,25 @@ SOURCES = ("vramfit/dryrun/*.py", "vramfit/measure/probe.py", "vramfit/recipe.py
            "vramfit/plan/noprofile.py")
 """Everything a cached value depends on besides torch (globs under the source root): the dry run, the tracker it
 extends, the recipe, the GPT and its trainer; the fit and the no-profile calibration, for the calibrated model."""
+ENVIRONMENT = ("VRAMFIT_CUDA_VERSION", "VRAMFIT_CUDNN_VERSION", "TORCH_CUDNN_SDPA_DEPRIORITIZED", "CUDA_MODULE_LOADING",
+               "CUBLAS_WORKSPACE_CONFIG")
+"""The environment variables an estimate follows: the SDPA build and kernel priority (`sdpa`), the context's lazy
+loading and the cuBLAS workspace (`context`)."""
 KEEP_DAYS = 30
 FILE_NAME = "estimates.sqlite"
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """`cache_dir`, else $VRAMFIT_CACHE_DIR, else the user cache directory (platformdirs)."""
+    """`cache_dir`, else $VRAMFIT_CACHE_DIR, else the user cache directory: platformdirs' where it is installed
+    (it is needed by nothing else: a sweep runs without it), else $XDG_CACHE_HOME/vramfit or ~/.cache/vramfit."""
     if cache_dir:
         return Path(cache_dir)
     if os.environ.get("VRAMFIT_CACHE_DIR"):
         return Path(os.environ["VRAMFIT_CACHE_DIR"])
-    import platformdirs
-
+    try:
+        import platformdirs
+    except ImportError:
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vramfit"
     return Path(platformdirs.user_cache_dir("vramfit", appauthor=False))
 
 
@@ -60,8 +68,10 @@ def source_files(root: Path = ROOT, patterns: tuple[str, ...] = SOURCES) -> list
 
 
 def code_version(root: Path = ROOT, patterns: tuple[str, ...] = SOURCES, torch: str | None = None) -> str:
-    """The cache's version: a hash of the torch version and each source file's path and bytes."""
-    h = hashlib.sha256(f"torch={torch or torch_version()}".encode())
+    """The cache's version: a hash of the torch version, the `ENVIRONMENT` variables and each source file's path
+    and bytes."""
+    env = {k: os.environ.get(k, "") for k in ENVIRONMENT}
+    h = hashlib.sha256(json.dumps({"torch": torch or torch_version(), "env": env}, sort_keys=True).encode())
     for path in source_files(root, patterns):
         h.update(b"\0" + str(path.relative_to(root)).encode() + b"\0")
         h.update(path.read_bytes() if path.is_file() else b"<missing>")

@@ -73,6 +73,7 @@ class StepResult:
     allocator: dict = field(default_factory=dict)  # CUDA target: the caching allocator replay (allocator.py)
     compiled: bool = False  # the step above is the torch.compile emulation (`vramfit.dryrun.compiled`)
     modes: dict = field(default_factory=dict)  # "eager" (and "compiled"): each run's peak, phase, op, reserved
+    cuda_build: dict = field(default_factory=dict)  # CUDA target: the CUDA / cuDNN the kernel choice followed
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -228,10 +229,11 @@ class StepTracker(StorageTracker):
 
 # --- CUDA emulation ------------------------------------------------------------------------------------------------
 def cuda_attention_kernel(requested: str, dtype: str, head_dim: int, capability: tuple[int, int],
-                          **shape: object) -> str:
-    """The SDPA kernel a CUDA GPU of `capability` runs for this GPT: `vramfit.dryrun.sdpa.select_kernel`, PyTorch's
-    sdp_utils rules (cuDNN / flash / efficient / math). A kernel that is forced but cannot run is an error."""
-    return sdpa.select_kernel(requested, dtype, head_dim, capability, **shape)  # type: ignore[arg-type]
+                          build: sdpa.CudaBuild | None = None, **shape: object) -> str:
+    """The SDPA kernel a CUDA GPU of `capability` runs for this GPT with `build`'s CUDA and cuDNN:
+    `vramfit.dryrun.sdpa.select_kernel`, PyTorch's sdp_utils rules (cuDNN / flash / efficient / math). A kernel that
+    is forced but cannot run is an error."""
+    return sdpa.select_kernel(requested, dtype, head_dim, capability, build=build, **shape)  # type: ignore[arg-type]
 
 
 class _CudaAttention(TorchFunctionMode):
@@ -332,6 +334,7 @@ class _Plan:
     attention: str
     notes: list[str]
     compile: bool = False
+    cuda_build: dict = field(default_factory=dict)
 
 
 def _resolve(req: EstimateRequest) -> _Plan:
@@ -345,10 +348,13 @@ def _resolve(req: EstimateRequest) -> _Plan:
     if use_compile:
         notes.append(COMPILE_NOTE)
     head_dim = mc.n_embd // mc.n_head
-    attention = (cuda_attention_kernel(r.attn_kernel, dtype, head_dim, req.capability, n_embd=mc.n_embd,
-                                       batch=req.batch_size, n_head=mc.n_head, seq_len=mc.block_size,
-                                       dropout=mc.dropout) if target == "cuda" else r.attn_kernel)
-    return _Plan(dtype, impl, attention, notes, use_compile)
+    if target != "cuda":
+        return _Plan(dtype, impl, r.attn_kernel, notes, use_compile)
+    build = sdpa.cuda_build()
+    attention = cuda_attention_kernel(r.attn_kernel, dtype, head_dim, req.capability, build, n_embd=mc.n_embd,
+                                      batch=req.batch_size, n_head=mc.n_head, seq_len=mc.block_size,
+                                      dropout=mc.dropout)
+    return _Plan(dtype, impl, attention, notes, use_compile, build.to_dict())
 
 
 COMPILE_NOTE = ("torch.compile emulated: Inductor's partitioner decides what the forward saves, pointwise ops are "
@@ -475,6 +481,7 @@ def run_step(req: EstimateRequest, *, fake: bool = True, steps: int = 2, roundin
         steady_bytes=steady, target=target, dtype=plan.dtype, optimizer=plan.optimizer, attention=plan.attention,
         rounding=rounding, fake=fake, notes=plan.notes, seconds=time.perf_counter() - t0, allocator=alloc,
         compiled=plan.compile, modes={mode: _mode_summary(*run, steps) for mode, run in runs.items()},
+        cuda_build=plan.cuda_build,
     )
 
 
