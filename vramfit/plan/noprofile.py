@@ -73,6 +73,7 @@ class DryRunPlanner:
         self.estimator = estimator or Estimator("pool", workers=workers,
                                                 cache=EstimateCache.user(cache_dir) if use_cache else None)
         self._model_hits = 0  # design estimates not needed: the calibrated model came from the cache
+        self.margin = None  # vramfit.validation.Margin, once model() ran
 
     def __enter__(self) -> DryRunPlanner:
         return self
@@ -105,10 +106,13 @@ class DryRunPlanner:
         return [device_bytes(e) for e in self.estimator.estimate(self._requests(shapes))]
 
     def model(self):
-        """(MemoryModel, margin, resolved recipe dict): the model calibrated on the design's estimates; kept in the
-        estimator's cache beside them (refitting would import pandas and scikit-learn on every warm call)."""
-        from vramfit.fit.memmodel import MIN_MARGIN, MemoryModel
+        """(MemoryModel, margin, resolved recipe dict): the model calibrated on the design's estimates, kept in the
+        estimator's cache beside them (refitting would import pandas and scikit-learn on every warm call); the
+        margin is the public validation set's (`vramfit.validation.planning_margin`, kept in `self.margin`)."""
+        from vramfit.fit.memmodel import MemoryModel
+        from vramfit.validation import planning_margin
 
+        self.margin = planning_margin()
         shapes = design_shapes(self.vocab_size)
         cache = self.estimator.cache
         key = hashlib.sha256("\n".join(r.key() for r in self._requests(shapes)).encode()).hexdigest()
@@ -117,13 +121,13 @@ class DryRunPlanner:
             try:
                 model = MemoryModel.from_dict(doc)
                 self._model_hits += len(shapes)
-                return model, MIN_MARGIN, self.resolved.to_dict()
+                return model, self.margin.rel, self.resolved.to_dict()
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 cache.warnings.append(f"warning: ignoring a corrupt calibrated model in the cache "
                                       f"({type(exc).__name__}); fitting it again")
         model = calibrated_model(shapes, self._estimates(shapes))
         cache.put_doc("calibrated-model", key, model.to_dict())
-        return model, MIN_MARGIN, self.resolved.to_dict()
+        return model, self.margin.rel, self.resolved.to_dict()
 
     def verify(self, items: list, budget: int) -> list:
         """Re-predict suggestions by the estimator (its device figure); a suggestion over budget gets the batch the
