@@ -14,7 +14,7 @@ import torch
 from gpt.config import GPTConfig
 from gpt.data import synthetic_batch
 from gpt.train import Trainer
-from vramfit.dryrun.estimate import estimate_step, parse_recipe
+from vramfit.dryrun.estimate import EstimateRequest, estimate_step, parse_recipe
 from vramfit.dryrun.fake_step import run_step, train_config
 from vramfit.errors import VramfitError
 from vramfit.measure.probe import StorageTracker
@@ -52,11 +52,9 @@ def real_tracked_peak(mc: GPTConfig, batch: int, recipe: Recipe) -> int:
 @pytest.mark.parametrize("shape,batch,recipe_d", CASES, ids=[str(c[2]) for c in CASES])
 def test_estimate_equals_real_tracked_cpu_peak_for_each_switch(shape, batch, recipe_d):
     mc, recipe = GPTConfig(**shape), Recipe(**recipe_d)
-    est = estimate_step(mc, batch, recipe, target="cpu")
+    est = estimate_step(EstimateRequest(mc, batch, recipe, target="cpu"))
     assert est.peak_bytes == real_tracked_peak(mc, batch, recipe)
-    same = run_step(mc, batch, dtype=recipe.dtype, optimizer=recipe.optimizer, attn_kernel=recipe.attn_kernel,
-                    gradient_accumulation_steps=recipe.grad_accum, checkpoint=recipe.checkpoint, target="cpu",
-                    fake=False)
+    same = run_step(EstimateRequest(mc, batch, recipe, target="cpu"), fake=False)
     assert (same.peak_bytes, same.peak_phase, same.peak_op) == (est.peak_bytes, est.peak_phase, est.peak_op)
     assert same.breakdown == est.breakdown and same.steady_bytes == est.steady_bytes
     assert sum(est.breakdown.values()) == est.peak_bytes
@@ -69,7 +67,7 @@ def test_each_switch_moves_memory_the_way_it_should():
     mc = GPTConfig(**SHAPE)
 
     def est(batch: int, **kw: object):
-        return estimate_step(mc, batch, Recipe(dtype="float32", **kw), target="cpu")
+        return estimate_step(EstimateRequest(mc, batch, Recipe(dtype="float32", **kw), target="cpu"))
 
     plain, every2, full = est(8, optimizer="fused"), est(8, optimizer="fused", checkpoint="2"), \
         est(8, optimizer="fused", checkpoint="all")
@@ -105,13 +103,13 @@ def test_checkpointing_under_the_compile_emulation_is_refused_clearly():
     from gpt.errors import ConfigError
 
     with pytest.raises(ConfigError, match="not emulated"):
-        estimate_step(GPTConfig(**SHAPE), 2, Recipe(compile=True, checkpoint="all"), target="cuda")
+        estimate_step(EstimateRequest(GPTConfig(**SHAPE), 2, Recipe(compile=True, checkpoint="all"), target="cuda"))
 
 
 def test_cuda_target_runs_every_switch():
     mc = GPTConfig(**SHAPE)
     for kw in (dict(checkpoint="all"), dict(optimizer="adafactor"), dict(optimizer="sgd", grad_accum=2)):
-        est = estimate_step(mc, 4, Recipe(dtype="bfloat16", compile=False, **kw), target="cuda")
+        est = estimate_step(EstimateRequest(mc, 4, Recipe(dtype="bfloat16", compile=False, **kw), target="cuda"))
         assert est.peak_bytes > mc.n_params() * 4 and est.allocator["peak_reserved"] >= est.peak_bytes
 
 
@@ -134,7 +132,7 @@ def test_a_sweep_measures_a_recipe_with_the_switches(tmp_path):
         df = Store(db).points_frame(recipe_key=grid.recipe.resolved("cpu").key())
         assert len(df) == 1 and df.status.iloc[0] == "ok"
         peaks[name] = int(df.tracked_bytes.iloc[0])
-        est = estimate_step(GPTConfig(**SHAPE), 8, grid.recipe, target="cpu")
+        est = estimate_step(EstimateRequest(GPTConfig(**SHAPE), 8, grid.recipe, target="cpu"))
         assert abs(est.peak_bytes - peaks[name]) <= 0.005 * peaks[name], (name, est.peak_bytes, peaks[name])
     assert peaks["switched"] < peaks["plain"]
     stored = [json.loads(row[0]) for row in Store(db).conn.execute("SELECT recipe_json FROM environments")]
