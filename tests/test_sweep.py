@@ -15,7 +15,8 @@ import pytest
 from vramfit.cli import main
 from vramfit.store import SHAPE_KEYS, Store
 from vramfit.sweep.grid import load_grid
-from vramfit.sweep.runner import run_sweep
+from vramfit.sweep.session import SweepOptions, run_sweep
+from vramfit.sweep.whole_grid import GridChooser
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "experiments" / "grids" / "quick.toml"
@@ -131,7 +132,8 @@ def test_killed_hung_and_crashing_workers_are_recorded_and_the_sweep_goes_on(tmp
     grid = load_grid(None, {"n_layer": [1], "n_head": [1], "n_embd": [8], "block_size": [8], "vocab_size": [8],
                             "batch_size": [1, 2, 3, 4, 5]}, measure_overrides={"timeout_s": 3})
     db = tmp_path / "db.sqlite"
-    res = run_sweep(grid, db, device="cpu", quiet=True, worker_cmd=[sys.executable, "-c", FAKE_WORKER])
+    res = run_sweep(grid, SweepOptions(db, device="cpu", quiet=True, worker_cmd=[sys.executable, "-c", FAKE_WORKER]),
+                    GridChooser())
     assert dict(res.counts) == {"ok": 2, "error": 2, "timeout": 1}
     df = Store(db).points_frame().set_index("batch_size")
     assert df.loc[1, "status"] == "ok" and df.loc[5, "tracked_bytes"] == 500
@@ -140,7 +142,8 @@ def test_killed_hung_and_crashing_workers_are_recorded_and_the_sweep_goes_on(tmp
     assert df.loc[4, "status"] == "error" and "exit code 3" in df.loc[4, "error"]
     assert "something broke" in df.loc[4, "error"]
     # errors and timeouts are tried again on the next run, ok points are not
-    res = run_sweep(grid, db, device="cpu", quiet=True, worker_cmd=[sys.executable, "-c", "import sys; sys.exit(1)"])
+    fail = [sys.executable, "-c", "import sys; sys.exit(1)"]
+    res = run_sweep(grid, SweepOptions(db, device="cpu", quiet=True, worker_cmd=fail), GridChooser())
     assert res.resumed == 2 and res.planned == 3 and dict(res.counts) == {"error": 3}
 
 
@@ -234,7 +237,7 @@ ECHO_WORKER = textwrap.dedent("""
 def test_several_gpus_share_or_split_the_grid(tmp_path, monkeypatch, names, rows):
     import json
 
-    import vramfit.sweep.runner as sweep_mod
+    import vramfit.sweep.session as sweep_mod
     from vramfit.measure.devices import DeviceFacts
 
     fake = [DeviceFacts("cuda", name, 8 * 2**30, index=i, gpu_uuid=f"GPU-{i}", compute_capability="8.0",
@@ -243,8 +246,8 @@ def test_several_gpus_share_or_split_the_grid(tmp_path, monkeypatch, names, rows
     grid = load_grid(None, {"n_layer": [1], "n_head": [1], "n_embd": [8], "block_size": [8], "vocab_size": [8],
                             "batch_size": [1, 2, 3, 4]})
     db = tmp_path / "db.sqlite"
-    res = run_sweep(grid, db, device="cuda", gpu_indices=[0, 1], quiet=True,
-                    worker_cmd=[sys.executable, "-c", ECHO_WORKER])
+    res = run_sweep(grid, SweepOptions(db, device="cuda", gpu_indices=[0, 1], quiet=True,
+                                       worker_cmd=[sys.executable, "-c", ECHO_WORKER]), GridChooser())
     assert dict(res.counts) == {"ok": rows}
     df = Store(db).points_frame()
     extra = [json.loads(e) for e in Store(db).conn.execute("SELECT extra FROM points ORDER BY point_id")

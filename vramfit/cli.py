@@ -266,7 +266,6 @@ def sweep(
     `--boundary` finds the largest batch that fits each shape of the grid."""
     from vramfit.cards import describe, parse_vram
     from vramfit.sweep.grid import load_grid, parse_int_list
-    from vramfit.sweep.runner import run_sweep
 
     axes = {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "block_size": block_size,
             "batch_size": batch_size, "vocab_size": vocab_size}
@@ -284,31 +283,31 @@ def sweep(
     indices = parse_int_list(devices, "--devices", minimum=0) if devices else None
     if plan not in ("grid", "adaptive"):
         fail(f"unknown --plan {plan!r}; choose grid or adaptive")
-    if executor != "local" and (boundary or plan == "adaptive"):
-        fail("--plan adaptive and --boundary measure one point at a time on this machine; use --executor local")
     from vramfit.sweep.executors import make_executor
+    from vramfit.sweep.session import SweepOptions, run_sweep
 
-    ex = make_executor(executor, address)
+    options = SweepOptions(db, device=device, gpu_indices=indices, emulate_bytes=emulate, redo=redo, quiet=quiet,
+                           argv=sys.argv[1:], log=typer.echo)
     if boundary:
         from vramfit.plan.workflows import open_model
-        from vramfit.sweep.boundary import run_boundary
+        from vramfit.sweep.boundary import BoundaryChooser
 
-        mm = open_model(model)[1]["model"] if model else None
-        for r in run_boundary(spec, db, device=device, gpu_indices=indices, emulate_bytes=emulate, model=mm,
-                              quiet=quiet, argv=sys.argv[1:]):
-            shape = " ".join(f"{k}={v}" for k, v in r.shape.items())
-            typer.echo(f"{shape}: largest batch {r.best} in {_fmt(r.capacity)} (start {r.start} from "
-                       f"{r.start_source}; probes " + ", ".join(f"{p.batch_size} {p.status}" for p in r.probes) + ")")
-        return
-    if plan == "adaptive":
-        from vramfit.sweep.adaptive import PlanSettings, run_adaptive
+        chooser = BoundaryChooser(open_model(model)[1]["model"] if model else None)
+    elif plan == "adaptive":
+        from vramfit.sweep.adaptive import AdaptiveChooser, PlanSettings
 
-        settings = PlanSettings(points=points, target_error=target_error, boundary=boundary_points)
-        res = run_adaptive(spec, db, settings, device=device, gpu_indices=indices, emulate_bytes=emulate,
-                           quiet=quiet, argv=sys.argv[1:], log=typer.echo)
+        chooser = AdaptiveChooser(PlanSettings(points=points, target_error=target_error, boundary=boundary_points))
     else:
-        res = run_sweep(spec, db, device=device, gpu_indices=indices, emulate_bytes=emulate, redo=redo,
-                        quiet=quiet, argv=sys.argv[1:], executor=ex)
+        from vramfit.sweep.whole_grid import GridChooser
+
+        chooser = GridChooser()
+    res = run_sweep(spec, options, chooser, make_executor(executor, address))
+    for r in res.boundaries:
+        shape = " ".join(f"{k}={v}" for k, v in r.shape.items())
+        typer.echo(f"{shape}: largest batch {r.best} in {_fmt(r.capacity)} (start {r.start} from "
+                   f"{r.start_source}; probes " + ", ".join(f"{p.batch_size} {p.status}" for p in r.probes) + ")")
+    if boundary:
+        return
     counts = ", ".join(f"{n} {s}" for s, n in sorted(res.counts.items())) or "nothing to do"
     typer.echo(f"sweep {res.sweep_id} done: {counts}; {res.resumed} already measured, "
                f"{res.invalid} invalid combinations skipped; db {res.db}")
