@@ -2,8 +2,8 @@
 that records what it was given; tests/test_ray.py does the same on Ray), with the preamble's refusals."""
 
 import pytest
-
 from fake_workers import AXES, BOUNDARY_BEST, choose_all, fake_cmd
+
 from vramfit.errors import VramfitError
 from vramfit.measure.devices import resolve
 from vramfit.sweep.adaptive import AdaptiveChooser, PlanSettings
@@ -90,3 +90,20 @@ def test_the_grid_chooser_on_a_cluster_stores_each_point_once_with_the_facts_it_
     assert "(executor fake): 8 points to measure" in lines[0]
     with Store(db) as s:
         assert len(s.points_frame()) == 8 and s.sweeps_frame().devices.iloc[0].startswith("fake:")
+
+
+def test_no_function_of_the_sweep_or_the_measurement_takes_more_than_ten_parameters():
+    """Issue 27: a typed options object (`SweepOptions`, `PlanSettings`, `Measure`) instead of long signatures."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "vramfit"
+    long = []
+    for path in sorted([*(root / "sweep").rglob("*.py"), *(root / "measure").rglob("*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                a = node.args
+                names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs, a.vararg, a.kwarg) if x]
+                if len([n for n in names if n not in ("self", "cls")]) > 10:
+                    long.append(f"{path.relative_to(root)}:{node.name}")
+    assert long == []
