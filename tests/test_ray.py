@@ -13,7 +13,6 @@ ray = pytest.importorskip("ray")
 from fake_workers import BOUNDARY_BEST, choose_all, fake_cmd  # noqa: E402
 
 from vramfit.store import SHAPE_KEYS, Store  # noqa: E402
-from vramfit.sweep.executors import LocalExecutor  # noqa: E402
 from vramfit.sweep.executors.ray import RayExecutor  # noqa: E402
 from vramfit.sweep.grid import load_grid  # noqa: E402
 from vramfit.sweep.session import SweepOptions, run_sweep  # noqa: E402
@@ -83,17 +82,13 @@ def test_dead_ray_worker_is_an_error_row_and_the_sweep_completes(local_ray, tmp_
     assert Store(db).sweeps_frame().status.tolist() == ["done"]
 
 
-def test_adaptive_and_boundary_choose_and_store_on_ray_what_they_do_locally(local_ray, tmp_path):
+def test_adaptive_and_boundary_choose_and_store_on_ray_what_they_do_locally(local_ray, local_choices, tmp_path):
     """Every chooser runs on every executor: the adaptive plan and the boundary search (fake physics workers, one
     Ray task per point) pick the same points, in the same order, for the same reasons, and store the same rows
-    as on this machine's executor; the cluster's facts give the rows their environment."""
-    results = {}
-    for name in ("local", "ray"):
-        make = (lambda: RayExecutor(worker_cmd=fake_cmd())) if name == "ray" else (lambda: LocalExecutor(fake_cmd()))
-        (tmp_path / name).mkdir()
-        results[name] = choose_all(tmp_path / name, make)
-    assert results["ray"] == results["local"]
-    (adaptive, note), (boundary, found) = results["ray"]
+    as on this machine's executor."""
+    on_ray = choose_all(tmp_path, lambda: RayExecutor(worker_cmd=fake_cmd()))
+    assert on_ray == local_choices
+    (adaptive, note), (boundary, found) = on_ray
     assert 6 <= len(adaptive) <= 12 and note.startswith("stopped: CV max error")
     assert {e["plan_reason"] for *_, e in adaptive} >= {"coverage", "d-optimal"}
     assert found == [BOUNDARY_BEST] and all(e == {"plan": "boundary", "boundary_start": e["boundary_start"]}

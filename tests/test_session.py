@@ -8,7 +8,7 @@ from vramfit.errors import VramfitError
 from vramfit.measure.devices import resolve
 from vramfit.sweep.adaptive import AdaptiveChooser, PlanSettings
 from vramfit.sweep.boundary import BoundaryChooser
-from vramfit.sweep.executors import Event, Executor, LocalExecutor, complete_spec
+from vramfit.sweep.executors import Event, Executor, complete_spec
 from vramfit.sweep.grid import load_grid
 from vramfit.sweep.pool import WorkerPool, worker_env
 from vramfit.sweep.session import SweepOptions, run_sweep
@@ -42,18 +42,15 @@ class RecordingCluster(Executor):
         self.closed = True
 
 
-def test_adaptive_and_boundary_run_on_a_cluster_executor_as_on_the_local_one(tmp_path):
+def test_adaptive_and_boundary_run_on_a_cluster_executor_as_on_the_local_one(tmp_path, local_choices):
     clusters: list[RecordingCluster] = []
 
     def cluster() -> RecordingCluster:
         clusters.append(RecordingCluster())
         return clusters[-1]
 
-    (tmp_path / "local").mkdir()
-    (tmp_path / "cluster").mkdir()
-    local = choose_all(tmp_path / "local", lambda: LocalExecutor(fake_cmd()))
-    remote = choose_all(tmp_path / "cluster", cluster)
-    assert remote == local
+    remote = choose_all(tmp_path, cluster)
+    assert remote == local_choices
     (adaptive, note), (boundary, found) = remote
     assert found == [BOUNDARY_BEST] and note.startswith("stopped: CV max error")
     # the executors were given every point, one job at a time, with what the chooser stores beside it
