@@ -8,14 +8,12 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from fake_workers import fake_cmd, formula
+from fake_workers import AXES, fake_cmd, formula
 
 import vramfit.sweep.adaptive as sweep_mod
 from vramfit import SHAPE_KEYS
@@ -25,10 +23,6 @@ from vramfit.sweep.adaptive import AdaptiveChooser, AdaptivePlanner, PlanSetting
 from vramfit.sweep.boundary import bisect_batch
 from vramfit.sweep.grid import load_grid
 from vramfit.sweep.session import SweepOptions, run_sweep
-
-ROOT = Path(__file__).resolve().parents[1]
-AXES = {"n_layer": [1, 2, 4], "n_head": [2, 4], "n_embd": [64, 128, 256], "block_size": [32, 64, 128],
-        "batch_size": [2, 4, 8, 16], "vocab_size": [512, 2048]}
 
 
 def grid(**overrides):
@@ -162,39 +156,40 @@ def test_cli_bad_plan_inputs(capsys, tmp_path):
 
 # ---------------------------------------------------------------------------------------- real CPU workers
 
-def vramfit(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vramfit", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+def vramfit(capsys, *args: str) -> str:
+    """`vramfit ARGS` in this process (the sweep's workers and dry runs still get processes of their own): its
+    stdout."""
+    capsys.readouterr()
+    rc = main(list(args))
+    out, err = capsys.readouterr()
+    assert rc == 0, err[-2000:]
+    return out
 
 
-def test_boundary_search_on_real_cpu_runs_under_emulated_vram(tmp_path):
+def test_boundary_search_on_real_cpu_runs_under_emulated_vram(tmp_path, capsys):
     db = tmp_path / "db.sqlite"
-    r = vramfit("sweep", "--boundary", "--device", "cpu", "--db", str(db), "--emulate-vram", "3M",
-                "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--vocab-size", "256",
-                "--batch-size", "1,64")
-    assert r.returncode == 0, r.stderr[-2000:]
+    args = ["sweep", "--boundary", "--device", "cpu", "--db", str(db), "--emulate-vram", "3M", "--n-layer", "1",
+            "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--vocab-size", "256", "--batch-size", "1,64"]
+    out = vramfit(capsys, *args)
     df = Store(db).points_frame().set_index("batch_size")
-    best = int(re.search(r"largest batch (\d+) in ", r.stdout).group(1))
+    best = int(re.search(r"largest batch (\d+) in ", out).group(1))
     assert 1 <= best < 64 and df.loc[best, "status"] == "ok" and df.loc[best + 1, "status"] == "oom"
     assert df.loc[best, "tracked_bytes"] <= 3 * 2**20
-    assert len(df) <= 8 and "probes" in r.stdout
+    assert len(df) <= 8 and "probes" in out
     # rerun: every probe is already in the store
-    r2 = vramfit("sweep", "--boundary", "--device", "cpu", "--db", str(db), "--emulate-vram", "3M",
-                 "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--vocab-size", "256",
-                 "--batch-size", "1,64")
-    assert r2.returncode == 0 and f"largest batch {best} " in r2.stdout and "already measured" in r2.stdout
+    out = vramfit(capsys, *args)
+    assert f"largest batch {best} " in out and "already measured" in out
     assert len(Store(db).points_frame()) == len(df)
 
 
-def test_adaptive_on_real_cpu_runs_under_emulated_vram(tmp_path):
+def test_adaptive_on_real_cpu_runs_under_emulated_vram(tmp_path, capsys):
     """Real workers and real dry-run estimates: the plan stays within its budget, covers every axis, records
     OOM rows only near the edge, and the stop rule's numbers are in the output."""
     db = tmp_path / "db.sqlite"
-    r = vramfit("sweep", "--plan", "adaptive", "--points", "7", "--target-error", "0.05", "--device", "cpu",
-                "--db", str(db), "--emulate-vram", "6M", "--n-layer", "1,2", "--n-head", "2", "--n-embd", "32,64",
-                "--block-size", "32,64", "--batch-size", "1,4,16", "--vocab-size", "256,512")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "dry-run estimates: 8/8 points" in r.stdout and "stopped:" in r.stdout
+    out = vramfit(capsys, "sweep", "--plan", "adaptive", "--points", "7", "--target-error", "0.05", "--device",
+                  "cpu", "--db", str(db), "--emulate-vram", "6M", "--n-layer", "1,2", "--n-head", "2", "--n-embd",
+                  "32,64", "--block-size", "32,64", "--batch-size", "1,4,16", "--vocab-size", "256,512")
+    assert "dry-run estimates: 8/8 points" in out and "stopped:" in out
     with sqlite3.connect(db) as c:
         rows = c.execute("SELECT status, tracked_bytes, extra FROM points").fetchall()
     assert 1 <= len(rows) <= 7

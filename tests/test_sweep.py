@@ -41,6 +41,14 @@ def n_points(db: Path) -> int:
         return 0
 
 
+def run(capsys, *args: str) -> str:
+    """`vramfit ARGS` in this process (a sweep that needs no process of its own: the workers still get theirs)."""
+    capsys.readouterr()
+    rc = main(list(args))
+    out, err = capsys.readouterr()
+    assert rc == 0, err[-2000:]
+    return out
+
 
 def test_quick_grid_measures_every_point(quick_db):
     df = Store(quick_db).points_frame()
@@ -75,8 +83,8 @@ def test_rss_and_tracked_peaks_agree(quick_db):
 
 
 def test_rerun_resumes_and_runs_export(quick_db, tmp_path, capsys):
-    r = vramfit("sweep", "--grid", str(QUICK), "--device", "cpu", "--db", str(quick_db), "--quiet")
-    assert r.returncode == 0 and "13 already measured" in r.stdout and "nothing to do" in r.stdout
+    out = run(capsys, "sweep", "--grid", str(QUICK), "--device", "cpu", "--db", str(quick_db), "--quiet")
+    assert "13 already measured" in out and "nothing to do" in out
     assert main(["runs", "--db", str(quick_db)]) == 0
     out = capsys.readouterr().out
     assert "quick" in out and "done" in out
@@ -85,7 +93,7 @@ def test_rerun_resumes_and_runs_export(quick_db, tmp_path, capsys):
     assert "wrote 13 points" in capsys.readouterr().out and csv.stat().st_size > 0
 
 
-def test_sigkill_mid_point_then_resume(tmp_path):
+def test_sigkill_mid_point_then_resume(tmp_path, capsys):
     db = tmp_path / "db.sqlite"
     args = ["sweep", "--device", "cpu", "--db", str(db), *TINY, "--batch-size", "1,2,3,4,5"]
     proc = subprocess.Popen([sys.executable, "-m", "vramfit", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -104,9 +112,8 @@ def test_sigkill_mid_point_then_resume(tmp_path):
         df = s.points_frame()
         assert len(df) == done and (df.status == "ok").all()
         assert s.sweeps_frame().status.tolist() == ["killed"]  # its process is gone: nobody will close the row
-    r = vramfit(*args)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert f"{5 - done} points to measure, {done} already measured" in r.stdout
+    out = run(capsys, *args)  # the resume needs no process of its own
+    assert f"{5 - done} points to measure, {done} already measured" in out
     df = Store(db).points_frame()
     assert len(df) == 5 and sorted(df.batch_size) == [1, 2, 3, 4, 5]
 
@@ -147,10 +154,9 @@ def test_killed_hung_and_crashing_workers_are_recorded_and_the_sweep_goes_on(tmp
     assert res.resumed == 2 and res.planned == 3 and dict(res.counts) == {"error": 3}
 
 
-def test_emulated_small_memory_records_oom(tmp_path):
+def test_emulated_small_memory_records_oom(tmp_path, capsys):
     db = tmp_path / "db.sqlite"
-    r = vramfit("sweep", "--device", "cpu", "--db", str(db), *TINY, "--batch-size", "1,64", "--emulate-vram", "3M")
-    assert r.returncode == 0, r.stderr[-2000:]
+    run(capsys, "sweep", "--device", "cpu", "--db", str(db), *TINY, "--batch-size", "1,64", "--emulate-vram", "3M")
     df = Store(db).points_frame().set_index("batch_size")
     assert df.loc[1, "status"] == "ok" and df.loc[1, "tracked_bytes"] < 3 * 2**20
     assert df.loc[64, "status"] == "oom" and "OutOfMemoryError" in df.loc[64, "error"]
