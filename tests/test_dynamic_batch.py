@@ -2,10 +2,8 @@
 
 import functools
 import json
-import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,7 +20,6 @@ from vramfit.sweep.grid import Measure, load_grid
 from vramfit.sweep.session import SweepOptions, run_sweep
 from vramfit.sweep.whole_grid import GridChooser
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64)
 PROOF = {"cpu": "a bench"}
 
@@ -222,13 +219,14 @@ def test_the_sweep_hands_the_decision_to_each_worker_and_stores_it_per_point(tmp
                for line in lines)
 
 
-def test_the_flag_with_an_eager_recipe_is_one_error_line_and_no_database(tmp_path):
+def test_the_flag_with_an_eager_recipe_is_one_error_line_and_no_database(tmp_path, capsys):
+    from vramfit.cli import main
+
     db = tmp_path / "db.sqlite"
     args = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
-    r = subprocess.run([sys.executable, "-m", "vramfit", "sweep", "--device", "cpu", *args, "--batch-size", "2",
-                        "--dynamic-batch", "--db", str(db)], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2
-    assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: --dynamic-batch"), r.stderr
+    assert main(["sweep", "--device", "cpu", *args, "--batch-size", "2", "--dynamic-batch", "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and err.startswith("error: --dynamic-batch"), err
     assert not db.exists()
 
 

@@ -143,7 +143,9 @@ def test_a_killed_sweep_leaves_no_worker(tmp_path, mode):
 
 
 @LINUX
-def test_a_sweep_does_not_start_beside_an_orphan_of_its_database(tmp_path):
+def test_a_sweep_does_not_start_beside_an_orphan_of_its_database(tmp_path, capsys, monkeypatch):
+    from vramfit.cli import main
+
     db = tmp_path / "db.sqlite"
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
@@ -159,11 +161,12 @@ def test_a_sweep_does_not_start_beside_an_orphan_of_its_database(tmp_path):
         assert orphan_workers(tmp_path / "other.sqlite") == []
         with pytest.raises(VramfitError, match=f"still run .pid {orphan.pid}"):
             wait_for_orphans(db, wait_s=0.3)
-        r = subprocess.run([sys.executable, "-m", "vramfit", "sweep", "--device", "cpu", "--db", str(db),
-                            "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32",
-                            "--vocab-size", "256", "--batch-size", "1"], cwd=ROOT, capture_output=True, text=True,
-                           timeout=300, env={**os.environ, "VRAMFIT_ORPHAN_WAIT_S": "0.3"})
-        assert r.returncode == 2 and r.stderr.startswith("error: ") and "still run" in r.stderr, r.stderr
+        monkeypatch.setenv("VRAMFIT_ORPHAN_WAIT_S", "0.3")
+        capsys.readouterr()
+        rc = main(["sweep", "--device", "cpu", "--db", str(db), "--n-layer", "1", "--n-head", "2", "--n-embd", "32",
+                   "--block-size", "32", "--vocab-size", "256", "--batch-size", "1"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("error: ") and "still run" in err, err
     finally:
         orphan.kill()
         alive.kill()
