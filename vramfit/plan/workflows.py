@@ -15,6 +15,7 @@ from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.fit.memmodel import FitReport, fit_points, load_model
 from vramfit.plan.suggest import Suggestion
+from vramfit.recipe import ALLOC_CONF_VARS
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where frames are built: predicting from a model file needs no pandas
@@ -110,7 +111,8 @@ def train_command(s: Suggestion, recipe: dict, data_dir: str = "data/shakespeare
     args += ["--data-dir", data_dir, "--out-dir", out_dir or f"out/suggest-{s.rank}"]
     cmd = shlex.join(args)
     if recipe.get("alloc_conf"):
-        cmd = f"PYTORCH_CUDA_ALLOC_CONF={shlex.quote(recipe['alloc_conf'])} {cmd}"
+        conf = shlex.quote(recipe["alloc_conf"])
+        cmd = " ".join(f"{var}={conf}" for var in ALLOC_CONF_VARS) + f" {cmd}"
     return cmd
 
 
