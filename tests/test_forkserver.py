@@ -17,11 +17,11 @@ from vramfit.errors import VramfitError
 from vramfit.measure.devices import resolve
 from vramfit.recipe import Recipe
 from vramfit.store import device_key
-from vramfit.sweep.executors import Job, LocalExecutor, complete_spec
+from vramfit.sweep.executors import Job, LocalExecutor
 from vramfit.sweep.forkserver import fork_available
 from vramfit.sweep.grid import Measure
 from vramfit.sweep.orphans import orphan_workers, wait_for_orphans
-from vramfit.sweep.pool import DRIVER_ENV, OWNER_ENV, WorkerPool, worker_env
+from vramfit.sweep.pool import DRIVER_ENV, OWNER_ENV, WorkerPool, point_spec, worker_env
 
 ROOT = Path(__file__).resolve().parents[1]
 LINUX = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
@@ -37,8 +37,7 @@ QUICK = {"n_layer": 1, "n_head": 2, "n_embd": 128, "block_size": 128, "vocab_siz
 def _spec(batch: int, shape: dict = TINY) -> tuple[dict, dict]:
     d = resolve("cpu", None)[0]
     r = d.resolve(Recipe())
-    spec = {"point": {**shape, "batch_size": batch}, "recipe": r.to_dict(), "measure": MEASURE.to_dict()}
-    return complete_spec(spec, d), worker_env(d, r, MEASURE)
+    return point_spec({**shape, "batch_size": batch}, r, d, MEASURE, None), worker_env(d, r, MEASURE)
 
 
 @FORK
