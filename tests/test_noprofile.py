@@ -203,7 +203,7 @@ def test_what_to_plan_for(profiles, tmp_path):
     assert choose_model(SuggestRequest("8G"), only_cpu)[0].name == "gpu.json"
     with pytest.raises(VramfitError, match="no CPU profile"):
         choose_model(SuggestRequest("8G", device="cpu"), tmp_path / "empty")
-    with pytest.raises(VramfitError, match="unknown --device"):
+    with pytest.raises(VramfitError, match="unknown --target"):
         choose_model(SuggestRequest("8G", device="tpu"), only_cpu)
 
 

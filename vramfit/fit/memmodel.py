@@ -32,7 +32,9 @@ from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.fit.features import BREAKDOWN, NAIVE, PHYSICS, UNITS, frame_features, shape_key
 from vramfit.fit.stats import cv_predictions, error_metrics, nnls, nonneg_slope
+from vramfit.paths import Protected, check_output, write_text
 from vramfit.store import SHARED_GPU
+from vramfit.units import MAX_SIZE
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where frames are built: predicting from a model file needs no pandas
@@ -187,11 +189,22 @@ class MemoryModel:
                 "step_coef": self.step_coef_}
 
     @classmethod
-    def from_dict(cls, d: dict) -> MemoryModel:
+    def from_dict(cls, d: dict, nonneg: bool = True) -> MemoryModel:
+        """The model of `to_dict`; every coefficient finite and, with `nonneg` (what NNLS fits), >= 0 and below
+        MAX_SIZE bytes per unit: a ValueError naming the first that is not."""
         m = cls(tuple(d["features"]), int(d.get("regimes", 1)))
         m.intercept_, m.coef_ = float(d["intercept"]), np.asarray(d["coef"], dtype=np.float64)
         m.step_intercept_, m.step_coef_ = float(d.get("step_intercept", 0.0)), float(d.get("step_coef", 0.0))
         m.layer_coef_ = float(d.get("layer_coef", 0.0))
+        if m.coef_.shape != (len(m.features),):
+            raise ValueError(f"{len(m.features)} features but {m.coef_.size} coefficients")
+        values = {"intercept": m.intercept_, "step_intercept": m.step_intercept_, "step_coef": m.step_coef_,
+                  "layer_coef": m.layer_coef_,
+                  **{f"coef of {f}": float(c) for f, c in zip(m.features, m.coef_, strict=True)}}
+        low = 0.0 if nonneg else -MAX_SIZE
+        for name, v in values.items():
+            if not (math.isfinite(v) and low <= v <= MAX_SIZE):
+                raise ValueError(f"its {name} is {v}, not a finite number in [{low:g}, 2**60]")
         return m
 
 
@@ -231,13 +244,10 @@ class FitReport:
             "compute_capability": self.compute_capability,
         }
 
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        tmp.replace(path)
-        return path
+    def save(self, path: str | Path, protected: Protected | None = None) -> Path:
+        """The model JSON, atomically, never over a `protected` file ({label: path})."""
+        return write_text(check_output(path, protected or {}, "--out"), json.dumps(self.to_json(), indent=1),
+                          "--out")
 
 
 def load_model(path: str | Path) -> dict:
@@ -247,14 +257,22 @@ def load_model(path: str | Path) -> dict:
         raise VramfitError(f"no model file at {path} (run `vramfit fit` first)")
     try:
         d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise VramfitError(f"{path} is not a vramfit model file") from None
+    try:
         d["model"] = MemoryModel.from_dict(d["model"])
         d["baseline"] = MemoryModel.from_dict(d["baseline"])
-        d["dryrun"] = MemoryModel.from_dict(d["dryrun"]) if d.get("dryrun") else None
+        d["dryrun"] = MemoryModel.from_dict(d["dryrun"], nonneg=False) if d.get("dryrun") else None
+        margin = float(d["margin_rel"])
+        if not (math.isfinite(margin) and 0 <= margin <= 100):
+            raise ValueError(f"its margin_rel is {margin}, not a finite number in [0, 100]")
         from vramfit.fit.throughput import load_throughput
 
         d["throughput"] = load_throughput(d.get("throughput"))  # None in files fitted before it existed
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, AttributeError):
         raise VramfitError(f"{path} is not a vramfit model file") from None
+    except (ValueError, OverflowError) as exc:
+        raise VramfitError(f"{path} is not a usable vramfit model file: {exc}") from None
     return d
 
 
@@ -353,9 +371,9 @@ def oom_violations(report: FitReport, points: pd.DataFrame) -> list[dict]:
     if oom.empty or cap_col not in oom.columns:
         return []
     pred = report.model.predict(frame_features(oom))
-    out = []
-    for (_, row), p in zip(oom.iterrows(), pred, strict=True):
-        cap = row[cap_col]
-        if pd.notna(cap) and p <= cap:
-            out.append({k: int(row[k]) for k in SHAPE_KEYS} | {"predicted": float(p), "capacity": float(cap)})
-    return out
+    cap = oom[cap_col].to_numpy(dtype=np.float64)
+    hit = np.flatnonzero(pd.notna(cap) & (pred <= cap))  # vectorised: a large sweep has thousands of OOM rows
+    shapes = oom[list(SHAPE_KEYS)].to_numpy()[hit]
+    return [{k: int(v) for k, v in zip(SHAPE_KEYS, shape, strict=True)} | {"predicted": float(pred[i]),
+                                                                          "capacity": float(cap[i])}
+            for shape, i in zip(shapes, hit, strict=True)]

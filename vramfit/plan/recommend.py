@@ -16,21 +16,13 @@ DEFAULT_VOCAB = 50304  # GPT-2 BPE, padded to a multiple of 64 as nanoGPT does
 
 
 def parse_int_options(**options: str | None) -> dict[str, list[int] | None]:
-    """`--n-layer 4,8`-style options as lists of positive ints (None where not given)."""
-    out: dict[str, list[int] | None] = {}
-    for name, value in options.items():
-        flag = f"--{name.replace('_', '-')}"
-        if value is None:
-            out[name] = None
-            continue
-        try:
-            values = [int(v) for v in str(value).split(",") if v.strip()]
-        except ValueError:
-            raise VramfitError(f"{flag}: expected integers like 4 or 4,8, got {value!r}") from None
-        if not values or min(values) < 1:
-            raise VramfitError(f"{flag}: sizes must be >= 1, got {value!r}")
-        out[name] = values
-    return out
+    """`--n-layer 4,8`-style options as lists of sizes within gpt.config.MAX_SIZES (None where not given)."""
+    from gpt.config import MAX_SIZES
+    from vramfit.sweep.grid import parse_int_list
+
+    return {name: None if value is None else parse_int_list(value, f"--{name.replace('_', '-')}",
+                                                            maximum=MAX_SIZES[name])
+            for name, value in options.items()}
 
 
 def time_args(hours: str, rank: str, loss_law: Path | None, data_dir: str) -> dict:
@@ -74,6 +66,7 @@ class SuggestRequest:
     cache_dir: Path | None = None  # the dry run's cache (default: the user cache directory)
     use_cache: bool = True
     within_measured: bool = False  # keep every axis inside the ranges the model was measured on
+    margin: str | None = None  # --margin: instead of the profile's CV margin or the dry run's validation margin
 
 
 @dataclass
@@ -132,13 +125,13 @@ def local_gpu_capability() -> str | None:
 
 def choose_model(req: SuggestRequest, models_dir: Path | None = None) -> tuple[Path, dict] | None:
     """The profile to plan with, or None for the dry run: --model; else the newest GPU profile in `models_dir`
-    (--device auto|cuda) or the newest CPU one (--device cpu). Without a GPU profile, auto and cuda plan for a
+    (--target auto|cuda) or the newest CPU one (--target cpu). Without a GPU profile, auto and cuda plan for a
     GPU by the dry run: a CPU profile measures RAM, not a card."""
     from vramfit.fit.memmodel import load_model
     from vramfit.plan.workflows import MODELS_DIR, open_model
 
     if req.device not in DEVICES:
-        raise VramfitError(f"unknown --device {req.device!r}; choose {', '.join(DEVICES)}")
+        raise VramfitError(f"unknown --target {req.device!r}; choose {', '.join(DEVICES)}")
     if req.model:
         return open_model(req.model)
     folder = Path(models_dir or MODELS_DIR)
@@ -159,7 +152,7 @@ def _plan_line(req: SuggestRequest, doc: dict, path: Path, budget: int, dry_capa
     from vramfit.units import format_size
 
     if dry_capability is not None:
-        why = "" if req.no_profile else " (no GPU profile in results/models; --device cpu plans for this CPU's RAM)"
+        why = "" if req.no_profile else " (no GPU profile in results/models; --target cpu plans for this CPU's RAM)"
         return (f"plan for a CUDA GPU of compute capability {dry_capability}, {_recipe_text(doc['recipe'])}, by "
                 f"the dry run{why}: estimates, not measurements; `vramfit sweep` on the GPU measures it")
     recipe = _recipe_text(doc.get("recipe") or {})
@@ -182,7 +175,7 @@ def _model(req: SuggestRequest, space: dict, warnings: list[str], budget: int):
     chosen = None if req.no_profile else choose_model(req)
     if chosen is None and req.hours is not None:
         raise VramfitError("--hours needs a profiled device (its sweep measures speed): no GPU profile in "
-                           "results/models (pass --model FILE, or --device cpu for a CPU profile)")
+                           "results/models (pass --model FILE, or --target cpu for a CPU profile)")
     if chosen is not None:
         path, doc = chosen
         return (doc["model"], doc["margin_rel"], doc.get("recipe") or {}, path, doc, None,
@@ -221,7 +214,15 @@ def recommend(req: SuggestRequest) -> Recommendation:
             raise VramfitError("--hours needs a profiled device (its sweep measures speed); drop --no-profile")
     if req.gpus > 1 and targs:
         raise VramfitError("--hours plans one GPU for now; drop --gpus or --hours")
+    from vramfit.validation import parse_margin
+
+    override = parse_margin(req.margin) if req.margin is not None else None  # a bad value fails before any work
     mm, margin, recipe_d, path, doc, planner, plan_line = _model(req, space, warnings, vram_b - reserve_b)
+    margin_source = planner.margin.describe() if planner is not None and planner.margin is not None else None
+    if override is not None:
+        margin, margin_source = override, f"margin {override:.1%}: --margin (instead of {margin:.1%})"
+    if margin_source:
+        notes.append(margin_source)
     if req.within_measured:
         _within_measured(space, doc.get("ranges"), notes)
     try:
@@ -234,6 +235,8 @@ def recommend(req: SuggestRequest) -> Recommendation:
             notes.append(planner.summary())
     out.notes, out.warnings, out.plan_line = notes + out.notes, warnings + out.warnings, plan_line
     out.doc["plan"] = plan_line
+    if margin_source:
+        out.doc["margin_source"] = margin_source
     if planner is not None:
         out.doc["dry_run"] = planner.counts()
     return out
@@ -295,13 +298,14 @@ def _search(req: SuggestRequest, space: dict, targs: dict, model: tuple, planner
     ranking = items.ranking
     if planner is not None:
         items = planner.verify(items, budget)
-    items = multi_gpu(items, req.gpus)
     extrapolations = _flag_extrapolations(items, doc.get("ranges"), margin, budget)
     if req.within_measured:  # each axis is inside; drop combinations beyond the measured params or tokens
         items = [s for s in items if not s.extrapolated]
         for rank, s in enumerate(items, start=1):
             s.rank = rank
+            s.command = train_command(s, recipe_d, req.data_dir)  # its --out-dir names its new rank
         extrapolations = []
+    items = multi_gpu(items, req.gpus)
     result = {"vram_bytes": vram_b, "card": card.name if card else None, "reserve_bytes": reserve_b,
               "budget_bytes": budget, "objective": req.objective, "ranking": ranking, "model_file": str(path),
               "device": doc["device"], "recipe_key": doc["recipe_key"], "recipe": recipe_d, "target": doc["target"],
@@ -322,12 +326,13 @@ def _search(req: SuggestRequest, space: dict, targs: dict, model: tuple, planner
 def predict_one(shape: dict, model: Path | None) -> dict:
     """The predicted peak of one config (`shape`: the six SHAPE_KEYS) with its breakdown, margin and the naive
     line, from a model file."""
-    from gpt.config import GPTConfig
+    from gpt.config import GPTConfig, check_batch_size
     from vramfit.fit.coverage import check
     from vramfit.fit.features import features
     from vramfit.plan.workflows import open_model
 
     GPTConfig(shape["n_layer"], shape["n_head"], shape["n_embd"], shape["block_size"], shape["vocab_size"])
+    check_batch_size(shape["batch_size"])
     path, doc = open_model(model)
     f = features(shape["n_layer"], shape["n_head"], shape["n_embd"], shape["block_size"], shape["batch_size"],
                  shape["vocab_size"])

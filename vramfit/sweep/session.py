@@ -155,7 +155,8 @@ class SweepSession:
     def measure(self, jobs: list[Job], skip_measured: bool = False) -> Iterator[Event]:
         """Run `jobs` through the executor, storing each record as it comes (its `point_id` set on the event);
         yields the executor's events (start, skip, done) and ends when every job is done or skipped.
-        `skip_measured`: a point a concurrent sweep measured meanwhile is skipped (counted as resumed)."""
+        `skip_measured`: each point is claimed in the store before it runs (`Store.claim`), and one a concurrent
+        sweep measured or is measuring is skipped (counted as resumed), so no point is measured twice."""
         if not jobs:
             return
         events = self._events = self.ex.run(jobs, self.devices, self.recipes, self.grid.measure,
@@ -169,6 +170,8 @@ class SweepSession:
                 elif ev.kind == "done":
                     ev.record = {**ev.record, **ev.job.extra}
                     ev.point_id = self.store.insert_point(ev.record, self._env_of(ev), self.result.sweep_id)
+                    if skip_measured:
+                        self.store.release(self.env_ids[ev.slot], ev.job.point)  # its claim
                     self.result.counts[ev.record["status"]] += 1
                     left -= 1
                 yield ev
@@ -182,10 +185,10 @@ class SweepSession:
         return next(ev for ev in self.measure([job]) if ev.kind == "done")
 
     @contextlib.contextmanager
-    def _measured_meanwhile(self):  # the calling thread's connection: skip what a concurrent sweep just did
+    def _measured_meanwhile(self):  # the calling thread's connection: claim each point, skip another sweep's
         own = Store(self.options.db)
         try:
-            yield lambda i, p: own.is_measured(self.env_ids[i], p)
+            yield lambda i, p: not own.claim(self.env_ids[i], p)
         finally:
             own.close()
 
@@ -209,6 +212,7 @@ class SweepSession:
             if self.store is not None:
                 if self.result is not None:
                     self.store.finish_sweep(self.result.sweep_id, status)
+                self.store.release()  # the claims of points started and not stored (interrupted)
                 self.store.close()
         finally:
             self.ex.close()

@@ -3,7 +3,8 @@
 Resume: a point is skipped when a row with status ok or oom exists for the same device model (name + capacity),
 recipe key, torch version and emulated capacity; error and timeout points are tried again. `redo` runs all.
 Devices of the same model share one queue of points (one worker per GPU at a time); different models each
-measure the whole grid. A point a concurrent sweep measured meanwhile is skipped as it comes up.
+measure the whole grid. Concurrent sweeps of one database split the work: each point is claimed in the store
+before it runs (a claim of a process that died is taken over), so no point is measured twice.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class GridChooser(Chooser):
                 label = point_label(ev.job.point) + (f" @{names[ev.slot]}" if len(devs) > 1 else "")
                 if ev.kind == "start":
                     bar.started(label)
-                elif ev.kind == "skip":  # measured meanwhile by a concurrent sweep
+                elif ev.kind == "skip":  # measured, or being measured, by a concurrent sweep
                     bar.finished(label, {"status": "skipped", "error": "measured by a concurrent sweep"})
                 else:
                     bar.finished(label, ev.record)
