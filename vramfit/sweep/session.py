@@ -27,7 +27,7 @@ import pandas as pd
 from vramfit.errors import VramfitError
 from vramfit.measure.devices import DeviceFacts, resolve
 from vramfit.recipe import Recipe
-from vramfit.store import Store
+from vramfit.store import Store, device_key
 from vramfit.sweep.dynamic import sweep_batch_dim
 from vramfit.sweep.executors import Event, Executor, Job, LocalExecutor
 from vramfit.sweep.grid import Grid
@@ -146,8 +146,6 @@ class SweepSession:
     # ------------------------------------------------------------------------------------------ measuring
     def job(self, point: dict, slot: int = 0, extra: dict | None = None) -> Job:
         """A job for `point` on device `slot`'s group; `extra` goes into the stored record (why it was chosen)."""
-        from vramfit.store import device_key
-
         spec = {"point": point, "recipe": self.recipes[slot].to_dict(), "measure": self.grid.measure.to_dict(),
                 "emulate_bytes": self.options.emulate_bytes}
         return Job(point, device_key(self.devices[slot].to_dict()), spec, dict(extra or {}))
