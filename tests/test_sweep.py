@@ -208,7 +208,7 @@ def test_a_real_worker_killed_from_outside_is_an_error_row(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "vramfit", "sweep", "--device", "cpu", "--db", str(db), *TINY,
                              "--batch-size", "1,2,3"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    deadline = time.time() + 60
+    deadline = time.time() + 180  # two torch imports (the sweep's, its fork server's) first: ~40 s under load
     killed = None
     while killed is None and time.time() < deadline:  # a forked point lives ~0.5 s here: kill it on sight
         for victim in _worker_children(proc.pid):
