@@ -439,11 +439,14 @@ def test_cuda_bf16_training_and_state_bytes(compile):
 def test_dry_run_sees_the_nanochat_step_byte_for_byte(dtype, optimizer):
     """The fake-tensor dry run of the real Trainer step equals the real tracked step on the CPU (GQA, a short
     window, value embeddings, bf16 embedding tables, Muon's stacks and temporaries)."""
+    from vramfit.dryrun.estimate import EstimateRequest
     from vramfit.dryrun.fake_step import run_step
+    from vramfit.recipe import Recipe
 
     mc = GPTConfig(**{**TINY, "n_layer": 2, "block_size": 512, "n_kv_head": 1, "window_pattern": "SL"})
-    fake = run_step(mc, 2, target="cpu", dtype=dtype, optimizer=optimizer, fake=True)
-    real = run_step(mc, 2, target="cpu", dtype=dtype, optimizer=optimizer, fake=False)
+    req = EstimateRequest(mc, 2, Recipe(dtype=dtype, optimizer=optimizer), target="cpu")
+    fake = run_step(req, fake=True)
+    real = run_step(req, fake=False)
     assert fake.peak_bytes == real.peak_bytes > 0
 
 
