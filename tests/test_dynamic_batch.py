@@ -244,7 +244,7 @@ def test_a_compiled_cpu_point_reads_what_the_compiled_dry_run_predicts():
     estimate, which `experiments/bench_compile.py` checks within 1.2 % of the same profiler measurement. The
     dispatcher-only figure misses Inductor's buffers and the gradients of the compiled backward."""
     from gpt.config import GPTConfig
-    from vramfit.dryrun.estimate import estimate_step
+    from vramfit.dryrun.estimate import EstimateRequest, estimate_step
     from vramfit.measure.worker import run_point
     from vramfit.recipe import Recipe
 
@@ -254,7 +254,7 @@ def test_a_compiled_cpu_point_reads_what_the_compiled_dry_run_predicts():
             "measure": {"min_iters": 3, "max_iters": 4, "window": 2, "threads": 0, "timing_iters": 0}}
     rec = run_point(spec)
     assert rec["status"] == "ok", rec.get("error")
-    est = estimate_step(GPTConfig(**shape), 4, recipe, target="cpu", headline_only=True).peak_bytes
+    est = estimate_step(EstimateRequest(GPTConfig(**shape), 4, recipe, target="cpu", headline_only=True)).peak_bytes
     assert abs(rec["tracked_bytes"] - est) <= 0.05 * est, (rec["tracked_bytes"], est)
     assert rec["tracked_dispatch_bytes"] < 0.9 * rec["tracked_bytes"]
 
@@ -265,7 +265,7 @@ def test_train_measure_of_a_compiled_cpu_run_counts_inductors_buffers(char_corpu
     fallback), and once stable one step runs under the CPU allocator's profiler, so the stored tracked bytes
     include Inductor's buffers: within 5 % of the compiled dry-run estimate; the dispatcher-only figure is lower."""
     from gpt.config import GPTConfig, make_config
-    from vramfit.dryrun.estimate import estimate_step
+    from vramfit.dryrun.estimate import EstimateRequest, estimate_step
     from vramfit.measure.train_measure import train_and_measure
     from vramfit.recipe import Recipe
 
@@ -277,8 +277,8 @@ def test_train_measure_of_a_compiled_cpu_run_counts_inductors_buffers(char_corpu
     assert rec["status"] == "ok" and rec["compile"] is True
     assert rec["peak_steps"][0] == 2  # step 1 compiles: out of the peaks
     vocab = rec["vocab_size"]
-    est = estimate_step(GPTConfig(**shape, vocab_size=vocab), 4, Recipe(dtype="float32", compile=True,
-                        optimizer="fused"), target="cpu", headline_only=True).peak_bytes
+    est = estimate_step(EstimateRequest(GPTConfig(**shape, vocab_size=vocab), 4, Recipe(dtype="float32", compile=True,
+                        optimizer="fused"), target="cpu", headline_only=True)).peak_bytes
     assert abs(rec["tracked_bytes"] - est) <= 0.05 * est, (rec["tracked_bytes"], est)
     assert rec["tracked_dispatch_bytes"] < rec["tracked_bytes"]
 

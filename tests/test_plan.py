@@ -122,11 +122,11 @@ def test_estimates_skip_points_that_cannot_fit_but_keep_a_few_at_the_edge(tmp_pa
     cap = int(np.median([formula(p) for p in pts]))
     calls = []
 
-    def fake_estimates(points, recipe, target, capability, timeout=600.0):
+    def fake_estimates(points, recipe, d):
         calls.append(len(points))
         return {tuple(p[k] for k in SHAPE_KEYS): 1.1 * formula(p) for p in points}, ""  # a 10 % pessimistic dry run
 
-    monkeypatch.setattr(sweep_mod, "estimate_points", fake_estimates)
+    monkeypatch.setattr(sweep_mod, "cached_estimates", fake_estimates)
     db = tmp_path / "db.sqlite"
     settings = PlanSettings(points=14, target_error=0.001, boundary=2, band=0.15)
     run_adaptive(db, settings, nonlinear=30.0, emulate_bytes=cap)  # a few % off the physics: runs to its budget

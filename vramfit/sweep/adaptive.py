@@ -30,7 +30,6 @@ import numpy as np
 import pandas as pd
 
 from vramfit import SHAPE_KEYS
-from vramfit.dryrun.batch import estimate_points, point_key
 from vramfit.errors import VramfitError
 from vramfit.fit.features import PHYSICS, features, frame_features
 from vramfit.fit.memmodel import TARGETS, MemoryModel
@@ -336,7 +335,7 @@ class AdaptiveChooser(Chooser):
         if capacity is not None and settings.n_estimates > 0:
             t0 = time.time()
             todo = planner.estimate_targets(min(settings.n_estimates, len(candidates)))
-            est, why = cached_estimates(store, todo, recipe, d)
+            est, why = cached_estimates(todo, recipe, d)
             planner.set_estimates(est)
             o.say(f"dry-run estimates: {len(est)}/{len(todo)} points in {time.time() - t0:.0f} s"
                   + (f" ({why})" if why else "") + f"; capacity {format_size(capacity)}")
@@ -400,15 +399,30 @@ def time_saved(candidates: list[dict], n_run: int, elapsed: float, profile: pd.D
                else "no time saved"))
 
 
-def cached_estimates(store: Store, todo: list[dict], recipe: Recipe, d: DeviceFacts) -> tuple[dict, str]:
-    """Dry-run estimates for `todo`, kept in the database so that a resumed plan does not recompute them; keyed
-    by recipe, device type and compute capability."""
-    key = f"{recipe.key()}|{d.device_type}|{d.compute_capability}|device-v2"  # v2: reserved + context table
-    have = store.cached_estimates(key)
-    missing = [p for p in todo if point_key(p) not in have]
-    why = ""
-    if missing:
-        new, why = estimate_points(missing, recipe.to_dict(), d.device_type, d.compute_capability)
-        store.store_estimates(key, new)
-        have.update(new)
-    return {point_key(p): have[point_key(p)] for p in todo if point_key(p) in have}, why
+def point_key(p: dict) -> tuple[int, ...]:
+    """A point's shape as a tuple (the order of SHAPE_KEYS)."""
+    return tuple(int(p[k]) for k in SHAPE_KEYS)
+
+
+def cached_estimates(todo: list[dict], recipe: Recipe, d: DeviceFacts) -> tuple[dict, str]:
+    """Dry-run estimates for `todo` (key -> bytes: device bytes on CUDA, tracked on the CPU), in one child process
+    (a crash there cannot take the sweep down) and kept in the dry run's cache, so that a resumed plan does not
+    recompute them. A failure gives ({}, why)."""
+    from gpt.config import GPTConfig
+    from gpt.errors import ConfigError
+    from vramfit.dryrun.cache import EstimateCache
+    from vramfit.dryrun.estimate import EstimateRequest, parse_capability, target_bytes
+    from vramfit.dryrun.estimator import Estimator
+
+    cuda = d.device_type == "cuda"
+    try:
+        cap = parse_capability(d.compute_capability) if d.compute_capability else (8, 0)
+        reqs = [EstimateRequest(GPTConfig(*(int(p[k]) for k in ("n_layer", "n_head", "n_embd", "block_size",
+                                                                 "vocab_size"))),
+                                int(p["batch_size"]), recipe, d.device_type, cap, headline_only=True) for p in todo]
+        with Estimator("child", cache=EstimateCache.user()) as estimator:
+            done = estimator.estimate(reqs)
+    except (VramfitError, ConfigError) as exc:
+        return {}, str(exc)
+    return {point_key(p): float(target_bytes(e, "nvml" if cuda else "tracked")) for p, e in zip(todo, done,
+                                                                                                   strict=True)}, ""
