@@ -127,13 +127,8 @@ def estimate(n_layer: o.NLayer = None, n_head: o.NHead = None, n_embd: o.NEmbd =
     import json
 
     from gpt.config import GPTConfig
-    from vramfit.dryrun.estimate import (
-        estimate_step,
-        estimate_step_isolated,
-        format_estimate,
-        parse_capability,
-        parse_recipe,
-    )
+    from vramfit.dryrun.estimate import EstimateRequest, format_estimate, parse_capability, parse_recipe
+    from vramfit.dryrun.estimator import Estimator
     from vramfit.plan.like import resolve_shape
 
     shape = resolve_shape(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
@@ -143,6 +138,7 @@ def estimate(n_layer: o.NLayer = None, n_head: o.NHead = None, n_embd: o.NEmbd =
     if batch_size < 1:
         fail(f"batch_size must be >= 1, got {batch_size}")
     target = "cuda" if target == "auto" else target
-    run = estimate_step_isolated if target == "cuda" else estimate_step  # CUDA code paths may abort: child process
-    est = run(GPTConfig(**shape), batch_size, parse_recipe(recipe), target, parse_capability(capability))
+    req = EstimateRequest(GPTConfig(**shape), batch_size, parse_recipe(recipe), target, parse_capability(capability))
+    with Estimator("child" if target == "cuda" else "process") as estimator:  # CUDA code paths may abort: a child
+        est = estimator.estimate([req])[0]
     typer.echo(json.dumps(est.to_dict()) if json_out else format_estimate(est))
