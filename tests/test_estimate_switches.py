@@ -116,9 +116,10 @@ def test_cuda_target_runs_every_switch():
 def test_a_sweep_measures_a_recipe_with_the_switches(tmp_path):
     """A grid's [recipe] carries the switches to the sweep's worker: each recipe is its own environment, the
     tracked peaks move as the dry run says (checkpointing lowers it) and agree with the dry run."""
+    from vramfit.sweep.runner import run_sweep
+
     from vramfit.store import Store
     from vramfit.sweep.grid import load_grid
-    from vramfit.sweep.runner import run_sweep
 
     db = tmp_path / "db.sqlite"
     axes = "[axes]\nn_layer = 4\nn_head = 2\nn_embd = 64\nblock_size = 64\nbatch_size = 8\nvocab_size = 128\n"
