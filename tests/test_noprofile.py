@@ -9,6 +9,7 @@ from vramfit.cli import main
 from vramfit.plan.estimate_pool import EstimatorPool, Job, run_job
 from vramfit.plan.noprofile import DryRunPlanner, cache_key, design_shapes, key_digest
 from vramfit.recipe import Recipe
+from vramfit.shape import Shape
 
 BF16 = Recipe(dtype="bfloat16", optimizer="fused")
 
@@ -127,8 +128,9 @@ def test_pool_gives_exactly_the_serial_estimates():
     """Two workers (each importing torch once) return what this process computes, in the order asked."""
     rec = tuple(sorted(BF16.to_dict().items()))
     # large enough to differ after the allocator replay's segment rounding (2 MiB / 20 MiB segments)
-    jobs = [Job((2, 4, 256, 256, b, 8192), rec, "cuda", (8, 0)) for b in (1, 16)] + [
-        Job((1, 2, 128, 128, 4, 50304), rec, "cuda", (7, 5)), Job((4, 4, 256, 256, 8, 8192), rec, "cuda", (8, 0))]
+    jobs = [Job(Shape(2, 4, 256, 256, b, 8192), rec, "cuda", (8, 0)) for b in (1, 16)] + [
+        Job(Shape(1, 2, 128, 128, 4, 50304), rec, "cuda", (7, 5)),
+        Job(Shape(4, 4, 256, 256, 8, 8192), rec, "cuda", (8, 0))]
     serial = [run_job(j) for j in jobs]
     with EstimatorPool(workers=2) as pool:
         assert pool.run(jobs) == serial
@@ -140,15 +142,16 @@ def test_jobs_that_share_traced_graphs_are_one_group():
     """Depth and batch size (but a batch of 1) do not change the compiled emulation's graphs; width, block, vocab,
     recipe, target and capability do."""
     rec = tuple(sorted(BF16.to_dict().items()))
-    base = Job((2, 4, 256, 256, 8, 8192), rec, "cuda", (8, 0))
-    assert Job((6, 4, 256, 256, 3, 8192), rec, "cuda", (8, 0)).graphs() == base.graphs()
-    for other in (Job((2, 4, 256, 256, 1, 8192), rec, "cuda", (8, 0)), Job((2, 4, 320, 256, 8, 8192), rec, "cuda",
-                  (8, 0)), Job((2, 4, 256, 512, 8, 8192), rec, "cuda", (8, 0)),
-                  Job((2, 4, 256, 256, 8, 512), rec, "cuda", (8, 0)), Job((2, 4, 256, 256, 8, 8192), rec, "cuda",
-                  (9, 0)), Job((2, 4, 256, 256, 8, 8192), (), "cuda", (8, 0))):
+    base = Job(Shape(2, 4, 256, 256, 8, 8192), rec, "cuda", (8, 0))
+    assert Job(Shape(6, 4, 256, 256, 3, 8192), rec, "cuda", (8, 0)).graphs() == base.graphs()
+    others = [(Shape(2, 4, 256, 256, 1, 8192), rec, (8, 0)), (Shape(2, 4, 320, 256, 8, 8192), rec, (8, 0)),
+              (Shape(2, 4, 256, 512, 8, 8192), rec, (8, 0)), (Shape(2, 4, 256, 256, 8, 512), rec, (8, 0)),
+              (Shape(2, 4, 256, 256, 8, 8192), rec, (9, 0)), (Shape(2, 4, 256, 256, 8, 8192), (), (8, 0))]
+    for other in (Job(shape, r, "cuda", cap) for shape, r, cap in others):
         assert other.graphs() != base.graphs(), other
     eager = tuple(sorted(Recipe(dtype="bfloat16", optimizer="fused", compile=False).to_dict().items()))
-    a, b = Job((2, 4, 256, 256, 8, 8192), eager, "cuda", (8, 0)), Job((6, 4, 256, 256, 3, 8192), eager, "cuda", (8, 0))
+    a = Job(Shape(2, 4, 256, 256, 8, 8192), eager, "cuda", (8, 0))
+    b = Job(Shape(6, 4, 256, 256, 3, 8192), eager, "cuda", (8, 0))
     assert not a.compiles() and a.graphs() != b.graphs()  # nothing traced: no reason to run them in one worker
     assert base.compiles() and not Job(base.shape, rec, "cuda", (6, 1)).compiles()  # compile is off below sm70
 

@@ -9,7 +9,8 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from vramfit.store import SHAPE_KEYS, Store  # noqa: E402
+from vramfit.shape import KEYS  # noqa: E402
+from vramfit.store import Store  # noqa: E402
 from vramfit.sweep.executors.ray import RayExecutor  # noqa: E402
 from vramfit.sweep.grid import load_grid  # noqa: E402
 from vramfit.sweep.runner import run_sweep  # noqa: E402
@@ -28,8 +29,8 @@ def local_ray():
 def test_ray_quick_grid_gives_the_local_rows(local_ray, quick_db, tmp_path):
     db = tmp_path / "ray.sqlite"
     res = run_sweep(load_grid(QUICK), db, device="cpu", quiet=True, executor=RayExecutor())
-    local = Store(quick_db).points_frame().set_index(list(SHAPE_KEYS)).sort_index()
-    remote = Store(db).points_frame().set_index(list(SHAPE_KEYS)).sort_index()
+    local = Store(quick_db).points_frame().set_index(list(KEYS)).sort_index()
+    remote = Store(db).points_frame().set_index(list(KEYS)).sort_index()
     assert dict(res.counts) == {"ok": len(local)}
     assert list(remote.index) == list(local.index)
     assert (remote.status == "ok").all() and remote.stable.all()

@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 
-from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.fit.features import features
 from vramfit.fit.losslaw import LossLaw, chinchilla
@@ -22,6 +21,7 @@ from vramfit.plan.suggest import (
     time_frontier,
     time_scores,
 )
+from vramfit.shape import KEYS
 
 MIB = 2**20
 # memory = 64 MiB + 16 B/param + 2 KiB/token: heads do not change it, so ties between head counts are exact
@@ -45,9 +45,9 @@ def brute_force(budget, margin, min_batch=1):
     sp.pop("_n_batches")
     best = {}
     for i in range(len(sp["n_layer"])):
-        s = {k: int(sp[k][i]) for k in SHAPE_KEYS}
+        s = {k: int(sp[k][i]) for k in KEYS}
         if s["batch_size"] >= min_batch and need(s) * (1 + margin) <= budget:
-            key = tuple(s[k] for k in SHAPE_KEYS if k != "batch_size")
+            key = tuple(s[k] for k in KEYS if k != "batch_size")
             best[key] = max(best.get(key, 0), s["batch_size"])
     return best
 
@@ -268,10 +268,10 @@ def test_suggest_with_hours():
 def test_time_frontier_lists_every_fitting_shape():
     out = time_frontier(MODEL, 0.1, 300 * MIB, SPEED, 2.0, **SPACE)
     expected = brute_force(300 * MIB, 0.1)
-    got = {tuple(int(out[k][i]) for k in SHAPE_KEYS if k != "batch_size"): int(out["batch_size"][i])
+    got = {tuple(int(out[k][i]) for k in KEYS if k != "batch_size"): int(out["batch_size"][i])
            for i in range(len(out["n_layer"]))}
     assert got == expected
-    assert set(out) >= {"ms_per_iter", "tokens", "score", "loss", *SHAPE_KEYS}
+    assert set(out) >= {"ms_per_iter", "tokens", "score", "loss", *KEYS}
 
 
 # ------------------------------------------------------------------------------------------------ edges mutmut found

@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import sys
 
-from vramfit import SHAPE_KEYS
 from vramfit.child import run_json
+from vramfit.shape import KEYS
 
 
 def point_key(p: dict) -> tuple[int, ...]:
-    """A point's shape as a tuple (the order of SHAPE_KEYS)."""
-    return tuple(int(p[k]) for k in SHAPE_KEYS)
+    """A point's shape as a tuple (the order of KEYS)."""
+    return tuple(int(p[k]) for k in KEYS)
 
 
 def estimate_points(points: list[dict], recipe: dict, target: str, capability: str | None,

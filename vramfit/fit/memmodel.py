@@ -28,10 +28,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.fit.features import BREAKDOWN, NAIVE, PHYSICS, UNITS, frame_features, shape_key
 from vramfit.fit.stats import cv_predictions, error_metrics, nnls, nonneg_slope
+from vramfit.shape import KEYS
 from vramfit.store import SHARED_GPU
 
 if TYPE_CHECKING:
@@ -259,7 +259,7 @@ def load_model(path: str | Path) -> dict:
 
 
 def data_hash(df: pd.DataFrame, target_col: str) -> str:
-    cols = [*SHAPE_KEYS, target_col]
+    cols = [*KEYS, target_col]
     blob = df[cols].sort_values(cols).to_csv(index=False).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -357,5 +357,5 @@ def oom_violations(report: FitReport, points: pd.DataFrame) -> list[dict]:
     for (_, row), p in zip(oom.iterrows(), pred, strict=True):
         cap = row[cap_col]
         if pd.notna(cap) and p <= cap:
-            out.append({k: int(row[k]) for k in SHAPE_KEYS} | {"predicted": float(p), "capacity": float(cap)})
+            out.append({k: int(row[k]) for k in KEYS} | {"predicted": float(p), "capacity": float(cap)})
     return out

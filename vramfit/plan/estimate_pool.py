@@ -13,27 +13,28 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 from vramfit.errors import VramfitError
+from vramfit.shape import Shape
 
 
 @dataclass(frozen=True)
 class Job:
-    """One dry-run estimate: the shape (SHAPE_KEYS order), the recipe (as a dict), target and capability."""
+    """One dry-run estimate: the shape, the recipe (as sorted items), target and capability."""
 
-    shape: tuple[int, int, int, int, int, int]
+    shape: Shape
     recipe: tuple[tuple[str, object], ...]
     target: str
     capability: tuple[int, int]
 
     def cost(self) -> int:
         """A rough relative cost (layers x width x tokens) to start the big ones first."""
-        L, _, C, T, B, V = self.shape
+        L, _, C, T, B, V = self.shape.as_tuple()
         return L * C * T * B + T * B * V
 
     def graphs(self) -> tuple:
         """The jobs that share the compiled-step emulation's traced graphs (`vramfit.dryrun.compiled`: any depth,
         any batch size but 1, which is traced on its own): run in one worker, they are traced once. An eager
         recipe traces nothing: each job is its own group."""
-        _, H, C, T, B, V = self.shape
+        _, H, C, T, B, V = self.shape.as_tuple()
         if not self.compiles():
             return self.shape, self.recipe, self.target, self.capability
         return H, C, T, V, B if B < 2 else 0, self.recipe, self.target, self.capability
@@ -67,7 +68,7 @@ def run_job(job: Job) -> int:
     from vramfit.dryrun.estimate import device_bytes, estimate_step
     from vramfit.recipe import Recipe
 
-    L, H, C, T, B, V = job.shape
+    L, H, C, T, B, V = job.shape.as_tuple()
     return device_bytes(estimate_step(GPTConfig(L, H, C, T, V), B, Recipe.from_dict(dict(job.recipe)),
                                       job.target, job.capability, headline_only=True))
 

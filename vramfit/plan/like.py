@@ -12,10 +12,10 @@ from pathlib import Path
 
 from gpt.config import TrainConfig, load_config
 from gpt.meta import GPT2_VOCAB, corpus_vocab
-from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.fit.features import features
 from vramfit.plan.suggest import Suggestion, suggest
+from vramfit.shape import KEYS
 
 MAX_BATCH, MAX_BLOCK = 4096, 8192
 
@@ -32,7 +32,7 @@ def config_vocab(cfg: TrainConfig) -> int:
 def like_shape(path: str | Path) -> dict:
     """The six sizes of a config file (nanoGPT `.py` or vramfit TOML), and its dtype, data_dir and config."""
     cfg = load_config(path)
-    shape = {k: getattr(cfg, k) for k in SHAPE_KEYS if k != "vocab_size"}
+    shape = {k: getattr(cfg, k) for k in KEYS if k != "vocab_size"}
     return {**shape, "vocab_size": config_vocab(cfg), "dropout": cfg.dropout, "bias": cfg.bias, "dtype": cfg.dtype,
             "data_dir": cfg.data_dir, "config": cfg}
 
@@ -44,7 +44,7 @@ def ckpt_shape(path: str | Path) -> dict:
     ckpt = load_checkpoint(path)
     args = ckpt["model_args"]
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
-    out = {k: args.get(k) for k in (*SHAPE_KEYS, "dropout", "bias") if k != "batch_size"}
+    out = {k: args.get(k) for k in (*KEYS, "dropout", "bias") if k != "batch_size"}
     out["batch_size"] = config.get("batch_size")
     return out
 
@@ -56,7 +56,7 @@ def resolve_shape(explicit: dict, like: str | Path | None = None, ckpt: str | Pa
     if like is not None and ckpt is not None:
         raise VramfitError("give --like FILE or --ckpt PATH, not both")
     base = like_shape(like) if like is not None else ckpt_shape(ckpt) if ckpt is not None else {}
-    out = {k: explicit.get(k) if explicit.get(k) is not None else base.get(k) for k in SHAPE_KEYS}
+    out = {k: explicit.get(k) if explicit.get(k) is not None else base.get(k) for k in KEYS}
     missing = [k for k, v in out.items() if v is None]
     if missing:
         flags = ", ".join(f"--{k.replace('_', '-')}" for k in missing)
@@ -84,7 +84,7 @@ def suggest_like(model, margin_rel: float, budget: int, path: str | Path, recipe
     its own) for its shape and batch; the largest model with its head size, width/depth within 2x of its own,
     at its block and batch. `check(suggestions)` may drop finds (the dry-run re-check of `--no-profile`)."""
     like = like_shape(path)
-    L, H, C, T, B, V = (like[k] for k in SHAPE_KEYS)
+    L, H, C, T, B, V = (like[k] for k in KEYS)
     f = features(L, H, C, T, B, V)
     pred = float(model.predict(f)[0])
     need = pred * (1 + margin_rel)
@@ -108,7 +108,7 @@ def suggest_like(model, margin_rel: float, budget: int, path: str | Path, recipe
         s.rank = rank
         s.command = _like_command(s, like, path, recipe)
     return {"like": str(path), "data_dir": like["data_dir"], "as_is": {
-        **{k: like[k] for k in SHAPE_KEYS}, "predicted_bytes": int(pred), "margin_bytes": int(pred * margin_rel),
+        **{k: like[k] for k in KEYS}, "predicted_bytes": int(pred), "margin_bytes": int(pred * margin_rel),
         "fits": bool(need <= budget), "headroom_bytes": int(budget - need)}, "found": found}
 
 
@@ -156,7 +156,7 @@ def run_suggest_like(path: str | Path, budget: int, model_file: str | Path | Non
     if json_out:
         return [json.dumps(out, indent=1)], bool(items)
     a = res["as_is"]
-    sizes = lambda d: " ".join(f"{k}={d[k]}" for k in SHAPE_KEYS)  # noqa: E731
+    sizes = lambda d: " ".join(f"{k}={d[k]}" for k in KEYS)  # noqa: E731
     lines = ["warning: no profile of this device: predictions are dry-run estimates (allocator replay + a "
              "published CUDA context size), not measurements", planner.summary()] if planner is not None else []
     lines += [f"budget: {format_size(budget)} {('(' + vram + ')') if vram else ''} · model {Path(mpath).name} "

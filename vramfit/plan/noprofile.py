@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vramfit.plan.estimate_pool import EstimatorPool, Job
+from vramfit.shape import Shape
 
 CACHE_FORMAT = 1
 # the design the physics model is calibrated on: 2 x 2 x 2 x 2 = 16 dry-run estimates, head dim 64
@@ -143,7 +144,7 @@ class CacheEntry:
 
 
 def design_shapes(vocab_size: int) -> list[tuple[int, int, int, int, int, int]]:
-    """The calibration design's configs (SHAPE_KEYS order), head dim 64."""
+    """The calibration design's configs (KEYS order), head dim 64."""
     return [(L, C // 64, C, T, B, vocab_size) for L, C, T, B in itertools.product(*DESIGN.values())]
 
 
@@ -206,7 +207,7 @@ class DryRunPlanner:
     def _estimates(self, shapes: list[tuple], store: dict[str, int]) -> list[int]:
         """Device bytes of each shape: from `store` where present, the rest estimated (in parallel) and stored."""
         missing = [s for s in dict.fromkeys(shapes) if shape_id(s) not in store]
-        jobs = [Job(tuple(int(v) for v in s), tuple(sorted(self.recipe.to_dict().items())), self.target,
+        jobs = [Job(Shape(*s), tuple(sorted(self.recipe.to_dict().items())), self.target,
                     self.capability) for s in missing]
         peaks = (self._runner or self.pool.run)(jobs)
         for s, p in zip(missing, peaks, strict=True):
@@ -234,10 +235,8 @@ class DryRunPlanner:
         estimate says fits (at most 3 more estimates: the calibrated model can be a few % low at the edge), else
         it is dropped; rank the rest. The first smaller batch is in proportion to the excess, the next ones on the
         line through the config's last two estimates (`fitting_batch`)."""
-        from vramfit import SHAPE_KEYS
-
         def shape(s) -> tuple:
-            return tuple(int(getattr(s, k)) for k in SHAPE_KEYS)
+            return Shape.of(s).as_tuple()
 
         def smaller(s, b: int):  # noqa: ANN001, ANN202 - the Suggestion at batch b
             return replace(s, batch_size=b, tokens_per_step=s.tokens_per_step // s.batch_size * b,

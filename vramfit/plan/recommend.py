@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vramfit import SHAPE_KEYS
 from vramfit.corpus import corpus_tokens, corpus_vocab
 from vramfit.errors import VramfitError
+from vramfit.shape import KEYS
 from vramfit.units import parse_size
 
 DEFAULT_VOCAB = 50304  # GPT-2 BPE, padded to a multiple of 64 as nanoGPT does
@@ -254,7 +254,7 @@ def _within_measured(space: dict, ranges: dict | None, notes: list[str]) -> None
             raise VramfitError(f"--within-measured: no {k} of the search space lies in the measured {lo:g}-{hi:g}")
         space[k] = values
     notes.append("within the measured ranges: " + ", ".join(
-        f"{k} {ranges[k][0]:g}-{ranges[k][1]:g}" for k in (*SHAPE_KEYS, "params", "tokens")))
+        f"{k} {ranges[k][0]:g}-{ranges[k][1]:g}" for k in (*KEYS, "params", "tokens")))
 
 
 def _flag_extrapolations(items: list, ranges: dict | None, margin: float, budget: int) -> list[str]:
@@ -264,7 +264,7 @@ def _flag_extrapolations(items: list, ranges: dict | None, margin: float, budget
 
     lines = []
     for s in items:
-        ext = check(ranges, {k: getattr(s, k) for k in SHAPE_KEYS})
+        ext = check(ranges, {k: getattr(s, k) for k in KEYS})
         s.extrapolated = sorted(ext.outside)
         if ext.inside:
             continue
@@ -272,7 +272,7 @@ def _flag_extrapolations(items: list, ranges: dict | None, margin: float, budget
         verdict = "fits" if need <= budget else "may NOT fit"
         lines.append(f"#{s.rank} is an extrapolation ({ext.describe()}): with the margin widened to "
                      f"{ext.widened_margin(margin):.1%} it {verdict}; check it first: vramfit estimate "
-                     + " ".join(f"--{k.replace('_', '-')} {getattr(s, k)}" for k in SHAPE_KEYS))
+                     + " ".join(f"--{k.replace('_', '-')} {getattr(s, k)}" for k in KEYS))
     return lines
 
 
@@ -320,7 +320,7 @@ def _search(req: SuggestRequest, space: dict, targs: dict, model: tuple, planner
 
 
 def predict_one(shape: dict, model: Path | None) -> dict:
-    """The predicted peak of one config (`shape`: the six SHAPE_KEYS) with its breakdown, margin and the naive
+    """The predicted peak of one config (`shape`: the six KEYS) with its breakdown, margin and the naive
     line, from a model file."""
     from gpt.config import GPTConfig
     from vramfit.fit.coverage import check

@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.fit.features import features
 from vramfit.fit.memmodel import MemoryModel
+from vramfit.shape import KEYS
 
 OBJECTIVES = ("trainable", "params", "tokens", "balanced")
 DEFAULT_OBJECTIVE = "trainable"
@@ -194,7 +194,7 @@ def time_frontier(model: MemoryModel, margin_rel: float, budget_bytes: int, thro
     """Every shape that fits (with its largest fitting batch) and what `hours` buys it: for the frontier plot."""
     space, feats, _, _, idx = _fitting(model, margin_rel, budget_bytes, min_batch, space_args)
     out = time_scores(throughput, check_hours(hours), rank, loss_law, space, idx, feats)
-    return out | {k: space[k][idx] for k in SHAPE_KEYS}
+    return out | {k: space[k][idx] for k in KEYS}
 
 
 def _model_keys(space: dict, rows: np.ndarray) -> np.ndarray:
@@ -320,7 +320,7 @@ def _build(model: MemoryModel, space: dict, feats: dict, pred: np.ndarray, need:
     out = []
     for rank_no, (j, i, part) in enumerate(zip(chosen, rows, parts, strict=True), start=1):
         s = Suggestion(
-            rank=rank_no, **{k: int(space[k][i]) for k in SHAPE_KEYS},
+            rank=rank_no, **{k: int(space[k][i]) for k in KEYS},
             params=int(feats["params"][i]), tokens_per_step=int(feats["tokens"][i]),
             predicted_bytes=int(pred[i]), margin_bytes=int(pred[i] * margin_rel),
             headroom_bytes=int(budget_bytes - need[i]), regime=part.pop("regime"),

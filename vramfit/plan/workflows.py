@@ -11,10 +11,10 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.fit.memmodel import FitReport, fit_points, load_model
 from vramfit.plan.suggest import Suggestion
+from vramfit.shape import KEYS
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where frames are built: predicting from a model file needs no pandas
@@ -101,7 +101,7 @@ def train_command(s: Suggestion, recipe: dict, data_dir: str = "data/shakespeare
                   out_dir: str | None = None) -> str:
     """The exact `vramfit train` command for a suggestion under the model's recipe."""
     args = ["vramfit", "train"]
-    for key in SHAPE_KEYS:
+    for key in KEYS:
         args += [f"--{key.replace('_', '-')}", str(getattr(s, key))]
     for key in ("dtype", "compile", "optimizer", "attn_kernel"):
         if recipe.get(key) is not None:
@@ -148,7 +148,7 @@ def load_suggestion(rank: int, path: str | Path = SUGGESTIONS_FILE) -> tuple[dic
 
 def suggestion_overrides(doc: dict, item: dict) -> dict:
     """TrainConfig overrides that reproduce a suggestion under its model's recipe."""
-    out = {k: item[k] for k in SHAPE_KEYS}
+    out = {k: item[k] for k in KEYS}
     recipe = doc.get("recipe") or {}
     out.update({k: recipe[k] for k in ("dtype", "compile", "optimizer", "attn_kernel") if recipe.get(k) is not None})
     out["out_dir"] = f"out/suggest-{item['rank']}"
@@ -181,7 +181,7 @@ def compare_and_store(cfg, record: dict, doc: dict | None, db: str | Path) -> li
         model_doc = load_model(doc["model_file"])
     if model_doc is not None:
         col = TARGETS[model_doc["target"]]
-        f = features(*(record[k] for k in SHAPE_KEYS))
+        f = features(*(record[k] for k in KEYS))
         pred = float(model_doc["model"].predict(f)[0])
         margin = pred * model_doc["margin_rel"]
         if record.get(col) is not None:

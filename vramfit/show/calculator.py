@@ -13,11 +13,11 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from vramfit import SHAPE_KEYS
 from vramfit.fit.memmodel import FitReport, load_model
 from vramfit.plan.ddp import DDP_BYTES_PER_PARAM, DdpTerm
 from vramfit.plan.suggest import DEFAULT_SPACE
 from vramfit.plan.workflows import MODELS_DIR, model_filename
+from vramfit.shape import KEYS
 from vramfit.show.context import PlanContext, grid_axes
 from vramfit.units import format_size
 
@@ -95,7 +95,7 @@ def model_entry(report: FitReport, ctx: PlanContext, shape: dict, models_dir: st
             "margin_rel": report.margin_rel, "ddp_bytes_per_param": DDP_BYTES_PER_PARAM,
             "ddp_comm_bytes": DdpTerm.for_device(report.device_type).comm_bytes,
             "throughput": tp.model.to_dict() if tp is not None else None,
-            "defaults": {**{k: int(shape[k]) for k in SHAPE_KEYS}, "vram": compact_size(ctx.vram_bytes),
+            "defaults": {**{k: int(shape[k]) for k in KEYS}, "vram": compact_size(ctx.vram_bytes),
                          "reserve": compact_size(ctx.reserve_bytes), "gpus": ctx.gpus},
             "provenance": provenance(report, models_dir, source)}
 

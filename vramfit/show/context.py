@@ -12,13 +12,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vramfit import SHAPE_KEYS
 from vramfit.corpus import corpus_vocab as corpus_vocab_source
 from vramfit.errors import VramfitError
 from vramfit.plan.budget import resolve_vram
 from vramfit.plan.ddp import for_strategy, multi_gpu
 from vramfit.plan.suggest import DEFAULT_SPACE, OBJECTIVES, Suggestion, suggest
 from vramfit.plan.workflows import SUGGESTIONS_FILE, train_command
+from vramfit.shape import KEYS
 from vramfit.units import parse_size
 
 DEFAULT_VRAM = "8G"
@@ -49,7 +49,7 @@ class PlanContext:
         if not doc or doc.get("device") != device or doc.get("recipe_key") != recipe_key:
             return None
         items = doc.get("suggestions") or []
-        return items[0] if items and all(k in items[0] for k in SHAPE_KEYS) else None
+        return items[0] if items and all(k in items[0] for k in KEYS) else None
 
 
 def corpus_vocab(data_dir: str | Path) -> int | None:
@@ -141,9 +141,9 @@ def feasibility_shape(report, ctx: PlanContext, items: list[Suggestion], fallbac
     and vocabulary, else the top ranked suggestion, else `fallback` (the largest measured shape)."""
     last = ctx.last_top(report.device, report.recipe_key)
     if last is not None and int(last["vocab_size"]) == ctx.vocab_size:  # not when --data-dir changed the vocab
-        return {k: int(last[k]) for k in SHAPE_KEYS}
+        return {k: int(last[k]) for k in KEYS}
     if items:
-        return {k: int(getattr(items[0], k)) for k in SHAPE_KEYS}
+        return {k: int(getattr(items[0], k)) for k in KEYS}
     return dict(fallback)
 
 

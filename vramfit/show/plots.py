@@ -11,9 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from vramfit import SHAPE_KEYS  # noqa: E402
 from vramfit.fit.features import features, frame_features, shape_key  # noqa: E402
 from vramfit.fit.memmodel import TARGETS, FitReport  # noqa: E402
+from vramfit.shape import KEYS  # noqa: E402
 from vramfit.show.context import FEASIBILITY_BATCHES, FEASIBILITY_BLOCKS, grid_axes  # noqa: E402
 
 GIB = 2**30
@@ -245,7 +245,7 @@ def largest_shape(points: pd.DataFrame) -> dict:
     """The ok point with the most parameters, as a shape dict (the feasibility plot's shape without suggestions)."""
     ok = points[points["status"] == "ok"]
     big = ok.assign(P=frame_features(ok)["params"]).sort_values("P").iloc[-1]
-    return {k: int(big[k]) for k in SHAPE_KEYS}
+    return {k: int(big[k]) for k in KEYS}
 
 
 def all_plots(report: FitReport, points: pd.DataFrame, out_dir: str | Path, budget: float,
@@ -268,7 +268,7 @@ def all_plots(report: FitReport, points: pd.DataFrame, out_dir: str | Path, budg
     if suggestions:
         paths.append(breakdown_bars(suggestions, budget, out / "breakdown.png"))
         if shape is None:
-            shape = {k: getattr(suggestions[0], k) for k in SHAPE_KEYS}
+            shape = {k: getattr(suggestions[0], k) for k in KEYS}
     mark = None
     if shape is None:
         shape = largest_shape(points)

@@ -31,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vramfit import SHAPE_KEYS
 from vramfit.dryrun.batch import estimate_points, point_key
 from vramfit.errors import VramfitError
 from vramfit.fit.features import PHYSICS, features, frame_features
@@ -39,6 +38,7 @@ from vramfit.fit.memmodel import TARGETS, MemoryModel
 from vramfit.fit.stats import cv_predictions, error_metrics
 from vramfit.measure.devices import DeviceFacts
 from vramfit.recipe import Recipe
+from vramfit.shape import KEYS
 from vramfit.store import DONE_STATUSES, Store
 from vramfit.sweep.cost import estimate_cost, format_duration
 from vramfit.sweep.dynamic import sweep_batch_dim
@@ -91,7 +91,7 @@ class PlanSettings:
 
 
 def feature_dict(points: list[dict]) -> dict[str, np.ndarray]:
-    return features(*(np.array([p[k] for p in points], dtype=np.float64) for k in SHAPE_KEYS))
+    return features(*(np.array([p[k] for p in points], dtype=np.float64) for k in KEYS))
 
 
 def design_matrix(points: list[dict], scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -138,14 +138,14 @@ def d_optimal_order(X: np.ndarray, chosen: list[int], n: int, allowed: np.ndarra
 def extremes(points: list[dict]) -> set[tuple[str, int]]:
     """(axis, value) pairs for each axis' smallest and largest value among `points`."""
     out = set()
-    for k in SHAPE_KEYS:
+    for k in KEYS:
         vals = [int(p[k]) for p in points]
         out |= {(k, min(vals)), (k, max(vals))}
     return out
 
 
 def covered(p: dict, wanted: set[tuple[str, int]]) -> int:
-    return sum((k, int(p[k])) in wanted for k in SHAPE_KEYS)
+    return sum((k, int(p[k])) in wanted for k in KEYS)
 
 
 @dataclass
@@ -197,7 +197,7 @@ class AdaptivePlanner:
     # ------------------------------------------------------------------------------------------ feasibility
     def set_estimates(self, estimates: dict[tuple, float]) -> None:
         """Fit the memory model to dry-run estimates: the feasibility filter's prediction for every candidate."""
-        pts = [dict(zip(SHAPE_KEYS, k, strict=True)) for k in estimates]
+        pts = [dict(zip(KEYS, k, strict=True)) for k in estimates]
         if len(pts) < 2:
             return
         X = pd.DataFrame(feature_dict(pts))
@@ -221,13 +221,13 @@ class AdaptivePlanner:
         if measured.empty:
             return measured
         m = measured[(measured["status"] == "ok") & measured[self.col].notna()]
-        return m[[point_key(r) in self.index for _, r in m[list(SHAPE_KEYS)].iterrows()]]
+        return m[[point_key(r) in self.index for _, r in m[list(KEYS)].iterrows()]]
 
     def _measured_idx(self, measured: pd.DataFrame) -> list[int]:
         if measured.empty:
             return []
         out = []
-        for _, r in measured[list(SHAPE_KEYS)].iterrows():
+        for _, r in measured[list(KEYS)].iterrows():
             i = self.index.get(point_key(r))
             if i is not None and i not in out:
                 out.append(i)
@@ -283,7 +283,7 @@ class AdaptivePlanner:
             counts = np.array([covered(p, todo) if i not in chosen else -1 for i, p in enumerate(self.cands)])
             pick = d_optimal_order(self.X, chosen, 1, counts == counts.max())[0]
             chosen.append(pick)
-            todo -= {(k, int(self.cands[pick][k])) for k in SHAPE_KEYS}
+            todo -= {(k, int(self.cands[pick][k])) for k in KEYS}
         chosen += d_optimal_order(self.X, chosen, max(0, n - len(chosen)))
         return [self.cands[i] for i in chosen]
 
@@ -317,8 +317,8 @@ def _already_measured(store: Store, allp: pd.DataFrame, candidates: list[dict]) 
     """(the grid's points already measured on this identity, the predictions stored with them): a resumed plan
     counts them and feeds the stop rule with what was predicted before they were measured."""
     keys = {point_key(p) for p in candidates}
-    in_grid = allp[[point_key(r) in keys for _, r in allp[list(SHAPE_KEYS)].iterrows()]] if len(allp) else allp
-    measured = in_grid[in_grid["status"].isin(DONE_STATUSES)].drop_duplicates(list(SHAPE_KEYS), keep="last")
+    in_grid = allp[[point_key(r) in keys for _, r in allp[list(KEYS)].iterrows()]] if len(allp) else allp
+    measured = in_grid[in_grid["status"].isin(DONE_STATUSES)].drop_duplicates(list(KEYS), keep="last")
     prior: dict[tuple, float] = {}
     extras = store.point_extras([int(i) for i in measured["point_id"]])
     for _, r in measured.iterrows():
@@ -392,7 +392,7 @@ def run_adaptive(grid: Grid, db: str | Path, settings: PlanSettings, device: str
             rec.update({k: v for k, v in choice.extra().items() if v is not None})
             point_id = store.insert_point(rec, env_id, sweep_id)
             result.counts[rec["status"]] += 1
-            row = pd.DataFrame([{**rec, **{k: p[k] for k in SHAPE_KEYS}, "point_id": point_id}])
+            row = pd.DataFrame([{**rec, **{k: p[k] for k in KEYS}, "point_id": point_id}])
             tried = pd.concat([tried, row], ignore_index=True)
             if rec["status"] in DONE_STATUSES:
                 measured = pd.concat([measured, row], ignore_index=True)

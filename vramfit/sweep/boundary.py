@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.fit.features import PHYSICS, features
 from vramfit.fit.memmodel import MemoryModel
+from vramfit.shape import KEYS
 from vramfit.store import DONE_STATUSES, Store
 from vramfit.sweep.adaptive import target_column
 from vramfit.sweep.dynamic import sweep_batch_dim
@@ -133,7 +133,7 @@ def run_boundary(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: 
     pts, n_invalid = grid.points()
     batches = sorted({p["batch_size"] for p in pts})
     lo, hi = (batches[0], batches[-1]) if len(batches) > 1 else (1, batches[0])
-    shapes = list({tuple(p[k] for k in SHAPE_KEYS if k != "batch_size"): None for p in pts})
+    shapes = list({tuple(p[k] for k in KEYS if k != "batch_size"): None for p in pts})
     col = target_column(d.device_type)
     source = "model file"
     if model is None:
@@ -158,7 +158,7 @@ def run_boundary(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: 
     out: list[BoundaryResult] = []
     with pool, recorded(store, sweep_id, pool.kill_all):
         for key in shapes:
-            shape = dict(zip([k for k in SHAPE_KEYS if k != "batch_size"], key, strict=True))
+            shape = dict(zip([k for k in KEYS if k != "batch_size"], key, strict=True))
             if model is not None:
                 start = predicted_max_batch(model, shape, capacity, lo, hi)
             else:
@@ -170,7 +170,7 @@ def run_boundary(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: 
                 p = {**shape, "batch_size": b}
                 known = identity_points(store, env_id)
                 if len(known):
-                    same = known[(known[list(SHAPE_KEYS)] == pd.Series(p)[list(SHAPE_KEYS)]).all(axis=1)]
+                    same = known[(known[list(KEYS)] == pd.Series(p)[list(KEYS)]).all(axis=1)]
                     same = same[same["status"].isin(DONE_STATUSES)]
                     if len(same):
                         st = same["status"].iloc[-1]

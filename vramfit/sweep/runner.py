@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.measure.devices import DeviceFacts, resolve
 from vramfit.recipe import Recipe
+from vramfit.shape import Shape
 from vramfit.store import Store, device_key
 from vramfit.sweep.cost import CostEstimate, estimate_cost
 from vramfit.sweep.dynamic import sweep_batch_dim
@@ -48,8 +48,8 @@ def plan(grid: Grid, store: Store, env_ids: list[int], redo: bool) -> tuple[list
     points, _ = grid.points()
     if redo:
         return points, 0
-    done = store.measured_keys(env_ids[0])
-    todo = [p for p in points if tuple(p[a] for a in SHAPE_KEYS) not in done]
+    done = store.measured_shapes(env_ids[0])
+    todo = [p for p in points if Shape.of(p) not in done]
     return todo, len(points) - len(todo)
 
 
