@@ -157,7 +157,8 @@ def test_estimate_cache(store):
     store.store_estimates("k2", {KEY.as_tuple(): 7.0})
     assert store.cached_estimates("k1") == {KEY.as_tuple(): 100.0, (1, 1, 8, 8, 1, 8): 5.0}
     store.store_estimates("k1", {KEY.as_tuple(): 150.0})  # a newer estimate replaces the old one
-    assert store.cached_estimates("k1")[KEY.as_tuple()] == 150.0 and store.cached_estimates("k2") == {KEY.as_tuple(): 7.0}
+    assert store.cached_estimates("k1")[KEY.as_tuple()] == 150.0
+    assert store.cached_estimates("k2") == {KEY.as_tuple(): 7.0}
     assert store.cached_estimates("k3") == {}
     assert all(type(v) is int for k in store.cached_estimates("k1") for v in k)
 

@@ -9,10 +9,8 @@ from pathlib import Path
 
 from vramfit.corpus import corpus_tokens, corpus_vocab
 from vramfit.errors import VramfitError
-from vramfit.shape import KEYS
+from vramfit.shape import DEFAULT_VOCAB, KEYS
 from vramfit.units import parse_size
-
-DEFAULT_VOCAB = 50304  # GPT-2 BPE, padded to a multiple of 64 as nanoGPT does
 
 
 def parse_int_options(**options: str | None) -> dict[str, list[int] | None]:

@@ -10,7 +10,7 @@ import numpy as np
 from vramfit.errors import VramfitError
 from vramfit.fit.features import features
 from vramfit.fit.memmodel import MemoryModel
-from vramfit.shape import KEYS
+from vramfit.shape import DEFAULT_VOCAB, KEYS
 
 OBJECTIVES = ("trainable", "params", "tokens", "balanced")
 DEFAULT_OBJECTIVE = "trainable"
@@ -42,7 +42,7 @@ DEFAULT_SPACE = {
     "n_embd": list(range(64, 1025, 64)) + [1280, 1536, 1600, 1792, 2048, 2560, 3072, 4096],
     "block_size": [64, 128, 256, 512, 1024, 2048, 4096],
     "batch_size": list(range(1, 33)) + list(range(40, 129, 8)) + list(range(160, 513, 32)),
-    "vocab_size": [50304],
+    "vocab_size": [DEFAULT_VOCAB],
 }
 MAX_HEADS = 64
 # width/depth between 16 and 256: Kaplan et al. (2020) found loss nearly flat for aspect ratios ~20-200

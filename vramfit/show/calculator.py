@@ -17,7 +17,7 @@ from vramfit.fit.memmodel import FitReport, load_model
 from vramfit.plan.ddp import DDP_BYTES_PER_PARAM, DdpTerm
 from vramfit.plan.suggest import DEFAULT_SPACE
 from vramfit.plan.workflows import MODELS_DIR, model_filename
-from vramfit.shape import KEYS
+from vramfit.shape import Shape
 from vramfit.show.context import PlanContext, grid_axes
 from vramfit.units import format_size
 
@@ -87,7 +87,7 @@ def provenance(report: FitReport, models_dir: str | Path = MODELS_DIR, source: s
     return out
 
 
-def model_entry(report: FitReport, ctx: PlanContext, shape: dict, models_dir: str | Path = MODELS_DIR,
+def model_entry(report: FitReport, ctx: PlanContext, shape: Shape, models_dir: str | Path = MODELS_DIR,
                 source: str | None = None) -> dict:
     """One fitted model as the page's JavaScript reads it (`shape`: the inputs' starting values)."""
     tp = report.throughput
@@ -95,14 +95,14 @@ def model_entry(report: FitReport, ctx: PlanContext, shape: dict, models_dir: st
             "margin_rel": report.margin_rel, "ddp_bytes_per_param": DDP_BYTES_PER_PARAM,
             "ddp_comm_bytes": DdpTerm.for_device(report.device_type).comm_bytes,
             "throughput": tp.model.to_dict() if tp is not None else None,
-            "defaults": {**{k: int(shape[k]) for k in KEYS}, "vram": compact_size(ctx.vram_bytes),
+            "defaults": {**shape.as_dict(), "vram": compact_size(ctx.vram_bytes),
                          "reserve": compact_size(ctx.reserve_bytes), "gpus": ctx.gpus},
             "provenance": provenance(report, models_dir, source)}
 
 
-def page_data(entries: list[dict], shapes: list[dict]) -> dict:
+def page_data(entries: list[dict], shapes: list[Shape]) -> dict:
     """Everything the script needs: the models, suggest's batch candidates, the chart's axes, the cards."""
-    blocks, batches = grid_axes(mark=shapes[0] if shapes else None)
+    blocks, batches = grid_axes(mark=shapes[0].as_dict() if shapes else None)
     return {"models": entries, "batches": sorted(set(DEFAULT_SPACE["batch_size"])), "chart_blocks": blocks,
             "chart_batches": batches, "cards": named_cards()}
 

@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 
 from vramfit.fit.features import features, frame_features, shape_key  # noqa: E402
 from vramfit.fit.memmodel import TARGETS, FitReport  # noqa: E402
-from vramfit.shape import KEYS  # noqa: E402
+from vramfit.shape import Shape  # noqa: E402
 from vramfit.show.context import FEASIBILITY_BATCHES, FEASIBILITY_BLOCKS, grid_axes  # noqa: E402
 
 GIB = 2**30
@@ -84,7 +84,7 @@ def memory_vs_tokens(report: FitReport, points: pd.DataFrame, path: Path, budget
     return _save(fig, path)
 
 
-def feasibility(report: FitReport, shape: dict, budget: float, path: Path,
+def feasibility(report: FitReport, shape: Shape, budget: float, path: Path,
                 blocks=FEASIBILITY_BLOCKS, batches=FEASIBILITY_BATCHES, model=None,
                 mark: dict | None = None) -> Path:
     """Predicted memory + margin over block_size x batch_size for one model shape (`model`: the one to plan with,
@@ -95,7 +95,7 @@ def feasibility(report: FitReport, shape: dict, budget: float, path: Path,
     model = model if model is not None else report.model
     blocks, batches = grid_axes(blocks, batches, mark)
     T, B = np.meshgrid(np.asarray(blocks), np.asarray(batches), indexing="ij")
-    f = features(shape["n_layer"], shape["n_head"], shape["n_embd"], T.ravel(), B.ravel(), shape["vocab_size"])
+    f = features(shape.n_layer, shape.n_head, shape.n_embd, T.ravel(), B.ravel(), shape.vocab_size)
     need = (model.predict(f) * (1 + report.margin_rel)).reshape(T.shape)
     scale, unit = _unit([budget])
     lo, hi = min(float(need.min()), 0.9 * budget), max(min(float(need.max()), 2 * budget), 1.1 * budget)
@@ -121,8 +121,8 @@ def feasibility(report: FitReport, shape: dict, budget: float, path: Path,
     ax.set_xticks(np.arange(0, len(batches), step) + 0.5, [str(b) for b in batches[::step]])
     ax.set_xlabel("batch_size")
     ax.set_ylabel("block_size")
-    ax.set_title(f"Feasibility for {shape['n_layer']}L {shape['n_head']}H {shape['n_embd']}C "
-                 f"V={shape['vocab_size']} (line: {budget / scale:.3g} {unit} budget)")
+    ax.set_title(f"Feasibility for {shape.n_layer}L {shape.n_head}H {shape.n_embd}C "
+                 f"V={shape.vocab_size} (line: {budget / scale:.3g} {unit} budget)")
     return _save(fig, path)
 
 
@@ -241,16 +241,16 @@ def frontier_for(report: FitReport, budget: float, hours: float, path: Path, ran
     return frontier(front, hours, rank, path, chosen)
 
 
-def largest_shape(points: pd.DataFrame) -> dict:
-    """The ok point with the most parameters, as a shape dict (the feasibility plot's shape without suggestions)."""
+def largest_shape(points: pd.DataFrame) -> Shape:
+    """The ok point with the most parameters (the feasibility plot's shape without suggestions)."""
     ok = points[points["status"] == "ok"]
     big = ok.assign(P=frame_features(ok)["params"]).sort_values("P").iloc[-1]
-    return {k: int(big[k]) for k in KEYS}
+    return Shape.of(big)
 
 
 def all_plots(report: FitReport, points: pd.DataFrame, out_dir: str | Path, budget: float,
               suggestions: list | None = None, hours: float = 6.0, rank: str = "optimal", loss_law=None,
-              shape: dict | None = None, model=None, **space) -> list[Path]:
+              shape: Shape | None = None, model=None, **space) -> list[Path]:
     """Every figure for one fitted model into `out_dir`; returns the PNG paths. With a throughput model also
     ms/iter predicted vs measured and the frontier of what `hours` buy (`space`: suggest's search space).
     The feasibility plot draws `shape` (its block and batch starred), else the top suggestion's, else the
@@ -268,13 +268,13 @@ def all_plots(report: FitReport, points: pd.DataFrame, out_dir: str | Path, budg
     if suggestions:
         paths.append(breakdown_bars(suggestions, budget, out / "breakdown.png"))
         if shape is None:
-            shape = {k: getattr(suggestions[0], k) for k in KEYS}
+            shape = Shape.of(suggestions[0])
     mark = None
     if shape is None:
         shape = largest_shape(points)
     else:
-        mark = {"block_size": shape["block_size"], "batch_size": shape["batch_size"],
-                "label": f"T{shape['block_size']} B{shape['batch_size']}"}
+        mark = {"block_size": shape.block_size, "batch_size": shape.batch_size,
+                "label": f"T{shape.block_size} B{shape.batch_size}"}
     paths.append(feasibility(report, shape, budget, out / "feasibility.png", model=model, mark=mark))
     return paths
 
