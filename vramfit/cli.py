@@ -290,10 +290,10 @@ def sweep(
 
     ex = make_executor(executor, address)
     if boundary:
-        from vramfit.plan.workflows import open_model
+        from vramfit.fit.profile import Profile
         from vramfit.sweep.boundary import run_boundary
 
-        mm = open_model(model)[1]["model"] if model else None
+        mm = Profile.load(model).model if model else None
         for r in run_boundary(spec, db, device=device, gpu_indices=indices, emulate_bytes=emulate, model=mm,
                               quiet=quiet, argv=sys.argv[1:]):
             shape = " ".join(f"{k}={v}" for k, v in r.shape.items())
@@ -469,9 +469,10 @@ def predict(
     block_size: int = typer.Option(None, min=1),
     batch_size: int = typer.Option(None, min=1),
     vocab: int = typer.Option(None, "--vocab", "--vocab-size", min=1, help="default 50304, or --like's corpus"),
-    like: Path = typer.Option(None, "--like", help="take the sizes from a nanoGPT config .py or vramfit TOML (its "
-                              "vocabulary from its dataset's meta); flags given override them"),
-    model: Path = typer.Option(None, help="model JSON (default: the newest in results/models)"),
+    like: Path = typer.Option(None, "--like", help="take the sizes from a nanoGPT config .py, a vramfit TOML or a "
+                              "checkpoint (its vocabulary from its dataset's meta); flags given override them"),
+    model: Path = typer.Option(None, help="model JSON (default: the most recently fitted profile in results/models "
+                               "by its recorded fit time, a GPU's before a CPU's)"),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Predicted training memory of one config, with a breakdown and the safety margin."""
@@ -480,9 +481,8 @@ def predict(
     from vramfit.plan.like import resolve_shape
     from vramfit.plan.recommend import predict_one
 
-    shape = resolve_shape(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
-                               batch_size=batch_size,
-                               vocab_size=vocab if vocab is not None or like is not None else 50304), like=like)
+    shape, _ = resolve_shape(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                                  batch_size=batch_size, vocab_size=vocab), like=like)
     r = predict_one(shape, model)
     if json_out:
         typer.echo(json.dumps({"predicted_bytes": int(r["predicted"]), "margin_bytes": int(r["margin"]),
@@ -492,8 +492,8 @@ def predict(
                                "extrapolated": sorted(r["extrapolation"].outside),
                                "extrapolation_margin_bytes": int(r["widened_margin"])}))
         return
-    doc = r["model"]
-    typer.echo(f"model {r['model_file']} ({doc['device']}, {doc['recipe_key']}, target {doc['target']})")
+    profile = r["model"]
+    typer.echo(f"model {r['model_file']} ({profile.device}, {profile.recipe_key}, target {profile.target})")
     typer.echo(f"predicted peak: {_fmt(r['predicted'])}  (+ margin {_fmt(r['margin'])} = "
                f"{_fmt(r['predicted'] + r['margin'])}; peak in the {r['regime']})")
     for k, v in r["breakdown"].items():
@@ -501,7 +501,7 @@ def predict(
     typer.echo(f"naive params+tokens line: {_fmt(r['naive'])}")
     extra = r["extrapolation"]
     if not extra.inside:
-        widened = extra.widened_margin(doc["margin_rel"])
+        widened = extra.widened_margin(profile.margin_rel)
         typer.echo(f"warning: an extrapolation, {extra.describe()}: plan with a margin of "
                    f"{_fmt(r['widened_margin'])} ({widened:.1%}). Check it by dry run (`vramfit estimate` with "
                    "these sizes) or measure it (`vramfit sweep` with these sizes as flags)", err=True)
@@ -513,9 +513,9 @@ def suggest(
                              "card: t4, l4, a10, a100-40g, h100-80g, rtx3090, ... (its NVML total), or auto: this "
                              "machine's GPU (NVML total - what others use - 2%), else half its RAM"),
     reserve: str = typer.Option("0", help="memory kept free for the display and other processes, e.g. 500M"),
-    objective: str = typer.Option("trainable", help="trainable (default: the largest models that train on >= "
+    objective: str = typer.Option(None, help="trainable (default: the largest models that train on >= "
                                   "16,384 tokens per step at block 256-1024, <= 16 params per corpus token) | "
-                                  "params (largest model) | tokens (most tokens per step) | "
+                                  "params (largest model; the default with --like) | tokens (most tokens per step) | "
                                   "balanced (params x tokens)"),
     n_layer: str = typer.Option(None, help="fix or restrict: 12 or 6,12"),
     n_head: str = typer.Option(None),
@@ -525,15 +525,17 @@ def suggest(
     vocab: str = typer.Option(None, "--vocab", "--vocab-size", help="default: --data-dir's vocabulary when it "
                               "is prepared, else 50304 (GPT-2 BPE, padded)"),
     min_batch: int = typer.Option(1, min=1),
-    top: int = typer.Option(10, min=1),
-    model: Path = typer.Option(None, help="model JSON (default: the newest in results/models)"),
-    data_dir: str = typer.Option("data/shakespeare_char", help="corpus for the printed train commands"),
+    top: int = typer.Option(None, min=1, help="how many (default 10; with --like, 1 per search)"),
+    model: Path = typer.Option(None, help="model JSON (default: the most recently fitted profile of --device in "
+                               "results/models, by its recorded fit time)"),
+    data_dir: str = typer.Option(None, help="corpus for the printed train commands (default: --like's, else "
+                                 "data/shakespeare_char)"),
     json_out: bool = typer.Option(False, "--json", help="machine-readable output (schema: vramfit/schemas/)"),
     save: Path = typer.Option(Path("results/suggestions.json"), help="where `train --suggestion N` finds them"),
     no_profile: bool = typer.Option(False, "--no-profile", help="no sweep of this GPU: plan from dry-run "
                                     "estimates plus a context constant (unvalidated)"),
-    recipe: str = typer.Option("dtype=bfloat16,optimizer=fused", help="with --no-profile: the recipe "
-                               "(inline k=v,... or a TOML/JSON file)"),
+    recipe: str = typer.Option(None, help="with --no-profile: the recipe (inline k=v,... or a TOML/JSON file; "
+                               "default: dtype=bfloat16,optimizer=fused under --like's dtype and compile)"),
     capability: str = typer.Option(None, help="with the dry run: the GPU's compute capability (8.6, 9.0; default: "
                                    "this machine's GPU, else 8.0)"),
     device: str = typer.Option("auto", help="plan for: auto (the newest GPU profile, else a GPU by the dry run) | "
@@ -553,8 +555,8 @@ def suggest(
                              "multiply by this)"),
     strategy: str = typer.Option(None, "--strategy", help="multi-GPU strategy: ddp (default with --gpus > 1; "
                                  "adds DDP's gradient buckets, 4 B/param, per GPU)"),
-    like: Path = typer.Option(None, "--like", help="a nanoGPT config .py (or vramfit TOML): that config as it "
-                              "is, and the largest batch / block / model close to it that fits"),
+    like: Path = typer.Option(None, "--like", help="a nanoGPT config .py, a vramfit TOML or a checkpoint: that "
+                              "config as it is, and the largest batch / block / model close to it that fits"),
     within_measured: bool = typer.Option(False, "--within-measured", help="keep layers, width, block and batch "
                                          "inside the ranges the profile measured (no extrapolation)"),
 ) -> None:
@@ -564,26 +566,17 @@ def suggest(
     import json
 
     from vramfit.paths import writable_file
-    from vramfit.plan.recommend import SuggestRequest, parse_int_options, recommend
+    from vramfit.plan.recommend import PlanRequest, parse_int_options, recommend
     from vramfit.plan.workflows import save_suggestions
 
     if hours is None and rank != "auto":
         fail("--rank ranks by time: give --hours too")
     writable_file(save, "--save")
-    if like is not None:
-        from vramfit.plan.like import run_suggest_like
-        from vramfit.units import parse_size
-
-        reserve_b = parse_size(reserve)
-        lines, found = run_suggest_like(like, parse_size(vram) - reserve_b, model, save, json_out, vram, reserve_b,
-                                        (recipe, capability) if no_profile else None)
-        typer.echo("\n".join(lines))
-        raise typer.Exit(0 if found else 1)
     space = parse_int_options(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                               batch_size=batch_size, vocab_size=vocab)
-    rec = recommend(SuggestRequest(vram, reserve, objective, space, min_batch, top, model, data_dir, no_profile,
-                                   recipe, capability, hours, rank, loss_law, gpus, strategy, device, cache_dir,
-                                   not no_cache, within_measured))
+    rec = recommend(PlanRequest(vram, reserve, objective, space, min_batch, top, model, data_dir, no_profile,
+                                recipe, capability, hours, rank, loss_law, gpus, strategy, device, cache_dir,
+                                not no_cache, within_measured, like))
     for line in rec.warnings:
         typer.echo(line, err=True)
     if rec.items:
@@ -609,6 +602,8 @@ def _print_suggestions(rec, vram: str, save: Path) -> None:
     console.print(f"budget: {_fmt(budget)} ({_esc(label)} - reserve "
                   f"{_fmt(doc['reserve_bytes'])}) · model {_esc(rec.model_path.name)} ({_esc(doc['device'])}, "
                   f"margin {doc['margin_rel']:.1%})")
+    if rec.like_line:
+        console.print(_esc(rec.like_line), soft_wrap=True)
     if rec.nothing_fits is not None:
         need, cfg = rec.nothing_fits
         console.print(f"nothing fits in {_fmt(budget)}. The smallest config in this space needs {_fmt(need)}: "
@@ -714,13 +709,14 @@ def estimate(
     )
     from vramfit.plan.like import resolve_shape
 
-    shape = resolve_shape(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
-                               batch_size=batch_size, vocab_size=vocab if vocab is not None or like or ckpt else 50304),
-                          like=like, ckpt=ckpt, extras=True)
-    batch_size = shape.pop("batch_size")
+    shape, found = resolve_shape(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                                      batch_size=batch_size, vocab_size=vocab), like=like, ckpt=ckpt)
+    batch_size = shape.batch_size
     if batch_size < 1:
         raise VramfitError(f"batch_size must be >= 1, got {batch_size}")
-    mc = GPTConfig(**shape)
+    extras = {k: v for k, v in (("dropout", getattr(found, "dropout", None)), ("bias", getattr(found, "bias", None)))
+              if v is not None}
+    mc = GPTConfig(shape.n_layer, shape.n_head, shape.n_embd, shape.block_size, shape.vocab_size, **extras)
     run = estimate_step_isolated if target == "cuda" else estimate_step  # CUDA code paths may abort: child process
     est = run(mc, batch_size, parse_recipe(recipe), target, parse_capability(capability))
     typer.echo(json.dumps(est.to_dict()) if json_out else format_estimate(est))

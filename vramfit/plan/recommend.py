@@ -4,13 +4,19 @@ and the JSON document that `train --suggestion N` reads. The CLI only parses and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vramfit.corpus import corpus_tokens, corpus_vocab
 from vramfit.errors import VramfitError
-from vramfit.shape import DEFAULT_VOCAB, KEYS
+from vramfit.fit.profile import Profile
+from vramfit.plan.suggest import DEFAULT_OBJECTIVE
+from vramfit.shape import DEFAULT_VOCAB, KEYS, Shape
 from vramfit.units import parse_size
+
+if TYPE_CHECKING:
+    from vramfit.plan.like import Like
 
 
 def parse_int_options(**options: str | None) -> dict[str, list[int] | None]:
@@ -48,20 +54,26 @@ def time_args(hours: str, rank: str, loss_law: Path | None, data_dir: str) -> di
     return {"hours": h, "rank": rank, "loss_law": law}
 
 
+DEFAULT_DATA_DIR = "data/shakespeare_char"
+DEFAULT_RECIPE = "dtype=bfloat16,optimizer=fused"  # the dry run's recipe when neither --recipe nor --like sets one
+DEFAULT_TOP = 10  # with --like: 1 per search
+
+
 @dataclass
-class SuggestRequest:
-    """What `vramfit suggest` was asked (sizes as the user wrote them)."""
+class PlanRequest:
+    """What `vramfit suggest` was asked (sizes as the user wrote them). `like` (a config file or checkpoint) fills
+    what the flags leave open: the corpus, the recipe of the dry run, the shape the searches stay close to."""
 
     vram: str
     reserve: str = "0"
-    objective: str = "trainable"
+    objective: str | None = None  # None: trainable; with --like: params (the largest model close to it)
     space: dict = field(default_factory=dict)  # shape axis -> list of ints or None (see parse_int_options)
     min_batch: int = 1
-    top: int = 10
+    top: int | None = None  # None: DEFAULT_TOP; with --like: 1 per search
     model: Path | None = None
-    data_dir: str = "data/shakespeare_char"
+    data_dir: str | None = None  # None: --like's corpus, else DEFAULT_DATA_DIR
     no_profile: bool = False
-    recipe: str = "dtype=bfloat16,optimizer=fused"
+    recipe: str | None = None  # the dry run's; None: --like's dtype/compile over DEFAULT_RECIPE
     capability: str | None = None  # with the dry run: this GPU's (NVML) where there is one, else 8.0
     hours: str | None = None
     rank: str = "auto"
@@ -72,6 +84,7 @@ class SuggestRequest:
     cache_dir: Path | None = None  # the dry run's cache (default: the user cache directory)
     use_cache: bool = True
     within_measured: bool = False  # keep every axis inside the ranges the model was measured on
+    like: Path | None = None  # suggest --like: a nanoGPT config .py, a vramfit TOML or a checkpoint
 
 
 @dataclass
@@ -87,9 +100,10 @@ class Recommendation:
     nothing_fits: tuple[int, dict] | None = None  # (bytes the smallest config needs, that config)
     vram_label: str = ""  # the budget as the user named it: a size, or a card with its NVML total
     plan_line: str = ""  # the first line: what the plan is for (device, recipe, profile or dry run)
+    like_line: str = ""  # with --like: the config as it is, and whether it fits
 
 
-def _plan_vocab(req: SuggestRequest, space: dict, notes: list[str]) -> None:
+def _plan_vocab(req: PlanRequest, space: dict, notes: list[str]) -> None:
     """Plan for the corpus the printed commands train on (its vocabulary), unless --vocab says otherwise."""
     found = corpus_vocab(req.data_dir)
     if found is None:
@@ -103,8 +117,24 @@ def _plan_vocab(req: SuggestRequest, space: dict, notes: list[str]) -> None:
                            f"{req.data_dir} ({vocab}): training would fail")
 
 
+def _filled(req: PlanRequest, like: Like | None) -> PlanRequest:
+    """The request with what the flags left open taken from --like, else the defaults."""
+    if like is None:
+        return replace(req, objective=req.objective or DEFAULT_OBJECTIVE, top=req.top or DEFAULT_TOP,
+                       data_dir=req.data_dir or DEFAULT_DATA_DIR)
+    many = [k for k in KEYS if k != "vocab_size" and req.space.get(k) is not None and len(req.space[k]) > 1]
+    if many:
+        raise VramfitError(f"with --like, --{many[0].replace('_', '-')} takes one value (it replaces the config's)")
+    return replace(req, objective=req.objective or "params", top=req.top or 1,
+                   data_dir=req.data_dir or like.data_dir or DEFAULT_DATA_DIR)
+
+
+def _as_is(like: Like, space: dict) -> Shape:
+    """The config as it is: the file's shape under the sizes given as flags (and the vocabulary planned for)."""
+    return like.shape.with_(**{k: v[0] for k, v in space.items() if v is not None})
+
+
 DEVICES = ("auto", "cuda", "cpu")
-GPU_TARGETS = ("nvml", "allocated", "reserved")
 
 
 def _recipe_text(recipe: dict) -> str:
@@ -116,10 +146,6 @@ def _recipe_text(recipe: dict) -> str:
     return ", ".join(parts)
 
 
-def _is_gpu(doc: dict) -> bool:
-    return doc.get("device_type") == "cuda" or (doc.get("device_type") is None and doc["target"] in GPU_TARGETS)
-
-
 def local_gpu_capability() -> str | None:
     """The first GPU's compute capability as NVML reports it, None without a GPU (or NVML)."""
     from vramfit.measure.devices import nvml_devices
@@ -128,45 +154,41 @@ def local_gpu_capability() -> str | None:
     return gpus[0].compute_capability if gpus else None
 
 
-def choose_model(req: SuggestRequest, models_dir: Path | None = None) -> tuple[Path, dict] | None:
-    """The profile to plan with, or None for the dry run: --model; else the newest GPU profile in `models_dir`
-    (--device auto|cuda) or the newest CPU one (--device cpu). Without a GPU profile, auto and cuda plan for a
-    GPU by the dry run: a CPU profile measures RAM, not a card."""
-    from vramfit.fit.memmodel import load_model
-    from vramfit.plan.workflows import MODELS_DIR, open_model
+def choose_model(req: PlanRequest, models_dir: Path | None = None) -> tuple[Path, Profile] | None:
+    """The profile to plan with, or None for the dry run: --model; else the most recently fitted GPU profile in
+    `models_dir` (--device auto|cuda) or CPU one (--device cpu) (`vramfit.fit.profile.latest`). Without a GPU
+    profile, auto and cuda plan for a GPU by the dry run: a CPU profile measures RAM, not a card."""
+    from vramfit.fit.profile import latest
+    from vramfit.plan.workflows import MODELS_DIR
 
     if req.device not in DEVICES:
         raise VramfitError(f"unknown --device {req.device!r}; choose {', '.join(DEVICES)}")
     if req.model:
-        return open_model(req.model)
+        return Path(req.model), Profile.load(req.model)
     folder = Path(models_dir or MODELS_DIR)
-    for path in sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
-        try:
-            doc = load_model(path)
-        except VramfitError:
-            continue
-        if _is_gpu(doc) == (req.device != "cpu"):
-            return path, doc
+    found = latest(folder, "cpu" if req.device == "cpu" else "cuda")
+    if found is not None:
+        return found
     if req.device == "cpu":
         raise VramfitError(f"no CPU profile in {folder} (run `vramfit sweep --device cpu` then `vramfit fit`)")
     return None
 
 
-def _plan_line(req: SuggestRequest, doc: dict, path: Path, budget: int, dry_capability: str | None) -> str:
+def _plan_line(req: PlanRequest, profile: Profile, path: Path, budget: int) -> str:
     """The first line: what the plan is for, and what to do when that is not the card meant."""
     from vramfit.units import format_size
 
-    if dry_capability is not None:
+    recipe = _recipe_text(profile.recipe)
+    if profile.source == "dry-run":
         why = "" if req.no_profile else " (no GPU profile in results/models; --device cpu plans for this CPU's RAM)"
-        return (f"plan for a CUDA GPU of compute capability {dry_capability}, {_recipe_text(doc['recipe'])}, by "
+        return (f"plan for a CUDA GPU of compute capability {profile.compute_capability}, {recipe}, by "
                 f"the dry run{why}: estimates, not measurements; `vramfit sweep` on the GPU measures it")
-    recipe = _recipe_text(doc.get("recipe") or {})
-    if not _is_gpu(doc):
-        return (f"plan for CPU RAM: {path.name} profiles {doc['device']} ({recipe}), not a GPU. For a GPU, run "
+    if profile.kind != "cuda":
+        return (f"plan for CPU RAM: {path.name} profiles {profile.device} ({recipe}), not a GPU. For a GPU, run "
                 f"`vramfit sweep` on it, or plan by the dry run: `vramfit suggest --vram {req.vram} --no-profile "
                 "--capability 8.6` (your card's capability)")
-    line = f"plan for {doc['device']} ({recipe}) from its profile {path.name}"
-    total = doc.get("total_memory_bytes")
+    line = f"plan for {profile.device} ({recipe}) from its profile {path.name}"
+    total = profile.total_memory_bytes
     if total and budget > total:
         line += (f"; the budget {format_size(budget)} is more than this card's {format_size(total)}: profile the "
                  "card you mean, or plan by the dry run (--no-profile --capability X)")
@@ -175,55 +197,75 @@ def _plan_line(req: SuggestRequest, doc: dict, path: Path, budget: int, dry_capa
     return line
 
 
-def _model(req: SuggestRequest, space: dict, warnings: list[str], budget: int):
-    """(memory model, margin, recipe dict, model path, model document, dry-run planner or None, plan line)."""
+def _dry_run_recipe(req: PlanRequest, like: Like | None):  # noqa: ANN202 - a Recipe
+    """--recipe, else the dtype/compile --like's file sets over DEFAULT_RECIPE."""
+    from vramfit.dryrun.estimate import parse_recipe
+
+    if req.recipe:
+        return parse_recipe(req.recipe)
+    return replace(parse_recipe(DEFAULT_RECIPE), **((like.recipe or {}) if like is not None else {}))
+
+
+def _profile(req: PlanRequest, like: Like | None, vocab: int, warnings: list[str]) -> tuple[Path, Profile, object]:
+    """(model path, profile, dry-run planner or None): the chosen profile, else one calibrated on dry-run
+    estimates for the GPU (a `DryRunPlanner` that re-checks the suggestions)."""
     chosen = None if req.no_profile else choose_model(req)
     if chosen is None and req.hours is not None:
         raise VramfitError("--hours needs a profiled device (its sweep measures speed): no GPU profile in "
                            "results/models (pass --model FILE, or --device cpu for a CPU profile)")
     if chosen is not None:
-        path, doc = chosen
-        return (doc["model"], doc["margin_rel"], doc.get("recipe") or {}, path, doc, None,
-                _plan_line(req, doc, path, budget, None))
-    from vramfit.dryrun.estimate import parse_capability, parse_recipe
+        return *chosen, None
+    from vramfit.dryrun.estimate import parse_capability
     from vramfit.plan.noprofile import DryRunPlanner
     from vramfit.recipe import Recipe
 
     cap_text = req.capability or local_gpu_capability() or "8.0"
-    rec, cap = parse_recipe(req.recipe), parse_capability(cap_text)
+    rec, cap = _dry_run_recipe(req, like), parse_capability(cap_text)
     warnings.append("warning: no profile of this device: predictions are dry-run estimates (allocator replay + a "
                     "published CUDA context size), not measurements (run `vramfit sweep` on the GPU)")
-    planner = DryRunPlanner(rec, cap, (space["vocab_size"] or [DEFAULT_VOCAB])[0], cache_dir=req.cache_dir,
-                            use_cache=req.use_cache)
+    planner = DryRunPlanner(rec, cap, vocab, cache_dir=req.cache_dir, use_cache=req.use_cache)
     mm, margin, recipe_d = planner.model()
-    doc = {"device": f"CUDA sm{cap[0]}{cap[1]} (not profiled)", "recipe_key": Recipe(**recipe_d).key(),
-           "target": "nvml", "recipe": recipe_d}
-    path = Path("(dry-run, no profile)")
-    return mm, margin, recipe_d, path, doc, planner, _plan_line(req, doc, path, budget, f"{cap[0]}.{cap[1]}")
+    profile = Profile(model=mm, target="nvml", device=f"CUDA sm{cap[0]}{cap[1]} (not profiled)",
+                      recipe_key=Recipe(**recipe_d).key(), recipe=recipe_d, margin_rel=margin, device_type="cuda",
+                      compute_capability=f"{cap[0]}.{cap[1]}", source="dry-run")
+    return Path("(dry-run, no profile)"), profile, planner
 
 
-def recommend(req: SuggestRequest) -> Recommendation:
-    """Configs that fit `req.vram - req.reserve` with the model's margin, ranked, each with its train command."""
+def _time_budget(req: PlanRequest) -> dict:
+    """--hours / --rank / --loss-law validated (empty without --hours)."""
+    if req.hours is None:
+        return {}
+    targs = time_args(req.hours, req.rank, req.loss_law, req.data_dir)
+    if req.no_profile:
+        raise VramfitError("--hours needs a profiled device (its sweep measures speed); drop --no-profile")
+    if req.gpus > 1:
+        raise VramfitError("--hours plans one GPU for now; drop --gpus or --hours")
+    return targs
+
+
+def recommend(req: PlanRequest) -> Recommendation:
+    """Configs that fit `req.vram - req.reserve` with the model's margin, ranked, each with its train command;
+    with `req.like`, the config as it is and what fits close to it (`plan.like.like_searches`)."""
     from vramfit.plan.budget import resolve_vram
+    from vramfit.plan.like import read_like
 
     (vram_b, card, vram_label), reserve_b = resolve_vram(req.vram, req.device), parse_size(req.reserve)
-    space = {k: req.space.get(k) for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
-                                           "vocab_size")}
+    like = read_like(req.like) if req.like is not None else None
+    req = _filled(req, like)
+    space = {k: req.space.get(k) for k in KEYS}
     notes: list[str] = []
     warnings: list[str] = []
     _plan_vocab(req, space, notes)
-    targs: dict = {}
-    if req.hours is not None:
-        targs = time_args(req.hours, req.rank, req.loss_law, req.data_dir)
-        if req.no_profile:
-            raise VramfitError("--hours needs a profiled device (its sweep measures speed); drop --no-profile")
-    if req.gpus > 1 and targs:
-        raise VramfitError("--hours plans one GPU for now; drop --gpus or --hours")
-    mm, margin, recipe_d, path, doc, planner, plan_line = _model(req, space, warnings, vram_b - reserve_b)
+    as_is = _as_is(like, space) if like is not None else None
+    if as_is is not None:
+        space["vocab_size"] = [as_is.vocab_size]
+    targs = _time_budget(req)
+    path, profile, planner = _profile(req, like, (space["vocab_size"] or [DEFAULT_VOCAB])[0], warnings)
+    plan_line = _plan_line(req, profile, path, vram_b - reserve_b)
     if req.within_measured:
-        _within_measured(space, doc.get("ranges"), notes)
+        notes.append(_within_note(profile.ranges))
     try:
-        out = _search(req, space, targs, (mm, margin, recipe_d, path, doc), planner, vram_b, reserve_b,
+        out = _search(req, Plan(space, targs, profile, path, planner, like, as_is), vram_b, reserve_b,
                       (card, vram_label))
     finally:
         if planner is not None:
@@ -237,22 +279,49 @@ def recommend(req: SuggestRequest) -> Recommendation:
     return out
 
 
-def _within_measured(space: dict, ranges: dict | None, notes: list[str]) -> None:
-    """Restrict each axis of the search space to the range the model was measured on (`fit.coverage`)."""
-    from vramfit.plan.suggest import DEFAULT_SPACE
+@dataclass
+class Plan:
+    """What the search runs on: the space of the flags, the time budget, the profile and where it came from, the
+    dry-run planner (None with a profile), and with --like the file and the config as it is."""
 
+    space: dict
+    targs: dict
+    profile: Profile
+    path: Path
+    planner: object | None = None
+    like: Like | None = None
+    as_is: Shape | None = None
+
+    def searches(self, req: PlanRequest) -> dict[str | None, dict]:
+        """The searches by label (None: the one plain search): space and objective of each."""
+        from vramfit.plan.like import like_searches
+
+        if self.like is None:
+            return {None: dict(self.space, objective=req.objective)}
+        return like_searches(self.as_is, req.objective)
+
+
+def _within_note(ranges: dict | None) -> str:
     if not ranges:
         raise VramfitError("--within-measured: this model has no measured ranges (fit it again with this vramfit, "
                            "or plan with the dry run)")
-    for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size"):
+    return "within the measured ranges: " + ", ".join(
+        f"{k} {ranges[k][0]:g}-{ranges[k][1]:g}" for k in (*KEYS, "params", "tokens"))
+
+
+def _within_measured(space: dict, ranges: dict) -> str | None:
+    """Restrict each axis of the search space to the range the model was measured on (`fit.coverage`); the error
+    when an axis has no value left, else None."""
+    from vramfit.plan.suggest import DEFAULT_SPACE
+
+    for k in KEYS:
         lo, hi = ranges[k]
         default = {"n_head": list(range(int(lo), int(hi) + 1)), "vocab_size": [int(hi)]}.get(k) or DEFAULT_SPACE[k]
-        values = [v for v in (space[k] or default) if lo <= v <= hi]
+        values = [v for v in (space.get(k) or default) if lo <= v <= hi]
         if not values:
-            raise VramfitError(f"--within-measured: no {k} of the search space lies in the measured {lo:g}-{hi:g}")
+            return f"--within-measured: no {k} of the search space lies in the measured {lo:g}-{hi:g}"
         space[k] = values
-    notes.append("within the measured ranges: " + ", ".join(
-        f"{k} {ranges[k][0]:g}-{ranges[k][1]:g}" for k in (*KEYS, "params", "tokens")))
+    return None
 
 
 def _flag_extrapolations(items: list, ranges: dict | None, margin: float, budget: int) -> list[str]:
@@ -262,7 +331,7 @@ def _flag_extrapolations(items: list, ranges: dict | None, margin: float, budget
 
     lines = []
     for s in items:
-        ext = check(ranges, {k: getattr(s, k) for k in KEYS})
+        ext = check(ranges, s.shape.as_dict())
         s.extrapolated = sorted(ext.outside)
         if ext.inside:
             continue
@@ -270,69 +339,128 @@ def _flag_extrapolations(items: list, ranges: dict | None, margin: float, budget
         verdict = "fits" if need <= budget else "may NOT fit"
         lines.append(f"#{s.rank} is an extrapolation ({ext.describe()}): with the margin widened to "
                      f"{ext.widened_margin(margin):.1%} it {verdict}; check it first: vramfit estimate "
-                     + " ".join(f"--{k.replace('_', '-')} {getattr(s, k)}" for k in KEYS))
+                     + " ".join(s.shape.flags()))
     return lines
 
 
-def _search(req: SuggestRequest, space: dict, targs: dict, model: tuple, planner, vram_b: int,
-            reserve_b: int, vram_info: tuple) -> Recommendation:
-    """The search, the dry run's re-check, the multi-GPU term and the document."""
+def _timed(items: list, model, margin: float, budget: int, time) -> list:  # noqa: ANN001 - a memory model
+    """`items` with what the time buys each (the search at its exact shape, ranked by time)."""
+    from vramfit.plan.suggest import suggest
+
+    for s in items:
+        t = suggest(model, margin, budget, top=1, time=time, **{k: [v] for k, v in s.shape.as_dict().items()})[0]
+        s.ms_per_iter, s.tokens_per_s, s.tokens_in_budget = t.ms_per_iter, t.tokens_per_s, t.tokens_in_budget
+        s.hours_to_optimal, s.predicted_loss, s.score = t.hours_to_optimal, t.predicted_loss, t.score
+    return items
+
+
+def _found(req: PlanRequest, plan: Plan, model, budget: int, time) -> tuple[list, dict, dict]:  # noqa: ANN001
+    """Each search's suggestions (labelled, re-checked by the dry run where there is one), in search order; the
+    ranking (the last search's) and the space of the first search (for `smallest_need`)."""
+    from vramfit.plan.suggest import suggest
+
+    items, ranking, first = [], {}, None
+    for label, search in plan.searches(req).items():
+        search = dict(search)
+        objective = search.pop("objective")
+        if req.within_measured and (why := _within_measured(search, plan.profile.ranges)) is not None:
+            if label is None:
+                raise VramfitError(why)
+            continue  # nothing of this search close to the config lies inside what was measured
+        first = search if first is None else first
+        timed = time if label in (None, "largest model", "model close to it") else None
+        found = suggest(model, plan.profile.margin_rel, budget, objective=objective, top=req.top,
+                        min_batch=req.min_batch, time=timed, corpus_tokens=corpus_tokens(req.data_dir), **search)
+        ranking = found.ranking
+        if plan.planner is not None:
+            found = plan.planner.verify(found, budget)
+        if time is not None and timed is None:
+            found = _timed(found, model, plan.profile.margin_rel, budget, time)
+        for s in found:
+            s.label = label
+        items += found
+    return items, ranking, first if first is not None else dict(plan.space)
+
+
+def _search(req: PlanRequest, plan: Plan, vram_b: int, reserve_b: int, vram_info: tuple) -> Recommendation:
+    """The searches, the dry run's re-check, the multi-GPU term, the commands and the document."""
     from vramfit.plan.ddp import for_strategy, multi_gpu
-    from vramfit.plan.suggest import smallest_need, suggest
+    from vramfit.plan.like import like_command
+    from vramfit.plan.suggest import TimeBudget, smallest_need
     from vramfit.plan.workflows import train_command
 
-    mm, margin, recipe_d, path, doc = model
-    budget = vram_b - reserve_b
+    profile, like = plan.profile, plan.like
+    margin, recipe_d, budget = profile.margin_rel, profile.recipe, vram_b - reserve_b
     card, vram_label = vram_info
-    if targs:
-        targs["throughput"] = doc["throughput"].model if doc.get("throughput") is not None else None
-    mm = for_strategy(mm, req.gpus, req.strategy, device_type="cuda" if _is_gpu(doc) else "cpu")
-    items = suggest(mm, margin, budget, objective=req.objective, top=req.top, min_batch=req.min_batch,
-                    command=lambda s: train_command(s, recipe_d, req.data_dir),
-                    corpus_tokens=corpus_tokens(req.data_dir), **targs, **space)
-    ranking = items.ranking
-    if planner is not None:
-        items = planner.verify(items, budget)
-    items = multi_gpu(items, req.gpus)
-    extrapolations = _flag_extrapolations(items, doc.get("ranges"), margin, budget)
+    time = None
+    if plan.targs:
+        tp = profile.throughput
+        time = TimeBudget(plan.targs["hours"], plan.targs["rank"], plan.targs["loss_law"],
+                          tp.model if tp is not None else None)
+    mm = for_strategy(profile.model, req.gpus, req.strategy, device_type=profile.kind)
+    items, ranking, first = _found(req, plan, mm, budget, time)
+    extrapolations = _flag_extrapolations(items, profile.ranges, margin, budget)
     if req.within_measured:  # each axis is inside; drop combinations beyond the measured params or tokens
-        items = [s for s in items if not s.extrapolated]
-        for rank, s in enumerate(items, start=1):
-            s.rank = rank
-        extrapolations = []
+        items, extrapolations = [s for s in items if not s.extrapolated], []
+    for rank, s in enumerate(items, start=1):
+        s.rank = rank
+    for s in items:
+        s.command = (like_command(s, like, recipe_d, req.data_dir) if like is not None and like.config
+                     else train_command(s, recipe_d, req.data_dir))
+    items = multi_gpu(items, req.gpus)
     result = {"vram_bytes": vram_b, "card": card.name if card else None, "reserve_bytes": reserve_b,
-              "budget_bytes": budget, "objective": req.objective, "ranking": ranking, "model_file": str(path),
-              "device": doc["device"], "recipe_key": doc["recipe_key"], "recipe": recipe_d, "target": doc["target"],
-              "margin_rel": margin, "data_dir": req.data_dir,
-              "gpus": req.gpus, "strategy": req.strategy or ("ddp" if req.gpus > 1 else None),
-              "suggestions": [s.to_dict() for s in items]}
-    if targs:
-        law = targs["loss_law"]
-        result.update(hours=targs["hours"], rank=targs["rank"],
-                      loss_law=law.to_dict() if law is not None and targs["rank"] == "loss" else None)
-    out = Recommendation(result, items, path, time_args=targs, vram_label=vram_label)
+              "budget_bytes": budget, "objective": req.objective, "ranking": ranking, "model_file": str(plan.path),
+              "device": profile.device, "recipe_key": profile.recipe_key, "recipe": recipe_d,
+              "target": profile.target, "margin_rel": margin, "data_dir": req.data_dir,
+              "gpus": req.gpus, "strategy": req.strategy or ("ddp" if req.gpus > 1 else None)}
+    out = Recommendation(result, items, plan.path, time_args=plan.targs, vram_label=vram_label)
+    if like is not None:
+        result["like"], result["as_is"] = str(like.path), _as_is_doc(plan.as_is, mm, margin, budget)
+        out.like_line = _as_is_line(like, result["as_is"])
+    result["suggestions"] = [s.to_dict() for s in items]
+    if plan.targs:
+        law = plan.targs["loss_law"]
+        result.update(hours=plan.targs["hours"], rank=plan.targs["rank"],
+                      loss_law=law.to_dict() if law is not None and plan.targs["rank"] == "loss" else None)
     out.warnings += extrapolations
     if not items:
-        out.nothing_fits = smallest_need(mm, margin, **space)
+        out.nothing_fits = smallest_need(mm, margin, **first)
     return out
 
 
-def predict_one(shape: dict, model: Path | None) -> dict:
-    """The predicted peak of one config (`shape`: the six KEYS) with its breakdown, margin and the naive
-    line, from a model file."""
+def _as_is_doc(shape: Shape, model, margin: float, budget: int) -> dict:  # noqa: ANN001 - a memory model
+    """The config as it is: its sizes, prediction, margin, whether it fits and its headroom (negative: short)."""
+    from vramfit.fit.features import features
+
+    pred = float(model.predict(features(*shape.as_tuple()))[0])
+    need = pred * (1 + margin)
+    return {**shape.as_dict(), "predicted_bytes": int(pred), "margin_bytes": int(pred * margin),
+            "fits": bool(need <= budget), "headroom_bytes": int(budget - need)}
+
+
+def _as_is_line(like: Like, a: dict) -> str:
+    from vramfit.units import format_size
+
+    return (f"{like.path} as it is: {Shape.of(a).text()}: predicted {format_size(a['predicted_bytes'])} + margin "
+            f"{format_size(a['margin_bytes'])}: " + (f"fits, headroom {format_size(a['headroom_bytes'])}"
+                                                     if a["fits"] else "does NOT fit"))
+
+
+def predict_one(shape: Shape, model: Path | None) -> dict:
+    """The predicted peak of one config with its breakdown, margin and the naive line, from a profile (--model,
+    else `plan.workflows.open_profile`'s choice)."""
     from gpt.config import GPTConfig
     from vramfit.fit.coverage import check
     from vramfit.fit.features import features
-    from vramfit.plan.workflows import open_model
+    from vramfit.plan.workflows import open_profile
 
-    GPTConfig(shape["n_layer"], shape["n_head"], shape["n_embd"], shape["block_size"], shape["vocab_size"])
-    path, doc = open_model(model)
-    f = features(shape["n_layer"], shape["n_head"], shape["n_embd"], shape["block_size"], shape["batch_size"],
-                 shape["vocab_size"])
-    pred = float(doc["model"].predict(f)[0])
-    part = doc["model"].breakdown(f)[0]
-    extra = check(doc.get("ranges"), shape)
-    return {"predicted": pred, "margin": pred * doc["margin_rel"], "extrapolation": extra,
-            "widened_margin": pred * extra.widened_margin(doc["margin_rel"]),
-            "naive": float(doc["baseline"].predict(f)[0]),
-            "regime": part.pop("regime"), "breakdown": part, "model_file": path, "model": doc}
+    GPTConfig(shape.n_layer, shape.n_head, shape.n_embd, shape.block_size, shape.vocab_size)
+    path, profile = open_profile(model)
+    f = features(*shape.as_tuple())
+    pred = float(profile.model.predict(f)[0])
+    part = profile.model.breakdown(f)[0]
+    extra = check(profile.ranges, shape.as_dict())
+    return {"predicted": pred, "margin": pred * profile.margin_rel, "extrapolation": extra,
+            "widened_margin": pred * extra.widened_margin(profile.margin_rel),
+            "naive": float(profile.baseline.predict(f)[0]) if profile.baseline is not None else float("nan"),
+            "regime": part.pop("regime"), "breakdown": part, "model_file": path, "model": profile}

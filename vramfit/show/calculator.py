@@ -13,7 +13,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from vramfit.fit.memmodel import FitReport, load_model
+from vramfit.fit.profile import Profile
 from vramfit.plan.ddp import DDP_BYTES_PER_PARAM, DdpTerm
 from vramfit.plan.suggest import DEFAULT_SPACE
 from vramfit.plan.workflows import MODELS_DIR, model_filename
@@ -53,23 +53,23 @@ def compact_size(n: int) -> str:
     return str(n)
 
 
-def model_file_note(report: FitReport, models_dir: str | Path = MODELS_DIR) -> str:
+def model_file_note(report: Profile, models_dir: str | Path = MODELS_DIR) -> str:
     """Which saved model file this fit is: the `vramfit fit` file for this device+recipe when its data hash
     matches, else what differs."""
     path = Path(models_dir) / model_filename(report.device, report.recipe_key)
     if not path.is_file():
         return f"none saved ({path} absent): this page's fit of the database"
     try:
-        saved = load_model(path)
+        saved = Profile.load(path)
     except Exception as exc:  # noqa: BLE001 - an unreadable file is a fact to state, not a reason to fail
         return f"{path} unreadable ({exc}): this page's fit of the database"
-    if saved.get("data_hash") == report.data_hash and saved.get("target") == report.target:
+    if saved.data_hash == report.data_hash and saved.target == report.target:
         return f"{path} (same data hash and target)"
-    return (f"{path} is stale (data hash {saved.get('data_hash')}, target {saved.get('target')}): "
+    return (f"{path} is stale (data hash {saved.data_hash}, target {saved.target}): "
             "this page's fit of the database; re-run `vramfit fit`")
 
 
-def provenance(report: FitReport, models_dir: str | Path = MODELS_DIR, source: str | None = None) -> dict:
+def provenance(report: Profile, models_dir: str | Path = MODELS_DIR, source: str | None = None) -> dict:
     """Device, recipe, model file, data hash and CV error of one fit, as the page lists them."""
     m = report.metrics["ours"]
     out = {"device": report.device, "recipe": f"{report.recipe_key} {json.dumps(report.recipe, sort_keys=True)}",
@@ -87,7 +87,7 @@ def provenance(report: FitReport, models_dir: str | Path = MODELS_DIR, source: s
     return out
 
 
-def model_entry(report: FitReport, ctx: PlanContext, shape: Shape, models_dir: str | Path = MODELS_DIR,
+def model_entry(report: Profile, ctx: PlanContext, shape: Shape, models_dir: str | Path = MODELS_DIR,
                 source: str | None = None) -> dict:
     """One fitted model as the page's JavaScript reads it (`shape`: the inputs' starting values)."""
     tp = report.throughput

@@ -117,7 +117,7 @@ def plan_context(vram: str | None = None, suggestions: str | Path = SUGGESTIONS_
                        int((doc or {}).get("gpus") or 1), sources, doc)
 
 
-def per_gpu_model(report, ctx: PlanContext):  # noqa: ANN001, ANN201 - a FitReport; its model or a DdpMemoryModel
+def per_gpu_model(report, ctx: PlanContext):  # noqa: ANN001, ANN201 - a Profile; its model or a DdpMemoryModel
     """The report's model per GPU for the last suggest's --gpus (DDP buckets, and NCCL's buffers where the profile
     is a GPU's)."""
     return for_strategy(report.model, ctx.gpus, None, device_type=report.device_type)

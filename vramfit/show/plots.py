@@ -12,7 +12,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from vramfit.fit.features import features, frame_features, shape_key  # noqa: E402
-from vramfit.fit.memmodel import TARGETS, FitReport  # noqa: E402
+from vramfit.fit.memmodel import TARGETS  # noqa: E402
+from vramfit.fit.profile import Profile  # noqa: E402
 from vramfit.shape import Shape  # noqa: E402
 from vramfit.show.context import FEASIBILITY_BATCHES, FEASIBILITY_BLOCKS, grid_axes  # noqa: E402
 
@@ -36,7 +37,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def pred_vs_measured(report: FitReport, path: Path) -> Path:
+def pred_vs_measured(report: Profile, path: Path) -> Path:
     """Grouped-CV predictions (shapes held out) of ours and the naive baseline against measurements."""
     cv = report.cv
     scale, unit = _unit(cv["measured"])
@@ -59,7 +60,7 @@ def pred_vs_measured(report: FitReport, path: Path) -> Path:
     return _save(fig, path)
 
 
-def memory_vs_tokens(report: FitReport, points: pd.DataFrame, path: Path, budget: float | None = None) -> Path:
+def memory_vs_tokens(report: Profile, points: pd.DataFrame, path: Path, budget: float | None = None) -> Path:
     """Measured memory against tokens per batch for each model shape and block, with the fitted lines."""
     col = TARGETS[report.target]
     ok = points[(points["status"] == "ok") & points[col].notna()].copy()
@@ -84,7 +85,7 @@ def memory_vs_tokens(report: FitReport, points: pd.DataFrame, path: Path, budget
     return _save(fig, path)
 
 
-def feasibility(report: FitReport, shape: Shape, budget: float, path: Path,
+def feasibility(report: Profile, shape: Shape, budget: float, path: Path,
                 blocks=FEASIBILITY_BLOCKS, batches=FEASIBILITY_BATCHES, model=None,
                 mark: dict | None = None) -> Path:
     """Predicted memory + margin over block_size x batch_size for one model shape (`model`: the one to plan with,
@@ -147,7 +148,7 @@ def breakdown_bars(suggestions: list, budget: float, path: Path) -> Path:
     return _save(fig, path)
 
 
-def residuals(report: FitReport, path: Path) -> Path:
+def residuals(report: Profile, path: Path) -> Path:
     """Cross-validated relative errors (shape held out) per point, ours vs naive."""
     cv = report.cv
     scale, unit = _unit(cv["measured"])
@@ -218,19 +219,18 @@ def frontier(front: dict, hours: float, rank: str, path: Path, chosen: dict | No
     return _save(fig, path)
 
 
-def frontier_for(report: FitReport, budget: float, hours: float, path: Path, rank: str = "optimal",
+def frontier_for(report: Profile, budget: float, hours: float, path: Path, rank: str = "optimal",
                  loss_law=None, **space) -> Path | None:
     """The frontier plot of a fitted report (None without a throughput model or when nothing fits)."""
     from vramfit.errors import VramfitError
-    from vramfit.plan.suggest import suggest, time_frontier
+    from vramfit.plan.suggest import TimeBudget, suggest, time_frontier
 
     if report.throughput is None:
         return None
+    time = TimeBudget(hours, rank, loss_law, report.throughput.model)
     try:
-        front = time_frontier(report.model, report.margin_rel, int(budget), report.throughput.model, hours, rank,
-                              loss_law, **space)
-        top = suggest(report.model, report.margin_rel, int(budget), top=1, hours=hours,
-                      throughput=report.throughput.model, rank=rank, loss_law=loss_law, **space)
+        front = time_frontier(report.model, report.margin_rel, int(budget), time, **space)
+        top = suggest(report.model, report.margin_rel, int(budget), top=1, time=time, **space)
     except VramfitError:
         return None
     if not len(front["params"]) or not top:
@@ -248,7 +248,7 @@ def largest_shape(points: pd.DataFrame) -> Shape:
     return Shape.of(big)
 
 
-def all_plots(report: FitReport, points: pd.DataFrame, out_dir: str | Path, budget: float,
+def all_plots(report: Profile, points: pd.DataFrame, out_dir: str | Path, budget: float,
               suggestions: list | None = None, hours: float = 6.0, rank: str = "optimal", loss_law=None,
               shape: Shape | None = None, model=None, **space) -> list[Path]:
     """Every figure for one fitted model into `out_dir`; returns the PNG paths. With a throughput model also
