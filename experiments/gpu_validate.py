@@ -23,6 +23,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from vramfit.shape import KEYS, MODEL_KEYS  # noqa: E402
+
 PY = sys.executable
 RECIPE_GRID = ROOT / "experiments" / "grids" / "gpu_adaptive.toml"
 
@@ -133,7 +135,7 @@ def budget(out: Path, vram: str, data_dir: str) -> None:
     train_oom = t.returncode == 3 or (t.returncode != 0 and ("out of memory" in t.stderr.lower()
                                                              or "OutOfMemoryError" in t.stderr))
     nb = next_batch(top["batch_size"])
-    shape = {k: top[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size")}
+    shape = {k: top[k] for k in MODEL_KEYS}
     s = vramfit("sweep", "--device", "cuda", "--db", str(out / "budgets.sqlite"), "--emulate-vram", vram,
                 "--grid", str(RECIPE_GRID), *sum(([f"--{k.replace('_', '-')}", str(v)] for k, v in shape.items()),
                                                   []), "--batch-size", str(nb), "--max-iters", "10")
@@ -149,9 +151,8 @@ def budget(out: Path, vram: str, data_dir: str) -> None:
     for k, v in {**shape, "batch_size": top["batch_size"]}.items():
         trained = trained[trained[k] == v]
     doc = {
-        "vram": vram, "suggestion": {k: top[k] for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
-                                                           "vocab_size", "params", "predicted_bytes",
-                                                           "margin_bytes", "headroom_bytes")},
+        "vram": vram, "suggestion": {k: top[k] for k in (*KEYS, "params", "predicted_bytes", "margin_bytes",
+                                                           "headroom_bytes")},
         "train_rc": t.returncode, "train_oom": train_oom,
         "train_nvml_bytes": float(trained.nvml_bytes.iloc[-1]) if len(trained) else None,
         "train_reserved_bytes": float(trained.reserved_bytes.iloc[-1]) if len(trained) else None,
@@ -167,11 +168,12 @@ def heldout(out: Path) -> None:
     import numpy as np
 
     from vramfit.fit.features import frame_features
-    from vramfit.fit.memmodel import TARGETS, load_model
+    from vramfit.fit.memmodel import TARGETS
+    from vramfit.fit.profile import Profile
     from vramfit.store import Store
 
-    doc = load_model(model_file(out))
-    col = TARGETS[doc["target"]]
+    profile = Profile.load(model_file(out))
+    col = TARGETS[profile.target]
     with Store(out / "heldout.sqlite") as s:
         all_held = s.points_frame()
     held = all_held[(all_held.status == "ok") & all_held[col].notna()].reset_index(drop=True)
@@ -179,29 +181,29 @@ def heldout(out: Path) -> None:
         sys.exit("no ok held-out points")
     X = frame_features(held)
     y = held[col].to_numpy(dtype=float)
-    ours, naive = doc["model"].predict(X), doc["baseline"].predict(X)
-    df = held[["n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size"]].copy()
+    ours, naive = profile.model.predict(X), profile.baseline.predict(X)
+    df = held[list(KEYS)].copy()
     df["measured"] = y
     df["ours"], df["naive"] = ours, naive
     df["ours_rel"], df["naive_rel"] = (ours - y) / y, (naive - y) / y
-    df["within_margin"] = ours * (1 + doc["margin_rel"]) >= y
+    df["within_margin"] = ours * (1 + profile.margin_rel) >= y
     df.to_csv(out / "heldout.csv", index=False)
     print(f"held-out ({len(df)}): ours max {np.abs(df.ours_rel).max():.2%} mean {np.abs(df.ours_rel).mean():.2%}; "
           f"naive max {np.abs(df.naive_rel).max():.2%}; prediction + margin covers {df.within_margin.sum()}/{len(df)}")
-    throughput_heldout(out, doc, all_held)  # every timed point, with or without a memory reading
+    throughput_heldout(out, profile, all_held)  # every timed point, with or without a memory reading
 
 
-def throughput_heldout(out: Path, doc: dict, held) -> None:
+def throughput_heldout(out: Path, profile, held) -> None:  # noqa: ANN001 - a Profile
     """The throughput model on the held-out points (issue: within 5 % on a GPU) -> throughput_heldout.csv."""
     from vramfit.fit.throughput import frame_time_features, timed_points
 
-    tp = doc.get("throughput")
+    tp = profile.throughput
     held = timed_points(held)
     if tp is None or held.empty:
         print("throughput: no model or no timed held-out points")
         return
     X = frame_time_features(held)
-    df = held[["n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size", "ms_best", "ms_per_iter"]]
+    df = held[[*KEYS, "ms_best", "ms_per_iter"]]
     df = df.assign(pred_best=tp.model.predict_best(X), pred_typical=tp.model.predict(X),
                    flops_best=tp.baseline.predict_best(X))
     df = df.assign(best_rel=df.pred_best / df.ms_best - 1, typical_rel=df.pred_typical / df.ms_per_iter - 1,
@@ -232,8 +234,7 @@ def dryrun(out: Path) -> None:
             mc = GPTConfig(int(p.n_layer), int(p.n_head), int(p.n_embd), int(p.block_size), int(p.vocab_size))
             recipe = Recipe.from_dict(json.loads(p.recipe))
             est = estimate_step(mc, int(p.batch_size), recipe, "cuda", parse_capability(p.compute_capability))
-            row = {k: getattr(p, k) for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
-                                              "vocab_size")}
+            row = {k: getattr(p, k) for k in KEYS}
             row["compiled"] = bool(recipe.compile)
             for target, col in (("allocated", "allocated_bytes"), ("reserved", "reserved_bytes"),
                                 ("nvml", "nvml_bytes")):
@@ -269,8 +270,7 @@ def summary(out: Path) -> None:
     lines += ["## Adaptive sweep", "", f"{len(pts)} points ({(pts.status == 'ok').sum()} ok, "
               f"{(pts.status == 'oom').sum()} oom), worker wall time {sum(walls) / 60:.1f} min in "
               f"{len(sweeps)} sweep run(s).", ""]
-    cols = ["n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size", "status", "nvml_bytes",
-            "reserved_bytes", "ms_per_iter"]
+    cols = [*KEYS, "status", "nvml_bytes", "reserved_bytes", "ms_per_iter"]
     lines += ["```", pts[cols].to_string(index=False), "```", ""]
     model = sorted((out / "models").glob("*.json"))
     if model:
