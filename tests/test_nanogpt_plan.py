@@ -76,11 +76,11 @@ def test_suggest_like_finds_the_largest_batch_block_and_model_close_to_it(capsys
     assert rc == 0, err
     doc = json.loads(out)
     model = Profile.load(model_file)
-    budget = doc.budget_bytes
+    budget = doc["budget_bytes"]
     base = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, vocab_size=meta["vocab_size"])
-    assert {k: doc.as_is[k] for k in SHAPE} == base
-    assert doc.as_is["fits"] == (_need(model, base) <= budget)
-    found = {s["label"]: s for s in doc.suggestions}
+    assert {k: doc["as_is"][k] for k in SHAPE} == base
+    assert doc["as_is"]["fits"] == (_need(model, base) <= budget)
+    found = {s["label"]: s for s in doc["suggestions"]}
     assert set(found) == {"largest batch", "longest block", "largest model"}
     for s in found.values():
         assert _need(model, s) <= budget and s["vocab_size"] == meta["vocab_size"]
@@ -95,7 +95,7 @@ def test_suggest_like_finds_the_largest_batch_block_and_model_close_to_it(capsys
     assert (big["block_size"], big["batch_size"], big["n_embd"] // big["n_head"]) == (256, 64, 64)
     assert 32 <= big["n_embd"] / big["n_layer"] <= 128  # width/depth within 2x of the config's 64
     if vram == "2G":  # the config itself does not fit a small card: its largest batch and block are smaller
-        assert not doc.as_is["fits"] and batch["batch_size"] < 64 and block["block_size"] < 256
+        assert not doc["as_is"]["fits"] and batch["batch_size"] < 64 and block["block_size"] < 256
     assert json.loads(save.read_text())["suggestions"][0]["rank"] == 1  # `train --suggestion N` reads them
     jsonschema = pytest.importorskip("jsonschema")
     jsonschema.validate(doc, json.loads(resources.files("vramfit").joinpath("schemas/suggest.schema.json")

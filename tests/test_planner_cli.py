@@ -36,7 +36,7 @@ def test_fit_prints_coefficients_and_both_models(capsys, db, tmp_path):
     assert rc == 0
     assert "B/param" in out and "naive params+tokens" in out and "shape held out" in out
     doc = json.loads(next(tmp_path.glob("synthetic-gpu-*.json")).read_text())
-    assert doc.target == "nvml" and doc.n_points == 108
+    assert doc["target"] == "nvml" and doc["n_points"] == 108
 
 
 def test_predict_breakdown(capsys, model_file):
@@ -44,16 +44,16 @@ def test_predict_breakdown(capsys, model_file):
                      "--batch-size", 12, "--model", model_file, "--json")
     assert rc == 0
     doc = json.loads(out)
-    assert doc.regime == "backward"
-    assert sum(doc.breakdown.values()) == pytest.approx(doc.predicted_bytes, rel=1e-6)
+    assert doc["regime"] == "backward"
+    assert sum(doc["breakdown"].values()) == pytest.approx(doc["predicted_bytes"], rel=1e-6)
     from vramfit.fit.features import features
     from vramfit.fit.profile import Profile
 
     fitted = Profile.load(model_file)
     f = features(12, 12, 768, 1024, 12, 50304)
-    assert doc.predicted_bytes == int(fitted.model.predict(f)[0])
-    assert doc.margin_bytes == int(fitted.model.predict(f)[0] * fitted.margin_rel)
-    assert doc.naive_bytes == int(fitted.baseline.predict(f)[0]) != doc.predicted_bytes
+    assert doc["predicted_bytes"] == int(fitted.model.predict(f)[0])
+    assert doc["margin_bytes"] == int(fitted.model.predict(f)[0] * fitted.margin_rel)
+    assert doc["naive_bytes"] == int(fitted.baseline.predict(f)[0]) != doc["predicted_bytes"]
 
 
 def test_suggest_table_and_train_commands(capsys, model_file, tmp_path):
