@@ -98,12 +98,13 @@ def resolve_shape(explicit: dict, like: str | Path | None = None,
     return Shape(**{k: int(v) for k, v in sizes.items()}), found
 
 
-def like_searches(shape: Shape, objective: str) -> dict[str, dict]:
-    """The searches close to `shape` (the config as it is), by label: the search space and objective of each."""
+def like_searches(shape: Shape, objective: str, by_time: bool = False) -> dict[str, dict]:
+    """The searches close to `shape` (the config as it is), by label: the search space and objective of each
+    (`by_time`: the models close to it are ranked by what a time budget buys, not by `objective`)."""
     L, H, C, T, B, V = shape.as_tuple()
     fixed = dict(n_layer=[L], n_head=[H], n_embd=[C], vocab_size=[V])
     ratio = C / L
-    model_label = "largest model" if objective == "params" else "model close to it"
+    model_label = "largest model" if objective == "params" and not by_time else "model close to it"
     return {  # one shape: every batch up to 4096, and every block in steps of 64 up to 8192
         "largest batch": dict(fixed, block_size=[T], batch_size=list(range(1, MAX_BATCH + 1)), objective="tokens"),
         "longest block": dict(fixed, block_size=sorted({*range(64, MAX_BLOCK + 1, 64), T}), batch_size=[B],

@@ -298,7 +298,7 @@ class Plan:
 
         if self.like is None:
             return {None: dict(self.space, objective=req.objective)}
-        return like_searches(self.as_is, req.objective)
+        return like_searches(self.as_is, req.objective, by_time=bool(self.targs))
 
 
 def _within_note(ranges: dict | None) -> str:
@@ -399,11 +399,10 @@ def _search(req: PlanRequest, plan: Plan, vram_b: int, reserve_b: int, vram_info
                           tp.model if tp is not None else None)
     mm = for_strategy(profile.model, req.gpus, req.strategy, device_type=profile.kind)
     items, ranking, first = _found(req, plan, mm, budget, time)
+    _rank(items)
     extrapolations = _flag_extrapolations(items, profile.ranges, margin, budget)
     if req.within_measured:  # each axis is inside; drop combinations beyond the measured params or tokens
-        items, extrapolations = [s for s in items if not s.extrapolated], []
-    for rank, s in enumerate(items, start=1):
-        s.rank = rank
+        items, extrapolations = _rank([s for s in items if not s.extrapolated]), []
     for s in items:
         s.command = (like_command(s, like, recipe_d, req.data_dir) if like is not None and like.config
                      else train_command(s, recipe_d, req.data_dir))
@@ -426,6 +425,12 @@ def _search(req: PlanRequest, plan: Plan, vram_b: int, reserve_b: int, vram_info
     if not items:
         out.nothing_fits = smallest_need(mm, margin, **first)
     return out
+
+
+def _rank(items: list) -> list:
+    for rank, s in enumerate(items, start=1):
+        s.rank = rank
+    return items
 
 
 def _as_is_doc(shape: Shape, model, margin: float, budget: int) -> dict:  # noqa: ANN001 - a memory model

@@ -83,7 +83,7 @@ def suggestion_table(items: list, ranking: dict) -> TableData:
                                       f"{'largest model' if name == 'params' else 'best model by ' + name}",
                                       ["#", "layers", "heads", "width", "block", "batch", "vocab", "params",
                                        "tokens/step", "predicted", "headroom"],
-                                      [_row(s)[:-1] for s in items]), items)
+                                      [_row(s) for s in items]), items)
     t = TableData(f"top {len(items)} by {ranking_text(ranking)}",
                   ["#", "layers", "heads", "width", "block", "batch", "vocab", "params", "tokens/step",
                    "predicted", "headroom", f"ranked by: {name}"])
