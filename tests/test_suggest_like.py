@@ -179,6 +179,7 @@ def test_like_a_checkpoint(capsys, checkout, profile_file):
     assert all(s["command"].startswith("vramfit train --n-layer") for s in doc["suggestions"])  # no config file
 
 
+@pytest.mark.slow
 def test_the_readme_example_plans_without_a_profile(capsys, checkout):
     """README "Coming from nanoGPT": `vramfit suggest --vram 8G --like config/train_shakespeare_char.py
     --no-profile` (it failed with `cannot read compute capability None`)."""
