@@ -24,7 +24,7 @@ class FakeRunner:
         self.calls += len(jobs)
         out = []
         for j in jobs:
-            L, H, C, T, B, V = j.shape
+            L, H, C, T, B, V = j.shape.as_tuple()
             out.append(int(600e6 + 16 * 12 * L * C * C + 40 * B * T * L * C + 10 * B * T * V + 1000 * j.capability[0]))
         return out
 

@@ -12,6 +12,7 @@ from vramfit.corpus import corpus_tokens, corpus_vocab
 from vramfit.errors import VramfitError
 from vramfit.fit.profile import Profile
 from vramfit.plan.suggest import DEFAULT_OBJECTIVE
+from vramfit.plan.workflows import DEFAULT_DATA_DIR
 from vramfit.shape import DEFAULT_VOCAB, KEYS, Shape
 from vramfit.units import parse_size
 
@@ -54,7 +55,6 @@ def time_args(hours: str, rank: str, loss_law: Path | None, data_dir: str) -> di
     return {"hours": h, "rank": rank, "loss_law": law}
 
 
-DEFAULT_DATA_DIR = "data/shakespeare_char"
 DEFAULT_RECIPE = "dtype=bfloat16,optimizer=fused"  # the dry run's recipe when neither --recipe nor --like sets one
 DEFAULT_TOP = 10  # with --like: 1 per search
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 MODELS_DIR = Path("results") / "models"
 SUGGESTIONS_FILE = Path("results") / "suggestions.json"
+DEFAULT_DATA_DIR = "data/shakespeare_char"  # the corpus planned for and trained on when none is named
 
 
 def slug(text: str) -> str:
@@ -91,7 +92,7 @@ def open_profile(model: str | Path | None, models_dir: str | Path = MODELS_DIR) 
     return found
 
 
-def train_command(s: Suggestion, recipe: dict, data_dir: str = "data/shakespeare_char",
+def train_command(s: Suggestion, recipe: dict, data_dir: str = DEFAULT_DATA_DIR,
                   out_dir: str | None = None) -> str:
     """The exact `vramfit train` command for a suggestion under the model's recipe."""
     args = ["vramfit", "train"]

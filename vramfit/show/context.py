@@ -17,13 +17,11 @@ from vramfit.errors import VramfitError
 from vramfit.plan.budget import resolve_vram
 from vramfit.plan.ddp import for_strategy, multi_gpu
 from vramfit.plan.suggest import OBJECTIVES, Suggestion, suggest
-from vramfit.plan.workflows import SUGGESTIONS_FILE, train_command
+from vramfit.plan.workflows import DEFAULT_DATA_DIR, SUGGESTIONS_FILE, train_command
 from vramfit.shape import DEFAULT_VOCAB, KEYS, Shape
 from vramfit.units import parse_size
 
 DEFAULT_VRAM = "8G"
-DEFAULT_DATA_DIR = "data/shakespeare_char"
-SHAPE = ("n_layer", "n_head", "n_embd", "vocab_size")
 
 
 @dataclass
