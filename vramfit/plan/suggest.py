@@ -76,10 +76,6 @@ class Suggestion:
     extrapolated: list = field(default_factory=list)  # axes (and params, tokens) outside the measured ranges
     label: str | None = None  # suggest --like: what was searched close to the config (like.LABELS)
 
-    @classmethod
-    def of(cls, shape: Shape, **rest) -> Suggestion:
-        return cls(rank=rest.pop("rank"), **shape.as_dict(), **rest)
-
     @property
     def shape(self) -> Shape:
         return Shape.of(self)

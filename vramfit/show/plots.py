@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -14,6 +15,7 @@ import pandas as pd  # noqa: E402
 from vramfit.fit.features import features, frame_features, shape_key  # noqa: E402
 from vramfit.fit.memmodel import TARGETS  # noqa: E402
 from vramfit.fit.profile import Profile  # noqa: E402
+from vramfit.plan.suggest import TimeBudget  # noqa: E402
 from vramfit.shape import Shape  # noqa: E402
 from vramfit.show.context import FEASIBILITY_BATCHES, FEASIBILITY_BLOCKS, grid_axes  # noqa: E402
 
@@ -219,15 +221,15 @@ def frontier(front: dict, hours: float, rank: str, path: Path, chosen: dict | No
     return _save(fig, path)
 
 
-def frontier_for(report: Profile, budget: float, hours: float, path: Path, rank: str = "optimal",
-                 loss_law=None, **space) -> Path | None:
+def frontier_for(report: Profile, budget: float, time: TimeBudget, path: Path, **space) -> Path | None:
     """The frontier plot of a fitted report (None without a throughput model or when nothing fits)."""
     from vramfit.errors import VramfitError
-    from vramfit.plan.suggest import TimeBudget, suggest, time_frontier
+    from vramfit.plan.suggest import suggest, time_frontier
 
     if report.throughput is None:
         return None
-    time = TimeBudget(hours, rank, loss_law, report.throughput.model)
+    time = replace(time, throughput=report.throughput.model)
+    hours, rank = time.hours, time.rank
     try:
         front = time_frontier(report.model, report.margin_rel, int(budget), time, **space)
         top = suggest(report.model, report.margin_rel, int(budget), top=1, time=time, **space)
@@ -249,10 +251,11 @@ def largest_shape(points: pd.DataFrame) -> Shape:
 
 
 def all_plots(report: Profile, points: pd.DataFrame, out_dir: str | Path, budget: float,
-              suggestions: list | None = None, hours: float = 6.0, rank: str = "optimal", loss_law=None,
+              suggestions: list | None = None, time: TimeBudget | None = None,
               shape: Shape | None = None, model=None, **space) -> list[Path]:
     """Every figure for one fitted model into `out_dir`; returns the PNG paths. With a throughput model also
-    ms/iter predicted vs measured and the frontier of what `hours` buy (`space`: suggest's search space).
+    ms/iter predicted vs measured and the frontier of what the `time` buys (default 6 hours; `space`: suggest's
+    search space).
     The feasibility plot draws `shape` (its block and batch starred), else the top suggestion's, else the
     largest measured shape; `model` is the one to plan with (e.g. with the DDP term), default the report's."""
     out = Path(out_dir)
@@ -262,7 +265,7 @@ def all_plots(report: Profile, points: pd.DataFrame, out_dir: str | Path, budget
     if report.throughput is not None and report.throughput.cv is not None:
         paths.append(ms_pred_vs_measured(report.throughput, out / "ms_pred_vs_measured.png",
                                          f"{report.device} · {report.recipe_key}"))
-        fr = frontier_for(report, budget, hours, out / "frontier.png", rank, loss_law, **space)
+        fr = frontier_for(report, budget, time or TimeBudget(6.0), out / "frontier.png", **space)
         if fr is not None:
             paths.append(fr)
     if suggestions:
@@ -293,5 +296,5 @@ def write_plots(points: pd.DataFrame, out_dir: str | Path, ctx, target: str = "a
         folder = Path(out_dir) / f"{slug(report.device)}-{report.recipe_key}"
         paths += all_plots(report, group, folder, ctx.budget_bytes, items, shape=shape,
                            model=per_gpu_model(report, ctx), vocab_size=[ctx.vocab_size],
-                           **(time_args or {}))
+                           time=TimeBudget(**time_args) if time_args else None)
     return paths

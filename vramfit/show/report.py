@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from vramfit.fit.profile import Profile
+from vramfit.plan.suggest import TimeBudget
 from vramfit.plan.workflows import MODELS_DIR, fit_store
 from vramfit.show.calculator import calculator_section, model_entry
 from vramfit.show.context import PlanContext, feasibility_shape, per_gpu_model, ranked
@@ -77,7 +78,7 @@ def render_report(fits: list[tuple[Profile, pd.DataFrame]], points: pd.DataFrame
             shape = feasibility_shape(report, ctx, items, largest_shape(group))
             entries.append(model_entry(report, ctx, shape, models_dir, source))
             shapes.append(shape)
-            pngs = all_plots(report, group, Path(tmp) / str(n), ctx.budget_bytes, items, hours=hours,
+            pngs = all_plots(report, group, Path(tmp) / str(n), ctx.budget_bytes, items, TimeBudget(hours),
                              shape=shape, model=per_gpu_model(report, ctx),
                              vocab_size=[ctx.vocab_size])
             parts.append(f"<h2>{html.escape(report.device)} · {html.escape(report.recipe_key)}</h2>"
