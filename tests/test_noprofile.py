@@ -193,7 +193,8 @@ def profiles(tmp_path_factory):
 def test_what_to_plan_for(profiles, tmp_path):
     """auto/cuda: the newest GPU profile, else None (the dry run); cpu: the newest CPU profile, else an error."""
     from vramfit.errors import VramfitError
-    from vramfit.plan.recommend import PlanRequest, choose_model
+    from vramfit.plan.profiles import choose_model
+    from vramfit.plan.request import PlanRequest
 
     gpu, cpu = profiles
     only_cpu = tmp_path / "only-cpu"

@@ -4,87 +4,22 @@ and the JSON document that `train --suggestion N` reads. The CLI only parses and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vramfit.corpus import corpus_tokens, corpus_vocab
 from vramfit.errors import VramfitError
 from vramfit.fit.profile import Profile
-from vramfit.plan.suggest import DEFAULT_OBJECTIVE
-from vramfit.plan.workflows import DEFAULT_DATA_DIR
+from vramfit.plan.profiles import plan_line, plan_profile
+from vramfit.plan.request import PlanRequest, as_is, fill, parse_int_options, time_args
 from vramfit.shape import DEFAULT_VOCAB, KEYS, Shape
 from vramfit.units import parse_size
 
+__all__ = ["PlanRequest", "Recommendation", "parse_int_options", "predict_one", "recommend", "time_args"]
+
 if TYPE_CHECKING:
     from vramfit.plan.like import Like
-
-
-def parse_int_options(**options: str | None) -> dict[str, list[int] | None]:
-    """`--n-layer 4,8`-style options as lists of positive ints (None where not given)."""
-    out: dict[str, list[int] | None] = {}
-    for name, value in options.items():
-        flag = f"--{name.replace('_', '-')}"
-        if value is None:
-            out[name] = None
-            continue
-        try:
-            values = [int(v) for v in str(value).split(",") if v.strip()]
-        except ValueError:
-            raise VramfitError(f"{flag}: expected integers like 4 or 4,8, got {value!r}") from None
-        if not values or min(values) < 1:
-            raise VramfitError(f"{flag}: sizes must be >= 1, got {value!r}")
-        out[name] = values
-    return out
-
-
-def time_args(hours: str, rank: str, loss_law: Path | None, data_dir: str) -> dict:
-    """Validated --hours / --rank / --loss-law (for suggest and plot)."""
-    from vramfit.fit.losslaw import law_for_corpus, load_law
-    from vramfit.plan.suggest import TIME_RANKS, check_hours
-
-    h = check_hours(hours)
-    if rank not in ("auto", *TIME_RANKS):
-        raise VramfitError(f"unknown --rank {rank!r}; choose auto, {', '.join(TIME_RANKS)}")
-    law = load_law(loss_law) if loss_law else law_for_corpus(data_dir)
-    if rank == "auto":
-        rank = "loss" if law is not None else "optimal"
-    if rank == "loss" and law is None:
-        raise VramfitError(f"--rank loss: no loss law for {data_dir} (run `vramfit fit --loss` after 3+ `vramfit "
-                           "train` runs on it, or pass --loss-law FILE)")
-    return {"hours": h, "rank": rank, "loss_law": law}
-
-
-DEFAULT_RECIPE = "dtype=bfloat16,optimizer=fused"  # the dry run's recipe when neither --recipe nor --like sets one
-DEFAULT_TOP = 10  # with --like: 1 per search
-
-
-@dataclass
-class PlanRequest:
-    """What `vramfit suggest` was asked (sizes as the user wrote them). `like` (a config file or checkpoint) fills
-    what the flags leave open: the corpus, the recipe of the dry run, the shape the searches stay close to."""
-
-    vram: str
-    reserve: str = "0"
-    objective: str | None = None  # None: trainable; with --like: params (the largest model close to it)
-    space: dict = field(default_factory=dict)  # shape axis -> list of ints or None (see parse_int_options)
-    min_batch: int = 1
-    top: int | None = None  # None: DEFAULT_TOP; with --like: 1 per search
-    model: Path | None = None
-    data_dir: str | None = None  # None: --like's corpus, else DEFAULT_DATA_DIR
-    no_profile: bool = False
-    recipe: str | None = None  # the dry run's; None: --like's dtype/compile over DEFAULT_RECIPE
-    capability: str | None = None  # with the dry run: this GPU's (NVML) where there is one, else 8.0
-    hours: str | None = None
-    rank: str = "auto"
-    loss_law: Path | None = None
-    gpus: int = 1
-    strategy: str | None = None
-    device: str = "auto"  # auto | cuda | cpu: what to plan for (see choose_model)
-    cache_dir: Path | None = None  # the dry run's cache (default: the user cache directory)
-    use_cache: bool = True
-    within_measured: bool = False  # keep every axis inside the ranges the model was measured on
-    like: Path | None = None  # suggest --like: a nanoGPT config .py, a vramfit TOML or a checkpoint
 
 
 @dataclass
@@ -117,120 +52,6 @@ def _plan_vocab(req: PlanRequest, space: dict, notes: list[str]) -> None:
                            f"{req.data_dir} ({vocab}): training would fail")
 
 
-def _filled(req: PlanRequest, like: Like | None) -> PlanRequest:
-    """The request with what the flags left open taken from --like, else the defaults."""
-    if like is None:
-        return replace(req, objective=req.objective or DEFAULT_OBJECTIVE, top=req.top or DEFAULT_TOP,
-                       data_dir=req.data_dir or DEFAULT_DATA_DIR)
-    many = [k for k in KEYS if k != "vocab_size" and req.space.get(k) is not None and len(req.space[k]) > 1]
-    if many:
-        raise VramfitError(f"with --like, --{many[0].replace('_', '-')} takes one value (it replaces the config's)")
-    return replace(req, objective=req.objective or "params", top=req.top or 1,
-                   data_dir=req.data_dir or like.data_dir or DEFAULT_DATA_DIR)
-
-
-def _as_is(like: Like, space: dict) -> Shape:
-    """The config as it is: the file's shape under the sizes given as flags (and the vocabulary planned for)."""
-    return like.shape.with_(**{k: v[0] for k, v in space.items() if v is not None})
-
-
-DEVICES = ("auto", "cuda", "cpu")
-
-
-def _recipe_text(recipe: dict) -> str:
-    parts = [str(recipe.get("dtype") or "dtype auto")]
-    if recipe.get("optimizer"):
-        parts.append(f"{recipe['optimizer']} AdamW")
-    if recipe.get("compile") is not None:
-        parts.append("compiled" if recipe["compile"] else "eager")
-    return ", ".join(parts)
-
-
-def local_gpu_capability() -> str | None:
-    """The first GPU's compute capability as NVML reports it, None without a GPU (or NVML)."""
-    from vramfit.measure.devices import nvml_devices
-
-    gpus, _ = nvml_devices()
-    return gpus[0].compute_capability if gpus else None
-
-
-def choose_model(req: PlanRequest, models_dir: Path | None = None) -> tuple[Path, Profile] | None:
-    """The profile to plan with, or None for the dry run: --model; else the most recently fitted GPU profile in
-    `models_dir` (--device auto|cuda) or CPU one (--device cpu) (`vramfit.fit.profile.latest`). Without a GPU
-    profile, auto and cuda plan for a GPU by the dry run: a CPU profile measures RAM, not a card."""
-    from vramfit.fit.profile import latest
-    from vramfit.plan.workflows import MODELS_DIR
-
-    if req.device not in DEVICES:
-        raise VramfitError(f"unknown --device {req.device!r}; choose {', '.join(DEVICES)}")
-    if req.model:
-        return Path(req.model), Profile.load(req.model)
-    folder = Path(models_dir or MODELS_DIR)
-    found = latest(folder, "cpu" if req.device == "cpu" else "cuda")
-    if found is not None:
-        return found
-    if req.device == "cpu":
-        raise VramfitError(f"no CPU profile in {folder} (run `vramfit sweep --device cpu` then `vramfit fit`)")
-    return None
-
-
-def _plan_line(req: PlanRequest, profile: Profile, path: Path, budget: int) -> str:
-    """The first line: what the plan is for, and what to do when that is not the card meant."""
-    from vramfit.units import format_size
-
-    recipe = _recipe_text(profile.recipe)
-    if profile.source == "dry-run":
-        why = "" if req.no_profile else " (no GPU profile in results/models; --device cpu plans for this CPU's RAM)"
-        return (f"plan for a CUDA GPU of compute capability {profile.compute_capability}, {recipe}, by "
-                f"the dry run{why}: estimates, not measurements; `vramfit sweep` on the GPU measures it")
-    if profile.kind != "cuda":
-        return (f"plan for CPU RAM: {path.name} profiles {profile.device} ({recipe}), not a GPU. For a GPU, run "
-                f"`vramfit sweep` on it, or plan by the dry run: `vramfit suggest --vram {req.vram} --no-profile "
-                "--capability 8.6` (your card's capability)")
-    line = f"plan for {profile.device} ({recipe}) from its profile {path.name}"
-    total = profile.total_memory_bytes
-    if total and budget > total:
-        line += (f"; the budget {format_size(budget)} is more than this card's {format_size(total)}: profile the "
-                 "card you mean, or plan by the dry run (--no-profile --capability X)")
-    elif total:
-        line += f" (card memory {format_size(total)})"
-    return line
-
-
-def _dry_run_recipe(req: PlanRequest, like: Like | None):  # noqa: ANN202 - a Recipe
-    """--recipe, else the dtype/compile --like's file sets over DEFAULT_RECIPE."""
-    from vramfit.dryrun.estimate import parse_recipe
-
-    if req.recipe:
-        return parse_recipe(req.recipe)
-    return replace(parse_recipe(DEFAULT_RECIPE), **((like.recipe or {}) if like is not None else {}))
-
-
-def _profile(req: PlanRequest, like: Like | None, vocab: int, warnings: list[str]) -> tuple[Path, Profile, object]:
-    """(model path, profile, dry-run planner or None): the chosen profile, else one calibrated on dry-run
-    estimates for the GPU (a `DryRunPlanner` that re-checks the suggestions)."""
-    chosen = None if req.no_profile else choose_model(req)
-    if chosen is None and req.hours is not None:
-        raise VramfitError("--hours needs a profiled device (its sweep measures speed): no GPU profile in "
-                           "results/models (pass --model FILE, or --device cpu for a CPU profile)")
-    if chosen is not None:
-        return *chosen, None
-    from vramfit.dryrun.estimate import parse_capability
-    from vramfit.plan.noprofile import DryRunPlanner
-    from vramfit.recipe import Recipe
-
-    cap_text = req.capability or local_gpu_capability() or "8.0"
-    rec, cap = _dry_run_recipe(req, like), parse_capability(cap_text)
-    warnings.append("warning: no profile of this device: predictions are dry-run estimates (allocator replay + a "
-                    "published CUDA context size), not measurements (run `vramfit sweep` on the GPU)")
-    planner = DryRunPlanner(rec, cap, vocab, cache_dir=req.cache_dir, use_cache=req.use_cache)
-    mm, margin, recipe_d = planner.model()
-    profile = Profile(model=mm, target="nvml", device=f"CUDA sm{cap[0]}{cap[1]} (not profiled)",
-                      recipe_key=Recipe(**recipe_d).key(), recipe=recipe_d, margin_rel=margin, device_type="cuda",
-                      compute_capability=f"{cap[0]}.{cap[1]}", source="dry-run")
-    return Path("(dry-run, no profile)"), profile, planner
-
-
 def _time_budget(req: PlanRequest) -> dict:
     """--hours / --rank / --loss-law validated (empty without --hours)."""
     if req.hours is None:
@@ -241,42 +62,6 @@ def _time_budget(req: PlanRequest) -> dict:
     if req.gpus > 1:
         raise VramfitError("--hours plans one GPU for now; drop --gpus or --hours")
     return targs
-
-
-def recommend(req: PlanRequest) -> Recommendation:
-    """Configs that fit `req.vram - req.reserve` with the model's margin, ranked, each with its train command;
-    with `req.like`, the config as it is and what fits close to it (`plan.like.like_searches`)."""
-    from vramfit.plan.budget import resolve_vram
-    from vramfit.plan.like import read_like
-
-    (vram_b, card, vram_label), reserve_b = resolve_vram(req.vram, req.device), parse_size(req.reserve)
-    like = read_like(req.like) if req.like is not None else None
-    req = _filled(req, like)
-    space = {k: req.space.get(k) for k in KEYS}
-    notes: list[str] = []
-    warnings: list[str] = []
-    _plan_vocab(req, space, notes)
-    as_is = _as_is(like, space) if like is not None else None
-    if as_is is not None:
-        space["vocab_size"] = [as_is.vocab_size]
-    targs = _time_budget(req)
-    path, profile, planner = _profile(req, like, (space["vocab_size"] or [DEFAULT_VOCAB])[0], warnings)
-    plan_line = _plan_line(req, profile, path, vram_b - reserve_b)
-    if req.within_measured:
-        notes.append(_within_note(profile.ranges))
-    try:
-        out = _search(req, Plan(space, targs, profile, path, planner, like, as_is), vram_b, reserve_b,
-                      (card, vram_label))
-    finally:
-        if planner is not None:
-            planner.__exit__(None, None, None)
-            warnings += planner.warnings
-            notes.append(planner.summary())
-    out.notes, out.warnings, out.plan_line = notes + out.notes, warnings + out.warnings, plan_line
-    out.doc["plan"] = plan_line
-    if planner is not None:
-        out.doc["dry_run"] = planner.counts()
-    return out
 
 
 @dataclass
@@ -299,6 +84,42 @@ class Plan:
         if self.like is None:
             return {None: dict(self.space, objective=req.objective)}
         return like_searches(self.as_is, req.objective, by_time=bool(self.targs))
+
+
+def recommend(req: PlanRequest) -> Recommendation:
+    """Configs that fit `req.vram - req.reserve` with the model's margin, ranked, each with its train command;
+    with `req.like`, the config as it is and what fits close to it (`plan.like.like_searches`)."""
+    from vramfit.plan.budget import resolve_vram
+    from vramfit.plan.like import read_like
+
+    (vram_b, card, vram_label), reserve_b = resolve_vram(req.vram, req.device), parse_size(req.reserve)
+    like = read_like(req.like) if req.like is not None else None
+    req = fill(req, like)
+    space = {k: req.space.get(k) for k in KEYS}
+    if like is not None and space["vocab_size"] is None:
+        space["vocab_size"] = [like.shape.vocab_size]  # its own, else its corpus's, else GPT-2's
+    notes: list[str] = []
+    warnings: list[str] = []
+    _plan_vocab(req, space, notes)
+    config = as_is(like, space) if like is not None else None
+    targs = _time_budget(req)
+    path, profile, planner = plan_profile(req, like, (space["vocab_size"] or [DEFAULT_VOCAB])[0], warnings)
+    line = plan_line(req, profile, path, vram_b - reserve_b)
+    if req.within_measured:
+        notes.append(_within_note(profile.ranges))
+    try:
+        out = _search(req, Plan(space, targs, profile, path, planner, like, config), vram_b, reserve_b,
+                      (card, vram_label))
+    finally:
+        if planner is not None:
+            planner.__exit__(None, None, None)
+            warnings += planner.warnings
+            notes.append(planner.summary())
+    out.notes, out.warnings, out.plan_line = notes + out.notes, warnings + out.warnings, line
+    out.doc["plan"] = line
+    if planner is not None:
+        out.doc["dry_run"] = planner.counts()
+    return out
 
 
 def _within_note(ranges: dict | None) -> str:
