@@ -610,8 +610,8 @@ def _print_suggestions(rec, vram: str, save: Path) -> None:
                       + " ".join(f"{k}={v}" for k, v in cfg.items())
                       + ". Raise --vram, lower --reserve, or relax the fixed sizes.")
         raise typer.Exit(1)
-    if rec.time_args:
-        console.print(to_rich(time_table(rec.items, rec.time_args["hours"], rec.time_args["rank"])))
+    if rec.time is not None:
+        console.print(to_rich(time_table(rec.items, rec.time.hours, rec.time.rank)))
     else:
         console.print(to_rich(suggestion_table(rec.items, doc["ranking"])))
     for s in rec.items:

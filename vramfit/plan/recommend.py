@@ -4,7 +4,7 @@ and the JSON document that `train --suggestion N` reads. The CLI only parses and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +13,7 @@ from vramfit.errors import VramfitError
 from vramfit.fit.profile import Profile
 from vramfit.plan.profiles import plan_line, plan_profile
 from vramfit.plan.request import PlanRequest, as_is, fill, parse_int_options, time_args
+from vramfit.plan.suggest import TimeBudget
 from vramfit.shape import DEFAULT_VOCAB, KEYS, Shape
 from vramfit.units import parse_size
 
@@ -31,7 +32,7 @@ class Recommendation:
     model_path: Path
     notes: list[str] = field(default_factory=list)  # informational lines
     warnings: list[str] = field(default_factory=list)  # for stderr
-    time_args: dict = field(default_factory=dict)
+    time: TimeBudget | None = None  # suggest --hours
     nothing_fits: tuple[int, dict] | None = None  # (bytes the smallest config needs, that config)
     vram_label: str = ""  # the budget as the user named it: a size, or a card with its NVML total
     plan_line: str = ""  # the first line: what the plan is for (device, recipe, profile or dry run)
@@ -52,16 +53,16 @@ def _plan_vocab(req: PlanRequest, space: dict, notes: list[str]) -> None:
                            f"{req.data_dir} ({vocab}): training would fail")
 
 
-def _time_budget(req: PlanRequest) -> dict:
-    """--hours / --rank / --loss-law validated (empty without --hours)."""
+def _time_budget(req: PlanRequest) -> TimeBudget | None:
+    """--hours / --rank / --loss-law validated (None without --hours)."""
     if req.hours is None:
-        return {}
-    targs = time_args(req.hours, req.rank, req.loss_law, req.data_dir)
+        return None
+    time = time_args(req.hours, req.rank, req.loss_law, req.data_dir)
     if req.no_profile:
         raise VramfitError("--hours needs a profiled device (its sweep measures speed); drop --no-profile")
     if req.gpus > 1:
         raise VramfitError("--hours plans one GPU for now; drop --gpus or --hours")
-    return targs
+    return time
 
 
 @dataclass
@@ -70,7 +71,7 @@ class Plan:
     dry-run planner (None with a profile), and with --like the file and the config as it is."""
 
     space: dict
-    targs: dict
+    time: TimeBudget | None
     profile: Profile
     path: Path
     planner: object | None = None
@@ -83,7 +84,7 @@ class Plan:
 
         if self.like is None:
             return {None: dict(self.space, objective=req.objective)}
-        return like_searches(self.as_is, req.objective, by_time=bool(self.targs))
+        return like_searches(self.as_is, req.objective, by_time=self.time is not None)
 
 
 def recommend(req: PlanRequest) -> Recommendation:
@@ -102,13 +103,13 @@ def recommend(req: PlanRequest) -> Recommendation:
     warnings: list[str] = []
     _plan_vocab(req, space, notes)
     config = as_is(like, space) if like is not None else None
-    targs = _time_budget(req)
+    time = _time_budget(req)
     path, profile, planner = plan_profile(req, like, (space["vocab_size"] or [DEFAULT_VOCAB])[0], warnings)
     line = plan_line(req, profile, path, vram_b - reserve_b)
     if req.within_measured:
         notes.append(_within_note(profile.ranges))
     try:
-        out = _search(req, Plan(space, targs, profile, path, planner, like, config), vram_b, reserve_b,
+        out = _search(req, Plan(space, time, profile, path, planner, like, config), vram_b, reserve_b,
                       (card, vram_label))
     finally:
         if planner is not None:
@@ -207,17 +208,15 @@ def _search(req: PlanRequest, plan: Plan, vram_b: int, reserve_b: int, vram_info
     """The searches, the dry run's re-check, the multi-GPU term, the commands and the document."""
     from vramfit.plan.ddp import for_strategy, multi_gpu
     from vramfit.plan.like import like_command
-    from vramfit.plan.suggest import TimeBudget, smallest_need
+    from vramfit.plan.suggest import smallest_need
     from vramfit.plan.workflows import train_command
 
     profile, like = plan.profile, plan.like
     margin, recipe_d, budget = profile.margin_rel, profile.recipe, vram_b - reserve_b
     card, vram_label = vram_info
-    time = None
-    if plan.targs:
-        tp = profile.throughput
-        time = TimeBudget(plan.targs["hours"], plan.targs["rank"], plan.targs["loss_law"],
-                          tp.model if tp is not None else None)
+    time = plan.time
+    if time is not None:
+        time = replace(time, throughput=profile.throughput.model if profile.throughput is not None else None)
     mm = for_strategy(profile.model, req.gpus, req.strategy, device_type=profile.kind)
     items, ranking, first = _found(req, plan, mm, budget, time)
     _rank(items)
@@ -233,15 +232,15 @@ def _search(req: PlanRequest, plan: Plan, vram_b: int, reserve_b: int, vram_info
               "device": profile.device, "recipe_key": profile.recipe_key, "recipe": recipe_d,
               "target": profile.target, "margin_rel": margin, "data_dir": req.data_dir,
               "gpus": req.gpus, "strategy": req.strategy or ("ddp" if req.gpus > 1 else None)}
-    out = Recommendation(result, items, plan.path, time_args=plan.targs, vram_label=vram_label)
+    out = Recommendation(result, items, plan.path, time=time, vram_label=vram_label)
     if like is not None:
         result["like"], result["as_is"] = str(like.path), _as_is_doc(plan.as_is, mm, margin, budget)
         out.like_line = _as_is_line(like, result["as_is"])
     result["suggestions"] = [s.to_dict() for s in items]
-    if plan.targs:
-        law = plan.targs["loss_law"]
-        result.update(hours=plan.targs["hours"], rank=plan.targs["rank"],
-                      loss_law=law.to_dict() if law is not None and plan.targs["rank"] == "loss" else None)
+    if time is not None:
+        law = time.loss_law
+        result.update(hours=time.hours, rank=time.rank,
+                      loss_law=law.to_dict() if law is not None and time.rank == "loss" else None)
     out.warnings += extrapolations
     if not items:
         out.nothing_fits = smallest_need(mm, margin, **first)

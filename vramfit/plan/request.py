@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vramfit.errors import VramfitError
-from vramfit.plan.suggest import DEFAULT_OBJECTIVE
+from vramfit.plan.suggest import DEFAULT_OBJECTIVE, TimeBudget
 from vramfit.plan.workflows import DEFAULT_DATA_DIR
 from vramfit.shape import KEYS, Shape
 
@@ -34,8 +34,8 @@ def parse_int_options(**options: str | None) -> dict[str, list[int] | None]:
     return out
 
 
-def time_args(hours: str, rank: str, loss_law: Path | None, data_dir: str) -> dict:
-    """Validated --hours / --rank / --loss-law (for suggest and plot)."""
+def time_args(hours: str, rank: str, loss_law: Path | None, data_dir: str) -> TimeBudget:
+    """Validated --hours / --rank / --loss-law (for suggest and plot); the throughput model is the profile's."""
     from vramfit.fit.losslaw import law_for_corpus, load_law
     from vramfit.plan.suggest import TIME_RANKS, check_hours
 
@@ -48,7 +48,7 @@ def time_args(hours: str, rank: str, loss_law: Path | None, data_dir: str) -> di
     if rank == "loss" and law is None:
         raise VramfitError(f"--rank loss: no loss law for {data_dir} (run `vramfit fit --loss` after 3+ `vramfit "
                            "train` runs on it, or pass --loss-law FILE)")
-    return {"hours": h, "rank": rank, "loss_law": law}
+    return TimeBudget(h, rank, law)
 
 
 DEFAULT_RECIPE = "dtype=bfloat16,optimizer=fused"  # the dry run's recipe when neither --recipe nor --like sets one

@@ -283,7 +283,7 @@ def all_plots(report: Profile, points: pd.DataFrame, out_dir: str | Path, budget
 
 
 def write_plots(points: pd.DataFrame, out_dir: str | Path, ctx, target: str = "auto",
-                time_args: dict | None = None) -> list[Path]:
+                time: TimeBudget | None = None) -> list[Path]:
     """`vramfit plot`: fit each device+recipe in `points`, rank as the last suggest did (`ctx`: a
     show.context.PlanContext) and write every figure into `out_dir/<device>-<recipe>/`."""
     from vramfit.plan.workflows import fit_store, slug
@@ -296,5 +296,5 @@ def write_plots(points: pd.DataFrame, out_dir: str | Path, ctx, target: str = "a
         folder = Path(out_dir) / f"{slug(report.device)}-{report.recipe_key}"
         paths += all_plots(report, group, folder, ctx.budget_bytes, items, shape=shape,
                            model=per_gpu_model(report, ctx), vocab_size=[ctx.vocab_size],
-                           time=TimeBudget(**time_args) if time_args else None)
+                           time=time)
     return paths
