@@ -23,7 +23,6 @@ import argparse
 import datetime
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from vramfit.fit.features import NAIVE, PHYSICS, frame_features  # noqa: E402
 from vramfit.fit.memmodel import TARGETS, MemoryModel  # noqa: E402
+from vramfit.measure.provenance import git_commit  # noqa: E402
 from vramfit.store import Store  # noqa: E402
 from vramfit.sweep.adaptive import PlanSettings, run_adaptive  # noqa: E402
 from vramfit.sweep.grid import load_grid  # noqa: E402
@@ -70,14 +70,6 @@ def score(train: pd.DataFrame, held: pd.DataFrame, col: str) -> dict:
     return out
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=10).stdout.strip()
-    except OSError:
-        return ""
-
-
 def code_hash() -> str:
     """Hash of the code that decides the readings (trainer, model, worker, probes): must not change mid-run."""
     import hashlib
@@ -92,7 +84,7 @@ def provenance(points: pd.DataFrame, code0: str, **extra) -> dict:
     """Where and with what a benchmark measured: device, torch, recipe, host, commit, date, code hash."""
     prov = {"device": str(points.device_name.iloc[0]), "device_type": str(points.device_type.iloc[0]),
             "torch": str(points.torch_version.iloc[0]), "recipe_key": str(points.recipe_key.iloc[0]), **extra,
-            "host": platform.node(), "python": platform.python_version(), "commit": git_commit(),
+            "host": platform.node(), "python": platform.python_version(), "commit": git_commit(ROOT),
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "code_hash": code0}
     if code_hash() != code0:
         print("WARNING: gpt/ or the worker changed during the benchmark: its points saw different trainers; rerun")

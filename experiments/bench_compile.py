@@ -34,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from vramfit.measure.provenance import git_commit  # noqa: E402
+
 # (n_layer, n_head, n_embd, block_size, vocab_size, batch, dtype[, dropout]); a shape right after the same shape at
 # another batch size reuses the estimate's graphs (traced with a symbolic batch: `vramfit.dryrun.compiled`)
 SHAPES = [
@@ -153,8 +155,7 @@ def main() -> None:
               f"{real_c['peak']:,} | {err:+.2%} | {real_e['peak']:,} | {err_e:+.3%} | {est_s:.1f} |", flush=True)
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip()
+    commit = git_commit(ROOT)
     with path.open("w", newline="") as f:
         f.write(f"# vramfit experiments/bench_compile.py, {dt.datetime.now().isoformat(timespec='seconds')}, "
                 f"commit {commit}, torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, "

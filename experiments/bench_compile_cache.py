@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vramfit.measure.provenance import git_commit  # noqa: E402
 from vramfit.store import Store  # noqa: E402
 from vramfit.sweep.grid import load_grid  # noqa: E402
 from vramfit.sweep.pool import CACHE_ENV  # noqa: E402
@@ -72,8 +72,7 @@ def main() -> None:
     import torch
 
     grid = load_grid(args.grid)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
+    commit = git_commit(Path(__file__).parent)
     out = [f"# experiments/bench_compile_cache.py, {time.strftime('%Y-%m-%d %H:%M')}, commit {commit}, torch "
            f"{torch.__version__}, grid {grid.name}, device {args.device}, {os.cpu_count()} cores", ""]
     runs = {}

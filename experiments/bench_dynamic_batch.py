@@ -16,7 +16,7 @@ point) in four arms, each in a fresh database:
 Per point: the readings (CPU: tracked bytes, peak RSS, and the CPU allocator's peak during one steady step, which
 counts Inductor's buffers; CUDA: NVML, reserved, allocated), compile seconds, cache hits, the graphs Dynamo
 compiled for the measured trainer and whether their batch size was symbolic. Each finished arm is saved in
-`<out>.json`, so a run cut off (gpu_validate.sh's time box) resumes with the arms not done (--fresh: all again).
+`<out>.json`, so a run cut off (gpu_evidence.sh's time limit) resumes with the arms not done (--fresh: all again).
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vramfit.measure.provenance import git_commit  # noqa: E402
 from vramfit.store import Store  # noqa: E402
 from vramfit.sweep.grid import load_grid  # noqa: E402
 from vramfit.sweep.pool import CACHE_ENV  # noqa: E402
@@ -129,16 +129,13 @@ def compare(static: dict, dynamic: dict, cols: tuple[str, ...], what: str) -> tu
 def provenance(device: str, grid) -> str:
     import torch
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            cwd=Path(__file__).parent).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                           cwd=Path(__file__).parent).stdout.strip()
+    commit = git_commit(Path(__file__).parent)
     if device.startswith("cuda") and torch.cuda.is_available():
         where = f"{torch.cuda.get_device_name(0)} (CUDA {torch.version.cuda})"
     else:
         where = f"cpu {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     return (f"# experiments/bench_dynamic_batch.py, {time.strftime('%Y-%m-%d %H:%M %Z')}, commit {commit}"
-            f"{' (uncommitted changes)' if dirty else ''}, torch {torch.__version__}, device {where}, grid "
+            f", torch {torch.__version__}, device {where}, grid "
             f"{grid.name} ({grid.recipe.dtype}, compile={grid.recipe.compile}), load average {load()} at the start")
 
 

@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from vramfit.measure.provenance import git_commit  # noqa: E402
 from vramfit.store import Store  # noqa: E402
 from vramfit.sweep.executors import LocalExecutor  # noqa: E402
 from vramfit.sweep.grid import load_grid  # noqa: E402
@@ -103,11 +103,7 @@ def compare(a: dict, b: dict) -> list[str]:
 def provenance(grid, device: str) -> str:
     import torch
 
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        commit = "?"
+    commit = git_commit(Path(__file__).parent)
     return (f"experiments/bench_sweep.py, {time.strftime('%Y-%m-%d %H:%M')}, commit {commit}, "
             f"torch {torch.__version__}, grid {grid.name}, device {device}, "
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores "

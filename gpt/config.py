@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 import types
 import typing
@@ -19,17 +20,39 @@ ATTN_KERNELS = ("default", "flash", "efficient", "math")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 OPTIMIZERS = ("auto", "fused", "foreach", "loop")
 # dense bf16/fp16 tensor-core peaks (FLOP/s) for MFU; matched against the CUDA device name
+# dense bf16/fp16 tensor-core peak FLOP/s (NVIDIA's datasheets, the sparse figure halved), by the GPU's name as
+# NVML / torch.cuda.get_device_name report it, normalised by `gpu_model` (an H100 SXM reports "NVIDIA H100 80GB HBM3",
+# a PCIe card "NVIDIA H100 PCIe"): matched whole, so an H100 PCIe (756 TFLOP/s) never takes the SXM's figure, nor an
+# A10G or an RTX A1000 the A10's
 PEAK_FLOPS = {
-    "H200": 989e12,
-    "H100": 989e12,
-    "A100": 312e12,
-    "L40S": 362e12,
-    "L4": 121e12,
-    "A10": 125e12,
-    "RTX 4090": 165e12,
-    "RTX 3090": 71e12,
-    "RTX 3070": 40e12,
+    "h200": 989e12,
+    "h100": 989e12,
+    "h100 pcie": 756e12,
+    "h100 nvl": 835e12,
+    "a100": 312e12,
+    "a100 pcie": 312e12,
+    "l40s": 362e12,
+    "l4": 121e12,
+    "a10": 125e12,
+    "rtx 4090": 165e12,
+    "rtx 3090": 71e12,
+    "rtx 3070": 40e12,
 }
+_NOT_MODEL = re.compile(r"^(nvidia|geforce|tesla|\d+gb|hbm\d*e?|sxm\d*)$")
+
+
+def gpu_model(name: str) -> str:
+    """A GPU's name reduced to its model: lower case, words split at spaces and dashes, without the vendor and
+    brand words, the memory size or type and the SXM form factor ("NVIDIA A100-SXM4-40GB" -> "a100")."""
+    words = re.split(r"[^a-z0-9]+", str(name).lower())
+    return " ".join(w for w in words if w and not _NOT_MODEL.match(w))
+
+
+def peak_flops_of(name: str) -> float | None:
+    """The dense bf16/fp16 peak FLOP/s of the GPU named `name` (PEAK_FLOPS, whole model names), else None."""
+    return PEAK_FLOPS.get(gpu_model(name))
+
+
 # sane upper bounds: far beyond any model trained on one node, small enough that a typo fails at once instead of
 # growing memory for minutes (GPT-3 175B: 96 layers, 96 heads, width 12288)
 MAX_SIZES = {"n_layer": 4096, "n_head": 4096, "n_embd": 131072, "block_size": 2**20, "vocab_size": 2**24,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from gpt.config import PEAK_FLOPS, GPTConfig, TrainConfig, resolve_recipe
+from gpt.config import GPTConfig, TrainConfig, peak_flops_of, resolve_recipe
 from gpt.data import Corpus
 from gpt.errors import CheckpointError, ConfigError
 from gpt.model import GPT, attention_kernel, clean_state_dict
@@ -92,10 +92,7 @@ def peak_flops(device: str, cfg: TrainConfig) -> float | None:
     if cfg.peak_tflops:
         return cfg.peak_tflops * 1e12
     if device.startswith("cuda"):
-        name = torch.cuda.get_device_name(torch.device(device))
-        for key, value in PEAK_FLOPS.items():
-            if key in name:
-                return value
+        return peak_flops_of(torch.cuda.get_device_name(torch.device(device)))
     return None
 
 

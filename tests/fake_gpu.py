@@ -56,6 +56,9 @@ def fake_pynvml(gpus: list[FakeDevice], v3: bool = True, memory_v2: bool = True)
     class NVMLError_NotSupported(NVMLError):  # noqa: N801
         pass
 
+    class NVMLError_NoPermission(NVMLError):  # noqa: N801
+        pass
+
     class NVMLLibraryMismatchError(Exception):
         pass
 
@@ -95,6 +98,7 @@ def fake_pynvml(gpus: list[FakeDevice], v3: bool = True, memory_v2: bool = True)
 
     nv.__dict__.update(
         NVMLError=NVMLError, NVMLError_NotFound=NVMLError_NotFound, NVMLError_NotSupported=NVMLError_NotSupported,
+        NVMLError_NoPermission=NVMLError_NoPermission,
         NVMLError_FunctionNotFound=NVMLError_FunctionNotFound, NVMLLibraryMismatchError=NVMLLibraryMismatchError,
         NVML_DEVICE_MIG_ENABLE=1, nvmlMemory_v2=0x02000028,
         nvmlInit=lambda: None, nvmlSystemGetDriverVersion=lambda: "550.54.15",

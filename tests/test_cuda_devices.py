@@ -185,6 +185,54 @@ def test_mig_instances_are_the_devices_with_their_own_memory(nvml, monkeypatch):
     assert devices.facts_for_uuid("GPU-yyyyyyyy").total_memory_bytes == 9984 * MIB
 
 
+def test_one_mig_gpu_without_permission_leaves_the_later_gpus_listed(nvml):
+    """nvidia-ml-py raises NVMLError_NoPermission from nvmlDeviceGetMemoryInfo on a MIG instance without privileges
+    (pynvml.py: _nvmlCheckReturn turns NVML_ERROR_NO_PERMISSION into it): that GPU is left out, with a note, and
+    the GPUs after it are still listed (the whole loop used to end at the first error)."""
+    migs = [FakeDevice("MIG-xxxxxxxx", name="NVIDIA A100-SXM4-80GB MIG 1g.10gb", total=9984 * MIB)]
+    parent = FakeDevice("GPU-parent", name="NVIDIA A100-SXM4-80GB", total=81920 * MIB, migs=migs)
+    mod = nvml([parent, FakeDevice("GPU-plain"), FakeDevice("GPU-last")])
+    real = mod.nvmlDeviceGetMemoryInfo
+
+    def memory(h, version=None):
+        if h.uuid.startswith("MIG-"):
+            raise mod.NVMLError_NoPermission("Insufficient Permissions")
+        return real(h, version)
+
+    mod.nvmlDeviceGetMemoryInfo = memory
+    gpus, note = devices.nvml_devices()
+    assert [g.gpu_uuid for g in gpus] == ["GPU-plain", "GPU-last"]
+    assert "GPU 0" in note and "NVMLError_NoPermission" in note
+
+
+def test_a_cpu_worker_sees_no_gpu_and_a_gpu_worker_gets_both_allocator_variables(nvml, monkeypatch):
+    """A CPU point on a GPU host: Dynamo/Inductor would initialise CUDA in the worker, so it sees none. A CUDA
+    point: torch reads PYTORCH_ALLOC_CONF before PYTORCH_CUDA_ALLOC_CONF (c10/core/AllocatorConfig.cpp), so the
+    recipe's settings go into both and an inherited value of either is removed; the worker records the one in force."""
+    from vramfit.recipe import alloc_conf_in_force
+
+    nvml(FOUR)
+    cpu = devices.resolve("cpu")[0]
+    assert worker_env(cpu, Recipe().resolved("cpu"), Measure())["CUDA_VISIBLE_DEVICES"] == ""
+    monkeypatch.setenv("PYTORCH_ALLOC_CONF", "expandable_segments:True")
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "max_split_size_mb:64")
+    (d,) = devices.resolve("cuda")[:1]
+    env = worker_env(d, Recipe(alloc_conf="garbage_collection_threshold:0.6").resolved("cuda", (8, 0)), Measure())
+    assert env["PYTORCH_ALLOC_CONF"] == env["PYTORCH_CUDA_ALLOC_CONF"] == "garbage_collection_threshold:0.6"
+    plain = worker_env(d, Recipe().resolved("cuda", (8, 0)), Measure())
+    assert "PYTORCH_ALLOC_CONF" not in plain and "PYTORCH_CUDA_ALLOC_CONF" not in plain
+    assert alloc_conf_in_force({"PYTORCH_ALLOC_CONF": "a:1", "PYTORCH_CUDA_ALLOC_CONF": "b:2"}) == "a:1"
+    assert alloc_conf_in_force({"PYTORCH_CUDA_ALLOC_CONF": "b:2"}) == "b:2" and alloc_conf_in_force({}) == ""
+    # the train command a suggestion prints sets both too, so an exported PYTORCH_ALLOC_CONF cannot override it
+    from vramfit.plan.suggest import Suggestion
+    from vramfit.plan.workflows import train_command
+
+    s = Suggestion(1, 2, 2, 64, 64, 4, 256, 10**5, 256, 2**20, 2**18, 2**20, "backward")
+    cmd = train_command(s, {"alloc_conf": "expandable_segments:True"})
+    assert cmd.startswith("PYTORCH_ALLOC_CONF=expandable_segments:True "
+                          "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True vramfit train ")
+
+
 # ------------------------------------------------------------------------------------------ item 6: named cards
 
 

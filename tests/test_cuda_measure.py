@@ -215,6 +215,22 @@ def test_emulated_card_is_recapped_after_step_one_so_the_whole_process_fits(gpu)
     assert r.over_cap() is None
 
 
+def test_the_first_cap_leaves_the_context_tensors_segment_to_the_allocator(gpu):
+    """The worker creates the context with a 1-element tensor, for which the caching allocator reserves a 2 MiB
+    segment (c10/cuda/CUDACachingAllocator.cpp: a request <= kSmallSize is served from a kSmallBuffer segment).
+    NVML counts it, but it is the allocator's: the context is NVML minus memory_reserved(), and the first cap
+    (card - context) must not count the segment twice (it was 2 MiB too tight)."""
+    dev, _ = gpu
+    card = 4096 * MIB
+    snap = NvmlProbe(dev.uuid).snapshot()
+    cuda = FakeCuda(dev, os.getpid(), context=300 * MIB)
+    cuda.step(reserved=2 * MIB, cached=2 * MIB - 512)  # torch.empty(1, device='cuda')
+    r = MemoryReader(reader_for(dev, cuda, snap, emulate=card))
+    r.start()
+    assert r.record["context_bytes"] == 300 * MIB
+    assert cuda.fraction * dev.total == pytest.approx(card - 300 * MIB, abs=1)
+
+
 def test_a_point_over_the_emulated_card_by_nvml_is_an_oom(gpu):
     """The allocator cap cannot see non-allocator growth after step 1: when the process's NVML peak exceeds the
     emulated card, the worker records the point as oom (not ok)."""

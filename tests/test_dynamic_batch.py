@@ -53,7 +53,7 @@ def test_the_default_follows_the_evidence_table(monkeypatch):
     """The module's own table decides the default: with no evidence for a device the sweep stays static."""
     monkeypatch.setattr(dynamic, "VERIFIED", {})
     assert not decide(None, True, "cuda", True).dynamic and not decide(None, True, "cpu", True).dynamic
-    monkeypatch.setattr(dynamic, "VERIFIED", {"cuda": "gpu_validate"})
+    monkeypatch.setattr(dynamic, "VERIFIED", {"cuda": "gpu_evidence"})
     assert decide(None, True, "cuda", True).dynamic
 
 

@@ -263,3 +263,83 @@ def test_the_fork_server_never_asks_cuda_anything():
     r = subprocess.run([sys.executable, "-c", ASKS_CUDA], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout.strip().splitlines()[-1]) == {"asked": [], "initialized": False}
+
+
+def test_every_compile_cache_variable_is_one_torch_reads():
+    """A variable torch never reads is a setting that is not in force: each name compile_cache_env sets must occur in
+    torch's own sources (TORCHINDUCTOR_AUTOTUNE_LOCAL_CACHE did not: `autotune_local_cache` has no variable)."""
+    import torch
+
+    from vramfit.sweep.pool import compile_cache_env
+
+    root = Path(torch.__file__).parent
+    text = "\n".join(p.read_text(errors="replace") for sub in ("_inductor", "_functorch", "compiler", "utils")
+                     for p in (root / sub).rglob("*.py"))
+    names = set(compile_cache_env("/tmp/x")) | set(compile_cache_env(None))
+    assert names and {n for n in names if f'"{n}"' not in text} == set()
+
+
+def test_fork_unsafe_decides_from_what_the_zygote_did_to_cuda():
+    """A forked child cannot use CUDA when its parent initialised it, nor after the parent called cudaGetDeviceCount
+    (torch/csrc/cuda/Module.cpp: poison_fork's atfork handler sets in_bad_fork in every later child, whose first
+    CUDA call raises "Cannot re-initialize CUDA in forked subprocess"). A CPU point is forked either way."""
+    from vramfit.sweep.forkserver import fork_unsafe
+
+    clean = {"cuda_initialized": False, "bad_fork": False}
+    assert fork_unsafe(clean, "cuda") == "" and fork_unsafe({}, "cuda:0") == ""
+    assert "initialised CUDA" in fork_unsafe({**clean, "cuda_initialized": True}, "cuda")
+    assert "asked CUDA" in fork_unsafe({**clean, "bad_fork": True}, "cuda")
+    assert fork_unsafe({"cuda_initialized": True, "bad_fork": True}, "cpu") == ""
+
+
+POISONED_ZYGOTE = textwrap.dedent("""
+    import sys
+    from vramfit.measure import zygote
+    zygote.cuda_state = lambda: {"cuda_initialized": False, "bad_fork": True}  # as after torch.cuda.device_count()
+    zygote.main()
+    sys.stdout.flush()
+""")
+SPAWNED = [sys.executable, "-c", "import json, sys; print(json.dumps({'status': 'ok', 'worker': 'spawn'}))"]
+
+
+@FORK
+def test_a_fork_server_that_touched_cuda_hands_cuda_points_to_spawned_workers():
+    spec, env = _spec(1)
+    spec = {**spec, "device": "cuda"}
+    with WorkerPool(SPAWNED, fork=True, zygote_cmd=[sys.executable, "-c", POISONED_ZYGOTE]) as pool:
+        assert pool.fork
+        rec = pool.run(spec, env, 60)
+        assert rec["status"] == "ok" and rec["worker"] == "spawn"
+        assert not pool.fork and "asked CUDA" in pool.describe()
+
+
+@FORK
+def test_the_real_zygote_reports_its_fork_safety():
+    """The zygote's ready message carries its fork-safety test: on a CPU build never poisoned; on a GPU (stage d of
+    experiments/gpu_evidence.sh) the same must hold, or CUDA points fall back to spawned workers."""
+    from vramfit.sweep.forkserver import ForkServer
+
+    env = _spec(1)[1]
+    server = ForkServer(env)
+    try:
+        assert server.info["cuda_initialized"] is False and server.info["bad_fork"] is False
+    finally:
+        server.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not fork_available()[0], reason="no fork server here")
+def test_on_a_gpu_the_fork_server_forks_cuda_points():
+    """The fork-safety test on a CUDA build: the zygote's imports (torch, triton, Dynamo) leave CUDA untouched, so a
+    CUDA point is forked, and measured."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    d = resolve("cuda", None)[0]
+    r = d.resolve(Recipe(compile=False))
+    spec = point_spec({**TINY, "batch_size": 2}, r, d, MEASURE, None)
+    with WorkerPool() as pool:
+        rec = pool.run(spec, worker_env(d, r, MEASURE), 300)
+        assert pool.fork, pool.describe()
+    assert rec["worker"] == "fork" and rec["status"] == "ok", rec.get("error")

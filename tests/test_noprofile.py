@@ -257,3 +257,19 @@ def test_fitting_batch_lands_on_the_largest_batch_the_line_allows():
     assert secant((8, 100), (8, 100)) is None and secant((8, 100), (4, 120)) is None
     # a nearly flat line between two estimates (the allocator's 2 MiB rounding) would cut 48 down to 1: proportional
     assert fitting_batch(48, budget + 2**20, budget, 1.0) == int(48 * budget / (budget + 2**20))
+
+
+def test_the_user_cache_needs_no_platformdirs(monkeypatch, tmp_path):
+    """platformdirs is only the no-profile cache's way to the user cache directory (absent on the lent GPU images):
+    without it the cache is $XDG_CACHE_HOME/vramfit, else ~/.cache/vramfit."""
+    import sys
+
+    from vramfit.plan.noprofile import cache_root
+
+    monkeypatch.delenv("VRAMFIT_CACHE_DIR", raising=False)
+    monkeypatch.setitem(sys.modules, "platformdirs", None)  # import platformdirs -> ImportError
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache_root() == tmp_path / "vramfit"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_root() == tmp_path / "home" / ".cache" / "vramfit"

@@ -89,3 +89,39 @@ def test_fp16_loss_has_no_fp32_copy_of_the_logits():
         assert out.dtype == torch.float32 and out.shape == ref.shape
     bf16 = estimate_step(mc, 4, Recipe(dtype="bfloat16", compile=False, optimizer="foreach"), "cuda", (8, 0))
     assert bf16.breakdown["logits_loss"] - fp16.breakdown["logits_loss"] >= 1.5 * logits
+
+
+def test_the_kernel_choice_follows_the_running_builds_cuda_and_cudnn():
+    """sdp_utils.cpp's check_prefer_cudnn_attention reads the cuDNN and CUDA versions of the running build: on sm90
+    a CUDA 12.8 build with cuDNN 9.10 runs flash, a CUDA 13 build cuDNN. The choice takes them from the running torch
+    (faked here), else the stated default; VRAMFIT_CUDA_VERSION / VRAMFIT_CUDNN_VERSION override; bad values are one
+    clear error."""
+    cu128 = lambda: ("12.8", 91002, "2.8.0+cu128")  # noqa: E731
+    cpu_build = lambda: (None, None, "2.13.0+cpu")  # noqa: E731
+    b = sdpa.cuda_build({}, cu128)
+    assert b == sdpa.CudaBuild((12, 8), 91002, "torch 2.8.0+cu128")
+    assert sdpa.select_kernel("default", "bfloat16", 64, (9, 0), env=NO_ENV, build=b) == "flash"
+    default = sdpa.cuda_build({}, cpu_build)
+    assert default == sdpa.CudaBuild((13, 0), 91900, "default")
+    assert sdpa.select_kernel("default", "bfloat16", 64, (9, 0), env=NO_ENV, build=default) == "cudnn"
+    over = sdpa.cuda_build({"VRAMFIT_CUDA_VERSION": "12.8", "VRAMFIT_CUDNN_VERSION": "9.10.2"}, cpu_build)
+    assert (over.cuda, over.cudnn) == ((12, 8), 91002) and over.source.startswith("VRAMFIT_CUDA_VERSION")
+    assert sdpa.cuda_build({"VRAMFIT_CUDNN_VERSION": "91600"}, cu128).to_dict() == {
+        "cuda": "12.8", "cudnn": 91600, "source": "VRAMFIT_CUDNN_VERSION (else torch 2.8.0+cu128)"}
+    with pytest.raises(ConfigError, match="VRAMFIT_CUDA_VERSION"):
+        sdpa.cuda_build({"VRAMFIT_CUDA_VERSION": "thirteen"}, cpu_build)
+
+
+def test_an_estimate_records_the_build_its_kernel_choice_followed(monkeypatch):
+    import json
+
+    monkeypatch.setenv("VRAMFIT_CUDA_VERSION", "12.8")
+    monkeypatch.setenv("VRAMFIT_CUDNN_VERSION", "91002")
+    monkeypatch.delenv("TORCH_CUDNN_SDPA_DEPRIORITIZED", raising=False)
+    mc = GPTConfig(n_layer=1, n_head=2, n_embd=128, block_size=64, vocab_size=256)
+    est = estimate_step(mc, 2, Recipe(dtype="bfloat16", compile=False), "cuda", (9, 0))
+    assert est.attention == "flash" and est.cuda_build["cuda"] == "12.8" and est.cuda_build["cudnn"] == 91002
+    assert json.loads(json.dumps(est.to_dict()))["cuda_build"]["source"].startswith("VRAMFIT_CUDA_VERSION")
+    monkeypatch.setenv("VRAMFIT_CUDA_VERSION", "13.0")
+    monkeypatch.setenv("VRAMFIT_CUDNN_VERSION", "91900")
+    assert estimate_step(mc, 2, Recipe(dtype="bfloat16", compile=False), "cuda", (9, 0)).attention == "cudnn"

@@ -141,9 +141,16 @@ def test_mfu_where_the_peak_is_known():
 
 @pytest.mark.parametrize("name, peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA A100-SXM4-40GB", 312e12),
                                         ("NVIDIA A10", 125e12), ("NVIDIA L40S", 362e12), ("NVIDIA L4", 121e12),
-                                        ("cpu: AMD EPYC", None), ("", None)])
+                                        ("NVIDIA A100 80GB PCIe", 312e12), ("NVIDIA GeForce RTX 4090", 165e12),
+                                        ("cpu: AMD EPYC", None), ("", None),
+                                        # a name containing a known one is another GPU (a substring used to match)
+                                        ("NVIDIA H100 PCIe", 756e12), ("NVIDIA RTX A1000", None), ("NVIDIA A10G", None),
+                                        ("NVIDIA GeForce RTX 4090 D", None), ("NVIDIA L40", None)])
 def test_device_peak_flops(name, peak):
-    assert device_peak_flops(name) == peak
+    """Matched by the whole model name (gpt.config.gpu_model), the same in the trainer's MFU and the fit's."""
+    from gpt.config import peak_flops_of
+
+    assert device_peak_flops(name) == peak == peak_flops_of(name)
 
 
 def test_huber_fit_shrugs_off_one_slow_point():

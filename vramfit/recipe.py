@@ -7,10 +7,32 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, fields, replace
 
 from gpt.config import ATTN_KERNELS, DTYPES, OPTIMIZERS, TrainConfig, resolve_recipe
 from vramfit.errors import VramfitError
+
+# torch reads PYTORCH_ALLOC_CONF first and PYTORCH_CUDA_ALLOC_CONF only where it is unset
+# (c10/core/AllocatorConfig.cpp: the device-specific name is the older one, read for backward compatibility),
+# so an inherited PYTORCH_ALLOC_CONF would override a recipe that set only the other: a worker sets or clears both.
+ALLOC_CONF_VARS = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
+
+
+def with_alloc_conf(env: dict[str, str], alloc_conf: str) -> dict[str, str]:
+    """`env` with the allocator settings of `alloc_conf` in both of torch's variables ('' clears both)."""
+    env = {k: v for k, v in env.items() if k not in ALLOC_CONF_VARS}
+    if alloc_conf:
+        env.update(dict.fromkeys(ALLOC_CONF_VARS, alloc_conf))
+    return env
+
+
+def alloc_conf_in_force(env: dict[str, str] | os._Environ) -> str:
+    """The allocator settings torch reads from `env`: PYTORCH_ALLOC_CONF where set, else PYTORCH_CUDA_ALLOC_CONF."""
+    for var in ALLOC_CONF_VARS:
+        if env.get(var) is not None:
+            return env[var]
+    return ""
 
 
 @dataclass(frozen=True)
@@ -21,7 +43,7 @@ class Recipe:
     compile: bool | None = None  # None: on for CUDA, off for CPU
     optimizer: str = "auto"  # auto | fused | foreach | loop
     attn_kernel: str = "default"  # default | flash | efficient | math
-    alloc_conf: str = ""  # PYTORCH_CUDA_ALLOC_CONF for the worker process
+    alloc_conf: str = ""  # the allocator settings of the worker process (both ALLOC_CONF_VARS)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:

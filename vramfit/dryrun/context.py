@@ -8,9 +8,10 @@ aten/src/ATen/cuda/CublasHandlePool.cpp), so they are part of the replayed trace
 `CONTEXT_TABLE` holds the context sizes known to this project, each row with its source; `context_bytes` picks
 the most specific row for (torch, CUDA, compute capability, lazy module loading). PyTorch sets
 CUDA_MODULE_LOADING=LAZY when the user has not set it (pytorch/pytorch#86509, torch >= 1.13), and lazy loading
-exists from CUDA 11.7. Rows from a GPU run of this project (experiments/gpu_validate.sh prints nvml - reserved)
-belong at the top of the table with that run as their source. Not in the table: cuDNN's kernels, which load into
-the context lazily when cuDNN attention first runs (no published size; a GPU run's dryrun.csv would show it).
+exists from CUDA 11.7. Rows from a GPU run of this project (experiments/gpu_evidence.sh, stage facts-context:
+NVML of the process minus memory_reserved()) belong at the top of the table with that run as their source. Not in
+the table: cuDNN's kernels, which load into the context lazily when cuDNN attention first runs (no published size;
+the same stage measures what the first cuDNN attention call adds).
 """
 
 from __future__ import annotations

@@ -64,6 +64,7 @@ class Estimate:
     process: dict = field(default_factory=dict)  # cuda: reserved + context = device bytes, with the context's source
     compiled: bool = False  # the figures above are the torch.compile emulation's (the recipe compiles)
     modes: dict = field(default_factory=dict)  # "eager" and, when compiled, "compiled": peak, phase, op, reserved
+    cuda_build: dict = field(default_factory=dict)  # cuda: the CUDA / cuDNN versions the SDPA kernel choice followed
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -76,6 +76,7 @@ class StepResult:
     allocator: dict = field(default_factory=dict)  # CUDA target: the caching allocator replay (allocator.py)
     compiled: bool = False  # the step above is the torch.compile emulation (`vramfit.dryrun.compiled`)
     modes: dict = field(default_factory=dict)  # "eager" (and "compiled"): each run's peak, phase, op, reserved
+    cuda_build: dict = field(default_factory=dict)  # CUDA target: the CUDA / cuDNN the kernel choice followed
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -231,10 +232,11 @@ class StepTracker(StorageTracker):
 
 # --- CUDA emulation ------------------------------------------------------------------------------------------------
 def cuda_attention_kernel(requested: str, dtype: str, head_dim: int, capability: tuple[int, int],
-                          **shape: object) -> str:
-    """The SDPA kernel a CUDA GPU of `capability` runs for this GPT: `vramfit.dryrun.sdpa.select_kernel`, PyTorch's
-    sdp_utils rules (cuDNN / flash / efficient / math). A kernel that is forced but cannot run is an error."""
-    return sdpa.select_kernel(requested, dtype, head_dim, capability, **shape)  # type: ignore[arg-type]
+                          build: sdpa.CudaBuild | None = None, **shape: object) -> str:
+    """The SDPA kernel a CUDA GPU of `capability` runs for this GPT with `build`'s CUDA and cuDNN:
+    `vramfit.dryrun.sdpa.select_kernel`, PyTorch's sdp_utils rules (cuDNN / flash / efficient / math). A kernel that
+    is forced but cannot run is an error."""
+    return sdpa.select_kernel(requested, dtype, head_dim, capability, build=build, **shape)  # type: ignore[arg-type]
 
 
 class _CudaAttention(TorchFunctionMode):
@@ -338,6 +340,7 @@ class _Plan:
     attention: str
     notes: list[str]
     compile: bool = False
+    cuda_build: dict = field(default_factory=dict)
 
 
 def _resolve(model_config: GPTConfig, batch_size: int, dtype: str, compile: bool | None, optimizer: str,
@@ -352,10 +355,12 @@ def _resolve(model_config: GPTConfig, batch_size: int, dtype: str, compile: bool
         notes.append(COMPILE_NOTE)
     head_dim = model_config.n_embd // model_config.n_head
     mc = model_config
-    attention = (cuda_attention_kernel(attn_kernel, dtype, head_dim, capability, n_embd=mc.n_embd,
-                                       batch=batch_size, n_head=mc.n_head, seq_len=mc.block_size,
-                                       dropout=mc.dropout) if target == "cuda" else attn_kernel)
-    return _Plan(dtype, impl, attention, notes, use_compile)
+    if target != "cuda":
+        return _Plan(dtype, impl, attn_kernel, notes, use_compile)
+    build = sdpa.cuda_build()
+    attention = cuda_attention_kernel(attn_kernel, dtype, head_dim, capability, build, n_embd=mc.n_embd,
+                                      batch=batch_size, n_head=mc.n_head, seq_len=mc.block_size, dropout=mc.dropout)
+    return _Plan(dtype, impl, attention, notes, use_compile, build.to_dict())
 
 
 COMPILE_NOTE = ("torch.compile emulated: Inductor's partitioner decides what the forward saves, pointwise ops are "
@@ -498,6 +503,7 @@ def run_step(
         steady_bytes=steady, target=target, dtype=plan.dtype, optimizer=plan.optimizer, attention=plan.attention,
         rounding=rounding, fake=fake, notes=plan.notes, seconds=time.perf_counter() - t0, allocator=alloc,
         compiled=plan.compile, modes={mode: _mode_summary(*run, steps) for mode, run in runs.items()},
+        cuda_build=plan.cuda_build,
     )
 
 

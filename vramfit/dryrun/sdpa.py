@@ -3,7 +3,9 @@
 The choice follows `select_sdp_backend` in aten/src/ATen/native/transformers/cuda/sdp_utils.cpp (torch 2.13 era):
 the priority order is flash, memory-efficient, math, with cuDNN attention first when `check_prefer_cudnn_attention`
 holds (capability 9.0/9.3/10.x with cuDNN > 9.15 on CUDA < 13, 9.x/10.x on CUDA 13; TORCH_CUDNN_SDPA_DEPRIORITIZED=1
-turns it off). Each backend's filters, for this GPT's dense, causal, packed-QKV inputs:
+turns it off). The CUDA and cuDNN versions are the running torch's where it has them, else CUDA 13.0 / cuDNN 9.19,
+and VRAMFIT_CUDA_VERSION / VRAMFIT_CUDNN_VERSION override either (`cuda_build`; each estimate records them).
+Each backend's filters, for this GPT's dense, causal, packed-QKV inputs:
 
 - flash (`can_use_flash_attention`): fp16/bf16 (bf16 needs sm80+ anyway), sm80-sm121, head_dim <= 256 (any
   multiple: the kernel pads q, k, v to a multiple of 8 itself), and with gradients on sm86-sm89 / sm120-121 no
@@ -18,12 +20,78 @@ turns it off). Each backend's filters, for this GPT's dense, causal, packed-QKV 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from gpt.errors import ConfigError
 
 KERNELS = ("cudnn", "flash", "efficient", "math")
-CUDNN_VERSION = 91900  # the cuDNN the emulated torch build ships (CUDA 13 wheels: > 9.15)
+CUDNN_VERSION = 91900  # the default build's cuDNN (torch's CUDA 13 wheels ship a cuDNN > 9.15)
 CUDA_VERSION = (13, 0)
+BUILD_ENV = ("VRAMFIT_CUDA_VERSION", "VRAMFIT_CUDNN_VERSION")  # the user's override of the build emulated
+
+
+@dataclass(frozen=True)
+class CudaBuild:
+    """The CUDA and cuDNN versions torch decides the SDPA kernel with (sdp_utils.cpp reads them at run time), and
+    where they came from: the running torch, the user's override (BUILD_ENV) or the stated default."""
+
+    cuda: tuple[int, int] = CUDA_VERSION
+    cudnn: int = CUDNN_VERSION
+    source: str = "default"
+
+    def to_dict(self) -> dict:
+        return {"cuda": f"{self.cuda[0]}.{self.cuda[1]}", "cudnn": self.cudnn, "source": self.source}
+
+
+def _running_torch() -> tuple[str | None, int | None, str]:
+    """(torch.version.cuda, torch.backends.cudnn.version(), torch.__version__) of this process's torch; the first
+    two None on a build without CUDA (neither call creates a CUDA context)."""
+    import torch
+
+    cuda = torch.version.cuda
+    try:
+        cudnn = torch.backends.cudnn.version() if cuda else None
+    except Exception:  # noqa: BLE001 - a CUDA build whose cuDNN cannot be loaded: no version to follow
+        cudnn = None
+    return cuda, cudnn, torch.__version__
+
+
+def _parse_cuda(text: str, what: str) -> tuple[int, int]:
+    try:
+        major, minor = (int(x) for x in str(text).strip().split(".")[:2])
+        return major, minor
+    except ValueError:
+        raise ConfigError(f"{what}: expected a CUDA version like 12.8, got {text!r}") from None
+
+
+def _parse_cudnn(text: str | int, what: str) -> int:
+    """91900, '91900' or '9.19.0' -> 91900 (CUDNN_VERSION = major * 10000 + minor * 100 + patch from cuDNN 9)."""
+    s = str(text).strip()
+    try:
+        if "." in s:
+            parts = [int(x) for x in s.split(".")] + [0, 0]
+            return parts[0] * 10000 + parts[1] * 100 + parts[2]
+        return int(s)
+    except ValueError:
+        raise ConfigError(f"{what}: expected a cuDNN version like 9.19.0 or 91900, got {text!r}") from None
+
+
+def cuda_build(env: Mapping[str, str] | None = None,
+               running: Callable[[], tuple[str | None, int | None, str]] = _running_torch) -> CudaBuild:
+    """The build the kernel choice follows: VRAMFIT_CUDA_VERSION / VRAMFIT_CUDNN_VERSION where set (either alone),
+    else the running torch's where it was built with CUDA and cuDNN, else the default (CUDA 13.0, cuDNN 9.19)."""
+    env = os.environ if env is None else env
+    cuda_v, cudnn_v, torch_v = running()
+    build = CudaBuild()
+    if cuda_v and cudnn_v:
+        build = CudaBuild(_parse_cuda(cuda_v, "torch.version.cuda"), int(cudnn_v), f"torch {torch_v}")
+    over = {k: env[k] for k in BUILD_ENV if env.get(k)}
+    if over:
+        build = CudaBuild(_parse_cuda(over[BUILD_ENV[0]], BUILD_ENV[0]) if BUILD_ENV[0] in over else build.cuda,
+                          _parse_cudnn(over[BUILD_ENV[1]], BUILD_ENV[1]) if BUILD_ENV[1] in over else build.cudnn,
+                          " + ".join(over) + f" (else {build.source})")
+    return build
 
 
 def _low(dtype: str) -> bool:
@@ -88,11 +156,13 @@ def prefer_cudnn(capability: tuple[int, int], cudnn_version: int = CUDNN_VERSION
 
 def select_kernel(requested: str, dtype: str, head_dim: int, capability: tuple[int, int], *, n_embd: int = 0,
                   batch: int = 1, n_head: int = 1, seq_len: int = 2, dropout: float = 0.0, grad: bool = True,
-                  env: dict | None = None) -> str:
-    """The kernel PyTorch runs ('default' = its priority order); a forced kernel that cannot run is an error."""
+                  env: dict | None = None, build: CudaBuild | None = None) -> str:
+    """The kernel PyTorch runs ('default' = its priority order) with `build`'s CUDA and cuDNN (default:
+    `cuda_build(env)`); a forced kernel that cannot run is an error."""
+    build = build or cuda_build(env)
     ok = {
         "cudnn": can_use_cudnn(dtype, head_dim, capability, batch=batch, n_head=n_head, seq_len=seq_len,
-                               dropout=dropout, grad=grad),
+                               dropout=dropout, grad=grad, cudnn_version=build.cudnn),
         "flash": can_use_flash(dtype, head_dim, capability, grad, dropout),
         "efficient": can_use_efficient(dtype, head_dim, capability, n_embd),
         "math": True,
@@ -107,7 +177,7 @@ def select_kernel(requested: str, dtype: str, head_dim: int, capability: tuple[i
             raise ConfigError(f"{name} cannot run {dtype} with head_dim {head_dim} on compute capability {cc} "
                               "(see PyTorch's sdp_utils.cpp)")
         return requested
-    order = KERNELS if prefer_cudnn(capability, env=env) else KERNELS[1:]
+    order = KERNELS if prefer_cudnn(capability, build.cudnn, build.cuda, env=env) else KERNELS[1:]
     return next(k for k in order if ok[k])
 
 

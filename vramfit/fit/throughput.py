@@ -127,13 +127,10 @@ class ThroughputModel:
 
 
 def device_peak_flops(device_name: str) -> float | None:
-    """Dense bf16/fp16 peak FLOP/s of a known GPU (gpt.config.PEAK_FLOPS), else None (CPUs: unknown)."""
-    from gpt.config import PEAK_FLOPS
+    """Dense bf16/fp16 peak FLOP/s of a known GPU (`gpt.config.peak_flops_of`), else None (CPUs: unknown)."""
+    from gpt.config import peak_flops_of
 
-    for key, value in PEAK_FLOPS.items():
-        if key in device_name:
-            return value
-    return None
+    return peak_flops_of(device_name)
 
 
 @dataclass

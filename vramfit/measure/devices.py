@@ -135,23 +135,33 @@ def all_nvml_devices() -> tuple[list[DeviceFacts], str]:
     out: list[DeviceFacts] = []
     try:
         driver = _decode(pynvml.nvmlSystemGetDriverVersion())
-        for i in range(pynvml.nvmlDeviceGetCount()):
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-            mem = pynvml.nvmlDeviceGetMemoryInfo(h)
-            try:
-                cc = ".".join(str(x) for x in pynvml.nvmlDeviceGetCudaComputeCapability(h))
-            except Exception:
-                cc = None
-            gpu = DeviceFacts(
-                device_type="cuda", device_name=_decode(pynvml.nvmlDeviceGetName(h)), index=i,
-                total_memory_bytes=int(mem.total), used_memory_bytes=int(mem.used),
-                gpu_uuid=_decode(pynvml.nvmlDeviceGetUUID(h)), compute_capability=cc, driver_version=driver,
-                cuda_version=cuda, torch_version=tv, source="nvml", nvml_index=i,
-            )
-            out += _mig_instances(pynvml, h, gpu) or [gpu]
+        count = pynvml.nvmlDeviceGetCount()
     except Exception as exc:
         return out, f"NVML error ({type(exc).__name__}: {exc})"
-    return out, ""
+    errors = []
+    for i in range(count):  # one GPU's error (a MIG instance without permission, a GPU fallen off the bus) is its own
+        try:
+            out += _nvml_device(pynvml, i, driver, cuda, tv)
+        except Exception as exc:
+            errors.append(f"NVML error on GPU {i} ({type(exc).__name__}: {exc}), left out")
+    return out, "; ".join(errors)
+
+
+def _nvml_device(nv, i: int, driver: str, cuda: str | None, tv: str | None) -> list[DeviceFacts]:
+    """GPU `i` as NVML lists it: itself, or its MIG instances where it is in MIG mode."""
+    h = nv.nvmlDeviceGetHandleByIndex(i)
+    mem = nv.nvmlDeviceGetMemoryInfo(h)
+    try:
+        cc = ".".join(str(x) for x in nv.nvmlDeviceGetCudaComputeCapability(h))
+    except Exception:
+        cc = None
+    gpu = DeviceFacts(
+        device_type="cuda", device_name=_decode(nv.nvmlDeviceGetName(h)), index=i,
+        total_memory_bytes=int(mem.total), used_memory_bytes=int(mem.used),
+        gpu_uuid=_decode(nv.nvmlDeviceGetUUID(h)), compute_capability=cc, driver_version=driver,
+        cuda_version=cuda, torch_version=tv, source="nvml", nvml_index=i,
+    )
+    return _mig_instances(nv, h, gpu) or [gpu]
 
 
 def nvml_devices() -> tuple[list[DeviceFacts], str]:

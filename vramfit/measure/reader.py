@@ -165,9 +165,13 @@ class CudaReader:
 
     def start(self) -> None:
         """Once the CUDA context exists: the context's bytes and, emulating, the first allocator cap (raises
-        torch.OutOfMemoryError when the emulated card cannot even hold the context)."""
+        torch.OutOfMemoryError when the emulated card cannot even hold the context). The tensor that created the
+        context holds a segment of the allocator (a 1-element tensor: 2 MiB, kSmallBuffer in
+        c10/cuda/CUDACachingAllocator.cpp), which NVML counts: it is the allocator's, not the context's, and the
+        cap must not count it twice."""
         self.cuda.synchronize()
-        ctx, _ = self.nvml_now()
+        raw, _ = self.nvml_now()
+        ctx = None if raw is None else max(0, raw - int(self.cuda.memory_reserved(self.device)))
         self.record["context_bytes"] = ctx
         if self.emulate:
             self._cap(ctx if ctx is not None else CONTEXT_ASSUMED)

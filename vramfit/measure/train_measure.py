@@ -20,6 +20,7 @@ from gpt.train import Trainer, TrainResult, resolve_device, train
 from vramfit.measure.devices import torch_uuid
 from vramfit.measure.probe import AllocatorPeak, NvmlProbe, training_state_bytes
 from vramfit.measure.reader import CpuReader, CudaReader, MemoryReader, add_compiled_step, over_emulated_card
+from vramfit.recipe import alloc_conf_in_force
 
 
 def cuda_reader(device: str, emulate_bytes: int | None = None, cuda: Any = None) -> CudaReader:
@@ -135,7 +136,7 @@ def train_and_measure(cfg: TrainConfig, log: Callable[[str], None] = print,
     if not over and record.get("compiled_reading") == "allocator":  # the tracker's cap missed Inductor's buffers
         over = over_emulated_card(record["tracked_bytes"], emulate_bytes)
     record.update(status="oom" if over else "ok", ms_per_iter=result.ms_per_iter, tokens_per_s=result.tokens_per_s,
-                  pid=os.getpid(), max_iters=cfg.max_iters)
+                  pid=os.getpid(), max_iters=cfg.max_iters, alloc_conf=alloc_conf_in_force(os.environ))
     if over:
         record["error"] = over
     if emulate_bytes:

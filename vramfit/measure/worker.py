@@ -54,7 +54,7 @@ class Point:
 
     def __init__(self, spec: dict, t_import: float) -> None:
         from gpt.config import make_config
-        from vramfit.recipe import Recipe
+        from vramfit.recipe import Recipe, alloc_conf_in_force
 
         self.spec = spec
         self.shape = {k: int(spec["point"][k]) for k in KEYS}
@@ -73,7 +73,7 @@ class Point:
         self.timings = {"process_start": max(0.0, T_START - spec["spawn_time"]) if spec.get("spawn_time") else None,
                         "import": t_import - T_START}
         self.rec: dict = {**self.shape, "status": "error", "device": spec.get("device", "cpu"), "pid": os.getpid(),
-                          "iters": 0, "stable": False, "alloc_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""),
+                          "iters": 0, "stable": False, "alloc_conf": alloc_conf_in_force(os.environ),
                           "timings": self.timings, "n_params": self.model_config.n_params(),
                           "worker": "fork" if FORK_INFO.get("forked") else "spawn"}
         if FORK_INFO.get("forked"):

@@ -9,7 +9,8 @@ initialises CUDA, and then reads one JSON request per line on stdin:
     {"op": "run", "id": N, "spec": {...}, "out": path, "err": path}   fork a child that measures the point
     {"op": "kill", "id": N}                                            SIGKILL that child if it still runs
 
-and answers one JSON line per event on stdout: {"ready": pid, "import_s", "threads"} once, {"id", "pid"} when a
+and answers one JSON line per event on stdout: {"ready": pid, "import_s", "threads", "cuda_initialized",
+"bad_fork"} once (the last two: `cuda_state`, what the client's `fork_unsafe` decides on), {"id", "pid"} when a
 child is forked, {"id", "status"} when it ended (the exit code, or -signal as subprocess reports it). The child
 writes its stdout and stderr to the files named in the request (the parent reads them once it ended), so it is the
 same worker (`vramfit.measure.worker.main`) in a fresh process with its own allocator and, on a GPU, its own CUDA
@@ -47,6 +48,33 @@ def preload() -> None:
     import vramfit.measure.reader  # noqa: F401
     import vramfit.measure.worker  # noqa: F401
     import vramfit.recipe  # noqa: F401
+
+
+def cuda_state() -> dict:
+    """What this process did to CUDA that a forked child could not survive (the fork-safety test, run once the
+    imports are done): `cuda_initialized` (a child cannot use its parent's context), and `bad_fork`, whether a
+    child's first CUDA call would fail: PyTorch's cudaGetDeviceCount wrapper calls poison_fork()
+    (torch/csrc/cuda/Module.cpp), whose pthread_atfork handler marks every later child as in a bad fork
+    ("Cannot re-initialize CUDA in forked subprocess"). That shows only in a child: one is forked to ask
+    `torch.cuda._is_in_bad_fork()` (always False on a build without CUDA)."""
+    import torch
+
+    state = {"cuda_initialized": bool(torch.cuda.is_initialized()), "bad_fork": None}
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(w, b"1" if torch.cuda._is_in_bad_fork() else b"0")
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        answer = os.read(r, 1)
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+    state["bad_fork"] = answer == b"1" if answer else None
+    return state
 
 
 _MADV_POPULATE_READ = 22  # linux/mman.h (5.14+)
@@ -255,7 +283,7 @@ def main() -> int:
     preload()
     zyg = Zygote(parent)
     zyg.send({"ready": os.getpid(), "import_s": round(time.time() - T_START, 3),
-              "threads": threading.active_count(), "file_pages_bytes": sum(n for _, n in zyg.runs)})
+              "threads": threading.active_count(), "file_pages_bytes": sum(n for _, n in zyg.runs), **cuda_state()})
     zyg.loop()
     return 0
 

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from vramfit.dryrun.sdpa import BUILD_ENV
 from vramfit.plan.estimate_pool import EstimatorPool, Job
 from vramfit.shape import Shape
 
@@ -34,13 +35,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """`cache_dir`, else $VRAMFIT_CACHE_DIR, else the user cache directory (platformdirs)."""
+    """`cache_dir`, else $VRAMFIT_CACHE_DIR, else the user cache directory: platformdirs' where it is installed
+    (it is needed by nothing else: a sweep runs without it), else $XDG_CACHE_HOME/vramfit or ~/.cache/vramfit."""
     if cache_dir:
         return Path(cache_dir)
     if os.environ.get("VRAMFIT_CACHE_DIR"):
         return Path(os.environ["VRAMFIT_CACHE_DIR"])
-    import platformdirs
-
+    try:
+        import platformdirs
+    except ImportError:
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vramfit"
     return Path(platformdirs.user_cache_dir("vramfit", appauthor=False))
 
 
@@ -78,6 +82,7 @@ def cache_key(recipe: dict, capability: tuple[int, int], vocab_size: int, target
     return {"format": CACHE_FORMAT, "torch": torch_version(), "capability": list(capability),
             "recipe": dict(sorted(recipe.items())), "vocab_size": int(vocab_size), "target": target,
             "estimator": code_version(), "context_table": context_version(),
+            "cuda_build": {k: os.environ.get(k, "") for k in BUILD_ENV},  # the user's SDPA build override
             "design": {k: list(v) for k, v in DESIGN.items()}}
 
 

@@ -15,6 +15,7 @@ from vramfit.errors import VramfitError
 from vramfit.fit.memmodel import fit_points
 from vramfit.fit.profile import Profile, latest
 from vramfit.plan.suggest import Suggestion
+from vramfit.recipe import ALLOC_CONF_VARS
 from vramfit.shape import KEYS
 
 if TYPE_CHECKING:
@@ -105,7 +106,8 @@ def train_command(s: Suggestion, recipe: dict, data_dir: str = DEFAULT_DATA_DIR,
     args += ["--data-dir", data_dir, "--out-dir", out_dir or f"out/suggest-{s.rank}"]
     cmd = shlex.join(args)
     if recipe.get("alloc_conf"):
-        cmd = f"PYTORCH_CUDA_ALLOC_CONF={shlex.quote(recipe['alloc_conf'])} {cmd}"
+        conf = shlex.quote(recipe["alloc_conf"])
+        cmd = " ".join(f"{var}={conf}" for var in ALLOC_CONF_VARS) + f" {cmd}"
     return cmd
 
 

@@ -27,7 +27,7 @@ from vramfit.sweep.grid import Grid, Measure
 #   compiled at batch 4, 8, 12: the tracked bytes (Inductor's buffers included) and the CPU allocator's peak of a
 #   steady step were byte-identical static and dynamic, but the process's RSS was 3.9-5.7 MB (42-131 %) higher
 #   with the dynamic graph, in three runs: beyond the RSS tolerance, so the readings differ.
-# - cuda: absent. Not measured yet: experiments/gpu_validate.sh, stage dynamic-batch, compares NVML, reserved and
+# - cuda: absent. Not measured yet: experiments/gpu_evidence.sh, stage dynamic-batch, compares NVML, reserved and
 #   allocated bytes of the same shapes static and dynamic on a lent GPU.
 VERIFIED: dict[str, str] = {}
 

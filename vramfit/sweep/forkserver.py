@@ -22,7 +22,7 @@ from pathlib import Path
 
 from vramfit.child import PARENT_ENV, ChildResult
 
-__all__ = ["FORK_ENV", "ForkServer", "ForkServerError", "fork_available"]
+__all__ = ["FORK_ENV", "ForkServer", "ForkServerError", "fork_available", "fork_unsafe"]
 
 ZYGOTE_CMD = [sys.executable, "-m", "vramfit.measure.zygote"]
 FORK_ENV = "VRAMFIT_WORKERS"  # 'spawn' forces one fresh interpreter per point; 'fork' (default where possible)
@@ -44,6 +44,20 @@ def fork_available() -> tuple[bool, str]:
     if sys.platform == "darwin":
         return False, "fork is unsafe on macOS (Python's default there is spawn)"
     return True, ""
+
+
+def fork_unsafe(info: dict, device: str) -> str:
+    """Why a point on `device` must not be forked from a zygote whose ready message was `info` (its
+    `vramfit.measure.zygote.cuda_state`), '' when it may: a CUDA point needs a parent that neither initialised CUDA
+    nor asked it for its devices (after which torch fails a forked child's first CUDA call). A CPU point never uses
+    CUDA (its worker sees no GPU), so it forks either way."""
+    if not str(device).startswith("cuda"):
+        return ""
+    if info.get("cuda_initialized"):
+        return "the fork server initialised CUDA"
+    if info.get("bad_fork"):
+        return "the fork server asked CUDA for its devices, so a forked child could not use CUDA"
+    return ""
 
 
 class _Pending:

@@ -3,7 +3,9 @@
 A fresh process per point is either forked from the sweep's fork server (`vramfit.sweep.forkserver`: one zygote
 per worker environment and thread, which imported torch once) or, where fork is not available or a custom worker
 command is given, spawned (`python -m vramfit.measure.worker`, paying the import each time). Either way the worker
-code, its record, the timeout and the death with the sweep are the same.
+code, its record, the timeout and the death with the sweep are the same. A fork server that touched CUDA
+(`vramfit.sweep.forkserver.fork_unsafe`, from the fork-safety test it runs at start) hands CUDA points to spawned
+workers.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 from vramfit.child import ChildResult, LiveChildren, run_json
 from vramfit.measure.devices import PCI_ORDER, DeviceFacts
-from vramfit.recipe import Recipe
+from vramfit.recipe import Recipe, with_alloc_conf
 from vramfit.sweep.grid import Measure
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -30,11 +32,13 @@ def worker_env(facts: DeviceFacts, recipe: Recipe, measure: Measure) -> dict[str
     """The worker's environment: RSS that follows frees (glibc mmap threshold, no MKL buffer cache) and
     `measure.threads` threads on CPU; on CUDA the GPU by UUID (chosen among the GPUs the inherited
     CUDA_VISIBLE_DEVICES allows, see `devices.visible_devices`), CUDA_DEVICE_ORDER=PCI_BUS_ID (CUDA's ordinals in
-    NVML's order) and the recipe's PYTORCH_CUDA_ALLOC_CONF (the recipe is authoritative: an inherited value is
-    removed)."""
+    NVML's order) and the recipe's allocator settings in both of torch's variables (`recipe.with_alloc_conf`: the
+    recipe is authoritative, an inherited value is removed). A CPU worker sees no GPU (CUDA_VISIBLE_DEVICES=''):
+    on a GPU host, Dynamo and Inductor would otherwise initialise CUDA in it and NVML would count it."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     if facts.device_type == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = ""
         env["MALLOC_MMAP_THRESHOLD_"] = "65536"
         env["MALLOC_TRIM_THRESHOLD_"] = "0"
         env["MKL_DISABLE_FAST_MM"] = "1"  # MKL's buffer cache would keep ~2 MB of RSS that no tensor owns
@@ -47,9 +51,7 @@ def worker_env(facts: DeviceFacts, recipe: Recipe, measure: Measure) -> dict[str
             env["CUDA_VISIBLE_DEVICES"] = facts.gpu_uuid
         elif facts.index is not None and not os.environ.get("CUDA_VISIBLE_DEVICES"):  # torch facts, no NVML
             env["CUDA_VISIBLE_DEVICES"] = str(facts.index)
-        env.pop("PYTORCH_CUDA_ALLOC_CONF", None)
-        if recipe.alloc_conf:
-            env["PYTORCH_CUDA_ALLOC_CONF"] = recipe.alloc_conf
+        env = with_alloc_conf(env, recipe.alloc_conf)
     return env
 
 
@@ -71,12 +73,13 @@ def share_compile_cache(device: str) -> bool:
 
 def compile_cache_env(cache_dir: str | None) -> dict[str, str]:
     """Inductor's on-disk caches (FX graph, AOTAutograd, autotuning, Triton kernels) in one per-sweep directory,
-    shared by the sweep's workers and by no other sweep; with `cache_dir` None (CACHE_ENV=0), every cache off."""
+    shared by the sweep's workers and by no other sweep; with `cache_dir` None (CACHE_ENV=0), every cache off.
+    Only variables torch reads (the autotuning cache has no variable: `autotune_local_cache` is on by default and
+    lives in TORCHINDUCTOR_CACHE_DIR)."""
     if cache_dir is None:
         return {"TORCHINDUCTOR_FORCE_DISABLE_CACHES": "1"}
     return {"TORCHINDUCTOR_CACHE_DIR": cache_dir, "TRITON_CACHE_DIR": os.path.join(cache_dir, "triton"),
-            "TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "TORCHINDUCTOR_AUTOGRAD_CACHE": "1",
-            "TORCHINDUCTOR_AUTOTUNE_LOCAL_CACHE": "1"}
+            "TORCHINDUCTOR_FX_GRAPH_CACHE": "1", "TORCHINDUCTOR_AUTOGRAD_CACHE": "1"}
 
 
 class WorkerPool:
@@ -144,14 +147,18 @@ class WorkerPool:
         return server
 
     def _run_child(self, spec: dict, env: dict[str, str], timeout: float) -> ChildResult:
-        if not self.fork:
-            return run_json(self.cmd, spec, timeout, env=env, live=self.live)
-        from vramfit.sweep.forkserver import ForkServerError
+        if self.fork:
+            from vramfit.sweep.forkserver import ForkServerError, fork_unsafe
 
-        try:
-            return self._server(env).run(spec, timeout)
-        except ForkServerError as exc:
-            return ChildResult(1, "", str(exc))
+            try:
+                server = self._server(env)
+                why = fork_unsafe(server.info, str(spec.get("device") or "cpu"))
+                if not why:
+                    return server.run(spec, timeout)
+            except ForkServerError as exc:
+                return ChildResult(1, "", str(exc))
+            self.fork, self.why_spawn = False, why  # this and every later point: spawned
+        return run_json(self.cmd, spec, timeout, env=env, live=self.live)
 
     def run(self, spec: dict, env: dict[str, str], timeout: float) -> dict:
         """One point in one fresh process; always returns a record (ok | oom | error | timeout)."""
