@@ -192,3 +192,19 @@ def test_the_readme_example_plans_without_a_profile(capsys, checkout):
     rc, doc, err = like(capsys, "--vram", "8G", "--no-profile")  # the cache answers: no estimate runs again
     assert rc == 0 and doc["dry_run"]["estimates_run"] == 0 and doc["recipe"]["dtype"] == "bfloat16", err
     assert all(s["margin_bytes"] == 0 for s in doc["suggestions"])  # re-checked by the estimator
+
+
+def test_the_dry_runs_recipe_is_the_files_unless_given(tmp_path):
+    """Without --recipe, a no-profile plan estimates with the dtype and compile the config file sets."""
+    from vramfit.plan.like import read_like
+    from vramfit.plan.profiles import _dry_run_recipe
+    from vramfit.plan.request import PlanRequest
+
+    (tmp_path / "c.py").write_text(CHAR_CONFIG + "dtype = 'float16'\ncompile = False\n")
+    found = read_like(tmp_path / "c.py")
+    assert found.recipe == {"dtype": "float16", "compile": False} and found.config
+    rec = _dry_run_recipe(PlanRequest("8G"), found)
+    assert (rec.dtype, rec.compile, rec.optimizer) == ("float16", False, "fused")
+    rec = _dry_run_recipe(PlanRequest("8G", recipe="dtype=bfloat16,compile=true"), found)
+    assert (rec.dtype, rec.compile) == ("bfloat16", True)
+    assert read_like(tmp_path / "c.py").shape == Shape(6, 6, 384, 256, 64)  # no corpus there: GPT-2's vocabulary
