@@ -161,7 +161,7 @@ def test_cached_cli_run_gives_the_same_suggestions(tmp_path, monkeypatch, capsys
     """The real estimator through the CLI: cold (all estimates run), warm (none run), --no-cache (all run, the
     cache untouched): the same suggestions each time. No GPU profile and no GPU here: auto plans by the dry run."""
     monkeypatch.chdir(tmp_path)  # results/models is empty: no profile
-    monkeypatch.setattr("vramfit.plan.recommend.local_gpu_capability", lambda: None)
+    monkeypatch.setattr("vramfit.plan.profiles.local_gpu_capability", lambda: None)
     args = ["suggest", "--vram", "3G", "--vocab", "128", "--n-layer", "2,4", "--block-size", "256", "--top", "3",
             "--cache-dir", str(tmp_path / "cache"), "--json", "--save", str(tmp_path / "s.json")]
     docs = []
