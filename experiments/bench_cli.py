@@ -43,7 +43,7 @@ def main() -> None:
         ((_, model),) = fit_and_save(synthetic_points(), tmp)
         cases = {
             "vramfit --help": ["--help"],
-            "vramfit suggest --vram 8G": ["suggest", "--vram", "8G", "--model", str(model), "--save",
+            "vramfit suggest --vram 8G": ["suggest", "--vram", "8G", "--model", str(model), "--suggestions-file",
                                           str(Path(tmp) / "s.json")],
             "vramfit predict (GPT-2 small, batch 12)": ["predict", "--n-layer", "12", "--n-head", "12", "--n-embd",
                                                         "768", "--block-size", "1024", "--batch-size", "12",

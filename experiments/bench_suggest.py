@@ -57,7 +57,8 @@ def bench_no_profile(args) -> None:
     print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "vramfit", "suggest", "--vram", args.vram, "--no-profile", "--capability",
-               args.capability, "--cache-dir", str(Path(tmp) / "cache"), "--json", "--save", str(Path(tmp) / "s.json")]
+               args.capability, "--cache-dir", str(Path(tmp) / "cache"), "--json", "--suggestions-file",
+               str(Path(tmp) / "s.json")]
         for label in ["cold"] + ["warm"] * args.repeat:
             r = run_tree(cmd, env)
             if r["rc"] != 0:

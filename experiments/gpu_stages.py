@@ -379,7 +379,7 @@ def check_5(work: Path) -> int:
     nums = json.loads(r.stdout.strip().splitlines()[-1])
     data = work / "data"
     subprocess.run(vramfit_cmd("prepare", "--input", str(corpus(work / "corpus.txt")), "--tokenizer", "char",
-                               "--out", str(data)), cwd=ROOT, capture_output=True, timeout=120)
+                               "--data-dir", str(data)), cwd=ROOT, capture_output=True, timeout=120)
     db = work / "train.sqlite"
     rc = run_logged(vramfit_cmd("train", "--measure", "--db", str(db), "--data-dir", str(data), "--out-dir",
                                 str(work / "ckpt"), "--n-layer", "2", "--n-head", "4", "--n-embd", "128",

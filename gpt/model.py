@@ -175,14 +175,19 @@ class GPT(nn.Module):
         temperature: float = 1.0,
         top_k: int | None = None,
         generator: torch.Generator | None = None,
+        vocab_size: int | None = None,
     ) -> torch.Tensor:
-        """Sample `max_new_tokens` tokens after the prompt `idx` (B, T)."""
+        """Sample `max_new_tokens` tokens after the prompt `idx` (B, T); with `vocab_size` (the tokenizer's), only
+        ids below it: a vocabulary padded past the corpus's (nanoGPT's 50304 for GPT-2's 50257, a `--vocab-size`
+        above a char corpus's) has rows no tokenizer can decode."""
         if temperature <= 0:
             raise ConfigError(f"temperature must be > 0, got {temperature}")
         for _ in range(max_new_tokens):
             idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size :]
             logits, _ = self(idx_cond)
             logits = logits[:, -1, :].float() / temperature
+            if vocab_size is not None:
+                logits[:, vocab_size:] = -float("inf")
             if top_k is not None:
                 v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
                 logits[logits < v[:, [-1]]] = -float("inf")

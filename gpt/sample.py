@@ -52,7 +52,8 @@ class Sampler:
         if not ids:
             raise DataError("the prompt encodes to no tokens")
         x = torch.tensor([ids] * num_samples, dtype=torch.long, device=self.device)
-        y = self.model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, generator=self.generator)
+        y = self.model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, generator=self.generator,
+                                vocab_size=self.tokenizer.vocab_size)
         start = 0 if prompt else 1
         return [self.tokenizer.decode(row[start:].tolist()) for row in y]
 

@@ -242,7 +242,7 @@ def test_named_cards_carry_the_total_nvml_reports():
     assert parse_vram("t4") == (15360 * MIB, CARDS["t4"])
     assert parse_vram("A100-40G")[0] == 40960 * MIB and parse_vram("h100_80g")[0] == 81559 * MIB
     assert parse_vram("8G") == (8 * 2**30, None)
-    assert all(c.source.startswith("https://") and c.total_bytes % MIB == 0 for c in CARDS.values())
+    assert all("https://" in c.source and c.total_bytes % MIB == 0 for c in CARDS.values())
     for bad in ("rtx9999", "0", "-1G"):
         with pytest.raises(VramfitError):
             parse_vram(bad)

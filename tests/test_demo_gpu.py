@@ -103,7 +103,7 @@ def test_without_the_flag_a_suggestion_beyond_the_measured_range_is_flagged(one_
 
 @pytest.mark.gpu
 def test_demo_command_sequence_on_cuda(tmp_path, corpus_text):
-    """scripts/demo.sh's steps with DEVICE=cuda (VRAMFIT_PYTHON: the machine's own CUDA torch, no install)."""
+    """scripts/demo.sh's steps with TARGET=cuda (VRAMFIT_PYTHON: the machine's own CUDA torch, no install)."""
     import torch
 
     if not torch.cuda.is_available():

@@ -27,28 +27,28 @@ SHAPE = ["--n-layer", "2", "--n-head", "2", "--n-embd", "64", "--block-size", "6
 
 # name -> arguments, run in order in one folder (fit writes the model file the later commands read)
 CASES = {
-    "fit": ["fit", "--db", "demo.sqlite", "--out", "models"],
+    "fit": ["fit", "--db", "demo.sqlite", "--models", "models"],
     "predict": ["predict", "--model", MODEL, "--n-layer", "4", "--n-head", "4", "--n-embd", "256",
                 "--block-size", "128", "--batch-size", "16", "--vocab", "65"],
     "predict_json": ["predict", "--model", MODEL, "--n-layer", "4", "--n-head", "4", "--n-embd", "256",
                      "--block-size", "128", "--batch-size", "16", "--vocab", "65", "--json"],
-    "suggest": ["suggest", "--vram", "256M", "--device", "cpu", "--vocab", "65", "--block-size", "128",
+    "suggest": ["suggest", "--vram", "256M", "--target", "cpu", "--vocab", "65", "--block-size", "128",
                 "--n-layer", "2,4", "--n-embd", "128,192,256", "--objective", "balanced", "--top", "5",
-                "--model", MODEL, "--save", "s.json", "--data-dir", "data/shakespeare_char"],
-    "suggest_json": ["suggest", "--vram", "256M", "--device", "cpu", "--vocab", "65", "--block-size", "128",
+                "--model", MODEL, "--suggestions-file", "s.json", "--data-dir", "data/shakespeare_char"],
+    "suggest_json": ["suggest", "--vram", "256M", "--target", "cpu", "--vocab", "65", "--block-size", "128",
                      "--n-layer", "2,4", "--n-embd", "128,192,256", "--top", "3", "--model", MODEL,
-                     "--save", "s.json", "--json"],
+                     "--suggestions-file", "s.json", "--json"],
     "estimate_cpu": ["estimate", *SHAPE, "--target", "cpu"],
     "estimate_cuda": ["estimate", *SHAPE],
     "estimate_like": ["estimate", "--like", "cfg.py", "--vocab", "65", "--target", "cpu"],
     # added after the refactor (issue 27): `suggest --like` with a card name, which failed before it ("cannot parse
     # size 't4'"); its output is the one suggest workflow's
     "suggest_like": ["suggest", "--vram", "t4", "--like", "cfg.py", "--vocab", "65", "--model", MODEL,
-                     "--save", "s.json"],
+                     "--suggestions-file", "s.json"],
 }
 NO_PROFILE = ["suggest", "--vram", "512M", "--no-profile", "--capability", "8.6", "--vocab", "65", "--n-layer", "2",
               "--n-head", "4", "--n-embd", "128", "--block-size", "256", "--top", "3", "--no-cache",
-              "--save", "np.json"]
+              "--suggestions-file", "np.json"]
 
 
 def _normalise(text: str) -> str:

@@ -32,6 +32,17 @@ def test_help_and_import_do_not_load_torch():
     assert rc == 0 and mods == [], out
 
 
+def test_each_commands_help_loads_nothing_heavy():
+    """The cli package registers every command at import; none of their modules imports torch, pandas or
+    scikit-learn at module level (each command imports what it needs when it runs). One process, every command."""
+    probe = PROBE.replace("rc = main(sys.argv[1:])", "rc = max(main([c, '--help']) for c in sys.argv[1:])")
+    commands = ["info", "runs", "export", "sweep", "fit", "predict", "suggest", "estimate", "prepare", "train",
+                "sample", "export-nanogpt", "plot", "report"]
+    r = subprocess.run([sys.executable, "-c", probe, *commands], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == "LOADED ", r.stdout[-500:] + r.stderr[-500:]
+
+
 def test_suggest_and_predict_from_a_model_file_load_neither_torch_nor_sklearn(tmp_path):
     points = synthetic_points()
     points["device_key"] = "synthetic"

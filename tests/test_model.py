@@ -83,6 +83,17 @@ def test_generate_extends_and_crops_context():
     assert int(out.max()) < 20
 
 
+def test_generate_samples_only_what_the_tokenizer_decodes():
+    """A model whose vocabulary is padded past its tokenizer's (a char corpus of 5 symbols trained at --vocab-size
+    64) never samples a padded id: `vramfit sample` would fail to decode it."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=8, vocab_size=64)).eval()
+    free = model.generate(torch.zeros(4, 1, dtype=torch.long), max_new_tokens=40, top_k=None)
+    assert int(free.max()) >= 5  # an untrained model spreads over all 64 ids
+    out = model.generate(torch.zeros(4, 1, dtype=torch.long), max_new_tokens=40, top_k=None, vocab_size=5)
+    assert int(out.max()) < 5
+
+
 def test_nanogpt_state_dict_layout_loads():
     """A state dict laid out like a nanoGPT checkpoint (compiled: `_orig_mod.` prefix) loads into GPT."""
     cfg = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50, bias=False)

@@ -119,3 +119,11 @@ def test_estimate_like_a_config(capsys, checkout):
     assert est["batch_size"] == 2 and est["model_config"]["n_head"] == 6
     assert est["model_config"]["vocab_size"] == meta["vocab_size"]
     assert est["model_config"]["dropout"] == 0.2 and est["model_config"]["bias"] is False  # the file's, as it is
+
+
+def test_suggest_like_takes_a_card_name(capsys, checkout, model_file, tmp_path):
+    """`suggest --like` plans for a named card's nvidia-smi total as the other ways in do (`--vram "RTX 3070"`)."""
+    rc, out, err = run(capsys, "suggest", "--vram", "RTX 3070", "--like", "config/train_shakespeare_char.py",
+                       "--model", model_file, "--save", tmp_path / "s.json", "--json")
+    assert rc == 0, err
+    assert json.loads(out)["budget_bytes"] == 8192 * 2**20

@@ -207,7 +207,7 @@ def test_what_to_plan_for(profiles, tmp_path):
     assert choose_model(PlanRequest("8G"), only_cpu)[0].name == "gpu.json"
     with pytest.raises(VramfitError, match="no CPU profile"):
         choose_model(PlanRequest("8G", device="cpu"), tmp_path / "empty")
-    with pytest.raises(VramfitError, match="unknown --device"):
+    with pytest.raises(VramfitError, match="unknown --target"):
         choose_model(PlanRequest("8G", device="tpu"), only_cpu)
 
 

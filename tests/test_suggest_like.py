@@ -41,8 +41,8 @@ def checkout(tmp_path, corpus_text, monkeypatch):
 
 
 def like(capsys, *args) -> tuple[int, dict | str, str]:
-    """`suggest --like LIKE ARGS --json --save s.json`: (exit code, the document, stderr)."""
-    rc = main(["suggest", "--like", LIKE, "--json", "--save", "s.json", *[str(a) for a in args]])
+    """`suggest --like LIKE ARGS --json --suggestions-file s.json`: (exit code, the document, stderr)."""
+    rc = main(["suggest", "--like", LIKE, "--json", "--suggestions-file", "s.json", *[str(a) for a in args]])
     out, err = capsys.readouterr()
     doc = json.loads(out) if out.strip().startswith("{") else out
     if isinstance(doc, dict):
@@ -118,7 +118,7 @@ def test_hours_rank_the_model_close_to_it_by_what_the_time_buys(capsys, checkout
     assert useful == sorted(useful, reverse=True)
     monkeypatch.setenv("COLUMNS", "200")
     rc = main(["suggest", "--like", LIKE, "--vram", "8G", "--hours", "2", "--model", str(profile_file),
-               "--save", "s.json"])
+               "--suggestions-file", "s.json"])
     out, err = capsys.readouterr()
     assert rc == 0 and "found" in out and "ms/iter" in out and "largest batch" in out, err
 
@@ -146,9 +146,9 @@ def test_device_picks_the_profile_by_its_recorded_fit_time(capsys, checkout, pro
     os.utime(f"{models}/old.json")  # the newest file by mtime is not the newest fit
     rc, doc, err = like(capsys, "--vram", "8G")
     assert rc == 0 and doc["device"] == "New GPU" and doc["model_file"].endswith("new.json"), err
-    rc, doc, err = like(capsys, "--vram", "8G", "--device", "cpu")
+    rc, doc, err = like(capsys, "--vram", "8G", "--target", "cpu")
     assert rc == 0 and doc["device"] == "A CPU" and doc["plan"].startswith("plan for CPU RAM"), err
-    rc, doc, err = like(capsys, "--vram", "8G", "--device", "cuda", "--model", f"{models}/old.json")
+    rc, doc, err = like(capsys, "--vram", "8G", "--target", "cuda", "--model", f"{models}/old.json")
     assert rc == 0 and doc["device"] == "Old GPU", err
 
 
@@ -171,7 +171,7 @@ def test_within_measured_and_size_flags(capsys, checkout, profile_file):
 def test_like_a_checkpoint(capsys, checkout, profile_file):
     nanogpt_checkpoint(Path("out-char") / "ckpt.pt", checkout)
     rc = main(["suggest", "--like", "out-char", "--vram", "8G", "--model", str(profile_file),
-               "--json", "--save", "s.json"])
+               "--json", "--suggestions-file", "s.json"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     doc = json.loads(out)

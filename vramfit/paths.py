@@ -8,6 +8,11 @@ from pathlib import Path
 
 from vramfit.errors import VramfitError
 
+# Where the commands read and write by default (relative to the working folder), each named once.
+DB_FILE = Path("results") / "vramfit.sqlite"
+MODELS_DIR = Path("results") / "models"
+SUGGESTIONS_FILE = Path("results") / "suggestions.json"
+
 
 def _nearest_existing(path: Path) -> Path:
     p = path.absolute()

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from vramfit.errors import VramfitError
+from vramfit.paths import DB_FILE
 from vramfit.recipe import Recipe
 from vramfit.shape import KEYS, Shape
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     import pandas as pd  # imported by the queries that build frames: opening the store does not load pandas
 
 SCHEMA_VERSION = 1
-DEFAULT_DB = Path("results") / "vramfit.sqlite"
+DEFAULT_DB = DB_FILE
 STATUSES = ("ok", "oom", "timeout", "error")
 DONE_STATUSES = ("ok", "oom")  # resume skips these; error/timeout points are tried again
 # how a CUDA point's nvml_bytes was read: this process's own entry in NVML's compute-process list, or device used

@@ -21,7 +21,7 @@ def auto_budget(device: str = "auto") -> tuple[int, str]:
     from vramfit.measure.devices import cpu_facts, cuda_devices
 
     if device not in ("auto", "cuda", "cpu"):
-        raise VramfitError(f"unknown --device {device!r}; choose auto, cuda, cpu")
+        raise VramfitError(f"unknown --target {device!r}; choose auto, cuda, cpu")
     gpus = cuda_devices()[0] if device != "cpu" else []
     gpus = [g for g in gpus if g.total_memory_bytes]
     if gpus:
@@ -31,7 +31,7 @@ def auto_budget(device: str = "auto") -> tuple[int, str]:
         return total - used - reserve, (f"auto: {g.device_name} {format_size(total)} (NVML) - {format_size(used)} "
                                         f"in use by other processes - {AUTO_GPU_RESERVE:.0%} reserve")
     if device == "cuda":
-        raise VramfitError("--vram auto --device cuda: no CUDA GPU visible here (give a size or a card name)")
+        raise VramfitError("--vram auto --target cuda: no CUDA GPU visible here (give a size or a card name)")
     ram = int(cpu_facts().total_memory_bytes or 0)
     if ram <= 0:
         raise VramfitError("--vram auto: cannot read this machine's RAM (give a size)")

@@ -201,6 +201,7 @@ class DryRunPlanner:
         self._runner = runner  # tests: a stand-in for EstimatorPool.run
         self.ran = 0
         self.cached = 0
+        self.margin = None  # vramfit.validation.Margin, once model() ran
 
     def __enter__(self) -> DryRunPlanner:
         return self
@@ -224,16 +225,19 @@ class DryRunPlanner:
         return [store[shape_id(s)] for s in shapes]
 
     def model(self):
-        """(MemoryModel, margin, resolved recipe dict): the calibrated model, from the cache when it holds one."""
-        from vramfit.fit.memmodel import MIN_MARGIN, MemoryModel
+        """(MemoryModel, margin, resolved recipe dict): the calibrated model, from the cache when it holds one; the
+        margin is the public validation set's (`vramfit.validation.planning_margin`, kept in `self.margin`)."""
+        from vramfit.fit.memmodel import MemoryModel
+        from vramfit.validation import planning_margin
 
+        self.margin = planning_margin()
         shapes = design_shapes(self.vocab_size)
         if self.entry.model is not None:
             self.cached += len(shapes)
-            return MemoryModel.from_dict(self.entry.model), self.entry.margin_rel, self.resolved.to_dict()
+            return MemoryModel.from_dict(self.entry.model), self.margin.rel, self.resolved.to_dict()
         model = calibrated_model(shapes, self._estimates(shapes, self.entry.estimates))
-        self.entry.model, self.entry.margin_rel, self.entry.dirty = model.to_dict(), MIN_MARGIN, True
-        return model, MIN_MARGIN, self.resolved.to_dict()
+        self.entry.model, self.entry.margin_rel, self.entry.dirty = model.to_dict(), self.margin.rel, True
+        return model, self.margin.rel, self.resolved.to_dict()
 
     def verify(self, items: list, budget: int) -> list:
         """Re-predict suggestions by the estimator (its device figure); a suggestion over budget gets the batch the

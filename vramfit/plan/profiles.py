@@ -38,12 +38,12 @@ def local_gpu_capability() -> str | None:
 
 def choose_model(req: PlanRequest, models_dir: Path | None = None) -> tuple[Path, Profile] | None:
     """The profile to plan with, or None for the dry run: --model; else the most recently fitted GPU profile in
-    `models_dir` (--device auto|cuda) or CPU one (--device cpu) (`vramfit.fit.profile.latest`). Without a GPU
+    `models_dir` (--target auto|cuda) or CPU one (--target cpu) (`vramfit.fit.profile.latest`). Without a GPU
     profile, auto and cuda plan for a GPU by the dry run: a CPU profile measures RAM, not a card."""
     from vramfit.plan.workflows import MODELS_DIR
 
     if req.device not in DEVICES:
-        raise VramfitError(f"unknown --device {req.device!r}; choose {', '.join(DEVICES)}")
+        raise VramfitError(f"unknown --target {req.device!r}; choose {', '.join(DEVICES)}")
     if req.model:
         return Path(req.model), Profile.load(req.model)
     folder = Path(models_dir or MODELS_DIR)
@@ -61,7 +61,7 @@ def plan_line(req: PlanRequest, profile: Profile, path: Path, budget: int) -> st
 
     recipe = _recipe_text(profile.recipe)
     if profile.source == "dry-run":
-        why = "" if req.no_profile else " (no GPU profile in results/models; --device cpu plans for this CPU's RAM)"
+        why = "" if req.no_profile else " (no GPU profile in results/models; --target cpu plans for this CPU's RAM)"
         return (f"plan for a CUDA GPU of compute capability {profile.compute_capability}, {recipe}, by "
                 f"the dry run{why}: estimates, not measurements; `vramfit sweep` on the GPU measures it")
     if profile.kind != "cuda":
@@ -93,7 +93,7 @@ def plan_profile(req: PlanRequest, like: Like | None, vocab: int, warnings: list
     chosen = None if req.no_profile else choose_model(req)
     if chosen is None and req.hours is not None:
         raise VramfitError("--hours needs a profiled device (its sweep measures speed): no GPU profile in "
-                           "results/models (pass --model FILE, or --device cpu for a CPU profile)")
+                           "results/models (pass --model FILE, or --target cpu for a CPU profile)")
     if chosen is not None:
         return *chosen, None
     from vramfit.dryrun.estimate import parse_capability

@@ -104,8 +104,17 @@ def recommend(req: PlanRequest) -> Recommendation:
     _plan_vocab(req, space, notes)
     config = as_is(like, space) if like is not None else None
     time = _time_budget(req)
+    from vramfit.validation import parse_margin
+
+    override = parse_margin(req.margin) if req.margin is not None else None  # a bad value fails before any work
     path, profile, planner = plan_profile(req, like, (space["vocab_size"] or [DEFAULT_VOCAB])[0], warnings)
     line = plan_line(req, profile, path, vram_b - reserve_b)
+    margin_source = planner.margin.describe() if planner is not None and planner.margin is not None else None
+    if override is not None:
+        margin_source = f"margin {override:.1%}: --margin (instead of {profile.margin_rel:.1%})"
+        profile = replace(profile, margin_rel=override)
+    if margin_source:
+        notes.append(margin_source)
     if req.within_measured:
         notes.append(_within_note(profile.ranges))
     try:
@@ -118,6 +127,8 @@ def recommend(req: PlanRequest) -> Recommendation:
             notes.append(planner.summary())
     out.notes, out.warnings, out.plan_line = notes + out.notes, warnings + out.warnings, line
     out.doc["plan"] = line
+    if margin_source:
+        out.doc["margin_source"] = margin_source
     if planner is not None:
         out.doc["dry_run"] = planner.counts()
     return out

@@ -76,11 +76,12 @@ class PlanRequest:
     loss_law: Path | None = None
     gpus: int = 1
     strategy: str | None = None
-    device: str = "auto"  # auto | cuda | cpu: what to plan for (see choose_model)
+    device: str = "auto"  # --target auto | cuda | cpu: what to plan for (see plan.profiles.choose_model)
     cache_dir: Path | None = None  # the dry run's cache (default: the user cache directory)
     use_cache: bool = True
     within_measured: bool = False  # keep every axis inside the ranges the model was measured on
     like: Path | None = None  # suggest --like: a nanoGPT config .py, a vramfit TOML or a checkpoint
+    margin: str | None = None  # --margin: instead of the profile's CV margin or the dry run's validation margin
 
 
 def fill(req: PlanRequest, like: Like | None) -> PlanRequest:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from vramfit.errors import VramfitError
 from vramfit.fit.memmodel import fit_points
 from vramfit.fit.profile import Profile, latest
+from vramfit.paths import MODELS_DIR, SUGGESTIONS_FILE
 from vramfit.plan.suggest import Suggestion
 from vramfit.recipe import ALLOC_CONF_VARS
 from vramfit.shape import KEYS
@@ -21,8 +22,6 @@ from vramfit.shape import KEYS
 if TYPE_CHECKING:
     import pandas as pd  # imported where frames are built: predicting from a model file needs no pandas
 
-MODELS_DIR = Path("results") / "models"
-SUGGESTIONS_FILE = Path("results") / "suggestions.json"
 DEFAULT_DATA_DIR = "data/shakespeare_char"  # the corpus planned for and trained on when none is named
 
 

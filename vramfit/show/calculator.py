@@ -12,6 +12,7 @@ import html
 import json
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from vramfit.fit.profile import Profile
 from vramfit.plan.ddp import DDP_BYTES_PER_PARAM, DdpTerm
@@ -20,6 +21,9 @@ from vramfit.plan.workflows import MODELS_DIR, model_filename
 from vramfit.shape import Shape
 from vramfit.show.context import PlanContext, grid_axes
 from vramfit.units import format_size
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 INPUTS = (("vram", "VRAM", "the card: 8G, 7.5GiB, 8000M"), ("reserve", "reserve", "kept free, e.g. 500M"),
           ("gpus", "GPUs", "data parallel (DDP)"), ("n_layer", "n_layer", ""), ("n_head", "n_head", ""),
@@ -53,9 +57,10 @@ def compact_size(n: int) -> str:
     return str(n)
 
 
-def model_file_note(report: Profile, models_dir: str | Path = MODELS_DIR) -> str:
+def model_file_note(report: Profile, models_dir: str | Path = MODELS_DIR, points: pd.DataFrame | None = None) -> str:
     """Which saved model file this fit is: the `vramfit fit` file for this device+recipe when its data hash
-    matches, else what differs."""
+    matches; else, when it still holds every point of `points` (this fit's rows) within its margin, the same file
+    fitted on fewer of them (a measured `train` run it predicted adds a point, not a contradiction); else stale."""
     path = Path(models_dir) / model_filename(report.device, report.recipe_key)
     if not path.is_file():
         return f"none saved ({path} absent): this page's fit of the database"
@@ -63,17 +68,38 @@ def model_file_note(report: Profile, models_dir: str | Path = MODELS_DIR) -> str
         saved = Profile.load(path)
     except Exception as exc:  # noqa: BLE001 - an unreadable file is a fact to state, not a reason to fail
         return f"{path} unreadable ({exc}): this page's fit of the database"
-    if saved.data_hash == report.data_hash and saved.target == report.target:
-        return f"{path} (same data hash and target)"
+    if saved.target == report.target:
+        if saved.data_hash == report.data_hash:
+            return f"{path} (same data hash and target)"
+        if points is not None and holds_every_point(saved, points, report.target):
+            return (f"{path} (fitted on {saved.n_points} of these {report.n_points} points; none of them "
+                    "exceeds its prediction + margin)")
     return (f"{path} is stale (data hash {saved.data_hash}, target {saved.target}): "
             "this page's fit of the database; re-run `vramfit fit`")
 
 
-def provenance(report: Profile, models_dir: str | Path = MODELS_DIR, source: str | None = None) -> dict:
+def holds_every_point(saved: Profile, points: pd.DataFrame, target: str) -> bool:
+    """Whether a saved model's prediction + margin covers the `target` reading of every ok point in `points`."""
+    import numpy as np
+
+    from vramfit.fit.features import frame_features
+    from vramfit.fit.memmodel import TARGETS, trusted_points
+
+    col = TARGETS[target]
+    points = trusted_points(points, target)
+    ok = points[(points["status"] == "ok") & points[col].notna()].reset_index(drop=True)
+    if ok.empty:
+        return False
+    bound = saved.model.predict(frame_features(ok)) * (1 + saved.margin_rel)
+    return bool(np.all(ok[col].to_numpy(dtype=np.float64) <= bound))
+
+
+def provenance(report: Profile, models_dir: str | Path = MODELS_DIR, source: str | None = None,
+               points: pd.DataFrame | None = None) -> dict:
     """Device, recipe, model file, data hash and CV error of one fit, as the page lists them."""
     m = report.metrics["ours"]
     out = {"device": report.device, "recipe": f"{report.recipe_key} {json.dumps(report.recipe, sort_keys=True)}",
-           "target": report.target, "model file": model_file_note(report, models_dir),
+           "target": report.target, "model file": model_file_note(report, models_dir, points),
            "data hash": report.data_hash, "points": str(report.n_points),
            "CV error, shape held out": f"MAPE {m['grouped']['mape']:.2%}, max {m['grouped']['max_rel']:.2%}",
            "CV error, leave-one-out": f"MAPE {m['loo']['mape']:.2%}, max {m['loo']['max_rel']:.2%}",
@@ -88,8 +114,9 @@ def provenance(report: Profile, models_dir: str | Path = MODELS_DIR, source: str
 
 
 def model_entry(report: Profile, ctx: PlanContext, shape: Shape, models_dir: str | Path = MODELS_DIR,
-                source: str | None = None) -> dict:
-    """One fitted model as the page's JavaScript reads it (`shape`: the inputs' starting values)."""
+                source: str | None = None, points: pd.DataFrame | None = None) -> dict:
+    """One fitted model as the page's JavaScript reads it (`shape`: the inputs' starting values; `points`: the
+    rows it was fitted on, against which a saved model file is judged)."""
     tp = report.throughput
     return {"label": f"{report.device} · {report.recipe_key}", "model": report.model.to_dict(),
             "margin_rel": report.margin_rel, "ddp_bytes_per_param": DDP_BYTES_PER_PARAM,
@@ -97,7 +124,7 @@ def model_entry(report: Profile, ctx: PlanContext, shape: Shape, models_dir: str
             "throughput": tp.model.to_dict() if tp is not None else None,
             "defaults": {**shape.as_dict(), "vram": compact_size(ctx.vram_bytes),
                          "reserve": compact_size(ctx.reserve_bytes), "gpus": ctx.gpus},
-            "provenance": provenance(report, models_dir, source)}
+            "provenance": provenance(report, models_dir, source, points)}
 
 
 def page_data(entries: list[dict], shapes: list[Shape]) -> dict:

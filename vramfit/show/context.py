@@ -67,7 +67,7 @@ def read_last_suggest(path: str | Path) -> dict | None:
     except (OSError, ValueError, KeyError, TypeError):
         ok = False
     if not ok:
-        raise VramfitError(f"{path} is not a vramfit suggest output (delete it or pass --suggestions FILE)")
+        raise VramfitError(f"{path} is not a vramfit suggest output (delete it or pass --suggestions-file FILE)")
     return doc
 
 

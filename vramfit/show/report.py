@@ -76,7 +76,7 @@ def render_report(fits: list[tuple[Profile, pd.DataFrame]], points: pd.DataFrame
         for n, (report, group) in enumerate(fits):
             items = ranked(report, ctx)
             shape = feasibility_shape(report, ctx, items, largest_shape(group))
-            entries.append(model_entry(report, ctx, shape, models_dir, source))
+            entries.append(model_entry(report, ctx, shape, models_dir, source, group))
             shapes.append(shape)
             pngs = all_plots(report, group, Path(tmp) / str(n), ctx.budget_bytes, items, TimeBudget(hours),
                              shape=shape, model=per_gpu_model(report, ctx),

@@ -1,0 +1,105 @@
+"""The typer app, its error handling and the old flag names it still accepts.
+
+Every error a user can cause ends as one line on stderr and exit code 2 (see `main`).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from vramfit.errors import USER_ERRORS
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Which GPT and batch fit your GPU? Profile, fit, suggest, train.",
+)
+
+# Flag names before issue 27 gave each flag name one meaning, per command -> today's name. Hidden from --help;
+# `main` rewrites them before parsing, so scripts written for the old names keep working.
+OLD_FLAGS = {
+    "prepare": {"--out": "--data-dir"},
+    "train": {"--suggestions": "--suggestions-file"},
+    "fit": {"--out": "--models", "--target": "--reading", "--device": "--only-device", "--recipe": "--only-recipe"},
+    "suggest": {"--save": "--suggestions-file", "--device": "--target"},
+    "plot": {"--out": "--plots", "--target": "--reading", "--device": "--only-device", "--recipe": "--only-recipe",
+             "--suggestions": "--suggestions-file"},
+    "report": {"--target": "--reading", "--suggestions": "--suggestions-file"},
+    "export": {"--device": "--only-device"},
+}
+
+
+def _version(value: bool) -> None:
+    if value:
+        from vramfit import __version__
+
+        typer.echo(f"vramfit {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")) -> None:
+    """Which GPT and batch fit your GPU? Profile, fit, suggest, train."""
+
+
+def fail(message: str) -> None:
+    """Print one error line and exit 2."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+def new_flag_names(argv: list[str]) -> list[str]:
+    """`argv` with the command's old flag names (OLD_FLAGS) replaced by today's, `--old=value` included."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    renames = OLD_FLAGS.get(command or "", {})
+    out = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        out.append(renames[name] + eq + value if name in renames else arg)
+    return out
+
+
+def _click_exceptions():
+    """The click exception classes typer raises (recent typer vendors click as typer._click)."""
+    try:
+        from typer._click import exceptions as cx
+    except ImportError:
+        from click import exceptions as cx
+    return cx
+
+
+def _usage_line(exc) -> str:
+    """A click usage error as one line: the message and where to find help."""
+    msg = " ".join(exc.format_message().split())
+    where = exc.ctx.command_path if exc.ctx is not None else "vramfit"
+    return f"error: {msg} (see `{where} --help`)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors (bad values, usage errors) become one `error:` line and exit code 2, never a
+    traceback; --help stays rich."""
+    cx = _click_exceptions()
+    args = new_flag_names(sys.argv[1:] if argv is None else list(argv))
+    try:
+        rv = app(args=args, prog_name="vramfit", standalone_mode=False)
+    except getattr(cx, "NoArgsIsHelpError", ()):  # the help was printed
+        return 0
+    except cx.UsageError as exc:
+        typer.echo(_usage_line(exc), err=True)
+        return 2
+    except cx.ClickException as exc:  # e.g. a file option that cannot be opened
+        typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+        return 2
+    except (typer.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
+        return 130
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except USER_ERRORS as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return 2
+    return rv if isinstance(rv, int) else 0
