@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 import types
@@ -57,8 +58,18 @@ def peak_flops_of(name: str) -> float | None:
 # growing memory for minutes (GPT-3 175B: 96 layers, 96 heads, width 12288)
 MAX_SIZES = {"n_layer": 4096, "n_head": 4096, "n_embd": 131072, "block_size": 2**20, "vocab_size": 2**24,
              "batch_size": 2**20}
+MAX_SEED = 2**32 - 1  # numpy's seed range; torch's generators take it too
 MIN_COMPILE_CAPABILITY = (7, 0)  # Inductor/Triton refuse older GPUs (torch._inductor: GPUTooOldForTriton)
 MIN_BF16_CAPABILITY = (8, 0)  # native bf16 tensor cores (Ampere); older cards only emulate it
+
+
+def check_batch_size(batch_size: int) -> int:
+    """A micro-batch size in [1, MAX_SIZES['batch_size']]; else one ConfigError naming the limit."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if batch_size > MAX_SIZES["batch_size"]:
+        raise ConfigError(f"batch_size {batch_size} is beyond the limit of {MAX_SIZES['batch_size']:,}")
+    return batch_size
 
 
 def resolve_recipe(dtype: str, compile: bool | None, optimizer: str, device_type: str,
@@ -188,9 +199,12 @@ class TrainConfig:
             (self.batch_size <= MAX_SIZES["batch_size"],
              f"batch_size {self.batch_size} is beyond the limit of {MAX_SIZES['batch_size']:,}"),
             (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
+            (self.gradient_accumulation_steps <= MAX_SIZES["batch_size"],
+             f"gradient_accumulation_steps {self.gradient_accumulation_steps} is beyond the limit of "
+             f"{MAX_SIZES['batch_size']:,}"),
             (self.max_iters >= 0, f"max_iters must be >= 0, got {self.max_iters}"),
-            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
             (self.eval_iters >= 1, f"eval_iters must be >= 1, got {self.eval_iters}"),
+            *self._hyper_parameter_checks(),
             (not (self.dynamic_batch and self.compile is False),
              "dynamic_batch marks the batch dimension for torch.compile: it needs compile = true"),
         ]
@@ -198,6 +212,35 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(msg)
         self.model_config()  # validates the shape early, before any data is read
+
+    def _hyper_parameter_checks(self) -> list[tuple[bool, str]]:
+        """(ok, message) per optimisation setting: finite, in its range (NaN fails every comparison)."""
+        def finite(name: str, low: float, high: float = math.inf, open_low: bool = False, open_high: bool = False,
+                   optional: bool = False) -> tuple[bool, str]:
+            v = getattr(self, name)
+            if optional and v is None:
+                return True, ""
+            ok = (isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                  and (v > low if open_low else v >= low) and (v < high if open_high else v <= high))
+            span = (f"{'>' if open_low else '>='} {low:g}" if high == math.inf else
+                    f"in {'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}")
+            return ok, f"{name} must be a finite number {span}, got {v!r}"
+
+        return [
+            finite("learning_rate", 0, open_low=True),
+            finite("min_lr", 0, optional=True),
+            finite("weight_decay", 0),
+            finite("beta1", 0, 1, open_high=True),
+            finite("beta2", 0, 1, open_high=True),
+            finite("grad_clip", 0),
+            finite("peak_tflops", 0, open_low=True, optional=True),
+            (self.log_interval >= 1, f"log_interval must be >= 1, got {self.log_interval}"),
+            (self.eval_interval >= 0, f"eval_interval must be >= 0 (0: only at the end), got {self.eval_interval}"),
+            (self.warmup_iters >= 0, f"warmup_iters must be >= 0, got {self.warmup_iters}"),
+            (self.lr_decay_iters is None or self.lr_decay_iters >= 0,
+             f"lr_decay_iters must be >= 0, got {self.lr_decay_iters}"),
+            (0 <= self.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED:,}] (2**32 - 1), got {self.seed}"),
+        ]
 
     def model_config(self, vocab_size: int | None = None) -> GPTConfig:
         """The GPTConfig of this run (`vocab_size` from the corpus when the config leaves it unset)."""

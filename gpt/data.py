@@ -17,10 +17,12 @@ import numpy as np
 import torch
 
 from gpt.errors import DataError
+from gpt.files import Protected, check_output, output_path, write_bytes, write_text
 from gpt.meta import load_meta
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TOKENIZERS = ("char", "gpt2")
+CORPUS_FILES = ("train.bin", "val.bin", "meta.json", "meta.pkl")
 
 
 def gpt2_encoding():  # -> tiktoken.Encoding
@@ -77,8 +79,10 @@ def prepare_text(
     tokenizer: str = "char",
     encoding=None,
     val_fraction: float = 0.1,
+    protected: Protected | None = None,
 ) -> dict:
-    """Tokenize `text`, split it 90/10 and write train.bin, val.bin and meta.json; returns the meta dict.
+    """Tokenize `text`, split it 90/10 and write train.bin, val.bin and meta.json (each atomically, none over a
+    `protected` file: {label: path}); returns the meta dict.
 
     `encoding` (a tiktoken.Encoding) replaces the downloaded GPT-2 BPE, e.g. in tests.
     """
@@ -104,24 +108,30 @@ def prepare_text(
     meta["dtype"] = np.dtype(dtype).name
     meta["train_tokens"] = int(len(ids) - n_val)
     meta["val_tokens"] = int(n_val)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ids[:-n_val].astype(dtype).tofile(out / "train.bin")
-    ids[-n_val:].astype(dtype).tofile(out / "val.bin")
-    (out / "meta.json").write_text(json.dumps(meta, indent=1))
+    files = corpus_outputs(out_dir, protected)
+    for name, data in (("train.bin", ids[:-n_val]), ("val.bin", ids[-n_val:])):
+        with output_path(files[name], "--data-dir") as target:
+            data.astype(dtype).tofile(target)
+    write_text(files["meta.json"], json.dumps(meta, indent=1), "--data-dir")
     return meta
 
 
+def corpus_outputs(out_dir: str | Path, protected: Protected | None = None) -> dict[str, Path]:
+    """The files `prepare_text` writes in `out_dir`, each checked against the `protected` ones."""
+    return {name: check_output(Path(out_dir) / name, protected or {}, "--data-dir") for name in CORPUS_FILES[:3]}
+
+
 def prepare_file(input_path: str | Path, out_dir: str | Path, tokenizer: str = "char", encoding=None) -> dict:
-    """`prepare_text` on a UTF-8 text file."""
+    """`prepare_text` on a UTF-8 text file (never written over: refused before it is read)."""
     path = Path(input_path)
     if not path.is_file():
         raise DataError(f"no such file: {path}")
+    corpus_outputs(out_dir, {"the input": path})
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise DataError(f"{path} is not UTF-8 text") from None
-    return prepare_text(text, out_dir, tokenizer=tokenizer, encoding=encoding)
+    return prepare_text(text, out_dir, tokenizer=tokenizer, encoding=encoding, protected={"the input": path})
 
 
 def download_shakespeare(dest: str | Path, url: str = SHAKESPEARE_URL, timeout: float = 30.0) -> Path:
@@ -136,10 +146,7 @@ def download_shakespeare(dest: str | Path, url: str = SHAKESPEARE_URL, timeout: 
         reason = getattr(exc, "reason", exc)
         raise DataError(f"could not download tiny-shakespeare (offline?): {reason}") from None
     dest.parent.mkdir(parents=True, exist_ok=True)  # only once there is something to put there
-    tmp = dest.with_suffix(".part")
-    tmp.write_bytes(data)
-    tmp.replace(dest)
-    return dest
+    return write_bytes(dest, data, "download")
 
 
 @dataclass
@@ -152,14 +159,27 @@ class Corpus:
     @classmethod
     def open(cls, data_dir: str | Path) -> Corpus:
         meta = load_meta(data_dir)
+        try:
+            itemsize = np.dtype(meta.get("dtype", "uint16")).itemsize
+        except TypeError:
+            raise DataError(f"{data_dir}: unknown token dtype {meta.get('dtype')!r}") from None
         for split in ("train", "val"):
-            if not (Path(data_dir) / f"{split}.bin").is_file():
+            path = Path(data_dir) / f"{split}.bin"
+            if not path.is_file():
                 raise DataError(f"missing {split}.bin in {data_dir}")
+            size = path.stat().st_size
+            if size == 0 or size % itemsize:
+                raise DataError(f"{path} is {size:,} bytes: not a whole number of {meta.get('dtype', 'uint16')} "
+                                "tokens (truncated or not a prepared split)")
         return cls(Path(data_dir), meta)
 
     @property
     def vocab_size(self) -> int:
         return int(self.meta["vocab_size"])
+
+    def files(self) -> list[Path]:
+        """The corpus's files on disk (what no output may overwrite)."""
+        return [self.data_dir / name for name in CORPUS_FILES if (self.data_dir / name).exists()]
 
     def tokens(self, split: str) -> np.memmap:
         # a fresh memmap per call avoids the memory leak nanoGPT notes for long-lived memmaps
@@ -186,6 +206,10 @@ class Corpus:
         ix = torch.randint(len(data) - block_size, (batch_size,), generator=generator).tolist()
         x = torch.from_numpy(np.stack([data[i : i + block_size].astype(np.int64) for i in ix]))
         y = torch.from_numpy(np.stack([data[i + 1 : i + 1 + block_size].astype(np.int64) for i in ix]))
+        top = int(max(x.max(), y.max()))
+        if top >= self.vocab_size:  # the embedding would index out of range (a CUDA assert, or an IndexError)
+            raise DataError(f"token id {top} in {self.data_dir / (split + '.bin')} is outside the vocabulary "
+                            f"({self.vocab_size} tokens): the split does not match its meta")
         return _to_device(x, y, device)
 
 

@@ -13,3 +13,7 @@ class DataError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing or cannot be read."""
+
+
+class OutputError(ValueError):
+    """An output that would overwrite an input, or that cannot be written."""

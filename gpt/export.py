@@ -10,9 +10,10 @@ from pathlib import Path
 
 from gpt.config import GPTConfig
 from gpt.errors import CheckpointError
+from gpt.files import check_output, same_file, writable_dir
 from gpt.meta import write_meta_pkl
 from gpt.model import clean_state_dict
-from gpt.train import load_checkpoint, save_checkpoint
+from gpt.train import CHECKPOINT_KINDS, load_checkpoint, save_checkpoint
 
 NANOGPT_MODEL_ARGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "vocab_size", "dropout")
 
@@ -48,18 +49,24 @@ def nanogpt_checkpoint(ckpt: dict) -> dict:
 def export_nanogpt(ckpt_path: str | Path, out_dir: str | Path, data_root: str | Path | None = None) -> list[Path]:
     """Write `out_dir/ckpt.pt` in nanoGPT's layout and, for a char corpus, `meta.pkl` beside it and (given
     nanoGPT's `data/` folder as `data_root`) in `data_root/<dataset>/` unless one is there. Returns the files."""
-    ckpt = load_checkpoint(ckpt_path)
-    doc = nanogpt_checkpoint(ckpt)
     out, src = Path(out_dir), Path(ckpt_path)
     src = src / "ckpt.pt" if src.is_dir() else src
-    if (out / "ckpt.pt").resolve() == src.resolve():
+    protected = {"the source checkpoint": src}
+    if same_file(out / "ckpt.pt", src):
         raise CheckpointError(f"--out-dir {out} holds the source checkpoint: export to another folder")
-    written = [save_checkpoint(doc, out / "ckpt.pt")]
+    for path in (out / "ckpt.pt", out / "meta.pkl"):
+        check_output(path, protected, "--out-dir", CHECKPOINT_KINDS)
+    writable_dir(out, "--out-dir")
+    if data_root is not None:
+        writable_dir(Path(data_root), "--data-root")
+    ckpt = load_checkpoint(ckpt_path)
+    doc = nanogpt_checkpoint(ckpt)
+    written = [save_checkpoint(doc, out / "ckpt.pt", protected)]
     meta = ckpt.get("meta") or {}
     if meta.get("tokenizer") == "char":
-        written.append(write_meta_pkl(meta, out / "meta.pkl"))
+        written.append(write_meta_pkl(meta, check_output(out / "meta.pkl", protected, "--out-dir", ("a pickle",))))
         if data_root is not None:
             target = Path(data_root) / doc["config"]["dataset"] / "meta.pkl"
             if not target.exists():
-                written.append(write_meta_pkl(meta, target))
+                written.append(write_meta_pkl(meta, check_output(target, protected, "--data-root", ("a pickle",))))
     return written

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from gpt.config import GPT2_VOCAB
 from gpt.errors import DataError
+from gpt.files import output_path
 
 # protocols 0-2 name the module `__builtin__` (Python 2's), which pickle maps to `builtins`
 _SAFE_GLOBALS = {(m, n) for m in ("builtins", "__builtin__") for n in ("set", "frozenset")}
@@ -73,8 +74,7 @@ def write_meta_pkl(meta: dict, path: str | Path) -> Path:
     doc = {"vocab_size": int(meta["vocab_size"]), "itos": dict(enumerate(chars)),
            "stoi": {c: i for i, c in enumerate(chars)}}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
+    with output_path(path, "meta.pkl") as target, open(target, "wb") as f:
         pickle.dump(doc, f)
     return path
 

@@ -7,12 +7,15 @@ from pathlib import Path
 
 import torch
 
-from gpt.config import GPTConfig
+from gpt.config import MAX_SEED, GPTConfig
 from gpt.data import Tokenizer
-from gpt.errors import DataError
+from gpt.errors import ConfigError, DataError
+from gpt.limits import check_memory
 from gpt.meta import find_meta_pkl, load_meta, meta_from_pkl, read_meta_pkl
 from gpt.model import GPT
 from gpt.train import load_checkpoint, load_weights, resolve_device
+
+MAX_TOKENS = 2**20  # samples or new tokens per sample: a typo of 10**9 is refused, not hours of silence
 
 
 def checkpoint_meta(ckpt: dict, ckpt_path: str | Path, data_dir: str | Path | None = None) -> dict:
@@ -37,6 +40,8 @@ class Sampler:
 
     def __init__(self, ckpt_path: str | Path, device: str = "auto", seed: int = 1337, encoding=None,
                  data_dir: str | Path | None = None) -> None:
+        if not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
+            raise ConfigError(f"seed must be in [0, {MAX_SEED:,}] (2**32 - 1), got {seed}")
         self.device = resolve_device(device)
         ckpt = load_checkpoint(ckpt_path, map_location=self.device)
         self.model = GPT(GPTConfig.from_dict(ckpt["model_args"]))
@@ -51,11 +56,30 @@ class Sampler:
         ids = self.tokenizer.encode(prompt) if prompt else [0]
         if not ids:
             raise DataError("the prompt encodes to no tokens")
+        self.check_request(len(ids), max_new_tokens, num_samples)
         x = torch.tensor([ids] * num_samples, dtype=torch.long, device=self.device)
         y = self.model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, generator=self.generator,
                                 vocab_size=self.tokenizer.vocab_size)
         start = 0 if prompt else 1
         return [self.tokenizer.decode(row[start:].tolist()) for row in y]
+
+
+    def check_request(self, prompt_tokens: int, max_new_tokens: int, num_samples: int) -> None:
+        """Refuse, before generating, counts beyond MAX_TOKENS or a generation whose memory (the token ids of
+        every sample and one forward pass over the last block) exceeds what this device has available."""
+        for name, n in (("num_samples", num_samples), ("max_new_tokens", max_new_tokens)):
+            if not 1 <= n <= MAX_TOKENS:
+                raise ConfigError(f"{name} must be in [1, {MAX_TOKENS:,}], got {n:,}")
+        c = self.model.config
+        T = min(prompt_tokens + max_new_tokens, c.block_size)
+        need = num_samples * (8 * (prompt_tokens + max_new_tokens)  # the ids, int64, kept for every sample
+                              + 4 * T * (16 * c.n_embd + c.n_head * T)  # one forward's activations and scores
+                              + 12 * c.vocab_size)  # logits, probabilities, top-k
+        what = f"sampling {num_samples:,} x {max_new_tokens:,} tokens"
+        if self.device.startswith("cuda"):
+            check_memory(need, what, torch.cuda.mem_get_info(torch.device(self.device))[0], self.device)
+        else:
+            check_memory(need, what)
 
 
 def interactive(sampler: Sampler, read: Callable[[str], str] = input, write: Callable[[str], None] = print,

@@ -19,6 +19,8 @@ import torch
 from gpt.config import GPTConfig, TrainConfig, peak_flops_of, resolve_recipe
 from gpt.data import Corpus
 from gpt.errors import CheckpointError, ConfigError
+from gpt.files import Protected, check_output, output_path
+from gpt.limits import ADAM_BYTES_PER_PARAM, check_memory
 from gpt.model import GPT, attention_kernel, clean_state_dict
 
 
@@ -263,7 +265,13 @@ class Trainer:
 
 
 def load_weights(model: GPT, state_dict: dict) -> None:
-    """Load a checkpoint's weights (torch.compile's `_orig_mod.` prefixes stripped); a mismatch is one error."""
+    """Load a checkpoint's weights (torch.compile's `_orig_mod.` prefixes stripped); a mismatch, a value that is
+    not a tensor, or a NaN/inf weight (a diverged run) is one error."""
+    for name, value in state_dict.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"the checkpoint's weight {name!r} is a {type(value).__name__}, not a tensor")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"the checkpoint's weight {name!r} holds NaN or inf (a run that diverged?)")
     try:
         model.load_state_dict(clean_state_dict(state_dict))
     except RuntimeError as exc:
@@ -271,45 +279,31 @@ def load_weights(model: GPT, state_dict: dict) -> None:
                               f"{str(exc).splitlines()[0][:200]}") from None
 
 
+def check_model_memory(model_config: GPTConfig, device: str) -> None:
+    """Refuse, before any allocation, a model whose weights, gradients and AdamW state alone exceed the memory
+    available now (RAM on the CPU, the card's free memory on CUDA)."""
+    need = ADAM_BYTES_PER_PARAM * model_config.n_params()
+    if device.startswith("cuda"):
+        free = torch.cuda.mem_get_info(torch.device(device))[0]
+        check_memory(need, f"the model ({model_config.n_params():,} parameters: weights, gradients, AdamW)", free,
+                     f"free memory on {device}")
+    else:
+        check_memory(need, f"the model ({model_config.n_params():,} parameters: weights, gradients, AdamW)")
+
+
 def _quiet(msg: str) -> None:
     """The log of ranks other than 0."""
 
 
-def save_checkpoint(state: dict, path: str | Path) -> Path:
-    """Write atomically: a temp file in the same folder, then rename over the target."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+CHECKPOINT_KINDS = ("a PyTorch checkpoint", "a pickle")  # what a checkpoint save may replace
+
+
+def save_checkpoint(state: dict, path: str | Path, protected: Protected | None = None) -> Path:
+    """Write atomically through `gpt.files.output_path` (never over a `protected` file: {label: path})."""
+    path = check_output(path, protected or {}, "checkpoint", CHECKPOINT_KINDS)
+    with output_path(path, "checkpoint") as target:
+        torch.save(state, target)
     return path
-
-
-def _pid_alive(pid: int) -> bool:
-    if os.name != "posix":
-        return True  # no cheap, safe probe elsewhere (os.kill(pid, 0) would terminate on Windows): keep the file
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def remove_stale_temps(path: Path) -> list[Path]:
-    """Remove `.<name>.<pid>.tmp` files beside `path` left by saves that were killed (their PID is gone)."""
-    removed = []
-    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-        pid = tmp.name[len(path.name) + 2:-len(".tmp")]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
@@ -326,6 +320,10 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> dict:
         raise CheckpointError(f"cannot read checkpoint {path}: {why}") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "model_args" not in ckpt:
         raise CheckpointError(f"{path} is not a GPT checkpoint (needs 'model' and 'model_args')")
+    for key in ("model", "model_args"):
+        if not isinstance(ckpt[key], dict):
+            raise CheckpointError(f"{path} is not a GPT checkpoint (its {key!r} is a {type(ckpt[key]).__name__}, "
+                                  "not a dict)")
     return ckpt
 
 
@@ -383,6 +381,8 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], on_step: Callable[[Trai
             log = _quiet
     corpus = Corpus.open(cfg.data_dir)
     ckpt_path = Path(cfg.out_dir) / "ckpt.pt"
+    protected = {"the training data": corpus.files()}
+    check_output(ckpt_path, protected, "checkpoint", CHECKPOINT_KINDS)  # a folder, the corpus: refused now
     ckpt = None
     if cfg.init_from == "resume":
         ckpt = load_checkpoint(ckpt_path)
@@ -394,6 +394,7 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], on_step: Callable[[Trai
     if model_config.vocab_size < corpus.vocab_size:
         raise ConfigError(f"vocab_size {model_config.vocab_size} is smaller than the corpus's {corpus.vocab_size}")
     corpus.check_block_size(cfg.block_size)
+    check_model_memory(model_config, resolve_device(cfg.device))
     trainer = Trainer(cfg, model_config)
     batch_rng = torch.Generator().manual_seed(cfg.seed + dist_info.rank)  # each rank its own batches
     if ckpt is not None:
@@ -443,7 +444,7 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], on_step: Callable[[Trai
             improved = result["val"] < trainer.best_val_loss
             trainer.best_val_loss = min(trainer.best_val_loss, result["val"])
             if improved or cfg.always_save_checkpoint or last:
-                saved = save_checkpoint(trainer.state(batch_rng, corpus.meta), ckpt_path)
+                saved = save_checkpoint(trainer.state(batch_rng, corpus.meta), ckpt_path, protected)
                 log(f"saved checkpoint to {saved}")
             t_log += time.perf_counter() - t0  # eval time is not training time
     ms = timed_s / timed_iters * 1000 if timed_iters else float("nan")

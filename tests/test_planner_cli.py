@@ -98,7 +98,7 @@ def test_report_is_one_html_with_inline_plots(capsys, db, tmp_path):
         (["suggest", "--vram", "8Q"], "cannot parse size '8Q'"),
         (["suggest", "--vram", "100M"], "below this device's constant"),
         (["suggest", "--vram", "8G", "--reserve", "9G"], "budget must be positive"),
-        (["suggest", "--vram", "8G", "--n-layer", "4,x"], "expected integers"),
+        (["suggest", "--vram", "8G", "--n-layer", "4,x"], "is not an integer"),
         (["predict", "--n-layer", "2", "--n-head", "3", "--n-embd", "64", "--block-size", "8", "--batch-size", "1"],
          "divisible"),
     ],
@@ -126,10 +126,11 @@ def test_nothing_fits_says_what_would(capsys, model_file):
     from vramfit.fit.profile import Profile
     from vramfit.units import format_size, parse_size
 
-    rc, out, _ = run(capsys, "suggest", "--vram", "500M", "--n-layer", "48", "--n-embd", "4096", "--model",
+    rc, _, err = run(capsys, "suggest", "--vram", "500M", "--n-layer", "48", "--n-embd", "4096", "--model",
                      model_file, "--save", "/dev/null")
-    out = " ".join(out.split())
-    assert rc == 1 and "nothing fits in 500.00 MiB" in out, out
+    assert err.startswith("error: nothing fits in 500.00 MiB") and err.count("\n") == 1, err  # one line, stderr
+    out = " ".join(err.split())
+    assert rc == 1, out
     m = re.search(r"The smallest config in this space needs ([\d.]+ [KMGT]iB): ((?:\w+=\d+ ?)+)\.", out)
     assert m, out
     cfg = dict(kv.split("=") for kv in m.group(2).split())

@@ -72,10 +72,14 @@ def test_space_is_every_shape_with_batch_innermost():
     ([4096], None, [(32, 4096), (64, 4096)]),               # 128 heads of 32 exceed MAX_HEADS
     ([64, 100], [4], [(4, 64), (4, 100)]),                  # fixed heads: any width they divide
     ([64, 100], [3, 4], [(4, 64), (4, 100)]),
-    ([64], [64], [(64, 64)]), ([128], [65], None), ([64], [0], None),
+    ([64], [64], [(64, 64)]), ([128], [65], "limit"), ([64], [0], None),
 ])
 def test_head_choice(widths, heads, expected):
     kwargs = dict(n_layer=[1], n_embd=widths, block_size=[8], batch_size=[1], vocab_size=[8], n_head=heads)
+    if expected == "limit":  # named as the limit it is, not blamed on n_embd % n_head (issue 31)
+        with pytest.raises(VramfitError, match=r"^--n-head: 65 is beyond the search's limit of 64 heads"):
+            enumerate_space(**kwargs)
+        return
     if expected is None:
         with pytest.raises(VramfitError, match=r"^no valid \(n_head, n_embd\) pair in the search space"):
             enumerate_space(**kwargs)

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 
 from vramfit.errors import VramfitError
-from vramfit.units import SizeError, format_size, parse_size
+from vramfit.units import SizeError, SizeLimitError, format_size, parse_size
 
 MIB = 2**20
 MODAL = "https://github.com/modal-labs/modal-client/pull/2797 (nvidia-smi totals of Modal's GPU types, 2025-01)"
@@ -143,6 +143,8 @@ def parse_vram(text: str) -> tuple[int, Card | None]:
         return card.total_bytes, card
     try:
         n = parse_size(text)
+    except SizeLimitError:
+        raise
     except SizeError:
         raise VramfitError(f"cannot parse size {text!r}: give a size (8G, 7.5GiB, 8000M) or a card ("
                            f"{', '.join(CARDS)})") from None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpt.errors import CheckpointError, ConfigError, DataError
+from gpt.errors import CheckpointError, ConfigError, DataError, OutputError
 from vramfit.units import SizeError
 
 
@@ -10,4 +10,5 @@ class VramfitError(Exception):
     """A user-facing error raised by vramfit itself (bad input, missing file, corrupt store, ...)."""
 
 
-USER_ERRORS: tuple[type[BaseException], ...] = (VramfitError, ConfigError, DataError, CheckpointError, SizeError)
+USER_ERRORS: tuple[type[BaseException], ...] = (VramfitError, ConfigError, DataError, CheckpointError, OutputError,
+                                                SizeError)

@@ -19,14 +19,15 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from vramfit.errors import VramfitError
-from vramfit.paths import DB_FILE
+from vramfit.paths import DB_FILE, check_output, database_files, output_path
 from vramfit.recipe import Recipe
 from vramfit.shape import KEYS, Shape
 
 if TYPE_CHECKING:
     import pandas as pd  # imported by the queries that build frames: opening the store does not load pandas
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: sweeps, environments, points; 2: + claims (points being measured, for concurrent sweeps)
+CLAIM_TTL_S = 6 * 3600  # a claim from another host (whose process cannot be asked) lapses after this
 DEFAULT_DB = DB_FILE
 STATUSES = ("ok", "oom", "timeout", "error")
 DONE_STATUSES = ("ok", "oom")  # resume skips these; error/timeout points are tried again
@@ -107,6 +108,23 @@ CREATE TABLE points (
 CREATE INDEX points_by_env_shape ON points (env_id, n_layer, n_head, n_embd, block_size, batch_size, vocab_size);
 CREATE INDEX environments_by_identity ON environments (device_key, recipe_key, torch_version);
 """
+
+# version 2: a point being measured, claimed by the sweep measuring it, so that concurrent sweeps of one database
+# split the work; `ident` is the identity (device model, recipe, torch, emulation) and the shape, as JSON
+_CLAIMS = """
+CREATE TABLE IF NOT EXISTS claims (
+    ident      TEXT PRIMARY KEY,
+    hostname   TEXT NOT NULL,
+    pid        INTEGER NOT NULL,
+    claimed_at REAL NOT NULL
+)
+"""
+
+_TABLE_COLUMNS = {  # table -> its columns, read from _SCHEMA (what a database must have to be read)
+    stmt.split("(", 1)[0].split()[-1]: [line.split()[0] for line in stmt.split("(", 1)[1].splitlines()
+                                        if line.strip() and not line.strip().startswith(")")]
+    for stmt in _SCHEMA.split(";") if stmt.strip().startswith("CREATE TABLE")
+}
 
 _POINT_COLUMNS = (
     "status", "nvml_bytes", "nvml_source", "allocated_bytes", "reserved_bytes", "tracked_bytes", "rss_bytes",
@@ -235,6 +253,24 @@ class Store:
             raise VramfitError(f"{p} has schema version {version}, newer than this vramfit ({SCHEMA_VERSION})")
         if version == 0 and tables:
             raise VramfitError(f"{p} is an SQLite database but not a vramfit one (left untouched)")
+        if version:
+            self._check_columns(p)
+
+    @staticmethod
+    def _check_columns(p: Path) -> None:
+        """Every table and column of the schema is there (a table altered by hand is refused, not a traceback)."""
+        ro = sqlite3.connect(_ro_uri(p), uri=True, timeout=60.0)
+        try:
+            for table, columns in _TABLE_COLUMNS.items():
+                have = {r[1] for r in ro.execute(f"PRAGMA table_info({table})")}
+                missing = [c for c in columns if c not in have]
+                if missing:
+                    raise VramfitError(f"{p} is not a complete vramfit database: table {table} lacks "
+                                       f"{', '.join(missing)} (left untouched)")
+        except sqlite3.Error as exc:
+            raise VramfitError(f"{p} is not a readable SQLite database ({exc}; left untouched)") from None
+        finally:
+            ro.close()
 
     def _prepare_parent(self) -> None:
         parent = self.path.parent
@@ -252,6 +288,9 @@ class Store:
             version = c.execute("PRAGMA user_version").fetchone()[0]
             if version == 0:
                 self._create(c)
+            if version < 2:
+                c.execute(_CLAIMS)  # migration 1 -> 2
+            if version < SCHEMA_VERSION:
                 c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @staticmethod
@@ -364,6 +403,41 @@ class Store:
         with self._tx() as c:
             c.execute("UPDATE sweeps SET status = ?, finished_at = ? WHERE sweep_id = ?", (status, _now(), sweep_id))
 
+    # ------------------------------------------------------------------------------------------ claims
+
+    def _ident(self, env_id: int, point: dict) -> str:
+        return json.dumps([*self.identity(env_id), *(int(point[k]) for k in KEYS)])
+
+    def claim(self, env_id: int, point: dict) -> bool:
+        """Claim `point` for measuring on env_id's identity, in one write transaction: False when it is already
+        measured (ok or oom) or claimed by a live process (this host: its PID exists; another host: younger than
+        CLAIM_TTL_S); a claim of a dead process is taken over."""
+        import socket
+
+        from vramfit.child import pid_alive
+
+        ident, host = self._ident(env_id, point), socket.gethostname()
+        with self._tx() as c:
+            if self.is_measured(env_id, point):
+                return False
+            row = c.execute("SELECT hostname, pid, claimed_at FROM claims WHERE ident = ?", (ident,)).fetchone()
+            if row is not None and (row[0], row[1]) != (host, os.getpid()):
+                alive = pid_alive(int(row[1])) if row[0] == host else time.time() - row[2] < CLAIM_TTL_S
+                if alive:
+                    return False
+            c.execute("INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?)", (ident, host, os.getpid(), time.time()))
+        return True
+
+    def release(self, env_id: int | None = None, point: dict | None = None) -> None:
+        """Drop this process's claim of `point` (measured, or given up), or every claim it holds."""
+        import socket
+
+        where, args = "hostname = ? AND pid = ?", [socket.gethostname(), os.getpid()]
+        if point is not None:
+            where, args = where + " AND ident = ?", [*args, self._ident(env_id, point)]
+        with self._tx() as c:
+            c.execute(f"DELETE FROM claims WHERE {where}", args)
+
     # ------------------------------------------------------------------------------------------ reading
 
     def identity(self, env_id: int) -> tuple:
@@ -420,6 +494,14 @@ class Store:
         import pandas as pd
 
         df = pd.read_sql_query(sql, self.conn, params=args)
+        for env_id, recipe in df.groupby("env_id")["recipe"].first().items():
+            try:
+                ok = isinstance(json.loads(recipe), dict)
+            except (TypeError, json.JSONDecodeError):
+                ok = False
+            if not ok:
+                raise VramfitError(f"{self.path}: environment {env_id} has a malformed recipe_json "
+                                   f"({str(recipe)[:40]!r}; left untouched)")
         for col in _NUMERIC_COLUMNS:  # NULL -> NaN, so readings are float64 whether or not any is missing
             df[col] = pd.to_numeric(df[col], errors="coerce").astype("float64")
         df["stable"] = df["stable"].map(lambda v: None if v is None or pd.isna(v) else bool(v)).astype("object")
@@ -491,36 +573,26 @@ class Store:
         df.loc[gone, "status"] = "killed"  # its process died without closing the row (SIGKILL, power loss)
         return df.drop(columns=["hostname", "pid"])
 
-    def export(self, path: str | Path, fmt: str | None = None, **filters: Any) -> int:
+    def export(self, path: str | Path, fmt: str | None = None, what: str = "export", **filters: Any) -> int:
         """Write `points_frame(**filters)` to CSV or Parquet (by `fmt` or the suffix); returns the row count.
 
-        Refuses to write over the database or its -wal/-shm files; writes a temporary file and renames it."""
+        Never over the database or its -wal/-shm files (`vramfit.paths.check_output`); a regular file is written
+        atomically, a stream or device (/dev/stdout) directly."""
         path = Path(path)
         fmt = fmt or ("parquet" if path.suffix == ".parquet" else "csv")
         if fmt not in ("csv", "parquet"):
             raise VramfitError(f"unknown export format {fmt!r} (csv or parquet)")
-        own = {self.path.resolve(), *(self.path.resolve().with_name(self.path.name + x) for x in ("-wal", "-shm"))}
-        if path.resolve() in own:
-            raise VramfitError(f"refusing to export over the database itself ({path})")
-        if path.is_dir():
-            raise VramfitError(f"cannot write {path}: it is a directory")
+        check_output(path, {"the database": database_files(self.path)}, what)
         if filters.get("status") is not None and filters["status"] not in STATUSES:
             raise VramfitError(f"unknown status {filters['status']!r}; choose one of {', '.join(STATUSES)}")
         df = self.points_frame(**filters)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+        with output_path(path, what) as target:
             if fmt == "parquet":
                 try:
-                    df.to_parquet(tmp, index=False)
+                    df.to_parquet(target, index=False)
                 except ImportError:
                     raise VramfitError("Parquet export needs pyarrow (pip install 'vramfit[parquet]')") from None
             else:
-                df.to_csv(tmp, index=False)
-            os.replace(tmp, path)
-        except OSError as exc:
-            raise VramfitError(f"cannot write {path}: {exc.strerror or exc}") from None
-        finally:
-            tmp.unlink(missing_ok=True)
+                df.to_csv(target, index=False)
         return len(df)
 

@@ -5,6 +5,7 @@ Every error a user can cause ends as one line on stderr and exit code 2 (see `ma
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -79,6 +80,15 @@ def _usage_line(exc) -> str:
     return f"error: {msg} (see `{where} --help`)"
 
 
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush into a closed pipe raises nothing."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout replaced by something without a descriptor (tests)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors (bad values, usage errors) become one `error:` line and exit code 2, never a
     traceback; --help stays rich."""
@@ -97,7 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("interrupted", err=True)
         return 130
+    except BrokenPipeError:  # `vramfit fit | head`: the reader has all it wanted; exit quietly
+        quiet_stdout()
+        return 0
     except SystemExit as exc:
+        if "PacifyFlushWrapper" in type(sys.stdout).__name__:  # typer's/click's EPIPE: a closed pipe, not an error
+            quiet_stdout()
+            return 0
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except USER_ERRORS as exc:
         typer.echo(f"error: {exc}", err=True)

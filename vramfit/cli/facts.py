@@ -58,8 +58,12 @@ def export(
     """Export all measured points (joined with their environment) to CSV and/or Parquet."""
     if csv is None and parquet is None:
         fail("give --csv FILE and/or --parquet FILE")
+    from vramfit.paths import same_file
+
+    if csv is not None and parquet is not None and same_file(csv, parquet):
+        fail(f"--csv and --parquet name the same file ({csv}): give two paths")
     with open_store(db) as store:
         for path, fmt in ((csv, "csv"), (parquet, "parquet")):
             if path is not None:
-                n = store.export(path, fmt, device=device, status=status)
+                n = store.export(path, fmt, f"--{fmt}", device=device, status=status)
                 typer.echo(f"wrote {n} points to {path}")

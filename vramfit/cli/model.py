@@ -42,12 +42,13 @@ def fit(
         writable_dir(loss_out, "--loss-out")
         _fit_loss(db, corpus, loss_out)
         return
+    from vramfit.paths import database_files
     from vramfit.plan.workflows import fit_and_save
 
     writable_dir(models, "--models")
     points = _points(db, device, recipe)
     for report, path in fit_and_save(points, models, target=reading, regimes=regimes, dryrun=dry_run,
-                                     allow_shared=allow_shared):
+                                     allow_shared=allow_shared, protected={"the database": database_files(db)}):
         print_fit(report, path)
 
 
@@ -65,6 +66,7 @@ def _points(db: Path, device: str | None, recipe: str | None):
 
 def _fit_loss(db: Path, corpus: Path | None, out: Path) -> None:
     from vramfit.fit.losslaw import fit_store_runs, law_path
+    from vramfit.paths import database_files
 
     laws = fit_store_runs(db, corpus)
     fitted = [law for law in laws if not isinstance(law, VramfitError)]
@@ -74,7 +76,7 @@ def _fit_loss(db: Path, corpus: Path | None, out: Path) -> None:
         if isinstance(law, VramfitError):
             typer.echo(f"skipped: {law}")
             continue
-        path = law.save(law_path(law, out))
+        path = law.save(law_path(law, out), {"the database": database_files(db)})
         typer.echo(f"loss law for {law.data_dir} (corpus {law.corpus_id}, {law.n_runs} runs, {law.n_obs} curve "
                    f"points) -> {path}")
         typer.echo(f"  L(N, D) = {law.E:.4f} + {law.A:.4g}/N^{law.alpha:.3f} + {law.B:.4g}/D^{law.beta:.3f}  "

@@ -11,7 +11,12 @@ import typer
 def console():
     from rich.console import Console
 
-    return Console(width=max(140, shutil.get_terminal_size().columns))
+    class PipeConsole(Console):
+        def on_broken_pipe(self) -> None:  # rich's default exits 1; `main` ends a closed pipe quietly with 0
+            self.quiet = True
+            raise BrokenPipeError
+
+    return PipeConsole(width=max(140, shutil.get_terminal_size().columns))
 
 
 def esc(text: str) -> str:
@@ -99,9 +104,9 @@ def print_suggestions(rec, vram: str, save: Path) -> None:
         out.print(esc(rec.like_line), soft_wrap=True)
     if rec.nothing_fits is not None:
         need, cfg = rec.nothing_fits
-        out.print(f"nothing fits in {fmt(budget)}. The smallest config in this space needs {fmt(need)}: "
-                  + " ".join(f"{k}={v}" for k, v in cfg.items())
-                  + ". Raise --vram, lower --reserve, or relax the fixed sizes.")
+        typer.echo(f"error: nothing fits in {fmt(budget)}. The smallest config in this space needs {fmt(need)}: "
+                   + " ".join(f"{k}={v}" for k, v in cfg.items())
+                   + ". Raise --vram, lower --reserve, or relax the fixed sizes.", err=True)
         raise typer.Exit(1)
     if rec.time is not None:
         out.print(to_rich(time_table(rec.items, rec.time.hours, rec.time.rank)))

@@ -81,13 +81,14 @@ def suggest(
     the longest block and the largest model close to it (--data-dir default: its corpus)."""
     import json
 
-    from vramfit.paths import writable_file
+    from vramfit.paths import check_output, writable_file
     from vramfit.plan.recommend import PlanRequest, parse_int_options, recommend
     from vramfit.plan.workflows import save_suggestions
 
     if hours is None and rank != "auto":
         fail("--rank ranks by time: give --hours too")
     writable_file(save, "--suggestions-file")
+    check_output(save, {"--model": model, "--loss-law": loss_law, "--like": like}, "--suggestions-file")
     space = parse_int_options(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                               batch_size=batch_size, vocab_size=vocab)
     rec = recommend(PlanRequest(vram, reserve, objective, space, min_batch, top, model, data_dir, no_profile,

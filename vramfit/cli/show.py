@@ -56,14 +56,17 @@ def report(
     """One self-contained HTML page: a what-fits calculator (the fitted model in the page, offline), data summary,
     coefficients, CV tables, the suggestions and every plot. --data-dir defaults to the last suggest's; --models
     is where the page looks for the model file it names."""
-    from vramfit.paths import writable_file
+    from vramfit.paths import check_output, database_files, writable_file
     from vramfit.show.context import plan_context
     from vramfit.show.report import write_report
 
     writable_file(out, "--out")
+    protected = {"the database": database_files(db), "--suggestions-file": suggestions,
+                 "a model file": sorted(models.glob("*.json")) if models.is_dir() else []}
+    check_output(out, protected, "--out")
     ctx = plan_context(vram, suggestions, data_dir)
     with open_store(db) as store:
         points = store.points_frame()
     typer.echo("; ".join(ctx.sources))
-    path = write_report(points, out, ctx, target=reading, models_dir=models, source=str(db))
+    path = write_report(points, out, ctx, target=reading, models_dir=models, source=str(db), protected=protected)
     typer.echo(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)")

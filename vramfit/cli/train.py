@@ -136,11 +136,14 @@ def _train_here(config: Path | None, overrides: dict, suggestion: int | None, su
 
 def _check_train_outputs(cfg, db: Path | None) -> None:
     """Before the first step: the checkpoint folder, and the database a measured run is stored in."""
-    from vramfit.paths import writable_dir, writable_file
+    from vramfit.paths import check_output, writable_dir, writable_file
 
     writable_dir(cfg.out_dir, "--out-dir")
     if db is not None:
         writable_file(db, "--db")
+        check_output(db, {"the checkpoint": Path(cfg.out_dir) / "ckpt.pt",
+                          "the training data": [Path(cfg.data_dir) / n for n in ("train.bin", "val.bin", "meta.json")]},
+                     "--db")
         if db.exists():
             from vramfit.store import Store
 

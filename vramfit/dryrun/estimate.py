@@ -22,13 +22,16 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from gpt.config import GPTConfig
+from gpt.config import GPTConfig, check_batch_size
 from vramfit.child import run_json
 from vramfit.errors import VramfitError
 from vramfit.recipe import Recipe
 from vramfit.units import format_size
 
 TARGETS = ("cuda", "cpu")
+# the dry run replays every layer's ops under fake tensors (~0.3-0.7 s a layer on a 2-core VM): 512 layers (5x
+# GPT-3's 96) stay within minutes; deeper is refused at once rather than running past the child's timeout
+MAX_DRYRUN_LAYERS = 512
 
 CUDA_CONTEXT_BYTES = 512 * 2**20
 """Fallback for an estimate without an allocator replay (e.g. made by an older vramfit): context + workspaces as
@@ -137,8 +140,10 @@ def _request(model_config: GPTConfig, batch_size: int, recipe: Recipe, target: s
              compute_capability: tuple[int, int], **kwargs: object) -> dict:
     if target not in TARGETS:
         raise VramfitError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise VramfitError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_batch_size(batch_size)
+    if model_config.n_layer > MAX_DRYRUN_LAYERS:
+        raise VramfitError(f"n_layer {model_config.n_layer} is beyond the dry run's limit of {MAX_DRYRUN_LAYERS} "
+                           "layers (it replays every layer); `vramfit predict` takes any depth")
     from vramfit.dryrun.allocator import parse_alloc_conf
 
     parse_alloc_conf(recipe.alloc_conf)  # a bad PYTORCH_CUDA_ALLOC_CONF is the caller's error, said here

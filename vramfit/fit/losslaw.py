@@ -20,6 +20,7 @@ import numpy as np
 
 from vramfit.corpus import corpus_id
 from vramfit.errors import VramfitError
+from vramfit.paths import Protected, check_output, write_text
 
 MIN_RUNS = 3  # stored train runs on one corpus
 MIN_SIZES = 2  # distinct parameter counts among them
@@ -57,11 +58,10 @@ class LossLaw:
     def from_dict(cls, d: dict) -> LossLaw:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
-        return path
+    def save(self, path: str | Path, protected: Protected | None = None) -> Path:
+        """The law's JSON, atomically, never over a `protected` file ({label: path})."""
+        return write_text(check_output(path, protected or {}, "--loss-out"), json.dumps(self.to_dict(), indent=1),
+                          "--loss-out")
 
 
 def chinchilla() -> LossLaw:

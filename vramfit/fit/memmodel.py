@@ -31,6 +31,7 @@ from vramfit.fit.features import BREAKDOWN, NAIVE, PHYSICS, UNITS, frame_feature
 from vramfit.fit.stats import cv_predictions, error_metrics, nnls, nonneg_slope
 from vramfit.shape import KEYS
 from vramfit.store import SHARED_GPU
+from vramfit.units import MAX_SIZE
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where frames are built: predicting from a model file needs no pandas
@@ -187,11 +188,22 @@ class MemoryModel:
                 "step_coef": self.step_coef_}
 
     @classmethod
-    def from_dict(cls, d: dict) -> MemoryModel:
+    def from_dict(cls, d: dict, nonneg: bool = True) -> MemoryModel:
+        """The model of `to_dict`; every coefficient finite and, with `nonneg` (what NNLS fits), >= 0 and below
+        MAX_SIZE bytes per unit: a ValueError naming the first that is not."""
         m = cls(tuple(d["features"]), int(d.get("regimes", 1)))
         m.intercept_, m.coef_ = float(d["intercept"]), np.asarray(d["coef"], dtype=np.float64)
         m.step_intercept_, m.step_coef_ = float(d.get("step_intercept", 0.0)), float(d.get("step_coef", 0.0))
         m.layer_coef_ = float(d.get("layer_coef", 0.0))
+        if m.coef_.shape != (len(m.features),):
+            raise ValueError(f"{len(m.features)} features but {m.coef_.size} coefficients")
+        values = {"intercept": m.intercept_, "step_intercept": m.step_intercept_, "step_coef": m.step_coef_,
+                  "layer_coef": m.layer_coef_,
+                  **{f"coef of {f}": float(c) for f, c in zip(m.features, m.coef_, strict=True)}}
+        low = 0.0 if nonneg else -MAX_SIZE
+        for name, v in values.items():
+            if not (math.isfinite(v) and low <= v <= MAX_SIZE):
+                raise ValueError(f"its {name} is {v}, not a finite number in [{low:g}, 2**60]")
         return m
 
 
@@ -289,9 +301,9 @@ def oom_violations(model: MemoryModel, points: pd.DataFrame) -> list[dict]:
     if oom.empty or cap_col not in oom.columns:
         return []
     pred = model.predict(frame_features(oom))
-    out = []
-    for (_, row), p in zip(oom.iterrows(), pred, strict=True):
-        cap = row[cap_col]
-        if pd.notna(cap) and p <= cap:
-            out.append({k: int(row[k]) for k in KEYS} | {"predicted": float(p), "capacity": float(cap)})
-    return out
+    cap = oom[cap_col].to_numpy(dtype=np.float64)
+    hit = np.flatnonzero(pd.notna(cap) & (pred <= cap))  # vectorised: a large sweep has thousands of OOM rows
+    shapes = oom[list(KEYS)].to_numpy()[hit]
+    return [{k: int(v) for k, v in zip(KEYS, shape, strict=True)} | {"predicted": float(pred[i]),
+                                                                   "capacity": float(cap[i])}
+            for shape, i in zip(shapes, hit, strict=True)]

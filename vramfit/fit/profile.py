@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from vramfit.errors import VramfitError
 from vramfit.fit.memmodel import MemoryModel
+from vramfit.paths import Protected, check_output, write_text
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -97,8 +98,8 @@ class Profile:
         if not isinstance(d, dict):
             raise TypeError("not an object")
         margin = float(d["margin_rel"])
-        if not math.isfinite(margin) or margin < 0:
-            raise ValueError(f"margin_rel {margin}")
+        if not (math.isfinite(margin) and 0 <= margin <= 100):
+            raise ValueError(f"its margin_rel is {margin}, not a finite number in [0, 100]")
         total = d.get("total_memory_bytes")
         return cls(
             model=MemoryModel.from_dict(d["model"]), target=str(d["target"]), device=str(d["device"]),
@@ -106,21 +107,17 @@ class Profile:
             baseline=MemoryModel.from_dict(d["baseline"]) if d.get("baseline") else None,
             metrics=d.get("metrics") or {}, data_hash=str(d.get("data_hash") or ""),
             n_points=int(d.get("n_points") or 0), oom_violations=list(d.get("oom_violations") or []),
-            dryrun=MemoryModel.from_dict(d["dryrun"]) if d.get("dryrun") else None,
+            dryrun=MemoryModel.from_dict(d["dryrun"], nonneg=False) if d.get("dryrun") else None,
             throughput=load_throughput(d.get("throughput")),  # None in files fitted before it existed
             ranges=d.get("ranges") or {}, device_type=d.get("device_type"),
             total_memory_bytes=int(total) if total is not None else None,
             compute_capability=d.get("compute_capability"), fitted_at=d.get("fitted_at"),
             source=str(d.get("source") or "sweep"))
 
-    def save(self, path: str | Path) -> Path:
-        """Write the model file atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
-        tmp.replace(path)
-        return path
+    def save(self, path: str | Path, protected: Protected | None = None) -> Path:
+        """The model file, atomically, never over a `protected` file ({label: path})."""
+        return write_text(check_output(path, protected or {}, "--out"), json.dumps(self.to_json(), indent=1),
+                          "--out")
 
     @classmethod
     def load(cls, path: str | Path) -> Profile:
@@ -129,9 +126,15 @@ class Profile:
         if not path.is_file():
             raise VramfitError(f"no model file at {path} (run `vramfit fit` first)")
         try:
-            return cls.from_json(json.loads(path.read_text()))
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+            d = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
             raise VramfitError(f"{path} is not a vramfit model file") from None
+        try:
+            return cls.from_json(d)
+        except (KeyError, TypeError, AttributeError):
+            raise VramfitError(f"{path} is not a vramfit model file") from None
+        except (ValueError, OverflowError) as exc:
+            raise VramfitError(f"{path} is not a usable vramfit model file: {exc}") from None
 
 
 def latest(models_dir: str | Path, kind: str | None = None) -> tuple[Path, Profile] | None:

@@ -34,7 +34,7 @@ import numpy as np
 
 from gpt.config import count_params
 from vramfit.fit.features import shape_key
-from vramfit.fit.stats import cv_predictions, error_metrics, nnls
+from vramfit.fit.stats import cv_keys, cv_predictions, error_metrics, nnls
 from vramfit.shape import KEYS
 
 if TYPE_CHECKING:
@@ -183,10 +183,10 @@ def timed_points(points: pd.DataFrame) -> pd.DataFrame:
 def _held_out_slowdown(best: np.ndarray, typical: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
     """Per point, the slowdown fitted without its group (without itself when `groups` is None)."""
     ratio = typical / best
-    keys = groups if groups is not None else np.arange(len(best))
+    keys = cv_keys(len(best), groups)  # the folds of cv_predictions
     out = np.ones(len(best))
-    for k in set(keys):
-        rest = ratio[keys != k]
+    for k in np.unique(keys[keys >= 0]):
+        rest = ratio[(keys != k) & (keys >= 0)]
         out[keys == k] = _slowdown(rest) if len(rest) else 1.0
     return out
 

@@ -52,6 +52,14 @@ def launch_train(nproc: int, train_args: list[str]) -> int:
     """Re-run `vramfit train <train_args>` as `nproc` DDP processes on this node; torchrun's exit code."""
     if nproc < 2:
         raise VramfitError(f"--nproc must be >= 2 to launch DDP, got {nproc}")
+    import torch
+
+    from gpt.limits import check_nproc
+
+    device = next((a.split("=", 1)[1] for a in train_args if a.startswith("--device=")), None)
+    if device is None and "--device" in train_args[:-1]:
+        device = train_args[train_args.index("--device") + 1]
+    check_nproc(nproc, device or "auto", torch.cuda.device_count())
     env = dict(os.environ)
     repo = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo, env.get("PYTHONPATH")]))

@@ -285,12 +285,13 @@ def _as_is_line(like: Like, a: dict) -> str:
 def predict_one(shape: Shape, model: Path | None) -> dict:
     """The predicted peak of one config with its breakdown, margin and the naive line, from a profile (--model,
     else `plan.workflows.open_profile`'s choice)."""
-    from gpt.config import GPTConfig
+    from gpt.config import GPTConfig, check_batch_size
     from vramfit.fit.coverage import check
     from vramfit.fit.features import features
     from vramfit.plan.workflows import open_profile
 
     GPTConfig(shape.n_layer, shape.n_head, shape.n_embd, shape.block_size, shape.vocab_size)
+    check_batch_size(shape.batch_size)
     path, profile = open_profile(model)
     f = features(*shape.as_tuple())
     pred = float(profile.model.predict(f)[0])

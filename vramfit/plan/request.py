@@ -17,21 +17,13 @@ if TYPE_CHECKING:
 
 
 def parse_int_options(**options: str | None) -> dict[str, list[int] | None]:
-    """`--n-layer 4,8`-style options as lists of positive ints (None where not given)."""
-    out: dict[str, list[int] | None] = {}
-    for name, value in options.items():
-        flag = f"--{name.replace('_', '-')}"
-        if value is None:
-            out[name] = None
-            continue
-        try:
-            values = [int(v) for v in str(value).split(",") if v.strip()]
-        except ValueError:
-            raise VramfitError(f"{flag}: expected integers like 4 or 4,8, got {value!r}") from None
-        if not values or min(values) < 1:
-            raise VramfitError(f"{flag}: sizes must be >= 1, got {value!r}")
-        out[name] = values
-    return out
+    """`--n-layer 4,8`-style options as lists of sizes within gpt.config.MAX_SIZES (None where not given)."""
+    from gpt.config import MAX_SIZES
+    from vramfit.sweep.grid import parse_int_list
+
+    return {name: None if value is None else parse_int_list(value, f"--{name.replace('_', '-')}",
+                                                            maximum=MAX_SIZES[name])
+            for name, value in options.items()}
 
 
 def time_args(hours: str, rank: str, loss_law: Path | None, data_dir: str) -> TimeBudget:

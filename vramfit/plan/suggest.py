@@ -45,6 +45,8 @@ DEFAULT_SPACE = {
     "vocab_size": [DEFAULT_VOCAB],
 }
 MAX_HEADS = 64
+MAX_SPACE_POINTS = 10_000_000  # (shape, batch) points of one search: ~1.3 GB at the measured ~125 B a point
+SPACE_BYTES_PER_POINT = 200  # features, prediction, need and ranking per point (measured ~125 B: 2.8M in 350 MB)
 # width/depth between 16 and 256: Kaplan et al. (2020) found loss nearly flat for aspect ratios ~20-200
 ASPECT = (16, 256)
 
@@ -140,12 +142,15 @@ def enumerate_space(n_layer=None, n_head=None, n_embd=None, block_size=None, bat
     for c in widths:
         heads = fixed_heads if fixed_heads is not None else sorted({c // d for d in head_dims if c % d == 0})
         pairs += [(h, c) for h in heads if 1 <= h <= MAX_HEADS and c % h == 0]
+    if not pairs and fixed_heads and min(fixed_heads) > MAX_HEADS:
+        raise VramfitError(f"--n-head: {min(fixed_heads)} is beyond the search's limit of {MAX_HEADS} heads")
     if not pairs:
         raise VramfitError("no valid (n_head, n_embd) pair in the search space (n_embd must divide by n_head)")
     if min(layers + blocks + batches + vocabs) < 1:
         raise VramfitError("every size in the search space must be >= 1")
     if aspect is None or n_layer is not None or n_embd is not None:
         aspect = (0, math.inf)
+    check_space_size(len(layers) * len(pairs) * len(blocks) * len(vocabs) * len(batches))
     shapes = np.array([(L, h, c, T, V) for L in layers for h, c in pairs for T in blocks for V in vocabs
                        if aspect[0] <= c / L <= aspect[1]], dtype=np.int64)
     if not len(shapes):
@@ -155,6 +160,18 @@ def enumerate_space(n_layer=None, n_head=None, n_embd=None, block_size=None, bat
     out["batch_size"] = np.tile(np.asarray(batches, dtype=np.int64), S)
     out["_n_batches"] = NB
     return out
+
+
+def check_space_size(n: int) -> None:
+    """Refuse, before it is built, a search space beyond MAX_SPACE_POINTS (shape, batch) points or larger than
+    the RAM available (SPACE_BYTES_PER_POINT each): one line naming the limit, not gigabytes of arrays."""
+    from gpt.limits import check_memory
+
+    if n > MAX_SPACE_POINTS:
+        raise VramfitError(f"the search space has {n:,} (shape, batch) points, beyond the limit of "
+                           f"{MAX_SPACE_POINTS:,}: give fewer values to --n-layer, --n-head, --n-embd, --block-size "
+                           "or --batch-size")
+    check_memory(n * SPACE_BYTES_PER_POINT, f"a search space of {n:,} (shape, batch) points")
 
 
 def predict_space(model: MemoryModel, space: dict[str, np.ndarray]) -> tuple[dict, np.ndarray]:

@@ -5,7 +5,6 @@ training run with its prediction (the dry-run model for a GPU never profiled is 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING
 from vramfit.errors import VramfitError
 from vramfit.fit.memmodel import fit_points
 from vramfit.fit.profile import Profile, latest
-from vramfit.paths import MODELS_DIR, SUGGESTIONS_FILE
+from vramfit.paths import MODELS_DIR, SUGGESTIONS_FILE, Protected, check_output, write_text
 from vramfit.plan.suggest import Suggestion
 from vramfit.recipe import ALLOC_CONF_VARS
 from vramfit.shape import KEYS
@@ -73,9 +72,11 @@ def fit_store(points: pd.DataFrame, target: str = "auto", regimes: int = 2,
 
 
 def fit_and_save(points: pd.DataFrame, out_dir: str | Path, target: str = "auto", regimes: int = 2,
-                 dryrun: bool = False, allow_shared: bool = False) -> list[tuple[Profile, Path]]:
-    """`fit_store`, each report saved as `out_dir/<device>-<recipe>.json`: (report, path) per device + recipe."""
-    return [(report, report.save(Path(out_dir) / model_filename(report.device, report.recipe_key)))
+                 dryrun: bool = False, allow_shared: bool = False,
+                 protected: Protected | None = None) -> list[tuple[Profile, Path]]:
+    """`fit_store`, each report saved as `out_dir/<device>-<recipe>.json` (never over a `protected` file):
+    (report, path) per device + recipe."""
+    return [(report, report.save(Path(out_dir) / model_filename(report.device, report.recipe_key), protected))
             for report, _ in fit_store(points, target=target, regimes=regimes, dryrun=dryrun,
                                        allow_shared=allow_shared)]
 
@@ -110,18 +111,11 @@ def train_command(s: Suggestion, recipe: dict, data_dir: str = DEFAULT_DATA_DIR,
     return cmd
 
 
-def save_suggestions(doc: dict, path: str | Path = SUGGESTIONS_FILE) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(doc, indent=1))
-        tmp.replace(path)
-    except OSError as exc:
-        raise VramfitError(f"cannot write {path}: {exc.strerror or exc}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+def save_suggestions(doc: dict, path: str | Path = SUGGESTIONS_FILE, protected: Protected | None = None) -> Path:
+    """The suggest document to `path`, atomically; never over the model file it was planned with or another
+    `protected` file ({label: path})."""
+    path = check_output(path, {"the model file": doc.get("model_file"), **(protected or {})}, "--suggestions-file")
+    return write_text(path, json.dumps(doc, indent=1), "--suggestions-file")
 
 
 def load_suggestion(rank: int, path: str | Path = SUGGESTIONS_FILE) -> tuple[dict, dict]:

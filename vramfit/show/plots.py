@@ -15,6 +15,7 @@ import pandas as pd  # noqa: E402
 from vramfit.fit.features import features, frame_features, shape_key  # noqa: E402
 from vramfit.fit.memmodel import TARGETS  # noqa: E402
 from vramfit.fit.profile import Profile  # noqa: E402
+from vramfit.paths import check_output, output_path  # noqa: E402
 from vramfit.plan.suggest import TimeBudget  # noqa: E402
 from vramfit.shape import Shape  # noqa: E402
 from vramfit.show.context import FEASIBILITY_BATCHES, FEASIBILITY_BLOCKS, grid_axes  # noqa: E402
@@ -28,14 +29,17 @@ def _unit(values) -> tuple[float, str]:
 
 
 def _save(fig, path: Path) -> Path:
-    """Write a PNG whose metadata carries the title and axis labels (so tests and tools can read them)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a PNG whose metadata carries the title and axis labels (so tests and tools can read them); never
+    over a database, checkpoint or pickle (`vramfit.paths.check_output`)."""
     fig.tight_layout()
     ax = fig.axes[0]
     meta = {"Title": ax.get_title(), "Description": f"x: {ax.get_xlabel()}; y: {ax.get_ylabel()}",
             "Software": "vramfit"}
-    fig.savefig(path, dpi=110, metadata=meta)
-    plt.close(fig)
+    try:
+        with output_path(check_output(path, {}, "plot"), "plot") as target:
+            fig.savefig(target, dpi=110, metadata=meta, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

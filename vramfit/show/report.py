@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from vramfit.fit.profile import Profile
+from vramfit.paths import Protected, check_output, write_text
 from vramfit.plan.suggest import TimeBudget
 from vramfit.plan.workflows import MODELS_DIR, fit_store
 from vramfit.show.calculator import calculator_section, model_entry
@@ -59,18 +60,21 @@ def _images(paths: list[Path]) -> str:
 
 
 def write_report(points: pd.DataFrame, out: str | Path, ctx: PlanContext, target: str = "auto",
-                 hours: float = 6.0, models_dir: str | Path = MODELS_DIR, source: str | None = None) -> Path:
+                 hours: float = 6.0, models_dir: str | Path = MODELS_DIR, source: str | None = None,
+                 protected: Protected | None = None) -> Path:
     """Fit every device+recipe in `points`, rank and plot them for `ctx` (the last suggest's budget and
     vocabulary), and write one HTML file to `out` with the calculator on top (`hours`: the frontier plot's time
-    budget; `models_dir`: where the page looks for the saved model file it names; `source`: the database)."""
-    return render_report(fit_store(points, target=target), points, out, ctx, hours, models_dir, source)
+    budget; `models_dir`: where the page looks for the saved model file it names; `source`: the database;
+    `protected`: the files `out` must not be, {label: path})."""
+    check_output(out, protected or {}, "--out")
+    return render_report(fit_store(points, target=target), points, out, ctx, hours, models_dir, source, protected)
 
 
 def render_report(fits: list[tuple[Profile, pd.DataFrame]], points: pd.DataFrame, out: str | Path,
                   ctx: PlanContext, hours: float = 6.0, models_dir: str | Path = MODELS_DIR,
-                  source: str | None = None) -> Path:
+                  source: str | None = None, protected: Protected | None = None) -> Path:
     """`write_report` for fits already made (`fit_store`'s (report, points) pairs)."""
-    out = Path(out)
+    out = check_output(out, protected or {}, "--out")
     parts, entries, shapes = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for n, (report, group) in enumerate(fits):
@@ -92,8 +96,7 @@ def render_report(fits: list[tuple[Profile, pd.DataFrame]], points: pd.DataFrame
             + f" · budget {format_size(ctx.budget_bytes)}, vocab {ctx.vocab_size}</p>")
     body = (head + calculator_section(entries, shapes, ctx) + "<h2>Measurements</h2>"
             + _table(status.to_dict("records")) + "".join(parts))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>vramfit report</title>"
-                   f"<meta name='viewport' content='width=device-width'><style>{CSS}</style></head>"
-                   f"<body>{body}</body></html>")
+    write_text(out, f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>vramfit report</title>"
+                    f"<meta name='viewport' content='width=device-width'><style>{CSS}</style></head>"
+                    f"<body>{body}</body></html>", "--out")
     return out

@@ -126,8 +126,9 @@ MAX_GRID_COMBINATIONS = 100_000  # refused before expansion: weeks of GPU time e
 CONFIRM_POINTS = 500  # a sweep this large asks for --yes (hours of work)
 
 
-def parse_int_list(text: str | int | list, what: str = "value", minimum: int = 1) -> list[int]:
-    """'4,8,16' (or an int, or a list) -> [4, 8, 16]; integers >= `minimum` only."""
+def parse_int_list(text: str | int | list, what: str = "value", minimum: int = 1,
+                   maximum: int | None = None) -> list[int]:
+    """'4,8,16' (or an int, or a list) -> [4, 8, 16]; integers in [`minimum`, `maximum`] only, no empty item."""
     items = text if isinstance(text, list) else [text] if isinstance(text, int) else str(text).split(",")
     out = []
     for item in items:
@@ -139,6 +140,8 @@ def parse_int_list(text: str | int | list, what: str = "value", minimum: int = 1
             raise VramfitError(f"{what}: {item!r} is not an integer") from None
         if v < minimum:
             raise VramfitError(f"{what}: values must be >= {minimum}, got {v}")
+        if maximum is not None and v > maximum:
+            raise VramfitError(f"{what}: {v} is beyond the limit of {maximum:,}")
         out.append(v)
     if not out:
         raise VramfitError(f"{what}: empty list")

@@ -2,6 +2,8 @@
 
 Resume: a point is skipped when a row with status ok or oom exists for the same device model (name + capacity),
 recipe key, torch version and emulated capacity; error and timeout points are tried again. `redo` runs all.
+Concurrent sweeps of one database split the work: each point is claimed in the store before it runs (a claim
+of a process that died is taken over), so no point is measured twice.
 Devices of the same model share one queue of points (one worker per GPU at a time); different models each
 measure the whole grid.
 """
@@ -131,10 +133,10 @@ def run_sweep(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: lis
     bar = Progress(total, quiet=quiet, live=live)
 
     @contextlib.contextmanager
-    def measured_meanwhile():  # this thread's connection: skip what a concurrent sweep just did
+    def measured_meanwhile():  # this thread's connection: claim each point, skip what a concurrent sweep has
         own = Store(db)
         try:
-            yield lambda i, p: own.is_measured(env_ids[i], p)
+            yield lambda i, p: not own.claim(env_ids[i], p)
         finally:
             own.close()
 
@@ -156,11 +158,12 @@ def run_sweep(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: lis
             label = point_label(ev.job.point) + (f" @{names[ev.slot]}" if len(devs) > 1 else "")
             if ev.kind == "start":
                 bar.started(label)
-            elif ev.kind == "skip":  # measured meanwhile by a concurrent sweep
+            elif ev.kind == "skip":  # measured, or being measured, by a concurrent sweep
                 result.resumed += 1
                 bar.finished(label, {"status": "skipped", "error": "measured by a concurrent sweep"})
             else:
                 store.insert_point(ev.record, env_of(ev), sweep_id)
+                store.release(env_ids[ev.slot], ev.job.point)
                 result.counts[ev.record["status"]] += 1
                 bar.finished(label, ev.record)
             if bar.done >= total:
@@ -172,6 +175,7 @@ def run_sweep(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: lis
         events.close()
         bar.close()
         store.finish_sweep(sweep_id, status)
+        store.release()  # the claims of points this sweep started and did not store (interrupted)
         store.close()
         ex.close()
     return result
