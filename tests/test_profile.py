@@ -29,7 +29,7 @@ def test_saved_and_loaded_by_the_same_class(fitted, tmp_path):
     doc = json.loads((tmp_path / "p.json").read_text())
     doc["margin_rel"] = float("nan")
     (tmp_path / "nan.json").write_text(json.dumps(doc))
-    with pytest.raises(VramfitError, match="is not a vramfit model file"):
+    with pytest.raises(VramfitError, match="is not a usable vramfit model file: its margin_rel is nan"):
         Profile.load(tmp_path / "nan.json")
 
 
