@@ -37,9 +37,10 @@ from vramfit.fit.features import NAIVE, PHYSICS, frame_features  # noqa: E402
 from vramfit.fit.memmodel import TARGETS, MemoryModel  # noqa: E402
 from vramfit.measure.provenance import git_commit  # noqa: E402
 from vramfit.store import Store  # noqa: E402
-from vramfit.sweep.adaptive import PlanSettings, run_adaptive  # noqa: E402
+from vramfit.sweep.adaptive import AdaptiveChooser, PlanSettings  # noqa: E402
 from vramfit.sweep.grid import load_grid  # noqa: E402
-from vramfit.sweep.runner import run_sweep  # noqa: E402
+from vramfit.sweep.session import SweepOptions, run_sweep  # noqa: E402
+from vramfit.sweep.whole_grid import GridChooser  # noqa: E402
 
 GRIDS = ROOT / "experiments" / "grids"
 
@@ -49,7 +50,7 @@ def measure(grid_path: Path, db: Path, device: str, fresh: bool) -> pd.DataFrame
     if fresh:
         for p in db.parent.glob(db.name + "*"):
             p.unlink()
-    run_sweep(load_grid(grid_path), db, device=device, quiet=True)
+    run_sweep(load_grid(grid_path), SweepOptions(db, device=device, quiet=True), GridChooser())
     with Store(db) as s:
         return s.points_frame()
 
@@ -130,7 +131,8 @@ def main() -> None:
         p.unlink()
     settings = PlanSettings(points=args.points, target_error=args.target_error)
     t0 = time.time()
-    res = run_adaptive(load_grid(Path(args.full)), adb, settings, device=args.device, quiet=True)
+    res = run_sweep(load_grid(Path(args.full)), SweepOptions(adb, device=args.device, quiet=True),
+                    AdaptiveChooser(settings))
     adaptive_wall = time.time() - t0
     with Store(adb) as s:
         adaptive = s.points_frame()

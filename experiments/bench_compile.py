@@ -123,7 +123,7 @@ def main() -> None:
 
     from gpt.config import GPTConfig
     from vramfit.dryrun import compiled
-    from vramfit.dryrun.estimate import estimate_step
+    from vramfit.dryrun.estimate import EstimateRequest, estimate_step
     from vramfit.recipe import Recipe
 
     picks = range(len(SHAPES)) if args.shapes == "all" else [int(i) for i in args.shapes.split(",")]
@@ -138,7 +138,7 @@ def main() -> None:
         mc = GPTConfig(n_layer=L, n_head=H, n_embd=C, block_size=T, vocab_size=V, dropout=drop)
         cached = len(compiled._CACHE)
         t = time.perf_counter()
-        est = estimate_step(mc, B, Recipe(dtype=dtype, optimizer="fused", compile=True), target="cpu")
+        est = estimate_step(EstimateRequest(mc, B, Recipe(dtype=dtype, optimizer="fused", compile=True), target="cpu"))
         est_s = time.perf_counter() - t
         graphs = "reused" if len(compiled._CACHE) == cached else "traced"
         real_c, real_e = measure(shape, True), measure(shape, False)

@@ -26,7 +26,8 @@ from vramfit.store import Store  # noqa: E402
 from vramfit.sweep.grid import load_grid  # noqa: E402
 from vramfit.sweep.pool import CACHE_ENV  # noqa: E402
 from vramfit.sweep.progress import point_label  # noqa: E402
-from vramfit.sweep.runner import run_sweep  # noqa: E402
+from vramfit.sweep.session import SweepOptions, run_sweep  # noqa: E402
+from vramfit.sweep.whole_grid import GridChooser  # noqa: E402
 
 READING = {"cpu": ("tracked_bytes", "rss_bytes"), "cuda": ("nvml_bytes", "reserved_bytes", "allocated_bytes")}
 
@@ -42,7 +43,7 @@ def one(grid, device: str, cache: bool) -> tuple[list[str], dict]:
     os.environ[CACHE_ENV] = "1" if cache else "0"
     db = str(Path(tempfile.mkdtemp(prefix="bench_compile_")) / "bench.sqlite")
     before, t0 = load(), time.time()
-    res = run_sweep(grid, db, device=device, redo=True, quiet=True)
+    res = run_sweep(grid, SweepOptions(db, device=device, redo=True, quiet=True), GridChooser())
     wall = time.time() - t0
     df = Store(db).points_frame()
     df = df[df.sweep_id == res.sweep_id]

@@ -38,7 +38,8 @@ from vramfit.store import Store  # noqa: E402
 from vramfit.sweep.grid import load_grid  # noqa: E402
 from vramfit.sweep.pool import CACHE_ENV  # noqa: E402
 from vramfit.sweep.progress import point_label  # noqa: E402
-from vramfit.sweep.runner import run_sweep  # noqa: E402
+from vramfit.sweep.session import SweepOptions, run_sweep  # noqa: E402
+from vramfit.sweep.whole_grid import GridChooser  # noqa: E402
 
 READING = {"cpu": ("tracked_bytes", "tracked_dispatch_bytes", "rss_bytes", "alloc_step_peak_bytes"),
            "cuda": ("nvml_bytes", "reserved_bytes", "allocated_bytes")}
@@ -62,7 +63,7 @@ def run_arm(grid, device: str, dynamic: bool, shared: bool) -> dict:
     grid = replace(grid, measure=replace(grid.measure, dynamic_batch=dynamic))
     db = str(Path(tempfile.mkdtemp(prefix="bench_dynamic_")) / "bench.sqlite")
     before, t0 = load(), time.time()
-    res = run_sweep(grid, db, device=device, redo=True, quiet=True)
+    res = run_sweep(grid, SweepOptions(db, device=device, redo=True, quiet=True), GridChooser())
     wall = time.time() - t0
     with Store(db) as store:
         df = store.points_frame()

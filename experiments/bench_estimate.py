@@ -6,8 +6,8 @@ Speed: seconds per `estimate_step` (two fake `Trainer.step` calls, CUDA target s
 compile resolves on for this target, so eager and then the torch.compile emulation, graphs traced on first use),
 the first call in this process (imports, fake-kernel caches cold, graphs traced) and the median of `--reps` more;
 the median of the compiled (headline) estimate alone, what the planners run; the headline estimate of batch + 4
-(the graphs, traced with a symbolic batch, are reused); one `estimate_step_isolated` (fresh child process, what
-`vramfit estimate` runs) for the first config.
+(the graphs, traced with a symbolic batch, are reused); one estimate by `Estimator("child")` (a fresh child
+process, what `vramfit estimate` runs) for the first config.
 Accuracy: the estimate for target 'cpu' against two real `Trainer.step` calls on this CPU under
 `vramfit.measure.probe.StorageTracker` (64 B rounding), for the test suite's configs.
 """
@@ -28,7 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from gpt.config import GPTConfig  # noqa: E402
-from vramfit.dryrun.estimate import estimate_step, estimate_step_isolated  # noqa: E402
+from vramfit.dryrun.estimate import EstimateRequest, estimate_step  # noqa: E402
+from vramfit.dryrun.estimator import Estimator  # noqa: E402
 from vramfit.recipe import Recipe  # noqa: E402
 from vramfit.units import format_size  # noqa: E402
 
@@ -53,13 +54,14 @@ def _row(name: str, reps: int, isolated: bool) -> str:
     mc = GPTConfig(n_layer=L, n_head=H, n_embd=C, block_size=T, vocab_size=V)
 
     def run(batch: int = B, **kw: object) -> object:
-        return estimate_step(mc, batch, recipe, target="cuda", **kw)
+        return estimate_step(EstimateRequest(mc, batch, recipe, target="cuda", **kw))
 
     est, first = _timed(run)
     both = statistics.median(_timed(run)[1] for _ in range(reps))
     head = statistics.median(_timed(lambda: run(headline_only=True))[1] for _ in range(reps))
     other = _timed(lambda: run(B + 4, headline_only=True))[1]
-    iso = f"{_timed(lambda: estimate_step_isolated(mc, B, recipe, target='cuda'))[1]:.2f}" if isolated else ""
+    child = lambda: Estimator("child").estimate([EstimateRequest(mc, B, recipe, target="cuda")])  # noqa: E731
+    iso = f"{_timed(child)[1]:.2f}" if isolated else ""
     return (f"| {name} | {mc.n_params() / 1e6:.0f}M | {B} x {T} | {format_size(est.peak_bytes)} | "
             f"{est.peak_phase} | {first:.2f} | {both:.2f} | {head:.2f} | {other:.2f} | {iso} |")
 
@@ -79,7 +81,7 @@ def accuracy() -> None:
     print("|---|---|---|---|---|---|---|")
     for shape, batch, recipe_d, _ in CASES:
         mc, recipe = GPTConfig(**shape), Recipe(**recipe_d)
-        est = estimate_step(mc, batch, recipe, target="cpu")
+        est = estimate_step(EstimateRequest(mc, batch, recipe, target="cpu"))
         real = real_tracked_peak(mc, batch, recipe)
         s = f"{mc.n_layer},{mc.n_head},{mc.n_embd},{mc.block_size},{mc.vocab_size}"
         r = f"{recipe.dtype} {recipe.optimizer} {recipe.attn_kernel}"

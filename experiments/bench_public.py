@@ -5,7 +5,7 @@ sources) and vramfit/data/public_estimates.csv (the figures the no-profile plann
 
     python experiments/bench_public.py [--rows ID,ID [--md FILE --csv FILE]]
 
-Each distinct config is estimated once, in a child process (`estimate_step_isolated` + `device_bytes`, what
+Each distinct config is estimated once, in a child process (`Estimator("child")` + `device_bytes`, what
 `vramfit estimate` runs and prints as the device total). Gradient accumulation: micro-steps 3..N start from the
 state micro-step 2 starts from (accumulated gradients, optimizer state), so their peak is micro-step 2's; a row
 with N >= 2 micro-steps is estimated with 2 (checked: 2, 4 and 64 micro-steps give the same figure for GPT-2 124M
@@ -26,7 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gpt.config import GPTConfig  # noqa: E402
-from vramfit.dryrun.estimate import device_bytes, estimate_step_isolated, parse_capability  # noqa: E402
+from vramfit.dryrun.estimate import EstimateRequest, device_bytes, parse_capability  # noqa: E402
+from vramfit.dryrun.estimator import Estimator  # noqa: E402
 from vramfit.recipe import Recipe  # noqa: E402
 from vramfit.validation import (  # noqa: E402
     ESTIMATE_COLUMNS,
@@ -57,9 +58,11 @@ def estimator_key(r: Reading) -> tuple:
 def estimate(r: Reading) -> tuple[int, float]:
     """(whole-device bytes, seconds) of the row's config, as `vramfit estimate` computes it."""
     t = time.perf_counter()
-    est = estimate_step_isolated(GPTConfig.from_dict(r.model), r.batch_size, Recipe.from_dict(r.recipe), "cuda",
-                                 parse_capability(r.capability), grad_clip=r.grad_clip,
-                                 gradient_accumulation_steps=min(r.grad_accum, 2))
+    req = EstimateRequest(GPTConfig.from_dict(r.model), r.batch_size, Recipe.from_dict(r.recipe), "cuda",
+                          parse_capability(r.capability), grad_clip=r.grad_clip,
+                          gradient_accumulation_steps=min(r.grad_accum, 2))
+    with Estimator("child") as estimator:
+        est = estimator.estimate([req])[0]
     return device_bytes(est), time.perf_counter() - t
 
 

@@ -33,7 +33,8 @@ from vramfit.store import Store  # noqa: E402
 from vramfit.sweep.executors import LocalExecutor  # noqa: E402
 from vramfit.sweep.grid import load_grid  # noqa: E402
 from vramfit.sweep.progress import point_label  # noqa: E402
-from vramfit.sweep.runner import run_sweep  # noqa: E402
+from vramfit.sweep.session import SweepOptions, run_sweep  # noqa: E402
+from vramfit.sweep.whole_grid import GridChooser  # noqa: E402
 
 COLS = ("spawn", "import", "warmup", "build", "first", "rest", "exit", "overhead", "wall")
 RSS_TOLERANCE = 0.03  # as the Ray executor's readings against the local ones (tests/test_ray.py)
@@ -62,7 +63,8 @@ def sweep(grid, device: str, mode: str) -> tuple[list[str], dict, float, str]:
     db = str(Path(tempfile.mkdtemp(prefix=f"bench_sweep_{mode}_")) / "bench.sqlite")
     before = load()
     t0 = time.time()
-    res = run_sweep(grid, db, device=device, redo=True, quiet=True, executor=LocalExecutor(fork=mode == "fork"))
+    res = run_sweep(grid, SweepOptions(db, device=device, redo=True, quiet=True), GridChooser(),
+                    LocalExecutor(fork=mode == "fork"))
     elapsed = time.time() - t0
     df = Store(db).points_frame()
     df = df[df.sweep_id == res.sweep_id]

@@ -478,7 +478,7 @@ def check_9(work: Path) -> int:
 def estimates(spec: Path, out: Path) -> int:
     """The dry-run estimate of each point of a sweep (a child of the sweep stage, run beside the sweep)."""
     from gpt.config import GPTConfig
-    from vramfit.dryrun.estimate import estimate_step, parse_capability, target_bytes
+    from vramfit.dryrun.estimate import EstimateRequest, estimate_step, parse_capability, target_bytes
     from vramfit.recipe import Recipe
 
     doc = json.loads(spec.read_text())
@@ -489,7 +489,7 @@ def estimates(spec: Path, out: Path) -> int:
         t = time.perf_counter()
         mc = GPTConfig(p["n_layer"], p["n_head"], p["n_embd"], p["block_size"], p["vocab_size"])
         try:
-            est = estimate_step(mc, p["batch_size"], recipe, doc["target"], cap, headline_only=True)
+            est = estimate_step(EstimateRequest(mc, p["batch_size"], recipe, doc["target"], cap, headline_only=True))
             row = {**p, **{f"est_{t_}": target_bytes(est, t_) for t_ in ("nvml", "reserved", "allocated")},
                    "est_attention": est.attention, "est_build": est.cuda_build}
         except Exception as exc:  # noqa: BLE001 - one point's estimate failing is a finding

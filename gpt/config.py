@@ -19,7 +19,29 @@ GPT2_VOCAB = 50304  # nanoGPT's vocabulary without a meta.pkl: GPT-2's 50257 BPE
 
 ATTN_KERNELS = ("default", "flash", "efficient", "math")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-OPTIMIZERS = ("auto", "fused", "foreach", "loop")
+OPTIMIZERS = ("auto", "fused", "foreach", "loop", "muon")
+ARCHS = ("gpt2", "nanochat")
+MLPS = ("gelu", "relu2", "swiglu")
+# the options of the nanochat family and their values in each family (None: the family's default); GPT-2 (nanoGPT's
+# block) has exactly the first column, nanochat's `nanochat/gpt.py` the second, and each can be changed on its own
+ARCH_OPTIONS = {
+    "n_kv_head": (None, None),  # key/value heads (grouped-query attention); None: n_head
+    "window_pattern": ("L", "SSSL"),  # per-layer attention window, tiled: L = the context, S = about a quarter
+    "mlp": ("gelu", "relu2"),  # gelu (GPT-2, 4C) | relu2 (nanochat, 4C) | swiglu (Llama: 3 matrices of 8C/3)
+    "value_embeds": (False, True),  # value-embedding tables on alternating layers (ResFormer), with their gates
+    "qk_norm": (False, True),  # RMSNorm of queries and keys after the rotary embedding
+    "resid_scalars": (False, True),  # per-layer resid_lambdas and x0_lambdas
+    "smear": (False, True),  # the previous token's embedding mixed in through a 24-channel gate
+    "backout": (False, True),  # the mid-layer residual subtracted before the final norm
+    "softcap": (0.0, 15.0),  # logits squashed to (-softcap, softcap) by tanh; 0: off
+    "vocab_multiple": (1, 64),  # embedding and head padded to a multiple of this (nanoGPT pads vocab_size itself)
+}
+PARAM_GROUPS = ("embedding", "value_embeds", "matrices", "head", "scalars")
+WINDOW_TILE = 128  # nanochat rounds the short window up to FA3's tile
+VE_GATE_CHANNELS = 12  # nanochat's value-embedding gate reads the first 12 channels of the block input
+SMEAR_CHANNELS = 24  # and the smear gate the first 24 channels of the embedding
+ROTARY_BASE = 100000
+ROTARY_CACHE = 10  # nanochat precomputes the rotary tables for 10 x the context
 # dense bf16/fp16 tensor-core peaks (FLOP/s) for MFU; matched against the CUDA device name
 # dense bf16/fp16 tensor-core peak FLOP/s (NVIDIA's datasheets, the sparse figure halved), by the GPU's name as
 # NVML / torch.cuda.get_device_name report it, normalised by `gpu_model` (an H100 SXM reports "NVIDIA H100 80GB HBM3",
@@ -73,12 +95,13 @@ def check_batch_size(batch_size: int) -> int:
 
 
 def resolve_recipe(dtype: str, compile: bool | None, optimizer: str, device_type: str,
-                   capability: tuple[int, int] | None = None) -> tuple[str, bool, str]:
+                   capability: tuple[int, int] | None = None, arch: str = "gpt2") -> tuple[str, bool, str]:
     """('auto' dtype, None compile, 'auto' optimizer) made concrete for a device: the one place this is decided.
 
     CUDA: bf16 from capability 8.0 (fp16 below), compile from 7.0 (Inductor's Triton backend needs it: an explicit
     compile on an older GPU is refused here rather than failing every step); an unknown capability counts as new
-    enough. CPU: fp32, eager. The optimizer 'auto' is the fused AdamW."""
+    enough. CPU: fp32, eager. The optimizer 'auto' is the family's own: the fused AdamW for GPT-2 (nanoGPT),
+    Muon + AdamW for nanochat."""
     cuda = device_type == "cuda"
     cap = capability or (99, 0)
     if dtype == "auto":
@@ -88,12 +111,17 @@ def resolve_recipe(dtype: str, compile: bool | None, optimizer: str, device_type
     elif compile and cuda and cap < MIN_COMPILE_CAPABILITY:
         raise ConfigError(f"compile needs CUDA compute capability >= {MIN_COMPILE_CAPABILITY[0]}.0 (Inductor's Triton "
                           f"backend); this GPU is {cap[0]}.{cap[1]}: set compile = false")
-    return dtype, bool(compile), "fused" if optimizer == "auto" else optimizer
+    if optimizer == "auto":
+        optimizer = "muon" if arch == "nanochat" else "fused"
+    return dtype, bool(compile), optimizer
 
 
 @dataclass(frozen=True)
 class GPTConfig:
-    """Shape of a GPT model."""
+    """Shape of a GPT model: GPT-2 as nanoGPT has it (`arch="gpt2"`) or nanochat's block (`arch="nanochat"`).
+
+    The options after `arch` (see ARCH_OPTIONS) default to the family's values; on nanochat each can be set on its
+    own, GPT-2 has only its own. `bias` defaults to True for GPT-2 and must stay False for nanochat."""
 
     n_layer: int = 12
     n_head: int = 12
@@ -101,7 +129,18 @@ class GPTConfig:
     block_size: int = 1024
     vocab_size: int = GPT2_VOCAB
     dropout: float = 0.0
-    bias: bool = True
+    bias: bool | None = None
+    arch: str = "gpt2"
+    n_kv_head: int | None = None
+    window_pattern: str | None = None
+    mlp: str | None = None
+    value_embeds: bool | None = None
+    qk_norm: bool | None = None
+    resid_scalars: bool | None = None
+    smear: bool | None = None
+    backout: bool | None = None
+    softcap: float | None = None
+    vocab_multiple: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
@@ -114,6 +153,36 @@ class GPTConfig:
             raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        for name, value in resolve_arch(self.arch, self.n_head, self.bias,
+                                        {k: getattr(self, k) for k in ARCH_OPTIONS}).items():
+            object.__setattr__(self, name, value)
+        if self.arch == "nanochat":
+            self._check_nanochat()
+
+    def _check_nanochat(self) -> None:
+        H, KV, C = self.n_head, self.n_kv_head, self.n_embd
+        checks = [
+            (isinstance(KV, int) and not isinstance(KV, bool) and 1 <= KV <= H and H % KV == 0,
+             f"n_kv_head must divide n_head ({H}), got {KV!r}"),
+            (isinstance(self.window_pattern, str) and bool(self.window_pattern)
+             and set(self.window_pattern) <= {"S", "L"}, f"window_pattern must be letters S and L, got "
+                                                         f"{self.window_pattern!r}"),
+            (self.mlp in ("relu2", "swiglu"), f"mlp must be relu2 or swiglu for nanochat, got {self.mlp!r}"),
+            (not self.bias, "nanochat's linears have no bias: set bias = false"),
+            (self.dropout == 0.0, "nanochat's block has no dropout: set dropout = 0"),
+            ((C // H) % 2 == 0, f"the head dimension n_embd/n_head ({C // H}) must be even (rotary embeddings)"),
+            (not self.smear or C >= SMEAR_CHANNELS, f"smear reads {SMEAR_CHANNELS} channels: n_embd must be >= "
+                                                     f"{SMEAR_CHANNELS} (or smear = false)"),
+            (not self.value_embeds or C >= VE_GATE_CHANNELS,
+             f"the value-embedding gate reads {VE_GATE_CHANNELS} channels: n_embd must be >= {VE_GATE_CHANNELS}"),
+            (isinstance(self.softcap, int | float) and self.softcap >= 0, f"softcap must be >= 0, got "
+                                                                           f"{self.softcap!r}"),
+            (isinstance(self.vocab_multiple, int) and 1 <= self.vocab_multiple <= 4096,
+             f"vocab_multiple must be in 1..4096, got {self.vocab_multiple!r}"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(msg)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,15 +192,139 @@ class GPTConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def padded_vocab(self) -> int:
+        """Rows of the embedding and the head: vocab_size rounded up to vocab_multiple (nanochat: 64)."""
+        m = self.vocab_multiple
+        return -(-self.vocab_size // m) * m
+
+    def window_sizes(self) -> list[int]:
+        """Each layer's attention window (keys before the query; the context = full): `window_pattern` tiled over the
+        layers, the last layer always full; the short window is a quarter of the context rounded up to 128
+        (nanochat `GPT._compute_window_sizes`)."""
+        long = self.block_size
+        short = -(-long // 4 // WINDOW_TILE) * WINDOW_TILE
+        sizes = [long if self.window_pattern[i % len(self.window_pattern)] == "L" else short
+                 for i in range(self.n_layer)]
+        sizes[-1] = long
+        return sizes
+
+    def value_embed_layers(self) -> list[int]:
+        """The layers with a value embedding: alternating, the last always included (nanochat `has_ve`)."""
+        if not self.value_embeds:
+            return []
+        return [i for i in range(self.n_layer) if i % 2 == (self.n_layer - 1) % 2]
+
+    def mlp_hidden(self) -> int:
+        """Width of the MLP's hidden layer: 4C, or 8C/3 for SwiGLU (same parameters and FLOPs, nanochat LOG.md)."""
+        return (8 * self.n_embd) // 3 if self.mlp == "swiglu" else 4 * self.n_embd
+
+    def block_matrices(self) -> list[tuple[int, int]]:
+        """(out, in) of every 2-D tensor inside the blocks, in model order: what Muon optimises."""
+        C, kv, F = self.n_embd, self.n_kv_head * self.head_dim, self.mlp_hidden()
+        if self.arch == "gpt2":
+            layer = [(3 * C, C), (C, C), (F, C), (C, F)]
+            return layer * self.n_layer
+        out = []
+        ve = set(self.value_embed_layers())
+        for i in range(self.n_layer):
+            out += [(C, C), (kv, C), (kv, C), (C, C)]
+            out += [(self.n_kv_head, VE_GATE_CHANNELS)] if i in ve else []
+            out += [(F, C), (F, C), (C, F)] if self.mlp == "swiglu" else [(F, C), (C, F)]
+        return out
+
+    def muon_stacks(self) -> dict[tuple[int, int], int]:
+        """The stacks Muon forms, (out, in) -> how many matrices, in its order (sorted shapes): each step stacks a
+        group's gradients and weights, so the largest stack sizes Muon's transient memory."""
+        shapes = self.block_matrices()
+        return {shape: shapes.count(shape) for shape in sorted(set(shapes))}
+
+    def param_counts(self) -> dict[str, int]:
+        """Parameters by optimizer group (PARAM_GROUPS): token (and position) embeddings, value embeddings, the
+        blocks' 2-D matrices, the untied head, and every other tensor (norm weights, biases, per-layer scalars,
+        gates outside the blocks). Torch-free; sums to `n_params()`."""
+        L, C, T, V = self.n_layer, self.n_embd, self.block_size, self.padded_vocab
+        matrices = sum(r * c for r, c in self.block_matrices())
+        if self.arch == "gpt2":
+            return {"embedding": V * C + T * C, "value_embeds": 0, "matrices": matrices, "head": 0,
+                    "scalars": count_params(L, C, T, V, self.bias) - V * C - T * C - matrices}
+        scalars = (2 * L if self.resid_scalars else 0) + (SMEAR_CHANNELS + 1 if self.smear else 0)
+        scalars += 1 if self.backout else 0
+        return {"embedding": V * C, "value_embeds": len(self.value_embed_layers()) * V * self.n_kv_head * self.head_dim,
+                "matrices": matrices, "head": V * C, "scalars": scalars}
+
+    def param_bytes(self, dtype: str = "float32") -> dict[str, int]:
+        """Bytes per parameter of each group under a recipe dtype: fp32 master weights, except nanochat's embedding
+        tables, kept in bf16 when the recipe computes in bf16 (nanochat `init_weights`; fp16 keeps them fp32)."""
+        low = self.arch == "nanochat" and dtype == "bfloat16"
+        return {g: 2 if low and g in ("embedding", "value_embeds") else 4 for g in PARAM_GROUPS}
+
+    def optimizer_state_bytes(self, optimizer: str, dtype: str = "float32") -> dict[str, int]:
+        """Bytes of optimizer state per group. AdamW: exp_avg and exp_avg_sq, each in its parameter's dtype. Muon
+        (the blocks' matrices; nanochat `MuonAdamW._compute_muon`): one momentum buffer like the matrix and a
+        factored second moment of max(rows, cols) entries, both in the matrix's dtype (fp32); every other group is
+        AdamW. Per-tensor step counters are not counted."""
+        counts, width = self.param_counts(), self.param_bytes(dtype)
+        out = {g: 2 * counts[g] * width[g] for g in PARAM_GROUPS}
+        if optimizer == "muon":
+            out["matrices"] = sum(r * c + max(r, c) for r, c in self.block_matrices()) * width["matrices"]
+        return out
+
     def n_params(self, non_embedding: bool = False) -> int:
-        """Exact parameter count (lm_head is tied to wte); `non_embedding` drops position embeddings."""
-        return count_params(self.n_layer, self.n_embd, self.block_size, self.vocab_size, self.bias, non_embedding)
+        """Exact parameter count. GPT-2: lm_head tied to wte, `non_embedding` drops the position table (nanoGPT).
+        nanochat: `non_embedding` drops the lookup tables (token and value embeddings), keeping the head."""
+        if self.arch == "gpt2":
+            return count_params(self.n_layer, self.n_embd, self.block_size, self.vocab_size, self.bias,
+                                non_embedding)
+        counts = self.param_counts()
+        total = sum(counts.values())
+        return total - counts["embedding"] - counts["value_embeds"] if non_embedding else total
 
     def flops_per_token(self) -> int:
-        """Training FLOPs per token (forward + backward), PaLM appendix B accounting as in nanoGPT."""
-        N = self.n_params(non_embedding=True)
-        L, H, Q, T = self.n_layer, self.n_head, self.n_embd // self.n_head, self.block_size
-        return 6 * N + 12 * L * H * Q * T
+        """Training FLOPs per token (forward + backward), PaLM appendix B accounting as in nanoGPT; for nanochat as
+        its `estimate_flops`: 6 x the weights of every linear (head and smear gate included) plus attention over
+        each layer's window."""
+        L, H, Q, T = self.n_layer, self.n_head, self.head_dim, self.block_size
+        if self.arch == "gpt2":
+            return 6 * self.n_params(non_embedding=True) + 12 * L * H * Q * T
+        counts = self.param_counts()
+        linear = counts["matrices"] + counts["head"] + (SMEAR_CHANNELS if self.smear else 0)
+        return 6 * linear + sum(12 * H * Q * min(w, T) for w in self.window_sizes())
+
+
+def resolve_arch(arch: str, n_head: int, bias: bool | None, options: dict) -> dict:
+    """The family's defaults filled into `options` (None = default), and `bias`; GPT-2 accepts only its own values."""
+    if arch not in ARCHS:
+        raise ConfigError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    column = ARCHS.index(arch)
+    out = {k: (ARCH_OPTIONS[k][column] if v is None else v) for k, v in options.items()}
+    out["n_kv_head"] = n_head if out["n_kv_head"] is None else out["n_kv_head"]
+    if isinstance(out["window_pattern"], str):
+        out["window_pattern"] = out["window_pattern"].upper()
+    out["bias"] = (arch == "gpt2") if bias is None else bias
+    if arch == "gpt2":
+        gpt2 = {**{k: v[0] for k, v in ARCH_OPTIONS.items()}, "n_kv_head": n_head}
+        for k, v in gpt2.items():
+            if out[k] != v:
+                raise ConfigError(f"{k} = {out[k]!r} is a nanochat option (GPT-2 has {v!r}): set arch = nanochat")
+    return out
+
+
+def nanochat_config(depth: int, *, aspect_ratio: int = 64, head_dim: int = 128, max_seq_len: int = 2048,
+                    vocab_size: int = 32768, window_pattern: str = "SSSL", **options) -> GPTConfig:
+    """The model `nanochat -m scripts.base_train --depth D` trains (`build_model_meta`): width = depth x aspect
+    ratio rounded up to a multiple of head_dim, heads = width / head_dim, as many K/V heads, its context and
+    window pattern; vocab 32768 is nanochat's tokenizer (`tok_train.py --vocab-size`)."""
+    if depth < 1 or aspect_ratio < 1 or head_dim < 1:
+        raise ConfigError("depth, aspect_ratio and head_dim must be positive")
+    width = -(-depth * aspect_ratio // head_dim) * head_dim
+    heads = width // head_dim
+    return GPTConfig(n_layer=depth, n_head=heads, n_embd=width, block_size=max_seq_len, vocab_size=vocab_size,
+                     arch="nanochat", n_kv_head=heads, window_pattern=window_pattern, **options)
 
 
 def count_params(n_layer, n_embd, block_size, vocab_size, bias=True, non_embedding: bool = False):
@@ -156,7 +349,19 @@ class TrainConfig:
     block_size: int = 128
     vocab_size: int | None = None
     dropout: float = 0.0
-    bias: bool = True
+    bias: bool | None = None  # None: the family's (True for gpt2, False for nanochat)
+    # model family and its options (None: the family's default; see ARCH_OPTIONS)
+    arch: str = "gpt2"  # gpt2 (nanoGPT) | nanochat
+    n_kv_head: int | None = None
+    window_pattern: str | None = None
+    mlp: str | None = None
+    value_embeds: bool | None = None
+    qk_norm: bool | None = None
+    resid_scalars: bool | None = None
+    smear: bool | None = None
+    backout: bool | None = None
+    softcap: float | None = None
+    vocab_multiple: int | None = None
     # data and I/O
     data_dir: str = "data/shakespeare_char"
     out_dir: str = "out"
@@ -183,13 +388,21 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16
     compile: bool | None = None  # None: on for CUDA
-    optimizer: str = "auto"  # auto | fused | foreach | loop
+    optimizer: str = "auto"  # auto (gpt2: fused, nanochat: muon) | fused | foreach | loop | muon
+    # optimizer = muon: nanochat's learning rates (base_train.py), scaled over time by the schedule above
+    # (lr_at(it) / learning_rate); the AdamW ones by (n_embd / 768) ** -0.5 as nanochat does
+    matrix_lr: float = 0.02  # Muon, the blocks' matrices
+    embedding_lr: float = 0.3  # AdamW, token embedding (value embeddings: half)
+    unembedding_lr: float = 0.008  # AdamW, the head
+    scalar_lr: float = 0.5  # AdamW, per-layer scalars
     attn_kernel: str = "default"  # default | flash | efficient | math
     dynamic_batch: bool = False  # compile with a dynamic batch dimension (torch._dynamo.mark_dynamic); needs compile
     peak_tflops: float | None = None  # for MFU; default: known GPU peaks
     extra: dict = field(default_factory=dict, repr=False)  # unknown TOML tables kept for provenance
 
     def __post_init__(self) -> None:
+        if self.bias is None and self.arch in ARCHS:
+            self.bias = self.arch == "gpt2"
         checks = [
             (self.init_from in ("scratch", "resume"), f"init_from must be scratch or resume, got {self.init_from!r}"),
             (self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
@@ -203,6 +416,8 @@ class TrainConfig:
              f"gradient_accumulation_steps {self.gradient_accumulation_steps} is beyond the limit of "
              f"{MAX_SIZES['batch_size']:,}"),
             (self.max_iters >= 0, f"max_iters must be >= 0, got {self.max_iters}"),
+            (min(self.matrix_lr, self.embedding_lr, self.unembedding_lr, self.scalar_lr) > 0,
+             "matrix_lr, embedding_lr, unembedding_lr and scalar_lr must be > 0"),
             (self.eval_iters >= 1, f"eval_iters must be >= 1, got {self.eval_iters}"),
             *self._hyper_parameter_checks(),
             (not (self.dynamic_batch and self.compile is False),
@@ -245,7 +460,8 @@ class TrainConfig:
     def model_config(self, vocab_size: int | None = None) -> GPTConfig:
         """The GPTConfig of this run (`vocab_size` from the corpus when the config leaves it unset)."""
         vocab = self.vocab_size or vocab_size or GPT2_VOCAB
-        return GPTConfig(self.n_layer, self.n_head, self.n_embd, self.block_size, vocab, self.dropout, self.bias)
+        return GPTConfig(self.n_layer, self.n_head, self.n_embd, self.block_size, vocab, self.dropout, self.bias,
+                         self.arch, **{k: getattr(self, k) for k in ARCH_OPTIONS})
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -293,7 +509,7 @@ def make_config(values: dict, base: TrainConfig | None = None) -> TrainConfig:
         if name not in known:
             raise ConfigError(f"unknown config key {key!r}")
         out[name] = _coerce(name, value, hints[name])
-    return replace(base or TrainConfig(), **out)
+    return replace(base, **out) if base is not None else TrainConfig(**out)
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:

@@ -30,6 +30,8 @@ def dataset_name(ckpt: dict) -> str:
 def nanogpt_checkpoint(ckpt: dict) -> dict:
     """A checkpoint dict in nanoGPT's layout (tensors shared, not copied)."""
     shape = GPTConfig.from_dict(ckpt["model_args"]).to_dict()
+    if shape["arch"] != "gpt2":
+        raise CheckpointError(f"a {shape['arch']} checkpoint has no nanoGPT layout: only arch gpt2 exports")
     config = {k: v for k, v in (ckpt.get("config") or {}).items()
               if isinstance(v, int | float | bool | str) and k != "data_dir"}  # train.py keeps only scalars
     config["dataset"] = dataset_name(ckpt)

@@ -180,21 +180,53 @@ class GPT(nn.Module):
         """Sample `max_new_tokens` tokens after the prompt `idx` (B, T); with `vocab_size` (the tokenizer's), only
         ids below it: a vocabulary padded past the corpus's (nanoGPT's 50304 for GPT-2's 50257, a `--vocab-size`
         above a char corpus's) has rows no tokenizer can decode."""
-        if temperature <= 0:
-            raise ConfigError(f"temperature must be > 0, got {temperature}")
-        for _ in range(max_new_tokens):
-            idx_cond = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size :]
-            logits, _ = self(idx_cond)
-            logits = logits[:, -1, :].float() / temperature
-            if vocab_size is not None:
-                logits[:, vocab_size:] = -float("inf")
-            if top_k is not None:
-                v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
-                logits[logits < v[:, [-1]]] = -float("inf")
-            probs = F.softmax(logits, dim=-1)
-            idx_next = torch.multinomial(probs, num_samples=1, generator=generator)
-            idx = torch.cat((idx, idx_next), dim=1)
-        return idx
+        return sample(self, idx, max_new_tokens, temperature, top_k, generator, vocab_size)
+
+
+@torch.no_grad()
+def sample(model: nn.Module, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+           top_k: int | None = None, generator: torch.Generator | None = None,
+           vocab_size: int | None = None) -> torch.Tensor:
+    """Sample from either family: the context cropped to block_size, the last position's logits / temperature
+    (ids from `vocab_size` on excluded), top-k, multinomial."""
+    if temperature <= 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
+    block_size = model.config.block_size
+    for _ in range(max_new_tokens):
+        idx_cond = idx if idx.size(1) <= block_size else idx[:, -block_size:]
+        logits, _ = model(idx_cond)
+        logits = logits[:, -1, :].float() / temperature
+        if vocab_size is not None:
+            logits[:, vocab_size:] = -float("inf")
+        if top_k is not None:
+            v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+            logits[logits < v[:, [-1]]] = -float("inf")
+        probs = F.softmax(logits, dim=-1)
+        idx_next = torch.multinomial(probs, num_samples=1, generator=generator)
+        idx = torch.cat((idx, idx_next), dim=1)
+    return idx
+
+
+def build_model(config: GPTConfig) -> nn.Module:
+    """The model of `config.arch`: nanoGPT's GPT-2 (`GPT`) or nanochat's (`gpt.nanochat.NanoChatGPT`)."""
+    if config.arch == "nanochat":
+        from gpt.nanochat import NanoChatGPT  # imports this module: a top-level import would be a cycle
+
+        return NanoChatGPT(config)
+    return GPT(config)
+
+
+def param_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """The parameters of either family by optimizer group (`gpt.config.PARAM_GROUPS`): GPT-2's tied embedding and
+    position table are `embedding`, its blocks' 2-D weights `matrices`, its norms and biases `scalars`."""
+    if hasattr(model, "param_groups"):
+        return model.param_groups()
+    blocks = {id(p) for p in model.transformer.h.parameters() if p.dim() == 2}
+    embedding = [model.transformer.wte.weight, model.transformer.wpe.weight]
+    taken = blocks | {id(p) for p in embedding}
+    return {"embedding": embedding, "value_embeds": [],
+            "matrices": [p for p in model.transformer.h.parameters() if id(p) in blocks], "head": [],
+            "scalars": [p for p in model.parameters() if id(p) not in taken]}
 
 
 def clean_state_dict(state_dict: dict) -> dict:

@@ -12,7 +12,7 @@ from gpt.data import Tokenizer
 from gpt.errors import ConfigError, DataError
 from gpt.limits import check_memory
 from gpt.meta import find_meta_pkl, load_meta, meta_from_pkl, read_meta_pkl
-from gpt.model import GPT
+from gpt.model import build_model
 from gpt.train import load_checkpoint, load_weights, resolve_device
 
 MAX_TOKENS = 2**20  # samples or new tokens per sample: a typo of 10**9 is refused, not hours of silence
@@ -44,7 +44,7 @@ class Sampler:
             raise ConfigError(f"seed must be in [0, {MAX_SEED:,}] (2**32 - 1), got {seed}")
         self.device = resolve_device(device)
         ckpt = load_checkpoint(ckpt_path, map_location=self.device)
-        self.model = GPT(GPTConfig.from_dict(ckpt["model_args"]))
+        self.model = build_model(GPTConfig.from_dict(ckpt["model_args"]))
         load_weights(self.model, ckpt["model"])
         self.model.to(self.device).eval()
         self.tokenizer = Tokenizer(checkpoint_meta(ckpt, ckpt_path, data_dir), encoding=encoding)

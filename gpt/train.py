@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from gpt.config import GPTConfig, TrainConfig, peak_flops_of, resolve_recipe
+from gpt.config import ARCH_OPTIONS, GPTConfig, TrainConfig, peak_flops_of, resolve_recipe
 from gpt.data import Corpus
 from gpt.errors import CheckpointError, ConfigError
 from gpt.files import Protected, check_output, output_path
 from gpt.limits import ADAM_BYTES_PER_PARAM, check_memory
-from gpt.model import GPT, attention_kernel, clean_state_dict
+from gpt.model import attention_kernel, build_model, clean_state_dict, param_groups
 
 
 def resolve_device(name: str) -> str:
@@ -45,7 +45,7 @@ def resolve_for_device(cfg: TrainConfig, device: str) -> tuple[str, bool, str]:
     """(dtype, compile, optimizer) of `cfg` on `device`, decided by `gpt.config.resolve_recipe` with the capability
     of the GPU actually used (compile off below 7.0, where Inductor raises GPUTooOldForTriton)."""
     device_type = "cuda" if device.startswith("cuda") else "cpu"
-    return resolve_recipe(cfg.dtype, cfg.compile, cfg.optimizer, device_type, device_capability(device))
+    return resolve_recipe(cfg.dtype, cfg.compile, cfg.optimizer, device_type, device_capability(device), cfg.arch)
 
 
 @dataclass
@@ -98,16 +98,59 @@ def peak_flops(device: str, cfg: TrainConfig) -> float | None:
     return None
 
 
-def configure_optimizer(model: GPT, cfg: TrainConfig, device_type: str, impl: str | None = None) -> torch.optim.AdamW:
-    """AdamW with weight decay on 2-D tensors only; the implementation is set explicitly."""
+def configure_optimizer(model: torch.nn.Module, cfg: TrainConfig, device_type: str, impl: str | None = None,
+                        low_precision: bool = False, compiled: bool = False) -> torch.optim.Optimizer:
+    """AdamW with weight decay on 2-D tensors only (the implementation set explicitly), or with impl 'muon'
+    nanochat's MuonAdamW (`muon_optimizer`)."""
+    impl = impl or resolve_recipe("float32", False, cfg.optimizer, device_type, arch=cfg.arch)[2]
+    if impl == "muon":
+        return muon_optimizer(model, cfg, low_precision, compiled)
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-    impl = impl or resolve_recipe("float32", False, cfg.optimizer, device_type)[2]
     flags = {"fused": {"fused": True}, "foreach": {"foreach": True}, "loop": {"foreach": False}}[impl]
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), **flags)
+
+
+def muon_optimizer(model: torch.nn.Module, cfg: TrainConfig, low_precision: bool = False,
+                   compiled: bool = False) -> torch.optim.Optimizer:
+    """MuonAdamW with nanochat's groups (`GPT.setup_optimizer`): Muon for the blocks' matrices, one group per
+    shape (momentum 0.95, 5 iterations, beta2 0.9, weight_decay); AdamW for the rest. nanochat: the head, the
+    embedding, the value embeddings (half the embedding lr), resid and x0 lambdas, smear and backout, each with
+    its own betas and decay, lrs scaled by (n_embd/768)^-0.5. GPT-2: its own AdamW recipe (learning_rate, beta1,
+    beta2; decay on 2-D tensors). Each group's `initial_lr` is what the schedule scales."""
+    from gpt.muon import MuonAdamW
+
+    groups = param_groups(model)
+    if model.config.arch == "nanochat":
+        scale = (model.config.n_embd / 768) ** -0.5
+        scalars = groups["scalars"]
+        n_res = 2 if model.config.resid_scalars else 0
+        adamw = [
+            dict(params=groups["head"], lr=cfg.unembedding_lr * scale, betas=(0.8, 0.96), weight_decay=0.01),
+            dict(params=groups["embedding"], lr=cfg.embedding_lr * scale, betas=(0.8, 0.995), weight_decay=0.001),
+            dict(params=groups["value_embeds"], lr=cfg.embedding_lr * scale * 0.5, betas=(0.8, 0.995),
+                 weight_decay=0.01),
+            dict(params=scalars[:n_res][:1], lr=cfg.scalar_lr * 0.01, betas=(0.8, 0.95), weight_decay=0.05),
+            dict(params=scalars[1:n_res], lr=cfg.scalar_lr, betas=(0.96, 0.95), weight_decay=0.0),
+            dict(params=scalars[n_res:], lr=0.2, betas=(0.8, 0.95), weight_decay=0.0),
+        ]
+        adamw = [dict(g, kind="adamw", eps=1e-10) for g in adamw]
+    else:
+        rest = groups["embedding"] + groups["value_embeds"] + groups["head"] + groups["scalars"]
+        adamw = [dict(kind="adamw", params=[p for p in rest if p.dim() >= 2], weight_decay=cfg.weight_decay),
+                 dict(kind="adamw", params=[p for p in rest if p.dim() < 2], weight_decay=0.0)]
+        adamw = [dict(g, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), eps=1e-8) for g in adamw]
+    matrices = groups["matrices"]
+    muon = [dict(kind="muon", params=[p for p in matrices if p.shape == shape], lr=cfg.matrix_lr, momentum=0.95,
+                 ns_steps=5, beta2=0.9, weight_decay=cfg.weight_decay)
+            for shape in sorted({p.shape for p in matrices})]
+    optimizer = MuonAdamW([g for g in adamw if g["params"]] + muon, low_precision=low_precision, compiled=compiled)
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
+    return optimizer
 
 
 def mark_batch_dynamic(*tensors: torch.Tensor) -> None:
@@ -126,23 +169,31 @@ class Trainer:
     """A GPT, its optimizer and the mixed-precision machinery; `step` trains on one batch."""
 
     def __init__(self, cfg: TrainConfig, model_config: GPTConfig, device: str | None = None) -> None:
+        """nanochat's family computes in the recipe's dtype without autocast (`NanoChatGPT.set_compute_dtype`)."""
         self.cfg = cfg
         self.device = device or resolve_device(cfg.device)
         self.device_type = "cuda" if self.device.startswith("cuda") else "cpu"
         self.dtype, self.compile, self.optimizer_impl = resolve_for_device(cfg, self.device)
         if self.dtype == "float16" and self.device_type == "cpu":
             raise ConfigError("float16 training is CUDA-only here; use bfloat16 or float32 on the CPU")
+        if self.optimizer_impl == "muon" and _world()[1] > 1:
+            raise ConfigError("optimizer muon runs in one process here (nanochat shards its states across the ranks, "
+                              "ZeRO-2 style, which is not built): use optimizer = fused under DDP")
         self.model_config = model_config
         torch.manual_seed(cfg.seed)
-        self.model = GPT(model_config)  # built on the CPU; moved only when the device differs
+        self.model = build_model(model_config)  # built on the CPU; moved only when the device differs
         if self.device != "cpu":  # (a no-op move would also fail for fake-tensor parameters in the estimator)
             self.model = self.model.to(self.device)
-        self.optimizer = configure_optimizer(self.model, cfg, self.device_type, self.optimizer_impl)
+        ptdtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
+        nanochat = model_config.arch == "nanochat"
+        if nanochat:
+            self.model.set_compute_dtype(ptdtype)
+        self.optimizer = configure_optimizer(self.model, cfg, self.device_type, self.optimizer_impl,
+                                             low_precision=self.dtype == "bfloat16", compiled=self.compile)
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.dtype == "float16")
-        if self.dtype == "float32":
+        if self.dtype == "float32" or nanochat:
             self.autocast = contextlib.nullcontext
         else:
-            ptdtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
             self.autocast = lambda: torch.autocast(device_type=self.device_type, dtype=ptdtype)
         if cfg.dynamic_batch and not self.compile:
             raise ConfigError("dynamic_batch marks the batch dimension for torch.compile, and compile is off on "
@@ -182,10 +233,10 @@ class Trainer:
 
     def step(self, get_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """One optimizer step: `gradient_accumulation_steps` micro-batches of forward and backward,
-        gradient clipping, AdamW. Returns the (detached, unsynchronised) loss of the last micro-batch."""
+        gradient clipping, the optimizer. Returns the (detached, unsynchronised) loss of the last micro-batch."""
         lr = self.lr_at(self.iter_num)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for group in self.optimizer.param_groups:  # Muon's groups: their own lrs, scaled by the schedule
+            group["lr"] = group["initial_lr"] * lr / self.cfg.learning_rate if "initial_lr" in group else lr
         accum = self.cfg.gradient_accumulation_steps
         self.model.train()
         for k in range(accum):
@@ -247,10 +298,14 @@ class Trainer:
         """Restore a checkpoint's weights, optimizer, scaler, iteration and RNG (vramfit's or nanoGPT's)."""
         load_weights(self.model, ckpt["model"])
         if "optimizer" in ckpt:
+            base_lrs = [group.get("initial_lr") for group in self.optimizer.param_groups]
             try:
                 self.optimizer.load_state_dict(ckpt["optimizer"])
             except (ValueError, KeyError) as exc:
                 raise CheckpointError(f"the checkpoint's optimizer state does not fit this model: {exc}") from None
+            for group, base in zip(self.optimizer.param_groups, base_lrs, strict=True):
+                if base is not None:  # Muon's groups: this run's configured lrs, not the checkpoint's
+                    group["initial_lr"] = base
         if ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.iter_num = int(ckpt.get("iter_num", 0))
@@ -264,7 +319,7 @@ class Trainer:
             batch_rng.set_state(rng["batch"])
 
 
-def load_weights(model: GPT, state_dict: dict) -> None:
+def load_weights(model: torch.nn.Module, state_dict: dict) -> None:
     """Load a checkpoint's weights (torch.compile's `_orig_mod.` prefixes stripped); a mismatch, a value that is
     not a tensor, or a NaN/inf weight (a diverged run) is one error."""
     for name, value in state_dict.items():
@@ -387,7 +442,7 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], on_step: Callable[[Trai
     if cfg.init_from == "resume":
         ckpt = load_checkpoint(ckpt_path)
         model_config = GPTConfig.from_dict(ckpt["model_args"])
-        shape = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias")
+        shape = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "bias", "arch", *ARCH_OPTIONS)
         cfg = replace(cfg, **{k: getattr(model_config, k) for k in shape})  # the checkpoint's shape wins
     else:
         model_config = cfg.model_config(corpus.vocab_size)

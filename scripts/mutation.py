@@ -55,11 +55,11 @@ MODULES = {
     "throughput": Module("vramfit/fit/throughput.py", ("vramfit.fit.throughput.*",),
                          ("tests/test_throughput_logic.py",)),
     "suggest": Module("vramfit/plan/suggest.py", ("vramfit.plan.suggest.*",), ("tests/test_suggest_logic.py",)),
-    # the store's queries (reading, resume identity, estimate cache), not its opening checks or writes
+    # the store's queries (reading, resume identity), not its opening checks or writes
     "store": Module("vramfit/store.py", tuple(f"vramfit.store.{n}*" for n in (
         "x_device_key", "x__process_gone", "xǁStoreǁidentity", "xǁStoreǁmeasured_keys", "xǁStoreǁis_measured",
-        "xǁStoreǁpoints_frame", "xǁStoreǁpoint_extras", "xǁStoreǁtrain_runs", "xǁStoreǁcached_estimates",
-        "xǁStoreǁstore_estimates", "xǁStoreǁsweeps_frame")), ("tests/test_store_queries.py",)),
+        "xǁStoreǁpoints_frame", "xǁStoreǁpoint_extras", "xǁStoreǁtrain_runs", "xǁStoreǁsweeps_frame")),
+        ("tests/test_store_queries.py",)),
     # the worker's stability rule and OOM classification (run_point needs real training: not a unit)
     "worker": Module("vramfit/measure/worker.py", ("vramfit.measure.worker.x__is_oom*",),
                      ("tests/test_worker_logic.py",)),

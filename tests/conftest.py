@@ -87,3 +87,14 @@ def quick_db(tmp_path_factory) -> Path:
     assert r.returncode == 0, r.stderr[-2000:]
     assert "done: 13 ok" in r.stdout
     return db
+
+
+@pytest.fixture(scope="session")
+def local_choices(tmp_path_factory) -> tuple:
+    """An adaptive plan and a boundary search of fake physics workers through this machine's executor
+    (`fake_workers.choose_all`): what every other executor must reproduce."""
+    from fake_workers import choose_all, fake_cmd
+
+    from vramfit.sweep.executors import LocalExecutor
+
+    return choose_all(tmp_path_factory.mktemp("choices"), lambda: LocalExecutor(fake_cmd()))

@@ -14,7 +14,7 @@ from gpt.config import GPTConfig
 from vramfit.cli import main
 from vramfit.dryrun import compiled
 from vramfit.dryrun.compiled import GraphRunner, op_kind, plan_graph
-from vramfit.dryrun.estimate import Estimate, estimate_step, format_estimate
+from vramfit.dryrun.estimate import Estimate, EstimateRequest, estimate_step, format_estimate
 from vramfit.dryrun.fake_step import StepTracker
 from vramfit.recipe import Recipe
 
@@ -85,7 +85,7 @@ def test_scatter_writes_into_its_fused_initial_buffer():
 
 
 def _estimate(mc: GPTConfig, batch: int, **recipe: object) -> Estimate:
-    return estimate_step(mc, batch, Recipe(optimizer="fused", **recipe), target="cpu")
+    return estimate_step(EstimateRequest(mc, batch, Recipe(optimizer="fused", **recipe), target="cpu"))
 
 
 def test_compiled_step_drops_the_fp32_logits_copies():
@@ -147,7 +147,7 @@ def test_symbolic_batch_graphs_give_the_bytes_of_graphs_traced_for_each_batch(mo
     recipe = Recipe(dtype=dtype, optimizer="fused", compile=True)
 
     def run(batch: int) -> tuple:
-        e = estimate_step(mc, batch, recipe, target=target, compute_capability=cap, headline_only=True)
+        e = estimate_step(EstimateRequest(mc, batch, recipe, target=target, capability=cap, headline_only=True))
         return e.peak_bytes, e.allocator.get("peak_reserved"), e.peak_op
 
     compiled._CACHE.clear()
@@ -171,13 +171,13 @@ def test_a_trace_that_specialises_the_batch_is_kept_for_that_batch_only(monkeypa
 
 def test_cuda_target_compiles_by_default_and_shows_both_device_figures():
     mc = GPTConfig(n_layer=2, n_head=4, n_embd=128, block_size=256, vocab_size=4096)
-    est = estimate_step(mc, 4, Recipe(), target="cuda")
+    est = estimate_step(EstimateRequest(mc, 4, Recipe(), target="cuda"))
     assert est.compiled and est.attention == "flash"
     for mode in est.modes.values():
         assert mode["device_bytes"] > mode["peak_reserved"] >= mode["peak_bytes"]
     assert est.modes["compiled"]["peak_bytes"] < est.modes["eager"]["peak_bytes"]
     assert est.allocator["peak_allocated"] == est.peak_bytes == est.modes["compiled"]["peak_bytes"]
-    off = estimate_step(mc, 4, Recipe(compile=False), target="cuda")
+    off = estimate_step(EstimateRequest(mc, 4, Recipe(compile=False), target="cuda"))
     assert not off.compiled and off.peak_bytes == est.modes["eager"]["peak_bytes"]
 
 

@@ -86,17 +86,18 @@ def test_the_sweep_records_and_sends_the_resolved_compile(tmp_path, monkeypatch)
     """On a (faked) sm 6.0 GPU the stored recipe and the worker's spec both say compile false, dtype float16: the
     value resolved against Inductor's capability check (torch/_inductor/scheduler.py, GPUTooOldForTriton) is the
     one recorded and run."""
-    import vramfit.sweep.runner as runner
+    import vramfit.sweep.session as session
     from vramfit.store import Store
-    from vramfit.sweep.runner import run_sweep
+    from vramfit.sweep.session import SweepOptions, run_sweep
+    from vramfit.sweep.whole_grid import GridChooser
 
     p100 = DeviceFacts("cuda", "Tesla P100-PCIE-16GB", 16 * 2**30, index=0, gpu_uuid="GPU-p100",
                        compute_capability="6.0", torch_version="x")
-    monkeypatch.setattr(runner, "resolve", lambda device, indices: [p100])
+    monkeypatch.setattr(session, "resolve", lambda device, indices: [p100])
     grid = load_grid(None, {"n_layer": [1], "n_head": [1], "n_embd": [8], "block_size": [8], "vocab_size": [8],
                             "batch_size": [1, 2]})
     db = tmp_path / "db.sqlite"
-    run_sweep(grid, db, device="cuda", quiet=True, worker_cmd=[sys.executable, "-c", ECHO])
+    run_sweep(grid, SweepOptions(db, device="cuda", quiet=True, worker_cmd=[sys.executable, "-c", ECHO]), GridChooser())
     with Store(db) as s:
         recipes = {r[0] for r in s.conn.execute("SELECT recipe_json FROM environments")}
         extras = [json.loads(r[0]) for r in s.conn.execute("SELECT extra FROM points")]

@@ -2,10 +2,8 @@
 
 import functools
 import json
-import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,9 +17,9 @@ from vramfit.store import Store
 from vramfit.sweep import dynamic
 from vramfit.sweep.dynamic import decide, resolve_measure
 from vramfit.sweep.grid import Measure, load_grid
-from vramfit.sweep.runner import run_sweep
+from vramfit.sweep.session import SweepOptions, run_sweep
+from vramfit.sweep.whole_grid import GridChooser
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, vocab_size=64)
 PROOF = {"cpu": "a bench"}
 
@@ -208,8 +206,9 @@ def _grid(compile_: bool, **measure):
 def test_the_sweep_hands_the_decision_to_each_worker_and_stores_it_per_point(tmp_path, asked):
     db = tmp_path / "db.sqlite"
     lines = []
-    run_sweep(_grid(True, dynamic_batch=asked), db, device="cpu", log=lines.append,
-              worker_cmd=[sys.executable, "-c", ECHO_WORKER], live=False)
+    run_sweep(_grid(True, dynamic_batch=asked), SweepOptions(db, device="cpu", log=lines.append, live=False,
+                                                             worker_cmd=[sys.executable, "-c", ECHO_WORKER]),
+              GridChooser())
     with Store(db) as s:
         df = s.points_frame()
         extras = s.point_extras([int(i) for i in df.point_id])
@@ -220,13 +219,14 @@ def test_the_sweep_hands_the_decision_to_each_worker_and_stores_it_per_point(tmp
                for line in lines)
 
 
-def test_the_flag_with_an_eager_recipe_is_one_error_line_and_no_database(tmp_path):
+def test_the_flag_with_an_eager_recipe_is_one_error_line_and_no_database(tmp_path, capsys):
+    from vramfit.cli import main
+
     db = tmp_path / "db.sqlite"
     args = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()]
-    r = subprocess.run([sys.executable, "-m", "vramfit", "sweep", "--device", "cpu", *args, "--batch-size", "2",
-                        "--dynamic-batch", "--db", str(db)], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2
-    assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith("error: --dynamic-batch"), r.stderr
+    assert main(["sweep", "--device", "cpu", *args, "--batch-size", "2", "--dynamic-batch", "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and err.startswith("error: --dynamic-batch"), err
     assert not db.exists()
 
 
@@ -244,7 +244,7 @@ def test_a_compiled_cpu_point_reads_what_the_compiled_dry_run_predicts():
     estimate, which `experiments/bench_compile.py` checks within 1.2 % of the same profiler measurement. The
     dispatcher-only figure misses Inductor's buffers and the gradients of the compiled backward."""
     from gpt.config import GPTConfig
-    from vramfit.dryrun.estimate import estimate_step
+    from vramfit.dryrun.estimate import EstimateRequest, estimate_step
     from vramfit.measure.worker import run_point
     from vramfit.recipe import Recipe
 
@@ -254,7 +254,7 @@ def test_a_compiled_cpu_point_reads_what_the_compiled_dry_run_predicts():
             "measure": {"min_iters": 3, "max_iters": 4, "window": 2, "threads": 0, "timing_iters": 0}}
     rec = run_point(spec)
     assert rec["status"] == "ok", rec.get("error")
-    est = estimate_step(GPTConfig(**shape), 4, recipe, target="cpu", headline_only=True).peak_bytes
+    est = estimate_step(EstimateRequest(GPTConfig(**shape), 4, recipe, target="cpu", headline_only=True)).peak_bytes
     assert abs(rec["tracked_bytes"] - est) <= 0.05 * est, (rec["tracked_bytes"], est)
     assert rec["tracked_dispatch_bytes"] < 0.9 * rec["tracked_bytes"]
 
@@ -265,7 +265,7 @@ def test_train_measure_of_a_compiled_cpu_run_counts_inductors_buffers(char_corpu
     fallback), and once stable one step runs under the CPU allocator's profiler, so the stored tracked bytes
     include Inductor's buffers: within 5 % of the compiled dry-run estimate; the dispatcher-only figure is lower."""
     from gpt.config import GPTConfig, make_config
-    from vramfit.dryrun.estimate import estimate_step
+    from vramfit.dryrun.estimate import EstimateRequest, estimate_step
     from vramfit.measure.train_measure import train_and_measure
     from vramfit.recipe import Recipe
 
@@ -277,8 +277,8 @@ def test_train_measure_of_a_compiled_cpu_run_counts_inductors_buffers(char_corpu
     assert rec["status"] == "ok" and rec["compile"] is True
     assert rec["peak_steps"][0] == 2  # step 1 compiles: out of the peaks
     vocab = rec["vocab_size"]
-    est = estimate_step(GPTConfig(**shape, vocab_size=vocab), 4, Recipe(dtype="float32", compile=True,
-                        optimizer="fused"), target="cpu", headline_only=True).peak_bytes
+    est = estimate_step(EstimateRequest(GPTConfig(**shape, vocab_size=vocab), 4, Recipe(dtype="float32", compile=True,
+                        optimizer="fused"), target="cpu", headline_only=True)).peak_bytes
     assert abs(rec["tracked_bytes"] - est) <= 0.05 * est, (rec["tracked_bytes"], est)
     assert rec["tracked_dispatch_bytes"] < rec["tracked_bytes"]
 
@@ -320,15 +320,13 @@ def test_a_sweep_in_the_other_batch_mode_than_the_stored_points_is_refused_and_w
 
     db = tmp_path / "db.sqlite"
     worker = [sys.executable, "-c", ECHO_WORKER]
-    run_sweep(_grid(True, dynamic_batch=False), db, device="cpu", log=lambda line: None, worker_cmd=worker,
-              live=False)
+    options = SweepOptions(db, device="cpu", log=lambda line: None, worker_cmd=worker, live=False)
+    run_sweep(_grid(True, dynamic_batch=False), options, GridChooser())
     digest = hashlib.sha256(db.read_bytes()).hexdigest()
     with pytest.raises(VramfitError, match="static batch dimension: rerun with --static-batch"):
-        run_sweep(_grid(True, dynamic_batch=True), db, device="cpu", log=lambda line: None, worker_cmd=worker,
-                  live=False)
+        run_sweep(_grid(True, dynamic_batch=True), options, GridChooser())
     assert hashlib.sha256(db.read_bytes()).hexdigest() == digest
-    res = run_sweep(_grid(True, dynamic_batch=False), db, device="cpu", log=lambda line: None, worker_cmd=worker,
-                    live=False)
+    res = run_sweep(_grid(True, dynamic_batch=False), options, GridChooser())
     assert res.resumed == 2
 
 

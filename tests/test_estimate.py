@@ -17,14 +17,14 @@ from vramfit.cli import main
 from vramfit.dryrun.estimate import (
     CUDA_CONTEXT_BYTES,
     Estimate,
-    _run_child,
+    EstimateRequest,
     device_bytes,
     estimate_step,
-    estimate_step_isolated,
     parse_capability,
     parse_recipe,
     target_bytes,
 )
+from vramfit.dryrun.estimator import Estimator
 from vramfit.dryrun.fake_step import (
     CATEGORIES,
     cublas_workspace_bytes,
@@ -98,7 +98,8 @@ def case_estimate(shape: dict, batch: int, recipe_d: dict) -> Estimate:
     """The CPU estimate of one of CASES, computed once per test session."""
     key = json.dumps([shape, batch, recipe_d], sort_keys=True)
     if key not in _CASE_ESTIMATES:
-        _CASE_ESTIMATES[key] = estimate_step(GPTConfig(**shape), batch, Recipe(**recipe_d), target="cpu")
+        req = EstimateRequest(GPTConfig(**shape), batch, Recipe(**recipe_d), target="cpu")
+        _CASE_ESTIMATES[key] = estimate_step(req)
     return _CASE_ESTIMATES[key]
 
 
@@ -110,8 +111,7 @@ def test_estimate_equals_real_tracked_cpu_peak(shape, batch, recipe_d, phase):
     assert abs(est.peak_bytes - real) <= 0.005 * real, (est.peak_bytes, real)
     assert est.peak_phase == phase, est.peak_op
     # the same run for real under the estimator's own tracker: same peak, same phase and op
-    same = run_step(mc, batch, dtype=recipe.dtype, optimizer=recipe.optimizer, attn_kernel=recipe.attn_kernel,
-                    target="cpu", fake=False)
+    same = run_step(EstimateRequest(mc, batch, recipe, target="cpu"), fake=False)
     assert (same.peak_bytes, same.peak_phase, same.peak_op) == (est.peak_bytes, est.peak_phase, est.peak_op)
     assert sum(est.breakdown.values()) == est.peak_bytes
     assert est.breakdown["parameters"] >= mc.n_params() * 4
@@ -130,7 +130,7 @@ def test_cases_cover_every_phase_and_both_dtypes():
 
 def test_breakdown_and_steady_state():
     mc = GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=1000)
-    est = estimate_step(mc, 4, Recipe(dtype="float32", optimizer="fused"), target="cpu")
+    est = estimate_step(EstimateRequest(mc, 4, Recipe(dtype="float32", optimizer="fused"), target="cpu"))
     b = est.breakdown
     p = mc.n_params() * 4
     assert p <= b["parameters"] < p * 1.01
@@ -161,18 +161,18 @@ def test_cuda_emulation_kernels_dtypes_and_rounding():
     mc = GPTConfig(n_layer=2, n_head=4, n_embd=128, block_size=512, vocab_size=512)
     peaks = {}
     for kernel in ("flash", "efficient", "math"):
-        est = estimate_step(mc, 2, Recipe(dtype="bfloat16", attn_kernel=kernel), target="cuda")
+        est = estimate_step(EstimateRequest(mc, 2, Recipe(dtype="bfloat16", attn_kernel=kernel), target="cuda"))
         assert est.attention == kernel and est.rounding == 512 and est.compute_capability == (8, 0)
         peaks[kernel] = est.peak_bytes
     # math keeps B*H*T*T scores; flash and efficient are linear in T
     assert peaks["math"] > 1.3 * peaks["efficient"] and peaks["math"] > 1.3 * peaks["flash"]
-    auto = estimate_step(mc, 2, Recipe(), target="cuda")
+    auto = estimate_step(EstimateRequest(mc, 2, Recipe(), target="cuda"))
     assert (auto.dtype, auto.attention, auto.optimizer) == ("bfloat16", "flash", "fused")
     assert auto.breakdown["workspace"] >= 2 * cublas_workspace_bytes((8, 0))  # forward and autograd threads
     assert auto.compiled and any("torch.compile emulated" in n for n in auto.notes)  # compile defaults on for CUDA
-    turing = estimate_step(mc, 2, Recipe(optimizer="foreach"), target="cuda", compute_capability=(7, 5))
+    turing = estimate_step(EstimateRequest(mc, 2, Recipe(optimizer="foreach"), target="cuda", capability=(7, 5)))
     assert (turing.dtype, turing.attention) == ("float16", "efficient")  # fp16 + GradScaler path
-    fp32 = estimate_step(mc, 2, Recipe(dtype="float32"), target="cuda")
+    fp32 = estimate_step(EstimateRequest(mc, 2, Recipe(dtype="float32"), target="cuda"))
     assert fp32.attention == "efficient" and fp32.peak_bytes > auto.peak_bytes
     assert all(v % 512 == 0 for v in fp32.breakdown.values())
 
@@ -187,14 +187,14 @@ def test_flash_backward_workspace_formula():
 def test_shape_larger_than_this_machines_ram_is_estimated():
     ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     mc = GPTConfig(n_layer=2, n_head=64, n_embd=8192, block_size=2048, vocab_size=50304)
-    est = estimate_step(mc, 16, Recipe(dtype="bfloat16"), target="cuda")
+    est = estimate_step(EstimateRequest(mc, 16, Recipe(dtype="bfloat16"), target="cuda"))
     assert est.peak_bytes > ram
     assert est.breakdown["parameters"] >= mc.n_params() * 4
 
 
 def test_gpt2_small_estimate_is_fast_and_plausible():
     mc = GPTConfig()  # GPT-2 124M, block 1024
-    est = estimate_step(mc, 12, Recipe(dtype="bfloat16"), target="cuda")  # compiles (CUDA default)
+    est = estimate_step(EstimateRequest(mc, 12, Recipe(dtype="bfloat16"), target="cuda"))  # compiles (CUDA default)
     eager, comp = est.modes["eager"], est.modes["compiled"]
     assert 10 * 2**30 < eager["peak_bytes"] < 20 * 2**30
     assert 7 * 2**30 < comp["peak_bytes"] < 0.8 * eager["peak_bytes"]  # Inductor's fused loss, saved set
@@ -203,37 +203,55 @@ def test_gpt2_small_estimate_is_fast_and_plausible():
     assert est.seconds < 40  # + the compiled step: ~2 s, and ~4 s more to trace the graphs on first use
 
 
-def test_isolated_estimate_matches_in_process():
+def test_child_estimate_matches_in_process():
+    """The same requests in this process, in one fresh child and in two warm workers: the same estimates."""
     mc = GPTConfig(n_layer=2, n_head=2, n_embd=64, block_size=64, vocab_size=256)
-    recipe = Recipe(dtype="bfloat16", optimizer="foreach")
-    a = estimate_step(mc, 2, recipe, target="cuda", compute_capability=(9, 0))
-    b = estimate_step_isolated(mc, 2, recipe, target="cuda", compute_capability=(9, 0))
-    assert (a.peak_bytes, a.peak_phase, a.peak_op, a.breakdown) == (b.peak_bytes, b.peak_phase, b.peak_op,
-                                                                     b.breakdown)
-    with pytest.raises(VramfitError, match="flash attention cannot run"):
-        estimate_step_isolated(mc, 2, Recipe(dtype="float32", attn_kernel="flash"), target="cuda")
+    reqs = [EstimateRequest(mc, b, Recipe(dtype="bfloat16", optimizer="foreach"), "cuda", (9, 0)) for b in (2, 5)]
+    with Estimator("process") as here, Estimator("child") as child:
+        a, b = here.estimate(reqs), child.estimate(reqs)
+    assert [(e.peak_bytes, e.peak_phase, e.peak_op, e.breakdown, e.process) for e in a] == \
+        [(e.peak_bytes, e.peak_phase, e.peak_op, e.breakdown, e.process) for e in b]
+    assert a[0].peak_bytes < a[1].peak_bytes and child.ran == 2
+    with pytest.raises(VramfitError, match="flash attention cannot run"), Estimator("child") as child:
+        child.estimate([EstimateRequest(mc, 2, Recipe(dtype="float32", attn_kernel="flash"), "cuda")])
 
 
-def test_a_dying_estimator_process_is_one_clean_error():
-    with pytest.raises(VramfitError, match=r"died \(SIGABRT\)"):
-        _run_child([sys.executable, "-c", "import os; os.abort()"], "", timeout=60)
-    with pytest.raises(VramfitError, match="boom"):
-        _run_child([sys.executable, "-c", "import sys; sys.exit('error: boom')"], "", timeout=60)
+def test_a_dying_estimator_process_is_one_clean_error(monkeypatch):
+    import vramfit.dryrun.estimator as mod
+
+    req = EstimateRequest(GPTConfig(n_layer=1, n_head=1, n_embd=32, block_size=16, vocab_size=64), 1, target="cpu")
+    for code, msg in (("import os; os.abort()", r"died \(SIGABRT\)"), ("import sys; sys.exit('error: boom')", "boom"),
+                      ("pass", "printed no result")):
+        monkeypatch.setattr(mod, "CHILD", (sys.executable, "-c", code))
+        with pytest.raises(VramfitError, match=msg), Estimator("child") as child:
+            child.estimate([req])
+
+
+def test_bad_requests_fail_in_the_callers_process():
+    mc = GPTConfig(n_layer=1, n_head=1, n_embd=32, block_size=16, vocab_size=64)
+    for kw, msg in (({"target": "tpu"}, "unknown target"), ({"batch_size": 0}, "batch_size must be a positive"),
+                    ({"capability": "9.x"}, "cannot read compute capability"),
+                    ({"recipe": Recipe(alloc_conf="max_split_size_mb:1")}, "PYTORCH_CUDA_ALLOC_CONF")):
+        with pytest.raises((VramfitError, ConfigError), match=msg):
+            EstimateRequest(**{"model": mc, "batch_size": 1, **kw})
+    with pytest.raises(VramfitError, match="unknown estimator place"):
+        Estimator("cloud")
+    req = EstimateRequest(mc, 3, Recipe(dtype="bfloat16", compile=True), "cuda", "8.6", headline_only=True)
+    assert req.capability == (8, 6) and EstimateRequest.from_dict(json.loads(json.dumps(req.to_dict()))) == req
 
 
 def test_device_bytes_is_reserved_plus_the_context_table():
     mc = GPTConfig(n_layer=1, n_head=1, n_embd=32, block_size=16, vocab_size=64)
-    est = estimate_step(mc, 1, Recipe(dtype="bfloat16"), target="cuda")
+    est = estimate_step(EstimateRequest(mc, 1, Recipe(dtype="bfloat16"), target="cuda"))
     a, p = est.allocator, est.process
     assert a["peak_reserved"] >= a["peak_allocated"] >= est.peak_bytes
     assert a["peak_reserved"] % (2 * 2**20) == 0  # segments are 2 MiB, 20 MiB or multiples of 2 MiB
     assert device_bytes(est) == a["peak_reserved"] + p["context_bytes"] and "pytorch/pytorch#" in p["context_source"]
     assert target_bytes(est, "reserved") == a["peak_reserved"] and target_bytes(est, "allocated") == a["peak_allocated"]
     assert target_bytes(est, "nvml") == device_bytes(est) and target_bytes(est, "tracked") == est.peak_bytes
-    expandable = estimate_step(mc, 1, Recipe(dtype="bfloat16", alloc_conf="expandable_segments:True"), target="cuda")
+    expandable = estimate_step(EstimateRequest(mc, 1, Recipe(dtype="bfloat16", alloc_conf="expandable_segments:True"),
+                                               target="cuda"))
     assert expandable.allocator["conf"]["expandable_segments"] and expandable.peak_bytes == est.peak_bytes
-    with pytest.raises(VramfitError, match="PYTORCH_CUDA_ALLOC_CONF"):
-        estimate_step(mc, 1, Recipe(alloc_conf="max_split_size_mb:1"), target="cuda")
     old = Estimate.from_dict({**est.to_dict(), "allocator": {}, "process": {}})  # from an older vramfit
     assert device_bytes(old) == int(est.peak_bytes * 1.05) + CUDA_CONTEXT_BYTES
 
@@ -279,8 +297,8 @@ def test_cli_estimate_json_and_text(capsys):
 
 @pytest.mark.parametrize("args,msg", [
     (["--n-layer", 2, "--n-head", 3, "--n-embd", 64, "--block-size", 32, "--batch-size", 2], "divisible"),
-    (["--n-layer", 2, "--n-head", 2, "--n-embd", 64, "--block-size", 32, "--batch-size", 0], "batch_size"),
-    (["--n-layer", 0, "--n-head", 2, "--n-embd", 64, "--block-size", 32, "--batch-size", 1], "n_layer"),
+    (["--n-layer", 2, "--n-head", 2, "--n-embd", 64, "--block-size", 32, "--batch-size", 0], "--batch-size"),
+    (["--n-layer", 0, "--n-head", 2, "--n-embd", 64, "--block-size", 32, "--batch-size", 1], "--n-layer"),
     ([*SMALL, "--target", "tpu"], "unknown target"),
     ([*SMALL, "--recipe", "dtype=float8"], "dtype"),
     ([*SMALL, "--recipe", "colour=red"], "unknown recipe key"),
@@ -313,7 +331,7 @@ def test_estimate_matches_cuda_max_memory_allocated(mc, batch, recipe):
     """On a GPU: eager steps, peak allocated after two steps vs the emulated estimate (within 3%)."""
     major, minor = torch.cuda.get_device_capability()
     recipe = Recipe(dtype=recipe.dtype, compile=False, optimizer=recipe.optimizer, attn_kernel=recipe.attn_kernel)
-    est = estimate_step(mc, batch, recipe, target="cuda", compute_capability=(major, minor))
+    est = estimate_step(EstimateRequest(mc, batch, recipe, target="cuda", capability=(major, minor)))
     r = recipe.resolved("cuda")
     cfg = train_config(mc, batch, r.dtype, r.optimizer, r.attn_kernel, grad_clip=1.0, accum=1)
     cfg.device, cfg.compile = "cuda", False
@@ -336,6 +354,6 @@ def test_estimate_leaves_the_callers_rng_and_torch_state_alone():
     expected = torch.rand(3)
     torch.manual_seed(123)
     mc = GPTConfig(n_layer=1, n_head=1, n_embd=32, block_size=16, vocab_size=64)
-    estimate_step(mc, 1, Recipe(dtype="bfloat16"), target="cuda")
+    estimate_step(EstimateRequest(mc, 1, Recipe(dtype="bfloat16"), target="cuda"))
     assert torch.equal(torch.rand(3), expected)
     assert not torch.is_autocast_enabled("cpu")

@@ -16,6 +16,8 @@ from vramfit.child import PARENT_ENV, die_with_parent
 from vramfit.errors import VramfitError
 from vramfit.measure.devices import resolve
 from vramfit.recipe import Recipe
+from vramfit.store import device_key
+from vramfit.sweep.executors import Job, LocalExecutor
 from vramfit.sweep.forkserver import fork_available
 from vramfit.sweep.grid import Measure
 from vramfit.sweep.orphans import orphan_workers, wait_for_orphans
@@ -42,9 +44,17 @@ def _spec(batch: int, shape: dict = TINY) -> tuple[dict, dict]:
 def test_a_forked_point_records_what_a_spawned_worker_records():
     spec, env = _spec(8, QUICK)
     spawned = WorkerPool(fork=False).run(spec, env, 120)
-    with WorkerPool() as pool:
-        assert pool.fork
-        forked = [pool.run(spec, env, 120) for _ in range(2)]  # the second child of the same zygote too
+    d = resolve("cpu", None)[0]
+    ex = LocalExecutor()
+    assert ex.pool.fork
+    job = Job(spec["point"], device_key(d.to_dict()), spec)
+    try:  # two batches of one point, as the adaptive plan measures: the second forked from the same zygote
+        forked = [next(ev.record for ev in ex.run([job], [d], [d.resolve(Recipe())], MEASURE) if ev.kind == "done")
+                  for _ in range(2)]
+        servers = list(ex.pool._servers.values())
+        assert len(servers) == 1 and servers[0].alive
+    finally:
+        ex.close()
     assert spawned["worker"] == "spawn" and spawned["status"] == "ok"
     for rec in forked:
         assert rec["worker"] == "fork" and rec["status"] == "ok" and rec["fork_mallopt"] is True
@@ -53,7 +63,7 @@ def test_a_forked_point_records_what_a_spawned_worker_records():
         same = {"pid", "timings", "worker", "fork_mallopt", "ms_per_iter", "tokens_per_s", "rss_bytes"}
         assert {k: v for k, v in rec.items() if k not in same} == \
                {k: v for k, v in spawned.items() if k not in same}
-        assert rec["timings"]["import"] < 0.05 < spawned["timings"]["import"]  # the import was the zygote's
+        assert rec["timings"]["import"] < 0.1 * spawned["timings"]["import"]  # the zygote imported (ratio: load-proof)
     assert forked[0]["pid"] != forked[1]["pid"]  # a fresh process per point
 
 
@@ -132,7 +142,9 @@ def test_a_killed_sweep_leaves_no_worker(tmp_path, mode):
 
 
 @LINUX
-def test_a_sweep_does_not_start_beside_an_orphan_of_its_database(tmp_path):
+def test_a_sweep_does_not_start_beside_an_orphan_of_its_database(tmp_path, capsys, monkeypatch):
+    from vramfit.cli import main
+
     db = tmp_path / "db.sqlite"
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
@@ -148,11 +160,12 @@ def test_a_sweep_does_not_start_beside_an_orphan_of_its_database(tmp_path):
         assert orphan_workers(tmp_path / "other.sqlite") == []
         with pytest.raises(VramfitError, match=f"still run .pid {orphan.pid}"):
             wait_for_orphans(db, wait_s=0.3)
-        r = subprocess.run([sys.executable, "-m", "vramfit", "sweep", "--device", "cpu", "--db", str(db),
-                            "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32",
-                            "--vocab-size", "256", "--batch-size", "1"], cwd=ROOT, capture_output=True, text=True,
-                           timeout=300, env={**os.environ, "VRAMFIT_ORPHAN_WAIT_S": "0.3"})
-        assert r.returncode == 2 and r.stderr.startswith("error: ") and "still run" in r.stderr, r.stderr
+        monkeypatch.setenv("VRAMFIT_ORPHAN_WAIT_S", "0.3")
+        capsys.readouterr()
+        rc = main(["sweep", "--device", "cpu", "--db", str(db), "--n-layer", "1", "--n-head", "2", "--n-embd", "32",
+                   "--block-size", "32", "--vocab-size", "256", "--batch-size", "1"])
+        err = capsys.readouterr().err
+        assert rc == 2 and err.startswith("error: ") and "still run" in err, err
     finally:
         orphan.kill()
         alive.kill()

@@ -780,11 +780,12 @@ print(json.dumps({**p, "status": "ok", "tracked_bytes": 100 * p["batch_size"], "
 SWEEP = """
 import sys
 from vramfit.sweep.grid import load_grid
-from vramfit.sweep.runner import run_sweep
+from vramfit.sweep.session import SweepOptions, run_sweep
+from vramfit.sweep.whole_grid import GridChooser
 axes = {"n_layer": [1], "n_head": [1], "n_embd": [8], "block_size": [8], "vocab_size": [8],
         "batch_size": list(range(1, 13))}
-res = run_sweep(load_grid(None, axes, measure_overrides={"timeout_s": 60}), sys.argv[1], device="cpu", quiet=True,
-                worker_cmd=[sys.executable, "-c", sys.argv[2]])
+options = SweepOptions(sys.argv[1], device="cpu", quiet=True, worker_cmd=[sys.executable, "-c", sys.argv[2]])
+res = run_sweep(load_grid(None, axes, measure_overrides={"timeout_s": 60}), options, GridChooser())
 print(sum(res.counts.values()))
 """
 

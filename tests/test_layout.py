@@ -66,15 +66,16 @@ def test_suggest_from_a_warm_dry_run_cache_loads_no_torch(tmp_path):
     """A second `suggest --no-profile` with the same key takes the model and re-checks from the cache: no torch."""
     import json
 
-    from test_noprofile import FakeRunner
+    from test_noprofile import FormulaEstimator
 
+    from vramfit.dryrun.cache import EstimateCache
     from vramfit.dryrun.estimate import parse_recipe
     from vramfit.plan.noprofile import DryRunPlanner
     from vramfit.plan.suggest import suggest
 
     cache = tmp_path / "cache"
-    with DryRunPlanner(parse_recipe("dtype=bfloat16,optimizer=fused"), (8, 0), 256, cache_dir=cache,
-                       runner=FakeRunner()) as p:  # fills the cache as a first (cold) call would
+    with DryRunPlanner(parse_recipe("dtype=bfloat16,optimizer=fused"), (8, 0), 256,
+                       estimator=FormulaEstimator(cache=EstimateCache(cache))) as p:  # a first (cold) call's cache
         model, margin, _ = p.model()
         p.verify(suggest(model, margin, 4 * 2**30, top=3, vocab_size=[256]), 4 * 2**30)
     rc, mods, out = loaded("suggest", "--vram", "4G", "--no-profile", "--capability", "8.0", "--vocab", "256",

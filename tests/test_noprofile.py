@@ -1,159 +1,221 @@
-"""`suggest` without a GPU profile: the dry-run model's cache (keys, corruption, --no-cache), the parallel
-estimator pool, and the choice of what to plan for."""
+"""`suggest` without a GPU profile: the dry run's one cache (its key, its one invalidation rule, corruption,
+--no-cache), the parallel estimator pool, and the choice of what to plan for."""
 
 import json
+import sqlite3
 
 import pytest
 
 from vramfit.cli import main
-from vramfit.plan.estimate_pool import EstimatorPool, Job, run_job
-from vramfit.plan.noprofile import DryRunPlanner, cache_key, design_shapes, key_digest
+from vramfit.dryrun.cache import EstimateCache, code_version
+from vramfit.dryrun.estimate import Estimate, EstimateRequest, estimate_step
+from vramfit.dryrun.estimator import Estimator
+from vramfit.dryrun.pool import WarmWorkers, compiles, graphs
+from vramfit.plan.noprofile import DryRunPlanner, design_shapes
 from vramfit.recipe import Recipe
-from vramfit.shape import Shape
 
 BF16 = Recipe(dtype="bfloat16", optimizer="fused")
 
 
-class FakeRunner:
-    """Stands in for the estimator pool: device bytes from a formula, and a count of the estimates it ran."""
+def formula_estimate(req: EstimateRequest) -> Estimate:
+    """A stand-in for the engine: device bytes from a formula (the planner reads only those)."""
+    mc, B = req.model, req.batch_size
+    L, C, T, V = mc.n_layer, mc.n_embd, mc.block_size, mc.vocab_size
+    n = int(600e6 + 16 * 12 * L * C * C + 40 * B * T * L * C + 10 * B * T * V + 1000 * req.capability[0])
+    return Estimate(peak_bytes=n, peak_phase="backward", peak_op="mm", peak_step=2, breakdown={}, step_peaks=[n, n],
+                    steady_bytes=0, target=req.target, compute_capability=req.capability, dtype="bfloat16",
+                    optimizer="fused", attention="flash", rounding=512, model_config=mc.to_dict(), batch_size=B,
+                    recipe=req.recipe.to_dict(), process={"device_bytes": n})
 
-    def __init__(self):
+
+class FormulaEstimator(Estimator):
+    """The real `Estimator` (its cache and counts) with the engine replaced by `formula_estimate`; `calls` counts
+    the estimates the engine made."""
+
+    def __init__(self, **kw):
+        super().__init__("process", **kw)
         self.calls = 0
 
-    def __call__(self, jobs):
-        self.calls += len(jobs)
-        out = []
-        for j in jobs:
-            L, H, C, T, B, V = j.shape.as_tuple()
-            out.append(int(600e6 + 16 * 12 * L * C * C + 40 * B * T * L * C + 10 * B * T * V + 1000 * j.capability[0]))
-        return out
+    def _run(self, requests):
+        self.calls += len(requests)
+        return [formula_estimate(r) for r in requests]
 
 
-def plan(tmp_path, runner, recipe=BF16, capability=(8, 0), vocab=256, **kw):
-    with DryRunPlanner(recipe, capability, vocab, cache_dir=tmp_path, runner=runner, **kw) as p:
+def plan(tmp_path, recipe=BF16, capability=(8, 0), vocab=256, use_cache=True, version=None):
+    cache = EstimateCache(tmp_path if use_cache else None, version=version)
+    with DryRunPlanner(recipe, capability, vocab, estimator=FormulaEstimator(cache=cache)) as p:
         model, margin, _ = p.model()
     return p, model
 
 
 def test_second_plan_with_the_same_key_runs_no_estimate(tmp_path):
-    runner = FakeRunner()
-    first, m1 = plan(tmp_path, runner)
+    first, m1 = plan(tmp_path)
     n_design = len(design_shapes(256))
-    assert runner.calls == n_design and first.ran == n_design and first.cached == 0
-    second, m2 = plan(tmp_path, runner)
-    assert runner.calls == n_design and second.ran == 0 and second.cached == n_design
+    assert first.estimator.calls == n_design and first.ran == n_design and first.cached == 0
+    second, m2 = plan(tmp_path)
+    assert second.estimator.calls == 0 and second.ran == 0 and second.cached == n_design
     assert m2.to_dict() == m1.to_dict()
     assert "0 estimates run, 16 from the cache" in second.summary()
+    assert second.counts()["cache_file"] == str(tmp_path / "estimates.sqlite")
 
 
 @pytest.mark.parametrize("change", [{"capability": (8, 6)}, {"recipe": Recipe(dtype="float16", optimizer="fused")},
                                     {"vocab": 50304}])
-def test_a_changed_key_misses_the_cache(tmp_path, change):
-    runner = FakeRunner()
-    base, _ = plan(tmp_path, runner)
-    other, _ = plan(tmp_path, runner, **change)
-    assert other.ran == 16 and other.cached == 0 and runner.calls == 32
-    assert other.entry.path != base.entry.path and other.entry.path.is_file()
+def test_a_changed_request_misses_the_cache(tmp_path, change):
+    plan(tmp_path)
+    other, _ = plan(tmp_path, **change)
+    assert other.ran == 16 and other.cached == 0 and other.estimator.calls == 16
 
 
-def test_the_key_holds_what_changes_an_estimate(monkeypatch):
-    """torch version, capability, resolved recipe, vocabulary, the estimator's code and the context table."""
-    import vramfit.plan.noprofile as npf
+def test_changing_the_code_torch_or_the_emulated_build_invalidates_every_estimate(tmp_path, monkeypatch):
+    """The one invalidation rule: the version (torch, the environment the emulation follows, the estimator's
+    source) keys every row."""
+    plan(tmp_path, version=code_version())
+    same, _ = plan(tmp_path)  # the default version is the same hash
+    assert same.ran == 0 and same.cached == 16
+    import vramfit.dryrun.cache as cache_mod
 
-    rec = BF16.resolved("cuda", (8, 0)).to_dict()
-    key = cache_key(rec, (8, 0), 256)
-    assert {"torch", "capability", "recipe", "vocab_size", "estimator", "context_table"} <= set(key)
-    assert key["recipe"]["dtype"] == "bfloat16" and key["capability"] == [8, 0] and key["vocab_size"] == 256
-    monkeypatch.setattr(npf, "torch_version", lambda: "0.0-other")
-    assert key_digest(cache_key(rec, (8, 0), 256)) != key_digest(key)
+    monkeypatch.setattr(cache_mod, "torch_version", lambda: "0.0-other")
+    other_torch, _ = plan(tmp_path)
+    assert other_torch.ran == 16 and other_torch.cached == 0
     monkeypatch.undo()
-    monkeypatch.setattr(npf, "code_version", lambda files=None: "edited")
-    assert key_digest(cache_key(rec, (8, 0), 256)) != key_digest(key)
+    monkeypatch.setenv("VRAMFIT_CUDNN_VERSION", "9.10.2")  # another cuDNN: another SDPA kernel choice
+    assert plan(tmp_path)[0].ran == 16
     monkeypatch.undo()
-    monkeypatch.setattr(npf, "context_version", lambda: "table-2")
-    assert key_digest(cache_key(rec, (8, 0), 256)) != key_digest(key)
+    assert plan(tmp_path)[0].ran == 0
+    src = tmp_path / "src"
+    (src / "vramfit" / "dryrun").mkdir(parents=True)
+    (src / "vramfit" / "dryrun" / "fake_step.py").write_text("x = 1\n")
+    before = code_version(src)
+    (src / "vramfit" / "dryrun" / "fake_step.py").write_text("x = 2\n")  # an edit to the dry run's source
+    edited, _ = plan(tmp_path, version=code_version(src))
+    assert code_version(src) != before and edited.ran == 16
+    (src / "vramfit" / "dryrun" / "new.py").write_text("")  # a new module of the dry run
+    assert code_version(src) != code_version(src, torch="0.0-other") != before
+    rows = sqlite3.connect(tmp_path / "estimates.sqlite").execute("SELECT DISTINCT version FROM entries")
+    assert len(rows.fetchall()) == 4  # other versions' rows stay until they are old (another checkout may use them)
 
 
-def test_code_version_follows_the_source(tmp_path, monkeypatch):
-    import vramfit.plan.noprofile as npf
+def test_the_version_covers_every_source_of_the_dry_run_and_the_calibration():
+    from vramfit.dryrun.cache import ROOT, source_files
 
-    (tmp_path / "a.py").write_text("x = 1\n")
-    monkeypatch.setattr(npf, "ROOT", tmp_path)
-    before = npf.code_version(("a.py",))
-    (tmp_path / "a.py").write_text("x = 2\n")
-    assert npf.code_version(("a.py",)) != before
+    files = {str(p.relative_to(ROOT)) for p in source_files()}
+    assert {"vramfit/dryrun/fake_step.py", "vramfit/dryrun/compiled.py", "vramfit/dryrun/allocator.py",
+            "vramfit/dryrun/context.py", "vramfit/dryrun/sdpa.py", "vramfit/measure/probe.py", "gpt/model.py",
+            "gpt/train.py", "gpt/config.py", "vramfit/recipe.py", "vramfit/fit/features.py",
+            "vramfit/fit/memmodel.py", "vramfit/fit/stats.py", "vramfit/plan/noprofile.py"} <= files
+    assert {f"vramfit/dryrun/{p.name}" for p in (ROOT / "vramfit" / "dryrun").glob("*.py")} <= files
 
 
-@pytest.mark.parametrize("garbage", ["{not json", json.dumps({"key": {}, "model": None}), json.dumps([1, 2]),
-                                     "\udcff"])
-def test_a_corrupt_entry_is_ignored_with_a_warning_and_rebuilt(tmp_path, garbage):
-    runner = FakeRunner()
-    good, model = plan(tmp_path, runner)
-    good.entry.path.write_text(garbage, encoding="utf-8", errors="surrogateescape")
-    again, rebuilt = plan(tmp_path, runner)
-    assert any("corrupt cache entry" in w and "rebuilding" in w for w in again.warnings), again.warnings
+@pytest.mark.parametrize("garbage", [b"not a database at all, not even close" * 40, b"\xff" * 4096])
+def test_a_corrupt_cache_is_ignored_with_a_warning_and_rebuilt(tmp_path, garbage):
+    _, model = plan(tmp_path)
+    (tmp_path / "estimates.sqlite").write_bytes(garbage)
+    again, rebuilt = plan(tmp_path)
+    assert any("corrupt cache" in w and "rebuilding" in w for w in again.warnings), again.warnings
     assert again.ran == 16 and rebuilt.to_dict() == model.to_dict()
-    third, _ = plan(tmp_path, runner)  # the rebuilt file is valid again
+    third, _ = plan(tmp_path)  # the rebuilt file is valid again
     assert third.warnings == [] and third.ran == 0
 
 
+def test_a_corrupt_entry_is_estimated_again(tmp_path):
+    _, model = plan(tmp_path)
+    with sqlite3.connect(tmp_path / "estimates.sqlite") as conn:
+        rows = [r for r, in conn.execute("SELECT rowid FROM entries WHERE kind = 'estimate' ORDER BY rowid")]
+        conn.execute("UPDATE entries SET value = '{not json' WHERE rowid = ?", (rows[0],))
+        conn.execute("UPDATE entries SET value = '[1, 2]' WHERE rowid = ?", (rows[1],))
+        conn.execute("""UPDATE entries SET value = '{"coef": 1}' WHERE kind = 'calibrated-model'""")
+    again, rebuilt = plan(tmp_path)
+    assert sum("corrupt cache entry" in w for w in again.warnings) == 2
+    assert sum("corrupt calibrated model" in w for w in again.warnings) == 1
+    assert again.ran == 2 and again.cached == 14 and rebuilt.to_dict() == model.to_dict()
+    assert plan(tmp_path)[0].ran == 0
+
+
+def test_an_unwritable_cache_is_a_warning(tmp_path):
+    (tmp_path / "file").write_text("")
+    p, _ = plan(tmp_path / "file")  # its folder is a file
+    assert p.ran == 16 and any("cannot write the cache" in w for w in p.warnings), p.warnings
+
+
 def test_no_cache_neither_reads_nor_writes(tmp_path):
-    runner = FakeRunner()
-    plan(tmp_path, runner)
-    files = sorted(tmp_path.rglob("*.json"))
-    mtimes = [f.stat().st_mtime_ns for f in files]
-    off, _ = plan(tmp_path, runner, use_cache=False)
-    assert off.ran == 16 and off.entry.path is None and "cache off" in off.summary()
-    assert sorted(tmp_path.rglob("*.json")) == files and [f.stat().st_mtime_ns for f in files] == mtimes
+    plan(tmp_path)
+    before = [(f, f.stat().st_mtime_ns) for f in sorted(tmp_path.rglob("*"))]
+    off, _ = plan(tmp_path, use_cache=False)
+    assert off.ran == 16 and off.counts()["cache_file"] is None and "cache off" in off.summary()
+    assert [(f, f.stat().st_mtime_ns) for f in sorted(tmp_path.rglob("*"))] == before
 
 
 def test_rechecks_are_cached_per_config(tmp_path):
     from vramfit.plan.suggest import suggest
 
-    runner = FakeRunner()
-    with DryRunPlanner(BF16, (8, 0), 256, cache_dir=tmp_path, runner=runner) as p:
+    cache = lambda: EstimateCache(tmp_path)  # noqa: E731
+    with DryRunPlanner(BF16, (8, 0), 256, estimator=FormulaEstimator(cache=cache())) as p:
         model, margin, _ = p.model()
         items = suggest(model, margin, 4 * 2**30, top=3, vocab_size=256, n_layer=[2, 4])
         kept = p.verify(items, 4 * 2**30)
     assert p.ran == 16 + 3 and kept
-    with DryRunPlanner(BF16, (8, 0), 256, cache_dir=tmp_path, runner=runner) as q:
+    with DryRunPlanner(BF16, (8, 0), 256, estimator=FormulaEstimator(cache=cache())) as q:
         model, margin, _ = q.model()
         items = suggest(model, margin, 4 * 2**30, top=4, vocab_size=256, n_layer=[2, 4])
         q.verify(items, 4 * 2**30)
     assert q.ran == 1 and q.cached == 16 + 3  # only the new 4th config is estimated
 
 
+def test_equal_requests_in_one_call_run_once(tmp_path):
+    from gpt.config import GPTConfig
+
+    reqs = [EstimateRequest(GPTConfig(2, 2, 64, 64, 65), b, BF16, "cuda") for b in (4, 8, 4, 4)]
+    with FormulaEstimator() as est:  # memory only
+        out = est.estimate(reqs)
+        assert est.calls == 2 and est.ran == 2 and est.cached == 2 and out[0] is out[2]
+        est.estimate(reqs[:1])
+        assert est.calls == 2 and est.cached == 3
+
+
 @pytest.mark.slow
 def test_pool_gives_exactly_the_serial_estimates():
     """Two workers (each importing torch once) return what this process computes, in the order asked."""
-    rec = tuple(sorted(BF16.to_dict().items()))
+    from gpt.config import GPTConfig
+
+    def req(L, H, C, T, B, V, cap=(8, 0)):  # noqa: ANN001, ANN202
+        return EstimateRequest(GPTConfig(L, H, C, T, V), B, BF16, "cuda", cap, headline_only=True)
+
     # large enough to differ after the allocator replay's segment rounding (2 MiB / 20 MiB segments)
-    jobs = [Job(Shape(2, 4, 256, 256, b, 8192), rec, "cuda", (8, 0)) for b in (1, 16)] + [
-        Job(Shape(1, 2, 128, 128, 4, 50304), rec, "cuda", (7, 5)),
-        Job(Shape(4, 4, 256, 256, 8, 8192), rec, "cuda", (8, 0))]
-    serial = [run_job(j) for j in jobs]
-    with EstimatorPool(workers=2) as pool:
-        assert pool.run(jobs) == serial
-        assert pool.run(jobs[::-1]) == serial[::-1]
-    assert len(set(serial)) == 4
+    reqs = [req(2, 4, 256, 256, b, 8192) for b in (1, 16)] + [req(1, 2, 128, 128, 4, 50304, (7, 5)),
+                                                                req(4, 4, 256, 256, 8, 8192)]
+    def timeless(e: Estimate) -> dict:  # everything but the seconds it took
+        d = e.to_dict()
+        return d | {"seconds": 0, "modes": {k: m | {"seconds": 0} for k, m in d["modes"].items()}}
+
+    serial = [timeless(estimate_step(r)) for r in reqs]
+    workers = WarmWorkers(workers=2)
+    try:
+        assert [timeless(e) for e in workers.run(reqs)] == serial
+        assert [e.peak_bytes for e in workers.run(reqs[::-1])] == [d["peak_bytes"] for d in serial[::-1]]
+    finally:
+        workers.close()
+    assert len({d["process"]["device_bytes"] for d in serial}) == 4
 
 
-def test_jobs_that_share_traced_graphs_are_one_group():
+def test_requests_that_share_traced_graphs_are_one_group():
     """Depth and batch size (but a batch of 1) do not change the compiled emulation's graphs; width, block, vocab,
     recipe, target and capability do."""
-    rec = tuple(sorted(BF16.to_dict().items()))
-    base = Job(Shape(2, 4, 256, 256, 8, 8192), rec, "cuda", (8, 0))
-    assert Job(Shape(6, 4, 256, 256, 3, 8192), rec, "cuda", (8, 0)).graphs() == base.graphs()
-    others = [(Shape(2, 4, 256, 256, 1, 8192), rec, (8, 0)), (Shape(2, 4, 320, 256, 8, 8192), rec, (8, 0)),
-              (Shape(2, 4, 256, 512, 8, 8192), rec, (8, 0)), (Shape(2, 4, 256, 256, 8, 512), rec, (8, 0)),
-              (Shape(2, 4, 256, 256, 8, 8192), rec, (9, 0)), (Shape(2, 4, 256, 256, 8, 8192), (), (8, 0))]
-    for other in (Job(shape, r, "cuda", cap) for shape, r, cap in others):
-        assert other.graphs() != base.graphs(), other
-    eager = tuple(sorted(Recipe(dtype="bfloat16", optimizer="fused", compile=False).to_dict().items()))
-    a = Job(Shape(2, 4, 256, 256, 8, 8192), eager, "cuda", (8, 0))
-    b = Job(Shape(6, 4, 256, 256, 3, 8192), eager, "cuda", (8, 0))
-    assert not a.compiles() and a.graphs() != b.graphs()  # nothing traced: no reason to run them in one worker
-    assert base.compiles() and not Job(base.shape, rec, "cuda", (6, 1)).compiles()  # compile is off below sm70
+    from gpt.config import GPTConfig
+
+    def req(L, H, C, T, B, V, recipe=BF16, cap=(8, 0)):  # noqa: ANN001, ANN202
+        return EstimateRequest(GPTConfig(L, H, C, T, V), B, recipe, "cuda", cap)
+
+    base = req(2, 4, 256, 256, 8, 8192)
+    assert graphs(req(6, 4, 256, 256, 3, 8192)) == graphs(base)
+    for other in (req(2, 4, 256, 256, 1, 8192), req(2, 4, 320, 256, 8, 8192), req(2, 4, 256, 512, 8, 8192),
+                  req(2, 4, 256, 256, 8, 512), req(2, 4, 256, 256, 8, 8192, cap=(9, 0)),
+                  req(2, 4, 256, 256, 8, 8192, recipe=Recipe())):
+        assert graphs(other) != graphs(base), other
+    eager = Recipe(dtype="bfloat16", optimizer="fused", compile=False)
+    a, b = req(2, 4, 256, 256, 8, 8192, recipe=eager), req(6, 4, 256, 256, 3, 8192, recipe=eager)
+    assert not compiles(a) and graphs(a) != graphs(b)  # nothing traced: no reason to run them in one worker
+    assert compiles(base) and not compiles(req(2, 4, 256, 256, 8, 8192, cap=(6, 1)))  # compile is off below sm70
 
 
 @pytest.mark.slow
@@ -226,7 +288,7 @@ def test_first_line_says_what_the_plan_is_for(profiles, tmp_path, capsys):
 
 
 def test_groups_go_back_to_the_worker_that_traced_their_graphs():
-    from vramfit.plan.estimate_pool import assign
+    from vramfit.dryrun.pool import assign
 
     home: dict = {}
     first = assign({"a": 10, "b": 9, "c": 1}, 2, home)
@@ -264,7 +326,7 @@ def test_the_user_cache_needs_no_platformdirs(monkeypatch, tmp_path):
     without it the cache is $XDG_CACHE_HOME/vramfit, else ~/.cache/vramfit."""
     import sys
 
-    from vramfit.plan.noprofile import cache_root
+    from vramfit.dryrun.cache import cache_root
 
     monkeypatch.delenv("VRAMFIT_CACHE_DIR", raising=False)
     monkeypatch.setitem(sys.modules, "platformdirs", None)  # import platformdirs -> ImportError

@@ -8,56 +8,31 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from fake_workers import AXES, fake_cmd, formula
 
 import vramfit.sweep.adaptive as sweep_mod
 from vramfit.cli import main
-from vramfit.fit.features import features
 from vramfit.shape import KEYS
 from vramfit.store import Store
-from vramfit.sweep.adaptive import AdaptivePlanner, PlanSettings, design_matrix, extremes, run_adaptive
+from vramfit.sweep.adaptive import AdaptiveChooser, AdaptivePlanner, PlanSettings, design_matrix, extremes
 from vramfit.sweep.boundary import bisect_batch
 from vramfit.sweep.grid import load_grid
-
-ROOT = Path(__file__).resolve().parents[1]
-
-# memory = 3 MB + 16 B/param + 12 B per token per vocab entry + 40 B per token-layer-channel + 8 B per token-channel
-FORMULA = "3e6 + 16 * P + 12 * N * V + 40 * N * L * C + 8 * N * C"
-FAKE_WORKER = textwrap.dedent(f"""
-    import json, sys
-    spec = json.loads(sys.stdin.read())
-    p = spec["point"]
-    L, C, T, B, V = p["n_layer"], p["n_embd"], p["block_size"], p["batch_size"], p["vocab_size"]
-    P, N = V * C + T * C + L * (2 * 2 * C + 4 * C * C + 4 * C + 8 * C * C + 5 * C) + 2 * C, B * T  # count_params
-    y = int({FORMULA} + float(sys.argv[1]) * N ** 1.5)
-    cap = spec.get("emulate_bytes")
-    status = "oom" if cap and y > cap else "ok"
-    print(json.dumps({{**p, "status": status, "tracked_bytes": y if status == "ok" else cap, "rss_bytes": y,
-                      "iters": 4, "stable": True, "timings": {{"wall": 0.01}}}}))
-""")
-AXES = {"n_layer": [1, 2, 4], "n_head": [2, 4], "n_embd": [64, 128, 256], "block_size": [32, 64, 128],
-        "batch_size": [2, 4, 8, 16], "vocab_size": [512, 2048]}
-
-
-def formula(p: dict) -> float:
-    f = features(*(p[k] for k in KEYS))
-    P, N, V, L, C = f["params"][0], f["tokens"][0], p["vocab_size"], p["n_layer"], p["n_embd"]
-    return 3e6 + 16 * P + 12 * N * V + 40 * N * L * C + 8 * N * C  # FORMULA
-
-
-def fake_cmd(nonlinear: float = 0.0) -> list[str]:
-    return [sys.executable, "-c", FAKE_WORKER, str(nonlinear)]
+from vramfit.sweep.session import SweepOptions, run_sweep
 
 
 def grid(**overrides):
     return load_grid(None, {**AXES, **overrides}, measure_overrides={"timeout_s": 60})
+
+
+def run_adaptive(db: Path, settings: PlanSettings, nonlinear: float = 0.0, executor=None, **options):
+    """The adaptive chooser on `grid()` with the fake worker, on this CPU."""
+    opts = SweepOptions(db, device="cpu", quiet=True, worker_cmd=fake_cmd(nonlinear), **options)
+    return run_sweep(grid(), opts, AdaptiveChooser(settings), executor)
 
 
 def plan_rows(db: Path) -> pd.DataFrame:
@@ -122,7 +97,7 @@ def test_bisect_batch_edges():
 def test_stop_rule_stops_early_when_predictions_hold(tmp_path):
     db = tmp_path / "db.sqlite"
     settings = PlanSettings(points=20, target_error=0.02)
-    res = run_adaptive(grid(), db, settings, device="cpu", quiet=True, worker_cmd=fake_cmd())
+    res = run_adaptive(db, settings)
     df = plan_rows(db)
     assert res.note.startswith("stopped: CV max error") and len(df) < 20
     # exact physics: stops once the model is identified (6 coefficients) and 3 predictions in a row held
@@ -132,14 +107,13 @@ def test_stop_rule_stops_early_when_predictions_hold(tmp_path):
     assert (abs(pred - last.tracked_bytes) / last.tracked_bytes <= 0.02).all()
     assert set(df.extra.map(lambda e: e["plan"])) == {"adaptive"}
     # a rerun resumes: the stored predictions satisfy the rule, nothing is measured again
-    res2 = run_adaptive(grid(), db, settings, device="cpu", quiet=True, worker_cmd=fake_cmd())
+    res2 = run_adaptive(db, settings)
     assert res2.resumed == len(df) and sum(res2.counts.values()) == 0 and "CV max error" in res2.note
 
 
 def test_stop_rule_runs_to_the_budget_when_the_model_misses(tmp_path):
     db = tmp_path / "db.sqlite"
-    res = run_adaptive(grid(), db, PlanSettings(points=9, target_error=0.001), device="cpu", quiet=True,
-                       worker_cmd=fake_cmd(nonlinear=3000.0))
+    res = run_adaptive(db, PlanSettings(points=9, target_error=0.001), nonlinear=3000.0)
     assert len(plan_rows(db)) == 9 and "--points" in res.note
 
 
@@ -148,15 +122,14 @@ def test_estimates_skip_points_that_cannot_fit_but_keep_a_few_at_the_edge(tmp_pa
     cap = int(np.median([formula(p) for p in pts]))
     calls = []
 
-    def fake_estimates(points, recipe, target, capability, timeout=600.0):
+    def fake_estimates(points, recipe, d):
         calls.append(len(points))
         return {tuple(p[k] for k in KEYS): 1.1 * formula(p) for p in points}, ""  # a 10 % pessimistic dry run
 
-    monkeypatch.setattr(sweep_mod, "estimate_points", fake_estimates)
+    monkeypatch.setattr(sweep_mod, "cached_estimates", fake_estimates)
     db = tmp_path / "db.sqlite"
     settings = PlanSettings(points=14, target_error=0.001, boundary=2, band=0.15)
-    run_adaptive(grid(), db, settings, device="cpu", emulate_bytes=cap, quiet=True,
-                 worker_cmd=fake_cmd(nonlinear=30.0))  # a few % off the physics: the plan runs to its budget
+    run_adaptive(db, settings, nonlinear=30.0, emulate_bytes=cap)  # a few % off the physics: runs to its budget
     df = plan_rows(db)
     assert calls == [settings.n_estimates] and len(df) == 14
     truth = np.array([formula(r) for r in df[list(KEYS)].to_dict("records")])
@@ -183,39 +156,40 @@ def test_cli_bad_plan_inputs(capsys, tmp_path):
 
 # ---------------------------------------------------------------------------------------- real CPU workers
 
-def vramfit(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vramfit", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+def vramfit(capsys, *args: str) -> str:
+    """`vramfit ARGS` in this process (the sweep's workers and dry runs still get processes of their own): its
+    stdout."""
+    capsys.readouterr()
+    rc = main(list(args))
+    out, err = capsys.readouterr()
+    assert rc == 0, err[-2000:]
+    return out
 
 
-def test_boundary_search_on_real_cpu_runs_under_emulated_vram(tmp_path):
+def test_boundary_search_on_real_cpu_runs_under_emulated_vram(tmp_path, capsys):
     db = tmp_path / "db.sqlite"
-    r = vramfit("sweep", "--boundary", "--device", "cpu", "--db", str(db), "--emulate-vram", "3M",
-                "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--vocab-size", "256",
-                "--batch-size", "1,64")
-    assert r.returncode == 0, r.stderr[-2000:]
+    args = ["sweep", "--boundary", "--device", "cpu", "--db", str(db), "--emulate-vram", "3M", "--n-layer", "1",
+            "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--vocab-size", "256", "--batch-size", "1,64"]
+    out = vramfit(capsys, *args)
     df = Store(db).points_frame().set_index("batch_size")
-    best = int(re.search(r"largest batch (\d+) in ", r.stdout).group(1))
+    best = int(re.search(r"largest batch (\d+) in ", out).group(1))
     assert 1 <= best < 64 and df.loc[best, "status"] == "ok" and df.loc[best + 1, "status"] == "oom"
     assert df.loc[best, "tracked_bytes"] <= 3 * 2**20
-    assert len(df) <= 8 and "probes" in r.stdout
+    assert len(df) <= 8 and "probes" in out
     # rerun: every probe is already in the store
-    r2 = vramfit("sweep", "--boundary", "--device", "cpu", "--db", str(db), "--emulate-vram", "3M",
-                 "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--vocab-size", "256",
-                 "--batch-size", "1,64")
-    assert r2.returncode == 0 and f"largest batch {best} " in r2.stdout and "already measured" in r2.stdout
+    out = vramfit(capsys, *args)
+    assert f"largest batch {best} " in out and "already measured" in out
     assert len(Store(db).points_frame()) == len(df)
 
 
-def test_adaptive_on_real_cpu_runs_under_emulated_vram(tmp_path):
+def test_adaptive_on_real_cpu_runs_under_emulated_vram(tmp_path, capsys):
     """Real workers and real dry-run estimates: the plan stays within its budget, covers every axis, records
     OOM rows only near the edge, and the stop rule's numbers are in the output."""
     db = tmp_path / "db.sqlite"
-    r = vramfit("sweep", "--plan", "adaptive", "--points", "7", "--target-error", "0.05", "--device", "cpu",
-                "--db", str(db), "--emulate-vram", "6M", "--n-layer", "1,2", "--n-head", "2", "--n-embd", "32,64",
-                "--block-size", "32,64", "--batch-size", "1,4,16", "--vocab-size", "256,512")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "dry-run estimates: 8/8 points" in r.stdout and "stopped:" in r.stdout
+    out = vramfit(capsys, "sweep", "--plan", "adaptive", "--points", "7", "--target-error", "0.05", "--device",
+                  "cpu", "--db", str(db), "--emulate-vram", "6M", "--n-layer", "1,2", "--n-head", "2", "--n-embd",
+                  "32,64", "--block-size", "32,64", "--batch-size", "1,4,16", "--vocab-size", "256,512")
+    assert "dry-run estimates: 8/8 points" in out and "stopped:" in out
     with sqlite3.connect(db) as c:
         rows = c.execute("SELECT status, tracked_bytes, extra FROM points").fetchall()
     assert 1 <= len(rows) <= 7

@@ -139,12 +139,11 @@ def test_margin_flag_overrides_a_profiles_margin(profile, tmp_path, capsys):
 def test_no_profile_plan_uses_and_prints_the_validation_margin(tmp_path, monkeypatch, capsys):
     """`suggest --no-profile` plans with the public validation set's margin and says where it comes from; --margin
     overrides it. (The estimator is a stand-in here: the margin, not the estimates, is under test.)"""
-    from test_noprofile import FakeRunner
+    from test_noprofile import formula_estimate
 
-    from vramfit.plan.estimate_pool import EstimatorPool
+    from vramfit.dryrun.pool import WarmWorkers
 
-    runner = FakeRunner()
-    monkeypatch.setattr(EstimatorPool, "run", lambda self, jobs: runner(jobs))
+    monkeypatch.setattr(WarmWorkers, "run", lambda self, requests: [formula_estimate(r) for r in requests])
     monkeypatch.setattr("vramfit.plan.recommend.local_gpu_capability", lambda: None)
     args = ["suggest", "--vram", "rtx3070", "--no-profile", "--vocab", "256", "--top", "2", "--no-cache",
             "--save", str(tmp_path / "s.json")]

@@ -8,7 +8,7 @@ import torch
 from gpt.config import GPTConfig
 from gpt.errors import ConfigError
 from vramfit.dryrun import sdpa
-from vramfit.dryrun.estimate import estimate_step
+from vramfit.dryrun.estimate import EstimateRequest, estimate_step
 from vramfit.recipe import Recipe
 
 NO_ENV: dict = {}
@@ -77,7 +77,8 @@ def test_fp16_loss_has_no_fp32_copy_of_the_logits():
     """CUDA autocast: log_softmax(half) -> _log_softmax(half_to_float=True), gradient back in fp16. The peak drops
     by about 2 bytes per logit against the CPU-autocast path (fp32 copy); the loss comes out in fp32."""
     mc = GPTConfig(n_layer=2, n_head=4, n_embd=128, block_size=256, vocab_size=8192)
-    fp16 = estimate_step(mc, 4, Recipe(dtype="float16", compile=False, optimizer="foreach"), "cuda", (7, 5))
+    fp16 = estimate_step(EstimateRequest(mc, 4, Recipe(dtype="float16", compile=False, optimizer="foreach"), "cuda",
+                                         (7, 5)))
     assert fp16.peak_op.startswith("aten._log_softmax_backward_data")
     logits = 4 * 256 * 8192
     torch.manual_seed(0)
@@ -87,7 +88,8 @@ def test_fp16_loss_has_no_fp32_copy_of_the_logits():
         fx, ft = torch.empty(64, 50, dtype=torch.float16), torch.zeros(64, dtype=torch.long)
         out = sdpa.cuda_half_cross_entropy(fx, ft, ignore_index=-1)
         assert out.dtype == torch.float32 and out.shape == ref.shape
-    bf16 = estimate_step(mc, 4, Recipe(dtype="bfloat16", compile=False, optimizer="foreach"), "cuda", (8, 0))
+    bf16 = estimate_step(EstimateRequest(mc, 4, Recipe(dtype="bfloat16", compile=False, optimizer="foreach"), "cuda",
+                                         (8, 0)))
     assert bf16.breakdown["logits_loss"] - fp16.breakdown["logits_loss"] >= 1.5 * logits
 
 
@@ -119,9 +121,10 @@ def test_an_estimate_records_the_build_its_kernel_choice_followed(monkeypatch):
     monkeypatch.setenv("VRAMFIT_CUDNN_VERSION", "91002")
     monkeypatch.delenv("TORCH_CUDNN_SDPA_DEPRIORITIZED", raising=False)
     mc = GPTConfig(n_layer=1, n_head=2, n_embd=128, block_size=64, vocab_size=256)
-    est = estimate_step(mc, 2, Recipe(dtype="bfloat16", compile=False), "cuda", (9, 0))
+    req = EstimateRequest(mc, 2, Recipe(dtype="bfloat16", compile=False), "cuda", (9, 0))
+    est = estimate_step(req)
     assert est.attention == "flash" and est.cuda_build["cuda"] == "12.8" and est.cuda_build["cudnn"] == 91002
     assert json.loads(json.dumps(est.to_dict()))["cuda_build"]["source"].startswith("VRAMFIT_CUDA_VERSION")
     monkeypatch.setenv("VRAMFIT_CUDA_VERSION", "13.0")
     monkeypatch.setenv("VRAMFIT_CUDNN_VERSION", "91900")
-    assert estimate_step(mc, 2, Recipe(dtype="bfloat16", compile=False), "cuda", (9, 0)).attention == "cudnn"
+    assert estimate_step(req).attention == "cudnn"

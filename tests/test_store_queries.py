@@ -151,18 +151,6 @@ def test_train_runs(store):
         store.train_runs()
 
 
-def test_estimate_cache(store):
-    assert store.cached_estimates("k1") == {}  # no table yet
-    store.store_estimates("k1", {KEY.as_tuple(): 100.0, (1, 1, 8, 8, 1, 8): 5})
-    store.store_estimates("k2", {KEY.as_tuple(): 7.0})
-    assert store.cached_estimates("k1") == {KEY.as_tuple(): 100.0, (1, 1, 8, 8, 1, 8): 5.0}
-    store.store_estimates("k1", {KEY.as_tuple(): 150.0})  # a newer estimate replaces the old one
-    assert store.cached_estimates("k1")[KEY.as_tuple()] == 150.0
-    assert store.cached_estimates("k2") == {KEY.as_tuple(): 7.0}
-    assert store.cached_estimates("k3") == {}
-    assert all(type(v) is int for k in store.cached_estimates("k1") for v in k)
-
-
 def test_sweeps_frame_counts_and_dead_sweeps(store):
     env = store.environment(CPU, Recipe().resolved("cpu"))
     s1 = store.start_sweep("one", None, {}, ["cpu"], None, 3, 0, 0)

@@ -16,7 +16,8 @@ from vramfit.cli import main
 from vramfit.shape import KEYS
 from vramfit.store import Store
 from vramfit.sweep.grid import load_grid
-from vramfit.sweep.runner import run_sweep
+from vramfit.sweep.session import SweepOptions, run_sweep
+from vramfit.sweep.whole_grid import GridChooser
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "experiments" / "grids" / "quick.toml"
@@ -40,6 +41,14 @@ def n_points(db: Path) -> int:
     except sqlite3.Error:
         return 0
 
+
+def run(capsys, *args: str) -> str:
+    """`vramfit ARGS` in this process (a sweep that needs no process of its own: the workers still get theirs)."""
+    capsys.readouterr()
+    rc = main(list(args))
+    out, err = capsys.readouterr()
+    assert rc == 0, err[-2000:]
+    return out
 
 
 def test_quick_grid_measures_every_point(quick_db):
@@ -75,8 +84,8 @@ def test_rss_and_tracked_peaks_agree(quick_db):
 
 
 def test_rerun_resumes_and_runs_export(quick_db, tmp_path, capsys):
-    r = vramfit("sweep", "--grid", str(QUICK), "--device", "cpu", "--db", str(quick_db), "--quiet")
-    assert r.returncode == 0 and "13 already measured" in r.stdout and "nothing to do" in r.stdout
+    out = run(capsys, "sweep", "--grid", str(QUICK), "--device", "cpu", "--db", str(quick_db), "--quiet")
+    assert "13 already measured" in out and "nothing to do" in out
     assert main(["runs", "--db", str(quick_db)]) == 0
     out = capsys.readouterr().out
     assert "quick" in out and "done" in out
@@ -85,7 +94,7 @@ def test_rerun_resumes_and_runs_export(quick_db, tmp_path, capsys):
     assert "wrote 13 points" in capsys.readouterr().out and csv.stat().st_size > 0
 
 
-def test_sigkill_mid_point_then_resume(tmp_path):
+def test_sigkill_mid_point_then_resume(tmp_path, capsys):
     db = tmp_path / "db.sqlite"
     args = ["sweep", "--device", "cpu", "--db", str(db), *TINY, "--batch-size", "1,2,3,4,5"]
     proc = subprocess.Popen([sys.executable, "-m", "vramfit", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
@@ -104,9 +113,8 @@ def test_sigkill_mid_point_then_resume(tmp_path):
         df = s.points_frame()
         assert len(df) == done and (df.status == "ok").all()
         assert s.sweeps_frame().status.tolist() == ["killed"]  # its process is gone: nobody will close the row
-    r = vramfit(*args)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert f"{5 - done} points to measure, {done} already measured" in r.stdout
+    out = run(capsys, *args)  # the resume needs no process of its own
+    assert f"{5 - done} points to measure, {done} already measured" in out
     df = Store(db).points_frame()
     assert len(df) == 5 and sorted(df.batch_size) == [1, 2, 3, 4, 5]
 
@@ -132,7 +140,8 @@ def test_killed_hung_and_crashing_workers_are_recorded_and_the_sweep_goes_on(tmp
     grid = load_grid(None, {"n_layer": [1], "n_head": [1], "n_embd": [8], "block_size": [8], "vocab_size": [8],
                             "batch_size": [1, 2, 3, 4, 5]}, measure_overrides={"timeout_s": 3})
     db = tmp_path / "db.sqlite"
-    res = run_sweep(grid, db, device="cpu", quiet=True, worker_cmd=[sys.executable, "-c", FAKE_WORKER])
+    res = run_sweep(grid, SweepOptions(db, device="cpu", quiet=True, worker_cmd=[sys.executable, "-c", FAKE_WORKER]),
+                    GridChooser())
     assert dict(res.counts) == {"ok": 2, "error": 2, "timeout": 1}
     df = Store(db).points_frame().set_index("batch_size")
     assert df.loc[1, "status"] == "ok" and df.loc[5, "tracked_bytes"] == 500
@@ -141,14 +150,14 @@ def test_killed_hung_and_crashing_workers_are_recorded_and_the_sweep_goes_on(tmp
     assert df.loc[4, "status"] == "error" and "exit code 3" in df.loc[4, "error"]
     assert "something broke" in df.loc[4, "error"]
     # errors and timeouts are tried again on the next run, ok points are not
-    res = run_sweep(grid, db, device="cpu", quiet=True, worker_cmd=[sys.executable, "-c", "import sys; sys.exit(1)"])
+    fail = [sys.executable, "-c", "import sys; sys.exit(1)"]
+    res = run_sweep(grid, SweepOptions(db, device="cpu", quiet=True, worker_cmd=fail), GridChooser())
     assert res.resumed == 2 and res.planned == 3 and dict(res.counts) == {"error": 3}
 
 
-def test_emulated_small_memory_records_oom(tmp_path):
+def test_emulated_small_memory_records_oom(tmp_path, capsys):
     db = tmp_path / "db.sqlite"
-    r = vramfit("sweep", "--device", "cpu", "--db", str(db), *TINY, "--batch-size", "1,64", "--emulate-vram", "3M")
-    assert r.returncode == 0, r.stderr[-2000:]
+    run(capsys, "sweep", "--device", "cpu", "--db", str(db), *TINY, "--batch-size", "1,64", "--emulate-vram", "3M")
     df = Store(db).points_frame().set_index("batch_size")
     assert df.loc[1, "status"] == "ok" and df.loc[1, "tracked_bytes"] < 3 * 2**20
     assert df.loc[64, "status"] == "oom" and "OutOfMemoryError" in df.loc[64, "error"]
@@ -200,7 +209,7 @@ def test_a_real_worker_killed_from_outside_is_an_error_row(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "vramfit", "sweep", "--device", "cpu", "--db", str(db), *TINY,
                              "--batch-size", "1,2,3"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
-    deadline = time.time() + 60
+    deadline = time.time() + 180  # two torch imports (the sweep's, its fork server's) first: ~40 s under load
     killed = None
     while killed is None and time.time() < deadline:  # a forked point lives ~0.5 s here: kill it on sight
         for victim in _worker_children(proc.pid):
@@ -235,7 +244,7 @@ ECHO_WORKER = textwrap.dedent("""
 def test_several_gpus_share_or_split_the_grid(tmp_path, monkeypatch, names, rows):
     import json
 
-    import vramfit.sweep.runner as sweep_mod
+    import vramfit.sweep.session as sweep_mod
     from vramfit.measure.devices import DeviceFacts
 
     fake = [DeviceFacts("cuda", name, 8 * 2**30, index=i, gpu_uuid=f"GPU-{i}", compute_capability="8.0",
@@ -244,8 +253,8 @@ def test_several_gpus_share_or_split_the_grid(tmp_path, monkeypatch, names, rows
     grid = load_grid(None, {"n_layer": [1], "n_head": [1], "n_embd": [8], "block_size": [8], "vocab_size": [8],
                             "batch_size": [1, 2, 3, 4]})
     db = tmp_path / "db.sqlite"
-    res = run_sweep(grid, db, device="cuda", gpu_indices=[0, 1], quiet=True,
-                    worker_cmd=[sys.executable, "-c", ECHO_WORKER])
+    res = run_sweep(grid, SweepOptions(db, device="cuda", gpu_indices=[0, 1], quiet=True,
+                                       worker_cmd=[sys.executable, "-c", ECHO_WORKER]), GridChooser())
     assert dict(res.counts) == {"ok": rows}
     df = Store(db).points_frame()
     extra = [json.loads(e) for e in Store(db).conn.execute("SELECT extra FROM points ORDER BY point_id")

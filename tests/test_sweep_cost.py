@@ -2,9 +2,6 @@
 and the throughput model with one, and the sweep's first lines saying so."""
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -18,7 +15,6 @@ from vramfit.sweep.cost import (
     profile_costs,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 SHAPE = {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32, "vocab_size": 256}
 
 
@@ -64,18 +60,21 @@ def test_a_profile_gives_the_measured_overhead_and_steps():
     assert est.seconds == pytest.approx(2 * 2.0 + 20 * 0.030, rel=0.05)
 
 
-def test_the_sweep_says_its_points_and_time_before_it_starts_and_adaptive_what_it_saved(tmp_path):
+def test_the_sweep_says_its_points_and_time_before_it_starts_and_adaptive_what_it_saved(tmp_path, capsys):
+    from vramfit.cli import main
+
     db = tmp_path / "db.sqlite"
     axes = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--vocab-size", "256"]
-    run = lambda *a: subprocess.run([sys.executable, "-m", "vramfit", "sweep", "--device", "cpu", "--db", str(db),
-                                     *axes, *a], cwd=ROOT, capture_output=True, text=True, timeout=600)  # noqa: E731
-    r = run("--batch-size", "1,2,3")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "3 points, estimated " in r.stdout and "bench figures" in r.stdout
-    r = run("--batch-size", "1,2,3,4,5,6,7,8", "--plan", "adaptive", "--points", "4")
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "at most 1 points, estimated " in r.stdout and "this device's profile" in r.stdout
-    assert "measured 1 of 8 grid points in " in r.stdout and "the full grid would take ~" in r.stdout
+
+    def run(*args: str) -> str:  # in this process: the workers get processes of their own
+        assert main(["sweep", "--device", "cpu", "--db", str(db), *axes, *args]) == 0
+        return capsys.readouterr().out
+
+    out = run("--batch-size", "1,2,3")
+    assert "3 points, estimated " in out and "bench figures" in out
+    out = run("--batch-size", "1,2,3,4,5,6,7,8", "--plan", "adaptive", "--points", "4")
+    assert "at most 1 points, estimated " in out and "this device's profile" in out
+    assert "measured 1 of 8 grid points in " in out and "the full grid would take ~" in out
 
 
 def test_a_compiled_sweep_without_a_profile_says_its_compilation_is_not_counted():

@@ -11,7 +11,8 @@ from vramfit.cli import main
 from vramfit.store import Store
 from vramfit.sweep.executors import Event, LocalExecutor
 from vramfit.sweep.grid import load_grid
-from vramfit.sweep.runner import run_sweep
+from vramfit.sweep.session import SweepOptions, run_sweep
+from vramfit.sweep.whole_grid import GridChooser
 
 AXES = {"n_layer": [1], "n_head": [1], "n_embd": [8], "block_size": [8], "vocab_size": [8], "batch_size": [1, 2, 3]}
 OK_WORKER = textwrap.dedent("""
@@ -26,13 +27,19 @@ def grid():
     return load_grid(None, AXES, measure_overrides={"timeout_s": 60})
 
 
+def sweep(db, worker: str = OK_WORKER, *args: str, executor=None, **options):
+    """The grid chooser on `grid()` with a fake worker (its source and argv)."""
+    opts = SweepOptions(db, device="cpu", worker_cmd=[sys.executable, "-c", worker, *args], **options)
+    return run_sweep(grid(), opts, GridChooser(), executor)
+
+
 def test_redo_measures_every_point_again(tmp_path):
     db = tmp_path / "db.sqlite"
-    first = run_sweep(grid(), db, device="cpu", quiet=True, worker_cmd=[sys.executable, "-c", OK_WORKER])
+    first = sweep(db, quiet=True)
     assert (first.planned, first.resumed, dict(first.counts)) == (3, 0, {"ok": 3})
-    again = run_sweep(grid(), db, device="cpu", quiet=True, worker_cmd=[sys.executable, "-c", OK_WORKER])
+    again = sweep(db, quiet=True)
     assert (again.planned, again.resumed, dict(again.counts)) == (0, 3, {})
-    redo = run_sweep(grid(), db, device="cpu", quiet=True, redo=True, worker_cmd=[sys.executable, "-c", OK_WORKER])
+    redo = sweep(db, quiet=True, redo=True)
     assert (redo.planned, redo.resumed, dict(redo.counts)) == (3, 0, {"ok": 3})
     with Store(db) as s:
         df = s.points_frame()
@@ -66,25 +73,25 @@ def test_an_interrupt_closes_the_sweep_as_interrupted_and_kills_the_workers(tmp_
     db = tmp_path / "db.sqlite"
     ex = InterruptedExecutor()
     with pytest.raises(KeyboardInterrupt):
-        run_sweep(grid(), db, device="cpu", quiet=True, executor=ex)
+        sweep(db, quiet=True, executor=ex)
     assert ex.killed and ex.closed
     with Store(db) as s:
         assert s.sweeps_frame().status.tolist() == ["interrupted"]
         df = s.points_frame()
         assert df.batch_size.tolist() == [1] and df.tracked_bytes.tolist() == [7]  # what finished is kept
-    res = run_sweep(grid(), db, device="cpu", quiet=True, worker_cmd=[sys.executable, "-c", OK_WORKER])
+    res = sweep(db, quiet=True)
     assert (res.resumed, res.planned, dict(res.counts)) == (1, 2, {"ok": 2})  # and the rest is resumed
 
 
 def test_ctrl_c_on_the_command_line_exits_130_without_a_traceback(monkeypatch, capsys, tmp_path):
     """typer turns KeyboardInterrupt into exit code 130 itself (typer/core.py: `raise Exit(130)`), before
     vramfit.cli.main's own `except KeyboardInterrupt` could print its line."""
-    import vramfit.sweep.runner as runner
+    import vramfit.sweep.session as session
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "run_sweep", interrupted)
+    monkeypatch.setattr(session, "run_sweep", interrupted)
     rc = main(["sweep", "--device", "cpu", "--db", str(tmp_path / "db.sqlite"),
                *[f"--{k.replace('_', '-')}={','.join(map(str, v))}" for k, v in AXES.items()]])
     out, err = capsys.readouterr()
@@ -109,8 +116,7 @@ CONCURRENT_WORKER = textwrap.dedent("""
 
 def test_points_a_concurrent_sweep_measured_meanwhile_are_skipped(tmp_path, capsys):
     db = tmp_path / "db.sqlite"
-    res = run_sweep(grid(), db, device="cpu", live=False, worker_cmd=[sys.executable, "-c", CONCURRENT_WORKER,
-                                                                      str(db)])
+    res = sweep(db, CONCURRENT_WORKER, str(db), live=False)
     out = capsys.readouterr().out
     assert (res.planned, dict(res.counts), res.resumed) == (3, {"ok": 2}, 1)
     assert "B2 V8: skipped" in out
@@ -121,6 +127,5 @@ def test_points_a_concurrent_sweep_measured_meanwhile_are_skipped(tmp_path, caps
 
 def test_redo_does_not_skip_what_a_concurrent_sweep_measured(tmp_path):
     db = tmp_path / "db.sqlite"
-    res = run_sweep(grid(), db, device="cpu", quiet=True, redo=True,
-                    worker_cmd=[sys.executable, "-c", CONCURRENT_WORKER, str(db)])
+    res = sweep(db, CONCURRENT_WORKER, str(db), quiet=True, redo=True)
     assert (dict(res.counts), res.resumed) == ({"ok": 3}, 0)

@@ -1,8 +1,8 @@
 """Run a Python module as a child process: one JSON request on stdin, JSON lines back on stdout.
 
-The one runner behind the sweep's worker pool (`vramfit.sweep.pool`) and the dry run's child processes
-(`vramfit.dryrun.estimate`, `vramfit.dryrun.batch`): it sends the request, kills the child when it runs past its
-timeout, and hands back what came out (exit status, stdout's JSON records, stderr) for the caller to judge. A
+The one runner behind the sweep's worker pool (`vramfit.sweep.pool`) and the dry run's child process
+(`vramfit.dryrun.estimator`): it sends the request, kills the child when it runs past its timeout, and hands
+back what came out (exit status, stdout's JSON records, stderr) for the caller to judge. A
 crash, a hang or garbage on stdout in the child never raises here. Every child learns its parent's PID
 (`PARENT_ENV`) so that it can die with it (`die_with_parent`). Root layer: no torch, no other vramfit module.
 """

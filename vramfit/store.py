@@ -537,25 +537,6 @@ class Store:
                 out.append(extra | {k: row[k] for k in ("point_id", *KEYS)})
         return out
 
-    # ------------------------------------------------------------------------------------------ estimate cache
-
-    def cached_estimates(self, key: str) -> dict[tuple[int, ...], float]:
-        """Dry-run estimates stored under `key` (recipe, device type, capability), by shape tuple (KEYS)."""
-        if not self.conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'estimates'").fetchone():
-            return {}
-        rows = self.conn.execute(f"SELECT {', '.join(KEYS)}, bytes FROM estimates WHERE key = ?", (key,))
-        return {tuple(int(v) for v in r[:-1]): float(r[-1]) for r in rows}
-
-    def store_estimates(self, key: str, estimates: dict[tuple[int, ...], float]) -> None:
-        """Keep dry-run estimates in the database (the table is created on first use), so a resumed plan reuses
-        them."""
-        cols = ", ".join(KEYS)
-        with self._tx() as c:
-            c.execute(f"CREATE TABLE IF NOT EXISTS estimates (key TEXT NOT NULL, {cols.replace(',', ' INTEGER,')} "
-                      f"INTEGER, bytes REAL NOT NULL, PRIMARY KEY (key, {cols}))")
-            c.executemany(f"INSERT OR REPLACE INTO estimates VALUES (?, {', '.join('?' for _ in KEYS)}, ?)",
-                          [(key, *shape, float(b)) for shape, b in estimates.items()])
-
     def sweeps_frame(self) -> pd.DataFrame:
         """One row per sweep with its point counts by status."""
         sql = (

@@ -114,13 +114,8 @@ def estimate(n_layer: o.NLayer = None, n_head: o.NHead = None, n_embd: o.NEmbd =
     import json
 
     from gpt.config import GPTConfig
-    from vramfit.dryrun.estimate import (
-        estimate_step,
-        estimate_step_isolated,
-        format_estimate,
-        parse_capability,
-        parse_recipe,
-    )
+    from vramfit.dryrun.estimate import EstimateRequest, format_estimate, parse_capability, parse_recipe
+    from vramfit.dryrun.estimator import Estimator
     from vramfit.plan.like import resolve_shape
 
     shape, found = resolve_shape(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
@@ -131,7 +126,8 @@ def estimate(n_layer: o.NLayer = None, n_head: o.NHead = None, n_embd: o.NEmbd =
     extras = {k: v for k, v in (("dropout", getattr(found, "dropout", None)), ("bias", getattr(found, "bias", None)))
               if v is not None}  # the file's dropout and bias change the dry-run step
     target = "cuda" if target == "auto" else target
-    run = estimate_step_isolated if target == "cuda" else estimate_step  # CUDA code paths may abort: child process
     model = GPTConfig(shape.n_layer, shape.n_head, shape.n_embd, shape.block_size, shape.vocab_size, **extras)
-    est = run(model, batch_size, parse_recipe(recipe), target, parse_capability(capability))
+    req = EstimateRequest(model, batch_size, parse_recipe(recipe), target, parse_capability(capability))
+    with Estimator("child" if target == "cuda" else "process") as estimator:  # CUDA code paths may abort: a child
+        est = estimator.estimate([req])[0]
     typer.echo(json.dumps(est.to_dict()) if json_out else format_estimate(est))

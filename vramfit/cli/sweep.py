@@ -63,8 +63,6 @@ def sweep(
 
     if plan not in ("grid", "adaptive"):
         fail(f"unknown --plan {plan!r}; choose grid or adaptive")
-    if executor != "local" and (boundary or plan == "adaptive"):
-        fail("--plan adaptive and --boundary measure one point at a time on this machine; use --executor local")
     axes = {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "block_size": block_size,
             "batch_size": batch_size, "vocab_size": vocab_size}
     measure = {"max_iters": max_iters, "timeout_s": timeout, "dynamic_batch": dynamic_batch}
@@ -74,24 +72,40 @@ def sweep(
     emulate, card = parse_vram(emulate_vram) if emulate_vram else (None, None)
     if card is not None and not quiet:
         typer.echo(f"--emulate-vram {describe(emulate, card)}")
-    where = dict(device=device, gpu_indices=parse_int_list(devices, "--devices", minimum=0) if devices else None,
-                 emulate_bytes=emulate, quiet=quiet, argv=sys.argv[1:])
+    from vramfit.sweep.executors import make_executor
+    from vramfit.sweep.session import SweepOptions, run_sweep
+
+    options = SweepOptions(db, device=device, gpu_indices=parse_int_list(devices, "--devices", minimum=0)
+                           if devices else None, emulate_bytes=emulate, redo=redo, quiet=quiet, argv=sys.argv[1:],
+                           log=typer.echo)
+    chooser = _chooser(plan, boundary, model, points, target_error, boundary_points)
+    res = run_sweep(spec, options, chooser, make_executor(executor, address))
+    for r in res.boundaries:
+        shape = " ".join(f"{k}={v}" for k, v in r.shape.items())
+        typer.echo(f"{shape}: largest batch {r.best} in {fmt(r.capacity)} (start {r.start} from "
+                   f"{r.start_source}; probes " + ", ".join(f"{p.batch_size} {p.status}" for p in r.probes) + ")")
     if boundary:
-        _boundary(spec, db, where, model)
         return
-    if plan == "adaptive":
-        from vramfit.sweep.adaptive import PlanSettings, run_adaptive
-
-        settings = PlanSettings(points=points, target_error=target_error, boundary=boundary_points)
-        res = run_adaptive(spec, db, settings, **where, log=typer.echo)
-    else:
-        from vramfit.sweep.executors import make_executor
-        from vramfit.sweep.runner import run_sweep
-
-        res = run_sweep(spec, db, **where, redo=redo, executor=make_executor(executor, address))
     counts = ", ".join(f"{n} {s}" for s, n in sorted(res.counts.items())) or "nothing to do"
     typer.echo(f"sweep {res.sweep_id} done: {counts}; {res.resumed} already measured, "
                f"{res.invalid} invalid combinations skipped; db {res.db}")
+
+
+def _chooser(plan: str, boundary: bool, model: Path | None, points: int, target_error: float,
+             boundary_points: int):
+    """The sweep's point chooser: the whole grid, the adaptive plan, or the boundary search."""
+    if boundary:
+        from vramfit.fit.profile import Profile
+        from vramfit.sweep.boundary import BoundaryChooser
+
+        return BoundaryChooser(Profile.load(model).model if model else None)
+    if plan == "adaptive":
+        from vramfit.sweep.adaptive import AdaptiveChooser, PlanSettings
+
+        return AdaptiveChooser(PlanSettings(points=points, target_error=target_error, boundary=boundary_points))
+    from vramfit.sweep.whole_grid import GridChooser
+
+    return GridChooser()
 
 
 def _grid_spec(grid: Path | None, axes: dict, dtype: str | None, measure: dict):
@@ -103,18 +117,6 @@ def _grid_spec(grid: Path | None, axes: dict, dtype: str | None, measure: dict):
         fail("give --grid FILE.toml, or all six axes as flags")
     measure = {k: v for k, v in measure.items() if v is not None}
     return load_grid(grid, overrides, {"dtype": dtype} if dtype else None, measure)
-
-
-def _boundary(spec, db: Path, where: dict, model: Path | None) -> None:
-    """`--boundary`: each shape's largest fitting batch, one line per shape."""
-    from vramfit.fit.profile import Profile
-    from vramfit.sweep.boundary import run_boundary
-
-    mm = Profile.load(model).model if model else None
-    for r in run_boundary(spec, db, **where, model=mm):
-        shape = " ".join(f"{k}={v}" for k, v in r.shape.items())
-        typer.echo(f"{shape}: largest batch {r.best} in {fmt(r.capacity)} (start {r.start} from "
-                   f"{r.start_source}; probes " + ", ".join(f"{p.batch_size} {p.status}" for p in r.probes) + ")")
 
 
 def _confirm_size(points: list[dict], yes: bool) -> None:

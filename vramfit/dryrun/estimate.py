@@ -1,4 +1,4 @@
-"""Dry-run estimator: a training step's peak memory with no GPU (`vramfit estimate`).
+"""Dry-run estimates: a training step's peak memory with no GPU (`vramfit estimate`).
 
 The real `Trainer.step` runs twice (so AdamW state exists) under `FakeTensorMode` on fake CPU tensors with a
 live-storage tracker; for a CUDA target the GPU's attention kernel, autocast policy, optimizer implementation and
@@ -7,9 +7,9 @@ live-storage tracker; for a CUDA target the GPU's attention kernel, autocast pol
 replayed through a model of the caching allocator (`vramfit.dryrun.allocator`: peak reserved) and the CUDA context
 is added from a table of measured sizes (`vramfit.dryrun.context`): the whole-device figure nvidia-smi shows.
 
-API for the rest of vramfit:
-- `estimate_step(model_config, batch_size, recipe, target, compute_capability) -> Estimate` (in this process);
-- `estimate_step_isolated(...)`, the same in a child process: a crash there becomes a clean `VramfitError`;
+The types every caller shares (the rest of vramfit goes through `vramfit.dryrun.estimator.Estimator`):
+- `EstimateRequest`: what to estimate (model and batch, recipe, target, compute capability);
+- `Estimate`: the result; `estimate_step(request)` makes one in this process (the engine);
 - `device_bytes(estimate)`: peak reserved plus the CUDA context, what nvidia-smi shows (`suggest --no-profile`);
 - `target_bytes(estimate, target)`: the figure that matches a fit target (nvml, reserved, allocated, tracked).
 """
@@ -17,13 +17,11 @@ API for the rest of vramfit:
 from __future__ import annotations
 
 import json
-import sys
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from gpt.config import GPTConfig, check_batch_size
-from vramfit.child import run_json
 from vramfit.errors import VramfitError
 from vramfit.recipe import Recipe
 from vramfit.units import format_size
@@ -83,6 +81,49 @@ class Estimate:
         return cls(**out)
 
 
+@dataclass(frozen=True)
+class EstimateRequest:
+    """One dry-run estimate to make: the model and batch, the recipe, the target ('cuda': emulated, or 'cpu') and
+    its compute capability. `headline_only` skips the eager run beside a compiled one (planners use only the
+    headline figure: half the time). Checked when made: a bad request fails in the caller's process."""
+
+    model: GPTConfig
+    batch_size: int
+    recipe: Recipe = Recipe()
+    target: str = "cuda"
+    capability: tuple[int, int] = (8, 0)
+    grad_clip: float = 1.0
+    gradient_accumulation_steps: int = 1
+    headline_only: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "capability", parse_capability(self.capability))
+        if self.target not in TARGETS:
+            raise VramfitError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
+        check_batch_size(self.batch_size)
+        if self.model.n_layer > MAX_DRYRUN_LAYERS:
+            raise VramfitError(f"n_layer {self.model.n_layer} is beyond the dry run's limit of {MAX_DRYRUN_LAYERS} "
+                               "layers (it replays every layer); `vramfit predict` takes any depth")
+        from vramfit.dryrun.allocator import parse_alloc_conf
+
+        parse_alloc_conf(self.recipe.alloc_conf)  # a bad PYTORCH_CUDA_ALLOC_CONF is the caller's error, said here
+
+    def to_dict(self) -> dict:
+        """Plain JSON types: the child process's request and the cache's key."""
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {**d, "model": self.model.to_dict(), "recipe": self.recipe.to_dict(),
+                "capability": list(self.capability)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EstimateRequest:
+        return cls(**{**d, "model": GPTConfig.from_dict(d["model"]), "recipe": Recipe.from_dict(d["recipe"]),
+                      "capability": tuple(d["capability"])})
+
+    def key(self) -> str:
+        """The request as canonical JSON (equal requests, equal keys)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
 def parse_capability(text: str | tuple[int, int]) -> tuple[int, int]:
     """'8.0', '8,6', 'sm90', '90' or (8, 0) -> (major, minor)."""
     if isinstance(text, tuple):
@@ -136,97 +177,27 @@ def parse_recipe(text: str | None) -> Recipe:
     return Recipe.from_dict(d)
 
 
-def _request(model_config: GPTConfig, batch_size: int, recipe: Recipe, target: str,
-             compute_capability: tuple[int, int], **kwargs: object) -> dict:
-    if target not in TARGETS:
-        raise VramfitError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    check_batch_size(batch_size)
-    if model_config.n_layer > MAX_DRYRUN_LAYERS:
-        raise VramfitError(f"n_layer {model_config.n_layer} is beyond the dry run's limit of {MAX_DRYRUN_LAYERS} "
-                           "layers (it replays every layer); `vramfit predict` takes any depth")
-    from vramfit.dryrun.allocator import parse_alloc_conf
+def estimate_step(request: EstimateRequest) -> Estimate:
+    """Peak memory of two real `Trainer.step` calls under fake tensors, in this process: the engine behind every
+    `vramfit.dryrun.estimator.Estimator` (in process, its child, its pool's workers).
 
-    parse_alloc_conf(recipe.alloc_conf)  # a bad PYTORCH_CUDA_ALLOC_CONF is the caller's error, said here
-    return dict(dtype=recipe.dtype, optimizer=recipe.optimizer, attn_kernel=recipe.attn_kernel,
-                compile=recipe.compile, target=target, capability=tuple(parse_capability(compute_capability)),
-                batch_size=batch_size, alloc_conf=recipe.alloc_conf, **kwargs)
-
-
-def _to_estimate(result: dict, model_config: GPTConfig, batch_size: int, recipe: Recipe, target: str,
-                 capability: tuple[int, int]) -> Estimate:
-    keep = {f.name for f in fields(Estimate)}
-    d = {k: v for k, v in result.items() if k in keep}
-    if target == "cuda" and d.get("allocator"):
-        from vramfit.dryrun.context import process_memory
-
-        d["process"] = process_memory(capability, d["allocator"]["peak_reserved"])
-        for mode in d.get("modes", {}).values():  # each mode's whole-device figure, for side-by-side display
-            if "peak_reserved" in mode:
-                mode["device_bytes"] = process_memory(capability, mode["peak_reserved"])["device_bytes"]
-    return Estimate(**d, compute_capability=capability if target == "cuda" else None,
-                    model_config=model_config.to_dict(), batch_size=batch_size, recipe=recipe.to_dict())
-
-
-def estimate_step(
-    model_config: GPTConfig,
-    batch_size: int,
-    recipe: Recipe | None = None,
-    target: str = "cuda",
-    compute_capability: tuple[int, int] = (8, 0),
-    *,
-    grad_clip: float = 1.0,
-    gradient_accumulation_steps: int = 1,
-    headline_only: bool = False,
-) -> Estimate:
-    """Peak memory of two real `Trainer.step` calls under fake tensors, in this process.
-
-    Any shape works (fake tensors hold no data). Raises `ConfigError`/`VramfitError` for invalid inputs.
-    `headline_only`: skip the eager run beside a compiled one (for planners that use only the headline figure)."""
+    Any shape works (fake tensors hold no data). Raises `ConfigError`/`VramfitError` for invalid inputs."""
     from vramfit.dryrun.fake_step import run_step
 
-    recipe = recipe or Recipe()
-    req = _request(model_config, batch_size, recipe, target, compute_capability, grad_clip=grad_clip,
-                   gradient_accumulation_steps=gradient_accumulation_steps)
-    batch = req.pop("batch_size")
-    result = run_step(model_config, batch, fake=True, headline_only=headline_only, **req)
-    return _to_estimate(result.to_dict(), model_config, batch_size, recipe, target, req["capability"])
+    d = run_step(request).to_dict()
+    keep = {f.name for f in fields(Estimate)}
+    d = {k: v for k, v in d.items() if k in keep}
+    cap = request.capability
+    if request.target == "cuda" and d.get("allocator"):
+        from vramfit.dryrun.context import process_memory
 
-
-def _run_child(cmd: list[str], request: object, timeout: float) -> dict:
-    """Run `cmd` with `request` on stdin; the JSON object it printed last, or one-line `VramfitError` if it fails,
-    dies, hangs or prints none."""
-    res = run_json(cmd, request, timeout)
-    if res.timed_out:
-        raise VramfitError(f"the estimator process took more than {timeout:.0f} s")
-    if res.returncode < 0:
-        raise VramfitError(f"the estimator process died ({res.signal_name()}); this torch build cannot trace the step")
-    if res.returncode != 0:
-        raise VramfitError((res.last_stderr_line() or res.exit_text()).removeprefix("error: "))
-    result = res.last_record()
-    if result is None:
-        raise VramfitError("the estimator process printed no result")
-    return result
-
-
-def estimate_step_isolated(
-    model_config: GPTConfig,
-    batch_size: int,
-    recipe: Recipe | None = None,
-    target: str = "cuda",
-    compute_capability: tuple[int, int] = (8, 0),
-    *,
-    grad_clip: float = 1.0,
-    gradient_accumulation_steps: int = 1,
-    timeout: float = 600.0,
-) -> Estimate:
-    """`estimate_step` in a fresh `python -m vramfit.dryrun.fake_step` process: an abort there (e.g. a torch build that
-    dies on a CUDA code path) is reported as a one-line `VramfitError` instead of killing the caller."""
-    recipe = recipe or Recipe()
-    req = _request(model_config, batch_size, recipe, target, compute_capability, grad_clip=grad_clip,
-                   gradient_accumulation_steps=gradient_accumulation_steps)
-    req["model_config"] = model_config.to_dict()
-    result = _run_child([sys.executable, "-m", "vramfit.dryrun.fake_step"], req, timeout)
-    return _to_estimate(result, model_config, batch_size, recipe, target, req["capability"])
+        d["process"] = process_memory(cap, d["allocator"]["peak_reserved"])
+        for mode in d.get("modes", {}).values():  # each mode's whole-device figure, for side-by-side display
+            if "peak_reserved" in mode:
+                mode["device_bytes"] = process_memory(cap, mode["peak_reserved"])["device_bytes"]
+    est = Estimate(**d, compute_capability=cap if request.target == "cuda" else None,
+                   model_config=request.model.to_dict(), batch_size=request.batch_size, recipe=request.recipe.to_dict())
+    return Estimate.from_dict(json.loads(json.dumps(est.to_dict())))  # plain JSON types: equal to a child's or cached
 
 
 def device_bytes(estimate: Estimate) -> int:

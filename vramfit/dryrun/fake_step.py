@@ -11,15 +11,12 @@ This is the engine behind `vramfit.dryrun.estimate`. The trainer and its step ar
   uses the CPU autocast keys (same policy as CUDA's for every op this GPT uses: matmuls low precision, layer norm
   and log-softmax in fp32), fp16 gets a real GradScaler, and the optimizer implementation is set explicitly.
 
-`python -m vramfit.dryrun.fake_step` reads a JSON request on stdin and prints one JSON estimate: the isolated form
-used by `vramfit.dryrun.estimate.estimate_step_isolated`.
+What to run comes as one `vramfit.dryrun.estimate.EstimateRequest`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -35,9 +32,9 @@ from gpt.model import attention_kernel
 from gpt.train import Trainer
 from vramfit.dryrun import context, sdpa
 from vramfit.dryrun.allocator import replay
+from vramfit.dryrun.estimate import EstimateRequest
 from vramfit.measure.probe import StorageTracker
 
-TARGETS = ("cuda", "cpu")
 ROUNDING = {"cuda": 512, "cpu": 64}
 """Allocation granularity: the CUDA caching allocator rounds every block up to 512 B (kMinBlockSize); the CPU
 allocator aligns to 64 B. Zero-byte storages cost nothing on either."""
@@ -318,15 +315,12 @@ def _fake_mode() -> contextlib.AbstractContextManager:
     return FakeTensorMode(allow_non_fake_inputs=False)
 
 
-def _check_request(batch_size: int, optimizer: str, target: str, fake: bool, steps: int) -> None:
-    if target not in TARGETS:
-        raise ConfigError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    if target == "cuda" and not fake:
+def _check_request(req: EstimateRequest, fake: bool, steps: int) -> None:
+    """What the request type cannot know: a real run is CPU-only; at least one step."""
+    if req.target == "cuda" and not fake:
         raise ConfigError("a real (non-fake) tracked run is CPU-only; use target 'cpu'")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if optimizer not in OPTIMIZERS:
-        raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}")
+    if req.recipe.optimizer not in OPTIMIZERS:
+        raise ConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {req.recipe.optimizer!r}")
     if steps < 1:
         raise ConfigError(f"steps must be >= 1, got {steps}")
 
@@ -343,9 +337,9 @@ class _Plan:
     cuda_build: dict = field(default_factory=dict)
 
 
-def _resolve(model_config: GPTConfig, batch_size: int, dtype: str, compile: bool | None, optimizer: str,
-             attn_kernel: str, target: str, capability: tuple[int, int]) -> _Plan:
-    dtype, use_compile, impl = resolve_recipe(dtype, compile, optimizer, target, capability)
+def _resolve(req: EstimateRequest) -> _Plan:
+    r, mc, target = req.recipe, req.model, req.target
+    dtype, use_compile, impl = resolve_recipe(r.dtype, r.compile, r.optimizer, target, req.capability)
     if dtype not in _DTYPES:
         raise ConfigError(f"dtype must be one of auto, {', '.join(_DTYPES)}, got {dtype!r}")
     if dtype == "float16" and target == "cpu":
@@ -353,13 +347,13 @@ def _resolve(model_config: GPTConfig, batch_size: int, dtype: str, compile: bool
     notes = []
     if use_compile:
         notes.append(COMPILE_NOTE)
-    head_dim = model_config.n_embd // model_config.n_head
-    mc = model_config
+    head_dim = mc.n_embd // mc.n_head
     if target != "cuda":
-        return _Plan(dtype, impl, attn_kernel, notes, use_compile)
+        return _Plan(dtype, impl, r.attn_kernel, notes, use_compile)
     build = sdpa.cuda_build()
-    attention = cuda_attention_kernel(attn_kernel, dtype, head_dim, capability, build, n_embd=mc.n_embd,
-                                      batch=batch_size, n_head=mc.n_head, seq_len=mc.block_size, dropout=mc.dropout)
+    attention = cuda_attention_kernel(r.attn_kernel, dtype, head_dim, req.capability, build, n_embd=mc.n_embd,
+                                      batch=req.batch_size, n_head=mc.n_head, seq_len=mc.block_size,
+                                      dropout=mc.dropout)
     return _Plan(dtype, impl, attention, notes, use_compile, build.to_dict())
 
 
@@ -451,49 +445,33 @@ def _tracked_steps(cfg: TrainConfig, model_config: GPTConfig, plan: _Plan, track
     return steady
 
 
-def run_step(
-    model_config: GPTConfig,
-    batch_size: int,
-    *,
-    dtype: str = "auto",
-    optimizer: str = "auto",
-    attn_kernel: str = "default",
-    compile: bool | None = None,
-    target: str = "cuda",
-    capability: tuple[int, int] = (8, 0),
-    fake: bool = True,
-    steps: int = 2,
-    grad_clip: float = 1.0,
-    gradient_accumulation_steps: int = 1,
-    rounding: int | None = None,
-    alloc_conf: str = "",
-    headline_only: bool = False,
-) -> StepResult:
+def run_step(req: EstimateRequest, *, fake: bool = True, steps: int = 2, rounding: int | None = None) -> StepResult:
     """Build the real Trainer and run `steps` real `Trainer.step` calls under a `StepTracker`.
 
-    With a compiling recipe both the eager and the compiled step run (shown side by side); `headline_only` runs
-    only the one the result reports (planners that use one figure: half the time).
+    With a compiling recipe both the eager and the compiled step run (shown side by side); `req.headline_only`
+    runs only the one the result reports.
 
     `fake=True` uses FakeTensorMode (no memory, no data: any shape runs); `fake=False` trains for real on the CPU
     (used to check the fake run). `target='cuda'` emulates that GPU on CPU tensors (see the module docstring)."""
-    _check_request(batch_size, optimizer, target, fake, steps)
+    _check_request(req, fake, steps)
     t0 = time.perf_counter()
-    plan = _resolve(model_config, batch_size, dtype, compile, optimizer, attn_kernel, target, capability)
+    mc, target, capability = req.model, req.target, req.capability
+    plan = _resolve(req)
     rounding = rounding or ROUNDING[target]
     # fp16 exists only on the emulated GPU: build the trainer as fp32 (`_emulate_fp16` switches it)
-    cfg = train_config(model_config, batch_size, "float32" if plan.dtype == "float16" else plan.dtype,
-                       plan.optimizer, "default" if target == "cuda" else attn_kernel, grad_clip,
-                       gradient_accumulation_steps)
+    cfg = train_config(mc, req.batch_size, "float32" if plan.dtype == "float16" else plan.dtype, plan.optimizer,
+                       "default" if target == "cuda" else req.recipe.attn_kernel, req.grad_clip,
+                       req.gradient_accumulation_steps)
     runs = {}
     modes = ("eager", "compiled") if plan.compile else ("eager",)
-    for mode in modes[-1:] if headline_only else modes:
+    for mode in modes[-1:] if req.headline_only else modes:
         t = time.perf_counter()
         tracker = StepTracker(rounding, cuda_kernel_workspace if target == "cuda" else None,
                               cublas_workspace_bytes(capability) if target == "cuda" else 0)
-        get_batch = _batches(tracker, batch_size, model_config, target)
-        steady = _tracked_steps(cfg, model_config, plan, tracker, get_batch, target=target, fake=fake, steps=steps,
+        get_batch = _batches(tracker, req.batch_size, mc, target)
+        steady = _tracked_steps(cfg, mc, plan, tracker, get_batch, target=target, fake=fake, steps=steps,
                                 compiled=mode == "compiled")
-        alloc = replay(tracker.events, alloc_conf).to_dict() if target == "cuda" else {}
+        alloc = replay(tracker.events, req.recipe.alloc_conf).to_dict() if target == "cuda" else {}
         runs[mode] = (tracker, steady, alloc, time.perf_counter() - t)
     tracker, steady, alloc, _ = runs["compiled" if plan.compile else "eager"]
     info = tracker.peak_info
@@ -569,23 +547,3 @@ def _install_hooks(trainer: Trainer, tracker: StepTracker) -> list:
     handles.append(opt.register_step_pre_hook(step_pre))
     handles.append(opt.register_step_post_hook(step_post))
     return handles
-
-
-def _main() -> int:
-    """`python -m vramfit.dryrun.fake_step`: JSON request on stdin -> one JSON StepResult on stdout."""
-    try:
-        req = json.loads(sys.stdin.read())
-        mc = GPTConfig.from_dict(req.pop("model_config"))
-        if "capability" in req:
-            req["capability"] = tuple(req["capability"])
-        result = run_step(mc, **req)
-    except (ConfigError, ValueError, TypeError, KeyError) as exc:
-        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
-        return 2
-    print(json.dumps(result.to_dict()))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())
-

@@ -1,151 +1,27 @@
 """Planning for a GPU that was never profiled (`suggest --no-profile`): the physics model calibrated on dry-run
-estimates of a small design, the top suggestions re-checked by the estimator, both kept in a user cache.
+estimates of a small design, the top suggestions re-checked by the estimator.
 
-The cache holds one JSON file per key (everything that changes an estimate: torch version, capability, the
-resolved recipe, the vocabulary, the target, the code of the estimator and of the calibration, the context
-table's version and the design) with the calibrated model, its 16 estimates and the re-checked configs. A second
-call with the same key runs no estimate for calibration; a corrupt file is reported and rebuilt."""
+The estimates run in a pool of warm workers and are kept in the dry run's one cache
+(`vramfit.dryrun.cache.EstimateCache`, valid while torch and the source of the estimator and of this calibration are
+unchanged), the calibrated model beside them: a second call with the same recipe, capability, vocabulary and
+target runs no estimate and fits nothing."""
 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import itertools
-import json
 import math
-import os
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
-from vramfit.dryrun.sdpa import BUILD_ENV
-from vramfit.plan.estimate_pool import EstimatorPool, Job
+from vramfit.dryrun.cache import EstimateCache
+from vramfit.dryrun.estimate import EstimateRequest, device_bytes
+from vramfit.dryrun.estimator import Estimator
 from vramfit.shape import Shape
 
-CACHE_FORMAT = 1
 # the design the physics model is calibrated on: 2 x 2 x 2 x 2 = 16 dry-run estimates, head dim 64
 DESIGN = {"n_layer": (2, 8), "n_embd": (256, 768), "block_size": (256, 1024), "batch_size": (1, 8)}
-# source files whose code decides an estimate or the calibrated model: a change to any of them misses the cache
-CODE_FILES = ("vramfit/dryrun/__init__.py", "vramfit/dryrun/estimate.py", "vramfit/dryrun/fake_step.py",
-              "vramfit/dryrun/compiled.py", "vramfit/dryrun/allocator.py", "vramfit/dryrun/context.py",
-              "vramfit/dryrun/sdpa.py", "vramfit/measure/probe.py",
-              "gpt/config.py", "gpt/model.py", "gpt/train.py", "vramfit/recipe.py", "vramfit/fit/features.py",
-              "vramfit/fit/memmodel.py", "vramfit/fit/stats.py", "vramfit/plan/noprofile.py")
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """`cache_dir`, else $VRAMFIT_CACHE_DIR, else the user cache directory: platformdirs' where it is installed
-    (it is needed by nothing else: a sweep runs without it), else $XDG_CACHE_HOME/vramfit or ~/.cache/vramfit."""
-    if cache_dir:
-        return Path(cache_dir)
-    if os.environ.get("VRAMFIT_CACHE_DIR"):
-        return Path(os.environ["VRAMFIT_CACHE_DIR"])
-    try:
-        import platformdirs
-    except ImportError:
-        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vramfit"
-    return Path(platformdirs.user_cache_dir("vramfit", appauthor=False))
-
-
-def code_version(files: tuple[str, ...] = CODE_FILES) -> str:
-    """A hash of the estimator's and the calibration's source (any edit changes it; a missing file too)."""
-    h = hashlib.sha256()
-    for rel in files:
-        path = ROOT / rel
-        h.update(rel.encode())
-        h.update(path.read_bytes() if path.is_file() else b"<missing>")
-    return h.hexdigest()[:16]
-
-
-def context_version() -> str:
-    """The version of the estimator's device-memory terms outside the step (CUDA context, allocator slack): its
-    own `CONTEXT_TABLE_VERSION` where it publishes one, else the values of those terms."""
-    from vramfit.dryrun import estimate
-
-    version = getattr(estimate, "CONTEXT_TABLE_VERSION", None)
-    if version is not None:
-        return str(version)
-    return f"context={getattr(estimate, 'CUDA_CONTEXT_BYTES', None)},slack={getattr(estimate, 'ALLOCATOR_SLACK', None)}"
-
-
-def torch_version() -> str:
-    """The installed torch's version, read without importing it."""
-    try:
-        return importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:
-        return "none"
-
-
-def cache_key(recipe: dict, capability: tuple[int, int], vocab_size: int, target: str = "cuda") -> dict:
-    """Everything that changes the estimates behind a no-profile plan (`recipe`: the resolved recipe's dict)."""
-    return {"format": CACHE_FORMAT, "torch": torch_version(), "capability": list(capability),
-            "recipe": dict(sorted(recipe.items())), "vocab_size": int(vocab_size), "target": target,
-            "estimator": code_version(), "context_table": context_version(),
-            "cuda_build": {k: os.environ.get(k, "") for k in BUILD_ENV},  # the user's SDPA build override
-            "design": {k: list(v) for k, v in DESIGN.items()}}
-
-
-def key_digest(key: dict) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-
-
-def shape_id(shape: tuple[int, ...]) -> str:
-    return ",".join(str(int(v)) for v in shape)
-
-
-@dataclass
-class CacheEntry:
-    """One key's file: the calibrated model (MemoryModel.to_dict), its estimates, and re-checks by shape id."""
-
-    path: Path | None
-    key: dict
-    model: dict | None = None
-    margin_rel: float | None = None
-    estimates: dict[str, int] = field(default_factory=dict)  # design point (shape id) -> device bytes
-    checks: dict[str, int] = field(default_factory=dict)  # suggested config (shape id) -> device bytes
-    dirty: bool = False
-
-    @classmethod
-    def open(cls, root: Path | None, key: dict, warnings: list[str]) -> CacheEntry:
-        """The entry for `key` under `root` (None: no cache); a corrupt file is ignored with a warning."""
-        if root is None:
-            return cls(None, key)
-        path = root / "noprofile" / f"{key_digest(key)}.json"
-        if not path.is_file():
-            return cls(path, key)
-        try:
-            d = json.loads(path.read_text(encoding="utf-8"))
-            if d["key"] != key:
-                raise ValueError("its key does not match its name")
-            entry = cls(path, key, d["model"], d["margin_rel"], {str(k): int(v) for k, v in d["estimates"].items()},
-                        {str(k): int(v) for k, v in d["checks"].items()})
-            if entry.model is not None:
-                from vramfit.fit.memmodel import MemoryModel
-
-                MemoryModel.from_dict(entry.model)
-                float(entry.margin_rel)
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError,
-                AttributeError) as exc:
-            warnings.append(f"warning: ignoring a corrupt cache entry {path} ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else 'unreadable'}); rebuilding it")
-            return cls(path, key, dirty=True)
-        return entry
-
-    def save(self, warnings: list[str]) -> None:
-        """Write the entry atomically (a cache that cannot be written is a warning, never an error)."""
-        if self.path is None or not self.dirty:
-            return
-        doc = {"key": self.key, "model": self.model, "margin_rel": self.margin_rel, "estimates": self.estimates,
-               "checks": self.checks}
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8")
-            tmp.replace(self.path)
-            self.dirty = False
-        except OSError as exc:
-            warnings.append(f"warning: cannot write the cache {self.path} ({exc.strerror or exc}); continuing")
 
 
 def design_shapes(vocab_size: int) -> list[tuple[int, int, int, int, int, int]]:
@@ -186,57 +62,72 @@ def fitting_batch(batch: int, need: int, budget: int, slope: float | None) -> in
 
 
 class DryRunPlanner:
-    """The no-profile model and re-checks for one (recipe, capability, vocabulary, target), through the cache
-    (`cache_dir=None` and `use_cache=False`: no cache) and a pool of estimator workers. Counts what it ran."""
+    """The no-profile model and re-checks for one (recipe, capability, vocabulary, target), through an `Estimator`
+    (default: a pool of `workers` with the user cache in `cache_dir`; `use_cache=False`: memory only). Counts what
+    it ran."""
 
     def __init__(self, recipe, capability: tuple[int, int], vocab_size: int, target: str = "cuda",
                  cache_dir: str | Path | None = None, use_cache: bool = True, workers: int | None = None,
-                 runner=None) -> None:
+                 estimator: Estimator | None = None) -> None:
         self.recipe, self.capability, self.vocab_size, self.target = recipe, capability, vocab_size, target
         self.resolved = recipe.resolved(target, capability)
-        self.key = cache_key(self.resolved.to_dict(), capability, vocab_size, target)
-        self.warnings: list[str] = []
-        self.entry = CacheEntry.open(cache_root(cache_dir) if use_cache else None, self.key, self.warnings)
-        self.pool = EstimatorPool(workers)
-        self._runner = runner  # tests: a stand-in for EstimatorPool.run
-        self.ran = 0
-        self.cached = 0
+        self.estimator = estimator or Estimator("pool", workers=workers,
+                                                cache=EstimateCache.user(cache_dir) if use_cache else None)
+        self._model_hits = 0  # design estimates not needed: the calibrated model came from the cache
         self.margin = None  # vramfit.validation.Margin, once model() ran
 
     def __enter__(self) -> DryRunPlanner:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.pool.close()
-        self.entry.save(self.warnings)
+        self.estimator.close()
 
-    def _estimates(self, shapes: list[tuple], store: dict[str, int]) -> list[int]:
-        """Device bytes of each shape: from `store` where present, the rest estimated (in parallel) and stored."""
-        missing = [s for s in dict.fromkeys(shapes) if shape_id(s) not in store]
-        jobs = [Job(Shape(*s), tuple(sorted(self.recipe.to_dict().items())), self.target,
-                    self.capability) for s in missing]
-        peaks = (self._runner or self.pool.run)(jobs)
-        for s, p in zip(missing, peaks, strict=True):
-            store[shape_id(s)] = int(p)
-        if missing:
-            self.entry.dirty = True
-        self.ran += len(missing)
-        self.cached += len(shapes) - len(missing)
-        return [store[shape_id(s)] for s in shapes]
+    @property
+    def ran(self) -> int:
+        return self.estimator.ran
+
+    @property
+    def cached(self) -> int:
+        return self.estimator.cached + self._model_hits
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.estimator.cache.warnings
+
+    def _requests(self, shapes: list[tuple]) -> list[EstimateRequest]:
+        """The estimator's request for each shape (KEYS order), the recipe resolved ('auto' and the settings
+        it resolves to are one request)."""
+        from gpt.config import GPTConfig
+
+        return [EstimateRequest(GPTConfig(int(L), int(H), int(C), int(T), int(V)), int(B), self.resolved, self.target,
+                                self.capability, headline_only=True) for L, H, C, T, B, V in shapes]
+
+    def _estimates(self, shapes: list[tuple]) -> list[int]:
+        """Device bytes of each shape, estimated in parallel where the cache has none."""
+        return [device_bytes(e) for e in self.estimator.estimate(self._requests(shapes))]
 
     def model(self):
-        """(MemoryModel, margin, resolved recipe dict): the calibrated model, from the cache when it holds one; the
+        """(MemoryModel, margin, resolved recipe dict): the model calibrated on the design's estimates, kept in the
+        estimator's cache beside them (refitting would import pandas and scikit-learn on every warm call); the
         margin is the public validation set's (`vramfit.validation.planning_margin`, kept in `self.margin`)."""
         from vramfit.fit.memmodel import MemoryModel
         from vramfit.validation import planning_margin
 
         self.margin = planning_margin()
         shapes = design_shapes(self.vocab_size)
-        if self.entry.model is not None:
-            self.cached += len(shapes)
-            return MemoryModel.from_dict(self.entry.model), self.margin.rel, self.resolved.to_dict()
-        model = calibrated_model(shapes, self._estimates(shapes, self.entry.estimates))
-        self.entry.model, self.entry.margin_rel, self.entry.dirty = model.to_dict(), self.margin.rel, True
+        cache = self.estimator.cache
+        key = hashlib.sha256("\n".join(r.key() for r in self._requests(shapes)).encode()).hexdigest()
+        doc = cache.get_doc("calibrated-model", key)
+        if doc is not None:
+            try:
+                model = MemoryModel.from_dict(doc)
+                self._model_hits += len(shapes)
+                return model, self.margin.rel, self.resolved.to_dict()
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                cache.warnings.append(f"warning: ignoring a corrupt calibrated model in the cache "
+                                      f"({type(exc).__name__}); fitting it again")
+        model = calibrated_model(shapes, self._estimates(shapes))
+        cache.put_doc("calibrated-model", key, model.to_dict())
         return model, self.margin.rel, self.resolved.to_dict()
 
     def verify(self, items: list, budget: int) -> list:
@@ -252,7 +143,7 @@ class DryRunPlanner:
                            command=re.sub(r"--batch-size \d+", f"--batch-size {b}", s.command))
 
         items = list(items)
-        needs = self._estimates([shape(s) for s in items], self.entry.checks)
+        needs = self._estimates([shape(s) for s in items])
         before: dict[int, tuple[int, int]] = {}  # item -> (batch, need) of its previous estimate
         for _ in range(3):  # in rounds: each round's re-estimates run in parallel
             redo = [i for i, s in enumerate(items) if needs[i] > budget and s.batch_size > 1]
@@ -263,8 +154,7 @@ class DryRunPlanner:
                 slope = secant(before[i], (b, need)) if i in before else None
                 before[i] = (b, need)
                 items[i] = smaller(items[i], fitting_batch(b, need, budget, slope))
-            for i, need in zip(redo, self._estimates([shape(items[i]) for i in redo], self.entry.checks),
-                               strict=True):
+            for i, need in zip(redo, self._estimates([shape(items[i]) for i in redo]), strict=True):
                 needs[i] = need
         kept = []
         for s, need in zip(items, needs, strict=True):
@@ -277,10 +167,12 @@ class DryRunPlanner:
 
     def counts(self) -> dict:
         """Estimates run here and taken from the cache, the cache file (None: off) and the workers."""
-        return {"estimates_run": self.ran, "from_cache": self.cached, "workers": self.pool.workers,
-                "cache_file": str(self.entry.path) if self.entry.path is not None else None}
+        path, workers = self.estimator.cache.path, self.estimator.workers
+        return {"estimates_run": self.ran, "from_cache": self.cached, "workers": workers,
+                "cache_file": str(path) if path is not None else None}
 
     def summary(self) -> str:
-        where = f"cache {self.entry.path}" if self.entry.path is not None else "cache off"
+        path, workers = self.estimator.cache.path, self.estimator.workers
+        where = f"cache {path}" if path is not None else "cache off"
         return (f"dry run: {self.ran} estimates run, {self.cached} from the cache ({where}; "
-                f"{self.pool.workers} worker{'s' if self.pool.workers != 1 else ''})")
+                f"{workers} worker{'s' if workers != 1 else ''})")

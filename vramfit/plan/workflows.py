@@ -37,18 +37,21 @@ def dryrun_estimates(points: pd.DataFrame, target: str = "auto") -> list[int]:
     compute capability and the point's recipe), in the units of the fit `target` (nvml: whole device, reserved,
     allocated, tracked; `vramfit.dryrun.estimate.target_bytes`)."""
     from gpt.config import GPTConfig
-    from vramfit.dryrun.estimate import estimate_step, parse_capability, target_bytes
+    from vramfit.dryrun.cache import EstimateCache
+    from vramfit.dryrun.estimate import EstimateRequest, parse_capability, target_bytes
+    from vramfit.dryrun.estimator import Estimator
     from vramfit.recipe import Recipe
 
-    out = []
+    reqs, targets = [], []
     for row in points.itertuples(index=False):
-        recipe = Recipe.from_dict(json.loads(row.recipe))
         cuda = row.device_type == "cuda"
         cap = parse_capability(row.compute_capability) if cuda and row.compute_capability else (8, 0)
         mc = GPTConfig(int(row.n_layer), int(row.n_head), int(row.n_embd), int(row.block_size), int(row.vocab_size))
-        est = estimate_step(mc, int(row.batch_size), recipe, "cuda" if cuda else "cpu", cap, headline_only=True)
-        out.append(target_bytes(est, target if target != "auto" else ("nvml" if cuda else "tracked")))
-    return out
+        reqs.append(EstimateRequest(mc, int(row.batch_size), Recipe.from_dict(json.loads(row.recipe)),
+                                    "cuda" if cuda else "cpu", cap, headline_only=True))
+        targets.append(target if target != "auto" else ("nvml" if cuda else "tracked"))
+    with Estimator("process", cache=EstimateCache.user()) as estimator:
+        return [target_bytes(e, t) for e, t in zip(estimator.estimate(reqs), targets, strict=True)]
 
 
 def fit_store(points: pd.DataFrame, target: str = "auto", regimes: int = 2,

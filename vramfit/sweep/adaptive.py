@@ -24,14 +24,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from vramfit.dryrun.batch import estimate_points, point_key
 from vramfit.errors import VramfitError
 from vramfit.fit.features import PHYSICS, features, frame_features
 from vramfit.fit.memmodel import TARGETS, MemoryModel
@@ -41,19 +38,8 @@ from vramfit.recipe import Recipe
 from vramfit.shape import KEYS
 from vramfit.store import DONE_STATUSES, Store
 from vramfit.sweep.cost import estimate_cost, format_duration
-from vramfit.sweep.dynamic import sweep_batch_dim
-from vramfit.sweep.grid import Grid
-from vramfit.sweep.orphans import wait_for_orphans
-from vramfit.sweep.pool import WorkerPool, point_spec, worker_env
 from vramfit.sweep.progress import point_label, reading_label
-from vramfit.sweep.runner import (
-    SweepResult,
-    capacity_bytes,
-    check_batch_mode,
-    identity_points,
-    recorded,
-    single_device,
-)
+from vramfit.sweep.session import Chooser, SweepSession, capacity_bytes, identity_points
 from vramfit.units import format_size
 
 PLANS = ("grid", "adaptive")
@@ -327,57 +313,51 @@ def _already_measured(store: Store, allp: pd.DataFrame, candidates: list[dict]) 
     return measured, prior
 
 
-def run_adaptive(grid: Grid, db: str | Path, settings: PlanSettings, device: str = "auto",
-                 gpu_indices: list[int] | None = None, emulate_bytes: int | None = None, quiet: bool = False,
-                 argv: list[str] | None = None, worker_cmd: list[str] | None = None,
-                 log: Callable[[str], None] = print) -> SweepResult:
-    """Measure the grid points `AdaptivePlanner` picks, one at a time, until its stop rule holds.
+class AdaptiveChooser(Chooser):
+    """The grid points `AdaptivePlanner` picks, one at a time, until its stop rule holds (`vramfit sweep --plan
+    adaptive`); `result.note` says why it stopped and what it saved.
 
     Resumable: points of this grid already in the store (same device model, recipe, torch, emulation) count as
     measured, and the predictions stored with them feed the stop rule."""
-    d = single_device(device, gpu_indices, "an adaptive plan")
-    recipe = d.resolve(grid.recipe)
-    grid, batch_line = sweep_batch_dim(grid, [(d.device_type, bool(recipe.compile))])  # may refuse: before the store
-    wait_for_orphans(db)
-    store = Store(db)
-    env_id = store.environment(d.to_dict(), recipe, emulate_bytes)
-    check_batch_mode(store, [env_id], bool(grid.measure.dynamic_batch))
-    candidates, n_invalid = grid.points()
-    capacity = capacity_bytes(d, emulate_bytes)
-    col = target_column(d.device_type)
-    planner = AdaptivePlanner(candidates, col, settings, capacity)
-    say = (lambda msg: None) if quiet else log
-    if capacity is not None and settings.n_estimates > 0:
-        t0 = time.time()
-        todo = planner.estimate_targets(min(settings.n_estimates, len(candidates)))
-        est, why = cached_estimates(store, todo, recipe, d)
-        planner.set_estimates(est)
-        say(f"dry-run estimates: {len(est)}/{len(todo)} points in {time.time() - t0:.0f} s"
-            + (f" ({why})" if why else "") + f"; capacity {format_size(capacity)}")
-    allp = identity_points(store, env_id)
-    measured, prior = _already_measured(store, allp, candidates)
-    resumed = len(measured)
-    sweep_id = store.start_sweep(grid.name, grid.path, {**grid.to_dict(), "plan": settings.to_dict()},
-                                 [d.device_type if d.index is None else f"{d.device_type}:{d.index}"],
-                                 emulate_bytes, settings.points, n_invalid, resumed, argv)
-    result = SweepResult(sweep_id, str(db), settings.points, n_invalid, resumed)
-    say(f"sweep {sweep_id} '{grid.name}' (adaptive, at most {settings.points} of {len(candidates)} points, "
-        f"target error {settings.target_error:.1%}) on {d.device_name}"
-        + (f", emulating {format_size(emulate_bytes)}" if emulate_bytes else "")
-        + f": {resumed} already measured; recipe {recipe.key()}; db {db}")
-    pool = WorkerPool(worker_cmd, owner=db)
-    mode = "fork" if pool.fork else "spawn"
-    say(pool.describe())
-    if batch_line:
-        say(batch_line)
-    left = [p for p in candidates if point_key(p) not in {point_key(r) for _, r in measured.iterrows()}]
-    if settings.points > resumed and left:
-        say("at most " + estimate_cost(left[: settings.points - resumed], allp, mode,
-                                       compiled=bool(recipe.compile)).line())
-    env = worker_env(d, recipe, grid.measure)
-    tried = measured
-    t_start = time.time()
-    with pool, recorded(store, sweep_id, pool.kill_all):
+
+    one_device = "an adaptive plan"
+
+    def __init__(self, settings: PlanSettings) -> None:
+        self.settings = settings
+
+    def run(self, s: SweepSession) -> None:
+        settings, o, grid, d, recipe = self.settings, s.options, s.grid, s.device, s.recipes[0]
+        store, env_id = s.store, s.env_ids[0]
+        candidates = grid.points()[0]
+        capacity = capacity_bytes(d, o.emulate_bytes)
+        col = target_column(d.device_type)
+        planner = AdaptivePlanner(candidates, col, settings, capacity)
+        if capacity is not None and settings.n_estimates > 0:
+            t0 = time.time()
+            todo = planner.estimate_targets(min(settings.n_estimates, len(candidates)))
+            est, why = cached_estimates(todo, recipe, d)
+            planner.set_estimates(est)
+            o.say(f"dry-run estimates: {len(est)}/{len(todo)} points in {time.time() - t0:.0f} s"
+                  + (f" ({why})" if why else "") + f"; capacity {format_size(capacity)}")
+        allp = identity_points(store, env_id)
+        measured, prior = _already_measured(store, allp, candidates)
+        resumed = len(measured)
+        result = s.start(settings.points, resumed, plan=settings.to_dict())
+        o.say(f"sweep {result.sweep_id} '{grid.name}' (adaptive, at most {settings.points} of {len(candidates)} "
+              f"points, target error {settings.target_error:.1%}) on {d.device_name}"
+              + ("" if s.ex.local else f" (executor {s.ex.name})")
+              + (f", emulating {format_size(o.emulate_bytes)}" if o.emulate_bytes else "")
+              + f": {resumed} already measured; recipe {recipe.key()}; db {o.db}")
+        mode = s.ex.worker_mode
+        o.say(s.ex.describe())
+        if s.batch_line:
+            o.say(s.batch_line)
+        left = [p for p in candidates if point_key(p) not in {point_key(r) for _, r in measured.iterrows()}]
+        if settings.points > resumed and left:
+            o.say("at most " + estimate_cost(left[: settings.points - resumed], allp, mode,
+                                             compiled=bool(recipe.compile)).line())
+        tried = measured
+        t_start = time.time()
         while True:
             check = planner.should_stop(measured, prior)
             if check.stop:
@@ -388,11 +368,10 @@ def run_adaptive(grid: Grid, db: str | Path, settings: PlanSettings, device: str
                 result.note = f"stopped: no candidate left ({check.why})"
                 break
             p = choice.point
-            rec = pool.run(point_spec(p, recipe, d, grid.measure, emulate_bytes), env, grid.measure.timeout_s)
-            rec.update({k: v for k, v in choice.extra().items() if v is not None})
-            point_id = store.insert_point(rec, env_id, sweep_id)
-            result.counts[rec["status"]] += 1
-            row = pd.DataFrame([{**rec, **{k: p[k] for k in KEYS}, "point_id": point_id}])
+            extra = {k: v for k, v in choice.extra().items() if v is not None}
+            ev = s.measure_one(s.job(p, extra=extra))
+            rec = ev.record
+            row = pd.DataFrame([{**rec, **{k: p[k] for k in KEYS}, "point_id": ev.point_id}])
             tried = pd.concat([tried, row], ignore_index=True)
             if rec["status"] in DONE_STATUSES:
                 measured = pd.concat([measured, row], ignore_index=True)
@@ -402,12 +381,11 @@ def run_adaptive(grid: Grid, db: str | Path, settings: PlanSettings, device: str
             if choice.predicted_bytes is not None and rec.get(col):
                 pred = f"; predicted {format_size(choice.predicted_bytes, 1)} " \
                        f"({(choice.predicted_bytes - rec[col]) / rec[col]:+.1%})"
-            say(f"[{len(tried)}/{settings.points}] {choice.reason}: {point_label(p)}: {reading_label(rec)}{pred}")
+            o.say(f"[{len(tried)}/{settings.points}] {choice.reason}: {point_label(p)}: {reading_label(rec)}{pred}")
         if len(tried) > resumed:
             result.note += "; " + time_saved(candidates, len(tried) - resumed, time.time() - t_start,
                                              identity_points(store, env_id), mode)
-    say(result.note)
-    return result
+        o.say(result.note)
 
 
 def time_saved(candidates: list[dict], n_run: int, elapsed: float, profile: pd.DataFrame, mode: str) -> str:
@@ -421,15 +399,30 @@ def time_saved(candidates: list[dict], n_run: int, elapsed: float, profile: pd.D
                else "no time saved"))
 
 
-def cached_estimates(store: Store, todo: list[dict], recipe: Recipe, d: DeviceFacts) -> tuple[dict, str]:
-    """Dry-run estimates for `todo`, kept in the database so that a resumed plan does not recompute them; keyed
-    by recipe, device type and compute capability."""
-    key = f"{recipe.key()}|{d.device_type}|{d.compute_capability}|device-v2"  # v2: reserved + context table
-    have = store.cached_estimates(key)
-    missing = [p for p in todo if point_key(p) not in have]
-    why = ""
-    if missing:
-        new, why = estimate_points(missing, recipe.to_dict(), d.device_type, d.compute_capability)
-        store.store_estimates(key, new)
-        have.update(new)
-    return {point_key(p): have[point_key(p)] for p in todo if point_key(p) in have}, why
+def point_key(p: dict) -> tuple[int, ...]:
+    """A point's shape as a tuple (the order of KEYS)."""
+    return tuple(int(p[k]) for k in KEYS)
+
+
+def cached_estimates(todo: list[dict], recipe: Recipe, d: DeviceFacts) -> tuple[dict, str]:
+    """Dry-run estimates for `todo` (key -> bytes: device bytes on CUDA, tracked on the CPU), in one child process
+    (a crash there cannot take the sweep down) and kept in the dry run's cache, so that a resumed plan does not
+    recompute them. A failure gives ({}, why)."""
+    from gpt.config import GPTConfig
+    from gpt.errors import ConfigError
+    from vramfit.dryrun.cache import EstimateCache
+    from vramfit.dryrun.estimate import EstimateRequest, parse_capability, target_bytes
+    from vramfit.dryrun.estimator import Estimator
+
+    cuda = d.device_type == "cuda"
+    try:
+        cap = parse_capability(d.compute_capability) if d.compute_capability else (8, 0)
+        reqs = [EstimateRequest(GPTConfig(*(int(p[k]) for k in ("n_layer", "n_head", "n_embd", "block_size",
+                                                                 "vocab_size"))),
+                                int(p["batch_size"]), recipe, d.device_type, cap, headline_only=True) for p in todo]
+        with Estimator("child", cache=EstimateCache.user()) as estimator:
+            done = estimator.estimate(reqs)
+    except (VramfitError, ConfigError) as exc:
+        return {}, str(exc)
+    return {point_key(p): float(target_bytes(e, "nvml" if cuda else "tracked")) for p, e in zip(todo, done,
+                                                                                                   strict=True)}, ""

@@ -6,23 +6,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from vramfit.errors import VramfitError
-from vramfit.fit.features import PHYSICS, features
+from vramfit.fit.features import PHYSICS, features, frame_features
 from vramfit.fit.memmodel import MemoryModel
 from vramfit.shape import KEYS
-from vramfit.store import DONE_STATUSES, Store
+from vramfit.store import DONE_STATUSES
 from vramfit.sweep.adaptive import target_column
-from vramfit.sweep.dynamic import sweep_batch_dim
-from vramfit.sweep.grid import Grid
-from vramfit.sweep.orphans import wait_for_orphans
-from vramfit.sweep.pool import WorkerPool, point_spec, worker_env
 from vramfit.sweep.progress import point_label, reading_label
-from vramfit.sweep.runner import capacity_bytes, check_batch_mode, identity_points, recorded, single_device
+from vramfit.sweep.session import Chooser, SweepSession, capacity_bytes, identity_points
 from vramfit.units import format_size
 
 
@@ -112,51 +107,33 @@ class BoundaryResult:
     probes: list = field(default_factory=list)  # Probe(batch_size, fits, status), in order
 
 
-def run_boundary(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: list[int] | None = None,
-                 emulate_bytes: int | None = None, model: MemoryModel | None = None, quiet: bool = False,
-                 argv: list[str] | None = None, worker_cmd: list[str] | None = None,
-                 log: Callable[[str], None] = print) -> list[BoundaryResult]:
+class BoundaryChooser(Chooser):
     """For each model shape of the grid: the largest batch in the grid's batch range (1..max for one value) that
     fits, by galloping + bisection on real runs from the model's prediction (`model`, else the memory model fitted
     to this device's points in the store, else the range's geometric middle). Every probe is stored; probes
-    already in the store are reused, so a rerun resumes."""
-    d = single_device(device, gpu_indices, "a boundary search")
-    capacity = capacity_bytes(d, emulate_bytes)
-    if capacity is None:
-        raise VramfitError("--boundary on the CPU needs --emulate-vram (the capacity whose edge to find)")
-    recipe = d.resolve(grid.recipe)
-    grid, batch_line = sweep_batch_dim(grid, [(d.device_type, bool(recipe.compile))])  # may refuse: before the store
-    wait_for_orphans(db)
-    store = Store(db)
-    env_id = store.environment(d.to_dict(), recipe, emulate_bytes)
-    check_batch_mode(store, [env_id], bool(grid.measure.dynamic_batch))
-    pts, n_invalid = grid.points()
-    batches = sorted({p["batch_size"] for p in pts})
-    lo, hi = (batches[0], batches[-1]) if len(batches) > 1 else (1, batches[0])
-    shapes = list({tuple(p[k] for k in KEYS if k != "batch_size"): None for p in pts})
-    col = target_column(d.device_type)
-    source = "model file"
-    if model is None:
-        have = identity_points(store, env_id)
-        ok = have[(have["status"] == "ok") & have[col].notna()] if len(have) else have
-        if len(ok) >= 4:
-            from vramfit.fit.features import frame_features
+    already in the store are reused, so a rerun resumes. `result.boundaries`: a `BoundaryResult` per shape."""
 
-            model = MemoryModel(PHYSICS, regimes=2).fit(frame_features(ok), ok[col].to_numpy(dtype=float))
-            source = f"fitted on {len(ok)} stored points"
-        else:
-            source = "range middle"
-    sweep_id = store.start_sweep(grid.name, grid.path, {**grid.to_dict(), "plan": "boundary"},
-                                 [d.device_type if d.index is None else f"{d.device_type}:{d.index}"],
-                                 emulate_bytes, 0, n_invalid, 0, argv)
-    pool = WorkerPool(worker_cmd, owner=db)
-    env = worker_env(d, recipe, grid.measure)
-    say = (lambda msg: None) if quiet else log
-    say(pool.describe())
-    if batch_line:
-        say(batch_line)
-    out: list[BoundaryResult] = []
-    with pool, recorded(store, sweep_id, pool.kill_all):
+    one_device = "a boundary search"
+
+    def __init__(self, model: MemoryModel | None = None) -> None:
+        self.model = model
+
+    def check(self, s: SweepSession) -> None:
+        if capacity_bytes(s.device, s.options.emulate_bytes) is None:
+            raise VramfitError("--boundary on the CPU needs --emulate-vram (the capacity whose edge to find)")
+
+    def run(self, s: SweepSession) -> None:
+        o, grid, d, store, env_id = s.options, s.grid, s.device, s.store, s.env_ids[0]
+        capacity = capacity_bytes(d, o.emulate_bytes)
+        pts = grid.points()[0]
+        batches = sorted({p["batch_size"] for p in pts})
+        lo, hi = (batches[0], batches[-1]) if len(batches) > 1 else (1, batches[0])
+        shapes = list({tuple(p[k] for k in KEYS if k != "batch_size"): None for p in pts})
+        model, source = self._start_model(s)
+        result = s.start(0, 0, plan="boundary")
+        o.say(s.ex.describe())
+        if s.batch_line:
+            o.say(s.batch_line)
         for key in shapes:
             shape = dict(zip([k for k in KEYS if k != "batch_size"], key, strict=True))
             if model is not None:
@@ -164,7 +141,7 @@ def run_boundary(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: 
             else:
                 start = int(round(math.sqrt(lo * hi)))
             label = point_label({**shape, "batch_size": "*"})
-            say(f"boundary {label} in {format_size(capacity)}: batch {lo}..{hi}, start {start} ({source})")
+            o.say(f"boundary {label} in {format_size(capacity)}: batch {lo}..{hi}, start {start} ({source})")
 
             def probe(b: int, shape: dict = shape, start: int = start) -> bool | None:
                 p = {**shape, "batch_size": b}
@@ -174,15 +151,24 @@ def run_boundary(grid: Grid, db: str | Path, device: str = "auto", gpu_indices: 
                     same = same[same["status"].isin(DONE_STATUSES)]
                     if len(same):
                         st = same["status"].iloc[-1]
-                        say(f"  batch {b}: {st} (already measured)")
+                        o.say(f"  batch {b}: {st} (already measured)")
                         return st == "ok"
-                rec = pool.run(point_spec(p, recipe, d, grid.measure, emulate_bytes), env, grid.measure.timeout_s)
-                rec.update(plan="boundary", boundary_start=start)
-                store.insert_point(rec, env_id, sweep_id)
-                say(f"  batch {b}: {reading_label(rec)}")
+                rec = s.measure_one(s.job(p, extra={"plan": "boundary", "boundary_start": start})).record
+                o.say(f"  batch {b}: {reading_label(rec)}")
                 return {"ok": True, "oom": False}.get(rec["status"])
 
             best, probes = bisect_batch(probe, start, lo, hi)
-            out.append(BoundaryResult(shape, capacity, start, source, best, probes))
-            say(f"  largest batch that fits: {best} (predicted {start}; {len(probes)} probes)")
-    return out
+            result.boundaries.append(BoundaryResult(shape, capacity, start, source, best, probes))
+            o.say(f"  largest batch that fits: {best} (predicted {start}; {len(probes)} probes)")
+
+    def _start_model(self, s: SweepSession) -> tuple[MemoryModel | None, str]:
+        """The model whose prediction starts each search, and where it comes from."""
+        if self.model is not None:
+            return self.model, "model file"
+        col = target_column(s.device.device_type)
+        have = identity_points(s.store, s.env_ids[0])
+        ok = have[(have["status"] == "ok") & have[col].notna()] if len(have) else have
+        if len(ok) < 4:
+            return None, "range middle"
+        return (MemoryModel(PHYSICS, regimes=2).fit(frame_features(ok), ok[col].to_numpy(dtype=float)),
+                f"fitted on {len(ok)} stored points")

@@ -1,6 +1,6 @@
 """What a sweep will cost before it starts: its points times (a point's overhead + its measured steps).
 
-With a profile of the device (this device model, recipe and torch in the store: `runner.identity_points`), a
+With a profile of the device (this device model, recipe and torch in the store: `session.identity_points`), a
 point costs the *measured* per-point overhead (everything but the steady steps: process start, import, CPU
 warm-up, build, the first step with its compilation, exit), taken from the profile's points that ran in the same
 worker mode, plus the profile's typical number of step-equivalents times the throughput model's ms/iter for its

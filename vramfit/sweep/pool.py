@@ -223,7 +223,11 @@ def gpu_snapshot(d: DeviceFacts) -> dict:
     return NvmlProbe(d.gpu_uuid, d.nvml_index if d.nvml_index is not None else d.index or 0).snapshot()
 
 
+
 def point_spec(point: dict, recipe: Recipe, d: DeviceFacts, measure: Measure, emulate_bytes: int | None) -> dict:
-    """The worker's input for one point on one device (the adaptive and boundary planners' single queue)."""
-    return {"point": point, "recipe": recipe.to_dict(), "device": d.torch_device, "gpu_uuid": d.gpu_uuid,
-            "measure": measure.to_dict(), "emulate_bytes": emulate_bytes, **gpu_snapshot(d)}
+    """The worker's input for one point on one device outside a sweep (a check, a test); a sweep's session builds
+    the same through its executor (`vramfit.sweep.executors.complete_spec`)."""
+    from vramfit.sweep.executors import complete_spec
+
+    return complete_spec({"point": point, "recipe": recipe.to_dict(), "measure": measure.to_dict(),
+                          "emulate_bytes": emulate_bytes}, d)

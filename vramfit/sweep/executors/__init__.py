@@ -1,4 +1,5 @@
-"""Executors: where a sweep's points run. The sweep driver plans, an executor runs, the driver alone writes the store.
+"""Executors: where a sweep's points run. The sweep session (`vramfit.sweep.session`) and its chooser plan, an
+executor runs, the session alone writes the store.
 
 An executor takes `Job`s (one point, planned for one device group) and yields `Event`s as they happen:
 `start`, `skip` (measured meanwhile by a concurrent sweep) and `done` with the worker's record and, when the
@@ -7,7 +8,8 @@ executor runs the same worker (`vramfit.measure.worker`, one fresh process per p
 depend on the executor.
 
 - `LocalExecutor`: this machine's devices, one thread per device, each device of a group pulling from the group's
-  queue (today's behaviour of `vramfit sweep`); points are forked from a fork server where fork is available.
+  queue; one device measures in the caller's thread, so that its fork server (which dies with the thread that
+  started it) serves every batch of the sweep. Points are forked from a fork server where fork is available.
 - `vramfit.sweep.executors.ray.RayExecutor`: one Ray task per point on a Ray cluster (`--executor ray`); each task
   spawns its own fresh worker.
 
@@ -21,7 +23,7 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vramfit.errors import VramfitError
 from vramfit.measure.devices import DeviceFacts
@@ -38,6 +40,7 @@ class Job:
     point: dict
     group: str
     spec: dict  # the worker spec without the device-specific fields (gpu_uuid, idle_baseline, pids_before)
+    extra: dict = field(default_factory=dict)  # stored with the record: why the chooser picked the point
 
 
 @dataclass
@@ -50,6 +53,7 @@ class Event:
     record: dict | None = None
     facts: dict | None = None  # the device it actually ran on, when it may differ from the planned slot
     recipe: dict | None = None  # the recipe resolved for that device
+    point_id: int | None = None  # the stored row (set by the sweep session)
 
 
 def complete_spec(spec: dict, facts: DeviceFacts) -> dict:
@@ -91,7 +95,8 @@ class Executor:
 
 
 class LocalExecutor(Executor):
-    """This machine: one thread per device; devices of one group share the group's queue of points."""
+    """This machine: one thread per device (one device: the caller's thread); devices of one group share the
+    group's queue of points."""
 
     name = "local"
     local = True
@@ -118,39 +123,28 @@ class LocalExecutor(Executor):
     def run(self, jobs: list[Job], devices: list[DeviceFacts], recipes: list, measure, skip: SkipCheck | None = None,
             ) -> Iterator[Event]:
         from vramfit.store import device_key
-        from vramfit.sweep.pool import worker_env
 
         queues: dict[str, queue.Queue] = {}
         for job in jobs:
             queues.setdefault(job.group, queue.Queue()).put(job)
-        events: queue.Queue = queue.Queue()
         stop = threading.Event()
 
+        def lane(i: int) -> Iterator[Event]:  # device i takes points from its group's queue
+            q = queues.get(device_key(devices[i].to_dict()))
+            if q is not None:
+                yield from self._lane(i, devices[i], recipes[i], measure, q, skip, stop)
+
+        if len(devices) == 1:  # in this thread: its fork server lives as long as the executor
+            yield from lane(0)
+            return
+        events: queue.Queue = queue.Queue()
+
         def work(i: int) -> None:
-            d, r = devices[i], recipes[i]
-            q = queues.get(device_key(d.to_dict()))
-            if q is None:
-                return
-            env = worker_env(d, r, measure)
-            with contextlib.ExitStack() as stack:
-                stack.callback(self.pool.close_thread)  # this thread's fork server goes with it
-                measured = stack.enter_context(skip() if skip is not None else contextlib.nullcontext(None))
-                while not stop.is_set():
-                    try:
-                        job = q.get_nowait()
-                    except queue.Empty:
-                        break
-                    if measured is not None and measured(i, job.point):
-                        events.put(Event("skip", job, i))
-                        continue
-                    spec = complete_spec(job.spec, d)
-                    events.put(Event("start", job, i))
-                    try:
-                        rec = self.pool.run(spec, env, measure.timeout_s)
-                    except Exception as exc:  # noqa: BLE001 - e.g. cannot spawn: record it and go on
-                        rec = {**job.point, "status": "error", "error": f"cannot run worker: {exc}"}
-                    if not stop.is_set():
-                        events.put(Event("done", job, i, rec))
+            try:
+                for ev in lane(i):
+                    events.put(ev)
+            finally:
+                self.pool.close_thread()  # this thread's fork server goes with it
 
         threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(len(devices))]
         for t in threads:
@@ -164,6 +158,30 @@ class LocalExecutor(Executor):
                         return
         finally:
             stop.set()
+
+    def _lane(self, i: int, d: DeviceFacts, recipe, measure, q: queue.Queue, skip: SkipCheck | None,
+              stop: threading.Event) -> Iterator[Event]:
+        """Device slot i's events: its points, one fresh worker each, until the queue is empty or `stop`."""
+        from vramfit.sweep.pool import worker_env
+
+        env = worker_env(d, recipe, measure)
+        with skip() if skip is not None else contextlib.nullcontext(None) as measured:
+            while not stop.is_set():
+                try:
+                    job = q.get_nowait()
+                except queue.Empty:
+                    break
+                if measured is not None and measured(i, job.point):
+                    yield Event("skip", job, i)
+                    continue
+                spec = complete_spec(job.spec, d)
+                yield Event("start", job, i)
+                try:
+                    rec = self.pool.run(spec, env, measure.timeout_s)
+                except Exception as exc:  # noqa: BLE001 - e.g. cannot spawn: record it and go on
+                    rec = {**job.point, "status": "error", "error": f"cannot run worker: {exc}"}
+                if not stop.is_set():
+                    yield Event("done", job, i, rec)
 
     def kill_all(self) -> None:
         self.pool.kill_all()
