@@ -211,8 +211,10 @@ def test_a_real_worker_killed_from_outside_is_an_error_row(tmp_path):
                             text=True)
     deadline = time.time() + 180  # two torch imports (the sweep's, its fork server's) first: ~40 s under load
     killed = None
-    while killed is None and time.time() < deadline:  # a forked point lives ~0.5 s here: kill it on sight
-        for victim in _worker_children(proc.pid):
+    # once the first point is stored (the fork server's own fork-safety child, `zygote.cuda_state`, is gone by
+    # then), every child is a point's worker; a forked point lives ~0.5 s here: kill it on sight
+    while killed is None and time.time() < deadline:
+        for victim in _worker_children(proc.pid) if n_points(db) >= 1 else []:
             try:
                 os.kill(victim, signal.SIGKILL)
                 killed = victim

@@ -143,7 +143,7 @@ def _check_train_outputs(cfg, db: Path | None) -> None:
         writable_file(db, "--db")
         check_output(db, {"the checkpoint": Path(cfg.out_dir) / "ckpt.pt",
                           "the training data": [Path(cfg.data_dir) / n for n in ("train.bin", "val.bin", "meta.json")]},
-                     "--db")
+                     "--db", replaces=("a SQLite database",))
         if db.exists():
             from vramfit.store import Store
 
