@@ -24,7 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from vramfit.fit.memmodel import fit_points, load_model  # noqa: E402
+from vramfit.fit.memmodel import fit_points
+from vramfit.fit.profile import Profile  # noqa: E402
 from vramfit.plan.suggest import OBJECTIVES, enumerate_space, suggest  # noqa: E402
 from vramfit.units import parse_size  # noqa: E402
 
@@ -80,8 +81,8 @@ def main() -> None:
         bench_no_profile(args)
         return
     if args.model:
-        doc = load_model(args.model)
-        model, margin = doc["model"], doc["margin_rel"]
+        doc = Profile.load(args.model)
+        model, margin = doc.model, doc.margin_rel
     else:
         from planner_data import synthetic_points
 

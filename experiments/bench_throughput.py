@@ -31,8 +31,8 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 from bench_accuracy import code_hash, measure, provenance, write_table  # noqa: E402
 
-from vramfit import SHAPE_KEYS  # noqa: E402
 from vramfit.fit.throughput import fit_throughput, frame_time_features, timed_points  # noqa: E402
+from vramfit.shape import KEYS  # noqa: E402
 
 GRIDS = ROOT / "experiments" / "grids"
 
@@ -67,7 +67,7 @@ def noise_floor(quicks: list[pd.DataFrame]) -> list[dict]:
     """Per quick-grid point, the spread of its best and its median step across the repeats."""
     if len(quicks) < 2:
         return []
-    frames = [timed_points(q).groupby(list(SHAPE_KEYS))[["ms_best", "ms_per_iter"]].min() for q in quicks]
+    frames = [timed_points(q).groupby(list(KEYS))[["ms_best", "ms_per_iter"]].min() for q in quicks]
     rows = []
     for col, label in (("ms_best", "run-to-run spread, best step"), ("ms_per_iter", "run-to-run spread, median step")):
         w = pd.concat([f[col] for f in frames], axis=1).dropna()

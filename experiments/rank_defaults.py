@@ -48,10 +48,10 @@ def load(args):
                 print(p.summary())
         return out
     if args.model:
-        from vramfit.fit.memmodel import load_model
+        from vramfit.fit.profile import Profile
 
-        doc = load_model(args.model)
-        return dict.fromkeys(REFS, (doc["model"], doc["margin_rel"]))
+        doc = Profile.load(args.model)
+        return dict.fromkeys(REFS, (doc.model, doc.margin_rel))
     from planner_data import synthetic_points
 
     from vramfit.fit.memmodel import fit_points

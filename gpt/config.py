@@ -15,6 +15,8 @@ from pathlib import Path
 
 from gpt.errors import ConfigError
 
+GPT2_VOCAB = 50304  # nanoGPT's vocabulary without a meta.pkl: GPT-2's 50257 BPE tokens, padded to a multiple of 64
+
 ATTN_KERNELS = ("default", "flash", "efficient", "math")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 OPTIMIZERS = ("auto", "fused", "foreach", "loop", "muon", "sgd", "adafactor")
@@ -140,7 +142,7 @@ class GPTConfig:
     n_head: int = 12
     n_embd: int = 768
     block_size: int = 1024
-    vocab_size: int = 50304
+    vocab_size: int = GPT2_VOCAB
     dropout: float = 0.0
     bias: bool | None = None
     arch: str = "gpt2"
@@ -507,7 +509,7 @@ class TrainConfig:
 
     def model_config(self, vocab_size: int | None = None) -> GPTConfig:
         """The GPTConfig of this run (`vocab_size` from the corpus when the config leaves it unset)."""
-        vocab = self.vocab_size or vocab_size or 50304
+        vocab = self.vocab_size or vocab_size or GPT2_VOCAB
         return GPTConfig(self.n_layer, self.n_head, self.n_embd, self.block_size, vocab, self.dropout, self.bias,
                          self.arch, **{k: getattr(self, k) for k in ARCH_OPTIONS})
 

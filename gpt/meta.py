@@ -13,10 +13,10 @@ import json
 import pickle
 from pathlib import Path
 
+from gpt.config import GPT2_VOCAB
 from gpt.errors import DataError
 from gpt.files import output_path
 
-GPT2_VOCAB = 50304  # nanoGPT's vocabulary when a data folder has no meta.pkl: GPT-2's 50257, padded to 64
 # protocols 0-2 name the module `__builtin__` (Python 2's), which pickle maps to `builtins`
 _SAFE_GLOBALS = {(m, n) for m in ("builtins", "__builtin__") for n in ("set", "frozenset")}
 

@@ -9,8 +9,8 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-from vramfit import SHAPE_KEYS
 from vramfit.fit.features import features
+from vramfit.shape import KEYS
 from vramfit.store import Store
 from vramfit.sweep.executors import Executor
 from vramfit.sweep.grid import load_grid
@@ -33,7 +33,7 @@ FAKE_WORKER = textwrap.dedent(f"""
 
 
 def formula(p: dict) -> float:
-    f = features(*(p[k] for k in SHAPE_KEYS))
+    f = features(*(p[k] for k in KEYS))
     P, N, V, L, C = f["params"][0], f["tokens"][0], p["vocab_size"], p["n_layer"], p["n_embd"]
     return 3e6 + 16 * P + 12 * N * V + 40 * N * L * C + 8 * N * C  # FORMULA
 
@@ -51,7 +51,7 @@ BOUNDARY_BEST = 20  # the emulated card holds the boundary shape at batch 20, no
 def plan_rows(db: Path) -> list[tuple]:
     """(shape, status, tracked bytes, what the chooser stored with it) per point, in the order measured."""
     with Store(db) as s:
-        rows = s.conn.execute(f"SELECT {', '.join(SHAPE_KEYS)}, status, tracked_bytes, extra FROM points "
+        rows = s.conn.execute(f"SELECT {', '.join(KEYS)}, status, tracked_bytes, extra FROM points "
                               "ORDER BY point_id").fetchall()
     keep = ("plan", "plan_reason", "plan_predicted_bytes", "plan_feasibility_bytes", "boundary_start")
     return [(*r[:-1], {k: v for k, v in json.loads(r[-1] or "{}").items() if k in keep}) for r in rows]

@@ -41,6 +41,10 @@ CASES = {
     "estimate_cpu": ["estimate", *SHAPE, "--target", "cpu"],
     "estimate_cuda": ["estimate", *SHAPE],
     "estimate_like": ["estimate", "--like", "cfg.py", "--vocab", "65", "--target", "cpu"],
+    # added after the refactor (issue 27): `suggest --like` with a card name, which failed before it ("cannot parse
+    # size 't4'"); its output is the one suggest workflow's
+    "suggest_like": ["suggest", "--vram", "t4", "--like", "cfg.py", "--vocab", "65", "--model", MODEL,
+                     "--suggestions-file", "s.json"],
 }
 NO_PROFILE = ["suggest", "--vram", "512M", "--no-profile", "--capability", "8.6", "--vocab", "65", "--n-layer", "2",
               "--n-head", "4", "--n-embd", "128", "--block-size", "256", "--top", "3", "--no-cache",

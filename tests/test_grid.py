@@ -4,9 +4,9 @@ import re
 
 import pytest
 
-from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.recipe import Recipe
+from vramfit.shape import KEYS
 from vramfit.sweep.grid import Grid, Measure, load_grid, parse_int_list
 
 ONE = {"n_layer": [1], "n_head": [2], "n_embd": [32], "block_size": [16], "batch_size": [1], "vocab_size": [64]}
@@ -152,7 +152,7 @@ def test_points_keep_order_drop_duplicates_and_count_invalid_once():
     pts, invalid = g.points()
     assert [(p["n_head"], p["n_embd"]) for p in pts] == [(2, 32), (2, 48), (3, 48)]
     assert invalid == 1  # (3, 32) twice: one combination
-    assert list(pts[0]) == list(SHAPE_KEYS)
+    assert list(pts[0]) == list(KEYS)
 
 
 @pytest.mark.parametrize("text, message", [

@@ -82,11 +82,12 @@ def test_plots_ms_and_frontier(model_file, tmp_path):
     import matplotlib.image as mpimg
     from PIL import Image
 
+    from vramfit.plan.suggest import TimeBudget
     from vramfit.show.plots import all_plots
 
     points = timed_synthetic(noise=0.01)
     report = fit_points(points, target="nvml")
-    paths = {p.name: p for p in all_plots(report, points, tmp_path, 8 * 2**30, None, hours=6.0)}
+    paths = {p.name: p for p in all_plots(report, points, tmp_path, 8 * 2**30, None, TimeBudget(6.0))}
     assert {"ms_pred_vs_measured.png", "frontier.png"} <= set(paths)
     info = Image.open(paths["ms_pred_vs_measured.png"]).info
     assert "time per iteration" in info["Title"] and "measured ms/iter" in info["Description"]

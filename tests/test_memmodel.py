@@ -6,7 +6,8 @@ from planner_data import TRUE, synthetic_points
 
 from vramfit.errors import VramfitError
 from vramfit.fit.features import PHYSICS, features, frame_features
-from vramfit.fit.memmodel import MemoryModel, fit_points, load_model
+from vramfit.fit.memmodel import MemoryModel, fit_points
+from vramfit.fit.profile import Profile
 
 
 def test_recovers_known_coefficients():
@@ -43,10 +44,10 @@ def test_fit_points_cv_margin_and_baseline():
 def test_json_roundtrip(tmp_path):
     report = fit_points(synthetic_points(), target="nvml")
     path = report.save(tmp_path / "m.json")
-    doc = load_model(path)
+    doc = Profile.load(path)
     f = features(12, 12, 768, 1024, 12, 50304)
-    assert doc["model"].predict(f) == pytest.approx(report.model.predict(f))
-    assert doc["baseline"].predict(f) == pytest.approx(report.baseline.predict(f))
+    assert doc.model.predict(f) == pytest.approx(report.model.predict(f))
+    assert doc.baseline.predict(f) == pytest.approx(report.baseline.predict(f))
     raw = json.loads(path.read_text())
     assert raw["device"] == "Synthetic GPU" and raw["recipe_key"] == "r1" and len(raw["data_hash"]) == 16
     assert {"B/param", "B per token per vocab entry"} <= {c["unit"] for c in raw["coefficients"]}
@@ -83,7 +84,7 @@ def test_fit_errors():
     with pytest.raises(VramfitError, match="not a vramfit model"):
         bad = __import__("pathlib").Path(__import__("tempfile").mkdtemp()) / "bad.json"
         bad.write_text("{}")
-        load_model(bad)
+        Profile.load(bad)
 
 
 def test_physics_features_are_what_the_docs_say():

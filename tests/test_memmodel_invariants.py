@@ -4,6 +4,7 @@ JSON, OOM checks, the data hash and the feature columns."""
 
 import itertools
 import json
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
@@ -18,9 +19,9 @@ from vramfit.fit.memmodel import (
     MemoryModel,
     data_hash,
     fit_points,
-    load_model,
     oom_violations,
 )
+from vramfit.fit.profile import Profile
 
 GIB = 2**30
 
@@ -247,16 +248,16 @@ def test_model_file_round_trip_and_errors(tmp_path):
     report = fit_points(small_points(), target="nvml", dryrun=lambda ok: ok["nvml_bytes"])
     path = report.save(tmp_path / "sub" / "m.json")
     assert path.is_file() and not path.with_suffix(".json.tmp").exists()
-    doc = load_model(path)
+    doc = Profile.load(path)
     f = features(4, 4, 256, 256, 8, 512)
-    assert doc["dryrun"].predict({"estimate": np.array([5e8])})[0] == pytest.approx(5e8, rel=1e-6)
-    assert doc["model"].predict(f)[0] == report.model.predict(f)[0] and doc["throughput"] is None
+    assert doc.dryrun.predict({"estimate": np.array([5e8])})[0] == pytest.approx(5e8, rel=1e-6)
+    assert doc.model.predict(f)[0] == report.model.predict(f)[0] and doc.throughput is None
     with pytest.raises(VramfitError, match=r"no model file at .*none\.json \(run `vramfit fit` first\)"):
-        load_model(tmp_path / "none.json")
+        Profile.load(tmp_path / "none.json")
     for text in ("not json", json.dumps({"model": {}}), json.dumps([1, 2])):
         (tmp_path / "bad.json").write_text(text)
         with pytest.raises(VramfitError, match="is not a vramfit model file"):
-            load_model(tmp_path / "bad.json")
+            Profile.load(tmp_path / "bad.json")
 
 
 def test_oom_violations_compare_with_the_capacity_the_point_ran_under():
@@ -265,15 +266,15 @@ def test_oom_violations_compare_with_the_capacity_the_point_ran_under():
     oom = df.iloc[[0, 1, 2, 3]].assign(status="oom", nvml_bytes=np.nan)
     pred = report.model.predict(frame_features(oom))
     oom = oom.assign(capacity_bytes=[pred[0], pred[1] - 1, np.nan, 1e15], total_memory_bytes=1e15)
-    out = oom_violations(report, pd.concat([df, oom], ignore_index=True))
+    out = oom_violations(report.model, pd.concat([df, oom], ignore_index=True))
     # equal capacity: the model said it fits (violation); just below: fine; unknown: skipped; huge: violation
     assert [(v["batch_size"], v["n_layer"]) for v in out] == [(int(oom.iloc[i]["batch_size"]),
                                                                int(oom.iloc[i]["n_layer"])) for i in (0, 3)]
     assert out[0]["predicted"] == pytest.approx(pred[0]) and out[0]["capacity"] == pred[0]
     no_cap = pd.concat([df, oom.drop(columns=["capacity_bytes"])], ignore_index=True)
-    assert len(oom_violations(report, no_cap)) == 4  # total_memory_bytes (1e15) when no capacity column
-    assert oom_violations(report, df) == []
-    assert oom_violations(report, oom.drop(columns=["capacity_bytes", "total_memory_bytes"])) == []
+    assert len(oom_violations(report.model, no_cap)) == 4  # total_memory_bytes (1e15) when no capacity column
+    assert oom_violations(report.model, df) == []
+    assert oom_violations(report.model, oom.drop(columns=["capacity_bytes", "total_memory_bytes"])) == []
 
 
 def test_data_hash_is_order_free_and_follows_the_readings():
@@ -393,15 +394,17 @@ def test_report_json_has_every_field(tmp_path):
                  "margin_rel": report.margin_rel, "data_hash": report.data_hash, "n_points": 16,
                  "oom_violations": [], "dryrun": None, "throughput": report.throughput.to_json(),
                  "device_type": "cuda", "total_memory_bytes": report.total_memory_bytes,
-                 "compute_capability": report.compute_capability, "ranges": report.ranges}
+                 "compute_capability": report.compute_capability, "ranges": report.ranges,
+                 "fitted_at": report.fitted_at, "source": "sweep"}
     assert d["ranges"]["n_layer"][0] <= d["ranges"]["n_layer"][1]
+    assert datetime.fromisoformat(d["fitted_at"]).tzinfo is not None  # when it was fitted, in UTC
     path = report.save(tmp_path / "a" / "b" / "m.json")  # parent folders are made
     assert path.read_text().startswith('{\n "schema": 1,\n "device": "Synthetic GPU"')  # indent 1: readable
     report.save(path)  # and saving again over it works
-    doc = load_model(path)
-    assert doc["dryrun"] is None and doc["baseline"].features == NAIVE
-    assert doc["baseline"].predict(frame_features(df)).tolist() == report.baseline.predict(frame_features(df)).tolist()
-    assert doc["throughput"].model.to_dict() == report.throughput.model.to_dict()
+    doc = Profile.load(path)
+    assert doc.dryrun is None and doc.baseline.features == NAIVE
+    assert doc.baseline.predict(frame_features(df)).tolist() == report.baseline.predict(frame_features(df)).tolist()
+    assert doc.throughput.model.to_dict() == report.throughput.model.to_dict()
 
 
 def test_fit_points_models_cv_frame_and_hash():

@@ -11,7 +11,7 @@ from planner_data import synthetic_db
 
 from vramfit.cli import main
 from vramfit.fit.features import features
-from vramfit.plan.workflows import load_model
+from vramfit.fit.profile import Profile
 
 SHAPE = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size")
 
@@ -42,7 +42,7 @@ def run(capsys, *args):
 
 
 def _need(doc, s: dict) -> float:
-    return float(doc["model"].predict(features(*(s[k] for k in SHAPE)))[0]) * (1 + doc["margin_rel"])
+    return float(doc.model.predict(features(*(s[k] for k in SHAPE)))[0]) * (1 + doc.margin_rel)
 
 
 def test_predict_like_is_the_config_as_it_is(capsys, checkout, model_file):
@@ -75,7 +75,7 @@ def test_suggest_like_finds_the_largest_batch_block_and_model_close_to_it(capsys
                        "--json")
     assert rc == 0, err
     doc = json.loads(out)
-    model = load_model(model_file)
+    model = Profile.load(model_file)
     budget = doc["budget_bytes"]
     base = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, vocab_size=meta["vocab_size"])
     assert {k: doc["as_is"][k] for k in SHAPE} == base

@@ -223,7 +223,7 @@ def test_cached_cli_run_gives_the_same_suggestions(tmp_path, monkeypatch, capsys
     """The real estimator through the CLI: cold (all estimates run), warm (none run), --no-cache (all run, the
     cache untouched): the same suggestions each time. No GPU profile and no GPU here: auto plans by the dry run."""
     monkeypatch.chdir(tmp_path)  # results/models is empty: no profile
-    monkeypatch.setattr("vramfit.plan.recommend.local_gpu_capability", lambda: None)
+    monkeypatch.setattr("vramfit.plan.profiles.local_gpu_capability", lambda: None)
     args = ["suggest", "--vram", "3G", "--vocab", "128", "--n-layer", "2,4", "--block-size", "256", "--top", "3",
             "--cache-dir", str(tmp_path / "cache"), "--json", "--save", str(tmp_path / "s.json")]
     docs = []
@@ -255,21 +255,22 @@ def profiles(tmp_path_factory):
 def test_what_to_plan_for(profiles, tmp_path):
     """auto/cuda: the newest GPU profile, else None (the dry run); cpu: the newest CPU profile, else an error."""
     from vramfit.errors import VramfitError
-    from vramfit.plan.recommend import SuggestRequest, choose_model
+    from vramfit.plan.profiles import choose_model
+    from vramfit.plan.request import PlanRequest
 
     gpu, cpu = profiles
     only_cpu = tmp_path / "only-cpu"
     only_cpu.mkdir()
     (only_cpu / "cpu.json").write_bytes(cpu.read_bytes())
-    assert choose_model(SuggestRequest("8G"), only_cpu) is None
-    assert choose_model(SuggestRequest("8G", device="cuda"), only_cpu) is None
-    assert choose_model(SuggestRequest("8G", device="cpu"), only_cpu)[0].name == "cpu.json"
+    assert choose_model(PlanRequest("8G"), only_cpu) is None
+    assert choose_model(PlanRequest("8G", device="cuda"), only_cpu) is None
+    assert choose_model(PlanRequest("8G", device="cpu"), only_cpu)[0].name == "cpu.json"
     (only_cpu / "gpu.json").write_bytes(gpu.read_bytes())
-    assert choose_model(SuggestRequest("8G"), only_cpu)[0].name == "gpu.json"
+    assert choose_model(PlanRequest("8G"), only_cpu)[0].name == "gpu.json"
     with pytest.raises(VramfitError, match="no CPU profile"):
-        choose_model(SuggestRequest("8G", device="cpu"), tmp_path / "empty")
+        choose_model(PlanRequest("8G", device="cpu"), tmp_path / "empty")
     with pytest.raises(VramfitError, match="unknown --target"):
-        choose_model(SuggestRequest("8G", device="tpu"), only_cpu)
+        choose_model(PlanRequest("8G", device="tpu"), only_cpu)
 
 
 def test_first_line_says_what_the_plan_is_for(profiles, tmp_path, capsys):

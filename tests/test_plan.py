@@ -16,8 +16,8 @@ import pytest
 from fake_workers import AXES, fake_cmd, formula
 
 import vramfit.sweep.adaptive as sweep_mod
-from vramfit import SHAPE_KEYS
 from vramfit.cli import main
+from vramfit.shape import KEYS
 from vramfit.store import Store
 from vramfit.sweep.adaptive import AdaptiveChooser, AdaptivePlanner, PlanSettings, design_matrix, extremes
 from vramfit.sweep.boundary import bisect_batch
@@ -46,14 +46,14 @@ def plan_rows(db: Path) -> pd.DataFrame:
 def test_coverage_first_then_d_optimal():
     pts = grid().points()[0]
     planner = AdaptivePlanner(pts, "tracked_bytes", PlanSettings(points=12))
-    measured = pd.DataFrame(columns=[*SHAPE_KEYS, "status", "tracked_bytes"])
+    measured = pd.DataFrame(columns=[*KEYS, "status", "tracked_bytes"])
     reasons = []
     for _ in range(8):
         c = planner.next(measured)
         reasons.append(c.reason)
         row = {**c.point, "status": "ok", "tracked_bytes": formula(c.point)}
         measured = pd.concat([measured, pd.DataFrame([row])], ignore_index=True)
-    chosen = measured[list(SHAPE_KEYS)].to_dict("records")
+    chosen = measured[list(KEYS)].to_dict("records")
     assert extremes(chosen) >= extremes(pts)  # every axis' min and max measured
     assert reasons[0] == "coverage" and "d-optimal" in reasons
     k = reasons.index("d-optimal")
@@ -124,7 +124,7 @@ def test_estimates_skip_points_that_cannot_fit_but_keep_a_few_at_the_edge(tmp_pa
 
     def fake_estimates(points, recipe, d):
         calls.append(len(points))
-        return {tuple(p[k] for k in SHAPE_KEYS): 1.1 * formula(p) for p in points}, ""  # a 10 % pessimistic dry run
+        return {tuple(p[k] for k in KEYS): 1.1 * formula(p) for p in points}, ""  # a 10 % pessimistic dry run
 
     monkeypatch.setattr(sweep_mod, "cached_estimates", fake_estimates)
     db = tmp_path / "db.sqlite"
@@ -132,7 +132,7 @@ def test_estimates_skip_points_that_cannot_fit_but_keep_a_few_at_the_edge(tmp_pa
     run_adaptive(db, settings, nonlinear=30.0, emulate_bytes=cap)  # a few % off the physics: runs to its budget
     df = plan_rows(db)
     assert calls == [settings.n_estimates] and len(df) == 14
-    truth = np.array([formula(r) for r in df[list(SHAPE_KEYS)].to_dict("records")])
+    truth = np.array([formula(r) for r in df[list(KEYS)].to_dict("records")])
     assert (truth <= cap * 1.3).all()  # nothing far beyond the card
     near = np.abs(truth - cap) <= 0.2 * cap
     edge = df.extra.map(lambda e: e["plan_reason"] == "boundary").to_numpy() | (df.status == "oom").to_numpy()

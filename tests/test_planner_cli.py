@@ -47,13 +47,13 @@ def test_predict_breakdown(capsys, model_file):
     assert doc["regime"] == "backward"
     assert sum(doc["breakdown"].values()) == pytest.approx(doc["predicted_bytes"], rel=1e-6)
     from vramfit.fit.features import features
-    from vramfit.fit.memmodel import load_model
+    from vramfit.fit.profile import Profile
 
-    fitted = load_model(model_file)
+    fitted = Profile.load(model_file)
     f = features(12, 12, 768, 1024, 12, 50304)
-    assert doc["predicted_bytes"] == int(fitted["model"].predict(f)[0])
-    assert doc["margin_bytes"] == int(fitted["model"].predict(f)[0] * fitted["margin_rel"])
-    assert doc["naive_bytes"] == int(fitted["baseline"].predict(f)[0]) != doc["predicted_bytes"]
+    assert doc["predicted_bytes"] == int(fitted.model.predict(f)[0])
+    assert doc["margin_bytes"] == int(fitted.model.predict(f)[0] * fitted.margin_rel)
+    assert doc["naive_bytes"] == int(fitted.baseline.predict(f)[0]) != doc["predicted_bytes"]
 
 
 def test_suggest_table_and_train_commands(capsys, model_file, tmp_path):
@@ -123,7 +123,7 @@ def test_nothing_fits_says_what_would(capsys, model_file):
     import re
 
     from vramfit.fit.features import features
-    from vramfit.fit.memmodel import load_model
+    from vramfit.fit.profile import Profile
     from vramfit.units import format_size, parse_size
 
     rc, _, err = run(capsys, "suggest", "--vram", "500M", "--n-layer", "48", "--n-embd", "4096", "--model",
@@ -135,10 +135,10 @@ def test_nothing_fits_says_what_would(capsys, model_file):
     assert m, out
     cfg = dict(kv.split("=") for kv in m.group(2).split())
     assert cfg["n_layer"] == "48" and cfg["n_embd"] == "4096" and cfg["batch_size"] == "1"
-    doc = load_model(model_file)  # the need printed is that config's prediction plus the margin
-    pred = doc["model"].predict(features(*(int(cfg[k]) for k in ("n_layer", "n_head", "n_embd", "block_size",
+    doc = Profile.load(model_file)  # the need printed is that config's prediction plus the margin
+    pred = doc.model.predict(features(*(int(cfg[k]) for k in ("n_layer", "n_head", "n_embd", "block_size",
                                                                  "batch_size", "vocab_size"))))[0]
-    assert m.group(1) == format_size(pred * (1 + doc["margin_rel"]))
+    assert m.group(1) == format_size(pred * (1 + doc.margin_rel))
     assert parse_size(m.group(1).replace(" ", "")) > parse_size("500M")
 
 

@@ -64,9 +64,9 @@ def test_dry_run_model_beside_physics_and_naive(quick_db, tmp_path, capsys):
     rc = main(["fit", "--db", str(quick_db), "--target", "tracked", "--dry-run", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert rc == 0 and "dry-run c0 + k*estimate" in out
-    from vramfit.fit.memmodel import load_model
+    from vramfit.fit.profile import Profile
 
     (path,) = tmp_path.glob("*.json")
-    doc = load_model(path)
-    assert doc["dryrun"].coef_[0] == pytest.approx(1.0, abs=0.01)
-    assert doc["metrics"]["dryrun"]["grouped"]["max_rel"] < 0.005
+    doc = Profile.load(path)
+    assert doc.dryrun.coef_[0] == pytest.approx(1.0, abs=0.01)
+    assert doc.metrics["dryrun"]["grouped"]["max_rel"] < 0.005

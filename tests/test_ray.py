@@ -12,7 +12,8 @@ ray = pytest.importorskip("ray")
 
 from fake_workers import BOUNDARY_BEST, choose_all, fake_cmd  # noqa: E402
 
-from vramfit.store import SHAPE_KEYS, Store  # noqa: E402
+from vramfit.shape import KEYS  # noqa: E402
+from vramfit.store import Store  # noqa: E402
 from vramfit.sweep.executors.ray import RayExecutor  # noqa: E402
 from vramfit.sweep.grid import load_grid  # noqa: E402
 from vramfit.sweep.session import SweepOptions, run_sweep  # noqa: E402
@@ -36,8 +37,8 @@ def test_ray_quick_grid_gives_the_local_rows(local_ray, quick_db, tmp_path):
     grid = load_grid(QUICK, {"n_layer": [1], "n_embd": [128], "batch_size": [8], "vocab_size": [2048]})
     opts = SweepOptions(db, device="cpu", quiet=True)
     res = run_sweep(grid, opts, GridChooser(), RayExecutor())
-    local = Store(quick_db).points_frame().set_index(list(SHAPE_KEYS)).sort_index()
-    remote = Store(db).points_frame().set_index(list(SHAPE_KEYS)).sort_index()
+    local = Store(quick_db).points_frame().set_index(list(KEYS)).sort_index()
+    remote = Store(db).points_frame().set_index(list(KEYS)).sort_index()
     local = local.loc[remote.index]
     assert dict(res.counts) == {"ok": 3} and len(local) == 3
     assert list(remote.index) == list(local.index)

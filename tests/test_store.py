@@ -8,6 +8,7 @@ import pytest
 
 from vramfit.errors import VramfitError
 from vramfit.recipe import Recipe
+from vramfit.shape import Shape
 from vramfit.store import FRAME_COLUMNS, SCHEMA_VERSION, Store
 
 CPU = {"device_type": "cpu", "device_name": "cpu: Test CPU", "total_memory_bytes": 2**34, "torch_version": "2.x",
@@ -79,7 +80,7 @@ def test_resume_identity_is_device_model_recipe_and_torch(tmp_path):
         assert s.is_measured(e2, SHAPE) and s.is_measured(e1, SHAPE)
         assert not s.is_measured(e3, SHAPE) and not s.is_measured(e4, SHAPE)
         assert not s.is_measured(e1, {**SHAPE, "batch_size": 1})  # errors are retried
-        assert s.measured_keys(e1, ("error",)) == {(2, 2, 64, 64, 1, 512)}
+        assert s.measured_shapes(e1, ("error",)) == {Shape(2, 2, 64, 64, 1, 512)}
 
 
 def _writer(path: str, tag: int, n: int) -> None:

@@ -11,13 +11,14 @@ import pytest
 
 from vramfit.errors import VramfitError
 from vramfit.recipe import Recipe
+from vramfit.shape import Shape
 from vramfit.store import Store, _process_gone, device_key
 
 CPU = {"device_type": "cpu", "device_name": "cpu: Test CPU", "total_memory_bytes": 2**34, "torch_version": "2.x"}
 GPU = {"device_type": "cuda", "device_name": "NVIDIA Test 8GB", "total_memory_bytes": 8 * 2**30,
        "gpu_uuid": "GPU-1234", "compute_capability": "8.6", "torch_version": "2.x"}
 SHAPE = {"n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 64, "batch_size": 8, "vocab_size": 512}
-KEY = (2, 2, 64, 64, 8, 512)
+KEY = Shape.of(SHAPE)
 
 
 @pytest.fixture
@@ -73,12 +74,13 @@ def test_identity_and_measured_keys_by_status(store):
     no_torch = store.environment({**GPU, "torch_version": None}, r)
     for status, bs in (("ok", 1), ("oom", 2), ("error", 3), ("timeout", 4)):
         store.insert_point({**SHAPE, "batch_size": bs, "status": status}, e1, None)
-    keys = lambda *st: {k[4] for k in store.measured_keys(e1, st) if k[:4] == KEY[:4]}  # noqa: E731
-    assert {k[4] for k in store.measured_keys(e1)} == {1, 2}  # resume skips ok and oom only
+    same = lambda k: k.with_(batch_size=1) == KEY.with_(batch_size=1)  # noqa: E731
+    keys = lambda *st: {k.batch_size for k in store.measured_shapes(e1, st) if same(k)}  # noqa: E731
+    assert {k.batch_size for k in store.measured_shapes(e1)} == {1, 2}  # resume skips ok and oom only
     assert keys("error", "timeout") == {3, 4} and keys("ok") == {1} and keys() == set()
-    assert store.measured_keys(no_torch) == set()  # a NULL torch version matches only NULL
+    assert store.measured_shapes(no_torch) == set()  # a NULL torch version matches only NULL
     store.insert_point({**SHAPE, "status": "ok"}, no_torch, None)
-    assert store.measured_keys(no_torch) == {KEY} and KEY not in store.measured_keys(e1)
+    assert store.measured_shapes(no_torch) == {KEY} and KEY not in store.measured_shapes(e1)
     assert store.is_measured(e1, {**SHAPE, "batch_size": 2}) and not store.is_measured(e1, {**SHAPE, "batch_size": 3})
     assert store.is_measured(e1, {**SHAPE, "batch_size": 3}, ("error",))
     assert store.is_measured(e1, {k: str(v) for k, v in {**SHAPE, "batch_size": 1}.items()})  # ints, not strings

@@ -6,7 +6,6 @@ import math
 import numpy as np
 import pytest
 
-from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.fit.features import features
 from vramfit.fit.losslaw import LossLaw, chinchilla
@@ -14,6 +13,7 @@ from vramfit.fit.memmodel import MemoryModel
 from vramfit.fit.throughput import ThroughputModel
 from vramfit.plan.suggest import (
     MAX_HEADS,
+    TimeBudget,
     check_hours,
     enumerate_space,
     predict_space,
@@ -22,6 +22,7 @@ from vramfit.plan.suggest import (
     time_frontier,
     time_scores,
 )
+from vramfit.shape import KEYS
 
 MIB = 2**20
 # memory = 64 MiB + 16 B/param + 2 KiB/token: heads do not change it, so ties between head counts are exact
@@ -45,9 +46,9 @@ def brute_force(budget, margin, min_batch=1):
     sp.pop("_n_batches")
     best = {}
     for i in range(len(sp["n_layer"])):
-        s = {k: int(sp[k][i]) for k in SHAPE_KEYS}
+        s = {k: int(sp[k][i]) for k in KEYS}
         if s["batch_size"] >= min_batch and need(s) * (1 + margin) <= budget:
-            key = tuple(s[k] for k in SHAPE_KEYS if k != "batch_size")
+            key = tuple(s[k] for k in KEYS if k != "batch_size")
             best[key] = max(best.get(key, 0), s["batch_size"])
     return best
 
@@ -222,7 +223,7 @@ def scores(rank, hours=2.0, law=None):
     sp.pop("_n_batches")
     feats, _ = predict_space(MODEL, sp)
     idx = np.array([0, 5, 40])
-    return sp, feats, idx, time_scores(SPEED, hours, rank, law, sp, idx, feats)
+    return sp, feats, idx, time_scores(TimeBudget(hours, rank, law, SPEED), sp, idx, feats)
 
 
 def test_time_scores_are_what_the_hours_buy():
@@ -254,28 +255,28 @@ def test_time_score_errors():
 
 def test_suggest_with_hours():
     with pytest.raises(VramfitError, match="^this model file has no throughput model"):
-        suggest(MODEL, 0.1, 300 * MIB, hours=2, **SPACE)
+        suggest(MODEL, 0.1, 300 * MIB, time=TimeBudget(2), **SPACE)
     with pytest.raises(VramfitError, match="^--hours must be a positive number"):
-        suggest(MODEL, 0.1, 300 * MIB, hours="0", throughput=SPEED, **SPACE)
-    items = suggest(MODEL, 0.1, 300 * MIB, hours="2", throughput=SPEED, top=1000, **SPACE)
+        suggest(MODEL, 0.1, 300 * MIB, time=TimeBudget("0", throughput=SPEED), **SPACE)
+    items = suggest(MODEL, 0.1, 300 * MIB, time=TimeBudget("2", throughput=SPEED), top=1000, **SPACE)
     useful = [(-min(s.tokens_in_budget, 20 * s.params)) for s in items]
     assert useful == sorted(useful) and all(s.predicted_loss is None for s in items)
     s = items[0]
     assert s.tokens_in_budget == pytest.approx(s.tokens_per_s * 2 * 3600)
     assert s.ms_per_iter == pytest.approx(s.tokens_per_step / s.tokens_per_s * 1000)
-    ch = suggest(MODEL, 0.1, 300 * MIB, hours=2, throughput=SPEED, rank="chinchilla", top=1000, **SPACE)
+    ch = suggest(MODEL, 0.1, 300 * MIB, time=TimeBudget(2, "chinchilla", None, SPEED), top=1000, **SPACE)
     losses = [s.predicted_loss for s in ch]
     assert losses == sorted(losses) and losses[0] == pytest.approx(
         chinchilla().predict(ch[0].params, ch[0].tokens_in_budget))
 
 
 def test_time_frontier_lists_every_fitting_shape():
-    out = time_frontier(MODEL, 0.1, 300 * MIB, SPEED, 2.0, **SPACE)
+    out = time_frontier(MODEL, 0.1, 300 * MIB, TimeBudget(2.0, throughput=SPEED), **SPACE)
     expected = brute_force(300 * MIB, 0.1)
-    got = {tuple(int(out[k][i]) for k in SHAPE_KEYS if k != "batch_size"): int(out["batch_size"][i])
+    got = {tuple(int(out[k][i]) for k in KEYS if k != "batch_size"): int(out["batch_size"][i])
            for i in range(len(out["n_layer"]))}
     assert got == expected
-    assert set(out) >= {"ms_per_iter", "tokens", "score", "loss", *SHAPE_KEYS}
+    assert set(out) >= {"ms_per_iter", "tokens", "score", "loss", *KEYS}
 
 
 # ------------------------------------------------------------------------------------------------ edges mutmut found
@@ -300,7 +301,7 @@ def test_min_batch_is_inclusive_and_defaults_to_one():
     s1 = {**s4, "batch_size": 1}
     (item,) = suggest(MODEL, 0.0, need(s1), **one_shape())  # only batch 1 fits: still a suggestion
     assert item.batch_size == 1
-    out = time_frontier(MODEL, 0.0, need(s1), SPEED, 1.0, **one_shape())
+    out = time_frontier(MODEL, 0.0, need(s1), TimeBudget(1.0, throughput=SPEED), **one_shape())
     assert out["batch_size"].tolist() == [1]
 
 
@@ -337,17 +338,17 @@ def test_smallest_need_finds_the_minimum_anywhere_in_the_space():
 
 def test_a_loss_law_ranks_suggest_and_the_frontier():
     law = LossLaw(1.0, 10.0, 100.0, 0.3, 0.3)
-    items = suggest(MODEL, 0.1, 300 * MIB, hours=2, throughput=SPEED, rank="loss", loss_law=law, top=5, **SPACE)
+    items = suggest(MODEL, 0.1, 300 * MIB, time=TimeBudget(2, "loss", law, SPEED), top=5, **SPACE)
     assert [s.predicted_loss for s in items] == pytest.approx([float(law.predict(s.params, s.tokens_in_budget))
                                                                for s in items])
-    out = time_frontier(MODEL, 0.1, 300 * MIB, SPEED, 2.0, rank="loss", loss_law=law, **SPACE)
+    out = time_frontier(MODEL, 0.1, 300 * MIB, TimeBudget(2.0, "loss", law, SPEED), **SPACE)
     assert out["score"] == pytest.approx(law.predict(out["params"], out["tokens"]))
 
 
 def test_error_messages_in_full():
     with pytest.raises(VramfitError, match=r"^this model file has no throughput model \(fitted before `--hours` "
                                            r"existed, or its points have no ms/iter\): re-run `vramfit fit`$"):
-        suggest(MODEL, 0.1, 300 * MIB, hours=2, **SPACE)
+        suggest(MODEL, 0.1, 300 * MIB, time=TimeBudget(2), **SPACE)
     with pytest.raises(VramfitError, match=r"^--rank loss needs a fitted loss law \(run `vramfit fit --loss` after a "
                                            r"few `vramfit train` runs on this corpus\)$"):
         scores("loss")

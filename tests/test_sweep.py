@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from vramfit.cli import main
-from vramfit.store import SHAPE_KEYS, Store
+from vramfit.shape import KEYS
+from vramfit.store import Store
 from vramfit.sweep.grid import load_grid
 from vramfit.sweep.session import SweepOptions, run_sweep
 from vramfit.sweep.whole_grid import GridChooser
@@ -52,8 +53,8 @@ def run(capsys, *args: str) -> str:
 
 def test_quick_grid_measures_every_point(quick_db):
     df = Store(quick_db).points_frame()
-    planned = {tuple(p[k] for k in SHAPE_KEYS) for p in load_grid(QUICK).points()[0]}
-    assert sorted(tuple(int(r[k]) for k in SHAPE_KEYS) for _, r in df.iterrows()) == sorted(planned)
+    planned = {tuple(p[k] for k in KEYS) for p in load_grid(QUICK).points()[0]}
+    assert sorted(tuple(int(r[k]) for k in KEYS) for _, r in df.iterrows()) == sorted(planned)
     assert len(df) == len(planned) == 13 and (df.status == "ok").all() and df.stable.all()
     assert (df.device_type == "cpu").all() and (df.source == "sweep").all()
     assert df.nvml_bytes.isna().all() and df.allocated_bytes.isna().all() and df.reserved_bytes.isna().all()
@@ -65,10 +66,10 @@ def test_quick_grid_measures_every_point(quick_db):
 
 def test_tracked_peak_grows_along_every_axis(quick_db):
     df = Store(quick_db).points_frame()
-    rows = {tuple(int(r[k]) for k in SHAPE_KEYS): r.tracked_bytes for _, r in df.iterrows()}
-    for i, axis in enumerate(SHAPE_KEYS):
+    rows = {tuple(int(r[k]) for k in KEYS): r.tracked_bytes for _, r in df.iterrows()}
+    for i, axis in enumerate(KEYS):
         pairs = [(a, b) for a in rows for b in rows
-                 if a[i] < b[i] and all(a[j] == b[j] for j in range(len(SHAPE_KEYS)) if j != i)]
+                 if a[i] < b[i] and all(a[j] == b[j] for j in range(len(KEYS)) if j != i)]
         assert pairs, f"quick grid varies {axis} alone nowhere"
         for a, b in pairs:
             assert rows[b] > rows[a], (axis, a, b)

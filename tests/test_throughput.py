@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from planner_data import synthetic_points
 
-from vramfit.fit.memmodel import fit_points, load_model
+from vramfit.fit.memmodel import fit_points
+from vramfit.fit.profile import Profile
 from vramfit.fit.throughput import ThroughputModel, fit_throughput, time_features
 from vramfit.store import Store
 
@@ -41,17 +42,17 @@ def test_saved_beside_the_memory_model_and_old_files_still_load(tmp_path):
     report = fit_points(timed_synthetic(noise=0.01), target="nvml")
     assert report.throughput is not None
     path = report.save(tmp_path / "m.json")
-    doc = load_model(path)
-    tp = doc["throughput"].model
+    doc = Profile.load(path)
+    tp = doc.throughput.model
     f = time_features(4, 4, 256, 128, 8, 512)
     assert tp.predict(f)[0] == pytest.approx(report.throughput.model.predict(f)[0])
     d = json.loads(path.read_text())
     del d["throughput"]  # a file fitted before the throughput model existed
     (tmp_path / "old.json").write_text(json.dumps(d))
-    old = load_model(tmp_path / "old.json")
+    old = Profile.load(tmp_path / "old.json")
     from vramfit.fit.features import features
 
-    assert old["throughput"] is None and old["model"].predict(features(4, 4, 256, 128, 8, 512))[0] > 0
+    assert old.throughput is None and old.model.predict(features(4, 4, 256, 128, 8, 512))[0] > 0
 
 
 def test_fits_the_best_step_and_scales_by_the_typical_slowdown():

@@ -6,6 +6,10 @@ import hashlib
 import json
 from pathlib import Path
 
+from gpt.meta import corpus_vocab  # (vocabulary size, its source) of a prepared folder, or None
+
+__all__ = ["corpus_id", "corpus_tokens", "corpus_vocab"]
+
 
 def corpus_id(data_dir: str | Path) -> str | None:
     """A prepared corpus's identity: the first 12 hex digits of the sha256 of its meta.json, or of nanoGPT's
@@ -15,14 +19,6 @@ def corpus_id(data_dir: str | Path) -> str | None:
         if meta.is_file():
             return hashlib.sha256(meta.read_bytes()).hexdigest()[:12]
     return None
-
-
-def corpus_vocab(data_dir: str | Path) -> tuple[int, str] | None:
-    """(vocabulary size, the file it comes from) of a prepared corpus: meta.json, nanoGPT's meta.pkl, or GPT-2's
-    for a nanoGPT folder without one; None where the folder holds no corpus."""
-    from gpt.meta import corpus_vocab as vocab_and_source
-
-    return vocab_and_source(data_dir)
 
 
 def corpus_tokens(data_dir: str | Path) -> int | None:

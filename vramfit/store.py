@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.paths import DB_FILE, check_output, database_files, output_path
+from vramfit.recipe import Recipe
+from vramfit.shape import KEYS, Shape
 
 if TYPE_CHECKING:
     import pandas as pd  # imported by the queries that build frames: opening the store does not load pandas
@@ -141,7 +142,7 @@ _NUMERIC_COLUMNS = (
 FRAME_COLUMNS = [
     "point_id", "sweep_id", "env_id", "source", "device_key", "device_name", "device_type", "gpu_uuid",
     "compute_capability", "total_memory_bytes", "physical_memory_bytes", "emulate_bytes", "torch_version",
-    "cuda_version", "driver_version", "hostname", "recipe_key", "recipe", *SHAPE_KEYS, "status", "nvml_bytes",
+    "cuda_version", "driver_version", "hostname", "recipe_key", "recipe", *KEYS, "status", "nvml_bytes",
     "nvml_source", "allocated_bytes", "reserved_bytes", "tracked_bytes", "rss_bytes", "context_bytes",
     "alloc_retries", "num_ooms", "ms_per_iter", "tokens_per_s", "iters", "stable", "error", "timings", "created_at",
 ]
@@ -332,11 +333,11 @@ class Store:
 
     # ------------------------------------------------------------------------------------------ writing
 
-    def environment(self, facts: dict, recipe: Any, emulate_bytes: int | None = None) -> int:
+    def environment(self, facts: dict, recipe: Recipe | dict, emulate_bytes: int | None = None) -> int:
         """env_id for device `facts` (see `vramfit.measure.devices.DeviceFacts.to_dict`) and a resolved recipe
         (a `Recipe` or its dict); created when new. An emulated card's capacity is `emulate_bytes`."""
-        recipe_d = recipe.to_dict() if hasattr(recipe, "to_dict") else dict(recipe)
-        rkey = recipe.key() if hasattr(recipe, "key") else _recipe_key(recipe_d)
+        recipe = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(dict(recipe))
+        recipe_d, rkey = recipe.to_dict(), recipe.key()
         physical = facts.get("total_memory_bytes")
         row = {k: (str(facts[k]) if facts.get(k) is not None else None) for k in _ENV_FACTS}
         row.update(
@@ -359,13 +360,13 @@ class Store:
     def insert_point(self, record: dict, env_id: int, sweep_id: int | None, source: str = "sweep") -> int:
         """Insert one measurement (a worker record: shape keys, status, readings; other keys go to `extra`)
         and commit it at once; returns point_id."""
-        missing = [k for k in (*SHAPE_KEYS, "status") if record.get(k) is None]
+        missing = [k for k in (*KEYS, "status") if record.get(k) is None]
         if missing:
             raise VramfitError(f"point record lacks {', '.join(missing)}")
         if record["status"] not in STATUSES:
             raise VramfitError(f"point status must be one of {', '.join(STATUSES)}, got {record['status']!r}")
         row: dict[str, Any] = {"sweep_id": sweep_id, "env_id": env_id, "source": source}
-        row.update({k: int(record[k]) for k in SHAPE_KEYS})
+        row.update({k: int(record[k]) for k in KEYS})
         for k in _POINT_COLUMNS:
             v = record.get(k)
             row[k] = int(bool(v)) if k == "stable" and v is not None else v
@@ -373,7 +374,7 @@ class Store:
             if isinstance(row[k], float) and not (row[k] == row[k] and abs(row[k]) != float("inf")):
                 row[k] = None
         row["timings"] = json.dumps(record["timings"]) if record.get("timings") else None
-        known = {*SHAPE_KEYS, *_POINT_COLUMNS, "timings"}
+        known = {*KEYS, *_POINT_COLUMNS, "timings"}
         extra = {k: v for k, v in record.items() if k not in known}
         row["extra"] = json.dumps(extra, default=str) if extra else None
         row["created_at"] = _now()
@@ -405,7 +406,7 @@ class Store:
     # ------------------------------------------------------------------------------------------ claims
 
     def _ident(self, env_id: int, point: dict) -> str:
-        return json.dumps([*self.identity(env_id), *(int(point[k]) for k in SHAPE_KEYS)])
+        return json.dumps([*self.identity(env_id), *(int(point[k]) for k in KEYS)])
 
     def claim(self, env_id: int, point: dict) -> bool:
         """Claim `point` for measuring on env_id's identity, in one write transaction: False when it is already
@@ -449,22 +450,22 @@ class Store:
             raise VramfitError(f"no environment {env_id} in {self.path}")
         return tuple(row)
 
-    def measured_keys(self, env_id: int, statuses: tuple[str, ...] = DONE_STATUSES) -> set[tuple[int, ...]]:
-        """Shapes (n_layer, n_head, n_embd, block_size, batch_size, vocab_size) already measured with one of
+    def measured_shapes(self, env_id: int, statuses: tuple[str, ...] = DONE_STATUSES) -> set[Shape]:
+        """Shapes already measured with one of
         `statuses` on any environment with the same identity as `env_id` (same device model, recipe, torch)."""
         dkey, rkey, tv, emu = self.identity(env_id)
         marks = ", ".join("?" for _ in statuses)
         rows = self.conn.execute(
-            f"SELECT {', '.join('p.' + k for k in SHAPE_KEYS)} FROM points p JOIN environments e USING (env_id) "
+            f"SELECT {', '.join('p.' + k for k in KEYS)} FROM points p JOIN environments e USING (env_id) "
             f"WHERE e.device_key = ? AND e.recipe_key = ? AND e.torch_version IS ? AND e.emulate_bytes IS ? "
             f"AND p.status IN ({marks})",
             (dkey, rkey, tv, emu, *statuses),
         )
-        return {tuple(r) for r in rows}
+        return {Shape(*r) for r in rows}
 
     def is_measured(self, env_id: int, point: dict, statuses: tuple[str, ...] = DONE_STATUSES) -> bool:
         """Whether `point` (the six shape keys) is already measured for env_id's device + recipe."""
-        return tuple(int(point[k]) for k in SHAPE_KEYS) in self.measured_keys(env_id, statuses)
+        return Shape.of(point) in self.measured_shapes(env_id, statuses)
 
     def points_frame(self, device: str | None = None, recipe_key: str | None = None,
                      status: str | None = None) -> pd.DataFrame:
@@ -522,7 +523,7 @@ class Store:
         """Every ok `vramfit train` point with its `extra` fields (loss curve, corpus, ...), shape and point_id."""
         try:
             rows = self.conn.execute(
-                f"SELECT point_id, {', '.join(SHAPE_KEYS)}, extra FROM points "
+                f"SELECT point_id, {', '.join(KEYS)}, extra FROM points "
                 "WHERE source = 'train' AND status = 'ok' AND extra IS NOT NULL ORDER BY point_id").fetchall()
         except sqlite3.DatabaseError as exc:
             raise VramfitError(f"{self.path} is not a vramfit database ({exc})") from None
@@ -533,7 +534,7 @@ class Store:
             except json.JSONDecodeError:
                 continue
             if isinstance(extra, dict):
-                out.append(extra | {k: row[k] for k in ("point_id", *SHAPE_KEYS)})
+                out.append(extra | {k: row[k] for k in ("point_id", *KEYS)})
         return out
 
     def sweeps_frame(self) -> pd.DataFrame:
@@ -576,7 +577,3 @@ class Store:
                 df.to_csv(target, index=False)
         return len(df)
 
-
-def _recipe_key(d: dict) -> str:
-    blob = json.dumps(d, sort_keys=True).encode()
-    return hashlib.sha1(blob).hexdigest()[:8]

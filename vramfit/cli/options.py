@@ -32,14 +32,15 @@ HELP = {
     "--data-dir": "a prepared corpus folder (train.bin, val.bin, meta.json or nanoGPT's meta.pkl): plans use its "
                   "vocabulary and train on it",
     "--suggestions-file": "the suggestions `suggest` writes and `train --suggestion N`, `plot` and `report` read",
-    "--model": "a fitted model JSON (`vramfit fit` writes them; default: the newest in results/models)",
+    "--model": "a fitted model JSON (`vramfit fit` writes them; default: the most recently fitted profile in "
+               "results/models of the device planned for, by the fit time it records)",
     "--models": "the folder of fitted model JSON files",
-    "--like": "a nanoGPT config .py (read as data, never run) or a vramfit TOML: its sizes and its dataset's "
-              "vocabulary; flags given beside it override them",
+    "--like": "a nanoGPT config .py (read as data, never run), a vramfit TOML or a checkpoint: its sizes and "
+              "its dataset's vocabulary; flags given beside it override them",
     "--ckpt": "a checkpoint file or its folder (vramfit's, or nanoGPT's where read)",
     "--device": "where to run: auto (CUDA if available, else the CPU) | cpu | cuda | cuda:N",
     "--target": "the device planned for: cuda (a GPU: its profile, else the dry run; no GPU needed) | cpu (the "
-                "CPU's RAM) | auto (the newest GPU profile, else cuda)",
+                "CPU's RAM) | auto (the most recently fitted GPU profile, else cuda)",
     "--recipe": "the training recipe: inline dtype=bfloat16,optimizer=fused,... or a TOML/JSON file",
     "--capability": "the GPU's CUDA compute capability for the dry run: 8.0, 8.6, 9.0, ...",
     "--reading": "the memory reading modelled: auto (nvml on CUDA, tracked on the CPU) | nvml | allocated | "

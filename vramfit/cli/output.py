@@ -72,8 +72,8 @@ def predict_json(r: dict) -> dict:
 
 def print_prediction(r: dict) -> None:
     """`predict`'s text: the model, the peak with its margin and breakdown, the naive line, an extrapolation."""
-    doc = r["model"]
-    typer.echo(f"model {r['model_file']} ({doc['device']}, {doc['recipe_key']}, target {doc['target']})")
+    profile = r["model"]
+    typer.echo(f"model {r['model_file']} ({profile.device}, {profile.recipe_key}, target {profile.target})")
     typer.echo(f"predicted peak: {fmt(r['predicted'])}  (+ margin {fmt(r['margin'])} = "
                f"{fmt(r['predicted'] + r['margin'])}; peak in the {r['regime']})")
     for k, v in r["breakdown"].items():
@@ -81,7 +81,7 @@ def print_prediction(r: dict) -> None:
     typer.echo(f"naive params+tokens line: {fmt(r['naive'])}")
     extra = r["extrapolation"]
     if not extra.inside:
-        widened = extra.widened_margin(doc["margin_rel"])
+        widened = extra.widened_margin(profile.margin_rel)
         typer.echo(f"warning: an extrapolation, {extra.describe()}: plan with a margin of "
                    f"{fmt(r['widened_margin'])} ({widened:.1%}). Check it by dry run (`vramfit estimate` with "
                    "these sizes) or measure it (`vramfit sweep` with these sizes as flags)", err=True)
@@ -100,14 +100,16 @@ def print_suggestions(rec, vram: str, save: Path) -> None:
     out.print(f"budget: {fmt(budget)} ({esc(label)} - reserve "
               f"{fmt(doc['reserve_bytes'])}) · model {esc(rec.model_path.name)} ({esc(doc['device'])}, "
               f"margin {doc['margin_rel']:.1%})")
+    if rec.like_line:
+        out.print(esc(rec.like_line), soft_wrap=True)
     if rec.nothing_fits is not None:
         need, cfg = rec.nothing_fits
         typer.echo(f"error: nothing fits in {fmt(budget)}. The smallest config in this space needs {fmt(need)}: "
                    + " ".join(f"{k}={v}" for k, v in cfg.items())
                    + ". Raise --vram, lower --reserve, or relax the fixed sizes.", err=True)
         raise typer.Exit(1)
-    if rec.time_args:
-        out.print(to_rich(time_table(rec.items, rec.time_args["hours"], rec.time_args["rank"])))
+    if rec.time is not None:
+        out.print(to_rich(time_table(rec.items, rec.time.hours, rec.time.rank)))
     else:
         out.print(to_rich(suggestion_table(rec.items, doc["ranking"])))
     for s in rec.items:

@@ -22,9 +22,8 @@ def predict(n_layer: o.NLayer = None, n_head: o.NHead = None, n_embd: o.NEmbd = 
     from vramfit.plan.like import resolve_shape
     from vramfit.plan.recommend import predict_one
 
-    shape = resolve_shape(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
-                               batch_size=batch_size,
-                               vocab_size=vocab if vocab is not None or like is not None else 50304), like=like)
+    shape, _ = resolve_shape(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                                  batch_size=batch_size, vocab_size=vocab), like=like)
     r = predict_one(shape, model)
     if json_out:
         typer.echo(json.dumps(predict_json(r)))
@@ -39,19 +38,20 @@ def suggest(
                                               "e.g. 500M")] = "0",
     objective: Annotated[str, typer.Option(help="trainable (default: the largest models that train on >= 16,384 "
                                            "tokens per step at block 256-1024, <= 16 params per corpus token) | "
-                                           "params (largest model) | tokens (most tokens per step) | balanced "
-                                           "(params x tokens)")] = "trainable",
+                                           "params (largest model; the default with --like) | tokens (most tokens "
+                                           "per step) | balanced (params x tokens)")] = None,
     n_layer: o.NLayers = None, n_head: o.NHeads = None, n_embd: o.NEmbds = None, block_size: o.BlockSizes = None,
     batch_size: o.BatchSizes = None, vocab: o.Vocabs = None,
     min_batch: Annotated[int, typer.Option(min=1, help="the smallest batch a suggestion may have")] = 1,
-    top: Annotated[int, typer.Option(min=1, help="how many suggestions")] = 10,
+    top: Annotated[int, typer.Option(min=1, help="how many suggestions (default 10; with --like, 1 per "
+                                     "search)")] = None,
     model: o.Model = None,
-    data_dir: o.DataDir = "data/shakespeare_char",
+    data_dir: o.DataDir = None,
     json_out: o.Json = False,
     save: o.SuggestionsFile = o.SUGGESTIONS_FILE,
     no_profile: Annotated[bool, typer.Option("--no-profile", help="no sweep of this GPU: plan from dry-run "
                                              "estimates plus a context constant (unvalidated)")] = False,
-    recipe: o.Recipe = "dtype=bfloat16,optimizer=fused",
+    recipe: o.Recipe = None,
     capability: o.Capability = None,
     target: o.Target = "auto",
     cache_dir: Annotated[Path, typer.Option("--cache-dir", help="the dry run's cache (default: the user cache "
@@ -74,26 +74,26 @@ def suggest(
                                         "(default: the profile's CV margin; with the dry run, the worst "
                                         "under-prediction on the public validation set + a cushion)")] = None,
 ) -> None:
-    """Configs that fit a card with the safety margin, ranked, each with its train command. --recipe and
-    --capability (default: this machine's GPU, else 8.0) are the dry run's (--no-profile, or no GPU profile).
-    With --hours H: ranked by what H hours of training buys (tokens/s from the throughput model)."""
+    """Configs that fit a card with the safety margin, ranked, each with its train command. --recipe (default:
+    dtype=bfloat16,optimizer=fused under --like's dtype and compile) and --capability (default: this machine's GPU,
+    else 8.0) are the dry run's (--no-profile, or no GPU profile). With --hours H: ranked by what H hours of
+    training buys (tokens/s from the throughput model). With --like: the config as it is, then the largest batch,
+    the longest block and the largest model close to it (--data-dir default: its corpus)."""
     import json
 
     from vramfit.paths import check_output, writable_file
-    from vramfit.plan.recommend import SuggestRequest, parse_int_options, recommend
+    from vramfit.plan.recommend import PlanRequest, parse_int_options, recommend
     from vramfit.plan.workflows import save_suggestions
 
     if hours is None and rank != "auto":
         fail("--rank ranks by time: give --hours too")
     writable_file(save, "--suggestions-file")
     check_output(save, {"--model": model, "--loss-law": loss_law, "--like": like}, "--suggestions-file")
-    if like is not None:
-        _suggest_like(like, vram, reserve, model, save, json_out, (recipe, capability) if no_profile else None)
     space = parse_int_options(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                               batch_size=batch_size, vocab_size=vocab)
-    rec = recommend(SuggestRequest(vram, reserve, objective, space, min_batch, top, model, data_dir, no_profile,
-                                   recipe, capability, hours, rank, loss_law, gpus, strategy, target, cache_dir,
-                                   not no_cache, within_measured, margin))
+    rec = recommend(PlanRequest(vram, reserve, objective, space, min_batch, top, model, data_dir, no_profile,
+                                recipe, capability, hours, rank, loss_law, gpus, strategy, target, cache_dir,
+                                not no_cache, within_measured, like, margin))
     for line in rec.warnings:
         typer.echo(line, err=True)
     if rec.items:
@@ -102,19 +102,6 @@ def suggest(
         typer.echo(json.dumps(rec.doc, indent=1))
         raise typer.Exit(0 if rec.items else 1)
     print_suggestions(rec, vram, save)
-
-
-def _suggest_like(like: Path, vram: str, reserve: str, model: Path | None, save: Path, json_out: bool,
-                  dry: tuple | None) -> None:
-    """`suggest --like FILE`: that config as it is, and the largest batch / block / model close to it."""
-    from vramfit.cards import parse_vram
-    from vramfit.plan.like import run_suggest_like
-    from vramfit.units import parse_size
-
-    reserve_b = parse_size(reserve)
-    lines, found = run_suggest_like(like, parse_vram(vram)[0] - reserve_b, model, save, json_out, vram, reserve_b, dry)
-    typer.echo("\n".join(lines))
-    raise typer.Exit(0 if found else 1)
 
 
 @app.command()
@@ -131,14 +118,16 @@ def estimate(n_layer: o.NLayer = None, n_head: o.NHead = None, n_embd: o.NEmbd =
     from vramfit.dryrun.estimator import Estimator
     from vramfit.plan.like import resolve_shape
 
-    shape = resolve_shape(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
-                               batch_size=batch_size, vocab_size=vocab if vocab is not None or like or ckpt else 50304),
-                          like=like, ckpt=ckpt, extras=True)
-    batch_size = shape.pop("batch_size")
+    shape, found = resolve_shape(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                                      batch_size=batch_size, vocab_size=vocab), like=like, ckpt=ckpt)
+    batch_size = shape.batch_size
     if batch_size < 1:
         fail(f"batch_size must be >= 1, got {batch_size}")
+    extras = {k: v for k, v in (("dropout", getattr(found, "dropout", None)), ("bias", getattr(found, "bias", None)))
+              if v is not None}  # the file's dropout and bias change the dry-run step
     target = "cuda" if target == "auto" else target
-    req = EstimateRequest(GPTConfig(**shape), batch_size, parse_recipe(recipe), target, parse_capability(capability))
+    model = GPTConfig(shape.n_layer, shape.n_head, shape.n_embd, shape.block_size, shape.vocab_size, **extras)
+    req = EstimateRequest(model, batch_size, parse_recipe(recipe), target, parse_capability(capability))
     with Estimator("child" if target == "cuda" else "process") as estimator:  # CUDA code paths may abort: a child
         est = estimator.estimate([req])[0]
     typer.echo(json.dumps(est.to_dict()) if json_out else format_estimate(est))

@@ -95,10 +95,10 @@ def _chooser(plan: str, boundary: bool, model: Path | None, points: int, target_
              boundary_points: int):
     """The sweep's point chooser: the whole grid, the adaptive plan, or the boundary search."""
     if boundary:
-        from vramfit.plan.workflows import open_model
+        from vramfit.fit.profile import Profile
         from vramfit.sweep.boundary import BoundaryChooser
 
-        return BoundaryChooser(open_model(model)[1]["model"] if model else None)
+        return BoundaryChooser(Profile.load(model).model if model else None)
     if plan == "adaptive":
         from vramfit.sweep.adaptive import AdaptiveChooser, PlanSettings
 

@@ -9,18 +9,18 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vramfit import SHAPE_KEYS
+from vramfit.shape import KEYS
 
 EXTRAPOLATION_MARGIN = 0.5  # the margin grows by this fraction of the prediction per factor of e outside the range
 
 
 def ranges(points) -> dict[str, list[float]]:
     """[min, max] of each shape axis, of parameters and of tokens per step over the points (a DataFrame or a list
-    of dicts with the SHAPE_KEYS)."""
+    of dicts with the KEYS)."""
     from gpt.config import count_params
 
     cols = {k: np.asarray([float(p) for p in (points[k] if hasattr(points, "columns") else
-                                             [q[k] for q in points])]) for k in SHAPE_KEYS}
+                                             [q[k] for q in points])]) for k in KEYS}
     cols["params"] = np.asarray(count_params(cols["n_layer"], cols["n_embd"], cols["block_size"],
                                              cols["vocab_size"]), dtype=float)
     cols["tokens"] = cols["block_size"] * cols["batch_size"]
@@ -48,12 +48,12 @@ class Extrapolation:
 
 
 def check(measured: dict[str, list[float]] | None, config: dict) -> Extrapolation:
-    """`config` (the SHAPE_KEYS) against the measured `ranges` (None: a model file without ranges: inside)."""
+    """`config` (the KEYS) against the measured `ranges` (None: a model file without ranges: inside)."""
     if not measured:
         return Extrapolation({}, 0.0)
     from gpt.config import count_params
 
-    values = {k: float(config[k]) for k in SHAPE_KEYS}
+    values = {k: float(config[k]) for k in KEYS}
     values["params"] = float(count_params(config["n_layer"], config["n_embd"], config["block_size"],
                                           config["vocab_size"]))
     values["tokens"] = float(config["block_size"] * config["batch_size"])

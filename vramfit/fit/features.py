@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gpt.config import count_params
-from vramfit import SHAPE_KEYS
+from vramfit.shape import KEYS
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where frames are built: predicting from a model file needs no pandas
@@ -54,13 +54,13 @@ def features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size, bias: 
 
 
 def frame_features(df: pd.DataFrame, bias: bool = True) -> pd.DataFrame:
-    """Feature columns for a DataFrame of points (with the SHAPE_KEYS columns)."""
+    """Feature columns for a DataFrame of points (with the KEYS columns)."""
     import pandas as pd
 
-    missing = [c for c in SHAPE_KEYS if c not in df.columns]
+    missing = [c for c in KEYS if c not in df.columns]
     if missing:
         raise KeyError(f"points lack columns: {', '.join(missing)}")
-    feats = features(*(df[c].to_numpy() for c in SHAPE_KEYS), bias=bias)
+    feats = features(*(df[c].to_numpy() for c in KEYS), bias=bias)
     return pd.DataFrame(feats, index=df.index)
 
 

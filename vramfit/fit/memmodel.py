@@ -22,22 +22,21 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.fit.features import BREAKDOWN, NAIVE, PHYSICS, UNITS, frame_features, shape_key
 from vramfit.fit.stats import cv_predictions, error_metrics, nnls, nonneg_slope
-from vramfit.paths import Protected, check_output, write_text
+from vramfit.shape import KEYS
 from vramfit.store import SHARED_GPU
 from vramfit.units import MAX_SIZE
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where frames are built: predicting from a model file needs no pandas
+
+    from vramfit.fit.profile import Profile
 
 MIN_MARGIN = 0.01  # never promise tighter than 1 %
 ADAMW_STEP_BYTES_PER_PARAM = 16.0  # fp32 weights + grads + Adam m + v, all alive at the optimizer step
@@ -208,76 +207,8 @@ class MemoryModel:
         return m
 
 
-@dataclass
-class FitReport:
-    """A fitted model for one device+recipe+target, its CV metrics beside the naive baseline's."""
-
-    model: MemoryModel
-    baseline: MemoryModel
-    target: str
-    device: str
-    recipe_key: str
-    recipe: dict
-    metrics: dict  # {"ours": {"loo": {...}, "grouped": {...}}, "naive": {...}}
-    margin_rel: float
-    data_hash: str
-    n_points: int
-    oom_violations: list[dict] = field(default_factory=list)
-    cv: pd.DataFrame | None = None  # per point: measured, CV predictions
-    dryrun: MemoryModel | None = None  # y = c0 + k * dry-run estimate, when fitted
-    throughput: object | None = None  # vramfit.fit.throughput.ThroughputReport, when the points carry ms/iter
-    ranges: dict = field(default_factory=dict)  # measured [min, max] per axis, params, tokens (fit.coverage)
-    device_type: str | None = None  # cuda | cpu: what the profile measured (GPU memory or CPU RAM)
-    total_memory_bytes: int | None = None  # the card's memory (or the emulated cap) the points ran under
-    compute_capability: str | None = None
-
-    def to_json(self) -> dict:
-        return {
-            "schema": 1, "device": self.device, "recipe_key": self.recipe_key, "recipe": self.recipe,
-            "target": self.target, "model": self.model.to_dict(), "baseline": self.baseline.to_dict(),
-            "coefficients": self.model.coefficients(), "metrics": self.metrics, "margin_rel": self.margin_rel,
-            "data_hash": self.data_hash, "n_points": self.n_points, "oom_violations": self.oom_violations,
-            "dryrun": self.dryrun.to_dict() if self.dryrun is not None else None,
-            "throughput": self.throughput.to_json() if self.throughput is not None else None,
-            "ranges": self.ranges,
-            "device_type": self.device_type, "total_memory_bytes": self.total_memory_bytes,
-            "compute_capability": self.compute_capability,
-        }
-
-    def save(self, path: str | Path, protected: Protected | None = None) -> Path:
-        """The model JSON, atomically, never over a `protected` file ({label: path})."""
-        return write_text(check_output(path, protected or {}, "--out"), json.dumps(self.to_json(), indent=1),
-                          "--out")
-
-
-def load_model(path: str | Path) -> dict:
-    """A saved model JSON, with `model` and `baseline` rebuilt as MemoryModel objects."""
-    path = Path(path)
-    if not path.is_file():
-        raise VramfitError(f"no model file at {path} (run `vramfit fit` first)")
-    try:
-        d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise VramfitError(f"{path} is not a vramfit model file") from None
-    try:
-        d["model"] = MemoryModel.from_dict(d["model"])
-        d["baseline"] = MemoryModel.from_dict(d["baseline"])
-        d["dryrun"] = MemoryModel.from_dict(d["dryrun"], nonneg=False) if d.get("dryrun") else None
-        margin = float(d["margin_rel"])
-        if not (math.isfinite(margin) and 0 <= margin <= 100):
-            raise ValueError(f"its margin_rel is {margin}, not a finite number in [0, 100]")
-        from vramfit.fit.throughput import load_throughput
-
-        d["throughput"] = load_throughput(d.get("throughput"))  # None in files fitted before it existed
-    except (KeyError, TypeError, AttributeError):
-        raise VramfitError(f"{path} is not a vramfit model file") from None
-    except (ValueError, OverflowError) as exc:
-        raise VramfitError(f"{path} is not a usable vramfit model file: {exc}") from None
-    return d
-
-
 def data_hash(df: pd.DataFrame, target_col: str) -> str:
-    cols = [*SHAPE_KEYS, target_col]
+    cols = [*KEYS, target_col]
     blob = df[cols].sort_values(cols).to_csv(index=False).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -292,7 +223,7 @@ def trusted_points(points: pd.DataFrame, target: str, allow_shared: bool = False
 
 
 def fit_points(points: pd.DataFrame, target: str = "auto", regimes: int = 2, dryrun=None,
-               allow_shared: bool = False) -> FitReport:
+               allow_shared: bool = False) -> Profile:
     """Fit ours and the naive baseline on the ok points of ONE device+recipe; CV both; check OOM rows.
 
     `dryrun(ok_points) -> bytes per row` (the dry-run estimator) adds a third model, y = c0 + k*estimate.
@@ -332,22 +263,21 @@ def fit_points(points: pd.DataFrame, target: str = "auto", regimes: int = 2, dry
         metrics[name]["train"] = error_metrics(y, model.predict(X))
         cv[f"{name}_fit"] = model.predict(X)
         fitted_models[name] = model
+    from vramfit.fit.coverage import ranges
+    from vramfit.fit.profile import Profile, now
+    from vramfit.fit.throughput import fit_throughput
+
     fitted, base = fitted_models["ours"], fitted_models["naive"]
     worst = max(metrics["ours"]["grouped"]["worst_under_rel"], metrics["ours"]["loo"]["worst_under_rel"])
     margin = max(MIN_MARGIN, worst if math.isfinite(worst) else MIN_MARGIN)
-    report = FitReport(fitted, base, target, str(ok["device_name"].iloc[0]), str(ok["recipe_key"].iloc[0]),
-                       json.loads(ok["recipe"].iloc[0]) if isinstance(ok["recipe"].iloc[0], str) else {},
-                       metrics, margin, data_hash(ok, col), len(ok), cv=cv, dryrun=fitted_models.get("dryrun"))
-    report.oom_violations = oom_violations(report, points)
-    from vramfit.fit.coverage import ranges
-
-    report.ranges = ranges(ok)
-    report.device_type, report.total_memory_bytes, report.compute_capability = _device_facts(ok)
-    if "ms_per_iter" in points.columns:
-        from vramfit.fit.throughput import fit_throughput
-
-        report.throughput = fit_throughput(points)
-    return report
+    device_type, total, capability = _device_facts(ok)
+    return Profile(
+        model=fitted, target=target, device=str(ok["device_name"].iloc[0]), recipe_key=str(ok["recipe_key"].iloc[0]),
+        recipe=json.loads(ok["recipe"].iloc[0]) if isinstance(ok["recipe"].iloc[0], str) else {}, margin_rel=margin,
+        baseline=base, metrics=metrics, data_hash=data_hash(ok, col), n_points=len(ok),
+        oom_violations=oom_violations(fitted, points), dryrun=fitted_models.get("dryrun"),
+        throughput=fit_throughput(points) if "ms_per_iter" in points.columns else None, ranges=ranges(ok),
+        device_type=device_type, total_memory_bytes=total, compute_capability=capability, fitted_at=now(), cv=cv)
 
 
 def _device_facts(ok: pd.DataFrame) -> tuple[str | None, int | None, str | None]:
@@ -362,7 +292,7 @@ def _device_facts(ok: pd.DataFrame) -> tuple[str | None, int | None, str | None]
     return first("device_type"), int(total) if total is not None else None, str(cc) if cc is not None else None
 
 
-def oom_violations(report: FitReport, points: pd.DataFrame) -> list[dict]:
+def oom_violations(model: MemoryModel, points: pd.DataFrame) -> list[dict]:
     """OOM rows the model says would fit (prediction <= the capacity they ran under): the model is wrong there."""
     import pandas as pd
 
@@ -370,10 +300,10 @@ def oom_violations(report: FitReport, points: pd.DataFrame) -> list[dict]:
     cap_col = "capacity_bytes" if "capacity_bytes" in points.columns else "total_memory_bytes"
     if oom.empty or cap_col not in oom.columns:
         return []
-    pred = report.model.predict(frame_features(oom))
+    pred = model.predict(frame_features(oom))
     cap = oom[cap_col].to_numpy(dtype=np.float64)
     hit = np.flatnonzero(pd.notna(cap) & (pred <= cap))  # vectorised: a large sweep has thousands of OOM rows
-    shapes = oom[list(SHAPE_KEYS)].to_numpy()[hit]
-    return [{k: int(v) for k, v in zip(SHAPE_KEYS, shape, strict=True)} | {"predicted": float(pred[i]),
-                                                                          "capacity": float(cap[i])}
+    shapes = oom[list(KEYS)].to_numpy()[hit]
+    return [{k: int(v) for k, v in zip(KEYS, shape, strict=True)} | {"predicted": float(pred[i]),
+                                                                   "capacity": float(cap[i])}
             for shape, i in zip(shapes, hit, strict=True)]

@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gpt.config import count_params
-from vramfit import SHAPE_KEYS
 from vramfit.fit.features import shape_key
 from vramfit.fit.stats import cv_keys, cv_predictions, error_metrics, nnls
+from vramfit.shape import KEYS
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where frames are built: predicting from a model file needs no pandas
@@ -63,7 +63,7 @@ def time_features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size, b
 def frame_time_features(df: pd.DataFrame) -> pd.DataFrame:
     import pandas as pd
 
-    return pd.DataFrame(time_features(*(df[c].to_numpy() for c in SHAPE_KEYS)), index=df.index)
+    return pd.DataFrame(time_features(*(df[c].to_numpy() for c in KEYS)), index=df.index)
 
 
 def _slowdown(ratio: np.ndarray) -> float:

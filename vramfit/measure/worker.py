@@ -30,8 +30,8 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import traceback  # noqa: E402
 
-from vramfit import SHAPE_KEYS  # noqa: E402  (a constant: no heavy import before the timer)
 from vramfit.child import die_with_parent  # noqa: E402  (no torch either)
+from vramfit.shape import KEYS  # noqa: E402  (a constant: no heavy import before the timer)
 
 FORK_INFO: dict = {"forked": False}  # set by the fork server's child (`vramfit.measure.zygote`) before main
 
@@ -57,7 +57,7 @@ class Point:
         from vramfit.recipe import Recipe, alloc_conf_in_force
 
         self.spec = spec
-        self.shape = {k: int(spec["point"][k]) for k in SHAPE_KEYS}
+        self.shape = {k: int(spec["point"][k]) for k in KEYS}
         m = spec.get("measure", {})
         self.min_iters, self.max_iters = max(3, int(m.get("min_iters", 4))), int(m.get("max_iters", 30))
         self.window, self.tolerance = int(m.get("window", 3)), float(m.get("tolerance", 0.01))
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc(file=sys.stderr)
         rec = {"status": "error", "error": _first_line(exc)}
         try:
-            rec.update({k: int(spec["point"][k]) for k in SHAPE_KEYS})
+            rec.update({k: int(spec["point"][k]) for k in KEYS})
         except Exception:  # noqa: BLE001
             pass
     tb = rec.pop("traceback", None)

@@ -1,174 +1,130 @@
-"""Plans from a config the user already has: a nanoGPT (or vramfit) config file, or a checkpoint.
+"""`--like`: a config the user already has (a nanoGPT config `.py`, a vramfit TOML, or a checkpoint) as a shape.
 
-`resolve_shape` fills predict's and estimate's six sizes from `--like FILE` / `--ckpt PATH` under any flag given;
-`suggest_like` answers `suggest --like FILE`: the config as it is, and the largest batch, the longest block and
-the largest model close to it that fit.
+`read_like` reads it (never executing it) into a `Like`; `resolve_shape` fills predict's and estimate's sizes
+from it under the flags given; for `suggest --like`, `like_searches` turns it into the searches of the one plan
+path (`plan.recommend`): the largest batch for its shape and block, the longest block for its shape and batch, and
+the largest model close to it (its head size, width/depth within 2x of its own, at its block and batch).
 """
 
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
-from gpt.config import TrainConfig, load_config
-from gpt.meta import GPT2_VOCAB, corpus_vocab
-from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
-from vramfit.fit.features import features
-from vramfit.plan.suggest import Suggestion, suggest
+from vramfit.shape import DEFAULT_VOCAB, KEYS, MODEL_KEYS, Shape
 
 MAX_BATCH, MAX_BLOCK = 4096, 8192
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt")
+LABELS = ("largest batch", "longest block", "largest model", "model close to it")
 
 
-def config_vocab(cfg: TrainConfig) -> int:
-    """The vocabulary a config trains with: its own, else its corpus's (meta.json / meta.pkl), else GPT-2's
-    padded 50304 (nanoGPT's default)."""
-    if cfg.vocab_size:
-        return cfg.vocab_size
-    found = corpus_vocab(cfg.data_dir)
-    return found[0] if found else GPT2_VOCAB
+@dataclass(frozen=True)
+class Like:
+    """A config file or checkpoint as the planner sees it: its shape, and what it says of data and recipe."""
+
+    path: Path
+    shape: Shape
+    data_dir: str | None = None  # the corpus it trains on (a config's dataset, a checkpoint's config)
+    recipe: dict | None = None  # the recipe keys the file sets (dtype, compile), where it sets them
+    dropout: float | None = None  # these change the dry-run step (estimate), not the memory model
+    bias: bool | None = None
+    config: bool = True  # a config file (`vramfit train --config FILE` trains it), not a checkpoint
 
 
-def like_shape(path: str | Path) -> dict:
-    """The six sizes of a config file (nanoGPT `.py` or vramfit TOML), and its dtype, data_dir and config."""
+def is_checkpoint(path: str | Path) -> bool:
+    """A checkpoint (a folder holding ckpt.pt, or a .pt file), not a config file."""
+    p = Path(path)
+    return p.is_dir() or p.suffix in CHECKPOINT_SUFFIXES
+
+
+def _config_vocab(vocab: int | None, data_dir: str | None) -> int:
+    """A config's vocabulary: its own, else its corpus's (meta.json / meta.pkl), else GPT-2's (nanoGPT's)."""
+    from vramfit.corpus import corpus_vocab
+
+    if vocab:
+        return int(vocab)
+    found = corpus_vocab(data_dir) if data_dir else None
+    return found[0] if found else DEFAULT_VOCAB
+
+
+def _read_config(path: Path) -> Like:
+    from gpt.config import load_config
+
     cfg = load_config(path)
-    shape = {k: getattr(cfg, k) for k in SHAPE_KEYS if k != "vocab_size"}
-    return {**shape, "vocab_size": config_vocab(cfg), "dropout": cfg.dropout, "bias": cfg.bias, "dtype": cfg.dtype,
-            "data_dir": cfg.data_dir, "config": cfg}
+    recipe = {k: v for k, v in (("dtype", cfg.dtype), ("compile", cfg.compile)) if v not in (None, "auto")}
+    shape = Shape(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.batch_size,
+                  _config_vocab(cfg.vocab_size, cfg.data_dir))
+    return Like(path, shape, cfg.data_dir, recipe or None, cfg.dropout, cfg.bias)
 
 
-def ckpt_shape(path: str | Path) -> dict:
-    """The sizes of a checkpoint (vramfit's or nanoGPT's): model_args, and the batch size of its config."""
+def _read_checkpoint(path: Path, batch_size: int | None) -> Like:
+    """A checkpoint's model_args, and the batch of its config (`batch_size` where it has none)."""
     from gpt.train import load_checkpoint
 
     ckpt = load_checkpoint(path)
     args = ckpt["model_args"]
     config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
-    out = {k: args.get(k) for k in (*SHAPE_KEYS, "dropout", "bias") if k != "batch_size"}
-    out["batch_size"] = config.get("batch_size")
-    return out
+    sizes = {k: args.get(k) for k in MODEL_KEYS} | {"batch_size": config.get("batch_size") or batch_size}
+    missing = [k for k, v in sizes.items() if v is None]
+    if missing:
+        raise VramfitError(f"{path}: the checkpoint does not say its {', '.join(missing)} (give it as a flag)")
+    data_dir = config.get("data_dir") or (f"data/{config['dataset']}" if config.get("dataset") else None)
+    return Like(path, Shape(**{k: int(v) for k, v in sizes.items()}), data_dir, None, args.get("dropout"),
+                args.get("bias"), config=False)
 
 
-def resolve_shape(explicit: dict, like: str | Path | None = None, ckpt: str | Path | None = None,
-                  extras: bool = False) -> dict:
-    """The six sizes: each flag given (not None) over the checkpoint's, over the config file's; with `extras`,
-    also the file's or checkpoint's dropout and bias where it has them (they change the dry-run step)."""
+def read_like(path: str | Path, batch_size: int | None = None) -> Like:
+    """The config file or checkpoint at `path` (`batch_size`: a checkpoint's batch where its config has none)."""
+    path = Path(path)
+    return _read_checkpoint(path, batch_size) if is_checkpoint(path) else _read_config(path)
+
+
+def resolve_shape(explicit: dict, like: str | Path | None = None,
+                  ckpt: str | Path | None = None) -> tuple[Shape, Like | None]:
+    """The shape of predict and estimate: each size flag given (not None) over the checkpoint's or the config
+    file's; without either, the vocabulary defaults to GPT-2's. Also the `Like` read, where there is one."""
     if like is not None and ckpt is not None:
         raise VramfitError("give --like FILE or --ckpt PATH, not both")
-    base = like_shape(like) if like is not None else ckpt_shape(ckpt) if ckpt is not None else {}
-    out = {k: explicit.get(k) if explicit.get(k) is not None else base.get(k) for k in SHAPE_KEYS}
-    missing = [k for k, v in out.items() if v is None]
+    source = like if like is not None else ckpt
+    found = read_like(source, explicit.get("batch_size")) if source is not None else None
+    base = found.shape.as_dict() if found is not None else {"vocab_size": DEFAULT_VOCAB}
+    sizes = {k: explicit.get(k) if explicit.get(k) is not None else base.get(k) for k in KEYS}
+    missing = [k for k, v in sizes.items() if v is None]
     if missing:
         flags = ", ".join(f"--{k.replace('_', '-')}" for k in missing)
         raise VramfitError(f"missing {flags} (or --like CONFIG / --ckpt CHECKPOINT to take the sizes from)")
-    more = {k: base[k] for k in ("dropout", "bias") if extras and base.get(k) is not None}
-    return {k: int(v) for k, v in out.items()} | more
+    return Shape(**{k: int(v) for k, v in sizes.items()}), found
 
 
-def _like_command(s: Suggestion, like: dict, path: str | Path, recipe: dict) -> str:
-    """`vramfit train --config FILE` with the sizes that differ from the file and the model's recipe."""
-    args = ["vramfit", "train", "--config", str(path)]
-    for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size"):
-        if getattr(s, k) != like[k]:
+def like_searches(shape: Shape, objective: str, by_time: bool = False) -> dict[str, dict]:
+    """The searches close to `shape` (the config as it is), by label: the search space and objective of each
+    (`by_time`: the models close to it are ranked by what a time budget buys, not by `objective`)."""
+    L, H, C, T, B, V = shape.as_tuple()
+    fixed = dict(n_layer=[L], n_head=[H], n_embd=[C], vocab_size=[V])
+    ratio = C / L
+    model_label = "largest model" if objective == "params" and not by_time else "model close to it"
+    return {  # one shape: every batch up to 4096, and every block in steps of 64 up to 8192
+        "largest batch": dict(fixed, block_size=[T], batch_size=list(range(1, MAX_BATCH + 1)), objective="tokens"),
+        "longest block": dict(fixed, block_size=sorted({*range(64, MAX_BLOCK + 1, 64), T}), batch_size=[B],
+                              objective="tokens"),
+        model_label: dict(block_size=[T], batch_size=[B], vocab_size=[V], head_dims=(C // H,),
+                          aspect=(ratio / 2, ratio * 2), objective=objective),
+    }
+
+
+def like_command(s, like: Like, recipe: dict, data_dir: str | None) -> str:  # noqa: ANN001 - a Suggestion
+    """`vramfit train --config FILE` with the sizes that differ from the file, the model's recipe and a
+    `--data-dir` the user chose over the file's corpus."""
+    args = ["vramfit", "train", "--config", str(like.path)]
+    for k in KEYS:
+        if getattr(s, k) != getattr(like.shape, k):
             args += [f"--{k.replace('_', '-')}", str(getattr(s, k))]
     for key in ("dtype", "compile", "optimizer", "attn_kernel"):
         if recipe.get(key) is not None:
             value = recipe[key]
             args += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
+    if data_dir and data_dir != like.data_dir:
+        args += ["--data-dir", data_dir]
     return shlex.join(args + ["--out-dir", f"out/like-{s.rank}"])
-
-
-def suggest_like(model, margin_rel: float, budget: int, path: str | Path, recipe: dict, check=None) -> dict:
-    """The config of `path` as it is (predicted, fits or not) and, each found by the vectorised search with the
-    rest of the config fixed: the largest batch for its shape and block; the longest block (a multiple of 64, or
-    its own) for its shape and batch; the largest model with its head size, width/depth within 2x of its own,
-    at its block and batch. `check(suggestions)` may drop finds (the dry-run re-check of `--no-profile`)."""
-    like = like_shape(path)
-    L, H, C, T, B, V = (like[k] for k in SHAPE_KEYS)
-    f = features(L, H, C, T, B, V)
-    pred = float(model.predict(f)[0])
-    need = pred * (1 + margin_rel)
-    shape = dict(n_layer=[L], n_head=[H], n_embd=[C], vocab_size=[V])
-    ratio, head_dim = C / L, C // H
-    searches = {  # one shape: every batch up to 4096, and every block in steps of 64 up to 8192
-        "largest batch": dict(shape, block_size=[T], batch_size=list(range(1, MAX_BATCH + 1)), objective="tokens"),
-        "longest block": dict(shape, block_size=sorted({*range(64, MAX_BLOCK + 1, 64), T}), batch_size=[B],
-                              objective="tokens"),
-        "largest model": dict(block_size=[T], batch_size=[B], vocab_size=[V], head_dims=(head_dim,),
-                              aspect=(ratio / 2, ratio * 2), objective="params"),
-    }
-    found: list[tuple[str, Suggestion]] = []
-    for label, args in searches.items():
-        items = suggest(model, margin_rel, budget, top=1, **args)
-        if items:
-            found.append((label, items[0]))
-    if check is not None:  # one at a time: the check may lower a find's batch (a new object) or drop it
-        found = [(label, checked[0]) for label, s in found if (checked := check([s]))]
-    for rank, (_, s) in enumerate(found, start=1):
-        s.rank = rank
-        s.command = _like_command(s, like, path, recipe)
-    return {"like": str(path), "data_dir": like["data_dir"], "as_is": {
-        **{k: like[k] for k in SHAPE_KEYS}, "predicted_bytes": int(pred), "margin_bytes": int(pred * margin_rel),
-        "fits": bool(need <= budget), "headroom_bytes": int(budget - need)}, "found": found}
-
-
-def _no_profile_doc(path: str | Path, recipe: str | None, capability: str) -> tuple[str, dict]:
-    """A model document for a GPU never profiled, calibrated on dry-run estimates at the config's vocabulary
-    (through `plan.noprofile.DryRunPlanner`: its cache and estimator pool); "planner" re-checks the finds."""
-    from vramfit.dryrun.estimate import parse_capability, parse_recipe
-    from vramfit.plan.noprofile import DryRunPlanner
-    from vramfit.recipe import Recipe
-
-    rec, cap = parse_recipe(recipe), parse_capability(capability)
-    planner = DryRunPlanner(rec, cap, like_shape(path)["vocab_size"])
-    mm, margin, recipe_d = planner.model()
-    return "(dry-run, no profile)", {"model": mm, "margin_rel": margin, "recipe": recipe_d, "target": "nvml",
-                                     "device": f"CUDA sm{cap[0]}{cap[1]} (not profiled)",
-                                     "recipe_key": Recipe(**recipe_d).key(), "planner": planner}
-
-
-def run_suggest_like(path: str | Path, budget: int, model_file: str | Path | None, save: str | Path,
-                     json_out: bool = False, vram: str = "", reserve_b: int = 0,
-                     no_profile: tuple[str | None, str] | None = None) -> tuple[list[str], bool]:
-    """`suggest --like FILE`: (lines to print, whether anything fits); the finds saved for `train --suggestion N`.
-    `no_profile` = (recipe, capability): plan from dry-run estimates, the finds re-checked by the estimator."""
-    import json
-
-    from vramfit.plan.workflows import open_model, save_suggestions
-    from vramfit.units import format_size
-
-    mpath, doc = _no_profile_doc(path, *no_profile) if no_profile else open_model(model_file)
-    recipe = doc.get("recipe") or {}
-    planner = doc.get("planner")
-    try:
-        check = (lambda items: planner.verify(items, budget)) if planner is not None else None
-        res = suggest_like(doc["model"], doc["margin_rel"], budget, path, recipe, check)
-    finally:
-        if planner is not None:
-            planner.__exit__(None, None, None)
-    items = [{**s.to_dict(), "label": label} for label, s in res["found"]]
-    out = {"vram_bytes": budget + reserve_b, "reserve_bytes": reserve_b, "budget_bytes": budget,
-           "objective": "like", "model_file": str(mpath), "device": doc["device"], "recipe_key": doc["recipe_key"],
-           "recipe": recipe, "target": doc["target"], "margin_rel": doc["margin_rel"], "data_dir": res["data_dir"],
-           "gpus": 1, "strategy": None, "like": res["like"], "as_is": res["as_is"], "suggestions": items}
-    if items:
-        save_suggestions(out, save)
-    if json_out:
-        return [json.dumps(out, indent=1)], bool(items)
-    a = res["as_is"]
-    sizes = lambda d: " ".join(f"{k}={d[k]}" for k in SHAPE_KEYS)  # noqa: E731
-    lines = ["warning: no profile of this device: predictions are dry-run estimates (allocator replay + a "
-             "published CUDA context size), not measurements", planner.summary()] if planner is not None else []
-    lines += [f"budget: {format_size(budget)} {('(' + vram + ')') if vram else ''} · model {Path(mpath).name} "
-             f"({doc['device']}, margin {doc['margin_rel']:.1%})",
-             f"{path} as it is: {sizes(a)}: predicted {format_size(a['predicted_bytes'])} + margin "
-             f"{format_size(a['margin_bytes'])}: " + ("fits, headroom " + format_size(a["headroom_bytes"])
-                                                      if a["fits"] else "does NOT fit")]
-    for item in items:
-        lines.append(f"#{item['rank']} {item['label']}: {sizes(item)}, {item['params'] / 1e6:.1f}M params, "
-                     f"predicted {format_size(item['predicted_bytes'])}, "
-                     f"headroom {format_size(item['headroom_bytes'])}")
-    lines += [f"#{item['rank']}: {item['command']}" for item in items]
-    lines.append(f"saved to {save}: train one with `vramfit train --suggestion N`" if items else
-                 f"nothing close to {path} fits in {format_size(budget)}")
-    return lines, bool(items)

@@ -18,13 +18,14 @@ from pathlib import Path
 from vramfit.dryrun.cache import EstimateCache
 from vramfit.dryrun.estimate import EstimateRequest, device_bytes
 from vramfit.dryrun.estimator import Estimator
+from vramfit.shape import Shape
 
 # the design the physics model is calibrated on: 2 x 2 x 2 x 2 = 16 dry-run estimates, head dim 64
 DESIGN = {"n_layer": (2, 8), "n_embd": (256, 768), "block_size": (256, 1024), "batch_size": (1, 8)}
 
 
 def design_shapes(vocab_size: int) -> list[tuple[int, int, int, int, int, int]]:
-    """The calibration design's configs (SHAPE_KEYS order), head dim 64."""
+    """The calibration design's configs (KEYS order), head dim 64."""
     return [(L, C // 64, C, T, B, vocab_size) for L, C, T, B in itertools.product(*DESIGN.values())]
 
 
@@ -94,7 +95,7 @@ class DryRunPlanner:
         return self.estimator.cache.warnings
 
     def _requests(self, shapes: list[tuple]) -> list[EstimateRequest]:
-        """The estimator's request for each shape (SHAPE_KEYS order), the recipe resolved ('auto' and the settings
+        """The estimator's request for each shape (KEYS order), the recipe resolved ('auto' and the settings
         it resolves to are one request)."""
         from gpt.config import GPTConfig
 
@@ -134,10 +135,8 @@ class DryRunPlanner:
         estimate says fits (at most 3 more estimates: the calibrated model can be a few % low at the edge), else
         it is dropped; rank the rest. The first smaller batch is in proportion to the excess, the next ones on the
         line through the config's last two estimates (`fitting_batch`)."""
-        from vramfit import SHAPE_KEYS
-
         def shape(s) -> tuple:
-            return tuple(int(getattr(s, k)) for k in SHAPE_KEYS)
+            return Shape.of(s).as_tuple()
 
         def smaller(s, b: int):  # noqa: ANN001, ANN202 - the Suggestion at batch b
             return replace(s, batch_size=b, tokens_per_step=s.tokens_per_step // s.batch_size * b,

@@ -4,69 +4,23 @@ and the JSON document that `train --suggestion N` reads. The CLI only parses and
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vramfit import SHAPE_KEYS
 from vramfit.corpus import corpus_tokens, corpus_vocab
 from vramfit.errors import VramfitError
+from vramfit.fit.profile import Profile
+from vramfit.plan.profiles import plan_line, plan_profile
+from vramfit.plan.request import PlanRequest, as_is, fill, parse_int_options, time_args
+from vramfit.plan.suggest import TimeBudget
+from vramfit.shape import DEFAULT_VOCAB, KEYS, Shape
 from vramfit.units import parse_size
 
-DEFAULT_VOCAB = 50304  # GPT-2 BPE, padded to a multiple of 64 as nanoGPT does
+__all__ = ["PlanRequest", "Recommendation", "parse_int_options", "predict_one", "recommend", "time_args"]
 
-
-def parse_int_options(**options: str | None) -> dict[str, list[int] | None]:
-    """`--n-layer 4,8`-style options as lists of sizes within gpt.config.MAX_SIZES (None where not given)."""
-    from gpt.config import MAX_SIZES
-    from vramfit.sweep.grid import parse_int_list
-
-    return {name: None if value is None else parse_int_list(value, f"--{name.replace('_', '-')}",
-                                                            maximum=MAX_SIZES[name])
-            for name, value in options.items()}
-
-
-def time_args(hours: str, rank: str, loss_law: Path | None, data_dir: str) -> dict:
-    """Validated --hours / --rank / --loss-law (for suggest and plot)."""
-    from vramfit.fit.losslaw import law_for_corpus, load_law
-    from vramfit.plan.suggest import TIME_RANKS, check_hours
-
-    h = check_hours(hours)
-    if rank not in ("auto", *TIME_RANKS):
-        raise VramfitError(f"unknown --rank {rank!r}; choose auto, {', '.join(TIME_RANKS)}")
-    law = load_law(loss_law) if loss_law else law_for_corpus(data_dir)
-    if rank == "auto":
-        rank = "loss" if law is not None else "optimal"
-    if rank == "loss" and law is None:
-        raise VramfitError(f"--rank loss: no loss law for {data_dir} (run `vramfit fit --loss` after 3+ `vramfit "
-                           "train` runs on it, or pass --loss-law FILE)")
-    return {"hours": h, "rank": rank, "loss_law": law}
-
-
-@dataclass
-class SuggestRequest:
-    """What `vramfit suggest` was asked (sizes as the user wrote them)."""
-
-    vram: str
-    reserve: str = "0"
-    objective: str = "trainable"
-    space: dict = field(default_factory=dict)  # shape axis -> list of ints or None (see parse_int_options)
-    min_batch: int = 1
-    top: int = 10
-    model: Path | None = None
-    data_dir: str = "data/shakespeare_char"
-    no_profile: bool = False
-    recipe: str = "dtype=bfloat16,optimizer=fused"
-    capability: str | None = None  # with the dry run: this GPU's (NVML) where there is one, else 8.0
-    hours: str | None = None
-    rank: str = "auto"
-    loss_law: Path | None = None
-    gpus: int = 1
-    strategy: str | None = None
-    device: str = "auto"  # auto | cuda | cpu: what to plan for (see choose_model)
-    cache_dir: Path | None = None  # the dry run's cache (default: the user cache directory)
-    use_cache: bool = True
-    within_measured: bool = False  # keep every axis inside the ranges the model was measured on
-    margin: str | None = None  # --margin: instead of the profile's CV margin or the dry run's validation margin
+if TYPE_CHECKING:
+    from vramfit.plan.like import Like
 
 
 @dataclass
@@ -78,13 +32,14 @@ class Recommendation:
     model_path: Path
     notes: list[str] = field(default_factory=list)  # informational lines
     warnings: list[str] = field(default_factory=list)  # for stderr
-    time_args: dict = field(default_factory=dict)
+    time: TimeBudget | None = None  # suggest --hours
     nothing_fits: tuple[int, dict] | None = None  # (bytes the smallest config needs, that config)
     vram_label: str = ""  # the budget as the user named it: a size, or a card with its NVML total
     plan_line: str = ""  # the first line: what the plan is for (device, recipe, profile or dry run)
+    like_line: str = ""  # with --like: the config as it is, and whether it fits
 
 
-def _plan_vocab(req: SuggestRequest, space: dict, notes: list[str]) -> None:
+def _plan_vocab(req: PlanRequest, space: dict, notes: list[str]) -> None:
     """Plan for the corpus the printed commands train on (its vocabulary), unless --vocab says otherwise."""
     found = corpus_vocab(req.data_dir)
     if found is None:
@@ -98,143 +53,80 @@ def _plan_vocab(req: SuggestRequest, space: dict, notes: list[str]) -> None:
                            f"{req.data_dir} ({vocab}): training would fail")
 
 
-DEVICES = ("auto", "cuda", "cpu")
-GPU_TARGETS = ("nvml", "allocated", "reserved")
+def _time_budget(req: PlanRequest) -> TimeBudget | None:
+    """--hours / --rank / --loss-law validated (None without --hours)."""
+    if req.hours is None:
+        return None
+    time = time_args(req.hours, req.rank, req.loss_law, req.data_dir)
+    if req.no_profile:
+        raise VramfitError("--hours needs a profiled device (its sweep measures speed); drop --no-profile")
+    if req.gpus > 1:
+        raise VramfitError("--hours plans one GPU for now; drop --gpus or --hours")
+    return time
 
 
-def _recipe_text(recipe: dict) -> str:
-    parts = [str(recipe.get("dtype") or "dtype auto")]
-    if recipe.get("optimizer"):
-        parts.append(f"{recipe['optimizer']} AdamW")
-    if recipe.get("compile") is not None:
-        parts.append("compiled" if recipe["compile"] else "eager")
-    return ", ".join(parts)
+@dataclass
+class Plan:
+    """What the search runs on: the space of the flags, the time budget, the profile and where it came from, the
+    dry-run planner (None with a profile), and with --like the file and the config as it is."""
+
+    space: dict
+    time: TimeBudget | None
+    profile: Profile
+    path: Path
+    planner: object | None = None
+    like: Like | None = None
+    as_is: Shape | None = None
+
+    def searches(self, req: PlanRequest) -> dict[str | None, dict]:
+        """The searches by label (None: the one plain search): space and objective of each."""
+        from vramfit.plan.like import like_searches
+
+        if self.like is None:
+            return {None: dict(self.space, objective=req.objective)}
+        return like_searches(self.as_is, req.objective, by_time=self.time is not None)
 
 
-def _is_gpu(doc: dict) -> bool:
-    return doc.get("device_type") == "cuda" or (doc.get("device_type") is None and doc["target"] in GPU_TARGETS)
-
-
-def local_gpu_capability() -> str | None:
-    """The first GPU's compute capability as NVML reports it, None without a GPU (or NVML)."""
-    from vramfit.measure.devices import nvml_devices
-
-    gpus, _ = nvml_devices()
-    return gpus[0].compute_capability if gpus else None
-
-
-def choose_model(req: SuggestRequest, models_dir: Path | None = None) -> tuple[Path, dict] | None:
-    """The profile to plan with, or None for the dry run: --model; else the newest GPU profile in `models_dir`
-    (--target auto|cuda) or the newest CPU one (--target cpu). Without a GPU profile, auto and cuda plan for a
-    GPU by the dry run: a CPU profile measures RAM, not a card."""
-    from vramfit.fit.memmodel import load_model
-    from vramfit.plan.workflows import MODELS_DIR, open_model
-
-    if req.device not in DEVICES:
-        raise VramfitError(f"unknown --target {req.device!r}; choose {', '.join(DEVICES)}")
-    if req.model:
-        return open_model(req.model)
-    folder = Path(models_dir or MODELS_DIR)
-    for path in sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True):
-        try:
-            doc = load_model(path)
-        except VramfitError:
-            continue
-        if _is_gpu(doc) == (req.device != "cpu"):
-            return path, doc
-    if req.device == "cpu":
-        raise VramfitError(f"no CPU profile in {folder} (run `vramfit sweep --device cpu` then `vramfit fit`)")
-    return None
-
-
-def _plan_line(req: SuggestRequest, doc: dict, path: Path, budget: int, dry_capability: str | None) -> str:
-    """The first line: what the plan is for, and what to do when that is not the card meant."""
-    from vramfit.units import format_size
-
-    if dry_capability is not None:
-        why = "" if req.no_profile else " (no GPU profile in results/models; --target cpu plans for this CPU's RAM)"
-        return (f"plan for a CUDA GPU of compute capability {dry_capability}, {_recipe_text(doc['recipe'])}, by "
-                f"the dry run{why}: estimates, not measurements; `vramfit sweep` on the GPU measures it")
-    recipe = _recipe_text(doc.get("recipe") or {})
-    if not _is_gpu(doc):
-        return (f"plan for CPU RAM: {path.name} profiles {doc['device']} ({recipe}), not a GPU. For a GPU, run "
-                f"`vramfit sweep` on it, or plan by the dry run: `vramfit suggest --vram {req.vram} --no-profile "
-                "--capability 8.6` (your card's capability)")
-    line = f"plan for {doc['device']} ({recipe}) from its profile {path.name}"
-    total = doc.get("total_memory_bytes")
-    if total and budget > total:
-        line += (f"; the budget {format_size(budget)} is more than this card's {format_size(total)}: profile the "
-                 "card you mean, or plan by the dry run (--no-profile --capability X)")
-    elif total:
-        line += f" (card memory {format_size(total)})"
-    return line
-
-
-def _model(req: SuggestRequest, space: dict, warnings: list[str], budget: int):
-    """(memory model, margin, recipe dict, model path, model document, dry-run planner or None, plan line)."""
-    chosen = None if req.no_profile else choose_model(req)
-    if chosen is None and req.hours is not None:
-        raise VramfitError("--hours needs a profiled device (its sweep measures speed): no GPU profile in "
-                           "results/models (pass --model FILE, or --target cpu for a CPU profile)")
-    if chosen is not None:
-        path, doc = chosen
-        return (doc["model"], doc["margin_rel"], doc.get("recipe") or {}, path, doc, None,
-                _plan_line(req, doc, path, budget, None))
-    from vramfit.dryrun.estimate import parse_capability, parse_recipe
-    from vramfit.plan.noprofile import DryRunPlanner
-    from vramfit.recipe import Recipe
-
-    cap_text = req.capability or local_gpu_capability() or "8.0"
-    rec, cap = parse_recipe(req.recipe), parse_capability(cap_text)
-    warnings.append("warning: no profile of this device: predictions are dry-run estimates (allocator replay + a "
-                    "published CUDA context size), not measurements (run `vramfit sweep` on the GPU)")
-    planner = DryRunPlanner(rec, cap, (space["vocab_size"] or [DEFAULT_VOCAB])[0], cache_dir=req.cache_dir,
-                            use_cache=req.use_cache)
-    mm, margin, recipe_d = planner.model()
-    doc = {"device": f"CUDA sm{cap[0]}{cap[1]} (not profiled)", "recipe_key": Recipe(**recipe_d).key(),
-           "target": "nvml", "recipe": recipe_d}
-    path = Path("(dry-run, no profile)")
-    return mm, margin, recipe_d, path, doc, planner, _plan_line(req, doc, path, budget, f"{cap[0]}.{cap[1]}")
-
-
-def recommend(req: SuggestRequest) -> Recommendation:
-    """Configs that fit `req.vram - req.reserve` with the model's margin, ranked, each with its train command."""
+def recommend(req: PlanRequest) -> Recommendation:
+    """Configs that fit `req.vram - req.reserve` with the model's margin, ranked, each with its train command;
+    with `req.like`, the config as it is and what fits close to it (`plan.like.like_searches`)."""
     from vramfit.plan.budget import resolve_vram
+    from vramfit.plan.like import read_like
 
     (vram_b, card, vram_label), reserve_b = resolve_vram(req.vram, req.device), parse_size(req.reserve)
-    space = {k: req.space.get(k) for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size",
-                                           "vocab_size")}
+    like = read_like(req.like) if req.like is not None else None
+    req = fill(req, like)
+    space = {k: req.space.get(k) for k in KEYS}
+    if like is not None and space["vocab_size"] is None:
+        space["vocab_size"] = [like.shape.vocab_size]  # its own, else its corpus's, else GPT-2's
     notes: list[str] = []
     warnings: list[str] = []
     _plan_vocab(req, space, notes)
-    targs: dict = {}
-    if req.hours is not None:
-        targs = time_args(req.hours, req.rank, req.loss_law, req.data_dir)
-        if req.no_profile:
-            raise VramfitError("--hours needs a profiled device (its sweep measures speed); drop --no-profile")
-    if req.gpus > 1 and targs:
-        raise VramfitError("--hours plans one GPU for now; drop --gpus or --hours")
+    config = as_is(like, space) if like is not None else None
+    time = _time_budget(req)
     from vramfit.validation import parse_margin
 
     override = parse_margin(req.margin) if req.margin is not None else None  # a bad value fails before any work
-    mm, margin, recipe_d, path, doc, planner, plan_line = _model(req, space, warnings, vram_b - reserve_b)
+    path, profile, planner = plan_profile(req, like, (space["vocab_size"] or [DEFAULT_VOCAB])[0], warnings)
+    line = plan_line(req, profile, path, vram_b - reserve_b)
     margin_source = planner.margin.describe() if planner is not None and planner.margin is not None else None
     if override is not None:
-        margin, margin_source = override, f"margin {override:.1%}: --margin (instead of {margin:.1%})"
+        margin_source = f"margin {override:.1%}: --margin (instead of {profile.margin_rel:.1%})"
+        profile = replace(profile, margin_rel=override)
     if margin_source:
         notes.append(margin_source)
     if req.within_measured:
-        _within_measured(space, doc.get("ranges"), notes)
+        notes.append(_within_note(profile.ranges))
     try:
-        out = _search(req, space, targs, (mm, margin, recipe_d, path, doc), planner, vram_b, reserve_b,
+        out = _search(req, Plan(space, time, profile, path, planner, like, config), vram_b, reserve_b,
                       (card, vram_label))
     finally:
         if planner is not None:
             planner.__exit__(None, None, None)
             warnings += planner.warnings
             notes.append(planner.summary())
-    out.notes, out.warnings, out.plan_line = notes + out.notes, warnings + out.warnings, plan_line
-    out.doc["plan"] = plan_line
+    out.notes, out.warnings, out.plan_line = notes + out.notes, warnings + out.warnings, line
+    out.doc["plan"] = line
     if margin_source:
         out.doc["margin_source"] = margin_source
     if planner is not None:
@@ -242,22 +134,27 @@ def recommend(req: SuggestRequest) -> Recommendation:
     return out
 
 
-def _within_measured(space: dict, ranges: dict | None, notes: list[str]) -> None:
-    """Restrict each axis of the search space to the range the model was measured on (`fit.coverage`)."""
-    from vramfit.plan.suggest import DEFAULT_SPACE
-
+def _within_note(ranges: dict | None) -> str:
     if not ranges:
         raise VramfitError("--within-measured: this model has no measured ranges (fit it again with this vramfit, "
                            "or plan with the dry run)")
-    for k in ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size"):
+    return "within the measured ranges: " + ", ".join(
+        f"{k} {ranges[k][0]:g}-{ranges[k][1]:g}" for k in (*KEYS, "params", "tokens"))
+
+
+def _within_measured(space: dict, ranges: dict) -> str | None:
+    """Restrict each axis of the search space to the range the model was measured on (`fit.coverage`); the error
+    when an axis has no value left, else None."""
+    from vramfit.plan.suggest import DEFAULT_SPACE
+
+    for k in KEYS:
         lo, hi = ranges[k]
         default = {"n_head": list(range(int(lo), int(hi) + 1)), "vocab_size": [int(hi)]}.get(k) or DEFAULT_SPACE[k]
-        values = [v for v in (space[k] or default) if lo <= v <= hi]
+        values = [v for v in (space.get(k) or default) if lo <= v <= hi]
         if not values:
-            raise VramfitError(f"--within-measured: no {k} of the search space lies in the measured {lo:g}-{hi:g}")
+            return f"--within-measured: no {k} of the search space lies in the measured {lo:g}-{hi:g}"
         space[k] = values
-    notes.append("within the measured ranges: " + ", ".join(
-        f"{k} {ranges[k][0]:g}-{ranges[k][1]:g}" for k in (*SHAPE_KEYS, "params", "tokens")))
+    return None
 
 
 def _flag_extrapolations(items: list, ranges: dict | None, margin: float, budget: int) -> list[str]:
@@ -267,7 +164,7 @@ def _flag_extrapolations(items: list, ranges: dict | None, margin: float, budget
 
     lines = []
     for s in items:
-        ext = check(ranges, {k: getattr(s, k) for k in SHAPE_KEYS})
+        ext = check(ranges, s.shape.as_dict())
         s.extrapolated = sorted(ext.outside)
         if ext.inside:
             continue
@@ -275,71 +172,132 @@ def _flag_extrapolations(items: list, ranges: dict | None, margin: float, budget
         verdict = "fits" if need <= budget else "may NOT fit"
         lines.append(f"#{s.rank} is an extrapolation ({ext.describe()}): with the margin widened to "
                      f"{ext.widened_margin(margin):.1%} it {verdict}; check it first: vramfit estimate "
-                     + " ".join(f"--{k.replace('_', '-')} {getattr(s, k)}" for k in SHAPE_KEYS))
+                     + " ".join(s.shape.flags()))
     return lines
 
 
-def _search(req: SuggestRequest, space: dict, targs: dict, model: tuple, planner, vram_b: int,
-            reserve_b: int, vram_info: tuple) -> Recommendation:
-    """The search, the dry run's re-check, the multi-GPU term and the document."""
+def _timed(items: list, model, margin: float, budget: int, time) -> list:  # noqa: ANN001 - a memory model
+    """`items` with what the time buys each (the search at its exact shape, ranked by time)."""
+    from vramfit.plan.suggest import suggest
+
+    for s in items:
+        t = suggest(model, margin, budget, top=1, time=time, **{k: [v] for k, v in s.shape.as_dict().items()})[0]
+        s.ms_per_iter, s.tokens_per_s, s.tokens_in_budget = t.ms_per_iter, t.tokens_per_s, t.tokens_in_budget
+        s.hours_to_optimal, s.predicted_loss, s.score = t.hours_to_optimal, t.predicted_loss, t.score
+    return items
+
+
+def _found(req: PlanRequest, plan: Plan, model, budget: int, time) -> tuple[list, dict, dict]:  # noqa: ANN001
+    """Each search's suggestions (labelled, re-checked by the dry run where there is one), in search order; the
+    ranking (the last search's) and the space of the first search (for `smallest_need`)."""
+    from vramfit.plan.suggest import suggest
+
+    items, ranking, first = [], {}, None
+    for label, search in plan.searches(req).items():
+        search = dict(search)
+        objective = search.pop("objective")
+        if req.within_measured and (why := _within_measured(search, plan.profile.ranges)) is not None:
+            if label is None:
+                raise VramfitError(why)
+            continue  # nothing of this search close to the config lies inside what was measured
+        first = search if first is None else first
+        timed = time if label in (None, "largest model", "model close to it") else None
+        found = suggest(model, plan.profile.margin_rel, budget, objective=objective, top=req.top,
+                        min_batch=req.min_batch, time=timed, corpus_tokens=corpus_tokens(req.data_dir), **search)
+        ranking = found.ranking
+        if plan.planner is not None:
+            found = plan.planner.verify(found, budget)
+        if time is not None and timed is None:
+            found = _timed(found, model, plan.profile.margin_rel, budget, time)
+        for s in found:
+            s.label = label
+        items += found
+    return items, ranking, first if first is not None else dict(plan.space)
+
+
+def _search(req: PlanRequest, plan: Plan, vram_b: int, reserve_b: int, vram_info: tuple) -> Recommendation:
+    """The searches, the dry run's re-check, the multi-GPU term, the commands and the document."""
     from vramfit.plan.ddp import for_strategy, multi_gpu
-    from vramfit.plan.suggest import smallest_need, suggest
+    from vramfit.plan.like import like_command
+    from vramfit.plan.suggest import smallest_need
     from vramfit.plan.workflows import train_command
 
-    mm, margin, recipe_d, path, doc = model
-    budget = vram_b - reserve_b
+    profile, like = plan.profile, plan.like
+    margin, recipe_d, budget = profile.margin_rel, profile.recipe, vram_b - reserve_b
     card, vram_label = vram_info
-    if targs:
-        targs["throughput"] = doc["throughput"].model if doc.get("throughput") is not None else None
-    mm = for_strategy(mm, req.gpus, req.strategy, device_type="cuda" if _is_gpu(doc) else "cpu")
-    items = suggest(mm, margin, budget, objective=req.objective, top=req.top, min_batch=req.min_batch,
-                    command=lambda s: train_command(s, recipe_d, req.data_dir),
-                    corpus_tokens=corpus_tokens(req.data_dir), **targs, **space)
-    ranking = items.ranking
-    if planner is not None:
-        items = planner.verify(items, budget)
-    extrapolations = _flag_extrapolations(items, doc.get("ranges"), margin, budget)
+    time = plan.time
+    if time is not None:
+        time = replace(time, throughput=profile.throughput.model if profile.throughput is not None else None)
+    mm = for_strategy(profile.model, req.gpus, req.strategy, device_type=profile.kind)
+    items, ranking, first = _found(req, plan, mm, budget, time)
+    _rank(items)
+    extrapolations = _flag_extrapolations(items, profile.ranges, margin, budget)
     if req.within_measured:  # each axis is inside; drop combinations beyond the measured params or tokens
-        items = [s for s in items if not s.extrapolated]
-        for rank, s in enumerate(items, start=1):
-            s.rank = rank
-            s.command = train_command(s, recipe_d, req.data_dir)  # its --out-dir names its new rank
-        extrapolations = []
+        items, extrapolations = _rank([s for s in items if not s.extrapolated]), []
+    for s in items:
+        s.command = (like_command(s, like, recipe_d, req.data_dir) if like is not None and like.config
+                     else train_command(s, recipe_d, req.data_dir))
     items = multi_gpu(items, req.gpus)
     result = {"vram_bytes": vram_b, "card": card.name if card else None, "reserve_bytes": reserve_b,
-              "budget_bytes": budget, "objective": req.objective, "ranking": ranking, "model_file": str(path),
-              "device": doc["device"], "recipe_key": doc["recipe_key"], "recipe": recipe_d, "target": doc["target"],
-              "margin_rel": margin, "data_dir": req.data_dir,
-              "gpus": req.gpus, "strategy": req.strategy or ("ddp" if req.gpus > 1 else None),
-              "suggestions": [s.to_dict() for s in items]}
-    if targs:
-        law = targs["loss_law"]
-        result.update(hours=targs["hours"], rank=targs["rank"],
-                      loss_law=law.to_dict() if law is not None and targs["rank"] == "loss" else None)
-    out = Recommendation(result, items, path, time_args=targs, vram_label=vram_label)
+              "budget_bytes": budget, "objective": req.objective, "ranking": ranking, "model_file": str(plan.path),
+              "device": profile.device, "recipe_key": profile.recipe_key, "recipe": recipe_d,
+              "target": profile.target, "margin_rel": margin, "data_dir": req.data_dir,
+              "gpus": req.gpus, "strategy": req.strategy or ("ddp" if req.gpus > 1 else None)}
+    out = Recommendation(result, items, plan.path, time=time, vram_label=vram_label)
+    if like is not None:
+        result["like"], result["as_is"] = str(like.path), _as_is_doc(plan.as_is, mm, margin, budget)
+        out.like_line = _as_is_line(like, result["as_is"])
+    result["suggestions"] = [s.to_dict() for s in items]
+    if time is not None:
+        law = time.loss_law
+        result.update(hours=time.hours, rank=time.rank,
+                      loss_law=law.to_dict() if law is not None and time.rank == "loss" else None)
     out.warnings += extrapolations
     if not items:
-        out.nothing_fits = smallest_need(mm, margin, **space)
+        out.nothing_fits = smallest_need(mm, margin, **first)
     return out
 
 
-def predict_one(shape: dict, model: Path | None) -> dict:
-    """The predicted peak of one config (`shape`: the six SHAPE_KEYS) with its breakdown, margin and the naive
-    line, from a model file."""
+def _rank(items: list) -> list:
+    for rank, s in enumerate(items, start=1):
+        s.rank = rank
+    return items
+
+
+def _as_is_doc(shape: Shape, model, margin: float, budget: int) -> dict:  # noqa: ANN001 - a memory model
+    """The config as it is: its sizes, prediction, margin, whether it fits and its headroom (negative: short)."""
+    from vramfit.fit.features import features
+
+    pred = float(model.predict(features(*shape.as_tuple()))[0])
+    need = pred * (1 + margin)
+    return {**shape.as_dict(), "predicted_bytes": int(pred), "margin_bytes": int(pred * margin),
+            "fits": bool(need <= budget), "headroom_bytes": int(budget - need)}
+
+
+def _as_is_line(like: Like, a: dict) -> str:
+    from vramfit.units import format_size
+
+    return (f"{like.path} as it is: {Shape.of(a).text()}: predicted {format_size(a['predicted_bytes'])} + margin "
+            f"{format_size(a['margin_bytes'])}: " + (f"fits, headroom {format_size(a['headroom_bytes'])}"
+                                                     if a["fits"] else "does NOT fit"))
+
+
+def predict_one(shape: Shape, model: Path | None) -> dict:
+    """The predicted peak of one config with its breakdown, margin and the naive line, from a profile (--model,
+    else `plan.workflows.open_profile`'s choice)."""
     from gpt.config import GPTConfig, check_batch_size
     from vramfit.fit.coverage import check
     from vramfit.fit.features import features
-    from vramfit.plan.workflows import open_model
+    from vramfit.plan.workflows import open_profile
 
-    GPTConfig(shape["n_layer"], shape["n_head"], shape["n_embd"], shape["block_size"], shape["vocab_size"])
-    check_batch_size(shape["batch_size"])
-    path, doc = open_model(model)
-    f = features(shape["n_layer"], shape["n_head"], shape["n_embd"], shape["block_size"], shape["batch_size"],
-                 shape["vocab_size"])
-    pred = float(doc["model"].predict(f)[0])
-    part = doc["model"].breakdown(f)[0]
-    extra = check(doc.get("ranges"), shape)
-    return {"predicted": pred, "margin": pred * doc["margin_rel"], "extrapolation": extra,
-            "widened_margin": pred * extra.widened_margin(doc["margin_rel"]),
-            "naive": float(doc["baseline"].predict(f)[0]),
-            "regime": part.pop("regime"), "breakdown": part, "model_file": path, "model": doc}
+    GPTConfig(shape.n_layer, shape.n_head, shape.n_embd, shape.block_size, shape.vocab_size)
+    check_batch_size(shape.batch_size)
+    path, profile = open_profile(model)
+    f = features(*shape.as_tuple())
+    pred = float(profile.model.predict(f)[0])
+    part = profile.model.breakdown(f)[0]
+    extra = check(profile.ranges, shape.as_dict())
+    return {"predicted": pred, "margin": pred * profile.margin_rel, "extrapolation": extra,
+            "widened_margin": pred * extra.widened_margin(profile.margin_rel),
+            "naive": float(profile.baseline.predict(f)[0]) if profile.baseline is not None else float("nan"),
+            "regime": part.pop("regime"), "breakdown": part, "model_file": path, "model": profile}

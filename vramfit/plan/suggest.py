@@ -7,10 +7,10 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.fit.features import features
 from vramfit.fit.memmodel import MemoryModel
+from vramfit.shape import DEFAULT_VOCAB, KEYS, MODEL_KEYS, Shape
 
 OBJECTIVES = ("trainable", "params", "tokens", "balanced")
 DEFAULT_OBJECTIVE = "trainable"
@@ -42,7 +42,7 @@ DEFAULT_SPACE = {
     "n_embd": list(range(64, 1025, 64)) + [1280, 1536, 1600, 1792, 2048, 2560, 3072, 4096],
     "block_size": [64, 128, 256, 512, 1024, 2048, 4096],
     "batch_size": list(range(1, 33)) + list(range(40, 129, 8)) + list(range(160, 513, 32)),
-    "vocab_size": [50304],
+    "vocab_size": [DEFAULT_VOCAB],
 }
 MAX_HEADS = 64
 MAX_SPACE_POINTS = 10_000_000  # (shape, batch) points of one search: ~1.3 GB at the measured ~125 B a point
@@ -76,9 +76,40 @@ class Suggestion:
     predicted_loss: float | None = None  # at the end of the budget (rank chinchilla or loss)
     score: float | None = None  # the value the ranking sorted by (see Ranked.ranking["value"])
     extrapolated: list = field(default_factory=list)  # axes (and params, tokens) outside the measured ranges
+    label: str | None = None  # suggest --like: what was searched close to the config (like.LABELS)
+
+    @property
+    def shape(self) -> Shape:
+        return Shape.of(self)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.label is None:
+            del d["label"]
+        return d
+
+
+@dataclass(frozen=True)
+class TimeBudget:
+    """`suggest --hours`: the time, how what it buys is ranked (TIME_RANKS), the loss law for rank `loss`, and
+    the profile's throughput model (ms/iter)."""
+
+    hours: float | str
+    rank: str = "optimal"
+    loss_law: object | None = None
+    throughput: object | None = None
+
+
+@dataclass
+class _Fit:
+    """The search space, its features, predictions, needs (prediction + margin), and per shape the position of
+    its largest fitting batch (`idx`)."""
+
+    space: dict
+    feats: dict
+    pred: np.ndarray
+    need: np.ndarray
+    idx: np.ndarray
 
 
 class Ranked(list):
@@ -125,8 +156,7 @@ def enumerate_space(n_layer=None, n_head=None, n_embd=None, block_size=None, bat
     if not len(shapes):
         raise VramfitError("the search space is empty (check --n-layer / --n-embd)")
     S, NB = len(shapes), len(batches)
-    out = {k: np.repeat(shapes[:, i], NB) for i, k in enumerate(("n_layer", "n_head", "n_embd", "block_size",
-                                                                     "vocab_size"))}
+    out = {k: np.repeat(shapes[:, i], NB) for i, k in enumerate(MODEL_KEYS)}
     out["batch_size"] = np.tile(np.asarray(batches, dtype=np.int64), S)
     out["_n_batches"] = NB
     return out
@@ -145,8 +175,7 @@ def check_space_size(n: int) -> None:
 
 
 def predict_space(model: MemoryModel, space: dict[str, np.ndarray]) -> tuple[dict, np.ndarray]:
-    feats = features(space["n_layer"], space["n_head"], space["n_embd"], space["block_size"],
-                     space["batch_size"], space["vocab_size"])
+    feats = features(*(space[k] for k in KEYS))
     return feats, model.predict(feats)
 
 
@@ -161,20 +190,19 @@ def check_hours(hours) -> float:
     return h
 
 
-def time_scores(throughput, hours: float, rank: str, loss_law, space: dict, idx: np.ndarray,
-                feats: dict) -> dict[str, np.ndarray]:
+def time_scores(time: TimeBudget, space: dict, idx: np.ndarray, feats: dict) -> dict[str, np.ndarray]:
     """Per candidate `idx`: ms/iter, tokens/s, tokens in the hours, hours to 20 x P, predicted loss, and the
     score the rank sorts by (lower is better)."""
     from vramfit.fit.losslaw import TOKENS_PER_PARAM, chinchilla
     from vramfit.fit.throughput import predict_ms
 
+    hours, rank, loss_law = check_hours(time.hours), time.rank, time.loss_law
     if rank not in TIME_RANKS:
         raise VramfitError(f"unknown --rank {rank!r}; choose one of {', '.join(TIME_RANKS)}")
     if rank == "loss" and loss_law is None:
         raise VramfitError("--rank loss needs a fitted loss law (run `vramfit fit --loss` after a few "
                            "`vramfit train` runs on this corpus)")
-    ms = predict_ms(throughput, *(space[k][idx] for k in ("n_layer", "n_head", "n_embd", "block_size",
-                                                          "batch_size", "vocab_size")))
+    ms = predict_ms(time.throughput, *(space[k][idx] for k in KEYS))
     P, N = feats["params"][idx], feats["tokens"][idx]
     tps = N / (ms / 1000)
     D = tps * hours * 3600
@@ -186,8 +214,8 @@ def time_scores(throughput, hours: float, rank: str, loss_law, space: dict, idx:
     return out
 
 
-def _fitting(model: MemoryModel, margin_rel: float, budget_bytes: int, min_batch: int, space_args: dict):
-    """(space, feats, pred, need, idx): idx = per shape, the largest batch whose prediction + margin fits."""
+def _fitting(model: MemoryModel, margin_rel: float, budget_bytes: int, min_batch: int, space_args: dict) -> _Fit:
+    """The space searched, and per shape the largest batch whose prediction + margin fits."""
     if budget_bytes <= 0:
         raise VramfitError("the budget must be positive (is --reserve larger than --vram?)")
     floor = model.intercept_ * (1 + margin_rel)
@@ -203,15 +231,14 @@ def _fitting(model: MemoryModel, margin_rel: float, budget_bytes: int, min_batch
     last = NB - 1 - np.argmax(fits2[:, ::-1], axis=1)
     any_fit = fits2.any(axis=1)
     idx = (np.nonzero(any_fit)[0] * NB + last[any_fit])
-    return space, feats, pred, need, idx
+    return _Fit(space, feats, pred, need, idx)
 
 
-def time_frontier(model: MemoryModel, margin_rel: float, budget_bytes: int, throughput, hours: float,
-                  rank: str = "optimal", loss_law=None, min_batch: int = 1, **space_args) -> dict[str, np.ndarray]:
-    """Every shape that fits (with its largest fitting batch) and what `hours` buys it: for the frontier plot."""
-    space, feats, _, _, idx = _fitting(model, margin_rel, budget_bytes, min_batch, space_args)
-    out = time_scores(throughput, check_hours(hours), rank, loss_law, space, idx, feats)
-    return out | {k: space[k][idx] for k in SHAPE_KEYS}
+def time_frontier(model: MemoryModel, margin_rel: float, budget_bytes: int, time: TimeBudget,
+                  min_batch: int = 1, **space_args) -> dict[str, np.ndarray]:
+    """Every shape that fits (with its largest fitting batch) and what `time` buys it: for the frontier plot."""
+    f = _fitting(model, margin_rel, budget_bytes, min_batch, space_args)
+    return time_scores(time, f.space, f.idx, f.feats) | {k: f.space[k][f.idx] for k in KEYS}
 
 
 def _model_keys(space: dict, rows: np.ndarray) -> np.ndarray:
@@ -272,27 +299,30 @@ def ranking_text(ranking: dict) -> str:
 
 
 def suggest(model: MemoryModel, margin_rel: float, budget_bytes: int, objective: str = DEFAULT_OBJECTIVE,
-            top: int = 10, min_batch: int = 1, command=None, hours: float | None = None, throughput=None,
-            rank: str = "optimal", loss_law=None, corpus_tokens: int | None = None, **space_args) -> Ranked:
+            top: int = 10, min_batch: int = 1, command=None, time: TimeBudget | None = None,
+            corpus_tokens: int | None = None, **space_args) -> Ranked:
     """Configs whose prediction + margin fits `budget_bytes`, one per shape (its largest fitting batch), ranked by
-    `objective` (`trainable`: one per model, see TOKENS_FLOOR), or with `hours` (and a ThroughputModel) by what
-    the time buys under `rank` (see TIME_RANKS). `.ranking` says what the order was."""
+    `objective` (`trainable`: one per model, see TOKENS_FLOOR), or with a `time` budget (and its ThroughputModel)
+    by what the time buys under its rank (see TIME_RANKS). `.ranking` says what the order was. `space_args`: the
+    values of each Shape axis to search (None: DEFAULT_SPACE), `head_dims` and `aspect` (`enumerate_space`)."""
     if objective not in OBJECTIVES:
         raise VramfitError(f"unknown objective {objective!r}; choose one of {', '.join(OBJECTIVES)}")
-    if hours is not None:
-        hours = check_hours(hours)
-        if throughput is None:
+    if time is not None:
+        time = TimeBudget(check_hours(time.hours), time.rank, time.loss_law, time.throughput)
+        if time.throughput is None:
             raise VramfitError("this model file has no throughput model (fitted before `--hours` existed, or its "
                                "points have no ms/iter): re-run `vramfit fit`")
-    space, feats, pred, need, idx = _fitting(model, margin_rel, budget_bytes, min_batch, space_args)
-    ranking = {"objective": objective if hours is None else "hours"}
+    f = _fitting(model, margin_rel, budget_bytes, min_batch, space_args)
+    space, feats, need, idx = f.space, f.feats, f.need, f.idx
+    ranking = {"objective": objective if time is None else "hours"}
     if not len(idx):
         return Ranked([], ranking)
     P, N, cost = feats["params"][idx], feats["tokens"][idx], need[idx]
     odd_heads = np.abs(space["n_embd"][idx] / space["n_head"][idx] - 64)  # ties: prefer head_dim 64
     times, rows, per_model = None, np.arange(len(idx)), False
-    if hours is not None:
-        times = time_scores(throughput, hours, rank, loss_law, space, idx, feats)
+    if time is not None:
+        rank = time.rank
+        times = time_scores(time, space, idx, feats)
         primary, score = (-times["tokens"], times["score"]), -times["score"] if rank == "optimal" else times["loss"]
         ranking.update(value="tokens toward 20 x params" if rank == "optimal" else "predicted loss", rank=rank)
     elif objective == "trainable":
@@ -304,12 +334,11 @@ def suggest(model: MemoryModel, margin_rel: float, budget_bytes: int, objective:
         primary = {"params": (-N, -P), "tokens": (-P, -N), "balanced": (-(np.log(P) + np.log(N)),)}[objective]
         score = {"params": P, "tokens": N, "balanced": P * N}[objective]
         ranking["value"] = {"params": "params", "tokens": "tokens/step", "balanced": "params x tokens/step"}[objective]
-    if hours is None:
+    if time is None:
         ranking["text"] = ranking_text(ranking)
     order = rows[np.lexsort(tuple(k[rows] for k in (odd_heads, cost, *primary)))]  # last key: the primary one
     chosen = _distinct(space, idx, order, top, per_model)
-    return Ranked(_build(model, space, feats, pred, need, idx, chosen, margin_rel, budget_bytes, times, rank,
-                         score, command), ranking)
+    return Ranked(_build(model, f, chosen, (margin_rel, budget_bytes), (times, time), score, command), ranking)
 
 
 def _distinct(space: dict, idx: np.ndarray, order: np.ndarray, top: int, per_model: bool) -> list[int]:
@@ -328,16 +357,18 @@ def _distinct(space: dict, idx: np.ndarray, order: np.ndarray, top: int, per_mod
     return chosen
 
 
-def _build(model: MemoryModel, space: dict, feats: dict, pred: np.ndarray, need: np.ndarray, idx: np.ndarray,
-           chosen: list[int], margin_rel: float, budget_bytes: int, times: dict | None, rank: str,
-           score: np.ndarray, command) -> list[Suggestion]:
-    """Suggestion objects for positions `chosen` (into idx), with breakdown, score and command."""
-    rows = idx[np.asarray(chosen, dtype=np.int64)]
+def _build(model: MemoryModel, f: _Fit, chosen: list[int], budget: tuple[float, int],
+           timed: tuple[dict | None, TimeBudget | None], score: np.ndarray, command) -> list[Suggestion]:
+    """Suggestion objects for positions `chosen` (into f.idx), with breakdown, score and command (`budget`: the
+    margin and the bytes; `timed`: the time scores and the time budget, or Nones)."""
+    (margin_rel, budget_bytes), (times, time) = budget, timed
+    space, feats, pred, need = f.space, f.feats, f.pred, f.need
+    rows = f.idx[np.asarray(chosen, dtype=np.int64)]
     parts = model.breakdown({k: v[rows] for k, v in feats.items()})
     out = []
     for rank_no, (j, i, part) in enumerate(zip(chosen, rows, parts, strict=True), start=1):
         s = Suggestion(
-            rank=rank_no, **{k: int(space[k][i]) for k in SHAPE_KEYS},
+            rank=rank_no, **{k: int(space[k][i]) for k in KEYS},
             params=int(feats["params"][i]), tokens_per_step=int(feats["tokens"][i]),
             predicted_bytes=int(pred[i]), margin_bytes=int(pred[i] * margin_rel),
             headroom_bytes=int(budget_bytes - need[i]), regime=part.pop("regime"),
@@ -346,7 +377,7 @@ def _build(model: MemoryModel, space: dict, feats: dict, pred: np.ndarray, need:
         if times is not None:
             s.ms_per_iter, s.tokens_per_s = float(times["ms_per_iter"][j]), float(times["tokens_per_s"][j])
             s.tokens_in_budget, s.hours_to_optimal = float(times["tokens"][j]), float(times["hours_to_optimal"][j])
-            s.predicted_loss = float(times["loss"][j]) if rank != "optimal" else None
+            s.predicted_loss = float(times["loss"][j]) if time.rank != "optimal" else None
         s.command = command(s) if command else ""
         out.append(s)
     return out

@@ -10,15 +10,18 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
-from vramfit.fit.memmodel import FitReport, fit_points, load_model
+from vramfit.fit.memmodel import fit_points
+from vramfit.fit.profile import Profile, latest
 from vramfit.paths import MODELS_DIR, SUGGESTIONS_FILE, Protected, check_output, write_text
 from vramfit.plan.suggest import Suggestion
 from vramfit.recipe import ALLOC_CONF_VARS
+from vramfit.shape import KEYS
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where frames are built: predicting from a model file needs no pandas
+
+DEFAULT_DATA_DIR = "data/shakespeare_char"  # the corpus planned for and trained on when none is named
 
 
 def slug(text: str) -> str:
@@ -52,7 +55,7 @@ def dryrun_estimates(points: pd.DataFrame, target: str = "auto") -> list[int]:
 
 
 def fit_store(points: pd.DataFrame, target: str = "auto", regimes: int = 2,
-              dryrun: bool = False, allow_shared: bool = False) -> list[tuple[FitReport, pd.DataFrame]]:
+              dryrun: bool = False, allow_shared: bool = False) -> list[tuple[Profile, pd.DataFrame]]:
     """One fit per (device, recipe) found in `points`; groups with too few ok points are skipped.
     `dryrun` also fits y = c0 + k*estimate on the dry-run estimates of the points (slower: ~0.1-3 s a point).
     `allow_shared` keeps NVML readings taken while other compute processes shared the GPU."""
@@ -73,7 +76,7 @@ def fit_store(points: pd.DataFrame, target: str = "auto", regimes: int = 2,
 
 def fit_and_save(points: pd.DataFrame, out_dir: str | Path, target: str = "auto", regimes: int = 2,
                  dryrun: bool = False, allow_shared: bool = False,
-                 protected: Protected | None = None) -> list[tuple[FitReport, Path]]:
+                 protected: Protected | None = None) -> list[tuple[Profile, Path]]:
     """`fit_store`, each report saved as `out_dir/<device>-<recipe>.json` (never over a `protected` file):
     (report, path) per device + recipe."""
     return [(report, report.save(Path(out_dir) / model_filename(report.device, report.recipe_key), protected))
@@ -81,30 +84,23 @@ def fit_and_save(points: pd.DataFrame, out_dir: str | Path, target: str = "auto"
                                        allow_shared=allow_shared)]
 
 
-def resolve_model_file(model: str | Path | None, models_dir: str | Path = MODELS_DIR) -> Path:
-    """The model file to use: the given path, or the only (or newest) JSON in `models_dir`."""
+def open_profile(model: str | Path | None, models_dir: str | Path = MODELS_DIR) -> tuple[Path, Profile]:
+    """The profile to use: the file `model` names, else the most recently fitted one in `models_dir`, a GPU's
+    before a CPU's (`vramfit.fit.profile.latest`)."""
     if model:
-        path = Path(model)
-        if not path.is_file():
-            raise VramfitError(f"no model file at {path} (run `vramfit fit` first)")
-        return path
-    files = sorted(Path(models_dir).glob("*.json"), key=lambda p: p.stat().st_mtime)
-    if not files:
+        return Path(model), Profile.load(model)
+    found = latest(models_dir, "cuda") or latest(models_dir, "cpu")
+    if found is None:
         raise VramfitError(f"no fitted model in {models_dir} (run `vramfit sweep` then `vramfit fit`, "
                            "or pass --model FILE)")
-    return files[-1]
+    return found
 
 
-def open_model(model: str | Path | None, models_dir: str | Path = MODELS_DIR) -> tuple[Path, dict]:
-    path = resolve_model_file(model, models_dir)
-    return path, load_model(path)
-
-
-def train_command(s: Suggestion, recipe: dict, data_dir: str = "data/shakespeare_char",
+def train_command(s: Suggestion, recipe: dict, data_dir: str = DEFAULT_DATA_DIR,
                   out_dir: str | None = None) -> str:
     """The exact `vramfit train` command for a suggestion under the model's recipe."""
     args = ["vramfit", "train"]
-    for key in SHAPE_KEYS:
+    for key in KEYS:
         args += [f"--{key.replace('_', '-')}", str(getattr(s, key))]
     for key in ("dtype", "compile", "optimizer", "attn_kernel"):
         if recipe.get(key) is not None:
@@ -145,7 +141,7 @@ def load_suggestion(rank: int, path: str | Path = SUGGESTIONS_FILE) -> tuple[dic
 
 def suggestion_overrides(doc: dict, item: dict) -> dict:
     """TrainConfig overrides that reproduce a suggestion under its model's recipe."""
-    out = {k: item[k] for k in SHAPE_KEYS}
+    out = {k: item[k] for k in KEYS}
     recipe = doc.get("recipe") or {}
     out.update({k: recipe[k] for k in ("dtype", "compile", "optimizer", "attn_kernel") if recipe.get(k) is not None})
     out["out_dir"] = f"out/suggest-{item['rank']}"
@@ -174,22 +170,22 @@ def compare_and_store(cfg, record: dict, doc: dict | None, db: str | Path) -> li
                      if record.get(k) is not None]
     lines.append(f"measured (stable: {record.get('stable')} after {record.get('iters', 0)} steps): "
                  + ", ".join(f"{k.removesuffix('_bytes')} {format_size(record[k])}" for k in measured_keys))
-    model_doc = None
+    profile = None
     if doc and doc.get("model_file") and Path(doc["model_file"]).is_file():
-        model_doc = load_model(doc["model_file"])
-    if model_doc is not None:
-        col = TARGETS[model_doc["target"]]
-        f = features(*(record[k] for k in SHAPE_KEYS))
-        pred = float(model_doc["model"].predict(f)[0])
-        margin = pred * model_doc["margin_rel"]
+        profile = Profile.load(doc["model_file"])
+    if profile is not None:
+        col = TARGETS[profile.target]
+        f = features(*(record[k] for k in KEYS))
+        pred = float(profile.model.predict(f)[0])
+        margin = pred * profile.margin_rel
         if record.get(col) is not None:
             err = (pred - record[col]) / record[col]
             lines.append(f"predicted {format_size(pred)} (+ margin {format_size(margin)}) vs measured "
-                         f"{format_size(record[col])} ({model_doc['target']}): error {err:+.2%}"
+                         f"{format_size(record[col])} ({profile.target}): error {err:+.2%}"
                          + ("" if pred + margin >= record[col] else "  [measured exceeds prediction + margin]"))
             record["predicted_bytes"] = int(pred)
         else:
-            lines.append(f"no {model_doc['target']} reading on this device to compare with the prediction")
+            lines.append(f"no {profile.target} reading on this device to compare with the prediction")
     with Store(db) as store:
         env = store.environment(facts.to_dict(), recipe, record.get("emulate_bytes"))
         point_id = store.insert_point(record, env, None, source="train")

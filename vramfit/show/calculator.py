@@ -14,11 +14,11 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vramfit import SHAPE_KEYS
-from vramfit.fit.memmodel import FitReport, load_model
+from vramfit.fit.profile import Profile
 from vramfit.plan.ddp import DDP_BYTES_PER_PARAM, DdpTerm
 from vramfit.plan.suggest import DEFAULT_SPACE
 from vramfit.plan.workflows import MODELS_DIR, model_filename
+from vramfit.shape import Shape
 from vramfit.show.context import PlanContext, grid_axes
 from vramfit.units import format_size
 
@@ -57,7 +57,7 @@ def compact_size(n: int) -> str:
     return str(n)
 
 
-def model_file_note(report: FitReport, models_dir: str | Path = MODELS_DIR, points: pd.DataFrame | None = None) -> str:
+def model_file_note(report: Profile, models_dir: str | Path = MODELS_DIR, points: pd.DataFrame | None = None) -> str:
     """Which saved model file this fit is: the `vramfit fit` file for this device+recipe when its data hash
     matches; else, when it still holds every point of `points` (this fit's rows) within its margin, the same file
     fitted on fewer of them (a measured `train` run it predicted adds a point, not a contradiction); else stale."""
@@ -65,20 +65,20 @@ def model_file_note(report: FitReport, models_dir: str | Path = MODELS_DIR, poin
     if not path.is_file():
         return f"none saved ({path} absent): this page's fit of the database"
     try:
-        saved = load_model(path)
+        saved = Profile.load(path)
     except Exception as exc:  # noqa: BLE001 - an unreadable file is a fact to state, not a reason to fail
         return f"{path} unreadable ({exc}): this page's fit of the database"
-    if saved.get("target") == report.target:
-        if saved.get("data_hash") == report.data_hash:
+    if saved.target == report.target:
+        if saved.data_hash == report.data_hash:
             return f"{path} (same data hash and target)"
         if points is not None and holds_every_point(saved, points, report.target):
-            return (f"{path} (fitted on {saved.get('n_points')} of these {report.n_points} points; none of them "
+            return (f"{path} (fitted on {saved.n_points} of these {report.n_points} points; none of them "
                     "exceeds its prediction + margin)")
-    return (f"{path} is stale (data hash {saved.get('data_hash')}, target {saved.get('target')}): "
+    return (f"{path} is stale (data hash {saved.data_hash}, target {saved.target}): "
             "this page's fit of the database; re-run `vramfit fit`")
 
 
-def holds_every_point(saved: dict, points: pd.DataFrame, target: str) -> bool:
+def holds_every_point(saved: Profile, points: pd.DataFrame, target: str) -> bool:
     """Whether a saved model's prediction + margin covers the `target` reading of every ok point in `points`."""
     import numpy as np
 
@@ -90,11 +90,11 @@ def holds_every_point(saved: dict, points: pd.DataFrame, target: str) -> bool:
     ok = points[(points["status"] == "ok") & points[col].notna()].reset_index(drop=True)
     if ok.empty:
         return False
-    bound = saved["model"].predict(frame_features(ok)) * (1 + saved["margin_rel"])
+    bound = saved.model.predict(frame_features(ok)) * (1 + saved.margin_rel)
     return bool(np.all(ok[col].to_numpy(dtype=np.float64) <= bound))
 
 
-def provenance(report: FitReport, models_dir: str | Path = MODELS_DIR, source: str | None = None,
+def provenance(report: Profile, models_dir: str | Path = MODELS_DIR, source: str | None = None,
                points: pd.DataFrame | None = None) -> dict:
     """Device, recipe, model file, data hash and CV error of one fit, as the page lists them."""
     m = report.metrics["ours"]
@@ -113,7 +113,7 @@ def provenance(report: FitReport, models_dir: str | Path = MODELS_DIR, source: s
     return out
 
 
-def model_entry(report: FitReport, ctx: PlanContext, shape: dict, models_dir: str | Path = MODELS_DIR,
+def model_entry(report: Profile, ctx: PlanContext, shape: Shape, models_dir: str | Path = MODELS_DIR,
                 source: str | None = None, points: pd.DataFrame | None = None) -> dict:
     """One fitted model as the page's JavaScript reads it (`shape`: the inputs' starting values; `points`: the
     rows it was fitted on, against which a saved model file is judged)."""
@@ -122,14 +122,14 @@ def model_entry(report: FitReport, ctx: PlanContext, shape: dict, models_dir: st
             "margin_rel": report.margin_rel, "ddp_bytes_per_param": DDP_BYTES_PER_PARAM,
             "ddp_comm_bytes": DdpTerm.for_device(report.device_type).comm_bytes,
             "throughput": tp.model.to_dict() if tp is not None else None,
-            "defaults": {**{k: int(shape[k]) for k in SHAPE_KEYS}, "vram": compact_size(ctx.vram_bytes),
+            "defaults": {**shape.as_dict(), "vram": compact_size(ctx.vram_bytes),
                          "reserve": compact_size(ctx.reserve_bytes), "gpus": ctx.gpus},
             "provenance": provenance(report, models_dir, source, points)}
 
 
-def page_data(entries: list[dict], shapes: list[dict]) -> dict:
+def page_data(entries: list[dict], shapes: list[Shape]) -> dict:
     """Everything the script needs: the models, suggest's batch candidates, the chart's axes, the cards."""
-    blocks, batches = grid_axes(mark=shapes[0] if shapes else None)
+    blocks, batches = grid_axes(mark=shapes[0].as_dict() if shapes else None)
     return {"models": entries, "batches": sorted(set(DEFAULT_SPACE["batch_size"])), "chart_blocks": blocks,
             "chart_batches": batches, "cards": named_cards()}
 

@@ -12,18 +12,16 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vramfit import SHAPE_KEYS
-from vramfit.corpus import corpus_vocab as corpus_vocab_source
+from vramfit.corpus import corpus_vocab
 from vramfit.errors import VramfitError
 from vramfit.plan.budget import resolve_vram
 from vramfit.plan.ddp import for_strategy, multi_gpu
-from vramfit.plan.suggest import DEFAULT_SPACE, OBJECTIVES, Suggestion, suggest
-from vramfit.plan.workflows import SUGGESTIONS_FILE, train_command
+from vramfit.plan.suggest import OBJECTIVES, Suggestion, suggest
+from vramfit.plan.workflows import DEFAULT_DATA_DIR, SUGGESTIONS_FILE, train_command
+from vramfit.shape import DEFAULT_VOCAB, KEYS, Shape
 from vramfit.units import parse_size
 
 DEFAULT_VRAM = "8G"
-DEFAULT_DATA_DIR = "data/shakespeare_char"
-SHAPE = ("n_layer", "n_head", "n_embd", "vocab_size")
 
 
 @dataclass
@@ -49,12 +47,12 @@ class PlanContext:
         if not doc or doc.get("device") != device or doc.get("recipe_key") != recipe_key:
             return None
         items = doc.get("suggestions") or []
-        return items[0] if items and all(k in items[0] for k in SHAPE_KEYS) else None
+        return items[0] if items and all(k in items[0] for k in KEYS) else None
 
 
-def corpus_vocab(data_dir: str | Path) -> int | None:
-    """A prepared corpus's vocabulary (meta.json, or nanoGPT's meta.pkl: `vramfit.corpus`), None where there is none."""
-    found = corpus_vocab_source(data_dir)
+def _vocab(data_dir: str | Path) -> int | None:
+    """A prepared corpus's vocabulary size (`vramfit.corpus.corpus_vocab`), None where there is none."""
+    found = corpus_vocab(data_dir)
     return found[0] if found else None
 
 
@@ -77,7 +75,7 @@ def _last_vocab(doc: dict) -> int | None:
     vocabs = {s.get("vocab_size") for s in doc["suggestions"] if isinstance(s, dict)}
     if len(vocabs) == 1 and isinstance(v := vocabs.pop(), int) and v > 0:
         return v
-    return corpus_vocab(doc["data_dir"]) if doc.get("data_dir") else None
+    return _vocab(doc["data_dir"]) if doc.get("data_dir") else None
 
 
 def plan_context(vram: str | None = None, suggestions: str | Path = SUGGESTIONS_FILE,
@@ -99,17 +97,17 @@ def plan_context(vram: str | None = None, suggestions: str | Path = SUGGESTIONS_
         raise VramfitError("the budget must be positive (is --reserve larger than --vram?)")
     vocab = None
     if data_dir is not None:
-        vocab = corpus_vocab(data_dir)
+        vocab = _vocab(data_dir)
         if vocab is None:
             raise VramfitError(f"no prepared corpus in {data_dir} (missing or unreadable meta.json; "
                                "run `vramfit prepare`)")
         sources.append(f"vocab {vocab} from {Path(data_dir) / 'meta.json'}")
     elif doc is not None and (vocab := _last_vocab(doc)) is not None:
         sources.append(f"vocab {vocab} from the last `vramfit suggest`")
-    elif (vocab := corpus_vocab(DEFAULT_DATA_DIR)) is not None:
+    elif (vocab := _vocab(DEFAULT_DATA_DIR)) is not None:
         sources.append(f"vocab {vocab} from {Path(DEFAULT_DATA_DIR) / 'meta.json'}")
     else:
-        vocab = DEFAULT_SPACE["vocab_size"][0]
+        vocab = DEFAULT_VOCAB
         sources.append(f"vocab {vocab} (GPT-2 BPE, padded: no prepared corpus)")
     objective = doc.get("objective") if doc is not None and doc.get("objective") in OBJECTIVES else "balanced"
     return PlanContext(vram_b, reserve_b, int(vocab), objective,
@@ -117,7 +115,7 @@ def plan_context(vram: str | None = None, suggestions: str | Path = SUGGESTIONS_
                        int((doc or {}).get("gpus") or 1), sources, doc)
 
 
-def per_gpu_model(report, ctx: PlanContext):  # noqa: ANN001, ANN201 - a FitReport; its model or a DdpMemoryModel
+def per_gpu_model(report, ctx: PlanContext):  # noqa: ANN001, ANN201 - a Profile; its model or a DdpMemoryModel
     """The report's model per GPU for the last suggest's --gpus (DDP buckets, and NCCL's buffers where the profile
     is a GPU's)."""
     return for_strategy(report.model, ctx.gpus, None, device_type=report.device_type)
@@ -136,15 +134,15 @@ def ranked(report, ctx: PlanContext, top: int = 5) -> list[Suggestion]:
     return multi_gpu(items, ctx.gpus)
 
 
-def feasibility_shape(report, ctx: PlanContext, items: list[Suggestion], fallback: dict) -> dict:
+def feasibility_shape(report, ctx: PlanContext, items: list[Suggestion], fallback: Shape) -> Shape:
     """The shape the feasibility plot and the calculator start from: the last suggest's #1 for this device, recipe
     and vocabulary, else the top ranked suggestion, else `fallback` (the largest measured shape)."""
     last = ctx.last_top(report.device, report.recipe_key)
     if last is not None and int(last["vocab_size"]) == ctx.vocab_size:  # not when --data-dir changed the vocab
-        return {k: int(last[k]) for k in SHAPE_KEYS}
+        return Shape.of(last)
     if items:
-        return {k: int(getattr(items[0], k)) for k in SHAPE_KEYS}
-    return dict(fallback)
+        return Shape.of(items[0])
+    return fallback
 
 
 FEASIBILITY_BLOCKS = (64, 128, 256, 512, 1024, 2048)

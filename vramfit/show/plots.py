@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import matplotlib
@@ -11,10 +12,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from vramfit import SHAPE_KEYS  # noqa: E402
 from vramfit.fit.features import features, frame_features, shape_key  # noqa: E402
-from vramfit.fit.memmodel import TARGETS, FitReport  # noqa: E402
+from vramfit.fit.memmodel import TARGETS  # noqa: E402
+from vramfit.fit.profile import Profile  # noqa: E402
 from vramfit.paths import check_output, output_path  # noqa: E402
+from vramfit.plan.suggest import TimeBudget  # noqa: E402
+from vramfit.shape import Shape  # noqa: E402
 from vramfit.show.context import FEASIBILITY_BATCHES, FEASIBILITY_BLOCKS, grid_axes  # noqa: E402
 
 GIB = 2**30
@@ -40,7 +43,7 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def pred_vs_measured(report: FitReport, path: Path) -> Path:
+def pred_vs_measured(report: Profile, path: Path) -> Path:
     """Grouped-CV predictions (shapes held out) of ours and the naive baseline against measurements."""
     cv = report.cv
     scale, unit = _unit(cv["measured"])
@@ -63,7 +66,7 @@ def pred_vs_measured(report: FitReport, path: Path) -> Path:
     return _save(fig, path)
 
 
-def memory_vs_tokens(report: FitReport, points: pd.DataFrame, path: Path, budget: float | None = None) -> Path:
+def memory_vs_tokens(report: Profile, points: pd.DataFrame, path: Path, budget: float | None = None) -> Path:
     """Measured memory against tokens per batch for each model shape and block, with the fitted lines."""
     col = TARGETS[report.target]
     ok = points[(points["status"] == "ok") & points[col].notna()].copy()
@@ -88,7 +91,7 @@ def memory_vs_tokens(report: FitReport, points: pd.DataFrame, path: Path, budget
     return _save(fig, path)
 
 
-def feasibility(report: FitReport, shape: dict, budget: float, path: Path,
+def feasibility(report: Profile, shape: Shape, budget: float, path: Path,
                 blocks=FEASIBILITY_BLOCKS, batches=FEASIBILITY_BATCHES, model=None,
                 mark: dict | None = None) -> Path:
     """Predicted memory + margin over block_size x batch_size for one model shape (`model`: the one to plan with,
@@ -99,7 +102,7 @@ def feasibility(report: FitReport, shape: dict, budget: float, path: Path,
     model = model if model is not None else report.model
     blocks, batches = grid_axes(blocks, batches, mark)
     T, B = np.meshgrid(np.asarray(blocks), np.asarray(batches), indexing="ij")
-    f = features(shape["n_layer"], shape["n_head"], shape["n_embd"], T.ravel(), B.ravel(), shape["vocab_size"])
+    f = features(shape.n_layer, shape.n_head, shape.n_embd, T.ravel(), B.ravel(), shape.vocab_size)
     need = (model.predict(f) * (1 + report.margin_rel)).reshape(T.shape)
     scale, unit = _unit([budget])
     lo, hi = min(float(need.min()), 0.9 * budget), max(min(float(need.max()), 2 * budget), 1.1 * budget)
@@ -125,8 +128,8 @@ def feasibility(report: FitReport, shape: dict, budget: float, path: Path,
     ax.set_xticks(np.arange(0, len(batches), step) + 0.5, [str(b) for b in batches[::step]])
     ax.set_xlabel("batch_size")
     ax.set_ylabel("block_size")
-    ax.set_title(f"Feasibility for {shape['n_layer']}L {shape['n_head']}H {shape['n_embd']}C "
-                 f"V={shape['vocab_size']} (line: {budget / scale:.3g} {unit} budget)")
+    ax.set_title(f"Feasibility for {shape.n_layer}L {shape.n_head}H {shape.n_embd}C "
+                 f"V={shape.vocab_size} (line: {budget / scale:.3g} {unit} budget)")
     return _save(fig, path)
 
 
@@ -151,7 +154,7 @@ def breakdown_bars(suggestions: list, budget: float, path: Path) -> Path:
     return _save(fig, path)
 
 
-def residuals(report: FitReport, path: Path) -> Path:
+def residuals(report: Profile, path: Path) -> Path:
     """Cross-validated relative errors (shape held out) per point, ours vs naive."""
     cv = report.cv
     scale, unit = _unit(cv["measured"])
@@ -222,19 +225,18 @@ def frontier(front: dict, hours: float, rank: str, path: Path, chosen: dict | No
     return _save(fig, path)
 
 
-def frontier_for(report: FitReport, budget: float, hours: float, path: Path, rank: str = "optimal",
-                 loss_law=None, **space) -> Path | None:
+def frontier_for(report: Profile, budget: float, time: TimeBudget, path: Path, **space) -> Path | None:
     """The frontier plot of a fitted report (None without a throughput model or when nothing fits)."""
     from vramfit.errors import VramfitError
     from vramfit.plan.suggest import suggest, time_frontier
 
     if report.throughput is None:
         return None
+    time = replace(time, throughput=report.throughput.model)
+    hours, rank = time.hours, time.rank
     try:
-        front = time_frontier(report.model, report.margin_rel, int(budget), report.throughput.model, hours, rank,
-                              loss_law, **space)
-        top = suggest(report.model, report.margin_rel, int(budget), top=1, hours=hours,
-                      throughput=report.throughput.model, rank=rank, loss_law=loss_law, **space)
+        front = time_frontier(report.model, report.margin_rel, int(budget), time, **space)
+        top = suggest(report.model, report.margin_rel, int(budget), top=1, time=time, **space)
     except VramfitError:
         return None
     if not len(front["params"]) or not top:
@@ -245,18 +247,19 @@ def frontier_for(report: FitReport, budget: float, hours: float, path: Path, ran
     return frontier(front, hours, rank, path, chosen)
 
 
-def largest_shape(points: pd.DataFrame) -> dict:
-    """The ok point with the most parameters, as a shape dict (the feasibility plot's shape without suggestions)."""
+def largest_shape(points: pd.DataFrame) -> Shape:
+    """The ok point with the most parameters (the feasibility plot's shape without suggestions)."""
     ok = points[points["status"] == "ok"]
     big = ok.assign(P=frame_features(ok)["params"]).sort_values("P").iloc[-1]
-    return {k: int(big[k]) for k in SHAPE_KEYS}
+    return Shape.of(big)
 
 
-def all_plots(report: FitReport, points: pd.DataFrame, out_dir: str | Path, budget: float,
-              suggestions: list | None = None, hours: float = 6.0, rank: str = "optimal", loss_law=None,
-              shape: dict | None = None, model=None, **space) -> list[Path]:
+def all_plots(report: Profile, points: pd.DataFrame, out_dir: str | Path, budget: float,
+              suggestions: list | None = None, time: TimeBudget | None = None,
+              shape: Shape | None = None, model=None, **space) -> list[Path]:
     """Every figure for one fitted model into `out_dir`; returns the PNG paths. With a throughput model also
-    ms/iter predicted vs measured and the frontier of what `hours` buy (`space`: suggest's search space).
+    ms/iter predicted vs measured and the frontier of what the `time` buys (default 6 hours; `space`: suggest's
+    search space).
     The feasibility plot draws `shape` (its block and batch starred), else the top suggestion's, else the
     largest measured shape; `model` is the one to plan with (e.g. with the DDP term), default the report's."""
     out = Path(out_dir)
@@ -266,25 +269,25 @@ def all_plots(report: FitReport, points: pd.DataFrame, out_dir: str | Path, budg
     if report.throughput is not None and report.throughput.cv is not None:
         paths.append(ms_pred_vs_measured(report.throughput, out / "ms_pred_vs_measured.png",
                                          f"{report.device} · {report.recipe_key}"))
-        fr = frontier_for(report, budget, hours, out / "frontier.png", rank, loss_law, **space)
+        fr = frontier_for(report, budget, time or TimeBudget(6.0), out / "frontier.png", **space)
         if fr is not None:
             paths.append(fr)
     if suggestions:
         paths.append(breakdown_bars(suggestions, budget, out / "breakdown.png"))
         if shape is None:
-            shape = {k: getattr(suggestions[0], k) for k in SHAPE_KEYS}
+            shape = Shape.of(suggestions[0])
     mark = None
     if shape is None:
         shape = largest_shape(points)
     else:
-        mark = {"block_size": shape["block_size"], "batch_size": shape["batch_size"],
-                "label": f"T{shape['block_size']} B{shape['batch_size']}"}
+        mark = {"block_size": shape.block_size, "batch_size": shape.batch_size,
+                "label": f"T{shape.block_size} B{shape.batch_size}"}
     paths.append(feasibility(report, shape, budget, out / "feasibility.png", model=model, mark=mark))
     return paths
 
 
 def write_plots(points: pd.DataFrame, out_dir: str | Path, ctx, target: str = "auto",
-                time_args: dict | None = None) -> list[Path]:
+                time: TimeBudget | None = None) -> list[Path]:
     """`vramfit plot`: fit each device+recipe in `points`, rank as the last suggest did (`ctx`: a
     show.context.PlanContext) and write every figure into `out_dir/<device>-<recipe>/`."""
     from vramfit.plan.workflows import fit_store, slug
@@ -297,5 +300,5 @@ def write_plots(points: pd.DataFrame, out_dir: str | Path, ctx, target: str = "a
         folder = Path(out_dir) / f"{slug(report.device)}-{report.recipe_key}"
         paths += all_plots(report, group, folder, ctx.budget_bytes, items, shape=shape,
                            model=per_gpu_model(report, ctx), vocab_size=[ctx.vocab_size],
-                           **(time_args or {}))
+                           time=time)
     return paths

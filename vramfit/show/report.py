@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from vramfit.fit.memmodel import FitReport
+from vramfit.fit.profile import Profile
 from vramfit.paths import Protected, check_output, write_text
+from vramfit.plan.suggest import TimeBudget
 from vramfit.plan.workflows import MODELS_DIR, fit_store
 from vramfit.show.calculator import calculator_section, model_entry
 from vramfit.show.context import PlanContext, feasibility_shape, per_gpu_model, ranked
@@ -31,7 +32,7 @@ def _table(rows: list[dict]) -> str:
     return to_html(TableData("", [str(k) for k in rows[0]], [[str(v) for v in r.values()] for r in rows]))
 
 
-def _model_tables(report: FitReport) -> str:
+def _model_tables(report: Profile) -> str:
     """Coefficients and cross-validated error of the memory model, and the throughput model's where fitted: the
     same tables `vramfit fit` prints (show.tables)."""
     parts = ["<h3>Coefficients</h3>" + to_html(coefficient_table(report.model)),
@@ -69,7 +70,7 @@ def write_report(points: pd.DataFrame, out: str | Path, ctx: PlanContext, target
     return render_report(fit_store(points, target=target), points, out, ctx, hours, models_dir, source, protected)
 
 
-def render_report(fits: list[tuple[FitReport, pd.DataFrame]], points: pd.DataFrame, out: str | Path,
+def render_report(fits: list[tuple[Profile, pd.DataFrame]], points: pd.DataFrame, out: str | Path,
                   ctx: PlanContext, hours: float = 6.0, models_dir: str | Path = MODELS_DIR,
                   source: str | None = None, protected: Protected | None = None) -> Path:
     """`write_report` for fits already made (`fit_store`'s (report, points) pairs)."""
@@ -81,7 +82,7 @@ def render_report(fits: list[tuple[FitReport, pd.DataFrame]], points: pd.DataFra
             shape = feasibility_shape(report, ctx, items, largest_shape(group))
             entries.append(model_entry(report, ctx, shape, models_dir, source, group))
             shapes.append(shape)
-            pngs = all_plots(report, group, Path(tmp) / str(n), ctx.budget_bytes, items, hours=hours,
+            pngs = all_plots(report, group, Path(tmp) / str(n), ctx.budget_bytes, items, TimeBudget(hours),
                              shape=shape, model=per_gpu_model(report, ctx),
                              vocab_size=[ctx.vocab_size])
             parts.append(f"<h2>{html.escape(report.device)} · {html.escape(report.recipe_key)}</h2>"

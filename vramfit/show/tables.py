@@ -78,14 +78,35 @@ def suggestion_table(items: list, ranking: dict) -> TableData:
     from vramfit.plan.suggest import ranking_text
 
     name = ranking.get("value", "params")
+    if _labelled(items):  # suggest --like: one search per row group, each ranked by its own value
+        return _with_labels(TableData("close to the config: the largest batch, the longest block and the "
+                                      f"{'largest model' if name == 'params' else 'best model by ' + name}",
+                                      ["#", "layers", "heads", "width", "block", "batch", "vocab", "params",
+                                       "tokens/step", "predicted", "headroom"],
+                                      [_row(s) for s in items]), items)
     t = TableData(f"top {len(items)} by {ranking_text(ranking)}",
                   ["#", "layers", "heads", "width", "block", "batch", "vocab", "params", "tokens/step",
                    "predicted", "headroom", f"ranked by: {name}"])
     for s in items:
-        t.rows.append([str(s.rank), str(s.n_layer), str(s.n_head), str(s.n_embd), str(s.block_size),
-                       str(s.batch_size), str(s.vocab_size), f"{s.params / 1e6:.1f}M", f"{s.tokens_per_step:,}",
-                       format_size(s.predicted_bytes), format_size(s.headroom_bytes),
-                       _score(s.score, name) if s.score is not None else ""])
+        t.rows.append(_row(s) + [_score(s.score, name) if s.score is not None else ""])
+    return t
+
+
+def _row(s) -> list[str]:  # noqa: ANN001 - a Suggestion
+    return [str(s.rank), str(s.n_layer), str(s.n_head), str(s.n_embd), str(s.block_size), str(s.batch_size),
+            str(s.vocab_size), f"{s.params / 1e6:.1f}M", f"{s.tokens_per_step:,}", format_size(s.predicted_bytes),
+            format_size(s.headroom_bytes)]
+
+
+def _labelled(items: list) -> bool:
+    return any(getattr(s, "label", None) for s in items)
+
+
+def _with_labels(t: TableData, items: list) -> TableData:
+    """The table with a second column saying what each row's search found (suggest --like)."""
+    t.columns.insert(1, "found")
+    for row, s in zip(t.rows, items, strict=True):
+        row.insert(1, s.label or "")
     return t
 
 
@@ -104,8 +125,9 @@ def time_table(items: list, hours: float, rank: str) -> TableData:
         row = [str(s.rank), str(s.n_layer), str(s.n_head), str(s.n_embd), str(s.block_size), str(s.batch_size),
                f"{s.params / 1e6:.2f}M", format_size(s.predicted_bytes), f"{s.ms_per_iter:,.1f}",
                f"{s.tokens_per_s:,.0f}", f"{s.tokens_in_budget / 1e6:,.1f}M", f"{s.hours_to_optimal:,.2f}"]
-        t.rows.append(row + ([f"{s.score / 1e6:,.1f}M"] if rank == "optimal" else [f"{s.predicted_loss:.3f}"]))
-    return t
+        score = "" if s.score is None else f"{s.score / 1e6:,.1f}M" if rank == "optimal" else f"{s.predicted_loss:.3f}"
+        t.rows.append(row + [score])
+    return _with_labels(t, items) if _labelled(items) else t
 
 
 def to_rich(t: TableData):

@@ -29,13 +29,13 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
-from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.fit.features import PHYSICS, features, frame_features
 from vramfit.fit.memmodel import TARGETS, MemoryModel
 from vramfit.fit.stats import cv_predictions, error_metrics
 from vramfit.measure.devices import DeviceFacts
 from vramfit.recipe import Recipe
+from vramfit.shape import KEYS
 from vramfit.store import DONE_STATUSES, Store
 from vramfit.sweep.cost import estimate_cost, format_duration
 from vramfit.sweep.progress import point_label, reading_label
@@ -77,7 +77,7 @@ class PlanSettings:
 
 
 def feature_dict(points: list[dict]) -> dict[str, np.ndarray]:
-    return features(*(np.array([p[k] for p in points], dtype=np.float64) for k in SHAPE_KEYS))
+    return features(*(np.array([p[k] for p in points], dtype=np.float64) for k in KEYS))
 
 
 def design_matrix(points: list[dict], scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -124,14 +124,14 @@ def d_optimal_order(X: np.ndarray, chosen: list[int], n: int, allowed: np.ndarra
 def extremes(points: list[dict]) -> set[tuple[str, int]]:
     """(axis, value) pairs for each axis' smallest and largest value among `points`."""
     out = set()
-    for k in SHAPE_KEYS:
+    for k in KEYS:
         vals = [int(p[k]) for p in points]
         out |= {(k, min(vals)), (k, max(vals))}
     return out
 
 
 def covered(p: dict, wanted: set[tuple[str, int]]) -> int:
-    return sum((k, int(p[k])) in wanted for k in SHAPE_KEYS)
+    return sum((k, int(p[k])) in wanted for k in KEYS)
 
 
 @dataclass
@@ -183,7 +183,7 @@ class AdaptivePlanner:
     # ------------------------------------------------------------------------------------------ feasibility
     def set_estimates(self, estimates: dict[tuple, float]) -> None:
         """Fit the memory model to dry-run estimates: the feasibility filter's prediction for every candidate."""
-        pts = [dict(zip(SHAPE_KEYS, k, strict=True)) for k in estimates]
+        pts = [dict(zip(KEYS, k, strict=True)) for k in estimates]
         if len(pts) < 2:
             return
         X = pd.DataFrame(feature_dict(pts))
@@ -207,13 +207,13 @@ class AdaptivePlanner:
         if measured.empty:
             return measured
         m = measured[(measured["status"] == "ok") & measured[self.col].notna()]
-        return m[[point_key(r) in self.index for _, r in m[list(SHAPE_KEYS)].iterrows()]]
+        return m[[point_key(r) in self.index for _, r in m[list(KEYS)].iterrows()]]
 
     def _measured_idx(self, measured: pd.DataFrame) -> list[int]:
         if measured.empty:
             return []
         out = []
-        for _, r in measured[list(SHAPE_KEYS)].iterrows():
+        for _, r in measured[list(KEYS)].iterrows():
             i = self.index.get(point_key(r))
             if i is not None and i not in out:
                 out.append(i)
@@ -269,7 +269,7 @@ class AdaptivePlanner:
             counts = np.array([covered(p, todo) if i not in chosen else -1 for i, p in enumerate(self.cands)])
             pick = d_optimal_order(self.X, chosen, 1, counts == counts.max())[0]
             chosen.append(pick)
-            todo -= {(k, int(self.cands[pick][k])) for k in SHAPE_KEYS}
+            todo -= {(k, int(self.cands[pick][k])) for k in KEYS}
         chosen += d_optimal_order(self.X, chosen, max(0, n - len(chosen)))
         return [self.cands[i] for i in chosen]
 
@@ -303,8 +303,8 @@ def _already_measured(store: Store, allp: pd.DataFrame, candidates: list[dict]) 
     """(the grid's points already measured on this identity, the predictions stored with them): a resumed plan
     counts them and feeds the stop rule with what was predicted before they were measured."""
     keys = {point_key(p) for p in candidates}
-    in_grid = allp[[point_key(r) in keys for _, r in allp[list(SHAPE_KEYS)].iterrows()]] if len(allp) else allp
-    measured = in_grid[in_grid["status"].isin(DONE_STATUSES)].drop_duplicates(list(SHAPE_KEYS), keep="last")
+    in_grid = allp[[point_key(r) in keys for _, r in allp[list(KEYS)].iterrows()]] if len(allp) else allp
+    measured = in_grid[in_grid["status"].isin(DONE_STATUSES)].drop_duplicates(list(KEYS), keep="last")
     prior: dict[tuple, float] = {}
     extras = store.point_extras([int(i) for i in measured["point_id"]])
     for _, r in measured.iterrows():
@@ -371,7 +371,7 @@ class AdaptiveChooser(Chooser):
             extra = {k: v for k, v in choice.extra().items() if v is not None}
             ev = s.measure_one(s.job(p, extra=extra))
             rec = ev.record
-            row = pd.DataFrame([{**rec, **{k: p[k] for k in SHAPE_KEYS}, "point_id": ev.point_id}])
+            row = pd.DataFrame([{**rec, **{k: p[k] for k in KEYS}, "point_id": ev.point_id}])
             tried = pd.concat([tried, row], ignore_index=True)
             if rec["status"] in DONE_STATUSES:
                 measured = pd.concat([measured, row], ignore_index=True)
@@ -400,8 +400,8 @@ def time_saved(candidates: list[dict], n_run: int, elapsed: float, profile: pd.D
 
 
 def point_key(p: dict) -> tuple[int, ...]:
-    """A point's shape as a tuple (the order of SHAPE_KEYS)."""
-    return tuple(int(p[k]) for k in SHAPE_KEYS)
+    """A point's shape as a tuple (the order of KEYS)."""
+    return tuple(int(p[k]) for k in KEYS)
 
 
 def cached_estimates(todo: list[dict], recipe: Recipe, d: DeviceFacts) -> tuple[dict, str]:

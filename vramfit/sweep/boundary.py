@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.fit.features import PHYSICS, features, frame_features
 from vramfit.fit.memmodel import MemoryModel
+from vramfit.shape import KEYS
 from vramfit.store import DONE_STATUSES
 from vramfit.sweep.adaptive import target_column
 from vramfit.sweep.progress import point_label, reading_label
@@ -128,14 +128,14 @@ class BoundaryChooser(Chooser):
         pts = grid.points()[0]
         batches = sorted({p["batch_size"] for p in pts})
         lo, hi = (batches[0], batches[-1]) if len(batches) > 1 else (1, batches[0])
-        shapes = list({tuple(p[k] for k in SHAPE_KEYS if k != "batch_size"): None for p in pts})
+        shapes = list({tuple(p[k] for k in KEYS if k != "batch_size"): None for p in pts})
         model, source = self._start_model(s)
         result = s.start(0, 0, plan="boundary")
         o.say(s.ex.describe())
         if s.batch_line:
             o.say(s.batch_line)
         for key in shapes:
-            shape = dict(zip([k for k in SHAPE_KEYS if k != "batch_size"], key, strict=True))
+            shape = dict(zip([k for k in KEYS if k != "batch_size"], key, strict=True))
             if model is not None:
                 start = predicted_max_batch(model, shape, capacity, lo, hi)
             else:
@@ -147,7 +147,7 @@ class BoundaryChooser(Chooser):
                 p = {**shape, "batch_size": b}
                 known = identity_points(store, env_id)
                 if len(known):
-                    same = known[(known[list(SHAPE_KEYS)] == pd.Series(p)[list(SHAPE_KEYS)]).all(axis=1)]
+                    same = known[(known[list(KEYS)] == pd.Series(p)[list(KEYS)]).all(axis=1)]
                     same = same[same["status"].isin(DONE_STATUSES)]
                     if len(same):
                         st = same["status"].iloc[-1]

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from vramfit import SHAPE_KEYS
+from vramfit.shape import KEYS
 
 # experiments/bench_sweep.py, quick grid, 2 shared cores (load ~6), seconds: a point's overhead (its wall time
 # but the steady steps), the steady steps, and the fork server's start (once per sweep and device, paid by the
@@ -112,7 +112,7 @@ def estimate_cost(points: list[dict], profile: pd.DataFrame | None, mode: str, p
     from vramfit.fit.throughput import predict_ms
 
     startup, overhead, steps = measured
-    ms = predict_ms(model, *(np.array([p[k] for p in points]) for k in SHAPE_KEYS))
+    ms = predict_ms(model, *(np.array([p[k] for p in points]) for k in KEYS))
     secs = startup + float(n * overhead + steps * ms.sum() / 1000) / par
     return CostEstimate(n, secs, overhead, f"this device's profile: {overhead:.1f} s overhead + ~{steps:.0f} steps "
                         f"at the throughput model's ms/iter per point")

@@ -28,9 +28,9 @@ from pathlib import Path
 
 from gpt.config import GPTConfig
 from gpt.errors import ConfigError
-from vramfit import SHAPE_KEYS
 from vramfit.errors import VramfitError
 from vramfit.recipe import Recipe
+from vramfit.shape import KEYS
 
 
 @dataclass(frozen=True)
@@ -100,22 +100,22 @@ class Grid:
         seen: dict[tuple[int, ...], None] = {}
         invalid: set[tuple[int, ...]] = set()
         for block in self.blocks:
-            for combo in itertools.product(*(block[a] for a in SHAPE_KEYS)):
+            for combo in itertools.product(*(block[a] for a in KEYS)):
                 if combo in seen or combo in invalid:
                     continue
-                p = dict(zip(SHAPE_KEYS, combo, strict=True))
+                p = dict(zip(KEYS, combo, strict=True))
                 try:
                     GPTConfig(p["n_layer"], p["n_head"], p["n_embd"], p["block_size"], p["vocab_size"])
                 except ConfigError:
                     invalid.add(combo)
                     continue
                 seen[combo] = None
-        return [dict(zip(SHAPE_KEYS, c, strict=True)) for c in seen], len(invalid)
+        return [dict(zip(KEYS, c, strict=True)) for c in seen], len(invalid)
 
     def size(self) -> int:
         """Combinations before validation and de-duplication: an upper bound on points, computed without
         expanding the grid."""
-        return sum(math.prod(len(b[a]) for a in SHAPE_KEYS) for b in self.blocks)
+        return sum(math.prod(len(b[a]) for a in KEYS) for b in self.blocks)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "path": self.path, "axes": self.blocks, "recipe": self.recipe.to_dict(),
@@ -160,9 +160,9 @@ def _read_toml(path: Path) -> dict:
 def _block(raw: object, where: str) -> dict[str, list[int]]:
     if not isinstance(raw, dict):
         raise VramfitError(f"{where}: axes must be a table of axis = [values]")
-    unknown = set(raw) - set(SHAPE_KEYS)
+    unknown = set(raw) - set(KEYS)
     if unknown:
-        raise VramfitError(f"{where}: unknown axis {sorted(unknown)[0]!r} (axes: {', '.join(SHAPE_KEYS)})")
+        raise VramfitError(f"{where}: unknown axis {sorted(unknown)[0]!r} (axes: {', '.join(KEYS)})")
     return {k: parse_int_list(v, f"{where} {k}") for k, v in raw.items()}
 
 
@@ -183,14 +183,14 @@ def load_grid(path: str | Path | None, axis_overrides: dict[str, list[int]] | No
     raw_blocks = raw_axes if isinstance(raw_axes, list) else [raw_axes]
     blocks = [_block(b, f"{where} axes") for b in raw_blocks]
     for name, values in (axis_overrides or {}).items():
-        if name not in SHAPE_KEYS:
-            raise VramfitError(f"unknown axis {name!r} (axes: {', '.join(SHAPE_KEYS)})")
+        if name not in KEYS:
+            raise VramfitError(f"unknown axis {name!r} (axes: {', '.join(KEYS)})")
         values = parse_int_list(values, name)
         blocks = [{**b, name: values} for b in blocks] if blocks else [{name: values}]
     if not blocks:
         raise VramfitError(f"{where}: empty grid (no axes)")
     first = blocks[0]
-    missing = [a for a in SHAPE_KEYS if a not in first]
+    missing = [a for a in KEYS if a not in first]
     if missing:
         raise VramfitError(f"{where}: the first axes block lacks {', '.join(missing)}")
     blocks = [{**first, **b} for b in blocks]

@@ -9,8 +9,8 @@ before it runs (a claim of a process that died is taken over), so no point is me
 
 from __future__ import annotations
 
-from vramfit import SHAPE_KEYS
 from vramfit.measure.devices import DeviceFacts
+from vramfit.shape import Shape
 from vramfit.store import Store, device_key
 from vramfit.sweep.cost import CostEstimate, estimate_cost
 from vramfit.sweep.executors import Job
@@ -25,8 +25,8 @@ def plan(grid: Grid, store: Store, env_ids: list[int], redo: bool) -> tuple[list
     points, _ = grid.points()
     if redo:
         return points, 0
-    done = store.measured_keys(env_ids[0])
-    todo = [p for p in points if tuple(p[a] for a in SHAPE_KEYS) not in done]
+    done = store.measured_shapes(env_ids[0])
+    todo = [p for p in points if Shape.of(p) not in done]
     return todo, len(points) - len(todo)
 
 
