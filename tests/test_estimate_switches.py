@@ -116,10 +116,10 @@ def test_cuda_target_runs_every_switch():
 def test_a_sweep_measures_a_recipe_with_the_switches(tmp_path):
     """A grid's [recipe] carries the switches to the sweep's worker: each recipe is its own environment, the
     tracked peaks move as the dry run says (checkpointing lowers it) and agree with the dry run."""
-    from vramfit.sweep.runner import run_sweep
-
     from vramfit.store import Store
     from vramfit.sweep.grid import load_grid
+    from vramfit.sweep.session import SweepOptions, run_sweep
+    from vramfit.sweep.whole_grid import GridChooser
 
     db = tmp_path / "db.sqlite"
     axes = "[axes]\nn_layer = 4\nn_head = 2\nn_embd = 64\nblock_size = 64\nbatch_size = 8\nvocab_size = 128\n"
@@ -129,7 +129,7 @@ def test_a_sweep_measures_a_recipe_with_the_switches(tmp_path):
         path = tmp_path / f"{name}.toml"
         path.write_text(f'name = "{name}"\n{axes}[recipe]\n{recipe}[measure]\nmax_iters = 6\n')
         grid = load_grid(path)
-        run_sweep(grid, db, device="cpu", quiet=True)
+        run_sweep(grid, SweepOptions(db, device="cpu", quiet=True), GridChooser())
         df = Store(db).points_frame(recipe_key=grid.recipe.resolved("cpu").key())
         assert len(df) == 1 and df.status.iloc[0] == "ok"
         peaks[name] = int(df.tracked_bytes.iloc[0])
