@@ -85,3 +85,23 @@ def test_suggest_from_a_warm_dry_run_cache_loads_no_torch(tmp_path):
     doc = json.loads(out[:out.rindex("LOADED")])
     assert doc["dry_run"]["estimates_run"] == 0 and doc["dry_run"]["from_cache"] == 16 + 3
     assert mods == [], f"suggest loaded {mods}"
+
+
+def test_no_function_below_the_cli_takes_more_than_ten_parameters():
+    """Issue 27's rule: only the CLI's command signatures (one parameter per flag) may be longer; below them a
+    request, spec or options type carries what belongs together."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    long = []
+    for path in [*root.glob("vramfit/**/*.py"), *root.glob("gpt/**/*.py")]:
+        if "cli" in path.relative_to(root).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                a = node.args
+                names = [x.arg for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)]
+                n = len(names) - (names[:1] in (["self"], ["cls"]))
+                if n > 10:
+                    long.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({n})")
+    assert not long, long

@@ -241,7 +241,7 @@ def cuda_attention_kernel(requested: str, dtype: str, head_dim: int, capability:
     """The SDPA kernel a CUDA GPU of `capability` runs for this GPT with `build`'s CUDA and cuDNN:
     `vramfit.dryrun.sdpa.select_kernel`, PyTorch's sdp_utils rules (cuDNN / flash / efficient / math). A kernel that
     is forced but cannot run is an error."""
-    return sdpa.select_kernel(requested, dtype, head_dim, capability, build=build, **shape)  # type: ignore[arg-type]
+    return sdpa.select_kernel(requested, dtype, head_dim, capability, call=shape, build=build)
 
 
 class _CudaAttention(TorchFunctionMode):

@@ -154,11 +154,19 @@ def prefer_cudnn(capability: tuple[int, int], cudnn_version: int = CUDNN_VERSION
     return cudnn_version > 91500 and major in (9, 10)
 
 
-def select_kernel(requested: str, dtype: str, head_dim: int, capability: tuple[int, int], *, n_embd: int = 0,
-                  batch: int = 1, n_head: int = 1, seq_len: int = 2, dropout: float = 0.0, grad: bool = True,
-                  env: dict | None = None, build: CudaBuild | None = None) -> str:
+CALL_DEFAULTS = {"n_embd": 0, "batch": 1, "n_head": 1, "seq_len": 2, "dropout": 0.0, "grad": True}
+
+
+def select_kernel(requested: str, dtype: str, head_dim: int, capability: tuple[int, int], *,
+                  call: dict | None = None, env: dict | None = None, build: CudaBuild | None = None) -> str:
     """The kernel PyTorch runs ('default' = its priority order) with `build`'s CUDA and cuDNN (default:
-    `cuda_build(env)`); a forced kernel that cannot run is an error."""
+    `cuda_build(env)`) for an SDPA call whose other facts are `call` (`CALL_DEFAULTS`' keys: the model width, batch,
+    heads, sequence length, dropout, whether a gradient is needed); a forced kernel that cannot run is an error."""
+    unknown = set(call or {}) - set(CALL_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown SDPA call facts: {sorted(unknown)}")
+    c = {**CALL_DEFAULTS, **(call or {})}
+    n_embd, batch, n_head, seq_len, dropout, grad = (c[k] for k in CALL_DEFAULTS)
     build = build or cuda_build(env)
     ok = {
         "cudnn": can_use_cudnn(dtype, head_dim, capability, batch=batch, n_head=n_head, seq_len=seq_len,
