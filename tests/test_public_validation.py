@@ -144,7 +144,7 @@ def test_no_profile_plan_uses_and_prints_the_validation_margin(tmp_path, monkeyp
     from vramfit.dryrun.pool import WarmWorkers
 
     monkeypatch.setattr(WarmWorkers, "run", lambda self, requests: [formula_estimate(r) for r in requests])
-    monkeypatch.setattr("vramfit.plan.recommend.local_gpu_capability", lambda: None)
+    monkeypatch.setattr("vramfit.plan.profiles.local_gpu_capability", lambda: None)
     args = ["suggest", "--vram", "rtx3070", "--no-profile", "--vocab", "256", "--top", "2", "--no-cache",
             "--save", str(tmp_path / "s.json")]
     assert main(args) == 0
