@@ -18,10 +18,17 @@ SHAKESPEARE_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrs
 
 @pytest.fixture(autouse=True, scope="session")
 def _private_dry_run_cache(tmp_path_factory):
-    """The dry run's cache in a temporary folder, never the user's cache directory."""
+    """The dry run's cache in a temporary folder, never the user's cache directory; its warm estimator process
+    (`vramfit.dryrun.warm`) serves the whole session's `vramfit estimate` calls and is stopped at its end (a server
+    of another folder exits 60 s after its last call)."""
+    from vramfit.dryrun.warm import IDLE_ENV, stop_all
+
     mp = pytest.MonkeyPatch()
-    mp.setenv("VRAMFIT_CACHE_DIR", str(tmp_path_factory.mktemp("vramfit-cache")))
+    cache = tmp_path_factory.mktemp("vramfit-cache")
+    mp.setenv("VRAMFIT_CACHE_DIR", str(cache))
+    mp.setenv(IDLE_ENV, "60")
     yield
+    stop_all(cache)
     mp.undo()
 
 

@@ -114,6 +114,7 @@ def estimate(n_layer: o.NLayer = None, n_head: o.NHead = None, n_embd: o.NEmbd =
     import json
 
     from gpt.config import GPTConfig
+    from vramfit.dryrun.cache import EstimateCache
     from vramfit.dryrun.estimate import EstimateRequest, format_estimate, parse_capability, parse_recipe
     from vramfit.dryrun.estimator import Estimator
     from vramfit.plan.like import resolve_shape
@@ -128,6 +129,8 @@ def estimate(n_layer: o.NLayer = None, n_head: o.NHead = None, n_embd: o.NEmbd =
     target = "cuda" if target == "auto" else target
     model = GPTConfig(shape.n_layer, shape.n_head, shape.n_embd, shape.block_size, shape.vocab_size, **extras)
     req = EstimateRequest(model, batch_size, parse_recipe(recipe), target, parse_capability(capability))
-    with Estimator("child" if target == "cuda" else "process") as estimator:  # CUDA code paths may abort: a child
+    with Estimator("warm", cache=EstimateCache.user()) as estimator:  # a warm process (CUDA code paths may abort)
         est = estimator.estimate([req])[0]
+        for line in estimator.cache.warnings:
+            typer.echo(line, err=True)
     typer.echo(json.dumps(est.to_dict()) if json_out else format_estimate(est))

@@ -5,6 +5,10 @@ Where the estimates run is the estimator's business, set by `where`:
 - "child": one fresh `python -m vramfit.dryrun.estimator` process per call (`vramfit estimate`, an adaptive
   sweep's feasibility filter): an abort there (a torch build that dies on a CUDA code path) or a hang becomes a
   one-line `VramfitError` instead of taking the caller down;
+- "warm": the warm estimator process of this cache directory and version, shared by every call and every process
+  that asks it (`vramfit estimate`, an adaptive sweep's feasibility filter; `vramfit.dryrun.warm`): started like a
+  child on first use, it then answers without importing torch or tracing the compiled step's graphs again; an abort
+  or a hang there is the same one-line `VramfitError` (a fresh child where no server can run);
 - "pool": warm worker processes, one per core (`suggest --no-profile`; `vramfit.dryrun.pool`).
 Every request is looked up in the cache first (`vramfit.dryrun.cache.EstimateCache`; by default this estimator's
 memory only), and what runs is kept there, so equal requests run once.
@@ -22,7 +26,7 @@ from vramfit.dryrun.estimate import Estimate, EstimateRequest, estimate_step
 from vramfit.dryrun.pool import WarmWorkers
 from vramfit.errors import VramfitError
 
-WHERE = ("process", "child", "pool")
+WHERE = ("process", "child", "warm", "pool")
 CHILD = (sys.executable, "-m", "vramfit.dryrun.estimator")
 
 
@@ -40,6 +44,7 @@ class Estimator:
         self.timeout = timeout
         self.ran = 0
         self.cached = 0
+        self.server_pid = 0  # "warm": the server that answered last
         self._pool = WarmWorkers(workers) if where == "pool" else None
 
     @property
@@ -75,7 +80,30 @@ class Estimator:
             return self._pool.run(requests)
         if self.where == "child":
             return self._run_child(requests)
+        if self.where == "warm":
+            return self._run_warm(requests)
         return [estimate_step(r) for r in requests]
+
+    def _run_warm(self, requests: list[EstimateRequest]) -> list[Estimate]:
+        """All `requests` in the warm server (a fresh child where none can run); the ones it finished before
+        failing are kept in the cache."""
+        from vramfit.dryrun import warm
+
+        path = warm.socket_path()
+        if path is None:
+            return self._run_child(requests)
+        reply = warm.ask(path, [r.to_dict() for r in requests], self.timeout)
+        self.server_pid = reply.pid
+        done = [Estimate.from_dict(d["estimate"]) for d in reply.records if "estimate" in d]
+        if len(done) == len(requests):
+            return done
+        for r, est in zip(requests, done, strict=False):
+            self.cache.put(r, est)
+        if reply.timed_out:
+            raise VramfitError(f"the estimator process took more than {self.timeout:.0f} s")
+        if reply.error:
+            raise VramfitError(reply.error.removeprefix("error: "))
+        raise VramfitError("the estimator process died; this torch build cannot trace the step")
 
     def _run_child(self, requests: list[EstimateRequest]) -> list[Estimate]:
         """All `requests` in one fresh child; the ones it finished before failing are kept in the cache."""

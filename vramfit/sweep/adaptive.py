@@ -405,8 +405,8 @@ def point_key(p: dict) -> tuple[int, ...]:
 
 
 def cached_estimates(todo: list[dict], recipe: Recipe, d: DeviceFacts) -> tuple[dict, str]:
-    """Dry-run estimates for `todo` (key -> bytes: device bytes on CUDA, tracked on the CPU), in one child process
-    (a crash there cannot take the sweep down) and kept in the dry run's cache, so that a resumed plan does not
+    """Dry-run estimates for `todo` (key -> bytes: device bytes on CUDA, tracked on the CPU), in the warm estimator
+    process (a crash there cannot take the sweep down) and kept in the dry run's cache, so that a resumed plan does not
     recompute them. A failure gives ({}, why)."""
     from gpt.config import GPTConfig
     from gpt.errors import ConfigError
@@ -420,7 +420,7 @@ def cached_estimates(todo: list[dict], recipe: Recipe, d: DeviceFacts) -> tuple[
         reqs = [EstimateRequest(GPTConfig(*(int(p[k]) for k in ("n_layer", "n_head", "n_embd", "block_size",
                                                                  "vocab_size"))),
                                 int(p["batch_size"]), recipe, d.device_type, cap, headline_only=True) for p in todo]
-        with Estimator("child", cache=EstimateCache.user()) as estimator:
+        with Estimator("warm", cache=EstimateCache.user()) as estimator:
             done = estimator.estimate(reqs)
     except (VramfitError, ConfigError) as exc:
         return {}, str(exc)
