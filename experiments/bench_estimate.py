@@ -1,6 +1,7 @@
 """Speed of the dry-run estimator, and its accuracy against real tracked CPU steps; prints markdown tables.
 
     python experiments/bench_estimate.py [--reps 3] [--configs gpt2-small,gpt2-xl] [--no-accuracy]
+    python experiments/bench_estimate.py --commands [--reps 2] [--configs gpt2-small]
 
 Speed: seconds per `estimate_step` (two fake `Trainer.step` calls, CUDA target sm80, bf16, fused AdamW, flash;
 compile resolves on for this target, so eager and then the torch.compile emulation, graphs traced on first use),
@@ -8,6 +9,10 @@ the first call in this process (imports, fake-kernel caches cold, graphs traced)
 the median of the compiled (headline) estimate alone, what the planners run; the headline estimate of batch + 4
 (the graphs, traced with a symbolic batch, are reused); one estimate by `Estimator("child")` (a fresh child
 process, what `vramfit estimate` runs) for the first config.
+Fresh processes (`--commands`): `vramfit estimate` of the first config as a user runs it, each in a new process with
+an empty cache directory at first: cold (no warm estimator process: it starts one), the same shape at batch + 4 (the
+warm process has torch, the fake-tensor caches and the traced graphs), then the first request again (the one cache
+holds it); wall seconds, with the load average.
 Accuracy: the estimate for target 'cpu' against two real `Trainer.step` calls on this CPU under
 `vramfit.measure.probe.StorageTracker` (64 B rounding), for the test suite's configs.
 """
@@ -74,6 +79,36 @@ def speed(names: list[str], reps: int) -> None:
         print(_row(name, reps, i == 0), flush=True)
 
 
+def commands(name: str, reps: int, root: Path) -> None:
+    """`vramfit estimate` of the checkout `root` in fresh processes: cold, warm server, cached (module docstring)."""
+    import subprocess
+    import tempfile
+
+    from vramfit.dryrun.warm import stop_all
+
+    L, H, C, T, B, V = CONFIGS[name]
+    shape = ["--n-layer", L, "--n-head", H, "--n-embd", C, "--block-size", T, "--vocab", V, "--recipe",
+             "dtype=bfloat16,optimizer=fused"]
+    print(f"`vramfit estimate` of {root}, {name}, bf16 fused AdamW, sm80 (compiles: eager and compiled steps)\n")
+    print("| fresh process each | wall s | load avg |")
+    print("|---|---|---|")
+    for _ in range(reps):
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {**os.environ, "VRAMFIT_CACHE_DIR": tmp, "PYTHONPATH": str(root)}
+            try:
+                for label, batch in (("cold: starts the warm estimator process", B),
+                                     (f"warm process, new request (batch {B + 4})", B + 4),
+                                     (f"cached request (batch {B})", B)):
+                    cmd = [sys.executable, "-m", "vramfit.cli", "estimate", *map(str, shape), "--batch-size",
+                           str(batch)]
+                    r, wall = _timed(lambda: subprocess.run(cmd, env=env, capture_output=True, text=True))  # noqa: B023
+                    if r.returncode != 0:
+                        raise SystemExit(f"estimate failed: {r.stderr[-500:]}")
+                    print(f"| {label} | {wall:.2f} | {os.getloadavg()[0]:.1f} |", flush=True)
+            finally:
+                stop_all(tmp)
+
+
 def accuracy() -> None:
     from test_estimate import CASES, real_tracked_peak
 
@@ -94,6 +129,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--configs", default=",".join(CONFIGS))
     ap.add_argument("--no-accuracy", action="store_true")
+    ap.add_argument("--commands", action="store_true", help="only `vramfit estimate` in fresh processes")
+    ap.add_argument("--root", type=Path, default=Path(__file__).resolve().parents[1],
+                    help="the checkout whose `vramfit estimate` --commands runs (default: this one)")
     args = ap.parse_args()
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]
@@ -101,6 +139,9 @@ def main() -> None:
         sys.exit(f"error: unknown config {unknown[0]!r}; choose from {', '.join(CONFIGS)}")
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"{torch.get_num_threads()} torch threads, load average {os.getloadavg()[0]:.1f} at start\n")
+    if args.commands:
+        commands(names[0], args.reps, args.root)
+        return
     speed(names, args.reps)
     if not args.no_accuracy:
         print()

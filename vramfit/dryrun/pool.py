@@ -50,8 +50,18 @@ def _warm() -> None:
 
 
 def run_group(requests: list[EstimateRequest]) -> list[Estimate]:
-    """`estimate_step` for each request, in this process (one task of the pool: requests that share graphs)."""
-    return [estimate_step(r) for r in requests]
+    """`estimate_step` for each request, in this process (one task of the pool: requests that share graphs). A group
+    of several requests at one batch size (a depth sweep: the no-profile calibration's design) has the compiled
+    step's graphs traced for that size, which costs half a symbolic trace and gives the same bytes
+    (`tests/test_compiled.py`); other groups trace the batch symbolically, for every batch of the shape to share."""
+    from vramfit.dryrun import compiled
+
+    symbolic = compiled.SYMBOLIC_BATCH
+    compiled.SYMBOLIC_BATCH = symbolic and (len(requests) == 1 or len({r.batch_size for r in requests}) > 1)
+    try:
+        return [estimate_step(r) for r in requests]
+    finally:
+        compiled.SYMBOLIC_BATCH = symbolic
 
 
 def default_workers() -> int:
@@ -109,11 +119,13 @@ class WarmWorkers:
 
     def run(self, requests: list[EstimateRequest]) -> list[Estimate]:
         """The estimate of each request, in the order given."""
-        if self.workers <= 1 or (len(requests) == 1 and not self._executors):
-            return run_group(requests)
         groups: dict[EstimateRequest, list[int]] = {}
         for i, req in enumerate(requests):
             groups.setdefault(graphs(req), []).append(i)
+        if self.workers <= 1 or (len(requests) == 1 and not self._executors):
+            out = {i: est for ix in groups.values() for i, est in zip(ix, run_group([requests[i] for i in ix]),
+                                                                        strict=True)}
+            return [out[i] for i in range(len(requests))]
         costs = {k: sum(cost(requests[i]) for i in ix) for k, ix in groups.items()}
         where = assign(costs, self.workers, self._home)
         out: list[Estimate | None] = [None] * len(requests)
