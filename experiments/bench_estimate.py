@@ -101,7 +101,8 @@ def commands(name: str, reps: int, root: Path) -> None:
                                      (f"cached request (batch {B})", B)):
                     cmd = [sys.executable, "-m", "vramfit.cli", "estimate", *map(str, shape), "--batch-size",
                            str(batch)]
-                    r, wall = _timed(lambda: subprocess.run(cmd, env=env, capture_output=True, text=True))  # noqa: B023
+                    r, wall = _timed(lambda: subprocess.run(cmd, env=env, cwd=root, capture_output=True,  # noqa: B023
+                                                            text=True))
                     if r.returncode != 0:
                         raise SystemExit(f"estimate failed: {r.stderr[-500:]}")
                     print(f"| {label} | {wall:.2f} | {os.getloadavg()[0]:.1f} |", flush=True)
