@@ -107,3 +107,19 @@ def test_a_stale_socket_is_replaced_and_an_idle_server_exits(monkeypatch, tmp_pa
         time.sleep(0.1)
     assert not path.exists()  # idle past 1 s: it exited and removed its socket
     assert warm.stop_all() == 0
+
+
+def test_a_depth_sweep_at_one_batch_traces_that_batch_and_other_groups_trace_it_symbolically():
+    """`pool.run_group`: the calibration design's pairs (depths at one batch size) trace that size (half the cost
+    of a symbolic trace; the same bytes, `test_compiled`), a group of several batch sizes one symbolic trace."""
+    from vramfit.dryrun import compiled
+    from vramfit.dryrun.pool import run_group
+
+    recipe = Recipe(dtype="bfloat16")
+    deep = GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=64)
+    compiled._CACHE.clear()
+    run_group([EstimateRequest(m, 4, recipe, "cuda", headline_only=True) for m in (TINY, deep)])
+    assert {k[-1] for k in compiled._CACHE} == {4} and compiled.SYMBOLIC_BATCH
+    compiled._CACHE.clear()
+    run_group([EstimateRequest(TINY, b, recipe, "cuda", headline_only=True) for b in (4, 5)])
+    assert len(compiled._CACHE) == 3 and 4 not in {k[-1] for k in compiled._CACHE}
