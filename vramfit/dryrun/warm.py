@@ -249,7 +249,8 @@ def _answer_on(conn: socket.socket) -> bool:
         out.write(json.dumps({"error": _one_line(exc)}) + "\n")
         return True
     except Exception as exc:  # noqa: BLE001 - said to the caller; a fresh server answers the next call
-        out.write(json.dumps({"error": _one_line(exc)}) + "\n")
+        out.write(json.dumps({"error": f"internal error in the estimator process: {type(exc).__name__}: "
+                                       f"{_one_line(exc)}"}) + "\n")
         return False
     finally:
         with contextlib.suppress(OSError):
