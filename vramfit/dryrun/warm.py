@@ -58,17 +58,13 @@ def socket_path(cache_dir: str | Path | None = None) -> Path | None:
 
 @dataclass
 class Reply:
-    """What a server sent back: its pid, the records it finished, and why it stopped short (if it did)."""
+    """What a server sent back: its pid, the records it finished, and why it stopped short (if it did; neither an
+    error nor a timeout: it died)."""
 
     pid: int = 0
     records: list[dict] = field(default_factory=list)
     error: str = ""  # the server's one-line error for a request it refused
     timed_out: bool = False
-
-    @property
-    def died(self) -> bool:
-        """The connection closed with neither every answer nor an error line: the server died."""
-        return not self.error and not self.timed_out
 
 
 def ask(path: Path, requests: list[dict], timeout: float) -> Reply:
@@ -131,7 +127,7 @@ def _start(path: Path, deadline: float) -> socket.socket:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != PARENT_ENV}
-    with open(path.with_suffix(".log"), "ab") as log:
+    with open(path.with_suffix(".log"), "wb") as log:  # the server's stderr: what it said when it failed to start
         proc = subprocess.Popen([*SERVER, str(path)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=log, env=env, start_new_session=True)
     end = min(deadline, time.monotonic() + START_S)
