@@ -123,3 +123,12 @@ def test_a_depth_sweep_at_one_batch_traces_that_batch_and_other_groups_trace_it_
     compiled._CACHE.clear()
     run_group([EstimateRequest(TINY, b, recipe, "cuda", headline_only=True) for b in (4, 5)])
     assert len(compiled._CACHE) == 3 and 4 not in {k[-1] for k in compiled._CACHE}
+
+
+def test_no_server_where_the_cache_directory_cannot_be_written(monkeypatch, tmp_path):
+    """A cache directory below a file: no socket, no server; the estimate runs in a fresh child all the same."""
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("VRAMFIT_CACHE_DIR", str(tmp_path / "file" / "cache"))
+    with Estimator("warm") as w:
+        est = w.estimate([EstimateRequest(TINY, 1, target="cpu")])[0]
+    assert est.peak_bytes > 0 and w.server_pid == 0 and not (tmp_path / "file" / "cache").exists()

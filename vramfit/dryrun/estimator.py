@@ -85,14 +85,17 @@ class Estimator:
         return [estimate_step(r) for r in requests]
 
     def _run_warm(self, requests: list[EstimateRequest]) -> list[Estimate]:
-        """All `requests` in the warm server (a fresh child where none can run); the ones it finished before
-        failing are kept in the cache."""
+        """All `requests` in the warm server (a fresh child where none can run or start); the ones it finished
+        before failing are kept in the cache."""
         from vramfit.dryrun import warm
 
         path = warm.socket_path()
         if path is None:
             return self._run_child(requests)
-        reply = warm.ask(path, [r.to_dict() for r in requests], self.timeout)
+        try:
+            reply = warm.ask(path, [r.to_dict() for r in requests], self.timeout)
+        except OSError:  # no server here (a cache directory that cannot be written): a fresh child says why, if any
+            return self._run_child(requests)
         self.server_pid = reply.pid
         done = [Estimate.from_dict(d["estimate"]) for d in reply.records if "estimate" in d]
         if len(done) == len(requests):

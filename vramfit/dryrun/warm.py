@@ -69,7 +69,7 @@ class Reply:
 
 def ask(path: Path, requests: list[dict], timeout: float) -> Reply:
     """Send `requests` to the server at `path` (started first if none answers) and read its answers; a server that
-    runs past `timeout` seconds is killed."""
+    runs past `timeout` seconds is killed. OSError: no server could be started (`_start`)."""
     deadline = time.monotonic() + timeout
     sock = _connect(path) or _start(path, deadline)
     reply = Reply()
@@ -122,9 +122,8 @@ def _connect(path: Path) -> socket.socket | None:
 
 
 def _start(path: Path, deadline: float) -> socket.socket:
-    """Start a server for `path` (detached: it outlives this process) and connect once it listens."""
-    from vramfit.errors import VramfitError
-
+    """Start a server for `path` (detached: it outlives this process) and connect once it listens; OSError where
+    it cannot (a cache directory that cannot be written, a server that failed to start)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != PARENT_ENV}
     with open(path.with_suffix(".log"), "wb") as log:  # the server's stderr: what it said when it failed to start
@@ -140,7 +139,7 @@ def _start(path: Path, deadline: float) -> socket.socket:
         time.sleep(0.02)
     with contextlib.suppress(OSError):
         proc.kill()
-    raise VramfitError(f"the estimator process did not start (see {path.with_suffix('.log')})")
+    raise OSError(f"the estimator process did not start (see {path.with_suffix('.log')})")
 
 
 def _lines(sock: socket.socket, deadline: float):  # noqa: ANN202 - an iterator of JSON objects
