@@ -132,3 +132,12 @@ def test_no_server_where_the_cache_directory_cannot_be_written(monkeypatch, tmp_
     with Estimator("warm") as w:
         est = w.estimate([EstimateRequest(TINY, 1, target="cpu")])[0]
     assert est.peak_bytes > 0 and w.server_pid == 0 and not (tmp_path / "file" / "cache").exists()
+
+
+def test_a_server_refuses_a_socket_of_another_version(tmp_path):
+    """Started for another version's socket (another checkout's source), the server exits at once, unbound."""
+    import subprocess
+
+    path = tmp_path / "estimator-0000000000000000.sock"
+    r = subprocess.run([*warm.SERVER, str(path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "version" in r.stderr and not path.exists()

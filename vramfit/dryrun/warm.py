@@ -10,8 +10,9 @@ emulation's traced graphs in memory (`vramfit.dryrun.compiled`), so it pays only
 The server answers one connection at a time (JSON lines, never pickle: {"requests": [...]} in; {"pid": N}, then
 {"estimate": ...} per request or one {"error": "..."} out) and exits after `idle_seconds()` without one, when its
 socket file is gone, on {"stop": true}, or after an estimate raised something unexpected (the next call starts a
-fresh one). Its socket is private to this user (mode 0600). An abort or a hang inside an estimate reaches the caller
-as a one-line error, as a child's does; the caller kills a server that runs past its timeout.
+fresh one). It runs the caller's vramfit (started in its source root) and refuses a socket named for another
+version than its own. Its socket is private to this user (mode 0600). An abort or a hang inside an estimate
+reaches the caller as a one-line error, as a child's does; the caller kills a server that runs past its timeout.
 Where there is no Unix socket (Windows), the path would be too long, or `VRAMFIT_ESTIMATOR_IDLE` is 0, callers run
 a fresh child instead (`socket_path` returns None).
 """
@@ -30,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vramfit.child import PARENT_ENV
-from vramfit.dryrun.cache import cache_root, code_version
+from vramfit.dryrun.cache import ROOT, cache_root, code_version
 
 IDLE_ENV = "VRAMFIT_ESTIMATOR_IDLE"
 IDLE_S = 300.0
@@ -128,7 +129,7 @@ def _start(path: Path, deadline: float) -> socket.socket:
     env = {k: v for k, v in os.environ.items() if k != PARENT_ENV}
     with open(path.with_suffix(".log"), "wb") as log:  # the server's stderr: what it said when it failed to start
         proc = subprocess.Popen([*SERVER, str(path)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=log, env=env, start_new_session=True)
+                                stderr=log, env=env, cwd=ROOT, start_new_session=True)  # this vramfit, not cwd's
     end = min(deadline, time.monotonic() + START_S)
     while time.monotonic() < end:
         sock = _connect(path)
@@ -166,6 +167,9 @@ def serve(path: Path, idle: float) -> int:
     """Listen on `path` until idle for `idle` seconds (or stopped); 0 also when another server already listens."""
     import fcntl
 
+    if path.name != f"estimator-{code_version()}.sock":  # another source than the caller's: never answer for it
+        print(f"error: this estimator's version {code_version()} is not the one of {path.name}", file=sys.stderr)
+        return 2
     path.parent.mkdir(parents=True, exist_ok=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     with open(path.with_suffix(".lock"), "w") as lock:  # one binder at a time: a stale file is replaced once
