@@ -28,10 +28,9 @@ def _run_dir(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True, scope="session")
 def _private_dry_run_cache(tmp_path_factory):
     """The dry run's cache in a temporary folder of this run (shared by its workers), never the user's cache; its
-    warm estimator process (`vramfit.dryrun.warm`) serves the run's `vramfit estimate` calls and is stopped when a
-    worker ends (another worker's next call starts it again; a server of another folder exits 60 s after its last
-    call)."""
-    from vramfit.dryrun.warm import IDLE_ENV, stop_all
+    warm estimator process (`vramfit.dryrun.warm`) serves the run's `vramfit estimate` calls of every worker and is
+    stopped when the run ends (`pytest_sessionfinish`; a server of another folder exits 60 s after its last call)."""
+    from vramfit.dryrun.warm import IDLE_ENV
 
     cache = _run_dir(tmp_path_factory) / "vramfit-cache"
     cache.mkdir(exist_ok=True)
@@ -39,8 +38,17 @@ def _private_dry_run_cache(tmp_path_factory):
     mp.setenv("VRAMFIT_CACHE_DIR", str(cache))
     mp.setenv(IDLE_ENV, "60")
     yield
-    stop_all(cache)
     mp.undo()
+
+
+def pytest_sessionfinish(session):
+    """The run's warm estimator process stops once the whole run is done: in the xdist controller (whose base temp
+    is the run folder), or in the one process without xdist."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    from vramfit.dryrun.warm import stop_all
+
+    stop_all(session.config._tmp_path_factory.getbasetemp() / "vramfit-cache")
 
 
 def pytest_collection_modifyitems(config, items):
