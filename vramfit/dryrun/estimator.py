@@ -2,8 +2,8 @@
 
 Where the estimates run is the estimator's business, set by `where`:
 - "process": in this process (`fit --dry-run`, whose process holds torch already);
-- "child": one fresh `python -m vramfit.dryrun.estimator` process per call (`vramfit estimate`, an adaptive
-  sweep's feasibility filter): an abort there (a torch build that dies on a CUDA code path) or a hang becomes a
+- "child": one fresh `python -m vramfit.dryrun.estimator` process per call (`experiments/bench_public.py`, and
+  "warm" where no server can run): an abort there (a torch build that dies on a CUDA code path) or a hang becomes a
   one-line `VramfitError` instead of taking the caller down;
 - "warm": the warm estimator process of this cache directory and version, shared by every call and every process
   that asks it (`vramfit estimate`, an adaptive sweep's feasibility filter; `vramfit.dryrun.warm`): started like a
