@@ -66,6 +66,7 @@ class Estimate:
     compiled: bool = False  # the figures above are the torch.compile emulation's (the recipe compiles)
     modes: dict = field(default_factory=dict)  # "eager" and, when compiled, "compiled": peak, phase, op, reserved
     cuda_build: dict = field(default_factory=dict)  # cuda: the CUDA / cuDNN versions the SDPA kernel choice followed
+    loop: str = "vramfit"  # the training loop stepped (EstimateRequest.loop)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -217,7 +218,8 @@ def estimate_step(request: EstimateRequest) -> Estimate:
             if "peak_reserved" in mode:
                 mode["device_bytes"] = process_memory(cap, mode["peak_reserved"])["device_bytes"]
     est = Estimate(**d, compute_capability=cap if request.target == "cuda" else None,
-                   model_config=request.model.to_dict(), batch_size=request.batch_size, recipe=request.recipe.to_dict())
+                   model_config=request.model.to_dict(), batch_size=request.batch_size, recipe=request.recipe.to_dict(),
+                   loop=request.loop)
     return Estimate.from_dict(json.loads(json.dumps(est.to_dict())))  # plain JSON types: equal to a child's or cached
 
 
@@ -250,9 +252,12 @@ def format_estimate(est: Estimate) -> str:
     where = (f"cuda sm{est.compute_capability[0]}{est.compute_capability[1]}" if est.compute_capability
              else est.target)
     optimizer = f"{est.optimizer} AdamW" if est.optimizer in ADAMW else est.optimizer
+    accum = int(est.recipe.get("grad_accum", 1))
+    steps = f" x {accum} micro-steps" if accum > 1 else ""
+    loop = ", nanoGPT's train.py loop" if est.loop == "nanogpt" else ""
     lines = [
         f"GPT {mc['n_layer']}L {mc['n_head']}H {mc['n_embd']}C, block {mc['block_size']}, vocab {mc['vocab_size']}, "
-        f"batch {est.batch_size} on {where}: {est.dtype}, {optimizer}, {est.attention} attention",
+        f"batch {est.batch_size}{steps} on {where}{loop}: {est.dtype}, {optimizer}, {est.attention} attention",
         f"peak {format_size(est.peak_bytes)} in {est.peak_phase} (step {est.peak_step}) at {est.peak_op}",
     ]
     for name, n in est.breakdown.items():

@@ -206,7 +206,7 @@ def _found(req: PlanRequest, plan: Plan, model, budget: int, time) -> tuple[list
                         min_batch=req.min_batch, time=timed, corpus_tokens=corpus_tokens(req.data_dir), **search)
         ranking = found.ranking
         if plan.planner is not None:
-            found = plan.planner.verify(found, budget)
+            found = plan.planner.verify(found, budget, plan.profile.margin_rel)
         if time is not None and timed is None:
             found = _timed(found, model, plan.profile.margin_rel, budget, time)
         for s in found:
