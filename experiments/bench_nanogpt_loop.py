@@ -9,10 +9,12 @@ file is written to a temporary folder and:
   of the CPU allocator's `[memory]` events (every allocation and free of a CPU tensor, whoever makes it, exact
   bytes) is its peak of live tensor bytes. That reading uses no vramfit code.
 - `vramfit estimate --like CONFIG` runs in NANOGPT_DIR (so `dataset` finds data/shakespeare_char/meta.pkl); its
-  JSON's `peak_bytes` is the estimate (nanoGPT's loop, the file's micro-steps, clipping and device).
-The two are printed side by side, the difference in % of the reading; the run fails where one is off by more than
-0.1 %. The corpus is prepared by nanoGPT's own data/shakespeare_char/prepare.py from a local copy of tiny
-shakespeare (--text; no network), where NANOGPT_DIR has none. Writes results/bench/nanogpt-loop-cpu.md (--md).
+  JSON's `peak_bytes` is the estimate (nanoGPT's loop, the file's micro-steps, clipping and device); the same
+  with `--loop vramfit` (vramfit's own step of the config) is shown beside it, for comparison.
+The reading and the estimate are printed side by side, the difference in % of the reading; the run fails where
+one is off by more than 0.1 %. The corpus is prepared by nanoGPT's own data/shakespeare_char/prepare.py from a
+local copy of tiny shakespeare (--text; no network), where NANOGPT_DIR has none. Writes
+results/bench/nanogpt-loop-cpu.md (--md).
 """
 
 from __future__ import annotations
@@ -91,9 +93,9 @@ def reading(nanogpt: Path, config: Path) -> int:
     return int(lines[-1].split()[1])
 
 
-def estimate(nanogpt: Path, config: Path) -> dict:
+def estimate(nanogpt: Path, config: Path, *flags: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "vramfit.cli", "estimate", "--like", str(config), "--json"],
+    proc = subprocess.run([sys.executable, "-m", "vramfit.cli", "estimate", "--like", str(config), "--json", *flags],
                           cwd=nanogpt, env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:
         sys.exit(f"error: vramfit estimate failed on {config}: {proc.stderr.strip()[-1000:]}")
@@ -126,12 +128,14 @@ def main(argv: list[str] | None = None) -> int:
             path.write_text(config_text(cfg, Path(tmp) / "out"))
             t = time.perf_counter()
             real, est = reading(nanogpt, path), estimate(nanogpt, path)
+            ours = estimate(nanogpt, path, "--loop", "vramfit")["peak_bytes"]
             diff = (est["peak_bytes"] - real) / real
             bad += abs(diff) > TOLERANCE
-            rows.append((cfg, real, est, diff))
+            rows.append((cfg, real, est, diff, ours))
             B, T, L, H, C, accum, dropout, bias = cfg
             print(f"B{B} T{T} {L}L {H}H {C}C x{accum} dropout {dropout} bias {bias}: nanoGPT {real:,} B, estimate "
-                  f"{est['peak_bytes']:,} B ({diff:+.3%}; peak in {est['peak_phase']}) "
+                  f"{est['peak_bytes']:,} B ({diff:+.3%}; peak in {est['peak_phase']}; vramfit's loop "
+                  f"{(ours - real) / real:+.2%}) "
                   f"[{time.perf_counter() - t:.0f} s]", flush=True)
     end = load()
     print(f"{end} at the end")
@@ -158,15 +162,17 @@ def write_md(path: Path, rows: list, nanogpt: Path, loads: tuple[str, str]) -> N
         "of the CPU allocator's `[memory]` events is its peak of live tensor bytes (exact bytes, no vramfit code). "
         "Estimate: `vramfit estimate --like CONFIG --json`'s `peak_bytes` (nanoGPT's loop: the logits kept through "
         "backward, the next batch fetched before it, the for-loop AdamW torch picks on the CPU; the file's "
-        "micro-steps and clipping). Char-level shakespeare (vocabulary 65) prepared by nanoGPT's prepare.py.",
+        "micro-steps and clipping). The last column: `--loop vramfit`, vramfit's own step of the same config "
+        "(it drops the logits at once, fetches its batch at the start of each micro-step, and runs the fused "
+        "AdamW). Char-level shakespeare (vocabulary 65) prepared by nanoGPT's prepare.py.",
         "",
         "| batch | block | layers | heads | width | micro-steps | dropout | bias | nanoGPT peak (B) | estimate (B) "
-        "| estimate - nanoGPT | peak in |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | :--- | ---: | ---: | ---: | :--- |",
+        "| estimate - nanoGPT | peak in | `--loop vramfit` - nanoGPT |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | :--- | ---: | ---: | ---: | :--- | ---: |",
     ]
-    for (B, T, L, H, C, accum, dropout, bias), real, est, diff in rows:
+    for (B, T, L, H, C, accum, dropout, bias), real, est, diff, ours in rows:
         lines.append(f"| {B} | {T} | {L} | {H} | {C} | {accum} | {dropout} | {bias} | {real:,} | "
-                     f"{est['peak_bytes']:,} | {diff:+.3%} | {est['peak_phase']} |")
+                     f"{est['peak_bytes']:,} | {diff:+.3%} | {est['peak_phase']} | {(ours - real) / real:+.2%} |")
     worst = max(abs(r[3]) for r in rows)
     lines += ["", f"Worst difference: {worst:.3%} (tolerance {TOLERANCE:.1%}).", ""]
     path.parent.mkdir(parents=True, exist_ok=True)
