@@ -24,6 +24,8 @@ def _recipe_text(recipe: dict) -> str:
         parts.append(f"{recipe['optimizer']} AdamW")
     if recipe.get("compile") is not None:
         parts.append("compiled" if recipe["compile"] else "eager")
+    if int(recipe.get("grad_accum", 1)) > 1:
+        parts.append(f"{recipe['grad_accum']} micro-steps")
     return ", ".join(parts)
 
 
@@ -54,11 +56,12 @@ def choose_model(req: PlanRequest, models_dir: Path | None = None) -> tuple[Path
     return None
 
 
-def plan_line(req: PlanRequest, profile: Profile, path: Path, budget: int) -> str:
-    """The first line: what the plan is for, and what to do when that is not the card meant."""
+def plan_line(req: PlanRequest, profile: Profile, path: Path, budget: int, loop: str = "vramfit") -> str:
+    """The first line: what the plan is for (`loop`: the training loop the dry run estimates), and what to do when
+    that is not the card meant."""
     from vramfit.units import format_size
 
-    recipe = _recipe_text(profile.recipe)
+    recipe = _recipe_text(profile.recipe) + (", nanoGPT's train.py loop" if loop == "nanogpt" else "")
     if profile.source == "dry-run":
         why = "" if req.no_profile else " (no GPU profile in results/models; --target cpu plans for this CPU's RAM)"
         return (f"plan for a CUDA GPU of compute capability {profile.compute_capability}, {recipe}, by "
