@@ -39,9 +39,8 @@ class NanoGPTLoop:
         t = self.trainer
         if self.X is None:
             self.X, self.Y = get_batch()  # "fetch the very first batch", before the loop
-        lr = t.lr_at(t.iter_num) if t.cfg.decay_lr else t.cfg.learning_rate
         for group in t.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = t.lr_at(t.iter_num)  # nanoGPT's schedule (`Trainer.lr_at`)
         accum = t.cfg.gradient_accumulation_steps
         t.model.train()
         for _ in range(accum):

@@ -131,3 +131,32 @@ def test_bench_matches_nanogpts_own_train_py(tmp_path):
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in md.read_text().splitlines() if line.startswith("| 4 | 64 |")]
     assert len(rows) == 2 and "| 3 | 0.2 | True |" in rows[1]
+
+
+def test_suggest_plans_nanogpts_loop_by_the_dry_run(tmp_path, monkeypatch, capsys):
+    """`suggest --like` a nanoGPT config without a profile: every dry-run estimate is of nanoGPT's loop with the
+    file's micro-steps and clipping, and the first line says so; with a GPU profile it warns that the profile
+    measured vramfit's loop. (The estimator is a stand-in: what it is asked is under test.)"""
+    from planner_data import synthetic_points
+    from test_noprofile import formula_estimate
+
+    from vramfit.dryrun.pool import WarmWorkers
+    from vramfit.fit.memmodel import fit_points
+
+    asked = []
+
+    def run(self, requests):
+        asked.extend(requests)
+        return [formula_estimate(r) for r in requests]
+
+    monkeypatch.setattr(WarmWorkers, "run", run)
+    monkeypatch.setattr("vramfit.plan.profiles.local_gpu_capability", lambda: None)
+    cfg = config(tmp_path, "gradient_accumulation_steps = 2\ngrad_clip = 0.5\n")
+    args = ["suggest", "--vram", "8G", "--like", str(cfg), "--vocab", "65", "--save", str(tmp_path / "s.json")]
+    assert main([*args, "--no-profile", "--no-cache"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "bfloat16, fused AdamW, compiled, 2 micro-steps, nanoGPT's train.py loop, by the dry run" in first
+    assert asked and all(r.loop == "nanogpt" and r.grad_clip == 0.5 and r.recipe.grad_accum == 2 for r in asked)
+    profile = fit_points(synthetic_points(), target="nvml").save(tmp_path / "gpu.json")
+    assert main([*args, "--model", str(profile)]) == 0
+    assert "warning: the profile measured vramfit's training loop" in capsys.readouterr().err
