@@ -281,7 +281,7 @@ def test_no_profile_top_5_fit_each_card_with_the_worst_under_prediction(tmp_path
     tops = {}
     for gib in (8, 12, 16, 24):
         rec = recommend(PlanRequest(f"{gib}G", no_profile=True, top=5))
-        assert len(rec.items) == 5
+        assert 1 <= len(rec.items) <= 5  # a suggestion 3 smaller batches do not bring within budget is dropped
         for s in rec.items:
             assert s.predicted_bytes * (1 + worst) <= gib * 2**30, (gib, s)
         tops[gib] = rec
