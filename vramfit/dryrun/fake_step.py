@@ -488,6 +488,11 @@ def run_step(req: EstimateRequest, *, fake: bool = True, steps: int = 2, roundin
     # fp16 exists only on the emulated GPU: build the trainer as fp32 (`_emulate_fp16` switches it)
     # the recipe's switches run as the trainer runs them (its grad_accum, where set, is the request's accumulation)
     accum = req.recipe.grad_accum if req.recipe.grad_accum > 1 else req.gradient_accumulation_steps
+    # micro-steps 3..N start from the state micro-step 2 starts from (gradients accumulated; the previous
+    # micro-step's tensors released, or in nanoGPT's loop its logits and the prefetched batch held), so their peaks
+    # are micro-step 2's: N > 2 runs as 2 (nanoGPT's GPT-2 config has 40). Checked against real runs of 3 and 4
+    # (tests/test_estimate_switches.py, experiments/bench_nanogpt_loop.py).
+    accum = min(accum, 2)
     cfg = train_config(mc, req.batch_size, "float32" if plan.dtype == "float16" else plan.dtype, plan.optimizer,
                        "default" if target == "cuda" else req.recipe.attn_kernel, req.grad_clip, accum,
                        req.recipe.checkpoint)
