@@ -160,3 +160,18 @@ def test_suggest_plans_nanogpts_loop_by_the_dry_run(tmp_path, monkeypatch, capsy
     profile = fit_points(synthetic_points(), target="nvml").save(tmp_path / "gpu.json")
     assert main([*args, "--model", str(profile)]) == 0
     assert "warning: the profile measured vramfit's training loop" in capsys.readouterr().err
+    assert main([*args, "--model", str(profile), "--loop", "hf"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown --loop 'hf'")
+
+
+def test_a_nanogpt_checkpoint_is_estimated_with_its_loop_and_settings(tmp_path):
+    """nanoGPT's checkpoint `config` is train.py's globals: its loop, micro-steps, dtype, compile and device; a
+    vramfit checkpoint's config (data_dir, no dataset) keeps vramfit's loop."""
+    from nanogpt_files import nanogpt_checkpoint
+
+    ckpt = tmp_path / "out" / "ckpt.pt"
+    nanogpt_checkpoint(ckpt, vocab_size=65)
+    req = estimate_request({}, ckpt=ckpt)
+    assert (req.loop, req.target, req.recipe.dtype, req.recipe.compile) == ("nanogpt", "cuda", "bfloat16", True)
+    assert (req.batch_size, req.model.n_layer, req.model.bias) == (12, 1, False)
+    assert estimate_request({}, ckpt=ckpt, target="cpu", loop="vramfit").loop == "vramfit"

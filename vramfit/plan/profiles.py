@@ -92,7 +92,11 @@ def _dry_run_recipe(req: PlanRequest, like: Like | None):  # noqa: ANN202 - a Re
 def plan_profile(req: PlanRequest, like: Like | None, vocab: int, warnings: list[str]) -> tuple[Path, Profile, object]:
     """(model path, profile, dry-run planner or None): the chosen profile, else one calibrated on dry-run
     estimates for the GPU (a `DryRunPlanner` that re-checks the suggestions)."""
+    from gpt.config import LOOPS
+
     loop = like.loop_for(req.loop) if like is not None else (req.loop or "vramfit")
+    if loop not in LOOPS:
+        raise VramfitError(f"unknown --loop {loop!r}; choose one of {', '.join(LOOPS)}")
     chosen = None if req.no_profile else choose_model(req)
     if chosen is None and req.hours is not None:
         raise VramfitError("--hours needs a profiled device (its sweep measures speed): no GPU profile in "
