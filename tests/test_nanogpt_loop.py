@@ -92,6 +92,9 @@ def test_estimate_like_uses_the_configs_loop_micro_steps_clipping_and_device(tmp
     assert (req.loop, req.target, req.grad_clip, req.recipe.grad_accum) == ("nanogpt", "cpu", 0.0, 2)
     assert req.recipe.compile is False and req.model.dropout == 0.1 and req.model.bias is True
     assert estimate_request({}, like=cfg, loop="vramfit", target="cuda").loop == "vramfit"
+    given = estimate_request({}, like=cfg, recipe="compile=true")  # --recipe replaces dtype/compile, not the steps
+    assert (given.recipe.compile, given.recipe.grad_accum) == (True, 2)
+    assert estimate_request({}, like=cfg, recipe="grad_accum=5").recipe.grad_accum == 5
     assert main(["estimate", "--like", str(cfg), "--vocab", "65"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("GPT 1L 2H 32C, block 32, vocab 65, batch 2 x 2 micro-steps on cpu, nanoGPT's train.py "

@@ -46,12 +46,13 @@ class Like:
                                "(it would run without it): remove it, or estimate vramfit's loop (--loop vramfit)")
         return loop
 
-    def recipe_over(self, base):  # noqa: ANN001, ANN201 - a vramfit.recipe.Recipe
-        """`base` with what the file sets: dtype, compile and its gradient accumulation."""
+    def recipe_over(self, base, given: bool = False):  # noqa: ANN001, ANN201 - a vramfit.recipe.Recipe
+        """`base` with what the file sets: its dtype and compile unless `base` was `given` (--recipe), and its
+        micro-steps unless `base` sets its own."""
         from dataclasses import replace
 
-        return replace(base, **(self.recipe or {}), **({"grad_accum": self.grad_accum} if self.grad_accum > 1
-                                                       else {}))
+        accum = {"grad_accum": self.grad_accum} if self.grad_accum > 1 and base.grad_accum == 1 else {}
+        return replace(base, **({} if given else self.recipe or {}), **accum)
 
 
 def is_checkpoint(path: str | Path) -> bool:
@@ -147,8 +148,8 @@ def estimate_request(explicit: dict, *, like: str | Path | None = None, ckpt: st
                      recipe: str | None = None, target: str | None = None, capability: str = "8.0",
                      loop: str | None = None):  # noqa: ANN201 - a vramfit.dryrun.estimate.EstimateRequest
     """`vramfit estimate`'s request: the shape (`resolve_shape`), and from the file what the flags leave open: its
-    dropout and bias, its loop, recipe (dtype, compile, gradient accumulation; `--recipe` replaces it), clipping
-    and device (the target; else cuda)."""
+    dropout and bias, its loop, recipe (dtype and compile unless `--recipe` is given; its micro-steps unless
+    `--recipe` sets grad_accum), clipping and device (the target; else cuda)."""
     from gpt.config import GPTConfig
     from vramfit.dryrun.estimate import EstimateRequest, parse_capability, parse_recipe
 
@@ -162,7 +163,7 @@ def estimate_request(explicit: dict, *, like: str | Path | None = None, ckpt: st
     if found is None:
         return EstimateRequest(model, shape.batch_size, rec, target, parse_capability(capability),
                                loop=loop or "vramfit")
-    return EstimateRequest(model, shape.batch_size, rec if recipe else found.recipe_over(rec), target,
+    return EstimateRequest(model, shape.batch_size, found.recipe_over(rec, given=bool(recipe)), target,
                            parse_capability(capability), grad_clip=found.grad_clip, loop=found.loop_for(loop))
 
 

@@ -81,12 +81,12 @@ def plan_line(req: PlanRequest, profile: Profile, path: Path, budget: int, loop:
 
 
 def _dry_run_recipe(req: PlanRequest, like: Like | None):  # noqa: ANN202 - a Recipe
-    """--recipe, else what --like's file sets (dtype, compile, gradient accumulation) over DEFAULT_RECIPE."""
+    """--recipe, else the dtype and compile --like's file sets over DEFAULT_RECIPE; the file's micro-steps either
+    way, unless --recipe sets grad_accum."""
     from vramfit.dryrun.estimate import parse_recipe
 
-    if req.recipe:
-        return parse_recipe(req.recipe)
-    return like.recipe_over(parse_recipe(DEFAULT_RECIPE)) if like is not None else parse_recipe(DEFAULT_RECIPE)
+    base = parse_recipe(req.recipe or DEFAULT_RECIPE)
+    return like.recipe_over(base, given=bool(req.recipe)) if like is not None else base
 
 
 def plan_profile(req: PlanRequest, like: Like | None, vocab: int, warnings: list[str]) -> tuple[Path, Profile, object]:
