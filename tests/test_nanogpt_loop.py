@@ -38,6 +38,22 @@ def test_every_train_py_setting_is_used_or_has_no_memory_effect():
     assert not set(MEMORY_KEYS) & set(NO_MEMORY_EFFECT)
 
 
+@pytest.mark.skipif(not os.environ.get("NANOGPT_DIR"), reason="set NANOGPT_DIR to a nanoGPT checkout")
+def test_the_settings_are_train_pys_globals():
+    """NANOGPT_DEFAULTS are exactly the settings train.py declares before its configurator runs (the scalar
+    globals it puts in `config_keys`), read from the checkout with `ast`."""
+    import ast
+
+    tree = ast.parse((Path(os.environ["NANOGPT_DIR"]) / "train.py").read_text())
+    names = []
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assign) and isinstance(stmt.targets[0], ast.Name):
+            if stmt.targets[0].id == "config_keys":
+                break
+            names.append(stmt.targets[0].id)
+    assert set(names) == set(NANOGPT_DEFAULTS)
+
+
 def test_nanogpt_picks_its_adamw_and_dtype_per_device():
     """nanoGPT's configure_optimizers passes fused=True on CUDA only; elsewhere torch picks: foreach only where
     every parameter is on a foreach device (torch/optim/optimizer.py `_default_to_fused_or_foreach`, devices from
