@@ -41,6 +41,9 @@ HELP = {
     "--device": "where to run: auto (CUDA if available, else the CPU) | cpu | cuda | cuda:N",
     "--target": "the device planned for: cuda (a GPU: its profile, else the dry run; no GPU needed) | cpu (the "
                 "CPU's RAM) | auto (the most recently fitted GPU profile, else cuda)",
+    "--loop": "the training loop estimated: vramfit (`vramfit train`'s step) | nanogpt (nanoGPT's train.py: the "
+              "logits kept through backward, the next batch fetched before it, its AdamW: fused on CUDA, for-loop "
+              "on the CPU); default: --like's (a nanoGPT config or checkpoint: nanogpt), else vramfit",
     "--recipe": "the training recipe: inline dtype=bfloat16,optimizer=fused,... or a TOML/JSON file",
     "--capability": "the GPU's CUDA compute capability for the dry run: 8.0, 8.6, 9.0, ...",
     "--reading": "the memory reading modelled: auto (nvml on CUDA, tracked on the CPU) | nvml | allocated | "
@@ -77,6 +80,7 @@ Ckpt = Annotated[Path, _option("--ckpt")]
 Device = Annotated[str, _option("--device")]
 Target = Annotated[str, _option("--target")]
 Recipe = Annotated[str, _option("--recipe")]
+Loop = Annotated[str, _option("--loop")]
 Capability = Annotated[str, _option("--capability")]
 Reading = Annotated[str, _option("--reading")]
 OnlyDevice = Annotated[str, _option("--only-device")]

@@ -30,6 +30,7 @@ from gpt.config import OPTIMIZERS, GPTConfig, TrainConfig, checkpoint_every, res
 from gpt.data import synthetic_batch
 from gpt.errors import ConfigError
 from gpt.model import attention_kernel
+from gpt.nanogpt_loop import NanoGPTLoop
 from gpt.train import Trainer
 from vramfit.dryrun import context, sdpa
 from vramfit.dryrun.allocator import replay
@@ -352,7 +353,7 @@ class _Plan:
 
 def _resolve(req: EstimateRequest) -> _Plan:
     r, mc, target = req.recipe, req.model, req.target
-    dtype, use_compile, impl = resolve_recipe(r.dtype, r.compile, r.optimizer, target, req.capability)
+    dtype, use_compile, impl = resolve_recipe(r.dtype, r.compile, r.optimizer, target, req.capability, loop=req.loop)
     if dtype not in _DTYPES:
         raise ConfigError(f"dtype must be one of auto, {', '.join(_DTYPES)}, got {dtype!r}")
     if dtype == "float16" and target == "cpu":
@@ -386,9 +387,11 @@ def _emulate_fp16(trainer: Trainer, fake: bool) -> None:
         sc._maybe_opt_step = lambda opt, state, *a, **k: opt.step(*a, **k)  # type: ignore[method-assign]
 
 
-def _batches(tracker: StepTracker, batch_size: int, model_config: GPTConfig,
-             target: str) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
-    """The trainer's `get_batch`: marks the data phase; on the GPU only the device copies of x and y exist."""
+def _batches(tracker: StepTracker, batch_size: int, model_config: GPTConfig, target: str,
+             loop: str = "vramfit") -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+    """The trainer's `get_batch`: marks the data phase; on the GPU only the device copies of x and y exist. nanoGPT's
+    on the CPU: the offsets (`torch.randint`, alive until x and y are stacked), then x and y stacked from numpy
+    (whose arrays the CPU allocator never sees)."""
     B, T, V = batch_size, model_config.block_size, model_config.vocab_size
     gen = torch.Generator().manual_seed(1337)
 
@@ -396,6 +399,9 @@ def _batches(tracker: StepTracker, batch_size: int, model_config: GPTConfig,
         tracker.phase, tracker.zone, tracker.where = "data", "", ""
         if target == "cuda":
             return torch.zeros(B, T, dtype=torch.long), torch.zeros(B, T, dtype=torch.long)
+        if loop == "nanogpt":
+            ix = torch.randint(V, (B,), generator=gen)  # noqa: F841 - alive while x and y are made, as in train.py
+            return torch.randint(V, (B, T), generator=gen), torch.randint(V, (B, T), generator=gen)
         return synthetic_batch(B, T, V, gen, "cpu")
 
     return get_batch
@@ -428,9 +434,11 @@ def _compile(trainer: Trainer, tracker: StepTracker, mc: GPTConfig, cfg: TrainCo
 
 
 def _tracked_steps(cfg: TrainConfig, model_config: GPTConfig, plan: _Plan, tracker: StepTracker,
-                   get_batch: Callable, *, target: str, fake: bool, steps: int, compiled: bool = False) -> int:
-    """Build the Trainer and run `steps` steps under `tracker` (and fake tensors); the live bytes after them.
-    `compiled`: through the torch.compile emulation (`vramfit.dryrun.compiled`)."""
+                   get_batch: Callable, *, target: str, fake: bool, steps: int, compiled: bool = False,
+                   loop: str = "vramfit") -> int:
+    """Build the Trainer and run `steps` steps of `loop` under `tracker` (and fake tensors); the live bytes after
+    them. `compiled`: through the torch.compile emulation (`vramfit.dryrun.compiled`); `loop` "nanogpt": nanoGPT's
+    train.py iteration (`gpt.nanogpt_loop`) instead of `Trainer.step`."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.random.fork_rng(devices=[]))  # Trainer seeds the global RNG: leave ours alone
         if fake:
@@ -449,17 +457,18 @@ def _tracked_steps(cfg: TrainConfig, model_config: GPTConfig, plan: _Plan, track
         hooks = _install_hooks(trainer, tracker)
         if compiled:
             _compile(trainer, tracker, model_config, cfg, target, plan.attention)
+        step = NanoGPTLoop(trainer).step if loop == "nanogpt" else trainer.step
         try:
             tracker.reset_peak()
             for i in range(steps):
                 tracker.step_no = i + 1
-                trainer.step(get_batch)
+                step(get_batch)
             tracker.phase, tracker.where = "done", ""
         finally:
             for h in hooks:
                 h.remove()
         steady = tracker.current
-        del trainer
+        del trainer, step
     return steady
 
 
@@ -479,6 +488,11 @@ def run_step(req: EstimateRequest, *, fake: bool = True, steps: int = 2, roundin
     # fp16 exists only on the emulated GPU: build the trainer as fp32 (`_emulate_fp16` switches it)
     # the recipe's switches run as the trainer runs them (its grad_accum, where set, is the request's accumulation)
     accum = req.recipe.grad_accum if req.recipe.grad_accum > 1 else req.gradient_accumulation_steps
+    # micro-steps 3..N start from the state micro-step 2 starts from (gradients accumulated; the previous
+    # micro-step's tensors released, or in nanoGPT's loop its logits and the prefetched batch held), so their peaks
+    # are micro-step 2's: N > 2 runs as 2 (nanoGPT's GPT-2 config has 40). Checked against real runs of 3 and 4
+    # (tests/test_estimate_switches.py, experiments/bench_nanogpt_loop.py).
+    accum = min(accum, 2)
     cfg = train_config(mc, req.batch_size, "float32" if plan.dtype == "float16" else plan.dtype, plan.optimizer,
                        "default" if target == "cuda" else req.recipe.attn_kernel, req.grad_clip, accum,
                        req.recipe.checkpoint)
@@ -491,9 +505,9 @@ def run_step(req: EstimateRequest, *, fake: bool = True, steps: int = 2, roundin
         t = time.perf_counter()
         tracker = StepTracker(rounding, cuda_kernel_workspace if target == "cuda" else None,
                               cublas_workspace_bytes(capability) if target == "cuda" else 0)
-        get_batch = _batches(tracker, req.batch_size, mc, target)
+        get_batch = _batches(tracker, req.batch_size, mc, target, req.loop)
         steady = _tracked_steps(cfg, mc, plan, tracker, get_batch, target=target, fake=fake, steps=steps,
-                                compiled=mode == "compiled")
+                                compiled=mode == "compiled", loop=req.loop)
         alloc = replay(tracker.events, req.recipe.alloc_conf).to_dict() if target == "cuda" else {}
         runs[mode] = (tracker, steady, alloc, time.perf_counter() - t)
     tracker, steady, alloc, _ = runs["compiled" if plan.compile else "eager"]

@@ -108,7 +108,7 @@ def recommend(req: PlanRequest) -> Recommendation:
 
     override = parse_margin(req.margin) if req.margin is not None else None  # a bad value fails before any work
     path, profile, planner = plan_profile(req, like, (space["vocab_size"] or [DEFAULT_VOCAB])[0], warnings)
-    line = plan_line(req, profile, path, vram_b - reserve_b)
+    line = plan_line(req, profile, path, vram_b - reserve_b, getattr(planner, "loop", "vramfit"))
     margin_source = planner.margin.describe() if planner is not None and planner.margin is not None else None
     if override is not None:
         margin_source = f"margin {override:.1%}: --margin (instead of {profile.margin_rel:.1%})"
@@ -206,7 +206,7 @@ def _found(req: PlanRequest, plan: Plan, model, budget: int, time) -> tuple[list
                         min_batch=req.min_batch, time=timed, corpus_tokens=corpus_tokens(req.data_dir), **search)
         ranking = found.ranking
         if plan.planner is not None:
-            found = plan.planner.verify(found, budget)
+            found = plan.planner.verify(found, budget, plan.profile.margin_rel)
         if time is not None and timed is None:
             found = _timed(found, model, plan.profile.margin_rel, budget, time)
         for s in found:
