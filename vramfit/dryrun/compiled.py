@@ -46,6 +46,7 @@ _POINTWISE_EXTRA = {
     "ones_like", "scalar_tensor", "iota", "arange", "rand", "rand_like", "randn", "randn_like", "index", "embedding",
     "gather", "inductor_random", "inductor_seeds", "inductor_lookup_seed", "bernoulli", "lift_fresh_copy",
     "fill", "empty_like",
+    "copy_",  # an inference graph's write into a mutated input (kept in the graph): Inductor fuses it into the input
 }
 _VIEW_NAMES = {"view", "_unsafe_view", "reshape", "permute", "t", "transpose", "expand", "unsqueeze", "squeeze",
                "slice", "select", "alias", "as_strided", "split", "split_with_sizes", "unbind", "diagonal",
@@ -239,6 +240,40 @@ def _compiled(key: tuple, fn: Callable, graphs: dict) -> Callable:
         del _CACHE[next(iter(_CACHE))]
     _CACHE[key] = out
     return out
+
+
+class CompiledStep:
+    """Stands in for `torch.compile(fn, dynamic=False, fullgraph=True)` of an optimizer step function (nanochat
+    compiles its Muon and AdamW steps: `gpt.muon.MuonAdamW(compiled=True)`): traced once per input shapes (on
+    stand-ins, uncounted) by AOT autograd with Inductor's decompositions, the in-place updates of its inputs kept in
+    the graph (Inductor writes them into the inputs' buffers), and run by `GraphRunner`, which counts only what
+    Inductor materialises (matmul outputs such as Newton-Schulz's, reductions)."""
+
+    def __init__(self, fn: Callable, paused: Callable[[], contextlib.AbstractContextManager]) -> None:
+        self.fn, self.paused = fn, paused
+
+    def __call__(self, *args: object) -> None:
+        spec = tuple((tuple(a.shape), a.dtype) if isinstance(a, torch.Tensor) else a for a in args)
+        key = ("step", self.fn.__name__, spec)
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if key not in _CACHE:
+            from torch._functorch.aot_autograd import aot_function
+
+            fixed, n = {i: a for i, a in enumerate(args) if not isinstance(a, torch.Tensor)}, len(args)
+
+            def step(*ts: torch.Tensor) -> tuple:  # closes over no tensor: the cached graph keeps none alive
+                given = iter(ts)
+                self.fn(*(fixed[i] if i in fixed else next(given) for i in range(n)))
+                return ()
+
+            compiled = aot_function(step, lambda gm, example_inputs: GraphRunner(gm, self.paused),
+                                    decompositions=_decompositions(), keep_inference_input_mutations=True)
+            with self.paused():
+                compiled(*(torch.empty(t.shape, dtype=t.dtype) for t in tensors))
+            while len(_CACHE) >= _CACHE_SIZE:
+                del _CACHE[next(iter(_CACHE))]
+            _CACHE[key] = compiled
+        _CACHE[key](*tensors)
 
 
 @contextlib.contextmanager

@@ -31,6 +31,7 @@ from gpt.config import ARCH_OPTIONS, OPTIMIZERS, GPTConfig, TrainConfig, checkpo
 from gpt.data import synthetic_batch
 from gpt.errors import ConfigError
 from gpt.model import attention_kernel
+from gpt.muon import MuonAdamW, adamw_update, muon_update
 from gpt.train import Trainer
 from vramfit.dryrun import context, sdpa
 from vramfit.dryrun.allocator import replay
@@ -119,7 +120,8 @@ class StepTracker(StorageTracker):
     # --- scalars: what `.item()` reads under fake tensors, which hold no values --------------------------------------
     scalar: float | None = None
     """Set on a fake run whose optimizer reads values (Adafactor: its step count and parameter and update norms,
-    in `torch.optim._adafactor`): every `.item()` returns it. Values steer only arithmetic there, never a size."""
+    in `torch.optim._adafactor`; the compiled MuonAdamW's traced AdamW step: its step size as `add_`'s alpha):
+    every `.item()` returns it. Values steer only arithmetic there, never a size."""
 
     # --- pausing: ops whose outputs a compiled step never materialises (`vramfit.dryrun.compiled`) --------------
     _paused = False
@@ -134,10 +136,10 @@ class StepTracker(StorageTracker):
             self._paused = before
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        if self._paused:
-            return func(*args, **(kwargs or {}))
         if func is aten._local_scalar_dense.default and self.scalar is not None:
             return self.scalar
+        if self._paused:
+            return func(*args, **(kwargs or {}))
         return super().__torch_dispatch__(func, types, args, kwargs)
 
     # --- bookkeeping: the base class counts, these hooks remember ----------------------------------------------
@@ -445,6 +447,12 @@ def _compile(trainer: Trainer, tracker: StepTracker, mc: GPTConfig, cfg: TrainCo
     if mc.arch != "gpt2":  # every option shapes some graph (the residual scalars: the depth too)
         signature += tuple(sorted(mc.to_dict().items()))
     model = CompiledGPT(trainer.model, tracker.paused, on_segment, signature)
+    if isinstance(trainer.optimizer, MuonAdamW):  # nanochat compiles both steps of its optimizer too
+        from vramfit.dryrun.compiled import CompiledStep
+
+        opt = trainer.optimizer
+        opt._muon_step, opt._adamw_step = (CompiledStep(f, tracker.paused) for f in (muon_update, adamw_update))
+        tracker.scalar = 1.0
     with tracker.paused():
         idx = torch.zeros(cfg.batch_size, mc.block_size, dtype=torch.long)
         with trainer.autocast(), attention_kernel(trainer.cfg.attn_kernel):
