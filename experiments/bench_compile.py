@@ -53,7 +53,7 @@ NANOCHAT = {"arch": "nanochat", "n_kv_head": 2, "window_pattern": "SL"}
 SHAPES += [
     (2, 4, 128, 256, 2048, 4, "float32", 0.0, NANOCHAT),
     (2, 4, 128, 256, 2048, 4, "bfloat16", 0.0, NANOCHAT),
-    (4, 2, 128, 512, 1024, 2, "bfloat16", 0.0, {**NANOCHAT, "n_kv_head": 1, "window_pattern": "SSSL"}),
+    (4, 4, 128, 256, 1024, 2, "bfloat16", 0.0, {**NANOCHAT, "window_pattern": "SSSL"}),
 ]
 
 

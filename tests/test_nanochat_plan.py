@@ -1,0 +1,132 @@
+"""Planning nanochat runs: the CUDA kernels of nanochat's attention (`vramfit.dryrun.sdpa`), the dry run of its step
+on an emulated GPU and compiled, ZeRO-2 per GPU (`vramfit.plan.ddp.zero2_state_bytes`) and `suggest --like` with a
+`scripts/base_train.py` command line (`vramfit.plan.nanochat`).
+
+The reference is karpathy/nanochat at 92d63d4: `nanochat/flash_attention.py` (FA3 or SDPA), `nanochat/optim.py`
+(MuonAdamW's ZeRO-2 sharding), `scripts/base_train.py` (the flags, the total batch and the accumulation)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gpt.config import GPTConfig, nanochat_config
+from vramfit.cli import main
+from vramfit.dryrun import sdpa
+from vramfit.dryrun.estimate import EstimateRequest, estimate_step
+from vramfit.errors import VramfitError
+from vramfit.plan.ddp import zero2_state_bytes
+from vramfit.plan.nanochat import device_batches, is_base_train, largest
+from vramfit.recipe import Recipe
+
+NO_ENV: dict = {}
+TINY = dict(n_layer=2, n_head=4, n_embd=128, block_size=256, vocab_size=512, arch="nanochat", n_kv_head=2,
+            window_pattern="SL")
+
+
+def test_fa3_where_nanochat_loads_it():
+    """`_load_flash_attention_3`: Hopper (varunneal/flash-attention-3), sm80/86/89 (kernels-community/flash-attn3),
+    not Blackwell; `_resolve_use_fa3`: bf16 only."""
+    for cap in ((8, 0), (8, 6), (8, 9), (9, 0)):
+        assert sdpa.fa3_loads(cap, "bfloat16", NO_ENV)
+    assert not sdpa.fa3_loads((10, 0), "bfloat16", NO_ENV) and not sdpa.fa3_loads((12, 0), "bfloat16", NO_ENV)
+    assert not sdpa.fa3_loads((9, 0), "float16", NO_ENV) and not sdpa.fa3_loads((7, 5), "bfloat16", NO_ENV)
+    assert not sdpa.fa3_loads((9, 0), "bfloat16", {"VRAMFIT_FA3": "0"})
+    assert sdpa.nanochat_kernels("default", "bfloat16", 128, (9, 0), gqa=True, env=NO_ENV) == \
+        {"full": "fa3", "window": "fa3"}
+
+
+def test_sdpa_fallback_follows_the_mask_and_gqa():
+    """`_sdpa_attention`: is_causal for a full window, an explicit bool mask for a short one, enable_gqa under GQA;
+    sdp_utils.cpp: flash refuses any mask (check_for_attn_mask) and takes GQA; memory-efficient takes the mask
+    but not GQA (check_batch_size_and_num_heads_dense<false>); cuDNN takes both (first on sm90/10x); math all."""
+    def kernels(cap, gqa, requested="default"):
+        return sdpa.nanochat_kernels(requested, "bfloat16", 128, cap, gqa=gqa, env={"VRAMFIT_FA3": "0"},
+                                     build=sdpa.CudaBuild())
+
+    assert kernels((8, 0), gqa=False) == {"full": "flash", "window": "efficient"}
+    assert kernels((8, 0), gqa=True) == {"full": "flash", "window": "math"}
+    assert kernels((9, 0), gqa=True) == {"full": "cudnn", "window": "cudnn"}
+    assert kernels((12, 0), gqa=True) == {"full": "flash", "window": "math"}  # no FA3 on Blackwell
+    assert sdpa.nanochat_kernels("default", "float16", 128, (7, 5), gqa=False, env=NO_ENV,
+                                 build=sdpa.CudaBuild()) == {"full": "efficient", "window": "efficient"}
+    with pytest.raises(Exception, match="flash attention cannot run"):
+        kernels((8, 0), gqa=False, requested="flash")  # forced flash: the short windows' mask
+
+
+def test_fa3_and_gqa_backward_workspaces():
+    """FA3 (hopper/flash_api.cpp mha_bwd): softmax_d, softmax_lse_log2 (B, H, T128) and dq_accum (B, H, T128 x D')
+    in fp32, and under GQA dk_accum, dv_accum (B, H_kv, T128 x D'); FA2's mha_bwd under GQA: dk_expanded and
+    dv_expanded at the query heads' width in the input dtype."""
+    b, h, t, d = 2, 8, 200, 128
+    assert sdpa.backward_workspace("fa3", (b, h, t, d), 2) == 2 * b * h * 256 * 4 + b * h * 256 * 128 * 4
+    assert sdpa.backward_workspace("fa3", (b, h, t, d), 2, kv_heads=2) == \
+        sdpa.backward_workspace("fa3", (b, h, t, d), 2) + 2 * b * 2 * 256 * 128 * 4
+    assert sdpa.backward_workspace("fa3", (b, h, t, 80), 2) == sdpa.backward_workspace("fa3", (b, h, t, 96), 2)
+    assert sdpa.backward_workspace("flash", (b, h, t, d), 2, kv_heads=2) == \
+        sdpa.backward_workspace("flash", (b, h, t, d), 2) + 2 * b * t * h * d * 2
+
+
+def test_the_cuda_dry_run_runs_nanochats_kernels():
+    """The emulated GPU runs nanochat's step with FA3 on Hopper and with SDPA on Blackwell, where the short windows'
+    mask under GQA leaves only the math kernel (its scores materialised: more memory)."""
+    mc = GPTConfig(**TINY)
+    fa3 = estimate_step(EstimateRequest(mc, 2, Recipe(compile=False), "cuda", (9, 0)))
+    sdpa_path = estimate_step(EstimateRequest(mc, 2, Recipe(compile=False), "cuda", (12, 0)))
+    assert fa3.attention == "fa3" and fa3.optimizer == "muon" and fa3.dtype == "bfloat16"
+    assert sdpa_path.attention == "flash (full windows), math (short windows, masked)"
+    assert sdpa_path.peak_bytes > fa3.peak_bytes > 0
+
+
+def test_the_compiled_dry_run_of_nanochat():
+    """The torch.compile emulation runs nanochat's segments (embedding, one graph per kind of layer, head) and its
+    compiled optimizer steps; fusion makes the compiled step smaller than the eager one."""
+    est = estimate_step(EstimateRequest(GPTConfig(**TINY), 2, Recipe(dtype="bfloat16", compile=True), "cpu"))
+    assert est.compiled and est.optimizer == "muon"
+    assert 0 < est.modes["compiled"]["peak_bytes"] < est.modes["eager"]["peak_bytes"]
+
+
+def test_zero2_state_bytes_follow_nanochats_sharding():
+    """optim.py: AdamW parameters of >= 1024 elements keep 1/N of their rows' exp_avg and exp_avg_sq, smaller ones
+    all of it; each Muon group of K matrices is split into chunks of ceil(K/N), each rank keeping its chunk's
+    momentum and factored second moment. d20 on 8 GPUs: C = 1280, 10 heads, vocab 32768."""
+    mc = nanochat_config(20)
+    assert zero2_state_bytes(mc, 1, "bfloat16") == sum(mc.optimizer_state_bytes("muon", "bfloat16").values())
+    C, V, L = 1280, 32768, 20
+    muon = 10 * (C * C + C) + 3 * (4 * C * C + 4 * C) * 2 + 2 * (10 * 12 + 12)  # K = 80, 20, 20, 10 over 8 ranks
+    adamw = 2 * (V * C * 2 + V * C * 4 + 10 * V * C * 2) // 8 + 2 * 4 * (2 * L + 24 + 1 + 1)
+    assert zero2_state_bytes(mc, 8, "bfloat16") == 4 * muon + adamw
+    with pytest.raises(VramfitError, match="do not divide"):
+        zero2_state_bytes(mc, 3)
+
+
+def test_base_train_lines_batches_and_the_search():
+    assert is_base_train("nanochat --depth 20") and is_base_train("torchrun --nproc_per_node=8 -m scripts.base_train")
+    assert is_base_train("--depth 4") and not is_base_train("config/train_shakespeare_char.py")
+    assert device_batches(2**19, 2048, 1) == [1, 2, 4, 8, 16, 32, 64, 128, 256]
+    assert device_batches(2**19, 2048, 8) == [1, 2, 4, 8, 16, 32] and device_batches(1000, 2048, 1) == []
+    tried: list[int] = []
+
+    def fits_up_to(limit: int):  # noqa: ANN202
+        def fits(x: int) -> bool:
+            tried.append(x)
+            return x <= limit
+        return fits
+
+    depths = list(range(1, 65))
+    for limit in (0, 1, 7, 20, 64):
+        for start in (None, 1, 20, 64):
+            assert largest(depths, fits_up_to(limit), start) == (limit or None)
+    tried.clear()
+    assert largest(depths, fits_up_to(22), start=20) == 22 and max(tried) <= 24  # gallops, not up to 64
+
+
+@pytest.mark.parametrize("like, message", [
+    ("nanochat --depth x", "cannot read"),
+    ("nanochat --device-batch-size 3 --total-batch-size 1000", "multiple of"),
+    ("torchrun --nproc_per_node=0 -m scripts.base_train", "positive integer"),
+])
+def test_bad_base_train_lines_are_one_error(like, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["suggest", "--vram", "24G", "--like", like]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err and "Traceback" not in err
