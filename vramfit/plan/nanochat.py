@@ -154,7 +154,7 @@ def _suggestion(c: Candidate, label: str, rank: int, budget: int, data_dir: str,
     command = train_command(run, data_dir, recipe, rank) if gpus == 1 else run.command(run.device_batch_size)
     nanochat = {"command": run.command(run.device_batch_size), "depth": mc.n_layer,
                 "device_batch_size": run.device_batch_size, "grad_accum_steps": run.grad_accum_steps,
-                "total_batch_size": run.total_batch_size, "gpus": gpus}
+                "total_batch_size": run.total_batch_size, "gpus": gpus, "window_pattern": mc.window_pattern}
     return Suggestion(rank, mc.n_layer, mc.n_head, mc.n_embd, mc.block_size, run.device_batch_size, mc.vocab_size,
                       mc.n_params(), run.total_batch_size, c.need, c.margin, budget - c.need - c.margin,
                       "dry run", dict(c.estimate.breakdown), command, label=label, nanochat=nanochat)
@@ -221,7 +221,8 @@ def plan_base_train(req, like_text: str):  # noqa: ANN001, ANN201 - a PlanReques
             "by the dry run: estimates, not measurements"
             + (f"; per GPU of {gpus} under nanochat's ZeRO-2 sharding" if gpus > 1 else ""))
     doc = {"vram_bytes": vram_b, "card": card.name if card else None, "reserve_bytes": vram_b - budget,
-           "budget_bytes": budget, "objective": "nanochat", "ranking": {}, "plan": plan, "model_file": "(dry-run)",
+           "budget_bytes": budget, "objective": "nanochat", "ranking": {"value": "nanochat"}, "plan": plan,
+           "model_file": "(dry-run)",
            "device": f"CUDA sm{cap[0]}{cap[1]} (not profiled)", "recipe_key": recipe.key(),
            "recipe": recipe.to_dict(), "target": "nvml", "margin_rel": rel, "margin_source": margin.describe(),
            "data_dir": data_dir, "gpus": gpus, "strategy": "zero2" if gpus > 1 else None, "like": like_text,
