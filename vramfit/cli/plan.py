@@ -117,7 +117,15 @@ def estimate(n_layer: o.NLayer = None, n_head: o.NHead = None, n_embd: o.NEmbd =
     from vramfit.dryrun.estimate import EstimateRequest, format_estimate, parse_capability, parse_recipe
     from vramfit.dryrun.estimator import Estimator
     from vramfit.plan.like import resolve_shape
+    from vramfit.plan.nanochat import base_train_request, is_base_train
 
+    if like is not None and is_base_train(like):  # a nanochat base_train command line: its model and device batch
+        req = base_train_request(str(like), parse_recipe(recipe), "cuda" if target == "auto" else target,
+                                 parse_capability(capability))
+        with Estimator("child" if req.target == "cuda" else "process") as estimator:
+            est = estimator.estimate([req])[0]
+        typer.echo(json.dumps(est.to_dict()) if json_out else format_estimate(est))
+        return
     shape, found = resolve_shape(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                                       batch_size=batch_size, vocab_size=vocab), like=like, ckpt=ckpt)
     batch_size = shape.batch_size

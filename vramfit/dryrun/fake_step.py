@@ -562,10 +562,14 @@ def _install_hooks(trainer: Trainer, tracker: StepTracker) -> list:
     stack: list[str] = []
     handles = []
 
+    head_starts = "lm_head" if "ln_f" not in model.transformer else None  # nanochat: no final norm module
+
     def pre(name: str):
         def hook(module, args):  # noqa: ANN001
             if module is model:
                 tracker.phase, tracker.zone = "forward", ""
+            elif name == head_starts and isinstance(args[0], torch.Tensor) and args[0].grad_fn is not None:
+                tracker.zone, tracker.logits_seq = "logits", args[0].grad_fn._sequence_nr()
             stack.append(name)
             tracker.where = name or "GPT"
         return hook

@@ -132,6 +132,20 @@ class NanochatPlanner:
                        start=self.run.config.n_layer)
 
 
+def base_train_request(like_text: str, recipe, target: str, capability: tuple[int, int]):  # noqa: ANN001, ANN201
+    """`estimate --like "<base_train command>"`: the dry run's request for its model at its device batch (one GPU's
+    step; the recipe's 'auto' optimizer is nanochat's Muon)."""
+    from gpt.basetrain import read_base_train
+    from gpt.errors import ConfigError
+    from vramfit.dryrun.estimate import EstimateRequest
+
+    try:
+        run = read_base_train(like_text)
+    except ConfigError as exc:
+        raise VramfitError(f"--like: {exc}") from None
+    return EstimateRequest(run.config, run.device_batch_size, recipe, target, capability)
+
+
 def train_command(run, data_dir: str, recipe: dict, rank: int) -> str:  # noqa: ANN001 - a NanochatRun
     """vramfit's command for the run on one GPU: `vramfit train --arch nanochat` with its sizes, device batch,
     gradient accumulation and recipe."""
