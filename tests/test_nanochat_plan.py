@@ -205,3 +205,32 @@ def test_nanochat_estimate_matches_cuda_max_memory_allocated(window_pattern, mon
     del trainer
     torch.cuda.empty_cache()
     assert abs(est.peak_bytes - real) <= 0.03 * real, (est.peak_bytes, real, est.attention, est.peak_op)
+
+
+def test_muon_keeps_every_stack_to_the_end_of_the_step():
+    """nanochat's MuonAdamW.step (optim.py): phase 1 stacks every Muon group's gradients, phase 2 updates each group
+    on a stack of its weights, phase 3 copies the stacks back; so when the last group is updated, the gradient
+    and weight stacks of every group are still alive (what the step's peak holds)."""
+    import weakref
+
+    import torch
+
+    from gpt.config import TrainConfig
+    from gpt.train import Trainer
+
+    mc = GPTConfig(**TINY)
+    trainer = Trainer(TrainConfig(**TINY, device="cpu", optimizer="muon", warmup_iters=0), mc, device="cpu")
+    opt, seen, alive_at_last = trainer.optimizer, [], []
+    step = opt._muon_step
+
+    def spy(grads, stacked, *rest):  # noqa: ANN001, ANN202
+        seen.extend([weakref.ref(grads), weakref.ref(stacked)])
+        if len(seen) == 2 * len(mc.muon_stacks()):
+            alive_at_last.append(sum(r() is not None for r in seen))
+        return step(grads, stacked, *rest)
+
+    opt._muon_step = spy
+    x = torch.randint(mc.vocab_size, (2, mc.block_size))
+    trainer.step(lambda: (x, x))
+    assert alive_at_last == [2 * len(mc.muon_stacks())]
+    assert all(r() is None for r in seen)  # and none after the step
