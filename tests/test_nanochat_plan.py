@@ -234,3 +234,31 @@ def test_muon_keeps_every_stack_to_the_end_of_the_step():
     trainer.step(lambda: (x, x))
     assert alive_at_last == [2 * len(mc.muon_stacks())]
     assert all(r() is None for r in seen)  # and none after the step
+
+
+DOC_LIKE = "nanochat --depth 2 --head-dim 64 --max-seq-len 128 --device-batch-size 8 --total-batch-size 8192"
+
+
+def test_suggest_like_a_base_train_line(capsys, tmp_path, monkeypatch):
+    """docs/nanochat.md's command (same requests: the estimates are shared through the session's cache): the run
+    as it is, the largest device batch base_train accepts that fits, its accumulation keeping the total batch,
+    nanochat's command and vramfit's; the document follows the schema."""
+    import json
+    from importlib import resources
+
+    jsonschema = pytest.importorskip("jsonschema")
+    monkeypatch.chdir(tmp_path)
+    assert main(["suggest", "--vram", "1G", "--recipe", "compile=false", "--json", "--like", DOC_LIKE]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    jsonschema.validate(doc, json.loads(resources.files("vramfit").joinpath("schemas/suggest.schema.json").read_text()))
+    assert doc["objective"] == "nanochat" and doc["as_is"]["batch_size"] == 8 and doc["as_is"]["grad_accum_steps"] == 8
+    for s in doc["suggestions"]:
+        chat = s["nanochat"]
+        assert s["predicted_bytes"] + s["margin_bytes"] <= doc["budget_bytes"]
+        tokens = chat["grad_accum_steps"] * chat["device_batch_size"] * s["block_size"]
+        assert tokens == chat["total_batch_size"] == 8192
+        assert chat["command"].startswith("python -m scripts.base_train --depth=")
+        assert f"--device-batch-size={chat['device_batch_size']}" in chat["command"]
+        assert s["command"].startswith("vramfit train --arch nanochat") and "--optimizer muon" in s["command"]
+    batch = next(s for s in doc["suggestions"] if s["label"] == "largest device batch")
+    assert batch["n_layer"] == 2 and batch["batch_size"] < 8 and not doc["as_is"]["fits"]

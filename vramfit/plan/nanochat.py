@@ -171,7 +171,18 @@ def _suggestion(c: Candidate, label: str, rank: int, budget: int, data_dir: str,
                 "total_batch_size": run.total_batch_size, "gpus": gpus, "window_pattern": mc.window_pattern}
     return Suggestion(rank, mc.n_layer, mc.n_head, mc.n_embd, mc.block_size, run.device_batch_size, mc.vocab_size,
                       mc.n_params(), run.total_batch_size, c.need, c.margin, budget - c.need - c.margin,
-                      "dry run", dict(c.estimate.breakdown), command, label=label, nanochat=nanochat)
+                      "optimizer step" if c.estimate.peak_phase == "optimizer" else "backward",
+                      breakdown(c), command, label=label, nanochat=nanochat)
+
+
+def breakdown(c: Candidate) -> dict[str, int]:
+    """The estimate's bytes at its peak in the parts of a fitted model's breakdown (`fit.features.BREAKDOWN`, and
+    the constant: the allocator's reserve over the peak, the CUDA context, ZeRO-2's and NCCL's terms)."""
+    b = c.estimate.breakdown
+    parts = {"params+optimizer": b["parameters"] + b["gradients"] + b["optimizer_state"], "logits": b["logits_loss"],
+             "activations": b["activations"] + b["weight_copies"] + b["inputs"] + b["temporaries"],
+             "attention": b["workspace"]}
+    return {"constant": c.need - sum(parts.values()), **parts}
 
 
 def plan_base_train(req, like_text: str):  # noqa: ANN001, ANN201 - a PlanRequest; a Recommendation
@@ -235,12 +246,13 @@ def plan_base_train(req, like_text: str):  # noqa: ANN001, ANN201 - a PlanReques
             "by the dry run: estimates, not measurements"
             + (f"; per GPU of {gpus} under nanochat's ZeRO-2 sharding" if gpus > 1 else ""))
     doc = {"vram_bytes": vram_b, "card": card.name if card else None, "reserve_bytes": vram_b - budget,
-           "budget_bytes": budget, "objective": "nanochat", "ranking": {"value": "nanochat"}, "plan": plan,
-           "model_file": "(dry-run)",
+           "budget_bytes": budget, "objective": "nanochat", "ranking": {"objective": "nanochat", "value": "nanochat"},
+           "plan": plan, "model_file": "(dry-run)",
            "device": f"CUDA sm{cap[0]}{cap[1]} (not profiled)", "recipe_key": recipe.key(),
            "recipe": recipe.to_dict(), "target": "nvml", "margin_rel": rel, "margin_source": margin.describe(),
            "data_dir": data_dir, "gpus": gpus, "strategy": "zero2" if gpus > 1 else None, "like": like_text,
-           "as_is": {**as_is.run.config.to_dict(), "device_batch_size": batch, "predicted_bytes": as_is.need,
+           "as_is": {**as_is.run.config.to_dict(), "batch_size": batch,
+                     "grad_accum_steps": as_is.run.grad_accum_steps, "predicted_bytes": as_is.need,
                      "margin_bytes": as_is.margin, "fits": fits, "headroom_bytes": budget - as_is.need - as_is.margin},
            "dry_run": {"estimates_run": ran, "from_cache": cached},
            "suggestions": [s.to_dict() for s in items]}
