@@ -36,7 +36,8 @@ HELP = {
                "results/models of the device planned for, by the fit time it records)",
     "--models": "the folder of fitted model JSON files",
     "--like": "a nanoGPT config .py (read as data, never run), a vramfit TOML or a checkpoint: its sizes and "
-              "its dataset's vocabulary; flags given beside it override them",
+              "its dataset's vocabulary; flags given beside it override them (suggest: also a nanochat base_train "
+              "command line in quotes, \"nanochat --depth 20\")",
     "--ckpt": "a checkpoint file or its folder (vramfit's, or nanoGPT's where read)",
     "--device": "where to run: auto (CUDA if available, else the CPU) | cpu | cuda | cuda:N",
     "--target": "the device planned for: cuda (a GPU: its profile, else the dry run; no GPU needed) | cpu (the "

@@ -92,7 +92,10 @@ def recommend(req: PlanRequest) -> Recommendation:
     with `req.like`, the config as it is and what fits close to it (`plan.like.like_searches`)."""
     from vramfit.plan.budget import resolve_vram
     from vramfit.plan.like import read_like
+    from vramfit.plan.nanochat import is_base_train, plan_base_train
 
+    if req.like is not None and is_base_train(req.like):  # a nanochat command line: planned by the dry run
+        return plan_base_train(req, str(req.like))
     (vram_b, card, vram_label), reserve_b = resolve_vram(req.vram, req.device), parse_size(req.reserve)
     like = read_like(req.like) if req.like is not None else None
     req = fill(req, like)

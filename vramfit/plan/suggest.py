@@ -77,6 +77,8 @@ class Suggestion:
     score: float | None = None  # the value the ranking sorted by (see Ranked.ranking["value"])
     extrapolated: list = field(default_factory=list)  # axes (and params, tokens) outside the measured ranges
     label: str | None = None  # suggest --like: what was searched close to the config (like.LABELS)
+    nanochat: dict | None = None  # suggest --like "<base_train command>": nanochat's own command, depth, device
+    # batch, gradient accumulation, total batch and GPUs (`plan.nanochat`)
 
     @property
     def shape(self) -> Shape:
@@ -84,8 +86,9 @@ class Suggestion:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if self.label is None:
-            del d["label"]
+        for key in ("label", "nanochat"):
+            if d[key] is None:
+                del d[key]
         return d
 
 

@@ -145,6 +145,10 @@ def suggestion_overrides(doc: dict, item: dict) -> dict:
     recipe = doc.get("recipe") or {}
     out.update({k: recipe[k] for k in ("dtype", "compile", "optimizer", "attn_kernel") if recipe.get(k) is not None})
     out["out_dir"] = f"out/suggest-{item['rank']}"
+    chat = item.get("nanochat")
+    if isinstance(chat, dict):  # suggest --like "<base_train command>": nanochat's model and accumulation
+        out.update(arch="nanochat", window_pattern=chat.get("window_pattern", "SSSL"),
+                   grad_accum=chat.get("grad_accum_steps", 1))
     if doc.get("data_dir"):
         out["data_dir"] = doc["data_dir"]
     return out
