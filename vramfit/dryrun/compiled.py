@@ -281,24 +281,26 @@ class CompiledGPT:
                     with _swap_params(model, self.embed_names, params):
                         return model.embed(idx)
             elif segment == "block":
-                def fn(params: list, x: torch.Tensor) -> torch.Tensor:
+                def fn(params: list, x: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
                     with _swap_params(block, self.block_names, params):
-                        return block(x)
+                        return block(x + zero)
             else:
-                def fn(params: list, x: torch.Tensor, targets: torch.Tensor) -> tuple:
+                def fn(params: list, x: torch.Tensor, zero: torch.Tensor, targets: torch.Tensor) -> tuple:
                     with _swap_params(model, self.head_names, params):
-                        return model.head(x, targets)
+                        return model.head(x + zero, targets)
             self._fns[segment] = _compiled((segment, *self._key), fn, self.graphs)
         return self._fns[segment]
 
     def __call__(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple:
         self.on_segment("embed")
         x = self._fn("embed")(self.embed_params, idx)
+        with self.paused():
+            zero = torch.zeros((), dtype=x.dtype)
         for i, params in enumerate(self.block_params):
             self.on_segment(f"transformer.h.{i}")
-            x = self._fn("block")(params, x)
+            x = self._fn("block")(params, x, zero)
         self.on_segment("head")
-        return self._fn("head")(self.head_params, x, targets)
+        return self._fn("head")(self.head_params, x, zero, targets)
 
     def warm_up(self, idx: torch.Tensor, targets: torch.Tensor) -> None:
         """Trace, partition and run one uncounted step on stand-in parameters, so that the graphs are compiled
@@ -333,8 +335,9 @@ class CompiledGPT:
 
         with self.paused():
             x = self._fn("embed")(stand_in(self.embed_params), idx)
-            x = self._fn("block")(stand_in(self.block_params[0]), x)
-            _, loss = self._fn("head")(stand_in(self.head_params), x, targets)
+            zero = torch.zeros((), dtype=x.dtype)
+            x = self._fn("block")(stand_in(self.block_params[0]), x, zero)
+            _, loss = self._fn("head")(stand_in(self.head_params), x, zero, targets)
             loss.backward()
 
 
