@@ -17,7 +17,9 @@
 
 The GPT is compiled in segments that share graphs: the embeddings, one transformer block (traced and partitioned
 once, run for every block: all blocks have the same shapes) and the head (final LayerNorm, logits, loss). Segment
-graphs are cached per shape in the process. Approximations (also in the estimate's notes): no in-place buffer reuse
+graphs are cached per shape in the process; each block's and the head's input enters its graph as an add (see
+`CompiledGPT._fn`), as the residual stream does in the whole graph, so that the partitioner saves what it saves
+there. Approximations (also in the estimate's notes): no in-place buffer reuse
 and no Inductor realisation heuristics for pointwise ops read many times; graph breaks between segments that the
 real whole-model graph does not have; no CUDA graphs.
 """
@@ -281,6 +283,13 @@ class CompiledGPT:
                     with _swap_params(model, self.embed_names, params):
                         return model.embed(idx)
             elif segment == "block":
+                # `x + zero`: in the real whole-model graph a block's input is the previous residual add, a fusible
+                # node, not a graph input. Inductor's partitioner then bans recomputing the block's second residual
+                # add, read far from its producer (`ban_recompute_used_far_apart`, torch/_functorch/config.py; the
+                # `ban_if_used_far_apart` pass of solve_min_cut in torch/_functorch/partitioners.py, lines 2474-2500
+                # at torch 2.13.0 cf30153), and saves the fp32 input of ln_2 instead of the bf16 attention output:
+                # +2 bytes x n_embd per token per block under autocast. A placeholder is not fusible, so a segment
+                # that took x as its input saved less than the real graph (-1 % on real bf16 CPU Inductor steps).
                 def fn(params: list, x: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
                     with _swap_params(block, self.block_names, params):
                         return block(x + zero)
