@@ -17,7 +17,9 @@
 
 The GPT is compiled in segments that share graphs: the embeddings, one transformer block (traced and partitioned
 once, run for every block: all blocks have the same shapes) and the head (final LayerNorm, logits, loss). Segment
-graphs are cached per shape in the process. Approximations (also in the estimate's notes): no in-place buffer reuse
+graphs are cached per shape in the process; each block's and the head's input enters its graph as an add (see
+`CompiledGPT._fn`), as the residual stream does in the whole graph, so that the partitioner saves what it saves
+there. Approximations (also in the estimate's notes): no in-place buffer reuse
 and no Inductor realisation heuristics for pointwise ops read many times; graph breaks between segments that the
 real whole-model graph does not have; no CUDA graphs.
 """
@@ -357,10 +359,22 @@ class CompiledGPT:
     def _fn(self, segment: str) -> Callable:
         if segment not in self._fns:
             seg = self.segments[segment]
-
-            def fn(params: list, *args: torch.Tensor) -> object:
-                with _swap_params(seg.module, seg.names, params):
-                    return seg.call(*args)
+            if segment == "embed":
+                def fn(params: list, *args: torch.Tensor) -> object:
+                    with _swap_params(seg.module, seg.names, params):
+                        return seg.call(*args)
+            else:
+                # `x + zero`: in the real whole-model graph a block's (a layer's, the head's) input is the previous
+                # residual add, a fusible node, not a graph input. Inductor's partitioner then bans recomputing the
+                # block's second residual add, read far from its producer (`ban_recompute_used_far_apart`,
+                # torch/_functorch/config.py; the `ban_if_used_far_apart` pass of solve_min_cut in
+                # torch/_functorch/partitioners.py, lines 2474-2500 at torch 2.13.0 cf30153), and saves the fp32
+                # input of ln_2 instead of the bf16 attention output: +2 bytes x n_embd per token per block under
+                # autocast. A placeholder is not fusible, so a segment that took x as its input saved less than
+                # the real graph (-1 % on real bf16 CPU Inductor steps).
+                def fn(params: list, x: torch.Tensor, zero: torch.Tensor, *args: torch.Tensor) -> object:
+                    with _swap_params(seg.module, seg.names, params):
+                        return seg.call(x + zero, *args)
             self._fns[segment] = _compiled((segment, *self._key), fn, self.graphs)
         return self._fns[segment]
 
@@ -377,17 +391,19 @@ class CompiledGPT:
     def _run(self, idx: torch.Tensor, targets: torch.Tensor, params: list[list[torch.Tensor]], extra: tuple,
              order: list[tuple[str, str, list]] | None = None) -> tuple:
         order = order or self.order
-        x = x0 = x_backout = None
+        x = x0 = x_backout = zero = None
         middle = self.model.config.n_layer // 2
         for (seg, label, _), ps in zip(order, params, strict=True):
             self.on_segment(label)
             if seg == "embed":
                 x = x0 = self._fn(seg)(ps, idx)
+                with self.paused():
+                    zero = torch.zeros((), dtype=x.dtype)
             elif seg == "head":
                 back = (x_backout,) if x_backout is not None else ()
-                return self._fn(seg)(ps, x, targets, *back)
+                return self._fn(seg)(ps, x, zero, targets, *back)
             else:
-                x = self._fn(seg)(ps, x, *((x0, *extra) if self.nanochat else ()))
+                x = self._fn(seg)(ps, x, zero, *((x0, *extra) if self.nanochat else ()))
                 if self.nanochat and self.model.config.backout and label == f"transformer.h.{middle}":
                     x_backout = x
         raise RuntimeError("a segment order without a head")
