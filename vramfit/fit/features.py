@@ -32,6 +32,7 @@ under an optimizer without them.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -156,15 +157,32 @@ def has_families(df: pd.DataFrame) -> bool:
     return "arch" in df.columns and bool((df["arch"].fillna(GPT2) != GPT2).any())
 
 
-def recipe_of(df: pd.DataFrame) -> tuple[str, str]:
-    """(optimizer, dtype) of the points' resolved recipe (one recipe per fit; 'fused' and 'float32' if unknown)."""
+def optimizer_dtype(recipe: Mapping | str | None) -> tuple[str, str]:
+    """(optimizer, dtype) of a resolved recipe (a dict or its JSON) as the features count them: the AdamW
+    implementations are one ('fused'); unknown: 'fused' and 'float32'."""
     try:
-        recipe = json.loads(df["recipe"].iloc[0]) if "recipe" in df.columns and len(df) else {}
-    except (TypeError, json.JSONDecodeError):
-        recipe = {}
-    optimizer = recipe.get("optimizer", "fused") if isinstance(recipe, dict) else "fused"
-    dtype = recipe.get("dtype", "float32") if isinstance(recipe, dict) else "float32"
+        recipe = json.loads(recipe) if isinstance(recipe, str) else recipe
+    except json.JSONDecodeError:
+        recipe = None
+    recipe = recipe if isinstance(recipe, Mapping) else {}
+    optimizer, dtype = recipe.get("optimizer") or "fused", recipe.get("dtype") or "float32"
     return (optimizer if optimizer not in ("auto", *ADAMW) else "fused"), (dtype if dtype != "auto" else "float32")
+
+
+def recipe_of(df: pd.DataFrame) -> tuple[str, str]:
+    """(optimizer, dtype) of the points' resolved recipe (one recipe per fit)."""
+    return optimizer_dtype(df["recipe"].iloc[0] if "recipe" in df.columns and len(df) else None)
+
+
+def point_features(points: Sequence[Mapping], families: bool = False,
+                   recipe: Mapping | None = None) -> dict[str, np.ndarray]:
+    """Feature columns of points given as mappings of the KEYS sizes (and `arch` where not GPT-2): PHYSICS, or
+    with `families` (a FAMILY model's) the FAMILY and STEP columns under `recipe` (its profile's)."""
+    sizes = {k: np.array([int(p[k]) for p in points], dtype=np.float64) for k in KEYS}
+    if not families:
+        return features(*sizes.values())
+    arch = np.array([Shape.of(p).arch for p in points], dtype=object)
+    return family_features(sizes, arch, *optimizer_dtype(recipe))
 
 
 def frame_features(df: pd.DataFrame, bias: bool = True, families: bool | None = None) -> pd.DataFrame:
