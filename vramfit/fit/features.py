@@ -22,11 +22,11 @@ tables and the rotary tables are in them. The GPT-2 terms above are zero on nano
 - `ve_acts`     N*E*kv   value-embedding lookups and their gated sums on the E layers that have them
 - `chat_embed`  N*C      token embedding, its norm, x0 and the final norm, outside the layers
 - `chat_attn`   N*H*T*S  attention scores of the S layers whose short window needs an explicit mask
-`layer` (N*C for GPT-2, as in PHYSICS; N*F for nanochat) sizes the in-layer transient, and the optimizer step's
-transients are `muon_stack` (Muon orthogonalises each group of same-shape matrices as one stack: the largest stack's
-elements), `muon_square` (that stack's Gram matrices of the Newton-Schulz iterations, k x min(rows, cols)^2) and
-`adam_largest` (MuonAdamW updates each other tensor through fp32 temporaries: the largest one's elements), zero
-under an optimizer without them.
+`layer` (N*C on GPT-2 rows, as in PHYSICS) and `chat_layer` (N*F on nanochat rows) size the in-layer transient, and
+the optimizer step's transients are `muon_stack` (Muon orthogonalises each group of same-shape matrices as one
+stack: the largest stack's elements), `muon_square` (that stack's Gram matrices of the Newton-Schulz iterations, k x
+min(rows, cols)^2) and `adam_largest` (MuonAdamW updates each other tensor through fp32 temporaries: the largest
+one's elements), zero under an optimizer without them.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ BREAKDOWN = {"params+optimizer": ("params", "grads"), "logits": ("logits", "chat
              "activations": ("acts", "embed", "chat_acts", "kv_acts", "mlp_acts", "ve_acts", "chat_embed"),
              "attention": ("attn", "chat_attn")}
 LOSS_TERMS = {PHYSICS: ("logits", "embed"), FAMILY: ("logits", "embed", "chat_logits", "chat_embed")}
-LAYER_TERM = {PHYSICS: "embed", FAMILY: "layer"}  # the width that sizes the in-layer transient
+LAYER_TERMS = {PHYSICS: ("embed",), FAMILY: ("layer", "chat_layer")}  # what sizes the in-layer transient
 
 
 def features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size, bias: bool = True) -> dict:
@@ -147,7 +147,7 @@ def family_features(sizes: dict[str, np.ndarray], arch: np.ndarray, optimizer: s
             "chat_acts": chat * N * L * C, "kv_acts": N * L * facts["kv"], "mlp_acts": N * L * facts["mlp"],
             "ve_acts": N * facts["ve"],
             "chat_embed": chat * N * C, "chat_attn": N * H * T * facts["masked"],
-            "layer": gpt2 * N * C + chat * N * facts["hidden"],
+            "layer": gpt2 * N * C, "chat_layer": chat * N * facts["hidden"],
             "muon_stack": facts["muon_stack"], "muon_square": facts["muon_square"],
             "adam_largest": facts["adam_largest"]}
 

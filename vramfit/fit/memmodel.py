@@ -33,7 +33,7 @@ from vramfit.errors import VramfitError
 from vramfit.fit.features import (
     BREAKDOWN,
     FAMILY,
-    LAYER_TERM,
+    LAYER_TERMS,
     LOSS_TERMS,
     NAIVE,
     PHYSICS,
@@ -99,7 +99,7 @@ class MemoryModel:
         if len(y) < 2:
             raise VramfitError(f"need at least 2 measured points to fit, have {len(y)}")
         everything = np.ones(len(y), dtype=bool)
-        self.intercept_, self.coef_, self.layer_coef_ = self._fit_backward(X, y, everything)
+        self.intercept_, self.coef_, self.layer_ = self._fit_backward(X, y, everything)
         self.step_intercept_, self.step_coef_ = 0.0, 0.0
         self.step_extra_ = np.zeros(len(self.step_features))
         self.n_step_points_ = 0
@@ -110,7 +110,7 @@ class MemoryModel:
             low = MUON_STEP_BYTES_PER_PARAM if self.step_features else ADAMW_STEP_BYTES_PER_PARAM
             if not low <= per_param <= STEP_BYTES_PER_PARAM_MAX:
                 # no step-regime points, or a "step" piece that is really something else: the physical floor
-                self.intercept_, self.coef_, self.layer_coef_ = self._fit_backward(X, y, everything)
+                self.intercept_, self.coef_, self.layer_ = self._fit_backward(X, y, everything)
                 self.step_intercept_, self.step_coef_ = self.intercept_, ADAMW_STEP_BYTES_PER_PARAM
                 self.step_extra_ = np.zeros(len(self.step_features))
                 if self.step_features:  # FAMILY: the weights and optimizer state (12 B a unit), then the grads
@@ -119,23 +119,34 @@ class MemoryModel:
         self.n_points_ = len(y)
         return self
 
-    def _fit_backward(self, X, y: np.ndarray, rows: np.ndarray) -> tuple[float, np.ndarray, float]:
-        """NNLS of the backward piece on `rows`; for the physics model, alternating which transient is larger."""
+    def _widths(self, X) -> np.ndarray:
+        """The columns that size the in-layer transient (`LAYER_TERMS`: one per family for FAMILY)."""
+        return np.column_stack([np.asarray(X[t], dtype=np.float64) for t in LAYER_TERMS[self.features]])
+
+    def _layer(self, W: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """The in-layer transient of widths `W` with coefficients `g`."""
+        return W[:, 0] * g[0] if W.shape[1] == 1 else W @ g
+
+    def _fit_backward(self, X, y: np.ndarray, rows: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """NNLS of the backward piece on `rows`; for the physics model, alternating which transient is larger.
+        Returns the constant, the coefficients and the in-layer transient's coefficient(s)."""
         A = self._X(X)[rows]
         if not self.physics:
             c0, w = nnls(A, y[rows])
-            return c0, w, 0.0
+            return c0, w, np.zeros(1)
         loss = [self.features.index(t) for t in LOSS_TERMS[self.features]]
-        width = np.asarray(X[LAYER_TERM[self.features]], dtype=np.float64)[rows]
+        W = self._widths(X)[rows]
+        k = W.shape[1]
         logits = A[:, loss[0]] + (A[:, loss[2]] if len(loss) > 2 else 0.0)
-        # start from physics: logits grads ~12 B x N*V vs the MLP's 4C-wide fp32 grad ~16-20 B x N*C
-        at_loss = logits >= 1.5 * width
+        # start from physics: logits grads ~12 B x N*V vs the MLP's 4C-wide fp32 grad ~16-20 B x N*C (nanochat:
+        # its F-wide hidden grads, F = 4C)
+        at_loss = logits >= 1.5 * W[:, 0] + (0.375 * W[:, 1] if k > 1 else 0.0)
         for _ in range(10):
             D = np.column_stack([A * np.where(np.isin(np.arange(A.shape[1]), loss), at_loss[:, None], 1.0),
-                                 width * ~at_loss])
+                                 W * ~at_loss[:, None]])
             c0, w = nnls(D, y[rows])
-            coef, g = w[:-1], float(w[-1])
-            new = sum(coef[i] * A[:, i] for i in loss) >= g * width
+            coef, g = w[:-k], w[-k:]
+            new = sum(coef[i] * A[:, i] for i in loss) >= self._layer(W, g)
             if np.array_equal(new, at_loss):
                 break
             at_loss = new
@@ -145,13 +156,25 @@ class MemoryModel:
         P, S = self._P(X), self._S(X)
         # start: the step regime explains the points the backward fit under-predicts most
         resid = y - self.parts(X)[0]
-        step = resid > np.quantile(resid, 0.75)
+        starts = [resid > np.quantile(resid, 0.75)]
+        if self.step_features:  # FAMILY's backward piece has grads too: start also where tokens are few per param
+            tokens = np.asarray(X["logits"], dtype=np.float64) + np.asarray(X["chat_logits"], dtype=np.float64)
+            ratio = tokens / np.maximum(P, 1.0)
+            starts.append(ratio < np.quantile(ratio, 0.25))
+        best = (np.sum(resid**2), self.intercept_, self.coef_, self.layer_, 0.0, np.zeros(S.shape[1]), 0)
+        for step in starts:
+            best = self._alternate(X, y, P, S, step, best)
+        (_, self.intercept_, self.coef_, self.layer_, self.step_coef_, self.step_extra_,
+         self.n_step_points_) = best
+        self.step_intercept_ = self.intercept_
+
+    def _alternate(self, X, y: np.ndarray, P: np.ndarray, S: np.ndarray, step: np.ndarray, best: tuple) -> tuple:
+        """Alternate the assignment of points to the two pieces from `step`; the best (sse, ...) seen."""
         none = np.zeros(S.shape[1])
-        best = (np.sum(resid**2), self.intercept_, self.coef_, self.layer_coef_, 0.0, none, 0)
         for _ in range(self.max_iter):
             if step.sum() < 2 or (~step).sum() < 2:
                 break
-            self.intercept_, self.coef_, self.layer_coef_ = self._fit_backward(X, y, ~step)
+            self.intercept_, self.coef_, self.layer_ = self._fit_backward(X, y, ~step)
             c0 = self.intercept_
             # the step piece shares the constant (same context and workspaces): y - c0 = a * P (+ s . S)
             if S.shape[1]:
@@ -162,25 +185,23 @@ class MemoryModel:
             pred_b, pred_s = self.parts(X)[0], c0 + a * P + S @ extra
             sse = float(np.sum((np.maximum(pred_b, pred_s) - y) ** 2))
             if sse < best[0] - 1e-9 * best[0]:
-                best = (sse, c0, self.coef_, self.layer_coef_, a, extra, int(step.sum()))
+                best = (sse, c0, self.coef_, self.layer_, a, extra, int(step.sum()))
             new = pred_s > pred_b
             if np.array_equal(new, step):
                 break
             step = new
-        (_, self.intercept_, self.coef_, self.layer_coef_, self.step_coef_, self.step_extra_,
-         self.n_step_points_) = best
-        self.step_intercept_ = self.intercept_
+        return best
 
     def _transients(self, X) -> tuple[np.ndarray, np.ndarray]:
         """(loss transient, in-layer transient) bytes of the physics backward piece."""
         loss = sum(self.coef_[self.features.index(t)] * np.asarray(X[t], dtype=np.float64)
                    for t in LOSS_TERMS[self.features])
-        return loss, self.layer_coef_ * np.asarray(X[LAYER_TERM[self.features]], dtype=np.float64)
+        return loss, self._layer(self._widths(X), self.layer_)
 
     def parts(self, X: pd.DataFrame | dict) -> tuple[np.ndarray, np.ndarray]:
         """(backward-regime prediction, optimizer-step-regime prediction); the model is their max."""
         lin = self.intercept_ + self._X(X) @ self.coef_
-        if self.physics and self.layer_coef_ > 0:
+        if self.physics and np.any(self.layer_ > 0):
             loss_t, layer_t = self._transients(X)
             lin = lin - loss_t + np.maximum(loss_t, layer_t)
         if self.has_step:
@@ -207,7 +228,7 @@ class MemoryModel:
             for part, terms in BREAKDOWN.items():
                 row[part] = sum(float(self.coef_[self.features.index(t)]) * float(np.asarray(X[t])[i])
                                 for t in terms if t in self.features)
-            if self.physics and self.layer_coef_ > 0:
+            if self.physics and np.any(self.layer_ > 0):
                 loss_t, layer_t = (float(v[i]) for v in self._transients(X))
                 if layer_t > loss_t:  # the peak is inside a block's backward: the MLP gradient, not the logits
                     acts = sum(float(self.coef_[self.features.index(t)]) * float(np.asarray(X[t])[i])
@@ -223,7 +244,9 @@ class MemoryModel:
         rows += [{"term": f, "value": float(c), "unit": UNITS.get(f, "B")} for f, c in zip(self.features,
                                                                                              self.coef_, strict=True)]
         if self.physics:
-            rows.append({"term": "in-layer transient", "value": self.layer_coef_, "unit": "B per token per channel"})
+            rows += [{"term": "in-layer transient" + (f" ({t})" if len(self.layer_) > 1 else ""), "value": float(g),
+                      "unit": "B per token per channel" if t != "chat_layer" else "B per token per hidden channel"}
+                     for t, g in zip(LAYER_TERMS[self.features], self.layer_, strict=True)]
         if self.has_step:
             rows += [{"term": "step: constant", "value": self.step_intercept_, "unit": "B"},
                      {"term": "step: params", "value": self.step_coef_, "unit": "B/param"}]
@@ -233,7 +256,8 @@ class MemoryModel:
 
     def to_dict(self) -> dict:
         return {"features": list(self.features), "regimes": self.regimes, "intercept": self.intercept_,
-                "coef": [float(c) for c in self.coef_], "layer_coef": self.layer_coef_,
+                "coef": [float(c) for c in self.coef_],
+                "layer_coef": float(self.layer_[0]) if len(self.layer_) == 1 else [float(g) for g in self.layer_],
                 "step_intercept": self.step_intercept_,
                 "step_coef": self.step_coef_} | ({"step_extra": [float(c) for c in self.step_extra_]}
                                                  if self.step_features else {})
@@ -245,14 +269,17 @@ class MemoryModel:
         m = cls(tuple(d["features"]), int(d.get("regimes", 1)))
         m.intercept_, m.coef_ = float(d["intercept"]), np.asarray(d["coef"], dtype=np.float64)
         m.step_intercept_, m.step_coef_ = float(d.get("step_intercept", 0.0)), float(d.get("step_coef", 0.0))
-        m.layer_coef_ = float(d.get("layer_coef", 0.0))
+        layer = d.get("layer_coef", 0.0)
+        m.layer_ = np.atleast_1d(np.asarray(layer, dtype=np.float64))
+        if m.layer_.shape != (len(LAYER_TERMS.get(m.features, ("embed",))),):
+            raise ValueError(f"{m.layer_.size} in-layer transient coefficients for these features")
         m.step_extra_ = np.asarray(d.get("step_extra", [0.0] * len(m.step_features)), dtype=np.float64)
         if m.coef_.shape != (len(m.features),):
             raise ValueError(f"{len(m.features)} features but {m.coef_.size} coefficients")
         if m.step_extra_.shape != (len(m.step_features),):
             raise ValueError(f"{len(m.step_features)} step features but {m.step_extra_.size} step coefficients")
         values = {"intercept": m.intercept_, "step_intercept": m.step_intercept_, "step_coef": m.step_coef_,
-                  "layer_coef": m.layer_coef_,
+                  **{f"layer_coef {i}": float(g) for i, g in enumerate(m.layer_)},
                   **{f"coef of {f}": float(c) for f, c in zip(m.features, m.coef_, strict=True)},
                   **{f"step coef of {f}": float(c) for f, c in zip(m.step_features, m.step_extra_, strict=True)}}
         low = 0.0 if nonneg else -MAX_SIZE
