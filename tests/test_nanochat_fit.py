@@ -110,7 +110,7 @@ def test_family_features_count_each_familys_physics():
     assert muon["muon_stack"][0] == k * rows * cols == L * 4 * C * C  # the MLP's (4C, C) matrices, one per layer
     assert muon["muon_square"][0] == L * C * C and muon["adam_largest"][0] == 128 * C
     window = point_features([{**chat, "block_size": 256, "arch": "nanochat:window_pattern=SL"}], True)
-    assert window["chat_attn"][0] == 4 * 256 * H * 256 * 1  # one layer of two with a short (128) window
+    assert window["chat_attn"][0] == 256 * 256 * 1  # the mask of one layer of two (a short window: 128)
 
 
 def test_a_mixed_fit_takes_family_features_and_gpt2_alone_keeps_physics():

@@ -21,7 +21,8 @@ tables and the rotary tables are in them. The GPT-2 terms above are zero on nano
 - `mlp_acts`    N*L*F*k  the MLP's hidden tensors saved for backward: ReLU^2 F = 4C, k = 2; SwiGLU 8C/3, k = 4
 - `ve_acts`     N*E*kv   value-embedding lookups and their gated sums on the E layers that have them
 - `chat_embed`  N*C      token embedding, its norm, x0 and the final norm, outside the layers
-- `chat_attn`   N*H*T*S  attention scores of the S layers whose short window needs an explicit mask
+- `chat_attn`   T*T*S    the explicit masks of the S layers whose short window is shorter than the context (kept
+                         for backward; one per layer, whatever the batch: the CPU's SDPA takes the mask as it is)
 `layer` (N*C on GPT-2 rows, as in PHYSICS) and `chat_layer` (N*F on nanochat rows) size the in-layer transient, and
 the optimizer step's transients are `muon_stack` (Muon orthogonalises each group of same-shape matrices as one
 stack: the largest stack's elements), `muon_square` (that stack's Gram matrices of the Newton-Schulz iterations, k x
@@ -59,7 +60,7 @@ UNITS = {
     "grads": "B per 4 B of gradient",
     "chat_acts": "B per token per layer per channel (nanochat)",
     "chat_embed": "B per token per channel (nanochat)",
-    "chat_attn": "B per token per head per position per masked layer",
+    "chat_attn": "B per query-key pair per masked layer",
     "kv_acts": "B per token per layer per K/V channel",
     "mlp_acts": "B per token per layer per saved hidden channel",
     "ve_acts": "B per token per value-embedding layer per K/V channel",
@@ -146,7 +147,7 @@ def family_features(sizes: dict[str, np.ndarray], arch: np.ndarray, optimizer: s
     return {**base, "params": facts["state"], "grads": facts["grads"], "chat_logits": chat * N * V,
             "chat_acts": chat * N * L * C, "kv_acts": N * L * facts["kv"], "mlp_acts": N * L * facts["mlp"],
             "ve_acts": N * facts["ve"],
-            "chat_embed": chat * N * C, "chat_attn": N * H * T * facts["masked"],
+            "chat_embed": chat * N * C, "chat_attn": T * T * facts["masked"],
             "layer": gpt2 * N * C, "chat_layer": chat * N * facts["hidden"],
             "muon_stack": facts["muon_stack"], "muon_square": facts["muon_square"],
             "adam_largest": facts["adam_largest"]}

@@ -171,8 +171,9 @@ class MemoryModel:
     def _alternate(self, X, y: np.ndarray, P: np.ndarray, S: np.ndarray, step: np.ndarray, best: tuple) -> tuple:
         """Alternate the assignment of points to the two pieces from `step`; the best (sse, ...) seen."""
         none = np.zeros(S.shape[1])
+        fewest = 2 + S.shape[1]  # a step piece of more coefficients than points would fit any few points
         for _ in range(self.max_iter):
-            if step.sum() < 2 or (~step).sum() < 2:
+            if step.sum() < fewest or (~step).sum() < 2:
                 break
             self.intercept_, self.coef_, self.layer_ = self._fit_backward(X, y, ~step)
             c0 = self.intercept_
