@@ -184,3 +184,18 @@ def test_train_measure_of_a_suggested_nanochat_config_lands_within_its_margin(ca
     with Store(db, readonly=True) as s:
         row = s.points_frame().iloc[0]
     assert row.arch == "nanochat" and row.source == "train" and row.status == "ok"
+
+
+def test_adaptive_and_boundary_plans_refuse_nanochat_points_before_writing(tmp_path):
+    from vramfit.sweep.adaptive import AdaptiveChooser, PlanSettings
+    from vramfit.sweep.boundary import BoundaryChooser
+    from vramfit.sweep.progress import point_label
+    from vramfit.sweep.session import SweepOptions, run_sweep
+
+    grid = tmp_path / "g.toml"
+    grid.write_text("[[axes]]\n" + "".join(f"{k} = [{v}]\n" for k, v in SIZES.items()) + 'arch = ["nanochat"]\n')
+    for chooser in (AdaptiveChooser(PlanSettings(points=3)), BoundaryChooser(None)):
+        with pytest.raises(VramfitError, match="GPT-2 points only"):
+            run_sweep(load_grid(grid), SweepOptions(tmp_path / "db.sqlite", device="cpu", quiet=True), chooser)
+    assert not (tmp_path / "db.sqlite").exists()
+    assert point_label({**SIZES, "arch": "nanochat:mlp=swiglu"}) == "L2 H4 C64 T32 B4 V65 nanochat:mlp=swiglu"
