@@ -124,23 +124,21 @@ def model_facts(shape: Shape, optimizer: str = "fused", dtype: str = "float32") 
     }
 
 
-def family_features(sizes: dict[str, np.ndarray], arch: np.ndarray, optimizer: str = "fused",
+def family_features(sizes: Mapping[str, np.ndarray], arch: np.ndarray | str = GPT2, optimizer: str = "fused",
                     dtype: str = "float32") -> dict[str, np.ndarray]:
     """The `FAMILY` and `STEP` columns of points given as arrays of the KEYS sizes and their `arch` texts, under
     one optimizer and dtype (a profile's recipe): `model_facts` once per distinct model, then per point."""
-    L, H, C, T, B, V = (np.asarray(sizes[k], dtype=np.float64) for k in KEYS)
+    L, H, C, T, B, V = np.broadcast_arrays(*(np.atleast_1d(np.asarray(sizes[k], dtype=np.float64)) for k in KEYS))
     N = B * T
-    models = np.column_stack([np.asarray(sizes[k], dtype=np.int64) for k in KEYS if k != "batch_size"])
-    arch = np.broadcast_to(np.asarray(arch, dtype=object), (len(N),))
-    facts: dict[str, np.ndarray] = {}
-    cache: dict[tuple, dict] = {}
-    for i, (row, a) in enumerate(zip(map(tuple, models), arch, strict=True)):
-        key = (*row, a)
-        if key not in cache:
-            n_layer, n_head, n_embd, block, vocab = (int(v) for v in row)
-            cache[key] = model_facts(Shape(n_layer, n_head, n_embd, block, 1, vocab, a or GPT2), optimizer, dtype)
-        for name, value in cache[key].items():
-            facts.setdefault(name, np.empty(len(N)))[i] = value
+    if isinstance(arch, str):  # one family for every point (a search space)
+        names, codes = np.array([arch]), np.zeros(N.shape)
+    else:
+        names, codes = np.unique(np.broadcast_to(np.asarray(arch, dtype=object), N.shape).astype(str),
+                                 return_inverse=True)
+    models, where = np.unique(np.column_stack([L, H, C, T, V, codes.reshape(N.shape)]), axis=0, return_inverse=True)
+    table = [model_facts(Shape(*(int(v) for v in m[:4]), 1, int(m[4]), names[int(m[5])]), optimizer, dtype)
+             for m in models]
+    facts = {name: np.array([t[name] for t in table])[where.reshape(N.shape)] for name in table[0]}
     chat = facts["chat"]
     gpt2 = 1.0 - chat
     base = {k: v * gpt2 if k in PHYSICS else v for k, v in features(L, H, C, T, B, V).items()}
@@ -175,15 +173,22 @@ def recipe_of(df: pd.DataFrame) -> tuple[str, str]:
     return optimizer_dtype(df["recipe"].iloc[0] if "recipe" in df.columns and len(df) else None)
 
 
+def columns(sizes: Mapping[str, np.ndarray], arch: np.ndarray | str = GPT2,
+            family: tuple[str, str] | None = None) -> dict[str, np.ndarray]:
+    """Feature columns of points given as arrays of the KEYS sizes: PHYSICS, or with `family` (a FAMILY model's
+    (optimizer, dtype): `MemoryModel.family_`) the FAMILY and STEP columns of the points' `arch`."""
+    if family is None:
+        return features(*(sizes[k] for k in KEYS))
+    return family_features(sizes, arch, *family)
+
+
 def point_features(points: Sequence[Mapping], families: bool = False,
                    recipe: Mapping | None = None) -> dict[str, np.ndarray]:
     """Feature columns of points given as mappings of the KEYS sizes (and `arch` where not GPT-2): PHYSICS, or
-    with `families` (a FAMILY model's) the FAMILY and STEP columns under `recipe` (its profile's)."""
+    with `families` the FAMILY and STEP columns under `recipe` (a resolved recipe: its optimizer and dtype)."""
     sizes = {k: np.array([int(p[k]) for p in points], dtype=np.float64) for k in KEYS}
-    if not families:
-        return features(*sizes.values())
     arch = np.array([Shape.of(p).arch for p in points], dtype=object)
-    return family_features(sizes, arch, *optimizer_dtype(recipe))
+    return columns(sizes, arch, optimizer_dtype(recipe) if families else None)
 
 
 def frame_features(df: pd.DataFrame, bias: bool = True, families: bool | None = None) -> pd.DataFrame:

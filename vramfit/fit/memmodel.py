@@ -39,12 +39,14 @@ from vramfit.fit.features import (
     PHYSICS,
     STEP,
     UNITS,
+    columns,
     frame_features,
     has_families,
+    recipe_of,
     shape_key,
 )
 from vramfit.fit.stats import cv_predictions, error_metrics, nnls, nonneg_coefs, nonneg_slope
-from vramfit.shape import KEYS
+from vramfit.shape import GPT2, KEYS
 from vramfit.store import SHARED_GPU
 from vramfit.units import MAX_SIZE
 
@@ -68,6 +70,12 @@ class MemoryModel:
         self.features = tuple(features)
         self.regimes = regimes
         self.max_iter = max_iter
+        self.family_: tuple[str, str] | None = None  # fitted on the FAMILY columns: (optimizer, dtype) they count
+
+    def columns(self, sizes: dict, arch: np.ndarray | str = GPT2) -> dict[str, np.ndarray]:
+        """The feature columns this model reads for points given as arrays of the KEYS sizes (and their family):
+        PHYSICS, or the FAMILY ones under the recipe it was fitted on."""
+        return columns(sizes, arch, self.family_)
 
     def _X(self, X: pd.DataFrame | dict) -> np.ndarray:
         return np.column_stack([np.asarray(X[f], dtype=np.float64) for f in self.features])
@@ -261,7 +269,8 @@ class MemoryModel:
                 "layer_coef": float(self.layer_[0]) if len(self.layer_) == 1 else [float(g) for g in self.layer_],
                 "step_intercept": self.step_intercept_,
                 "step_coef": self.step_coef_} | ({"step_extra": [float(c) for c in self.step_extra_]}
-                                                 if self.step_features else {})
+                                                 if self.step_features else {}) \
+            | ({"family": list(self.family_)} if self.family_ else {})
 
     @classmethod
     def from_dict(cls, d: dict, nonneg: bool = True) -> MemoryModel:
@@ -269,6 +278,11 @@ class MemoryModel:
         MAX_SIZE bytes per unit: a ValueError naming the first that is not."""
         m = cls(tuple(d["features"]), int(d.get("regimes", 1)))
         m.intercept_, m.coef_ = float(d["intercept"]), np.asarray(d["coef"], dtype=np.float64)
+        family = d.get("family")
+        if family is not None and not (isinstance(family, list) and len(family) == 2
+                                       and all(isinstance(v, str) for v in family)):
+            raise ValueError(f"its family is {family!r}, not [optimizer, dtype]")
+        m.family_ = tuple(family) if family else None
         m.step_intercept_, m.step_coef_ = float(d.get("step_intercept", 0.0)), float(d.get("step_coef", 0.0))
         layer = d.get("layer_coef", 0.0)
         m.layer_ = np.atleast_1d(np.asarray(layer, dtype=np.float64))
@@ -328,6 +342,7 @@ def fit_points(points: pd.DataFrame, target: str = "auto", regimes: int = 2, dry
                            + (f" ({shared} read while other processes shared the GPU are left out: "
                               "`vramfit fit --allow-shared-gpu` keeps them)" if shared else ""))
     families = has_families(points)  # a nanochat point among them: FAMILY features (GPT-2 alone: PHYSICS, as ever)
+    family = recipe_of(ok) if families else None
     X, y = frame_features(ok, families=families), ok[col].to_numpy(dtype=np.float64)
     groups = shape_key(ok).to_numpy()
     ours = lambda: MemoryModel(FAMILY if families else PHYSICS, regimes=regimes)  # noqa: E731
@@ -344,6 +359,7 @@ def fit_points(points: pd.DataFrame, target: str = "auto", regimes: int = 2, dry
             metrics[name][how] = error_metrics(y, pred)
             cv[f"{name}_{how}"] = pred
         model = make().fit(X, y)
+        model.family_ = family
         metrics[name]["train"] = error_metrics(y, model.predict(X))
         cv[f"{name}_fit"] = model.predict(X)
         fitted_models[name] = model

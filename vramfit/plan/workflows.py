@@ -16,7 +16,7 @@ from vramfit.fit.profile import Profile, latest
 from vramfit.paths import MODELS_DIR, SUGGESTIONS_FILE, Protected, check_output, write_text
 from vramfit.plan.suggest import Suggestion
 from vramfit.recipe import ALLOC_CONF_VARS
-from vramfit.shape import GPT2, KEYS, arch_options
+from vramfit.shape import GPT2, KEYS, Shape, arch_options
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where frames are built: predicting from a model file needs no pandas
@@ -157,7 +157,6 @@ def suggestion_overrides(doc: dict, item: dict) -> dict:
 
 def compare_and_store(cfg, record: dict, doc: dict | None, db: str | Path) -> list[str]:
     """Lines comparing the measured stable memory with the model's prediction; the run stored as a point."""
-    from vramfit.fit.features import FAMILY, point_features
     from vramfit.fit.memmodel import TARGETS
     from vramfit.measure import devices
     from vramfit.recipe import Recipe
@@ -180,7 +179,7 @@ def compare_and_store(cfg, record: dict, doc: dict | None, db: str | Path) -> li
         profile = Profile.load(doc["model_file"])
     if profile is not None:
         col = TARGETS[profile.target]
-        f = point_features([record], profile.model.features == FAMILY, profile.recipe)
+        f = profile.model.columns({k: record[k] for k in KEYS}, Shape.of(record).arch)
         pred = float(profile.model.predict(f)[0])
         margin = pred * profile.margin_rel
         if record.get(col) is not None:
