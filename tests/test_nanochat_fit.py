@@ -113,7 +113,7 @@ def test_family_features_count_each_familys_physics():
     assert window["chat_attn"][0] == 256 * 256 * 1  # the mask of one layer of two (a short window: 128)
 
 
-def test_a_mixed_fit_takes_family_features_and_gpt2_alone_keeps_physics():
+def test_a_mixed_fit_takes_family_features_and_gpt2_alone_keeps_physics(capsys, tmp_path):
     """Points generated from known per-family bytes are fitted back exactly, the step piece with Muon's stacks
     (held out: far better than the naive line); the model file round-trips; a GPT-2-only frame keeps PHYSICS."""
     archs = [GPT2, "nanochat:n_kv_head=1", "nanochat:mlp=swiglu", "nanochat:value_embeds=false"]
@@ -133,7 +133,12 @@ def test_a_mixed_fit_takes_family_features_and_gpt2_alone_keeps_physics():
     assert prof.model.n_step_points_ == int((step > backward).sum()) > 0  # the optimizer-step points found
     assert prof.metrics["ours"]["grouped"]["max_rel"] * 5 < prof.metrics["naive"]["grouped"]["max_rel"]
     again = Profile.from_json(json.loads(json.dumps(prof.to_json())))
-    assert np.allclose(again.model.predict(X), prof.model.predict(X))
+    assert np.allclose(again.model.predict(X), prof.model.predict(X)) and again.model.family_ == ("muon", "float32")
+    sizes = {k: df[k].to_numpy() for k in SIZES}
+    assert np.allclose(again.model.predict(again.model.columns(sizes, df["arch"].to_numpy())), df["tracked_bytes"])
+    model_file = prof.save(tmp_path / "mixed.json")  # a mixed profile plans (GPT-2 shapes, through its columns)
+    assert main(["predict", "--model", str(model_file), *Shape(**SIZES).flags()]) == 0
+    assert "predicted" in capsys.readouterr().out
     assert "step_extra" in prof.model.to_dict() and len(prof.model.to_dict()["step_extra"]) == len(STEP)
     gpt2 = df[df.arch == GPT2].drop(columns="arch")
     assert list(frame_features(gpt2).columns) == list(features(*SIZES.values()))

@@ -89,6 +89,16 @@ class MemoryModel:
         return STEP if self.features == FAMILY else ()
 
     @property
+    def layer_coef_(self) -> float:
+        """The in-layer transient's coefficient (PHYSICS; FAMILY: GPT-2's, nanochat's is `layer_[1]`)."""
+        return float(self.layer_[0])
+
+    @layer_coef_.setter
+    def layer_coef_(self, value: float) -> None:
+        self.layer_ = np.concatenate([[float(value)], self.layer_[1:]]) if hasattr(self, "layer_") \
+            else np.array([float(value)])
+
+    @property
     def has_step(self) -> bool:
         """Whether the optimizer-step piece is fitted (any of its coefficients > 0)."""
         return self.step_coef_ > 0 or bool(np.any(self.step_extra_ > 0))
