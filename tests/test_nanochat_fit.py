@@ -118,6 +118,7 @@ def test_a_mixed_fit_takes_family_features_and_gpt2_alone_keeps_physics(capsys, 
     (held out: far better than the naive line); the model file round-trips; a GPT-2-only frame keeps PHYSICS."""
     archs = [GPT2, "nanochat:n_kv_head=1", "nanochat:mlp=swiglu", "nanochat:value_embeds=false"]
     sizes = [(L, C, B, 512) for L in (1, 2) for C in (32, 64) for B in (2, 8)] + [(1, 32, 8, 65), (2, 64, 8, 65)]
+    sizes += [(1, 64, 1, 512), (2, 64, 1, 512)]  # a batch of one: the peak at the optimizer step
     points = [{**SIZES, "n_layer": L, "n_embd": C, "batch_size": B, "vocab_size": V, "arch": a}
               for a in archs for L, C, B, V in sizes]
     df = frame(points)
