@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from vramfit.fit.features import features, frame_features, shape_key  # noqa: E402
+from vramfit.fit.features import frame_features, shape_key  # noqa: E402
 from vramfit.fit.memmodel import TARGETS  # noqa: E402
 from vramfit.fit.profile import Profile  # noqa: E402
 from vramfit.paths import check_output, output_path  # noqa: E402
@@ -103,7 +103,7 @@ def feasibility(report: Profile, shape: Shape, budget: float, path: Path,
     model = model if model is not None else report.model
     blocks, batches = grid_axes(blocks, batches, mark)
     T, B = np.meshgrid(np.asarray(blocks), np.asarray(batches), indexing="ij")
-    f = features(shape.n_layer, shape.n_head, shape.n_embd, T.ravel(), B.ravel(), shape.vocab_size)
+    f = model.columns({**shape.as_dict(), "block_size": T.ravel(), "batch_size": B.ravel()}, shape.arch)
     need = (model.predict(f) * (1 + report.margin_rel)).reshape(T.shape)
     scale, unit = _unit([budget])
     lo, hi = min(float(need.min()), 0.9 * budget), max(min(float(need.max()), 2 * budget), 1.1 * budget)
