@@ -269,9 +269,7 @@ def _rank(items: list) -> list:
 
 def _as_is_doc(shape: Shape, model, margin: float, budget: int) -> dict:  # noqa: ANN001 - a memory model
     """The config as it is: its sizes, prediction, margin, whether it fits and its headroom (negative: short)."""
-    from vramfit.fit.features import features
-
-    pred = float(model.predict(features(*shape.as_tuple()))[0])
+    pred = float(model.predict(model.columns(shape.as_dict(), shape.arch))[0])
     need = pred * (1 + margin)
     return {**shape.as_dict(), "predicted_bytes": int(pred), "margin_bytes": int(pred * margin),
             "fits": bool(need <= budget), "headroom_bytes": int(budget - need)}
@@ -290,13 +288,12 @@ def predict_one(shape: Shape, model: Path | None) -> dict:
     else `plan.workflows.open_profile`'s choice)."""
     from gpt.config import GPTConfig, check_batch_size
     from vramfit.fit.coverage import check
-    from vramfit.fit.features import features
     from vramfit.plan.workflows import open_profile
 
     GPTConfig(shape.n_layer, shape.n_head, shape.n_embd, shape.block_size, shape.vocab_size)
     check_batch_size(shape.batch_size)
     path, profile = open_profile(model)
-    f = features(*shape.as_tuple())
+    f = profile.model.columns(shape.as_dict(), shape.arch)
     pred = float(profile.model.predict(f)[0])
     part = profile.model.breakdown(f)[0]
     extra = check(profile.ranges, shape.as_dict())

@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from vramfit.errors import VramfitError
-from vramfit.fit.features import features
 from vramfit.fit.memmodel import MemoryModel
 from vramfit.shape import DEFAULT_VOCAB, KEYS, MODEL_KEYS, Shape
 
@@ -178,7 +177,7 @@ def check_space_size(n: int) -> None:
 
 
 def predict_space(model: MemoryModel, space: dict[str, np.ndarray]) -> tuple[dict, np.ndarray]:
-    feats = features(*(space[k] for k in KEYS))
+    feats = model.columns(space)
     return feats, model.predict(feats)
 
 
