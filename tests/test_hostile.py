@@ -89,7 +89,7 @@ def db_cases(db, tmp_path):
         (["export", "--db", db, "--csv", db.with_name(db.name + "-wal")], "it is the database"),
         (["export", "--db", db, "--csv", tmp_path], "is a folder, not a file"),
         (["export", "--db", db, "--csv", tmp_path / "x.csv", "--status", "bogus"], "unknown status 'bogus'"),
-        (["fit", "--db", db, "--target", "nope"], "target"),
+        (["fit", "--db", db, "--target", "nope"], "reading"),
     ]
 
 
