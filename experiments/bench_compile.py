@@ -1,6 +1,6 @@
 """The dry run's torch.compile emulation against real compiled CPU steps (Inductor's C++ backend, gcc).
 
-    python experiments/bench_compile.py [--shapes all|0,2] [--out results/bench/compile-cpu.csv]
+    python experiments/bench_compile.py [--shapes all|nanochat|0,2] [--out results/bench/compile-cpu.csv]
 
 For each shape: the estimate for target 'cpu' with compile=true (`vramfit.dryrun.estimate.estimate_step`: eager
 and compiled peaks), then, in a fresh child process, two real `Trainer.step` calls of a `torch.compile`d model.
@@ -48,6 +48,13 @@ SHAPES = [
     (3, 4, 192, 128, 2048, 2, "bfloat16"),
     (2, 4, 128, 128, 1024, 4, "float32", 0.1),
 ]
+# nanochat's block with Muon (`--shapes nanochat`): GQA, a short window and value embeddings, fp32 and bf16
+NANOCHAT = {"arch": "nanochat", "n_kv_head": 2, "window_pattern": "SL"}
+SHAPES += [
+    (2, 4, 128, 256, 2048, 4, "float32", 0.0, NANOCHAT),
+    (2, 4, 128, 256, 2048, 4, "bfloat16", 0.0, NANOCHAT),
+    (4, 4, 128, 256, 1024, 2, "bfloat16", 0.0, {**NANOCHAT, "window_pattern": "SSSL"}),
+]
 
 
 def unpack(shape: list | tuple) -> tuple:
@@ -56,19 +63,28 @@ def unpack(shape: list | tuple) -> tuple:
     return L, H, C, T, V, B, dtype, float(rest[0]) if rest else 0.0
 
 
+def model_of(shape: list | tuple):  # noqa: ANN201 - a GPTConfig
+    """The GPTConfig of a SHAPES entry (its options: the nanochat family's) and the optimizer it trains with."""
+    from gpt.config import GPTConfig
+
+    L, H, C, T, V, _, _, drop = unpack(shape)
+    options = shape[8] if len(shape) > 8 else {}
+    mc = GPTConfig(n_layer=L, n_head=H, n_embd=C, block_size=T, vocab_size=V, dropout=drop, **options)
+    return mc, "muon" if mc.arch == "nanochat" else "fused"
+
+
 def child(req: dict) -> dict:
     """Two real steps of a fresh Trainer (compiled or eager) under the profiler; the peak of live tensor bytes."""
     import torch
 
-    from gpt.config import GPTConfig
     from gpt.data import synthetic_batch
     from gpt.train import Trainer
     from vramfit.dryrun.fake_step import train_config
     from vramfit.measure.probe import allocator_peak
 
     L, H, C, T, V, B, dtype, drop = unpack(req["shape"])
-    mc = GPTConfig(n_layer=L, n_head=H, n_embd=C, block_size=T, vocab_size=V, dropout=drop)
-    cfg = train_config(mc, B, dtype, "fused", "default", grad_clip=1.0, accum=1)
+    mc, optimizer = model_of(req["shape"])
+    cfg = train_config(mc, B, dtype, optimizer, "default", grad_clip=1.0, accum=1)
     cfg.compile = req["compile"]
     gen = torch.Generator().manual_seed(0)
 
@@ -121,12 +137,13 @@ def main() -> None:
         return
     import torch
 
-    from gpt.config import GPTConfig
     from vramfit.dryrun import compiled
     from vramfit.dryrun.estimate import EstimateRequest, estimate_step
     from vramfit.recipe import Recipe
 
-    picks = range(len(SHAPES)) if args.shapes == "all" else [int(i) for i in args.shapes.split(",")]
+    picks = (range(len(SHAPES)) if args.shapes == "all" else
+             [i for i, s in enumerate(SHAPES) if len(s) > 8] if args.shapes == "nanochat" else
+             [int(i) for i in args.shapes.split(",")])
     load = os.getloadavg()[0]
     rows = []
     print("| L,H,C,T,V | batch | dtype | dropout | graphs | eager est | compiled est | real compiled | error | "
@@ -135,17 +152,19 @@ def main() -> None:
     for i in picks:
         shape = SHAPES[i]
         L, H, C, T, V, B, dtype, drop = unpack(shape)
-        mc = GPTConfig(n_layer=L, n_head=H, n_embd=C, block_size=T, vocab_size=V, dropout=drop)
+        mc, optimizer = model_of(shape)
         cached = len(compiled._CACHE)
         t = time.perf_counter()
-        est = estimate_step(EstimateRequest(mc, B, Recipe(dtype=dtype, optimizer="fused", compile=True), target="cpu"))
+        est = estimate_step(EstimateRequest(mc, B, Recipe(dtype=dtype, optimizer=optimizer, compile=True),
+                                            target="cpu"))
         est_s = time.perf_counter() - t
         graphs = "reused" if len(compiled._CACHE) == cached else "traced"
         real_c, real_e = measure(shape, True), measure(shape, False)
         eager, comp = est.modes["eager"]["peak_bytes"], est.modes["compiled"]["peak_bytes"]
         err = (comp - real_c["peak"]) / real_c["peak"]
         err_e = (eager - real_e["peak"]) / real_e["peak"]
-        row = dict(n_layer=L, n_head=H, n_embd=C, block_size=T, vocab_size=V, batch=B, dtype=dtype, dropout=drop,
+        row = dict(arch=mc.arch, n_layer=L, n_head=H, n_embd=C, block_size=T, vocab_size=V, batch=B, dtype=dtype,
+                   dropout=drop,
                    graphs=graphs, eager_estimate=eager, compiled_estimate=comp, real_compiled=real_c["peak"],
                    compiled_error=round(err, 5), real_eager_profiler=real_e["peak"], eager_error=round(err_e, 5),
                    compiled_peak_phase=est.modes["compiled"]["peak_phase"], recompiled=real_c["recompiled"],
@@ -160,7 +179,8 @@ def main() -> None:
         f.write(f"# vramfit experiments/bench_compile.py, {dt.datetime.now().isoformat(timespec='seconds')}, "
                 f"commit {commit}, torch {torch.__version__}, {platform.machine()}, {os.cpu_count()} CPUs, "
                 f"load average {load:.1f} at start; real = peak of the CPU allocator's profiler [memory] events "
-                f"over two Trainer.step calls (fused AdamW, grad_clip 1.0), compile on a throw-away trainer first\n")
+                f"over two Trainer.step calls (GPT-2: fused AdamW; nanochat: Muon + AdamW, its steps compiled as "
+                f"nanochat compiles them; grad_clip 1.0), compile on a throw-away trainer first\n")
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)

@@ -42,11 +42,12 @@ class NanochatRun:
         return self.total_batch_size // (self.device_batch_size * self.config.block_size * self.world_size)
 
     def command(self, device_batch_size: int | None = None, depth: int | None = None) -> str:
-        """nanochat's own command for this run (the flags it was given, ignored ones too), with another device batch
-        size or depth if given."""
+        """nanochat's own command for this run (the flags it was given, ignored ones too; the depth and device batch
+        always), with another device batch size or depth if given."""
         flags = {**self.flags, **({"device_batch_size": device_batch_size} if device_batch_size else {}),
                  **({"depth": depth} if depth else {})}
-        args = [f"--{k.replace('_', '-')}={v}" for k, v in flags.items() if v != FLAGS[k]]
+        args = [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()
+                if v != FLAGS[k] or k in ("depth", "device_batch_size")]
         args += [f"--{k.replace('_', '-')}" + ("" if v is True else f"={v}") for k, v in self.ignored.items()]
         args = " ".join(shlex.quote(a) for a in args)
         launch = f"torchrun --standalone --nproc_per_node={self.world_size} -m" if self.world_size > 1 else \

@@ -110,25 +110,68 @@ def check_batch_size(batch_size: int) -> int:
 
 
 def resolve_recipe(dtype: str, compile: bool | None, optimizer: str, device_type: str,
-                   capability: tuple[int, int] | None = None, arch: str = "gpt2") -> tuple[str, bool, str]:
+                   capability: tuple[int, int] | None = None, arch: str = "gpt2",
+                   loop: str = "vramfit") -> tuple[str, bool, str]:
     """('auto' dtype, None compile, 'auto' optimizer) made concrete for a device: the one place this is decided.
 
     CUDA: bf16 from capability 8.0 (fp16 below), compile from 7.0 (Inductor's Triton backend needs it: an explicit
     compile on an older GPU is refused here rather than failing every step); an unknown capability counts as new
     enough. CPU: fp32, eager. The optimizer 'auto' is the family's own: the fused AdamW for GPT-2 (nanoGPT),
-    Muon + AdamW for nanochat."""
+    Muon + AdamW for nanochat. `loop="nanogpt"` resolves as nanoGPT's train.py does (`nanogpt_recipe`)."""
+    if loop not in LOOPS:
+        raise ConfigError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
+    if loop == "nanogpt":
+        return nanogpt_recipe(dtype, compile, optimizer, device_type, capability)
     cuda = device_type == "cuda"
     cap = capability or (99, 0)
     if dtype == "auto":
         dtype = ("bfloat16" if cap >= MIN_BF16_CAPABILITY else "float16") if cuda else "float32"
-    if compile is None:
-        compile = cuda and cap >= MIN_COMPILE_CAPABILITY
-    elif compile and cuda and cap < MIN_COMPILE_CAPABILITY:
-        raise ConfigError(f"compile needs CUDA compute capability >= {MIN_COMPILE_CAPABILITY[0]}.0 (Inductor's Triton "
-                          f"backend); this GPU is {cap[0]}.{cap[1]}: set compile = false")
+    compile = _compile(compile, cuda and cap >= MIN_COMPILE_CAPABILITY, cuda, cap)
     if optimizer == "auto":
         optimizer = "muon" if arch == "nanochat" else "fused"
-    return dtype, bool(compile), optimizer
+    return dtype, compile, optimizer
+
+
+LOOPS = ("vramfit", "nanogpt")
+"""The training loops the dry run steps: vramfit's `Trainer.step`, or nanoGPT's train.py (`gpt.nanogpt_loop`)."""
+
+
+def nanogpt_adamw(device_type: str) -> str:
+    """The AdamW nanoGPT's train.py runs on a device: `fused=True` on CUDA (its `configure_optimizers`), elsewhere
+    neither flag, so torch picks: foreach only where every parameter is on a foreach device (CUDA, XPU, MTIA,
+    privateuse1; `torch.optim.optimizer._default_to_fused_or_foreach`), so the for-loop AdamW on the CPU."""
+    return "fused" if device_type == "cuda" else "loop"
+
+
+def nanogpt_recipe(dtype: str, compile: bool | None, optimizer: str, device_type: str,
+                   capability: tuple[int, int] | None = None) -> tuple[str, bool, str]:
+    """(dtype, compile, optimizer) of nanoGPT's train.py on a device. Its dtype defaults to bf16 where the GPU
+    supports it (8.0+), else fp16, and applies only on CUDA: on the CPU its autocast context is a nullcontext, so
+    it computes in fp32 whatever `dtype` says. It compiles unless told `compile = False` (the CPU too), and picks
+    its AdamW itself (`nanogpt_adamw`): another optimizer is refused, not ignored."""
+    cuda = device_type == "cuda"
+    cap = capability or (99, 0)
+    adamw = nanogpt_adamw(device_type)
+    if optimizer not in ("auto", adamw):
+        raise ConfigError(f"nanoGPT's train.py runs the {adamw} AdamW on {device_type} (fused on CUDA, torch's "
+                          f"for-loop default on the CPU), not optimizer {optimizer!r}: drop it, or estimate "
+                          "vramfit's loop (--loop vramfit)")
+    if not cuda:
+        dtype = "float32"
+    elif dtype == "auto":
+        dtype = "bfloat16" if cap >= MIN_BF16_CAPABILITY else "float16"
+    return dtype, _compile(compile, not cuda or cap >= MIN_COMPILE_CAPABILITY, cuda, cap), adamw
+
+
+def _compile(compile: bool | None, default: bool, cuda: bool, cap: tuple[int, int]) -> bool:
+    """`compile`, else `default`; an explicit compile on a GPU too old for Inductor's Triton backend is refused
+    here rather than failing every step."""
+    if compile is None:
+        return default
+    if compile and cuda and cap < MIN_COMPILE_CAPABILITY:
+        raise ConfigError(f"compile needs CUDA compute capability >= {MIN_COMPILE_CAPABILITY[0]}.0 (Inductor's Triton "
+                          f"backend); this GPU is {cap[0]}.{cap[1]}: set compile = false")
+    return bool(compile)
 
 
 @dataclass(frozen=True)

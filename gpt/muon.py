@@ -5,9 +5,10 @@ Muon keeps, per group of same-shape matrices (stacked), one momentum buffer like
 moment (one value per row of a tall matrix, per column of a wide one); each step it stacks the gradients and the
 weights (two temporaries of the stack's size), applies Nesterov momentum, orthogonalises the update with five
 Polar Express iterations (a Newton-Schulz quintic with per-step coefficients), renormalises it, scales it per
-row/column by the second moment (NorMuon) and applies it with cautious weight decay. AdamW does its arithmetic in
-fp32 and writes back (bf16 embeddings keep bf16 state). Both steps run compiled when the recipe compiles
-(nanochat always compiles them), eagerly otherwise.
+row/column by the second moment (NorMuon) and applies it with cautious weight decay. As nanochat's step, it
+stacks every group's gradients first and copies the updated stacks back last (`MuonAdamW.step`). AdamW does its
+arithmetic in fp32 and writes back (bf16 embeddings keep bf16 state). Both steps run compiled when the recipe
+compiles (nanochat always compiles them), eagerly otherwise.
 
 Not built here: on N ranks nanochat's optimizer replaces DDP, reduce-scattering the gradients and sharding both
 optimizers' states across the ranks (ZeRO-2 style), then all-gathering the updated weights.
@@ -108,13 +109,22 @@ class MuonAdamW(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure=None) -> None:  # noqa: ANN001 (torch's signature)
-        for group in self.param_groups:
+        """nanochat's three phases, on one rank: every Muon group's gradients stacked first (its reduce phase),
+        then each group updated in order (AdamW in place; Muon on a stack of its weights), then the stacks copied
+        back into the weights; so all stacks live until the end of the step, as in nanochat."""
+        grads = {i: torch.stack([p.grad for p in g["params"]]) for i, g in enumerate(self.param_groups)
+                 if g["kind"] == "muon" and all(p.grad is not None for p in g["params"])}
+        gathers = []
+        for i, group in enumerate(self.param_groups):
             if group["kind"] == "adamw":
                 self._adamw(group)
             elif group["kind"] == "muon":
-                self._muon(group)
+                if i in grads:
+                    gathers.append((group["params"], self._muon(group, grads[i])))
             else:
                 raise ValueError(f"unknown optimizer kind {group['kind']!r}")
+        for params, stacked in gathers:
+            torch._foreach_copy_(params, list(stacked.unbind(0)))
 
     def _adamw(self, group: dict) -> None:
         for p in group["params"]:
@@ -131,10 +141,9 @@ class MuonAdamW(torch.optim.Optimizer):
                                  wd=group["weight_decay"])
             self._adamw_step(p, p.grad, state["exp_avg"], state["exp_avg_sq"], *scalars)
 
-    def _muon(self, group: dict) -> None:
+    def _muon(self, group: dict, grads: Tensor) -> Tensor:
+        """The group's update on a stack of its weights (`grads`: its stacked gradients); the updated stack."""
         params = group["params"]
-        if any(p.grad is None for p in params):
-            return
         shape = params[0].shape
         state = self.state[params[0]]  # the group's state lives with its first matrix (nanochat's layout)
         if "momentum_buffer" not in state:
@@ -142,10 +151,9 @@ class MuonAdamW(torch.optim.Optimizer):
                                                    device=params[0].device)
             factored = (len(params), shape[-2], 1) if shape[-2] >= shape[-1] else (len(params), 1, shape[-1])
             state["second_momentum_buffer"] = torch.zeros(factored, dtype=params[0].dtype, device=params[0].device)
-        grads = torch.stack([p.grad for p in params])
         stacked = torch.stack(params)
         lr = group["lr"] * max(1.0, shape[-2] / shape[-1]) ** 0.5
         scalars = self._fill(momentum=group["momentum"], lr=lr, wd=group["weight_decay"], beta2=group["beta2"])
         self._muon_step(grads, stacked, state["momentum_buffer"], state["second_momentum_buffer"], *scalars,
                         group["ns_steps"], self.low_precision)
-        torch._foreach_copy_(params, list(stacked.unbind(0)))
+        return stacked

@@ -225,25 +225,40 @@ class NanoChatGPT(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        B, T = idx.size()
+        T = idx.size(1)
         if T > self.config.block_size:
             raise ConfigError(f"sequence length {T} exceeds block_size {self.config.block_size}")
         cos_sin = self.cos[:, :T], self.sin[:, :T]
+        x = x0 = self.embed(idx)
+        x_backout = None
+        for i in range(self.config.n_layer):
+            x = self.layer(i, x, x0, idx, *cos_sin)
+            if self.config.backout and i == self.config.n_layer // 2:
+                x_backout = x
+        return self.head(x, targets, x_backout)
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        """The token embedding in the compute dtype, normed, with the previous token smeared in: the first block's
+        input and every block's x0."""
         x = norm(self.transformer.wte(idx).to(self.compute_dtype))
         if self.config.smear:  # mix the previous token's embedding in (cheap bigram information)
             gate = self.smear_lambda.to(x.dtype) * torch.sigmoid(self.smear_gate(x[:, 1:, :SMEAR_CHANNELS]))
             x = torch.cat([x[:, :1], x[:, 1:] + gate * x[:, :-1]], dim=1)
-        x0 = x
-        backout_layer = self.config.n_layer // 2
-        x_backout = None
-        for i, block in enumerate(self.transformer.h):
-            if self.config.resid_scalars:
-                x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
-            key = str(i)
-            ve = self.value_embeds[key](idx).to(x.dtype) if key in self.value_embeds else None
-            x = run_block(block, i, self.checkpoint_every, x, ve, cos_sin, self.window_sizes[i])
-            if self.config.backout and i == backout_layer:
-                x_backout = x
+        return x
+
+    def layer(self, i: int, x: torch.Tensor, x0: torch.Tensor, idx: torch.Tensor, cos: torch.Tensor,
+              sin: torch.Tensor) -> torch.Tensor:
+        """Layer `i`: the residual scalars' mix of x and x0, its value embedding of `idx` (where it has one), its
+        block over its window (checkpointed where the trainer says)."""
+        if self.config.resid_scalars:
+            x = self.resid_lambdas[i] * x + self.x0_lambdas[i] * x0
+        key = str(i)
+        ve = self.value_embeds[key](idx).to(x.dtype) if key in self.value_embeds else None
+        return run_block(self.transformer.h[i], i, self.checkpoint_every, x, ve, (cos, sin), self.window_sizes[i])
+
+    def head(self, x: torch.Tensor, targets: torch.Tensor | None = None, x_backout: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Backout, the final norm, the logits (soft-capped, in fp32) and with targets the cross-entropy loss."""
         if x_backout is not None:
             x = x - self.backout_lambda.to(x.dtype) * x_backout
         x = norm(x)

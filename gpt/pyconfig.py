@@ -27,6 +27,28 @@ NANOGPT_DEFAULTS: dict = {
 }
 # nanoGPT keys with no effect on what vramfit trains (logging services, the DDP backend, eval-only runs)
 IGNORED = ("wandb_log", "wandb_project", "wandb_run_name", "backend", "eval_only")
+# Each train.py setting, by what it does to a training step's peak memory (tests/test_nanogpt_loop.py checks that
+# every key of NANOGPT_DEFAULTS is in exactly one): the settings `vramfit estimate --like` uses, and where ...
+MEMORY_KEYS = {
+    "n_layer": "the model", "n_head": "the model", "n_embd": "the model", "block_size": "the model",
+    "bias": "the model", "dropout": "the model (its masks)", "batch_size": "the micro-batch",
+    "dataset": "the vocabulary (its meta.pkl, else GPT-2's 50304)",
+    "gradient_accumulation_steps": "the micro-steps per optimizer step (gradients kept across them)",
+    "grad_clip": "clip_grad_norm_'s temporaries (0: no clipping)", "dtype": "the recipe (CUDA only: fp32 on the CPU)",
+    "compile": "the recipe (the torch.compile emulation)", "device": "--target (cpu or cuda)",
+    "init_from": "'scratch' and 'resume' train the same step (the checkpoint is freed before it); 'gpt2*' refused",
+}
+# ... and those that leave it unchanged, with why
+NO_MEMORY_EFFECT = {
+    "out_dir": "a folder", "log_interval": "printing", "wandb_log": "logging", "wandb_project": "logging",
+    "wandb_run_name": "logging", "eval_interval": "evaluation runs under no_grad, below the training peak",
+    "eval_iters": "evaluation runs under no_grad, below the training peak", "eval_only": "no training step",
+    "always_save_checkpoint": "torch.save writes the tensors as they are (a CUDA tensor through host memory)",
+    "learning_rate": "a number", "max_iters": "a number", "weight_decay": "a number (applied in place)",
+    "beta1": "a number", "beta2": "a number", "decay_lr": "a number", "warmup_iters": "a number",
+    "lr_decay_iters": "a number", "min_lr": "a number",
+    "backend": "the DDP backend: one process per GPU, each estimated as one (suggest --gpus adds DDP's buckets)",
+}
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
         ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
 _MAX_POW = 64
@@ -76,6 +98,12 @@ def read_py_config(path: str | Path) -> dict:
             raise ConfigError(f"{where}: only top-level `name = literal` assignments are read from a nanoGPT "
                               f"config (never executed), not {ast.unparse(stmt).splitlines()[0]!r}")
     return out
+
+
+def foreign_keys(path: str | Path) -> list[str]:
+    """The names a nanoGPT config file sets that train.py has no global for: its configurator runs them, and
+    train.py never reads them (vramfit's own keys, such as `optimizer`, are used by vramfit's trainer alone)."""
+    return [k for k in read_py_config(path) if k not in NANOGPT_DEFAULTS]
 
 
 def _data_dir(dataset: str, config_path: Path) -> str:

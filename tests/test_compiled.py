@@ -245,3 +245,61 @@ def test_a_batch_that_cannot_be_traced_symbolically_is_traced_at_its_size(monkey
     compiled._CACHE.clear()
     est = _estimate(mc, 4, dtype="float32", compile=True)
     assert est.compiled and sorted(k[-1] for k in compiled._CACHE) == [4, 4, 4]
+
+
+def _saved_activation_bytes(gm: torch.fx.GraphModule, user_outputs: int, firsts: tuple[int, int]) -> int:
+    """Bytes of what a partitioned forward graph saves for backward whose first dimension is the batch (B or B*T):
+    the activations, without parameters and their low-precision copies."""
+    out = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    vals = [n.meta.get("val") for n in out[user_outputs:] if n is not None]
+    return sum(v.numel() * v.element_size() for v in vals
+               if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] in firsts)
+
+
+def test_segments_save_what_the_whole_model_graph_saves(monkeypatch):
+    """The block and head segments save, per token, exactly what Inductor's partitioner saves when it sees the
+    whole model as one graph (what torch.compile traces): under bf16 autocast that is the fp32 input of each
+    layer norm, not the bf16 attention output (the partitioner's `ban_recompute_used_far_apart` rule). The same
+    partitioner, decompositions and fake tensors as `vramfit.dryrun.compiled`, on the model traced in one piece."""
+    import contextlib
+
+    from torch._functorch.aot_autograd import aot_function
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from gpt.model import build_model
+
+    monkeypatch.setattr(compiled, "SYMBOLIC_BATCH", False)
+    B, T = 5, 32
+    mc = GPTConfig(n_layer=1, n_head=2, n_embd=64, block_size=T, vocab_size=256)
+    graphs: dict = {}
+
+    def compiler(name: str):  # noqa: ANN202
+        def compile_graph(gm, example_inputs):  # noqa: ANN001, ANN202
+            graphs[name] = gm
+            return GraphRunner(gm)
+        return compile_graph
+
+    with FakeTensorMode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model = build_model(mc)
+        named = dict(model.named_parameters(remove_duplicate=False))
+        stand_in = {id(p): torch.empty(p.shape, requires_grad=True) for p in named.values()}
+
+        def whole(params: list, idx: torch.Tensor, targets: torch.Tensor) -> tuple:
+            with compiled._swap_params(model, list(named), params):
+                return model(idx, targets)
+
+        idx = torch.zeros(B, T, dtype=torch.long)
+        fn = aot_function(whole, compiler("forward"), compiler("backward"), partition_fn=compiled._partition_fn(),
+                          decompositions=compiled._decompositions())
+        fn([stand_in[id(p)] for p in named.values()], idx, idx.clone())
+        segmented = compiled.CompiledGPT(model, contextlib.nullcontext, signature=("test-whole-graph",))
+        segmented.warm_up(idx, idx.clone())
+    firsts = (B, B * T)
+    want = _saved_activation_bytes(graphs["forward"], 2, firsts)
+    seg = segmented.graphs
+    got = (_saved_activation_bytes(seg["embed"]["forward"], 1, firsts)
+           + mc.n_layer * _saved_activation_bytes(seg["block"]["forward"], 1, firsts)
+           + _saved_activation_bytes(seg["head"]["forward"], 2, firsts))
+    # equal up to the layer norms' statistics ([B, T, 1] each, saved as mean and rstd or as rstd / C); before the
+    # segments took their input as an add, they saved 2 x n_embd bytes per token per block less
+    assert abs(got - want) <= 4 * B * T * (2 * mc.n_layer + 1), (got, want)

@@ -160,7 +160,8 @@ def test_points_keep_order_drop_duplicates_and_count_invalid_once():
     ("name = 'x'\n", "empty grid (no axes)"),
     ("[axes]\nn_layer = [1]\n", "the first axes block lacks n_head, n_embd, block_size, batch_size, vocab_size"),
     (toml_axes(n_layers=[1]), "axes: unknown axis 'n_layers' (axes: n_layer, n_head, n_embd, block_size, "
-                              "batch_size, vocab_size)"),
+                              "batch_size, vocab_size, arch, n_kv_head, window_pattern, mlp, value_embeds, qk_norm, "
+                              "resid_scalars, smear, backout, softcap, vocab_multiple)"),
     ("axes = 5\n", "axes: axes must be a table of axis = [values]"),
     (toml_axes(n_embd=[31]), "empty grid (1 combinations, none valid: n_embd % n_head != 0?)"),
     (toml_axes(n_layer=[0]), "axes n_layer: values must be >= 1, got 0"),

@@ -89,7 +89,7 @@ def db_cases(db, tmp_path):
         (["export", "--db", db, "--csv", db.with_name(db.name + "-wal")], "it is the database"),
         (["export", "--db", db, "--csv", tmp_path], "is a folder, not a file"),
         (["export", "--db", db, "--csv", tmp_path / "x.csv", "--status", "bogus"], "unknown status 'bogus'"),
-        (["fit", "--db", db, "--target", "nope"], "target"),
+        (["fit", "--db", db, "--target", "nope"], "reading"),
     ]
 
 
@@ -837,6 +837,7 @@ def test_a_version_1_database_is_read_as_is_and_migrated_on_write(tmp_path):
     db = synthetic_db(tmp_path / "v.sqlite")
     with sqlite3.connect(db) as c:
         c.execute("DROP TABLE claims")
+        c.execute("ALTER TABLE points DROP COLUMN arch")
         c.execute("PRAGMA user_version = 1")
     sqlite3.connect(db).close()
     before = sha(db)
@@ -844,6 +845,6 @@ def test_a_version_1_database_is_read_as_is_and_migrated_on_write(tmp_path):
         n = len(s.points_frame())
     assert sha(db) == before  # read: untouched
     with Store(db) as s:
-        assert s.schema_version == SCHEMA_VERSION == 2 and len(s.points_frame()) == n
+        assert s.schema_version == SCHEMA_VERSION == 3 and len(s.points_frame()) == n
         assert s.claim(1, {"n_layer": 3, "n_head": 1, "n_embd": 8, "block_size": 8, "batch_size": 1,
                            "vocab_size": 8})

@@ -175,3 +175,34 @@ def test_export_csv_and_parquet(tmp_path):
             s.export(tmp_path / "p.x", fmt="xml")
     assert pd.read_csv(tmp_path / "out" / "p.csv").tracked_bytes.tolist() == [5]
     assert pd.read_parquet(tmp_path / "p.parquet").n_embd.tolist() == [64]
+
+
+def test_families_are_part_of_a_points_identity_and_a_version_2_database_migrates(tmp_path):
+    """A nanochat point and a GPT-2 point of the same sizes are two points (resume, claims, the frame); a database
+    of schema 2 (no family column) is read as it is (its points GPT-2's) and gains the column on its first write,
+    nothing lost."""
+    db = tmp_path / "db.sqlite"
+    chat = {**SHAPE, "arch": "nanochat:mlp=swiglu,n_kv_head=1"}
+    with Store(db) as s:
+        env = s.environment(CPU, Recipe().resolved("cpu"))
+        s.insert_point({**SHAPE, "status": "ok", "tracked_bytes": 1}, env, None)
+        assert s.is_measured(env, SHAPE) and not s.is_measured(env, chat) and s.claim(env, chat)
+        s.insert_point({**chat, "status": "ok", "tracked_bytes": 2}, env, None)
+        s.release(env, chat)
+        assert s.measured_shapes(env) == {Shape.of(SHAPE), Shape(**chat)}
+        assert list(s.points_frame().arch) == ["gpt2", "nanochat:n_kv_head=1,mlp=swiglu"]  # canonical order
+        with pytest.raises(VramfitError, match="arch must be one of"):
+            s.insert_point({**SHAPE, "arch": "llama", "status": "ok"}, env, None)
+    with sqlite3.connect(db) as c:  # back to schema 2: the family column did not exist
+        c.execute("DELETE FROM points WHERE arch != 'gpt2'")
+        c.execute("ALTER TABLE points DROP COLUMN arch")
+        c.execute("PRAGMA user_version = 2")
+    sqlite3.connect(db).close()
+    before = sha(db)
+    with Store(db, readonly=True) as s:
+        df = s.points_frame()
+        assert list(df.arch) == ["gpt2"] and list(df.tracked_bytes) == [1] and s.is_measured(1, SHAPE)
+    assert sha(db) == before  # read: untouched
+    with Store(db) as s:
+        assert s.schema_version == SCHEMA_VERSION == 3
+        assert list(s.points_frame().arch) == ["gpt2"] and s.is_measured(1, SHAPE) and not s.is_measured(1, chat)

@@ -80,10 +80,12 @@ class Recipe:
             raise VramfitError(f"unknown recipe key(s): {', '.join(sorted(unknown))}")
         return cls(**d)
 
-    def resolved(self, device_type: str, capability: tuple[int, int] | None = None) -> Recipe:
+    def resolved(self, device_type: str, capability: tuple[int, int] | None = None, loop: str = "vramfit") -> Recipe:
         """'auto' settings made concrete for a device type ('cuda' or 'cpu') and CUDA capability, exactly as the
-        trainer resolves them (`gpt.config.resolve_recipe`, the one place that decides)."""
-        dtype, compile_, optimizer = resolve_recipe(self.dtype, self.compile, self.optimizer, device_type, capability)
+        trainer (or, with `loop="nanogpt"`, nanoGPT's train.py) resolves them (`gpt.config.resolve_recipe`, the one
+        place that decides)."""
+        dtype, compile_, optimizer = resolve_recipe(self.dtype, self.compile, self.optimizer, device_type, capability,
+                                                    loop=loop)
         return replace(self, dtype=dtype, compile=compile_, optimizer=optimizer)
 
     def to_dict(self) -> dict:

@@ -21,12 +21,13 @@ from urllib.parse import quote
 from vramfit.errors import VramfitError
 from vramfit.paths import DB_FILE, check_output, database_files, output_path
 from vramfit.recipe import Recipe
-from vramfit.shape import KEYS, Shape
+from vramfit.shape import GPT2, KEYS, Shape
 
 if TYPE_CHECKING:
     import pandas as pd  # imported by the queries that build frames: opening the store does not load pandas
 
-SCHEMA_VERSION = 2  # 1: sweeps, environments, points; 2: + claims (points being measured, for concurrent sweeps)
+SCHEMA_VERSION = 3  # 1: sweeps, environments, points; 2: + claims (points being measured, for concurrent sweeps);
+# 3: + points.arch (the model family and its options, `vramfit.shape.arch_spec`; rows before it are GPT-2's)
 CLAIM_TTL_S = 6 * 3600  # a claim from another host (whose process cannot be asked) lapses after this
 DEFAULT_DB = DB_FILE
 STATUSES = ("ok", "oom", "timeout", "error")
@@ -120,6 +121,10 @@ CREATE TABLE IF NOT EXISTS claims (
 )
 """
 
+# version 3: the model family of each point, so that a nanochat point and a GPT-2 point of the same sizes differ;
+# every row stored before is GPT-2's, which the column's default says
+_ARCH_COLUMN = f"ALTER TABLE points ADD COLUMN arch TEXT NOT NULL DEFAULT '{GPT2}'"
+
 _TABLE_COLUMNS = {  # table -> its columns, read from _SCHEMA (what a database must have to be read)
     stmt.split("(", 1)[0].split()[-1]: [line.split()[0] for line in stmt.split("(", 1)[1].splitlines()
                                         if line.strip() and not line.strip().startswith(")")]
@@ -142,7 +147,7 @@ _NUMERIC_COLUMNS = (
 FRAME_COLUMNS = [
     "point_id", "sweep_id", "env_id", "source", "device_key", "device_name", "device_type", "gpu_uuid",
     "compute_capability", "total_memory_bytes", "physical_memory_bytes", "emulate_bytes", "torch_version",
-    "cuda_version", "driver_version", "hostname", "recipe_key", "recipe", *KEYS, "status", "nvml_bytes",
+    "cuda_version", "driver_version", "hostname", "recipe_key", "recipe", *KEYS, "arch", "status", "nvml_bytes",
     "nvml_source", "allocated_bytes", "reserved_bytes", "tracked_bytes", "rss_bytes", "context_bytes",
     "alloc_retries", "num_ooms", "ms_per_iter", "tokens_per_s", "iters", "stable", "error", "timings", "created_at",
 ]
@@ -254,14 +259,15 @@ class Store:
         if version == 0 and tables:
             raise VramfitError(f"{p} is an SQLite database but not a vramfit one (left untouched)")
         if version:
-            self._check_columns(p)
+            self._check_columns(p, version)
 
     @staticmethod
-    def _check_columns(p: Path) -> None:
+    def _check_columns(p: Path, version: int) -> None:
         """Every table and column of the schema is there (a table altered by hand is refused, not a traceback)."""
         ro = sqlite3.connect(_ro_uri(p), uri=True, timeout=60.0)
         try:
             for table, columns in _TABLE_COLUMNS.items():
+                columns = [*columns, "arch"] if table == "points" and version >= 3 else columns
                 have = {r[1] for r in ro.execute(f"PRAGMA table_info({table})")}
                 missing = [c for c in columns if c not in have]
                 if missing:
@@ -290,6 +296,8 @@ class Store:
                 self._create(c)
             if version < 2:
                 c.execute(_CLAIMS)  # migration 1 -> 2
+            if version < 3 and "arch" not in {r[1] for r in c.execute("PRAGMA table_info(points)")}:
+                c.execute(_ARCH_COLUMN)  # migration 2 -> 3: the rows so far are GPT-2's (the column's default)
             if version < SCHEMA_VERSION:
                 c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
@@ -326,6 +334,14 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def _arch(self) -> str:
+        """The SQL of a point's family: its column, or GPT-2 in a database older than version 3 (read-only)."""
+        if not hasattr(self, "_arch_sql"):
+            have = {r[1] for r in self.conn.execute("PRAGMA table_info(points)")}
+            self._arch_sql = "p.arch" if "arch" in have else f"'{GPT2}'"
+        return self._arch_sql
 
     @property
     def schema_version(self) -> int:
@@ -367,6 +383,7 @@ class Store:
             raise VramfitError(f"point status must be one of {', '.join(STATUSES)}, got {record['status']!r}")
         row: dict[str, Any] = {"sweep_id": sweep_id, "env_id": env_id, "source": source}
         row.update({k: int(record[k]) for k in KEYS})
+        row["arch"] = Shape.of(record).arch
         for k in _POINT_COLUMNS:
             v = record.get(k)
             row[k] = int(bool(v)) if k == "stable" and v is not None else v
@@ -374,7 +391,7 @@ class Store:
             if isinstance(row[k], float) and not (row[k] == row[k] and abs(row[k]) != float("inf")):
                 row[k] = None
         row["timings"] = json.dumps(record["timings"]) if record.get("timings") else None
-        known = {*KEYS, *_POINT_COLUMNS, "timings"}
+        known = {*KEYS, "arch", *_POINT_COLUMNS, "timings"}
         extra = {k: v for k, v in record.items() if k not in known}
         row["extra"] = json.dumps(extra, default=str) if extra else None
         row["created_at"] = _now()
@@ -406,7 +423,8 @@ class Store:
     # ------------------------------------------------------------------------------------------ claims
 
     def _ident(self, env_id: int, point: dict) -> str:
-        return json.dumps([*self.identity(env_id), *(int(point[k]) for k in KEYS)])
+        shape = Shape.of(point)
+        return json.dumps([*self.identity(env_id), *shape.as_tuple(), *([shape.arch] if shape.arch != GPT2 else [])])
 
     def claim(self, env_id: int, point: dict) -> bool:
         """Claim `point` for measuring on env_id's identity, in one write transaction: False when it is already
@@ -456,7 +474,8 @@ class Store:
         dkey, rkey, tv, emu = self.identity(env_id)
         marks = ", ".join("?" for _ in statuses)
         rows = self.conn.execute(
-            f"SELECT {', '.join('p.' + k for k in KEYS)} FROM points p JOIN environments e USING (env_id) "
+            f"SELECT {', '.join('p.' + k for k in KEYS)}, {self._arch} "
+            "FROM points p JOIN environments e USING (env_id) "
             f"WHERE e.device_key = ? AND e.recipe_key = ? AND e.torch_version IS ? AND e.emulate_bytes IS ? "
             f"AND p.status IN ({marks})",
             (dkey, rkey, tv, emu, *statuses),
@@ -464,7 +483,7 @@ class Store:
         return {Shape(*r) for r in rows}
 
     def is_measured(self, env_id: int, point: dict, statuses: tuple[str, ...] = DONE_STATUSES) -> bool:
-        """Whether `point` (the six shape keys) is already measured for env_id's device + recipe."""
+        """Whether `point` (the six sizes and the family) is already measured for env_id's device + recipe."""
         return Shape.of(point) in self.measured_shapes(env_id, statuses)
 
     def points_frame(self, device: str | None = None, recipe_key: str | None = None,
@@ -486,7 +505,8 @@ class Store:
             "SELECT p.point_id, p.sweep_id, p.env_id, p.source, e.device_key, e.device_name, e.device_type, "
             "e.gpu_uuid, e.compute_capability, e.total_memory_bytes, e.physical_memory_bytes, e.emulate_bytes, "
             "e.torch_version, e.cuda_version, e.driver_version, e.hostname, e.recipe_key, e.recipe_json AS recipe, "
-            + ", ".join(f"p.{c}" for c in FRAME_COLUMNS[FRAME_COLUMNS.index("n_layer"):])
+            + ", ".join(f"{self._arch} AS arch" if c == "arch" else f"p.{c}"
+                        for c in FRAME_COLUMNS[FRAME_COLUMNS.index("n_layer"):])
             + " FROM points p JOIN environments e USING (env_id)"
             + (" WHERE " + " AND ".join(where) if where else "")
             + " ORDER BY p.point_id"
@@ -523,7 +543,7 @@ class Store:
         """Every ok `vramfit train` point with its `extra` fields (loss curve, corpus, ...), shape and point_id."""
         try:
             rows = self.conn.execute(
-                f"SELECT point_id, {', '.join(KEYS)}, extra FROM points "
+                f"SELECT point_id, {', '.join(KEYS)}, {self._arch} AS arch, extra FROM points p "
                 "WHERE source = 'train' AND status = 'ok' AND extra IS NOT NULL ORDER BY point_id").fetchall()
         except sqlite3.DatabaseError as exc:
             raise VramfitError(f"{self.path} is not a vramfit database ({exc})") from None
@@ -534,7 +554,7 @@ class Store:
             except json.JSONDecodeError:
                 continue
             if isinstance(extra, dict):
-                out.append(extra | {k: row[k] for k in ("point_id", *KEYS)})
+                out.append(extra | {k: row[k] for k in ("point_id", *KEYS, "arch")})
         return out
 
     def sweeps_frame(self) -> pd.DataFrame:

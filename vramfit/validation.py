@@ -10,8 +10,9 @@ The margin of a plan without a GPU profile (`suggest --no-profile`) is the worst
 as a fraction of the estimate ((reading - estimate) / estimate: what a plan must add to an estimate so that the
 reading fits), plus `CUSHION`. The cushion is stated, not fitted: the scored readings are of one model size (GPT-2
 124M) at step 9 of each run, so a shape outside the table, or a run that fragments later, may need more than the
-worst row did; 2 points is above the compiled emulation's own tolerance against real Inductor steps on the CPU
-(1.2 %). Plain data: no torch.
+worst row did; 2 points is above the compiled emulation's own error against real Inductor steps on the CPU
+(0.25 %, results/bench/compile-cpu.csv) and the spread of the table's per-GPU context (docs/dry-run.md).
+Plain data: no torch.
 """
 
 from __future__ import annotations

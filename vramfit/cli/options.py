@@ -36,11 +36,15 @@ HELP = {
                "results/models of the device planned for, by the fit time it records)",
     "--models": "the folder of fitted model JSON files",
     "--like": "a nanoGPT config .py (read as data, never run), a vramfit TOML or a checkpoint: its sizes and "
-              "its dataset's vocabulary; flags given beside it override them",
+              "its dataset's vocabulary; flags given beside it override them (suggest: also a nanochat base_train "
+              "command line in quotes, \"nanochat --depth 20\")",
     "--ckpt": "a checkpoint file or its folder (vramfit's, or nanoGPT's where read)",
     "--device": "where to run: auto (CUDA if available, else the CPU) | cpu | cuda | cuda:N",
     "--target": "the device planned for: cuda (a GPU: its profile, else the dry run; no GPU needed) | cpu (the "
                 "CPU's RAM) | auto (the most recently fitted GPU profile, else cuda)",
+    "--loop": "the training loop estimated: vramfit (`vramfit train`'s step) | nanogpt (nanoGPT's train.py: the "
+              "logits kept through backward, the next batch fetched before it, its AdamW: fused on CUDA, for-loop "
+              "on the CPU); default: --like's (a nanoGPT config or checkpoint: nanogpt), else vramfit",
     "--recipe": "the training recipe: inline dtype=bfloat16,optimizer=fused,... or a TOML/JSON file",
     "--capability": "the GPU's CUDA compute capability for the dry run: 8.0, 8.6, 9.0, ...",
     "--reading": "the memory reading modelled: auto (nvml on CUDA, tracked on the CPU) | nvml | allocated | "
@@ -77,6 +81,7 @@ Ckpt = Annotated[Path, _option("--ckpt")]
 Device = Annotated[str, _option("--device")]
 Target = Annotated[str, _option("--target")]
 Recipe = Annotated[str, _option("--recipe")]
+Loop = Annotated[str, _option("--loop")]
 Capability = Annotated[str, _option("--capability")]
 Reading = Annotated[str, _option("--reading")]
 OnlyDevice = Annotated[str, _option("--only-device")]

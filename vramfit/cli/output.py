@@ -114,4 +114,6 @@ def print_suggestions(rec, vram: str, save: Path) -> None:
         out.print(to_rich(suggestion_table(rec.items, doc["ranking"])))
     for s in rec.items:
         out.print(f"#{s.rank}: {esc(s.command)}", soft_wrap=True)
+        if s.nanochat and s.nanochat["command"] != s.command:
+            out.print(f"    nanochat: {esc(s.nanochat['command'])}", soft_wrap=True)
     out.print(f"saved to {esc(str(save))}: train one with `vramfit train --suggestion N`")

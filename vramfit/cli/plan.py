@@ -73,6 +73,7 @@ def suggest(
     margin: Annotated[str, typer.Option("--margin", help="safety margin over the prediction, e.g. 5% or 0.05 "
                                         "(default: the profile's CV margin; with the dry run, the worst "
                                         "under-prediction on the public validation set + a cushion)")] = None,
+    loop: o.Loop = None,
 ) -> None:
     """Configs that fit a card with the safety margin, ranked, each with its train command. --recipe (default:
     dtype=bfloat16,optimizer=fused under --like's dtype and compile) and --capability (default: this machine's GPU,
@@ -93,7 +94,7 @@ def suggest(
                               batch_size=batch_size, vocab_size=vocab)
     rec = recommend(PlanRequest(vram, reserve, objective, space, min_batch, top, model, data_dir, no_profile,
                                 recipe, capability, hours, rank, loss_law, gpus, strategy, target, cache_dir,
-                                not no_cache, within_measured, like, margin))
+                                not no_cache, within_measured, like, margin, loop))
     for line in rec.warnings:
         typer.echo(line, err=True)
     if rec.items:
@@ -107,30 +108,32 @@ def suggest(
 @app.command()
 def estimate(n_layer: o.NLayer = None, n_head: o.NHead = None, n_embd: o.NEmbd = None,
              block_size: o.BlockSize = None, batch_size: o.BatchSize = None, vocab: o.Vocab = None,
-             like: o.Like = None, ckpt: o.Ckpt = None, recipe: o.Recipe = None, target: o.Target = "cuda",
-             capability: o.Capability = "8.0", json_out: o.Json = False) -> None:
+             like: o.Like = None, ckpt: o.Ckpt = None, recipe: o.Recipe = None, target: o.Target = None,
+             capability: o.Capability = "8.0", loop: o.Loop = None, json_out: o.Json = False) -> None:
     """Dry run: peak memory of two real training steps under fake tensors, no GPU needed (--target cuda emulates
-    the GPU; --target cpu is the CPU step, byte-exact)."""
+    the GPU; --target cpu is the CPU step, byte-exact; default: --like's device, else cuda). --like fills the
+    loop, the recipe (its dtype, compile, gradient accumulation) and the clipping."""
     import json
 
-    from gpt.config import GPTConfig
     from vramfit.dryrun.cache import EstimateCache
-    from vramfit.dryrun.estimate import EstimateRequest, format_estimate, parse_capability, parse_recipe
     from vramfit.dryrun.estimator import Estimator
-    from vramfit.plan.like import resolve_shape
+    from vramfit.plan.like import estimate_request
+    from vramfit.plan.nanochat import base_train_request, is_base_train
 
-    shape, found = resolve_shape(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
-                                      batch_size=batch_size, vocab_size=vocab), like=like, ckpt=ckpt)
-    batch_size = shape.batch_size
-    if batch_size < 1:
-        fail(f"batch_size must be >= 1, got {batch_size}")
-    extras = {k: v for k, v in (("dropout", getattr(found, "dropout", None)), ("bias", getattr(found, "bias", None)))
-              if v is not None}  # the file's dropout and bias change the dry-run step
-    target = "cuda" if target == "auto" else target
-    model = GPTConfig(shape.n_layer, shape.n_head, shape.n_embd, shape.block_size, shape.vocab_size, **extras)
-    req = EstimateRequest(model, batch_size, parse_recipe(recipe), target, parse_capability(capability))
+    if like is not None and is_base_train(like):  # a nanochat base_train command line: its model and device batch
+        from vramfit.dryrun.estimate import parse_capability, parse_recipe
+
+        if loop not in (None, "vramfit"):
+            fail("--loop nanogpt is nanoGPT's train.py loop; a nanochat command line plans nanochat's own")
+        req = base_train_request(str(like), parse_recipe(recipe), target or "cuda", parse_capability(capability))
+    else:
+        req = estimate_request(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                                    batch_size=batch_size, vocab_size=vocab), like=like, ckpt=ckpt, recipe=recipe,
+                               target=target, capability=capability, loop=loop)
     with Estimator("warm", cache=EstimateCache.user()) as estimator:  # a warm process (CUDA code paths may abort)
         est = estimator.estimate([req])[0]
         for line in estimator.cache.warnings:
             typer.echo(line, err=True)
+    from vramfit.dryrun.estimate import format_estimate
+
     typer.echo(json.dumps(est.to_dict()) if json_out else format_estimate(est))

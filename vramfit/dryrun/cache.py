@@ -30,8 +30,9 @@ SOURCES = ("vramfit/dryrun/*.py", "vramfit/measure/probe.py", "vramfit/recipe.py
 """Everything a cached value depends on besides torch (globs under the source root): the dry run, the tracker it
 extends, the recipe, the GPT and its trainer; the fit and the no-profile calibration, for the calibrated model."""
 ENVIRONMENT = ("VRAMFIT_CUDA_VERSION", "VRAMFIT_CUDNN_VERSION", "TORCH_CUDNN_SDPA_DEPRIORITIZED", "CUDA_MODULE_LOADING",
-               "CUBLAS_WORKSPACE_CONFIG")
-"""The environment variables an estimate follows: the SDPA build and kernel priority (`sdpa`), the context's lazy
+               "CUBLAS_WORKSPACE_CONFIG", "VRAMFIT_FA3")
+"""The environment variables an estimate follows: the SDPA build and kernel priority (`sdpa`; VRAMFIT_FA3: whether
+nanochat's FlashAttention-3 loads), the context's lazy
 loading and the cuBLAS workspace (`context`)."""
 KEEP_DAYS = 30
 FILE_NAME = "estimates.sqlite"

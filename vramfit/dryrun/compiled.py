@@ -17,7 +17,9 @@
 
 The GPT is compiled in segments that share graphs: the embeddings, one transformer block (traced and partitioned
 once, run for every block: all blocks have the same shapes) and the head (final LayerNorm, logits, loss). Segment
-graphs are cached per shape in the process. Approximations (also in the estimate's notes): no in-place buffer reuse
+graphs are cached per shape in the process; each block's and the head's input enters its graph as an add (see
+`CompiledGPT._fn`), as the residual stream does in the whole graph, so that the partitioner saves what it saves
+there. Approximations (also in the estimate's notes): no in-place buffer reuse
 and no Inductor realisation heuristics for pointwise ops read many times; graph breaks between segments that the
 real whole-model graph does not have; no CUDA graphs.
 """
@@ -46,6 +48,7 @@ _POINTWISE_EXTRA = {
     "ones_like", "scalar_tensor", "iota", "arange", "rand", "rand_like", "randn", "randn_like", "index", "embedding",
     "gather", "inductor_random", "inductor_seeds", "inductor_lookup_seed", "bernoulli", "lift_fresh_copy",
     "fill", "empty_like",
+    "copy_",  # an inference graph's write into a mutated input (kept in the graph): Inductor fuses it into the input
 }
 _VIEW_NAMES = {"view", "_unsafe_view", "reshape", "permute", "t", "transpose", "expand", "unsqueeze", "squeeze",
                "slice", "select", "alias", "as_strided", "split", "split_with_sizes", "unbind", "diagonal",
@@ -241,6 +244,40 @@ def _compiled(key: tuple, fn: Callable, graphs: dict) -> Callable:
     return out
 
 
+class CompiledStep:
+    """Stands in for `torch.compile(fn, dynamic=False, fullgraph=True)` of an optimizer step function (nanochat
+    compiles its Muon and AdamW steps: `gpt.muon.MuonAdamW(compiled=True)`): traced once per input shapes (on
+    stand-ins, uncounted) by AOT autograd with Inductor's decompositions, the in-place updates of its inputs kept in
+    the graph (Inductor writes them into the inputs' buffers), and run by `GraphRunner`, which counts only what
+    Inductor materialises (matmul outputs such as Newton-Schulz's, reductions)."""
+
+    def __init__(self, fn: Callable, paused: Callable[[], contextlib.AbstractContextManager]) -> None:
+        self.fn, self.paused = fn, paused
+
+    def __call__(self, *args: object) -> None:
+        spec = tuple((tuple(a.shape), a.dtype) if isinstance(a, torch.Tensor) else a for a in args)
+        key = ("step", self.fn.__name__, spec)
+        tensors = [a for a in args if isinstance(a, torch.Tensor)]
+        if key not in _CACHE:
+            from torch._functorch.aot_autograd import aot_function
+
+            fixed, n = {i: a for i, a in enumerate(args) if not isinstance(a, torch.Tensor)}, len(args)
+
+            def step(*ts: torch.Tensor) -> tuple:  # closes over no tensor: the cached graph keeps none alive
+                given = iter(ts)
+                self.fn(*(fixed[i] if i in fixed else next(given) for i in range(n)))
+                return ()
+
+            compiled = aot_function(step, lambda gm, example_inputs: GraphRunner(gm, self.paused),
+                                    decompositions=_decompositions(), keep_inference_input_mutations=True)
+            with self.paused():
+                compiled(*(torch.empty(t.shape, dtype=t.dtype) for t in tensors))
+            while len(_CACHE) >= _CACHE_SIZE:
+                del _CACHE[next(iter(_CACHE))]
+            _CACHE[key] = compiled
+        _CACHE[key](*tensors)
+
+
 @contextlib.contextmanager
 def _swap_params(module: torch.nn.Module, names: list[str], values: list[torch.Tensor]) -> Iterator[None]:
     from torch.nn.utils.stateless import _reparametrize_module
@@ -249,10 +286,60 @@ def _swap_params(module: torch.nn.Module, names: list[str], values: list[torch.T
         yield
 
 
+@dataclass
+class Segment:
+    """One compiled graph of the model: the module whose parameters `names` are swapped for the graph's inputs
+    (a representative: every run of the segment passes its own parameters), and what it calls."""
+
+    module: torch.nn.Module
+    names: list[str]
+    call: Callable
+
+
+def gpt2_segments(model: torch.nn.Module) -> tuple[dict[str, Segment], list[tuple[str, str, list[str]]]]:
+    """GPT-2's segments (embeddings, one block shared by all blocks, head) and the run order: (segment, label,
+    the parameter names of that run)."""
+    block = model.transformer.h[0]
+    named = dict(model.named_parameters(remove_duplicate=False))  # lm_head.weight is tied to wte's
+    head = [n for n in named if n.startswith(("transformer.ln_f", "lm_head"))]
+    local = [n for n, _ in block.named_parameters()]
+    segments = {"embed": Segment(model, ["transformer.wte.weight", "transformer.wpe.weight"], model.embed),
+                "block": Segment(block, local, block), "head": Segment(model, head, model.head)}
+    order = [("embed", "embed", segments["embed"].names)]
+    order += [("block", f"transformer.h.{i}", [f"transformer.h.{i}.{n}" for n in local])
+              for i in range(len(model.transformer.h))]
+    return segments, order + [("head", "head", head)]
+
+
+def nanochat_segments(model: torch.nn.Module) -> tuple[dict[str, Segment], list[tuple[str, str, list[str]]]]:
+    """nanochat's segments: the embedding (with smear), one graph per kind of layer (its window, and whether it
+    has a value embedding; the residual scalars' mix included) and the head (backout, norm, soft-capped logits,
+    loss); and the run order as `gpt2_segments`'."""
+    cfg = model.config
+    embed = ["transformer.wte.weight"] + (["smear_gate.weight", "smear_lambda"] if cfg.smear else [])
+    head = ["lm_head.weight"] + (["backout_lambda"] if cfg.backout else [])
+    scalars = ["resid_lambdas", "x0_lambdas"] if cfg.resid_scalars else []
+    ve = set(cfg.value_embed_layers())
+    local = [n for n, _ in model.transformer.h[0].named_parameters() if not n.startswith("attn.ve_gate")]
+
+    def names(i: int) -> list[str]:
+        own = local + (["attn.ve_gate.weight"] if i in ve else [])
+        return [f"transformer.h.{i}.{n}" for n in own] + ([f"value_embeds.{i}.weight"] if i in ve else []) + scalars
+
+    segments = {"embed": Segment(model, embed, model.embed), "head": Segment(model, head, model.head)}
+    order = [("embed", "embed", embed)]
+    for i, window in enumerate(model.window_sizes):
+        kind = f"layer-w{window}{'-ve' if i in ve else ''}"
+        if kind not in segments:  # the first layer of a kind represents it
+            segments[kind] = Segment(model, names(i), lambda *a, i=i: model.layer(i, *a))
+        order.append((kind, f"transformer.h.{i}", names(i)))
+    return segments, order + [("head", "head", head)]
+
+
 class CompiledGPT:
     """Stands in for `torch.compile(model)` in `Trainer.step`: `forward(idx, targets) -> (logits, loss)` through
-    the emulated compiled segments (embeddings, each block, head). Build it, then `warm_up` once outside the
-    tracked steps (tracing and partitioning happen there, like torch.compile's first call)."""
+    the emulated compiled segments (`gpt2_segments`, `nanochat_segments`). Build it, then `warm_up` once outside
+    the tracked steps (tracing and partitioning happen there, like torch.compile's first call)."""
 
     def __init__(self, model: torch.nn.Module, paused: Callable[[], contextlib.AbstractContextManager],
                  on_segment: Callable[[str], None] | None = None, signature: tuple = ()) -> None:
@@ -261,44 +348,65 @@ class CompiledGPT:
         _PAUSED[0] = paused
         self.on_segment = on_segment or (lambda name: None)
         self.graphs: dict[str, dict[str, fx.GraphModule]] = {}
-        blocks = list(model.transformer.h)
-        self.block_names = [n for n, _ in blocks[0].named_parameters()]
-        self.block_params = [[p for _, p in b.named_parameters()] for b in blocks]
-        self.embed_names = ["transformer.wte.weight", "transformer.wpe.weight"]
-        named = dict(model.named_parameters(remove_duplicate=False))  # lm_head.weight is tied to wte's
-        self.head_names = [n for n in named if n.startswith(("transformer.ln_f", "lm_head"))]
-        self.embed_params = [named[n] for n in self.embed_names]
-        self.head_params = [named[n] for n in self.head_names]
+        self.nanochat = getattr(model.config, "arch", "gpt2") == "nanochat"
+        self.segments, order = (nanochat_segments if self.nanochat else gpt2_segments)(model)
+        named = dict(model.named_parameters(remove_duplicate=False))
+        self.order = [(seg, label, [named[n] for n in names]) for seg, label, names in order]
         self.signature = signature  # the graphs' cache key without the batch size (see `warm_up`)
         self._key: tuple = signature
         self._fns: dict[str, Callable] = {}
 
     def _fn(self, segment: str) -> Callable:
         if segment not in self._fns:
-            model, block = self.model, self.model.transformer.h[0]
+            seg = self.segments[segment]
             if segment == "embed":
-                def fn(params: list, idx: torch.Tensor) -> torch.Tensor:
-                    with _swap_params(model, self.embed_names, params):
-                        return model.embed(idx)
-            elif segment == "block":
-                def fn(params: list, x: torch.Tensor) -> torch.Tensor:
-                    with _swap_params(block, self.block_names, params):
-                        return block(x)
+                def fn(params: list, *args: torch.Tensor) -> object:
+                    with _swap_params(seg.module, seg.names, params):
+                        return seg.call(*args)
             else:
-                def fn(params: list, x: torch.Tensor, targets: torch.Tensor) -> tuple:
-                    with _swap_params(model, self.head_names, params):
-                        return model.head(x, targets)
+                # `x + zero`: in the real whole-model graph a block's (a layer's, the head's) input is the previous
+                # residual add, a fusible node, not a graph input. Inductor's partitioner then bans recomputing the
+                # block's second residual add, read far from its producer (`ban_recompute_used_far_apart`,
+                # torch/_functorch/config.py; the `ban_if_used_far_apart` pass of solve_min_cut in
+                # torch/_functorch/partitioners.py, lines 2474-2500 at torch 2.13.0 cf30153), and saves the fp32
+                # input of ln_2 instead of the bf16 attention output: +2 bytes x n_embd per token per block under
+                # autocast. A placeholder is not fusible, so a segment that took x as its input saved less than
+                # the real graph (-1 % on real bf16 CPU Inductor steps).
+                def fn(params: list, x: torch.Tensor, zero: torch.Tensor, *args: torch.Tensor) -> object:
+                    with _swap_params(seg.module, seg.names, params):
+                        return seg.call(x + zero, *args)
             self._fns[segment] = _compiled((segment, *self._key), fn, self.graphs)
         return self._fns[segment]
 
+    def _extra(self, idx: torch.Tensor) -> tuple:
+        """nanochat's layers also read x0, the tokens (value embeddings) and the rotary tables."""
+        if not self.nanochat:
+            return ()
+        T = idx.size(1)
+        return idx, self.model.cos[:, :T], self.model.sin[:, :T]
+
     def __call__(self, idx: torch.Tensor, targets: torch.Tensor) -> tuple:
-        self.on_segment("embed")
-        x = self._fn("embed")(self.embed_params, idx)
-        for i, params in enumerate(self.block_params):
-            self.on_segment(f"transformer.h.{i}")
-            x = self._fn("block")(params, x)
-        self.on_segment("head")
-        return self._fn("head")(self.head_params, x, targets)
+        return self._run(idx, targets, [params for _, _, params in self.order], self._extra(idx))
+
+    def _run(self, idx: torch.Tensor, targets: torch.Tensor, params: list[list[torch.Tensor]], extra: tuple,
+             order: list[tuple[str, str, list]] | None = None) -> tuple:
+        order = order or self.order
+        x = x0 = x_backout = zero = None
+        middle = self.model.config.n_layer // 2
+        for (seg, label, _), ps in zip(order, params, strict=True):
+            self.on_segment(label)
+            if seg == "embed":
+                x = x0 = self._fn(seg)(ps, idx)
+                with self.paused():
+                    zero = torch.zeros((), dtype=x.dtype)
+            elif seg == "head":
+                back = (x_backout,) if x_backout is not None else ()
+                return self._fn(seg)(ps, x, zero, targets, *back)
+            else:
+                x = self._fn(seg)(ps, x, zero, *((x0, *extra) if self.nanochat else ()))
+                if self.nanochat and self.model.config.backout and label == f"transformer.h.{middle}":
+                    x_backout = x
+        raise RuntimeError("a segment order without a head")
 
     def warm_up(self, idx: torch.Tensor, targets: torch.Tensor) -> None:
         """Trace, partition and run one uncounted step on stand-in parameters, so that the graphs are compiled
@@ -310,7 +418,7 @@ class CompiledGPT:
         batch = int(idx.shape[0])
         symbolic = batch >= 2 and SYMBOLIC_BATCH
         keys = [self.signature, (*self.signature, batch)] if symbolic else [(*self.signature, batch)]
-        hit = next((k for k in keys if all((seg, *k) in _CACHE for seg in SEGMENTS)), None)
+        hit = next((k for k in keys if all((seg, *k) in _CACHE for seg in self.segments)), None)
         if hit is not None:
             self._key = hit
             return
@@ -321,24 +429,37 @@ class CompiledGPT:
                     return
             except Exception:  # noqa: BLE001 - an op that cannot trace a symbolic batch: trace this size instead
                 pass
-            for seg in SEGMENTS:  # the batch was specialised: these graphs hold for this batch size only
+            for seg in self.segments:  # the batch was specialised: these graphs hold for this batch size only
                 _CACHE.pop((seg, *self.signature), None)
             self._fns.clear()
         self._key = keys[-1]
         self._run_warm_up(idx, targets)
 
     def _run_warm_up(self, idx: torch.Tensor, targets: torch.Tensor) -> None:
-        def stand_in(ps: list[torch.Tensor]) -> list[torch.Tensor]:
-            return [torch.empty(p.shape, dtype=p.dtype).requires_grad_(True) for p in ps]
+        """One run of each segment (nanochat: the first layer of each kind, backout on the last one run) on
+        stand-ins of the parameters and of the rotary tables."""
+        def stand_in(ps: list[torch.Tensor], grad: bool = True) -> list[torch.Tensor]:
+            return [torch.empty(p.shape, dtype=p.dtype).requires_grad_(grad) for p in ps]
 
         with self.paused():
-            x = self._fn("embed")(stand_in(self.embed_params), idx)
-            x = self._fn("block")(stand_in(self.block_params[0]), x)
-            _, loss = self._fn("head")(stand_in(self.head_params), x, targets)
+            order, seen = [], set()
+            for step in self.order:
+                if step[0] not in seen:
+                    seen.add(step[0])
+                    order.append(step)
+            if self.nanochat and self.model.config.backout:  # the head takes x_backout: mark a layer as the middle
+                middle = f"transformer.h.{self.model.config.n_layer // 2}"
+                order = [(s, middle if s.startswith("layer") else label, p) for s, label, p in order]
+            extra = self._extra(idx)
+            extra = (idx, *stand_in(extra[1:], grad=False)) if extra else ()
+            on_segment, self.on_segment = self.on_segment, lambda name: None
+            try:
+                _, loss = self._run(idx, targets, [stand_in(p) for _, _, p in order], extra, order)
+            finally:
+                self.on_segment = on_segment
             loss.backward()
 
 
-SEGMENTS = ("embed", "block", "head")
 SYMBOLIC_BATCH = True
 """Trace the batch dimension symbolically (one trace per shape); False: one trace per batch size (the tests compare
 the two, which must give the same bytes)."""

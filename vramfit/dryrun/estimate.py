@@ -21,7 +21,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from gpt.config import ADAMW, GPTConfig, check_batch_size
+from gpt.config import ADAMW, LOOPS, GPTConfig, check_batch_size, resolve_recipe
 from vramfit.errors import VramfitError
 from vramfit.recipe import Recipe
 from vramfit.units import format_size
@@ -66,6 +66,7 @@ class Estimate:
     compiled: bool = False  # the figures above are the torch.compile emulation's (the recipe compiles)
     modes: dict = field(default_factory=dict)  # "eager" and, when compiled, "compiled": peak, phase, op, reserved
     cuda_build: dict = field(default_factory=dict)  # cuda: the CUDA / cuDNN versions the SDPA kernel choice followed
+    loop: str = "vramfit"  # the training loop stepped (EstimateRequest.loop)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -84,7 +85,8 @@ class Estimate:
 @dataclass(frozen=True)
 class EstimateRequest:
     """One dry-run estimate to make: the model and batch, the recipe, the target ('cuda': emulated, or 'cpu') and
-    its compute capability. `headline_only` skips the eager run beside a compiled one (planners use only the
+    its compute capability. `loop`: the training loop stepped (vramfit's `Trainer.step`, or nanoGPT's train.py:
+    `gpt.nanogpt_loop`). `headline_only` skips the eager run beside a compiled one (planners use only the
     headline figure: half the time). Checked when made: a bad request fails in the caller's process."""
 
     model: GPTConfig
@@ -95,11 +97,13 @@ class EstimateRequest:
     grad_clip: float = 1.0
     gradient_accumulation_steps: int = 1
     headline_only: bool = False
+    loop: str = "vramfit"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "capability", parse_capability(self.capability))
         if self.target not in TARGETS:
             raise VramfitError(f"unknown target {self.target!r}; choose one of {', '.join(TARGETS)}")
+        check_loop(self.loop, self.model, self.recipe, self.target, self.capability)
         check_batch_size(self.batch_size)
         if self.model.n_layer > MAX_DRYRUN_LAYERS:
             raise VramfitError(f"n_layer {self.model.n_layer} is beyond the dry run's limit of {MAX_DRYRUN_LAYERS} "
@@ -122,6 +126,24 @@ class EstimateRequest:
     def key(self) -> str:
         """The request as canonical JSON (equal requests, equal keys)."""
         return json.dumps(self.to_dict(), sort_keys=True)
+
+
+def check_loop(loop: str, model: GPTConfig, recipe: Recipe, target: str = "cuda",
+               capability: tuple[int, int] | None = None) -> None:
+    """A loop the dry run steps, with what that loop can run: nanoGPT's train.py trains its GPT-2 with the default
+    attention and no activation checkpointing, and picks its optimizer itself (`gpt.config.nanogpt_recipe`)."""
+    if loop not in LOOPS:
+        raise VramfitError(f"unknown loop {loop!r}; choose one of {', '.join(LOOPS)}")
+    if loop != "nanogpt":
+        return
+    resolve_recipe(recipe.dtype, recipe.compile, recipe.optimizer, target, capability, loop=loop)
+    refused = [(model.arch != "gpt2", f"arch {model.arch!r}"), (recipe.checkpoint != "none",
+               f"checkpoint = {recipe.checkpoint!r}"), (recipe.attn_kernel != "default",
+               f"attn_kernel = {recipe.attn_kernel!r}")]
+    for bad, what in refused:
+        if bad:
+            raise VramfitError(f"nanoGPT's train.py has no {what} (its GPT-2, default attention, no activation "
+                               "checkpointing): drop it, or estimate vramfit's loop (--loop vramfit)")
 
 
 def parse_capability(text: str | tuple[int, int]) -> tuple[int, int]:
@@ -196,7 +218,8 @@ def estimate_step(request: EstimateRequest) -> Estimate:
             if "peak_reserved" in mode:
                 mode["device_bytes"] = process_memory(cap, mode["peak_reserved"])["device_bytes"]
     est = Estimate(**d, compute_capability=cap if request.target == "cuda" else None,
-                   model_config=request.model.to_dict(), batch_size=request.batch_size, recipe=request.recipe.to_dict())
+                   model_config=request.model.to_dict(), batch_size=request.batch_size, recipe=request.recipe.to_dict(),
+                   loop=request.loop)
     return Estimate.from_dict(json.loads(json.dumps(est.to_dict())))  # plain JSON types: equal to a child's or cached
 
 
@@ -229,9 +252,12 @@ def format_estimate(est: Estimate) -> str:
     where = (f"cuda sm{est.compute_capability[0]}{est.compute_capability[1]}" if est.compute_capability
              else est.target)
     optimizer = f"{est.optimizer} AdamW" if est.optimizer in ADAMW else est.optimizer
+    accum = int(est.recipe.get("grad_accum", 1))
+    steps = f" x {accum} micro-steps" if accum > 1 else ""
+    loop = ", nanoGPT's train.py loop" if est.loop == "nanogpt" else ""
     lines = [
         f"GPT {mc['n_layer']}L {mc['n_head']}H {mc['n_embd']}C, block {mc['block_size']}, vocab {mc['vocab_size']}, "
-        f"batch {est.batch_size} on {where}: {est.dtype}, {optimizer}, {est.attention} attention",
+        f"batch {est.batch_size}{steps} on {where}{loop}: {est.dtype}, {optimizer}, {est.attention} attention",
         f"peak {format_size(est.peak_bytes)} in {est.peak_phase} (step {est.peak_step}) at {est.peak_op}",
     ]
     for name, n in est.breakdown.items():

@@ -17,6 +17,7 @@ What to run comes as one `vramfit.dryrun.estimate.EstimateRequest`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
@@ -26,10 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from gpt.config import OPTIMIZERS, GPTConfig, TrainConfig, checkpoint_every, resolve_recipe
+from gpt.config import ARCH_OPTIONS, OPTIMIZERS, GPTConfig, TrainConfig, checkpoint_every, resolve_recipe
 from gpt.data import synthetic_batch
 from gpt.errors import ConfigError
 from gpt.model import attention_kernel
+from gpt.muon import MuonAdamW, adamw_update, muon_update
+from gpt.nanogpt_loop import NanoGPTLoop
 from gpt.train import Trainer
 from vramfit.dryrun import context, sdpa
 from vramfit.dryrun.allocator import replay
@@ -118,7 +121,8 @@ class StepTracker(StorageTracker):
     # --- scalars: what `.item()` reads under fake tensors, which hold no values --------------------------------------
     scalar: float | None = None
     """Set on a fake run whose optimizer reads values (Adafactor: its step count and parameter and update norms,
-    in `torch.optim._adafactor`): every `.item()` returns it. Values steer only arithmetic there, never a size."""
+    in `torch.optim._adafactor`; the compiled MuonAdamW's traced AdamW step: its step size as `add_`'s alpha):
+    every `.item()` returns it. Values steer only arithmetic there, never a size."""
 
     # --- pausing: ops whose outputs a compiled step never materialises (`vramfit.dryrun.compiled`) --------------
     _paused = False
@@ -133,10 +137,10 @@ class StepTracker(StorageTracker):
             self._paused = before
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
-        if self._paused:
-            return func(*args, **(kwargs or {}))
         if func is aten._local_scalar_dense.default and self.scalar is not None:
             return self.scalar
+        if self._paused:
+            return func(*args, **(kwargs or {}))
         return super().__torch_dispatch__(func, types, args, kwargs)
 
     # --- bookkeeping: the base class counts, these hooks remember ----------------------------------------------
@@ -246,11 +250,14 @@ def cuda_attention_kernel(requested: str, dtype: str, head_dim: int, capability:
 
 class _CudaAttention(TorchFunctionMode):
     """Send `F.scaled_dot_product_attention` to the CUDA kernel's own aten op (autograd and meta kernels included);
-    with `half_loss`, run fp16 cross-entropy as CUDA autocast does (`vramfit.dryrun.sdpa` has the why)."""
+    with `half_loss`, run fp16 cross-entropy as CUDA autocast does (`vramfit.dryrun.sdpa` has the why). `kernel`:
+    one kernel for every call, or nanochat's per kind of call (`sdpa.nanochat_kernels`: "full" for `is_causal`,
+    "window" for an explicit mask); "fa3" runs as the flash op (the same saved output and log-sum-exp; its
+    backward workspace is FA3's, see `cuda_kernel_workspace`)."""
 
-    def __init__(self, kernel: str, half_loss: bool = False) -> None:
+    def __init__(self, kernel: str | dict[str, str], half_loss: bool = False) -> None:
         super().__init__()
-        self.kernel = kernel
+        self.kernels = kernel if isinstance(kernel, dict) else {"full": kernel}
         self.half_loss = half_loss
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
@@ -268,19 +275,27 @@ class _CudaAttention(TorchFunctionMode):
         dropout_p = kwargs.get("dropout_p", args[4] if len(args) > 4 else 0.0)
         is_causal = kwargs.get("is_causal", args[5] if len(args) > 5 else False)
         scale = kwargs.get("scale")
-        if attn_mask is not None:
+        gqa = bool(kwargs.get("enable_gqa", False))
+        if attn_mask is not None and "window" not in self.kernels:
             raise ConfigError("the CUDA attention emulation supports is_causal only, not attn_mask")
-        if self.kernel == "cudnn":
-            need_lse = q.requires_grad or k.requires_grad or v.requires_grad
-            return aten._scaled_dot_product_cudnn_attention(q, k, v, None, need_lse, dropout_p, is_causal, False,
+        kernel = self.kernels["window" if attn_mask is not None else "full"]
+        need_lse = q.requires_grad or k.requires_grad or v.requires_grad
+        if kernel == "fa3":  # FA3 takes the window as numbers: no mask, the causal kernel's tensors
+            return aten._scaled_dot_product_flash_attention(q, k, v, dropout_p, True, scale=scale)[0]
+        if kernel == "math":
+            return aten._scaled_dot_product_attention_math(q, k, v, attn_mask, dropout_p, is_causal, scale=scale,
+                                                           enable_gqa=gqa)[0]
+        bias = None
+        if attn_mask is not None:  # sdp's convert_boolean_attn_mask: a float bias (0 / -inf) in q's dtype
+            bias = torch.where(attn_mask.logical_not(), float("-inf"), 0.0).to(q.dtype)
+            bias = bias.expand(q.size(0), q.size(1), q.size(2), k.size(2))
+        if kernel == "cudnn":
+            return aten._scaled_dot_product_cudnn_attention(q, k, v, bias, need_lse, dropout_p, is_causal, False,
                                                             scale=scale)[0]
-        if self.kernel == "flash":
+        if kernel == "flash":
             return aten._scaled_dot_product_flash_attention(q, k, v, dropout_p, is_causal, scale=scale)[0]
-        if self.kernel == "efficient":
-            need_lse = q.requires_grad or k.requires_grad or v.requires_grad
-            return aten._scaled_dot_product_efficient_attention(q, k, v, None, need_lse, dropout_p, is_causal,
-                                                                scale=scale)[0]
-        return aten._scaled_dot_product_attention_math(q, k, v, None, dropout_p, is_causal, scale=scale)[0]
+        return aten._scaled_dot_product_efficient_attention(q, k, v, bias, need_lse, dropout_p, is_causal,
+                                                            scale=scale)[0]
 
 
 _MATMULS = frozenset({aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default})
@@ -300,23 +315,28 @@ _ATTENTION_OPS = {
 }
 
 
-def cuda_kernel_workspace(func, args: tuple) -> int:  # noqa: ANN001
-    """Bytes the CUDA attention kernels allocate and free inside the op (`vramfit.dryrun.sdpa`)."""
+def cuda_kernel_workspace(func, args: tuple, fa3: bool = False) -> int:  # noqa: ANN001
+    """Bytes the CUDA attention kernels allocate and free inside the op (`vramfit.dryrun.sdpa`); `fa3`: the flash
+    op stands for FlashAttention-3 (nanochat's)."""
     op = _ATTENTION_OPS.get(func)
     if op is None:
         return 0
     kernel, backward = op
-    q = args[1] if backward else args[0]
+    kernel = "fa3" if fa3 and kernel == "flash" else kernel
+    q, k = (args[1], args[2]) if backward else (args[0], args[1])
     shape, size = tuple(q.shape), q.element_size()
-    return sdpa.backward_workspace(kernel, shape, size) if backward else sdpa.forward_workspace(kernel, shape, size)
+    if backward:
+        return sdpa.backward_workspace(kernel, shape, size, kv_heads=k.size(1))
+    return 0 if kernel == "fa3" else sdpa.forward_workspace(kernel, shape, size)
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
 def train_config(model_config: GPTConfig, batch_size: int, dtype: str, optimizer: str, attn_kernel: str,
                   grad_clip: float, accum: int, checkpoint: str = "none") -> TrainConfig:
     mc = model_config
+    arch = {k: getattr(mc, k) for k in ("arch", *ARCH_OPTIONS)}
     return TrainConfig(n_layer=mc.n_layer, n_head=mc.n_head, n_embd=mc.n_embd, block_size=mc.block_size,
-                       vocab_size=mc.vocab_size, dropout=mc.dropout, bias=mc.bias, batch_size=batch_size,
+                       vocab_size=mc.vocab_size, dropout=mc.dropout, bias=mc.bias, **arch, batch_size=batch_size,
                        gradient_accumulation_steps=accum, grad_clip=grad_clip, device="cpu", dtype=dtype,
                        compile=False, optimizer=optimizer, attn_kernel=attn_kernel, max_iters=2, warmup_iters=1,
                        checkpoint=checkpoint)
@@ -348,11 +368,13 @@ class _Plan:
     notes: list[str]
     compile: bool = False
     cuda_build: dict = field(default_factory=dict)
+    kernels: dict = field(default_factory=dict)  # nanochat: the kernel per kind of attention call
 
 
 def _resolve(req: EstimateRequest) -> _Plan:
     r, mc, target = req.recipe, req.model, req.target
-    dtype, use_compile, impl = resolve_recipe(r.dtype, r.compile, r.optimizer, target, req.capability)
+    dtype, use_compile, impl = resolve_recipe(r.dtype, r.compile, r.optimizer, target, req.capability, mc.arch,
+                                              loop=req.loop)
     if dtype not in _DTYPES:
         raise ConfigError(f"dtype must be one of auto, {', '.join(_DTYPES)}, got {dtype!r}")
     if dtype == "float16" and target == "cpu":
@@ -364,9 +386,15 @@ def _resolve(req: EstimateRequest) -> _Plan:
     if target != "cuda":
         return _Plan(dtype, impl, r.attn_kernel, notes, use_compile)
     build = sdpa.cuda_build()
-    attention = cuda_attention_kernel(r.attn_kernel, dtype, head_dim, req.capability, build, n_embd=mc.n_embd,
-                                      batch=req.batch_size, n_head=mc.n_head, seq_len=mc.block_size,
-                                      dropout=mc.dropout)
+    call = dict(n_embd=mc.n_embd, batch=req.batch_size, n_head=mc.n_head, seq_len=mc.block_size, dropout=mc.dropout)
+    if mc.arch == "nanochat":
+        kernels = sdpa.nanochat_kernels(r.attn_kernel, dtype, head_dim, req.capability, gqa=mc.n_kv_head != mc.n_head,
+                                        call=call, build=build)
+        short = min(mc.window_sizes()) < mc.block_size
+        attention = kernels["full"] if kernels["full"] == kernels["window"] or not short else \
+            f"{kernels['full']} (full windows), {kernels['window']} (short windows, masked)"
+        return _Plan(dtype, impl, attention, notes, use_compile, build.to_dict(), kernels)
+    attention = cuda_attention_kernel(r.attn_kernel, dtype, head_dim, req.capability, build, **call)
     return _Plan(dtype, impl, attention, notes, use_compile, build.to_dict())
 
 
@@ -386,9 +414,11 @@ def _emulate_fp16(trainer: Trainer, fake: bool) -> None:
         sc._maybe_opt_step = lambda opt, state, *a, **k: opt.step(*a, **k)  # type: ignore[method-assign]
 
 
-def _batches(tracker: StepTracker, batch_size: int, model_config: GPTConfig,
-             target: str) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
-    """The trainer's `get_batch`: marks the data phase; on the GPU only the device copies of x and y exist."""
+def _batches(tracker: StepTracker, batch_size: int, model_config: GPTConfig, target: str,
+             loop: str = "vramfit") -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+    """The trainer's `get_batch`: marks the data phase; on the GPU only the device copies of x and y exist. nanoGPT's
+    on the CPU: the offsets (`torch.randint`, alive until x and y are stacked), then x and y stacked from numpy
+    (whose arrays the CPU allocator never sees)."""
     B, T, V = batch_size, model_config.block_size, model_config.vocab_size
     gen = torch.Generator().manual_seed(1337)
 
@@ -396,6 +426,9 @@ def _batches(tracker: StepTracker, batch_size: int, model_config: GPTConfig,
         tracker.phase, tracker.zone, tracker.where = "data", "", ""
         if target == "cuda":
             return torch.zeros(B, T, dtype=torch.long), torch.zeros(B, T, dtype=torch.long)
+        if loop == "nanogpt":
+            ix = torch.randint(V, (B,), generator=gen)  # noqa: F841 - alive while x and y are made, as in train.py
+            return torch.randint(V, (B, T), generator=gen), torch.randint(V, (B, T), generator=gen)
         return synthetic_batch(B, T, V, gen, "cpu")
 
     return get_batch
@@ -418,7 +451,15 @@ def _compile(trainer: Trainer, tracker: StepTracker, mc: GPTConfig, cfg: TrainCo
 
     signature = (target, mc.block_size, mc.n_embd, mc.n_head, mc.vocab_size, mc.dropout, mc.bias,
                  trainer.dtype, attention)
+    if mc.arch != "gpt2":  # every option shapes some graph (the residual scalars: the depth too)
+        signature += tuple(sorted(mc.to_dict().items()))
     model = CompiledGPT(trainer.model, tracker.paused, on_segment, signature)
+    if isinstance(trainer.optimizer, MuonAdamW):  # nanochat compiles both steps of its optimizer too
+        from vramfit.dryrun.compiled import CompiledStep
+
+        opt = trainer.optimizer
+        opt._muon_step, opt._adamw_step = (CompiledStep(f, tracker.paused) for f in (muon_update, adamw_update))
+        tracker.scalar = 1.0
     with tracker.paused():
         idx = torch.zeros(cfg.batch_size, mc.block_size, dtype=torch.long)
         with trainer.autocast(), attention_kernel(trainer.cfg.attn_kernel):
@@ -428,9 +469,11 @@ def _compile(trainer: Trainer, tracker: StepTracker, mc: GPTConfig, cfg: TrainCo
 
 
 def _tracked_steps(cfg: TrainConfig, model_config: GPTConfig, plan: _Plan, tracker: StepTracker,
-                   get_batch: Callable, *, target: str, fake: bool, steps: int, compiled: bool = False) -> int:
-    """Build the Trainer and run `steps` steps under `tracker` (and fake tensors); the live bytes after them.
-    `compiled`: through the torch.compile emulation (`vramfit.dryrun.compiled`)."""
+                   get_batch: Callable, *, target: str, fake: bool, steps: int, compiled: bool = False,
+                   loop: str = "vramfit") -> int:
+    """Build the Trainer and run `steps` steps of `loop` under `tracker` (and fake tensors); the live bytes after
+    them. `compiled`: through the torch.compile emulation (`vramfit.dryrun.compiled`); `loop` "nanogpt": nanoGPT's
+    train.py iteration (`gpt.nanogpt_loop`) instead of `Trainer.step`."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.random.fork_rng(devices=[]))  # Trainer seeds the global RNG: leave ours alone
         if fake:
@@ -442,24 +485,25 @@ def _tracked_steps(cfg: TrainConfig, model_config: GPTConfig, plan: _Plan, track
         if plan.dtype == "float16":
             _emulate_fp16(trainer, fake)
         if target == "cuda":
-            mode = _CudaAttention(plan.attention, half_loss=plan.dtype == "float16")
+            mode = _CudaAttention(plan.kernels or plan.attention, half_loss=plan.dtype == "float16")
             stack.enter_context(mode)
             if trainer.model.checkpoint_every:  # a block recomputed in backward runs outside the mode: route there too
                 stack.enter_context(mock.patch.object(F, "scaled_dot_product_attention", mode.attention))
         hooks = _install_hooks(trainer, tracker)
         if compiled:
             _compile(trainer, tracker, model_config, cfg, target, plan.attention)
+        step = NanoGPTLoop(trainer).step if loop == "nanogpt" else trainer.step
         try:
             tracker.reset_peak()
             for i in range(steps):
                 tracker.step_no = i + 1
-                trainer.step(get_batch)
+                step(get_batch)
             tracker.phase, tracker.where = "done", ""
         finally:
             for h in hooks:
                 h.remove()
         steady = tracker.current
-        del trainer
+        del trainer, step
     return steady
 
 
@@ -479,6 +523,11 @@ def run_step(req: EstimateRequest, *, fake: bool = True, steps: int = 2, roundin
     # fp16 exists only on the emulated GPU: build the trainer as fp32 (`_emulate_fp16` switches it)
     # the recipe's switches run as the trainer runs them (its grad_accum, where set, is the request's accumulation)
     accum = req.recipe.grad_accum if req.recipe.grad_accum > 1 else req.gradient_accumulation_steps
+    # micro-steps 3..N start from the state micro-step 2 starts from (gradients accumulated; the previous
+    # micro-step's tensors released, or in nanoGPT's loop its logits and the prefetched batch held), so their peaks
+    # are micro-step 2's: N > 2 runs as 2 (nanoGPT's GPT-2 config has 40). Checked against real runs of 3 and 4
+    # (tests/test_estimate_switches.py, experiments/bench_nanogpt_loop.py).
+    accum = min(accum, 2)
     cfg = train_config(mc, req.batch_size, "float32" if plan.dtype == "float16" else plan.dtype, plan.optimizer,
                        "default" if target == "cuda" else req.recipe.attn_kernel, req.grad_clip, accum,
                        req.recipe.checkpoint)
@@ -489,11 +538,12 @@ def run_step(req: EstimateRequest, *, fake: bool = True, steps: int = 2, roundin
     modes = ("eager", "compiled") if plan.compile else ("eager",)
     for mode in modes[-1:] if req.headline_only else modes:
         t = time.perf_counter()
-        tracker = StepTracker(rounding, cuda_kernel_workspace if target == "cuda" else None,
+        workspace = functools.partial(cuda_kernel_workspace, fa3=plan.kernels.get("full") == "fa3")
+        tracker = StepTracker(rounding, workspace if target == "cuda" else None,
                               cublas_workspace_bytes(capability) if target == "cuda" else 0)
-        get_batch = _batches(tracker, req.batch_size, mc, target)
+        get_batch = _batches(tracker, req.batch_size, mc, target, req.loop)
         steady = _tracked_steps(cfg, mc, plan, tracker, get_batch, target=target, fake=fake, steps=steps,
-                                compiled=mode == "compiled")
+                                compiled=mode == "compiled", loop=req.loop)
         alloc = replay(tracker.events, req.recipe.alloc_conf).to_dict() if target == "cuda" else {}
         runs[mode] = (tracker, steady, alloc, time.perf_counter() - t)
     tracker, steady, alloc, _ = runs["compiled" if plan.compile else "eager"]
@@ -527,10 +577,14 @@ def _install_hooks(trainer: Trainer, tracker: StepTracker) -> list:
     stack: list[str] = []
     handles = []
 
+    head_starts = "lm_head" if "ln_f" not in model.transformer else None  # nanochat: no final norm module
+
     def pre(name: str):
         def hook(module, args):  # noqa: ANN001
             if module is model:
                 tracker.phase, tracker.zone = "forward", ""
+            elif name == head_starts and isinstance(args[0], torch.Tensor) and args[0].grad_fn is not None:
+                tracker.zone, tracker.logits_seq = "logits", args[0].grad_fn._sequence_nr()
             stack.append(name)
             tracker.where = name or "GPT"
         return hook

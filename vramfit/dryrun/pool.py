@@ -30,7 +30,7 @@ def compiles(req: EstimateRequest) -> bool:
 
     r = req.recipe
     try:
-        return resolve_recipe(r.dtype, r.compile, r.optimizer, req.target, req.capability)[1]
+        return resolve_recipe(r.dtype, r.compile, r.optimizer, req.target, req.capability, loop=req.loop)[1]
     except ConfigError:
         return False
 

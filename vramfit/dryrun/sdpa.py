@@ -154,25 +154,29 @@ def prefer_cudnn(capability: tuple[int, int], cudnn_version: int = CUDNN_VERSION
     return cudnn_version > 91500 and major in (9, 10)
 
 
-CALL_DEFAULTS = {"n_embd": 0, "batch": 1, "n_head": 1, "seq_len": 2, "dropout": 0.0, "grad": True}
+CALL_DEFAULTS = {"n_embd": 0, "batch": 1, "n_head": 1, "seq_len": 2, "dropout": 0.0, "grad": True, "gqa": False,
+                 "mask": False}
 
 
 def select_kernel(requested: str, dtype: str, head_dim: int, capability: tuple[int, int], *,
                   call: dict | None = None, env: dict | None = None, build: CudaBuild | None = None) -> str:
     """The kernel PyTorch runs ('default' = its priority order) with `build`'s CUDA and cuDNN (default:
     `cuda_build(env)`) for an SDPA call whose other facts are `call` (`CALL_DEFAULTS`' keys: the model width, batch,
-    heads, sequence length, dropout, whether a gradient is needed); a forced kernel that cannot run is an error."""
+    heads, sequence length, dropout, whether a gradient is needed, whether K/V have fewer heads (`enable_gqa`) and
+    whether an explicit `attn_mask` is passed); a forced kernel that cannot run is an error. sdp_utils.cpp: flash
+    refuses any attn_mask (`check_for_attn_mask`) and admits GQA (`check_batch_size_and_num_heads_dense<true>`);
+    memory-efficient takes a mask but no GQA (`..._dense<false>`); cuDNN takes both; math takes everything."""
     unknown = set(call or {}) - set(CALL_DEFAULTS)
     if unknown:
         raise ValueError(f"unknown SDPA call facts: {sorted(unknown)}")
     c = {**CALL_DEFAULTS, **(call or {})}
-    n_embd, batch, n_head, seq_len, dropout, grad = (c[k] for k in CALL_DEFAULTS)
+    n_embd, batch, n_head, seq_len, dropout, grad, gqa, mask = (c[k] for k in CALL_DEFAULTS)
     build = build or cuda_build(env)
     ok = {
         "cudnn": can_use_cudnn(dtype, head_dim, capability, batch=batch, n_head=n_head, seq_len=seq_len,
                                dropout=dropout, grad=grad, cudnn_version=build.cudnn),
-        "flash": can_use_flash(dtype, head_dim, capability, grad, dropout),
-        "efficient": can_use_efficient(dtype, head_dim, capability, n_embd),
+        "flash": not mask and can_use_flash(dtype, head_dim, capability, grad, dropout),
+        "efficient": not gqa and can_use_efficient(dtype, head_dim, capability, n_embd),
         "math": True,
     }
     cc = f"{capability[0]}.{capability[1]}"
@@ -189,26 +193,74 @@ def select_kernel(requested: str, dtype: str, head_dim: int, capability: tuple[i
     return next(k for k in order if ok[k])
 
 
+FA3_ENV = "VRAMFIT_FA3"  # "0": the target has no FlashAttention-3 (no `kernels` package, no Hugging Face hub)
+
+
+def fa3_loads(capability: tuple[int, int], dtype: str, env: Mapping[str, str] | None = None) -> bool:
+    """Whether nanochat trains with FlashAttention-3 (`nanochat/flash_attention.py`, `_load_flash_attention_3` and
+    `_resolve_use_fa3`): its kernels are built for Hopper (sm90: varunneal/flash-attention-3), Ada and Ampere (sm80,
+    sm86, sm89: kernels-community/flash-attn3), not Blackwell; and FA3 runs only bf16 (fp16/fp32 use SDPA).
+    VRAMFIT_FA3=0 says the kernels cannot be fetched there (they come from the Hugging Face hub)."""
+    env = os.environ if env is None else env
+    if env.get(FA3_ENV, "").strip().lower() in ("0", "false", "off", "no"):
+        return False
+    return dtype == "bfloat16" and (capability[0] == 9 or capability in ((8, 0), (8, 6), (8, 9)))
+
+
+def nanochat_kernels(requested: str, dtype: str, head_dim: int, capability: tuple[int, int], *, gqa: bool,
+                     call: dict | None = None, env: Mapping[str, str] | None = None,
+                     build: CudaBuild | None = None) -> dict[str, str]:
+    """The kernel of nanochat's attention per kind of layer: "full" (a window covering the context) and "window"
+    (a short sliding window). `nanochat/flash_attention.py` `flash_attn_func`: FA3 for every layer where it loads
+    (`fa3_loads`; `requested` 'default' only), else SDPA (`_sdpa_attention`): `is_causal=True` for a full window,
+    an explicit boolean mask for a short one, `enable_gqa` when K/V have fewer heads; PyTorch then picks the kernel
+    of each call (`select_kernel`: flash cannot take the mask, memory-efficient cannot take GQA)."""
+    if requested == "default" and fa3_loads(capability, dtype, env):
+        return {"full": "fa3", "window": "fa3"}
+    facts = {**(call or {}), "gqa": gqa}
+    return {"full": select_kernel(requested, dtype, head_dim, capability, call=facts, env=env, build=build),
+            "window": select_kernel(requested, dtype, head_dim, capability, call={**facts, "mask": True}, env=env,
+                                    build=build)}
+
+
 def _round(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
-def backward_workspace(kernel: str, shape: tuple[int, int, int, int], dtype_bytes: int) -> int:
-    """Bytes an attention backward kernel allocates and frees inside the op, for q of `shape` (B, H, T, D):
+def _fa3_head_dim(d: int) -> int:
+    """FA3's `round_up_headdim`: the head dims its kernels are instantiated for."""
+    return next((r for r in (64, 96, 128, 192, 256) if d <= r), _round(d, 32))
+
+
+def backward_workspace(kernel: str, shape: tuple[int, int, int, int], dtype_bytes: int, kv_heads: int | None = None
+                       ) -> int:
+    """Bytes an attention backward kernel allocates and frees inside the op, for q of `shape` (B, H, T, D) and K/V
+    of `kv_heads` heads (default H):
 
     - flash (flash_api.cpp mha_bwd): softmax_d (B, H, T128) and dq_accum (B, T128, H, D32 or 256) in fp32; with a
-      head dim that is not a multiple of 8, padded copies of q, k, v, out, dout and dq, dk, dv (D8);
+      head dim that is not a multiple of 8, padded copies of q, k, v, out, dout and dq, dk, dv (D8); under GQA
+      dk and dv at the query heads' width (dk_expanded, dv_expanded), summed into the K/V heads afterwards;
+    - FA3 (flash-attention hopper/flash_api.cpp mha_bwd): softmax_d and softmax_lse_log2 (B, H, T128) and dq_accum
+      (B, H, T128 x D') in fp32, D' FA3's rounded head dim; under GQA dk_accum and dv_accum (B, H_kv, T128 x D')
+      in fp32 (T rounded to 128: its largest backward tile);
     - memory-efficient (attention_backward.cu, Kernel::Params::workspace_size): delta (B, H, T32) in fp32, plus the
       fp32 grad-Q accumulator (B, H, T64, D32) when the output is fp16/bf16 (kNeedsAccumGradQ);
     - cuDNN (cudnn frontend SDPA backward): softmax_sum (B, H, T) and a dQ accumulator (B, H, T, D) in fp32.
     Each rounded to 512 B."""
     b, h, t, d = shape
+    kv = h if kv_heads is None else kv_heads
     if kernel == "flash":
         ws = _round(b * h * _round(t, 128) * 4, 512)
         ws += _round(b * _round(t, 128) * h * (_round(d, 32) if d <= 192 else 256) * 4, 512)
         if d % 8:
             ws += 7 * _round(b * h * t * _round(d, 8) * dtype_bytes, 512)
+        if kv != h:
+            ws += 2 * _round(b * t * h * _round(d, 8) * dtype_bytes, 512)
         return ws
+    if kernel == "fa3":
+        t128, d3 = _round(t, 128), _fa3_head_dim(d)
+        ws = 2 * _round(b * h * t128 * 4, 512) + _round(b * h * t128 * d3 * 4, 512)
+        return ws + (2 * _round(b * kv * t128 * d3 * 4, 512) if kv != h else 0)
     if kernel == "efficient":
         ws = _round(b * h * _round(t, 32) * 4, 512)
         if dtype_bytes == 2:

@@ -8,22 +8,48 @@ For a nanoGPT step with AdamW (N = batch*block tokens, L layers, C width, H head
 - `embed`   N*C      embeddings, final LayerNorm and lm_head input, outside the layers
 plus a constant (context, workspaces, allocator slack). The naive baseline uses (params, tokens) only.
 All functions work elementwise on numpy arrays, so `suggest` evaluates whole search spaces at once.
+
+Points of both families (`vramfit.shape.Shape.arch`: GPT-2 and nanochat's block, each with any optimizer) take the
+`FAMILY` features. `params` counts the exact bytes that live through the step (weights, optimizer state and
+buffers, from `GPTConfig.param_bytes` / `optimizer_state_bytes`) in units of 12 B, and `grads` the gradients' in
+units of 4 B: both exactly P for GPT-2 under AdamW in fp32; Muon's one state, the untied head, the value-embedding
+tables and the rotary tables are in them. The GPT-2 terms above are zero on nanochat rows, which have their own
+(zero on GPT-2 rows; kv = n_kv_head * head_dim, F the MLP's hidden width):
+- `chat_logits` N*V      soft-capped logits in fp32, log-softmax and their gradients
+- `chat_acts`   N*L*C    residual-width tensors saved per layer (parameter-free norms, rotary, QK-norm, scalars)
+- `kv_acts`     N*L*kv   K and V at their width under grouped-query attention
+- `mlp_acts`    N*L*F*k  the MLP's hidden tensors saved for backward: ReLU^2 F = 4C, k = 2; SwiGLU 8C/3, k = 4
+- `ve_acts`     N*E*kv   value-embedding lookups and their gated sums on the E layers that have them
+- `chat_embed`  N*C      token embedding, its norm, x0 and the final norm, outside the layers
+- `chat_attn`   T*T*S    the explicit masks of the S layers whose short window is shorter than the context (kept
+                         for backward; one per layer, whatever the batch: the CPU's SDPA takes the mask as it is)
+`layer` (N*C on GPT-2 rows, as in PHYSICS) and `chat_layer` (N*F on nanochat rows) size the in-layer transient, and
+the optimizer step's transients are `muon_stack` (Muon orthogonalises each group of same-shape matrices as one
+stack: the largest stack's elements), `muon_square` (that stack's Gram matrices of the Newton-Schulz iterations, k x
+min(rows, cols)^2) and `adam_largest` (MuonAdamW updates each other tensor through fp32 temporaries: the largest
+one's elements), zero under an optimizer without them.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gpt.config import count_params
-from vramfit.shape import KEYS
+from gpt.config import ADAMW, ROTARY_CACHE, count_params
+from vramfit.shape import GPT2, KEYS, Shape
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where frames are built: predicting from a model file needs no pandas
 
 PHYSICS = ("params", "logits", "acts", "attn", "embed")
+CHAT = ("grads", "chat_logits", "chat_acts", "kv_acts", "mlp_acts", "ve_acts", "chat_embed", "chat_attn")
+STEP = ("grads", "muon_stack", "muon_square", "adam_largest")  # the step regime's features beside `params` (FAMILY)
+FAMILY = (*PHYSICS, *CHAT)  # points of both families (any point not GPT-2's)
 NAIVE = ("params", "tokens")
+MLP_SAVED = {"gelu": 2, "relu2": 2, "swiglu": 4}  # hidden-width tensors an MLP saves for backward
 UNITS = {
     "params": "B/param",
     "logits": "B per token per vocab entry",
@@ -31,11 +57,25 @@ UNITS = {
     "attn": "B per token per layer per head per position",
     "embed": "B per token per channel",
     "tokens": "B/token",
+    "grads": "B per 4 B of gradient",
+    "chat_acts": "B per token per layer per channel (nanochat)",
+    "chat_embed": "B per token per channel (nanochat)",
+    "chat_attn": "B per query-key pair per masked layer",
+    "kv_acts": "B per token per layer per K/V channel",
+    "mlp_acts": "B per token per layer per saved hidden channel",
+    "ve_acts": "B per token per value-embedding layer per K/V channel",
+    "chat_logits": "B per token per vocab entry (nanochat)",
+    "muon_stack": "B per element of the largest Muon stack",
+    "muon_square": "B per element of its Gram matrices (k x min(rows, cols)^2)",
+    "adam_largest": "B per element of the largest MuonAdamW AdamW tensor",
     "estimate": "x dry-run estimate",
 }
 # which terms of the physics model make up each part of a prediction's breakdown
-BREAKDOWN = {"params+optimizer": ("params",), "logits": ("logits",), "activations": ("acts", "embed"),
-             "attention": ("attn",)}
+BREAKDOWN = {"params+optimizer": ("params", "grads"), "logits": ("logits", "chat_logits"),
+             "activations": ("acts", "embed", "chat_acts", "kv_acts", "mlp_acts", "ve_acts", "chat_embed"),
+             "attention": ("attn", "chat_attn")}
+LOSS_TERMS = {PHYSICS: ("logits", "embed"), FAMILY: ("logits", "embed", "chat_logits", "chat_embed")}
+LAYER_TERMS = {PHYSICS: ("embed",), FAMILY: ("layer", "chat_layer")}  # what sizes the in-layer transient
 
 
 def features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size, bias: bool = True) -> dict:
@@ -53,18 +93,125 @@ def features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size, bias: 
     }
 
 
-def frame_features(df: pd.DataFrame, bias: bool = True) -> pd.DataFrame:
-    """Feature columns for a DataFrame of points (with the KEYS columns)."""
+def model_facts(shape: Shape, optimizer: str = "fused", dtype: str = "float32") -> dict[str, float]:
+    """What the family features need of one model (torch-free, from `GPTConfig`'s own counts): its state in
+    AdamW-fp32 parameters (weight + optimizer-state + buffer bytes / 12), its gradients (bytes / 4), the K/V
+    width, the MLP's saved hidden width, the value-embedding layers, and the largest tensors the optimizer step
+    works on."""
+    cfg = shape.model_config()
+    counts, width = cfg.param_counts(), cfg.param_bytes(dtype)
+    weights = sum(counts[g] * width[g] for g in counts)
+    state = weights + sum(cfg.optimizer_state_bytes(optimizer, dtype).values())
+    chat = cfg.arch == "nanochat"
+    if chat:  # the rotary tables: cos and sin for ROTARY_CACHE x the context, half the head dimension each
+        state += 2 * ROTARY_CACHE * cfg.block_size * cfg.head_dim // 2 * (2 if dtype == "bfloat16" else 4)
+    muon = optimizer == "muon"
+    shapes = cfg.param_shapes()
+    (rows, cols), k = max(cfg.muon_stacks().items(), key=lambda s: s[1] * s[0][0] * s[0][1])
+    return {
+        "state": state / 12,
+        "grads": weights / 4,
+        "chat": float(chat),
+        "kv": cfg.n_kv_head * cfg.head_dim if chat else 0.0,
+        "hidden": float(cfg.mlp_hidden()),
+        "mlp": cfg.mlp_hidden() * MLP_SAVED[cfg.mlp] if chat else 0.0,
+        "ve": float(len(cfg.value_embed_layers()) * cfg.n_kv_head * cfg.head_dim) if chat else 0.0,
+        "masked": float(sum(w < cfg.block_size for w in cfg.window_sizes())) if chat else 0.0,
+        "muon_stack": float(k * rows * cols) if muon else 0.0,
+        "muon_square": float(k * min(rows, cols) ** 2) if muon else 0.0,
+        "adam_largest": float(max((max(r, 1) * c for g, sh in shapes.items() if g != "matrices" for r, c in sh),
+                                  default=0)) if muon else 0.0,
+    }
+
+
+def family_features(sizes: Mapping[str, np.ndarray], arch: np.ndarray | str = GPT2, optimizer: str = "fused",
+                    dtype: str = "float32") -> dict[str, np.ndarray]:
+    """The `FAMILY` and `STEP` columns of points given as arrays of the KEYS sizes and their `arch` texts, under
+    one optimizer and dtype (a profile's recipe): `model_facts` once per distinct model, then per point."""
+    L, H, C, T, B, V = np.broadcast_arrays(*(np.atleast_1d(np.asarray(sizes[k], dtype=np.float64)) for k in KEYS))
+    N = B * T
+    if isinstance(arch, str):  # one family for every point (a search space)
+        names, codes = np.array([arch]), np.zeros(N.shape)
+    else:
+        names, codes = np.unique(np.broadcast_to(np.asarray(arch, dtype=object), N.shape).astype(str),
+                                 return_inverse=True)
+    models, where = np.unique(np.column_stack([L, H, C, T, V, codes.reshape(N.shape)]), axis=0, return_inverse=True)
+    table = [model_facts(Shape(*(int(v) for v in m[:4]), 1, int(m[4]), names[int(m[5])]), optimizer, dtype)
+             for m in models]
+    facts = {name: np.array([t[name] for t in table])[where.reshape(N.shape)] for name in table[0]}
+    chat = facts["chat"]
+    gpt2 = 1.0 - chat
+    base = {k: v * gpt2 if k in PHYSICS else v for k, v in features(L, H, C, T, B, V).items()}
+    return {**base, "params": facts["state"], "grads": facts["grads"], "chat_logits": chat * N * V,
+            "chat_acts": chat * N * L * C, "kv_acts": N * L * facts["kv"], "mlp_acts": N * L * facts["mlp"],
+            "ve_acts": N * facts["ve"],
+            "chat_embed": chat * N * C, "chat_attn": T * T * facts["masked"],
+            "layer": gpt2 * N * C, "chat_layer": chat * N * facts["hidden"],
+            "muon_stack": facts["muon_stack"], "muon_square": facts["muon_square"],
+            "adam_largest": facts["adam_largest"]}
+
+
+def has_families(df: pd.DataFrame) -> bool:
+    """Whether any of the points is not GPT-2's (then the fit takes the `FAMILY` features)."""
+    return "arch" in df.columns and bool((df["arch"].fillna(GPT2) != GPT2).any())
+
+
+def optimizer_dtype(recipe: Mapping | str | None) -> tuple[str, str]:
+    """(optimizer, dtype) of a resolved recipe (a dict or its JSON) as the features count them: the AdamW
+    implementations are one ('fused'); unknown: 'fused' and 'float32'."""
+    try:
+        recipe = json.loads(recipe) if isinstance(recipe, str) else recipe
+    except json.JSONDecodeError:
+        recipe = None
+    recipe = recipe if isinstance(recipe, Mapping) else {}
+    optimizer, dtype = recipe.get("optimizer") or "fused", recipe.get("dtype") or "float32"
+    return (optimizer if optimizer not in ("auto", *ADAMW) else "fused"), (dtype if dtype != "auto" else "float32")
+
+
+def recipe_of(df: pd.DataFrame) -> tuple[str, str]:
+    """(optimizer, dtype) of the points' resolved recipe (one recipe per fit)."""
+    return optimizer_dtype(df["recipe"].iloc[0] if "recipe" in df.columns and len(df) else None)
+
+
+def columns(sizes: Mapping[str, np.ndarray], arch: np.ndarray | str = GPT2,
+            family: tuple[str, str] | None = None) -> dict[str, np.ndarray]:
+    """Feature columns of points given as arrays of the KEYS sizes: PHYSICS, or with `family` (a FAMILY model's
+    (optimizer, dtype): `MemoryModel.family_`) the FAMILY and STEP columns of the points' `arch`."""
+    if family is None:
+        return features(*(sizes[k] for k in KEYS))
+    return family_features(sizes, arch, *family)
+
+
+def point_features(points: Sequence[Mapping], families: bool = False,
+                   recipe: Mapping | None = None) -> dict[str, np.ndarray]:
+    """Feature columns of points given as mappings of the KEYS sizes (and `arch` where not GPT-2): PHYSICS, or
+    with `families` the FAMILY and STEP columns under `recipe` (a resolved recipe: its optimizer and dtype)."""
+    sizes = {k: np.array([int(p[k]) for p in points], dtype=np.float64) for k in KEYS}
+    arch = np.array([Shape.of(p).arch for p in points], dtype=object)
+    return columns(sizes, arch, optimizer_dtype(recipe) if families else None)
+
+
+def frame_features(df: pd.DataFrame, bias: bool = True, families: bool | None = None) -> pd.DataFrame:
+    """Feature columns for a DataFrame of points (with the KEYS columns; `arch` and `recipe` where they have
+    them). `families` (default: `has_families`) adds the FAMILY and STEP columns, under the points' recipe."""
     import pandas as pd
 
     missing = [c for c in KEYS if c not in df.columns]
     if missing:
         raise KeyError(f"points lack columns: {', '.join(missing)}")
-    feats = features(*(df[c].to_numpy() for c in KEYS), bias=bias)
+    if families if families is not None else has_families(df):
+        arch = df["arch"].fillna(GPT2).to_numpy() if "arch" in df.columns else np.full(len(df), GPT2, dtype=object)
+        feats = family_features({k: df[k].to_numpy() for k in KEYS}, arch, *recipe_of(df))
+    else:
+        feats = features(*(df[c].to_numpy() for c in KEYS), bias=bias)
     return pd.DataFrame(feats, index=df.index)
 
 
 def shape_key(df: pd.DataFrame) -> pd.Series:
-    """A model-shape id per row (layers, heads, width, vocab): the groups for extrapolation CV."""
-    return df["n_layer"].astype(str) + "x" + df["n_head"].astype(str) + "x" + df["n_embd"].astype(str) + \
+    """A model-shape id per row (layers, heads, width, vocab, and the family where it is not GPT-2's): the groups
+    for extrapolation CV."""
+    key = df["n_layer"].astype(str) + "x" + df["n_head"].astype(str) + "x" + df["n_embd"].astype(str) + \
         "/v" + df["vocab_size"].astype(str)
+    if has_families(df):
+        key = key + "/" + df["arch"].fillna(GPT2).astype(str)
+    return key

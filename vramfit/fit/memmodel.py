@@ -11,6 +11,9 @@ larger of two: at the loss (logits gradient, b*N*V + e*N*C) or inside a block's 
 gradient, g*N*C); which one is larger depends on vocab vs width, so the fit alternates that assignment too
 (a char-level vocab puts the peak in the layers, a BPE vocab at the loss).
 
+Points of both families (`fit.features.FAMILY`) give the step piece the optimizer's transients too (Muon's largest
+stack, MuonAdamW's largest AdamW tensor): y_step = c0 + a*P + s.STEP, all non-negative.
+
 When the data hold no parameter-dominated points, the step regime falls back to physics: AdamW with fp32 master
 weights holds at least weights + grads + m + v = 16 B/param at the step (fp32 and bf16/fp16 autocast alike), so
 y_step = c0 + 16*P. Without that floor, a model fitted on activation-heavy shapes under-predicts big models
@@ -27,9 +30,23 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vramfit.errors import VramfitError
-from vramfit.fit.features import BREAKDOWN, NAIVE, PHYSICS, UNITS, frame_features, shape_key
-from vramfit.fit.stats import cv_predictions, error_metrics, nnls, nonneg_slope
-from vramfit.shape import KEYS
+from vramfit.fit.features import (
+    BREAKDOWN,
+    FAMILY,
+    LAYER_TERMS,
+    LOSS_TERMS,
+    NAIVE,
+    PHYSICS,
+    STEP,
+    UNITS,
+    columns,
+    frame_features,
+    has_families,
+    recipe_of,
+    shape_key,
+)
+from vramfit.fit.stats import cv_predictions, error_metrics, nnls, nonneg_coefs, nonneg_slope
+from vramfit.shape import GPT2, KEYS
 from vramfit.store import SHARED_GPU
 from vramfit.units import MAX_SIZE
 
@@ -40,6 +57,7 @@ if TYPE_CHECKING:
 
 MIN_MARGIN = 0.01  # never promise tighter than 1 %
 ADAMW_STEP_BYTES_PER_PARAM = 16.0  # fp32 weights + grads + Adam m + v, all alive at the optimizer step
+MUON_STEP_BYTES_PER_PARAM = 12.0  # Muon's matrices: weights + grads + momentum (the FAMILY step's lower bound)
 STEP_BYTES_PER_PARAM_MAX = 24.0  # plus foreach/loop temporaries (~4 B/param) and slack; more is not the step
 TARGETS = {"nvml": "nvml_bytes", "allocated": "allocated_bytes", "reserved": "reserved_bytes",
            "rss": "rss_bytes", "tracked": "tracked_bytes"}
@@ -52,6 +70,12 @@ class MemoryModel:
         self.features = tuple(features)
         self.regimes = regimes
         self.max_iter = max_iter
+        self.family_: tuple[str, str] | None = None  # fitted on the FAMILY columns: (optimizer, dtype) they count
+
+    def columns(self, sizes: dict, arch: np.ndarray | str = GPT2) -> dict[str, np.ndarray]:
+        """The feature columns this model reads for points given as arrays of the KEYS sizes (and their family):
+        PHYSICS, or the FAMILY ones under the recipe it was fitted on."""
+        return columns(sizes, arch, self.family_)
 
     def _X(self, X: pd.DataFrame | dict) -> np.ndarray:
         return np.column_stack([np.asarray(X[f], dtype=np.float64) for f in self.features])
@@ -60,87 +84,148 @@ class MemoryModel:
         return np.asarray(X["params"], dtype=np.float64)
 
     @property
+    def step_features(self) -> tuple[str, ...]:
+        """The step piece's features besides params: the optimizer's transients (FAMILY models only)."""
+        return STEP if self.features == FAMILY else ()
+
+    @property
+    def layer_coef_(self) -> float:
+        """The in-layer transient's coefficient (PHYSICS; FAMILY: GPT-2's, nanochat's is `layer_[1]`)."""
+        return float(self.layer_[0])
+
+    @layer_coef_.setter
+    def layer_coef_(self, value: float) -> None:
+        self.layer_ = np.concatenate([[float(value)], self.layer_[1:]]) if hasattr(self, "layer_") \
+            else np.array([float(value)])
+
+    @property
+    def has_step(self) -> bool:
+        """Whether the optimizer-step piece is fitted (any of its coefficients > 0)."""
+        return self.step_coef_ > 0 or bool(np.any(self.step_extra_ > 0))
+
+    def _S(self, X: pd.DataFrame | dict) -> np.ndarray:
+        return np.column_stack([np.asarray(X[f], dtype=np.float64) for f in self.step_features]) \
+            if self.step_features else np.zeros((len(self._P(X)), 0))
+
+    @property
     def physics(self) -> bool:
-        """Whether the backward piece takes the larger of the loss and in-layer transients (PHYSICS features)."""
-        return self.regimes == 2 and self.features == PHYSICS
+        """Whether the backward piece takes the larger of the loss and in-layer transients (PHYSICS or FAMILY)."""
+        return self.regimes == 2 and self.features in (PHYSICS, FAMILY)
 
     def fit(self, X: pd.DataFrame, y) -> MemoryModel:
         y = np.asarray(y, dtype=np.float64)
         if len(y) < 2:
             raise VramfitError(f"need at least 2 measured points to fit, have {len(y)}")
         everything = np.ones(len(y), dtype=bool)
-        self.intercept_, self.coef_, self.layer_coef_ = self._fit_backward(X, y, everything)
+        self.intercept_, self.coef_, self.layer_ = self._fit_backward(X, y, everything)
         self.step_intercept_, self.step_coef_ = 0.0, 0.0
+        self.step_extra_ = np.zeros(len(self.step_features))
         self.n_step_points_ = 0
         if self.regimes == 2 and "params" in self.features:
             if len(y) >= 4:
                 self._fit_two_regimes(X, y)
-            if not ADAMW_STEP_BYTES_PER_PARAM <= self.step_coef_ <= STEP_BYTES_PER_PARAM_MAX:
+            per_param = self.step_coef_ + (self.step_extra_[0] if self.step_features else 0.0)  # + grads
+            low = MUON_STEP_BYTES_PER_PARAM if self.step_features else ADAMW_STEP_BYTES_PER_PARAM
+            if not low <= per_param <= STEP_BYTES_PER_PARAM_MAX:
                 # no step-regime points, or a "step" piece that is really something else: the physical floor
-                self.intercept_, self.coef_, self.layer_coef_ = self._fit_backward(X, y, everything)
+                self.intercept_, self.coef_, self.layer_ = self._fit_backward(X, y, everything)
                 self.step_intercept_, self.step_coef_ = self.intercept_, ADAMW_STEP_BYTES_PER_PARAM
+                self.step_extra_ = np.zeros(len(self.step_features))
+                if self.step_features:  # FAMILY: the weights and optimizer state (12 B a unit), then the grads
+                    self.step_coef_, self.step_extra_[0] = 12.0, 4.0
                 self.n_step_points_ = 0
         self.n_points_ = len(y)
         return self
 
-    def _fit_backward(self, X, y: np.ndarray, rows: np.ndarray) -> tuple[float, np.ndarray, float]:
-        """NNLS of the backward piece on `rows`; for the physics model, alternating which transient is larger."""
+    def _widths(self, X) -> np.ndarray:
+        """The columns that size the in-layer transient (`LAYER_TERMS`: one per family for FAMILY)."""
+        return np.column_stack([np.asarray(X[t], dtype=np.float64) for t in LAYER_TERMS[self.features]])
+
+    def _layer(self, W: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """The in-layer transient of widths `W` with coefficients `g`."""
+        return W[:, 0] * g[0] if W.shape[1] == 1 else W @ g
+
+    def _fit_backward(self, X, y: np.ndarray, rows: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """NNLS of the backward piece on `rows`; for the physics model, alternating which transient is larger.
+        Returns the constant, the coefficients and the in-layer transient's coefficient(s)."""
         A = self._X(X)[rows]
         if not self.physics:
             c0, w = nnls(A, y[rows])
-            return c0, w, 0.0
-        i_logits, i_embed = self.features.index("logits"), self.features.index("embed")
-        # start from physics: logits grads ~12 B x N*V vs the MLP's 4C-wide fp32 grad ~16-20 B x N*C
-        at_loss = A[:, i_logits] >= 1.5 * A[:, i_embed]
+            return c0, w, np.zeros(1)
+        loss = [self.features.index(t) for t in LOSS_TERMS[self.features]]
+        W = self._widths(X)[rows]
+        k = W.shape[1]
+        logits = A[:, loss[0]] + (A[:, loss[2]] if len(loss) > 2 else 0.0)
+        # start from physics: logits grads ~12 B x N*V vs the MLP's 4C-wide fp32 grad ~16-20 B x N*C (nanochat:
+        # its F-wide hidden grads, F = 4C)
+        at_loss = logits >= 1.5 * W[:, 0] + (0.375 * W[:, 1] if k > 1 else 0.0)
         for _ in range(10):
-            D = np.column_stack([A * np.where(np.isin(np.arange(A.shape[1]), [i_logits, i_embed]),
-                                              at_loss[:, None], 1.0), A[:, i_embed] * ~at_loss])
+            D = np.column_stack([A * np.where(np.isin(np.arange(A.shape[1]), loss), at_loss[:, None], 1.0),
+                                 W * ~at_loss[:, None]])
             c0, w = nnls(D, y[rows])
-            coef, g = w[:-1], float(w[-1])
-            new = coef[i_logits] * A[:, i_logits] + coef[i_embed] * A[:, i_embed] >= g * A[:, i_embed]
+            coef, g = w[:-k], w[-k:]
+            new = sum(coef[i] * A[:, i] for i in loss) >= self._layer(W, g)
             if np.array_equal(new, at_loss):
                 break
             at_loss = new
         return c0, coef, g
 
     def _fit_two_regimes(self, X, y: np.ndarray) -> None:
-        P = self._P(X)
+        P, S = self._P(X), self._S(X)
         # start: the step regime explains the points the backward fit under-predicts most
         resid = y - self.parts(X)[0]
-        step = resid > np.quantile(resid, 0.75)
-        best = (np.sum(resid**2), self.intercept_, self.coef_, self.layer_coef_, 0.0, 0)
+        starts = [resid > np.quantile(resid, 0.75)]
+        if self.step_features:  # FAMILY's backward piece has grads too: start also where tokens are few per param
+            tokens = np.asarray(X["logits"], dtype=np.float64) + np.asarray(X["chat_logits"], dtype=np.float64)
+            ratio = tokens / np.maximum(P, 1.0)
+            starts.append(ratio < np.quantile(ratio, 0.25))
+        best = (np.sum(resid**2), self.intercept_, self.coef_, self.layer_, 0.0, np.zeros(S.shape[1]), 0)
+        for step in starts:
+            best = self._alternate(X, y, P, S, step, best)
+        (_, self.intercept_, self.coef_, self.layer_, self.step_coef_, self.step_extra_,
+         self.n_step_points_) = best
+        self.step_intercept_ = self.intercept_
+
+    def _alternate(self, X, y: np.ndarray, P: np.ndarray, S: np.ndarray, step: np.ndarray, best: tuple) -> tuple:
+        """Alternate the assignment of points to the two pieces from `step`; the best (sse, ...) seen."""
+        none = np.zeros(S.shape[1])
+        fewest = 2 + S.shape[1]  # a step piece of more coefficients than points would fit any few points
         for _ in range(self.max_iter):
-            if step.sum() < 2 or (~step).sum() < 2:
+            if step.sum() < fewest or (~step).sum() < 2:
                 break
-            self.intercept_, self.coef_, self.layer_coef_ = self._fit_backward(X, y, ~step)
+            self.intercept_, self.coef_, self.layer_ = self._fit_backward(X, y, ~step)
             c0 = self.intercept_
-            # the step piece shares the constant (same context and workspaces): y - c0 = a * P
-            a = nonneg_slope(P[step], y[step] - c0)
-            pred_b, pred_s = self.parts(X)[0], c0 + a * P
+            # the step piece shares the constant (same context and workspaces): y - c0 = a * P (+ s . S)
+            if S.shape[1]:
+                w = nonneg_coefs(np.column_stack([P[step], S[step]]), y[step] - c0)
+                a, extra = float(w[0]), w[1:]
+            else:
+                a, extra = nonneg_slope(P[step], y[step] - c0), none
+            pred_b, pred_s = self.parts(X)[0], c0 + a * P + S @ extra
             sse = float(np.sum((np.maximum(pred_b, pred_s) - y) ** 2))
             if sse < best[0] - 1e-9 * best[0]:
-                best = (sse, c0, self.coef_, self.layer_coef_, a, int(step.sum()))
+                best = (sse, c0, self.coef_, self.layer_, a, extra, int(step.sum()))
             new = pred_s > pred_b
             if np.array_equal(new, step):
                 break
             step = new
-        _, self.intercept_, self.coef_, self.layer_coef_, self.step_coef_, self.n_step_points_ = best
-        self.step_intercept_ = self.intercept_
+        return best
 
     def _transients(self, X) -> tuple[np.ndarray, np.ndarray]:
         """(loss transient, in-layer transient) bytes of the physics backward piece."""
-        b = self.coef_[self.features.index("logits")] * np.asarray(X["logits"], dtype=np.float64)
-        e = np.asarray(X["embed"], dtype=np.float64)
-        return b + self.coef_[self.features.index("embed")] * e, self.layer_coef_ * e
+        loss = sum(self.coef_[self.features.index(t)] * np.asarray(X[t], dtype=np.float64)
+                   for t in LOSS_TERMS[self.features])
+        return loss, self._layer(self._widths(X), self.layer_)
 
     def parts(self, X: pd.DataFrame | dict) -> tuple[np.ndarray, np.ndarray]:
         """(backward-regime prediction, optimizer-step-regime prediction); the model is their max."""
         lin = self.intercept_ + self._X(X) @ self.coef_
-        if self.physics and self.layer_coef_ > 0:
+        if self.physics and np.any(self.layer_ > 0):
             loss_t, layer_t = self._transients(X)
             lin = lin - loss_t + np.maximum(loss_t, layer_t)
-        if self.step_coef_ > 0:
-            return lin, self.step_intercept_ + self.step_coef_ * self._P(X)
+        if self.has_step:
+            step = self.step_intercept_ + self.step_coef_ * self._P(X)
+            return lin, (step + self._S(X) @ self.step_extra_) if self.step_features else step
         return lin, np.full_like(lin, -np.inf)
 
     def predict(self, X: pd.DataFrame | dict) -> np.ndarray:
@@ -154,17 +239,20 @@ class MemoryModel:
         for i in range(len(lin)):
             if step[i] > lin[i]:
                 out.append({"regime": "optimizer step", "constant": self.step_intercept_,
-                            "params+optimizer": self.step_coef_ * float(self._P(X)[i]),
+                            "params+optimizer": self.step_coef_ * float(self._P(X)[i])
+                            + (float(self._S(X)[i] @ self.step_extra_) if self.step_features else 0.0),
                             "logits": 0.0, "activations": 0.0, "attention": 0.0})
                 continue
             row = {"regime": "backward", "constant": self.intercept_}
             for part, terms in BREAKDOWN.items():
                 row[part] = sum(float(self.coef_[self.features.index(t)]) * float(np.asarray(X[t])[i])
                                 for t in terms if t in self.features)
-            if self.physics and self.layer_coef_ > 0:
+            if self.physics and np.any(self.layer_ > 0):
                 loss_t, layer_t = (float(v[i]) for v in self._transients(X))
                 if layer_t > loss_t:  # the peak is inside a block's backward: the MLP gradient, not the logits
-                    acts = float(self.coef_[self.features.index("acts")]) * float(np.asarray(X["acts"])[i])
+                    acts = sum(float(self.coef_[self.features.index(t)]) * float(np.asarray(X[t])[i])
+                               for t in BREAKDOWN["activations"]
+                               if t in self.features and t not in LOSS_TERMS[self.features])
                     row["logits"], row["activations"] = 0.0, acts + layer_t
             out.append(row)
         return out
@@ -175,17 +263,24 @@ class MemoryModel:
         rows += [{"term": f, "value": float(c), "unit": UNITS.get(f, "B")} for f, c in zip(self.features,
                                                                                              self.coef_, strict=True)]
         if self.physics:
-            rows.append({"term": "in-layer transient", "value": self.layer_coef_, "unit": "B per token per channel"})
-        if self.step_coef_ > 0:
+            rows += [{"term": "in-layer transient" + (f" ({t})" if len(self.layer_) > 1 else ""), "value": float(g),
+                      "unit": "B per token per channel" if t != "chat_layer" else "B per token per hidden channel"}
+                     for t, g in zip(LAYER_TERMS[self.features], self.layer_, strict=True)]
+        if self.has_step:
             rows += [{"term": "step: constant", "value": self.step_intercept_, "unit": "B"},
                      {"term": "step: params", "value": self.step_coef_, "unit": "B/param"}]
+            rows += [{"term": f"step: {f}", "value": float(c), "unit": UNITS[f]}
+                     for f, c in zip(self.step_features, self.step_extra_, strict=True)]
         return rows
 
     def to_dict(self) -> dict:
         return {"features": list(self.features), "regimes": self.regimes, "intercept": self.intercept_,
-                "coef": [float(c) for c in self.coef_], "layer_coef": self.layer_coef_,
+                "coef": [float(c) for c in self.coef_],
+                "layer_coef": float(self.layer_[0]) if len(self.layer_) == 1 else [float(g) for g in self.layer_],
                 "step_intercept": self.step_intercept_,
-                "step_coef": self.step_coef_}
+                "step_coef": self.step_coef_} | ({"step_extra": [float(c) for c in self.step_extra_]}
+                                                 if self.step_features else {}) \
+            | ({"family": list(self.family_)} if self.family_ else {})
 
     @classmethod
     def from_dict(cls, d: dict, nonneg: bool = True) -> MemoryModel:
@@ -193,13 +288,25 @@ class MemoryModel:
         MAX_SIZE bytes per unit: a ValueError naming the first that is not."""
         m = cls(tuple(d["features"]), int(d.get("regimes", 1)))
         m.intercept_, m.coef_ = float(d["intercept"]), np.asarray(d["coef"], dtype=np.float64)
+        family = d.get("family")
+        if family is not None and not (isinstance(family, list) and len(family) == 2
+                                       and all(isinstance(v, str) for v in family)):
+            raise ValueError(f"its family is {family!r}, not [optimizer, dtype]")
+        m.family_ = tuple(family) if family else None
         m.step_intercept_, m.step_coef_ = float(d.get("step_intercept", 0.0)), float(d.get("step_coef", 0.0))
-        m.layer_coef_ = float(d.get("layer_coef", 0.0))
+        layer = d.get("layer_coef", 0.0)
+        m.layer_ = np.atleast_1d(np.asarray(layer, dtype=np.float64))
+        if m.layer_.shape != (len(LAYER_TERMS.get(m.features, ("embed",))),):
+            raise ValueError(f"{m.layer_.size} in-layer transient coefficients for these features")
+        m.step_extra_ = np.asarray(d.get("step_extra", [0.0] * len(m.step_features)), dtype=np.float64)
         if m.coef_.shape != (len(m.features),):
             raise ValueError(f"{len(m.features)} features but {m.coef_.size} coefficients")
+        if m.step_extra_.shape != (len(m.step_features),):
+            raise ValueError(f"{len(m.step_features)} step features but {m.step_extra_.size} step coefficients")
         values = {"intercept": m.intercept_, "step_intercept": m.step_intercept_, "step_coef": m.step_coef_,
-                  "layer_coef": m.layer_coef_,
-                  **{f"coef of {f}": float(c) for f, c in zip(m.features, m.coef_, strict=True)}}
+                  **{f"layer_coef {i}": float(g) for i, g in enumerate(m.layer_)},
+                  **{f"coef of {f}": float(c) for f, c in zip(m.features, m.coef_, strict=True)},
+                  **{f"step coef of {f}": float(c) for f, c in zip(m.step_features, m.step_extra_, strict=True)}}
         low = 0.0 if nonneg else -MAX_SIZE
         for name, v in values.items():
             if not (math.isfinite(v) and low <= v <= MAX_SIZE):
@@ -208,7 +315,7 @@ class MemoryModel:
 
 
 def data_hash(df: pd.DataFrame, target_col: str) -> str:
-    cols = [*KEYS, target_col]
+    cols = [*KEYS, *(["arch"] if has_families(df) else []), target_col]
     blob = df[cols].sort_values(cols).to_csv(index=False).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -244,9 +351,11 @@ def fit_points(points: pd.DataFrame, target: str = "auto", regimes: int = 2, dry
         raise VramfitError(f"need at least 3 ok points with a {target} reading to fit, have {len(ok)}"
                            + (f" ({shared} read while other processes shared the GPU are left out: "
                               "`vramfit fit --allow-shared-gpu` keeps them)" if shared else ""))
-    X, y = frame_features(ok), ok[col].to_numpy(dtype=np.float64)
+    families = has_families(points)  # a nanochat point among them: FAMILY features (GPT-2 alone: PHYSICS, as ever)
+    family = recipe_of(ok) if families else None
+    X, y = frame_features(ok, families=families), ok[col].to_numpy(dtype=np.float64)
     groups = shape_key(ok).to_numpy()
-    ours = lambda: MemoryModel(PHYSICS, regimes=regimes)  # noqa: E731
+    ours = lambda: MemoryModel(FAMILY if families else PHYSICS, regimes=regimes)  # noqa: E731
     naive = lambda: MemoryModel(NAIVE, regimes=1)  # noqa: E731
     makers = [("ours", ours), ("naive", naive)]
     if dryrun is not None:
@@ -260,6 +369,7 @@ def fit_points(points: pd.DataFrame, target: str = "auto", regimes: int = 2, dry
             metrics[name][how] = error_metrics(y, pred)
             cv[f"{name}_{how}"] = pred
         model = make().fit(X, y)
+        model.family_ = family
         metrics[name]["train"] = error_metrics(y, model.predict(X))
         cv[f"{name}_fit"] = model.predict(X)
         fitted_models[name] = model
@@ -300,7 +410,7 @@ def oom_violations(model: MemoryModel, points: pd.DataFrame) -> list[dict]:
     cap_col = "capacity_bytes" if "capacity_bytes" in points.columns else "total_memory_bytes"
     if oom.empty or cap_col not in oom.columns:
         return []
-    pred = model.predict(frame_features(oom))
+    pred = model.predict(frame_features(oom, families=model.features == FAMILY))
     cap = oom[cap_col].to_numpy(dtype=np.float64)
     hit = np.flatnonzero(pd.notna(cap) & (pred <= cap))  # vectorised: a large sweep has thousands of OOM rows
     shapes = oom[list(KEYS)].to_numpy()[hit]

@@ -80,6 +80,16 @@ def nonneg_slope(x: np.ndarray, y: np.ndarray) -> float:
     return max(0.0, float(np.dot(x, y)) / denom) if denom > 0 else 0.0
 
 
+def nonneg_coefs(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares of y = X w through the origin, w >= 0 (scipy's NNLS on column-scaled X)."""
+    from scipy.optimize import nnls as scipy_nnls
+
+    X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
+    top = X.max(axis=0) if len(X) else np.ones(X.shape[1])
+    scale = np.where(top > 0, top, 1.0)
+    return scipy_nnls(X / scale, y)[0] / scale
+
+
 def cv_keys(n: int, groups: np.ndarray | None) -> np.ndarray:
     """The held-out unit of each of `n` points: itself (leave-one-out) or its group (leave-one-group-out), while
     units x points <= CV_ROW_FITS (every fit reads the points: the cost); beyond, one of FOLDS folds (points, or

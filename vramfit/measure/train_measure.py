@@ -21,6 +21,7 @@ from vramfit.measure.devices import torch_uuid
 from vramfit.measure.probe import AllocatorPeak, NvmlProbe, training_state_bytes
 from vramfit.measure.reader import CpuReader, CudaReader, MemoryReader, add_compiled_step, over_emulated_card
 from vramfit.recipe import alloc_conf_in_force
+from vramfit.shape import GPT2, arch_spec
 
 
 def cuda_reader(device: str, emulate_bytes: int | None = None, cuda: Any = None) -> CudaReader:
@@ -97,7 +98,9 @@ class StepProbe:
             mc = trainer.model_config
             rec.update(n_layer=mc.n_layer, n_head=mc.n_head, n_embd=mc.n_embd, block_size=mc.block_size,
                        vocab_size=mc.vocab_size, batch_size=trainer.cfg.batch_size, dtype=trainer.dtype,
-                       compile=trainer.compile)
+                       compile=trainer.compile, n_params=mc.n_params())
+            if (arch := arch_spec(mc)) != GPT2:  # the family where it is not GPT-2's (a point's identity)
+                rec["arch"] = arch
         rec["iters"] = trainer.iter_num
         reads = rec.get("reads", 0) + 1
         rec["reads"] = reads
@@ -148,15 +151,16 @@ def train_and_measure(cfg: TrainConfig, log: Callable[[str], None] = print,
 def curve_fields(cfg: TrainConfig, result: TrainResult, shape: dict) -> dict:
     """What `vramfit fit --loss` needs from a run (stored in the point's `extra`): the loss curve, the corpus
     and the tokens per optimizer step, so tokens seen at iteration i are i * tokens_per_step. `shape`: the
-    trained shape (the probe's record: a resumed checkpoint's shape wins over the config's)."""
-    from gpt.config import count_params
+    trained shape (the probe's record: a resumed checkpoint's shape and the corpus vocabulary win over the
+    config's); its parameters are the trained model's own count (`GPTConfig.n_params`, either family)."""
     from vramfit.corpus import corpus_id
 
     g = {k: shape.get(k) or getattr(cfg, k, None) for k in ("n_layer", "n_embd", "block_size", "batch_size",
                                                             "vocab_size")}
     tokens_per_step = g["batch_size"] * g["block_size"] * cfg.gradient_accumulation_steps
-    params = (int(count_params(g["n_layer"], g["n_embd"], g["block_size"], g["vocab_size"], cfg.bias))
-              if g["vocab_size"] else None)
+    params = shape.get("n_params")
+    if params is None and g["vocab_size"]:  # no step was probed: the config's model with the run's vocabulary
+        params = cfg.model_config(g["vocab_size"]).n_params()
     return {"losses": [list(x) for x in result.losses], "evals": [list(x) for x in result.evals],
             "data_dir": str(cfg.data_dir), "corpus_id": corpus_id(cfg.data_dir), "tokens_per_step": tokens_per_step,
             "tokens_seen": result.iter_num * tokens_per_step, "learning_rate": cfg.learning_rate, "params": params}

@@ -2,18 +2,18 @@
 
     python -m vramfit.measure.worker '<spec json>'      (or the spec on stdin)
 
-The spec: {"point": {n_layer, n_head, n_embd, block_size, batch_size, vocab_size}, "recipe": {resolved Recipe},
+The spec: {"point": {n_layer, n_head, n_embd, block_size, batch_size, vocab_size[, arch]}, "recipe": {resolved Recipe},
 "device": "cpu" | "cuda", "gpu_uuid", "measure": {Measure}, "emulate_bytes", "idle_baseline", "pids_before",
 "spawn_time"}.
-The record: the six shape keys, status (ok | oom | error), readings in bytes (CPU: tracked_bytes, rss_bytes;
-CUDA: nvml_bytes (the peak, see `vramfit.measure.reader`), nvml_raw_bytes, nvml_source, allocated_bytes,
-reserved_bytes, context_bytes, alloc_retries, num_ooms, foreign_procs, peak_steps), ms_per_iter, tokens_per_s,
-iters, stable, error, dtype, compile (compiled points: compile_cache hit | miss | mixed | off, compile_s,
-fxgraph_cache_hits / misses, autograd_cache_hits, dynamic_batch (asked: measure.dynamic_batch), batch_symbolic
-(what Dynamo compiled), dynamo_graphs, and on the CPU alloc_step_peak_bytes), worker (spawn | fork: a child of
-the fork server, `vramfit.measure.zygote`), timings (seconds: process_start, import, warmup (CPU: kernels and
-lazy imports, off the record), build (model + optimizer; CUDA: context too), first_iter (compile on CUDA),
-iters (the rest), total).
+The record: the six shape keys (and the family, `arch`, where it is not GPT-2), status (ok | oom | error), readings in
+bytes (CPU: tracked_bytes, rss_bytes; CUDA: nvml_bytes (the peak, see `vramfit.measure.reader`), nvml_raw_bytes,
+nvml_source, allocated_bytes, reserved_bytes, context_bytes, alloc_retries, num_ooms, foreign_procs, peak_steps),
+ms_per_iter, tokens_per_s, iters, stable, error, dtype, compile (compiled points: compile_cache hit | miss | mixed |
+off, compile_s, fxgraph_cache_hits / misses, autograd_cache_hits, dynamic_batch (asked: measure.dynamic_batch),
+batch_symbolic (what Dynamo compiled), dynamo_graphs, and on the CPU alloc_step_peak_bytes), worker (spawn | fork: a
+child of the fork server, `vramfit.measure.zygote`), timings (seconds: process_start, import, warmup (CPU: kernels and
+lazy imports, off the record), build (model + optimizer; CUDA: context too), first_iter (compile on CUDA), iters (the
+rest), total).
 The parent sets CUDA_VISIBLE_DEVICES to the GPU's UUID, so the worker always trains on cuda:0.
 """
 
@@ -31,7 +31,7 @@ import sys  # noqa: E402
 import traceback  # noqa: E402
 
 from vramfit.child import die_with_parent  # noqa: E402  (no torch either)
-from vramfit.shape import KEYS  # noqa: E402  (a constant: no heavy import before the timer)
+from vramfit.shape import KEYS, Shape  # noqa: E402  (no torch: no heavy import before the timer)
 
 FORK_INFO: dict = {"forked": False}  # set by the fork server's child (`vramfit.measure.zygote`) before main
 
@@ -55,9 +55,11 @@ class Point:
     def __init__(self, spec: dict, t_import: float) -> None:
         from gpt.config import make_config
         from vramfit.recipe import Recipe, alloc_conf_in_force
+        from vramfit.shape import arch_options
 
         self.spec = spec
         self.shape = {k: int(spec["point"][k]) for k in KEYS}
+        family = Shape.of(spec["point"]).point()  # the sizes, and the family where it is not GPT-2's
         m = spec.get("measure", {})
         self.min_iters, self.max_iters = max(3, int(m.get("min_iters", 4))), int(m.get("max_iters", 30))
         self.window, self.tolerance = int(m.get("window", 3)), float(m.get("tolerance", 0.01))
@@ -67,12 +69,13 @@ class Point:
         self.emulate = spec.get("emulate_bytes")
         self.dynamo_before: tuple[int, int] | None = None  # Dynamo's state before the measured trainer
         recipe = Recipe.from_dict(spec.get("recipe", {}))
-        self.cfg = recipe.apply(make_config({**self.shape, "device": "cuda" if self.cuda else "cpu",
+        options = arch_options(family["arch"]) if "arch" in family else {}
+        self.cfg = recipe.apply(make_config({**self.shape, **options, "device": "cuda" if self.cuda else "cpu",
                                              "dynamic_batch": bool(m.get("dynamic_batch"))}))
         self.model_config = self.cfg.model_config()
         self.timings = {"process_start": max(0.0, T_START - spec["spawn_time"]) if spec.get("spawn_time") else None,
                         "import": t_import - T_START}
-        self.rec: dict = {**self.shape, "status": "error", "device": spec.get("device", "cpu"), "pid": os.getpid(),
+        self.rec: dict = {**family, "status": "error", "device": spec.get("device", "cpu"), "pid": os.getpid(),
                           "iters": 0, "stable": False, "alloc_conf": alloc_conf_in_force(os.environ),
                           "timings": self.timings, "n_params": self.model_config.n_params(),
                           "worker": "fork" if FORK_INFO.get("forked") else "spawn"}
@@ -327,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc(file=sys.stderr)
         rec = {"status": "error", "error": _first_line(exc)}
         try:
-            rec.update({k: int(spec["point"][k]) for k in KEYS})
+            rec.update(Shape.of(spec["point"]).point())
         except Exception:  # noqa: BLE001
             pass
     tb = rec.pop("traceback", None)

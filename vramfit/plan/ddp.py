@@ -10,6 +10,8 @@ Memory per GPU under DistributedDataParallel = the single-GPU step + two terms:
   they are neither capped by `set_per_process_memory_fraction` nor in `max_memory_reserved`, and gloo on the CPU
   has no counterpart. A constant per GPU, `NCCL_BYTES_ASSUMED`, until a GPU measures it: `measure_ddp(...,
   device='cuda')` reads NVML before and after process-group init plus a first all-reduce (`nccl_bytes`).
+nanochat does not use DDP: its optimizer shards its states across the ranks instead (`zero2_state_bytes`), so a
+nanochat plan for N GPUs subtracts the states the other ranks keep and adds NCCL's constant, no bucket term.
 `python -m vramfit.plan.ddp` is the rank entry point of that measurement.
 """
 
@@ -35,6 +37,39 @@ DDP_BYTES_PER_PARAM = 4.0  # one fp32 copy of the gradients in DDP's buckets
 # kernels; reports of a few hundred MiB per GPU are common. 512 MiB errs on the safe side for planning; replace it
 # with `nccl_bytes` from `measure_ddp(device='cuda')` on the GPUs in question.
 NCCL_BYTES_ASSUMED = 512 * 2**20
+
+
+SMALL_PARAM = 1024  # nanochat's MuonAdamW: AdamW parameters below this many elements are all-reduced, not sharded
+
+
+def zero2_state_bytes(config, world: int, dtype: str = "bfloat16") -> int:  # noqa: ANN001 - a gpt GPTConfig
+    """Optimizer-state bytes on each of `world` ranks under nanochat's MuonAdamW (`nanochat/optim.py`), which
+    replaces DDP and shards the states ZeRO-2 style: an AdamW parameter of >= 1024 elements keeps exp_avg and
+    exp_avg_sq of its own 1/world of the rows (reduce_scatter of the gradient, all_gather of the weights; base_train
+    asserts the rows divide), a smaller one the whole state on every rank; each Muon group of K same-shape
+    matrices is split into chunks of ceil(K/world) matrices, and a rank keeps the momentum and factored second
+    moment of its chunk. Gradients and weights stay whole on every rank (no DDP buckets)."""
+    from gpt.config import PARAM_GROUPS
+
+    if world < 1:
+        raise VramfitError(f"--gpus must be >= 1, got {world}")
+    width = config.param_bytes(dtype)
+    total = 0
+    for group in PARAM_GROUPS:
+        if group == "matrices":  # Muon's, below
+            continue
+        for rows, cols in config.param_shapes()[group]:
+            n = (rows or 1) * cols
+            if n < SMALL_PARAM or world == 1:
+                total += 2 * n * width[group]
+            elif rows % world:
+                raise VramfitError(f"nanochat shards a {rows}x{cols} parameter's rows over {world} GPUs: {rows} "
+                                   f"rows do not divide (base_train asserts it)")
+            else:
+                total += 2 * n // world * width[group]
+    for (rows, cols), k in config.muon_stacks().items():
+        total += -(-k // world) * (rows * cols + max(rows, cols)) * width["matrices"]
+    return total
 
 
 def torchrun_cmd(nproc: int, module_args: list[str]) -> list[str]:

@@ -31,6 +31,28 @@ class Like:
     dropout: float | None = None  # these change the dry-run step (estimate), not the memory model
     bias: bool | None = None
     config: bool = True  # a config file (`vramfit train --config FILE` trains it), not a checkpoint
+    loop: str = "vramfit"  # the loop that trains it: "nanogpt" for a nanoGPT config or checkpoint
+    grad_accum: int = 1  # micro-steps per optimizer step (gradient_accumulation_steps)
+    grad_clip: float = 1.0  # clip_grad_norm_'s max norm; 0: no clipping
+    device: str | None = None  # "cpu" or "cuda" where the file says which
+    vramfit_keys: tuple[str, ...] = ()  # keys of a nanoGPT config that vramfit's trainer reads and train.py does not
+
+    def loop_for(self, loop: str | None) -> str:
+        """The loop to estimate: `loop` (--loop) or the file's. nanoGPT's loop with a key only vramfit reads is
+        refused: train.py would train without it."""
+        loop = loop or self.loop
+        if loop == "nanogpt" and self.vramfit_keys:
+            raise VramfitError(f"{self.path}: {', '.join(self.vramfit_keys)} is not a setting of nanoGPT's train.py "
+                               "(it would run without it): remove it, or estimate vramfit's loop (--loop vramfit)")
+        return loop
+
+    def recipe_over(self, base, given: bool = False):  # noqa: ANN001, ANN201 - a vramfit.recipe.Recipe
+        """`base` with what the file sets: its dtype and compile unless `base` was `given` (--recipe), and its
+        micro-steps unless `base` sets its own."""
+        from dataclasses import replace
+
+        accum = {"grad_accum": self.grad_accum} if self.grad_accum > 1 and base.grad_accum == 1 else {}
+        return replace(base, **({} if given else self.recipe or {}), **accum)
 
 
 def is_checkpoint(path: str | Path) -> bool:
@@ -49,14 +71,30 @@ def _config_vocab(vocab: int | None, data_dir: str | None) -> int:
     return found[0] if found else DEFAULT_VOCAB
 
 
+def _device(value: object, path: Path) -> str | None:
+    """'cpu' or 'cuda' from a file's device ('cuda:1' is 'cuda'; 'auto' or none: None); another is refused."""
+    text = str(value or "auto").split(":")[0]
+    if text not in ("auto", "cpu", "cuda"):
+        raise VramfitError(f"{path}: device {value!r}: vramfit estimates a CUDA GPU or the CPU (--target cuda|cpu)")
+    return None if text == "auto" else text
+
+
 def _read_config(path: Path) -> Like:
-    from gpt.config import load_config
+    from dataclasses import fields
+
+    from gpt.config import TrainConfig, load_config
+    from gpt.pyconfig import foreign_keys
 
     cfg = load_config(path)
     recipe = {k: v for k, v in (("dtype", cfg.dtype), ("compile", cfg.compile)) if v not in (None, "auto")}
     shape = Shape(cfg.n_layer, cfg.n_head, cfg.n_embd, cfg.block_size, cfg.batch_size,
                   _config_vocab(cfg.vocab_size, cfg.data_dir))
-    return Like(path, shape, cfg.data_dir, recipe or None, cfg.dropout, cfg.bias)
+    nanogpt = path.suffix == ".py"
+    known = {f.name for f in fields(TrainConfig)}
+    ours = tuple(k for k in foreign_keys(path) if k in known) if nanogpt else ()
+    return Like(path, shape, cfg.data_dir, recipe or None, cfg.dropout, cfg.bias, loop="nanogpt" if nanogpt
+                else "vramfit", grad_accum=cfg.gradient_accumulation_steps, grad_clip=cfg.grad_clip,
+                device=_device(cfg.device, path), vramfit_keys=ours)
 
 
 def _read_checkpoint(path: Path, batch_size: int | None) -> Like:
@@ -71,8 +109,16 @@ def _read_checkpoint(path: Path, batch_size: int | None) -> Like:
     if missing:
         raise VramfitError(f"{path}: the checkpoint does not say its {', '.join(missing)} (give it as a flag)")
     data_dir = config.get("data_dir") or (f"data/{config['dataset']}" if config.get("dataset") else None)
-    return Like(path, Shape(**{k: int(v) for k, v in sizes.items()}), data_dir, None, args.get("dropout"),
-                args.get("bias"), config=False)
+    nanogpt = "dataset" in config and "data_dir" not in config  # nanoGPT's train.py saves its globals
+    recipe = {k: config[k] for k in ("dtype", "compile") if nanogpt and config.get(k) not in (None, "auto")}
+    try:
+        accum, clip = int(config.get("gradient_accumulation_steps") or 1), float(config.get("grad_clip", 1.0))
+    except (TypeError, ValueError):
+        raise VramfitError(f"{path}: the checkpoint's gradient_accumulation_steps or grad_clip is not a "
+                           "number") from None
+    return Like(path, Shape(**{k: int(v) for k, v in sizes.items()}), data_dir, recipe or None, args.get("dropout"),
+                args.get("bias"), config=False, loop="nanogpt" if nanogpt else "vramfit", grad_accum=accum,
+                grad_clip=clip, device=_device(config.get("device"), path))
 
 
 def read_like(path: str | Path, batch_size: int | None = None) -> Like:
@@ -96,6 +142,29 @@ def resolve_shape(explicit: dict, like: str | Path | None = None,
         flags = ", ".join(f"--{k.replace('_', '-')}" for k in missing)
         raise VramfitError(f"missing {flags} (or --like CONFIG / --ckpt CHECKPOINT to take the sizes from)")
     return Shape(**{k: int(v) for k, v in sizes.items()}), found
+
+
+def estimate_request(explicit: dict, *, like: str | Path | None = None, ckpt: str | Path | None = None,
+                     recipe: str | None = None, target: str | None = None, capability: str = "8.0",
+                     loop: str | None = None):  # noqa: ANN201 - a vramfit.dryrun.estimate.EstimateRequest
+    """`vramfit estimate`'s request: the shape (`resolve_shape`), and from the file what the flags leave open: its
+    dropout and bias, its loop, recipe (dtype and compile unless `--recipe` is given; its micro-steps unless
+    `--recipe` sets grad_accum), clipping and device (the target; else cuda)."""
+    from gpt.config import GPTConfig
+    from vramfit.dryrun.estimate import EstimateRequest, parse_capability, parse_recipe
+
+    shape, found = resolve_shape(explicit, like=like, ckpt=ckpt)
+    extras = {k: v for k, v in (("dropout", getattr(found, "dropout", None)), ("bias", getattr(found, "bias", None)))
+              if v is not None}
+    target = target or (found.device if found is not None else None) or "cuda"
+    target = "cuda" if target == "auto" else target
+    model = GPTConfig(shape.n_layer, shape.n_head, shape.n_embd, shape.block_size, shape.vocab_size, **extras)
+    rec = parse_recipe(recipe)
+    if found is None:
+        return EstimateRequest(model, shape.batch_size, rec, target, parse_capability(capability),
+                               loop=loop or "vramfit")
+    return EstimateRequest(model, shape.batch_size, found.recipe_over(rec, given=bool(recipe)), target,
+                           parse_capability(capability), grad_clip=found.grad_clip, loop=found.loop_for(loop))
 
 
 def like_searches(shape: Shape, objective: str, by_time: bool = False) -> dict[str, dict]:

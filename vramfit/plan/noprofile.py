@@ -68,9 +68,10 @@ class DryRunPlanner:
 
     def __init__(self, recipe, capability: tuple[int, int], vocab_size: int, target: str = "cuda",
                  cache_dir: str | Path | None = None, use_cache: bool = True, workers: int | None = None,
-                 estimator: Estimator | None = None) -> None:
+                 estimator: Estimator | None = None, loop: str = "vramfit", grad_clip: float = 1.0) -> None:
         self.recipe, self.capability, self.vocab_size, self.target = recipe, capability, vocab_size, target
-        self.resolved = recipe.resolved(target, capability)
+        self.loop, self.grad_clip = loop, grad_clip  # the training loop estimated (EstimateRequest.loop) and clipping
+        self.resolved = recipe.resolved(target, capability, loop)
         self.estimator = estimator or Estimator("pool", workers=workers,
                                                 cache=EstimateCache.user(cache_dir) if use_cache else None)
         self._model_hits = 0  # design estimates not needed: the calibrated model came from the cache
@@ -100,7 +101,8 @@ class DryRunPlanner:
         from gpt.config import GPTConfig
 
         return [EstimateRequest(GPTConfig(int(L), int(H), int(C), int(T), int(V)), int(B), self.resolved, self.target,
-                                self.capability, headline_only=True) for L, H, C, T, B, V in shapes]
+                                self.capability, grad_clip=self.grad_clip, headline_only=True, loop=self.loop)
+                for L, H, C, T, B, V in shapes]
 
     def _estimates(self, shapes: list[tuple]) -> list[int]:
         """Device bytes of each shape, estimated in parallel where the cache has none."""
@@ -130,11 +132,17 @@ class DryRunPlanner:
         cache.put_doc("calibrated-model", key, model.to_dict())
         return model, self.margin.rel, self.resolved.to_dict()
 
-    def verify(self, items: list, budget: int) -> list:
-        """Re-predict suggestions by the estimator (its device figure); a suggestion over budget gets the batch the
-        estimate says fits (at most 3 more estimates: the calibrated model can be a few % low at the edge), else
-        it is dropped; rank the rest. The first smaller batch is in proportion to the excess, the next ones on the
-        line through the config's last two estimates (`fitting_batch`)."""
+    def verify(self, items: list, budget: int, margin: float = 0.0) -> list:
+        """Re-predict suggestions by the estimator (its device figure): a suggestion fits when its estimate raised
+        by `margin` (the plan's: the validation set's, or --margin) is within `budget`. One that does not gets the
+        batch the estimate says fits (at most 3 more estimates: the calibrated model can be a few % low at the
+        edge), else it is dropped; rank the rest. The first smaller batch is in proportion to the excess, the next
+        ones on the line through the config's last two estimates (`fitting_batch`)."""
+        limit = int(budget / (1 + margin))  # the largest estimate that fits with the margin
+
+        def fits(need: int) -> bool:
+            return need * (1 + margin) <= budget
+
         def shape(s) -> tuple:
             return Shape.of(s).as_tuple()
 
@@ -146,20 +154,21 @@ class DryRunPlanner:
         needs = self._estimates([shape(s) for s in items])
         before: dict[int, tuple[int, int]] = {}  # item -> (batch, need) of its previous estimate
         for _ in range(3):  # in rounds: each round's re-estimates run in parallel
-            redo = [i for i, s in enumerate(items) if needs[i] > budget and s.batch_size > 1]
+            redo = [i for i, s in enumerate(items) if not fits(needs[i]) and s.batch_size > 1]
             if not redo:
                 break
             for i in redo:
                 b, need = items[i].batch_size, needs[i]
                 slope = secant(before[i], (b, need)) if i in before else None
                 before[i] = (b, need)
-                items[i] = smaller(items[i], fitting_batch(b, need, budget, slope))
+                items[i] = smaller(items[i], fitting_batch(b, need, limit, slope))
             for i, need in zip(redo, self._estimates([shape(items[i]) for i in redo]), strict=True):
                 needs[i] = need
         kept = []
         for s, need in zip(items, needs, strict=True):
-            if need <= budget:
-                s.predicted_bytes, s.margin_bytes, s.headroom_bytes = need, 0, budget - need
+            if fits(need):
+                s.predicted_bytes, s.margin_bytes = need, int(need * margin)
+                s.headroom_bytes = budget - need - s.margin_bytes
                 kept.append(s)
         for rank, s in enumerate(kept, start=1):
             s.rank = rank

@@ -4,7 +4,6 @@ says what the plan is for."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,6 +24,8 @@ def _recipe_text(recipe: dict) -> str:
         parts.append(f"{recipe['optimizer']} AdamW")
     if recipe.get("compile") is not None:
         parts.append("compiled" if recipe["compile"] else "eager")
+    if int(recipe.get("grad_accum", 1)) > 1:
+        parts.append(f"{recipe['grad_accum']} micro-steps")
     return ", ".join(parts)
 
 
@@ -55,11 +56,12 @@ def choose_model(req: PlanRequest, models_dir: Path | None = None) -> tuple[Path
     return None
 
 
-def plan_line(req: PlanRequest, profile: Profile, path: Path, budget: int) -> str:
-    """The first line: what the plan is for, and what to do when that is not the card meant."""
+def plan_line(req: PlanRequest, profile: Profile, path: Path, budget: int, loop: str = "vramfit") -> str:
+    """The first line: what the plan is for (`loop`: the training loop the dry run estimates), and what to do when
+    that is not the card meant."""
     from vramfit.units import format_size
 
-    recipe = _recipe_text(profile.recipe)
+    recipe = _recipe_text(profile.recipe) + (", nanoGPT's train.py loop" if loop == "nanogpt" else "")
     if profile.source == "dry-run":
         why = "" if req.no_profile else " (no GPU profile in results/models; --target cpu plans for this CPU's RAM)"
         return (f"plan for a CUDA GPU of compute capability {profile.compute_capability}, {recipe}, by "
@@ -79,22 +81,31 @@ def plan_line(req: PlanRequest, profile: Profile, path: Path, budget: int) -> st
 
 
 def _dry_run_recipe(req: PlanRequest, like: Like | None):  # noqa: ANN202 - a Recipe
-    """--recipe, else the dtype/compile --like's file sets over DEFAULT_RECIPE."""
+    """--recipe, else the dtype and compile --like's file sets over DEFAULT_RECIPE; the file's micro-steps either
+    way, unless --recipe sets grad_accum."""
     from vramfit.dryrun.estimate import parse_recipe
 
-    if req.recipe:
-        return parse_recipe(req.recipe)
-    return replace(parse_recipe(DEFAULT_RECIPE), **((like.recipe or {}) if like is not None else {}))
+    base = parse_recipe(req.recipe or DEFAULT_RECIPE)
+    return like.recipe_over(base, given=bool(req.recipe)) if like is not None else base
 
 
 def plan_profile(req: PlanRequest, like: Like | None, vocab: int, warnings: list[str]) -> tuple[Path, Profile, object]:
     """(model path, profile, dry-run planner or None): the chosen profile, else one calibrated on dry-run
     estimates for the GPU (a `DryRunPlanner` that re-checks the suggestions)."""
+    from gpt.config import LOOPS
+
+    loop = like.loop_for(req.loop) if like is not None else (req.loop or "vramfit")
+    if loop not in LOOPS:
+        raise VramfitError(f"unknown --loop {loop!r}; choose one of {', '.join(LOOPS)}")
     chosen = None if req.no_profile else choose_model(req)
     if chosen is None and req.hours is not None:
         raise VramfitError("--hours needs a profiled device (its sweep measures speed): no GPU profile in "
                            "results/models (pass --model FILE, or --target cpu for a CPU profile)")
     if chosen is not None:
+        if loop == "nanogpt":
+            warnings.append("warning: the profile measured vramfit's training loop; nanoGPT's train.py also keeps "
+                            "the logits (batch x block x vocab) alive through backward: --no-profile plans "
+                            "nanoGPT's loop by the dry run")
         return *chosen, None
     from vramfit.dryrun.estimate import parse_capability
     from vramfit.plan.noprofile import DryRunPlanner
@@ -104,7 +115,8 @@ def plan_profile(req: PlanRequest, like: Like | None, vocab: int, warnings: list
     rec, cap = _dry_run_recipe(req, like), parse_capability(cap_text)
     warnings.append("warning: no profile of this device: predictions are dry-run estimates (allocator replay + a "
                     "published CUDA context size), not measurements (run `vramfit sweep` on the GPU)")
-    planner = DryRunPlanner(rec, cap, vocab, cache_dir=req.cache_dir, use_cache=req.use_cache)
+    planner = DryRunPlanner(rec, cap, vocab, cache_dir=req.cache_dir, use_cache=req.use_cache, loop=loop,
+                            grad_clip=like.grad_clip if like is not None else 1.0)
     mm, margin, recipe_d = planner.model()
     profile = Profile(model=mm, target="nvml", device=f"CUDA sm{cap[0]}{cap[1]} (not profiled)",
                       recipe_key=Recipe(**recipe_d).key(), recipe=recipe_d, margin_rel=margin, device_type="cuda",

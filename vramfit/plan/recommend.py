@@ -92,7 +92,10 @@ def recommend(req: PlanRequest) -> Recommendation:
     with `req.like`, the config as it is and what fits close to it (`plan.like.like_searches`)."""
     from vramfit.plan.budget import resolve_vram
     from vramfit.plan.like import read_like
+    from vramfit.plan.nanochat import is_base_train, plan_base_train
 
+    if req.like is not None and is_base_train(req.like):  # a nanochat command line: planned by the dry run
+        return plan_base_train(req, str(req.like))
     (vram_b, card, vram_label), reserve_b = resolve_vram(req.vram, req.device), parse_size(req.reserve)
     like = read_like(req.like) if req.like is not None else None
     req = fill(req, like)
@@ -108,7 +111,7 @@ def recommend(req: PlanRequest) -> Recommendation:
 
     override = parse_margin(req.margin) if req.margin is not None else None  # a bad value fails before any work
     path, profile, planner = plan_profile(req, like, (space["vocab_size"] or [DEFAULT_VOCAB])[0], warnings)
-    line = plan_line(req, profile, path, vram_b - reserve_b)
+    line = plan_line(req, profile, path, vram_b - reserve_b, getattr(planner, "loop", "vramfit"))
     margin_source = planner.margin.describe() if planner is not None and planner.margin is not None else None
     if override is not None:
         margin_source = f"margin {override:.1%}: --margin (instead of {profile.margin_rel:.1%})"
@@ -206,7 +209,7 @@ def _found(req: PlanRequest, plan: Plan, model, budget: int, time) -> tuple[list
                         min_batch=req.min_batch, time=timed, corpus_tokens=corpus_tokens(req.data_dir), **search)
         ranking = found.ranking
         if plan.planner is not None:
-            found = plan.planner.verify(found, budget)
+            found = plan.planner.verify(found, budget, plan.profile.margin_rel)
         if time is not None and timed is None:
             found = _timed(found, model, plan.profile.margin_rel, budget, time)
         for s in found:
@@ -266,9 +269,7 @@ def _rank(items: list) -> list:
 
 def _as_is_doc(shape: Shape, model, margin: float, budget: int) -> dict:  # noqa: ANN001 - a memory model
     """The config as it is: its sizes, prediction, margin, whether it fits and its headroom (negative: short)."""
-    from vramfit.fit.features import features
-
-    pred = float(model.predict(features(*shape.as_tuple()))[0])
+    pred = float(model.predict(model.columns(shape.as_dict(), shape.arch))[0])
     need = pred * (1 + margin)
     return {**shape.as_dict(), "predicted_bytes": int(pred), "margin_bytes": int(pred * margin),
             "fits": bool(need <= budget), "headroom_bytes": int(budget - need)}
@@ -287,13 +288,12 @@ def predict_one(shape: Shape, model: Path | None) -> dict:
     else `plan.workflows.open_profile`'s choice)."""
     from gpt.config import GPTConfig, check_batch_size
     from vramfit.fit.coverage import check
-    from vramfit.fit.features import features
     from vramfit.plan.workflows import open_profile
 
     GPTConfig(shape.n_layer, shape.n_head, shape.n_embd, shape.block_size, shape.vocab_size)
     check_batch_size(shape.batch_size)
     path, profile = open_profile(model)
-    f = features(*shape.as_tuple())
+    f = profile.model.columns(shape.as_dict(), shape.arch)
     pred = float(profile.model.predict(f)[0])
     part = profile.model.breakdown(f)[0]
     extra = check(profile.ranges, shape.as_dict())

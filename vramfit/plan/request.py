@@ -74,6 +74,7 @@ class PlanRequest:
     within_measured: bool = False  # keep every axis inside the ranges the model was measured on
     like: Path | None = None  # suggest --like: a nanoGPT config .py, a vramfit TOML or a checkpoint
     margin: str | None = None  # --margin: instead of the profile's CV margin or the dry run's validation margin
+    loop: str | None = None  # --loop: the training loop the dry run estimates (None: --like's, else vramfit's)
 
 
 def fill(req: PlanRequest, like: Like | None) -> PlanRequest:

@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from vramfit.errors import VramfitError
-from vramfit.fit.features import features
 from vramfit.fit.memmodel import MemoryModel
 from vramfit.shape import DEFAULT_VOCAB, KEYS, MODEL_KEYS, Shape
 
@@ -77,6 +76,8 @@ class Suggestion:
     score: float | None = None  # the value the ranking sorted by (see Ranked.ranking["value"])
     extrapolated: list = field(default_factory=list)  # axes (and params, tokens) outside the measured ranges
     label: str | None = None  # suggest --like: what was searched close to the config (like.LABELS)
+    nanochat: dict | None = None  # suggest --like "<base_train command>": nanochat's own command, depth, device
+    # batch, gradient accumulation, total batch and GPUs (`plan.nanochat`)
 
     @property
     def shape(self) -> Shape:
@@ -84,8 +85,9 @@ class Suggestion:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if self.label is None:
-            del d["label"]
+        for key in ("label", "nanochat"):
+            if d[key] is None:
+                del d[key]
         return d
 
 
@@ -175,7 +177,7 @@ def check_space_size(n: int) -> None:
 
 
 def predict_space(model: MemoryModel, space: dict[str, np.ndarray]) -> tuple[dict, np.ndarray]:
-    feats = features(*(space[k] for k in KEYS))
+    feats = model.columns(space)
     return feats, model.predict(feats)
 
 

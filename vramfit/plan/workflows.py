@@ -16,7 +16,7 @@ from vramfit.fit.profile import Profile, latest
 from vramfit.paths import MODELS_DIR, SUGGESTIONS_FILE, Protected, check_output, write_text
 from vramfit.plan.suggest import Suggestion
 from vramfit.recipe import ALLOC_CONF_VARS
-from vramfit.shape import KEYS
+from vramfit.shape import GPT2, KEYS, Shape, arch_options
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where frames are built: predicting from a model file needs no pandas
@@ -102,6 +102,9 @@ def train_command(s: Suggestion, recipe: dict, data_dir: str = DEFAULT_DATA_DIR,
     args = ["vramfit", "train"]
     for key in KEYS:
         args += [f"--{key.replace('_', '-')}", str(getattr(s, key))]
+    if (arch := getattr(s, "arch", GPT2)) != GPT2:  # the family and its options (`--arch nanochat --mlp swiglu`)
+        for key, value in arch_options(arch).items():
+            args += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
     for key in ("dtype", "compile", "optimizer", "attn_kernel"):
         if recipe.get(key) is not None:
             value = recipe[key]
@@ -142,9 +145,15 @@ def load_suggestion(rank: int, path: str | Path = SUGGESTIONS_FILE) -> tuple[dic
 def suggestion_overrides(doc: dict, item: dict) -> dict:
     """TrainConfig overrides that reproduce a suggestion under its model's recipe."""
     out = {k: item[k] for k in KEYS}
+    if item.get("arch") and item["arch"] != GPT2:  # a nanochat suggestion: its family and options
+        out.update(arch_options(item["arch"]))
     recipe = doc.get("recipe") or {}
     out.update({k: recipe[k] for k in ("dtype", "compile", "optimizer", "attn_kernel") if recipe.get(k) is not None})
     out["out_dir"] = f"out/suggest-{item['rank']}"
+    chat = item.get("nanochat")
+    if isinstance(chat, dict):  # suggest --like "<base_train command>": nanochat's model and accumulation
+        out.update(arch="nanochat", window_pattern=chat.get("window_pattern", "SSSL"),
+                   grad_accum=chat.get("grad_accum_steps", 1))
     if doc.get("data_dir"):
         out["data_dir"] = doc["data_dir"]
     return out
@@ -152,7 +161,6 @@ def suggestion_overrides(doc: dict, item: dict) -> dict:
 
 def compare_and_store(cfg, record: dict, doc: dict | None, db: str | Path) -> list[str]:
     """Lines comparing the measured stable memory with the model's prediction; the run stored as a point."""
-    from vramfit.fit.features import features
     from vramfit.fit.memmodel import TARGETS
     from vramfit.measure import devices
     from vramfit.recipe import Recipe
@@ -175,7 +183,7 @@ def compare_and_store(cfg, record: dict, doc: dict | None, db: str | Path) -> li
         profile = Profile.load(doc["model_file"])
     if profile is not None:
         col = TARGETS[profile.target]
-        f = features(*(record[k] for k in KEYS))
+        f = profile.model.columns({k: record[k] for k in KEYS}, Shape.of(record).arch)
         pred = float(profile.model.predict(f)[0])
         margin = pred * profile.margin_rel
         if record.get(col) is not None:

@@ -12,12 +12,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from vramfit.fit.features import features, frame_features, shape_key  # noqa: E402
+from vramfit.fit.features import frame_features, shape_key  # noqa: E402
 from vramfit.fit.memmodel import TARGETS  # noqa: E402
 from vramfit.fit.profile import Profile  # noqa: E402
 from vramfit.paths import check_output, output_path  # noqa: E402
 from vramfit.plan.suggest import TimeBudget  # noqa: E402
-from vramfit.shape import Shape  # noqa: E402
+from vramfit.shape import GPT2, KEYS, Shape  # noqa: E402
 from vramfit.show.context import FEASIBILITY_BATCHES, FEASIBILITY_BLOCKS, grid_axes  # noqa: E402
 
 GIB = 2**30
@@ -80,7 +80,8 @@ def memory_vs_tokens(report: Profile, points: pd.DataFrame, path: Path, budget: 
         ax.scatter(tokens, g[col] / scale, color=c, s=18, label=f"{shape} T={T}")
         r = g.iloc[0]
         batches = np.linspace(1, max(g["batch_size"].max() * 1.3, 2), 40)
-        f = features(r["n_layer"], r["n_head"], r["n_embd"], T, batches, r["vocab_size"])
+        f = report.model.columns({**{k: r[k] for k in KEYS}, "block_size": T, "batch_size": batches},
+                                 r.get("arch") or GPT2)
         ax.plot(batches * T, report.model.predict(f) / scale, color=c, lw=1)
     if budget and budget <= 2 * ok[col].max():  # otherwise the line would flatten the data
         ax.axhline(budget / scale, color="k", ls="--", lw=1, label=f"budget {budget / scale:.2f} {unit}")
@@ -102,7 +103,7 @@ def feasibility(report: Profile, shape: Shape, budget: float, path: Path,
     model = model if model is not None else report.model
     blocks, batches = grid_axes(blocks, batches, mark)
     T, B = np.meshgrid(np.asarray(blocks), np.asarray(batches), indexing="ij")
-    f = features(shape.n_layer, shape.n_head, shape.n_embd, T.ravel(), B.ravel(), shape.vocab_size)
+    f = model.columns({**shape.as_dict(), "block_size": T.ravel(), "batch_size": B.ravel()}, shape.arch)
     need = (model.predict(f) * (1 + report.margin_rel)).reshape(T.shape)
     scale, unit = _unit([budget])
     lo, hi = min(float(need.min()), 0.9 * budget), max(min(float(need.max()), 2 * budget), 1.1 * budget)

@@ -79,8 +79,10 @@ def suggestion_table(items: list, ranking: dict) -> TableData:
 
     name = ranking.get("value", "params")
     if _labelled(items):  # suggest --like: one search per row group, each ranked by its own value
-        return _with_labels(TableData("close to the config: the largest batch, the longest block and the "
-                                      f"{'largest model' if name == 'params' else 'best model by ' + name}",
+        title = ("nanochat's run: the largest device batch at its depth, the deepest model at its device batch"
+                 if name == "nanochat" else "close to the config: the largest batch, the longest block and the "
+                 f"{'largest model' if name == 'params' else 'best model by ' + name}")
+        return _with_labels(TableData(title,
                                       ["#", "layers", "heads", "width", "block", "batch", "vocab", "params",
                                        "tokens/step", "predicted", "headroom"],
                                       [_row(s) for s in items]), items)

@@ -11,6 +11,10 @@ batch_size = [4, 8]
 vocab_size = [1024]
 [[axes]]                       # later blocks inherit the axes they omit from the first block
 block_size = [128]
+[[axes]]                       # the model family and its options (gpt.config.ARCH_OPTIONS) are axes too
+arch = ["nanochat"]            # gpt2 (the default) | nanochat
+n_kv_head = [1, 2]             # nanochat's options; a combination its family refuses is skipped as invalid
+mlp = ["relu2", "swiglu"]
 [recipe]                       # vramfit.recipe.Recipe fields
 dtype = "auto"
 [measure]                      # Measure fields
@@ -26,11 +30,13 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from gpt.config import GPTConfig
+from gpt.config import ARCH_OPTIONS, GPTConfig
 from gpt.errors import ConfigError
 from vramfit.errors import VramfitError
 from vramfit.recipe import Recipe
-from vramfit.shape import KEYS
+from vramfit.shape import GPT2, KEYS, arch_spec
+
+ARCH_AXES = ("arch", *ARCH_OPTIONS)  # optional axes: the family and its options (values of their own types)
 
 
 @dataclass(frozen=True)
@@ -90,32 +96,37 @@ class Grid:
     """A parsed grid spec: axis blocks (union of Cartesian products), recipe, measurement settings."""
 
     name: str
-    blocks: list[dict[str, list[int]]]
+    blocks: list[dict[str, list]]
     recipe: Recipe = field(default_factory=Recipe)
     measure: Measure = field(default_factory=Measure)
     path: str | None = None
 
-    def points(self) -> tuple[list[dict[str, int]], int]:
-        """(valid points in order without duplicates, number of invalid combinations skipped)."""
-        seen: dict[tuple[int, ...], None] = {}
-        invalid: set[tuple[int, ...]] = set()
+    def points(self) -> tuple[list[dict], int]:
+        """(valid points in order without duplicates, number of invalid combinations skipped). A point is the six
+        sizes, and its family (`vramfit.shape.arch_spec`) where it is not GPT-2."""
+        seen: dict[tuple, None] = {}
+        invalid: set[tuple] = set()
         for block in self.blocks:
-            for combo in itertools.product(*(block[a] for a in KEYS)):
-                if combo in seen or combo in invalid:
+            axes = [*KEYS, *(a for a in ARCH_AXES if a in block)]
+            for combo in itertools.product(*(block[a] for a in axes)):
+                if combo in invalid:
                     continue
-                p = dict(zip(KEYS, combo, strict=True))
+                p = dict(zip(axes, combo, strict=True))
+                sizes = {k: p.pop(k) for k in KEYS}
                 try:
-                    GPTConfig(p["n_layer"], p["n_head"], p["n_embd"], p["block_size"], p["vocab_size"])
-                except ConfigError:
+                    arch = arch_spec(GPTConfig(sizes["n_layer"], sizes["n_head"], sizes["n_embd"],
+                                               sizes["block_size"], sizes["vocab_size"], **p))
+                except (ConfigError, VramfitError):
                     invalid.add(combo)
                     continue
-                seen[combo] = None
-        return [dict(zip(KEYS, c, strict=True)) for c in seen], len(invalid)
+                seen[(*sizes.values(), arch)] = None
+        return [dict(zip(KEYS, c[:-1], strict=True)) | ({"arch": c[-1]} if c[-1] != GPT2 else {}) for c in seen], \
+            len(invalid)
 
     def size(self) -> int:
         """Combinations before validation and de-duplication: an upper bound on points, computed without
         expanding the grid."""
-        return sum(math.prod(len(b[a]) for a in KEYS) for b in self.blocks)
+        return sum(math.prod(len(v) for a, v in b.items() if a in KEYS or a in ARCH_AXES) for b in self.blocks)
 
     def to_dict(self) -> dict:
         return {"name": self.name, "path": self.path, "axes": self.blocks, "recipe": self.recipe.to_dict(),
@@ -157,13 +168,26 @@ def _read_toml(path: Path) -> dict:
         raise VramfitError(f"{path} is not valid TOML: {str(exc).splitlines()[0]}") from None
 
 
-def _block(raw: object, where: str) -> dict[str, list[int]]:
+def _block(raw: object, where: str) -> dict[str, list]:
     if not isinstance(raw, dict):
         raise VramfitError(f"{where}: axes must be a table of axis = [values]")
-    unknown = set(raw) - set(KEYS)
+    unknown = set(raw) - set(KEYS) - set(ARCH_AXES)
     if unknown:
-        raise VramfitError(f"{where}: unknown axis {sorted(unknown)[0]!r} (axes: {', '.join(KEYS)})")
-    return {k: parse_int_list(v, f"{where} {k}") for k, v in raw.items()}
+        raise VramfitError(f"{where}: unknown axis {sorted(unknown)[0]!r} (axes: {', '.join((*KEYS, *ARCH_AXES))})")
+    return {k: parse_int_list(v, f"{where} {k}") if k in KEYS else _arch_values(k, v, f"{where} {k}")
+            for k, v in raw.items()}
+
+
+def _arch_values(axis: str, raw: object, what: str) -> list:
+    """A family or option axis: a value or a list of values of the option's type (nanochat's default's: a string,
+    a boolean, an integer or a number); whether a combination is valid is checked with each point."""
+    kind = {"arch": str, "n_kv_head": int}.get(axis) or type(ARCH_OPTIONS[axis][1])
+    values = raw if isinstance(raw, list) else [raw]
+    ok = (lambda v: isinstance(v, int | float) and not isinstance(v, bool)) if kind is float else \
+        (lambda v: isinstance(v, kind) and (kind is bool or not isinstance(v, bool)))
+    if not values or not all(ok(v) for v in values):
+        raise VramfitError(f"{what}: expected a {kind.__name__} or a non-empty list of them, got {raw!r}")
+    return values
 
 
 def load_grid(path: str | Path | None, axis_overrides: dict[str, list[int]] | None = None,

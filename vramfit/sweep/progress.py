@@ -8,7 +8,9 @@ from vramfit.units import format_size
 
 
 def point_label(p: dict) -> str:
-    return "L{n_layer} H{n_head} C{n_embd} T{block_size} B{batch_size} V{vocab_size}".format(**p)
+    """`L2 H2 C64 T128 B4 V512`, and the family where it is not GPT-2's (`nanochat:n_kv_head=1`)."""
+    label = "L{n_layer} H{n_head} C{n_embd} T{block_size} B{batch_size} V{vocab_size}".format(**p)
+    return label + (f" {p['arch']}" if p.get("arch", "gpt2") != "gpt2" else "")
 
 
 def reading_label(rec: dict) -> str:
