@@ -194,7 +194,7 @@ def best_step_ms(timings) -> float:
         t = json.loads(timings) if isinstance(timings, str) else timings
         steps = t.get("step_cpu_ms") or t["step_ms"]
         return float(min(steps)) if steps else math.nan
-    except (TypeError, KeyError, ValueError):
+    except (TypeError, KeyError, ValueError, AttributeError):
         return math.nan
 
 
