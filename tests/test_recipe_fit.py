@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from fake_workers import fake_cmd
+
 from gpt.config import GPTConfig, count_params
 from vramfit.cli import main
 from vramfit.errors import VramfitError
