@@ -89,7 +89,7 @@ def print_prediction(r: dict) -> None:
 
 def print_suggestions(rec, vram: str, save: Path) -> None:
     """`suggest`'s terminal output: what the plan is for, the budget, the table, the train commands."""
-    from vramfit.show.tables import suggestion_table, time_table, to_rich
+    from vramfit.show.tables import recipe_table, suggestion_table, time_table, to_rich
 
     doc, budget = rec.doc, rec.doc["budget_bytes"]
     out = console()
@@ -108,7 +108,9 @@ def print_suggestions(rec, vram: str, save: Path) -> None:
                    + " ".join(f"{k}={v}" for k, v in cfg.items())
                    + ". Raise --vram, lower --reserve, or relax the fixed sizes.", err=True)
         raise typer.Exit(1)
-    if rec.time is not None:
+    if doc.get("tokens_per_step"):
+        out.print(to_rich(recipe_table(rec.items, doc["ranking"])))
+    elif rec.time is not None:
         out.print(to_rich(time_table(rec.items, rec.time.hours, rec.time.rank)))
     else:
         out.print(to_rich(suggestion_table(rec.items, doc["ranking"])))

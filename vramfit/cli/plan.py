@@ -73,12 +73,14 @@ def suggest(
     margin: Annotated[str, typer.Option("--margin", help="safety margin over the prediction, e.g. 5% or 0.05 "
                                         "(default: the profile's CV margin; with the dry run, the worst "
                                         "under-prediction on the public validation set + a cushion)")] = None,
+    tokens_per_step: o.TokensPerStep = None, checkpoint: o.Checkpoint = None, optimizer: o.Optimizer = None,
 ) -> None:
     """Configs that fit a card with the safety margin, ranked, each with its train command. --recipe (default:
     dtype=bfloat16,optimizer=fused under --like's dtype and compile) and --capability (default: this machine's GPU,
     else 8.0) are the dry run's (--no-profile, or no GPU profile). With --hours H: ranked by what H hours of
     training buys (tokens/s from the throughput model). With --like: the config as it is, then the largest batch,
-    the longest block and the largest model close to it (--data-dir default: its corpus)."""
+    the longest block and the largest model close to it (--data-dir default: its corpus). With --tokens-per-step N:
+    micro-batch, gradient accumulation, checkpointing and optimizer for N tokens a step, fastest first."""
     import json
 
     from vramfit.paths import check_output, writable_file
@@ -93,7 +95,7 @@ def suggest(
                               batch_size=batch_size, vocab_size=vocab)
     rec = recommend(PlanRequest(vram, reserve, objective, space, min_batch, top, model, data_dir, no_profile,
                                 recipe, capability, hours, rank, loss_law, gpus, strategy, target, cache_dir,
-                                not no_cache, within_measured, like, margin))
+                                not no_cache, within_measured, like, margin, tokens_per_step, checkpoint, optimizer))
     for line in rec.warnings:
         typer.echo(line, err=True)
     if rec.items:

@@ -93,6 +93,14 @@ def recommend(req: PlanRequest) -> Recommendation:
     from vramfit.plan.budget import resolve_vram
     from vramfit.plan.like import read_like
 
+    if req.tokens_per_step is not None:
+        from vramfit.plan.recipes import recommend_recipes
+
+        return recommend_recipes(req)
+    if req.checkpoint is not None or req.optimizer is not None:
+        raise VramfitError("--checkpoint and --optimizer are searched for a --tokens-per-step: give it too")
+    if req.recipe == "fixed":  # today's search keeps one recipe anyway
+        req = replace(req, recipe=None)
     (vram_b, card, vram_label), reserve_b = resolve_vram(req.vram, req.device), parse_size(req.reserve)
     like = read_like(req.like) if req.like is not None else None
     req = fill(req, like)

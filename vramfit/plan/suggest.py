@@ -51,6 +51,9 @@ SPACE_BYTES_PER_POINT = 200  # features, prediction, need and ranking per point 
 ASPECT = (16, 256)
 
 
+RECIPE_FIELDS = ("label", "grad_accum", "checkpoint", "optimizer", "ms_per_step", "tflop_per_step")
+
+
 @dataclass
 class Suggestion:
     rank: int
@@ -77,6 +80,13 @@ class Suggestion:
     score: float | None = None  # the value the ranking sorted by (see Ranked.ranking["value"])
     extrapolated: list = field(default_factory=list)  # axes (and params, tokens) outside the measured ranges
     label: str | None = None  # suggest --like: what was searched close to the config (like.LABELS)
+    # suggest --tokens-per-step (plan.recipes): the recipe of the row; batch_size is the micro-batch and
+    # tokens_per_step the whole optimizer step's (micro-batch x grad_accum x block)
+    grad_accum: int | None = None
+    checkpoint: str | None = None
+    optimizer: str | None = None
+    ms_per_step: float | None = None  # a profile's throughput model, per optimizer step
+    tflop_per_step: float | None = None  # with the recompute of checkpointed blocks (the dry run ranks by it)
 
     @property
     def shape(self) -> Shape:
@@ -84,8 +94,9 @@ class Suggestion:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if self.label is None:
-            del d["label"]
+        for key in RECIPE_FIELDS:  # only the rows of a recipe plan carry them
+            if d[key] is None:
+                del d[key]
         return d
 
 

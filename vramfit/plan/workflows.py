@@ -102,7 +102,7 @@ def train_command(s: Suggestion, recipe: dict, data_dir: str = DEFAULT_DATA_DIR,
     args = ["vramfit", "train"]
     for key in KEYS:
         args += [f"--{key.replace('_', '-')}", str(getattr(s, key))]
-    for key in ("dtype", "compile", "optimizer", "attn_kernel"):
+    for key in ("dtype", "compile", "optimizer", "attn_kernel", "grad_accum", "checkpoint"):
         if recipe.get(key) is not None:
             value = recipe[key]
             args += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
@@ -144,6 +144,7 @@ def suggestion_overrides(doc: dict, item: dict) -> dict:
     out = {k: item[k] for k in KEYS}
     recipe = doc.get("recipe") or {}
     out.update({k: recipe[k] for k in ("dtype", "compile", "optimizer", "attn_kernel") if recipe.get(k) is not None})
+    out.update({k: item[k] for k in ("optimizer", "grad_accum", "checkpoint") if item.get(k) is not None})
     out["out_dir"] = f"out/suggest-{item['rank']}"
     if doc.get("data_dir"):
         out["data_dir"] = doc["data_dir"]
