@@ -167,6 +167,7 @@ class Pricer:
     ms: Callable[[list[Point]], np.ndarray] | None
     margin_rel: float
     planner: object | None = None
+    knows: Callable[[Recipe], bool] = lambda recipe: True  # the recipes it can price
 
 
 def dry_run_pricer(planner, margin_rel: float) -> Pricer:  # noqa: ANN001 - a plan.noprofile.DryRunPlanner
@@ -178,37 +179,32 @@ def dry_run_pricer(planner, margin_rel: float) -> Pricer:  # noqa: ANN001 - a pl
     return Pricer(need, None, margin_rel, planner)
 
 
-def _same_recipe(a: Recipe, b: Recipe) -> bool:
-    return (a.checkpoint, a.optimizer, a.grad_accum) == (b.checkpoint, b.optimizer, b.grad_accum)
-
-
 def profile_pricer(profile) -> Pricer:  # noqa: ANN001 - a vramfit.fit.profile.Profile
-    """A fitted profile's memory and throughput models. A profile fitted on one recipe prices that recipe only
-    (its checkpointing, optimizer and accumulation): the other points are refused in one line."""
+    """A fitted profile's memory and throughput models. A profile fitted on one recipe knows that recipe only
+    (its checkpointing, optimizer and accumulation)."""
     from vramfit.fit.features import features
     from vramfit.fit.throughput import predict_ms
 
     own = Recipe.from_dict({k: v for k, v in profile.recipe.items() if k in Recipe.__dataclass_fields__})
 
     def arrays(points: list[Point]) -> list[np.ndarray]:
-        other = [p.recipe for p in points if not _same_recipe(p.recipe, own)]
-        if other:
-            r = other[0]
-            raise VramfitError(f"this profile was measured with one recipe (checkpoint {own.checkpoint}, optimizer "
-                               f"{own.optimizer}, grad_accum {own.grad_accum}): it cannot price checkpoint "
-                               f"{r.checkpoint}, optimizer {r.optimizer}, grad_accum {r.grad_accum}. Give --checkpoint "
-                               f"{own.checkpoint} --optimizer {own.optimizer} and a --tokens-per-step of one "
-                               "micro-batch, or sweep the switches and fit again")
         return [np.array([p.shape.as_tuple()[i] for p in points]) for i in range(len(KEYS))]
 
     def need(points: list[Point]) -> np.ndarray:
         return profile.model.predict(features(*arrays(points))) * (1 + profile.margin_rel)
 
     def ms(points: list[Point]) -> np.ndarray:
-        accum = np.array([p.recipe.grad_accum for p in points])
-        return predict_ms(profile.throughput.model, *arrays(points)) * accum
+        return predict_ms(profile.throughput.model, *arrays(points))
 
-    return Pricer(need, ms if profile.throughput is not None else None, profile.margin_rel)
+    return Pricer(need, ms if profile.throughput is not None else None, profile.margin_rel,
+                  knows=lambda r: (r.checkpoint, r.optimizer, r.grad_accum) == (own.checkpoint, own.optimizer,
+                                                                               own.grad_accum))
+
+
+def priced_groups(shapes: Sequence[Shape], axes: RecipeAxes, base: Recipe, pricer: Pricer) -> list[list[Point]]:
+    """`candidate_groups` with only the points whose recipe the pricer knows."""
+    groups = ([p for p in g if pricer.knows(p.recipe)] for g in candidate_groups(shapes, axes, base))
+    return [g for g in groups if g]
 
 
 def search(shapes: Sequence[Shape], axes: RecipeAxes, base: Recipe, pricer: Pricer, budget: int,
@@ -219,7 +215,7 @@ def search(shapes: Sequence[Shape], axes: RecipeAxes, base: Recipe, pricer: Pric
     from vramfit.fit.losslaw import TOKENS_PER_PARAM
     from vramfit.plan.suggest import Suggestion
 
-    groups = candidate_groups(shapes, axes, base)
+    groups = priced_groups(shapes, axes, base, pricer)
     found = [(g[f[0]], f[1]) for g, f in zip(groups, largest_fitting(groups, pricer.need, budget), strict=True) if f]
     if not found:
         return []
@@ -312,6 +308,16 @@ def recommend_recipes(req):  # noqa: ANN001, ANN201 - a PlanRequest -> a plan.re
         axes = replace(axes, checkpoints=("none",))
     shapes = model_shapes(space)
     check_shapes(shapes, axes.tokens_per_step, pricer.planner is not None)
+    priced = len(priced_groups(shapes, axes, base, pricer))
+    if priced < len(candidate_groups(shapes, axes, base)):
+        notes.append(f"this profile prices its own recipe only (checkpoint {base.checkpoint}, optimizer "
+                     f"{base.optimizer}, grad_accum {base.grad_accum}); a sweep that varies the switches prices "
+                     "the others")
+    if not priced:
+        raise VramfitError(f"this profile was measured with one recipe (checkpoint {base.checkpoint}, optimizer "
+                           f"{base.optimizer}, grad_accum {base.grad_accum}): no point of --tokens-per-step "
+                           f"{axes.tokens_per_step:,} uses it. Sweep the switches and fit again, or plan by the "
+                           "dry run (--no-profile)")
     hours = time_args(req.hours, req.rank, req.loss_law, req.data_dir).hours if req.hours is not None else None
     try:
         items = search(shapes, axes, base, pricer, budget, req.top, hours)
@@ -344,7 +350,7 @@ def recommend_recipes(req):  # noqa: ANN001, ANN201 - a PlanRequest -> a plan.re
 
 def _smallest(shapes: Sequence[Shape], axes: RecipeAxes, base: Recipe, pricer: Pricer) -> tuple[int, dict]:
     """The least memory any recipe searched needs (at micro-batch 1) and its point."""
-    points = [g[0] for g in candidate_groups(shapes, axes, base)]
+    points = [g[0] for g in priced_groups(shapes, axes, base, pricer)]
     needs = list(pricer.need(points))
     point = points[needs.index(min(needs))]
     need = int(math.ceil(min(needs)))
