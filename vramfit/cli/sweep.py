@@ -87,7 +87,9 @@ def sweep(
     if boundary:
         return
     counts = ", ".join(f"{n} {s}" for s, n in sorted(res.counts.items())) or "nothing to do"
-    typer.echo(f"sweep {res.sweep_id} done: {counts}; {res.resumed} already measured, "
+    ids = res.sweep_ids
+    which = f"sweep {ids[0]}" if len(ids) == 1 else f"sweeps {ids[0]}-{ids[-1]} ({len(ids)} recipes)"
+    typer.echo(f"{which} done: {counts}; {res.resumed} already measured, "
                f"{res.invalid} invalid combinations skipped; db {res.db}")
 
 

@@ -7,6 +7,16 @@ For a nanoGPT step with AdamW (N = batch*block tokens, L layers, C width, H head
 - `attn`    N*L*H*T  attention score matrices: ~0 with flash/efficient kernels, large on the math path
 - `embed`   N*C      embeddings, final LayerNorm and lm_head input, outside the layers
 plus a constant (context, workspaces, allocator slack). The naive baseline uses (params, tokens) only.
+
+A profile whose points vary the recipe's switches (gradient accumulation, activation checkpointing, the
+optimizer) fits RECIPE_PHYSICS: the same terms with the switches in them (`features(..., switches=...)`):
+- `state`        the optimizer's state in bytes, exactly (`GPTConfig.optimizer_state_bytes`: AdamW's m and v,
+                 SGD's momentum, Adafactor's row and column factors, Muon's buffers); ~1 x, held from step 1 on
+- `accum_grads`  P when grad_accum > 1: every gradient is kept across the micro-steps, so the later micro-steps'
+                 forward and backward run with all of them alive (~4 B/param in fp32)
+- `acts`, `attn` only the blocks that are not checkpointed, plus the one block recomputed at a time
+- `ckpt_inputs`  N*C per checkpointed block: the block input that `torch.utils.checkpoint` keeps
+- `recompute`    N*C while a checkpointed block is recomputed in backward: part of the in-block transient
 All functions work elementwise on numpy arrays, so `suggest` evaluates whole search spaces at once.
 """
 
@@ -23,7 +33,10 @@ if TYPE_CHECKING:
     import pandas as pd  # imported where frames are built: predicting from a model file needs no pandas
 
 PHYSICS = ("params", "logits", "acts", "attn", "embed")
+SWITCH_FEATURES = ("state", "accum_grads", "ckpt_inputs", "recompute")
+RECIPE_PHYSICS = PHYSICS + SWITCH_FEATURES
 NAIVE = ("params", "tokens")
+SWITCHES = ("grad_accum", "checkpoint", "optimizer")  # the Recipe fields a RECIPE_PHYSICS profile prices
 UNITS = {
     "params": "B/param",
     "logits": "B per token per vocab entry",
@@ -32,35 +45,81 @@ UNITS = {
     "embed": "B per token per channel",
     "tokens": "B/token",
     "estimate": "x dry-run estimate",
+    "state": "x optimizer-state bytes",
+    "accum_grads": "B/param (gradients kept across micro-steps)",
+    "ckpt_inputs": "B per token per checkpointed block per channel",
+    "recompute": "B per token per channel (a block recomputed in backward)",
 }
 # which terms of the physics model make up each part of a prediction's breakdown
-BREAKDOWN = {"params+optimizer": ("params",), "logits": ("logits",), "activations": ("acts", "embed"),
-             "attention": ("attn",)}
+BREAKDOWN = {"params+optimizer": ("params", "state", "accum_grads"), "logits": ("logits",),
+             "activations": ("acts", "embed", "ckpt_inputs"), "attention": ("attn",)}
 
 
-def features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size, bias: bool = True) -> dict:
-    """All feature columns (physics and naive) for one point or for arrays of points, as float64."""
+def features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size, bias: bool = True,
+             switches: dict | None = None) -> dict:
+    """All feature columns (physics and naive) for one point or for arrays of points, as float64.
+
+    `switches` ({grad_accum, checkpoint_every, state}: arrays or scalars, see `switch_columns`) adds the
+    RECIPE_PHYSICS columns and counts only the blocks that are not checkpointed in `acts` and `attn`."""
     L, H, C, T, B, V = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in
                                              (n_layer, n_head, n_embd, block_size, batch_size, vocab_size)))
     N = B * T
-    return {
-        "params": np.asarray(count_params(L, C, T, V, bias), dtype=np.float64),
-        "tokens": N,
-        "logits": N * V,
-        "acts": N * L * C,
-        "attn": N * L * H * T,
-        "embed": N * C,
-    }
+    P = np.asarray(count_params(L, C, T, V, bias), dtype=np.float64)
+    out = {"params": P, "tokens": N, "logits": N * V, "acts": N * L * C, "attn": N * L * H * T, "embed": N * C}
+    if switches is None:
+        return out
+
+    def col(name: str) -> np.ndarray:
+        return np.broadcast_to(np.asarray(switches[name], dtype=np.float64), L.shape)
+
+    every, accum = col("checkpoint_every"), col("grad_accum")
+    ckpt = np.where(every > 0, np.ceil(L / np.maximum(every, 1)), 0.0)  # blocks 0, k, 2k, ... are checkpointed
+    live = L - ckpt + (ckpt > 0)  # blocks whose activations are held at once: the plain ones + one recomputed
+    return {**out, "acts": N * live * C, "attn": N * live * H * T, "state": col("state").copy(),
+            "accum_grads": P * (accum > 1), "ckpt_inputs": N * ckpt * C, "recompute": N * C * (ckpt > 0)}
 
 
-def frame_features(df: pd.DataFrame, bias: bool = True) -> pd.DataFrame:
-    """Feature columns for a DataFrame of points (with the KEYS columns)."""
+def switch_columns(shapes, recipes, bias: bool = True) -> dict:
+    """{grad_accum, checkpoint_every, state} per row of `shapes` (rows in KEYS order) under `recipes` (one
+    `vramfit.recipe.Recipe`, or a list of one per row): the optimizer state's bytes come from
+    `GPTConfig.optimizer_state_bytes` (the one place that knows each kind), once per distinct model and recipe."""
+    from gpt.config import GPTConfig, checkpoint_every
+
+    shapes = np.atleast_2d(np.asarray(shapes, dtype=np.int64))
+    rows = list(recipes) if isinstance(recipes, list | tuple) else [recipes] * len(shapes)
+    state, memo = np.empty(len(shapes)), {}
+    for i, (shape, r) in enumerate(zip(shapes, rows, strict=True)):
+        L, H, C, T, _, V = (int(v) for v in shape)
+        key = (L, H, C, T, V, r.optimizer, r.dtype)
+        if key not in memo:
+            opt = "fused" if r.optimizer == "auto" else r.optimizer
+            memo[key] = sum(GPTConfig(L, H, C, T, V, bias=bias).optimizer_state_bytes(opt, r.dtype).values())
+        state[i] = memo[key]
+    return {"grad_accum": np.array([r.grad_accum for r in rows], dtype=np.float64),
+            "checkpoint_every": np.array([checkpoint_every(r.checkpoint) for r in rows], dtype=np.float64),
+            "state": state}
+
+
+def frame_recipes(df: pd.DataFrame) -> list:
+    """The `vramfit.recipe.Recipe` of each row of a points frame (its `recipe` JSON column)."""
+    import json
+
+    from vramfit.recipe import Recipe
+
+    memo = {t: Recipe.from_dict(json.loads(t) if isinstance(t, str) else {}) for t in df["recipe"].unique()}
+    return [memo[t] for t in df["recipe"]]
+
+
+def frame_features(df: pd.DataFrame, bias: bool = True, switches: bool = False) -> pd.DataFrame:
+    """Feature columns for a DataFrame of points (with the KEYS columns); `switches`: with the RECIPE_PHYSICS
+    columns of each row's recipe (its `recipe` JSON column)."""
     import pandas as pd
 
     missing = [c for c in KEYS if c not in df.columns]
     if missing:
         raise KeyError(f"points lack columns: {', '.join(missing)}")
-    feats = features(*(df[c].to_numpy() for c in KEYS), bias=bias)
+    sw = switch_columns(df[list(KEYS)].to_numpy(), frame_recipes(df), bias) if switches and len(df) else None
+    feats = features(*(df[c].to_numpy() for c in KEYS), bias=bias, switches=sw)
     return pd.DataFrame(feats, index=df.index)
 
 

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vramfit.errors import VramfitError
-from vramfit.fit.features import BREAKDOWN, NAIVE, PHYSICS, UNITS, frame_features, shape_key
-from vramfit.fit.stats import cv_predictions, error_metrics, nnls, nonneg_slope
+from vramfit.fit.features import BREAKDOWN, NAIVE, PHYSICS, RECIPE_PHYSICS, UNITS, frame_features, shape_key
+from vramfit.fit.stats import cv_predictions, error_metrics, nnls, nonneg_slope, nonneg_slopes
 from vramfit.shape import KEYS
 from vramfit.store import SHARED_GPU
 from vramfit.units import MAX_SIZE
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 MIN_MARGIN = 0.01  # never promise tighter than 1 %
 ADAMW_STEP_BYTES_PER_PARAM = 16.0  # fp32 weights + grads + Adam m + v, all alive at the optimizer step
+GRADS_WEIGHTS_BYTES_PER_PARAM = 8.0  # fp32 weights + grads: the step's floor besides the optimizer state
 STEP_BYTES_PER_PARAM_MAX = 24.0  # plus foreach/loop temporaries (~4 B/param) and slack; more is not the step
 TARGETS = {"nvml": "nvml_bytes", "allocated": "allocated_bytes", "reserved": "reserved_bytes",
            "rss": "rss_bytes", "tracked": "tracked_bytes"}
@@ -59,10 +60,24 @@ class MemoryModel:
     def _P(self, X: pd.DataFrame | dict) -> np.ndarray:
         return np.asarray(X["params"], dtype=np.float64)
 
+    def _step(self, X: pd.DataFrame | dict) -> np.ndarray:
+        """The optimizer-step piece: c0 + a*P (+ s*state with switches)."""
+        out = self.step_intercept_ + self.step_coef_ * self._P(X)
+        if self.step_state_coef_:
+            out = out + self.step_state_coef_ * np.asarray(X["state"], dtype=np.float64)
+        return out
+
     @property
     def physics(self) -> bool:
-        """Whether the backward piece takes the larger of the loss and in-layer transients (PHYSICS features)."""
-        return self.regimes == 2 and self.features == PHYSICS
+        """Whether the backward piece takes the larger of the loss and in-layer transients (PHYSICS features, or
+        RECIPE_PHYSICS)."""
+        return self.regimes == 2 and self.features in (PHYSICS, RECIPE_PHYSICS)
+
+    @property
+    def switches(self) -> bool:
+        """Whether the model prices the recipe's switches (RECIPE_PHYSICS: the optimizer state, accumulation and
+        checkpointing are features; its optimizer-step piece is c0 + a*P + s*state)."""
+        return "state" in self.features
 
     def fit(self, X: pd.DataFrame, y) -> MemoryModel:
         y = np.asarray(y, dtype=np.float64)
@@ -70,15 +85,19 @@ class MemoryModel:
             raise VramfitError(f"need at least 2 measured points to fit, have {len(y)}")
         everything = np.ones(len(y), dtype=bool)
         self.intercept_, self.coef_, self.layer_coef_ = self._fit_backward(X, y, everything)
-        self.step_intercept_, self.step_coef_ = 0.0, 0.0
+        self.step_intercept_, self.step_coef_, self.step_state_coef_ = 0.0, 0.0, 0.0
         self.n_step_points_ = 0
+        # the physical floor of the step piece: AdamW's 16 B/param, or (switches) fp32 weights + grads + the state
+        floor, state_floor = (GRADS_WEIGHTS_BYTES_PER_PARAM, 1.0) if self.switches else \
+            (ADAMW_STEP_BYTES_PER_PARAM, 0.0)
         if self.regimes == 2 and "params" in self.features:
             if len(y) >= 4:
                 self._fit_two_regimes(X, y)
-            if not ADAMW_STEP_BYTES_PER_PARAM <= self.step_coef_ <= STEP_BYTES_PER_PARAM_MAX:
+            if not floor <= self.step_coef_ <= STEP_BYTES_PER_PARAM_MAX:
                 # no step-regime points, or a "step" piece that is really something else: the physical floor
                 self.intercept_, self.coef_, self.layer_coef_ = self._fit_backward(X, y, everything)
-                self.step_intercept_, self.step_coef_ = self.intercept_, ADAMW_STEP_BYTES_PER_PARAM
+                self.step_intercept_, self.step_coef_ = self.intercept_, floor
+                self.step_state_coef_ = state_floor
                 self.n_step_points_ = 0
         self.n_points_ = len(y)
         return self
@@ -90,14 +109,19 @@ class MemoryModel:
             c0, w = nnls(A, y[rows])
             return c0, w, 0.0
         i_logits, i_embed = self.features.index("logits"), self.features.index("embed")
+        # the in-block transient: the recomputed block's activations too (switches), counted only in the layers
+        in_layer = [self.features.index("recompute")] if "recompute" in self.features else []
+        cols = np.arange(A.shape[1])
         # start from physics: logits grads ~12 B x N*V vs the MLP's 4C-wide fp32 grad ~16-20 B x N*C
         at_loss = A[:, i_logits] >= 1.5 * A[:, i_embed]
         for _ in range(10):
-            D = np.column_stack([A * np.where(np.isin(np.arange(A.shape[1]), [i_logits, i_embed]),
-                                              at_loss[:, None], 1.0), A[:, i_embed] * ~at_loss])
+            mask = np.where(np.isin(cols, [i_logits, i_embed]), at_loss[:, None],
+                            np.where(np.isin(cols, in_layer), ~at_loss[:, None], 1.0))
+            D = np.column_stack([A * mask, A[:, i_embed] * ~at_loss])
             c0, w = nnls(D, y[rows])
             coef, g = w[:-1], float(w[-1])
-            new = coef[i_logits] * A[:, i_logits] + coef[i_embed] * A[:, i_embed] >= g * A[:, i_embed]
+            layer = g * A[:, i_embed] + sum(coef[i] * A[:, i] for i in in_layer)
+            new = coef[i_logits] * A[:, i_logits] + coef[i_embed] * A[:, i_embed] >= layer
             if np.array_equal(new, at_loss):
                 break
             at_loss = new
@@ -108,39 +132,50 @@ class MemoryModel:
         # start: the step regime explains the points the backward fit under-predicts most
         resid = y - self.parts(X)[0]
         step = resid > np.quantile(resid, 0.75)
-        best = (np.sum(resid**2), self.intercept_, self.coef_, self.layer_coef_, 0.0, 0)
+        best = (np.sum(resid**2), self.intercept_, self.coef_, self.layer_coef_, 0.0, 0.0, 0)
         for _ in range(self.max_iter):
             if step.sum() < 2 or (~step).sum() < 2:
                 break
             self.intercept_, self.coef_, self.layer_coef_ = self._fit_backward(X, y, ~step)
             c0 = self.intercept_
-            # the step piece shares the constant (same context and workspaces): y - c0 = a * P
-            a = nonneg_slope(P[step], y[step] - c0)
-            pred_b, pred_s = self.parts(X)[0], c0 + a * P
+            # the step piece shares the constant (same context and workspaces): y - c0 = a * P (+ s * state)
+            if self.switches:
+                S = np.asarray(X["state"], dtype=np.float64)
+                a, s = nonneg_slopes(np.column_stack([P, S])[step], y[step] - c0)
+            else:
+                a, s, S = nonneg_slope(P[step], y[step] - c0), 0.0, 0.0
+            pred_b, pred_s = self.parts(X)[0], c0 + a * P + s * S
             sse = float(np.sum((np.maximum(pred_b, pred_s) - y) ** 2))
             if sse < best[0] - 1e-9 * best[0]:
-                best = (sse, c0, self.coef_, self.layer_coef_, a, int(step.sum()))
+                best = (sse, c0, self.coef_, self.layer_coef_, a, s, int(step.sum()))
             new = pred_s > pred_b
             if np.array_equal(new, step):
                 break
             step = new
-        _, self.intercept_, self.coef_, self.layer_coef_, self.step_coef_, self.n_step_points_ = best
+        (_, self.intercept_, self.coef_, self.layer_coef_, self.step_coef_, self.step_state_coef_,
+         self.n_step_points_) = best
         self.step_intercept_ = self.intercept_
+
+    def _recompute(self, X) -> np.ndarray | float:
+        """Bytes of the block recomputed in backward (switches; 0 otherwise): in the in-layer transient."""
+        if "recompute" not in self.features:
+            return 0.0
+        return self.coef_[self.features.index("recompute")] * np.asarray(X["recompute"], dtype=np.float64)
 
     def _transients(self, X) -> tuple[np.ndarray, np.ndarray]:
         """(loss transient, in-layer transient) bytes of the physics backward piece."""
         b = self.coef_[self.features.index("logits")] * np.asarray(X["logits"], dtype=np.float64)
         e = np.asarray(X["embed"], dtype=np.float64)
-        return b + self.coef_[self.features.index("embed")] * e, self.layer_coef_ * e
+        return b + self.coef_[self.features.index("embed")] * e, self.layer_coef_ * e + self._recompute(X)
 
     def parts(self, X: pd.DataFrame | dict) -> tuple[np.ndarray, np.ndarray]:
         """(backward-regime prediction, optimizer-step-regime prediction); the model is their max."""
         lin = self.intercept_ + self._X(X) @ self.coef_
-        if self.physics and self.layer_coef_ > 0:
+        if self.physics and (self.layer_coef_ > 0 or self.switches):
             loss_t, layer_t = self._transients(X)
-            lin = lin - loss_t + np.maximum(loss_t, layer_t)
+            lin = lin - loss_t - self._recompute(X) + np.maximum(loss_t, layer_t)
         if self.step_coef_ > 0:
-            return lin, self.step_intercept_ + self.step_coef_ * self._P(X)
+            return lin, self._step(X)
         return lin, np.full_like(lin, -np.inf)
 
     def predict(self, X: pd.DataFrame | dict) -> np.ndarray:
@@ -154,17 +189,18 @@ class MemoryModel:
         for i in range(len(lin)):
             if step[i] > lin[i]:
                 out.append({"regime": "optimizer step", "constant": self.step_intercept_,
-                            "params+optimizer": self.step_coef_ * float(self._P(X)[i]),
+                            "params+optimizer": float(self._step(X)[i]) - self.step_intercept_,
                             "logits": 0.0, "activations": 0.0, "attention": 0.0})
                 continue
             row = {"regime": "backward", "constant": self.intercept_}
             for part, terms in BREAKDOWN.items():
                 row[part] = sum(float(self.coef_[self.features.index(t)]) * float(np.asarray(X[t])[i])
                                 for t in terms if t in self.features)
-            if self.physics and self.layer_coef_ > 0:
-                loss_t, layer_t = (float(v[i]) for v in self._transients(X))
+            if self.physics and (self.layer_coef_ > 0 or self.switches):
+                loss_t, layer_t = (float(np.broadcast_to(v, lin.shape)[i]) for v in self._transients(X))
                 if layer_t > loss_t:  # the peak is inside a block's backward: the MLP gradient, not the logits
-                    acts = float(self.coef_[self.features.index("acts")]) * float(np.asarray(X["acts"])[i])
+                    acts = sum(float(self.coef_[self.features.index(t)]) * float(np.asarray(X[t])[i])
+                               for t in ("acts", "ckpt_inputs") if t in self.features)
                     row["logits"], row["activations"] = 0.0, acts + layer_t
             out.append(row)
         return out
@@ -179,13 +215,15 @@ class MemoryModel:
         if self.step_coef_ > 0:
             rows += [{"term": "step: constant", "value": self.step_intercept_, "unit": "B"},
                      {"term": "step: params", "value": self.step_coef_, "unit": "B/param"}]
+        if self.step_state_coef_ > 0:
+            rows.append({"term": "step: state", "value": self.step_state_coef_, "unit": UNITS["state"]})
         return rows
 
     def to_dict(self) -> dict:
         return {"features": list(self.features), "regimes": self.regimes, "intercept": self.intercept_,
                 "coef": [float(c) for c in self.coef_], "layer_coef": self.layer_coef_,
                 "step_intercept": self.step_intercept_,
-                "step_coef": self.step_coef_}
+                "step_coef": self.step_coef_} | ({"step_state_coef": self.step_state_coef_} if self.switches else {})
 
     @classmethod
     def from_dict(cls, d: dict, nonneg: bool = True) -> MemoryModel:
@@ -195,10 +233,11 @@ class MemoryModel:
         m.intercept_, m.coef_ = float(d["intercept"]), np.asarray(d["coef"], dtype=np.float64)
         m.step_intercept_, m.step_coef_ = float(d.get("step_intercept", 0.0)), float(d.get("step_coef", 0.0))
         m.layer_coef_ = float(d.get("layer_coef", 0.0))
+        m.step_state_coef_ = float(d.get("step_state_coef", 0.0))
         if m.coef_.shape != (len(m.features),):
             raise ValueError(f"{len(m.features)} features but {m.coef_.size} coefficients")
         values = {"intercept": m.intercept_, "step_intercept": m.step_intercept_, "step_coef": m.step_coef_,
-                  "layer_coef": m.layer_coef_,
+                  "layer_coef": m.layer_coef_, "step_state_coef": m.step_state_coef_,
                   **{f"coef of {f}": float(c) for f, c in zip(m.features, m.coef_, strict=True)}}
         low = 0.0 if nonneg else -MAX_SIZE
         for name, v in values.items():
@@ -208,7 +247,7 @@ class MemoryModel:
 
 
 def data_hash(df: pd.DataFrame, target_col: str) -> str:
-    cols = [*KEYS, target_col]
+    cols = [*KEYS, target_col, *(["recipe_key"] if df["recipe_key"].nunique() > 1 else [])]
     blob = df[cols].sort_values(cols).to_csv(index=False).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -225,6 +264,8 @@ def trusted_points(points: pd.DataFrame, target: str, allow_shared: bool = False
 def fit_points(points: pd.DataFrame, target: str = "auto", regimes: int = 2, dryrun=None,
                allow_shared: bool = False) -> Profile:
     """Fit ours and the naive baseline on the ok points of ONE device+recipe; CV both; check OOM rows.
+    Points of several recipes of one family (`Recipe.family`: they differ only in the switches) make one profile
+    that prices the switches (RECIPE_PHYSICS, RECIPE_THROUGHPUT).
 
     `dryrun(ok_points) -> bytes per row` (the dry-run estimator) adds a third model, y = c0 + k*estimate.
     `allow_shared`: keep NVML readings taken while other processes shared the GPU (see `trusted_points`)."""
@@ -244,9 +285,10 @@ def fit_points(points: pd.DataFrame, target: str = "auto", regimes: int = 2, dry
         raise VramfitError(f"need at least 3 ok points with a {target} reading to fit, have {len(ok)}"
                            + (f" ({shared} read while other processes shared the GPU are left out: "
                               "`vramfit fit --allow-shared-gpu` keeps them)" if shared else ""))
-    X, y = frame_features(ok), ok[col].to_numpy(dtype=np.float64)
+    switches = ok["recipe_key"].nunique() > 1
+    X, y = frame_features(ok, switches=switches), ok[col].to_numpy(dtype=np.float64)
     groups = shape_key(ok).to_numpy()
-    ours = lambda: MemoryModel(PHYSICS, regimes=regimes)  # noqa: E731
+    ours = lambda: MemoryModel(RECIPE_PHYSICS if switches else PHYSICS, regimes=regimes)  # noqa: E731
     naive = lambda: MemoryModel(NAIVE, regimes=1)  # noqa: E731
     makers = [("ours", ours), ("naive", naive)]
     if dryrun is not None:
@@ -271,13 +313,23 @@ def fit_points(points: pd.DataFrame, target: str = "auto", regimes: int = 2, dry
     worst = max(metrics["ours"]["grouped"]["worst_under_rel"], metrics["ours"]["loo"]["worst_under_rel"])
     margin = max(MIN_MARGIN, worst if math.isfinite(worst) else MIN_MARGIN)
     device_type, total, capability = _device_facts(ok)
+    recipe = json.loads(ok["recipe"].iloc[0]) if isinstance(ok["recipe"].iloc[0], str) else {}
+    recipe_key, measured = str(ok["recipe_key"].iloc[0]), []
+    if switches:
+        from vramfit.fit.features import SWITCHES, frame_recipes
+
+        rs = frame_recipes(ok)
+        family = rs[0].family()
+        recipe, recipe_key = family.to_dict(), family.key()
+        measured = sorted({json.dumps({k: getattr(r, k) for k in SWITCHES}) for r in rs})
     return Profile(
-        model=fitted, target=target, device=str(ok["device_name"].iloc[0]), recipe_key=str(ok["recipe_key"].iloc[0]),
-        recipe=json.loads(ok["recipe"].iloc[0]) if isinstance(ok["recipe"].iloc[0], str) else {}, margin_rel=margin,
+        model=fitted, target=target, device=str(ok["device_name"].iloc[0]), recipe_key=recipe_key,
+        recipe=recipe, margin_rel=margin,
         baseline=base, metrics=metrics, data_hash=data_hash(ok, col), n_points=len(ok),
         oom_violations=oom_violations(fitted, points), dryrun=fitted_models.get("dryrun"),
-        throughput=fit_throughput(points) if "ms_per_iter" in points.columns else None, ranges=ranges(ok),
-        device_type=device_type, total_memory_bytes=total, compute_capability=capability, fitted_at=now(), cv=cv)
+        throughput=fit_throughput(points, switches) if "ms_per_iter" in points.columns else None, ranges=ranges(ok),
+        device_type=device_type, total_memory_bytes=total, compute_capability=capability, fitted_at=now(), cv=cv,
+        switches=[json.loads(m) for m in measured])
 
 
 def _device_facts(ok: pd.DataFrame) -> tuple[str | None, int | None, str | None]:
@@ -300,7 +352,7 @@ def oom_violations(model: MemoryModel, points: pd.DataFrame) -> list[dict]:
     cap_col = "capacity_bytes" if "capacity_bytes" in points.columns else "total_memory_bytes"
     if oom.empty or cap_col not in oom.columns:
         return []
-    pred = model.predict(frame_features(oom))
+    pred = model.predict(frame_features(oom, switches=model.switches))
     cap = oom[cap_col].to_numpy(dtype=np.float64)
     hit = np.flatnonzero(pd.notna(cap) & (pred <= cap))  # vectorised: a large sweep has thousands of OOM rows
     shapes = oom[list(KEYS)].to_numpy()[hit]

@@ -80,6 +80,15 @@ def nonneg_slope(x: np.ndarray, y: np.ndarray) -> float:
     return max(0.0, float(np.dot(x, y)) / denom) if denom > 0 else 0.0
 
 
+def nonneg_slopes(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """The least-squares slopes of y = X @ a through the origin, constrained to a >= 0 (scipy's NNLS)."""
+    from scipy.optimize import nnls as scipy_nnls
+
+    X, y = np.asarray(X, dtype=float), np.asarray(y, dtype=float)
+    scale = np.where(np.abs(X).max(axis=0) > 0, np.abs(X).max(axis=0), 1.0)
+    return scipy_nnls(X / scale, y)[0] / scale
+
+
 def cv_keys(n: int, groups: np.ndarray | None) -> np.ndarray:
     """The held-out unit of each of `n` points: itself (leave-one-out) or its group (leave-one-group-out), while
     units x points <= CV_ROW_FITS (every fit reads the points: the cost); beyond, one of FOLDS folds (points, or

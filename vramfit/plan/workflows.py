@@ -56,13 +56,19 @@ def dryrun_estimates(points: pd.DataFrame, target: str = "auto") -> list[int]:
 
 def fit_store(points: pd.DataFrame, target: str = "auto", regimes: int = 2,
               dryrun: bool = False, allow_shared: bool = False) -> list[tuple[Profile, pd.DataFrame]]:
-    """One fit per (device, recipe) found in `points`; groups with too few ok points are skipped.
+    """One fit per (device, recipe) found in `points`; groups with too few ok points are skipped. Recipes that
+    differ only in their switches (`Recipe.family`: accumulation, checkpointing, optimizer) are one fit that
+    prices the switches.
     `dryrun` also fits y = c0 + k*estimate on the dry-run estimates of the points (slower: ~0.1-3 s a point).
     `allow_shared` keeps NVML readings taken while other compute processes shared the GPU."""
     if points.empty:
         raise VramfitError("the database has no points (run `vramfit sweep` first)")
     out, errors = [], []
-    for (_device, _rkey), group in points.groupby(["device_name", "recipe_key"], sort=True):
+    from vramfit.fit.features import frame_recipes
+
+    family = [r.family().key() for r in frame_recipes(points)]
+    for (_device, _rkey), group in points.assign(_family=family).groupby(["device_name", "_family"], sort=True):
+        group = group.drop(columns="_family")
         try:
             est = (lambda ok: dryrun_estimates(ok, target)) if dryrun else None
             out.append((fit_points(group, target=target, regimes=regimes, dryrun=est, allow_shared=allow_shared),
