@@ -67,13 +67,18 @@ def predict_json(r: dict) -> dict:
     return {"predicted_bytes": int(r["predicted"]), "margin_bytes": int(r["margin"]), "naive_bytes": int(r["naive"]),
             "regime": r["regime"], "breakdown": {k: int(v) for k, v in r["breakdown"].items()},
             "model_file": str(r["model_file"]), "extrapolated": sorted(r["extrapolation"].outside),
-            "extrapolation_margin_bytes": int(r["widened_margin"])}
+            "extrapolation_margin_bytes": int(r["widened_margin"])} | (
+        {"recipe": r["recipe"], "ms_per_step": r["ms_per_step"]} if "recipe" in r else {})
 
 
 def print_prediction(r: dict) -> None:
     """`predict`'s text: the model, the peak with its margin and breakdown, the naive line, an extrapolation."""
     profile = r["model"]
     typer.echo(f"model {r['model_file']} ({profile.device}, {profile.recipe_key}, target {profile.target})")
+    if "recipe" in r:
+        ms = r["ms_per_step"]
+        typer.echo(", ".join(f"{k} {v}" for k, v in r["recipe"].items())
+                   + (f": {ms:,.1f} ms per optimizer step" if ms is not None else ""))
     typer.echo(f"predicted peak: {fmt(r['predicted'])}  (+ margin {fmt(r['margin'])} = "
                f"{fmt(r['predicted'] + r['margin'])}; peak in the {r['regime']})")
     for k, v in r["breakdown"].items():

@@ -15,8 +15,10 @@ from vramfit.cli.output import predict_json, print_prediction, print_suggestions
 @app.command()
 def predict(n_layer: o.NLayer = None, n_head: o.NHead = None, n_embd: o.NEmbd = None, block_size: o.BlockSize = None,
             batch_size: o.BatchSize = None, vocab: o.Vocab = None, like: o.Like = None, model: o.Model = None,
-            json_out: o.Json = False) -> None:
-    """Predicted training memory of one config, with a breakdown and the safety margin."""
+            json_out: o.Json = False, grad_accum: o.GradAccum = None, checkpoint: o.Checkpoint = None,
+            optimizer: o.Optimizer = None) -> None:
+    """Predicted training memory of one config, with a breakdown and the safety margin; with --grad-accum,
+    --checkpoint or --optimizer, under the profile's recipe with those switches (and ms per optimizer step)."""
     import json
 
     from vramfit.plan.like import resolve_shape
@@ -24,7 +26,7 @@ def predict(n_layer: o.NLayer = None, n_head: o.NHead = None, n_embd: o.NEmbd = 
 
     shape, _ = resolve_shape(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                                   batch_size=batch_size, vocab_size=vocab), like=like)
-    r = predict_one(shape, model)
+    r = predict_one(shape, model, dict(grad_accum=grad_accum, checkpoint=checkpoint, optimizer=optimizer))
     if json_out:
         typer.echo(json.dumps(predict_json(r)))
     else:

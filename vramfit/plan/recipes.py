@@ -38,6 +38,7 @@ class RecipeAxes:
     tokens_per_step: int
     checkpoints: tuple[str, ...] = DEFAULT_CHECKPOINTS
     optimizers: tuple[str, ...] = ()  # empty: the recipe's own optimizer
+    micro_batches: tuple[int, ...] = ()  # --batch-size: the micro-batches tried (empty: every divisor)
 
 
 def _items(text: str | None) -> list[str]:
@@ -91,7 +92,8 @@ def candidate_groups(shapes: Sequence[Shape], axes: RecipeAxes, base: Recipe) ->
     groups = []
     optimizers = axes.optimizers or (base.optimizer,)
     for shape in dict.fromkeys(shapes):
-        pairs = splits(axes.tokens_per_step, shape.block_size)
+        pairs = [(b, a) for b, a in splits(axes.tokens_per_step, shape.block_size)
+                 if not axes.micro_batches or b in axes.micro_batches]
         for ck in axes.checkpoints:
             if ck not in ("none", "all") and int(ck) > shape.n_layer:
                 continue
@@ -180,25 +182,30 @@ def dry_run_pricer(planner, margin_rel: float) -> Pricer:  # noqa: ANN001 - a pl
 
 
 def profile_pricer(profile) -> Pricer:  # noqa: ANN001 - a vramfit.fit.profile.Profile
-    """A fitted profile's memory and throughput models. A profile fitted on one recipe knows that recipe only
-    (its checkpointing, optimizer and accumulation)."""
-    from vramfit.fit.features import features
-    from vramfit.fit.throughput import predict_ms
+    """A fitted profile's memory and time per optimizer step (`Profile.memory`, `Profile.step_ms`) with its margin;
+    it knows the recipes `Profile.check_recipe` accepts (one profile of varied switches: any accumulation and
+    checkpointing, the optimizers it measured; a profile of one recipe: that recipe)."""
+    def knows(recipe: Recipe) -> bool:
+        try:
+            profile.check_recipe(recipe)
+        except VramfitError:
+            return False
+        return True
 
-    own = Recipe.from_dict({k: v for k, v in profile.recipe.items() if k in Recipe.__dataclass_fields__})
+    def by_recipe(predict: Callable) -> Callable[[list[Point]], np.ndarray]:  # one call per recipe of the points
+        def price(points: list[Point]) -> np.ndarray:
+            out = np.empty(len(points))
+            for recipe in dict.fromkeys(p.recipe for p in points):
+                rows = [i for i, p in enumerate(points) if p.recipe == recipe]
+                shapes = {k: np.array([getattr(points[i].shape, k) for i in rows]) for k in KEYS}
+                out[rows] = predict(shapes, recipe)
+            return out
+        return price
 
-    def arrays(points: list[Point]) -> list[np.ndarray]:
-        return [np.array([p.shape.as_tuple()[i] for p in points]) for i in range(len(KEYS))]
-
-    def need(points: list[Point]) -> np.ndarray:
-        return profile.model.predict(features(*arrays(points))) * (1 + profile.margin_rel)
-
-    def ms(points: list[Point]) -> np.ndarray:
-        return predict_ms(profile.throughput.model, *arrays(points))
-
-    return Pricer(need, ms if profile.throughput is not None else None, profile.margin_rel,
-                  knows=lambda r: (r.checkpoint, r.optimizer, r.grad_accum) == (own.checkpoint, own.optimizer,
-                                                                               own.grad_accum))
+    memory = by_recipe(profile.memory)
+    return Pricer(lambda points: memory(points) * (1 + profile.margin_rel),
+                  by_recipe(profile.step_ms) if profile.throughput is not None else None, profile.margin_rel,
+                  knows=knows)
 
 
 def priced_groups(shapes: Sequence[Shape], axes: RecipeAxes, base: Recipe, pricer: Pricer) -> list[list[Point]]:
@@ -282,7 +289,8 @@ def recommend_recipes(req):  # noqa: ANN001, ANN201 - a PlanRequest -> a plan.re
                            "--within-measured")
     fixed = req.recipe == "fixed"
     req = fill(replace(req, recipe=None if fixed else req.recipe), None)
-    axes = recipe_axes(req.tokens_per_step, req.checkpoint, req.optimizer)
+    axes = replace(recipe_axes(req.tokens_per_step, req.checkpoint, req.optimizer),
+                   micro_batches=tuple(req.space.get("batch_size") or ()))
     (vram_b, card, vram_label), budget = resolve_vram(req.vram, req.device), -parse_size(req.reserve)
     budget += vram_b
     if budget <= 0:
@@ -297,7 +305,7 @@ def recommend_recipes(req):  # noqa: ANN001, ANN201 - a PlanRequest -> a plan.re
         path, kind = Path("(dry-run, no profile)"), "cuda"
     else:
         path, profile = chosen
-        base = Recipe.from_dict({k: v for k, v in profile.recipe.items() if k in Recipe.__dataclass_fields__})
+        base = profile.recipe_of().resolved(profile.kind)
         pricer, line, device, kind = profile_pricer(profile), plan_line(req, profile, path, budget), profile.device, \
             profile.kind
     if fixed:
@@ -308,16 +316,17 @@ def recommend_recipes(req):  # noqa: ANN001, ANN201 - a PlanRequest -> a plan.re
         axes = replace(axes, checkpoints=("none",))
     shapes = model_shapes(space)
     check_shapes(shapes, axes.tokens_per_step, pricer.planner is not None)
+    if not candidate_groups(shapes, axes, base):
+        raise VramfitError(f"no --batch-size given divides the {axes.tokens_per_step:,} tokens per step into whole "
+                           "micro-steps of a block searched")
     priced = len(priced_groups(shapes, axes, base, pricer))
     if priced < len(candidate_groups(shapes, axes, base)):
-        notes.append(f"this profile prices its own recipe only (checkpoint {base.checkpoint}, optimizer "
-                     f"{base.optimizer}, grad_accum {base.grad_accum}); a sweep that varies the switches prices "
-                     "the others")
-    if not priced:
-        raise VramfitError(f"this profile was measured with one recipe (checkpoint {base.checkpoint}, optimizer "
-                           f"{base.optimizer}, grad_accum {base.grad_accum}): no point of --tokens-per-step "
-                           f"{axes.tokens_per_step:,} uses it. Sweep the switches and fit again, or plan by the "
-                           "dry run (--no-profile)")
+        unknown = next(p.recipe for g in candidate_groups(shapes, axes, base) for p in g if not pricer.knows(p.recipe))
+        why = _why_unknown(chosen[1], unknown)
+        if not priced:
+            raise VramfitError(f"{why}; no point of --tokens-per-step {axes.tokens_per_step:,} is left (or plan by "
+                               "the dry run: --no-profile)")
+        notes.append(f"not searched: {why}")
     hours = time_args(req.hours, req.rank, req.loss_law, req.data_dir).hours if req.hours is not None else None
     try:
         items = search(shapes, axes, base, pricer, budget, req.top, hours)
@@ -346,6 +355,14 @@ def recommend_recipes(req):  # noqa: ANN001, ANN201 - a PlanRequest -> a plan.re
     if not items:
         out.nothing_fits = _smallest(shapes, axes, base, pricer)
     return out
+
+
+def _why_unknown(profile, recipe: Recipe) -> str:  # noqa: ANN001 - a Profile
+    try:
+        profile.check_recipe(recipe)
+    except VramfitError as exc:
+        return str(exc)
+    return ""
 
 
 def _smallest(shapes: Sequence[Shape], axes: RecipeAxes, base: Recipe, pricer: Pricer) -> tuple[int, dict]:

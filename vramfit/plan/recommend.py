@@ -290,9 +290,10 @@ def _as_is_line(like: Like, a: dict) -> str:
                                                      if a["fits"] else "does NOT fit"))
 
 
-def predict_one(shape: Shape, model: Path | None) -> dict:
+def predict_one(shape: Shape, model: Path | None, switches: dict | None = None) -> dict:
     """The predicted peak of one config with its breakdown, margin and the naive line, from a profile (--model,
-    else `plan.workflows.open_profile`'s choice)."""
+    else `plan.workflows.open_profile`'s choice); `switches` (grad_accum, checkpoint, optimizer: those given) price
+    the profile's recipe with them, and the time of an optimizer step where the profile has a throughput model."""
     from gpt.config import GPTConfig, check_batch_size
     from vramfit.fit.coverage import check
     from vramfit.fit.features import features
@@ -301,11 +302,18 @@ def predict_one(shape: Shape, model: Path | None) -> dict:
     GPTConfig(shape.n_layer, shape.n_head, shape.n_embd, shape.block_size, shape.vocab_size)
     check_batch_size(shape.batch_size)
     path, profile = open_profile(model)
-    f = features(*shape.as_tuple())
+    switches = {k: v for k, v in (switches or {}).items() if v is not None}
+    recipe = replace(profile.recipe_of().resolved(profile.kind), **switches) if switches else None
+    f = profile._columns(shape, recipe) if recipe is not None else features(*shape.as_tuple())
     pred = float(profile.model.predict(f)[0])
     part = profile.model.breakdown(f)[0]
     extra = check(profile.ranges, shape.as_dict())
-    return {"predicted": pred, "margin": pred * profile.margin_rel, "extrapolation": extra,
-            "widened_margin": pred * extra.widened_margin(profile.margin_rel),
-            "naive": float(profile.baseline.predict(f)[0]) if profile.baseline is not None else float("nan"),
-            "regime": part.pop("regime"), "breakdown": part, "model_file": path, "model": profile}
+    out = {"predicted": pred, "margin": pred * profile.margin_rel, "extrapolation": extra,
+           "widened_margin": pred * extra.widened_margin(profile.margin_rel),
+           "naive": float(profile.baseline.predict(features(*shape.as_tuple()))[0]) if profile.baseline is not None
+           else float("nan"), "regime": part.pop("regime"), "breakdown": part, "model_file": path, "model": profile}
+    if recipe is not None:
+        ms = profile.step_ms(shape, recipe)
+        out.update(recipe={k: getattr(recipe, k) for k in ("grad_accum", "checkpoint", "optimizer")},
+                   ms_per_step=float(ms[0]) if ms is not None else None)
+    return out

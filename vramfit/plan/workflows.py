@@ -16,7 +16,7 @@ from vramfit.fit.profile import Profile, latest
 from vramfit.paths import MODELS_DIR, SUGGESTIONS_FILE, Protected, check_output, write_text
 from vramfit.plan.suggest import Suggestion
 from vramfit.recipe import ALLOC_CONF_VARS
-from vramfit.shape import KEYS
+from vramfit.shape import KEYS, Shape
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where frames are built: predicting from a model file needs no pandas
@@ -157,10 +157,38 @@ def suggestion_overrides(doc: dict, item: dict) -> dict:
     return out
 
 
-def compare_and_store(cfg, record: dict, doc: dict | None, db: str | Path) -> list[str]:
-    """Lines comparing the measured stable memory with the model's prediction; the run stored as a point."""
+def _predicted_lines(profile: Profile, record: dict, recipe) -> list[str]:  # noqa: ANN001 - a Recipe
+    """The profile's prediction of a measured run (memory, and the time of an optimizer step where it has a
+    throughput model) beside the reading; a profile of varied switches prices the run's own recipe."""
     from vramfit.fit.features import features
     from vramfit.fit.memmodel import TARGETS
+    from vramfit.units import format_size
+
+    col, shape = TARGETS[profile.target], Shape.of(record)
+    own = recipe if profile.switches else None
+    try:
+        pred = float(profile.memory(shape, own)[0]) if own is not None else \
+            float(profile.model.predict(features(*shape.as_tuple()))[0])
+    except VramfitError as exc:
+        return [f"no prediction of this run's recipe: {exc}"]
+    margin, lines = pred * profile.margin_rel, []
+    if record.get(col) is not None:
+        err = (pred - record[col]) / record[col]
+        lines.append(f"predicted {format_size(pred)} (+ margin {format_size(margin)}) vs measured "
+                     f"{format_size(record[col])} ({profile.target}): error {err:+.2%}"
+                     + ("" if pred + margin >= record[col] else "  [measured exceeds prediction + margin]"))
+        record["predicted_bytes"] = int(pred)
+    else:
+        lines.append(f"no {profile.target} reading on this device to compare with the prediction")
+    ms = profile.step_ms(shape, own) if profile.throughput is not None else None
+    if ms is not None and record.get("ms_per_iter"):
+        lines.append(f"predicted {float(ms[0]):,.1f} ms per optimizer step vs measured {record['ms_per_iter']:,.1f} "
+                     f"ms/iter: error {(float(ms[0]) - record['ms_per_iter']) / record['ms_per_iter']:+.2%}")
+    return lines
+
+
+def compare_and_store(cfg, record: dict, doc: dict | None, db: str | Path) -> list[str]:
+    """Lines comparing the measured stable memory with the model's prediction; the run stored as a point."""
     from vramfit.measure import devices
     from vramfit.recipe import Recipe
     from vramfit.store import Store
@@ -181,18 +209,7 @@ def compare_and_store(cfg, record: dict, doc: dict | None, db: str | Path) -> li
     if doc and doc.get("model_file") and Path(doc["model_file"]).is_file():
         profile = Profile.load(doc["model_file"])
     if profile is not None:
-        col = TARGETS[profile.target]
-        f = features(*(record[k] for k in KEYS))
-        pred = float(profile.model.predict(f)[0])
-        margin = pred * profile.margin_rel
-        if record.get(col) is not None:
-            err = (pred - record[col]) / record[col]
-            lines.append(f"predicted {format_size(pred)} (+ margin {format_size(margin)}) vs measured "
-                         f"{format_size(record[col])} ({profile.target}): error {err:+.2%}"
-                         + ("" if pred + margin >= record[col] else "  [measured exceeds prediction + margin]"))
-            record["predicted_bytes"] = int(pred)
-        else:
-            lines.append(f"no {profile.target} reading on this device to compare with the prediction")
+        lines += _predicted_lines(profile, record, recipe)
     with Store(db) as store:
         env = store.environment(facts.to_dict(), recipe, record.get("emulate_bytes"))
         point_id = store.insert_point(record, env, None, source="train")
