@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,76 @@ def test_with_a_profile_of_one_recipe_only_its_recipe_is_searched(profiled, monk
     assert main([*args, "--tokens-per-step", "1024", "--checkpoint", "all"]) == 2  # accum 2 and checkpointing
     err = capsys.readouterr().err
     assert err.startswith("error: this profile was measured with one recipe") and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def switch_profile(tmp_path_factory) -> Path:
+    """The profile of tests/golden/recipes.sqlite (docs/recipes.md's sweep: 8 recipes of one family)."""
+    folder = tmp_path_factory.mktemp("recipe-profile")
+    shutil.copy(GOLDEN / "recipes.sqlite", folder / "recipes.sqlite")
+    assert main(["fit", "--db", str(folder / "recipes.sqlite"), "--models", str(folder / "models")]) == 0
+    (model,) = (folder / "models").glob("*.json")
+    return model
+
+
+SMALL = ["--n-layer", "4", "--n-head", "2", "--n-embd", "128", "--block-size", "64", "--vocab", "65"]
+
+
+def test_a_switch_profile_ranks_the_largest_fitting_micro_batch_of_each_recipe_by_time(switch_profile, tmp_path,
+                                                                                        capsys):
+    from vramfit.fit.profile import Profile
+
+    profile = Profile.load(switch_profile)
+    capsys.readouterr()
+    assert main(["suggest", "--vram", "24M", "--target", "cpu", "--model", str(switch_profile), *SMALL,
+                 "--tokens-per-step", "2048", "--optimizer", "fused,adafactor", "--suggestions-file",
+                 str(tmp_path / "s.json"), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    jsonschema = pytest.importorskip("jsonschema")  # a dev dependency; absent on some GPU images
+    schema = json.loads(resources.files("vramfit").joinpath("schemas/suggest.schema.json").read_text())
+    jsonschema.validate(doc, schema)
+    rows, budget = doc["suggestions"], doc["budget_bytes"]
+    assert {(r["checkpoint"], r["optimizer"]) for r in rows} == {(c, o) for c in ("none", "all")
+                                                               for o in ("fused", "adafactor")}
+    assert [r["ms_per_step"] for r in rows] == sorted(r["ms_per_step"] for r in rows)
+    for r in rows:
+        shape, recipe = Shape.of(r), Recipe(dtype="float32", optimizer=r["optimizer"], checkpoint=r["checkpoint"],
+                                            grad_accum=r["grad_accum"])
+        assert r["batch_size"] * r["grad_accum"] * 64 == 2048
+        need = float(profile.memory(shape, recipe)[0]) * (1 + profile.margin_rel)
+        assert r["predicted_bytes"] == pytest.approx(need / (1 + profile.margin_rel), abs=1) and need <= budget
+        assert r["ms_per_step"] == pytest.approx(float(profile.step_ms(shape, recipe)[0]))
+        larger = 2 * r["batch_size"]  # the next micro-batch (powers of two here) does not fit
+        twice = Recipe(dtype="float32", optimizer=r["optimizer"], checkpoint=r["checkpoint"],
+                       grad_accum=r["grad_accum"] // 2)
+        if twice.grad_accum >= 1:
+            assert float(profile.memory(shape.with_(batch_size=larger), twice)[0]) * (1 + profile.margin_rel) > budget
+        assert f"--grad-accum {r['grad_accum']}" in r["command"] or r["grad_accum"] == 1
+    assert main(["suggest", "--vram", "24M", "--target", "cpu", "--model", str(switch_profile), *SMALL,
+                 "--tokens-per-step", "2048", "--optimizer", "fused,adafactor", "--hours", "1", "--suggestions-file",
+                 str(tmp_path / "s.json"), "--json"]) == 0
+    by_hours = json.loads(capsys.readouterr().out)  # one model: what an hour buys is in the order of the time
+    assert [r["ms_per_step"] for r in by_hours["suggestions"]] == [r["ms_per_step"] for r in rows]
+    assert by_hours["hours"] == 1 and by_hours["ranking"]["value"] == "what the hours buy"
+    assert main(["predict", "--model", str(switch_profile), *SMALL, "--batch-size", "8", "--grad-accum", "4",
+                 "--checkpoint", "all", "--optimizer", "adafactor", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    shape, recipe = Shape(4, 2, 128, 64, 8, 65), Recipe(dtype="float32", optimizer="adafactor", checkpoint="all",
+                                                        grad_accum=4)
+    assert got["predicted_bytes"] == int(profile.memory(shape, recipe)[0])
+    assert got["ms_per_step"] == pytest.approx(float(profile.step_ms(shape, recipe)[0]))
+    assert got["recipe"] == {"grad_accum": 4, "checkpoint": "all", "optimizer": "adafactor"}
+
+
+def test_a_switch_profile_leaves_out_what_it_did_not_measure(switch_profile, tmp_path, capsys):
+    args = ["suggest", "--vram", "24M", "--target", "cpu", "--model", str(switch_profile), *SMALL,
+            "--tokens-per-step", "2048", "--suggestions-file", str(tmp_path / "s.json")]
+    assert main([*args, "--optimizer", "fused,sgd"]) == 0
+    out = capsys.readouterr().out
+    assert "not searched: this profile measured the optimizers adafactor, fused, not sgd" in out
+    assert main([*args, "--optimizer", "sgd"]) == 2
+    assert capsys.readouterr().err.startswith("error: this profile measured the optimizers")
+    assert main(["predict", "--model", str(switch_profile), *SMALL, "--optimizer", "sgd"]) == 2
 
 
 @pytest.mark.parametrize("extra,message", [
