@@ -197,9 +197,22 @@ def writable_dir(path: str | Path, what: str = "output folder") -> Path:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists (always True where that cannot be asked safely)."""
-    if os.name != "posix":
-        return True  # no cheap, safe probe elsewhere (os.kill(pid, 0) would terminate on Windows): keep the file
+    """Whether process `pid` exists (POSIX: signal 0, EPERM counts as alive; Windows: OpenProcess and its exit
+    code, since os.kill would terminate it)."""
+    if pid <= 0:
+        return False
+    if os.name == "nt":
+        import ctypes
+
+        k32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        h = k32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not h:
+            return False
+        code = ctypes.c_ulong()
+        try:
+            return bool(k32.GetExitCodeProcess(h, ctypes.byref(code))) and code.value == 259  # STILL_ACTIVE
+        finally:
+            k32.CloseHandle(h)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

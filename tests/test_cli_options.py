@@ -4,6 +4,7 @@ old flag names (before issue 27) still accepted."""
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
 import typer
 
 import vramfit.cli
@@ -62,3 +63,22 @@ def test_old_name_still_works_end_to_end(tmp_path, capsys):
     under the new name, before any planning."""
     rc = main(["suggest", "--vram", "8G", "--save", str(tmp_path), "--no-profile"])
     assert rc == 2 and f"--suggestions-file {tmp_path}" in capsys.readouterr().err
+
+
+def _crash(*args, **kwargs):
+    raise ZeroDivisionError("a bug")
+
+
+def test_a_bug_is_one_line_that_says_where_and_the_traceback_on_request(monkeypatch, capsys):
+    """A bug below the CLI (here: `info --vram` made to divide by zero) ends as one `error: internal error` line with
+    its file and line and exit code 1, not a traceback; VRAMFIT_TRACEBACK=1 lets the exception through."""
+    monkeypatch.setattr("vramfit.cards.card_lines", _crash)
+    monkeypatch.delenv("VRAMFIT_TRACEBACK", raising=False)
+    rc = main(["info", "--vram", "8G"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert err.count("\n") == 1 and err.startswith("error: internal error, please report it: ZeroDivisionError: a bug")
+    assert "tests/test_cli_options.py" in err or "test_cli_options.py:" in err
+    monkeypatch.setenv("VRAMFIT_TRACEBACK", "1")
+    with pytest.raises(ZeroDivisionError):
+        main(["info", "--vram", "8G"])

@@ -75,7 +75,7 @@ def test_oom_rows_predicted_to_fit_are_reported():
 
 def test_fit_errors():
     df = synthetic_points()
-    with pytest.raises(VramfitError, match="unknown target"):
+    with pytest.raises(VramfitError, match="unknown reading"):
         fit_points(df, target="vram")
     with pytest.raises(VramfitError, match="no measured points"):
         fit_points(df.iloc[:0])

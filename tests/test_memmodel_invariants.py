@@ -196,7 +196,7 @@ def test_target_auto_follows_the_device_and_unknown_targets_are_refused():
     assert fit_points(df).target == "nvml"
     cpu = df.assign(device_type="cpu", tracked_bytes=df["nvml_bytes"], nvml_bytes=np.nan)
     assert fit_points(cpu).target == "tracked"
-    with pytest.raises(VramfitError, match="unknown target 'vram'; choose one of nvml, allocated, reserved, rss, "
+    with pytest.raises(VramfitError, match="unknown reading 'vram'; choose one of nvml, allocated, reserved, rss, "
                                            "tracked"):
         fit_points(df, target="vram")
 

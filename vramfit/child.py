@@ -4,7 +4,8 @@ The one runner behind the sweep's worker pool (`vramfit.sweep.pool`) and the dry
 (`vramfit.dryrun.estimator`): it sends the request, kills the child when it runs past its timeout, and hands
 back what came out (exit status, stdout's JSON records, stderr) for the caller to judge. A
 crash, a hang or garbage on stdout in the child never raises here. Every child learns its parent's PID
-(`PARENT_ENV`) so that it can die with it (`die_with_parent`). Root layer: no torch, no other vramfit module.
+(`PARENT_ENV`) so that it can die with it (`die_with_parent`). Root layer: no torch, no other vramfit module
+(`pid_alive` is `gpt.files`', one probe for both packages).
 """
 
 from __future__ import annotations
@@ -19,37 +20,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gpt.files import pid_alive
+
 __all__ = ["PARENT_ENV", "ChildResult", "LiveChildren", "die_with_parent", "pid_alive", "run_json"]
 
 PARENT_ENV = "VRAMFIT_PARENT_PID"  # set by the process that starts a child: the PID the child must outlive not
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 WATCHDOG_PERIOD_S = 0.5
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists (POSIX: signal 0, EPERM counts as alive; Windows: OpenProcess and its exit
-    code, since os.kill would terminate it)."""
-    if pid <= 0:
-        return False
-    if os.name == "nt":
-        import ctypes
-
-        k32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
-        h = k32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-        if not h:
-            return False
-        code = ctypes.c_ulong()
-        try:
-            return bool(k32.GetExitCodeProcess(h, ctypes.byref(code))) and code.value == 259  # STILL_ACTIVE
-        finally:
-            k32.CloseHandle(h)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
 
 
 def _watchdog(parent: int) -> None:

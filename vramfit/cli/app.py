@@ -1,6 +1,7 @@
 """The typer app, its error handling and the old flag names it still accepts.
 
-Every error a user can cause ends as one line on stderr and exit code 2 (see `main`).
+Every error a user can cause ends as one line on stderr and exit code 2 (see `main`); a bug ends as one line that
+says where, exit code 1 (`VRAMFIT_TRACEBACK=1` shows the traceback).
 """
 
 from __future__ import annotations
@@ -118,4 +119,26 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         typer.echo(f"error: {exc}", err=True)
         return 2
+    except Exception as exc:  # a bug, not bad input: one line that says where; the traceback on request
+        if os.environ.get("VRAMFIT_TRACEBACK"):
+            raise
+        typer.echo(f"error: internal error, please report it: {type(exc).__name__}: {exc} (at {_where(exc)}; "
+                   "VRAMFIT_TRACEBACK=1 shows the traceback)", err=True)
+        return 1
     return rv if isinstance(rv, int) else 0
+
+
+def _where(exc: BaseException) -> str:
+    """`file:line` of the innermost frame of `exc`'s traceback, relative to the package where it can be."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return "?"
+    path = tb.tb_frame.f_code.co_filename
+    for root in ("vramfit", "gpt"):
+        marker = f"{os.sep}{root}{os.sep}"
+        if marker in path:
+            path = root + os.sep + path.rsplit(marker, 1)[1]
+            break
+    return f"{path}:{tb.tb_lineno}"

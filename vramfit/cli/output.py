@@ -44,7 +44,7 @@ def print_fit(report, path: Path) -> None:
     from vramfit.show.tables import coefficient_table, cv_table, mfu_line, throughput_tables, to_rich
 
     out = console()
-    out.print(f"[bold]{esc(report.device)}[/] · recipe {report.recipe_key} · target {report.target} · "
+    out.print(f"[bold]{esc(report.device)}[/] · recipe {report.recipe_key} · reading {report.target} · "
               f"{report.n_points} points -> {esc(str(path))}")
     out.print(to_rich(coefficient_table(report.model)))
     out.print(to_rich(cv_table(report.metrics)))
@@ -74,7 +74,7 @@ def predict_json(r: dict) -> dict:
 def print_prediction(r: dict) -> None:
     """`predict`'s text: the model, the peak with its margin and breakdown, the naive line, an extrapolation."""
     profile = r["model"]
-    typer.echo(f"model {r['model_file']} ({profile.device}, {profile.recipe_key}, target {profile.target})")
+    typer.echo(f"model {r['model_file']} ({profile.device}, {profile.recipe_key}, reading {profile.target})")
     if "recipe" in r:
         ms = r["ms_per_step"]
         typer.echo(", ".join(f"{k} {v}" for k, v in r["recipe"].items())

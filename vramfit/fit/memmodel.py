@@ -276,7 +276,7 @@ def fit_points(points: pd.DataFrame, target: str = "auto", regimes: int = 2, dry
     if target == "auto":
         target = "nvml" if points["device_type"].iloc[0] == "cuda" else "tracked"
     if target not in TARGETS:
-        raise VramfitError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+        raise VramfitError(f"unknown reading {target!r}; choose one of {', '.join(TARGETS)}")
     col = TARGETS[target]
     kept = trusted_points(points, target, allow_shared)
     ok = kept[(kept["status"] == "ok") & kept[col].notna()].reset_index(drop=True)

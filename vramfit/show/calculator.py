@@ -74,7 +74,7 @@ def model_file_note(report: Profile, models_dir: str | Path = MODELS_DIR, points
         if points is not None and holds_every_point(saved, points, report.target):
             return (f"{path} (fitted on {saved.n_points} of these {report.n_points} points; none of them "
                     "exceeds its prediction + margin)")
-    return (f"{path} is stale (data hash {saved.data_hash}, target {saved.target}): "
+    return (f"{path} is stale (data hash {saved.data_hash}, reading {saved.target}): "
             "this page's fit of the database; re-run `vramfit fit`")
 
 

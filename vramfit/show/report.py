@@ -86,7 +86,7 @@ def render_report(fits: list[tuple[Profile, pd.DataFrame]], points: pd.DataFrame
                              shape=shape, model=per_gpu_model(report, ctx),
                              vocab_size=[ctx.vocab_size])
             parts.append(f"<h2>{html.escape(report.device)} · {html.escape(report.recipe_key)}</h2>"
-                         f"<p>target {report.target}, {report.n_points} ok points, safety margin "
+                         f"<p>reading {report.target}, {report.n_points} ok points, safety margin "
                          f"{report.margin_rel:.2%}, recipe <code>{html.escape(str(report.recipe))}</code>, data hash "
                          f"<code>{report.data_hash}</code></p>" + _model_tables(report)
                          + _suggestions_table(items, ctx) + _images(pngs))
