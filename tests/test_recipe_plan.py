@@ -203,6 +203,10 @@ def test_a_switch_profile_leaves_out_what_it_did_not_measure(switch_profile, tmp
     assert main([*args, "--optimizer", "sgd"]) == 2
     assert capsys.readouterr().err.startswith("error: this profile measured the optimizers")
     assert main(["predict", "--model", str(switch_profile), *SMALL, "--optimizer", "sgd"]) == 2
+    capsys.readouterr()
+    assert main([*args[:2], "4M", *args[3:]]) == 1  # the least demanding point, named
+    err = capsys.readouterr().err
+    assert err.startswith("error: nothing fits in 4.00 MiB") and "batch_size=1" in err and "grad_accum=32" in err
 
 
 @pytest.mark.parametrize("extra,message", [

@@ -280,8 +280,7 @@ def recommend_recipes(req):  # noqa: ANN001, ANN201 - a PlanRequest -> a plan.re
     from vramfit.plan.budget import resolve_vram
     from vramfit.plan.profiles import choose_model, plan_line
     from vramfit.plan.recommend import Recommendation, _plan_vocab
-    from vramfit.plan.request import fill, time_args
-    from vramfit.plan.workflows import train_command
+    from vramfit.plan.request import fill
     from vramfit.units import parse_size
 
     if req.like is not None or req.gpus > 1 or req.within_measured:
@@ -291,8 +290,8 @@ def recommend_recipes(req):  # noqa: ANN001, ANN201 - a PlanRequest -> a plan.re
     req = fill(replace(req, recipe=None if fixed else req.recipe), None)
     axes = replace(recipe_axes(req.tokens_per_step, req.checkpoint, req.optimizer),
                    micro_batches=tuple(req.space.get("batch_size") or ()))
-    (vram_b, card, vram_label), budget = resolve_vram(req.vram, req.device), -parse_size(req.reserve)
-    budget += vram_b
+    (vram_b, card, vram_label), reserve_b = resolve_vram(req.vram, req.device), parse_size(req.reserve)
+    budget = vram_b - reserve_b
     if budget <= 0:
         raise VramfitError("the budget must be positive (is --reserve larger than --vram?)")
     space, notes, warnings = {k: req.space.get(k) for k in KEYS}, [], []
@@ -305,56 +304,61 @@ def recommend_recipes(req):  # noqa: ANN001, ANN201 - a PlanRequest -> a plan.re
         path, kind = Path("(dry-run, no profile)"), "cuda"
     else:
         path, profile = chosen
-        base = profile.recipe_of().resolved(profile.kind)
-        pricer, line, device, kind = profile_pricer(profile), plan_line(req, profile, path, budget), profile.device, \
-            profile.kind
+        base, pricer = profile.recipe_of().resolved(profile.kind), profile_pricer(profile)
+        line, device, kind = plan_line(req, profile, path, budget), profile.device, profile.kind
     if fixed:
         axes = replace(axes, checkpoints=(base.checkpoint,), optimizers=(base.optimizer,))
+    try:
+        items, hours, smallest = _searched(req, axes, base, pricer, (space, budget, notes), chosen)
+    finally:
+        if pricer.planner is not None:
+            pricer.planner.__exit__(None, None, None)
+            warnings += pricer.planner.warnings
+            notes.append(pricer.planner.summary())
+    by = ("what the hours buy" if hours is not None else "predicted ms per optimizer step") \
+        if pricer.ms is not None else "TFLOP per optimizer step (no measured speed), then fewer micro-steps"
+    doc = {"vram_bytes": vram_b, "card": card.name if card else None, "reserve_bytes": reserve_b,
+           "budget_bytes": budget, "objective": "time", "model_file": str(path),
+           "ranking": {"objective": "time", "value": by, "text": f"{axes.tokens_per_step:,} tokens per step, by {by}"},
+           "device": device, "recipe_key": base.key(), "recipe": base.to_dict(), "target": kind,
+           "margin_rel": pricer.margin_rel, "data_dir": req.data_dir, "gpus": 1, "strategy": None,
+           "tokens_per_step": axes.tokens_per_step, "plan": line, "suggestions": [s.to_dict() for s in items]}
+    doc.update({"hours": hours} if hours is not None else {})
+    doc.update({"dry_run": pricer.planner.counts()} if pricer.planner is not None else {})
+    return Recommendation(doc, items, path, notes=notes, warnings=warnings, vram_label=vram_label, plan_line=line,
+                          nothing_fits=smallest)
+
+
+def _searched(req, axes: RecipeAxes, base: Recipe, pricer: Pricer, where: tuple, chosen) -> tuple:  # noqa: ANN001
+    """(the search's suggestions with their train commands, the hours ranked by or None, and where nothing fits
+    what the least demanding point needs); `where`: the space, the budget and the notes to add to."""
+    from vramfit.plan.request import time_args
+    from vramfit.plan.workflows import train_command
+
+    space, budget, notes = where
     if pricer.planner is not None and base.compile and set(axes.checkpoints) - {"none"}:
         notes.append("checkpointing under torch.compile is not emulated by the dry run: searched without it "
                      "(--recipe ...,compile=false searches it eager)")
         axes = replace(axes, checkpoints=("none",))
     shapes = model_shapes(space)
     check_shapes(shapes, axes.tokens_per_step, pricer.planner is not None)
-    if not candidate_groups(shapes, axes, base):
+    groups = candidate_groups(shapes, axes, base)
+    if not groups:
         raise VramfitError(f"no --batch-size given divides the {axes.tokens_per_step:,} tokens per step into whole "
                            "micro-steps of a block searched")
-    priced = len(priced_groups(shapes, axes, base, pricer))
-    if priced < len(candidate_groups(shapes, axes, base)):
-        unknown = next(p.recipe for g in candidate_groups(shapes, axes, base) for p in g if not pricer.knows(p.recipe))
-        why = _why_unknown(chosen[1], unknown)
-        if not priced:
+    unknown = [p.recipe for g in groups for p in g if not pricer.knows(p.recipe)]
+    if unknown:
+        why = _why_unknown(chosen[1], unknown[0])
+        if not priced_groups(shapes, axes, base, pricer):
             raise VramfitError(f"{why}; no point of --tokens-per-step {axes.tokens_per_step:,} is left (or plan by "
                                "the dry run: --no-profile)")
         notes.append(f"not searched: {why}")
     hours = time_args(req.hours, req.rank, req.loss_law, req.data_dir).hours if req.hours is not None else None
-    try:
-        items = search(shapes, axes, base, pricer, budget, req.top, hours)
-    finally:
-        if pricer.planner is not None:
-            pricer.planner.__exit__(None, None, None)
-            warnings += pricer.planner.warnings
-            notes.append(pricer.planner.summary())
+    items = search(shapes, axes, base, pricer, budget, req.top, hours)
     for s in items:
         recipe = replace(base, optimizer=s.optimizer, grad_accum=s.grad_accum, checkpoint=s.checkpoint)
         s.command = train_command(s, recipe.to_dict(), req.data_dir)
-    by = ("what the hours buy" if hours is not None else "predicted ms per optimizer step") \
-        if pricer.ms is not None else "TFLOP per optimizer step (no measured speed), then fewer micro-steps"
-    ranking = {"objective": "time", "value": by, "text": f"{axes.tokens_per_step:,} tokens per step, by {by}"}
-    doc = {"vram_bytes": vram_b, "card": card.name if card else None, "reserve_bytes": vram_b - budget,
-           "budget_bytes": budget, "objective": "time", "ranking": ranking, "model_file": str(path),
-           "device": device, "recipe_key": base.key(), "recipe": base.to_dict(), "target": kind,
-           "margin_rel": pricer.margin_rel, "data_dir": req.data_dir, "gpus": 1, "strategy": None,
-           "tokens_per_step": axes.tokens_per_step, "plan": line, "suggestions": [s.to_dict() for s in items]}
-    if hours is not None:
-        doc["hours"] = hours
-    if pricer.planner is not None:
-        doc["dry_run"] = pricer.planner.counts()
-    out = Recommendation(doc, items, path, notes=notes, warnings=warnings, vram_label=vram_label,
-                         plan_line=line)
-    if not items:
-        out.nothing_fits = _smallest(shapes, axes, base, pricer)
-    return out
+    return items, hours, None if items else _smallest(shapes, axes, base, pricer)
 
 
 def _why_unknown(profile, recipe: Recipe) -> str:  # noqa: ANN001 - a Profile
