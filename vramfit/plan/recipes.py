@@ -170,15 +170,30 @@ class Pricer:
     margin_rel: float
     planner: object | None = None
     knows: Callable[[Recipe], bool] = lambda recipe: True  # the recipes it can price
+    detail: Callable[[Point], tuple[str, dict]] | None = None  # the peak's regime and its breakdown by part
 
 
 def dry_run_pricer(planner, margin_rel: float) -> Pricer:  # noqa: ANN001 - a plan.noprofile.DryRunPlanner
-    """The dry run's device bytes of each point (accumulation at min(grad_accum, ACCUM_STEADY)) with the margin."""
-    def need(points: list[Point]) -> list[float]:
-        pairs = [(p.shape, replace(p.recipe, grad_accum=min(p.recipe.grad_accum, ACCUM_STEADY))) for p in points]
-        return [b * (1 + margin_rel) for b in planner.bytes_of(pairs)]
+    """The dry run's device bytes of each point (accumulation at min(grad_accum, ACCUM_STEADY)) with the margin;
+    the regime is the estimate's peak phase, its breakdown in the memory model's parts (the allocator's slack and
+    the CUDA context in the constant)."""
+    from vramfit.dryrun.estimate import device_bytes
 
-    return Pricer(need, None, margin_rel, planner)
+    def estimates(points: list[Point]) -> list:
+        return planner.estimates_of([(p.shape, replace(p.recipe, grad_accum=min(p.recipe.grad_accum, ACCUM_STEADY)))
+                                     for p in points])
+
+    def detail(point: Point) -> tuple[str, dict]:
+        (est,) = estimates([point])
+        b = est.breakdown
+        parts = {"params+optimizer": ("parameters", "gradients", "optimizer_state", "weight_copies"),
+                 "logits": ("logits_loss",), "activations": ("activations", "inputs"), "attention": ()}
+        out = {part: sum(b.get(k, 0) for k in keys) for part, keys in parts.items()}
+        return ("optimizer step" if est.peak_phase == "optimizer" else est.peak_phase,
+                {"constant": device_bytes(est) - sum(out.values()), **out})
+
+    return Pricer(lambda points: [device_bytes(e) * (1 + margin_rel) for e in estimates(points)], None, margin_rel,
+                  planner, detail=detail)
 
 
 def profile_pricer(profile) -> Pricer:  # noqa: ANN001 - a vramfit.fit.profile.Profile
@@ -202,10 +217,14 @@ def profile_pricer(profile) -> Pricer:  # noqa: ANN001 - a vramfit.fit.profile.P
             return out
         return price
 
+    def detail(point: Point) -> tuple[str, dict]:
+        part = profile.model.breakdown(profile._columns(point.shape, point.recipe))[0]
+        return part.pop("regime"), {k: int(v) for k, v in part.items()}
+
     memory = by_recipe(profile.memory)
     return Pricer(lambda points: memory(points) * (1 + profile.margin_rel),
                   by_recipe(profile.step_ms) if profile.throughput is not None else None, profile.margin_rel,
-                  knows=knows)
+                  knows=knows, detail=detail)
 
 
 def priced_groups(shapes: Sequence[Shape], axes: RecipeAxes, base: Recipe, pricer: Pricer) -> list[list[Point]]:
@@ -242,10 +261,12 @@ def search(shapes: Sequence[Shape], axes: RecipeAxes, base: Recipe, pricer: Pric
     out = []
     for rank, i in enumerate(order[:top], start=1):
         p, pred = points[i], need[i] / (1 + pricer.margin_rel)
+        regime, parts = pricer.detail(p) if pricer.detail is not None else ("", {})
         out.append(Suggestion(
             rank=rank, **p.shape.as_dict(), params=int(params[i]), tokens_per_step=p.tokens_per_step,
             predicted_bytes=int(pred), margin_bytes=int(need[i] - pred), headroom_bytes=int(budget - need[i]),
-            regime="", grad_accum=p.recipe.grad_accum, checkpoint=p.recipe.checkpoint, optimizer=p.recipe.optimizer,
+            regime=regime, breakdown={k: int(v) for k, v in parts.items()}, grad_accum=p.recipe.grad_accum,
+            checkpoint=p.recipe.checkpoint, optimizer=p.recipe.optimizer,
             ms_per_step=float(ms[i]) if ms is not None else None, tflop_per_step=float(tflop[i]),
             score=float(ms[i] if ms is not None else tflop[i])))
     return out
@@ -301,11 +322,11 @@ def recommend_recipes(req):  # noqa: ANN001, ANN201 - a PlanRequest -> a plan.re
         if req.hours is not None:
             raise VramfitError("--hours needs a profiled device (its sweep measures speed): plan with a profile")
         base, pricer, line, device = _dry_run(req, (space["vocab_size"] or [DEFAULT_VOCAB])[0], notes, warnings)
-        path, kind = Path("(dry-run, no profile)"), "cuda"
+        path, target = Path("(dry-run, no profile)"), "nvml"
     else:
         path, profile = chosen
         base, pricer = profile.recipe_of().resolved(profile.kind), profile_pricer(profile)
-        line, device, kind = plan_line(req, profile, path, budget), profile.device, profile.kind
+        line, device, target = plan_line(req, profile, path, budget), profile.device, profile.target
     if fixed:
         axes = replace(axes, checkpoints=(base.checkpoint,), optimizers=(base.optimizer,))
     try:
@@ -320,7 +341,7 @@ def recommend_recipes(req):  # noqa: ANN001, ANN201 - a PlanRequest -> a plan.re
     doc = {"vram_bytes": vram_b, "card": card.name if card else None, "reserve_bytes": reserve_b,
            "budget_bytes": budget, "objective": "time", "model_file": str(path),
            "ranking": {"objective": "time", "value": by, "text": f"{axes.tokens_per_step:,} tokens per step, by {by}"},
-           "device": device, "recipe_key": base.key(), "recipe": base.to_dict(), "target": kind,
+           "device": device, "recipe_key": base.key(), "recipe": base.to_dict(), "target": target,
            "margin_rel": pricer.margin_rel, "data_dir": req.data_dir, "gpus": 1, "strategy": None,
            "tokens_per_step": axes.tokens_per_step, "plan": line, "suggestions": [s.to_dict() for s in items]}
     doc.update({"hours": hours} if hours is not None else {})
