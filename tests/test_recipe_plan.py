@@ -130,6 +130,10 @@ def test_with_a_profile_of_one_recipe_only_its_recipe_is_searched(profiled, monk
     assert row["ms_per_step"] > 0 and doc["tokens_per_step"] == 512
     overrides = suggestion_overrides(doc, row)
     assert (overrides["batch_size"], overrides["grad_accum"], overrides["checkpoint"]) == (8, 1, "none")
+    assert main([*args, "--json"]) == 0
+    today = json.loads(capsys.readouterr().out)
+    assert main([*args, "--json", "--recipe", "fixed"]) == 0  # without --tokens-per-step: today's suggest
+    assert json.loads(capsys.readouterr().out) == today
     assert main([*args, "--tokens-per-step", "1024", "--checkpoint", "all"]) == 2  # accum 2 and checkpointing
     err = capsys.readouterr().err
     assert err.startswith("error: this profile (") and "was fitted on one recipe" in err and "Traceback" not in err
@@ -200,6 +204,9 @@ def test_a_switch_profile_leaves_out_what_it_did_not_measure(switch_profile, tmp
     assert main([*args, "--optimizer", "fused,sgd"]) == 0
     out = capsys.readouterr().out
     assert "not searched: this profile measured the optimizers adafactor, fused, not sgd" in out
+    assert main([*args, "--recipe", "fixed", "--json"]) == 0  # the profile's own checkpointing and optimizer
+    assert {(r["checkpoint"], r["optimizer"]) for r in json.loads(capsys.readouterr().out)["suggestions"]} == {
+        ("none", "fused")}
     assert main([*args, "--optimizer", "sgd"]) == 2
     assert capsys.readouterr().err.startswith("error: this profile measured the optimizers")
     assert main(["predict", "--model", str(switch_profile), *SMALL, "--optimizer", "sgd"]) == 2
