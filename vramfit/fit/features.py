@@ -14,9 +14,15 @@ optimizer) fits RECIPE_PHYSICS: the same terms with the switches in them (`featu
                  SGD's momentum, Adafactor's row and column factors, Muon's buffers); ~1 x, held from step 1 on
 - `accum_grads`  P when grad_accum > 1: every gradient is kept across the micro-steps, so the later micro-steps'
                  forward and backward run with all of them alive (~4 B/param in fp32)
-- `acts`, `attn` only the blocks that are not checkpointed, plus the one block recomputed at a time
+- `acts`, `attn` only the blocks that are not checkpointed
 - `ckpt_inputs`  N*C per checkpointed block: the block input that `torch.utils.checkpoint` keeps
-- `recompute`    N*C while a checkpointed block is recomputed in backward: part of the in-block transient
+- `recompute`    where blocks are checkpointed, the recompute of one block in backward is a piece of its own
+                 beside the optimizer step (REBLOCK: c0 + weights + state + one block's activations, N*C, + the
+                 gradients alive, the block inputs and plain blocks' activations held where it peaks): at block 0
+                 (recomputed last: every gradient but its own and the position table's alive, nothing else held)
+                 or at the deepest checkpointed block (recomputed first: every block input and the plain blocks
+                 before it held, only the later blocks' and the tied head's gradients alive), whichever holds more
+                 (`recompute_columns`); with accumulation every gradient is alive at both
 All functions work elementwise on numpy arrays, so `suggest` evaluates whole search spaces at once.
 """
 
@@ -33,7 +39,10 @@ if TYPE_CHECKING:
     import pandas as pd  # imported where frames are built: predicting from a model file needs no pandas
 
 PHYSICS = ("params", "logits", "acts", "attn", "embed")
-SWITCH_FEATURES = ("state", "accum_grads", "ckpt_inputs", "recompute")
+SWITCH_FEATURES = ("state", "accum_grads", "ckpt_inputs")
+# the recompute piece (checkpointing): shared columns, then the columns of the block where it peaks (RECOMPUTE_AT)
+REBLOCK = ("params", "state", "recompute", "grads", "inputs", "acts")
+RECOMPUTE_AT = ("first", "deepest")  # block 0 (recomputed last) | the deepest checkpointed block (recomputed first)
 RECIPE_PHYSICS = PHYSICS + SWITCH_FEATURES
 NAIVE = ("params", "tokens")
 SWITCHES = ("grad_accum", "checkpoint", "optimizer")  # the Recipe fields a RECIPE_PHYSICS profile prices
@@ -49,6 +58,8 @@ UNITS = {
     "accum_grads": "B/param (gradients kept across micro-steps)",
     "ckpt_inputs": "B per token per checkpointed block per channel",
     "recompute": "B per token per channel (a block recomputed in backward)",
+    "grads": "B per gradient alive at the recompute peak",
+    "inputs": "B per token per channel per block input held at the recompute peak",
 }
 # which terms of the physics model make up each part of a prediction's breakdown
 BREAKDOWN = {"params+optimizer": ("params", "state", "accum_grads"), "logits": ("logits",),
@@ -74,9 +85,26 @@ def features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size, bias: 
 
     every, accum = col("checkpoint_every"), col("grad_accum")
     ckpt = np.where(every > 0, np.ceil(L / np.maximum(every, 1)), 0.0)  # blocks 0, k, 2k, ... are checkpointed
-    live = L - ckpt + (ckpt > 0)  # blocks whose activations are held at once: the plain ones + one recomputed
-    return {**out, "acts": N * live * C, "attn": N * live * H * T, "state": col("state").copy(),
-            "accum_grads": P * (accum > 1), "ckpt_inputs": N * ckpt * C, "recompute": N * C * (ckpt > 0)}
+    block = (P - np.asarray(count_params(0, C, T, V, bias), dtype=np.float64)) / np.maximum(L, 1)  # one block's
+    return {**out, "acts": N * (L - ckpt) * C, "attn": N * (L - ckpt) * H * T, "state": col("state").copy(),
+            "accum_grads": P * (accum > 1), "ckpt_inputs": N * ckpt * C, "recompute": N * C * (ckpt > 0),
+            **recompute_columns(L, C, T, N, P, block, every, accum)}
+
+
+def recompute_columns(L, C, T, N, P, block, every, accum) -> dict:
+    """The columns of the recompute piece at each block where it can peak (`<column>_<RECOMPUTE_AT>`), 0 where no
+    block is checkpointed. Gradients alive: with accumulation all (the earlier micro-steps'); without, the tied
+    head's (computed first) and those of the blocks after it; the position table's come last."""
+    on, k = every > 0, np.maximum(every, 1)
+    ckpt = on * np.ceil(L / k)
+    deepest = k * np.floor((L - 1) / k)  # the deepest checkpointed block (0, k, 2k, ...)
+
+    def grads(done_blocks):
+        return on * np.where(accum > 1, P, P - done_blocks * block - T * C)
+
+    return {"grads_first": grads(1.0), "inputs_first": 0.0 * N,  # block 0's own input is in `recompute`
+            "acts_first": 0.0 * N, "grads_deepest": grads(deepest + 1),
+            "inputs_deepest": on * N * C * ckpt, "acts_deepest": on * N * C * (deepest - (ckpt - 1))}
 
 
 def switch_columns(shapes, recipes, bias: bool = True) -> dict:

@@ -27,7 +27,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from vramfit.errors import VramfitError
-from vramfit.fit.features import BREAKDOWN, NAIVE, PHYSICS, RECIPE_PHYSICS, UNITS, frame_features, shape_key
+from vramfit.fit.features import (
+    BREAKDOWN,
+    NAIVE,
+    PHYSICS,
+    REBLOCK,
+    RECIPE_PHYSICS,
+    RECOMPUTE_AT,
+    UNITS,
+    frame_features,
+    shape_key,
+)
 from vramfit.fit.stats import cv_predictions, error_metrics, nnls, nonneg_slope, nonneg_slopes
 from vramfit.shape import KEYS
 from vramfit.store import SHARED_GPU
@@ -61,10 +71,14 @@ class MemoryModel:
         return np.asarray(X["params"], dtype=np.float64)
 
     def _step(self, X: pd.DataFrame | dict) -> np.ndarray:
-        """The optimizer-step piece: c0 + a*P (+ s*state with switches)."""
+        """The parameter-dominated piece: the optimizer step, c0 + a*P (+ s*state with switches); with switches,
+        where blocks are checkpointed, the larger of that and block 0's recompute, c0 + REBLOCK columns @ its
+        coefficients (every gradient but block 0's and the position table's alive, one block recomputed)."""
         out = self.step_intercept_ + self.step_coef_ * self._P(X)
-        if self.step_state_coef_:
+        if self.switches:
             out = out + self.step_state_coef_ * np.asarray(X["state"], dtype=np.float64)
+            rec = self.step_intercept_ + _recompute(X, self.reblock_coef_)
+            out = np.where(np.asarray(X["recompute"]) > 0, np.maximum(out, rec), out)
         return out
 
     @property
@@ -86,6 +100,7 @@ class MemoryModel:
         everything = np.ones(len(y), dtype=bool)
         self.intercept_, self.coef_, self.layer_coef_ = self._fit_backward(X, y, everything)
         self.step_intercept_, self.step_coef_, self.step_state_coef_ = 0.0, 0.0, 0.0
+        self.reblock_coef_ = np.zeros(len(REBLOCK))
         self.n_step_points_ = 0
         # the physical floor of the step piece: AdamW's 16 B/param, or (switches) fp32 weights + grads + the state
         floor, state_floor = (GRADS_WEIGHTS_BYTES_PER_PARAM, 1.0) if self.switches else \
@@ -95,10 +110,11 @@ class MemoryModel:
                 self._fit_two_regimes(X, y)
             if not floor <= self.step_coef_ <= STEP_BYTES_PER_PARAM_MAX:
                 # no step-regime points, or a "step" piece that is really something else: the physical floor
-                self.intercept_, self.coef_, self.layer_coef_ = self._fit_backward(X, y, everything)
-                self.step_intercept_, self.step_coef_ = self.intercept_, floor
-                self.step_state_coef_ = state_floor
-                self.n_step_points_ = 0
+                # (keeping the backward fit where the recompute piece took the parameter-dominated points)
+                if not self.reblock_coef_.any():
+                    self.intercept_, self.coef_, self.layer_coef_ = self._fit_backward(X, y, everything)
+                    self.n_step_points_ = 0
+                self.step_intercept_, self.step_coef_, self.step_state_coef_ = self.intercept_, floor, state_floor
         self.n_points_ = len(y)
         return self
 
@@ -109,19 +125,14 @@ class MemoryModel:
             c0, w = nnls(A, y[rows])
             return c0, w, 0.0
         i_logits, i_embed = self.features.index("logits"), self.features.index("embed")
-        # the in-block transient: the recomputed block's activations too (switches), counted only in the layers
-        in_layer = [self.features.index("recompute")] if "recompute" in self.features else []
-        cols = np.arange(A.shape[1])
         # start from physics: logits grads ~12 B x N*V vs the MLP's 4C-wide fp32 grad ~16-20 B x N*C
         at_loss = A[:, i_logits] >= 1.5 * A[:, i_embed]
         for _ in range(10):
-            mask = np.where(np.isin(cols, [i_logits, i_embed]), at_loss[:, None],
-                            np.where(np.isin(cols, in_layer), ~at_loss[:, None], 1.0))
-            D = np.column_stack([A * mask, A[:, i_embed] * ~at_loss])
+            D = np.column_stack([A * np.where(np.isin(np.arange(A.shape[1]), [i_logits, i_embed]),
+                                              at_loss[:, None], 1.0), A[:, i_embed] * ~at_loss])
             c0, w = nnls(D, y[rows])
             coef, g = w[:-1], float(w[-1])
-            layer = g * A[:, i_embed] + sum(coef[i] * A[:, i] for i in in_layer)
-            new = coef[i_logits] * A[:, i_logits] + coef[i_embed] * A[:, i_embed] >= layer
+            new = coef[i_logits] * A[:, i_logits] + coef[i_embed] * A[:, i_embed] >= g * A[:, i_embed]
             if np.array_equal(new, at_loss):
                 break
             at_loss = new
@@ -129,51 +140,54 @@ class MemoryModel:
 
     def _fit_two_regimes(self, X, y: np.ndarray) -> None:
         P = self._P(X)
+        # with switches, a checkpointed point's parameter-dominated peak may be a block's recompute (REBLOCK)
+        ckpt = np.asarray(X["recompute"], dtype=np.float64) > 0 if self.switches else np.zeros(len(y), dtype=bool)
+        S = np.asarray(X["state"], dtype=np.float64) if self.switches else None
         # start: the step regime explains the points the backward fit under-predicts most
         resid = y - self.parts(X)[0]
         step = resid > np.quantile(resid, 0.75)
-        best = (np.sum(resid**2), self.intercept_, self.coef_, self.layer_coef_, 0.0, 0.0, 0)
+        best = (np.sum(resid**2), self.intercept_, self.coef_, self.layer_coef_, 0.0, 0.0, np.zeros(len(REBLOCK)), 0)
         for _ in range(self.max_iter):
             if step.sum() < 2 or (~step).sum() < 2:
                 break
             self.intercept_, self.coef_, self.layer_coef_ = self._fit_backward(X, y, ~step)
             c0 = self.intercept_
             # the step piece shares the constant (same context and workspaces): y - c0 = a * P (+ s * state)
-            if self.switches:
-                S = np.asarray(X["state"], dtype=np.float64)
-                a, s = nonneg_slopes(np.column_stack([P, S])[step], y[step] - c0)
-            else:
-                a, s, S = nonneg_slope(P[step], y[step] - c0), 0.0, 0.0
-            pred_b, pred_s = self.parts(X)[0], c0 + a * P + s * S
+            plain = step & ~ckpt
+            if S is None:
+                a, s = nonneg_slope(P[step], y[step] - c0), 0.0
+            else:  # the optimizer step: fitted on its points where they are physical, else its floor
+                a, s = nonneg_slopes(np.column_stack([P, S])[plain], y[plain] - c0) if plain.sum() >= 2 else (0, 0)
+                if not GRADS_WEIGHTS_BYTES_PER_PARAM <= a <= STEP_BYTES_PER_PARAM_MAX:
+                    a, s = GRADS_WEIGHTS_BYTES_PER_PARAM, 1.0
+            rb = _fit_recompute(X, y - c0, step & ckpt) if (step & ckpt).sum() >= 2 else np.zeros(len(REBLOCK))
+            pred_b = self.parts(X)[0]
+            pred_s = c0 + a * P + (s * S if S is not None else 0.0)
+            if ckpt.any():
+                pred_s = np.where(ckpt, np.maximum(pred_s, c0 + _recompute(X, rb)), pred_s)
             sse = float(np.sum((np.maximum(pred_b, pred_s) - y) ** 2))
             if sse < best[0] - 1e-9 * best[0]:
-                best = (sse, c0, self.coef_, self.layer_coef_, a, s, int(step.sum()))
+                best = (sse, c0, self.coef_, self.layer_coef_, a, s, rb, int(step.sum()))
             new = pred_s > pred_b
             if np.array_equal(new, step):
                 break
             step = new
         (_, self.intercept_, self.coef_, self.layer_coef_, self.step_coef_, self.step_state_coef_,
-         self.n_step_points_) = best
+         self.reblock_coef_, self.n_step_points_) = best
         self.step_intercept_ = self.intercept_
-
-    def _recompute(self, X) -> np.ndarray | float:
-        """Bytes of the block recomputed in backward (switches; 0 otherwise): in the in-layer transient."""
-        if "recompute" not in self.features:
-            return 0.0
-        return self.coef_[self.features.index("recompute")] * np.asarray(X["recompute"], dtype=np.float64)
 
     def _transients(self, X) -> tuple[np.ndarray, np.ndarray]:
         """(loss transient, in-layer transient) bytes of the physics backward piece."""
         b = self.coef_[self.features.index("logits")] * np.asarray(X["logits"], dtype=np.float64)
         e = np.asarray(X["embed"], dtype=np.float64)
-        return b + self.coef_[self.features.index("embed")] * e, self.layer_coef_ * e + self._recompute(X)
+        return b + self.coef_[self.features.index("embed")] * e, self.layer_coef_ * e
 
     def parts(self, X: pd.DataFrame | dict) -> tuple[np.ndarray, np.ndarray]:
         """(backward-regime prediction, optimizer-step-regime prediction); the model is their max."""
         lin = self.intercept_ + self._X(X) @ self.coef_
-        if self.physics and (self.layer_coef_ > 0 or self.switches):
+        if self.physics and self.layer_coef_ > 0:
             loss_t, layer_t = self._transients(X)
-            lin = lin - loss_t - self._recompute(X) + np.maximum(loss_t, layer_t)
+            lin = lin - loss_t + np.maximum(loss_t, layer_t)
         if self.step_coef_ > 0:
             return lin, self._step(X)
         return lin, np.full_like(lin, -np.inf)
@@ -196,8 +210,8 @@ class MemoryModel:
             for part, terms in BREAKDOWN.items():
                 row[part] = sum(float(self.coef_[self.features.index(t)]) * float(np.asarray(X[t])[i])
                                 for t in terms if t in self.features)
-            if self.physics and (self.layer_coef_ > 0 or self.switches):
-                loss_t, layer_t = (float(np.broadcast_to(v, lin.shape)[i]) for v in self._transients(X))
+            if self.physics and self.layer_coef_ > 0:
+                loss_t, layer_t = (float(v[i]) for v in self._transients(X))
                 if layer_t > loss_t:  # the peak is inside a block's backward: the MLP gradient, not the logits
                     acts = sum(float(self.coef_[self.features.index(t)]) * float(np.asarray(X[t])[i])
                                for t in ("acts", "ckpt_inputs") if t in self.features)
@@ -215,15 +229,19 @@ class MemoryModel:
         if self.step_coef_ > 0:
             rows += [{"term": "step: constant", "value": self.step_intercept_, "unit": "B"},
                      {"term": "step: params", "value": self.step_coef_, "unit": "B/param"}]
-        if self.step_state_coef_ > 0:
+        if self.switches:
             rows.append({"term": "step: state", "value": self.step_state_coef_, "unit": UNITS["state"]})
+            rows += [{"term": f"recompute: {f}", "value": float(c), "unit": UNITS[f]}
+                     for f, c in zip(REBLOCK, self.reblock_coef_, strict=True)]
         return rows
 
     def to_dict(self) -> dict:
         return {"features": list(self.features), "regimes": self.regimes, "intercept": self.intercept_,
                 "coef": [float(c) for c in self.coef_], "layer_coef": self.layer_coef_,
                 "step_intercept": self.step_intercept_,
-                "step_coef": self.step_coef_} | ({"step_state_coef": self.step_state_coef_} if self.switches else {})
+                "step_coef": self.step_coef_} | ({"step_state_coef": self.step_state_coef_,
+                                                  "reblock_coef": [float(c) for c in self.reblock_coef_]}
+                                                 if self.switches else {})
 
     @classmethod
     def from_dict(cls, d: dict, nonneg: bool = True) -> MemoryModel:
@@ -234,16 +252,46 @@ class MemoryModel:
         m.step_intercept_, m.step_coef_ = float(d.get("step_intercept", 0.0)), float(d.get("step_coef", 0.0))
         m.layer_coef_ = float(d.get("layer_coef", 0.0))
         m.step_state_coef_ = float(d.get("step_state_coef", 0.0))
+        m.reblock_coef_ = np.asarray(d.get("reblock_coef", [0.0] * len(REBLOCK)), dtype=np.float64)
+        if m.reblock_coef_.shape != (len(REBLOCK),):
+            raise ValueError(f"{len(REBLOCK)} block-0 recompute coefficients expected, got {m.reblock_coef_.size}")
         if m.coef_.shape != (len(m.features),):
             raise ValueError(f"{len(m.features)} features but {m.coef_.size} coefficients")
         values = {"intercept": m.intercept_, "step_intercept": m.step_intercept_, "step_coef": m.step_coef_,
                   "layer_coef": m.layer_coef_, "step_state_coef": m.step_state_coef_,
+                  **{f"recompute coef of {f}": float(c) for f, c in zip(REBLOCK, m.reblock_coef_, strict=True)},
                   **{f"coef of {f}": float(c) for f, c in zip(m.features, m.coef_, strict=True)}}
         low = 0.0 if nonneg else -MAX_SIZE
         for name, v in values.items():
             if not (math.isfinite(v) and low <= v <= MAX_SIZE):
                 raise ValueError(f"its {name} is {v}, not a finite number in [{low:g}, 2**60]")
         return m
+
+
+def _recompute_parts(X, at: str) -> np.ndarray:
+    """The REBLOCK columns of the recompute piece peaking at block `at` (RECOMPUTE_AT)."""
+    shared = [np.asarray(X[f], dtype=np.float64) for f in REBLOCK[:3]]
+    return np.column_stack(shared + [np.asarray(X[f"{f}_{at}"], dtype=np.float64) for f in REBLOCK[3:]])
+
+
+def _recompute(X, coef: np.ndarray) -> np.ndarray:
+    """The recompute piece (without the constant): the larger over the blocks where it can peak."""
+    return np.max([_recompute_parts(X, at) @ coef for at in RECOMPUTE_AT], axis=0)
+
+
+def _fit_recompute(X, y: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """NNLS of the recompute piece on `rows` (y without the constant), alternating at which block each peaks."""
+    first, deepest = (_recompute_parts(X, at)[rows] for at in RECOMPUTE_AT)
+    guess = np.array([4.0, 1.0, 80.0, 4.0, 4.0, 64.0])  # fp32 weights, the state, a block's activations, ...
+    at_deep = deepest @ guess > first @ guess
+    coef = guess
+    for _ in range(10):
+        coef = nonneg_slopes(np.where(at_deep[:, None], deepest, first), y[rows])
+        new = deepest @ coef > first @ coef
+        if np.array_equal(new, at_deep):
+            break
+        at_deep = new
+    return coef
 
 
 def data_hash(df: pd.DataFrame, target_col: str) -> str:
