@@ -15,7 +15,9 @@
   const $ = (id) => document.getElementById(id);
   const SHAPE = ["n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size"];
   const PHYSICS = ["params", "logits", "acts", "attn", "embed"];
-  const RECIPE_PHYSICS = [...PHYSICS, "state", "accum_grads", "ckpt_inputs", "recompute"];
+  const RECIPE_PHYSICS = [...PHYSICS, "state", "accum_grads", "ckpt_inputs"];
+  const REBLOCK = ["params", "state", "recompute", "grads", "inputs", "acts"]; // the recompute piece's columns
+  const RECOMPUTE_AT = ["first", "deepest"]; // block 0 | the deepest checkpointed block
   const BREAKDOWN = {"params+optimizer": ["params", "state", "accum_grads"], "logits": ["logits"],
                      "activations": ["acts", "embed", "ckpt_inputs"], "attention": ["attn"]};
   const OPT_KINDS = ["fused", "foreach", "loop", "muon", "sgd", "adafactor"];
@@ -76,10 +78,15 @@
                logits: N * s.vocab_size, acts: N * s.n_layer * s.n_embd,
                attn: N * s.n_layer * s.n_head * s.block_size, embed: N * s.n_embd};
     if (!sw) return f;
-    const ckpt = ckptBlocks(s.n_layer, sw.every), live = s.n_layer - ckpt + (ckpt > 0 ? 1 : 0);
-    return {...f, acts: N * live * s.n_embd, attn: N * live * s.n_head * s.block_size,
-            state: stateBytes(s, sw.optimizer), accum_grads: sw.grad_accum > 1 ? f.params : 0,
-            ckpt_inputs: N * ckpt * s.n_embd, recompute: ckpt > 0 ? N * s.n_embd : 0};
+    const L = s.n_layer, C = s.n_embd, T = s.block_size, P = f.params, ckpt = ckptBlocks(L, sw.every);
+    const block = (P - countParams(0, C, T, s.vocab_size)) / Math.max(L, 1); // one block's parameters
+    const on = sw.every > 0 ? 1 : 0, k = Math.max(sw.every, 1), deepest = k * Math.floor((L - 1) / k);
+    const grads = (done) => on * (sw.grad_accum > 1 ? P : P - done * block - T * C); // recompute_columns
+    return {...f, acts: N * (L - ckpt) * C, attn: N * (L - ckpt) * s.n_head * T,
+            state: stateBytes(s, sw.optimizer), accum_grads: sw.grad_accum > 1 ? P : 0,
+            ckpt_inputs: N * ckpt * C, recompute: ckpt > 0 ? N * C : 0,
+            grads_first: grads(1), inputs_first: 0, acts_first: 0, grads_deepest: grads(deepest + 1),
+            inputs_deepest: on * N * C * ckpt, acts_deepest: on * N * C * (deepest - (ckpt - 1))};
   }
 
   function dot(names, coef, f) {
@@ -95,25 +102,31 @@
     return m.regimes === 2 && (same(m.features, PHYSICS) || same(m.features, RECIPE_PHYSICS));
   }
 
-  function recomputed(m, f) { // MemoryModel._recompute: the block recomputed in backward
-    const i = m.features.indexOf("recompute");
-    return i < 0 ? 0 : m.coef[i] * f.recompute;
-  }
-
   function transients(m, f) { // MemoryModel._transients: (at the loss, inside a block)
     const c = (name) => m.coef[m.features.indexOf(name)];
-    return [c("logits") * f.logits + c("embed") * f.embed, m.layer_coef * f.embed + recomputed(m, f)];
+    return [c("logits") * f.logits + c("embed") * f.embed, m.layer_coef * f.embed];
   }
 
-  function stepPiece(m, f) { // MemoryModel._step
-    return m.step_intercept + m.step_coef * f.params + (m.step_state_coef ? m.step_state_coef * f.state : 0);
+  function recomputePiece(m, f) { // memmodel._recompute: the larger over the blocks where it can peak
+    const at = (where) => REBLOCK.reduce((acc, name, i) => acc + m.reblock_coef[i]
+                                         * f[i < 3 ? name : `${name}_${where}`], 0); // 3 shared columns
+    return Math.max(...RECOMPUTE_AT.map(at));
+  }
+
+  function stepPiece(m, f) { // MemoryModel._step (with switches: the state, and block 0's recompute where checkpointed)
+    let out = m.step_intercept + m.step_coef * f.params;
+    if (hasSwitches(m)) {
+      out += m.step_state_coef * f.state;
+      if (f.recompute > 0) out = Math.max(out, m.step_intercept + recomputePiece(m, f));
+    }
+    return out;
   }
 
   function parts(m, f) { // MemoryModel.parts: [backward piece, optimizer-step piece]
     let lin = m.intercept + dot(m.features, m.coef, f);
-    if (isPhysics(m) && (m.layer_coef > 0 || hasSwitches(m))) {
+    if (isPhysics(m) && m.layer_coef > 0) {
       const [lossT, layerT] = transients(m, f);
-      lin = lin - lossT - recomputed(m, f) + Math.max(lossT, layerT);
+      lin = lin - lossT + Math.max(lossT, layerT);
     }
     return [lin, m.step_coef > 0 ? stepPiece(m, f) : -Infinity];
   }
@@ -130,7 +143,7 @@
       for (const t of terms) if (m.features.includes(t)) acc += m.coef[m.features.indexOf(t)] * f[t];
       row[part] = acc;
     }
-    if (isPhysics(m) && (m.layer_coef > 0 || hasSwitches(m))) {
+    if (isPhysics(m) && m.layer_coef > 0) {
       const [lossT, layerT] = transients(m, f);
       if (layerT > lossT) {
         row.logits = 0;
