@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
 from fake_workers import fake_cmd
+
 from gpt.config import GPTConfig, count_params
 from vramfit.cli import main
 from vramfit.errors import VramfitError
@@ -104,22 +104,23 @@ def test_one_model_of_the_switches_predicts_held_out_cpu_points(cpu_points):
 
 
 def test_the_profile_prices_the_switches_and_refuses_what_it_cannot(cpu_points, tmp_path):
-    few = cpu_points[cpu_points["n_layer"] == 4].reset_index(drop=True)  # 4 shapes x 18 recipes: a quick fit
+    few = cpu_points[(cpu_points["n_layer"] == 4) & ~cpu_points["recipe"].str.contains('adafactor|sgd|"2"')]
+    few = few.reset_index(drop=True)  # 4 shapes x 4 recipes (fused AdamW, checkpoint none or all, accum 1 or 2)
     profile = fit_points(few)
     assert profile.switches and profile.model.switches and profile.recipe_key == Recipe(dtype="float32",
                                                                                        compile=False).key()
     shape = Shape(4, 2, 128, 64, 8, 256)
     mem = {k: float(profile.memory(shape, Recipe(dtype="float32", **r))[0]) for k, r in {
-        "plain": {}, "all": {"checkpoint": "all"}, "accum": {"grad_accum": 2}, "sgd": {"optimizer": "sgd"}}.items()}
-    assert mem["all"] < mem["plain"] < mem["accum"] and mem["sgd"] < mem["plain"]
+        "plain": {}, "all": {"checkpoint": "all"}, "accum": {"grad_accum": 2}}.items()}
+    assert mem["all"] < mem["plain"] < mem["accum"]
     row = few[(few["n_embd"] == 128) & (few["batch_size"] == 8) & (few["recipe"].str.contains('"all"'))
-              & ~few["recipe"].str.contains("grad_accum") & few["recipe"].str.contains("fused")]
+              & ~few["recipe"].str.contains("grad_accum")]
     assert abs(mem["all"] / float(row["tracked_bytes"].iloc[0]) - 1) < 0.02
     ms = {k: float(profile.step_ms(shape, Recipe(dtype="float32", **r))[0]) for k, r in {
         "plain": {}, "all": {"checkpoint": "all"}, "accum": {"grad_accum": 2}}.items()}
     assert ms["plain"] < ms["all"] and 1.5 * ms["plain"] < ms["accum"] < 2.2 * ms["plain"]
     with pytest.raises(VramfitError, match="measured the optimizers"):
-        profile.memory(shape, Recipe(dtype="float32", optimizer="muon"))
+        profile.memory(shape, Recipe(dtype="float32", optimizer="sgd"))
     with pytest.raises(VramfitError, match="recipe family"):
         profile.memory(shape, Recipe(dtype="bfloat16"))
     back = Profile.load(profile.save(tmp_path / "p.json"))

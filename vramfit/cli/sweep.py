@@ -68,7 +68,7 @@ def sweep(
     measure = {"max_iters": max_iters, "timeout_s": timeout, "dynamic_batch": dynamic_batch}
     spec = _grid_spec(grid, axes, dtype, measure)
     if plan == "grid" and not boundary:
-        _confirm_size(spec.points()[0], yes)
+        _confirm_size(spec.points()[0] * len(spec.recipes), yes)  # every recipe measures every point
     emulate, card = parse_vram(emulate_vram) if emulate_vram else (None, None)
     if card is not None and not quiet:
         typer.echo(f"--emulate-vram {describe(emulate, card)}")

@@ -65,6 +65,9 @@ class MemoryModel:
         self.max_iter = max_iter
 
     def _X(self, X: pd.DataFrame | dict) -> np.ndarray:
+        if self.switches and "state" not in X:
+            raise VramfitError("this profile prices the recipe's switches: ask it through Profile.memory(shapes, "
+                               "recipe), which gives the model each recipe's switch features")
         return np.column_stack([np.asarray(X[f], dtype=np.float64) for f in self.features])
 
     def _P(self, X: pd.DataFrame | dict) -> np.ndarray:
