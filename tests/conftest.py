@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from filelock import FileLock
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -16,11 +18,20 @@ QUICK_GRID = ROOT / "experiments" / "grids" / "quick.toml"
 SHAKESPEARE_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # its 65 characters
 
 
+def _run_dir(tmp_path_factory) -> Path:
+    """A folder of this test run shared by its pytest-xdist workers (`scripts/test.sh` runs two): each worker's
+    base temp is `pytest-N/popen-gwK`, so their parent is this run's own; without xdist, the base temp itself."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_dry_run_cache(tmp_path_factory):
-    """The dry run's cache in a temporary folder, never the user's cache directory."""
+    """The dry run's cache in a temporary folder of this run (shared by its workers), never the user's cache."""
+    cache = _run_dir(tmp_path_factory) / "vramfit-cache"
+    cache.mkdir(exist_ok=True)
     mp = pytest.MonkeyPatch()
-    mp.setenv("VRAMFIT_CACHE_DIR", str(tmp_path_factory.mktemp("vramfit-cache")))
+    mp.setenv("VRAMFIT_CACHE_DIR", str(cache))
     yield
     mp.undo()
 
@@ -83,12 +94,18 @@ def byte_encoding():
 
 @pytest.fixture(scope="session")
 def quick_db(tmp_path_factory) -> Path:
-    """The quick grid measured once on the CPU (13 points, ~45 s), shared by the sweep and planner tests."""
-    db = tmp_path_factory.mktemp("quick") / "vramfit.sqlite"
-    r = subprocess.run([sys.executable, "-m", "vramfit", "sweep", "--grid", str(QUICK_GRID), "--device", "cpu",
-                        "--db", str(db)], cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "done: 13 ok" in r.stdout
+    """The quick grid measured once per test run on the CPU (13 points, ~45 s), shared by the sweep and planner
+    tests and by the xdist workers (the first one sweeps under a file lock, the others wait and read)."""
+    folder = _run_dir(tmp_path_factory) / "quick"
+    folder.mkdir(exist_ok=True)
+    db = folder / "vramfit.sqlite"
+    with FileLock(str(folder / "sweep.lock")):
+        if not (folder / "done").exists():
+            r = subprocess.run([sys.executable, "-m", "vramfit", "sweep", "--grid", str(QUICK_GRID), "--device",
+                                "cpu", "--db", str(db)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+            assert r.returncode == 0, r.stderr[-2000:]
+            assert "done: 13 ok" in r.stdout
+            (folder / "done").touch()
     return db
 
 
