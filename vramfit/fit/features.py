@@ -114,15 +114,18 @@ def switch_columns(shapes, recipes, bias: bool = True) -> dict:
     from gpt.config import GPTConfig, checkpoint_every
 
     shapes = np.atleast_2d(np.asarray(shapes, dtype=np.int64))
-    rows = list(recipes) if isinstance(recipes, list | tuple) else [recipes] * len(shapes)
-    state, memo = np.empty(len(shapes)), {}
-    for i, (shape, r) in enumerate(zip(shapes, rows, strict=True)):
-        L, H, C, T, _, V = (int(v) for v in shape)
-        key = (L, H, C, T, V, r.optimizer, r.dtype)
-        if key not in memo:
-            opt = "fused" if r.optimizer == "auto" else r.optimizer
-            memo[key] = sum(GPTConfig(L, H, C, T, V, bias=bias).optimizer_state_bytes(opt, r.dtype).values())
-        state[i] = memo[key]
+    many = isinstance(recipes, list | tuple)
+    rows = list(recipes) if many else [recipes]
+    models = np.delete(shapes, KEYS.index("batch_size"), axis=1)  # the state does not depend on the batch
+    if not many:  # one recipe (a search space): each distinct model once
+        models, back = np.unique(models, axis=0, return_inverse=True)
+    state = np.empty(len(models))
+    for i, (L, H, C, T, V) in enumerate(models.tolist()):
+        r = rows[i if many else 0]
+        opt = "fused" if r.optimizer == "auto" else r.optimizer
+        state[i] = sum(GPTConfig(L, H, C, T, V, bias=bias).optimizer_state_bytes(opt, r.dtype).values())
+    if not many:
+        state, rows = state[np.ravel(back)], rows * len(shapes)
     return {"grad_accum": np.array([r.grad_accum for r in rows], dtype=np.float64),
             "checkpoint_every": np.array([checkpoint_every(r.checkpoint) for r in rows], dtype=np.float64),
             "state": state}
