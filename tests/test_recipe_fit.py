@@ -154,10 +154,13 @@ def test_fit_refuses_points_of_both_kinds_with_one_error_line(tmp_path, capsys):
 
 
 def test_a_switch_model_and_a_family_model_round_trip_their_own_coefficients(cpu_points):
-    """One MemoryModel class keeps both sets: the switch model's state and recompute coefficients, the family
-    model's per-family in-layer transients and step features; `layer_coef_` is `layer_[0]` in both."""
+    """One MemoryModel class keeps both sets (the family model's: tests/test_nanochat_fit.py): the switch model's
+    state and recompute coefficients round-trip, `layer_coef_` is `layer_[0]`, and its profile prices GPT-2 only."""
     few = cpu_points[(cpu_points["n_layer"] == 4) & cpu_points["recipe"].str.contains('"all"')].reset_index(drop=True)
-    model = fit_points(few).model
+    profile = fit_points(few)
+    model = profile.model
+    with pytest.raises(VramfitError, match="switches of GPT-2 models"):  # a nanochat shape is not priced as GPT-2
+        profile.memory(Shape(4, 2, 128, 64, 8, 256, "nanochat"))
     assert model.switches and model.step_features == () and model.layer_coef_ == model.layer_[0]
     d = model.to_dict()
     back = MemoryModel.from_dict(d)

@@ -120,6 +120,9 @@ class Profile:
             return self.model.columns(dict(zip(KEYS, cols, strict=True)), arch)
         sw = None
         if self.switches:
+            arch = shapes.arch if isinstance(shapes, Shape) else shapes.get("arch", GPT2)
+            if np.any(np.asarray(arch) != GPT2):
+                raise VramfitError("this profile prices the switches of GPT-2 models, not of another family")
             sw = switch_columns(np.column_stack(np.broadcast_arrays(*cols)), r)
             sw["optimizer"] = r.optimizer
         return (time_features if time else features)(*cols, switches=sw)
