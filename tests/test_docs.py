@@ -7,7 +7,9 @@ config/train_shakespeare_char.py and a small cfg.toml. Two things differ from a 
 - training and sampling are capped (CAPS is appended to every `train` and `sample`: a later flag wins), so a
   run takes seconds; an `estimate` shown on two pages runs once (PURE);
 - a `sweep` of the quick grid finds its 13 points already measured in the golden database and resumes (measures
-  nothing) on this project's CPU; on another CPU it measures them (about a minute).
+  nothing) on this project's CPU; on another CPU it measures them (about a minute); so does docs/recipes.md's
+  sweep of experiments/grids/recipe_tiny.toml in results/recipes.sqlite (tests/golden/recipes.sqlite: 40 points,
+  a few minutes elsewhere).
 The commands in ALLOWED only have their flags parsed (the reason says why); XFAIL lists known failures.
 """
 
@@ -113,6 +115,7 @@ def prepared(tmp_path_factory, corpus_text) -> Path:
     base = tmp_path_factory.mktemp("docs") / "base"
     (base / "results").mkdir(parents=True)
     shutil.copy(GOLDEN / "demo.sqlite", base / "results" / "vramfit.sqlite")
+    shutil.copy(GOLDEN / "recipes.sqlite", base / "results" / "recipes.sqlite")
     shutil.copytree(ROOT / "experiments" / "grids", base / "experiments" / "grids")
     text = corpus_text[:200_000]
     (base / "input.txt").write_text(text, encoding="utf-8")

@@ -8,6 +8,7 @@ selenium (dev extra); skipped, with the reason, only where no browser is install
 import io
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -269,3 +270,65 @@ def test_named_cards_from_vramfit_cards(browser, page, monkeypatch):
         assert "or a card: rtx-test, t-x" in _read(browser)["error"]
     finally:
         browser.get(page["html"].as_uri())
+
+
+@pytest.fixture(scope="module")
+def switch_page(tmp_path_factory):
+    """The calculator of tests/golden/recipes.sqlite's profile (docs/recipes.md's sweep: one profile prices 8
+    recipes) on a page of its own, and its model file, in a browser of its own."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    from vramfit.plan.workflows import fit_store
+    from vramfit.shape import Shape
+    from vramfit.show.calculator import calculator_section, model_entry
+    from vramfit.store import Store
+
+    tmp = tmp_path_factory.mktemp("switch-page")
+    shutil.copy(Path(__file__).parent / "golden" / "recipes.sqlite", tmp / "recipes.sqlite")
+    with Store(tmp / "recipes.sqlite", readonly=True) as store:
+        points = store.points_frame()
+    ((report, rows),) = fit_store(points)
+    model = report.save(tmp / "models" / model_filename(report.device, report.recipe_key))
+    ctx = PlanContext(vram_bytes=64 * 2**20, reserve_bytes=0, vocab_size=65, sources=["test"])
+    shape = Shape(4, 2, 128, 64, 8, 65)
+    entry = model_entry(report, ctx, shape, tmp / "models", "recipes.sqlite", rows)
+    html = tmp / "calculator.html"
+    html.write_text(f"<!doctype html><html><body>{calculator_section([entry], [shape], ctx)}</body></html>")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=opts)
+    driver.get(html.as_uri())
+    assert driver.find_element("tag name", "body").get_attribute("data-calculator") == "ready"
+    yield driver, model, report
+    driver.quit()
+
+
+def test_page_prices_the_recipe_switches_as_predict_does(switch_page, capsys):
+    """The switches typed into the page (accumulation, checkpointing every block or every 2nd, each optimizer
+    measured) give `vramfit predict --json`'s bytes, breakdown and ms per optimizer step; one not measured is an
+    error line, as in predict."""
+    driver, model, _ = switch_page
+    _set(driver, vram="64M", reserve="0", gpus="1")
+    for cfg, accum, ck, opt in ([
+            (dict(n_layer=4, n_head=2, n_embd=128, block_size=64, batch_size=8, vocab_size=65), 4, "all", "adafactor"),
+            (dict(n_layer=3, n_head=2, n_embd=96, block_size=128, batch_size=2, vocab_size=65), 1, "2", "fused"),
+            (dict(n_layer=6, n_head=4, n_embd=256, block_size=64, batch_size=16, vocab_size=65), 2, "none", "fused"),
+            (dict(n_layer=2, n_head=2, n_embd=64, block_size=256, batch_size=32, vocab_size=65), 8, "1", "adafactor")]):
+        _set(driver, **cfg, grad_accum=accum, checkpoint=ck, optimizer=opt)
+        got = _read(driver)
+        args = ["predict", "--model", str(model), "--json", "--grad-accum", str(accum), "--checkpoint", ck,
+                "--optimizer", opt]
+        for k in SHAPE:
+            args += [f"--{k.replace('_', '-')}", str(cfg[k])]
+        assert main(args) == 0
+        want = json.loads(capsys.readouterr().out)
+        assert got["error"] == "", cfg
+        assert int(got["predicted"]) == want["predicted_bytes"], cfg
+        assert {k: int(v) for k, v in got["parts"].items()} == want["breakdown"], cfg
+        assert got["regime"] == want["regime"], cfg
+        assert float(got["ms"]) == pytest.approx(want["ms_per_step"], rel=1e-9), cfg
+    _set(driver, optimizer="sgd")
+    assert _read(driver)["error"].startswith("error: this profile measured the optimizers adafactor, fused, not sgd")

@@ -121,7 +121,7 @@ def test_held_out_shapes_on_the_cpu_quick_grid(quick_db):
 
     ok = timed_points(points)  # the slowdown is these points' median typical/best step (>= 1), not any number
     assert tp.model.slowdown == pytest.approx(max(1.0, float(np.median(ok["ms_per_iter"] / ok["ms_best"]))))
-    assert tp.model.slowdown < 1.5
+    assert tp.model.slowdown < 4  # typical wall step / best step's CPU time: what neighbours on a shared CPU cost
     assert tp.mfu is None  # no known peak for a CPU
     m = ThroughputModel.from_dict(tp.model.to_dict())
     assert np.allclose(m.coef_, tp.model.coef_)

@@ -109,5 +109,10 @@ class Recipe:
     def apply(self, cfg: TrainConfig) -> TrainConfig:
         return replace(cfg, **self.train_overrides())
 
+    def family(self) -> Recipe:
+        """This recipe with the switches a profile can price (`grad_accum`, `checkpoint`, `optimizer`) at their
+        defaults: the recipes one profile of varied switches covers share it (and its key)."""
+        return replace(self, grad_accum=1, checkpoint="none", optimizer="auto")
+
 
 _SWITCHES = {"grad_accum": 1, "checkpoint": "none"}  # added later: left out of dicts and keys at their defaults

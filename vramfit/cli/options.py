@@ -45,7 +45,15 @@ HELP = {
     "--loop": "the training loop estimated: vramfit (`vramfit train`'s step) | nanogpt (nanoGPT's train.py: the "
               "logits kept through backward, the next batch fetched before it, its AdamW: fused on CUDA, for-loop "
               "on the CPU); default: --like's (a nanoGPT config or checkpoint: nanogpt), else vramfit",
-    "--recipe": "the training recipe: inline dtype=bfloat16,optimizer=fused,... or a TOML/JSON file",
+    "--recipe": "the training recipe: inline dtype=bfloat16,optimizer=fused,... or a TOML/JSON file (suggest "
+                "--tokens-per-step: fixed = search only its checkpointing and optimizer)",
+    "--tokens-per-step": "tokens per optimizer step (524288 = nanoGPT's GPT-2 batch): search micro-batch x "
+                         "gradient accumulation x block = this, activation checkpointing and the optimizer",
+    "--grad-accum": "micro-batches per optimizer step (gradient accumulation)",
+    "--checkpoint": "activation checkpointing: none | all | k (every k-th block) (suggest: a list, default "
+                    "none,all)",
+    "--optimizer": "fused | foreach | loop (AdamW) | sgd | adafactor | muon (suggest: a list; default the "
+                   "recipe's)",
     "--capability": "the GPU's CUDA compute capability for the dry run: 8.0, 8.6, 9.0, ...",
     "--reading": "the memory reading modelled: auto (nvml on CUDA, tracked on the CPU) | nvml | allocated | "
                  "reserved | rss | tracked",
@@ -99,3 +107,8 @@ NEmbd = Annotated[int, _option("--n-embd", min=1)]
 BlockSize = Annotated[int, _option("--block-size", min=1)]
 BatchSize = Annotated[int, _option("--batch-size", min=1)]
 Vocab = Annotated[int, _option("--vocab", "--vocab-size", min=1)]
+# the recipe's switches: one value (predict) or, with suggest --tokens-per-step, a list to search
+TokensPerStep = Annotated[str, _option("--tokens-per-step")]
+GradAccum = Annotated[int, _option("--grad-accum", min=1)]
+Checkpoint = Annotated[str, _option("--checkpoint")]
+Optimizer = Annotated[str, _option("--optimizer")]

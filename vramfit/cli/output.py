@@ -67,13 +67,18 @@ def predict_json(r: dict) -> dict:
     return {"predicted_bytes": int(r["predicted"]), "margin_bytes": int(r["margin"]), "naive_bytes": int(r["naive"]),
             "regime": r["regime"], "breakdown": {k: int(v) for k, v in r["breakdown"].items()},
             "model_file": str(r["model_file"]), "extrapolated": sorted(r["extrapolation"].outside),
-            "extrapolation_margin_bytes": int(r["widened_margin"])}
+            "extrapolation_margin_bytes": int(r["widened_margin"])} | (
+        {"recipe": r["recipe"], "ms_per_step": r["ms_per_step"]} if "recipe" in r else {})
 
 
 def print_prediction(r: dict) -> None:
     """`predict`'s text: the model, the peak with its margin and breakdown, the naive line, an extrapolation."""
     profile = r["model"]
     typer.echo(f"model {r['model_file']} ({profile.device}, {profile.recipe_key}, reading {profile.target})")
+    if "recipe" in r:
+        ms = r["ms_per_step"]
+        typer.echo(", ".join(f"{k} {v}" for k, v in r["recipe"].items())
+                   + (f": {ms:,.1f} ms per optimizer step" if ms is not None else ""))
     typer.echo(f"predicted peak: {fmt(r['predicted'])}  (+ margin {fmt(r['margin'])} = "
                f"{fmt(r['predicted'] + r['margin'])}; peak in the {r['regime']})")
     for k, v in r["breakdown"].items():
@@ -89,7 +94,7 @@ def print_prediction(r: dict) -> None:
 
 def print_suggestions(rec, vram: str, save: Path) -> None:
     """`suggest`'s terminal output: what the plan is for, the budget, the table, the train commands."""
-    from vramfit.show.tables import suggestion_table, time_table, to_rich
+    from vramfit.show.tables import recipe_table, suggestion_table, time_table, to_rich
 
     doc, budget = rec.doc, rec.doc["budget_bytes"]
     out = console()
@@ -108,7 +113,9 @@ def print_suggestions(rec, vram: str, save: Path) -> None:
                    + " ".join(f"{k}={v}" for k, v in cfg.items())
                    + ". Raise --vram, lower --reserve, or relax the fixed sizes.", err=True)
         raise typer.Exit(1)
-    if rec.time is not None:
+    if doc.get("tokens_per_step"):
+        out.print(to_rich(recipe_table(rec.items, doc["ranking"])))
+    elif rec.time is not None:
         out.print(to_rich(time_table(rec.items, rec.time.hours, rec.time.rank)))
     else:
         out.print(to_rich(suggestion_table(rec.items, doc["ranking"])))

@@ -15,8 +15,10 @@ from vramfit.cli.output import predict_json, print_prediction, print_suggestions
 @app.command()
 def predict(n_layer: o.NLayer = None, n_head: o.NHead = None, n_embd: o.NEmbd = None, block_size: o.BlockSize = None,
             batch_size: o.BatchSize = None, vocab: o.Vocab = None, like: o.Like = None, model: o.Model = None,
-            json_out: o.Json = False) -> None:
-    """Predicted training memory of one config, with a breakdown and the safety margin."""
+            json_out: o.Json = False, grad_accum: o.GradAccum = None, checkpoint: o.Checkpoint = None,
+            optimizer: o.Optimizer = None) -> None:
+    """Predicted training memory of one config, with a breakdown and the safety margin; with --grad-accum,
+    --checkpoint or --optimizer, under the profile's recipe with those switches (and ms per optimizer step)."""
     import json
 
     from vramfit.plan.like import resolve_shape
@@ -24,7 +26,7 @@ def predict(n_layer: o.NLayer = None, n_head: o.NHead = None, n_embd: o.NEmbd = 
 
     shape, _ = resolve_shape(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                                   batch_size=batch_size, vocab_size=vocab), like=like)
-    r = predict_one(shape, model)
+    r = predict_one(shape, model, dict(grad_accum=grad_accum, checkpoint=checkpoint, optimizer=optimizer))
     if json_out:
         typer.echo(json.dumps(predict_json(r)))
     else:
@@ -74,12 +76,14 @@ def suggest(
                                         "(default: the profile's CV margin; with the dry run, the worst "
                                         "under-prediction on the public validation set + a cushion)")] = None,
     loop: o.Loop = None,
+    tokens_per_step: o.TokensPerStep = None, checkpoint: o.Checkpoint = None, optimizer: o.Optimizer = None,
 ) -> None:
     """Configs that fit a card with the safety margin, ranked, each with its train command. --recipe (default:
     dtype=bfloat16,optimizer=fused under --like's dtype and compile) and --capability (default: this machine's GPU,
     else 8.0) are the dry run's (--no-profile, or no GPU profile). With --hours H: ranked by what H hours of
     training buys (tokens/s from the throughput model). With --like: the config as it is, then the largest batch,
-    the longest block and the largest model close to it (--data-dir default: its corpus)."""
+    the longest block and the largest model close to it (--data-dir default: its corpus). With --tokens-per-step N:
+    micro-batch, gradient accumulation, checkpointing and optimizer for N tokens a step, fastest first."""
     import json
 
     from vramfit.paths import check_output, writable_file
@@ -94,7 +98,8 @@ def suggest(
                               batch_size=batch_size, vocab_size=vocab)
     rec = recommend(PlanRequest(vram, reserve, objective, space, min_batch, top, model, data_dir, no_profile,
                                 recipe, capability, hours, rank, loss_law, gpus, strategy, target, cache_dir,
-                                not no_cache, within_measured, like, margin, loop))
+                                not no_cache, within_measured, like, margin, loop, tokens_per_step, checkpoint,
+                                optimizer))
     for line in rec.warnings:
         typer.echo(line, err=True)
     if rec.items:

@@ -68,7 +68,7 @@ def sweep(
     measure = {"max_iters": max_iters, "timeout_s": timeout, "dynamic_batch": dynamic_batch}
     spec = _grid_spec(grid, axes, dtype, measure)
     if plan == "grid" and not boundary:
-        _confirm_size(spec.points()[0], yes)
+        _confirm_size(spec.points()[0] * len(spec.recipes), yes)  # every recipe measures every point
     emulate, card = parse_vram(emulate_vram) if emulate_vram else (None, None)
     if card is not None and not quiet:
         typer.echo(f"--emulate-vram {describe(emulate, card)}")
@@ -87,7 +87,9 @@ def sweep(
     if boundary:
         return
     counts = ", ".join(f"{n} {s}" for s, n in sorted(res.counts.items())) or "nothing to do"
-    typer.echo(f"sweep {res.sweep_id} done: {counts}; {res.resumed} already measured, "
+    ids = res.sweep_ids
+    which = f"sweep {ids[0]}" if len(ids) == 1 else f"sweeps {ids[0]}-{ids[-1]} ({len(ids)} recipes)"
+    typer.echo(f"{which} done: {counts}; {res.resumed} already measured, "
                f"{res.invalid} invalid combinations skipped; db {res.db}")
 
 

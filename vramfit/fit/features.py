@@ -7,6 +7,22 @@ For a nanoGPT step with AdamW (N = batch*block tokens, L layers, C width, H head
 - `attn`    N*L*H*T  attention score matrices: ~0 with flash/efficient kernels, large on the math path
 - `embed`   N*C      embeddings, final LayerNorm and lm_head input, outside the layers
 plus a constant (context, workspaces, allocator slack). The naive baseline uses (params, tokens) only.
+
+A profile of GPT-2 points whose recipes vary the switches (gradient accumulation, activation checkpointing, the
+optimizer) fits RECIPE_PHYSICS: the same terms with the switches in them (`features(..., switches=...)`):
+- `state`        the optimizer's state in bytes, exactly (`GPTConfig.optimizer_state_bytes`: AdamW's m and v,
+                 SGD's momentum, Adafactor's row and column factors, Muon's buffers); ~1 x, held from step 1 on
+- `accum_grads`  P when grad_accum > 1: every gradient is kept across the micro-steps, so the later micro-steps'
+                 forward and backward run with all of them alive (~4 B/param in fp32)
+- `acts`, `attn` only the blocks that are not checkpointed
+- `ckpt_inputs`  N*C per checkpointed block: the block input that `torch.utils.checkpoint` keeps
+- `recompute`    where blocks are checkpointed, the recompute of one block in backward is a piece of its own
+                 beside the optimizer step (REBLOCK: c0 + weights + state + one block's activations, N*C, + the
+                 gradients alive, the block inputs and plain blocks' activations held where it peaks): at block 0
+                 (recomputed last: every gradient but its own and the position table's alive, nothing else held)
+                 or at the deepest checkpointed block (recomputed first: every block input and the plain blocks
+                 before it held, only the later blocks' and the tied head's gradients alive), whichever holds more
+                 (`recompute_columns`); with accumulation every gradient is alive at both
 All functions work elementwise on numpy arrays, so `suggest` evaluates whole search spaces at once.
 
 Points of both families (`vramfit.shape.Shape.arch`: GPT-2 and nanochat's block, each with any optimizer) take the
@@ -38,7 +54,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from gpt.config import ADAMW, ROTARY_CACHE, count_params
+from gpt.config import ADAMW, ROTARY_CACHE, GPTConfig, checkpoint_every, count_params
+from vramfit.errors import VramfitError
 from vramfit.shape import GPT2, KEYS, Shape
 
 if TYPE_CHECKING:
@@ -48,7 +65,13 @@ PHYSICS = ("params", "logits", "acts", "attn", "embed")
 CHAT = ("grads", "chat_logits", "chat_acts", "kv_acts", "mlp_acts", "ve_acts", "chat_embed", "chat_attn")
 STEP = ("grads", "muon_stack", "muon_square", "adam_largest")  # the step regime's features beside `params` (FAMILY)
 FAMILY = (*PHYSICS, *CHAT)  # points of both families (any point not GPT-2's)
+SWITCH_FEATURES = ("state", "accum_grads", "ckpt_inputs")
+# the recompute piece (checkpointing): shared columns, then the columns of the block where it peaks (RECOMPUTE_AT)
+REBLOCK = ("params", "state", "recompute", "grads", "inputs", "acts")
+RECOMPUTE_AT = ("first", "deepest")  # block 0 (recomputed last) | the deepest checkpointed block (recomputed first)
+RECIPE_PHYSICS = PHYSICS + SWITCH_FEATURES  # GPT-2 points whose recipes vary the switches
 NAIVE = ("params", "tokens")
+SWITCHES = ("grad_accum", "checkpoint", "optimizer")  # the Recipe fields a RECIPE_PHYSICS profile prices
 MLP_SAVED = {"gelu": 2, "relu2": 2, "swiglu": 4}  # hidden-width tensors an MLP saves for backward
 UNITS = {
     "params": "B/param",
@@ -57,7 +80,7 @@ UNITS = {
     "attn": "B per token per layer per head per position",
     "embed": "B per token per channel",
     "tokens": "B/token",
-    "grads": "B per 4 B of gradient",
+    "grads": "B per gradient element",
     "chat_acts": "B per token per layer per channel (nanochat)",
     "chat_embed": "B per token per channel (nanochat)",
     "chat_attn": "B per query-key pair per masked layer",
@@ -69,28 +92,91 @@ UNITS = {
     "muon_square": "B per element of its Gram matrices (k x min(rows, cols)^2)",
     "adam_largest": "B per element of the largest MuonAdamW AdamW tensor",
     "estimate": "x dry-run estimate",
+    "state": "x optimizer-state bytes",
+    "accum_grads": "B/param (gradients kept across micro-steps)",
+    "ckpt_inputs": "B per token per checkpointed block per channel",
+    "recompute": "B per token per channel (a block recomputed in backward)",
+    "inputs": "B per token per channel per block input held at the recompute peak",
 }
 # which terms of the physics model make up each part of a prediction's breakdown
-BREAKDOWN = {"params+optimizer": ("params", "grads"), "logits": ("logits", "chat_logits"),
-             "activations": ("acts", "embed", "chat_acts", "kv_acts", "mlp_acts", "ve_acts", "chat_embed"),
+BREAKDOWN = {"params+optimizer": ("params", "grads", "state", "accum_grads"), "logits": ("logits", "chat_logits"),
+             "activations": ("acts", "embed", "chat_acts", "kv_acts", "mlp_acts", "ve_acts", "chat_embed",
+                             "ckpt_inputs"),
              "attention": ("attn", "chat_attn")}
-LOSS_TERMS = {PHYSICS: ("logits", "embed"), FAMILY: ("logits", "embed", "chat_logits", "chat_embed")}
-LAYER_TERMS = {PHYSICS: ("embed",), FAMILY: ("layer", "chat_layer")}  # what sizes the in-layer transient
+LOSS_TERMS = {PHYSICS: ("logits", "embed"), RECIPE_PHYSICS: ("logits", "embed"),
+              FAMILY: ("logits", "embed", "chat_logits", "chat_embed")}
+LAYER_TERMS = {PHYSICS: ("embed",), RECIPE_PHYSICS: ("embed",), FAMILY: ("layer", "chat_layer")}  # in-layer transient
 
 
-def features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size, bias: bool = True) -> dict:
-    """All feature columns (physics and naive) for one point or for arrays of points, as float64."""
+def features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size, bias: bool = True,
+             switches: dict | None = None) -> dict:
+    """All feature columns (physics and naive) for one point or for arrays of points, as float64.
+
+    `switches` ({grad_accum, checkpoint_every, state}: arrays or scalars, see `switch_columns`) adds the
+    RECIPE_PHYSICS columns and counts only the blocks that are not checkpointed in `acts` and `attn`."""
     L, H, C, T, B, V = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in
                                              (n_layer, n_head, n_embd, block_size, batch_size, vocab_size)))
     N = B * T
-    return {
-        "params": np.asarray(count_params(L, C, T, V, bias), dtype=np.float64),
-        "tokens": N,
-        "logits": N * V,
-        "acts": N * L * C,
-        "attn": N * L * H * T,
-        "embed": N * C,
-    }
+    P = np.asarray(count_params(L, C, T, V, bias), dtype=np.float64)
+    out = {"params": P, "tokens": N, "logits": N * V, "acts": N * L * C, "attn": N * L * H * T, "embed": N * C}
+    if switches is None:
+        return out
+
+    def col(name: str) -> np.ndarray:
+        return np.broadcast_to(np.asarray(switches[name], dtype=np.float64), L.shape)
+
+    every, accum = col("checkpoint_every"), col("grad_accum")
+    ckpt = np.where(every > 0, np.ceil(L / np.maximum(every, 1)), 0.0)  # blocks 0, k, 2k, ... are checkpointed
+    block = (P - np.asarray(count_params(0, C, T, V, bias), dtype=np.float64)) / np.maximum(L, 1)  # one block's
+    return {**out, "acts": N * (L - ckpt) * C, "attn": N * (L - ckpt) * H * T, "state": col("state").copy(),
+            "accum_grads": P * (accum > 1), "ckpt_inputs": N * ckpt * C, "recompute": N * C * (ckpt > 0),
+            **recompute_columns(L, C, T, N, P, block, every, accum)}
+
+
+def recompute_columns(L, C, T, N, P, block, every, accum) -> dict:
+    """The columns of the recompute piece at each block where it can peak (`<column>_<RECOMPUTE_AT>`), 0 where no
+    block is checkpointed. Gradients alive: with accumulation all (the earlier micro-steps'); without, the tied
+    head's (computed first) and those of the blocks after it; the position table's come last."""
+    on, k = every > 0, np.maximum(every, 1)
+    ckpt = on * np.ceil(L / k)
+    deepest = k * np.floor((L - 1) / k)  # the deepest checkpointed block (0, k, 2k, ...)
+
+    def grads(done_blocks):
+        return on * np.where(accum > 1, P, P - done_blocks * block - T * C)
+
+    return {"grads_first": grads(1.0), "inputs_first": 0.0 * N,  # block 0's own input is in `recompute`
+            "acts_first": 0.0 * N, "grads_deepest": grads(deepest + 1),
+            "inputs_deepest": on * N * C * ckpt, "acts_deepest": on * N * C * (deepest - (ckpt - 1))}
+
+
+def switch_columns(shapes, recipes, bias: bool = True) -> dict:
+    """{grad_accum, checkpoint_every, state} per row of `shapes` (rows in KEYS order) under `recipes` (one
+    `vramfit.recipe.Recipe`, or a list of one per row): the optimizer state's bytes come from
+    `GPTConfig.optimizer_state_bytes` (the one place that knows each kind), once per distinct model and recipe."""
+    shapes = np.atleast_2d(np.asarray(shapes, dtype=np.int64))
+    many = isinstance(recipes, list | tuple)
+    rows = list(recipes) if many else [recipes]
+    models = np.delete(shapes, KEYS.index("batch_size"), axis=1)  # the state does not depend on the batch
+    if not many:  # one recipe (a search space): each distinct model once
+        models, back = np.unique(models, axis=0, return_inverse=True)
+    state = np.empty(len(models))
+    for i, (L, H, C, T, V) in enumerate(models.tolist()):
+        r = rows[i if many else 0]
+        opt = "fused" if r.optimizer == "auto" else r.optimizer
+        state[i] = sum(GPTConfig(L, H, C, T, V, bias=bias).optimizer_state_bytes(opt, r.dtype).values())
+    if not many:
+        state, rows = state[np.ravel(back)], rows * len(shapes)
+    return {"grad_accum": np.array([r.grad_accum for r in rows], dtype=np.float64),
+            "checkpoint_every": np.array([checkpoint_every(r.checkpoint) for r in rows], dtype=np.float64),
+            "state": state}
+
+
+def frame_recipes(df: pd.DataFrame) -> list:
+    """The `vramfit.recipe.Recipe` of each row of a points frame (its `recipe` JSON column)."""
+    from vramfit.recipe import Recipe
+
+    memo = {t: Recipe.from_dict(json.loads(t) if isinstance(t, str) else {}) for t in df["recipe"].unique()}
+    return [memo[t] for t in df["recipe"]]
 
 
 def model_facts(shape: Shape, optimizer: str = "fused", dtype: str = "float32") -> dict[str, float]:
@@ -191,19 +277,24 @@ def point_features(points: Sequence[Mapping], families: bool = False,
     return columns(sizes, arch, optimizer_dtype(recipe) if families else None)
 
 
-def frame_features(df: pd.DataFrame, bias: bool = True, families: bool | None = None) -> pd.DataFrame:
+def frame_features(df: pd.DataFrame, bias: bool = True, families: bool | None = None,
+                   switches: bool = False) -> pd.DataFrame:
     """Feature columns for a DataFrame of points (with the KEYS columns; `arch` and `recipe` where they have
-    them). `families` (default: `has_families`) adds the FAMILY and STEP columns, under the points' recipe."""
+    them). `families` (default: `has_families`) adds the FAMILY and STEP columns, under the points' recipe;
+    `switches` the RECIPE_PHYSICS columns of each row's recipe (GPT-2 points only)."""
     import pandas as pd
 
     missing = [c for c in KEYS if c not in df.columns]
     if missing:
         raise KeyError(f"points lack columns: {', '.join(missing)}")
     if families if families is not None else has_families(df):
+        if switches:
+            raise VramfitError("the switch features are GPT-2's: these points include other families")
         arch = df["arch"].fillna(GPT2).to_numpy() if "arch" in df.columns else np.full(len(df), GPT2, dtype=object)
         feats = family_features({k: df[k].to_numpy() for k in KEYS}, arch, *recipe_of(df))
     else:
-        feats = features(*(df[c].to_numpy() for c in KEYS), bias=bias)
+        sw = switch_columns(df[list(KEYS)].to_numpy(), frame_recipes(df), bias) if switches and len(df) else None
+        feats = features(*(df[c].to_numpy() for c in KEYS), bias=bias, switches=sw)
     return pd.DataFrame(feats, index=df.index)
 
 

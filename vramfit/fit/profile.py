@@ -23,11 +23,14 @@ from typing import TYPE_CHECKING, Any
 from vramfit.errors import VramfitError
 from vramfit.fit.memmodel import MemoryModel
 from vramfit.paths import Protected, check_output, write_text
+from vramfit.shape import Shape
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
     from vramfit.fit.throughput import ThroughputReport
+    from vramfit.recipe import Recipe
 
 SCHEMA = 1
 GPU_TARGETS = ("nvml", "allocated", "reserved")
@@ -67,6 +70,76 @@ class Profile:
     fitted_at: str | None = None  # UTC, ISO 8601 (`now()`); None in files fitted before it was recorded
     source: str = "sweep"  # sweep: fitted to measured points | dry-run: calibrated on dry-run estimates
     cv: pd.DataFrame | None = None  # per point: measured, CV predictions (not saved)
+    # the switch values measured ({grad_accum, checkpoint, optimizer} each) when the points varied them: the model
+    # then prices them (RECIPE_PHYSICS) and `recipe` is the family's (`Recipe.family`); [] for one recipe
+    switches: list = field(default_factory=list)
+
+    def recipe_of(self) -> Recipe:
+        """The profile's own recipe (a switch profile's family: no accumulation, no checkpointing)."""
+        from vramfit.recipe import Recipe
+
+        return Recipe.from_dict(self.recipe)
+
+    def check_recipe(self, recipe: Recipe) -> Recipe:
+        """`recipe` resolved for this profile's device, where the profile can price it; else one VramfitError
+        saying why: a profile of one recipe prices that recipe only; a switch profile prices any accumulation and
+        checkpointing of its family, with an optimizer it measured."""
+        from vramfit.fit.features import SWITCHES
+
+        own = self.recipe_of()
+        r = recipe.resolved(self.kind)
+        if not self.switches:
+            if any(getattr(r, k) != getattr(own, k) for k in SWITCHES) and r.family() == own.family():
+                raise VramfitError(f"this profile ({self.recipe_key}) was fitted on one recipe (grad_accum "
+                                   f"{own.grad_accum}, checkpoint {own.checkpoint}, optimizer {own.optimizer}): it "
+                                   "cannot price other switches; sweep them (a grid's [recipe] lists) and fit again")
+            if r != own:
+                raise VramfitError(f"this profile's recipe is {own.to_dict()}, not {r.to_dict()}")
+            return r
+        if r.family() != own.family():
+            raise VramfitError(f"this profile's recipe family is {own.to_dict()}, not {r.family().to_dict()}")
+        kinds = sorted({m["optimizer"] for m in self.switches})
+        if r.optimizer not in kinds:
+            raise VramfitError(f"this profile measured the optimizers {', '.join(kinds)}, not {r.optimizer}")
+        return r
+
+    def _columns(self, shapes: Shape | dict, recipe: Recipe | None, time: bool = False) -> dict:
+        """Feature columns of `shapes` (a Shape, or a dict of KEYS arrays and optionally `arch`) under `recipe`
+        (None: the profile's)."""
+        import numpy as np
+
+        from vramfit.fit.features import features, switch_columns
+        from vramfit.fit.throughput import time_features
+        from vramfit.shape import GPT2, KEYS
+
+        r = self.check_recipe(recipe) if recipe is not None else self.recipe_of()
+        cols = [np.atleast_1d(np.asarray(shapes.as_dict()[k] if isinstance(shapes, Shape) else shapes[k]))
+                for k in KEYS]
+        if not time and not self.switches:  # the model's own columns (FAMILY ones where it was fitted on them)
+            arch = shapes.arch if isinstance(shapes, Shape) else shapes.get("arch", GPT2)
+            return self.model.columns(dict(zip(KEYS, cols, strict=True)), arch)
+        sw = None
+        if self.switches:
+            arch = shapes.arch if isinstance(shapes, Shape) else shapes.get("arch", GPT2)
+            if np.any(np.asarray(arch) != GPT2):
+                raise VramfitError("this profile prices the switches of GPT-2 models, not of another family")
+            sw = switch_columns(np.column_stack(np.broadcast_arrays(*cols)), r)
+            sw["optimizer"] = r.optimizer
+        return (time_features if time else features)(*cols, switches=sw)
+
+    def memory(self, shapes: Shape | dict, recipe: Recipe | None = None) -> np.ndarray:
+        """Predicted peak bytes (the model's, without the margin) of `shapes` (a Shape, or a dict of KEYS arrays:
+        a search space) trained with `recipe` (None: the profile's own; its switches as `check_recipe` allows)."""
+        return self.model.predict(self._columns(shapes, recipe))
+
+    def step_ms(self, shapes: Shape | dict, recipe: Recipe | None = None) -> np.ndarray | None:
+        """Predicted typical ms per optimizer step (every micro-step, the recompute and the optimizer step) of
+        `shapes` under `recipe`, as `memory`; None without a throughput model."""
+        import numpy as np
+
+        if self.throughput is None:
+            return None
+        return np.maximum(self.throughput.model.predict(self._columns(shapes, recipe, time=True)), 1e-3)
 
     @property
     def kind(self) -> str:
@@ -88,7 +161,7 @@ class Profile:
             "ranges": self.ranges,
             "device_type": self.device_type, "total_memory_bytes": self.total_memory_bytes,
             "compute_capability": self.compute_capability, "fitted_at": self.fitted_at, "source": self.source,
-        }
+        } | ({"switches": self.switches} if self.switches else {})
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Profile:
@@ -112,7 +185,7 @@ class Profile:
             ranges=d.get("ranges") or {}, device_type=d.get("device_type"),
             total_memory_bytes=int(total) if total is not None else None,
             compute_capability=d.get("compute_capability"), fitted_at=d.get("fitted_at"),
-            source=str(d.get("source") or "sweep"))
+            source=str(d.get("source") or "sweep"), switches=list(d.get("switches") or []))
 
     def save(self, path: str | Path, protected: Protected | None = None) -> Path:
         """The model file, atomically, never over a `protected` file ({label: path})."""

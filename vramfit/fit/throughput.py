@@ -12,12 +12,20 @@ FLOP count misses (small matmuls run at a fraction of the large ones' FLOP rate)
 
 Two things keep machine noise out of the shape law:
 - The target is each point's *best* timed step (the worker times `measure.timing_iters` plain steps): on a shared
-  CPU, steps are slowed by whatever else runs, never sped up, so the minimum is the shape's own cost. Measured on
+  CPU, steps are slowed by whatever else runs, never sped up, so the minimum is the shape's own cost. On the CPU
+  the worker also records the CPU time each step used (`step_cpu_ms`), which is the best step where present: at
+  load 16-20 on 2 cores wall times stretched 3-8x and the CPU times ~5 % (results/bench/fit-recipe-cpu.md). Measured on
   the 2-core CI-class VM: the same point's median step moved 7 % (max 43 %) between sweeps, its best step 4 %.
 - The fit is Huber-robust on relative residuals (weights 1/y^2, IRLS, `delta` 5 %): one point timed during a slow
   spell (a whole process 35 % slow happens) does not bend the coefficients for the rest.
 `slowdown` (the median over the points of typical/best step, >= 1) turns the shape's cost back into the time a
 step typically takes on this machine, which is what planning by hours needs; on an idle GPU it is ~1.
+
+A profile whose points vary the recipe's switches (`fit.features.SWITCHES`) prices them per optimizer step
+(RECIPE_THROUGHPUT, `time_features(..., switches=...)`): the micro-step terms above times grad_accum, the
+forward of each checkpointed block once more (`recompute`: its matmul and attention FLOPs; `recompute_acts`: its
+elementwise work, N*C per block), an overhead per micro-step (`micro`) and the optimizer step's cost per
+parameter for each kind (`opt_<kind>`: P where the recipe's optimizer is that kind).
 
 Only sweep points are used: `train` runs time a different loop (data loading, logging, and on the CPU all threads,
 while the sweep measures with `measure.threads`).
@@ -42,28 +50,57 @@ if TYPE_CHECKING:
 
 THROUGHPUT = ("flops", "logits", "acts")
 FLOPS = ("flops",)
+OPT_KINDS = ("fused", "foreach", "loop", "muon", "sgd", "adafactor")  # gpt.config.OPTIMIZERS without auto
+RECIPE_THROUGHPUT = (*THROUGHPUT, "recompute", "recompute_acts", "micro", *(f"opt_{k}" for k in OPT_KINDS))
 HUBER_DELTA = 0.05
-UNITS = {"flops": "ms per TFLOP", "logits": "ms per 1e6 token x vocab", "acts": "ms per 1e6 token x layer x channel"}
-_UNIT_SCALE = {"flops": 1e12, "logits": 1e6, "acts": 1e6}
+UNITS = {"flops": "ms per TFLOP", "logits": "ms per 1e6 token x vocab", "acts": "ms per 1e6 token x layer x channel",
+         "recompute": "ms per TFLOP recomputed", "recompute_acts": "ms per 1e6 token x recomputed block x channel",
+         "micro": "ms per micro-step", **{f"opt_{k}": f"ms per 1e6 params ({k} step)" for k in OPT_KINDS}}
+_UNIT_SCALE = {"flops": 1e12, "logits": 1e6, "acts": 1e6, "recompute": 1e12, "recompute_acts": 1e6,
+               **{f"opt_{k}": 1e6 for k in OPT_KINDS}}
 MIN_POINTS = 3
 THROUGHPUT_CV = (("loo", "leave-one-out, best step"), ("grouped", "shape held out, best step"),
                  ("grouped_typical", "shape held out, typical step"))  # metrics keys -> labels (fit, report)
 
 
-def time_features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size, bias: bool = True) -> dict:
-    """FLOPs per iteration and the memory-traffic terms, elementwise over numpy arrays (float64)."""
+def time_features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size, bias: bool = True,
+                  switches: dict | None = None) -> dict:
+    """FLOPs per iteration and the memory-traffic terms, elementwise over numpy arrays (float64); `switches`
+    ({grad_accum, checkpoint_every, optimizer}: arrays or scalars) adds the RECIPE_THROUGHPUT terms, per
+    optimizer step."""
     L, _H, C, T, B, V = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in
                                               (n_layer, n_head, n_embd, block_size, batch_size, vocab_size)))
     N = B * T
     p_nonemb = np.asarray(count_params(L, C, T, V, bias, non_embedding=True), dtype=np.float64)
-    return {"flops": 6 * p_nonemb * N + 12 * L * C * T * N, "logits": N * V, "acts": N * L * C, "tokens": N,
-            "params": np.asarray(count_params(L, C, T, V, bias), dtype=np.float64)}
+    P = np.asarray(count_params(L, C, T, V, bias), dtype=np.float64)
+    out = {"flops": 6 * p_nonemb * N + 12 * L * C * T * N, "logits": N * V, "acts": N * L * C, "tokens": N,
+           "params": P}
+    if switches is None:
+        return out
+    accum = np.broadcast_to(np.asarray(switches["grad_accum"], dtype=np.float64), L.shape)
+    every = np.broadcast_to(np.asarray(switches["checkpoint_every"], dtype=np.float64), L.shape)
+    kind = np.broadcast_to(np.asarray(switches["optimizer"]), L.shape)
+    ckpt = np.where(every > 0, np.ceil(L / np.maximum(every, 1)), 0.0)
+    block_fwd = 24 * C * C + 4 * C * T  # a block's forward FLOPs per token: 2 x its 12 C^2 weights + attention
+    out = {**{k: accum * out[k] for k in THROUGHPUT}, "tokens": N, "params": P,
+           "recompute": accum * ckpt * N * block_fwd, "recompute_acts": accum * ckpt * N * C, "micro": accum}
+    return out | {f"opt_{k}": P * (kind == k) for k in OPT_KINDS}
 
 
-def frame_time_features(df: pd.DataFrame) -> pd.DataFrame:
+def frame_time_features(df: pd.DataFrame, switches: bool = False) -> pd.DataFrame:
+    """Time feature columns of a points frame; `switches`: each row's recipe switches in them (RECIPE_THROUGHPUT)."""
     import pandas as pd
 
-    return pd.DataFrame(time_features(*(df[c].to_numpy() for c in KEYS)), index=df.index)
+    sw = None
+    if switches and len(df):
+        from gpt.config import checkpoint_every
+        from vramfit.fit.features import frame_recipes
+
+        rs = frame_recipes(df)
+        sw = {"grad_accum": [r.grad_accum for r in rs], "checkpoint_every": [checkpoint_every(r.checkpoint)
+                                                                             for r in rs],
+              "optimizer": ["fused" if r.optimizer == "auto" else r.optimizer for r in rs]}
+    return pd.DataFrame(time_features(*(df[c].to_numpy() for c in KEYS), switches=sw), index=df.index)
 
 
 def _slowdown(ratio: np.ndarray) -> float:
@@ -152,11 +189,14 @@ class ThroughputReport:
 
 
 def best_step_ms(timings) -> float:
-    """The fastest timed step of a point (its `timings` JSON's step_ms), NaN where the worker did not list them."""
+    """The fastest timed step of a point (its `timings` JSON's step_ms; on a CPU the CPU time the step used,
+    step_cpu_ms, where the worker recorded it: on a shared CPU the neighbours stretch the wall time 2-5x and the CPU
+    time little), NaN where the worker did not list them."""
     try:
-        steps = (json.loads(timings) if isinstance(timings, str) else timings)["step_ms"]
+        t = json.loads(timings) if isinstance(timings, str) else timings
+        steps = t.get("step_cpu_ms") or t["step_ms"]
         return float(min(steps)) if steps else math.nan
-    except (TypeError, KeyError, ValueError):
+    except (TypeError, KeyError, ValueError, AttributeError):
         return math.nan
 
 
@@ -191,20 +231,23 @@ def _held_out_slowdown(best: np.ndarray, typical: np.ndarray, groups: np.ndarray
     return out
 
 
-def fit_throughput(points: pd.DataFrame) -> ThroughputReport | None:
-    """Fit and cross-validate the throughput model on ONE device+recipe's points; None below MIN_POINTS."""
+def fit_throughput(points: pd.DataFrame, switches: bool = False) -> ThroughputReport | None:
+    """Fit and cross-validate the throughput model on ONE device+recipe's points (`switches`: one recipe family's,
+    the switches priced by RECIPE_THROUGHPUT); None below MIN_POINTS."""
     import pandas as pd
-
 
     ok = timed_points(points)
     if len(ok) < MIN_POINTS:
         return None
-    X, y = frame_time_features(ok), ok["ms_best"].to_numpy(dtype=np.float64)
+    X, y = frame_time_features(ok, switches), ok["ms_best"].to_numpy(dtype=np.float64)
+    ours = THROUGHPUT
+    if switches:  # the optimizer kinds measured: a kind never run has no cost to fit
+        ours = tuple(f for f in RECIPE_THROUGHPUT if not f.startswith("opt_") or X[f].any())
     typical = ok["ms_per_iter"].to_numpy(dtype=np.float64)
     groups = shape_key(ok).to_numpy()
     metrics, fitted = {}, {}
     cv = pd.DataFrame({"measured": y, "typical": typical, "shape": groups, "flops": X["flops"]})
-    for name, feats in (("ours", THROUGHPUT), ("flops", FLOPS)):
+    for name, feats in (("ours", ours), ("flops", FLOPS)):
         make = lambda f=feats: ThroughputModel(f)  # noqa: E731
         fitted[name] = make().fit(X, y, typical)
         metrics[name] = {}

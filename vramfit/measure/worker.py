@@ -181,13 +181,16 @@ def _time_steps(pt: Point, trainer, gen, sync) -> list[float]:
     if not pt.cuda:
         pt.rec["malloc_for_speed"] = probe.malloc_for_speed()
         trainer.step(batch)  # one untimed step to populate the heap under the new thresholds
-    times = []
+    times, cpu = [], []
     for _ in range(pt.timing_iters):
-        s = time.perf_counter()
+        s, c = time.perf_counter(), time.process_time()
         trainer.step(batch)
         sync()
         times.append(time.perf_counter() - s)
+        cpu.append(time.process_time() - c)
     pt.rec["timed_iters"] = pt.timing_iters
+    if not pt.cuda:  # the CPU time each step used: its own cost, which neighbours on a shared CPU barely change
+        pt.timings["step_cpu_ms"] = [round(t * 1000, 3) for t in cpu]
     return times
 
 

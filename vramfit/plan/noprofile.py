@@ -108,6 +108,16 @@ class DryRunPlanner:
         """Device bytes of each shape, estimated in parallel where the cache has none."""
         return [device_bytes(e) for e in self.estimator.estimate(self._requests(shapes))]
 
+    def estimates_of(self, points: list[tuple]) -> list:
+        """The estimate of each (Shape, Recipe), the recipe resolved for this target, run in parallel where the
+        cache has none (`suggest --tokens-per-step`: plan.recipes)."""
+        from gpt.config import GPTConfig
+
+        reqs = [EstimateRequest(GPTConfig(s.n_layer, s.n_head, s.n_embd, s.block_size, s.vocab_size), s.batch_size,
+                                r.resolved(self.target, self.capability), self.target, self.capability,
+                                headline_only=True) for s, r in points]
+        return self.estimator.estimate(reqs)
+
     def model(self):
         """(MemoryModel, margin, resolved recipe dict): the model calibrated on the design's estimates, kept in the
         estimator's cache beside them (refitting would import pandas and scikit-learn on every warm call); the

@@ -96,6 +96,14 @@ def recommend(req: PlanRequest) -> Recommendation:
 
     if req.like is not None and is_base_train(req.like):  # a nanochat command line: planned by the dry run
         return plan_base_train(req, str(req.like))
+    if req.tokens_per_step is not None:
+        from vramfit.plan.recipes import recommend_recipes
+
+        return recommend_recipes(req)
+    if req.checkpoint is not None or req.optimizer is not None:
+        raise VramfitError("--checkpoint and --optimizer are searched for a --tokens-per-step: give it too")
+    if req.recipe == "fixed":  # today's search keeps one recipe anyway
+        req = replace(req, recipe=None)
     (vram_b, card, vram_label), reserve_b = resolve_vram(req.vram, req.device), parse_size(req.reserve)
     like = read_like(req.like) if req.like is not None else None
     req = fill(req, like)
@@ -283,9 +291,10 @@ def _as_is_line(like: Like, a: dict) -> str:
                                                      if a["fits"] else "does NOT fit"))
 
 
-def predict_one(shape: Shape, model: Path | None) -> dict:
+def predict_one(shape: Shape, model: Path | None, switches: dict | None = None) -> dict:
     """The predicted peak of one config with its breakdown, margin and the naive line, from a profile (--model,
-    else `plan.workflows.open_profile`'s choice)."""
+    else `plan.workflows.open_profile`'s choice); `switches` (grad_accum, checkpoint, optimizer: those given) price
+    the profile's recipe with them, and the time of an optimizer step where the profile has a throughput model."""
     from gpt.config import GPTConfig, check_batch_size
     from vramfit.fit.coverage import check
     from vramfit.plan.workflows import open_profile
@@ -293,11 +302,18 @@ def predict_one(shape: Shape, model: Path | None) -> dict:
     GPTConfig(shape.n_layer, shape.n_head, shape.n_embd, shape.block_size, shape.vocab_size)
     check_batch_size(shape.batch_size)
     path, profile = open_profile(model)
-    f = profile.model.columns(shape.as_dict(), shape.arch)
+    switches = {k: v for k, v in (switches or {}).items() if v is not None}
+    recipe = replace(profile.recipe_of().resolved(profile.kind), **switches) if switches else None
+    f = profile._columns(shape, recipe)  # the profile's own recipe where no switch is given
     pred = float(profile.model.predict(f)[0])
     part = profile.model.breakdown(f)[0]
     extra = check(profile.ranges, shape.as_dict())
-    return {"predicted": pred, "margin": pred * profile.margin_rel, "extrapolation": extra,
-            "widened_margin": pred * extra.widened_margin(profile.margin_rel),
-            "naive": float(profile.baseline.predict(f)[0]) if profile.baseline is not None else float("nan"),
-            "regime": part.pop("regime"), "breakdown": part, "model_file": path, "model": profile}
+    out = {"predicted": pred, "margin": pred * profile.margin_rel, "extrapolation": extra,
+           "widened_margin": pred * extra.widened_margin(profile.margin_rel),
+           "naive": float(profile.baseline.predict(f)[0]) if profile.baseline is not None else float("nan"),
+           "regime": part.pop("regime"), "breakdown": part, "model_file": path, "model": profile}
+    if recipe is not None:
+        ms = profile.step_ms(shape, recipe)
+        out.update(recipe={k: getattr(recipe, k) for k in ("grad_accum", "checkpoint", "optimizer")},
+                   ms_per_step=float(ms[0]) if ms is not None else None)
+    return out

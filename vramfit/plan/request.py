@@ -75,6 +75,9 @@ class PlanRequest:
     like: Path | None = None  # suggest --like: a nanoGPT config .py, a vramfit TOML or a checkpoint
     margin: str | None = None  # --margin: instead of the profile's CV margin or the dry run's validation margin
     loop: str | None = None  # --loop: the training loop the dry run estimates (None: --like's, else vramfit's)
+    tokens_per_step: str | None = None  # plan the recipe for this many tokens per optimizer step (plan.recipes)
+    checkpoint: str | None = None  # with tokens_per_step: the checkpointing values searched (none,all,k)
+    optimizer: str | None = None  # with tokens_per_step: the optimizers searched (default: the recipe's)
 
 
 def fill(req: PlanRequest, like: Like | None) -> PlanRequest:

@@ -50,6 +50,9 @@ SPACE_BYTES_PER_POINT = 200  # features, prediction, need and ranking per point 
 ASPECT = (16, 256)
 
 
+RECIPE_FIELDS = ("label", "grad_accum", "checkpoint", "optimizer", "ms_per_step", "tflop_per_step")
+
+
 @dataclass
 class Suggestion:
     rank: int
@@ -78,6 +81,13 @@ class Suggestion:
     label: str | None = None  # suggest --like: what was searched close to the config (like.LABELS)
     nanochat: dict | None = None  # suggest --like "<base_train command>": nanochat's own command, depth, device
     # batch, gradient accumulation, total batch and GPUs (`plan.nanochat`)
+    # suggest --tokens-per-step (plan.recipes): the recipe of the row; batch_size is the micro-batch and
+    # tokens_per_step the whole optimizer step's (micro-batch x grad_accum x block)
+    grad_accum: int | None = None
+    checkpoint: str | None = None
+    optimizer: str | None = None
+    ms_per_step: float | None = None  # a profile's throughput model, per optimizer step
+    tflop_per_step: float | None = None  # with the recompute of checkpointed blocks (the dry run ranks by it)
 
     @property
     def shape(self) -> Shape:
@@ -85,7 +95,7 @@ class Suggestion:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for key in ("label", "nanochat"):
+        for key in ("nanochat", *RECIPE_FIELDS):  # only the rows of a nanochat or recipe plan carry them
             if d[key] is None:
                 del d[key]
         return d

@@ -56,13 +56,19 @@ def dryrun_estimates(points: pd.DataFrame, target: str = "auto") -> list[int]:
 
 def fit_store(points: pd.DataFrame, target: str = "auto", regimes: int = 2,
               dryrun: bool = False, allow_shared: bool = False) -> list[tuple[Profile, pd.DataFrame]]:
-    """One fit per (device, recipe) found in `points`; groups with too few ok points are skipped.
+    """One fit per (device, recipe) found in `points`; groups with too few ok points are skipped. Recipes that
+    differ only in their switches (`Recipe.family`: accumulation, checkpointing, optimizer) are one fit that
+    prices the switches.
     `dryrun` also fits y = c0 + k*estimate on the dry-run estimates of the points (slower: ~0.1-3 s a point).
     `allow_shared` keeps NVML readings taken while other compute processes shared the GPU."""
     if points.empty:
         raise VramfitError("the database has no points (run `vramfit sweep` first)")
     out, errors = [], []
-    for (_device, _rkey), group in points.groupby(["device_name", "recipe_key"], sort=True):
+    from vramfit.fit.features import frame_recipes
+
+    family = [r.family().key() for r in frame_recipes(points)]
+    for (_device, _rkey), group in points.assign(_family=family).groupby(["device_name", "_family"], sort=True):
+        group = group.drop(columns="_family")
         try:
             est = (lambda ok: dryrun_estimates(ok, target)) if dryrun else None
             out.append((fit_points(group, target=target, regimes=regimes, dryrun=est, allow_shared=allow_shared),
@@ -105,7 +111,7 @@ def train_command(s: Suggestion, recipe: dict, data_dir: str = DEFAULT_DATA_DIR,
     if (arch := getattr(s, "arch", GPT2)) != GPT2:  # the family and its options (`--arch nanochat --mlp swiglu`)
         for key, value in arch_options(arch).items():
             args += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
-    for key in ("dtype", "compile", "optimizer", "attn_kernel"):
+    for key in ("dtype", "compile", "optimizer", "attn_kernel", "grad_accum", "checkpoint"):
         if recipe.get(key) is not None:
             value = recipe[key]
             args += [f"--{key.replace('_', '-')}", str(value).lower() if isinstance(value, bool) else str(value)]
@@ -149,6 +155,7 @@ def suggestion_overrides(doc: dict, item: dict) -> dict:
         out.update(arch_options(item["arch"]))
     recipe = doc.get("recipe") or {}
     out.update({k: recipe[k] for k in ("dtype", "compile", "optimizer", "attn_kernel") if recipe.get(k) is not None})
+    out.update({k: item[k] for k in ("optimizer", "grad_accum", "checkpoint") if item.get(k) is not None})
     out["out_dir"] = f"out/suggest-{item['rank']}"
     chat = item.get("nanochat")
     if isinstance(chat, dict):  # suggest --like "<base_train command>": nanochat's model and accumulation
@@ -159,9 +166,37 @@ def suggestion_overrides(doc: dict, item: dict) -> dict:
     return out
 
 
+def _predicted_lines(profile: Profile, record: dict, recipe) -> list[str]:  # noqa: ANN001 - a Recipe
+    """The profile's prediction of a measured run (memory, and the time of an optimizer step where it has a
+    throughput model) beside the reading; a profile of varied switches prices the run's own recipe."""
+    from vramfit.fit.memmodel import TARGETS
+    from vramfit.units import format_size
+
+    col, shape = TARGETS[profile.target], Shape.of(record)
+    own = recipe if profile.switches else None
+    try:
+        pred = float(profile.memory(shape, own)[0]) if own is not None else \
+            float(profile.model.predict(profile.model.columns(shape.as_dict(), shape.arch))[0])
+    except VramfitError as exc:
+        return [f"no prediction of this run's recipe: {exc}"]
+    margin, lines = pred * profile.margin_rel, []
+    if record.get(col) is not None:
+        err = (pred - record[col]) / record[col]
+        lines.append(f"predicted {format_size(pred)} (+ margin {format_size(margin)}) vs measured "
+                     f"{format_size(record[col])} ({profile.target}): error {err:+.2%}"
+                     + ("" if pred + margin >= record[col] else "  [measured exceeds prediction + margin]"))
+        record["predicted_bytes"] = int(pred)
+    else:
+        lines.append(f"no {profile.target} reading on this device to compare with the prediction")
+    ms = profile.step_ms(shape, own) if profile.throughput is not None else None
+    if ms is not None and record.get("ms_per_iter"):
+        lines.append(f"predicted {float(ms[0]):,.1f} ms per optimizer step vs measured {record['ms_per_iter']:,.1f} "
+                     f"ms/iter: error {(float(ms[0]) - record['ms_per_iter']) / record['ms_per_iter']:+.2%}")
+    return lines
+
+
 def compare_and_store(cfg, record: dict, doc: dict | None, db: str | Path) -> list[str]:
     """Lines comparing the measured stable memory with the model's prediction; the run stored as a point."""
-    from vramfit.fit.memmodel import TARGETS
     from vramfit.measure import devices
     from vramfit.recipe import Recipe
     from vramfit.store import Store
@@ -182,18 +217,7 @@ def compare_and_store(cfg, record: dict, doc: dict | None, db: str | Path) -> li
     if doc and doc.get("model_file") and Path(doc["model_file"]).is_file():
         profile = Profile.load(doc["model_file"])
     if profile is not None:
-        col = TARGETS[profile.target]
-        f = profile.model.columns({k: record[k] for k in KEYS}, Shape.of(record).arch)
-        pred = float(profile.model.predict(f)[0])
-        margin = pred * profile.margin_rel
-        if record.get(col) is not None:
-            err = (pred - record[col]) / record[col]
-            lines.append(f"predicted {format_size(pred)} (+ margin {format_size(margin)}) vs measured "
-                         f"{format_size(record[col])} ({profile.target}): error {err:+.2%}"
-                         + ("" if pred + margin >= record[col] else "  [measured exceeds prediction + margin]"))
-            record["predicted_bytes"] = int(pred)
-        else:
-            lines.append(f"no {profile.target} reading on this device to compare with the prediction")
+        lines += _predicted_lines(profile, record, recipe)
     with Store(db) as store:
         env = store.environment(facts.to_dict(), recipe, record.get("emulate_bytes"))
         point_id = store.insert_point(record, env, None, source="train")

@@ -1,7 +1,9 @@
 // The report's what-fits calculator: the fitted model evaluated in the browser, offline.
 // A transcription of vramfit's Python, which stays the source of truth (tests/test_report_page.py checks the page
 // against `vramfit predict` and `vramfit suggest` in headless Chromium):
-//   features / count_params   vramfit/fit/features.py, gpt/config.py
+//   features / count_params   vramfit/fit/features.py (with the recipe's switches), gpt/config.py
+//   optimizer state           gpt/config.py GPTConfig.optimizer_state_bytes (GPT-2, fp32 weights)
+//   switches allowed          vramfit/fit/profile.py Profile.check_recipe
 //   predict / breakdown       vramfit/fit/memmodel.py MemoryModel (both regimes, both transients)
 //   DDP buckets               vramfit/plan/ddp.py DdpMemoryModel (with more than one GPU)
 //   ms/iter                   vramfit/fit/throughput.py time_features, ThroughputModel.predict, predict_ms
@@ -13,8 +15,12 @@
   const $ = (id) => document.getElementById(id);
   const SHAPE = ["n_layer", "n_head", "n_embd", "block_size", "batch_size", "vocab_size"];
   const PHYSICS = ["params", "logits", "acts", "attn", "embed"];
-  const BREAKDOWN = {"params+optimizer": ["params"], "logits": ["logits"], "activations": ["acts", "embed"],
-                     "attention": ["attn"]};
+  const RECIPE_PHYSICS = [...PHYSICS, "state", "accum_grads", "ckpt_inputs"];
+  const REBLOCK = ["params", "state", "recompute", "grads", "inputs", "acts"]; // the recompute piece's columns
+  const RECOMPUTE_AT = ["first", "deepest"]; // block 0 | the deepest checkpointed block
+  const BREAKDOWN = {"params+optimizer": ["params", "state", "accum_grads"], "logits": ["logits"],
+                     "activations": ["acts", "embed", "ckpt_inputs"], "attention": ["attn"]};
+  const OPT_KINDS = ["fused", "foreach", "loop", "muon", "sgd", "adafactor"];
   const UNITS = {"": 1, "B": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40};
   const SIZE = /^\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]?)(I?B)?\s*$/i;
 
@@ -53,11 +59,34 @@
     return nonEmbedding ? total - T * C : total;
   }
 
-  function features(s) { // fit.features.features
+  function stateBytes(s, optimizer) { // GPTConfig.optimizer_state_bytes: GPT-2 with biases, 4 B per value
+    const L = s.n_layer, C = s.n_embd, P = countParams(L, C, s.block_size, s.vocab_size);
+    if (optimizer === "sgd") return 4 * P; // one momentum buffer
+    if (optimizer === "adafactor") { // rows + cols of each matrix, every entry of each vector (param_shapes)
+      const perLayer = 16 * C + 4 * C + 9 * C; // 4 matrices; 2 LayerNorms' weight and bias; the biases
+      return 4 * ((s.vocab_size + C) + (s.block_size + C) + L * perLayer + 2 * C);
+    }
+    if (optimizer === "muon") return 8 * P - 8 * 12 * L * C * C + 4 * L * (12 * C * C + 12 * C); // + r*c + max(r, c)
+    return 8 * P; // AdamW: exp_avg and exp_avg_sq
+  }
+
+  function ckptBlocks(L, every) { return every > 0 ? Math.ceil(L / every) : 0; } // blocks 0, k, 2k, ...
+
+  function features(s, sw) { // fit.features.features (with `sw`, the switches: switch_columns)
     const N = s.batch_size * s.block_size;
-    return {params: countParams(s.n_layer, s.n_embd, s.block_size, s.vocab_size), tokens: N,
-            logits: N * s.vocab_size, acts: N * s.n_layer * s.n_embd,
-            attn: N * s.n_layer * s.n_head * s.block_size, embed: N * s.n_embd};
+    const f = {params: countParams(s.n_layer, s.n_embd, s.block_size, s.vocab_size), tokens: N,
+               logits: N * s.vocab_size, acts: N * s.n_layer * s.n_embd,
+               attn: N * s.n_layer * s.n_head * s.block_size, embed: N * s.n_embd};
+    if (!sw) return f;
+    const L = s.n_layer, C = s.n_embd, T = s.block_size, P = f.params, ckpt = ckptBlocks(L, sw.every);
+    const block = (P - countParams(0, C, T, s.vocab_size)) / Math.max(L, 1); // one block's parameters
+    const on = sw.every > 0 ? 1 : 0, k = Math.max(sw.every, 1), deepest = k * Math.floor((L - 1) / k);
+    const grads = (done) => on * (sw.grad_accum > 1 ? P : P - done * block - T * C); // recompute_columns
+    return {...f, acts: N * (L - ckpt) * C, attn: N * (L - ckpt) * s.n_head * T,
+            state: stateBytes(s, sw.optimizer), accum_grads: sw.grad_accum > 1 ? P : 0,
+            ckpt_inputs: N * ckpt * C, recompute: ckpt > 0 ? N * C : 0,
+            grads_first: grads(1), inputs_first: 0, acts_first: 0, grads_deepest: grads(deepest + 1),
+            inputs_deepest: on * N * C * ckpt, acts_deepest: on * N * C * (deepest - (ckpt - 1))};
   }
 
   function dot(names, coef, f) {
@@ -66,13 +95,31 @@
     return acc;
   }
 
+  const same = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
+  const hasSwitches = (m) => m.features.includes("state"); // MemoryModel.switches
+
   function isPhysics(m) {
-    return m.regimes === 2 && m.features.length === PHYSICS.length && m.features.every((x, i) => x === PHYSICS[i]);
+    return m.regimes === 2 && (same(m.features, PHYSICS) || same(m.features, RECIPE_PHYSICS));
   }
 
   function transients(m, f) { // MemoryModel._transients: (at the loss, inside a block)
     const c = (name) => m.coef[m.features.indexOf(name)];
     return [c("logits") * f.logits + c("embed") * f.embed, m.layer_coef * f.embed];
+  }
+
+  function recomputePiece(m, f) { // memmodel._recompute: the larger over the blocks where it can peak
+    const at = (where) => REBLOCK.reduce((acc, name, i) => acc + m.reblock_coef[i]
+                                         * f[i < 3 ? name : `${name}_${where}`], 0); // 3 shared columns
+    return Math.max(...RECOMPUTE_AT.map(at));
+  }
+
+  function stepPiece(m, f) { // MemoryModel._step (with switches: the state, and block 0's recompute where checkpointed)
+    let out = m.step_intercept + m.step_coef * f.params;
+    if (hasSwitches(m)) {
+      out += m.step_state_coef * f.state;
+      if (f.recompute > 0) out = Math.max(out, m.step_intercept + recomputePiece(m, f));
+    }
+    return out;
   }
 
   function parts(m, f) { // MemoryModel.parts: [backward piece, optimizer-step piece]
@@ -81,13 +128,13 @@
       const [lossT, layerT] = transients(m, f);
       lin = lin - lossT + Math.max(lossT, layerT);
     }
-    return [lin, m.step_coef > 0 ? m.step_intercept + m.step_coef * f.params : -Infinity];
+    return [lin, m.step_coef > 0 ? stepPiece(m, f) : -Infinity];
   }
 
   function breakdown(m, f) { // MemoryModel.breakdown for one point
     const [lin, step] = parts(m, f);
     if (step > lin) {
-      return {regime: "optimizer step", constant: m.step_intercept, "params+optimizer": m.step_coef * f.params,
+      return {regime: "optimizer step", constant: m.step_intercept, "params+optimizer": stepPiece(m, f) - m.step_intercept,
               logits: 0, activations: 0, attention: 0};
     }
     const row = {regime: "backward", constant: m.intercept};
@@ -100,7 +147,8 @@
       const [lossT, layerT] = transients(m, f);
       if (layerT > lossT) {
         row.logits = 0;
-        row.activations = m.coef[m.features.indexOf("acts")] * f.acts + layerT;
+        row.activations = layerT;
+        for (const t of ["acts", "ckpt_inputs"]) if (m.features.includes(t)) row.activations += m.coef[m.features.indexOf(t)] * f[t];
       }
     }
     return row;
@@ -112,23 +160,48 @@
     return gpus > 1 ? base + entry.ddp_bytes_per_param * f.params + entry.ddp_comm_bytes : base;
   }
 
-  function msPerIter(tp, s) { // throughput.time_features + ThroughputModel.predict + predict_ms
+  function msPerIter(tp, s, sw) { // throughput.time_features (with the switches: per optimizer step) + predict
     const N = s.batch_size * s.block_size, L = s.n_layer, C = s.n_embd, T = s.block_size;
     const pNonEmb = countParams(L, C, T, s.vocab_size, true);
-    const f = {flops: 6 * pNonEmb * N + 12 * L * C * T * N, logits: N * s.vocab_size, acts: N * L * C, tokens: N,
-               params: countParams(L, C, T, s.vocab_size)};
+    let f = {flops: 6 * pNonEmb * N + 12 * L * C * T * N, logits: N * s.vocab_size, acts: N * L * C, tokens: N,
+             params: countParams(L, C, T, s.vocab_size)};
+    if (tp.features.includes("micro")) {
+      const a = sw.grad_accum, ckpt = ckptBlocks(L, sw.every);
+      f = {...f, flops: a * f.flops, logits: a * f.logits, acts: a * f.acts, micro: a,
+           recompute: a * ckpt * N * (24 * C * C + 4 * C * T), recompute_acts: a * ckpt * N * C};
+      for (const k of OPT_KINDS) f["opt_" + k] = sw.optimizer === k ? f.params : 0;
+    }
     return Math.max(tp.slowdown * (tp.intercept + dot(tp.features, tp.coef, f)), 1e-3);
   }
 
-  function need(entry, s, gpus) {
-    return predict(entry, features(s), gpus) * (1 + entry.margin_rel);
+  function need(entry, s, gpus, sw) {
+    return predict(entry, features(s, sw), gpus) * (1 + entry.margin_rel);
   }
 
-  function largestBatch(entry, s, gpus, budget) { // suggest's largest fitting batch for a fixed shape
+  function largestBatch(entry, s, gpus, budget, sw) { // suggest's largest fitting batch for a fixed shape
     if (budget <= 0 || budget <= entry.model.intercept * (1 + entry.margin_rel)) return null;
     let best = null;
-    for (const b of DATA.batches) if (need(entry, {...s, batch_size: b}, gpus) <= budget) best = b;
+    for (const b of DATA.batches) if (need(entry, {...s, batch_size: b}, gpus, sw) <= budget) best = b;
     return best;
+  }
+
+  function readSwitches(e) { // the recipe's switches, as Profile.check_recipe allows them (null: none to price)
+    const accum = $("vf-grad_accum").value.trim(), ck = $("vf-checkpoint").value.trim().toLowerCase();
+    const opt = $("vf-optimizer").value.trim().toLowerCase();
+    if (!/^\d+$/.test(accum) || Number(accum) < 1) throw new Error(`grad_accum must be an integer >= 1, got '${accum}'`);
+    const every = {none: 0, "0": 0, all: 1, "1": 1}[ck] ?? (/^\d+$/.test(ck) ? Number(ck) : null);
+    if (every === null) throw new Error(`checkpoint must be none, all or a block interval k >= 1, got '${ck}'`);
+    const sw = {grad_accum: Number(accum), every: every, optimizer: opt};
+    const own = e.recipe;
+    if (!e.optimizers) {
+      if (sw.grad_accum !== own.grad_accum || every !== own.every || opt !== own.optimizer) {
+        throw new Error(`this profile was fitted on one recipe (grad_accum ${own.grad_accum}, checkpoint `
+                        + `${own.checkpoint}, optimizer ${own.optimizer}): it cannot price other switches`);
+      }
+      return null;
+    }
+    if (!e.optimizers.includes(opt)) throw new Error(`this profile measured the optimizers ${e.optimizers.join(", ")}, not ${opt}`);
+    return sw;
   }
 
   function readInputs() {
@@ -142,7 +215,7 @@
     const gpus = $("vf-gpus").value.trim();
     if (!/^\d+$/.test(gpus) || Number(gpus) < 1) throw new Error(`GPUs must be >= 1, got '${gpus}'`);
     const vram = parseSize($("vf-vram").value), reserve = parseSize($("vf-reserve").value || "0");
-    return {shape: s, gpus: Number(gpus), vram, reserve, budget: vram - reserve};
+    return {shape: s, gpus: Number(gpus), vram, reserve, budget: vram - reserve, sw: readSwitches(entry())};
   }
 
   function show(id, text, bytes) {
@@ -165,8 +238,8 @@
       return;
     }
     $("vf-outputs").hidden = false;
-    const {shape, gpus, budget} = inp;
-    const f = features(shape);
+    const {shape, gpus, budget, sw} = inp;
+    const f = features(shape, sw);
     const pred = predict(e, f, gpus), margin = pred * e.margin_rel, needB = pred * (1 + e.margin_rel);
     const row = breakdown(e.model, f);
     if (gpus > 1) {
@@ -197,23 +270,23 @@
       tr.children[1].textContent = formatSize(v);
       body.appendChild(tr);
     }
-    const best = largestBatch(e, shape, gpus, budget);
+    const best = largestBatch(e, shape, gpus, budget, sw);
     show("vf-largest", best === null ? "none fits" : String(best));
     $("vf-largest").dataset.batch = best === null ? "" : String(best);
     const tp = e.throughput;
     if (tp && gpus === 1) {
-      const ms = msPerIter(tp, shape);
+      const ms = msPerIter(tp, shape, sw), tokens = f.tokens * (sw ? sw.grad_accum : 1);
       show("vf-ms", ms.toFixed(1));
       $("vf-ms").dataset.value = String(ms);
-      show("vf-tps", Math.round(f.tokens / (ms / 1000)).toLocaleString("en-US"));
-      $("vf-tps").dataset.value = String(f.tokens / (ms / 1000));
+      show("vf-tps", Math.round(tokens / (ms / 1000)).toLocaleString("en-US"));
+      $("vf-tps").dataset.value = String(tokens / (ms / 1000));
     } else {
       show("vf-ms", tp ? "one GPU only" : "no throughput model");
       show("vf-tps", "-");
       delete $("vf-ms").dataset.value;
       delete $("vf-tps").dataset.value;
     }
-    drawChart(e, shape, gpus, budget);
+    drawChart(e, shape, gpus, budget, sw);
   }
 
   function cellColor(ratio) { // green (fits easily) -> yellow (at the budget) -> red (2x the budget and more)
@@ -222,7 +295,7 @@
     return `hsl(${hue}, 70%, ${ratio <= 1 ? 55 : 45}%)`;
   }
 
-  function drawChart(e, shape, gpus, budget) {
+  function drawChart(e, shape, gpus, budget, sw) {
     const canvas = $("vf-chart"), g = canvas.getContext("2d");
     const blocks = DATA.chart_blocks, batches = DATA.chart_batches;
     const left = 52, top = 10, right = 10, bottom = 36;
@@ -230,7 +303,7 @@
     const x = (j) => left + j * w, y = (i) => top + (blocks.length - 1 - i) * h;
     g.clearRect(0, 0, canvas.width, canvas.height);
     const fit = blocks.map((T, i) => batches.map((B, j) => {
-      const n = need(e, {...shape, block_size: T, batch_size: B}, gpus);
+      const n = need(e, {...shape, block_size: T, batch_size: B}, gpus, sw);
       g.fillStyle = cellColor(n / budget);
       g.fillRect(x(j), y(i), Math.ceil(w), Math.ceil(h));
       return n <= budget;
@@ -271,7 +344,7 @@
       const px = (ev.clientX - r.left) * canvas.width / r.width, py = (ev.clientY - r.top) * canvas.height / r.height;
       const j = Math.floor((px - left) / w), i = blocks.length - 1 - Math.floor((py - top) / h);
       if (j < 0 || j >= batches.length || i < 0 || i >= blocks.length) { canvas.title = ""; return; }
-      const n = need(e, {...shape, block_size: blocks[i], batch_size: batches[j]}, gpus);
+      const n = need(e, {...shape, block_size: blocks[i], batch_size: batches[j]}, gpus, sw);
       canvas.title = `block ${blocks[i]}, batch ${batches[j]}: ${formatSize(n)} with margin`;
     };
   }
@@ -282,11 +355,16 @@
     $("vf-vram").value = d.vram;
     $("vf-reserve").value = d.reserve;
     $("vf-gpus").value = String(d.gpus);
+    $("vf-grad_accum").value = String(e.recipe.grad_accum);
+    $("vf-checkpoint").value = e.recipe.checkpoint;
+    $("vf-optimizer").value = e.recipe.optimizer;
     document.querySelectorAll(".vf-prov").forEach((el) => { el.hidden = el.dataset.model !== $("vf-model").value; });
   }
 
   $("vf-model").addEventListener("change", () => { setDefaults(); update(); });
-  for (const id of [...SHAPE, "vram", "reserve", "gpus"]) $("vf-" + id).addEventListener("input", update);
+  for (const id of [...SHAPE, "vram", "reserve", "gpus", "grad_accum", "checkpoint", "optimizer"]) {
+    $("vf-" + id).addEventListener("input", update);
+  }
   setDefaults();
   update();
   document.body.dataset.calculator = "ready";

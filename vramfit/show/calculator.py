@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 INPUTS = (("vram", "VRAM", "the card: 8G, 7.5GiB, 8000M"), ("reserve", "reserve", "kept free, e.g. 500M"),
           ("gpus", "GPUs", "data parallel (DDP)"), ("n_layer", "n_layer", ""), ("n_head", "n_head", ""),
           ("n_embd", "n_embd", ""), ("block_size", "block", ""), ("batch_size", "batch", ""),
-          ("vocab_size", "vocab", ""))
+          ("vocab_size", "vocab", ""), ("grad_accum", "grad_accum", "micro-batches per optimizer step"),
+          ("checkpoint", "checkpoint", "activation checkpointing: none | all | k (every k-th block)"),
+          ("optimizer", "optimizer", "fused | foreach | loop (AdamW) | sgd | adafactor | muon"))
 OUTPUTS = (("budget", "budget (VRAM - reserve)"), ("params", "parameters"), ("predicted", "predicted peak"),
            ("margin", "safety margin"), ("need", "predicted + margin"), ("headroom", "headroom"),
            ("verdict", "verdict"), ("regime", "peak in the"), ("largest", "largest batch that fits"),
@@ -117,8 +119,14 @@ def model_entry(report: Profile, ctx: PlanContext, shape: Shape, models_dir: str
                 source: str | None = None, points: pd.DataFrame | None = None) -> dict:
     """One fitted model as the page's JavaScript reads it (`shape`: the inputs' starting values; `points`: the
     rows it was fitted on, against which a saved model file is judged)."""
+    from gpt.config import checkpoint_every
+
     tp = report.throughput
+    own = report.recipe_of().resolved(report.kind)
     return {"label": f"{report.device} · {report.recipe_key}", "model": report.model.to_dict(),
+            "recipe": {"grad_accum": own.grad_accum, "checkpoint": own.checkpoint, "optimizer": own.optimizer,
+                       "every": checkpoint_every(own.checkpoint)},
+            "optimizers": sorted({m["optimizer"] for m in report.switches}) or None,  # None: one recipe
             "margin_rel": report.margin_rel, "ddp_bytes_per_param": DDP_BYTES_PER_PARAM,
             "ddp_comm_bytes": DdpTerm.for_device(report.device_type).comm_bytes,
             "throughput": tp.model.to_dict() if tp is not None else None,
@@ -141,7 +149,7 @@ def _script_json(data: dict) -> str:
 
 
 def _input(key: str, label: str, tip: str) -> str:
-    size = key in ("vram", "reserve")
+    size = key in ("vram", "reserve", "checkpoint", "optimizer")
     extra = ' list="vf-cards"' if key == "vram" else ""
     return (f'<label for="vf-{key}">{label}<input id="vf-{key}" inputmode="{"text" if size else "numeric"}"'
             f'{extra} title="{html.escape(tip)}"></label>')

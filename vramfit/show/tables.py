@@ -132,6 +132,21 @@ def time_table(items: list, hours: float, rank: str) -> TableData:
     return _with_labels(t, items) if _labelled(items) else t
 
 
+def recipe_table(items: list, ranking: dict) -> TableData:
+    """Suggestions of a recipe plan (`suggest --tokens-per-step`): shape, micro-batch x accumulation,
+    checkpointing, optimizer, prediction, headroom and the time (or compute) of an optimizer step."""
+    timed = any(s.ms_per_step is not None for s in items)
+    t = TableData(f"top {len(items)} for {ranking['text']}",
+                  ["#", "layers", "heads", "width", "block", "micro-batch", "accum", "checkpoint", "optimizer",
+                   "params", "predicted", "headroom", "ms/step" if timed else "TFLOP/step"])
+    for s in items:
+        t.rows.append([str(s.rank), str(s.n_layer), str(s.n_head), str(s.n_embd), str(s.block_size),
+                       str(s.batch_size), str(s.grad_accum), s.checkpoint, s.optimizer, f"{s.params / 1e6:.1f}M",
+                       format_size(s.predicted_bytes), format_size(s.headroom_bytes),
+                       f"{s.ms_per_step:,.1f}" if timed else f"{s.tflop_per_step:.3g}"])
+    return t
+
+
 def to_rich(t: TableData):
     """A rich Table for the terminal."""
     from rich.markup import escape

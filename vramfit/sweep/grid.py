@@ -15,8 +15,9 @@ block_size = [128]
 arch = ["nanochat"]            # gpt2 (the default) | nanochat
 n_kv_head = [1, 2]             # nanochat's options; a combination its family refuses is skipped as invalid
 mlp = ["relu2", "swiglu"]
-[recipe]                       # vramfit.recipe.Recipe fields
-dtype = "auto"
+[recipe]                       # vramfit.recipe.Recipe fields; a list sweeps each value (every combination of
+dtype = "auto"                 # the lists is its own recipe, measured one after another: its own recipe key)
+checkpoint = ["none", "all"]
 [measure]                      # Measure fields
 max_iters = 20
 ```
@@ -27,7 +28,7 @@ from __future__ import annotations
 import itertools
 import math
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from gpt.config import ARCH_OPTIONS, GPTConfig
@@ -93,13 +94,25 @@ class Measure:
 
 @dataclass
 class Grid:
-    """A parsed grid spec: axis blocks (union of Cartesian products), recipe, measurement settings."""
+    """A parsed grid spec: axis blocks (union of Cartesian products), the recipes (one, or every combination of
+    the `[recipe]` lists), measurement settings."""
 
     name: str
     blocks: list[dict[str, list]]
-    recipe: Recipe = field(default_factory=Recipe)
+    recipes: tuple[Recipe, ...] = (Recipe(),)
     measure: Measure = field(default_factory=Measure)
     path: str | None = None
+
+    @property
+    def recipe(self) -> Recipe:
+        """The grid's one recipe (a grid of several is swept one recipe at a time: `each_recipe`)."""
+        if len(self.recipes) != 1:
+            raise VramfitError(f"grid {self.name!r} has {len(self.recipes)} recipes; sweep them one at a time")
+        return self.recipes[0]
+
+    def each_recipe(self) -> list[Grid]:
+        """One grid per recipe, in order (the grid itself when it has one)."""
+        return [replace(self, recipes=(r,)) for r in self.recipes]
 
     def points(self) -> tuple[list[dict], int]:
         """(valid points in order without duplicates, number of invalid combinations skipped). A point is the six
@@ -129,7 +142,9 @@ class Grid:
         return sum(math.prod(len(v) for a, v in b.items() if a in KEYS or a in ARCH_AXES) for b in self.blocks)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "path": self.path, "axes": self.blocks, "recipe": self.recipe.to_dict(),
+        recipe = {"recipe": self.recipes[0].to_dict()} if len(self.recipes) == 1 else \
+            {"recipes": [r.to_dict() for r in self.recipes]}
+        return {"name": self.name, "path": self.path, "axes": self.blocks, **recipe,
                 "measure": self.measure.to_dict()}
 
 
@@ -190,6 +205,22 @@ def _arch_values(axis: str, raw: object, what: str) -> list:
     return values
 
 
+MAX_RECIPES = 256  # recipe combinations of one grid (3 optimizers x 4 checkpointings x 4 accumulations is 48)
+
+
+def recipes(recipe_d: dict, where: str = "grid") -> tuple[Recipe, ...]:
+    """The recipes of a `[recipe]` table: every combination of its list values (in the table's order, the last
+    list varying fastest), each a `Recipe`; combinations that resolve to the same recipe are kept once."""
+    lists = {k: v if isinstance(v, list) else [v] for k, v in recipe_d.items()}
+    empty = [k for k, v in lists.items() if not v]
+    if empty:
+        raise VramfitError(f"{where}: recipe {empty[0]} is an empty list")
+    if math.prod(len(v) for v in lists.values()) > MAX_RECIPES:
+        raise VramfitError(f"{where}: more than {MAX_RECIPES} recipe combinations")
+    out = (Recipe.from_dict(dict(zip(lists, combo, strict=True))) for combo in itertools.product(*lists.values()))
+    return tuple(dict.fromkeys(out))
+
+
 def load_grid(path: str | Path | None, axis_overrides: dict[str, list[int]] | None = None,
               recipe_overrides: dict | None = None, measure_overrides: dict | None = None) -> Grid:
     """Read a grid spec; axis overrides (e.g. from `--n-layer 4,8`) replace that axis in every block.
@@ -225,7 +256,7 @@ def load_grid(path: str | Path | None, axis_overrides: dict[str, list[int]] | No
     measure_d = dict(doc.get("measure", {}))
     measure_d.update(measure_overrides or {})
     name = str(doc.get("name") or (path.stem if path is not None else "adhoc"))
-    grid = Grid(name=name, blocks=blocks, recipe=Recipe.from_dict(recipe_d), measure=Measure.from_dict(measure_d),
+    grid = Grid(name=name, blocks=blocks, recipes=recipes(recipe_d, where), measure=Measure.from_dict(measure_d),
                 path=str(path) if path is not None else None)
     if grid.size() > MAX_GRID_COMBINATIONS:
         raise VramfitError(f"{where}: {grid.size():,} combinations is beyond the limit of {MAX_GRID_COMBINATIONS:,} "

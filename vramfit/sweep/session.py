@@ -66,6 +66,10 @@ class SweepResult:
     interrupted: bool = False
     note: str = ""  # adaptive plan: why it stopped
     boundaries: list = field(default_factory=list)  # boundary search: a BoundaryResult per shape
+    sweep_ids: list = field(default_factory=list)  # every sweep row of the run (one per recipe of the grid)
+
+    def __post_init__(self) -> None:
+        self.sweep_ids = self.sweep_ids or [self.sweep_id]
 
 
 class Chooser:
@@ -221,7 +225,27 @@ class SweepSession:
 
 def run_sweep(grid: Grid, options: SweepOptions, chooser: Chooser, executor: Executor | None = None) -> SweepResult:
     """Measure the points `chooser` picks from `grid` through `executor` (default: this machine's
-    `LocalExecutor`); returns the counts (see the module docstring). Every chooser starts the sweep's row."""
+    `LocalExecutor`); returns the counts (see the module docstring). Every chooser starts the sweep's row.
+    A grid of several recipes is one session (one sweep row) per recipe, one after another; the result adds
+    them up (`sweep_ids` lists the rows)."""
+    if len(grid.recipes) == 1:
+        return _run_session(grid, options, chooser, executor)
+    total = None
+    for one in grid.each_recipe():
+        res = _run_session(one, options, chooser, executor)
+        if total is None:
+            total = res
+            continue
+        total.sweep_ids.append(res.sweep_id)
+        total.planned, total.invalid, total.resumed = (total.planned + res.planned, total.invalid + res.invalid,
+                                                       total.resumed + res.resumed)
+        total.counts.update(res.counts)
+        total.boundaries += res.boundaries
+        total.note = "; ".join(n for n in (total.note, res.note) if n)
+    return total
+
+
+def _run_session(grid: Grid, options: SweepOptions, chooser: Chooser, executor: Executor | None) -> SweepResult:
     session = SweepSession(grid, options, executor)
     status = "interrupted"
     try:
