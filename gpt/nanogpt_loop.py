@@ -49,11 +49,5 @@ class NanoGPTLoop:
                 self.loss = self.loss / accum
             self.X, self.Y = get_batch()  # prefetch the next batch while the device runs the forward
             t.scaler.scale(self.loss).backward()
-        if t.cfg.grad_clip != 0.0:
-            t.scaler.unscale_(t.optimizer)
-            torch.nn.utils.clip_grad_norm_(t.model.parameters(), t.cfg.grad_clip)
-        t.scaler.step(t.optimizer)
-        t.scaler.update()
-        t.optimizer.zero_grad(set_to_none=True)
-        t.iter_num += 1
+        t.optimizer_step()  # nanoGPT's: clip unless grad_clip is 0, step, zero_grad(set_to_none=True)
         return self.loss.detach()

@@ -261,6 +261,11 @@ class Trainer:
                 self.scaler.scale(loss).backward()
             if accum > 1:
                 total = loss.detach() if total is None else total + loss.detach()
+        self.optimizer_step()
+        return total if total is not None else loss.detach() * accum
+
+    def optimizer_step(self) -> None:
+        """After the micro-steps' backward: clip (grad_clip > 0; validated >= 0), step, free the gradients."""
         if self.cfg.grad_clip > 0:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -268,7 +273,6 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.iter_num += 1
-        return total if total is not None else loss.detach() * accum
 
     @torch.no_grad()
     def evaluate(self, corpus: Corpus) -> dict[str, float]:
