@@ -75,3 +75,23 @@ def test_integer_sizes_parse_exactly_in_any_spelling(value, unit, lower, space):
     scale = {"": 1, "B": 1, "K": K, "M": M, "G": G, "T": T}[unit[:1]]
     text = f"{value}{' ' if space else ''}{unit.lower() if lower else unit}"
     assert parse_size(text) == value * scale
+
+
+def test_the_size_limit_is_2_to_the_60_inclusive_and_its_error_quotes_the_text():
+    """parse_size refuses what is beyond 2**60 bytes (MAX_SIZE) or not finite, as a number or as text, with one
+    message that quotes the first 40 characters of what was given; 2**60 itself is a size."""
+    from vramfit.units import MAX_SIZE, SizeLimitError
+
+    assert MAX_SIZE == 2**60
+    assert parse_size(2**60) == 2**60 and parse_size("1048576T") == 2**60  # the limit itself: accepted
+    for value in (2**60 + 1, float("inf"), float("nan")):
+        with pytest.raises(SizeLimitError, match=r"^size .* is beyond the limit of 2\*\*60 bytes \(1 EiB\)$"):
+            parse_size(value)
+    with pytest.raises(SizeLimitError) as big:
+        parse_size(2**61)
+    assert str(big.value) == f"size {str(2**61)!r} is beyond the limit of 2**60 bytes (1 EiB)"
+    text = "9" * 50 + "T"
+    with pytest.raises(SizeLimitError) as long:
+        parse_size(text)
+    assert str(long.value) == f"size {text[:40]!r} is beyond the limit of 2**60 bytes (1 EiB)"
+    assert issubclass(SizeLimitError, SizeError)
