@@ -175,9 +175,7 @@ class GPT(nn.Module):
 
     def estimate_mfu(self, tokens_per_iter: int, dt: float, peak_flops: float) -> float:
         """Model FLOPs utilisation: achieved training FLOP/s over `peak_flops`."""
-        if dt <= 0 or peak_flops <= 0:
-            return 0.0
-        return self.config.flops_per_token() * tokens_per_iter / dt / peak_flops
+        return mfu(self.config, tokens_per_iter, dt, peak_flops)
 
     @torch.no_grad()
     def generate(
@@ -193,6 +191,14 @@ class GPT(nn.Module):
         ids below it: a vocabulary padded past the corpus's (nanoGPT's 50304 for GPT-2's 50257, a `--vocab-size`
         above a char corpus's) has rows no tokenizer can decode."""
         return sample(self, idx, max_new_tokens, temperature, top_k, generator, vocab_size)
+
+
+def mfu(config: GPTConfig, tokens_per_iter: int, dt: float, peak_flops: float) -> float:
+    """Model FLOPs utilisation of either family: achieved training FLOP/s over `peak_flops` (0 without a time or
+    a peak)."""
+    if dt <= 0 or peak_flops <= 0:
+        return 0.0
+    return config.flops_per_token() * tokens_per_iter / dt / peak_flops
 
 
 @torch.no_grad()

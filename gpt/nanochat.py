@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from gpt.config import ROTARY_BASE, ROTARY_CACHE, SMEAR_CHANNELS, VE_GATE_CHANNELS, GPTConfig
 from gpt.errors import ConfigError
-from gpt.model import run_block, sample
+from gpt.model import mfu, run_block, sample
 
 
 def norm(x: torch.Tensor) -> torch.Tensor:
@@ -275,9 +275,7 @@ class NanoChatGPT(nn.Module):
 
     def estimate_mfu(self, tokens_per_iter: int, dt: float, peak_flops: float) -> float:
         """Model FLOPs utilisation: achieved training FLOP/s over `peak_flops`."""
-        if dt <= 0 or peak_flops <= 0:
-            return 0.0
-        return self.config.flops_per_token() * tokens_per_iter / dt / peak_flops
+        return mfu(self.config, tokens_per_iter, dt, peak_flops)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
