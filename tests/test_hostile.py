@@ -848,3 +848,23 @@ def test_a_version_1_database_is_read_as_is_and_migrated_on_write(tmp_path):
         assert s.schema_version == SCHEMA_VERSION == 3 and len(s.points_frame()) == n
         assert s.claim(1, {"n_layer": 3, "n_head": 1, "n_embd": 8, "block_size": 8, "batch_size": 1,
                            "vocab_size": 8})
+
+
+def test_fit_says_which_device_and_recipe_it_could_not_fit(capsys, tmp_path):
+    """A group too small to fit (here one point of a second GPU) is skipped with its reason on stderr, not
+    silently: the other group is fitted and saved."""
+    from planner_data import SYNTHETIC_GPU, synthetic_points
+
+    from vramfit.recipe import Recipe
+
+    db = synthetic_db(tmp_path / "v.sqlite")
+    with Store(db) as store:
+        env = store.environment({**SYNTHETIC_GPU, "device_name": "Lonely GPU", "gpu_uuid": "GPU-lonely"},
+                                Recipe(dtype="bfloat16", compile=True, optimizer="fused"))
+        store.insert_point({**synthetic_points().iloc[0].to_dict(), "device_name": "Lonely GPU"}, env, None)
+    rc, out, err = run(capsys, "fit", "--db", db, "--models", tmp_path / "models")
+    assert rc == 0, err
+    assert "Synthetic GPU" in out and "Lonely GPU" not in out
+    (line,) = [x for x in err.splitlines() if x.startswith("skipped: ")]
+    assert line.startswith("skipped: Lonely GPU / ") and len(line) > len("skipped: Lonely GPU / ") + 10
+    assert [p.name.startswith("synthetic") or "Synthetic" in p.name for p in (tmp_path / "models").iterdir()] == [True]

@@ -47,9 +47,13 @@ def fit(
 
     writable_dir(models, "--models")
     points = _points(db, device, recipe)
+    skipped: list[str] = []
     for report, path in fit_and_save(points, models, target=reading, regimes=regimes, dryrun=dry_run,
-                                     allow_shared=allow_shared, protected={"the database": database_files(db)}):
+                                     allow_shared=allow_shared, protected={"the database": database_files(db)},
+                                     skipped=skipped):
         print_fit(report, path)
+    for why in skipped:
+        typer.echo(f"skipped: {why}", err=True)
 
 
 def _points(db: Path, device: str | None, recipe: str | None):

@@ -54,9 +54,10 @@ def dryrun_estimates(points: pd.DataFrame, target: str = "auto") -> list[int]:
         return [target_bytes(e, t) for e, t in zip(estimator.estimate(reqs), targets, strict=True)]
 
 
-def fit_store(points: pd.DataFrame, target: str = "auto", regimes: int = 2,
-              dryrun: bool = False, allow_shared: bool = False) -> list[tuple[Profile, pd.DataFrame]]:
-    """One fit per (device, recipe) found in `points`; groups with too few ok points are skipped. Recipes that
+def fit_store(points: pd.DataFrame, target: str = "auto", regimes: int = 2, dryrun: bool = False,
+              allow_shared: bool = False, skipped: list[str] | None = None) -> list[tuple[Profile, pd.DataFrame]]:
+    """One fit per (device, recipe) found in `points`; a group that cannot be fitted (too few ok points) is
+    skipped, and why goes to `skipped` ("device / recipe: reason"); none fitted is an error. Recipes that
     differ only in their switches (`Recipe.family`: accumulation, checkpointing, optimizer) are one fit that
     prices the switches.
     `dryrun` also fits y = c0 + k*estimate on the dry-run estimates of the points (slower: ~0.1-3 s a point).
@@ -77,17 +78,19 @@ def fit_store(points: pd.DataFrame, target: str = "auto", regimes: int = 2,
             errors.append(f"{_device} / {_rkey}: {exc}")
     if not out:
         raise VramfitError("nothing to fit: " + "; ".join(errors))
+    if skipped is not None:
+        skipped += errors
     return out
 
 
 def fit_and_save(points: pd.DataFrame, out_dir: str | Path, target: str = "auto", regimes: int = 2,
                  dryrun: bool = False, allow_shared: bool = False,
-                 protected: Protected | None = None) -> list[tuple[Profile, Path]]:
+                 protected: Protected | None = None, skipped: list[str] | None = None) -> list[tuple[Profile, Path]]:
     """`fit_store`, each report saved as `out_dir/<device>-<recipe>.json` (never over a `protected` file):
-    (report, path) per device + recipe."""
+    (report, path) per device + recipe; the groups not fitted, and why, go to `skipped`."""
     return [(report, report.save(Path(out_dir) / model_filename(report.device, report.recipe_key), protected))
             for report, _ in fit_store(points, target=target, regimes=regimes, dryrun=dryrun,
-                                       allow_shared=allow_shared)]
+                                       allow_shared=allow_shared, skipped=skipped)]
 
 
 def open_profile(model: str | Path | None, models_dir: str | Path = MODELS_DIR) -> tuple[Path, Profile]:
