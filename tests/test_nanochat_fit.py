@@ -192,16 +192,52 @@ def test_train_measure_of_a_suggested_nanochat_config_lands_within_its_margin(ca
     assert row.arch == "nanochat" and row.source == "train" and row.status == "ok"
 
 
-def test_adaptive_and_boundary_plans_refuse_nanochat_points_before_writing(tmp_path):
-    from vramfit.sweep.adaptive import AdaptiveChooser, PlanSettings
-    from vramfit.sweep.boundary import BoundaryChooser
-    from vramfit.sweep.progress import point_label
+def test_a_boundary_search_finds_the_largest_nanochat_batch_on_real_cpu_runs(tmp_path, capsys):
+    """The boundary search on nanochat points: real CPU workers under an emulated card, the family kept in every
+    probe's store row and in the printed shape; a rerun takes every probe from the store."""
+    from vramfit.store import Store
+
+    grid, db = tmp_path / "g.toml", tmp_path / "db.sqlite"
+    grid.write_text("[[axes]]\n" + "".join(f"{k} = [{v}]\n" for k, v in SIZES.items() if k != "batch_size")
+                    + 'batch_size = [1, 64]\narch = ["nanochat"]\n')
+    args = ["sweep", "--boundary", "--grid", str(grid), "--device", "cpu", "--db", str(db), "--emulate-vram", "3M"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if "largest batch" in x and "(start" in x)
+    assert line.startswith("n_layer=2 n_head=4 n_embd=64 block_size=32 vocab_size=65 arch=nanochat: "), line
+    df = Store(db, readonly=True).points_frame().set_index("batch_size")
+    best = int(line.split("largest batch ")[1].split()[0])
+    assert 1 <= best < 64 and df.loc[best, "status"] == "ok" and df.loc[best + 1, "status"] == "oom"
+    assert set(df["arch"]) == {"nanochat"} and df.loc[best, "tracked_bytes"] <= 3 * 2**20
+    assert main(args) == 0
+    assert f"largest batch {best} " in capsys.readouterr().out
+    assert len(Store(db, readonly=True).points_frame()) == len(df)
+
+
+def test_an_adaptive_plan_of_both_families_fits_the_family_features(tmp_path):
+    """The adaptive plan over a grid of both families: its model takes the FAMILY columns (`vramfit fit`'s
+    rule), it covers both families before anything else, and a resumed plan counts the stored nanochat points as
+    measured (their identity has the family)."""
+    from fake_workers import fake_cmd
+
+    from vramfit.store import Store
+    from vramfit.sweep.adaptive import AdaptiveChooser, AdaptivePlanner, PlanSettings, extremes, point_key
     from vramfit.sweep.session import SweepOptions, run_sweep
 
-    grid = tmp_path / "g.toml"
-    grid.write_text("[[axes]]\n" + "".join(f"{k} = [{v}]\n" for k, v in SIZES.items()) + 'arch = ["nanochat"]\n')
-    for chooser in (AdaptiveChooser(PlanSettings(points=3)), BoundaryChooser(None)):
-        with pytest.raises(VramfitError, match="GPT-2 points only"):
-            run_sweep(load_grid(grid), SweepOptions(tmp_path / "db.sqlite", device="cpu", quiet=True), chooser)
-    assert not (tmp_path / "db.sqlite").exists()
-    assert point_label({**SIZES, "arch": "nanochat:mlp=swiglu"}) == "L2 H4 C64 T32 B4 V65 nanochat:mlp=swiglu"
+    spec = tmp_path / "g.toml"
+    spec.write_text("[[axes]]\n" + "".join(f"{k} = [{v}]\n" for k, v in SIZES.items() if k not in ("n_layer",
+                    "batch_size")) + 'n_layer = [1, 2]\nbatch_size = [2, 8]\narch = ["gpt2", "nanochat"]\n'
+                    + "[measure]\ntimeout_s = 60\n")
+    cands = load_grid(spec).points()[0]
+    planner = AdaptivePlanner(cands, "tracked_bytes", PlanSettings(points=4))
+    assert planner.family == ("fused", "float32") and planner.X.shape[1] == 1 + len(FAMILY)
+    assert {("arch", GPT2), ("arch", "nanochat")} <= extremes(cands)
+    assert AdaptivePlanner([p for p in cands if "arch" not in p], "tracked_bytes", PlanSettings()).family is None
+    assert point_key({**SIZES, "arch": "nanochat"}) != point_key(SIZES) == point_key({**SIZES, "arch": GPT2})
+    db = tmp_path / "db.sqlite"
+    opts = SweepOptions(db, device="cpu", quiet=True, worker_cmd=fake_cmd())
+    run_sweep(load_grid(spec), opts, AdaptiveChooser(PlanSettings(points=4)))
+    rows = Store(db, readonly=True).points_frame()
+    assert len(rows) == 4 and set(rows["arch"].fillna(GPT2)) == {GPT2, "nanochat"}  # both covered first
+    again = run_sweep(load_grid(spec), opts, AdaptiveChooser(PlanSettings(points=4)))
+    assert again.resumed == 4 and len(Store(db, readonly=True).points_frame()) == 4

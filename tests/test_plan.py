@@ -124,7 +124,7 @@ def test_estimates_skip_points_that_cannot_fit_but_keep_a_few_at_the_edge(tmp_pa
 
     def fake_estimates(points, recipe, d):
         calls.append(len(points))
-        return {tuple(p[k] for k in KEYS): 1.1 * formula(p) for p in points}, ""  # a 10 % pessimistic dry run
+        return {sweep_mod.point_key(p): 1.1 * formula(p) for p in points}, ""  # a 10 % pessimistic dry run
 
     monkeypatch.setattr(sweep_mod, "cached_estimates", fake_estimates)
     db = tmp_path / "db.sqlite"

@@ -81,7 +81,7 @@ def sweep(
     chooser = _chooser(plan, boundary, model, points, target_error, boundary_points)
     res = run_sweep(spec, options, chooser, make_executor(executor, address))
     for r in res.boundaries:
-        shape = " ".join(f"{k}={v}" for k, v in r.shape.items())
+        shape = " ".join(f"{k}={v}" for k, v in r.shape.point().items() if k != "batch_size")
         typer.echo(f"{shape}: largest batch {r.best} in {fmt(r.capacity)} (start {r.start} from "
                    f"{r.start_source}; probes " + ", ".join(f"{p.batch_size} {p.status}" for p in r.probes) + ")")
     if boundary:

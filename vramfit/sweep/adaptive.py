@@ -30,12 +30,12 @@ import numpy as np
 import pandas as pd
 
 from vramfit.errors import VramfitError
-from vramfit.fit.features import PHYSICS, features, frame_features
+from vramfit.fit.features import FAMILY, PHYSICS, columns, optimizer_dtype
 from vramfit.fit.memmodel import TARGETS, MemoryModel
 from vramfit.fit.stats import cv_predictions, error_metrics
 from vramfit.measure.devices import DeviceFacts
 from vramfit.recipe import Recipe
-from vramfit.shape import KEYS
+from vramfit.shape import GPT2, KEYS, Shape
 from vramfit.store import DONE_STATUSES, Store
 from vramfit.sweep.cost import estimate_cost, format_duration
 from vramfit.sweep.progress import point_label, reading_label
@@ -76,14 +76,38 @@ class PlanSettings:
         return asdict(self)
 
 
-def feature_dict(points: list[dict]) -> dict[str, np.ndarray]:
-    return features(*(np.array([p[k] for p in points], dtype=np.float64) for k in KEYS))
+def feature_dict(points: list[dict], family: tuple[str, str] | None = None) -> dict[str, np.ndarray]:
+    """The memory model's columns of points (mappings of the KEYS sizes, `arch` where not GPT-2): PHYSICS, or with
+    `family` (the sweep's (optimizer, dtype): `sweep_family`) the FAMILY ones, as `vramfit fit` takes them."""
+    sizes = {k: np.array([p[k] for p in points], dtype=np.float64) for k in KEYS}
+    return columns(sizes, np.array([Shape.of(p).arch for p in points], dtype=object), family)
 
 
-def design_matrix(points: list[dict], scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(constant + physics features scaled by `scale` (default: the column maxima), the scale)."""
-    f = feature_dict(points)
-    X = np.column_stack([f[c] for c in PHYSICS])
+def sweep_family(points: list[dict], recipe: Recipe | None) -> tuple[str, str] | None:
+    """(optimizer, dtype) when a point is not GPT-2's (its model takes the FAMILY columns), else None (PHYSICS):
+    the rule `vramfit fit` follows (`fit.features.has_families`)."""
+    if all(Shape.of(p).arch == GPT2 for p in points):
+        return None
+    return optimizer_dtype(recipe.to_dict() if recipe is not None else None)
+
+
+def memory_model(family: tuple[str, str] | None) -> MemoryModel:
+    """An unfitted memory model on the columns `feature_dict(points, family)` gives."""
+    model = MemoryModel(FAMILY if family else PHYSICS, regimes=2)
+    model.family_ = family
+    return model
+
+
+def frame_columns(df: pd.DataFrame, family: tuple[str, str] | None) -> pd.DataFrame:
+    """`feature_dict` of a DataFrame of points (store rows: the KEYS columns, `arch`)."""
+    return pd.DataFrame(feature_dict(df.to_dict("records"), family), index=df.index)
+
+
+def design_matrix(points: list[dict], scale: np.ndarray | None = None,
+                  family: tuple[str, str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(constant + the model's features scaled by `scale` (default: the column maxima), the scale)."""
+    f = feature_dict(points, family)
+    X = np.column_stack([f[c] for c in (FAMILY if family else PHYSICS)])
     if scale is None:
         scale = np.where(X.max(axis=0) > 0, X.max(axis=0), 1.0)
     return np.column_stack([np.ones(len(X)), X / scale]), scale
@@ -91,7 +115,7 @@ def design_matrix(points: list[dict], scale: np.ndarray | None = None) -> tuple[
 
 def cost_proxy(points: list[dict]) -> np.ndarray:
     """Relative cost of measuring a point: a fixed process cost plus tokens x params (FLOPs)."""
-    f = feature_dict(points)
+    f = feature_dict(points)  # GPT-2's count of a point's sizes: a proxy for any family
     flops = f["tokens"] * f["params"]
     return 1.0 + flops / max(float(flops.max()), 1.0)
 
@@ -121,17 +145,17 @@ def d_optimal_order(X: np.ndarray, chosen: list[int], n: int, allowed: np.ndarra
     return out
 
 
-def extremes(points: list[dict]) -> set[tuple[str, int]]:
-    """(axis, value) pairs for each axis' smallest and largest value among `points`."""
-    out = set()
+def extremes(points: list[dict]) -> set[tuple[str, int | str]]:
+    """(axis, value) pairs for each axis' smallest and largest value among `points`, and each model family."""
+    out = {("arch", Shape.of(p).arch) for p in points}
     for k in KEYS:
         vals = [int(p[k]) for p in points]
         out |= {(k, min(vals)), (k, max(vals))}
     return out
 
 
-def covered(p: dict, wanted: set[tuple[str, int]]) -> int:
-    return sum((k, int(p[k])) in wanted for k in KEYS)
+def covered(p: dict, wanted: set[tuple[str, int | str]]) -> int:
+    return sum((k, int(p[k])) in wanted for k in KEYS) + (("arch", Shape.of(p).arch) in wanted)
 
 
 @dataclass
@@ -161,10 +185,12 @@ class AdaptivePlanner:
 
     `candidates`: the grid's points; `target_col`: the reading the model fits (tracked_bytes on CPU, nvml_bytes on
     CUDA); `capacity`: bytes the device offers (None: no feasibility filter); `estimates`: dry-run bytes for some
-    candidates (key -> bytes), the feasibility filter's evidence."""
+    candidates (key -> bytes), the feasibility filter's evidence; `recipe`: the sweep's (its optimizer and dtype
+    size the FAMILY columns where a candidate is not GPT-2's)."""
 
     def __init__(self, candidates: list[dict], target_col: str, settings: PlanSettings,
-                 capacity: int | None = None, estimates: dict[tuple, float] | None = None) -> None:
+                 capacity: int | None = None, estimates: dict[Shape, float] | None = None,
+                 recipe: Recipe | None = None) -> None:
         if not candidates:
             raise VramfitError("the grid has no valid points to plan from")
         self.cands = [dict(p) for p in candidates]
@@ -173,7 +199,8 @@ class AdaptivePlanner:
         self.col = target_col
         self.s = settings
         self.capacity = capacity
-        self.X, _ = design_matrix(self.cands)
+        self.family = sweep_family(self.cands, recipe)
+        self.X, _ = design_matrix(self.cands, family=self.family)
         self.cost = cost_proxy(self.cands)
         self.wanted = extremes(self.cands)
         self.surrogate: MemoryModel | None = None
@@ -181,23 +208,23 @@ class AdaptivePlanner:
             self.set_estimates(estimates)
 
     # ------------------------------------------------------------------------------------------ feasibility
-    def set_estimates(self, estimates: dict[tuple, float]) -> None:
+    def set_estimates(self, estimates: dict[Shape, float]) -> None:
         """Fit the memory model to dry-run estimates: the feasibility filter's prediction for every candidate."""
-        pts = [dict(zip(KEYS, k, strict=True)) for k in estimates]
+        pts = [k.point() for k in estimates]
         if len(pts) < 2:
             return
-        X = pd.DataFrame(feature_dict(pts))
-        self.surrogate = MemoryModel(PHYSICS, regimes=2).fit(X, np.array(list(estimates.values()), dtype=float))
+        X = pd.DataFrame(feature_dict(pts, self.family))
+        self.surrogate = memory_model(self.family).fit(X, np.array(list(estimates.values()), dtype=float))
 
     def feasibility(self, measured: pd.DataFrame) -> np.ndarray | None:
         """Expected device bytes per candidate (None without a capacity or estimates): the estimate-fitted model,
         times the median measured/estimated ratio of the ok points so far."""
         if self.capacity is None or self.surrogate is None:
             return None
-        pred = self.surrogate.predict(pd.DataFrame(feature_dict(self.cands)))
+        pred = self.surrogate.predict(pd.DataFrame(feature_dict(self.cands, self.family)))
         ok = self._ok(measured)
         if len(ok):
-            est = self.surrogate.predict(frame_features(ok))
+            est = self.surrogate.predict(frame_columns(ok, self.family))
             ratio = float(np.median(ok[self.col].to_numpy(dtype=float) / np.maximum(est, 1.0)))
             pred = pred * ratio
         return pred
@@ -207,13 +234,13 @@ class AdaptivePlanner:
         if measured.empty:
             return measured
         m = measured[(measured["status"] == "ok") & measured[self.col].notna()]
-        return m[[point_key(r) in self.index for _, r in m[list(KEYS)].iterrows()]]
+        return m[[point_key(r) in self.index for _, r in m.iterrows()]]
 
     def _measured_idx(self, measured: pd.DataFrame) -> list[int]:
         if measured.empty:
             return []
         out = []
-        for _, r in measured[list(KEYS)].iterrows():
+        for _, r in measured.iterrows():
             i = self.index.get(point_key(r))
             if i is not None and i not in out:
                 out.append(i)
@@ -224,7 +251,7 @@ class AdaptivePlanner:
         ok = self._ok(measured)
         if len(ok) < 3:
             return None
-        return MemoryModel(PHYSICS, regimes=2).fit(frame_features(ok), ok[self.col].to_numpy(dtype=float))
+        return memory_model(self.family).fit(frame_columns(ok, self.family), ok[self.col].to_numpy(dtype=float))
 
     def next(self, measured: pd.DataFrame) -> Choice | None:
         """The next point to measure given the rows measured so far (status ok/oom), or None when done."""
@@ -248,7 +275,7 @@ class AdaptivePlanner:
             return None
         measured_pts = [self.cands[i] for i in done]
         todo = self.wanted - (extremes(measured_pts) & self.wanted if measured_pts else set())
-        todo = {(k, v) for k, v in todo if any(int(self.cands[i][k]) == v for i in np.nonzero(allowed)[0])}
+        todo = {t for t in todo if any(covered(self.cands[i], {t}) for i in np.nonzero(allowed)[0])}
         if todo:
             counts = np.array([covered(p, todo) if allowed[i] else -1 for i, p in enumerate(self.cands)])
             pool = allowed & (counts == counts.max())
@@ -258,7 +285,7 @@ class AdaptivePlanner:
             pick = d_optimal_order(self.X, done, 1, allowed, self.cost, self.s.cost_slack)[0]
             reason = "boundary" if near[pick] else "d-optimal"
         model = self.fit(measured)
-        pred = float(model.predict(pd.DataFrame(feature_dict([self.cands[pick]])))[0]) if model else None
+        pred = float(model.predict(pd.DataFrame(feature_dict([self.cands[pick]], self.family)))[0]) if model else None
         return Choice(dict(self.cands[pick]), reason, pred, float(feas[pick]) if feas is not None else None)
 
     def estimate_targets(self, n: int) -> list[dict]:
@@ -269,7 +296,7 @@ class AdaptivePlanner:
             counts = np.array([covered(p, todo) if i not in chosen else -1 for i, p in enumerate(self.cands)])
             pick = d_optimal_order(self.X, chosen, 1, counts == counts.max())[0]
             chosen.append(pick)
-            todo -= {(k, int(self.cands[pick][k])) for k in KEYS}
+            todo -= extremes([self.cands[pick]])
         chosen += d_optimal_order(self.X, chosen, max(0, n - len(chosen)))
         return [self.cands[i] for i in chosen]
 
@@ -282,8 +309,8 @@ class AdaptivePlanner:
             return StopCheck(True, f"measured {s.points} points (--points)")
         if len(ok) < max(s.min_points, s.confirm + 3):
             return StopCheck(False, f"{len(ok)} ok points, need {max(s.min_points, s.confirm + 3)} before stopping")
-        X, y = frame_features(ok.reset_index(drop=True)), ok[self.col].to_numpy(dtype=float)
-        cv = error_metrics(y, cv_predictions(lambda: MemoryModel(PHYSICS, regimes=2), X, y, None))["max_rel"]
+        X, y = frame_columns(ok.reset_index(drop=True), self.family), ok[self.col].to_numpy(dtype=float)
+        cv = error_metrics(y, cv_predictions(lambda: memory_model(self.family), X, y, None))["max_rel"]
         recent = []
         for _, r in ok.tail(s.confirm).iterrows():
             p = prior.get(point_key(r))
@@ -303,8 +330,10 @@ def _already_measured(store: Store, allp: pd.DataFrame, candidates: list[dict]) 
     """(the grid's points already measured on this identity, the predictions stored with them): a resumed plan
     counts them and feeds the stop rule with what was predicted before they were measured."""
     keys = {point_key(p) for p in candidates}
-    in_grid = allp[[point_key(r) in keys for _, r in allp[list(KEYS)].iterrows()]] if len(allp) else allp
-    measured = in_grid[in_grid["status"].isin(DONE_STATUSES)].drop_duplicates(list(KEYS), keep="last")
+    in_grid = allp[[point_key(r) in keys for _, r in allp.iterrows()]] if len(allp) else allp
+    done = in_grid[in_grid["status"].isin(DONE_STATUSES)]
+    measured = done[~pd.Series([point_key(r) for _, r in done.iterrows()], index=done.index, dtype=object)
+                    .duplicated(keep="last")] if len(done) else done
     prior: dict[tuple, float] = {}
     extras = store.point_extras([int(i) for i in measured["point_id"]])
     for _, r in measured.iterrows():
@@ -331,7 +360,7 @@ class AdaptiveChooser(Chooser):
         candidates = grid.points()[0]
         capacity = capacity_bytes(d, o.emulate_bytes)
         col = target_column(d.device_type)
-        planner = AdaptivePlanner(candidates, col, settings, capacity)
+        planner = AdaptivePlanner(candidates, col, settings, capacity, recipe=recipe)
         if capacity is not None and settings.n_estimates > 0:
             t0 = time.time()
             todo = planner.estimate_targets(min(settings.n_estimates, len(candidates)))
@@ -371,7 +400,7 @@ class AdaptiveChooser(Chooser):
             extra = {k: v for k, v in choice.extra().items() if v is not None}
             ev = s.measure_one(s.job(p, extra=extra))
             rec = ev.record
-            row = pd.DataFrame([{**rec, **{k: p[k] for k in KEYS}, "point_id": ev.point_id}])
+            row = pd.DataFrame([{**rec, **Shape.of(p).point(), "point_id": ev.point_id}])
             tried = pd.concat([tried, row], ignore_index=True)
             if rec["status"] in DONE_STATUSES:
                 measured = pd.concat([measured, row], ignore_index=True)
@@ -399,16 +428,15 @@ def time_saved(candidates: list[dict], n_run: int, elapsed: float, profile: pd.D
                else "no time saved"))
 
 
-def point_key(p: dict) -> tuple[int, ...]:
-    """A point's shape as a tuple (the order of KEYS)."""
-    return tuple(int(p[k]) for k in KEYS)
+def point_key(p: dict | pd.Series) -> Shape:
+    """A point's shape and family (a grid point, a store row)."""
+    return Shape.of(p)
 
 
 def cached_estimates(todo: list[dict], recipe: Recipe, d: DeviceFacts) -> tuple[dict, str]:
     """Dry-run estimates for `todo` (key -> bytes: device bytes on CUDA, tracked on the CPU), in the warm estimator
     process (a crash there cannot take the sweep down) and kept in the dry run's cache, so that a resumed plan does not
     recompute them. A failure gives ({}, why)."""
-    from gpt.config import GPTConfig
     from gpt.errors import ConfigError
     from vramfit.dryrun.cache import EstimateCache
     from vramfit.dryrun.estimate import EstimateRequest, parse_capability, target_bytes
@@ -417,9 +445,8 @@ def cached_estimates(todo: list[dict], recipe: Recipe, d: DeviceFacts) -> tuple[
     cuda = d.device_type == "cuda"
     try:
         cap = parse_capability(d.compute_capability) if d.compute_capability else (8, 0)
-        reqs = [EstimateRequest(GPTConfig(*(int(p[k]) for k in ("n_layer", "n_head", "n_embd", "block_size",
-                                                                 "vocab_size"))),
-                                int(p["batch_size"]), recipe, d.device_type, cap, headline_only=True) for p in todo]
+        reqs = [EstimateRequest(Shape.of(p).model_config(), int(p["batch_size"]), recipe, d.device_type, cap,
+                                headline_only=True) for p in todo]
         with Estimator("warm", cache=EstimateCache.user()) as estimator:
             done = estimator.estimate(reqs)
     except (VramfitError, ConfigError) as exc:

@@ -8,14 +8,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-import pandas as pd
 
 from vramfit.errors import VramfitError
-from vramfit.fit.features import PHYSICS, features, frame_features
 from vramfit.fit.memmodel import MemoryModel
-from vramfit.shape import KEYS
+from vramfit.shape import Shape
 from vramfit.store import DONE_STATUSES
-from vramfit.sweep.adaptive import target_column
+from vramfit.sweep.adaptive import feature_dict, frame_columns, memory_model, point_key, sweep_family, target_column
 from vramfit.sweep.progress import point_label, reading_label
 from vramfit.sweep.session import Chooser, SweepSession, capacity_bytes, identity_points
 from vramfit.units import format_size
@@ -28,11 +26,11 @@ class Probe:
     status: str
 
 
-def predicted_max_batch(model: MemoryModel, shape: dict, capacity: float, lo: int, hi: int) -> int:
-    """The largest batch in [lo, hi] whose prediction is within `capacity` (lo when none is)."""
+def predicted_max_batch(model: MemoryModel, shape: Shape, capacity: float, lo: int, hi: int) -> int:
+    """The largest batch in [lo, hi] whose prediction is within `capacity` (lo when none is); the model reads the
+    columns of its family (`model.family_`: FAMILY, else PHYSICS)."""
     batches = np.arange(lo, hi + 1)
-    f = features(shape["n_layer"], shape["n_head"], shape["n_embd"], shape["block_size"], batches,
-                 shape["vocab_size"])
+    f = feature_dict([shape.with_(batch_size=int(b)).point() for b in batches], model.family_)
     fits = model.predict(f) <= capacity
     return int(batches[fits].max()) if fits.any() else lo
 
@@ -99,7 +97,7 @@ def bisect_batch(probe: Callable[[int], bool | None], start: int, lo: int = 1, h
 class BoundaryResult:
     """The largest batch that fits one model shape, found on real runs."""
 
-    shape: dict
+    shape: Shape  # its batch_size is the first of the searched range
     capacity: int
     start: int  # the first probe: the model's predicted largest batch (or the range's middle without a model)
     start_source: str  # model file | fitted on the store | range middle
@@ -128,26 +126,25 @@ class BoundaryChooser(Chooser):
         pts = grid.points()[0]
         batches = sorted({p["batch_size"] for p in pts})
         lo, hi = (batches[0], batches[-1]) if len(batches) > 1 else (1, batches[0])
-        shapes = list({tuple(p[k] for k in KEYS if k != "batch_size"): None for p in pts})
-        model, source = self._start_model(s)
+        shapes = list({Shape.of(p).with_(batch_size=lo): None for p in pts})
+        model, source = self._start_model(s, sweep_family(pts, s.recipes[0]))
         result = s.start(0, 0, plan="boundary")
         o.say(s.ex.describe())
         if s.batch_line:
             o.say(s.batch_line)
-        for key in shapes:
-            shape = dict(zip([k for k in KEYS if k != "batch_size"], key, strict=True))
+        for shape in shapes:
             if model is not None:
                 start = predicted_max_batch(model, shape, capacity, lo, hi)
             else:
                 start = int(round(math.sqrt(lo * hi)))
-            label = point_label({**shape, "batch_size": "*"})
+            label = point_label({**shape.point(), "batch_size": "*"})
             o.say(f"boundary {label} in {format_size(capacity)}: batch {lo}..{hi}, start {start} ({source})")
 
-            def probe(b: int, shape: dict = shape, start: int = start) -> bool | None:
-                p = {**shape, "batch_size": b}
+            def probe(b: int, shape: Shape = shape, start: int = start) -> bool | None:
+                p = shape.with_(batch_size=b).point()
                 known = identity_points(store, env_id)
                 if len(known):
-                    same = known[(known[list(KEYS)] == pd.Series(p)[list(KEYS)]).all(axis=1)]
+                    same = known[[point_key(r) == point_key(p) for _, r in known.iterrows()]]
                     same = same[same["status"].isin(DONE_STATUSES)]
                     if len(same):
                         st = same["status"].iloc[-1]
@@ -161,14 +158,15 @@ class BoundaryChooser(Chooser):
             result.boundaries.append(BoundaryResult(shape, capacity, start, source, best, probes))
             o.say(f"  largest batch that fits: {best} (predicted {start}; {len(probes)} probes)")
 
-    def _start_model(self, s: SweepSession) -> tuple[MemoryModel | None, str]:
-        """The model whose prediction starts each search, and where it comes from."""
-        if self.model is not None:
+    def _start_model(self, s: SweepSession, family: tuple[str, str] | None) -> tuple[MemoryModel | None, str]:
+        """The model whose prediction starts each search, and where it comes from (the store's points are fitted
+        on the grid's columns: `family`, see `adaptive.sweep_family`)."""
+        if self.model is not None and self.model.family_ == family:
             return self.model, "model file"
         col = target_column(s.device.device_type)
         have = identity_points(s.store, s.env_ids[0])
         ok = have[(have["status"] == "ok") & have[col].notna()] if len(have) else have
         if len(ok) < 4:
             return None, "range middle"
-        return (MemoryModel(PHYSICS, regimes=2).fit(frame_features(ok), ok[col].to_numpy(dtype=float)),
+        return (memory_model(family).fit(frame_columns(ok, family), ok[col].to_numpy(dtype=float)),
                 f"fitted on {len(ok)} stored points")

@@ -113,9 +113,6 @@ class SweepSession:
             hint = "give --device cuda:N instead of --devices" if ex.local else \
                 f"the {ex.name} cluster offers {len(self.devices)} device kinds: give --device cpu or cuda"
             raise VramfitError(f"{chooser.one_device} runs on one device; {hint}")
-        if chooser.one_device and any("arch" in p for p in self.grid.points()[0]):
-            raise VramfitError(f"{chooser.one_device} plans GPT-2 points only (its model speaks the GPT-2 features): "
-                               "sweep a grid with nanochat points whole (without --plan adaptive / --boundary)")
         chooser.check(self)
         self.recipes = [d.resolve(self.grid.recipe) for d in self.devices]
         compiled = [(d.device_type, bool(r.compile)) for d, r in zip(self.devices, self.recipes, strict=True)]
