@@ -3,8 +3,8 @@
     bash experiments/gpu_evidence.sh [--out DIR] [--budget-s N] [--list]
 
 Stages (their bodies: experiments/gpu_stages.py; seconds estimated for an H100, `--list` prints them):
-  a facts    system facts (nvidia-smi -q, versions, provenance); the measured CUDA context and what the first cuBLAS
-             matmul, the first SDPA call of each kernel and the first Inductor kernel add outside the allocator
+  a facts    system facts (nvidia-smi -q, versions, provenance); the measured CUDA context, its limits and local-memory
+             reservation, and what the first cuBLAS matmul, SDPA call of each kernel and compiled GPT-2 steps add
   b checks   the assumptions only a GPU can check (issue 12's items 4-9), each able to fail
   c sweep    a compiled bf16 fused-AdamW sweep (GPT-2 124M at block 1024, batch 4/8/16; small shapes whose 1-10 MiB
              tensors stress the allocator), the dry-run estimate beside each point
@@ -66,7 +66,7 @@ class Stage:
 
 STAGES = (
     Stage("facts-system", "a", 10, 10, "nvidia-smi -q, versions, provenance, environment"),
-    Stage("facts-context", "a", 35, 0, "CUDA context; first cuBLAS, SDPA per kernel, Inductor kernel"),
+    Stage("facts-context", "a", 35, 0, "CUDA context, limits, local memory; first cuBLAS, SDPA, compiled GPT-2 step"),
     Stage("check-4", "b", 25, 0, "own PID in NVML beside a foreign process"),
     Stage("check-5", "b", 20, 0, "get_device_properties allocates nothing; train --measure's GPU and baseline"),
     Stage("check-6", "b", 25, 0, "emulated 3 GiB card: caps, oom, NVML within the card"),

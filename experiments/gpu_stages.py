@@ -210,8 +210,10 @@ def facts_system(work: Path) -> int:
 def _first_uses(nv, pid: int, save) -> dict:
     """The measured CUDA context and each first use's bytes outside the caching allocator (NVML's reading of this
     process minus memory_reserved(), before and after), in this order: context, cuBLAS, cuBLASLt, SDPA flash,
-    efficient and cuDNN (forward + backward), the first Inductor (Triton) kernel. `save(facts)` after each, so that
-    a crash (a kernel that takes the process down) keeps what was measured before it."""
+    efficient and cuDNN (forward + backward), two compiled GPT-2 training steps; the context's limits
+    (cuCtxGetLimit) and its local-memory reservation (`_stack_release`) after the context, after SDPA and after
+    the compiled steps. `save(facts)` after each, so that a crash (a kernel that takes the process down) keeps
+    what was measured before it."""
     import torch
     import torch.nn.functional as F
 
@@ -230,12 +232,14 @@ def _first_uses(nv, pid: int, save) -> dict:
     torch.empty(1, device="cuda")
     torch.cuda.synchronize()
     raw, reserved = own(), torch.cuda.memory_reserved()
+    out["limits_at_context"] = _cu_limits()
     out.update(context_nvml_bytes=raw, context_reserved_bytes=reserved, context_bytes=(raw or 0) - reserved,
                context_device_delta=(nv.device_used() or 0) - (dev0 or 0), context_s=time.perf_counter() - t,
                nvml_source="pid" if nv.process_used(pid) is not None else "device", total_memory=props.total_memory,
                capability=f"{props.major}.{props.minor}")
     steps: list[dict] = []
     out["first_uses"] = steps
+    out["local_memory"] = [_stack_release("after the context (a 1-element tensor)")]
     save(out)
 
     def first(name: str, fn) -> None:
@@ -272,9 +276,83 @@ def _first_uses(nv, pid: int, save) -> dict:
                            ("sdpa efficient", SDPBackend.EFFICIENT_ATTENTION),
                            ("sdpa cudnn", SDPBackend.CUDNN_ATTENTION)):
         first(f"{label} (fwd + bwd, B4 H12 T1024 D64 bf16)", attention(backend))
-    x = torch.randn(2**20, device="cuda")
-    first("inductor kernel (torch.compile of sin(x) * 2 + 1)", lambda: torch.compile(lambda t: t.sin() * 2 + 1)(x))
+    out["local_memory"].append(_stack_release("after cuBLAS and SDPA"))
+    save(out)
+    first("compiled GPT-2 step (Inductor; 2 layers, width 768, vocab 50304, T 1024, B 4, bf16, fused AdamW)",
+          _compiled_gpt2_steps)
+    out["local_memory"].append(_stack_release("after the compiled GPT-2 steps"))
     return out
+
+
+CU_LIMITS = {"stack_size": 0, "printf_fifo_size": 1, "malloc_heap_size": 2}  # CUlimit (cuda.h)
+
+
+def _cu_limits() -> dict:
+    """cuCtxGetLimit of the current (primary) context: the per-thread stack, printf FIFO and malloc heap sizes."""
+    import ctypes
+
+    cu, out = ctypes.CDLL("libcuda.so.1"), {}
+    for name, code in CU_LIMITS.items():
+        v = ctypes.c_size_t()
+        rc = cu.cuCtxGetLimit(ctypes.byref(v), code)
+        out[name] = v.value if rc == 0 else f"CUresult {rc}"
+    return out
+
+
+def _set_stack(n: int) -> int:
+    import ctypes
+
+    return ctypes.CDLL("libcuda.so.1").cuCtxSetLimit(CU_LIMITS["stack_size"], ctypes.c_size_t(n))
+
+
+def _stack_release(at: str) -> dict:
+    """The context's local-memory reservation, measured: the driver reserves per-thread local memory (the stack
+    limit, raised to the largest frame a launched kernel needs, never lowered) for SMs x max resident threads per
+    SM (NVIDIA, forums.developer.nvidia.com/t/local-memory-management/289339/9; docs/dry-run.md). Free memory
+    (cudaMemGetInfo) as the stack limit goes to 0 and back to what it was: what setting 0 releases is the whole
+    reservation now; what setting it back takes again is the reservation at the limit alone; the difference is
+    what the kernels launched so far added above the limit."""
+    import torch
+
+    props = torch.cuda.get_device_properties(0)
+    sms, per_sm = props.multi_processor_count, getattr(props, "max_threads_per_multi_processor", None)
+    threads = sms * per_sm if per_sm else None
+    torch.cuda.synchronize()
+    before, f0 = _cu_limits(), torch.cuda.mem_get_info()[0]
+    limit = before["stack_size"]
+    rc0 = _set_stack(0)
+    f1, at_zero = torch.cuda.mem_get_info()[0], _cu_limits()["stack_size"]
+    rc1 = _set_stack(limit) if isinstance(limit, int) else "no limit read"
+    f2, back = torch.cuda.mem_get_info()[0], _cu_limits()["stack_size"]
+    released, retaken = f1 - f0, f1 - f2
+    return {"at": at, "limits": before, "multiprocessors": sms, "max_threads_per_multiprocessor": per_sm,
+            "max_resident_threads": threads, "set_0_result": rc0, "stack_at_0": at_zero, "set_back_result": rc1,
+            "stack_back": back, "released_bytes": released, "retaken_bytes": retaken,
+            "kernels_added_bytes": released - retaken,
+            "released_per_thread": round(released / threads, 1) if threads else None,
+            "retaken_per_thread": round(retaken / threads, 1) if threads else None,
+            "expected_at_limit_bytes": threads * limit if threads and isinstance(limit, int) else None}
+
+
+def _compiled_gpt2_steps() -> None:
+    """Two compiled training steps with the kernels of the public readings' runs (GPT-2's width, vocabulary and
+    block; Inductor's Triton kernels, cuBLAS, SDPA, fused AdamW, clip_grad_norm_) on 2 layers, to keep it short."""
+    import torch
+
+    from gpt.config import GPTConfig
+    from gpt.model import GPT
+
+    model = GPT(GPTConfig(n_layer=2, n_head=12, n_embd=768, block_size=1024, vocab_size=50304)).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+    step = torch.compile(model)
+    x, y = (torch.randint(0, 50304, (4, 1024), device="cuda") for _ in range(2))
+    for _ in range(2):
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, loss = step(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
 
 
 def facts_context(work: Path) -> int:
@@ -318,7 +396,16 @@ def facts_context(work: Path) -> int:
              *table([{**s, "nvml_delta": mib(s["nvml_delta"]), "reserved_delta": mib(s["reserved_delta"]),
                       "non_allocator_bytes": mib(s["non_allocator_bytes"])} for s in facts["first_uses"]],
                     ["first", "nvml_delta", "reserved_delta", "non_allocator_bytes", "seconds", "error"]),
-             "", "(MiB; non_allocator = NVML delta - reserved delta)"]
+             "", "(MiB; non_allocator = NVML delta - reserved delta)", "",
+             f"- context limits (cuCtxGetLimit, bytes): {facts['limits_at_context']}", "",
+             *table([{**r, "released_bytes": mib(r["released_bytes"]), "retaken_bytes": mib(r["retaken_bytes"]),
+                      "kernels_added_bytes": mib(r["kernels_added_bytes"]),
+                      "expected_at_limit_bytes": mib(r["expected_at_limit_bytes"]),
+                      "stack": r["limits"]["stack_size"]} for r in facts["local_memory"]],
+                    ["at", "stack", "max_resident_threads", "released_bytes", "released_per_thread",
+                     "retaken_bytes", "expected_at_limit_bytes", "kernels_added_bytes"]),
+             "", "(local memory, MiB: what a stack limit of 0 releases, what the old limit takes again, "
+             "SMs x max threads per SM x the limit, and the difference the launched kernels added; per thread: bytes)"]
     return finish(work, "ok", f"context {mib(facts['context_bytes'])} MiB", lines)
 
 

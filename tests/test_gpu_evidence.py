@@ -214,3 +214,32 @@ def test_each_cuda_stage_run_by_hand_on_the_cpu_says_it_needs_cuda(tmp_path):
         res = json.loads((tmp_path / name / "result.json").read_text())
         assert res["status"] == "skip" and "needs CUDA" in res["note"], (name, res)
     assert gpu_stages.main(["no-such-stage", str(tmp_path)]) == 2
+
+
+def test_the_local_memory_reading_separates_the_limit_from_what_kernels_added(monkeypatch):
+    """facts-context's `_stack_release` on a simulated driver that reserves, as NVIDIA states, SMs x max threads
+    per SM x max(stack limit, the largest frame launched) and keeps it until the limit is set again: a 3,000-byte
+    frame above the 1 KiB default must read as 3,000 bytes per thread released, 1 KiB retaken, the rest added."""
+    import gpu_stages
+    import torch
+
+    sms, per_sm, total = 132, 2048, 80 * 2**30
+    state = {"limit": 1024, "lmem": 3000}  # bytes per thread: the limit, and what the reservation holds now
+
+    def set_stack(n: int) -> int:
+        state["limit"] = state["lmem"] = n
+        return 0
+
+    monkeypatch.setattr(gpu_stages, "_cu_limits", lambda: {"stack_size": state["limit"], "printf_fifo_size": 2**20,
+                                                           "malloc_heap_size": 8 * 2**20})
+    monkeypatch.setattr(gpu_stages, "_set_stack", set_stack)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: type(
+        "P", (), {"multi_processor_count": sms, "max_threads_per_multi_processor": per_sm})())
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (total - sms * per_sm * state["lmem"], total))
+    r = gpu_stages._stack_release("after the steps")
+    threads = sms * per_sm
+    assert r["max_resident_threads"] == threads and r["stack_at_0"] == 0 and r["stack_back"] == 1024
+    assert r["released_bytes"] == threads * 3000 and r["released_per_thread"] == 3000.0
+    assert r["retaken_bytes"] == r["expected_at_limit_bytes"] == threads * 1024
+    assert r["kernels_added_bytes"] == threads * (3000 - 1024)

@@ -11,7 +11,11 @@ CUDA_MODULE_LOADING=LAZY when the user has not set it (pytorch/pytorch#86509, to
 exists from CUDA 11.7. Rows from a GPU run of this project (experiments/gpu_evidence.sh, stage facts-context:
 NVML of the process minus memory_reserved()) belong at the top of the table with that run as their source. Not in
 the table: cuDNN's kernels, which load into the context lazily when cuDNN attention first runs (no published size;
-the same stage measures what the first cuDNN attention call adds).
+the same stage measures what the first cuDNN attention call adds), and the context's local-memory reservation per
+GPU kind (SMs x maximum resident threads per SM x the per-thread stack, 1 KiB by default and raised to the largest
+frame a launched kernel needs; NVIDIA, forums.developer.nvidia.com/t/local-memory-management/289339/9): the
+published rows hold it for a GPU they do not name, so a per-kind term would count part of it twice, and no source
+gives the per-thread bytes of this workload (docs/dry-run.md; the same stage measures both).
 """
 
 from __future__ import annotations
