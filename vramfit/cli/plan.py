@@ -128,9 +128,8 @@ def estimate(n_layer: o.NLayer = None, n_head: o.NHead = None, n_embd: o.NEmbd =
     if like is not None and is_base_train(like):  # a nanochat base_train command line: its model and device batch
         from vramfit.dryrun.estimate import parse_capability, parse_recipe
 
-        if loop not in (None, "vramfit"):
-            fail("--loop nanogpt is nanoGPT's train.py loop; a nanochat command line plans nanochat's own")
-        req = base_train_request(str(like), parse_recipe(recipe), target or "cuda", parse_capability(capability))
+        req = base_train_request(str(like), parse_recipe(recipe), target or "cuda", parse_capability(capability),
+                                 loop)
     else:
         req = estimate_request(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                                     batch_size=batch_size, vocab_size=vocab), like=like, ckpt=ckpt, recipe=recipe,
