@@ -13,15 +13,17 @@
    (matmuls, attention, unknown ops) and the tensors they read, reductions, concatenations and scatters, and graph
    outputs; everything else is fused. A materialised buffer lives until the last kernel that reads it, directly or
    through fused pointwise ops; graph inputs are released after their last use (Inductor's boxed calling
-   convention). `GraphRunner` executes the graph op by op, counting only the materialised outputs.
+   convention). A pointwise kernel that is the last reader of a buffer of its size writes over it (Inductor's
+   in-place reuse; in backward also over the saved tensors AOTAutograd donates: the logits' gradient over the saved
+   lm_head output). `GraphRunner` executes the graph op by op, counting only the materialised outputs.
 
 The GPT is compiled in segments that share graphs: the embeddings, one transformer block (traced and partitioned
 once, run for every block: all blocks have the same shapes) and the head (final LayerNorm, logits, loss). Segment
 graphs are cached per shape in the process; each block's and the head's input enters its graph as an add (see
 `CompiledGPT._fn`), as the residual stream does in the whole graph, so that the partitioner saves what it saves
-there. Approximations (also in the estimate's notes): no in-place buffer reuse
-and no Inductor realisation heuristics for pointwise ops read many times; graph breaks between segments that the
-real whole-model graph does not have; no CUDA graphs.
+there. Approximations (also in the estimate's notes): no pooled reuse of freed buffers (Inductor's wrapper keeps a
+freed buffer for a later one of its size) and no Inductor realisation heuristics for pointwise ops read many
+times; graph breaks between segments that the real whole-model graph does not have; no CUDA graphs.
 """
 
 from __future__ import annotations

@@ -400,8 +400,8 @@ def _resolve(req: EstimateRequest) -> _Plan:
 
 
 COMPILE_NOTE = ("torch.compile emulated: Inductor's partitioner decides what the forward saves, pointwise ops are "
-                "fused away; approximated: each block is its own graph, no in-place buffer reuse, no CUDA graphs "
-                "(see README, dry run)")
+                "fused away, kernels write over buffers they read last; approximated: each block is its own graph, "
+                "no pooled buffer reuse, no CUDA graphs (see README, dry run)")
 
 
 def _emulate_fp16(trainer: Trainer, fake: bool) -> None:
