@@ -132,8 +132,9 @@ def resolve_recipe(dtype: str, compile: bool | None, optimizer: str, device_type
     return dtype, compile, optimizer
 
 
-LOOPS = ("vramfit", "nanogpt")
-"""The training loops the dry run steps: vramfit's `Trainer.step`, or nanoGPT's train.py (`gpt.nanogpt_loop`)."""
+LOOPS = ("vramfit", "nanogpt", "nanochat")
+"""The training loops the dry run steps: vramfit's `Trainer.step`, nanoGPT's train.py (`gpt.nanogpt_loop`) or
+nanochat's scripts/base_train.py (`gpt.nanochat_loop`)."""
 
 
 def nanogpt_adamw(device_type: str) -> str:

@@ -68,8 +68,9 @@ def test_graph_runner_counts_only_materialised_buffers():
         tracker.reset_peak()
         out = GraphRunner(gm, tracker.paused)([x, w1, w2])
     h = 4 * 64 * 128
-    # peak: the inputs, h and the realised add (the fused mul never exists); then h dies before the second matmul
-    assert tracker.peak == inputs + 2 * h
+    # peak: the inputs, h (the realised add is written over it: its last reader, the fused mul never exists) and
+    # the second matmul's output
+    assert tracker.peak == inputs + h + 4 * 64 * 16
     assert tracker.current == inputs + 4 * 64 * 16  # only the result is left
     assert torch.allclose(out[0] if isinstance(out, (list, tuple)) else out, _mlp(x, w1, w2), atol=1e-4)
 
@@ -82,6 +83,68 @@ def test_scatter_writes_into_its_fused_initial_buffer():
     g = make_fx(f)(torch.randn(100, 8), torch.tensor([1, 2, 3]))
     plan = plan_graph(g.graph)
     assert [n.target.overloadpacket.__name__ for n in plan.materialised] == ["index_put_"]
+
+
+def test_a_pointwise_kernel_writes_over_a_buffer_it_reads_last():
+    """Inductor's in-place reuse (`decide_inplace_update`): the kernel of tanh(h) * 2 (realised: a matmul reads
+    it) is h's last reader, reads it at its own index, same dtype and size: it writes over h, no new buffer. Read
+    transposed, or read again later, h keeps its buffer."""
+    def over(x, w, v):  # noqa: ANN001, ANN202
+        h = x @ w
+        return (h.tanh() * 2.0) @ v
+
+    def transposed(x, w, v):  # noqa: ANN001, ANN202
+        h = x @ w
+        return (h.t().tanh() * 2.0) @ v
+
+    def reread(x, w, v):  # noqa: ANN001, ANN202
+        h = x @ w
+        return (h.tanh() * 2.0) @ v + h.sum(0)[:4]
+
+    x, w, v = torch.randn(16, 8), torch.randn(8, 16), torch.randn(16, 4)
+    for fn, inplace in ((over, True), (transposed, False), (reread, False)):
+        gm = make_fx(fn)(x, w, v)
+        plan = plan_graph(gm.graph)
+        mm, mul = _node(gm, aten.mm.default), _node(gm, aten.mul.Tensor)
+        assert mul in plan.materialised
+        assert (plan.inplace.get(mul) is mm) == inplace, fn.__name__
+    gm = make_fx(over)(x, w, v)
+    tracker = StepTracker(rounding=1)
+    with tracker:
+        tracker.add(x, w, v)
+        tracker.reset_peak()
+        out = GraphRunner(gm, tracker.paused)([x, w, v])
+    assert tracker.peak == 4 * (16 * 8 + 8 * 16 + 16 * 4) + 4 * 16 * 16 + 4 * 16 * 4  # h, written over; the result
+    assert torch.allclose(out[0] if isinstance(out, (list, tuple)) else out, over(x, w, v), atol=1e-5)
+
+
+def test_backward_writes_over_donated_saved_buffers_only():
+    """AOTAutograd donates the saved tensors no forward input or output aliases
+    (`collect_bw_donated_buffer_idxs`): the backward may write over the saved matmul output, not over a saved
+    forward output."""
+    from torch._functorch.aot_autograd import aot_function
+
+    graphs: dict = {}
+
+    def compiler(name: str):  # noqa: ANN202
+        def compile_graph(gm, example_inputs):  # noqa: ANN001, ANN202
+            graphs[name] = gm
+            return gm
+        return compile_graph
+
+    def f(w, x):  # noqa: ANN001, ANN202
+        y = x @ w
+        t = y.tanh()
+        return t, (t * y).sum()
+
+    fn = aot_function(f, compiler("forward"), compiler("backward"), partition_fn=compiled._partition_fn(),
+                      decompositions=compiled._decompositions())
+    t, loss = fn(torch.randn(8, 8, requires_grad=True), torch.randn(4, 8))
+    (loss + t.sum()).backward()
+    donated = compiled.donated_buffers(graphs["forward"], graphs["backward"])
+    saved = {n.name for n in graphs["backward"].graph.find_nodes(op="placeholder") if n.name.startswith("mm")}
+    user = {n.name for n in next(iter(graphs["forward"].graph.find_nodes(op="output"))).args[0][:1]}
+    assert saved and saved <= donated and not user & donated
 
 
 def _estimate(mc: GPTConfig, batch: int, **recipe: object) -> Estimate:

@@ -194,3 +194,46 @@ def test_a_nanogpt_checkpoint_is_estimated_with_its_loop_and_settings(tmp_path):
     assert (req.loop, req.target, req.recipe.dtype, req.recipe.compile) == ("nanogpt", "cuda", "bfloat16", True)
     assert (req.batch_size, req.model.n_layer, req.model.bias) == (12, 1, False)
     assert estimate_request({}, ckpt=ckpt, target="cpu", loop="vramfit").loop == "vramfit"
+
+
+def test_predicts_loop_terms_are_the_dry_runs_difference():
+    """`predict` adds what nanoGPT's loop keeps alive beyond vramfit's step (`plan.like.loop_terms`: the logits,
+    and one batch of tokens more: the next x and y less the rebound targets the loss's backward freed); at a
+    backward peak that is exactly the dry run's difference of the two loops (same optimizer)."""
+    from vramfit.plan.like import loop_terms
+    from vramfit.shape import Shape
+
+    for B, T, V in ((2, 32, 2048), (4, 64, 96)):
+        base = dict(model=GPTConfig(1, 2, 32, T, V, bias=False), batch_size=B, target="cpu")
+        ours = run_step(EstimateRequest(**base, recipe=Recipe(compile=False, optimizer="loop")))
+        theirs = run_step(EstimateRequest(**base, recipe=Recipe(compile=False), loop="nanogpt"))
+        assert theirs.peak_phase == ours.peak_phase == "backward"
+        terms = loop_terms("nanogpt", Shape(1, 2, 32, T, B, V), "float32")
+        assert theirs.peak_bytes - ours.peak_bytes == sum(terms.values())
+
+
+def test_predict_like_prices_the_configs_loop_and_micro_steps(tmp_path, capsys):
+    """`predict --like` a nanoGPT config: nanoGPT's loop (its logits and next batch added to the profile's
+    prediction, in the profile's dtype), its micro-steps priced where the profile prices switches and warned
+    about where it cannot; --loop vramfit predicts vramfit's step of it."""
+    import json
+
+    from planner_data import synthetic_points
+
+    from vramfit.fit.memmodel import fit_points
+
+    profile = fit_points(synthetic_points(), target="nvml").save(tmp_path / "gpu.json")
+    cfg = config(tmp_path, "gradient_accumulation_steps = 2\n")
+    args = ["predict", "--like", str(cfg), "--vocab", "65", "--model", str(profile), "--json"]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    theirs = json.loads(out.out)
+    assert "trains 2 micro-steps; this profile was fitted on one recipe" in out.err
+    assert main([*args, "--loop", "vramfit"]) == 0
+    ours = json.loads(capsys.readouterr().out)
+    B, T, V = 2, 32, 65
+    size = 4 if json.loads(profile.read_text())["recipe"]["dtype"] == "float32" else 2
+    assert theirs["loop"] == "nanogpt" and "loop" not in ours
+    assert abs(theirs["predicted_bytes"] - ours["predicted_bytes"] - (B * T * V * size + B * T * 8)) <= 1
+    assert main([*args, "--loop", "nanochat"]) == 2
+    assert "predict prices vramfit's and nanoGPT's loops" in capsys.readouterr().err

@@ -44,7 +44,9 @@ HELP = {
                 "CPU's RAM) | auto (the most recently fitted GPU profile, else cuda)",
     "--loop": "the training loop estimated: vramfit (`vramfit train`'s step) | nanogpt (nanoGPT's train.py: the "
               "logits kept through backward, the next batch fetched before it, its AdamW: fused on CUDA, for-loop "
-              "on the CPU); default: --like's (a nanoGPT config or checkpoint: nanogpt), else vramfit",
+              "on the CPU) | nanochat (base_train.py: a loss-only forward, its loader's buffers, no clipping); "
+              "default: --like's (a nanoGPT config or checkpoint: nanogpt; a base_train line: nanochat), else "
+              "vramfit",
     "--recipe": "the training recipe: inline dtype=bfloat16,optimizer=fused,... or a TOML/JSON file (suggest "
                 "--tokens-per-step: fixed = search only its checkpointing and optimizer)",
     "--tokens-per-step": "tokens per optimizer step (524288 = nanoGPT's GPT-2 batch): search micro-batch x "

@@ -68,13 +68,15 @@ def predict_json(r: dict) -> dict:
             "regime": r["regime"], "breakdown": {k: int(v) for k, v in r["breakdown"].items()},
             "model_file": str(r["model_file"]), "extrapolated": sorted(r["extrapolation"].outside),
             "extrapolation_margin_bytes": int(r["widened_margin"])} | (
+        {"loop": r["loop"]} if r["loop"] != "vramfit" else {}) | (
         {"recipe": r["recipe"], "ms_per_step": r["ms_per_step"]} if "recipe" in r else {})
 
 
 def print_prediction(r: dict) -> None:
     """`predict`'s text: the model, the peak with its margin and breakdown, the naive line, an extrapolation."""
     profile = r["model"]
-    typer.echo(f"model {r['model_file']} ({profile.device}, {profile.recipe_key}, reading {profile.target})")
+    loop = ", nanoGPT's train.py loop" if r["loop"] == "nanogpt" else ""
+    typer.echo(f"model {r['model_file']} ({profile.device}, {profile.recipe_key}, reading {profile.target}){loop}")
     if "recipe" in r:
         ms = r["ms_per_step"]
         typer.echo(", ".join(f"{k} {v}" for k, v in r["recipe"].items())

@@ -16,17 +16,21 @@ from vramfit.cli.output import predict_json, print_prediction, print_suggestions
 def predict(n_layer: o.NLayer = None, n_head: o.NHead = None, n_embd: o.NEmbd = None, block_size: o.BlockSize = None,
             batch_size: o.BatchSize = None, vocab: o.Vocab = None, like: o.Like = None, model: o.Model = None,
             json_out: o.Json = False, grad_accum: o.GradAccum = None, checkpoint: o.Checkpoint = None,
-            optimizer: o.Optimizer = None) -> None:
+            optimizer: o.Optimizer = None, loop: o.Loop = None) -> None:
     """Predicted training memory of one config, with a breakdown and the safety margin; with --grad-accum,
-    --checkpoint or --optimizer, under the profile's recipe with those switches (and ms per optimizer step)."""
+    --checkpoint or --optimizer, under the profile's recipe with those switches (and ms per optimizer step).
+    --like: its micro-steps, and what its loop keeps alive beyond vramfit's step (nanoGPT's: logits, next batch)."""
     import json
 
     from vramfit.plan.like import resolve_shape
     from vramfit.plan.recommend import predict_one
 
-    shape, _ = resolve_shape(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
-                                  batch_size=batch_size, vocab_size=vocab), like=like)
-    r = predict_one(shape, model, dict(grad_accum=grad_accum, checkpoint=checkpoint, optimizer=optimizer))
+    shape, found = resolve_shape(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                                      batch_size=batch_size, vocab_size=vocab), like=like)
+    r = predict_one(shape, model, dict(grad_accum=grad_accum, checkpoint=checkpoint, optimizer=optimizer), found,
+                    loop)
+    for line in r["warnings"]:
+        typer.echo(line, err=True)
     if json_out:
         typer.echo(json.dumps(predict_json(r)))
     else:
@@ -128,9 +132,8 @@ def estimate(n_layer: o.NLayer = None, n_head: o.NHead = None, n_embd: o.NEmbd =
     if like is not None and is_base_train(like):  # a nanochat base_train command line: its model and device batch
         from vramfit.dryrun.estimate import parse_capability, parse_recipe
 
-        if loop not in (None, "vramfit"):
-            fail("--loop nanogpt is nanoGPT's train.py loop; a nanochat command line plans nanochat's own")
-        req = base_train_request(str(like), parse_recipe(recipe), target or "cuda", parse_capability(capability))
+        req = base_train_request(str(like), parse_recipe(recipe), target or "cuda", parse_capability(capability),
+                                 loop)
     else:
         req = estimate_request(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                                     batch_size=batch_size, vocab_size=vocab), like=like, ckpt=ckpt, recipe=recipe,

@@ -13,15 +13,17 @@
    (matmuls, attention, unknown ops) and the tensors they read, reductions, concatenations and scatters, and graph
    outputs; everything else is fused. A materialised buffer lives until the last kernel that reads it, directly or
    through fused pointwise ops; graph inputs are released after their last use (Inductor's boxed calling
-   convention). `GraphRunner` executes the graph op by op, counting only the materialised outputs.
+   convention). A pointwise kernel that is the last reader of a buffer of its size writes over it (Inductor's
+   in-place reuse; in backward also over the saved tensors AOTAutograd donates: the logits' gradient over the saved
+   lm_head output). `GraphRunner` executes the graph op by op, counting only the materialised outputs.
 
 The GPT is compiled in segments that share graphs: the embeddings, one transformer block (traced and partitioned
 once, run for every block: all blocks have the same shapes) and the head (final LayerNorm, logits, loss). Segment
 graphs are cached per shape in the process; each block's and the head's input enters its graph as an add (see
 `CompiledGPT._fn`), as the residual stream does in the whole graph, so that the partitioner saves what it saves
-there. Approximations (also in the estimate's notes): no in-place buffer reuse
-and no Inductor realisation heuristics for pointwise ops read many times; graph breaks between segments that the
-real whole-model graph does not have; no CUDA graphs.
+there. Approximations (also in the estimate's notes): no pooled reuse of freed buffers (Inductor's wrapper keeps a
+freed buffer for a later one of its size) and no Inductor realisation heuristics for pointwise ops read many
+times; graph breaks between segments that the real whole-model graph does not have; no CUDA graphs.
 """
 
 from __future__ import annotations
@@ -88,14 +90,16 @@ class GraphPlan:
     counted: set[fx.Node]  # materialised nodes and views of them: the tracker counts their outputs
     drop_after: dict[fx.Node, list[fx.Node]]  # values to release after this node ran
     kinds: dict[fx.Node, str] = field(default_factory=dict)
+    inplace: dict[fx.Node, fx.Node] = field(default_factory=dict)  # output -> the read buffer it is written over
 
     @property
     def fused(self) -> int:
         return sum(1 for n, k in self.kinds.items() if k == "pointwise" and n not in self.materialised)
 
 
-def plan_graph(graph: fx.Graph) -> GraphPlan:
-    """Decide which nodes Inductor materialises and the last kernel that reads each buffer."""
+def plan_graph(graph: fx.Graph, donated: frozenset[str] = frozenset()) -> GraphPlan:
+    """Decide which nodes Inductor materialises, the last kernel that reads each buffer, and which buffers a kernel
+    writes in place of one it reads (`donated`: the names of the graph inputs it may write over)."""
     nodes = list(graph.nodes)
     kinds = {n: op_kind(n) for n in nodes}
 
@@ -154,7 +158,100 @@ def plan_graph(graph: fx.Graph) -> GraphPlan:
     # views of materialised buffers or inputs share their storage: counting them adds nothing; views of fused
     # values must not be counted (their storage does not exist in the compiled step)
     counted = mat | {n for n in nodes if kinds[n] == "view" and (base(n) in mat or kinds[base(n)] == "input")}
-    return GraphPlan(mat, counted, drop_after, kinds)
+    inplace = _inplace(nodes, kinds, mat, reads, drop_after, donated)
+    return GraphPlan(mat, counted, drop_after, kinds, inplace)
+
+
+_SAME_INDEX_VIEWS = {"view", "_unsafe_view", "reshape", "alias", "detach", "squeeze", "unsqueeze"}
+
+
+def _inplace(nodes: list[fx.Node], kinds: dict[fx.Node, str], mat: set[fx.Node],
+             reads: dict[fx.Node, frozenset[fx.Node]], drop_after: dict[fx.Node, list[fx.Node]],
+             donated: frozenset[str]) -> dict[fx.Node, fx.Node]:
+    """The buffers Inductor's fused kernels write in place of a buffer they read (`decide_inplace_update`,
+    torch/_inductor/scheduler.py L1466-1600 at torch 2.13.0 cf30153): a pointwise kernel's output takes the storage
+    of an input buffer whose last reader it is, read at the output's own index (through pointwise ops and
+    reshapes of the same size only), of the same dtype and 95-100 % of its size (`can_match_buffer_size`,
+    codegen/wrapper.py L145-170); a graph input only if it is a donated buffer (`WrapperCodeGen.can_reuse`,
+    L3927-3941): a saved tensor that no forward input or output and no gradient aliases
+    (`collect_bw_donated_buffer_idxs`, torch/_functorch/_aot_autograd/graph_compile.py L587-673). Output node ->
+    the buffer whose storage it takes."""
+    dropped = {b: n for n in nodes for b in drop_after[n]}
+    out: dict[fx.Node, fx.Node] = {}
+    for n in nodes:
+        if kinds[n] != "pointwise" or n not in mat or not isinstance(_val(n), torch.Tensor):
+            continue
+        for b in sorted(reads[n], key=nodes.index):
+            ok_input = kinds[b] != "input" or b.name in donated
+            if ok_input and dropped.get(b) is n and _same_buffer(b, n) and _same_index(b, n, kinds, mat):
+                out[n] = b
+                break
+    return out
+
+
+def _val(n: fx.Node) -> object:
+    return n.meta.get("val")
+
+
+def _same_buffer(b: fx.Node, n: fx.Node) -> bool:
+    """Same dtype, contiguous, and n's bytes within 95-100 % of b's (Inductor's `can_match_buffer_size`)."""
+    vb, vn = _val(b), _val(n)
+    if not (isinstance(vb, torch.Tensor) and vb.dtype == vn.dtype and _contiguous(vb) and _contiguous(vn)):
+        return False
+    size_b, size_n = vb.numel(), vn.numel()
+    if str(size_b) == str(size_n):
+        return True
+    try:
+        return 0.95 * int(size_b) <= int(size_n) <= int(size_b)
+    except TypeError:  # symbolic sizes that differ: not statically known to fit
+        return False
+
+
+def _contiguous(t: torch.Tensor) -> bool:
+    expected = 1
+    for size, stride in reversed(list(zip(t.shape, t.stride(), strict=True))):
+        if str(size) != "1" and str(stride) != str(expected):
+            return False
+        expected = expected * size
+    return True
+
+
+def _same_index(b: fx.Node, n: fx.Node, kinds: dict[fx.Node, str], mat: set[fx.Node]) -> bool:
+    """Every way n's kernel reads b is at n's own index: through fused pointwise ops of n's size and reshapes."""
+    size = str(_val(n).numel())
+    todo, seen = [n], set()
+    while todo:
+        m = todo.pop()
+        for a in m.all_input_nodes:
+            if a is b or a in seen or (a in mat and a is not n) or not _reaches(a, b, kinds, mat):
+                continue
+            seen.add(a)
+            v = _val(a)
+            if not (kinds[a] == "pointwise" or kinds[a] == "view" and _reshape(a)) or \
+                    not isinstance(v, torch.Tensor) or str(v.numel()) != size:
+                return False
+            todo.append(a)
+    return True
+
+
+def _reshape(n: fx.Node) -> bool:
+    target = n.target
+    name = getattr(getattr(target, "overloadpacket", None), "__name__", getattr(target, "__name__", ""))
+    return name in _SAME_INDEX_VIEWS
+
+
+def _reaches(a: fx.Node, b: fx.Node, kinds: dict[fx.Node, str], mat: set[fx.Node]) -> bool:
+    """Whether `a` is computed from buffer `b` inside one kernel (through fused values and views only)."""
+    todo, seen = [a], set()
+    while todo:
+        m = todo.pop()
+        if m is b:
+            return True
+        if m in seen or kinds[m] not in ("pointwise", "view") or (m in mat and m is not a):
+            continue
+        seen.add(m)
+        todo.extend(m.all_input_nodes)
+    return False
 
 
 _PAUSED: list[Callable[[], contextlib.AbstractContextManager]] = [contextlib.nullcontext]
@@ -168,10 +265,10 @@ class GraphRunner:
 
     _boxed_call = True
 
-    def __init__(self, gm: fx.GraphModule,
-                 paused: Callable[[], contextlib.AbstractContextManager] | None = None) -> None:
+    def __init__(self, gm: fx.GraphModule, paused: Callable[[], contextlib.AbstractContextManager] | None = None,
+                 donated: frozenset[str] = frozenset()) -> None:
         self.gm = gm
-        self.plan = plan_graph(gm.graph)
+        self.plan = plan_graph(gm.graph, donated)
         self._paused = paused
 
     def paused(self) -> contextlib.AbstractContextManager:
@@ -192,11 +289,45 @@ class GraphRunner:
                 a = fx.graph.map_arg(node.args, lambda n: env[n])
                 kw = fx.graph.map_arg(node.kwargs, lambda n: env[n])
                 fn = getattr(self.gm, node.target) if node.op == "call_module" else node.target
-                with contextlib.nullcontext() if node in plan.counted else self.paused():
+                over = plan.inplace.get(node)
+                with contextlib.nullcontext() if node in plan.counted and over is None else self.paused():
                     env[node] = fn(*a, **kw)
+                if over is not None:  # written over `over`'s storage: a view of it, no new bytes
+                    env[node] = _written_over(env[over], env[node])
             for done in plan.drop_after[node]:
                 env.pop(done, None)
         raise RuntimeError("graph without output")
+
+
+def _written_over(buffer: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """`value` in the storage of `buffer` (from its start, as Inductor's `reinterpret_tensor(buf, ..., 0)`)."""
+    out = buffer.as_strided(value.shape, value.stride(), 0)
+    with torch.no_grad():
+        out.copy_(value)
+    return out
+
+
+def donated_buffers(forward: fx.GraphModule, backward: fx.GraphModule) -> frozenset[str]:
+    """The backward's inputs that Inductor may write over: the saved tensors whose storage no forward input, no
+    forward output the user gets and no gradient shares (`collect_bw_donated_buffer_idxs`,
+    torch/_functorch/_aot_autograd/graph_compile.py L587-673 at torch 2.13.0 cf30153; on by default:
+    `torch._functorch.config.donated_buffer`)."""
+    from torch._functorch._aot_autograd.graph_compile import collect_fw_donated_buffer_idxs
+
+    if not torch._functorch.config.donated_buffer:
+        return frozenset()
+    saved = [n for n in backward.graph.find_nodes(op="placeholder") if not n.name.startswith("tangents")]
+    fw_outs = list(next(iter(forward.graph.find_nodes(op="output"))).args[0])
+    user = fw_outs[: len(fw_outs) - len(saved)]
+    bw_outs = next(iter(backward.graph.find_nodes(op="output"))).args[0]
+
+    def vals(nodes: list) -> list:
+        return [n.meta.get("val") if isinstance(n, fx.Node) else None for n in nodes]
+
+    tensors = [n for n in saved if isinstance(n.meta.get("val"), torch.Tensor)]
+    idx = collect_fw_donated_buffer_idxs(vals(forward.graph.find_nodes(op="placeholder")), vals(user),
+                                         vals(list(bw_outs)), vals(tensors))
+    return frozenset(tensors[i].name for i in idx)
 
 
 # --- the compiled GPT ---------------------------------------------------------------------------------------------
@@ -232,8 +363,11 @@ def _compiled(key: tuple, fn: Callable, graphs: dict) -> Callable:
 
     def compiler(name: str) -> Callable:
         def compile_graph(gm: fx.GraphModule, example_inputs: list) -> GraphRunner:
-            graphs.setdefault(key[0], {})[name] = gm
-            return GraphRunner(gm)
+            mine = graphs.setdefault(key[0], {})
+            mine[name] = gm
+            forward = mine.get("forward")
+            return GraphRunner(gm, donated=donated_buffers(forward, gm) if name == "backward" and forward else
+                               frozenset())
         return compile_graph
 
     out = aot_function(fn, compiler("forward"), compiler("backward"), partition_fn=_partition_fn(),
@@ -337,13 +471,16 @@ def nanochat_segments(model: torch.nn.Module) -> tuple[dict[str, Segment], list[
 
 
 class CompiledGPT:
-    """Stands in for `torch.compile(model)` in `Trainer.step`: `forward(idx, targets) -> (logits, loss)` through
-    the emulated compiled segments (`gpt2_segments`, `nanochat_segments`). Build it, then `warm_up` once outside
-    the tracked steps (tracing and partitioning happen there, like torch.compile's first call)."""
+    """Stands in for `torch.compile(model)` in `Trainer.step`: `forward(idx, targets) -> (logits, loss)` (the loss
+    alone with `loss_only`) through the emulated compiled segments (`gpt2_segments`, `nanochat_segments`). Build
+    it, then `warm_up` once outside the tracked steps (tracing and partitioning happen there, like torch.compile's
+    first call)."""
 
     def __init__(self, model: torch.nn.Module, paused: Callable[[], contextlib.AbstractContextManager],
-                 on_segment: Callable[[str], None] | None = None, signature: tuple = ()) -> None:
+                 on_segment: Callable[[str], None] | None = None, signature: tuple = (),
+                 loss_only: bool = False) -> None:
         self.model = model
+        self.loss_only = loss_only  # forward returns the loss alone (nanochat's GPT given targets)
         self.paused = paused
         _PAUSED[0] = paused
         self.on_segment = on_segment or (lambda name: None)
@@ -372,9 +509,12 @@ class CompiledGPT:
                 # input of ln_2 instead of the bf16 attention output: +2 bytes x n_embd per token per block under
                 # autocast. A placeholder is not fusible, so a segment that took x as its input saved less than
                 # the real graph (-1 % on real bf16 CPU Inductor steps).
+                loss_only = self.loss_only and segment == "head"
+
                 def fn(params: list, x: torch.Tensor, zero: torch.Tensor, *args: torch.Tensor) -> object:
                     with _swap_params(seg.module, seg.names, params):
-                        return seg.call(x + zero, *args)
+                        out = seg.call(x + zero, *args)
+                    return out[1] if loss_only else out
             self._fns[segment] = _compiled((segment, *self._key), fn, self.graphs)
         return self._fns[segment]
 
@@ -454,10 +594,10 @@ class CompiledGPT:
             extra = (idx, *stand_in(extra[1:], grad=False)) if extra else ()
             on_segment, self.on_segment = self.on_segment, lambda name: None
             try:
-                _, loss = self._run(idx, targets, [stand_in(p) for _, _, p in order], extra, order)
+                out = self._run(idx, targets, [stand_in(p) for _, _, p in order], extra, order)
             finally:
                 self.on_segment = on_segment
-            loss.backward()
+            (out if self.loss_only else out[1]).backward()
 
 
 SYMBOLIC_BATCH = True

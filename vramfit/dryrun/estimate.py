@@ -85,9 +85,10 @@ class Estimate:
 @dataclass(frozen=True)
 class EstimateRequest:
     """One dry-run estimate to make: the model and batch, the recipe, the target ('cuda': emulated, or 'cpu') and
-    its compute capability. `loop`: the training loop stepped (vramfit's `Trainer.step`, or nanoGPT's train.py:
-    `gpt.nanogpt_loop`). `headline_only` skips the eager run beside a compiled one (planners use only the
-    headline figure: half the time). Checked when made: a bad request fails in the caller's process."""
+    its compute capability. `loop`: the training loop stepped (vramfit's `Trainer.step`, nanoGPT's train.py:
+    `gpt.nanogpt_loop`, or nanochat's base_train.py: `gpt.nanochat_loop`). `headline_only` skips the eager run
+    beside a compiled one (planners use only the headline figure: half the time). Checked when made: a bad
+    request fails in the caller's process."""
 
     model: GPTConfig
     batch_size: int
@@ -134,6 +135,9 @@ def check_loop(loop: str, model: GPTConfig, recipe: Recipe, target: str = "cuda"
     attention and no activation checkpointing, and picks its optimizer itself (`gpt.config.nanogpt_recipe`)."""
     if loop not in LOOPS:
         raise VramfitError(f"unknown loop {loop!r}; choose one of {', '.join(LOOPS)}")
+    if loop == "nanochat" and model.arch != "nanochat":
+        raise VramfitError(f"nanochat's base_train.py trains nanochat's GPT, not arch {model.arch!r}: drop --loop "
+                           "nanochat, or estimate vramfit's loop (--loop vramfit)")
     if loop != "nanogpt":
         return
     resolve_recipe(recipe.dtype, recipe.compile, recipe.optimizer, target, capability, loop=loop)
@@ -254,7 +258,7 @@ def format_estimate(est: Estimate) -> str:
     optimizer = f"{est.optimizer} AdamW" if est.optimizer in ADAMW else est.optimizer
     accum = int(est.recipe.get("grad_accum", 1))
     steps = f" x {accum} micro-steps" if accum > 1 else ""
-    loop = ", nanoGPT's train.py loop" if est.loop == "nanogpt" else ""
+    loop = {"nanogpt": ", nanoGPT's train.py loop", "nanochat": ", nanochat's base_train.py loop"}.get(est.loop, "")
     lines = [
         f"GPT {mc['n_layer']}L {mc['n_head']}H {mc['n_embd']}C, block {mc['block_size']}, vocab {mc['vocab_size']}, "
         f"batch {est.batch_size}{steps} on {where}{loop}: {est.dtype}, {optimizer}, {est.attention} attention",

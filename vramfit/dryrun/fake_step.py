@@ -32,6 +32,7 @@ from gpt.data import synthetic_batch
 from gpt.errors import ConfigError
 from gpt.model import attention_kernel
 from gpt.muon import MuonAdamW, adamw_update, muon_update
+from gpt.nanochat_loop import LossOnly, NanoChatLoop
 from gpt.nanogpt_loop import NanoGPTLoop
 from gpt.train import Trainer
 from vramfit.dryrun import context, sdpa
@@ -399,8 +400,8 @@ def _resolve(req: EstimateRequest) -> _Plan:
 
 
 COMPILE_NOTE = ("torch.compile emulated: Inductor's partitioner decides what the forward saves, pointwise ops are "
-                "fused away; approximated: each block is its own graph, no in-place buffer reuse, no CUDA graphs "
-                "(see README, dry run)")
+                "fused away, kernels write over buffers they read last; approximated: each block is its own graph, "
+                "no pooled buffer reuse, no CUDA graphs (see README, dry run)")
 
 
 def _emulate_fp16(trainer: Trainer, fake: bool) -> None:
@@ -435,9 +436,10 @@ def _batches(tracker: StepTracker, batch_size: int, model_config: GPTConfig, tar
 
 
 def _compile(trainer: Trainer, tracker: StepTracker, mc: GPTConfig, cfg: TrainConfig, target: str,
-             attention: str) -> None:
+             attention: str, loss_only: bool = False) -> None:
     """Replace the trainer's forward by the torch.compile emulation, compiled here (uncounted, like torch.compile's
-    first call) on stand-in parameters; the module hooks that fire while tracing leave no state behind."""
+    first call) on stand-in parameters; the module hooks that fire while tracing leave no state behind.
+    `loss_only`: the compiled model returns the loss alone (nanochat's loop: `gpt.nanochat_loop.LossOnly`)."""
     from vramfit.dryrun.compiled import CompiledGPT
 
     def on_segment(name: str, loss: torch.Tensor | None = None) -> None:
@@ -453,7 +455,9 @@ def _compile(trainer: Trainer, tracker: StepTracker, mc: GPTConfig, cfg: TrainCo
                  trainer.dtype, attention)
     if mc.arch != "gpt2":  # every option shapes some graph (the residual scalars: the depth too)
         signature += tuple(sorted(mc.to_dict().items()))
-    model = CompiledGPT(trainer.model, tracker.paused, on_segment, signature)
+    if loss_only:
+        signature += ("loss only",)
+    model = CompiledGPT(trainer.model, tracker.paused, on_segment, signature, loss_only)
     if isinstance(trainer.optimizer, MuonAdamW):  # nanochat compiles both steps of its optimizer too
         from vramfit.dryrun.compiled import CompiledStep
 
@@ -473,7 +477,8 @@ def _tracked_steps(cfg: TrainConfig, model_config: GPTConfig, plan: _Plan, track
                    loop: str = "vramfit") -> int:
     """Build the Trainer and run `steps` steps of `loop` under `tracker` (and fake tensors); the live bytes after
     them. `compiled`: through the torch.compile emulation (`vramfit.dryrun.compiled`); `loop` "nanogpt": nanoGPT's
-    train.py iteration (`gpt.nanogpt_loop`) instead of `Trainer.step`."""
+    train.py iteration (`gpt.nanogpt_loop`) instead of `Trainer.step`, "nanochat": base_train.py's
+    (`gpt.nanochat_loop`; the loader's host buffers counted on the CPU target only)."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.random.fork_rng(devices=[]))  # Trainer seeds the global RNG: leave ours alone
         if fake:
@@ -491,8 +496,12 @@ def _tracked_steps(cfg: TrainConfig, model_config: GPTConfig, plan: _Plan, track
                 stack.enter_context(mock.patch.object(F, "scaled_dot_product_attention", mode.attention))
         hooks = _install_hooks(trainer, tracker)
         if compiled:
-            _compile(trainer, tracker, model_config, cfg, target, plan.attention)
-        step = NanoGPTLoop(trainer).step if loop == "nanogpt" else trainer.step
+            _compile(trainer, tracker, model_config, cfg, target, plan.attention, loss_only=loop == "nanochat")
+        if loop == "nanochat":
+            forward = trainer.forward if compiled else LossOnly(trainer.model)
+            step = NanoChatLoop(trainer, forward, host=target == "cpu").step
+        else:
+            step = NanoGPTLoop(trainer).step if loop == "nanogpt" else trainer.step
         try:
             tracker.reset_peak()
             for i in range(steps):

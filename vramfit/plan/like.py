@@ -167,6 +167,23 @@ def estimate_request(explicit: dict, *, like: str | Path | None = None, ckpt: st
                            parse_capability(capability), grad_clip=found.grad_clip, loop=found.loop_for(loop))
 
 
+def loop_terms(loop: str, shape: Shape, dtype: str) -> dict[str, int]:
+    """Bytes that `loop` keeps alive at a backward peak beyond what vramfit's step (`Trainer.step`, what a profile
+    measured) keeps, by name, for `predict`. nanoGPT's train.py (as `gpt.nanogpt_loop` steps it) holds the logits
+    its forward returned (batch x block x vocab in the compute dtype: `logits, loss = model(X, Y)`, train.py
+    L298-300) and has fetched the next batch (x and y, int64; L302-304) before backward, while the targets it
+    rebound are freed once the loss's backward ran; vramfit's step holds its x and y to the end: one batch of
+    tokens more. Checked against the dry run of both loops (tests/test_nanogpt_loop.py)."""
+    if loop == "vramfit":
+        return {}
+    if loop != "nanogpt":
+        raise VramfitError(f"predict prices vramfit's and nanoGPT's loops from a profile, not --loop {loop}: "
+                           "`vramfit estimate` estimates it by the dry run")
+    B, T, V = shape.batch_size, shape.block_size, shape.vocab_size
+    return {"logits (nanoGPT's loop)": B * T * V * (4 if dtype == "float32" else 2),
+            "next batch (nanoGPT's loop)": B * T * 8}
+
+
 def like_searches(shape: Shape, objective: str, by_time: bool = False) -> dict[str, dict]:
     """The searches close to `shape` (the config as it is), by label: the search space and objective of each
     (`by_time`: the models close to it are ranked by what a time budget buys, not by `objective`)."""

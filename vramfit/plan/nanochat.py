@@ -97,13 +97,12 @@ class NanochatPlanner:
         """The per-GPU bytes of (depth, device batch): the dry run's device figure, on N GPUs less the optimizer
         states the other ranks keep, plus NCCL's buffers; and the margin over it."""
         if (depth, batch) not in self._seen:
-            from vramfit.dryrun.estimate import EstimateRequest, device_bytes
+            from vramfit.dryrun.estimate import device_bytes
             from vramfit.plan.ddp import NCCL_BYTES_ASSUMED, zero2_state_bytes
 
             run = replace(self.at_depth(depth), device_batch_size=batch)
             mc = run.config
-            req = EstimateRequest(mc, batch, self.recipe, "cuda", self.capability, headline_only=True)
-            est = self.estimator.estimate([req])[0]
+            est = self.estimator.estimate([run_request(run, self.recipe, "cuda", self.capability, True)])[0]
             need = device_bytes(est)
             if self.gpus > 1:
                 dtype = est.dtype
@@ -132,18 +131,37 @@ class NanochatPlanner:
                        start=self.run.config.n_layer)
 
 
-def base_train_request(like_text: str, recipe, target: str, capability: tuple[int, int]):  # noqa: ANN001, ANN201
-    """`estimate --like "<base_train command>"`: the dry run's request for its model at its device batch (one GPU's
-    step; the recipe's 'auto' optimizer is nanochat's Muon)."""
-    from gpt.basetrain import read_base_train
-    from gpt.errors import ConfigError
+def run_request(run, recipe, target: str, capability: tuple[int, int],  # noqa: ANN001, ANN201
+                headline_only: bool = False):
+    """The dry run's request for one GPU's step of a base_train run in nanochat's loop (`gpt.nanochat_loop`): its
+    model at its device batch, its micro-steps (`grad_accum_steps`, unless the recipe sets its own), no gradient
+    clipping (base_train has none); the recipe's 'auto' optimizer is nanochat's Muon."""
     from vramfit.dryrun.estimate import EstimateRequest
 
+    accum = recipe.grad_accum if recipe.grad_accum > 1 else run.grad_accum_steps
+    return EstimateRequest(run.config, run.device_batch_size, replace(recipe, grad_accum=accum), target, capability,
+                           grad_clip=0.0, headline_only=headline_only, loop="nanochat")
+
+
+def check_loop(loop: str | None) -> None:
+    """A base_train command line is trained by base_train's loop: --loop is nanochat's or not given."""
+    if loop not in (None, "nanochat"):
+        raise VramfitError(f"--loop {loop}: a nanochat command line is trained by nanochat's base_train.py loop "
+                           "(--loop nanochat, the default for it)")
+
+
+def base_train_request(like_text: str, recipe, target: str, capability: tuple[int, int],  # noqa: ANN001, ANN201
+                       loop: str | None = None):
+    """`estimate --like "<base_train command>"`: `run_request` of the command line's run."""
+    from gpt.basetrain import read_base_train
+    from gpt.errors import ConfigError
+
+    check_loop(loop)
     try:
         run = read_base_train(like_text)
     except ConfigError as exc:
         raise VramfitError(f"--like: {exc}") from None
-    return EstimateRequest(run.config, run.device_batch_size, recipe, target, capability)
+    return run_request(run, recipe, target, capability)
 
 
 def train_command(run, data_dir: str, recipe: dict, rank: int) -> str:  # noqa: ANN001 - a NanochatRun
@@ -207,6 +225,7 @@ def plan_base_train(req, like_text: str):  # noqa: ANN001, ANN201 - a PlanReques
         raise VramfitError(f"--like: {exc}") from None
     if req.model is not None or req.hours is not None:
         raise VramfitError("--like with a nanochat command plans by the dry run: drop --model and --hours")
+    check_loop(req.loop)
     vram_b, card, label = resolve_vram(req.vram, req.device)
     budget = vram_b - parse_size(req.reserve)
     gpus = req.gpus if req.gpus > 1 else run.world_size

@@ -291,27 +291,43 @@ def _as_is_line(like: Like, a: dict) -> str:
                                                      if a["fits"] else "does NOT fit"))
 
 
-def predict_one(shape: Shape, model: Path | None, switches: dict | None = None) -> dict:
+def predict_one(shape: Shape, model: Path | None, switches: dict | None = None, like: Like | None = None,
+                loop: str | None = None) -> dict:
     """The predicted peak of one config with its breakdown, margin and the naive line, from a profile (--model,
     else `plan.workflows.open_profile`'s choice); `switches` (grad_accum, checkpoint, optimizer: those given) price
-    the profile's recipe with them, and the time of an optimizer step where the profile has a throughput model."""
+    the profile's recipe with them, and the time of an optimizer step where the profile has a throughput model.
+    `like` (--like's file): its micro-steps as the grad_accum switch where the profile prices switches (else a
+    warning), and its loop (`loop`: --loop over it): what that loop keeps alive beyond vramfit's step is added
+    (`plan.like.loop_terms`)."""
     from gpt.config import GPTConfig, check_batch_size
     from vramfit.fit.coverage import check
+    from vramfit.plan.like import loop_terms
     from vramfit.plan.workflows import open_profile
 
     GPTConfig(shape.n_layer, shape.n_head, shape.n_embd, shape.block_size, shape.vocab_size)
     check_batch_size(shape.batch_size)
+    loop = like.loop_for(loop) if like is not None else loop or "vramfit"
     path, profile = open_profile(model)
     switches = {k: v for k, v in (switches or {}).items() if v is not None}
-    recipe = replace(profile.recipe_of().resolved(profile.kind), **switches) if switches else None
+    warnings = []
+    if like is not None and like.grad_accum > 1 and "grad_accum" not in switches:
+        if profile.switches:
+            switches["grad_accum"] = like.grad_accum
+        else:
+            warnings.append(f"warning: {like.path} trains {like.grad_accum} micro-steps; this profile was fitted on "
+                            "one recipe and prices 1 (sweep grad_accum and fit again, or `vramfit estimate --like`)")
+    own = profile.recipe_of().resolved(profile.kind)
+    recipe = replace(own, **switches) if switches else None
     f = profile._columns(shape, recipe)  # the profile's own recipe where no switch is given
-    pred = float(profile.model.predict(f)[0])
-    part = profile.model.breakdown(f)[0]
+    terms = loop_terms(loop, shape, own.dtype)
+    pred = float(profile.model.predict(f)[0]) + sum(terms.values())
+    part = profile.model.breakdown(f)[0] | terms
     extra = check(profile.ranges, shape.as_dict())
     out = {"predicted": pred, "margin": pred * profile.margin_rel, "extrapolation": extra,
            "widened_margin": pred * extra.widened_margin(profile.margin_rel),
            "naive": float(profile.baseline.predict(f)[0]) if profile.baseline is not None else float("nan"),
-           "regime": part.pop("regime"), "breakdown": part, "model_file": path, "model": profile}
+           "regime": part.pop("regime"), "breakdown": part, "model_file": path, "model": profile, "loop": loop,
+           "warnings": warnings}
     if recipe is not None:
         ms = profile.step_ms(shape, recipe)
         out.update(recipe={k: getattr(recipe, k) for k in ("grad_accum", "checkpoint", "optimizer")},
