@@ -169,7 +169,8 @@
     if (tp.features.includes("micro")) {
       const a = sw.grad_accum, ckpt = ckptBlocks(L, sw.every);
       f = {...f, flops: a * f.flops, logits: a * f.logits, acts: a * f.acts, micro: a,
-           recompute: a * ckpt * N * (24 * C * C + 4 * C * T), recompute_acts: a * ckpt * N * C};
+           recompute: a * ckpt * N * (24 * C * C + 4 * C * T), recompute_acts: a * ckpt * N * C,
+           blocks: a * L, recompute_blocks: a * ckpt};
       for (const k of OPT_KINDS) f["opt_" + k] = sw.optimizer === k ? f.params : 0;
     }
     return Math.max(tp.slowdown * (tp.intercept + dot(tp.features, tp.coef, f)), 1e-3);
