@@ -14,7 +14,8 @@ Two things keep machine noise out of the shape law:
 - The target is each point's *best* timed step (the worker times `measure.timing_iters` plain steps): on a shared
   CPU, steps are slowed by whatever else runs, never sped up, so the minimum is the shape's own cost. On the CPU
   the worker also records the CPU time each step used (`step_cpu_ms`), which is the best step where present: at
-  load 16-20 on 2 cores wall times stretched 3-8x and the CPU times ~5 % (results/bench/fit-recipe-cpu.md). Measured on
+  load 16-20 on 2 cores wall times stretched 3-8x and the CPU times less, but not nothing: between sweeps at load
+  11-20 the same point's best CPU time moved 8.8 % a reading and up to 2x (results/bench/fit-recipe-cpu.md). Measured on
   the 2-core CI-class VM: the same point's median step moved 7 % (max 43 %) between sweeps, its best step 4 %.
 - The fit is Huber-robust on relative residuals (weights 1/y^2, IRLS, `delta` 5 %): one point timed during a slow
   spell (a whole process 35 % slow happens) does not bend the coefficients for the rest.
