@@ -1,6 +1,7 @@
 """One CPU profile that varies the recipe's switches: memory and time held out, per recipe (issue 30).
 
-    python experiments/bench_fit_recipe.py [--db FILE] [--csv results/bench/fit-recipe-cpu.csv]
+    python experiments/bench_fit_recipe.py [--db FILE | --points results/bench/fit-recipe-cpu.csv]
+                                           [--csv results/bench/fit-recipe-cpu.csv]
                                            [--out results/bench/fit-recipe-cpu.md]
 
 Sweeps experiments/grids/recipe_cpu.toml on this CPU (`vramfit sweep`: 10 tiny GPTs x 18 recipes, every
@@ -10,7 +11,9 @@ profile of the recipe family (`vramfit.fit.memmodel.fit_points`: RECIPE_PHYSICS 
 the markdown report (cross-validated memory error, leave-one-out and shape held out, beside the naive
 params + tokens line; the largest held-out error per recipe; the coefficients; the time model's held-out best-step
 MAPE beside the FLOPs-only line) with its provenance, and the points as CSV (what `tests/test_recipe_fit.py`
-refits).
+refits). `--points CSV` refits points measured before (that CSV) without sweeping: on a shared CPU the timings
+are the load's as much as the shape's, so a change of features is judged on the same readings. The report's
+sections from `## Before and after` on are kept when it is rewritten (they are written by hand).
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ def report(points, prov: dict) -> str:
     prof = fit_points(points)
     m, cv = prof.metrics, prof.cv.assign(recipe=points[points["status"] == "ok"]["recipe"].to_numpy())
     lines = [f"# One CPU profile over the recipe's switches ({prof.n_points} points, {len(prof.switches)} recipes)",
-             "", "Regenerate: `python experiments/bench_fit_recipe.py` (sweeps experiments/grids/recipe_cpu.toml).",
+             "", "Regenerate: `python experiments/bench_fit_recipe.py` (sweeps experiments/grids/recipe_cpu.toml; "
+             "`--points results/bench/fit-recipe-cpu.csv` refits the points below).",
              "", "Provenance: " + ", ".join(f"{k} {v}" for k, v in prov.items()), "",
              "## Memory (tracked bytes: the CPU's byte-exact analogue of the allocator's peak)", "",
              "| model | held out | MAPE | max abs error | worst under-prediction |", "| --- | --- | --- | --- | --- |"]
@@ -84,24 +88,34 @@ def report(points, prov: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--db", type=Path, help="an existing database of the grid's points (default: sweep afresh)")
+    ap.add_argument("--points", type=Path, help="refit the points of this CSV (written by an earlier run)")
     ap.add_argument("--csv", type=Path, default=ROOT / "results" / "bench" / "fit-recipe-cpu.csv")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench" / "fit-recipe-cpu.md")
     args = ap.parse_args()
     load0 = os.getloadavg()[0]
-    db = args.db or Path(tempfile.mkdtemp(prefix="vramfit-recipe-")) / "recipe.sqlite"
-    if not db.exists():
-        subprocess.run([sys.executable, "-m", "vramfit.cli", "sweep", "--grid", str(GRID), "--db", str(db),
-                        "--device", "cpu", "--quiet"], check=True, cwd=ROOT)
-    with Store(db) as store:
-        points = store.points_frame()
-    points = points[points["source"].fillna("sweep") == "sweep"].reset_index(drop=True)
+    if args.points:
+        import pandas as pd
+
+        points = pd.read_csv(args.points)
+    else:
+        db = args.db or Path(tempfile.mkdtemp(prefix="vramfit-recipe-")) / "recipe.sqlite"
+        if not db.exists():
+            subprocess.run([sys.executable, "-m", "vramfit.cli", "sweep", "--grid", str(GRID), "--db", str(db),
+                            "--device", "cpu", "--quiet"], check=True, cwd=ROOT)
+        with Store(db) as store:
+            points = store.points_frame()
+        points = points[points["source"].fillna("sweep") == "sweep"].reset_index(drop=True)
     versions = software_versions()
     prov = {"date": datetime.date.today().isoformat(), "commit": git_commit(ROOT), "torch": versions.get("torch"),
             "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "device": points["device_name"].iloc[0],
             "load average at the start / end": f"{load0:.1f} / {os.getloadavg()[0]:.1f}"}
-    args.out.write_text(report(points, prov))
-    points[CSV_COLUMNS].to_csv(args.csv, index=False)
+    if args.points:
+        prov["points"] = f"{args.points.name} as measured before (refit, not swept again)"
+    kept = args.out.read_text().partition("\n## Before and after") if args.out.exists() else ("", "", "")
+    args.out.write_text(report(points, prov) + (kept[1] + kept[2] if kept[1] else ""))
+    if not args.points:
+        points[CSV_COLUMNS].to_csv(args.csv, index=False)
     print(args.out.read_text())
 
 

@@ -17,12 +17,13 @@ optimizer) fits RECIPE_PHYSICS: the same terms with the switches in them (`featu
 - `acts`, `attn` only the blocks that are not checkpointed
 - `ckpt_inputs`  N*C per checkpointed block: the block input that `torch.utils.checkpoint` keeps
 - `recompute`    where blocks are checkpointed, the recompute of one block in backward is a piece of its own
-                 beside the optimizer step (REBLOCK: c0 + weights + state + one block's activations, N*C, + the
-                 gradients alive, the block inputs and plain blocks' activations held where it peaks): at block 0
-                 (recomputed last: every gradient but its own and the position table's alive, nothing else held)
-                 or at the deepest checkpointed block (recomputed first: every block input and the plain blocks
-                 before it held, only the later blocks' and the tied head's gradients alive), whichever holds more
-                 (`recompute_columns`); with accumulation every gradient is alive at both
+                 beside the optimizer step (REBLOCK: c0 + weights + state + one block's activations and its input,
+                 N*C, + the gradients alive, the other block inputs and plain blocks' activations held where it
+                 peaks, in its MLP's backward): at block 0 (recomputed last: every gradient but its own and the
+                 position table's alive, nothing else held) or at the deepest checkpointed block (recomputed first:
+                 every block input and the plain blocks before it held, only the later blocks' and the tied head's
+                 gradients alive), whichever holds more (`recompute_columns`); with accumulation every gradient is
+                 alive at both, and the head's new part beside them (CPU dry run: within 4 KiB of every such peak)
 All functions work elementwise on numpy arrays, so `suggest` evaluates whole search spaces at once.
 
 Points of both families (`vramfit.shape.Shape.arch`: GPT-2 and nanochat's block, each with any optimizer) take the
@@ -130,23 +131,31 @@ def features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size, bias: 
     block = (P - np.asarray(count_params(0, C, T, V, bias), dtype=np.float64)) / np.maximum(L, 1)  # one block's
     return {**out, "acts": N * (L - ckpt) * C, "attn": N * (L - ckpt) * H * T, "state": col("state").copy(),
             "accum_grads": P * (accum > 1), "ckpt_inputs": N * ckpt * C, "recompute": N * C * (ckpt > 0),
-            **recompute_columns(L, C, T, N, P, block, every, accum)}
+            **recompute_columns(L, C, T, V, N, P, block, every, accum)}
 
 
-def recompute_columns(L, C, T, N, P, block, every, accum) -> dict:
+def recompute_columns(L, C, T, V, N, P, block, every, accum) -> dict:
     """The columns of the recompute piece at each block where it can peak (`<column>_<RECOMPUTE_AT>`), 0 where no
-    block is checkpointed. Gradients alive: with accumulation all (the earlier micro-steps'); without, the tied
-    head's (computed first) and those of the blocks after it; the position table's come last."""
+    block is checkpointed; the recomputed block's own input is in `recompute`, `inputs` are the other checkpointed
+    blocks' inputs still held. The peak is in the recomputed block's MLP backward (CPU dry run: at gelu_backward
+    or at the output projection's weight-gradient mm), where that projection's gradient (4C x C + C) exists too.
+    Gradients alive: without accumulation, the tied head's (computed first; it waits in autograd's input buffer
+    of the embedding's AccumulateGrad until the embedding's backward adds its part: torch/csrc/autograd/engine.cpp
+    evaluate_function, `not_ready.emplace(...)`) and those of the blocks after it, the position table's last; with
+    accumulation every gradient (the earlier micro-steps') plus the head's new V x C part in that buffer, and the
+    projection's new weight gradient is a tensor of its own until AccumulateGrad adds it (`variable_grad +=
+    new_grad`, torch/csrc/autograd/functions/accumulate_grad.h, pytorch/pytorch@ec2a19d L58-65)."""
     on, k = every > 0, np.maximum(every, 1)
     ckpt = on * np.ceil(L / k)
     deepest = k * np.floor((L - 1) / k)  # the deepest checkpointed block (0, k, 2k, ...)
+    projection = 4 * C * C + C  # the MLP's output projection (weight and bias)
 
     def grads(done_blocks):
-        return on * np.where(accum > 1, P, P - done_blocks * block - T * C)
+        return on * (np.where(accum > 1, P + V * C, P - done_blocks * block - T * C) + projection)
 
-    return {"grads_first": grads(1.0), "inputs_first": 0.0 * N,  # block 0's own input is in `recompute`
-            "acts_first": 0.0 * N, "grads_deepest": grads(deepest + 1),
-            "inputs_deepest": on * N * C * ckpt, "acts_deepest": on * N * C * (deepest - (ckpt - 1))}
+    return {"grads_first": grads(1.0), "inputs_first": 0.0 * N, "acts_first": 0.0 * N,
+            "grads_deepest": grads(deepest + 1), "inputs_deepest": on * N * C * (ckpt - 1),
+            "acts_deepest": on * N * C * (deepest - (ckpt - 1))}
 
 
 def switch_columns(shapes, recipes, bias: bool = True) -> dict:

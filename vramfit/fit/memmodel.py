@@ -250,7 +250,8 @@ class MemoryModel:
                 a, extra = float(w[0]), w[1:]
             else:
                 a = nonneg_slope(P[step], y[step] - c0)
-            rb = _fit_recompute(X, y - c0, step & ckpt) if (step & ckpt).sum() >= 2 else np.zeros(len(REBLOCK))
+            rb = _fit_recompute(X, y - c0, step & ckpt, float(self.coef_[self.features.index("acts")])) \
+                if (step & ckpt).sum() >= 2 else np.zeros(len(REBLOCK))
             pred_b, pred_s = self.parts(X)[0], c0 + a * P + S @ extra
             if self.switches:
                 pred_s = pred_s + s * state
@@ -390,14 +391,17 @@ def _recompute(X, coef: np.ndarray) -> np.ndarray:
     return np.max([_recompute_parts(X, at) @ coef for at in RECOMPUTE_AT], axis=0)
 
 
-def _fit_recompute(X, y: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """NNLS of the recompute piece on `rows` (y without the constant), alternating at which block each peaks."""
+def _fit_recompute(X, y: np.ndarray, rows: np.ndarray, acts: float) -> np.ndarray:
+    """NNLS of the recompute piece on `rows` (y without the constant), alternating at which block each peaks. The
+    plain blocks' activations held at the peak are the tensors the backward piece's `acts` (coefficient `acts`)
+    counts, so that coefficient is theirs and the others are fitted: few points peak where plain blocks are held."""
     first, deepest = (_recompute_parts(X, at)[rows] for at in RECOMPUTE_AT)
-    guess = np.array([4.0, 1.0, 80.0, 4.0, 4.0, 64.0])  # fp32 weights, the state, a block's activations, ...
+    guess = np.array([4.0, 1.0, 84.0, 4.0, 4.0, acts])  # fp32 weights, the state, a block's activations, ...
     at_deep = deepest @ guess > first @ guess
     coef = guess
     for _ in range(10):
-        coef = nonneg_coefs(np.where(at_deep[:, None], deepest, first), y[rows])
+        A = np.where(at_deep[:, None], deepest, first)
+        coef = np.append(nonneg_coefs(A[:, :-1], y[rows] - acts * A[:, -1]), acts)
         new = deepest @ coef > first @ coef
         if np.array_equal(new, at_deep):
             break

@@ -14,7 +14,8 @@ Two things keep machine noise out of the shape law:
 - The target is each point's *best* timed step (the worker times `measure.timing_iters` plain steps): on a shared
   CPU, steps are slowed by whatever else runs, never sped up, so the minimum is the shape's own cost. On the CPU
   the worker also records the CPU time each step used (`step_cpu_ms`), which is the best step where present: at
-  load 16-20 on 2 cores wall times stretched 3-8x and the CPU times ~5 % (results/bench/fit-recipe-cpu.md). Measured on
+  load 16-20 on 2 cores wall times stretched 3-8x and the CPU times less, but not nothing: between sweeps at load
+  11-20 the same point's best CPU time moved 8.8 % a reading and up to 2x (results/bench/fit-recipe-cpu.md). Measured on
   the 2-core CI-class VM: the same point's median step moved 7 % (max 43 %) between sweeps, its best step 4 %.
 - The fit is Huber-robust on relative residuals (weights 1/y^2, IRLS, `delta` 5 %): one point timed during a slow
   spell (a whole process 35 % slow happens) does not bend the coefficients for the rest.
@@ -24,8 +25,12 @@ step typically takes on this machine, which is what planning by hours needs; on 
 A profile whose points vary the recipe's switches (`fit.features.SWITCHES`) prices them per optimizer step
 (RECIPE_THROUGHPUT, `time_features(..., switches=...)`): the micro-step terms above times grad_accum, the
 forward of each checkpointed block once more (`recompute`: its matmul and attention FLOPs; `recompute_acts`: its
-elementwise work, N*C per block), an overhead per micro-step (`micro`) and the optimizer step's cost per
-parameter for each kind (`opt_<kind>`: P where the recipe's optimizer is that kind).
+elementwise work, N*C per block), an overhead per micro-step (`micro`), per block and micro-step (`blocks`: the
+dispatch of each of its forward and backward ops, which at small widths costs more than their arithmetic) and per
+recomputed block (`recompute_blocks`: its forward's dispatch again, with torch.utils.checkpoint's own work: the RNG
+state saved and restored, its saved-tensor hooks, torch 2.13.0 torch/utils/checkpoint.py L1632, L1657-1667,
+L1175-1207), and the optimizer step's cost per parameter for each kind (`opt_<kind>`: P where the recipe's
+optimizer is that kind).
 
 Only sweep points are used: `train` runs time a different loop (data loading, logging, and on the CPU all threads,
 while the sweep measures with `measure.threads`).
@@ -51,11 +56,13 @@ if TYPE_CHECKING:
 THROUGHPUT = ("flops", "logits", "acts")
 FLOPS = ("flops",)
 OPT_KINDS = ("fused", "foreach", "loop", "muon", "sgd", "adafactor")  # gpt.config.OPTIMIZERS without auto
-RECIPE_THROUGHPUT = (*THROUGHPUT, "recompute", "recompute_acts", "micro", *(f"opt_{k}" for k in OPT_KINDS))
+RECIPE_THROUGHPUT = (*THROUGHPUT, "recompute", "recompute_acts", "micro", *(f"opt_{k}" for k in OPT_KINDS),
+                     "blocks", "recompute_blocks")
 HUBER_DELTA = 0.05
 UNITS = {"flops": "ms per TFLOP", "logits": "ms per 1e6 token x vocab", "acts": "ms per 1e6 token x layer x channel",
          "recompute": "ms per TFLOP recomputed", "recompute_acts": "ms per 1e6 token x recomputed block x channel",
-         "micro": "ms per micro-step", **{f"opt_{k}": f"ms per 1e6 params ({k} step)" for k in OPT_KINDS}}
+         "micro": "ms per micro-step", **{f"opt_{k}": f"ms per 1e6 params ({k} step)" for k in OPT_KINDS},
+         "blocks": "ms per block per micro-step", "recompute_blocks": "ms per recomputed block"}
 _UNIT_SCALE = {"flops": 1e12, "logits": 1e6, "acts": 1e6, "recompute": 1e12, "recompute_acts": 1e6,
                **{f"opt_{k}": 1e6 for k in OPT_KINDS}}
 MIN_POINTS = 3
@@ -83,7 +90,8 @@ def time_features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size, b
     ckpt = np.where(every > 0, np.ceil(L / np.maximum(every, 1)), 0.0)
     block_fwd = 24 * C * C + 4 * C * T  # a block's forward FLOPs per token: 2 x its 12 C^2 weights + attention
     out = {**{k: accum * out[k] for k in THROUGHPUT}, "tokens": N, "params": P,
-           "recompute": accum * ckpt * N * block_fwd, "recompute_acts": accum * ckpt * N * C, "micro": accum}
+           "recompute": accum * ckpt * N * block_fwd, "recompute_acts": accum * ckpt * N * C, "micro": accum,
+           "blocks": accum * L, "recompute_blocks": accum * ckpt}
     return out | {f"opt_{k}": P * (kind == k) for k in OPT_KINDS}
 
 

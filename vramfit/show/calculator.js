@@ -81,12 +81,13 @@
     const L = s.n_layer, C = s.n_embd, T = s.block_size, P = f.params, ckpt = ckptBlocks(L, sw.every);
     const block = (P - countParams(0, C, T, s.vocab_size)) / Math.max(L, 1); // one block's parameters
     const on = sw.every > 0 ? 1 : 0, k = Math.max(sw.every, 1), deepest = k * Math.floor((L - 1) / k);
-    const grads = (done) => on * (sw.grad_accum > 1 ? P : P - done * block - T * C); // recompute_columns
+    const V = s.vocab_size, projection = 4 * C * C + C; // recompute_columns: + the MLP's output projection
+    const grads = (done) => on * ((sw.grad_accum > 1 ? P + V * C : P - done * block - T * C) + projection);
     return {...f, acts: N * (L - ckpt) * C, attn: N * (L - ckpt) * s.n_head * T,
             state: stateBytes(s, sw.optimizer), accum_grads: sw.grad_accum > 1 ? P : 0,
             ckpt_inputs: N * ckpt * C, recompute: ckpt > 0 ? N * C : 0,
             grads_first: grads(1), inputs_first: 0, acts_first: 0, grads_deepest: grads(deepest + 1),
-            inputs_deepest: on * N * C * ckpt, acts_deepest: on * N * C * (deepest - (ckpt - 1))};
+            inputs_deepest: on * N * C * (ckpt - 1), acts_deepest: on * N * C * (deepest - (ckpt - 1))};
   }
 
   function dot(names, coef, f) {
@@ -168,7 +169,8 @@
     if (tp.features.includes("micro")) {
       const a = sw.grad_accum, ckpt = ckptBlocks(L, sw.every);
       f = {...f, flops: a * f.flops, logits: a * f.logits, acts: a * f.acts, micro: a,
-           recompute: a * ckpt * N * (24 * C * C + 4 * C * T), recompute_acts: a * ckpt * N * C};
+           recompute: a * ckpt * N * (24 * C * C + 4 * C * T), recompute_acts: a * ckpt * N * C,
+           blocks: a * L, recompute_blocks: a * ckpt};
       for (const k of OPT_KINDS) f["opt_" + k] = sw.optimizer === k ? f.params : 0;
     }
     return Math.max(tp.slowdown * (tp.intercept + dot(tp.features, tp.coef, f)), 1e-3);
