@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import shlex
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -133,3 +136,50 @@ def test_train_measure_of_a_suggested_nanochat_config_lands_within_its_margin(tm
     assert main(["predict", "--model", str(model), "--arch", "nanochat", "--json",
                  *Shape.of(item).flags()]) == 0
     assert json.loads(capsys.readouterr().out)["predicted_bytes"] == item["predicted_bytes"]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js to run the page's script")
+def test_the_report_calculator_plans_both_families_as_predict_does(tmp_path):
+    """A mixed profile's page entry offers both families; its script (run in Node, the DOM stubbed) predicts the
+    memory, parameters and ms/iter of GPT-2 and nanochat shapes as the Python model does."""
+    from tests.test_nanochat_fit import SIZES, frame
+    from vramfit.fit.features import frame_features
+    from vramfit.fit.memmodel import fit_points
+    from vramfit.show.calculator import _script_json, model_entry, page_data
+    from vramfit.show.context import PlanContext
+
+    archs = ["gpt2", "nanochat", "nanochat:n_kv_head=1,window_pattern=SL", "nanochat:mlp=swiglu"]
+    points = [{**SIZES, "n_layer": L, "n_embd": C, "batch_size": B, "block_size": T, "arch": a} for a in archs
+              for L in (1, 2, 3) for C in (32, 64) for B in (1, 4) for T in (32, 256)]
+    df = frame(points)
+    X = frame_features(df)
+    backward = 2e5 + 14 * X["params"] + 10 * X["logits"] + 40 * X["acts"] + 16 * X["chat_logits"] + 30 * X["chat_acts"]
+    backward += 9 * X["kv_acts"] + 5 * X["mlp_acts"] + 7 * X["ve_acts"] + 3 * X["chat_attn"]
+    df["tracked_bytes"] = np.maximum(backward, 2e5 + 12 * X["params"] + 4 * X["grads"] + 20 * X["muon_stack"])
+    flops = frame_time_features(df)["flops"]
+    df["ms_per_iter"] = 3 + flops / 1e8 + df["batch_size"] * df["block_size"] * df["vocab_size"] / 1e7
+    df["timings"] = [json.dumps({"step_ms": [m, m * 1.1]}) for m in df["ms_per_iter"]]
+    prof = fit_points(df)
+    assert prof.plans_families and prof.throughput is not None
+    shape = Shape(2, 4, 64, 256, 4, 65, "nanochat")
+    ctx = PlanContext(vram_bytes=64 * 2**20, reserve_bytes=0, vocab_size=65, sources=["test"])
+    entry = model_entry(prof, ctx, shape, tmp_path, points=df)
+    assert set(entry["archs"]) == {*archs, "nanochat:n_kv_head=1,window_pattern=SL"} and entry["defaults"]["arch"] == \
+        "nanochat"
+    cases = [Shape(3, 2, 64, 256, 4, 65, a) for a in archs] + [Shape(4, 4, 128, 512, 2, 512, "nanochat"),
+                                                              Shape(2, 2, 64, 32, 16, 65, "gpt2")]
+    files = {"script": __import__("vramfit.show", fromlist=["x"]).__path__[0] + "/calculator.js"}
+    (tmp_path / "data.json").write_text(_script_json(page_data([entry], [shape])).replace("\\u003c", "<")
+                                        .replace("\\u003e", ">").replace("\\u0026", "&"))
+    (tmp_path / "cases.json").write_text(json.dumps([{**s.as_dict(), "arch": s.arch} for s in cases]))
+    run = subprocess.run(["node", str(Path(__file__).with_name("calculator_node.js")), files["script"],
+                          str(tmp_path / "data.json"), str(tmp_path / "cases.json")], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0, run.stderr
+    for s, got in zip(cases, json.loads(run.stdout), strict=True):
+        assert got["error"] == "", (s, got["error"])
+        want = float(prof.memory(s)[0])
+        assert got["predicted"] == pytest.approx(want, rel=1e-9, abs=2), s
+        assert got["params"] == s.model_config().n_params(), s
+        assert got["ms"] == pytest.approx(float(prof.step_ms(s)[0]), rel=1e-9), s
+        assert sum(got["breakdown"].values()) == pytest.approx(want, rel=1e-6, abs=8), (s, got["breakdown"])
