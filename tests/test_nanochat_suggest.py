@@ -25,8 +25,6 @@ from vramfit.plan.nanochat import base_train_row, rule_models
 from vramfit.shape import Shape
 from vramfit.sweep.grid import arch_axes, load_grid
 
-MEASURE = '[measure]\nmin_iters = 3\nmax_iters = 6\nwindow = 3\ntolerance = 0.005\ntimeout_s = 180\nthreads = 1\n'
-
 
 def test_the_search_follows_nanochats_depth_rule():
     """Width = depth x aspect ratio rounded up to the head dim, heads = width / head dim (base_train's
@@ -96,15 +94,13 @@ def test_a_gpt2_profile_refuses_arch_nanochat(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_train_measure_of_a_suggested_nanochat_config_lands_within_its_margin(tmp_path, capsys, char_corpus):
-    """sweep (a small mixed CPU grid, both families, Muon) -> fit -> suggest --arch nanochat -> the printed train
-    command with --measure: the reading is within the prediction + margin; predict agrees with the row."""
-    grid = tmp_path / "g.toml"
-    grid.write_text('[[axes]]\nn_layer = [2]\nn_head = [2]\nn_embd = [32]\nblock_size = [64]\nbatch_size = [2, 8]\n'
-                    'vocab_size = [65]\narch = ["gpt2", "nanochat"]\n[[axes]]\narch = ["nanochat"]\nn_layer = [3]\n'
-                    'n_head = [3]\nn_embd = [48]\nbatch_size = [4]\n[[axes]]\nn_layer = [4]\nn_head = [4]\n'
-                    'n_embd = [64]\nbatch_size = [2, 8]\n[recipe]\ndtype = "float32"\noptimizer = "muon"\n' + MEASURE)
+    """sweep (experiments/grids/nanochat_tiny.toml, --arch gpt2,nanochat: 10 points of both families, Muon) -> fit
+    -> suggest --arch nanochat -> the printed train command with --measure: the reading is within the prediction +
+    margin; predict agrees with the row."""
+    grid = Path(__file__).resolve().parents[1] / "experiments" / "grids" / "nanochat_tiny.toml"
     db, models = tmp_path / "db.sqlite", tmp_path / "models"
-    assert main(["sweep", "--grid", str(grid), "--device", "cpu", "--db", str(db), "-q"]) == 0
+    assert main(["sweep", "--grid", str(grid), "--arch", "gpt2,nanochat", "--device", "cpu", "--db", str(db),
+                 "-q"]) == 0
     assert main(["fit", "--db", str(db), "--models", str(models)]) == 0
     (model,) = models.glob("*.json")
     vocab = json.loads((char_corpus / "meta.json").read_text())["vocab_size"]
