@@ -9,7 +9,8 @@ config/train_shakespeare_char.py and a small cfg.toml. Two things differ from a 
 - a `sweep` of the quick grid finds its 13 points already measured in the golden database and resumes (measures
   nothing) on this project's CPU; on another CPU it measures them (about a minute); so does docs/recipes.md's
   sweep of experiments/grids/recipe_tiny.toml in results/recipes.sqlite (tests/golden/recipes.sqlite: 40 points,
-  a few minutes elsewhere).
+  a few minutes elsewhere); and docs/nanochat.md's of experiments/grids/nanochat_tiny.toml in results/nanochat.sqlite
+  (tests/golden/nanochat.sqlite: 10 points, two minutes elsewhere).
 The commands in ALLOWED only have their flags parsed (the reason says why); XFAIL lists known failures.
 """
 
@@ -116,6 +117,7 @@ def prepared(tmp_path_factory, corpus_text) -> Path:
     (base / "results").mkdir(parents=True)
     shutil.copy(GOLDEN / "demo.sqlite", base / "results" / "vramfit.sqlite")
     shutil.copy(GOLDEN / "recipes.sqlite", base / "results" / "recipes.sqlite")
+    shutil.copy(GOLDEN / "nanochat.sqlite", base / "results" / "nanochat.sqlite")
     shutil.copytree(ROOT / "experiments" / "grids", base / "experiments" / "grids")
     text = corpus_text[:200_000]
     (base / "input.txt").write_text(text, encoding="utf-8")

@@ -61,6 +61,9 @@ HELP = {
                  "reserved | rss | tracked",
     "--only-device": "only the points of this device (name substring, cpu/cuda, or GPU UUID)",
     "--only-recipe": "only the points of this recipe key",
+    "--arch": "the model family: gpt2 | nanochat, its options after a colon (nanochat:n_kv_head=1,window_pattern=L); "
+              "sweep: also a list of families (gpt2,nanochat), an axis of the grid; suggest: nanochat's shapes from "
+              "the depth (--n-layer) by its rule, from a profile swept with nanochat points",
     "--n-layer": "transformer blocks",
     "--n-head": "attention heads",
     "--n-embd": "embedding width",
@@ -109,6 +112,7 @@ NEmbd = Annotated[int, _option("--n-embd", min=1)]
 BlockSize = Annotated[int, _option("--block-size", min=1)]
 BatchSize = Annotated[int, _option("--batch-size", min=1)]
 Vocab = Annotated[int, _option("--vocab", "--vocab-size", min=1)]
+Arch = Annotated[str, _option("--arch")]
 # the recipe's switches: one value (predict) or, with suggest --tokens-per-step, a list to search
 TokensPerStep = Annotated[str, _option("--tokens-per-step")]
 GradAccum = Annotated[int, _option("--grad-accum", min=1)]

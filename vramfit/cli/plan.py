@@ -16,7 +16,7 @@ from vramfit.cli.output import predict_json, print_prediction, print_suggestions
 def predict(n_layer: o.NLayer = None, n_head: o.NHead = None, n_embd: o.NEmbd = None, block_size: o.BlockSize = None,
             batch_size: o.BatchSize = None, vocab: o.Vocab = None, like: o.Like = None, model: o.Model = None,
             json_out: o.Json = False, grad_accum: o.GradAccum = None, checkpoint: o.Checkpoint = None,
-            optimizer: o.Optimizer = None, loop: o.Loop = None) -> None:
+            optimizer: o.Optimizer = None, loop: o.Loop = None, arch: o.Arch = None) -> None:
     """Predicted training memory of one config, with a breakdown and the safety margin; with --grad-accum,
     --checkpoint or --optimizer, under the profile's recipe with those switches (and ms per optimizer step).
     --like: its micro-steps, and what its loop keeps alive beyond vramfit's step (nanoGPT's: logits, next batch)."""
@@ -27,8 +27,8 @@ def predict(n_layer: o.NLayer = None, n_head: o.NHead = None, n_embd: o.NEmbd = 
 
     shape, found = resolve_shape(dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                                       batch_size=batch_size, vocab_size=vocab), like=like)
-    r = predict_one(shape, model, dict(grad_accum=grad_accum, checkpoint=checkpoint, optimizer=optimizer), found,
-                    loop)
+    r = predict_one(shape.with_(arch=arch) if arch else shape, model,
+                    dict(grad_accum=grad_accum, checkpoint=checkpoint, optimizer=optimizer), found, loop)
     for line in r["warnings"]:
         typer.echo(line, err=True)
     if json_out:
@@ -81,13 +81,18 @@ def suggest(
                                         "under-prediction on the public validation set + a cushion)")] = None,
     loop: o.Loop = None,
     tokens_per_step: o.TokensPerStep = None, checkpoint: o.Checkpoint = None, optimizer: o.Optimizer = None,
+    arch: o.Arch = None,
+    aspect_ratio: Annotated[int, typer.Option(help="--arch nanochat: width = depth x this, rounded up to a multiple "
+                                              "of --head-dim (base_train's)")] = 64,
+    head_dim: Annotated[int, typer.Option(help="--arch nanochat: heads = width / this (base_train's)")] = 128,
 ) -> None:
     """Configs that fit a card with the safety margin, ranked, each with its train command. --recipe (default:
     dtype=bfloat16,optimizer=fused under --like's dtype and compile) and --capability (default: this machine's GPU,
     else 8.0) are the dry run's (--no-profile, or no GPU profile). With --hours H: ranked by what H hours of
     training buys (tokens/s from the throughput model). With --like: the config as it is, then the largest batch,
     the longest block and the largest model close to it (--data-dir default: its corpus). With --tokens-per-step N:
-    micro-batch, gradient accumulation, checkpointing and optimizer for N tokens a step, fastest first."""
+    micro-batch, gradient accumulation, checkpointing and optimizer for N tokens a step, fastest first. With --arch
+    nanochat: nanochat's models (depth -> width by --aspect-ratio and --head-dim) from a profile with its points."""
     import json
 
     from vramfit.paths import check_output, writable_file
@@ -103,7 +108,7 @@ def suggest(
     rec = recommend(PlanRequest(vram, reserve, objective, space, min_batch, top, model, data_dir, no_profile,
                                 recipe, capability, hours, rank, loss_law, gpus, strategy, target, cache_dir,
                                 not no_cache, within_measured, like, margin, loop, tokens_per_step, checkpoint,
-                                optimizer))
+                                optimizer, arch, aspect_ratio, head_dim))
     for line in rec.warnings:
         typer.echo(line, err=True)
     if rec.items:

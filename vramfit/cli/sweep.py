@@ -9,7 +9,19 @@ from typing import Annotated
 import typer
 
 from vramfit.cli.app import app, fail
-from vramfit.cli.options import DB_FILE, BatchSizes, BlockSizes, Db, Device, Model, NEmbds, NHeads, NLayers, Vocabs
+from vramfit.cli.options import (
+    DB_FILE,
+    Arch,
+    BatchSizes,
+    BlockSizes,
+    Db,
+    Device,
+    Model,
+    NEmbds,
+    NHeads,
+    NLayers,
+    Vocabs,
+)
 from vramfit.cli.output import fmt
 
 
@@ -33,6 +45,7 @@ def sweep(
     block_size: BlockSizes = None,
     batch_size: BatchSizes = None,
     vocab_size: Vocabs = None,
+    arch: Arch = None,
     dtype: Annotated[str, _opt("--dtype", "recipe override: auto | float32 | bfloat16 | float16")] = None,
     max_iters: Annotated[int, _opt("--max-iters", "measurement override")] = None,
     timeout: Annotated[float, _opt("--timeout", "seconds per point (measurement override)")] = None,
@@ -66,7 +79,7 @@ def sweep(
     axes = {"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, "block_size": block_size,
             "batch_size": batch_size, "vocab_size": vocab_size}
     measure = {"max_iters": max_iters, "timeout_s": timeout, "dynamic_batch": dynamic_batch}
-    spec = _grid_spec(grid, axes, dtype, measure)
+    spec = _grid_spec(grid, axes, dtype, measure, arch)
     if plan == "grid" and not boundary:
         _confirm_size(spec.points()[0] * len(spec.recipes), yes)  # every recipe measures every point
     emulate, card = parse_vram(emulate_vram) if emulate_vram else (None, None)
@@ -110,13 +123,15 @@ def _chooser(plan: str, boundary: bool, model: Path | None, points: int, target_
     return GridChooser()
 
 
-def _grid_spec(grid: Path | None, axes: dict, dtype: str | None, measure: dict):
-    """The grid file with the axis flags and the recipe and measurement overrides applied."""
-    from vramfit.sweep.grid import load_grid
+def _grid_spec(grid: Path | None, axes: dict, dtype: str | None, measure: dict, arch: str | None):
+    """The grid file with the axis flags (`--arch`: the family axes) and the recipe and measurement overrides
+    applied."""
+    from vramfit.sweep.grid import arch_axes, load_grid
 
     overrides = {k: v for k, v in axes.items() if v is not None}
     if grid is None and len(overrides) < len(axes):
         fail("give --grid FILE.toml, or all six axes as flags")
+    overrides |= arch_axes(arch) if arch is not None else {}
     measure = {k: v for k, v in measure.items() if v is not None}
     return load_grid(grid, overrides, {"dtype": dtype} if dtype else None, measure)
 

@@ -119,13 +119,15 @@ class Profile:
             arch = shapes.arch if isinstance(shapes, Shape) else shapes.get("arch", GPT2)
             return self.model.columns(dict(zip(KEYS, cols, strict=True)), arch)
         sw = None
+        arch = shapes.arch if isinstance(shapes, Shape) else shapes.get("arch", GPT2)
         if self.switches:
-            arch = shapes.arch if isinstance(shapes, Shape) else shapes.get("arch", GPT2)
             if np.any(np.asarray(arch) != GPT2):
                 raise VramfitError("this profile prices the switches of GPT-2 models, not of another family")
             sw = switch_columns(np.column_stack(np.broadcast_arrays(*cols)), r)
             sw["optimizer"] = r.optimizer
-        return (time_features if time else features)(*cols, switches=sw)
+        if time:
+            return time_features(*cols, switches=sw, arch=arch)
+        return features(*cols, switches=sw)
 
     def memory(self, shapes: Shape | dict, recipe: Recipe | None = None) -> np.ndarray:
         """Predicted peak bytes (the model's, without the margin) of `shapes` (a Shape, or a dict of KEYS arrays:
@@ -140,6 +142,12 @@ class Profile:
         if self.throughput is None:
             return None
         return np.maximum(self.throughput.model.predict(self._columns(shapes, recipe, time=True)), 1e-3)
+
+    @property
+    def plans_families(self) -> bool:
+        """Whether its points included another model family than GPT-2's (nanochat): the fit then took the FAMILY
+        features, and only such a profile plans that family."""
+        return self.model.family_ is not None
 
     @property
     def kind(self) -> str:
@@ -210,16 +218,17 @@ class Profile:
             raise VramfitError(f"{path} is not a usable vramfit model file: {exc}") from None
 
 
-def latest(models_dir: str | Path, kind: str | None = None) -> tuple[Path, Profile] | None:
+def latest(models_dir: str | Path, kind: str | None = None, families: bool = False) -> tuple[Path, Profile] | None:
     """The profile to plan with when none is named (the rule in the module docstring): the most recently fitted
-    one in `models_dir` of `kind` (cuda | cpu; None: any); None where there is none."""
+    one in `models_dir` of `kind` (cuda | cpu; None: any), with `families` one that `plans_families`; None where
+    there is none."""
     found = []
     for path in sorted(Path(models_dir).glob("*.json")):
         try:
             profile = Profile.load(path)
         except VramfitError:
             continue
-        if kind is None or profile.kind == kind:
+        if (kind is None or profile.kind == kind) and (profile.plans_families or not families):
             found.append((profile.fitted_at or "", path.name, path, profile))
     if not found:
         return None

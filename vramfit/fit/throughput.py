@@ -32,6 +32,11 @@ state saved and restored, its saved-tensor hooks, torch 2.13.0 torch/utils/check
 L1175-1207), and the optimizer step's cost per parameter for each kind (`opt_<kind>`: P where the recipe's
 optimizer is that kind).
 
+Points of another model family (`vramfit.shape.Shape.arch`, nanochat) count their FLOPs as that family does
+(`time_features(..., arch=...)`: `GPTConfig.flops_per_token`, nanochat's `estimate_flops`: 6 x every linear's
+weights, the untied head included and the embedding and value-embedding lookups not, plus attention over each
+layer's window); for GPT-2 rows that is the count above. The memory-traffic terms are the same for both.
+
 Only sweep points are used: `train` runs time a different loop (data loading, logging, and on the CPU all threads,
 while the sweep measures with `measure.threads`).
 """
@@ -46,9 +51,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from gpt.config import count_params
-from vramfit.fit.features import shape_key
+from vramfit.fit.features import has_families, shape_key
 from vramfit.fit.stats import cv_keys, cv_predictions, error_metrics, nnls
-from vramfit.shape import KEYS
+from vramfit.shape import GPT2, KEYS, Shape
 
 if TYPE_CHECKING:
     import pandas as pd  # imported where frames are built: predicting from a model file needs no pandas
@@ -71,17 +76,19 @@ THROUGHPUT_CV = (("loo", "leave-one-out, best step"), ("grouped", "shape held ou
 
 
 def time_features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size, bias: bool = True,
-                  switches: dict | None = None) -> dict:
+                  switches: dict | None = None, arch=None) -> dict:
     """FLOPs per iteration and the memory-traffic terms, elementwise over numpy arrays (float64); `switches`
     ({grad_accum, checkpoint_every, optimizer}: arrays or scalars) adds the RECIPE_THROUGHPUT terms, per
-    optimizer step."""
+    optimizer step; `arch` (the points' family texts, or one for all) counts each family's FLOPs."""
     L, _H, C, T, B, V = np.broadcast_arrays(*(np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in
                                               (n_layer, n_head, n_embd, block_size, batch_size, vocab_size)))
     N = B * T
     p_nonemb = np.asarray(count_params(L, C, T, V, bias, non_embedding=True), dtype=np.float64)
     P = np.asarray(count_params(L, C, T, V, bias), dtype=np.float64)
-    out = {"flops": 6 * p_nonemb * N + 12 * L * C * T * N, "logits": N * V, "acts": N * L * C, "tokens": N,
-           "params": P}
+    flops = 6 * p_nonemb * N + 12 * L * C * T * N
+    if arch is not None and np.any(np.asarray(arch) != GPT2):
+        flops = N * family_flops_per_token(L, _H, C, T, V, arch)
+    out = {"flops": flops, "logits": N * V, "acts": N * L * C, "tokens": N, "params": P}
     if switches is None:
         return out
     accum = np.broadcast_to(np.asarray(switches["grad_accum"], dtype=np.float64), L.shape)
@@ -93,6 +100,16 @@ def time_features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size, b
            "recompute": accum * ckpt * N * block_fwd, "recompute_acts": accum * ckpt * N * C, "micro": accum,
            "blocks": accum * L, "recompute_blocks": accum * ckpt}
     return out | {f"opt_{k}": P * (kind == k) for k in OPT_KINDS}
+
+
+def family_flops_per_token(L, H, C, T, V, arch) -> np.ndarray:
+    """Training FLOPs per token of each point as its family counts them (`GPTConfig.flops_per_token`), once per
+    distinct model."""
+    names = np.broadcast_to(np.asarray(arch, dtype=object), L.shape).astype(str)
+    keys = [(int(a), int(b), int(c), int(d), int(e), n) for a, b, c, d, e, n in zip(L, H, C, T, V, names,
+                                                                                      strict=True)]
+    memo = {k: Shape(*k[:4], 1, k[4], k[5]).model_config().flops_per_token() for k in dict.fromkeys(keys)}
+    return np.array([memo[k] for k in keys], dtype=np.float64)
 
 
 def frame_time_features(df: pd.DataFrame, switches: bool = False) -> pd.DataFrame:
@@ -108,7 +125,8 @@ def frame_time_features(df: pd.DataFrame, switches: bool = False) -> pd.DataFram
         sw = {"grad_accum": [r.grad_accum for r in rs], "checkpoint_every": [checkpoint_every(r.checkpoint)
                                                                              for r in rs],
               "optimizer": ["fused" if r.optimizer == "auto" else r.optimizer for r in rs]}
-    return pd.DataFrame(time_features(*(df[c].to_numpy() for c in KEYS), switches=sw), index=df.index)
+    arch = df["arch"].fillna(GPT2).to_numpy() if has_families(df) else None
+    return pd.DataFrame(time_features(*(df[c].to_numpy() for c in KEYS), switches=sw, arch=arch), index=df.index)
 
 
 def _slowdown(ratio: np.ndarray) -> float:
@@ -278,8 +296,9 @@ def load_throughput(d: dict | None) -> ThroughputReport | None:
                             d.get("metrics", {}), int(d.get("n_points", 0)), d.get("peak_flops"), d.get("mfu"))
 
 
-def predict_ms(model: ThroughputModel, n_layer, n_head, n_embd, block_size, batch_size, vocab_size) -> np.ndarray:
-    """Typical ms per iteration for arrays of configs (never below 1 microsecond)."""
-    f = time_features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size)
+def predict_ms(model: ThroughputModel, n_layer, n_head, n_embd, block_size, batch_size, vocab_size,
+               arch: str = GPT2) -> np.ndarray:
+    """Typical ms per iteration for arrays of configs of one family (never below 1 microsecond)."""
+    f = time_features(n_layer, n_head, n_embd, block_size, batch_size, vocab_size, arch=arch)
     return np.maximum(model.predict(f), 1e-3)
 

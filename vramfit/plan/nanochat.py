@@ -164,6 +164,54 @@ def base_train_request(like_text: str, recipe, target: str, capability: tuple[in
     return run_request(run, recipe, target, capability)
 
 
+def rule_models(depths: Sequence[int], aspect_ratio: int, head_dim: int, arch: str,
+                widths: Sequence[int] | None = None) -> list[tuple[int, int, int]]:
+    """The (n_layer, n_head, n_embd) of each depth under nanochat's shape rule (`gpt.config.nanochat_config`: width =
+    depth x aspect ratio rounded up to a multiple of head_dim, heads = width / head_dim), where `arch`'s options
+    allow it (n_kv_head must divide the heads) and, with `widths`, the width lies within their range."""
+    from gpt.config import nanochat_config
+    from gpt.errors import ConfigError
+    from vramfit.shape import Shape
+
+    out = []
+    for depth in depths:
+        try:
+            mc = nanochat_config(int(depth), aspect_ratio=aspect_ratio, head_dim=head_dim, max_seq_len=64,
+                                 vocab_size=64)
+            Shape(mc.n_layer, mc.n_head, mc.n_embd, 64, 1, 64, arch).model_config()  # the options allow it
+        except (ConfigError, VramfitError):
+            continue
+        if widths is None or min(widths) <= mc.n_embd <= max(widths):
+            out.append((mc.n_layer, mc.n_head, mc.n_embd))
+    if not out:
+        raise VramfitError(f"--arch {arch}: no depth of the search gives a valid model under nanochat's rule (aspect "
+                           f"ratio {aspect_ratio}, head dim {head_dim})")
+    return out
+
+
+def base_train_row(shape, aspect_ratio: int, head_dim: int, grad_accum: int = 1) -> dict | None:  # noqa: ANN001
+    """nanochat's own base_train command for a planned nanochat Shape, where base_train builds that very model (its
+    depth rule, the window pattern, nanochat's defaults for every other option, its tokenizer's vocabulary) and
+    trains the same tokens per step (total batch = device batch x context x grad_accum); else None."""
+    from gpt.basetrain import read_base_train
+    from gpt.errors import ConfigError
+    from vramfit.shape import arch_options
+
+    window = arch_options(shape.arch).get("window_pattern", "SSSL")
+    total = shape.batch_size * shape.block_size * grad_accum
+    flags = [f"--depth={shape.n_layer}", f"--aspect-ratio={aspect_ratio}", f"--head-dim={head_dim}",
+             f"--max-seq-len={shape.block_size}", f"--window-pattern={window}",
+             f"--device-batch-size={shape.batch_size}", f"--total-batch-size={total}"]
+    try:
+        run = read_base_train(flags)
+    except ConfigError:
+        return None
+    if run.config != shape.model_config():
+        return None
+    return {"command": run.command(), "depth": shape.n_layer, "device_batch_size": shape.batch_size,
+            "grad_accum_steps": run.grad_accum_steps, "total_batch_size": total, "gpus": 1, "window_pattern": window}
+
+
 def train_command(run, data_dir: str, recipe: dict, rank: int) -> str:  # noqa: ANN001 - a NanochatRun
     """vramfit's command for the run on one GPU: `vramfit train --arch nanochat` with its sizes, device batch,
     gradient accumulation and recipe."""

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from vramfit.errors import VramfitError
 from vramfit.fit.profile import Profile, latest
 from vramfit.plan.request import DEFAULT_RECIPE, PlanRequest
+from vramfit.shape import GPT2
 
 if TYPE_CHECKING:
     from vramfit.plan.like import Like
@@ -45,15 +46,31 @@ def choose_model(req: PlanRequest, models_dir: Path | None = None) -> tuple[Path
 
     if req.device not in DEVICES:
         raise VramfitError(f"unknown --target {req.device!r}; choose {', '.join(DEVICES)}")
+    family = req.family
     if req.model:
-        return Path(req.model), Profile.load(req.model)
+        return check_family(Path(req.model), Profile.load(req.model), family)
     folder = Path(models_dir or MODELS_DIR)
-    found = latest(folder, "cpu" if req.device == "cpu" else "cuda")
+    found = latest(folder, "cpu" if req.device == "cpu" else "cuda", families=family != GPT2)
     if found is not None:
         return found
+    if family != GPT2:
+        raise VramfitError(f"--arch {family}: no {'CPU' if req.device == 'cpu' else 'GPU'} profile with "
+                           f"{family.split(':')[0]} points in {folder} (run `vramfit sweep --arch "
+                           f"{family.split(':')[0]} ...` then `vramfit fit`; or plan by the dry run: --like "
+                           "\"nanochat --depth N\")")
     if req.device == "cpu":
         raise VramfitError(f"no CPU profile in {folder} (run `vramfit sweep --device cpu` then `vramfit fit`)")
     return None
+
+
+def check_family(path: Path, profile: Profile, family: str) -> tuple[Path, Profile]:
+    """(path, profile) where the profile plans `family` (GPT-2 always; another family only where it was swept with
+    its points); else one VramfitError."""
+    if family != GPT2 and not profile.plans_families:
+        name = family.split(":")[0]
+        raise VramfitError(f"--arch {family}: {path.name} was fitted on GPT-2 points only; sweep {name} points "
+                           f"into it (`vramfit sweep --arch gpt2,{name} ...`) and fit again")
+    return path, profile
 
 
 def plan_line(req: PlanRequest, profile: Profile, path: Path, budget: int, loop: str = "vramfit") -> str:
@@ -97,6 +114,9 @@ def plan_profile(req: PlanRequest, like: Like | None, vocab: int, warnings: list
     loop = like.loop_for(req.loop) if like is not None else (req.loop or "vramfit")
     if loop not in LOOPS:
         raise VramfitError(f"unknown --loop {loop!r}; choose one of {', '.join(LOOPS)}")
+    if req.family != GPT2 and req.no_profile:
+        raise VramfitError(f"--arch {req.family} plans from a profile with its points; without one, plan nanochat by "
+                           "the dry run: --like \"nanochat --depth N\"")
     chosen = None if req.no_profile else choose_model(req)
     if chosen is None and req.hours is not None:
         raise VramfitError("--hours needs a profiled device (its sweep measures speed): no GPU profile in "

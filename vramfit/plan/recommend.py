@@ -14,7 +14,7 @@ from vramfit.fit.profile import Profile
 from vramfit.plan.profiles import plan_line, plan_profile
 from vramfit.plan.request import PlanRequest, as_is, fill, parse_int_options, time_args
 from vramfit.plan.suggest import TimeBudget
-from vramfit.shape import DEFAULT_VOCAB, KEYS, Shape
+from vramfit.shape import DEFAULT_VOCAB, GPT2, KEYS, Shape
 from vramfit.units import parse_size
 
 __all__ = ["PlanRequest", "Recommendation", "parse_int_options", "predict_one", "recommend", "time_args"]
@@ -83,7 +83,9 @@ class Plan:
         from vramfit.plan.like import like_searches
 
         if self.like is None:
-            return {None: dict(self.space, objective=req.objective)}
+            family = req.family
+            rule = {} if family == GPT2 else {"arch": family, "rule": (req.aspect_ratio, req.head_dim)}
+            return {None: dict(self.space, objective=req.objective, **rule)}
         return like_searches(self.as_is, req.objective, by_time=self.time is not None)
 
 
@@ -96,6 +98,8 @@ def recommend(req: PlanRequest) -> Recommendation:
 
     if req.like is not None and is_base_train(req.like):  # a nanochat command line: planned by the dry run
         return plan_base_train(req, str(req.like))
+    if req.family != GPT2:
+        _check_family_request(req)
     if req.tokens_per_step is not None:
         from vramfit.plan.recipes import recommend_recipes
 
@@ -113,6 +117,12 @@ def recommend(req: PlanRequest) -> Recommendation:
     notes: list[str] = []
     warnings: list[str] = []
     _plan_vocab(req, space, notes)
+    if req.family != GPT2:
+        if space["vocab_size"] is None:
+            space["vocab_size"] = [NANOCHAT_VOCAB]
+            notes.append(f"vocab {NANOCHAT_VOCAB}: nanochat's tokenizer (--vocab or --data-dir to override)")
+        notes.append(f"{req.family}: width = depth x {req.aspect_ratio} rounded up to a multiple of {req.head_dim}, "
+                     f"heads = width / {req.head_dim} (nanochat's rule; --aspect-ratio, --head-dim)")
     config = as_is(like, space) if like is not None else None
     time = _time_budget(req)
     from vramfit.validation import parse_margin
@@ -143,6 +153,26 @@ def recommend(req: PlanRequest) -> Recommendation:
     if planner is not None:
         out.doc["dry_run"] = planner.counts()
     return out
+
+
+NANOCHAT_VOCAB = 32768  # nanochat's tokenizer (`gpt.basetrain.read_base_train`'s default)
+
+
+def _check_family_request(req: PlanRequest) -> None:
+    """What planning another family from a profile does not take: one VramfitError naming it."""
+    given = [f"--{k.replace('_', '-')}" for k in ("n_head", "n_embd") if req.space.get(k) is not None]
+    if given:
+        raise VramfitError(f"--arch {req.family}: the width and heads follow nanochat's rule from the depth "
+                           f"(--n-layer): set --aspect-ratio and --head-dim instead of {given[0]}")
+    for flag, value in (("--like", req.like), ("--tokens-per-step", req.tokens_per_step)):
+        if value is not None:
+            raise VramfitError(f"--arch {req.family} does not take {flag} (GPT-2's); for a nanochat run, --like "
+                               "\"nanochat --depth N\" plans it by the dry run")
+    if req.gpus > 1:
+        raise VramfitError(f"--arch {req.family} plans one GPU (vramfit trains Muon in one process); on N GPUs, --like "
+                           "\"torchrun --nproc_per_node=N -m scripts.base_train ...\" plans nanochat's ZeRO-2")
+    if req.aspect_ratio < 1 or req.head_dim < 1:
+        raise VramfitError("--aspect-ratio and --head-dim must be >= 1")
 
 
 def _within_note(ranges: dict | None) -> str:
@@ -182,9 +212,16 @@ def _flag_extrapolations(items: list, ranges: dict | None, margin: float, budget
         need = s.predicted_bytes * (1 + ext.widened_margin(margin))
         verdict = "fits" if need <= budget else "may NOT fit"
         lines.append(f"#{s.rank} is an extrapolation ({ext.describe()}): with the margin widened to "
-                     f"{ext.widened_margin(margin):.1%} it {verdict}; check it first: vramfit estimate "
-                     + " ".join(s.shape.flags()))
+                     f"{ext.widened_margin(margin):.1%} it {verdict}; check it first: {_check_command(s.shape)}")
     return lines
+
+
+def _check_command(shape: Shape) -> str:
+    """The command that checks a config before training it: its dry run (GPT-2), or a measured point (a family the
+    `estimate` flags do not name)."""
+    if shape.arch == GPT2:
+        return "vramfit estimate " + " ".join(shape.flags())
+    return f"vramfit sweep {' '.join(shape.flags())} --arch {shape.arch}"
 
 
 def _timed(items: list, model, margin: float, budget: int, time) -> list:  # noqa: ANN001 - a memory model
@@ -192,7 +229,8 @@ def _timed(items: list, model, margin: float, budget: int, time) -> list:  # noq
     from vramfit.plan.suggest import suggest
 
     for s in items:
-        t = suggest(model, margin, budget, top=1, time=time, **{k: [v] for k, v in s.shape.as_dict().items()})[0]
+        t = suggest(model, margin, budget, top=1, time=time, arch=s.arch,
+                    **{k: [v] for k, v in s.shape.as_dict().items()})[0]
         s.ms_per_iter, s.tokens_per_s, s.tokens_in_budget = t.ms_per_iter, t.tokens_per_s, t.tokens_in_budget
         s.hours_to_optimal, s.predicted_loss, s.score = t.hours_to_optimal, t.predicted_loss, t.score
     return items
@@ -211,6 +249,13 @@ def _found(req: PlanRequest, plan: Plan, model, budget: int, time) -> tuple[list
             if label is None:
                 raise VramfitError(why)
             continue  # nothing of this search close to the config lies inside what was measured
+        if "rule" in search:  # another family: its models from the depths by its own rule
+            from vramfit.plan.nanochat import rule_models
+            from vramfit.plan.suggest import DEFAULT_SPACE
+
+            widths, _ = search.pop("n_embd"), search.pop("n_head")
+            search["models"] = rule_models(search.pop("n_layer") or DEFAULT_SPACE["n_layer"], *search.pop("rule"),
+                                           search["arch"], widths if req.within_measured else None)
         first = search if first is None else first
         timed = time if label in (None, "largest model", "model close to it") else None
         found = suggest(model, plan.profile.margin_rel, budget, objective=objective, top=req.top,
@@ -248,12 +293,18 @@ def _search(req: PlanRequest, plan: Plan, vram_b: int, reserve_b: int, vram_info
     for s in items:
         s.command = (like_command(s, like, recipe_d, req.data_dir) if like is not None and like.config
                      else train_command(s, recipe_d, req.data_dir))
+        if s.arch != GPT2:  # and nanochat's own command, where base_train builds this model
+            from vramfit.plan.nanochat import base_train_row
+
+            s.nanochat = base_train_row(s.shape, req.aspect_ratio, req.head_dim, int(recipe_d.get("grad_accum", 1)))
     items = multi_gpu(items, req.gpus)
     result = {"vram_bytes": vram_b, "card": card.name if card else None, "reserve_bytes": reserve_b,
               "budget_bytes": budget, "objective": req.objective, "ranking": ranking, "model_file": str(plan.path),
               "device": profile.device, "recipe_key": profile.recipe_key, "recipe": recipe_d,
               "target": profile.target, "margin_rel": margin, "data_dir": req.data_dir,
               "gpus": req.gpus, "strategy": req.strategy or ("ddp" if req.gpus > 1 else None)}
+    if req.family != GPT2:
+        result.update(arch=req.family, aspect_ratio=req.aspect_ratio, head_dim=req.head_dim)
     out = Recommendation(result, items, plan.path, time=time, vram_label=vram_label)
     if like is not None:
         result["like"], result["as_is"] = str(like.path), _as_is_doc(plan.as_is, mm, margin, budget)
@@ -299,15 +350,16 @@ def predict_one(shape: Shape, model: Path | None, switches: dict | None = None, 
     `like` (--like's file): its micro-steps as the grad_accum switch where the profile prices switches (else a
     warning), and its loop (`loop`: --loop over it): what that loop keeps alive beyond vramfit's step is added
     (`plan.like.loop_terms`)."""
-    from gpt.config import GPTConfig, check_batch_size
+    from gpt.config import check_batch_size
     from vramfit.fit.coverage import check
     from vramfit.plan.like import loop_terms
+    from vramfit.plan.profiles import check_family
     from vramfit.plan.workflows import open_profile
 
-    GPTConfig(shape.n_layer, shape.n_head, shape.n_embd, shape.block_size, shape.vocab_size)
+    shape.model_config()
     check_batch_size(shape.batch_size)
     loop = like.loop_for(loop) if like is not None else loop or "vramfit"
-    path, profile = open_profile(model)
+    path, profile = check_family(*open_profile(model, families=shape.arch != GPT2), shape.arch)
     switches = {k: v for k, v in (switches or {}).items() if v is not None}
     warnings = []
     if like is not None and like.grad_accum > 1 and "grad_accum" not in switches:

@@ -78,6 +78,20 @@ class PlanRequest:
     tokens_per_step: str | None = None  # plan the recipe for this many tokens per optimizer step (plan.recipes)
     checkpoint: str | None = None  # with tokens_per_step: the checkpointing values searched (none,all,k)
     optimizer: str | None = None  # with tokens_per_step: the optimizers searched (default: the recipe's)
+    arch: str | None = None  # the model family planned (`vramfit.shape.Shape.arch`); None: GPT-2
+    aspect_ratio: int = 64  # with a nanochat arch: nanochat's depth -> width rule (base_train's defaults)
+    head_dim: int = 128
+
+    @property
+    def family(self) -> str:
+        """The family planned ("gpt2", "nanochat", "nanochat:n_kv_head=1,mlp=swiglu", ...), checked; each
+        planned shape canonicalises it (`vramfit.shape.Shape`: an option at its default is dropped)."""
+        from vramfit.shape import GPT2, arch_options
+
+        text = GPT2 if self.arch is None else self.arch.strip()
+        if arch_options(text)["arch"] == GPT2 and text != GPT2:
+            raise VramfitError(f"--arch {text}: GPT-2 has no options")
+        return text
 
 
 def fill(req: PlanRequest, like: Like | None) -> PlanRequest:

@@ -9,7 +9,7 @@ import numpy as np
 
 from vramfit.errors import VramfitError
 from vramfit.fit.memmodel import MemoryModel
-from vramfit.shape import DEFAULT_VOCAB, KEYS, MODEL_KEYS, Shape
+from vramfit.shape import DEFAULT_VOCAB, GPT2, KEYS, MODEL_KEYS, Shape
 
 OBJECTIVES = ("trainable", "params", "tokens", "balanced")
 DEFAULT_OBJECTIVE = "trainable"
@@ -88,6 +88,7 @@ class Suggestion:
     optimizer: str | None = None
     ms_per_step: float | None = None  # a profile's throughput model, per optimizer step
     tflop_per_step: float | None = None  # with the recompute of checkpointed blocks (the dry run ranks by it)
+    arch: str = GPT2  # the model family and its options (`vramfit.shape.Shape.arch`)
 
     @property
     def shape(self) -> Shape:
@@ -98,6 +99,8 @@ class Suggestion:
         for key in ("nanochat", *RECIPE_FIELDS):  # only the rows of a nanochat or recipe plan carry them
             if d[key] is None:
                 del d[key]
+        if d["arch"] == GPT2:  # a GPT-2 row as before families existed
+            del d["arch"]
         return d
 
 
@@ -114,14 +117,18 @@ class TimeBudget:
 
 @dataclass
 class _Fit:
-    """The search space, its features, predictions, needs (prediction + margin), and per shape the position of
-    its largest fitting batch (`idx`)."""
+    """The search space, its features, predictions, needs (prediction + margin), per shape the position of its
+    largest fitting batch (`idx`), and each point's parameter count (`params`: the features' `params` counts state
+    bytes under a FAMILY model) and model size as the `trainable` objective counts it (`size`)."""
 
     space: dict
     feats: dict
     pred: np.ndarray
     need: np.ndarray
     idx: np.ndarray
+    params: np.ndarray
+    size: np.ndarray
+    arch: str = GPT2
 
 
 class Ranked(list):
@@ -140,18 +147,24 @@ def _as_list(value, default: list[int]) -> list[int]:
 
 def enumerate_space(n_layer=None, n_head=None, n_embd=None, block_size=None, batch_size=None,
                     vocab_size=None, head_dims: tuple[int, ...] = HEAD_DIMS,
-                    aspect: tuple[int, int] | None = ASPECT) -> dict[str, np.ndarray]:
+                    aspect: tuple[int, int] | None = ASPECT,
+                    models: list[tuple[int, int, int]] | None = None) -> dict[str, np.ndarray]:
     """All (shape, batch) combinations as flat arrays, batch innermost. Heads: n_embd / head_dim unless fixed.
 
-    `aspect` bounds n_embd / n_layer when neither is fixed by the caller (None: no bound)."""
-    layers = _as_list(n_layer, DEFAULT_SPACE["n_layer"])
+    `aspect` bounds n_embd / n_layer when neither is fixed by the caller (None: no bound). `models`: the (n_layer,
+    n_head, n_embd) triples to search instead of layers x widths x heads (a family's own shape rule)."""
+    if models is not None:
+        layers = sorted({m[0] for m in models})
+        n_layer = n_head = n_embd = None
+    else:
+        layers = _as_list(n_layer, DEFAULT_SPACE["n_layer"])
     widths = _as_list(n_embd, DEFAULT_SPACE["n_embd"])
     blocks = _as_list(block_size, DEFAULT_SPACE["block_size"])
     batches = sorted(set(_as_list(batch_size, DEFAULT_SPACE["batch_size"])))
     vocabs = _as_list(vocab_size, DEFAULT_SPACE["vocab_size"])
     fixed_heads = _as_list(n_head, []) if n_head is not None else None
-    pairs = []  # (n_head, n_embd)
-    for c in widths:
+    pairs = [] if models is None else [(h, c) for _, h, c in models]  # (n_head, n_embd)
+    for c in widths if models is None else ():
         heads = fixed_heads if fixed_heads is not None else sorted({c // d for d in head_dims if c % d == 0})
         pairs += [(h, c) for h in heads if 1 <= h <= MAX_HEADS and c % h == 0]
     if not pairs and fixed_heads and min(fixed_heads) > MAX_HEADS:
@@ -162,8 +175,9 @@ def enumerate_space(n_layer=None, n_head=None, n_embd=None, block_size=None, bat
         raise VramfitError("every size in the search space must be >= 1")
     if aspect is None or n_layer is not None or n_embd is not None:
         aspect = (0, math.inf)
-    check_space_size(len(layers) * len(pairs) * len(blocks) * len(vocabs) * len(batches))
-    shapes = np.array([(L, h, c, T, V) for L in layers for h, c in pairs for T in blocks for V in vocabs
+    triples = [(L, h, c) for L in layers for h, c in pairs] if models is None else list(models)
+    check_space_size(len(triples) * len(blocks) * len(vocabs) * len(batches))
+    shapes = np.array([(L, h, c, T, V) for L, h, c in triples for T in blocks for V in vocabs
                        if aspect[0] <= c / L <= aspect[1]], dtype=np.int64)
     if not len(shapes):
         raise VramfitError("the search space is empty (check --n-layer / --n-embd)")
@@ -186,9 +200,25 @@ def check_space_size(n: int) -> None:
     check_memory(n * SPACE_BYTES_PER_POINT, f"a search space of {n:,} (shape, batch) points")
 
 
-def predict_space(model: MemoryModel, space: dict[str, np.ndarray]) -> tuple[dict, np.ndarray]:
-    feats = model.columns(space)
+def predict_space(model: MemoryModel, space: dict[str, np.ndarray], arch: str = GPT2) -> tuple[dict, np.ndarray]:
+    feats = model.columns(space, arch)
     return feats, model.predict(feats)
+
+
+def model_params(model: MemoryModel, space: dict[str, np.ndarray], feats: dict,
+                 arch: str = GPT2) -> tuple[np.ndarray, np.ndarray]:
+    """Per point of a space: the parameter count, and the model's size as `trainable` ranks it (GPT-2 without its
+    position table, as nanoGPT counts it; nanochat has none). Under a FAMILY model `params` is not the count (it
+    counts the state's bytes), so each distinct model is counted by `GPTConfig`."""
+    if getattr(model, "family_", None) is None:
+        P = feats["params"]
+    else:
+        keys = np.column_stack([space[k] for k in MODEL_KEYS])
+        models, where = np.unique(keys, axis=0, return_inverse=True)
+        counts = np.array([Shape(L, H, C, T, 1, V, arch).model_config().n_params() for L, H, C, T, V in
+                           models.tolist()], dtype=np.float64)
+        P = counts[np.ravel(where)]
+    return P, P - (space["block_size"] * space["n_embd"] if arch == GPT2 else 0)
 
 
 def check_hours(hours) -> float:
@@ -202,20 +232,22 @@ def check_hours(hours) -> float:
     return h
 
 
-def time_scores(time: TimeBudget, space: dict, idx: np.ndarray, feats: dict) -> dict[str, np.ndarray]:
+def time_scores(time: TimeBudget, space: dict, idx: np.ndarray, feats: dict, params: np.ndarray | None = None,
+                arch: str = GPT2) -> dict[str, np.ndarray]:
     """Per candidate `idx`: ms/iter, tokens/s, tokens in the hours, hours to 20 x P, predicted loss, and the
-    score the rank sorts by (lower is better)."""
+    score the rank sorts by (lower is better); `params`: each point's count (default: the `params` feature)."""
     from vramfit.fit.losslaw import TOKENS_PER_PARAM, chinchilla
     from vramfit.fit.throughput import predict_ms
 
+    params = feats["params"] if params is None else params
     hours, rank, loss_law = check_hours(time.hours), time.rank, time.loss_law
     if rank not in TIME_RANKS:
         raise VramfitError(f"unknown --rank {rank!r}; choose one of {', '.join(TIME_RANKS)}")
     if rank == "loss" and loss_law is None:
         raise VramfitError("--rank loss needs a fitted loss law (run `vramfit fit --loss` after a few "
                            "`vramfit train` runs on this corpus)")
-    ms = predict_ms(time.throughput, *(space[k][idx] for k in KEYS))
-    P, N = feats["params"][idx], feats["tokens"][idx]
+    ms = predict_ms(time.throughput, *(space[k][idx] for k in KEYS), arch=arch)
+    P, N = params[idx], feats["tokens"][idx]
     tps = N / (ms / 1000)
     D = tps * hours * 3600
     out = {"ms_per_iter": ms, "tokens_per_s": tps, "tokens": D, "params": P,
@@ -227,30 +259,32 @@ def time_scores(time: TimeBudget, space: dict, idx: np.ndarray, feats: dict) -> 
 
 
 def _fitting(model: MemoryModel, margin_rel: float, budget_bytes: int, min_batch: int, space_args: dict) -> _Fit:
-    """The space searched, and per shape the largest batch whose prediction + margin fits."""
+    """The space searched (of the family `space_args["arch"]`, default GPT-2), and per shape the largest batch whose
+    prediction + margin fits."""
     if budget_bytes <= 0:
         raise VramfitError("the budget must be positive (is --reserve larger than --vram?)")
     floor = model.intercept_ * (1 + margin_rel)
     if budget_bytes <= floor:
         raise VramfitError(f"a budget of {budget_bytes / 2**30:.2f} GiB is below this device's constant "
                            f"({floor / 2**30:.2f} GiB with margin): nothing can fit")
+    arch = space_args.pop("arch", None) or GPT2
     space = enumerate_space(**space_args)
     NB = space.pop("_n_batches")
-    feats, pred = predict_space(model, space)
+    feats, pred = predict_space(model, space, arch)
     need = pred * (1 + margin_rel)
     fits = (need <= budget_bytes) & (space["batch_size"] >= min_batch)
     fits2 = fits.reshape(-1, NB)
     last = NB - 1 - np.argmax(fits2[:, ::-1], axis=1)
     any_fit = fits2.any(axis=1)
     idx = (np.nonzero(any_fit)[0] * NB + last[any_fit])
-    return _Fit(space, feats, pred, need, idx)
+    return _Fit(space, feats, pred, need, idx, *model_params(model, space, feats, arch), arch)
 
 
 def time_frontier(model: MemoryModel, margin_rel: float, budget_bytes: int, time: TimeBudget,
                   min_batch: int = 1, **space_args) -> dict[str, np.ndarray]:
     """Every shape that fits (with its largest fitting batch) and what `time` buys it: for the frontier plot."""
     f = _fitting(model, margin_rel, budget_bytes, min_batch, space_args)
-    return time_scores(time, f.space, f.idx, f.feats) | {k: f.space[k][f.idx] for k in KEYS}
+    return time_scores(time, f.space, f.idx, f.feats, f.params, f.arch) | {k: f.space[k][f.idx] for k in KEYS}
 
 
 def _model_keys(space: dict, rows: np.ndarray) -> np.ndarray:
@@ -259,11 +293,12 @@ def _model_keys(space: dict, rows: np.ndarray) -> np.ndarray:
     return np.unique(keys, axis=0, return_inverse=True)[1].ravel()
 
 
-def _trainable(space: dict, feats: dict, idx: np.ndarray, top: int, corpus_tokens: int | None,
-               block_fixed: bool, odd_heads: np.ndarray) -> tuple[np.ndarray, tuple, dict]:
+def _trainable(f: _Fit, top: int, corpus_tokens: int | None, block_fixed: bool,
+               odd_heads: np.ndarray) -> tuple[np.ndarray, tuple, dict]:
     """(rows, sort keys, floors applied, score) for the `trainable` objective (see TOKENS_FLOOR)."""
-    N, T = feats["tokens"][idx], space["block_size"][idx]
-    size = feats["params"][idx] - T * space["n_embd"][idx]  # the model without its position embeddings
+    space, idx = f.space, f.idx
+    N, T = f.feats["tokens"][idx], space["block_size"][idx]
+    size = f.size[idx]  # the model without its position embeddings
     model = _model_keys(space, idx)
     ok = np.ones(len(idx), dtype=bool) if block_fixed else (T >= BLOCK_RANGE[0]) & (T <= BLOCK_RANGE[1])
     if not ok.any():
@@ -329,17 +364,17 @@ def suggest(model: MemoryModel, margin_rel: float, budget_bytes: int, objective:
     ranking = {"objective": objective if time is None else "hours"}
     if not len(idx):
         return Ranked([], ranking)
-    P, N, cost = feats["params"][idx], feats["tokens"][idx], need[idx]
+    P, N, cost = f.params[idx], feats["tokens"][idx], need[idx]
     odd_heads = np.abs(space["n_embd"][idx] / space["n_head"][idx] - 64)  # ties: prefer head_dim 64
     times, rows, per_model = None, np.arange(len(idx)), False
     if time is not None:
         rank = time.rank
-        times = time_scores(time, space, idx, feats)
+        times = time_scores(time, space, idx, feats, f.params, f.arch)
         primary, score = (-times["tokens"], times["score"]), -times["score"] if rank == "optimal" else times["loss"]
         ranking.update(value="tokens toward 20 x params" if rank == "optimal" else "predicted loss", rank=rank)
     elif objective == "trainable":
-        rows, primary, floors, score = _trainable(space, feats, idx, top, corpus_tokens,
-                                                  space_args.get("block_size") is not None, odd_heads)
+        rows, primary, floors, score = _trainable(f, top, corpus_tokens, space_args.get("block_size") is not None,
+                                                  odd_heads)
         ranking.update(value=TRAINABLE_VALUE, **floors)
         per_model = True
     else:
@@ -381,10 +416,11 @@ def _build(model: MemoryModel, f: _Fit, chosen: list[int], budget: tuple[float, 
     for rank_no, (j, i, part) in enumerate(zip(chosen, rows, parts, strict=True), start=1):
         s = Suggestion(
             rank=rank_no, **{k: int(space[k][i]) for k in KEYS},
-            params=int(feats["params"][i]), tokens_per_step=int(feats["tokens"][i]),
+            params=int(f.params[i]), tokens_per_step=int(feats["tokens"][i]),
             predicted_bytes=int(pred[i]), margin_bytes=int(pred[i] * margin_rel),
             headroom_bytes=int(budget_bytes - need[i]), regime=part.pop("regime"),
             breakdown={k: int(v) for k, v in part.items()}, score=float(score[j]),
+            arch=Shape(*(int(space[k][i]) for k in KEYS), f.arch).arch,
         )
         if times is not None:
             s.ms_per_iter, s.tokens_per_s = float(times["ms_per_iter"][j]), float(times["tokens_per_s"][j])
@@ -397,8 +433,9 @@ def _build(model: MemoryModel, f: _Fit, chosen: list[int], budget: tuple[float, 
 
 def smallest_need(model: MemoryModel, margin_rel: float, **space_args) -> tuple[int, dict]:
     """The least memory (prediction + margin) any config in the space needs, and that config."""
+    arch = space_args.pop("arch", None) or GPT2
     space = enumerate_space(**space_args)
     space.pop("_n_batches")
-    _, pred = predict_space(model, space)
+    _, pred = predict_space(model, space, arch)
     i = int(np.argmin(pred))
     return int(math.ceil(pred[i] * (1 + margin_rel))), {k: int(v[i]) for k, v in space.items()}

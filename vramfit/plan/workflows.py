@@ -93,12 +93,13 @@ def fit_and_save(points: pd.DataFrame, out_dir: str | Path, target: str = "auto"
                                        allow_shared=allow_shared, skipped=skipped)]
 
 
-def open_profile(model: str | Path | None, models_dir: str | Path = MODELS_DIR) -> tuple[Path, Profile]:
+def open_profile(model: str | Path | None, models_dir: str | Path = MODELS_DIR,
+                 families: bool = False) -> tuple[Path, Profile]:
     """The profile to use: the file `model` names, else the most recently fitted one in `models_dir`, a GPU's
-    before a CPU's (`vramfit.fit.profile.latest`)."""
+    before a CPU's (`vramfit.fit.profile.latest`; `families`: one swept with another family's points)."""
     if model:
         return Path(model), Profile.load(model)
-    found = latest(models_dir, "cuda") or latest(models_dir, "cpu")
+    found = latest(models_dir, "cuda", families) or latest(models_dir, "cpu", families)
     if found is None:
         raise VramfitError(f"no fitted model in {models_dir} (run `vramfit sweep` then `vramfit fit`, "
                            "or pass --model FILE)")

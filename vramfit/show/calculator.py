@@ -115,6 +115,27 @@ def provenance(report: Profile, models_dir: str | Path = MODELS_DIR, source: str
     return out
 
 
+def family_options(report: Profile, shape: Shape, points: pd.DataFrame | None = None) -> dict[str, dict]:
+    """The families the page offers for a profile, each with its options resolved as `gpt.config.resolve_arch`
+    does (n_kv_head None: as many as the heads): GPT-2's; with a FAMILY fit also nanochat's default and each
+    family text among its points; and the starting shape's."""
+    from gpt.config import ARCH_OPTIONS, resolve_arch
+    from vramfit.shape import GPT2, arch_options
+
+    texts = [GPT2]
+    if report.plans_families:
+        texts += ["nanochat", *(sorted(set(points["arch"].dropna())) if points is not None and "arch" in points
+                                else [])]
+    texts.append(shape.arch)
+    out = {}
+    for text in dict.fromkeys(texts):
+        options = arch_options(text)
+        family = options.pop("arch")
+        resolved = resolve_arch(family, 1, None, {k: options.get(k) for k in ARCH_OPTIONS})
+        out[text] = {"arch": family, **resolved, "n_kv_head": options.get("n_kv_head")}
+    return out
+
+
 def model_entry(report: Profile, ctx: PlanContext, shape: Shape, models_dir: str | Path = MODELS_DIR,
                 source: str | None = None, points: pd.DataFrame | None = None) -> dict:
     """One fitted model as the page's JavaScript reads it (`shape`: the inputs' starting values; `points`: the
@@ -130,7 +151,8 @@ def model_entry(report: Profile, ctx: PlanContext, shape: Shape, models_dir: str
             "margin_rel": report.margin_rel, "ddp_bytes_per_param": DDP_BYTES_PER_PARAM,
             "ddp_comm_bytes": DdpTerm.for_device(report.device_type).comm_bytes,
             "throughput": tp.model.to_dict() if tp is not None else None,
-            "defaults": {**shape.as_dict(), "vram": compact_size(ctx.vram_bytes),
+            "archs": family_options(report, shape, points),
+            "defaults": {**shape.as_dict(), "arch": shape.arch, "vram": compact_size(ctx.vram_bytes),
                          "reserve": compact_size(ctx.reserve_bytes), "gpus": ctx.gpus},
             "provenance": provenance(report, models_dir, source, points)}
 
@@ -174,7 +196,9 @@ def calculator_section(entries: list[dict], shapes: list[dict], ctx: PlanContext
             f"shape and read the prediction, its breakdown and the largest batch that fits. VRAM: {cards_note}. "
             f"Starting values: {html.escape('; '.join(ctx.sources))}.</p>"
             f'<div class="vf"><form id="vf-form" onsubmit="return false"><label for="vf-model">model'
-            f'<select id="vf-model">{options}</select></label>{inputs}<datalist id="vf-cards">{cards}</datalist>'
+            f'<select id="vf-model">{options}</select></label><label for="vf-arch">family<select id="vf-arch" '
+            f'title="the model family (a profile swept with nanochat points plans both)"></select></label>{inputs}'
+            f'<datalist id="vf-cards">{cards}</datalist>'
             f'<p id="vf-error" class="vf-err"></p></form><div id="vf-outputs"><table>{outputs}</table>'
             '<table><caption>breakdown</caption><tbody id="vf-breakdown"></tbody></table></div>'
             '<figure><canvas id="vf-chart" width="640" height="300"></canvas>'

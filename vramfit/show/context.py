@@ -36,6 +36,8 @@ class PlanContext:
     gpus: int = 1
     sources: list[str] = field(default_factory=list)  # one phrase per decision, for the page and the CLI
     last: dict | None = None  # the last suggest's document, when it was read
+    arch: str | None = None  # the last suggest's --arch (nanochat's), with its shape rule: (aspect ratio, head dim)
+    rule: tuple[int, int] = (64, 128)
 
     @property
     def budget_bytes(self) -> int:
@@ -110,9 +112,13 @@ def plan_context(vram: str | None = None, suggestions: str | Path = SUGGESTIONS_
         vocab = DEFAULT_VOCAB
         sources.append(f"vocab {vocab} (GPT-2 BPE, padded: no prepared corpus)")
     objective = doc.get("objective") if doc is not None and doc.get("objective") in OBJECTIVES else "balanced"
+    arch = (doc or {}).get("arch")
+    if arch:
+        sources.append(f"family {arch} from the last `vramfit suggest`")
     return PlanContext(vram_b, reserve_b, int(vocab), objective,
                        data_dir or (doc or {}).get("data_dir") or DEFAULT_DATA_DIR,
-                       int((doc or {}).get("gpus") or 1), sources, doc)
+                       int((doc or {}).get("gpus") or 1), sources, doc, arch,
+                       (int(doc.get("aspect_ratio") or 64), int(doc.get("head_dim") or 128)) if arch else (64, 128))
 
 
 def per_gpu_model(report, ctx: PlanContext):  # noqa: ANN001, ANN201 - a Profile; its model or a DdpMemoryModel
@@ -122,12 +128,19 @@ def per_gpu_model(report, ctx: PlanContext):  # noqa: ANN001, ANN201 - a Profile
 
 
 def ranked(report, ctx: PlanContext, top: int = 5) -> list[Suggestion]:
-    """The report's model ranked as suggest ranks: same vocabulary, budget and objective (empty when nothing fits
-    or the budget is below the device's constant)."""
+    """The report's model ranked as suggest ranks: same vocabulary, budget, objective and, for a profile that plans
+    it, family (nanochat's models by its rule) (empty when nothing fits or the budget is below the device's
+    constant)."""
     model = per_gpu_model(report, ctx)
+    family = {}
+    if ctx.arch and report.plans_families:
+        from vramfit.plan.nanochat import rule_models
+        from vramfit.plan.suggest import DEFAULT_SPACE
+
+        family = {"arch": ctx.arch, "models": rule_models(DEFAULT_SPACE["n_layer"], *ctx.rule, ctx.arch)}
     try:
         items = suggest(model, report.margin_rel, ctx.budget_bytes, ctx.objective, top=top,
-                        vocab_size=[ctx.vocab_size],
+                        vocab_size=[ctx.vocab_size], **family,
                         command=lambda s: train_command(s, report.recipe, ctx.data_dir))
     except VramfitError:
         return []

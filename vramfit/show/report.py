@@ -80,9 +80,8 @@ def render_report(fits: list[tuple[Profile, pd.DataFrame]], points: pd.DataFrame
         for n, (report, group) in enumerate(fits):
             items = ranked(report, ctx)
             shape = feasibility_shape(report, ctx, items, largest_shape(group))
-            if report.model.family_ is None:  # the page's calculator evaluates the GPT-2 (PHYSICS) model only
-                entries.append(model_entry(report, ctx, shape, models_dir, source, group))
-                shapes.append(shape)
+            entries.append(model_entry(report, ctx, shape, models_dir, source, group))
+            shapes.append(shape)
             pngs = all_plots(report, group, Path(tmp) / str(n), ctx.budget_bytes, items, TimeBudget(hours),
                              shape=shape, model=per_gpu_model(report, ctx),
                              vocab_size=[ctx.vocab_size])

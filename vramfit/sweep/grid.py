@@ -35,7 +35,7 @@ from gpt.config import ARCH_OPTIONS, GPTConfig
 from gpt.errors import ConfigError
 from vramfit.errors import VramfitError
 from vramfit.recipe import Recipe
-from vramfit.shape import GPT2, KEYS, arch_spec
+from vramfit.shape import GPT2, KEYS, arch_options, arch_spec
 
 ARCH_AXES = ("arch", *ARCH_OPTIONS)  # optional axes: the family and its options (values of their own types)
 
@@ -193,6 +193,18 @@ def _block(raw: object, where: str) -> dict[str, list]:
             for k, v in raw.items()}
 
 
+def arch_axes(text: str) -> dict[str, list]:
+    """`sweep --arch`: a list of families ("gpt2,nanochat") or one family with its options
+    ("nanochat:n_kv_head=1,mlp=swiglu") as grid axes ({"arch": [...], option: [value], ...})."""
+    if ":" in text:
+        options = arch_options(text)
+        return {k: [v] for k, v in options.items()}
+    families = [f.strip() for f in text.split(",")]
+    for f in families:
+        arch_options(f)  # one of ARCHS, else one error line
+    return {"arch": families}
+
+
 def _arch_values(axis: str, raw: object, what: str) -> list:
     """A family or option axis: a value or a list of values of the option's type (nanochat's default's: a string,
     a boolean, an integer or a number); whether a combination is valid is checked with each point."""
@@ -238,9 +250,9 @@ def load_grid(path: str | Path | None, axis_overrides: dict[str, list[int]] | No
     raw_blocks = raw_axes if isinstance(raw_axes, list) else [raw_axes]
     blocks = [_block(b, f"{where} axes") for b in raw_blocks]
     for name, values in (axis_overrides or {}).items():
-        if name not in KEYS:
-            raise VramfitError(f"unknown axis {name!r} (axes: {', '.join(KEYS)})")
-        values = parse_int_list(values, name)
+        if name not in KEYS and name not in ARCH_AXES:
+            raise VramfitError(f"unknown axis {name!r} (axes: {', '.join((*KEYS, *ARCH_AXES))})")
+        values = parse_int_list(values, name) if name in KEYS else _arch_values(name, values, f"--{name}")
         blocks = [{**b, name: values} for b in blocks] if blocks else [{name: values}]
     if not blocks:
         raise VramfitError(f"{where}: empty grid (no axes)")
