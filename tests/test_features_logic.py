@@ -93,8 +93,9 @@ def test_the_recompute_piece_at_block_0_and_at_the_deepest_checkpointed_block():
     assert f["inputs_first"].tolist() == f["acts_first"].tolist() == [0, 0, 0, 0]
     assert f["inputs_deepest"].tolist() == [0, 5 * N * C, 3 * N * C, 2 * N * C]
     assert f["acts_deepest"].tolist() == [0, 0, 2 * N * C, 2 * N * C]  # k = 2: blocks 1, 3; k = 3: blocks 1, 2
-    acc = switched([0, 2], accum=4)  # accumulation: every gradient alive at both, where anything is checkpointed
-    assert acc["grads_first"].tolist() == acc["grads_deepest"].tolist() == [0, P]
+    for accum in (2, 4):  # accumulation: every gradient alive at both, where anything is checkpointed
+        acc = switched([0, 2], accum=accum)
+        assert acc["grads_first"].tolist() == acc["grads_deepest"].tolist() == [0, P]
 
 
 def test_recompute_columns_elementwise():
@@ -124,6 +125,8 @@ def test_switch_columns_price_each_recipe_once_per_model():
     assert adafactor < sgd[0]  # the factored second moment: rows + cols per matrix, not rows x cols
     assert many["checkpoint_every"].tolist() == [0, 1, 0] and many["grad_accum"].tolist() == [1, 1, 1]
     assert switch_columns(list(shapes[0]), Recipe(optimizer="sgd"))["state"].tolist() == sgd[:1]  # one row
+    floats = shapes.astype(np.float64)  # a frame's sizes turn float where a column ever held a NaN
+    assert switch_columns(floats, Recipe(optimizer="sgd"))["state"].tolist() == sgd
 
 
 def test_frame_recipes_read_each_rows_recipe():
