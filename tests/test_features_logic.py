@@ -171,6 +171,7 @@ def test_model_facts_of_nanochat():
     assert low["grads"] * 4 == P * 4 - 2 * tables and low["state"] * 12 == (P * 4 - 2 * tables) * 3 + rotary // 2
     assert model_facts(chat_shape("nanochat:mlp=swiglu"))["mlp"] == (8 * 64 // 3) * 4  # SwiGLU: 3 tensors + gate
     assert model_facts(chat_shape("nanochat:value_embeds=false"))["ve"] == 0.0
+    assert model_facts(chat_shape())["ve"] == 2 * 4 * 16  # 4 K/V heads of 16 on layers 1 and 3
     assert model_facts(chat_shape("nanochat:window_pattern=L"))["masked"] == 0.0
     assert model_facts(chat_shape(block_size=128))["masked"] == 0.0  # the short window is the whole context
 
@@ -185,6 +186,8 @@ def test_model_facts_muon_stacks_and_the_largest_adamw_tensor():
     wide = chat_shape("nanochat:value_embeds=false,resid_scalars=false,smear=false,backout=false", vocab_size=1,
                       n_layer=1)  # vocab 1 -> 64 rows: the largest AdamW tensor is 64 x 64
     assert model_facts(wide, "muon")["adam_largest"] == 64 * 64
+    full = model_facts(chat_shape(), "muon")  # K/V as wide as Q: (64,64) x 16, (64,256) x 4, (256,64) x 4, all
+    assert full["muon_stack"] == 16 * 64 * 64 and full["muon_square"] == 16 * 64 ** 2  # 65536 elements: the first
     gpt2 = model_facts(Shape(2, 2, 32, 8, 1, 10), "muon")  # (96, 32) x2, (32,32) x2, (128,32) x2, (32,128) x2
     assert gpt2["muon_stack"] == 2 * 128 * 32 and gpt2["muon_square"] == 2 * 32 ** 2
     assert gpt2["adam_largest"] == 10 * 32  # wte; wpe 8 x 32, the vectors 128 (rows 0 -> 1)
