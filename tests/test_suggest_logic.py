@@ -464,6 +464,8 @@ def test_trainable_boundaries_are_inclusive():
     (s,) = suggest(MODEL, 0.0, 10_000 * MIB, top=1, batch_size=[64], block_size=[256], corpus_tokens=size // 16,
                    **one)
     assert s.score == size and s.to_dict()["score"] == size  # at exactly the cap: kept, the cap not doubled
+    assert suggest(MODEL, 0.0, 10_000 * MIB, top=1, batch_size=[64], block_size=[256], corpus_tokens=size // 16,
+                   **one).ranking["max_params"] == size
     r = suggest(MODEL, 0.0, 10_000 * MIB, top=1, batch_size=[64], block_size=[256], corpus_tokens=size // 16 - 1,
                 **one).ranking
     assert r["max_params"] == 2 * (size - 16)  # one token short: doubled once
@@ -589,3 +591,44 @@ def test_per_model_rows_are_one_per_model_and_per_shape_rows_one_per_block():
     items = suggest(MODEL, 0.0, 1000 * MIB, objective="params", top=100, n_layer=2, n_embd=128,
                     block_size=[256, 512], batch_size=[8, 64], vocab_size=256)
     assert sorted(s.block_size for s in items) == [256, 512]
+
+
+def test_the_block_range_keeps_a_model_at_exactly_256():
+    """32 x 64 fits at block 256 (batch 64) and no longer; 1 x 64 at 512: both are in the range, the larger first."""
+    items = suggest(MODEL, 0.0, int(129.6 * MIB), top=2, n_layer=[1, 32], n_head=1, n_embd=64, batch_size=[64],
+                    vocab_size=256)
+    assert [(s.n_layer, s.block_size) for s in items] == [(32, 256), (1, 512)]
+
+
+def test_outside_the_block_range_only_the_range_is_dropped():
+    """Where no block in 256-1024 fits, the ranking takes the blocks that do (here 128 at batch 1)."""
+    one = dict(n_layer=1, n_head=1, n_embd=64, batch_size=[1], vocab_size=256)
+    items = suggest(MODEL, 0.0, need({**one, "batch_size": 1, "block_size": 128}), top=3, **one)
+    assert [s.block_size for s in items] == [128] and items.ranking["block_range"] == [256, 1024]
+
+
+def test_a_model_outside_the_block_range_neither_counts_nor_relaxes_the_floor():
+    """48 x 64 fits only at block 128 (8192 tokens, 36 x the size of 1 x 64, which takes 16384 tokens at 256): it
+    is not among the models the floor waits for, nor the larger model halving would let in."""
+    items = suggest(MODEL, 0.0, 117 * MIB, top=2, n_layer=[1, 48], n_head=1, n_embd=64, batch_size=[64],
+                    vocab_size=256)
+    assert [(s.n_layer, s.block_size) for s in items] == [(1, 256)] and items.ranking["tokens_floor"] == 16384
+
+
+def test_the_floor_halves_down_to_one_token():
+    """Block 1: 32 x 64 fits at batch 1 only, 1 x 64 at batch 2; the larger model wins the last halving."""
+    big = dict(n_layer=32, n_head=1, n_embd=64, block_size=1, batch_size=1, vocab_size=256)
+    items = suggest(MODEL, 0.0, need(big), top=1, n_layer=[1, 32], n_head=1, n_embd=64, block_size=[1],
+                    batch_size=[1, 2], vocab_size=256)
+    assert [(s.n_layer, s.batch_size) for s in items] == [(32, 1)] and items.ranking["tokens_floor"] == 1
+
+
+def test_exactly_four_times_larger_does_not_halve_the_floor():
+    """7 x 64 and 1 x 64 at vocab 779: 399872 and 99968 params without the position table, exactly 4 x. Halving
+    takes a model more than RELAX_GAIN times larger."""
+    one = dict(n_head=1, n_embd=64, block_size=[256], vocab_size=779)
+    assert need_params({**one, "n_layer": 7, "block_size": 256}) - 256 * 64 == 4 * (
+        need_params({**one, "n_layer": 1, "block_size": 256}) - 256 * 64)
+    budget = need({**one, "n_layer": 1, "block_size": 256, "batch_size": 64})  # 7 x 64 fits at batch 32 only
+    items = suggest(MODEL, 0.0, budget, top=1, n_layer=[1, 7], batch_size=[32, 64], **one)
+    assert [(s.n_layer, s.batch_size) for s in items] == [(1, 64)] and items.ranking["tokens_floor"] == 16384
