@@ -7,7 +7,7 @@ import pytest
 from vramfit.errors import VramfitError
 from vramfit.recipe import Recipe
 from vramfit.shape import KEYS
-from vramfit.sweep.grid import Grid, Measure, load_grid, parse_int_list
+from vramfit.sweep.grid import Grid, Measure, load_grid, parse_int_list, recipes
 
 ONE = {"n_layer": [1], "n_head": [2], "n_embd": [32], "block_size": [16], "batch_size": [1], "vocab_size": [64]}
 
@@ -199,3 +199,109 @@ def test_overrides_without_a_file():
         load_grid(None)
     with pytest.raises(VramfitError, match="^batch_size: 'x' is not an integer"):
         load_grid(None, {**ONE, "batch_size": "x"})
+
+
+# ------------------------------------------------------------------------------------------------ families, recipes
+
+
+def test_a_repeated_invalid_combination_is_skipped_and_the_block_goes_on():
+    g = Grid("g", [{**ONE, "n_head": [3], "n_embd": [32]}, {**ONE, "n_head": [3], "n_embd": [32, 96]}])
+    assert g.points() == ([{**{k: v[0] for k, v in ONE.items()}, "n_head": 3, "n_embd": 96}], 1)
+
+
+def test_family_axes_make_points_of_their_family(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text(toml_axes(n_head=[2], n_embd=[32, 48]) + 'arch = ["gpt2", "nanochat"]\nmlp = "swiglu"\n'
+                    "softcap = [0, 7.5]\nvalue_embeds = [false]\nn_kv_head = [1]\nvocab_multiple = 8\n")
+    g = load_grid(path)
+    assert g.blocks[0]["arch"] == ["gpt2", "nanochat"] and g.blocks[0]["mlp"] == ["swiglu"]
+    assert g.blocks[0]["softcap"] == [0, 7.5] and g.blocks[0]["n_kv_head"] == [1]
+    assert g.size() == 2 * 2 * 2  # n_embd x arch x softcap: the one-value axes count once
+    pts, invalid = g.points()
+    spec = "nanochat:n_kv_head=1,mlp=swiglu,value_embeds=false,softcap=0,vocab_multiple=8"
+    assert invalid == 4  # GPT-2 has none of these options
+    spec75 = spec.replace("softcap=0", "softcap=7.5")
+    assert [p["arch"] for p in pts] == [spec, spec75, spec, spec75]
+    assert [p["n_embd"] for p in pts] == [32, 32, 48, 48] and all(list(p)[:6] == list(KEYS) for p in pts)
+    plain = load_grid(None, ONE).points()[0]
+    assert "arch" not in plain[0]  # GPT-2 points have no family key (the rows stored before families)
+    assert Grid("g", [{**ONE, "arch": ["gpt2"]}]).points() == (plain, 0)
+
+
+@pytest.mark.parametrize("axis, value, kind, got", [
+    ("arch", "1", "str", "1"), ("n_kv_head", "true", "int", "True"), ("n_kv_head", "1.5", "int", "1.5"),
+    ("n_kv_head", "'1'", "int", "'1'"), ("value_embeds", "1", "bool", "1"), ("softcap", "true", "float", "True"),
+    ("softcap", "'x'", "float", "'x'"), ("vocab_multiple", "false", "int", "False"), ("mlp", "[]", "str", "[]"),
+    ("window_pattern", "['L', 2]", "str", "['L', 2]"),
+])
+def test_a_family_axis_of_the_wrong_type_is_one_error(tmp_path, axis, value, kind, got):
+    path = tmp_path / "g.toml"
+    path.write_text(toml_axes() + f"{axis} = {value}\n")
+    with pytest.raises(VramfitError, match=f"^{re.escape(str(path))} axes {axis}: expected a {kind} or a non-empty "
+                                           f"list of them, got {re.escape(got)}$"):
+        load_grid(path)
+
+
+def test_family_axes_accept_their_types(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text(toml_axes() + 'arch = "nanochat"\nn_kv_head = [1, 2]\nvalue_embeds = true\nsoftcap = 15\n'
+                    'qk_norm = [true, false]\nwindow_pattern = "SL"\n')
+    b = load_grid(path).blocks[0]
+    assert (b["arch"], b["n_kv_head"], b["value_embeds"], b["softcap"], b["qk_norm"], b["window_pattern"]) == (
+        ["nanochat"], [1, 2], [True], [15], [True, False], ["SL"])
+
+
+def test_the_combination_limit_is_inclusive(tmp_path, monkeypatch):
+    import vramfit.sweep.grid as grid
+
+    monkeypatch.setattr(grid, "MAX_GRID_COMBINATIONS", 4)
+    assert load_grid(None, {**ONE, "batch_size": [1, 2, 3, 4]}).size() == 4
+    with pytest.raises(VramfitError, match=r"^grid: 5 combinations is beyond the limit of 4 \(split the grid, or "
+                                           r"use --plan adaptive\)$"):
+        load_grid(None, {**ONE, "batch_size": [1, 2, 3, 4, 5]})
+    monkeypatch.setattr(grid, "MAX_GRID_COMBINATIONS", 5000)
+    with pytest.raises(VramfitError, match="^grid: 5,001 combinations is beyond the limit of 5,000 "):
+        load_grid(None, {**ONE, "batch_size": list(range(1, 5002))})
+
+
+def test_parse_int_list_maximum_is_inclusive():
+    assert parse_int_list("5000", "batch", maximum=5000) == [5000]
+    with pytest.raises(VramfitError, match="^batch: 5001 is beyond the limit of 5,000$"):
+        parse_int_list("5001", "batch", maximum=5000)
+
+
+def test_recipe_lists_are_every_combination_in_order():
+    got = recipes({"optimizer": ["sgd", "fused"], "dtype": "float32", "checkpoint": ["none", "0", "all"]})
+    assert got == (Recipe("float32", optimizer="sgd"), Recipe("float32", optimizer="sgd", checkpoint="all"),
+                   Recipe("float32", optimizer="fused"), Recipe("float32", optimizer="fused", checkpoint="all"))
+    assert recipes({}) == (Recipe(),) and recipes({"grad_accum": list(range(1, 257))})[-1].grad_accum == 256
+    with pytest.raises(VramfitError, match="^grid: more than 256 recipe combinations$"):
+        recipes({"grad_accum": list(range(1, 258))})
+    with pytest.raises(VramfitError, match="^grid: recipe checkpoint is an empty list$"):
+        recipes({"optimizer": ["sgd"], "checkpoint": [], "dtype": []})
+
+
+def test_a_grid_of_several_recipes(tmp_path):
+    path = tmp_path / "g.toml"
+    path.write_text(toml_axes() + '[recipe]\noptimizer = ["sgd", "loop"]\n')
+    g = load_grid(path)
+    each = g.each_recipe()
+    assert [x.recipes for x in each] == [(Recipe(optimizer="sgd"),), (Recipe(optimizer="loop"),)]
+    assert all(x.blocks == g.blocks and x.name == g.name and x.measure == g.measure for x in each)
+    assert g.to_dict()["recipes"] == [r.to_dict() for r in g.recipes] and "recipe" not in g.to_dict()
+    with pytest.raises(VramfitError, match="^grid 'g' has 2 recipes; sweep them one at a time$"):
+        _ = g.recipe
+    path.write_text(toml_axes() + "[recipe]\noptimizer = []\n")
+    with pytest.raises(VramfitError, match=f"^{re.escape(str(path))}: recipe optimizer is an empty list$"):
+        load_grid(path)
+
+
+@pytest.mark.parametrize("value", [True, False, None])
+def test_measure_dynamic_batch_is_a_boolean_or_unset(value):
+    m = Measure.from_dict({"dynamic_batch": value, "max_iters": 7})
+    assert m.dynamic_batch is value and m.max_iters == 7  # the keys after it are read too
+
+
+def test_measure_dynamic_batch_refuses_a_number():
+    with pytest.raises(VramfitError, match="^measure.dynamic_batch must be true or false, got 1$"):
+        Measure.from_dict({"dynamic_batch": 1})

@@ -2,6 +2,7 @@
 cache, and the status of sweeps whose process died."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -45,6 +46,7 @@ def test_device_key_is_type_name_and_capacity():
     ("other-host", "dead", False),          # cannot tell for another machine's process
     ("self", None, False), ("self", float("nan"), False),
     ("self", 2**40, False),                 # not a pid at all (OverflowError)
+    ("self", float("inf"), False),          # not an integer at all (int() overflows)
 ])
 def test_process_gone(host, pid, gone):
     hostname = socket.gethostname() if host == "self" else host
@@ -117,6 +119,28 @@ def test_points_frame_types(store):
         assert df[col].dtype == np.float64, col  # NULL is NaN, whether or not any row has a value
     assert df.stable.tolist() == [False, True, None] and df.stable.dtype == object
     assert df.ms_per_iter.isna().tolist() == [True, False, True]
+
+
+def test_points_frame_coerces_unreadable_numbers_and_names_a_malformed_recipe(store):
+    env = store.environment(CPU, Recipe().resolved("cpu"))
+    store.insert_point({**SHAPE, "status": "ok", "nvml_bytes": 5}, env, None)
+    store.insert_point({**SHAPE, "status": "ok", "nvml_bytes": 6}, env, None)
+    store.conn.execute("UPDATE points SET nvml_bytes = 'n/a' WHERE point_id = 2")  # SQLite keeps any type
+    df = store.points_frame()
+    assert df.nvml_bytes.tolist()[0] == 5.0 and np.isnan(df.nvml_bytes.tolist()[1])
+    assert df.arch.tolist() == ["gpt2", "gpt2"]
+    for text in ('{"dtype": "float32", "compile": false, "optimizer": "fused", ', "[1, 2]", "null"):
+        store.conn.execute("UPDATE environments SET recipe_json = ? WHERE env_id = ?", (text, env))
+        with pytest.raises(VramfitError, match=f"^{re.escape(str(store.path))}: environment {env} has a malformed "
+                                               f"recipe_json \\({re.escape(repr(text[:40]))}; left untouched\\)$"):
+            store.points_frame()
+
+
+def test_points_frame_of_a_database_without_the_arch_column_is_gpt2(store):
+    env = store.environment(CPU, Recipe().resolved("cpu"))
+    store.insert_point({**SHAPE, "status": "ok"}, env, None)
+    store.conn.execute("ALTER TABLE points DROP COLUMN arch")  # as a database older than version 3 has it
+    assert store.points_frame().arch.tolist() == ["gpt2"]
 
 
 def test_point_extras(store):

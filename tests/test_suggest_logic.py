@@ -13,10 +13,12 @@ from vramfit.fit.memmodel import MemoryModel
 from vramfit.fit.throughput import ThroughputModel
 from vramfit.plan.suggest import (
     MAX_HEADS,
+    Ranked,
     TimeBudget,
     check_hours,
     enumerate_space,
     predict_space,
+    ranking_text,
     smallest_need,
     suggest,
     time_frontier,
@@ -358,3 +360,275 @@ def test_ties_go_to_the_head_width_nearest_64():
     # 1386 wide: 22 heads of 63 or 21 heads of 66, the same memory under MODEL; 63 is nearer 64
     (s,) = suggest(MODEL, 0.0, 10000 * MIB, n_layer=1, n_head=[21, 22], n_embd=1386, block_size=32, vocab_size=256)
     assert (s.n_head, s.n_embd // s.n_head) == (22, 63)
+
+
+# ------------------------------------------------------------------------------------------------ trainable
+
+
+def candidates(budget, margin, space):
+    """Per (layers, heads, width, block, vocab): its largest batch whose need * (1 + margin) fits, by brute force."""
+    sp = enumerate_space(**space)
+    sp.pop("_n_batches")
+    best = {}
+    for i in range(len(sp["n_layer"])):
+        s = {k: int(sp[k][i]) for k in KEYS}
+        if need(s) * (1 + margin) <= budget:
+            key = tuple(s[k] for k in KEYS if k != "batch_size")
+            if s["batch_size"] > best.get(key, {"batch_size": 0})["batch_size"]:
+                best[key] = s
+    return list(best.values())
+
+
+def trainable_by_hand(budget, margin, space, top, corpus_tokens=None):
+    """The `trainable` ranking in plain Python (see suggest.TOKENS_FLOOR): the block range (where anything is in
+    it), the token floor halved while fewer than `top` models reach it or while halving it lets a 4 x larger model
+    in, the corpus cap (16 params per token) doubled until `top` models pass; then the largest model (without its
+    position embeddings), its batch up to 8, the longest block, heads nearest 64 wide, more tokens, cheaper; one
+    row per model."""
+    rows = candidates(budget, margin, space)
+    for s in rows:
+        s["N"] = s["batch_size"] * s["block_size"]
+        s["size"] = need_params(s) - s["block_size"] * s["n_embd"]
+        s["model"] = (s["n_layer"], s["n_embd"], s["vocab_size"])
+    fixed = space.get("block_size") is not None
+    ok = [s for s in rows if fixed or 256 <= s["block_size"] <= 1024] or rows
+
+    def models(xs):
+        return len({s["model"] for s in xs})
+
+    def largest(xs):
+        return max((s["size"] for s in xs), default=0.0)
+
+    want, floor = min(top, models(ok)), 16384
+    while floor > 1 and (models([s for s in ok if s["N"] >= floor]) < want or largest(
+            [s for s in ok if s["N"] >= floor // 2]) > 4 * largest([s for s in ok if s["N"] >= floor])):
+        floor //= 2
+    ok = [s for s in ok if s["N"] >= floor]
+    cap = None
+    if corpus_tokens:
+        cap = 16 * corpus_tokens
+        while models([s for s in ok if s["size"] <= cap]) < want:
+            cap *= 2
+        ok = [s for s in ok if s["size"] <= cap]
+    ok.sort(key=lambda s: (-s["size"], -min(s["batch_size"], 8), -s["block_size"],
+                           abs(s["n_embd"] / s["n_head"] - 64), -s["N"], need(s) * (1 + margin)))
+    out, seen = [], set()
+    for s in ok:
+        if s["model"] not in seen and len(out) < top:
+            seen.add(s["model"])
+            out.append(s)
+    return out, floor, cap
+
+
+def need_params(s) -> int:
+    return int(features(s["n_layer"], s["n_head"], s["n_embd"], s["block_size"], 1, s["vocab_size"])["params"][0])
+
+
+TRAIN_SPACE = dict(n_layer=[1, 2, 4], n_embd=[64, 128, 192], block_size=[128, 256, 512, 1024, 2048],
+                   batch_size=[1, 2, 4, 8, 16, 32, 64, 128], vocab_size=[256])
+
+
+@pytest.mark.parametrize("budget_mib, top, corpus, space", [
+    (300, 5, None, TRAIN_SPACE), (300, 3, None, TRAIN_SPACE), (120, 5, None, TRAIN_SPACE),
+    (90, 5, None, TRAIN_SPACE), (600, 9, None, TRAIN_SPACE), (300, 5, 20_000, TRAIN_SPACE),
+    (600, 4, 1_000, TRAIN_SPACE), (600, 2, 30_000, TRAIN_SPACE),
+    (300, 5, None, {**TRAIN_SPACE, "block_size": None}), (300, 5, None, {**TRAIN_SPACE, "block_size": [64, 128]}),
+    (2000, 6, None, {**TRAIN_SPACE, "block_size": [256, 1024, 2048]}),
+])
+def test_trainable_matches_the_ranking_by_hand(budget_mib, top, corpus, space):
+    space = {k: v for k, v in space.items() if v is not None}
+    budget = budget_mib * MIB
+    expected, floor, cap = trainable_by_hand(budget, 0.1, {**space, "block_size": space.get("block_size")}, top,
+                                             corpus)
+    items = suggest(MODEL, 0.1, budget, top=top, corpus_tokens=corpus, **space)
+    got = [(s.n_layer, s.n_head, s.n_embd, s.block_size, s.batch_size) for s in items]
+    assert got == [(s["n_layer"], s["n_head"], s["n_embd"], s["block_size"], s["batch_size"]) for s in expected]
+    assert [s.score for s in items] == [s["size"] for s in expected]  # params without the position table
+    fixed = "block_size" in space
+    assert items.ranking == {"objective": "trainable", "value": "params w/o pos. emb.", "tokens_floor": floor,
+                             "block_range": None if fixed else [256, 1024], "max_params": cap,
+                             "corpus_tokens": corpus, "text": items.ranking["text"]}
+
+
+def test_trainable_boundaries_are_inclusive():
+    """A model at exactly the token floor, the block range's ends and the corpus cap is kept."""
+    one = dict(n_layer=2, n_head=2, n_embd=128, vocab_size=256)
+    for T, B in ((256, 64), (1024, 16)):  # 16384 tokens either way: exactly the floor, at each end of the range
+        budget = need({**one, "block_size": T, "batch_size": B})  # the next block up does not fit
+        (s,) = suggest(MODEL, 0.0, budget, top=1, batch_size=[B], **one)
+        assert (s.block_size, s.tokens_per_step) == (T, 16384) and s.score == need_params(s.__dict__) - T * 128
+        assert suggest(MODEL, 0.0, 10_000 * MIB, top=1, batch_size=[B], block_size=[T], **one).ranking[
+            "tokens_floor"] == 16384
+    size = need_params({**one, "block_size": 256}) - 256 * 128
+    assert size % 16 == 0
+    (s,) = suggest(MODEL, 0.0, 10_000 * MIB, top=1, batch_size=[64], block_size=[256], corpus_tokens=size // 16,
+                   **one)
+    assert s.score == size and s.to_dict()["score"] == size  # at exactly the cap: kept, the cap not doubled
+    assert suggest(MODEL, 0.0, 10_000 * MIB, top=1, batch_size=[64], block_size=[256], corpus_tokens=size // 16,
+                   **one).ranking["max_params"] == size
+    r = suggest(MODEL, 0.0, 10_000 * MIB, top=1, batch_size=[64], block_size=[256], corpus_tokens=size // 16 - 1,
+                **one).ranking
+    assert r["max_params"] == 2 * (size - 16)  # one token short: doubled once
+
+
+def test_trainable_halves_the_floor_for_a_model_four_times_larger():
+    """At 98 MiB only 1 x 64 reaches 16384 tokens (batch 64); 8 x 64, 6.3 x its size, fits at batch 32 (8192
+    tokens): the floor halves for it. 2 x 64 is under 4 x larger: the floor stays and 1 x 64 is the answer."""
+    space = dict(n_head=1, block_size=[256], batch_size=[8, 16, 32, 64], vocab_size=[256])
+    items = suggest(MODEL, 0.0, 98 * MIB, top=1, n_layer=[1, 8], n_embd=[64, 512], **space)
+    assert items.ranking["tokens_floor"] == 8192
+    assert [(s.n_layer, s.n_embd, s.batch_size) for s in items] == [(8, 64, 32)]
+    items = suggest(MODEL, 0.0, 98 * MIB, top=1, n_layer=[1, 2], n_embd=[64], **space)
+    assert items.ranking["tokens_floor"] == 16384
+    assert [(s.n_layer, s.n_embd, s.batch_size) for s in items] == [(1, 64, 64)]
+
+
+def test_ranking_text():
+    floors = {"objective": "trainable", "tokens_floor": 16384, "block_range": [256, 1024], "max_params": 1_650_000,
+              "corpus_tokens": 103_125}
+    assert ranking_text(floors) == ("params w/o pos. emb., among models with >= 16,384 tokens per step, block "
+                                    "256-1024, <= 1.6M params (0.10M corpus tokens)")
+    assert ranking_text({**floors, "block_range": None, "max_params": None, "tokens_floor": 512}) == (
+        "params w/o pos. emb., among models with >= 512 tokens per step")
+    assert ranking_text({**floors, "max_params": 12_345_678_000, "corpus_tokens": 771_604_875}) .endswith(
+        ", <= 12,345.7M params (771.60M corpus tokens)")
+    assert [ranking_text({"objective": o}) for o in ("params", "tokens", "balanced", "hours")] == [
+        "params (largest model)", "tokens per step", "params x tokens per step", "hours"]
+    assert ranking_text({}) == "None"
+
+
+@pytest.mark.parametrize("objective, value, text", [
+    ("params", "params", "params (largest model)"), ("tokens", "tokens/step", "tokens per step"),
+    ("balanced", "params x tokens/step", "params x tokens per step"),
+])
+def test_each_objective_says_what_it_ranked_by(objective, value, text):
+    items = suggest(MODEL, 0.1, 300 * MIB, objective=objective, top=3, **SPACE)
+    assert items.ranking == {"objective": objective, "value": value, "text": text}
+    score = {"params": lambda s: s.params, "tokens": lambda s: s.tokens_per_step,
+             "balanced": lambda s: s.params * s.tokens_per_step}[objective]
+    assert [s.score for s in items] == [score(s) for s in items]
+    assert suggest(MODEL, 0.1, int(64 * MIB * 1.1) + 1, objective=objective, **SPACE).ranking == {
+        "objective": objective}  # nothing fits: still says what it would have ranked by
+
+
+@pytest.mark.parametrize("rank, value", [("optimal", "tokens toward 20 x params"), ("chinchilla", "predicted loss")])
+def test_the_hours_say_what_they_ranked_by(rank, value):
+    items = suggest(MODEL, 0.1, 300 * MIB, time=TimeBudget(2, rank, None, SPEED), top=3, **SPACE)
+    assert items.ranking == {"objective": "hours", "value": value, "rank": rank}
+    if rank == "optimal":
+        assert [s.score for s in items] == [min(s.tokens_in_budget, 20 * s.params) for s in items]
+    else:
+        assert [s.score for s in items] == [s.predicted_loss for s in items]
+    tokens = [s.tokens_in_budget for s in suggest(MODEL, 0.1, 300 * MIB, time=TimeBudget(2, rank, None, SPEED),
+                                                  top=1000, n_layer=1, n_embd=64, block_size=32, vocab_size=256)]
+    assert tokens == sorted(tokens, reverse=True)  # the same useful tokens: more tokens first
+    assert suggest(MODEL, 0.1, int(64 * MIB * 1.1) + 1, time=TimeBudget(2, rank, None, SPEED), **SPACE).ranking == {
+        "objective": "hours"}
+
+
+def test_ranked_is_a_list_with_its_ranking():
+    assert Ranked() == [] and Ranked().ranking == {} and Ranked([1], {"a": 1}).ranking == {"a": 1}
+    assert Ranked(None, None).ranking == {}
+
+
+def test_to_dict_keeps_the_recipe_fields_of_a_recipe_row():
+    (s,) = suggest(MODEL, 0.0, 1000 * MIB, top=1, **SPACE)
+    assert "grad_accum" not in s.to_dict() and "nanochat" not in s.to_dict()
+    s.grad_accum, s.checkpoint = 2, "all"
+    d = s.to_dict()
+    assert (d["grad_accum"], d["checkpoint"]) == (2, "all") and "optimizer" not in d
+
+
+def test_the_space_size_limit_is_inclusive(monkeypatch):
+    import vramfit.plan.suggest as mod
+
+    monkeypatch.setattr(mod, "MAX_SPACE_POINTS", 24)
+    sp = enumerate_space(n_layer=[1, 2], n_head=1, n_embd=64, block_size=[8, 16, 32], batch_size=[1, 2],
+                         vocab_size=[5, 6])
+    assert len(sp["n_layer"]) == 24
+    with pytest.raises(VramfitError, match=r"^the search space has 36 \(shape, batch\) points, beyond the limit of "
+                                           r"24: give fewer values to --n-layer, --n-head, --n-embd, --block-size or "
+                                           r"--batch-size$"):
+        enumerate_space(n_layer=[1, 2, 3], n_head=1, n_embd=64, block_size=[8, 16, 32], batch_size=[1, 2],
+                        vocab_size=[5, 6])
+    with pytest.raises(VramfitError, match=r"^the search space has 36 "):  # every axis counts, batches too
+        enumerate_space(n_layer=[1, 2], n_head=1, n_embd=64, block_size=[8, 16, 32], batch_size=[1, 2, 3],
+                        vocab_size=[5, 6])
+    with pytest.raises(VramfitError, match=r"^the search space has 36 "):
+        enumerate_space(n_layer=[1, 2], n_head=1, n_embd=64, block_size=[8, 16, 32], batch_size=[1, 2],
+                        vocab_size=[5, 6, 7])
+    with pytest.raises(VramfitError, match=r"^the search space has 32 "):
+        enumerate_space(n_layer=[1, 2], n_head=1, n_embd=64, block_size=[8, 16, 32, 64], batch_size=[1, 2],
+                        vocab_size=[5, 6])
+    with pytest.raises(VramfitError, match=r"^the search space has 48 "):
+        enumerate_space(n_layer=[1, 2], n_head=[1, 2], n_embd=64, block_size=[8, 16, 32], batch_size=[1, 2],
+                        vocab_size=[5, 6])
+
+
+def test_the_space_must_fit_in_memory(monkeypatch):
+    import gpt.limits
+
+    seen = []
+    monkeypatch.setattr(gpt.limits, "check_memory", lambda n, what: seen.append((n, what)))
+    enumerate_space(n_layer=[1, 2], n_head=1, n_embd=64, block_size=8, batch_size=[1, 2, 3], vocab_size=5)
+    assert seen == [(6 * 200, "a search space of 6 (shape, batch) points")]
+
+
+def test_sixty_four_heads_is_within_the_limit():
+    with pytest.raises(VramfitError, match=r"^no valid \(n_head, n_embd\) pair"):  # 64 heads do not divide 96
+        enumerate_space(n_layer=1, n_head=[64], n_embd=96, block_size=8, batch_size=1, vocab_size=8)
+
+
+def test_space_arrays_are_int64_even_when_empty_of_large_values():
+    sp = enumerate_space(n_layer=1, n_head=1, n_embd=64, block_size=8, batch_size=[3], vocab_size=8)
+    assert sp["batch_size"].dtype == np.int64 and sp["n_layer"].dtype == np.int64
+
+
+def test_per_model_rows_are_one_per_model_and_per_shape_rows_one_per_block():
+    items = suggest(MODEL, 0.0, 1000 * MIB, top=100, n_layer=2, n_embd=128, block_size=[256, 512],
+                    batch_size=[8, 64], vocab_size=256)
+    assert len(items) == 1 and items[0].block_size == 512  # trainable: one row per model, its longest block
+    items = suggest(MODEL, 0.0, 1000 * MIB, objective="params", top=100, n_layer=2, n_embd=128,
+                    block_size=[256, 512], batch_size=[8, 64], vocab_size=256)
+    assert sorted(s.block_size for s in items) == [256, 512]
+
+
+def test_the_block_range_keeps_a_model_at_exactly_256():
+    """32 x 64 fits at block 256 (batch 64) and no longer; 1 x 64 at 512: both are in the range, the larger first."""
+    items = suggest(MODEL, 0.0, int(129.6 * MIB), top=2, n_layer=[1, 32], n_head=1, n_embd=64, batch_size=[64],
+                    vocab_size=256)
+    assert [(s.n_layer, s.block_size) for s in items] == [(32, 256), (1, 512)]
+
+
+def test_outside_the_block_range_only_the_range_is_dropped():
+    """Where no block in 256-1024 fits, the ranking takes the blocks that do (here 128 at batch 1)."""
+    one = dict(n_layer=1, n_head=1, n_embd=64, batch_size=[1], vocab_size=256)
+    items = suggest(MODEL, 0.0, need({**one, "batch_size": 1, "block_size": 128}), top=3, **one)
+    assert [s.block_size for s in items] == [128] and items.ranking["block_range"] == [256, 1024]
+
+
+def test_a_model_outside_the_block_range_neither_counts_nor_relaxes_the_floor():
+    """48 x 64 fits only at block 128 (8192 tokens, 36 x the size of 1 x 64, which takes 16384 tokens at 256): it
+    is not among the models the floor waits for, nor the larger model halving would let in."""
+    items = suggest(MODEL, 0.0, 117 * MIB, top=2, n_layer=[1, 48], n_head=1, n_embd=64, batch_size=[64],
+                    vocab_size=256)
+    assert [(s.n_layer, s.block_size) for s in items] == [(1, 256)] and items.ranking["tokens_floor"] == 16384
+
+
+def test_the_floor_halves_down_to_one_token():
+    """Block 1: 32 x 64 fits at batch 1 only, 1 x 64 at batch 2; the larger model wins the last halving."""
+    big = dict(n_layer=32, n_head=1, n_embd=64, block_size=1, batch_size=1, vocab_size=256)
+    items = suggest(MODEL, 0.0, need(big), top=1, n_layer=[1, 32], n_head=1, n_embd=64, block_size=[1],
+                    batch_size=[1, 2], vocab_size=256)
+    assert [(s.n_layer, s.batch_size) for s in items] == [(32, 1)] and items.ranking["tokens_floor"] == 1
+
+
+def test_exactly_four_times_larger_does_not_halve_the_floor():
+    """7 x 64 and 1 x 64 at vocab 779: 399872 and 99968 params without the position table, exactly 4 x. Halving
+    takes a model more than RELAX_GAIN times larger."""
+    one = dict(n_head=1, n_embd=64, block_size=[256], vocab_size=779)
+    assert need_params({**one, "n_layer": 7, "block_size": 256}) - 256 * 64 == 4 * (
+        need_params({**one, "n_layer": 1, "block_size": 256}) - 256 * 64)
+    budget = need({**one, "n_layer": 1, "block_size": 256, "batch_size": 64})  # 7 x 64 fits at batch 32 only
+    items = suggest(MODEL, 0.0, budget, top=1, n_layer=[1, 7], batch_size=[32, 64], **one)
+    assert [(s.n_layer, s.batch_size) for s in items] == [(1, 64)] and items.ranking["tokens_floor"] == 16384

@@ -12,6 +12,7 @@ from vramfit.fit.throughput import (
     FLOPS,
     HUBER_DELTA,
     MIN_POINTS,
+    RECIPE_THROUGHPUT,
     THROUGHPUT,
     ThroughputModel,
     _held_out_slowdown,
@@ -308,3 +309,75 @@ def test_report_json_keys_and_old_entries():
     assert (bare.metrics, bare.n_points, bare.peak_flops, bare.mfu) == ({}, 0, None, None)
     legacy = {k: v for k, v in d["model"].items() if k not in ("slowdown", "delta")}
     assert ThroughputModel.from_dict(legacy).slowdown == 1.0
+
+
+# ------------------------------------------------------------------------------------------------ recipe switches
+
+
+def test_switch_terms_are_per_optimizer_step():
+    """grad_accum micro-steps each run the plain step's terms and an overhead; every checkpointed block's forward
+    runs once more (its weights' 24 C^2 and attention's 4 C T FLOPs per token, its N*C elementwise work); the
+    optimizer step costs per parameter of its kind."""
+    L, H, C, T, B, V = 5, 2, 16, 12, 3, 40
+    sw = {"grad_accum": [1, 2, 4], "checkpoint_every": [0, 1, 2], "optimizer": ["fused", "sgd", "muon"]}
+    f = time_features([L] * 3, H, C, T, B, V, switches=sw)
+    plain = time_features(L, H, C, T, B, V)
+    N, P, ckpt = B * T, plain["params"][0], np.array([0, 5, 3])
+    accum = np.array([1.0, 2.0, 4.0])
+    for k in ("flops", "logits", "acts"):
+        assert f[k].tolist() == (accum * plain[k][0]).tolist()
+    assert f["tokens"].tolist() == [N] * 3 and f["params"].tolist() == [P] * 3
+    assert f["recompute"].tolist() == (accum * ckpt * N * (24 * C * C + 4 * C * T)).tolist()
+    assert f["recompute_acts"].tolist() == (accum * ckpt * N * C).tolist() and f["micro"].tolist() == accum.tolist()
+    assert f["opt_fused"].tolist() == [P, 0, 0] and f["opt_sgd"].tolist() == [0, P, 0]
+    assert f["opt_muon"].tolist() == [0, 0, P] and f["opt_loop"].tolist() == [0, 0, 0]
+    assert set(f) == {*RECIPE_THROUGHPUT, "tokens", "params"}
+    one = time_features([L, L], H, C, T, B, V, switches={"grad_accum": 3, "checkpoint_every": 4, "optimizer": "sgd"})
+    assert one["micro"].tolist() == [3, 3] and one["recompute_acts"].tolist() == [3 * 2 * N * C] * 2  # blocks 0, 4
+    assert one["opt_sgd"].tolist() == [P, P] and all(v.dtype == np.float64 for k, v in one.items())
+
+
+def recipe_points(slow: float = 1.0) -> pd.DataFrame:
+    """Eight points under four recipes (auto and sgd optimizers, accumulation, checkpointing), timed by a law
+    with a per-micro-step overhead, a recompute cost and a per-parameter step cost."""
+    df = pd.DataFrame(SHAPES, columns=COLS)
+    recipes = [{"optimizer": "auto"}, {"optimizer": "sgd", "grad_accum": 2}, {"checkpoint": "all"},
+               {"optimizer": "sgd", "checkpoint": "2"}] * 2
+    df = df.assign(recipe=[json.dumps(r) for r in recipes])
+    f = frame_time_features(df, switches=True)
+    best = (4.0 + 2e-9 * f["flops"] + 3e-6 * f["logits"] + 5e-5 * f["acts"] + 1e-9 * f["recompute"]
+            + 0.5 * f["micro"] + 1e-6 * f["opt_fused"] + 3e-6 * f["opt_sgd"]).to_numpy()
+    return df.assign(status="ok", source="sweep", ms_per_iter=best * slow, device_name="cpu: Test",
+                     timings=[json.dumps({"step_ms": [b]}) for b in best])
+
+
+def test_frame_time_features_read_each_rows_switches():
+    df = recipe_points()
+    f = frame_time_features(df, switches=True)
+    assert list(f.index) == list(df.index)
+    assert f["micro"].tolist() == [1, 2, 1, 1] * 2  # grad_accum
+    assert f["opt_fused"].tolist()[:4] == [f["params"][0], 0, f["params"][2], 0]  # auto is the fused AdamW
+    assert f["opt_sgd"].tolist()[:4] == [0, f["params"][1], 0, f["params"][3]]
+    assert f["recompute_acts"].tolist()[:4] == [0, 0, SHAPES[2][0] * 16 * 128 * 128,
+                                                 math.ceil(SHAPES[3][0] / 2) * 2 * 64 * 256]
+    assert "micro" not in frame_time_features(df.iloc[:0], switches=True).columns
+    assert "micro" not in frame_time_features(df).columns
+
+
+def test_a_switch_fit_prices_only_the_optimizers_it_measured():
+    tp = fit_throughput(recipe_points(slow=1.1), switches=True)
+    assert tp.model.features == (*THROUGHPUT, "recompute", "recompute_acts", "micro", "opt_fused", "opt_sgd")
+    assert tp.model.predict_best(frame_time_features(recipe_points(), switches=True)) == pytest.approx(
+        recipe_points()["ms_per_iter"].to_numpy(), rel=1e-3)
+    assert tp.model.slowdown == pytest.approx(1.1) and tp.baseline.features == FLOPS
+
+
+def test_the_cpu_time_of_a_step_is_its_best_where_recorded():
+    assert best_step_ms({"step_cpu_ms": [3.0, 2.5], "step_ms": [9.0, 8.0]}) == 2.5
+    assert best_step_ms(json.dumps({"step_cpu_ms": [], "step_ms": [9.0, 8.0]})) == 8.0  # none recorded: wall time
+
+
+def test_the_peak_is_the_first_points_device():
+    df = points(device="NVIDIA H100 80GB HBM3")
+    df.loc[1:, "device_name"] = "cpu: Test"
+    assert fit_throughput(df).peak_flops == 989e12
