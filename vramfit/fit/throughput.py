@@ -33,9 +33,10 @@ L1175-1207), and the optimizer step's cost per parameter for each kind (`opt_<ki
 optimizer is that kind).
 
 Points of another model family (`vramfit.shape.Shape.arch`, nanochat) count their FLOPs as that family does
-(`time_features(..., arch=...)`: `GPTConfig.flops_per_token`, nanochat's `estimate_flops`: 6 x every linear's
-weights, the untied head included and the embedding and value-embedding lookups not, plus attention over each
-layer's window); for GPT-2 rows that is the count above. The memory-traffic terms are the same for both.
+(`time_features(..., arch=...)`: `GPTConfig.flops_per_token`, nanochat's `estimate_flops`, karpathy/nanochat@92d63d4
+nanochat/gpt.py L319-339: 6 x its matmul parameters, the untied head included and the embedding and value-embedding
+lookups not, plus 12 h q min(window, T) per layer); for GPT-2 rows that is the count above. The memory-traffic
+terms are the same for both.
 
 Only sweep points are used: `train` runs time a different loop (data loading, logging, and on the CPU all threads,
 while the sweep measures with `measure.threads`).

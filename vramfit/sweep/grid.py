@@ -251,7 +251,7 @@ def load_grid(path: str | Path | None, axis_overrides: dict[str, list[int]] | No
     blocks = [_block(b, f"{where} axes") for b in raw_blocks]
     for name, values in (axis_overrides or {}).items():
         if name not in KEYS and name not in ARCH_AXES:
-            raise VramfitError(f"unknown axis {name!r} (axes: {', '.join((*KEYS, *ARCH_AXES))})")
+            raise VramfitError(f"unknown axis {name!r} (axes: {', '.join(KEYS)})")  # the family's: --arch
         values = parse_int_list(values, name) if name in KEYS else _arch_values(name, values, f"--{name}")
         blocks = [{**b, name: values} for b in blocks] if blocks else [{name: values}]
     if not blocks:
