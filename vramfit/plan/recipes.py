@@ -236,10 +236,10 @@ def priced_groups(shapes: Sequence[Shape], axes: RecipeAxes, base: Recipe, price
 
 
 def search(shapes: Sequence[Shape], axes: RecipeAxes, base: Recipe, pricer: Pricer, budget: int,
-           top: int, hours: float | None = None) -> list:
+           top: int, hours: float | None = None, gpus: int = 1) -> list:
     """The ranked suggestions (plan.suggest.Suggestion, without commands): per (shape, checkpointing, optimizer)
-    its largest micro-batch that fits, ranked by ms per step (or what `hours` buys), else by TFLOP per step; ties:
-    fewer micro-steps, less memory."""
+    its largest micro-batch that fits, ranked by ms per step (or what `hours` buys: the tokens of all `gpus`), else
+    by TFLOP per step; ties: fewer micro-steps, less memory."""
     from vramfit.fit.losslaw import TOKENS_PER_PARAM
     from vramfit.plan.suggest import Suggestion
 
@@ -252,7 +252,7 @@ def search(shapes: Sequence[Shape], axes: RecipeAxes, base: Recipe, pricer: Pric
     tflop = np.array([step_tflop(p) for p in points])
     params = np.array([count_params(p.shape.n_layer, p.shape.n_embd, p.shape.block_size, p.shape.vocab_size)
                        for p in points], dtype=np.float64)
-    tokens = np.array([p.tokens_per_step for p in points], dtype=np.float64)
+    tokens = np.array([p.tokens_per_step * gpus for p in points], dtype=np.float64)
     need = np.array([n for _, n in found])
     accum = np.array([p.recipe.grad_accum for p in points])
     if ms is not None and hours is not None:
@@ -430,7 +430,7 @@ def _searched(req, axes: RecipeAxes, base: Recipe, pricer: Pricer, where: tuple,
                                "the dry run: --no-profile)")
         notes.append(f"not searched: {why}")
     hours = time_args(req.hours, req.rank, req.loss_law, req.data_dir).hours if req.hours is not None else None
-    items = search(shapes, axes, base, pricer, budget, req.top, hours)
+    items = search(shapes, axes, base, pricer, budget, req.top, hours, req.gpus)
     for s in items:
         recipe = replace(base, optimizer=s.optimizer, grad_accum=s.grad_accum, checkpoint=s.checkpoint)
         s.command = train_command(s, recipe.to_dict(), req.data_dir)
