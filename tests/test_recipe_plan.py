@@ -230,3 +230,38 @@ def test_bad_recipe_plans_are_one_error_line(extra, message, tmp_path, monkeypat
     assert main(["suggest", "--vram", "8G", "--vocab", "65", *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_a_switch_profile_plans_within_what_it_measured_and_over_gpus(switch_profile, tmp_path, capsys):
+    """--within-measured keeps every micro-step inside the profile's ranges; --gpus N splits the tokens per step
+    over N GPUs (per GPU: micro-batch x accumulation = tokens / N) and adds the DDP term to each GPU's memory."""
+    from gpt.config import count_params
+    from vramfit.fit.coverage import check
+    from vramfit.fit.profile import Profile
+
+    profile = Profile.load(switch_profile)
+    args = ["suggest", "--vram", "64M", "--target", "cpu", "--model", str(switch_profile), "--n-layer", "2,4",
+            "--n-head", "2", "--n-embd", "64,128", "--block-size", "64", "--vocab", "65", "--tokens-per-step", "2048",
+            "--suggestions-file", str(tmp_path / "s.json"), "--json"]
+    assert main(args) == 0
+    every = json.loads(capsys.readouterr().out)["suggestions"]
+    assert any(not check(profile.ranges, r).inside for r in every)  # micro-batches beyond the measured 4-8
+    assert main([*args, "--within-measured"]) == 0
+    rows = json.loads(capsys.readouterr().out)["suggestions"]
+    assert rows and all(check(profile.ranges, r).inside for r in rows)
+    assert main([*args, "--gpus", "2"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["gpus"] == 2 and doc["strategy"] == "ddp" and doc["suggestions"]
+    for r in doc["suggestions"]:
+        assert r["batch_size"] * r["grad_accum"] * 64 * 2 == 2048 == r["tokens_per_step"]
+        assert r["command"].startswith("vramfit train --nproc 2 ")
+        recipe = Recipe(dtype="float32", optimizer=r["optimizer"], checkpoint=r["checkpoint"],
+                        grad_accum=r["grad_accum"])
+        one_gpu = float(profile.memory(Shape.of(r), recipe)[0])  # + 4 B a parameter of DDP buckets (gloo: no NCCL)
+        ddp = 4 * count_params(r["n_layer"], r["n_embd"], r["block_size"], r["vocab_size"])
+        assert r["predicted_bytes"] == pytest.approx(one_gpu + ddp, abs=2) and r["breakdown"]["ddp"] == ddp
+    assert main([*args, "--gpus", "3"]) == 2
+    assert "does not split evenly over --gpus 3" in capsys.readouterr().err
+    assert main(["suggest", "--vram", "8G", "--vocab", "65", "--tokens-per-step", "4096", "--no-profile",
+                 "--within-measured"]) == 2
+    assert "--within-measured needs a profile" in capsys.readouterr().err

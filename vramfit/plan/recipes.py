@@ -170,6 +170,7 @@ class Pricer:
     margin_rel: float
     planner: object | None = None
     knows: Callable[[Recipe], bool] = lambda recipe: True  # the recipes it can price
+    covers: Callable[[Shape], bool] = lambda shape: True  # the micro-step shapes searched (--within-measured)
     detail: Callable[[Point], tuple[str, dict]] | None = None  # the peak's regime and its breakdown by part
 
 
@@ -229,15 +230,16 @@ def profile_pricer(profile) -> Pricer:  # noqa: ANN001 - a vramfit.fit.profile.P
 
 def priced_groups(shapes: Sequence[Shape], axes: RecipeAxes, base: Recipe, pricer: Pricer) -> list[list[Point]]:
     """`candidate_groups` with only the points whose recipe the pricer knows."""
-    groups = ([p for p in g if pricer.knows(p.recipe)] for g in candidate_groups(shapes, axes, base))
+    groups = ([p for p in g if pricer.knows(p.recipe) and pricer.covers(p.shape)]
+              for g in candidate_groups(shapes, axes, base))
     return [g for g in groups if g]
 
 
 def search(shapes: Sequence[Shape], axes: RecipeAxes, base: Recipe, pricer: Pricer, budget: int,
-           top: int, hours: float | None = None) -> list:
+           top: int, hours: float | None = None, gpus: int = 1) -> list:
     """The ranked suggestions (plan.suggest.Suggestion, without commands): per (shape, checkpointing, optimizer)
-    its largest micro-batch that fits, ranked by ms per step (or what `hours` buys), else by TFLOP per step; ties:
-    fewer micro-steps, less memory."""
+    its largest micro-batch that fits, ranked by ms per step (or what `hours` buys: the tokens of all `gpus`), else
+    by TFLOP per step; ties: fewer micro-steps, less memory."""
     from vramfit.fit.losslaw import TOKENS_PER_PARAM
     from vramfit.plan.suggest import Suggestion
 
@@ -250,7 +252,7 @@ def search(shapes: Sequence[Shape], axes: RecipeAxes, base: Recipe, pricer: Pric
     tflop = np.array([step_tflop(p) for p in points])
     params = np.array([count_params(p.shape.n_layer, p.shape.n_embd, p.shape.block_size, p.shape.vocab_size)
                        for p in points], dtype=np.float64)
-    tokens = np.array([p.tokens_per_step for p in points], dtype=np.float64)
+    tokens = np.array([p.tokens_per_step * gpus for p in points], dtype=np.float64)
     need = np.array([n for _, n in found])
     accum = np.array([p.recipe.grad_accum for p in points])
     if ms is not None and hours is not None:
@@ -304,13 +306,16 @@ def recommend_recipes(req):  # noqa: ANN001, ANN201 - a PlanRequest -> a plan.re
     from vramfit.plan.request import fill
     from vramfit.units import parse_size
 
-    if req.like is not None or req.gpus > 1 or req.within_measured:
-        raise VramfitError("--tokens-per-step plans one GPU for the shape flags: drop --like, --gpus and "
-                           "--within-measured")
+    if req.like is not None:
+        raise VramfitError("--tokens-per-step plans the shape flags: drop --like")
     fixed = req.recipe == "fixed"
     req = fill(replace(req, recipe=None if fixed else req.recipe), None)
     axes = replace(recipe_axes(req.tokens_per_step, req.checkpoint, req.optimizer),
                    micro_batches=tuple(req.space.get("batch_size") or ()))
+    if axes.tokens_per_step % req.gpus:
+        raise VramfitError(f"--tokens-per-step {axes.tokens_per_step:,} does not split evenly over --gpus "
+                           f"{req.gpus} (each GPU takes the same micro-batch x accumulation)")
+    per_gpu = replace(axes, tokens_per_step=axes.tokens_per_step // req.gpus)
     (vram_b, card, vram_label), reserve_b = resolve_vram(req.vram, req.device), parse_size(req.reserve)
     budget = vram_b - reserve_b
     if budget <= 0:
@@ -321,16 +326,24 @@ def recommend_recipes(req):  # noqa: ANN001, ANN201 - a PlanRequest -> a plan.re
     if chosen is None:
         if req.hours is not None:
             raise VramfitError("--hours needs a profiled device (its sweep measures speed): plan with a profile")
+        if req.within_measured:
+            raise VramfitError("--within-measured needs a profile (what a sweep measured); the dry run measures "
+                               "nothing")
         base, pricer, line, device = _dry_run(req, (space["vocab_size"] or [DEFAULT_VOCAB])[0], notes, warnings)
-        path, target = Path("(dry-run, no profile)"), "nvml"
+        path, target, kind = Path("(dry-run, no profile)"), "nvml", "cuda"
     else:
         path, profile = chosen
         base, pricer = profile.recipe_of().resolved(profile.kind), profile_pricer(profile)
-        line, device, target = plan_line(req, profile, path, budget), profile.device, profile.target
+        line, device, target, kind = plan_line(req, profile, path, budget), profile.device, profile.target, \
+            profile.kind
+        if req.within_measured:
+            pricer = _within_measured(pricer, space, profile.ranges, notes)
+    if req.gpus > 1:
+        pricer = _ddp(pricer, kind, notes)
     if fixed:
-        axes = replace(axes, checkpoints=(base.checkpoint,), optimizers=(base.optimizer,))
+        per_gpu = replace(per_gpu, checkpoints=(base.checkpoint,), optimizers=(base.optimizer,))
     try:
-        items, hours, smallest = _searched(req, axes, base, pricer, (space, budget, notes), chosen)
+        items, hours, smallest = _searched(req, per_gpu, base, pricer, (space, budget, notes), chosen)
     finally:
         if pricer.planner is not None:
             pricer.planner.__exit__(None, None, None)
@@ -342,7 +355,8 @@ def recommend_recipes(req):  # noqa: ANN001, ANN201 - a PlanRequest -> a plan.re
            "budget_bytes": budget, "objective": "time", "model_file": str(path),
            "ranking": {"objective": "time", "value": by, "text": f"{axes.tokens_per_step:,} tokens per step, by {by}"},
            "device": device, "recipe_key": base.key(), "recipe": base.to_dict(), "target": target,
-           "margin_rel": pricer.margin_rel, "data_dir": req.data_dir, "gpus": 1, "strategy": None,
+           "margin_rel": pricer.margin_rel, "data_dir": req.data_dir, "gpus": req.gpus,
+           "strategy": "ddp" if req.gpus > 1 else None,
            "tokens_per_step": axes.tokens_per_step, "plan": line, "suggestions": [s.to_dict() for s in items]}
     doc.update({"hours": hours} if hours is not None else {})
     doc.update({"dry_run": pricer.planner.counts()} if pricer.planner is not None else {})
@@ -350,9 +364,50 @@ def recommend_recipes(req):  # noqa: ANN001, ANN201 - a PlanRequest -> a plan.re
                           nothing_fits=smallest)
 
 
+def _within_measured(pricer: Pricer, space: dict, ranges: dict | None, notes: list[str]) -> Pricer:
+    """`--within-measured`: each shape axis restricted to what the profile measured, and the micro-steps too (their
+    micro-batch, tokens and parameters: `fit.coverage.check`)."""
+    from vramfit.fit.coverage import check
+    from vramfit.plan.recommend import _within_measured as restrict
+    from vramfit.plan.recommend import _within_note
+
+    notes.append(_within_note(ranges))
+    batch = space.pop("batch_size", None)  # the micro-batches: every divisor of the tokens, then checked
+    if (why := restrict(space, ranges)) is not None:
+        raise VramfitError(why)
+    space["batch_size"] = batch
+    return replace(pricer, covers=lambda shape: check(ranges, shape.as_dict()).inside)
+
+
+def _ddp(pricer: Pricer, kind: str, notes: list[str]) -> Pricer:
+    """Per GPU under DDP (`--gpus N`: each GPU runs micro-batch x accumulation of the tokens / N): the single-GPU
+    price + the DDP term (`plan.ddp.DdpTerm` for the device: gradient buckets per parameter, NCCL's constant)."""
+    from vramfit.plan.ddp import DdpTerm
+
+    term = DdpTerm.for_device(kind)
+    notes.append(f"per GPU: + {term.bytes_per_param:g} B per parameter ({term.source}) + "
+                 f"{term.comm_bytes / 2**20:,.0f} MiB ({term.comm_source}); time per step: one GPU's share, "
+                 "communication not priced")
+
+    def ddp(p: Point) -> float:
+        s = p.shape
+        return term.bytes_per_param * count_params(s.n_layer, s.n_embd, s.block_size, s.vocab_size) + term.comm_bytes
+
+    def need(points: list[Point]) -> np.ndarray:
+        extra = np.array([ddp(p) for p in points])
+        return np.asarray(pricer.need(points), dtype=np.float64) + extra * (1 + pricer.margin_rel)
+
+    def detail(point: Point) -> tuple[str, dict]:
+        regime, parts = pricer.detail(point) if pricer.detail is not None else ("", {})
+        return regime, {**parts, "ddp": int(ddp(point))}
+
+    return replace(pricer, need=need, detail=detail)
+
+
 def _searched(req, axes: RecipeAxes, base: Recipe, pricer: Pricer, where: tuple, chosen) -> tuple:  # noqa: ANN001
     """(the search's suggestions with their train commands, the hours ranked by or None, and where nothing fits
     what the least demanding point needs); `where`: the space, the budget and the notes to add to."""
+    from vramfit.plan.ddp import multi_gpu
     from vramfit.plan.request import time_args
     from vramfit.plan.workflows import train_command
 
@@ -375,10 +430,11 @@ def _searched(req, axes: RecipeAxes, base: Recipe, pricer: Pricer, where: tuple,
                                "the dry run: --no-profile)")
         notes.append(f"not searched: {why}")
     hours = time_args(req.hours, req.rank, req.loss_law, req.data_dir).hours if req.hours is not None else None
-    items = search(shapes, axes, base, pricer, budget, req.top, hours)
+    items = search(shapes, axes, base, pricer, budget, req.top, hours, req.gpus)
     for s in items:
         recipe = replace(base, optimizer=s.optimizer, grad_accum=s.grad_accum, checkpoint=s.checkpoint)
         s.command = train_command(s, recipe.to_dict(), req.data_dir)
+    items = multi_gpu(items, req.gpus)  # tokens per step of all GPUs, the command launched with --nproc
     return items, hours, None if items else _smallest(shapes, axes, base, pricer)
 
 
