@@ -21,7 +21,7 @@ from vramfit.dryrun.estimator import Estimator
 from vramfit.shape import Shape
 
 # the design the physics model is calibrated on: 2 x 2 x 2 x 2 = 16 dry-run estimates, head dim 64
-DESIGN = {"n_layer": (2, 8), "n_embd": (256, 768), "block_size": (256, 1024), "batch_size": (1, 8)}
+DESIGN = {"n_layer": (2, 8), "n_embd": (256, 768), "block_size": (256, 1024), "batch_size": (4, 64)}
 
 
 def design_shapes(vocab_size: int) -> list[tuple[int, int, int, int, int, int]]:
@@ -75,6 +75,7 @@ class DryRunPlanner:
         self.estimator = estimator or Estimator("pool", workers=workers,
                                                 cache=EstimateCache.user(cache_dir) if use_cache else None)
         self._model_hits = 0  # design estimates not needed: the calibrated model came from the cache
+        self._model = None  # the calibrated MemoryModel, once model() ran
         self.margin = None  # vramfit.validation.Margin, once model() ran
 
     def __enter__(self) -> DryRunPlanner:
@@ -132,22 +133,35 @@ class DryRunPlanner:
         doc = cache.get_doc("calibrated-model", key)
         if doc is not None:
             try:
-                model = MemoryModel.from_dict(doc)
+                self._model = MemoryModel.from_dict(doc)
                 self._model_hits += len(shapes)
-                return model, self.margin.rel, self.resolved.to_dict()
+                return self._model, self.margin.rel, self.resolved.to_dict()
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 cache.warnings.append(f"warning: ignoring a corrupt calibrated model in the cache "
                                       f"({type(exc).__name__}); fitting it again")
-        model = calibrated_model(shapes, self._estimates(shapes))
-        cache.put_doc("calibrated-model", key, model.to_dict())
-        return model, self.margin.rel, self.resolved.to_dict()
+        self._model = calibrated_model(shapes, self._estimates(shapes))
+        cache.put_doc("calibrated-model", key, self._model.to_dict())
+        return self._model, self.margin.rel, self.resolved.to_dict()
+
+    def slope(self, shape: tuple) -> float | None:
+        """The calibrated model's bytes per sample at `shape` (KEYS order): every term but the parameters' grows
+        with the tokens, so the model is a line in the batch at a fixed shape (per regime); None before model()."""
+        if self._model is None or shape[4] < 2:
+            return None
+        import numpy as np
+
+        from vramfit.fit.features import features
+
+        pair = np.asarray([shape, (*shape[:4], 1, *shape[5:])], dtype=np.int64)
+        big, one = self._model.parts(features(*pair.T))[0]  # the piece on every feature (the other: parameters)
+        return secant((shape[4], float(big)), (1, float(one)))
 
     def verify(self, items: list, budget: int, margin: float = 0.0) -> list:
         """Re-predict suggestions by the estimator (its device figure): a suggestion fits when its estimate raised
         by `margin` (the plan's: the validation set's, or --margin) is within `budget`. One that does not gets the
         batch the estimate says fits (at most 3 more estimates: the calibrated model can be a few % low at the
-        edge), else it is dropped; rank the rest. The first smaller batch is in proportion to the excess, the next
-        ones on the line through the config's last two estimates (`fitting_batch`)."""
+        edge), else it is dropped; rank the rest. The first smaller batch is along the calibrated model's bytes per
+        sample (`slope`), the next ones on the line through the config's last two estimates (`fitting_batch`)."""
         limit = int(budget / (1 + margin))  # the largest estimate that fits with the margin
 
         def fits(need: int) -> bool:
@@ -169,7 +183,7 @@ class DryRunPlanner:
                 break
             for i in redo:
                 b, need = items[i].batch_size, needs[i]
-                slope = secant(before[i], (b, need)) if i in before else None
+                slope = secant(before[i], (b, need)) if i in before else self.slope(shape(items[i]))
                 before[i] = (b, need)
                 items[i] = smaller(items[i], fitting_batch(b, need, limit, slope))
             for i, need in zip(redo, self._estimates([shape(items[i]) for i in redo]), strict=True):
