@@ -337,10 +337,10 @@ def test_the_user_cache_needs_no_platformdirs(monkeypatch, tmp_path):
     assert cache_root() == tmp_path / "home" / ".cache" / "vramfit"
 
 
-def test_a_suggestion_over_budget_is_cut_along_the_calibrated_slope_in_one_round():
+def test_a_suggestion_over_budget_is_cut_along_the_calibrated_slope():
     """The first smaller batch comes from the calibrated model's bytes per sample at the suggestion's shape (a line
     in the batch), not in proportion: with an engine the model describes, one re-estimate lands on the largest
-    batch that fits, where the proportional step needed two more."""
+    batch that fits (the proportional step needed two more), and the next batch up confirms it is the largest."""
     from dataclasses import replace
 
     from vramfit.dryrun.cache import EstimateCache
@@ -362,5 +362,6 @@ def test_a_suggestion_over_budget_is_cut_along_the_calibrated_slope_in_one_round
         over = replace(s, batch_size=largest + 8, tokens_per_step=(largest + 8) * T)  # the model over-reached
         calls = planner.estimator.calls
         kept = planner.verify([over], budget, 0.0)
-    assert planner.estimator.calls - calls == 2  # the suggestion, then the one batch along the slope
+    # the suggestion, the one batch along the slope (it fits), the next one up (it does not: the cut was the largest)
+    assert planner.estimator.calls - calls == 3
     assert [k.batch_size for k in kept] == [largest]

@@ -161,7 +161,9 @@ class DryRunPlanner:
         by `margin` (the plan's: the validation set's, or --margin) is within `budget`. One that does not gets the
         batch the estimate says fits (at most 3 more estimates: the calibrated model can be a few % low at the
         edge), else it is dropped; rank the rest. The first smaller batch is along the calibrated model's bytes per
-        sample (`slope`), the next ones on the line through the config's last two estimates (`fitting_batch`)."""
+        sample (`slope`), the next ones on the line through the config's last two estimates (`fitting_batch`); a cut
+        that fits is followed by the next batch up while one below a batch that did not fit is left (the allocator's
+        rounding makes stretches of batches cost the same), within the same 3 rounds."""
         limit = int(budget / (1 + margin))  # the largest estimate that fits with the margin
 
         def fits(need: int) -> bool:
@@ -176,21 +178,40 @@ class DryRunPlanner:
 
         items = list(items)
         needs = self._estimates([shape(s) for s in items])
-        before: dict[int, tuple[int, int]] = {}  # item -> (batch, need) of its previous estimate
+        before: dict[int, tuple[int, int]] = {}  # item -> (batch, need) of its last estimate over the budget
+        best: dict[int, tuple] = {}  # item -> (Suggestion, need) at the largest batch that fits so far
+        over: dict[int, int] = {}  # item -> the smallest batch that does not fit
+
+        def keep(i: int) -> None:
+            if fits(needs[i]) and (i not in best or items[i].batch_size > best[i][0].batch_size):
+                best[i] = (items[i], needs[i])
+
         for _ in range(3):  # in rounds: each round's re-estimates run in parallel
-            redo = [i for i, s in enumerate(items) if not fits(needs[i]) and s.batch_size > 1]
+            redo = []
+            for i, s in enumerate(items):
+                b, need = s.batch_size, needs[i]
+                keep(i)
+                if fits(need):
+                    nb = b + 1  # cut below a batch that did not fit: on a flat stretch the next one up fits too
+                elif b > 1:
+                    over[i] = min(over.get(i, b), b)
+                    slope = secant(before[i], (b, need)) if i in before else self.slope(shape(s))
+                    before[i] = (b, need)
+                    nb = max(fitting_batch(b, need, limit, slope), best[i][0].batch_size + 1 if i in best else 1)
+                else:
+                    continue
+                if nb < over.get(i, 0):
+                    items[i] = smaller(s, nb)
+                    redo.append(i)
             if not redo:
                 break
-            for i in redo:
-                b, need = items[i].batch_size, needs[i]
-                slope = secant(before[i], (b, need)) if i in before else self.slope(shape(items[i]))
-                before[i] = (b, need)
-                items[i] = smaller(items[i], fitting_batch(b, need, limit, slope))
             for i, need in zip(redo, self._estimates([shape(items[i]) for i in redo]), strict=True):
                 needs[i] = need
         kept = []
-        for s, need in zip(items, needs, strict=True):
-            if fits(need):
+        for i in range(len(items)):
+            keep(i)
+            if i in best:
+                s, need = best[i]
                 s.predicted_bytes, s.margin_bytes = need, int(need * margin)
                 s.headroom_bytes = budget - need - s.margin_bytes
                 kept.append(s)
