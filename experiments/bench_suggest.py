@@ -3,9 +3,9 @@
 < 2 s, cold <= 15 s on 2 idle cores), with its peak RSS (the largest process of its tree: itself or a worker).
 
 Measured on this project's 2-core VM, `--no-profile` with the defaults (8G, sm86, vocabulary 50304), shared with
-other jobs: cold 27 estimates, 136 CPU s, 879 s wall at load 13.6 (calibration at batch 4 and 64, cuts along the
+other jobs: cold 28 estimates, 142 CPU s, 1219 s wall at load 12 (calibration at batch 4 and 64, cuts along the
 calibrated slope, one-size traces); before, 47 estimates, 220 CPU s, 602 s wall at load 10.6 (calibration at batch
-1 and 8, which under-predicted the re-checked configs by 13-37 %: three re-check rounds). Warm: 0 estimates, 1.0 CPU
+1 and 8, which under-predicted the re-checked configs by 13-37 %: three re-check rounds). Warm: 0 estimates, 1.1 CPU
 s. Compare the CPU seconds: the wall time measures the neighbours.
 
     python experiments/bench_suggest.py [--model results/models/X.json] [--vram 8G] [--repeat 5]
