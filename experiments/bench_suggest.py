@@ -1,6 +1,12 @@
 """Time `suggest` over the whole default search space (target: < 1 s), for each objective, as a table; with
---no-profile, the whole `vramfit suggest --no-profile` command cold (empty cache) and warm (target: warm < 2 s,
-cold <= half of the uncached 22.5 s), with its peak RSS (the largest process of its tree: itself or a worker).
+--no-profile, the whole `vramfit suggest --no-profile` command cold (empty cache) and warm (target, issue 28: warm
+< 2 s, cold <= 15 s on 2 idle cores), with its peak RSS (the largest process of its tree: itself or a worker).
+
+Measured on this project's 2-core VM, `--no-profile` with the defaults (8G, sm86, vocabulary 50304), shared with
+other jobs: cold 28 estimates, 142 CPU s, 1219 s wall at load 12 (calibration at batch 4 and 64, cuts along the
+calibrated slope, one-size traces); before, 47 estimates, 220 CPU s, 602 s wall at load 10.6 (calibration at batch
+1 and 8, which under-predicted the re-checked configs by 13-37 %: three re-check rounds). Warm: 0 estimates, 1.1 CPU
+s. Compare the CPU seconds: the wall time measures the neighbours.
 
     python experiments/bench_suggest.py [--model results/models/X.json] [--vram 8G] [--repeat 5]
     python experiments/bench_suggest.py --no-profile [--capability 8.6] [--vram 8G] [--repeat 3] [--workers N]

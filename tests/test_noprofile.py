@@ -335,3 +335,33 @@ def test_the_user_cache_needs_no_platformdirs(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert cache_root() == tmp_path / "home" / ".cache" / "vramfit"
+
+
+def test_a_suggestion_over_budget_is_cut_along_the_calibrated_slope():
+    """The first smaller batch comes from the calibrated model's bytes per sample at the suggestion's shape (a line
+    in the batch), not in proportion: with an engine the model describes, one re-estimate lands on the largest
+    batch that fits (the proportional step needed two more), and the next batch up confirms it is the largest."""
+    from dataclasses import replace
+
+    from vramfit.dryrun.cache import EstimateCache
+    from vramfit.plan.suggest import suggest
+
+    budget = 8 * 2**30
+    with DryRunPlanner(BF16, (8, 0), 256, estimator=FormulaEstimator(cache=EstimateCache(None))) as planner:
+        assert planner.slope((4, 8, 512, 256, 32, 256)) is None  # no model yet
+        model, _, _ = planner.model()
+        L, C, T, V = 4, 512, 256, 256
+        per_sample = 40 * T * L * C + 10 * T * V  # formula_estimate's bytes per sample
+        assert planner.slope((L, 8, C, T, 32, V)) == pytest.approx(per_sample, rel=0.02)
+        assert planner.slope((L, 8, C, T, 1, V)) is None
+        def need(b: int) -> int:
+            return formula_estimate(planner._requests([(L, 8, C, T, b, V)])[0]).process["device_bytes"]
+
+        largest = max(b for b in range(1, 400) if need(b) <= budget)
+        s = list(suggest(model, 0.0, budget, top=1, vocab_size=[V], n_layer=[L], n_embd=[C], block_size=[T]))[0]
+        over = replace(s, batch_size=largest + 8, tokens_per_step=(largest + 8) * T)  # the model over-reached
+        calls = planner.estimator.calls
+        kept = planner.verify([over], budget, 0.0)
+    # the suggestion, the one batch along the slope (it fits), the next one up (it does not: the cut was the largest)
+    assert planner.estimator.calls - calls == 3
+    assert [k.batch_size for k in kept] == [largest]

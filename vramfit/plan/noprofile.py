@@ -21,7 +21,7 @@ from vramfit.dryrun.estimator import Estimator
 from vramfit.shape import Shape
 
 # the design the physics model is calibrated on: 2 x 2 x 2 x 2 = 16 dry-run estimates, head dim 64
-DESIGN = {"n_layer": (2, 8), "n_embd": (256, 768), "block_size": (256, 1024), "batch_size": (1, 8)}
+DESIGN = {"n_layer": (2, 8), "n_embd": (256, 768), "block_size": (256, 1024), "batch_size": (4, 64)}
 
 
 def design_shapes(vocab_size: int) -> list[tuple[int, int, int, int, int, int]]:
@@ -75,6 +75,7 @@ class DryRunPlanner:
         self.estimator = estimator or Estimator("pool", workers=workers,
                                                 cache=EstimateCache.user(cache_dir) if use_cache else None)
         self._model_hits = 0  # design estimates not needed: the calibrated model came from the cache
+        self._model = None  # the calibrated MemoryModel, once model() ran
         self.margin = None  # vramfit.validation.Margin, once model() ran
 
     def __enter__(self) -> DryRunPlanner:
@@ -132,22 +133,37 @@ class DryRunPlanner:
         doc = cache.get_doc("calibrated-model", key)
         if doc is not None:
             try:
-                model = MemoryModel.from_dict(doc)
+                self._model = MemoryModel.from_dict(doc)
                 self._model_hits += len(shapes)
-                return model, self.margin.rel, self.resolved.to_dict()
+                return self._model, self.margin.rel, self.resolved.to_dict()
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 cache.warnings.append(f"warning: ignoring a corrupt calibrated model in the cache "
                                       f"({type(exc).__name__}); fitting it again")
-        model = calibrated_model(shapes, self._estimates(shapes))
-        cache.put_doc("calibrated-model", key, model.to_dict())
-        return model, self.margin.rel, self.resolved.to_dict()
+        self._model = calibrated_model(shapes, self._estimates(shapes))
+        cache.put_doc("calibrated-model", key, self._model.to_dict())
+        return self._model, self.margin.rel, self.resolved.to_dict()
+
+    def slope(self, shape: tuple) -> float | None:
+        """The calibrated model's bytes per sample at `shape` (KEYS order): every term but the parameters' grows
+        with the tokens, so the model is a line in the batch at a fixed shape (per regime); None before model()."""
+        if self._model is None or shape[4] < 2:
+            return None
+        import numpy as np
+
+        from vramfit.fit.features import features
+
+        pair = np.asarray([shape, (*shape[:4], 1, *shape[5:])], dtype=np.int64)
+        big, one = self._model.parts(features(*pair.T))[0]  # the piece on every feature (the other: parameters)
+        return secant((shape[4], float(big)), (1, float(one)))
 
     def verify(self, items: list, budget: int, margin: float = 0.0) -> list:
         """Re-predict suggestions by the estimator (its device figure): a suggestion fits when its estimate raised
         by `margin` (the plan's: the validation set's, or --margin) is within `budget`. One that does not gets the
         batch the estimate says fits (at most 3 more estimates: the calibrated model can be a few % low at the
-        edge), else it is dropped; rank the rest. The first smaller batch is in proportion to the excess, the next
-        ones on the line through the config's last two estimates (`fitting_batch`)."""
+        edge), else it is dropped; rank the rest. The first smaller batch is along the calibrated model's bytes per
+        sample (`slope`), the next ones on the line through the config's last two estimates (`fitting_batch`); a cut
+        that fits is followed by the next batch up while one below a batch that did not fit is left (the allocator's
+        rounding makes stretches of batches cost the same), within the same 3 rounds."""
         limit = int(budget / (1 + margin))  # the largest estimate that fits with the margin
 
         def fits(need: int) -> bool:
@@ -162,21 +178,40 @@ class DryRunPlanner:
 
         items = list(items)
         needs = self._estimates([shape(s) for s in items])
-        before: dict[int, tuple[int, int]] = {}  # item -> (batch, need) of its previous estimate
+        before: dict[int, tuple[int, int]] = {}  # item -> (batch, need) of its last estimate over the budget
+        best: dict[int, tuple] = {}  # item -> (Suggestion, need) at the largest batch that fits so far
+        over: dict[int, int] = {}  # item -> the smallest batch that does not fit
+
+        def keep(i: int) -> None:
+            if fits(needs[i]) and (i not in best or items[i].batch_size > best[i][0].batch_size):
+                best[i] = (items[i], needs[i])
+
         for _ in range(3):  # in rounds: each round's re-estimates run in parallel
-            redo = [i for i, s in enumerate(items) if not fits(needs[i]) and s.batch_size > 1]
+            redo = []
+            for i, s in enumerate(items):
+                b, need = s.batch_size, needs[i]
+                keep(i)
+                if fits(need):
+                    nb = b + 1  # cut below a batch that did not fit: on a flat stretch the next one up fits too
+                elif b > 1:
+                    over[i] = min(over.get(i, b), b)
+                    slope = secant(before[i], (b, need)) if i in before else self.slope(shape(s))
+                    before[i] = (b, need)
+                    nb = max(fitting_batch(b, need, limit, slope), best[i][0].batch_size + 1 if i in best else 1)
+                else:
+                    continue
+                if nb < over.get(i, 0):
+                    items[i] = smaller(s, nb)
+                    redo.append(i)
             if not redo:
                 break
-            for i in redo:
-                b, need = items[i].batch_size, needs[i]
-                slope = secant(before[i], (b, need)) if i in before else None
-                before[i] = (b, need)
-                items[i] = smaller(items[i], fitting_batch(b, need, limit, slope))
             for i, need in zip(redo, self._estimates([shape(items[i]) for i in redo]), strict=True):
                 needs[i] = need
         kept = []
-        for s, need in zip(items, needs, strict=True):
-            if fits(need):
+        for i in range(len(items)):
+            keep(i)
+            if i in best:
+                s, need = best[i]
                 s.predicted_bytes, s.margin_bytes = need, int(need * margin)
                 s.headroom_bytes = budget - need - s.margin_bytes
                 kept.append(s)
