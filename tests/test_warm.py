@@ -164,3 +164,27 @@ def test_a_server_refuses_a_socket_of_another_version(tmp_path):
     path = tmp_path / "estimator-0000000000000000.sock"
     r = subprocess.run([*warm.SERVER, str(path)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "version" in r.stderr and not path.exists()
+
+
+def test_pool_workers_die_with_the_process_that_started_them(tmp_path):
+    """A `suggest` killed mid-plan (SIGKILL: no atexit, no executor shutdown) leaves no estimator worker behind:
+    each worker dies with its pool's process (`vramfit.child.die_with_parent`, PR_SET_PDEATHSIG on Linux)."""
+    import signal
+    import subprocess
+
+    from gpt.files import pid_alive
+
+    script = ("import os, sys; from vramfit.dryrun.pool import WarmWorkers\n"
+              "w = WarmWorkers(2)\n"
+              "pids = [w._pool(i).submit(os.getpid).result() for i in range(2)]\n"
+              "print(*pids, flush=True); sys.stdin.read()\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2 and all(pid_alive(p) for p in pids)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(pid_alive(p) for p in pids)

@@ -44,8 +44,13 @@ def graphs(req: EstimateRequest) -> EstimateRequest:
     return replace(req, model=replace(req.model, n_layer=1), batch_size=min(req.batch_size, 2), headline_only=False)
 
 
-def _warm() -> None:
-    """Worker initializer: import torch and the fake-tensor step once for every estimate this worker runs."""
+def _warm(parent: int) -> None:
+    """Worker initializer: die with the process that started the pool (`vramfit.child.die_with_parent`: a killed
+    `suggest` leaves no worker behind), then import torch and the fake-tensor step once for every estimate this
+    worker runs."""
+    from vramfit.child import die_with_parent
+
+    die_with_parent(parent)
     import vramfit.dryrun.fake_step  # noqa: F401
 
 
@@ -115,7 +120,8 @@ class WarmWorkers:
             # spawn, which is also the only safe choice once torch has started its own threads
             method = "fork" if sys.platform == "linux" and "torch" not in sys.modules else "spawn"
             ctx = multiprocessing.get_context(method)
-            self._executors = [ProcessPoolExecutor(1, mp_context=ctx, initializer=_warm) for _ in range(self.workers)]
+            self._executors = [ProcessPoolExecutor(1, mp_context=ctx, initializer=_warm, initargs=(os.getpid(),))
+                               for _ in range(self.workers)]
         return self._executors[worker]
 
     def run(self, requests: list[EstimateRequest]) -> list[Estimate]:
