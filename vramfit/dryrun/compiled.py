@@ -201,10 +201,9 @@ def _same_buffer(b: fx.Node, n: fx.Node) -> bool:
     size_b, size_n = vb.numel(), vn.numel()
     if str(size_b) == str(size_n):
         return True
-    try:
-        return 0.95 * int(size_b) <= int(size_n) <= int(size_b)
-    except TypeError:  # symbolic sizes that differ: not statically known to fit
-        return False
+    if isinstance(size_b, int) and isinstance(size_n, int):
+        return 0.95 * size_b <= size_n <= size_b
+    return False  # symbolic sizes that differ: not statically known to fit (int() would guard the batch symbol)
 
 
 def _contiguous(t: torch.Tensor) -> bool:
