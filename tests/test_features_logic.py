@@ -294,6 +294,7 @@ def test_frame_features_pick_physics_families_or_switches():
     plain = frame_features(df)
     assert list(plain.index) == [7, 3] and list(plain.columns) == [*PHYSICS[:1], "tokens", *PHYSICS[1:]]
     assert plain["acts"].tolist() == [N * L * C, T * L * C]
+    assert plain["params"].tolist() == [count_params(L, C, T, V, True)] * 2  # nanoGPT's biases by default
     assert frame_features(df, bias=False)["params"].tolist() == [count_params(L, C, T, V, False)] * 2
     sw = frame_features(df.assign(recipe=json.dumps({"optimizer": "sgd", "checkpoint": "all"})), switches=True)
     assert sw["state"].tolist() == [4 * count_params(L, C, T, V)] * 2 and sw["acts"].tolist() == [0, 0]

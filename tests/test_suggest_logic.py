@@ -632,3 +632,12 @@ def test_exactly_four_times_larger_does_not_halve_the_floor():
     budget = need({**one, "n_layer": 1, "block_size": 256, "batch_size": 64})  # 7 x 64 fits at batch 32 only
     items = suggest(MODEL, 0.0, budget, top=1, n_layer=[1, 7], batch_size=[32, 64], **one)
     assert [(s.n_layer, s.batch_size) for s in items] == [(1, 64)] and items.ranking["tokens_floor"] == 16384
+
+
+def test_halving_looks_at_half_the_floor_exactly():
+    """24 x 64 (18 x the size of 1 x 64) fits at batch 24 (6144 tokens), under half the floor: it does not relax
+    it; 1 x 64 takes the 16384 tokens."""
+    one = dict(n_head=1, n_embd=64, block_size=[256], vocab_size=256)
+    budget = need({**one, "n_layer": 1, "block_size": 256, "batch_size": 64})
+    items = suggest(MODEL, 0.0, budget, top=1, n_layer=[1, 24], batch_size=[24, 32, 64], **one)
+    assert [(s.n_layer, s.batch_size) for s in items] == [(1, 64)] and items.ranking["tokens_floor"] == 16384
