@@ -391,3 +391,9 @@ def test_switch_coefficients_in_their_units():
     assert rows["micro"]["value"] == pytest.approx(0.5, rel=1e-3)  # the law's 0.5 ms per micro-step, as it is
     assert rows["opt_sgd"]["value"] == pytest.approx(3.0, rel=1e-3) and rows["opt_sgd"]["unit"] == (
         "ms per 1e6 params (sgd step)")
+
+
+def test_coefficients_of_a_file_whose_counts_disagree_are_refused():
+    m = ThroughputModel.from_dict({"features": ["flops", "logits"], "intercept": 1.0, "coef": [2e-9]})
+    with pytest.raises(ValueError, match="zip"):  # not a silently shorter table
+        m.coefficients()
