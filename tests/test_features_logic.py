@@ -98,6 +98,21 @@ def test_the_recompute_piece_at_block_0_and_at_the_deepest_checkpointed_block():
         assert acc["grads_first"].tolist() == acc["grads_deepest"].tolist() == [0, P]
 
 
+def test_one_checkpointed_block_and_a_one_block_model():
+    """k >= L checkpoints block 0 alone (its recompute still happens); a 1-layer model's block is all of its layer
+    parameters; without biases, the block counts none."""
+    f = switched([5, 9], layers=5)
+    assert f["ckpt_inputs"].tolist() == [N * C, N * C] and f["recompute"].tolist() == [N * C, N * C]
+    one = features(1, H, C, T, B, V, switches={"checkpoint_every": 1, "grad_accum": 1, "state": 2})
+    P1 = count_params(1, C, T, V)
+    assert one["grads_first"].tolist() == [P1 - (P1 - count_params(0, C, T, V)) - T * C]
+    nb = features(L, H, C, T, B, V, bias=False, switches={"checkpoint_every": 1, "grad_accum": 1, "state": 2})
+    P0 = count_params(L, C, T, V, False)
+    assert nb["grads_first"].tolist() == [P0 - (P0 - count_params(0, C, T, V, False)) / L - T * C]
+    ints = features(L, H, C, T, B, V, switches={"checkpoint_every": 0, "grad_accum": 2, "state": 7})
+    assert ints["state"].dtype == np.float64 and ints["state"].tolist() == [7.0]  # integer inputs, float64 out
+
+
 def test_recompute_columns_elementwise():
     every, accum = np.array([1.0, 2.0, 0.0]), np.array([1.0, 1.0, 1.0])
     Ls, Ns = np.array([3.0, 6.0, 6.0]), np.array([10.0, 20.0, 30.0])
@@ -294,6 +309,7 @@ def test_frame_features_pick_physics_families_or_switches():
     plain = frame_features(df)
     assert list(plain.index) == [7, 3] and list(plain.columns) == [*PHYSICS[:1], "tokens", *PHYSICS[1:]]
     assert plain["acts"].tolist() == [N * L * C, T * L * C]
+    assert plain["params"].tolist() == [count_params(L, C, T, V, True)] * 2  # nanoGPT's biases by default
     assert frame_features(df, bias=False)["params"].tolist() == [count_params(L, C, T, V, False)] * 2
     sw = frame_features(df.assign(recipe=json.dumps({"optimizer": "sgd", "checkpoint": "all"})), switches=True)
     assert sw["state"].tolist() == [4 * count_params(L, C, T, V)] * 2 and sw["acts"].tolist() == [0, 0]

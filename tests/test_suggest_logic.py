@@ -632,3 +632,25 @@ def test_exactly_four_times_larger_does_not_halve_the_floor():
     budget = need({**one, "n_layer": 1, "block_size": 256, "batch_size": 64})  # 7 x 64 fits at batch 32 only
     items = suggest(MODEL, 0.0, budget, top=1, n_layer=[1, 7], batch_size=[32, 64], **one)
     assert [(s.n_layer, s.batch_size) for s in items] == [(1, 64)] and items.ranking["tokens_floor"] == 16384
+
+
+def test_halving_looks_at_half_the_floor_exactly():
+    """24 x 64 (18 x the size of 1 x 64) fits at batch 24 (6144 tokens), under half the floor: it does not relax
+    it; 1 x 64 takes the 16384 tokens."""
+    one = dict(n_head=1, n_embd=64, block_size=[256], vocab_size=256)
+    budget = need({**one, "n_layer": 1, "block_size": 256, "batch_size": 64})
+    items = suggest(MODEL, 0.0, budget, top=1, n_layer=[1, 24], batch_size=[24, 32, 64], **one)
+    assert [(s.n_layer, s.batch_size) for s in items] == [(1, 64)] and items.ranking["tokens_floor"] == 16384
+
+
+def test_the_corpus_cap_keeps_the_other_floors():
+    """A corpus large enough not to cap anything: 48 x 64, which fits only at block 128, stays out of the range."""
+    items = suggest(MODEL, 0.0, 117 * MIB, top=2, n_layer=[1, 48], n_head=1, n_embd=64, batch_size=[64],
+                    vocab_size=256, corpus_tokens=10**9)
+    assert [(s.n_layer, s.block_size) for s in items] == [(1, 256)] and items.ranking["max_params"] == 16 * 10**9
+
+
+def test_ranking_text_rounds_millions():
+    text = ranking_text({"objective": "trainable", "tokens_floor": 8, "block_range": None, "max_params": 1_050_001,
+                         "corpus_tokens": 1_015_001})
+    assert text.endswith(", <= 1.1M params (1.02M corpus tokens)")  # 1.050001 and 1.015001 million

@@ -381,3 +381,19 @@ def test_the_peak_is_the_first_points_device():
     df = points(device="NVIDIA H100 80GB HBM3")
     df.loc[1:, "device_name"] = "cpu: Test"
     assert fit_throughput(df).peak_flops == 989e12
+
+
+def test_switch_coefficients_in_their_units():
+    tp = fit_throughput(recipe_points(), switches=True)
+    rows = {r["term"]: r for r in tp.model.coefficients()}
+    micro = tp.model.coef_[tp.model.features.index("micro")]
+    assert rows["micro"]["value"] == pytest.approx(float(micro)) and rows["micro"]["unit"] == "ms per micro-step"
+    assert rows["micro"]["value"] == pytest.approx(0.5, rel=1e-3)  # the law's 0.5 ms per micro-step, as it is
+    assert rows["opt_sgd"]["value"] == pytest.approx(3.0, rel=1e-3) and rows["opt_sgd"]["unit"] == (
+        "ms per 1e6 params (sgd step)")
+
+
+def test_coefficients_of_a_file_whose_counts_disagree_are_refused():
+    m = ThroughputModel.from_dict({"features": ["flops", "logits"], "intercept": 1.0, "coef": [2e-9]})
+    with pytest.raises(ValueError, match="zip"):  # not a silently shorter table
+        m.coefficients()
