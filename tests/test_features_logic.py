@@ -83,19 +83,21 @@ def test_state_is_the_bytes_given_and_accumulation_keeps_every_gradient():
 
 def test_the_recompute_piece_at_block_0_and_at_the_deepest_checkpointed_block():
     """Without accumulation: at block 0 (recomputed last) every gradient but its own and the position table's is
-    alive; at the deepest checkpointed block (recomputed first) the head's and the later blocks' gradients, every
-    block input and the plain blocks before it."""
+    alive; at the deepest checkpointed block (recomputed first) the head's and the later blocks' gradients, the
+    other block inputs and the plain blocks before it. Both peak in the MLP's backward, beside its output
+    projection's gradient (4C x C + C); with accumulation the tied head's new V x C part is there too."""
     P = count_params(L, C, T, V)
-    block = (P - count_params(0, C, T, V)) / L
+    block, proj = (P - count_params(0, C, T, V)) / L, 4 * C * C + C
     f = switched([0, 1, 2, 3])  # L = 5: deepest checkpointed block -, 4, 4, 3
-    assert f["grads_first"].tolist() == [0, P - block - T * C, P - block - T * C, P - block - T * C]
-    assert f["grads_deepest"].tolist() == [0, P - 5 * block - T * C, P - 5 * block - T * C, P - 4 * block - T * C]
+    assert f["grads_first"].tolist() == [0] + [P - block - T * C + proj] * 3
+    assert f["grads_deepest"].tolist() == [0, P - 5 * block - T * C + proj, P - 5 * block - T * C + proj,
+                                           P - 4 * block - T * C + proj]
     assert f["inputs_first"].tolist() == f["acts_first"].tolist() == [0, 0, 0, 0]
-    assert f["inputs_deepest"].tolist() == [0, 5 * N * C, 3 * N * C, 2 * N * C]
+    assert f["inputs_deepest"].tolist() == [0, 4 * N * C, 2 * N * C, 1 * N * C]  # its own input is in `recompute`
     assert f["acts_deepest"].tolist() == [0, 0, 2 * N * C, 2 * N * C]  # k = 2: blocks 1, 3; k = 3: blocks 1, 2
-    for accum in (2, 4):  # accumulation: every gradient alive at both, where anything is checkpointed
+    for accum in (2, 4):  # accumulation: every gradient alive at both, and the head's new part
         acc = switched([0, 2], accum=accum)
-        assert acc["grads_first"].tolist() == acc["grads_deepest"].tolist() == [0, P]
+        assert acc["grads_first"].tolist() == acc["grads_deepest"].tolist() == [0, P + V * C + proj]
 
 
 def test_one_checkpointed_block_and_a_one_block_model():
@@ -104,24 +106,27 @@ def test_one_checkpointed_block_and_a_one_block_model():
     f = switched([5, 9], layers=5)
     assert f["ckpt_inputs"].tolist() == [N * C, N * C] and f["recompute"].tolist() == [N * C, N * C]
     one = features(1, H, C, T, B, V, switches={"checkpoint_every": 1, "grad_accum": 1, "state": 2})
-    P1 = count_params(1, C, T, V)
-    assert one["grads_first"].tolist() == [P1 - (P1 - count_params(0, C, T, V)) - T * C]
+    P1, proj = count_params(1, C, T, V), 4 * C * C + C  # the MLP output projection's gradient, alive at the peak
+    assert one["grads_first"].tolist() == [P1 - (P1 - count_params(0, C, T, V)) - T * C + proj]
+    assert one["inputs_deepest"].tolist() == [0]  # its one checkpointed block's input is in `recompute` only
     nb = features(L, H, C, T, B, V, bias=False, switches={"checkpoint_every": 1, "grad_accum": 1, "state": 2})
     P0 = count_params(L, C, T, V, False)
-    assert nb["grads_first"].tolist() == [P0 - (P0 - count_params(0, C, T, V, False)) / L - T * C]
+    assert nb["grads_first"].tolist() == [P0 - (P0 - count_params(0, C, T, V, False)) / L - T * C + proj]
     ints = features(L, H, C, T, B, V, switches={"checkpoint_every": 0, "grad_accum": 2, "state": 7})
     assert ints["state"].dtype == np.float64 and ints["state"].tolist() == [7.0]  # integer inputs, float64 out
 
 
 def test_recompute_columns_elementwise():
-    every, accum = np.array([1.0, 2.0, 0.0]), np.array([1.0, 1.0, 1.0])
-    Ls, Ns = np.array([3.0, 6.0, 6.0]), np.array([10.0, 20.0, 30.0])
-    r = recompute_columns(Ls, 4.0, 2.0, Ns, 1000.0, 100.0, every, accum)
-    assert r["grads_first"].tolist() == [1000 - 100 - 8, 1000 - 100 - 8, 0]
-    assert r["grads_deepest"].tolist() == [1000 - 300 - 8, 1000 - 500 - 8, 0]  # deepest: block 2, block 4
-    assert r["inputs_deepest"].tolist() == [10 * 4 * 3, 20 * 4 * 3, 0]
-    assert r["acts_deepest"].tolist() == [0, 20 * 4 * 2, 0]  # blocks 1 and 3 before block 4
-    assert r["inputs_first"].shape == r["acts_first"].shape == (3,) and not r["inputs_first"].any()
+    every, accum = np.array([1.0, 2.0, 0.0, 1.0]), np.array([1.0, 1.0, 1.0, 2.0])
+    Ls, Ns = np.array([3.0, 6.0, 6.0, 3.0]), np.array([10.0, 20.0, 30.0, 40.0])
+    r = recompute_columns(Ls, 4.0, 2.0, 5.0, Ns, 1000.0, 100.0, every, accum)  # C 4, T 2, V 5, P 1000, block 100
+    proj = 4 * 4 * 4 + 4  # the MLP output projection's gradient
+    assert r["grads_first"].tolist() == [1000 - 100 - 8 + proj, 1000 - 100 - 8 + proj, 0, 1000 + 5 * 4 + proj]
+    assert r["grads_deepest"].tolist() == [1000 - 300 - 8 + proj, 1000 - 500 - 8 + proj, 0,  # block 2, block 4
+                                           1000 + 5 * 4 + proj]  # accumulation: all of them and the head's new
+    assert r["inputs_deepest"].tolist() == [10 * 4 * 2, 20 * 4 * 2, 0, 40 * 4 * 2]  # the other checkpointed ones
+    assert r["acts_deepest"].tolist() == [0, 20 * 4 * 2, 0, 0]  # blocks 1 and 3 before block 4
+    assert r["inputs_first"].shape == r["acts_first"].shape == (4,) and not r["inputs_first"].any()
 
 
 def test_switch_columns_price_each_recipe_once_per_model():

@@ -125,10 +125,11 @@ def test_the_recompute_fit_recovers_its_coefficients():
     X = {k: np.concatenate([r[k] for r in rows]) for k in rows[0]}
     X = {k: v * (1 + 0.1 * np.arange(len(v)) % 3) if k == "state" else v for k, v in X.items()}
     y = _recompute(X, true)
-    got = _fit_recompute(X, y, np.arange(len(y)))
+    got = _fit_recompute(X, y, np.arange(len(y)), 64.0)  # the plain blocks' acts: the backward piece's coefficient
     assert got == pytest.approx(true, rel=1e-6)
     half = np.arange(0, len(y), 2)
-    assert _fit_recompute(X, y, half) == pytest.approx(true, rel=1e-6)  # the rows given only
+    assert _fit_recompute(X, y, half, 64.0) == pytest.approx(true, rel=1e-6)  # the rows given only
+    assert _fit_recompute(X, y, half, 70.0)[-1] == 70.0  # the acts coefficient is the one given, not fitted
 
 
 def test_the_columns_a_model_reads():

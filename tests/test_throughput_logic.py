@@ -338,15 +338,19 @@ def test_switch_terms_are_per_optimizer_step():
 
 
 def recipe_points(slow: float = 1.0) -> pd.DataFrame:
-    """Eight points under four recipes (auto and sgd optimizers, accumulation, checkpointing), timed by a law
-    with a per-micro-step overhead, a recompute cost and a per-parameter step cost."""
-    df = pd.DataFrame(SHAPES, columns=COLS)
+    """Sixteen points (each shape twice) under eight recipes (auto and sgd optimizers, accumulation,
+    checkpointing), timed by a law with a per-micro-step overhead, a recompute cost, a dispatch cost per block
+    and micro-step and per recomputed block, and a per-parameter step cost."""
+    df = pd.DataFrame(SHAPES * 2, columns=COLS)
     recipes = [{"optimizer": "auto"}, {"optimizer": "sgd", "grad_accum": 2}, {"checkpoint": "all"},
-               {"optimizer": "sgd", "checkpoint": "2"}] * 2
+               {"optimizer": "sgd", "checkpoint": "2"}] * 2 + [
+        {"grad_accum": 3, "checkpoint": "2"}, {"optimizer": "sgd", "grad_accum": 2, "checkpoint": "all"},
+        {"grad_accum": 4}, {"optimizer": "sgd", "checkpoint": "3"}] * 2
     df = df.assign(recipe=[json.dumps(r) for r in recipes])
     f = frame_time_features(df, switches=True)
     best = (4.0 + 2e-9 * f["flops"] + 3e-6 * f["logits"] + 5e-5 * f["acts"] + 1e-9 * f["recompute"]
-            + 0.5 * f["micro"] + 1e-6 * f["opt_fused"] + 3e-6 * f["opt_sgd"]).to_numpy()
+            + 0.5 * f["micro"] + 1e-6 * f["opt_fused"] + 3e-6 * f["opt_sgd"] + 0.2 * f["blocks"]
+            + 0.3 * f["recompute_blocks"]).to_numpy()
     return df.assign(status="ok", source="sweep", ms_per_iter=best * slow, device_name="cpu: Test",
                      timings=[json.dumps({"step_ms": [b]}) for b in best])
 
@@ -355,7 +359,7 @@ def test_frame_time_features_read_each_rows_switches():
     df = recipe_points()
     f = frame_time_features(df, switches=True)
     assert list(f.index) == list(df.index)
-    assert f["micro"].tolist() == [1, 2, 1, 1] * 2  # grad_accum
+    assert f["micro"].tolist() == [1, 2, 1, 1] * 2 + [3, 2, 4, 1] * 2  # grad_accum
     assert f["opt_fused"].tolist()[:4] == [f["params"][0], 0, f["params"][2], 0]  # auto is the fused AdamW
     assert f["opt_sgd"].tolist()[:4] == [0, f["params"][1], 0, f["params"][3]]
     assert f["recompute_acts"].tolist()[:4] == [0, 0, SHAPES[2][0] * 16 * 128 * 128,
@@ -366,7 +370,8 @@ def test_frame_time_features_read_each_rows_switches():
 
 def test_a_switch_fit_prices_only_the_optimizers_it_measured():
     tp = fit_throughput(recipe_points(slow=1.1), switches=True)
-    assert tp.model.features == (*THROUGHPUT, "recompute", "recompute_acts", "micro", "opt_fused", "opt_sgd")
+    assert tp.model.features == (*THROUGHPUT, "recompute", "recompute_acts", "micro", "opt_fused", "opt_sgd",
+                                 "blocks", "recompute_blocks")
     assert tp.model.predict_best(frame_time_features(recipe_points(), switches=True)) == pytest.approx(
         recipe_points()["ms_per_iter"].to_numpy(), rel=1e-3)
     assert tp.model.slowdown == pytest.approx(1.1) and tp.baseline.features == FLOPS
@@ -391,6 +396,10 @@ def test_switch_coefficients_in_their_units():
     assert rows["micro"]["value"] == pytest.approx(0.5, rel=1e-3)  # the law's 0.5 ms per micro-step, as it is
     assert rows["opt_sgd"]["value"] == pytest.approx(3.0, rel=1e-3) and rows["opt_sgd"]["unit"] == (
         "ms per 1e6 params (sgd step)")
+    assert rows["blocks"]["value"] == pytest.approx(0.2, rel=1e-3) and rows["blocks"]["unit"] == (
+        "ms per block per micro-step")
+    assert rows["recompute_blocks"]["value"] == pytest.approx(0.3, rel=1e-3) and rows["recompute_blocks"][
+        "unit"] == "ms per recomputed block"
 
 
 def test_coefficients_of_a_file_whose_counts_disagree_are_refused():
