@@ -52,11 +52,13 @@ def test_predict_like_is_the_config_as_it_is(capsys, checkout, model_file):
     assert rc == 0, err
     flags = ["--n-layer", 6, "--n-head", 6, "--n-embd", 384, "--block-size", 256, "--batch-size", 64,
              "--vocab", meta["vocab_size"]]
-    rc, explicit, _ = run(capsys, "predict", *flags, "--model", model_file, "--json")
-    assert json.loads(out)["predicted_bytes"] == json.loads(explicit)["predicted_bytes"]
+    rc, explicit, _ = run(capsys, "predict", *flags, "--loop", "nanogpt", "--model", model_file, "--json")
+    assert json.loads(out)["predicted_bytes"] == json.loads(explicit)["predicted_bytes"]  # in nanoGPT's loop
+    rc, vramfit_loop, _ = run(capsys, "predict", *flags, "--model", model_file, "--json")
+    assert json.loads(vramfit_loop)["predicted_bytes"] < json.loads(out)["predicted_bytes"]  # its kept logits
     rc, out, _ = run(capsys, "predict", "--like", like, "--batch-size", 8, "--model", model_file, "--json")
     rc, explicit, _ = run(capsys, "predict", *flags[:8], "--batch-size", 8, "--vocab", meta["vocab_size"],
-                          "--model", model_file, "--json")
+                          "--loop", "nanogpt", "--model", model_file, "--json")
     assert json.loads(out)["predicted_bytes"] == json.loads(explicit)["predicted_bytes"]  # a flag overrides it
 
 

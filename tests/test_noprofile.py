@@ -365,3 +365,39 @@ def test_a_suggestion_over_budget_is_cut_along_the_calibrated_slope():
     # the suggestion, the one batch along the slope (it fits), the next one up (it does not: the cut was the largest)
     assert planner.estimator.calls - calls == 3
     assert [k.batch_size for k in kept] == [largest]
+
+
+def test_a_flat_stretch_of_the_allocators_rounding_is_stepped_past_not_walked():
+    """Where several batches round to one segment size (the estimates at the suggested batch and one below are
+    equal), the re-check steps twice as far each time instead of one batch at a time, so the config is kept at a
+    batch that fits instead of being dropped after three one-batch steps (seen in suggest's golden no-profile plan:
+    batches 27, 26, 25, 24 at the same 491.47 MiB, then 'nothing fits')."""
+    granule = 20 * 2**20
+
+    class Stretched(FormulaEstimator):
+        def _run(self, requests):
+            out = super()._run(requests)
+            for e in out:  # the batch-dependent bytes rounded up to 20 MiB segments
+                n = e.process["device_bytes"]
+                e.process["device_bytes"] = -(-n // granule) * granule
+            return out
+
+    from dataclasses import replace
+
+    from vramfit.dryrun.cache import EstimateCache
+    from vramfit.plan.suggest import suggest
+
+    with DryRunPlanner(BF16, (8, 0), 256, estimator=Stretched(cache=EstimateCache(None))) as planner:
+        model, _, _ = planner.model()
+        L, C, T, V = 2, 128, 256, 256
+        shape = (L, 2, C, T, 1, V)
+
+        def need(b: int) -> int:
+            return planner._estimates([(*shape[:4], b, V)])[0]
+
+        top = next(b for b in range(80, 10, -1) if need(b) == need(b - 4))  # a stretch wider than three steps
+        budget = need(top) - 1  # the whole stretch is over by a byte; the batches below it fit
+        flat = [b for b in range(1, top) if need(b) == need(top)]
+        s = list(suggest(model, 0.0, 8 * 2**30, top=1, vocab_size=[V], n_layer=[L], n_embd=[C], block_size=[T]))[0]
+        kept = planner.verify([replace(s, batch_size=top, tokens_per_step=top * T)], budget, 0.0)
+    assert len(kept) == 1 and need(kept[0].batch_size) <= budget and kept[0].batch_size < min(flat)

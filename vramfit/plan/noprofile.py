@@ -156,14 +156,28 @@ class DryRunPlanner:
         big, one = self._model.parts(features(*pair.T))[0]  # the piece on every feature (the other: parameters)
         return secant((shape[4], float(big)), (1, float(one)))
 
+    def _cut(self, last: tuple[int, int] | None, now: tuple[int, int], limit: int, shape: tuple) -> int:
+        """The next batch to estimate for a config whose estimate at `now` (batch, bytes) is over `limit`: along
+        the calibrated model's slope the first time (`last` None), then on the line through the two estimates; where
+        they cost the same bytes (a stretch of batches the allocator rounds to one segment size) twice as far below
+        as the last step, to get past the stretch (a step in proportion would move one batch at a time)."""
+        b, need = now
+        if last is None:
+            return fitting_batch(b, need, limit, self.slope(shape))
+        slope = secant(last, now)
+        if slope is None and last[1] == need:
+            return max(1, b - 2 * max(1, last[0] - b))
+        return fitting_batch(b, need, limit, slope)
+
     def verify(self, items: list, budget: int, margin: float = 0.0) -> list:
         """Re-predict suggestions by the estimator (its device figure): a suggestion fits when its estimate raised
         by `margin` (the plan's: the validation set's, or --margin) is within `budget`. One that does not gets the
         batch the estimate says fits (at most 3 more estimates: the calibrated model can be a few % low at the
         edge), else it is dropped; rank the rest. The first smaller batch is along the calibrated model's bytes per
-        sample (`slope`), the next ones on the line through the config's last two estimates (`fitting_batch`); a cut
-        that fits is followed by the next batch up while one below a batch that did not fit is left (the allocator's
-        rounding makes stretches of batches cost the same), within the same 3 rounds."""
+        sample (`slope`), the next ones on the line through the config's last two estimates (`fitting_batch`), past a
+        flat stretch of the allocator's rounding by doubling steps (`_cut`); a cut that fits is followed by the next
+        batch up while one below a batch that did not fit is left (the allocator's rounding makes stretches of
+        batches cost the same), within the same 3 rounds."""
         limit = int(budget / (1 + margin))  # the largest estimate that fits with the margin
 
         def fits(need: int) -> bool:
@@ -195,9 +209,9 @@ class DryRunPlanner:
                     nb = b + 1  # cut below a batch that did not fit: on a flat stretch the next one up fits too
                 elif b > 1:
                     over[i] = min(over.get(i, b), b)
-                    slope = secant(before[i], (b, need)) if i in before else self.slope(shape(s))
+                    nb = self._cut(before.get(i), (b, need), limit, shape(s))
                     before[i] = (b, need)
-                    nb = max(fitting_batch(b, need, limit, slope), best[i][0].batch_size + 1 if i in best else 1)
+                    nb = max(nb, best[i][0].batch_size + 1 if i in best else 1)
                 else:
                     continue
                 if nb < over.get(i, 0):
