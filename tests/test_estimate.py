@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from cuda_steps import eager_cuda_peak
 
 from gpt.config import GPTConfig
 from gpt.data import synthetic_batch
@@ -333,19 +334,7 @@ def test_estimate_matches_cuda_max_memory_allocated(mc, batch, recipe):
     recipe = Recipe(dtype=recipe.dtype, compile=False, optimizer=recipe.optimizer, attn_kernel=recipe.attn_kernel)
     est = estimate_step(EstimateRequest(mc, batch, recipe, target="cuda", capability=(major, minor)))
     r = recipe.resolved("cuda")
-    cfg = train_config(mc, batch, r.dtype, r.optimizer, r.attn_kernel, grad_clip=1.0, accum=1)
-    cfg.device, cfg.compile = "cuda", False
-    torch.cuda.empty_cache()
-    trainer = Trainer(cfg, mc, device="cuda")
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(2):
-        trainer.step(lambda: synthetic_batch(batch, mc.block_size, mc.vocab_size, gen, "cuda"))
-    torch.cuda.synchronize()
-    real = torch.cuda.max_memory_allocated()
-    del trainer
-    torch.cuda.empty_cache()
+    real = eager_cuda_peak(mc, batch, r.dtype, r.optimizer, r.attn_kernel)
     assert abs(est.peak_bytes - real) <= 0.03 * real, (est.peak_bytes, real, est.peak_op)
 
 

@@ -181,29 +181,14 @@ def test_nanochat_estimate_matches_cuda_max_memory_allocated(window_pattern, mon
     """On a GPU: vramfit's nanochat (SDPA, as nanochat without FA3: VRAMFIT_FA3=0), GQA, bf16, Muon, eager; the peak
     allocated after two steps vs the emulated estimate (within 3 %, as GPT-2's in tests/test_estimate.py)."""
     import torch
-
-    from gpt.data import synthetic_batch
-    from gpt.train import Trainer
-    from vramfit.dryrun.fake_step import train_config
+    from cuda_steps import eager_cuda_peak
 
     monkeypatch.setenv("VRAMFIT_FA3", "0")
     mc = GPTConfig(n_layer=4, n_head=8, n_embd=512, block_size=1024, vocab_size=8192, arch="nanochat", n_kv_head=2,
                    window_pattern=window_pattern)
     cap = torch.cuda.get_device_capability()
     est = estimate_step(EstimateRequest(mc, 4, Recipe(dtype="bfloat16", compile=False), "cuda", cap))
-    cfg = train_config(mc, 4, "bfloat16", "muon", "default", grad_clip=1.0, accum=1)
-    cfg.device, cfg.compile = "cuda", False
-    torch.cuda.empty_cache()
-    trainer = Trainer(cfg, mc, device="cuda")
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(2):
-        trainer.step(lambda: synthetic_batch(4, mc.block_size, mc.vocab_size, gen, "cuda"))
-    torch.cuda.synchronize()
-    real = torch.cuda.max_memory_allocated()
-    del trainer
-    torch.cuda.empty_cache()
+    real = eager_cuda_peak(mc, 4, "bfloat16", "muon")
     assert abs(est.peak_bytes - real) <= 0.03 * real, (est.peak_bytes, real, est.attention, est.peak_op)
 
 
